@@ -1,0 +1,97 @@
+//! The contract between the generic kernel and an architecture backend.
+//!
+//! A backend (`arch/x86_64`, `arch/s390x`) is the binary crate: it owns the entry
+//! stub, the console, the interrupt and exception entry code and CPU bring-up, and
+//! implements [`Arch`] for a zero-sized type. Generic code is written against
+//! `A: Arch` and never names an architecture.
+//!
+//! Calls the backend makes into the generic kernel:
+//! - [`crate::boot_cpu_main`] once, on the boot CPU, after its early set-up
+//!   (console usable, exception handlers installed, interrupts disabled);
+//! - [`crate::smp::secondary_main`] on each CPU started by [`Arch::boot_secondary`],
+//!   on that CPU's own stack, after its local set-up, interrupts disabled;
+//! - [`crate::irq::ipi_interrupt`], [`crate::irq::nmi_interrupt`] and
+//!   [`crate::irq::timer_interrupt`] from its interrupt handlers, which run with
+//!   interrupts disabled and have acknowledged the interrupt already (so the next
+//!   one stays pending until interrupts are enabled again);
+//! - [`crate::panic::panic`] from its `#[panic_handler]`. Exception handlers print
+//!   the interruption code and the registers as `# ` diagnostics, then `panic!`.
+
+/// Saved interrupt state, as returned by [`Arch::local_irq_save`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use = "interrupt state must be restored with local_irq_restore"]
+pub struct IrqFlags(pub usize);
+
+/// What the boot CPU's entry code hands to [`crate::boot_cpu_main`].
+pub struct BootInfo {
+    /// The kernel command line (`-append` on x86-64, the loader blob on s390x).
+    pub cmdline: &'static str,
+    /// CPUs present in the machine (`-smp N`), the boot CPU included.
+    pub nr_cpus: usize,
+}
+
+/// The hardware operations the generic kernel needs.
+///
+/// All functions act on the calling CPU unless a CPU number is passed. CPU numbers
+/// are logical: 0 is the boot CPU, `1..nr_cpus` the others in bring-up order.
+pub trait Arch: 'static {
+    /// Architecture name as used by the host tools: `"x86_64"` or `"s390x"`.
+    const NAME: &'static str;
+    /// Whether [`Arch::send_nmi`] exists: an interrupt that reaches a CPU even while
+    /// it has interrupts disabled.
+    const HAS_NMI: bool;
+
+    /// Writes raw bytes to the console. Must work on any CPU, with interrupts in any
+    /// state, also from exception and panic context. Callers serialise.
+    fn console_write(bytes: &[u8]);
+
+    /// Logical number of the calling CPU.
+    fn smp_processor_id() -> usize;
+
+    /// Enables interrupts (IPIs, timer) on the calling CPU.
+    fn local_irq_enable();
+    /// Disables interrupts on the calling CPU. NMIs still arrive.
+    fn local_irq_disable();
+    /// Whether interrupts are disabled on the calling CPU.
+    fn irqs_disabled() -> bool;
+    /// Disables interrupts and returns the previous state.
+    fn local_irq_save() -> IrqFlags;
+    /// Restores a state returned by [`Arch::local_irq_save`].
+    fn local_irq_restore(flags: IrqFlags);
+
+    /// Spin-loop hint.
+    fn cpu_relax();
+    /// Enables interrupts and waits until one has been taken, then returns with
+    /// interrupts enabled. Enabling and waiting are atomic: an interrupt that is
+    /// pending or arrives in between ends the wait.
+    fn wait_for_interrupt();
+
+    /// Monotonic time in nanoseconds, consistent across CPUs.
+    fn clock_ns() -> u64;
+
+    /// Sends an IPI that the target takes only while it has interrupts enabled
+    /// (x86-64 fixed-vector IPI, s390x SIGP external call). The target's handler
+    /// calls [`crate::irq::ipi_interrupt`]. Retries internally while the hardware
+    /// reports busy; an interrupt already pending on the target counts as sent.
+    fn send_ipi(cpu: usize);
+    /// Sends a non-maskable interrupt; the target calls
+    /// [`crate::irq::nmi_interrupt`] even with interrupts disabled.
+    /// Only called when [`Arch::HAS_NMI`] is true.
+    fn send_nmi(cpu: usize);
+
+    /// Starts a periodic timer interrupt on the calling CPU; each tick calls
+    /// [`crate::irq::timer_interrupt`].
+    fn timer_start(period_ns: u64);
+
+    /// Starts secondary CPU `cpu` (1..nr_cpus). Returns once the CPU has been told
+    /// to start; it reports itself online through [`crate::smp::secondary_main`].
+    fn boot_secondary(cpu: usize) -> Result<(), &'static str>;
+
+    /// Stops every other CPU, whatever its interrupt state, and returns once they
+    /// no longer run kernel code. Used by panic and exit.
+    fn stop_other_cpus();
+
+    /// Ends the machine: QEMU exits with success or failure. Stops the other CPUs
+    /// first. Prints nothing: the final status line is the caller's.
+    fn exit(success: bool) -> !;
+}

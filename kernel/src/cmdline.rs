@@ -1,0 +1,260 @@
+//! The kernel command line: space-separated `key=value` words (or bare `key` for a
+//! flag). Every key is known here; an unknown key, a malformed value or a repeated
+//! key is an error that the boot reports as a failed result.
+//!
+//! | key | meaning |
+//! |---|---|
+//! | `test=PAT[,PAT...]` | run only the tests whose `suite.case` name contains a pattern (`*` matches any run of characters) |
+//! | `seed=N` | seed for randomised runs (printed either way, to repeat a run) |
+//! | `iterations=N` | iteration budget for natural-mode runs |
+//! | `scenario=NAME`, `variant=NAME`, `mode=natural\|forced` | race scenario selection |
+//! | `tick_hz=N` | timer tick rate, 1..=10000 (default 100) |
+//! | `selftest.fail` | make the `requested_failure` self-test fail |
+//! | `selftest.panic=CPU` | make CPU `CPU` panic during the self-tests |
+//! | `selftest.hang` | hang after bring-up (the host must time out) |
+//! | `selftest.crash` | end the machine without the final status line |
+
+use alloc::vec::Vec;
+use core::fmt;
+
+/// Race-scenario mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Roles run free, optionally with random delays at race points.
+    Natural,
+    /// A schedule over race points forces the interleaving.
+    Forced,
+}
+
+/// The parsed command line.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Cmdline<'a> {
+    /// Test name patterns; empty means every test.
+    pub tests: Vec<&'a str>,
+    /// Seed for randomised runs.
+    pub seed: u64,
+    /// Whether `seed` was given (otherwise it is a default, still printed).
+    pub seed_given: bool,
+    /// Iteration budget.
+    pub iterations: Option<u64>,
+    /// Scenario name.
+    pub scenario: Option<&'a str>,
+    /// Variant name.
+    pub variant: Option<&'a str>,
+    /// Scenario mode.
+    pub mode: Option<Mode>,
+    /// Timer tick rate.
+    pub tick_hz: u32,
+    /// `selftest.fail`.
+    pub fail: bool,
+    /// `selftest.panic=CPU`.
+    pub panic_cpu: Option<usize>,
+    /// `selftest.hang`.
+    pub hang: bool,
+    /// `selftest.crash`.
+    pub crash: bool,
+}
+
+/// Why a command line was rejected.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CmdlineError<'a> {
+    /// A key no one knows.
+    UnknownKey(&'a str),
+    /// A key whose value is missing or malformed.
+    BadValue { key: &'a str, value: &'a str, expected: &'static str },
+    /// A key given twice.
+    Repeated(&'a str),
+}
+
+impl fmt::Display for CmdlineError<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::UnknownKey(k) => write!(f, "unknown key '{k}'"),
+            Self::BadValue { key, value, expected } => {
+                write!(f, "bad value '{value}' for '{key}': expected {expected}")
+            }
+            Self::Repeated(k) => write!(f, "key '{k}' given more than once"),
+        }
+    }
+}
+
+/// Default seed when none is given.
+pub const DEFAULT_SEED: u64 = 0x5eed_0f_91e5ce;
+
+impl<'a> Cmdline<'a> {
+    /// Parses a command line.
+    pub fn parse(line: &'a str) -> Result<Self, CmdlineError<'a>> {
+        let mut c = Cmdline {
+            tests: Vec::new(),
+            seed: DEFAULT_SEED,
+            seed_given: false,
+            iterations: None,
+            scenario: None,
+            variant: None,
+            mode: None,
+            tick_hz: 100,
+            fail: false,
+            panic_cpu: None,
+            hang: false,
+            crash: false,
+        };
+        let mut seen: Vec<&str> = Vec::new();
+        for word in line.split_ascii_whitespace() {
+            let (key, value) = match word.split_once('=') {
+                Some((k, v)) => (k, Some(v)),
+                None => (word, None),
+            };
+            if seen.contains(&key) {
+                return Err(CmdlineError::Repeated(key));
+            }
+            seen.push(key);
+            let need = |expected: &'static str| -> Result<&'a str, CmdlineError<'a>> {
+                match value {
+                    Some(v) if !v.is_empty() => Ok(v),
+                    _ => Err(CmdlineError::BadValue { key, value: value.unwrap_or(""), expected }),
+                }
+            };
+            let flag = || -> Result<bool, CmdlineError<'a>> {
+                match value {
+                    None | Some("1") | Some("yes") => Ok(true),
+                    Some("0") | Some("no") => Ok(false),
+                    Some(v) => Err(CmdlineError::BadValue { key, value: v, expected: "no value, 0 or 1" }),
+                }
+            };
+            let number = |expected: &'static str| -> Result<u64, CmdlineError<'a>> {
+                let v = need(expected)?;
+                parse_u64(v).ok_or(CmdlineError::BadValue { key, value: v, expected })
+            };
+            match key {
+                "test" => {
+                    let v = need("comma-separated test name patterns")?;
+                    c.tests = v.split(',').filter(|p| !p.is_empty()).collect();
+                }
+                "seed" => {
+                    c.seed = number("a number (decimal or 0x hex)")?;
+                    c.seed_given = true;
+                }
+                "iterations" => c.iterations = Some(number("a number")?),
+                "scenario" => c.scenario = Some(need("a scenario name")?),
+                "variant" => c.variant = Some(need("a variant name")?),
+                "mode" => {
+                    c.mode = Some(match need("natural or forced")? {
+                        "natural" => Mode::Natural,
+                        "forced" => Mode::Forced,
+                        v => return Err(CmdlineError::BadValue { key, value: v, expected: "natural or forced" }),
+                    })
+                }
+                "tick_hz" => {
+                    let hz = number("a rate from 1 to 10000")?;
+                    if !(1..=10_000).contains(&hz) {
+                        return Err(CmdlineError::BadValue {
+                            key,
+                            value: value.unwrap_or(""),
+                            expected: "a rate from 1 to 10000",
+                        });
+                    }
+                    c.tick_hz = hz as u32;
+                }
+                "selftest.fail" => c.fail = flag()?,
+                "selftest.panic" => c.panic_cpu = Some(number("a CPU number")? as usize),
+                "selftest.hang" => c.hang = flag()?,
+                "selftest.crash" => c.crash = flag()?,
+                _ => return Err(CmdlineError::UnknownKey(key)),
+            }
+        }
+        Ok(c)
+    }
+
+    /// Whether the test `suite.case` is selected by the `test=` patterns.
+    pub fn selects(&self, suite: &str, case: &str) -> bool {
+        if self.tests.is_empty() {
+            return true;
+        }
+        let mut full = alloc::string::String::with_capacity(suite.len() + case.len() + 1);
+        full.push_str(suite);
+        full.push('.');
+        full.push_str(case);
+        self.tests.iter().any(|p| matches_pattern(p, &full))
+    }
+}
+
+fn parse_u64(v: &str) -> Option<u64> {
+    match v.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => v.parse().ok(),
+    }
+}
+
+/// Substring match with `*` wildcards: `gup*fast` matches `mm.gup_fast_pins`.
+pub fn matches_pattern(pattern: &str, name: &str) -> bool {
+    let mut rest = name;
+    let mut parts = pattern.split('*').peekable();
+    while let Some(part) = parts.next() {
+        match rest.find(part) {
+            Some(pos) => rest = &rest[pos + part.len()..],
+            None => return false,
+        }
+        if parts.peek().is_none() {
+            break;
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_line_gives_defaults() {
+        let c = Cmdline::parse("").unwrap();
+        assert!(c.tests.is_empty());
+        assert_eq!(c.seed, DEFAULT_SEED);
+        assert!(!c.seed_given);
+        assert_eq!(c.tick_hz, 100);
+        assert!(!c.fail && !c.hang && !c.crash);
+    }
+
+    #[test]
+    fn every_key_parses() {
+        let c = Cmdline::parse(
+            "test=boot.ipi*,heap seed=0x10 iterations=5 scenario=s variant=v mode=forced \
+             tick_hz=250 selftest.fail selftest.panic=2 selftest.hang=0 selftest.crash=1",
+        )
+        .unwrap();
+        assert_eq!(c.tests, ["boot.ipi*", "heap"]);
+        assert_eq!((c.seed, c.seed_given), (16, true));
+        assert_eq!(c.iterations, Some(5));
+        assert_eq!((c.scenario, c.variant, c.mode), (Some("s"), Some("v"), Some(Mode::Forced)));
+        assert_eq!(c.tick_hz, 250);
+        assert!(c.fail && !c.hang && c.crash);
+        assert_eq!(c.panic_cpu, Some(2));
+    }
+
+    #[test]
+    fn unknown_key_is_an_error() {
+        assert_eq!(Cmdline::parse("seed=1 bogus=3"), Err(CmdlineError::UnknownKey("bogus")));
+        assert_eq!(Cmdline::parse("verbose"), Err(CmdlineError::UnknownKey("verbose")));
+    }
+
+    #[test]
+    fn bad_values_are_errors() {
+        assert!(matches!(Cmdline::parse("seed=abc"), Err(CmdlineError::BadValue { key: "seed", .. })));
+        assert!(matches!(Cmdline::parse("seed="), Err(CmdlineError::BadValue { key: "seed", .. })));
+        assert!(matches!(Cmdline::parse("mode=fast"), Err(CmdlineError::BadValue { key: "mode", .. })));
+        assert!(matches!(Cmdline::parse("tick_hz=0"), Err(CmdlineError::BadValue { .. })));
+        assert!(matches!(Cmdline::parse("selftest.fail=maybe"), Err(CmdlineError::BadValue { .. })));
+        assert_eq!(Cmdline::parse("seed=1 seed=2"), Err(CmdlineError::Repeated("seed")));
+    }
+
+    #[test]
+    fn patterns_select_tests() {
+        let c = Cmdline::parse("test=ipi,heap*contention").unwrap();
+        assert!(c.selects("boot", "ipi_round_trip"));
+        assert!(c.selects("boot", "heap_contention"));
+        assert!(!c.selects("boot", "timer_ticks"));
+        assert!(Cmdline::parse("").unwrap().selects("any", "thing"));
+        assert!(matches_pattern("boot.*", "boot.x"));
+        assert!(!matches_pattern("a*b", "ba"));
+    }
+}

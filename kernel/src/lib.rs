@@ -1,0 +1,95 @@
+//! quiesce: the arch-generic core of a bare-metal testbed kernel for Linux
+//! memory-management races.
+//!
+//! The backend binary (`arch/*`) boots the machine and calls [`boot_cpu_main`] on
+//! the boot CPU. From there the generic kernel sets up the heap, reads the command
+//! line, brings every CPU online ([`smp`]), starts the per-CPU timer tick and runs
+//! what the command line selects, reporting in KTAP ([`ktap`]) and ending with one
+//! final status line ([`exit`]).
+//!
+//! Invariants kept throughout:
+//! - Console output is serialised line by line ([`console`]), so lines from several
+//!   CPUs never interleave inside a line.
+//! - A panic on any CPU stops all CPUs and fails the run ([`panic`]).
+//! - The run's verdict is the final status line; the exit code only agrees with it.
+#![cfg_attr(not(test), no_std)]
+
+extern crate alloc;
+
+pub mod arch;
+pub mod cmdline;
+pub mod console;
+pub mod heap;
+pub mod irq;
+pub mod ktap;
+pub mod panic;
+pub mod percpu;
+pub mod selftest;
+pub mod smp;
+pub mod time;
+
+pub use arch::{Arch, BootInfo, IrqFlags};
+
+/// The final status line's prefix. The host decides a run from this line and the
+/// KTAP before it; a run without it crashed.
+pub const STATUS_PREFIX: &str = "quiesce: status=";
+
+/// Largest CPU count the kernel supports.
+pub const NR_CPUS: usize = 64;
+
+/// Entry of the generic kernel on the boot CPU. Never returns: the machine ends
+/// through [`exit`].
+pub fn boot_cpu_main<A: Arch>(boot: BootInfo) -> ! {
+    console::register(A::console_write);
+    heap::init();
+    percpu::init_boot_cpu::<A>();
+    kprintln!("KTAP version 1");
+    kprintln!("# quiesce arch={} cpus={}", A::NAME, boot.nr_cpus);
+
+    let mut run = ktap::Run::new();
+    let args = match cmdline::Cmdline::parse(boot.cmdline) {
+        Ok(args) => args,
+        Err(err) => {
+            // Reported as a result, not ignored: the run fails.
+            kprintln!("# cmdline={:?}", boot.cmdline);
+            run.plan(1);
+            run.result(false, "cmdline", Some(&alloc::format!("{err}")));
+            exit::<A>(false, "bad command line");
+        }
+    };
+    kprintln!("# cmdline={:?} seed={}", boot.cmdline, args.seed);
+
+    if boot.nr_cpus == 0 || boot.nr_cpus > NR_CPUS {
+        kprintln!("# error: {} CPUs present, supported 1..={}", boot.nr_cpus, NR_CPUS);
+        exit::<A>(false, "unsupported CPU count");
+    }
+    time::set_tick_hz(args.tick_hz);
+    smp::bring_up_cpus::<A>(boot.nr_cpus);
+    time::start_this_cpu_tick::<A>();
+    A::local_irq_enable();
+
+    if args.hang {
+        // Asked for on the command line, to prove the host times out on a hang.
+        kprintln!("# hanging on purpose (selftest.hang)");
+        A::local_irq_enable();
+        loop {
+            A::wait_for_interrupt();
+        }
+    }
+    if args.crash {
+        // Asked for on the command line: the machine ends without the final status
+        // line, as a crash would, and with the success exit code.
+        kprintln!("# leaving without a status line on purpose (selftest.crash)");
+        A::exit(true);
+    }
+
+    let ok = selftest::run_all::<A>(&args, &mut run);
+    exit::<A>(ok, if ok { "all tests passed" } else { "a test failed" })
+}
+
+/// Prints the final status line and ends the machine.
+pub fn exit<A: Arch>(success: bool, why: &str) -> ! {
+    let word = if success { "pass" } else { "fail" };
+    kprintln!("{STATUS_PREFIX}{word} ({why})");
+    A::exit(success)
+}

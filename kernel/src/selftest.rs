@@ -1,0 +1,316 @@
+//! In-kernel self-tests of the boot foundation: CPUs, IPIs, cross-CPU calls,
+//! interrupt masking, NMIs, timer ticks and the heap.
+//!
+//! Every test observes the hardware doing the thing: an IPI round trip is a real
+//! IPI and handler, the held-back test measures a real interrupts-off section on
+//! another CPU, and the tick test counts real timer interrupts on every CPU.
+
+use crate::cmdline::Cmdline;
+use crate::ktap::{Outcome, Run};
+use crate::{diag, kprintln, percpu, smp, time, Arch};
+use alloc::{format, vec::Vec};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+type TestFn = fn(&Cmdline) -> Outcome;
+
+/// The `boot` suite, in order.
+fn boot_suite<A: Arch>() -> [(&'static str, TestFn); 9] {
+    [
+        ("cpus_online", cpus_online::<A>),
+        ("ipi_round_trip", ipi_round_trip::<A>),
+        ("call_function_wait", call_function_wait::<A>),
+        ("ipi_held_by_irqs_off", ipi_held_by_irqs_off::<A>),
+        ("nmi_with_irqs_off", nmi_with_irqs_off::<A>),
+        ("timer_ticks", timer_ticks::<A>),
+        ("heap_contention", heap_contention::<A>),
+        ("requested_failure", requested_failure::<A>),
+        ("requested_panic", requested_panic::<A>),
+    ]
+}
+
+/// Runs the selected self-tests and prints their KTAP; returns whether all passed.
+pub fn run_all<A: Arch>(args: &Cmdline, run: &mut Run) -> bool {
+    if let Some(name) = args.scenario {
+        run.plan(1);
+        run.result(false, "scenario", Some(&format!("unknown scenario '{name}' (known: none)")));
+        return false;
+    }
+    let suite_name = "boot";
+    let cases: Vec<_> = boot_suite::<A>()
+        .into_iter()
+        .filter(|(name, _)| args.selects(suite_name, name))
+        .collect();
+    if cases.is_empty() {
+        run.plan(1);
+        run.result(false, "test_filter", Some(&format!("no test matches {:?}", args.tests)));
+        return false;
+    }
+    run.plan(1);
+    let mut suite = run.suite(suite_name, cases.len());
+    for (name, test) in cases {
+        let outcome = test(args);
+        suite.case(name, &outcome);
+    }
+    run.end_suite(suite)
+}
+
+fn fail(msg: alloc::string::String) -> Outcome {
+    Outcome::Fail(msg)
+}
+
+fn cpus_online<A: Arch>(_: &Cmdline) -> Outcome {
+    let online = percpu::num_online_cpus();
+    diag!("cpus_online={online} cpus_present={}", smp::nr_cpus());
+    if online == smp::nr_cpus() {
+        Outcome::Pass
+    } else {
+        fail(format!("{online} of {} CPUs online", smp::nr_cpus()))
+    }
+}
+
+fn noop(_: usize) {}
+
+fn ipi_round_trip<A: Arch>(_: &Cmdline) -> Outcome {
+    if smp::nr_cpus() < 2 {
+        return Outcome::Skip("needs 2 or more CPUs");
+    }
+    const ROUNDS: usize = 16;
+    for cpu in 1..smp::nr_cpus() {
+        let before = percpu::per_cpu(cpu).ipis.load(Ordering::Relaxed);
+        let mut samples = [0u64; ROUNDS];
+        for s in samples.iter_mut() {
+            let t0 = A::clock_ns();
+            smp::smp_call_function_single::<A>(cpu, noop, 0, true);
+            *s = A::clock_ns() - t0;
+        }
+        let taken = percpu::per_cpu(cpu).ipis.load(Ordering::Relaxed) - before;
+        samples.sort_unstable();
+        diag!("ipi_rtt_ns_cpu{cpu}_min={} median={} max={}", samples[0], samples[ROUNDS / 2], samples[ROUNDS - 1]);
+        // Several requests may be served by one interrupt, never more interrupts
+        // than requests, and at least one.
+        if taken == 0 || taken > ROUNDS as u64 {
+            return fail(format!("CPU {cpu} took {taken} IPIs for {ROUNDS} calls"));
+        }
+    }
+    Outcome::Pass
+}
+
+static CALL_MASK: AtomicU64 = AtomicU64::new(0);
+
+fn record_cpu(cpu: usize) {
+    CALL_MASK.fetch_or(1 << cpu, Ordering::AcqRel);
+}
+
+fn record_self<A: Arch>(_: usize) {
+    record_cpu(A::smp_processor_id());
+}
+
+fn call_function_wait<A: Arch>(_: &Cmdline) -> Outcome {
+    let n = smp::nr_cpus();
+    CALL_MASK.store(0, Ordering::Release);
+    smp::smp_call_function::<A>(record_self::<A>, 0, true);
+    let others = ((1u64 << n) - 1) & !(1u64 << A::smp_processor_id());
+    let seen = CALL_MASK.load(Ordering::Acquire);
+    diag!("call_function_mask={seen:#x} expected={others:#x}");
+    if seen != others {
+        return fail(format!("smp_call_function returned with mask {seen:#x}, expected {others:#x}"));
+    }
+    for cpu in 0..n {
+        CALL_MASK.store(0, Ordering::Release);
+        smp::smp_call_function_single::<A>(cpu, record_self::<A>, 0, true);
+        if CALL_MASK.load(Ordering::Acquire) != 1 << cpu {
+            return fail(format!("smp_call_function_single({cpu}) did not run on CPU {cpu} before returning"));
+        }
+    }
+    Outcome::Pass
+}
+
+static SECTION_START_NS: AtomicU64 = AtomicU64::new(0);
+static SECTION_END_NS: AtomicU64 = AtomicU64::new(0);
+static SECTION_IRQS_WERE_OFF: AtomicUsize = AtomicUsize::new(0);
+
+/// Length of the interrupts-off section used by the masking tests.
+const SECTION_NS: u64 = 50_000_000;
+
+/// Runs on the target CPU: an explicit interrupts-off section of `ns`.
+fn irqs_off_section<A: Arch>(ns: usize) {
+    let flags = A::local_irq_save();
+    SECTION_IRQS_WERE_OFF.store(A::irqs_disabled() as usize, Ordering::Release);
+    SECTION_END_NS.store(0, Ordering::Release);
+    SECTION_START_NS.store(A::clock_ns(), Ordering::Release);
+    time::ndelay::<A>(ns as u64);
+    SECTION_END_NS.store(A::clock_ns(), Ordering::Release);
+    A::local_irq_restore(flags);
+}
+
+/// Starts an interrupts-off section on `cpu` and returns once it has begun.
+fn start_section<A: Arch>(cpu: usize) -> u64 {
+    SECTION_START_NS.store(0, Ordering::Release);
+    smp::smp_call_function_single::<A>(cpu, irqs_off_section::<A>, SECTION_NS as usize, false);
+    loop {
+        let start = SECTION_START_NS.load(Ordering::Acquire);
+        if start != 0 {
+            return start;
+        }
+        A::cpu_relax();
+    }
+}
+
+fn wait_section_end<A: Arch>() -> u64 {
+    loop {
+        let end = SECTION_END_NS.load(Ordering::Acquire);
+        if end != 0 {
+            return end;
+        }
+        A::cpu_relax();
+    }
+}
+
+fn ipi_held_by_irqs_off<A: Arch>(_: &Cmdline) -> Outcome {
+    if smp::nr_cpus() < 2 {
+        return Outcome::Skip("needs 2 or more CPUs");
+    }
+    let cpu = smp::nr_cpus() - 1;
+    let start = start_section::<A>(cpu);
+    let t0 = A::clock_ns();
+    smp::smp_call_function_single::<A>(cpu, noop, 0, true);
+    let t1 = A::clock_ns();
+    let end = wait_section_end::<A>();
+    diag!(
+        "irqs_off_ns={} sender_wait_ns={} released_after_section_ns={}",
+        end - start,
+        t1 - t0,
+        t1 as i64 - end as i64
+    );
+    if SECTION_IRQS_WERE_OFF.load(Ordering::Acquire) != 1 {
+        return fail(format!("CPU {cpu} did not have interrupts disabled in its section"));
+    }
+    if t1 < end || t1 - t0 < end - t0 {
+        return fail(format!(
+            "the IPI was taken {} ns before CPU {cpu} re-enabled interrupts",
+            end.saturating_sub(t1)
+        ));
+    }
+    Outcome::Pass
+}
+
+fn nmi_with_irqs_off<A: Arch>(_: &Cmdline) -> Outcome {
+    if !A::HAS_NMI {
+        return Outcome::Skip("no NMI on this architecture (s390x external interrupts are all maskable)");
+    }
+    if smp::nr_cpus() < 2 {
+        return Outcome::Skip("needs 2 or more CPUs");
+    }
+    let cpu = smp::nr_cpus() - 1;
+    let nmis = &percpu::per_cpu(cpu).nmis;
+    let start = start_section::<A>(cpu);
+    let before = nmis.load(Ordering::Acquire);
+    let t0 = A::clock_ns();
+    A::send_nmi(cpu);
+    while nmis.load(Ordering::Acquire) == before {
+        A::cpu_relax();
+    }
+    let t1 = A::clock_ns();
+    let end = wait_section_end::<A>();
+    diag!("irqs_off_ns={} nmi_latency_ns={} taken_before_section_end_ns={}", end - start, t1 - t0, end as i64 - t1 as i64);
+    if SECTION_IRQS_WERE_OFF.load(Ordering::Acquire) != 1 {
+        return fail(format!("CPU {cpu} did not have interrupts disabled in its section"));
+    }
+    if t1 > end {
+        return fail(format!("the NMI waited {} ns, until CPU {cpu} re-enabled interrupts", t1 - t0));
+    }
+    Outcome::Pass
+}
+
+fn timer_ticks<A: Arch>(_: &Cmdline) -> Outcome {
+    let n = smp::nr_cpus();
+    let before: Vec<u64> = (0..n).map(|c| percpu::per_cpu(c).ticks.load(Ordering::Relaxed)).collect();
+    let wait = 5 * time::tick_period_ns();
+    time::ndelay::<A>(wait);
+    let mut report = alloc::string::String::new();
+    let mut slow = None;
+    for (cpu, b) in before.iter().enumerate() {
+        let got = percpu::per_cpu(cpu).ticks.load(Ordering::Relaxed) - b;
+        report.push_str(&format!(" cpu{cpu}={got}"));
+        if got < 2 {
+            slow = Some((cpu, got));
+        }
+    }
+    diag!("ticks_in_{}ms{report}", wait / 1_000_000);
+    match slow {
+        Some((cpu, got)) => fail(format!("CPU {cpu} took {got} ticks in 5 tick periods")),
+        None => Outcome::Pass,
+    }
+}
+
+static HEAP_DONE: AtomicUsize = AtomicUsize::new(0);
+static HEAP_ERRORS: AtomicUsize = AtomicUsize::new(0);
+
+/// Allocates, fills, checks and frees blocks of varied sizes.
+fn heap_stress<A: Arch>(_: usize) {
+    let cpu = A::smp_processor_id();
+    let tag = (cpu as u8).wrapping_mul(37).wrapping_add(1);
+    let mut live: Vec<Vec<u8>> = Vec::new();
+    for i in 0..2000usize {
+        let len = 1 + (i * 97 + cpu * 13) % 3000;
+        live.push(alloc::vec![tag; len]);
+        if live.len() > 16 {
+            let v = live.swap_remove((i * 7) % live.len());
+            if v.iter().any(|&b| b != tag) {
+                HEAP_ERRORS.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    for v in &live {
+        if v.iter().any(|&b| b != tag) {
+            HEAP_ERRORS.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    HEAP_DONE.fetch_add(1, Ordering::AcqRel);
+}
+
+fn heap_contention<A: Arch>(_: &Cmdline) -> Outcome {
+    let n = smp::nr_cpus();
+    HEAP_DONE.store(0, Ordering::Release);
+    HEAP_ERRORS.store(0, Ordering::Release);
+    let t0 = A::clock_ns();
+    smp::smp_call_function::<A>(heap_stress::<A>, 0, false);
+    heap_stress::<A>(0);
+    while HEAP_DONE.load(Ordering::Acquire) < n {
+        A::cpu_relax();
+    }
+    let (used, free) = crate::heap::usage();
+    diag!("heap_stress_cpus={n} time_ms={} heap_used={used} heap_free={free}", (A::clock_ns() - t0) / 1_000_000);
+    match HEAP_ERRORS.load(Ordering::Acquire) {
+        0 => Outcome::Pass,
+        e => fail(format!("{e} blocks were corrupted")),
+    }
+}
+
+fn requested_failure<A: Arch>(args: &Cmdline) -> Outcome {
+    if args.fail {
+        fail("failing as asked (selftest.fail)".into())
+    } else {
+        Outcome::Skip("fails only when asked (selftest.fail)")
+    }
+}
+
+fn panic_here(cpu: usize) {
+    panic!("panicking as asked (selftest.panic={cpu})");
+}
+
+fn requested_panic<A: Arch>(args: &Cmdline) -> Outcome {
+    let Some(cpu) = args.panic_cpu else {
+        return Outcome::Skip("panics only when asked (selftest.panic=CPU)");
+    };
+    if cpu >= smp::nr_cpus() {
+        return fail(format!("selftest.panic={cpu}: no such CPU"));
+    }
+    kprintln!("    # requested_panic: CPU {cpu} panics now");
+    if cpu == A::smp_processor_id() {
+        panic_here(cpu);
+    }
+    smp::smp_call_function_single::<A>(cpu, panic_here, cpu, false);
+    time::ndelay::<A>(2_000_000_000);
+    fail(format!("CPU {cpu} panicked but the machine still runs"))
+}
