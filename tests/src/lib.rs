@@ -1,1 +1,75 @@
-//! Shared helpers of the boot tests.
+//! Shared helpers of the boot-and-assert tests.
+//!
+//! Every boot test builds the kernel it needs (once per test process; a no-op when
+//! `cargo xtask test` built it already), boots it through the same launcher as
+//! `cargo xtask run`, and asserts on the parsed KTAP. Each boot is its own test
+//! case, so `cargo nextest run --partition` can spread them over machines.
+//! `QUIESCE_TEST_ARCHES=s390x` (or `x86_64`) limits the boots to one architecture;
+//! the others then report why they did nothing.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+use xtask::{kbuild, Arch, Boot, BootConfig};
+
+/// Default time a boot in a test may take (generous: the suite runs boots in
+/// parallel on two host cores).
+pub const TIMEOUT: Duration = Duration::from_secs(150);
+
+/// Whether boot tests of `arch` are enabled.
+pub fn enabled(arch: Arch) -> bool {
+    match std::env::var("QUIESCE_TEST_ARCHES") {
+        Ok(list) if !list.trim().is_empty() => list.split(',').any(|a| a.trim() == arch.name()),
+        _ => true,
+    }
+}
+
+/// The kernel ELF for `arch`, built on first use.
+pub fn kernel(arch: Arch) -> PathBuf {
+    static BUILT: OnceLock<Mutex<HashMap<Arch, PathBuf>>> = OnceLock::new();
+    let map = BUILT.get_or_init(|| Mutex::new(HashMap::new()));
+    let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
+    map.entry(arch)
+        .or_insert_with(|| kbuild::build(arch, true).unwrap_or_else(|e| panic!("{e:#}")))
+        .clone()
+}
+
+/// Boots `arch` with `smp` CPUs and `cmdline`; `None` (with a printed reason) if
+/// the architecture is not enabled for this test run.
+pub fn boot(arch: Arch, smp: usize, cmdline: &str, timeout: Duration) -> Option<Boot> {
+    if !enabled(arch) {
+        println!("# SKIP {arch}: not in QUIESCE_TEST_ARCHES");
+        return None;
+    }
+    let mut config = BootConfig::new(arch, kernel(arch));
+    config.smp = smp;
+    config.cmdline = cmdline.to_string();
+    config.timeout = timeout;
+    let boot = Boot::run(&config, |_| {}).unwrap_or_else(|e| panic!("could not boot {arch}: {e:#}"));
+    Some(boot)
+}
+
+/// Asserts that a boot passed, showing the failure report if not.
+pub fn assert_passed(boot: &Boot) {
+    let v = boot.verdict();
+    assert!(v.passed, "{}", boot.failure_report());
+}
+
+/// Asserts that a boot failed and that the report gives a reason containing
+/// `reason` and shows the last console lines.
+pub fn assert_failed_with(boot: &Boot, reason: &str) {
+    let v = boot.verdict();
+    assert!(!v.passed, "expected a failure, but the run passed:\n{}", boot.console.join("\n"));
+    assert!(
+        v.reasons.iter().any(|r| r.contains(reason)),
+        "expected a reason containing {reason:?}, got {:?}\n{}",
+        v.reasons,
+        boot.failure_report()
+    );
+    let report = boot.failure_report();
+    assert!(report.contains("last console lines:"), "{report}");
+    if let Some(last) = boot.console.last() {
+        assert!(report.contains(last.as_str()), "the report lacks the last console line:\n{report}");
+    }
+}

@@ -1,0 +1,27 @@
+//! Host side of quiesce: building the kernels, launching them under QEMU, parsing
+//! their KTAP and deciding each run.
+//!
+//! One library serves both `cargo xtask` and the boot-and-assert tests in `tests/`,
+//! so the two can never disagree on how a kernel is started or judged.
+//!
+//! A run passes only if all of these hold: the console carried a well-formed KTAP
+//! document whose every result is `ok`, the final status line said `pass`, QEMU
+//! ended on its own before the timeout, and its exit code agrees with the status
+//! line. Any other run fails, with the reasons and the last console lines.
+
+pub mod arch;
+pub mod kbuild;
+pub mod ktap;
+pub mod qemu;
+pub mod setup;
+
+pub use arch::Arch;
+pub use qemu::{Boot, BootConfig, Verdict};
+
+/// The workspace root (the parent of this crate's manifest directory).
+pub fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+        .to_path_buf()
+}

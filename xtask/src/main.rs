@@ -1,1 +1,271 @@
-fn main() {}
+//! `cargo xtask`: build, run and test quiesce.
+//!
+//! - `cargo xtask build` builds the kernels.
+//! - `cargo xtask run` boots them under QEMU and prints a readable summary; the
+//!   exit status is non-zero if any run failed.
+//! - `cargo xtask test` runs every host unit test and the boot-and-assert tests.
+//! - `cargo xtask qemu-cmd` prints the QEMU command a run would use.
+//! - `cargo xtask setup` installs QEMU if it is missing.
+
+use anyhow::{bail, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::process::{Command, ExitCode};
+use std::time::Duration;
+use xtask::qemu::{Accel, BootConfig};
+use xtask::{kbuild, setup, Arch, Boot};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Build, run and test the quiesce testbed kernels")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build the kernels.
+    Build {
+        #[arg(long, value_enum, default_value_t = ArchSel::All)]
+        arch: ArchSel,
+    },
+    /// Boot the kernels under QEMU and print what happened.
+    Run(RunArgs),
+    /// Run the host unit tests and the boot-and-assert tests.
+    Test {
+        /// Boot tests of these architectures only.
+        #[arg(long, value_enum, default_value_t = ArchSel::All)]
+        arch: ArchSel,
+        /// Extra arguments for the test binaries (e.g. a test name filter).
+        #[arg(last = true)]
+        test_args: Vec<String>,
+    },
+    /// Print the QEMU command `run` would use.
+    QemuCmd(RunArgs),
+    /// Install QEMU for both architectures if missing (needs root).
+    Setup,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ArchSel {
+    S390x,
+    #[value(name = "x86_64", alias = "x86-64")]
+    X86_64,
+    All,
+}
+
+impl ArchSel {
+    fn arches(self) -> Vec<Arch> {
+        match self {
+            ArchSel::S390x => vec![Arch::S390x],
+            ArchSel::X86_64 => vec![Arch::X86_64],
+            ArchSel::All => Arch::ALL.to_vec(),
+        }
+    }
+}
+
+#[derive(Args, Clone)]
+struct RunArgs {
+    /// Architecture to boot.
+    #[arg(long, value_enum, default_value_t = ArchSel::All)]
+    arch: ArchSel,
+    /// Number of CPUs (1 to 64).
+    #[arg(long, default_value_t = 4)]
+    smp: usize,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 256)]
+    memory: u64,
+    /// QEMU accelerator: tcg, or kvm for the host's own architecture.
+    #[arg(long, default_value = "tcg")]
+    accel: Accel,
+    /// Seconds a boot may take before it counts as a hang.
+    #[arg(long, default_value_t = 60)]
+    timeout: u64,
+    /// Run only tests whose `suite.case` name matches (comma-separated, `*` wildcards).
+    #[arg(long)]
+    test: Option<String>,
+    /// Race scenario to run.
+    #[arg(long)]
+    scenario: Option<String>,
+    /// Scenario variant.
+    #[arg(long)]
+    variant: Option<String>,
+    /// Scenario mode.
+    #[arg(long, value_parser = ["natural", "forced"])]
+    mode: Option<String>,
+    /// Seed for randomised runs.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Echo the raw console while it runs.
+    #[arg(long, short)]
+    verbose: bool,
+    /// Extra kernel command-line words.
+    #[arg(last = true)]
+    kernel_args: Vec<String>,
+}
+
+impl RunArgs {
+    fn cmdline(&self) -> String {
+        let mut words = Vec::new();
+        if let Some(t) = &self.test {
+            words.push(format!("test={t}"));
+        }
+        if let Some(s) = &self.scenario {
+            words.push(format!("scenario={s}"));
+        }
+        if let Some(v) = &self.variant {
+            words.push(format!("variant={v}"));
+        }
+        if let Some(m) = &self.mode {
+            words.push(format!("mode={m}"));
+        }
+        if let Some(s) = self.seed {
+            words.push(format!("seed={s}"));
+        }
+        words.extend(self.kernel_args.iter().cloned());
+        words.join(" ")
+    }
+
+    fn config(&self, arch: Arch) -> BootConfig {
+        let mut c = BootConfig::new(arch, kbuild::kernel_path(arch));
+        c.smp = self.smp;
+        c.memory_mib = self.memory;
+        c.accel = self.accel;
+        c.timeout = Duration::from_secs(self.timeout);
+        c.cmdline = self.cmdline();
+        c
+    }
+
+    /// Checks everything that can be checked before building.
+    fn validate(&self) -> Result<()> {
+        for arch in self.arch.arches() {
+            let mut c = self.config(arch);
+            c.kernel = std::env::current_exe()?; // the kernel is checked after the build
+            c.validate()?;
+        }
+        Ok(())
+    }
+}
+
+fn main() -> ExitCode {
+    match real_main() {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn real_main() -> Result<ExitCode> {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Build { arch } => {
+            for a in arch.arches() {
+                let path = kbuild::build(a, false)?;
+                println!("{a}: {}", path.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Run(args) => run(&args),
+        Cmd::QemuCmd(args) => {
+            args.validate()?;
+            for a in args.arch.arches() {
+                let c = args.config(a);
+                let file = xtask::qemu::write_cmdline_file(&c.cmdline)?;
+                println!("{}", c.qemu_command_line(&file));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Test { arch, test_args } => test(arch, &test_args),
+        Cmd::Setup => {
+            setup::ensure_qemu(&Arch::ALL)?;
+            println!("QEMU: {} and {} present", Arch::S390x.qemu_binary(), Arch::X86_64.qemu_binary());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn run(args: &RunArgs) -> Result<ExitCode> {
+    args.validate()?;
+    let arches = args.arch.arches();
+    setup::ensure_qemu(&arches)?;
+    let mut summary = Vec::new();
+    for &arch in &arches {
+        kbuild::build(arch, true)?;
+        let config = args.config(arch);
+        println!("== {arch}: {} CPUs, {} MiB, cmdline {:?}", config.smp, config.memory_mib, config.cmdline);
+        let verbose = args.verbose;
+        let boot = Boot::run(&config, |line| {
+            if verbose {
+                println!("   | {line}");
+            }
+        })?;
+        print_boot(&boot);
+        summary.push((arch, boot.verdict().passed));
+    }
+    println!();
+    let line: Vec<String> =
+        summary.iter().map(|(a, ok)| format!("{a} {}", if *ok { "PASS" } else { "FAIL" })).collect();
+    println!("summary: {}", line.join(", "));
+    Ok(if summary.iter().all(|(_, ok)| *ok) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Prints one boot as a readable table of results.
+fn print_boot(boot: &Boot) {
+    let doc = &boot.ktap;
+    if let Some(online) = doc.case("boot.cpus_online").and_then(|r| r.diag_value("cpus_online").map(str::to_string)) {
+        println!("   CPUs online: {online} of {}", boot.config.smp);
+    }
+    for (name, r) in doc.cases() {
+        let word = match (&r.directive, r.ok) {
+            (Some(xtask::ktap::Directive::Skip(why)), true) => format!("skip  ({why})"),
+            (_, true) => "ok".to_string(),
+            (_, false) => "FAIL".to_string(),
+        };
+        println!("   {name:<40} {word}");
+        for d in &r.diagnostics {
+            println!("   {:<40}   # {d}", "");
+        }
+        if !r.ok && r.diagnostics.is_empty() {
+            if let Some(why) = doc.failure_reason(&name, &r) {
+                println!("   {:<40}   # {why}", "");
+            }
+        }
+    }
+    let first = boot.first_ktap_line.map_or("never".into(), |d| format!("{} ms", d.as_millis()));
+    match &boot.status {
+        Some(s) => println!(
+            "   status: {} ({}) in {:.2} s, first KTAP line after {first}",
+            if s.pass { "pass" } else { "fail" },
+            s.detail,
+            boot.elapsed.as_secs_f64()
+        ),
+        None => println!("   status: none after {:.2} s", boot.elapsed.as_secs_f64()),
+    }
+    let v = boot.verdict();
+    if !v.passed {
+        print!("{}", boot.failure_report());
+    }
+}
+
+fn test(arch: ArchSel, test_args: &[String]) -> Result<ExitCode> {
+    let arches = arch.arches();
+    setup::ensure_qemu(&arches)?;
+    for &a in &arches {
+        println!("building the {a} kernel");
+        kbuild::build(a, true)?;
+    }
+    let names: Vec<&str> = arches.iter().map(|a| a.name()).collect();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(xtask::workspace_root())
+        .args(["test", "--no-fail-fast"])
+        .arg("--")
+        .args(test_args)
+        .env("QUIESCE_TEST_ARCHES", names.join(","))
+        .status()?;
+    if !status.success() {
+        bail!("tests failed ({status})");
+    }
+    Ok(ExitCode::SUCCESS)
+}
