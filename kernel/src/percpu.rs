@@ -19,6 +19,9 @@ pub struct PerCpu {
     pub nmis: AtomicU64,
     /// Cross-CPU function calls queued for this CPU.
     pub(crate) call_queue: spin::Mutex<VecDeque<CallRequest>>,
+    /// Work for the CPU's idle loop, run in task context (see
+    /// [`crate::smp::run_on_idle`]).
+    pub(crate) idle_work: spin::Mutex<Option<(crate::smp::SmpCallFunc, usize)>>,
 }
 
 impl PerCpu {
@@ -29,6 +32,7 @@ impl PerCpu {
             ipis: AtomicU64::new(0),
             nmis: AtomicU64::new(0),
             call_queue: spin::Mutex::new(VecDeque::new()),
+            idle_work: spin::Mutex::new(None),
         }
     }
 }

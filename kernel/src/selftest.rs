@@ -128,6 +128,8 @@ fn call_function_wait<A: Arch>(_: &Cmdline) -> Outcome {
 static SECTION_START_NS: AtomicU64 = AtomicU64::new(0);
 static SECTION_END_NS: AtomicU64 = AtomicU64::new(0);
 static SECTION_IRQS_WERE_OFF: AtomicUsize = AtomicUsize::new(0);
+/// IPIs the section's CPU had taken when its section ended.
+static SECTION_END_IPIS: AtomicU64 = AtomicU64::new(0);
 
 /// Length of the interrupts-off section used by the masking tests.
 const SECTION_NS: u64 = 50_000_000;
@@ -139,14 +141,16 @@ fn irqs_off_section<A: Arch>(ns: usize) {
     SECTION_END_NS.store(0, Ordering::Release);
     SECTION_START_NS.store(A::clock_ns(), Ordering::Release);
     time::ndelay::<A>(ns as u64);
+    SECTION_END_IPIS.store(percpu::this_cpu::<A>().ipis.load(Ordering::Relaxed), Ordering::Release);
     SECTION_END_NS.store(A::clock_ns(), Ordering::Release);
     A::local_irq_restore(flags);
 }
 
-/// Starts an interrupts-off section on `cpu` and returns once it has begun.
+/// Starts an interrupts-off section on `cpu`, in task context (its idle loop, not
+/// an interrupt handler), and returns once the section has begun.
 fn start_section<A: Arch>(cpu: usize) -> u64 {
     SECTION_START_NS.store(0, Ordering::Release);
-    smp::smp_call_function_single::<A>(cpu, irqs_off_section::<A>, SECTION_NS as usize, false);
+    smp::run_on_idle::<A>(cpu, irqs_off_section::<A>, SECTION_NS as usize);
     loop {
         let start = SECTION_START_NS.load(Ordering::Acquire);
         if start != 0 {
@@ -176,6 +180,7 @@ fn ipi_held_by_irqs_off<A: Arch>(_: &Cmdline) -> Outcome {
     smp::smp_call_function_single::<A>(cpu, noop, 0, true);
     let t1 = A::clock_ns();
     let end = wait_section_end::<A>();
+    let ipis_after = percpu::per_cpu(cpu).ipis.load(Ordering::Acquire);
     diag!(
         "irqs_off_ns={} sender_wait_ns={} released_after_section_ns={}",
         end - start,
@@ -184,6 +189,9 @@ fn ipi_held_by_irqs_off<A: Arch>(_: &Cmdline) -> Outcome {
     );
     if SECTION_IRQS_WERE_OFF.load(Ordering::Acquire) != 1 {
         return fail(format!("CPU {cpu} did not have interrupts disabled in its section"));
+    }
+    if ipis_after <= SECTION_END_IPIS.load(Ordering::Acquire) {
+        return fail(format!("CPU {cpu} took no IPI after its interrupts-off section"));
     }
     if t1 < end || t1 - t0 < end - t0 {
         return fail(format!(

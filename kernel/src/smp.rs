@@ -60,7 +60,24 @@ pub fn secondary_main<A: Arch>(cpu: usize) -> ! {
     A::local_irq_enable();
     loop {
         A::wait_for_interrupt();
+        let work = percpu::per_cpu(cpu).idle_work.lock().take();
+        if let Some((func, arg)) = work {
+            func(arg);
+        }
     }
+}
+
+/// Has secondary CPU `cpu` run `func(arg)` from its idle loop, in task context
+/// with interrupts enabled, rather than in the IPI handler. For work that must
+/// control the CPU's interrupt state itself. Returns once the work is queued.
+pub fn run_on_idle<A: Arch>(cpu: usize, func: SmpCallFunc, arg: usize) {
+    assert!(cpu != 0 && cpu < nr_cpus(), "run_on_idle: CPU {cpu} has no idle loop");
+    let flags = A::local_irq_save();
+    let old = percpu::per_cpu(cpu).idle_work.lock().replace((func, arg));
+    A::local_irq_restore(flags);
+    assert!(old.is_none(), "run_on_idle: CPU {cpu} still has idle work queued");
+    // The IPI wakes the idle loop, which then finds the work.
+    smp_call_function_single::<A>(cpu, |_| {}, 0, false);
 }
 
 /// Runs `func(arg)` on `cpu` and, if `wait`, returns only once it has finished.
