@@ -14,7 +14,9 @@ struct HeapArea([u8; HEAP_SIZE]);
 
 static mut HEAP_AREA: HeapArea = HeapArea([0; HEAP_SIZE]);
 
-#[cfg_attr(not(test), global_allocator)]
+// Only the bare-metal kernel allocates from it; a host program linking this
+// crate (unit tests, tools) keeps its own allocator.
+#[cfg_attr(target_os = "none", global_allocator)]
 static ALLOCATOR: LockedHeap = LockedHeap::empty();
 
 /// Hands the heap area to the allocator. Called once, on the boot CPU, before
