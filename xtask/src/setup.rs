@@ -67,25 +67,30 @@ fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// The error for emulators that are missing when we may not install them.
+fn missing_without_root(missing: &[Arch]) -> String {
+    let packages: Vec<&str> = missing.iter().map(|a| a.qemu_package()).collect();
+    let names: Vec<&str> = missing.iter().map(|a| a.qemu_binary()).collect();
+    format!(
+        "{} not found. Install it as root: add the bookworm-backports suite to apt's sources \
+         (same mirror as the existing Debian source), run `apt-get update`, then \
+         `apt-get install -y -t bookworm-backports --no-install-recommends {}`",
+        names.join(" and "),
+        packages.join(" ")
+    )
+}
+
 /// Makes sure the emulators for `arches` are installed, installing them as root.
 pub fn ensure_qemu(arches: &[Arch]) -> Result<()> {
     let missing: Vec<Arch> = arches.iter().copied().filter(|a| !on_path(a.qemu_binary())).collect();
     if missing.is_empty() {
         return Ok(());
     }
-    let packages: Vec<&str> = missing.iter().map(|a| a.qemu_package()).collect();
-    let install = format!(
-        "apt-get install -y -t bookworm-backports --no-install-recommends {}",
-        packages.join(" ")
-    );
-    let names: Vec<&str> = missing.iter().map(|a| a.qemu_binary()).collect();
     if !is_root() {
-        bail!(
-            "{} not found. Install it as root: add the bookworm-backports suite to apt's sources \
-             (same mirror as the existing Debian source), run `apt-get update`, then `{install}`",
-            names.join(" and ")
-        );
+        bail!("{}", missing_without_root(&missing));
     }
+    let packages: Vec<&str> = missing.iter().map(|a| a.qemu_package()).collect();
+    let names: Vec<&str> = missing.iter().map(|a| a.qemu_binary()).collect();
     eprintln!("quiesce: {} not found; installing from bookworm-backports", names.join(" and "));
     if !Path::new(BACKPORTS_SOURCE).exists() {
         let mirror = debian_mirror()?;
@@ -107,4 +112,24 @@ pub fn ensure_qemu(arches: &[Arch]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_qemu_names_the_command() {
+        let msg = missing_without_root(&[Arch::S390x]);
+        assert!(msg.starts_with("qemu-system-s390x not found"), "{msg}");
+        assert!(msg.contains("--no-install-recommends qemu-system-s390x`"), "{msg}");
+        let msg = missing_without_root(&Arch::ALL);
+        assert!(msg.contains("qemu-system-s390x qemu-system-x86`"), "{msg}");
+    }
+
+    #[test]
+    fn path_lookup() {
+        assert!(on_path("sh"));
+        assert!(!on_path("quiesce-no-such-binary"));
+    }
 }
