@@ -79,7 +79,7 @@ impl fmt::Display for CmdlineError<'_> {
 }
 
 /// Default seed when none is given.
-pub const DEFAULT_SEED: u64 = 0x5eed_0f_91e5ce;
+pub const DEFAULT_SEED: u64 = 0x5eed_0f91_e5ce;
 
 impl<'a> Cmdline<'a> {
     /// Parses a command line.
@@ -141,7 +141,13 @@ impl<'a> Cmdline<'a> {
                     c.mode = Some(match need("natural or forced")? {
                         "natural" => Mode::Natural,
                         "forced" => Mode::Forced,
-                        v => return Err(CmdlineError::BadValue { key, value: v, expected: "natural or forced" }),
+                        v => {
+                            return Err(CmdlineError::BadValue {
+                                key,
+                                value: v,
+                                expected: "natural or forced",
+                            })
+                        }
                     })
                 }
                 "tick_hz" => {

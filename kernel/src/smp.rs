@@ -126,10 +126,7 @@ fn queue_call<A: Arch>(cpu: usize, func: SmpCallFunc, arg: usize) -> Arc<AtomicB
 }
 
 fn wait_done<A: Arch>(done: &AtomicBool) {
-    assert!(
-        !A::irqs_disabled(),
-        "smp_call_function waiting with interrupts disabled (deadlock risk)"
-    );
+    assert!(!A::irqs_disabled(), "smp_call_function waiting with interrupts disabled (deadlock risk)");
     while !done.load(Ordering::Acquire) {
         A::cpu_relax();
     }

@@ -30,9 +30,7 @@ pub fn kernel(arch: Arch) -> PathBuf {
     static BUILT: OnceLock<Mutex<HashMap<Arch, PathBuf>>> = OnceLock::new();
     let map = BUILT.get_or_init(|| Mutex::new(HashMap::new()));
     let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
-    map.entry(arch)
-        .or_insert_with(|| kbuild::build(arch, true).unwrap_or_else(|e| panic!("{e:#}")))
-        .clone()
+    map.entry(arch).or_insert_with(|| kbuild::build(arch, true).unwrap_or_else(|e| panic!("{e:#}"))).clone()
 }
 
 /// Boots `arch` with `smp` CPUs and `cmdline`; `None` (with a printed reason) if

@@ -17,7 +17,11 @@ fn panic_on_secondary(arch: Arch) {
     let Some(b) = boot(arch, 4, "selftest.panic=2", TIMEOUT) else { return };
     assert_failed_with(&b, "panic on CPU 2");
     assert!(!b.timed_out, "a panic must stop the machine, not hang it");
-    assert!(b.console.iter().any(|l| l.contains("PANIC on CPU 2: panicking as asked")), "{}", b.failure_report());
+    assert!(
+        b.console.iter().any(|l| l.contains("PANIC on CPU 2: panicking as asked")),
+        "{}",
+        b.failure_report()
+    );
     assert_ne!(b.exit_code, Some(arch.success_exit_code()));
 }
 

@@ -142,7 +142,10 @@ impl Document {
 
     /// Whether every top-level result passed and nothing is wrong with the KTAP.
     pub fn passed(&self) -> bool {
-        self.started && self.errors.is_empty() && !self.results.is_empty() && self.results.iter().all(TestResult::passed)
+        self.started
+            && self.errors.is_empty()
+            && !self.results.is_empty()
+            && self.results.iter().all(TestResult::passed)
     }
 }
 
@@ -168,7 +171,8 @@ pub fn parse(text: &str) -> Document {
         let raw = raw.trim_end_matches('\r');
         let body = raw.trim_start_matches(' ');
         let indent = raw.len() - body.len();
-        let err = |doc: &mut Document, message: String| doc.errors.push(ParseError { line: line_no, message });
+        let err =
+            |doc: &mut Document, message: String| doc.errors.push(ParseError { line: line_no, message });
 
         if body == "KTAP version 1" || body == "TAP version 14" {
             if indent % 4 != 0 {
@@ -186,7 +190,13 @@ pub fn parse(text: &str) -> Document {
             } else if depth == levels.len() {
                 levels.push(Level { start_line: line_no, ..Level::default() });
             } else {
-                err(&mut doc, format!("subtest at depth {depth} opened inside depth {}", levels.len().saturating_sub(1)));
+                err(
+                    &mut doc,
+                    format!(
+                        "subtest at depth {depth} opened inside depth {}",
+                        levels.len().saturating_sub(1)
+                    ),
+                );
             }
             continue;
         }
@@ -221,7 +231,9 @@ pub fn parse(text: &str) -> Document {
         }
         if let Some(n) = body.strip_prefix("1..") {
             match n.trim().parse::<usize>() {
-                Ok(n) if depth + 1 == levels.len() && levels[depth].plan.is_none() => levels[depth].plan = Some(n),
+                Ok(n) if depth + 1 == levels.len() && levels[depth].plan.is_none() => {
+                    levels[depth].plan = Some(n)
+                }
                 Ok(_) => err(&mut doc, format!("unexpected plan line '{body}'")),
                 Err(_) => err(&mut doc, format!("malformed plan line '{body}'")),
             }
@@ -235,14 +247,10 @@ pub fn parse(text: &str) -> Document {
             doc.unknown_lines.push(raw.to_string());
             continue;
         };
-        let (number, rest) = match rest.split_once(' ').map_or((rest, ""), |(a, b)| (a, b)) {
-            (num, rest) => match num.parse::<usize>() {
-                Ok(n) => (n, rest),
-                Err(_) => {
-                    err(&mut doc, format!("result without a test number: '{body}'"));
-                    continue;
-                }
-            },
+        let (num, rest) = rest.split_once(' ').unwrap_or((rest, ""));
+        let Ok(number) = num.parse::<usize>() else {
+            err(&mut doc, format!("result without a test number: '{body}'"));
+            continue;
         };
         let (name, directive) = match rest.split_once(" # ") {
             Some((name, dir)) => (name.trim(), parse_directive(dir)),
@@ -287,7 +295,10 @@ pub fn parse(text: &str) -> Document {
     let last = text.lines().count();
     while levels.len() > 1 {
         let sub = levels.pop().expect("levels is longer than 1");
-        doc.errors.push(ParseError { line: last, message: format!("subtest opened at line {} never closed", sub.start_line) });
+        doc.errors.push(ParseError {
+            line: last,
+            message: format!("subtest opened at line {} never closed", sub.start_line),
+        });
     }
     if let Some(top) = levels.pop() {
         check_plan(&mut doc, &top, last);
@@ -385,7 +396,11 @@ quiesce: status=pass (all tests passed)
         let doc = parse(cut);
         assert!(!doc.passed());
         assert!(doc.errors.iter().any(|e| e.message.contains("never closed")), "{:?}", doc.errors);
-        assert!(doc.errors.iter().any(|e| e.message.contains("planned 2 tests and reported 0")), "{:?}", doc.errors);
+        assert!(
+            doc.errors.iter().any(|e| e.message.contains("planned 2 tests and reported 0")),
+            "{:?}",
+            doc.errors
+        );
     }
 
     #[test]

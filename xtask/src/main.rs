@@ -18,11 +18,11 @@ use xtask::{kbuild, setup, Arch, Boot};
 #[command(name = "cargo xtask", about = "Build, run and test the quiesce testbed kernels")]
 struct Cli {
     #[command(subcommand)]
-    command: Cmd,
+    command: Action,
 }
 
 #[derive(Subcommand)]
-enum Cmd {
+enum Action {
     /// Build the kernels.
     Build {
         #[arg(long, value_enum, default_value_t = ArchSel::All)]
@@ -159,15 +159,15 @@ fn main() -> ExitCode {
 fn real_main() -> Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
-        Cmd::Build { arch } => {
+        Action::Build { arch } => {
             for a in arch.arches() {
                 let path = kbuild::build(a, false)?;
                 println!("{a}: {}", path.display());
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Run(args) => run(&args),
-        Cmd::QemuCmd(args) => {
+        Action::Run(args) => run(&args),
+        Action::QemuCmd(args) => {
             args.validate()?;
             for a in args.arch.arches() {
                 let c = args.config(a);
@@ -176,8 +176,8 @@ fn real_main() -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Test { arch, test_args } => test(arch, &test_args),
-        Cmd::Setup => {
+        Action::Test { arch, test_args } => test(arch, &test_args),
+        Action::Setup => {
             setup::ensure_qemu(&Arch::ALL)?;
             println!("QEMU: {} and {} present", Arch::S390x.qemu_binary(), Arch::X86_64.qemu_binary());
             Ok(ExitCode::SUCCESS)
@@ -213,7 +213,9 @@ fn run(args: &RunArgs) -> Result<ExitCode> {
 /// Prints one boot as a readable table of results.
 fn print_boot(boot: &Boot) {
     let doc = &boot.ktap;
-    if let Some(online) = doc.case("boot.cpus_online").and_then(|r| r.diag_value("cpus_online").map(str::to_string)) {
+    if let Some(online) =
+        doc.case("boot.cpus_online").and_then(|r| r.diag_value("cpus_online").map(str::to_string))
+    {
         println!("   CPUs online: {online} of {}", boot.config.smp);
     }
     for (name, r) in doc.cases() {

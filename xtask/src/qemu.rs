@@ -86,7 +86,12 @@ impl BootConfig {
     /// Checks the configuration, with an error that says what is wrong.
     pub fn validate(&self) -> Result<()> {
         if !SMP_RANGE.contains(&self.smp) {
-            bail!("--smp {}: the kernel supports {} to {} CPUs", self.smp, SMP_RANGE.start(), SMP_RANGE.end());
+            bail!(
+                "--smp {}: the kernel supports {} to {} CPUs",
+                self.smp,
+                SMP_RANGE.start(),
+                SMP_RANGE.end()
+            );
         }
         if !MEMORY_RANGE_MIB.contains(&self.memory_mib) {
             bail!(
@@ -98,7 +103,11 @@ impl BootConfig {
         }
         if self.accel == Accel::Kvm {
             if !self.arch.is_host() {
-                bail!("--accel kvm: {} cannot run under KVM on this {} host", self.arch, std::env::consts::ARCH);
+                bail!(
+                    "--accel kvm: {} cannot run under KVM on this {} host",
+                    self.arch,
+                    std::env::consts::ARCH
+                );
             }
             if !Path::new("/dev/kvm").exists() {
                 bail!("--accel kvm: /dev/kvm does not exist on this host");
@@ -108,7 +117,11 @@ impl BootConfig {
             bail!("--timeout must be more than 0 seconds");
         }
         if self.cmdline.len() + 1 > S390X_CMDLINE_MAX {
-            bail!("the kernel command line is {} bytes; at most {} fit", self.cmdline.len(), S390X_CMDLINE_MAX - 1);
+            bail!(
+                "the kernel command line is {} bytes; at most {} fit",
+                self.cmdline.len(),
+                S390X_CMDLINE_MAX - 1
+            );
         }
         if self.cmdline.contains('\0') {
             bail!("the kernel command line contains a NUL byte");
@@ -335,7 +348,9 @@ impl Boot {
             reasons.push(format!("timed out after {} s: the kernel hung", self.config.timeout.as_secs_f64()));
         }
         match &self.status {
-            None if !self.timed_out => reasons.push("no final status line: the kernel crashed or QEMU died".into()),
+            None if !self.timed_out => {
+                reasons.push("no final status line: the kernel crashed or QEMU died".into())
+            }
             None => {}
             Some(s) if !s.pass => reasons.push(format!("the kernel reported failure: {}", s.detail)),
             Some(_) => {}

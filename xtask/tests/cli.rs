@@ -53,6 +53,9 @@ fn qemu_cmd_shows_the_launch() {
     assert_eq!(lines.len(), 2, "{text}");
     assert!(lines[0].starts_with("qemu-system-s390x ") && lines[0].contains("loader,file="), "{text}");
     assert!(lines[0].contains("-action panic=exit-failure"), "{text}");
-    assert!(lines[1].starts_with("qemu-system-x86_64 ") && lines[1].contains("-append 'test=ipi seed=3'"), "{text}");
+    assert!(
+        lines[1].starts_with("qemu-system-x86_64 ") && lines[1].contains("-append 'test=ipi seed=3'"),
+        "{text}"
+    );
     assert!(lines.iter().all(|l| l.contains("-smp 2")), "{text}");
 }
