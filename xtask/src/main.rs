@@ -226,11 +226,11 @@ fn print_boot(boot: &Boot) {
         };
         println!("   {name:<40} {word}");
         for d in &r.diagnostics {
-            println!("   {:<40}   # {d}", "");
+            println!("       # {d}");
         }
         if !r.ok && r.diagnostics.is_empty() {
             if let Some(why) = doc.failure_reason(&name, &r) {
-                println!("   {:<40}   # {why}", "");
+                println!("       # {why}");
             }
         }
     }
