@@ -1,0 +1,148 @@
+//! quiesce x86-64 backend: boots through PVH under QEMU and implements
+//! [`quiesce_kernel::Arch`] for [`X86_64`].
+//!
+//! Design. The boot CPU enters `boot/x86_64/head.S` in 32-bit protected mode,
+//! builds an identity map of the low 4 GiB, switches to long mode and calls
+//! [`head64::x86_64_start_kernel`], which sets up the per-CPU data (GS base), the
+//! COM1 console, the GDT with one TSS per CPU, the IDT, the local APIC, the TSC
+//! clock and the CPU list, then hands over to the generic
+//! [`quiesce_kernel::boot_cpu_main`]. Secondary CPUs are started by INIT-SIPI-SIPI
+//! through a real-mode trampoline ([`smpboot`]) and join the generic kernel in
+//! [`quiesce_kernel::smp::secondary_main`]. Interrupts and exceptions enter through
+//! one assembly stub per vector that saves every register ([`idt`]); IPIs, NMIs and
+//! the timer are local-APIC functions ([`apic`], [`smp`]).
+//!
+//! Invariants:
+//! - Physical and virtual addresses are equal below 4 GiB on every CPU (one set of
+//!   page tables, built once by the boot CPU, never changed); the local APIC page
+//!   is mapped uncached.
+//! - The GS base of every CPU that runs Rust code points at its own
+//!   [`percpu::CpuData`], whose first word is the logical CPU number.
+//! - The kernel runs in ring 0 only; every IDT gate is an interrupt gate, so
+//!   handlers run with IF=0.
+//! - Unsafe code lives in the modules that own a piece of hardware: port I/O in
+//!   [`serial`], [`tsc`] (PIT), [`fw_cfg`], [`apic`] (8259 masking) and [`smp`]
+//!   (isa-debug-exit); MMIO and MSRs in [`apic`]; firmware memory in [`pvh`]
+//!   (`read_phys`, also used by [`acpi`]); descriptor tables in [`gdt`] and
+//!   [`idt`]; `%gs` in [`percpu`]; `rdtsc` in [`tsc`]; the trampoline copy and
+//!   the heap-allocated CPU stacks in [`smpboot`].
+#![no_std]
+#![no_main]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+extern crate alloc;
+
+mod acpi;
+mod apic;
+mod fw_cfg;
+mod gdt;
+mod head64;
+mod idt;
+mod percpu;
+mod pvh;
+mod serial;
+mod smp;
+mod smpboot;
+mod tsc;
+
+use quiesce_kernel::{Arch, IrqFlags};
+use x86_64::instructions::interrupts;
+use x86_64::registers::rflags::{self, RFlags};
+
+/// The x86-64 implementation of the kernel's hardware contract.
+pub struct X86_64;
+
+impl Arch for X86_64 {
+    const NAME: &'static str = "x86_64";
+    const HAS_NMI: bool = true;
+
+    fn console_write(bytes: &[u8]) {
+        serial::write(bytes);
+    }
+
+    #[inline]
+    fn smp_processor_id() -> usize {
+        percpu::smp_processor_id()
+    }
+
+    #[inline]
+    fn local_irq_enable() {
+        interrupts::enable();
+    }
+
+    #[inline]
+    fn local_irq_disable() {
+        interrupts::disable();
+    }
+
+    #[inline]
+    fn irqs_disabled() -> bool {
+        !interrupts::are_enabled()
+    }
+
+    #[inline]
+    fn local_irq_save() -> IrqFlags {
+        let flags = rflags::read_raw();
+        interrupts::disable();
+        IrqFlags(flags as usize)
+    }
+
+    #[inline]
+    fn local_irq_restore(flags: IrqFlags) {
+        if flags.0 as u64 & RFlags::INTERRUPT_FLAG.bits() != 0 {
+            interrupts::enable();
+        } else {
+            interrupts::disable();
+        }
+    }
+
+    #[inline]
+    fn cpu_relax() {
+        core::hint::spin_loop();
+    }
+
+    #[inline]
+    fn wait_for_interrupt() {
+        // `sti; hlt`: the STI shadow keeps an interrupt from arriving between the
+        // two, so a pending interrupt ends the halt instead of being lost.
+        interrupts::enable_and_hlt();
+    }
+
+    #[inline]
+    fn clock_ns() -> u64 {
+        tsc::clock_ns()
+    }
+
+    fn send_ipi(cpu: usize) {
+        smp::send_call_function_ipi(cpu);
+    }
+
+    fn send_nmi(cpu: usize) {
+        smp::send_nmi(cpu);
+    }
+
+    fn timer_start(period_ns: u64) {
+        apic::timer_start(period_ns);
+        if percpu::smp_processor_id() == 0 {
+            head64::print_boot_diagnostics();
+        }
+    }
+
+    fn boot_secondary(cpu: usize) -> Result<(), &'static str> {
+        smpboot::boot_secondary(cpu)
+    }
+
+    fn stop_other_cpus() {
+        smp::stop_other_cpus();
+    }
+
+    fn exit(success: bool) -> ! {
+        smp::stop_other_cpus();
+        smp::qemu_exit(success)
+    }
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    quiesce_kernel::panic::panic::<X86_64>(info)
+}
