@@ -61,7 +61,11 @@ pub enum CmdlineError<'a> {
     /// A key no one knows.
     UnknownKey(&'a str),
     /// A key whose value is missing or malformed.
-    BadValue { key: &'a str, value: &'a str, expected: &'static str },
+    BadValue {
+        key: &'a str,
+        value: &'a str,
+        expected: &'static str,
+    },
     /// A key given twice.
     Repeated(&'a str),
 }
@@ -70,7 +74,11 @@ impl fmt::Display for CmdlineError<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::UnknownKey(k) => write!(f, "unknown key '{k}'"),
-            Self::BadValue { key, value, expected } => {
+            Self::BadValue {
+                key,
+                value,
+                expected,
+            } => {
                 write!(f, "bad value '{value}' for '{key}': expected {expected}")
             }
             Self::Repeated(k) => write!(f, "key '{k}' given more than once"),
@@ -111,19 +119,31 @@ impl<'a> Cmdline<'a> {
             let need = |expected: &'static str| -> Result<&'a str, CmdlineError<'a>> {
                 match value {
                     Some(v) if !v.is_empty() => Ok(v),
-                    _ => Err(CmdlineError::BadValue { key, value: value.unwrap_or(""), expected }),
+                    _ => Err(CmdlineError::BadValue {
+                        key,
+                        value: value.unwrap_or(""),
+                        expected,
+                    }),
                 }
             };
             let flag = || -> Result<bool, CmdlineError<'a>> {
                 match value {
                     None | Some("1") | Some("yes") => Ok(true),
                     Some("0") | Some("no") => Ok(false),
-                    Some(v) => Err(CmdlineError::BadValue { key, value: v, expected: "no value, 0 or 1" }),
+                    Some(v) => Err(CmdlineError::BadValue {
+                        key,
+                        value: v,
+                        expected: "no value, 0 or 1",
+                    }),
                 }
             };
             let number = |expected: &'static str| -> Result<u64, CmdlineError<'a>> {
                 let v = need(expected)?;
-                parse_u64(v).ok_or(CmdlineError::BadValue { key, value: v, expected })
+                parse_u64(v).ok_or(CmdlineError::BadValue {
+                    key,
+                    value: v,
+                    expected,
+                })
             };
             match key {
                 "test" => {
@@ -231,7 +251,10 @@ mod tests {
         assert_eq!(c.tests, ["boot.ipi*", "heap"]);
         assert_eq!((c.seed, c.seed_given), (16, true));
         assert_eq!(c.iterations, Some(5));
-        assert_eq!((c.scenario, c.variant, c.mode), (Some("s"), Some("v"), Some(Mode::Forced)));
+        assert_eq!(
+            (c.scenario, c.variant, c.mode),
+            (Some("s"), Some("v"), Some(Mode::Forced))
+        );
         assert_eq!(c.tick_hz, 250);
         assert!(c.fail && !c.hang && c.crash);
         assert_eq!(c.panic_cpu, Some(2));
@@ -239,18 +262,42 @@ mod tests {
 
     #[test]
     fn unknown_key_is_an_error() {
-        assert_eq!(Cmdline::parse("seed=1 bogus=3"), Err(CmdlineError::UnknownKey("bogus")));
-        assert_eq!(Cmdline::parse("verbose"), Err(CmdlineError::UnknownKey("verbose")));
+        assert_eq!(
+            Cmdline::parse("seed=1 bogus=3"),
+            Err(CmdlineError::UnknownKey("bogus"))
+        );
+        assert_eq!(
+            Cmdline::parse("verbose"),
+            Err(CmdlineError::UnknownKey("verbose"))
+        );
     }
 
     #[test]
     fn bad_values_are_errors() {
-        assert!(matches!(Cmdline::parse("seed=abc"), Err(CmdlineError::BadValue { key: "seed", .. })));
-        assert!(matches!(Cmdline::parse("seed="), Err(CmdlineError::BadValue { key: "seed", .. })));
-        assert!(matches!(Cmdline::parse("mode=fast"), Err(CmdlineError::BadValue { key: "mode", .. })));
-        assert!(matches!(Cmdline::parse("tick_hz=0"), Err(CmdlineError::BadValue { .. })));
-        assert!(matches!(Cmdline::parse("selftest.fail=maybe"), Err(CmdlineError::BadValue { .. })));
-        assert_eq!(Cmdline::parse("seed=1 seed=2"), Err(CmdlineError::Repeated("seed")));
+        assert!(matches!(
+            Cmdline::parse("seed=abc"),
+            Err(CmdlineError::BadValue { key: "seed", .. })
+        ));
+        assert!(matches!(
+            Cmdline::parse("seed="),
+            Err(CmdlineError::BadValue { key: "seed", .. })
+        ));
+        assert!(matches!(
+            Cmdline::parse("mode=fast"),
+            Err(CmdlineError::BadValue { key: "mode", .. })
+        ));
+        assert!(matches!(
+            Cmdline::parse("tick_hz=0"),
+            Err(CmdlineError::BadValue { .. })
+        ));
+        assert!(matches!(
+            Cmdline::parse("selftest.fail=maybe"),
+            Err(CmdlineError::BadValue { .. })
+        ));
+        assert_eq!(
+            Cmdline::parse("seed=1 seed=2"),
+            Err(CmdlineError::Repeated("seed"))
+        );
     }
 
     #[test]

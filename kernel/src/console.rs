@@ -56,7 +56,10 @@ impl Write for LineBuf {
 #[doc(hidden)]
 pub fn _print(args: fmt::Arguments) {
     let _guard = LOCK.lock();
-    let mut line = LineBuf { buf: [0; 256], len: 0 };
+    let mut line = LineBuf {
+        buf: [0; 256],
+        len: 0,
+    };
     let _ = line.write_fmt(args);
     line.flush();
 }
@@ -72,7 +75,10 @@ pub fn emergency_print(args: fmt::Arguments) {
         }
         core::hint::spin_loop();
     }
-    let mut line = LineBuf { buf: [0; 256], len: 0 };
+    let mut line = LineBuf {
+        buf: [0; 256],
+        len: 0,
+    };
     let _ = line.write_fmt(args);
     line.flush();
     drop(guard);

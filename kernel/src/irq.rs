@@ -18,5 +18,7 @@ pub fn nmi_interrupt<A: Arch>() {
 
 /// A timer tick arrived.
 pub fn timer_interrupt<A: Arch>() {
-    percpu::this_cpu::<A>().ticks.fetch_add(1, Ordering::Relaxed);
+    percpu::this_cpu::<A>()
+        .ticks
+        .fetch_add(1, Ordering::Relaxed);
 }

@@ -55,7 +55,11 @@ impl Run {
         kprintln!("    KTAP version 1");
         kprintln!("    # Subtest: {name}");
         kprintln!("    1..{cases}");
-        Suite { name, next: 1, failed: false }
+        Suite {
+            name,
+            next: 1,
+            failed: false,
+        }
     }
 
     /// Closes a suite with its result at the top level; returns whether it passed.

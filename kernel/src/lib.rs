@@ -60,7 +60,11 @@ pub fn boot_cpu_main<A: Arch>(boot: BootInfo) -> ! {
     kprintln!("# cmdline={:?} seed={}", boot.cmdline, args.seed);
 
     if boot.nr_cpus == 0 || boot.nr_cpus > NR_CPUS {
-        kprintln!("# error: {} CPUs present, supported 1..={}", boot.nr_cpus, NR_CPUS);
+        kprintln!(
+            "# error: {} CPUs present, supported 1..={}",
+            boot.nr_cpus,
+            NR_CPUS
+        );
         exit::<A>(false, "unsupported CPU count");
     }
     time::set_tick_hz(args.tick_hz);
@@ -84,7 +88,14 @@ pub fn boot_cpu_main<A: Arch>(boot: BootInfo) -> ! {
     }
 
     let ok = selftest::run_all::<A>(&args, &mut run);
-    exit::<A>(ok, if ok { "all tests passed" } else { "a test failed" })
+    exit::<A>(
+        ok,
+        if ok {
+            "all tests passed"
+        } else {
+            "a test failed"
+        },
+    )
 }
 
 /// Prints the final status line and ends the machine.

@@ -15,7 +15,10 @@ pub fn panic<A: Arch>(info: &PanicInfo) -> ! {
     A::local_irq_disable();
     let cpu = A::smp_processor_id();
     if PANICKING.swap(true, Ordering::AcqRel) {
-        kprintln_emergency!("# PANIC on CPU {cpu} during another panic: {}", info.message());
+        kprintln_emergency!(
+            "# PANIC on CPU {cpu} during another panic: {}",
+            info.message()
+        );
         loop {
             A::cpu_relax();
         }

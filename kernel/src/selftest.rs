@@ -32,15 +32,25 @@ fn boot_suite<A: Arch>() -> [(&'static str, TestFn); 9] {
 pub fn run_all<A: Arch>(args: &Cmdline, run: &mut Run) -> bool {
     if let Some(name) = args.scenario {
         run.plan(1);
-        run.result(false, "scenario", Some(&format!("unknown scenario '{name}' (known: none)")));
+        run.result(
+            false,
+            "scenario",
+            Some(&format!("unknown scenario '{name}' (known: none)")),
+        );
         return false;
     }
     let suite_name = "boot";
-    let cases: Vec<_> =
-        boot_suite::<A>().into_iter().filter(|(name, _)| args.selects(suite_name, name)).collect();
+    let cases: Vec<_> = boot_suite::<A>()
+        .into_iter()
+        .filter(|(name, _)| args.selects(suite_name, name))
+        .collect();
     if cases.is_empty() {
         run.plan(1);
-        run.result(false, "test_filter", Some(&format!("no test matches {:?}", args.tests)));
+        run.result(
+            false,
+            "test_filter",
+            Some(&format!("no test matches {:?}", args.tests)),
+        );
         return false;
     }
     run.plan(1);
@@ -116,7 +126,9 @@ fn call_function_wait<A: Arch>(_: &Cmdline) -> Outcome {
     let seen = CALL_MASK.load(Ordering::Acquire);
     diag!("call_function_mask={seen:#x} expected={others:#x}");
     if seen != others {
-        return fail(format!("smp_call_function returned with mask {seen:#x}, expected {others:#x}"));
+        return fail(format!(
+            "smp_call_function returned with mask {seen:#x}, expected {others:#x}"
+        ));
     }
     for cpu in 0..n {
         CALL_MASK.store(0, Ordering::Release);
@@ -146,7 +158,10 @@ fn irqs_off_section<A: Arch>(ns: usize) {
     SECTION_END_NS.store(0, Ordering::Release);
     SECTION_START_NS.store(A::clock_ns(), Ordering::Release);
     time::ndelay::<A>(ns as u64);
-    SECTION_END_IPIS.store(percpu::this_cpu::<A>().ipis.load(Ordering::Relaxed), Ordering::Release);
+    SECTION_END_IPIS.store(
+        percpu::this_cpu::<A>().ipis.load(Ordering::Relaxed),
+        Ordering::Release,
+    );
     SECTION_END_NS.store(A::clock_ns(), Ordering::Release);
     A::local_irq_restore(flags);
 }
@@ -193,10 +208,14 @@ fn ipi_held_by_irqs_off<A: Arch>(_: &Cmdline) -> Outcome {
         t1 as i64 - end as i64
     );
     if SECTION_IRQS_WERE_OFF.load(Ordering::Acquire) != 1 {
-        return fail(format!("CPU {cpu} did not have interrupts disabled in its section"));
+        return fail(format!(
+            "CPU {cpu} did not have interrupts disabled in its section"
+        ));
     }
     if ipis_after <= SECTION_END_IPIS.load(Ordering::Acquire) {
-        return fail(format!("CPU {cpu} took no IPI after its interrupts-off section"));
+        return fail(format!(
+            "CPU {cpu} took no IPI after its interrupts-off section"
+        ));
     }
     if t1 < end || t1 - t0 < end - t0 {
         return fail(format!(
@@ -209,7 +228,9 @@ fn ipi_held_by_irqs_off<A: Arch>(_: &Cmdline) -> Outcome {
 
 fn nmi_with_irqs_off<A: Arch>(_: &Cmdline) -> Outcome {
     if !A::HAS_NMI {
-        return Outcome::Skip("no NMI on this architecture (s390x external interrupts are all maskable)");
+        return Outcome::Skip(
+            "no NMI on this architecture (s390x external interrupts are all maskable)",
+        );
     }
     if smp::nr_cpus() < 2 {
         return Outcome::Skip("needs 2 or more CPUs");
@@ -232,17 +253,24 @@ fn nmi_with_irqs_off<A: Arch>(_: &Cmdline) -> Outcome {
         end as i64 - t1 as i64
     );
     if SECTION_IRQS_WERE_OFF.load(Ordering::Acquire) != 1 {
-        return fail(format!("CPU {cpu} did not have interrupts disabled in its section"));
+        return fail(format!(
+            "CPU {cpu} did not have interrupts disabled in its section"
+        ));
     }
     if t1 > end {
-        return fail(format!("the NMI waited {} ns, until CPU {cpu} re-enabled interrupts", t1 - t0));
+        return fail(format!(
+            "the NMI waited {} ns, until CPU {cpu} re-enabled interrupts",
+            t1 - t0
+        ));
     }
     Outcome::Pass
 }
 
 fn timer_ticks<A: Arch>(_: &Cmdline) -> Outcome {
     let n = smp::nr_cpus();
-    let before: Vec<u64> = (0..n).map(|c| percpu::per_cpu(c).ticks.load(Ordering::Relaxed)).collect();
+    let before: Vec<u64> = (0..n)
+        .map(|c| percpu::per_cpu(c).ticks.load(Ordering::Relaxed))
+        .collect();
     // Five tick periods, and at least 20 ms: with more vCPUs than host cores QEMU
     // delivers timer interrupts late, so very short windows would count ticks
     // that are merely delayed.
@@ -260,7 +288,9 @@ fn timer_ticks<A: Arch>(_: &Cmdline) -> Outcome {
     }
     diag!("ticks_in_{}ms{report}", wait / 1_000_000);
     match slow {
-        Some((cpu, got)) => fail(format!("CPU {cpu} took {got} ticks in {periods} tick periods")),
+        Some((cpu, got)) => fail(format!(
+            "CPU {cpu} took {got} ticks in {periods} tick periods"
+        )),
         None => Outcome::Pass,
     }
 }

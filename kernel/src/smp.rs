@@ -46,7 +46,10 @@ pub(crate) fn bring_up_cpus<A: Arch>(nr_cpus: usize) {
             }
             A::cpu_relax();
         }
-        kprintln!("# cpu{cpu}=online bringup_us={}", (A::clock_ns() - start) / 1000);
+        kprintln!(
+            "# cpu{cpu}=online bringup_us={}",
+            (A::clock_ns() - start) / 1000
+        );
     }
 }
 
@@ -71,11 +74,17 @@ pub fn secondary_main<A: Arch>(cpu: usize) -> ! {
 /// with interrupts enabled, rather than in the IPI handler. For work that must
 /// control the CPU's interrupt state itself. Returns once the work is queued.
 pub fn run_on_idle<A: Arch>(cpu: usize, func: SmpCallFunc, arg: usize) {
-    assert!(cpu != 0 && cpu < nr_cpus(), "run_on_idle: CPU {cpu} has no idle loop");
+    assert!(
+        cpu != 0 && cpu < nr_cpus(),
+        "run_on_idle: CPU {cpu} has no idle loop"
+    );
     let flags = A::local_irq_save();
     let old = percpu::per_cpu(cpu).idle_work.lock().replace((func, arg));
     A::local_irq_restore(flags);
-    assert!(old.is_none(), "run_on_idle: CPU {cpu} still has idle work queued");
+    assert!(
+        old.is_none(),
+        "run_on_idle: CPU {cpu} still has idle work queued"
+    );
     // The IPI wakes the idle loop, which then finds the work.
     smp_call_function_single::<A>(cpu, |_| {}, 0, false);
 }
@@ -106,7 +115,10 @@ pub fn smp_call_function<A: Arch>(func: SmpCallFunc, arg: usize, wait: bool) {
 }
 
 fn queue_call<A: Arch>(cpu: usize, func: SmpCallFunc, arg: usize) -> Arc<AtomicBool> {
-    assert!(percpu::cpu_online(cpu), "smp_call_function to offline CPU {cpu}");
+    assert!(
+        percpu::cpu_online(cpu),
+        "smp_call_function to offline CPU {cpu}"
+    );
     let done = Arc::new(AtomicBool::new(false));
     if cpu == A::smp_processor_id() {
         let flags = A::local_irq_save();
@@ -115,7 +127,11 @@ fn queue_call<A: Arch>(cpu: usize, func: SmpCallFunc, arg: usize) -> Arc<AtomicB
         done.store(true, Ordering::Release);
         return done;
     }
-    let req = CallRequest { func, arg, done: done.clone() };
+    let req = CallRequest {
+        func,
+        arg,
+        done: done.clone(),
+    };
     // The queue lock is also taken by the target's IPI handler: keep interrupts
     // off while holding it, or a self-IPI could deadlock.
     let flags = A::local_irq_save();
@@ -126,7 +142,10 @@ fn queue_call<A: Arch>(cpu: usize, func: SmpCallFunc, arg: usize) -> Arc<AtomicB
 }
 
 fn wait_done<A: Arch>(done: &AtomicBool) {
-    assert!(!A::irqs_disabled(), "smp_call_function waiting with interrupts disabled (deadlock risk)");
+    assert!(
+        !A::irqs_disabled(),
+        "smp_call_function waiting with interrupts disabled (deadlock risk)"
+    );
     while !done.load(Ordering::Acquire) {
         A::cpu_relax();
     }

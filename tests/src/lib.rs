@@ -30,7 +30,9 @@ pub fn kernel(arch: Arch) -> PathBuf {
     static BUILT: OnceLock<Mutex<HashMap<Arch, PathBuf>>> = OnceLock::new();
     let map = BUILT.get_or_init(|| Mutex::new(HashMap::new()));
     let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
-    map.entry(arch).or_insert_with(|| kbuild::build(arch, true).unwrap_or_else(|e| panic!("{e:#}"))).clone()
+    map.entry(arch)
+        .or_insert_with(|| kbuild::build(arch, true).unwrap_or_else(|e| panic!("{e:#}")))
+        .clone()
 }
 
 /// Boots `arch` with `smp` CPUs and `cmdline`; `None` (with a printed reason) if
@@ -44,7 +46,8 @@ pub fn boot(arch: Arch, smp: usize, cmdline: &str, timeout: Duration) -> Option<
     config.smp = smp;
     config.cmdline = cmdline.to_string();
     config.timeout = timeout;
-    let boot = Boot::run(&config, |_| {}).unwrap_or_else(|e| panic!("could not boot {arch}: {e:#}"));
+    let boot =
+        Boot::run(&config, |_| {}).unwrap_or_else(|e| panic!("could not boot {arch}: {e:#}"));
     Some(boot)
 }
 
@@ -58,7 +61,11 @@ pub fn assert_passed(boot: &Boot) {
 /// `reason` and shows the last console lines.
 pub fn assert_failed_with(boot: &Boot, reason: &str) {
     let v = boot.verdict();
-    assert!(!v.passed, "expected a failure, but the run passed:\n{}", boot.console.join("\n"));
+    assert!(
+        !v.passed,
+        "expected a failure, but the run passed:\n{}",
+        boot.console.join("\n")
+    );
     assert!(
         v.reasons.iter().any(|r| r.contains(reason)),
         "expected a reason containing {reason:?}, got {:?}\n{}",
@@ -68,6 +75,9 @@ pub fn assert_failed_with(boot: &Boot, reason: &str) {
     let report = boot.failure_report();
     assert!(report.contains("last console lines:"), "{report}");
     if let Some(last) = boot.console.last() {
-        assert!(report.contains(last.as_str()), "the report lacks the last console line:\n{report}");
+        assert!(
+            report.contains(last.as_str()),
+            "the report lacks the last console line:\n{report}"
+        );
     }
 }

@@ -49,7 +49,9 @@ const CASES: [&str; 9] = [
 ];
 
 fn boot_and_assert(arch: Arch, smp: usize) {
-    let Some(b) = boot(arch, smp, "", TIMEOUT) else { return };
+    let Some(b) = boot(arch, smp, "", TIMEOUT) else {
+        return;
+    };
     assert_passed(&b);
     let cases = b.ktap.cases();
     let names: Vec<&str> = cases.iter().map(|(n, _)| n.as_str()).collect();
@@ -65,13 +67,20 @@ fn boot_and_assert(arch: Arch, smp: usize) {
         assert_eq!(got, expected(arch, smp, case), "{arch} smp={smp} {name}");
     }
     let online = b.ktap.case("boot.cpus_online").unwrap();
-    assert_eq!(online.diag_value("cpus_online"), Some(smp.to_string().as_str()), "{arch}: CPUs online");
+    assert_eq!(
+        online.diag_value("cpus_online"),
+        Some(smp.to_string().as_str()),
+        "{arch}: CPUs online"
+    );
     assert_eq!(b.ktap.diag_value("arch"), Some(arch.name()));
     if smp >= 2 {
         // The held-back IPI: the sender's wait covered the interrupts-off section.
         let held = b.ktap.case("boot.ipi_held_by_irqs_off").unwrap();
         let wait: u64 = held.diag_value("sender_wait_ns").unwrap().parse().unwrap();
-        assert!(wait >= 10_000_000, "{arch}: sender waited only {wait} ns for a CPU with interrupts off");
+        assert!(
+            wait >= 10_000_000,
+            "{arch}: sender waited only {wait} ns for a CPU with interrupts off"
+        );
     }
 }
 

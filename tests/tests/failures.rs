@@ -7,18 +7,31 @@ use std::time::Duration;
 use xtask::Arch;
 
 fn requested_failure(arch: Arch) {
-    let Some(b) = boot(arch, 2, "selftest.fail", TIMEOUT) else { return };
+    let Some(b) = boot(arch, 2, "selftest.fail", TIMEOUT) else {
+        return;
+    };
     assert_failed_with(&b, "test failed: boot.requested_failure");
-    assert!(b.status.as_ref().is_some_and(|s| !s.pass), "status line must say fail");
-    assert_ne!(b.exit_code, Some(arch.success_exit_code()), "QEMU must exit with failure");
+    assert!(
+        b.status.as_ref().is_some_and(|s| !s.pass),
+        "status line must say fail"
+    );
+    assert_ne!(
+        b.exit_code,
+        Some(arch.success_exit_code()),
+        "QEMU must exit with failure"
+    );
 }
 
 fn panic_on_secondary(arch: Arch) {
-    let Some(b) = boot(arch, 4, "selftest.panic=2", TIMEOUT) else { return };
+    let Some(b) = boot(arch, 4, "selftest.panic=2", TIMEOUT) else {
+        return;
+    };
     assert_failed_with(&b, "panic on CPU 2");
     assert!(!b.timed_out, "a panic must stop the machine, not hang it");
     assert!(
-        b.console.iter().any(|l| l.contains("PANIC on CPU 2: panicking as asked")),
+        b.console
+            .iter()
+            .any(|l| l.contains("PANIC on CPU 2: panicking as asked")),
         "{}",
         b.failure_report()
     );
@@ -26,32 +39,55 @@ fn panic_on_secondary(arch: Arch) {
 }
 
 fn hang(arch: Arch) {
-    let Some(b) = boot(arch, 2, "selftest.hang", Duration::from_secs(8)) else { return };
+    let Some(b) = boot(arch, 2, "selftest.hang", Duration::from_secs(8)) else {
+        return;
+    };
     assert!(b.timed_out);
     assert_failed_with(&b, "timed out");
-    assert!(b.failure_report().contains("hanging on purpose"), "{}", b.failure_report());
+    assert!(
+        b.failure_report().contains("hanging on purpose"),
+        "{}",
+        b.failure_report()
+    );
 }
 
 fn crash_without_status(arch: Arch) {
-    let Some(b) = boot(arch, 2, "selftest.crash", TIMEOUT) else { return };
+    let Some(b) = boot(arch, 2, "selftest.crash", TIMEOUT) else {
+        return;
+    };
     // QEMU reports success: only the missing status line shows the crash.
-    assert_eq!(b.exit_code, Some(arch.success_exit_code()), "{}", b.failure_report());
+    assert_eq!(
+        b.exit_code,
+        Some(arch.success_exit_code()),
+        "{}",
+        b.failure_report()
+    );
     assert!(b.status.is_none());
     assert_failed_with(&b, "no final status line");
 }
 
 fn unknown_key(arch: Arch) {
-    let Some(b) = boot(arch, 1, "seed=7 bogus=1", TIMEOUT) else { return };
+    let Some(b) = boot(arch, 1, "seed=7 bogus=1", TIMEOUT) else {
+        return;
+    };
     assert_failed_with(&b, "unknown key 'bogus'");
-    assert!(b.ktap.case("cmdline").is_some_and(|r| !r.ok), "{}", b.failure_report());
+    assert!(
+        b.ktap.case("cmdline").is_some_and(|r| !r.ok),
+        "{}",
+        b.failure_report()
+    );
 }
 
 fn test_filter(arch: Arch) {
-    let Some(b) = boot(arch, 2, "test=timer_ticks", TIMEOUT) else { return };
+    let Some(b) = boot(arch, 2, "test=timer_ticks", TIMEOUT) else {
+        return;
+    };
     quiesce_tests::assert_passed(&b);
     let names: Vec<String> = b.ktap.cases().into_iter().map(|(n, _)| n).collect();
     assert_eq!(names, ["boot.timer_ticks"]);
-    let Some(b) = boot(arch, 1, "test=no_such_test", TIMEOUT) else { return };
+    let Some(b) = boot(arch, 1, "test=no_such_test", TIMEOUT) else {
+        return;
+    };
     assert_failed_with(&b, "no test matches");
 }
 
@@ -62,4 +98,11 @@ macro_rules! per_arch {
     };
 }
 
-per_arch!(requested_failure, panic_on_secondary, hang, crash_without_status, unknown_key, test_filter);
+per_arch!(
+    requested_failure,
+    panic_on_secondary,
+    hang,
+    crash_without_status,
+    unknown_key,
+    test_filter
+);

@@ -33,8 +33,11 @@ fn kernel_ktap_parses_back() {
     assert!(doc.errors.is_empty(), "{:?}\n{text}", doc.errors);
     assert_eq!(doc.plan, Some(2));
     assert!(!doc.passed());
-    let cases: Vec<(String, bool, bool)> =
-        doc.cases().into_iter().map(|(n, r)| (n, r.ok, r.skipped())).collect();
+    let cases: Vec<(String, bool, bool)> = doc
+        .cases()
+        .into_iter()
+        .map(|(n, r)| (n, r.ok, r.skipped()))
+        .collect();
     assert_eq!(
         cases,
         [
@@ -46,6 +49,9 @@ fn kernel_ktap_parses_back() {
     );
     let fails = doc.case("first.fails").unwrap();
     assert_eq!(fails.diag_value("value"), Some("42"));
-    assert_eq!(doc.failure_reason("first.fails", &fails).as_deref(), Some("because"));
+    assert_eq!(
+        doc.failure_reason("first.fails", &fails).as_deref(),
+        Some("because")
+    );
     assert!(!doc.results[0].ok && doc.results[1].ok);
 }

@@ -53,7 +53,10 @@ impl Arch {
     /// Extra cargo arguments: s390x has no prebuilt `core`.
     pub fn build_std_args(self) -> &'static [&'static str] {
         match self {
-            Arch::S390x => &["-Zbuild-std=core,alloc", "-Zbuild-std-features=compiler-builtins-mem"],
+            Arch::S390x => &[
+                "-Zbuild-std=core,alloc",
+                "-Zbuild-std-features=compiler-builtins-mem",
+            ],
             Arch::X86_64 => &[],
         }
     }

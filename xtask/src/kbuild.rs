@@ -20,7 +20,10 @@ pub fn target_dir() -> PathBuf {
 
 /// Path of the built kernel ELF for `arch`.
 pub fn kernel_path(arch: Arch) -> PathBuf {
-    target_dir().join(arch.triple()).join(PROFILE).join(arch.binary())
+    target_dir()
+        .join(arch.triple())
+        .join(PROFILE)
+        .join(arch.binary())
 }
 
 /// The cargo command that builds the kernel for `arch`.
@@ -28,14 +31,25 @@ pub fn build_command(arch: Arch) -> Command {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(workspace_root())
-        .args(["build", "--package", arch.package(), "--target", arch.triple()])
+        .args([
+            "build",
+            "--package",
+            arch.package(),
+            "--target",
+            arch.triple(),
+        ])
         .args(["--profile", PROFILE])
         .args(arch.build_std_args())
         .arg("--target-dir")
         .arg(target_dir());
     // A cargo that runs us (cargo run / cargo test) exports variables describing
     // its own build; they must not leak into the kernel build.
-    for var in ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_BUILD_TARGET", "RUSTC_WORKSPACE_WRAPPER"] {
+    for var in [
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_BUILD_TARGET",
+        "RUSTC_WORKSPACE_WRAPPER",
+    ] {
         cmd.env_remove(var);
     }
     cmd
@@ -47,13 +61,18 @@ pub fn build(arch: Arch, quiet: bool) -> Result<PathBuf> {
     if quiet {
         cmd.arg("--quiet");
     }
-    let status = cmd.status().with_context(|| format!("running cargo to build the {arch} kernel"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("running cargo to build the {arch} kernel"))?;
     if !status.success() {
         bail!("building the {arch} kernel failed ({status})");
     }
     let path = kernel_path(arch);
     if !path.is_file() {
-        bail!("the {arch} kernel build succeeded but {} is missing", path.display());
+        bail!(
+            "the {arch} kernel build succeeded but {} is missing",
+            path.display()
+        );
     }
     Ok(path)
 }

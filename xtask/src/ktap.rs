@@ -54,13 +54,18 @@ impl TestResult {
     /// Looks up `key=value` in the diagnostics (`# key=value other=...`).
     pub fn diag_value(&self, key: &str) -> Option<&str> {
         self.diagnostics.iter().find_map(|d| {
-            d.split_whitespace().find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+            d.split_whitespace()
+                .find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
         })
     }
 
     /// Every result of this tree, depth first, named `parent.child`.
     pub fn flatten(&self, prefix: &str, out: &mut Vec<(String, TestResult)>) {
-        let name = if prefix.is_empty() { self.name.clone() } else { format!("{prefix}.{}", self.name) };
+        let name = if prefix.is_empty() {
+            self.name.clone()
+        } else {
+            format!("{prefix}.{}", self.name)
+        };
         if self.subtests.is_empty() {
             out.push((name, self.clone()));
         } else {
@@ -115,13 +120,17 @@ impl Document {
 
     /// The leaf result named `suite.case`.
     pub fn case(&self, name: &str) -> Option<TestResult> {
-        self.cases().into_iter().find(|(n, _)| n == name).map(|(_, r)| r)
+        self.cases()
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, r)| r)
     }
 
     /// Looks up `key=value` in the top-level diagnostics.
     pub fn diag_value(&self, key: &str) -> Option<&str> {
         self.diagnostics.iter().find_map(|d| {
-            d.split_whitespace().find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+            d.split_whitespace()
+                .find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
         })
     }
 
@@ -136,7 +145,12 @@ impl Document {
             .rev()
             .find(|d| d.starts_with(&prefix))
             .or(result.diagnostics.last())
-            .or_else(|| self.diagnostics.iter().rev().find(|d| d.starts_with(&prefix)))
+            .or_else(|| {
+                self.diagnostics
+                    .iter()
+                    .rev()
+                    .find(|d| d.starts_with(&prefix))
+            })
             .map(|d| d.strip_prefix(&prefix).unwrap_or(d).trim().to_string())
     }
 
@@ -171,12 +185,19 @@ pub fn parse(text: &str) -> Document {
         let raw = raw.trim_end_matches('\r');
         let body = raw.trim_start_matches(' ');
         let indent = raw.len() - body.len();
-        let err =
-            |doc: &mut Document, message: String| doc.errors.push(ParseError { line: line_no, message });
+        let err = |doc: &mut Document, message: String| {
+            doc.errors.push(ParseError {
+                line: line_no,
+                message,
+            })
+        };
 
         if body == "KTAP version 1" || body == "TAP version 14" {
             if indent % 4 != 0 {
-                err(&mut doc, format!("version line indented by {indent} spaces"));
+                err(
+                    &mut doc,
+                    format!("version line indented by {indent} spaces"),
+                );
                 continue;
             }
             let depth = indent / 4;
@@ -186,9 +207,15 @@ pub fn parse(text: &str) -> Document {
                     continue;
                 }
                 doc.started = true;
-                levels.push(Level { start_line: line_no, ..Level::default() });
+                levels.push(Level {
+                    start_line: line_no,
+                    ..Level::default()
+                });
             } else if depth == levels.len() {
-                levels.push(Level { start_line: line_no, ..Level::default() });
+                levels.push(Level {
+                    start_line: line_no,
+                    ..Level::default()
+                });
             } else {
                 err(
                     &mut doc,
@@ -266,20 +293,29 @@ pub fn parse(text: &str) -> Document {
                 check_plan(&mut doc, &sub, line_no);
                 if let Some(sub_name) = &sub.name {
                     if sub_name != name {
-                        err(&mut doc, format!("subtest '{sub_name}' closed by result '{name}'"));
+                        err(
+                            &mut doc,
+                            format!("subtest '{sub_name}' closed by result '{name}'"),
+                        );
                     }
                 }
                 sub_diags = sub.diagnostics;
                 sub_diags.extend(sub.pending);
                 subtests = sub.results;
             } else {
-                err(&mut doc, format!("subtest opened at line {} never closed", sub.start_line));
+                err(
+                    &mut doc,
+                    format!("subtest opened at line {} never closed", sub.start_line),
+                );
             }
         }
         let level = &mut levels[depth];
         let expected = level.results.len() + 1;
         if number != expected {
-            err(&mut doc, format!("result number {number} where {expected} was expected"));
+            err(
+                &mut doc,
+                format!("result number {number} where {expected} was expected"),
+            );
         }
         let mut diagnostics = std::mem::take(&mut level.pending);
         diagnostics.extend(sub_diags);
@@ -307,7 +343,10 @@ pub fn parse(text: &str) -> Document {
         doc.diagnostics = top.diagnostics;
         doc.diagnostics.extend(top.pending);
     } else {
-        doc.errors.push(ParseError { line: last, message: "no KTAP version line".into() });
+        doc.errors.push(ParseError {
+            line: last,
+            message: "no KTAP version line".into(),
+        });
     }
     doc
 }
@@ -374,10 +413,23 @@ quiesce: status=pass (all tests passed)
         assert_eq!(doc.results.len(), 2);
         assert_eq!(doc.results[0].subtests.len(), 3);
         let cases: Vec<String> = doc.cases().into_iter().map(|(n, _)| n).collect();
-        assert_eq!(cases, ["boot.cpus_online", "boot.ipi_round_trip", "boot.nmi", "other.x"]);
+        assert_eq!(
+            cases,
+            [
+                "boot.cpus_online",
+                "boot.ipi_round_trip",
+                "boot.nmi",
+                "other.x"
+            ]
+        );
         let nmi = doc.case("boot.nmi").unwrap();
         assert_eq!(nmi.directive, Some(Directive::Skip("no NMI here".into())));
-        assert_eq!(doc.case("boot.ipi_round_trip").unwrap().diag_value("ipi_rtt_ns"), Some("100"));
+        assert_eq!(
+            doc.case("boot.ipi_round_trip")
+                .unwrap()
+                .diag_value("ipi_rtt_ns"),
+            Some("100")
+        );
         assert_eq!(doc.diag_value("cpus"), Some("2"));
         assert!(doc.unknown_lines.iter().any(|l| l == "boot noise"));
     }
@@ -395,9 +447,17 @@ quiesce: status=pass (all tests passed)
         let cut = &GOOD[..GOOD.find("    ok 2 ipi").unwrap()];
         let doc = parse(cut);
         assert!(!doc.passed());
-        assert!(doc.errors.iter().any(|e| e.message.contains("never closed")), "{:?}", doc.errors);
         assert!(
-            doc.errors.iter().any(|e| e.message.contains("planned 2 tests and reported 0")),
+            doc.errors
+                .iter()
+                .any(|e| e.message.contains("never closed")),
+            "{:?}",
+            doc.errors
+        );
+        assert!(
+            doc.errors
+                .iter()
+                .any(|e| e.message.contains("planned 2 tests and reported 0")),
             "{:?}",
             doc.errors
         );
@@ -408,15 +468,25 @@ quiesce: status=pass (all tests passed)
         let doc = parse("1..1\nok 1 x\n");
         assert!(!doc.started);
         assert!(!doc.passed());
-        assert!(doc.errors.iter().any(|e| e.message.contains("no KTAP version line")));
+        assert!(doc
+            .errors
+            .iter()
+            .any(|e| e.message.contains("no KTAP version line")));
     }
 
     #[test]
     fn plan_mismatch_and_numbering_are_errors() {
         let doc = parse("KTAP version 1\n1..3\nok 1 a\nok 3 b\n");
         let msgs: Vec<_> = doc.errors.iter().map(|e| e.message.clone()).collect();
-        assert!(msgs.iter().any(|m| m.contains("result number 3 where 2")), "{msgs:?}");
-        assert!(msgs.iter().any(|m| m.contains("planned 3 tests and reported 2")), "{msgs:?}");
+        assert!(
+            msgs.iter().any(|m| m.contains("result number 3 where 2")),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs.iter()
+                .any(|m| m.contains("planned 3 tests and reported 2")),
+            "{msgs:?}"
+        );
         assert!(!doc.passed());
     }
 
@@ -424,14 +494,30 @@ quiesce: status=pass (all tests passed)
     fn malformed_lines() {
         let doc = parse("KTAP version 1\n1..x\nok one\n");
         let msgs: Vec<_> = doc.errors.iter().map(|e| e.message.clone()).collect();
-        assert!(msgs.iter().any(|m| m.contains("malformed plan")), "{msgs:?}");
-        assert!(msgs.iter().any(|m| m.contains("without a test number")), "{msgs:?}");
+        assert!(
+            msgs.iter().any(|m| m.contains("malformed plan")),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs.iter().any(|m| m.contains("without a test number")),
+            "{msgs:?}"
+        );
         let doc = parse("KTAP version 1\nKTAP version 1\n1..0\n");
-        assert!(doc.errors.iter().any(|e| e.message.contains("second top-level")));
+        assert!(doc
+            .errors
+            .iter()
+            .any(|e| e.message.contains("second top-level")));
         let doc = parse("KTAP version 1\n1..1\n        KTAP version 1\nok 1 x\n");
-        assert!(doc.errors.iter().any(|e| e.message.contains("depth 2")), "{:?}", doc.errors);
+        assert!(
+            doc.errors.iter().any(|e| e.message.contains("depth 2")),
+            "{:?}",
+            doc.errors
+        );
         assert!(!parse("").passed());
-        assert!(!parse("KTAP version 1\n1..0\n").passed(), "an empty run is not a pass");
+        assert!(
+            !parse("KTAP version 1\n1..0\n").passed(),
+            "an empty run is not a pass"
+        );
     }
 
     #[test]
@@ -454,15 +540,25 @@ ok 1 boot
         let doc = parse(text);
         assert!(doc.errors.is_empty(), "{:?}", doc.errors);
         assert!(doc.passed());
-        assert_eq!(doc.case("boot.a").unwrap().diagnostics, ["from another CPU"]);
-        assert!(doc.unknown_lines.iter().any(|l| l == "random console noise"));
+        assert_eq!(
+            doc.case("boot.a").unwrap().diagnostics,
+            ["from another CPU"]
+        );
+        assert!(doc
+            .unknown_lines
+            .iter()
+            .any(|l| l == "random console noise"));
         assert!(doc.unknown_lines.iter().any(|l| l == "  odd indent"));
         assert_eq!(doc.diag_value("cpu3"), Some("online"));
     }
 
     #[test]
     fn subtest_closed_by_wrong_name() {
-        let doc = parse("KTAP version 1\n1..1\n    KTAP version 1\n    # Subtest: a\n    1..0\nok 1 b\n");
-        assert!(doc.errors.iter().any(|e| e.message.contains("subtest 'a' closed by result 'b'")));
+        let doc =
+            parse("KTAP version 1\n1..1\n    KTAP version 1\n    # Subtest: a\n    1..0\nok 1 b\n");
+        assert!(doc
+            .errors
+            .iter()
+            .any(|e| e.message.contains("subtest 'a' closed by result 'b'")));
     }
 }

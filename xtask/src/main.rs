@@ -15,7 +15,10 @@ use xtask::qemu::{Accel, BootConfig};
 use xtask::{kbuild, setup, Arch, Boot};
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "Build, run and test the quiesce testbed kernels")]
+#[command(
+    name = "cargo xtask",
+    about = "Build, run and test the quiesce testbed kernels"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Action,
@@ -35,12 +38,17 @@ enum Action {
         /// Boot tests of these architectures only.
         #[arg(long, value_enum, default_value_t = ArchSel::All)]
         arch: ArchSel,
+        /// Skip the lint step (rustfmt and clippy) that runs first.
+        #[arg(long)]
+        no_lint: bool,
         /// Extra arguments for the test binaries (e.g. a test name filter).
         #[arg(last = true)]
         test_args: Vec<String>,
     },
     /// Print the QEMU command `run` would use.
     QemuCmd(RunArgs),
+    /// rustfmt check and clippy (warnings denied) over the host crates and both kernels.
+    Lint,
     /// Install QEMU for both architectures if missing (needs root).
     Setup,
 }
@@ -176,10 +184,27 @@ fn real_main() -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Action::Test { arch, test_args } => test(arch, &test_args),
+        Action::Test {
+            arch,
+            no_lint,
+            test_args,
+        } => {
+            if !no_lint {
+                lint()?;
+            }
+            test(arch, &test_args)
+        }
+        Action::Lint => {
+            lint()?;
+            Ok(ExitCode::SUCCESS)
+        }
         Action::Setup => {
             setup::ensure_qemu(&Arch::ALL)?;
-            println!("QEMU: {} and {} present", Arch::S390x.qemu_binary(), Arch::X86_64.qemu_binary());
+            println!(
+                "QEMU: {} and {} present",
+                Arch::S390x.qemu_binary(),
+                Arch::X86_64.qemu_binary()
+            );
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -193,7 +218,10 @@ fn run(args: &RunArgs) -> Result<ExitCode> {
     for &arch in &arches {
         kbuild::build(arch, true)?;
         let config = args.config(arch);
-        println!("== {arch}: {} CPUs, {} MiB, cmdline {:?}", config.smp, config.memory_mib, config.cmdline);
+        println!(
+            "== {arch}: {} CPUs, {} MiB, cmdline {:?}",
+            config.smp, config.memory_mib, config.cmdline
+        );
         let verbose = args.verbose;
         let boot = Boot::run(&config, |line| {
             if verbose {
@@ -204,17 +232,24 @@ fn run(args: &RunArgs) -> Result<ExitCode> {
         summary.push((arch, boot.verdict().passed));
     }
     println!();
-    let line: Vec<String> =
-        summary.iter().map(|(a, ok)| format!("{a} {}", if *ok { "PASS" } else { "FAIL" })).collect();
+    let line: Vec<String> = summary
+        .iter()
+        .map(|(a, ok)| format!("{a} {}", if *ok { "PASS" } else { "FAIL" }))
+        .collect();
     println!("summary: {}", line.join(", "));
-    Ok(if summary.iter().all(|(_, ok)| *ok) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if summary.iter().all(|(_, ok)| *ok) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// Prints one boot as a readable table of results.
 fn print_boot(boot: &Boot) {
     let doc = &boot.ktap;
-    if let Some(online) =
-        doc.case("boot.cpus_online").and_then(|r| r.diag_value("cpus_online").map(str::to_string))
+    if let Some(online) = doc
+        .case("boot.cpus_online")
+        .and_then(|r| r.diag_value("cpus_online").map(str::to_string))
     {
         println!("   CPUs online: {online} of {}", boot.config.smp);
     }
@@ -234,7 +269,9 @@ fn print_boot(boot: &Boot) {
             }
         }
     }
-    let first = boot.first_ktap_line.map_or("never".into(), |d| format!("{} ms", d.as_millis()));
+    let first = boot
+        .first_ktap_line
+        .map_or("never".into(), |d| format!("{} ms", d.as_millis()));
     match &boot.status {
         Some(s) => println!(
             "   status: {} ({}) in {:.2} s, first KTAP line after {first}",
@@ -250,6 +287,44 @@ fn print_boot(boot: &Boot) {
     }
 }
 
+/// Runs a command in the workspace root, failing with `what` if it fails.
+fn run_checked(mut cmd: Command, what: &str) -> Result<()> {
+    let status = cmd.current_dir(xtask::workspace_root()).status()?;
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+/// rustfmt and clippy over every crate, each kernel for its own target.
+fn lint() -> Result<()> {
+    println!("lint: rustfmt");
+    let mut fmt = cargo();
+    fmt.args(["fmt", "--all", "--check"]);
+    run_checked(fmt, "cargo fmt --check (run `cargo fmt --all`)")?;
+    println!("lint: clippy (host crates)");
+    let mut host = cargo();
+    host.args(["clippy", "--quiet", "--all-targets", "--", "-D", "warnings"]);
+    run_checked(host, "clippy on the host crates")?;
+    for arch in Arch::ALL {
+        println!("lint: clippy ({arch} kernel)");
+        let mut k = kbuild::build_command(arch);
+        // `build_command` builds; clippy takes the same arguments.
+        let args: Vec<_> = k.get_args().skip(1).map(|a| a.to_os_string()).collect();
+        k = cargo();
+        k.arg("clippy")
+            .arg("--quiet")
+            .args(args)
+            .args(["--", "-D", "warnings"]);
+        run_checked(k, &format!("clippy on the {arch} kernel"))?;
+    }
+    Ok(())
+}
+
 fn test(arch: ArchSel, test_args: &[String]) -> Result<ExitCode> {
     let arches = arch.arches();
     setup::ensure_qemu(&arches)?;
@@ -258,8 +333,7 @@ fn test(arch: ArchSel, test_args: &[String]) -> Result<ExitCode> {
         kbuild::build(a, true)?;
     }
     let names: Vec<&str> = arches.iter().map(|a| a.name()).collect();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
+    let status = cargo()
         .current_dir(xtask::workspace_root())
         .args(["test", "--no-fail-fast"])
         .arg("--")

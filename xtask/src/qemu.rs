@@ -127,7 +127,10 @@ impl BootConfig {
             bail!("the kernel command line contains a NUL byte");
         }
         if !self.kernel.is_file() {
-            bail!("kernel {} does not exist (build it with `cargo xtask build`)", self.kernel.display());
+            bail!(
+                "kernel {} does not exist (build it with `cargo xtask build`)",
+                self.kernel.display()
+            );
         }
         Ok(())
     }
@@ -140,12 +143,24 @@ impl BootConfig {
             Accel::Tcg => "tcg",
             Accel::Kvm => "kvm",
         };
-        cmd.args(["-accel", accel, "-smp", &self.smp.to_string(), "-m", &format!("{}M", self.memory_mib)]);
+        cmd.args([
+            "-accel",
+            accel,
+            "-smp",
+            &self.smp.to_string(),
+            "-m",
+            &format!("{}M", self.memory_mib),
+        ]);
         cmd.args(["-nodefaults", "-display", "none", "-no-reboot"]);
         match self.arch {
             Arch::S390x => {
                 cmd.args(["-M", "s390-ccw-virtio"]);
-                cmd.args(["-chardev", "stdio,id=con0", "-device", "sclpconsole,chardev=con0"]);
+                cmd.args([
+                    "-chardev",
+                    "stdio,id=con0",
+                    "-device",
+                    "sclpconsole,chardev=con0",
+                ]);
                 // A disabled wait at any address but 0xfff is a guest panic; by
                 // default QEMU would exit 0 for it.
                 cmd.args(["-action", "panic=exit-failure"]);
@@ -160,7 +175,12 @@ impl BootConfig {
                 if let Some(bios) = qboot() {
                     cmd.arg("-bios").arg(bios);
                 }
-                cmd.args(["-serial", "stdio", "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
+                cmd.args([
+                    "-serial",
+                    "stdio",
+                    "-device",
+                    "isa-debug-exit,iobase=0xf4,iosize=0x04",
+                ]);
                 cmd.arg("-kernel").arg(&self.kernel);
                 cmd.arg("-append").arg(&self.cmdline);
             }
@@ -178,7 +198,11 @@ impl BootConfig {
 }
 
 fn shell_quote(word: &str) -> String {
-    if !word.is_empty() && word.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@".contains(c)) {
+    if !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@".contains(c))
+    {
         word.to_string()
     } else {
         format!("'{}'", word.replace('\'', r"'\''"))
@@ -187,10 +211,13 @@ fn shell_quote(word: &str) -> String {
 
 /// QEMU's minimal x86 firmware, which boots a PVH kernel fastest.
 fn qboot() -> Option<PathBuf> {
-    ["/usr/share/qemu/qboot.rom", "/usr/share/qemu-firmware/qboot.rom"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
+    [
+        "/usr/share/qemu/qboot.rom",
+        "/usr/share/qemu-firmware/qboot.rom",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.is_file())
 }
 
 /// Writes the s390x command-line blob: the bytes and a NUL.
@@ -198,7 +225,11 @@ pub fn write_cmdline_file(cmdline: &str) -> Result<PathBuf> {
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let dir = kbuild::target_dir().join("cmdline");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let path = dir.join(format!("{}-{}.bin", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed)));
+    let path = dir.join(format!(
+        "{}-{}.bin",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
     let mut bytes = cmdline.as_bytes().to_vec();
     bytes.push(0);
     std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
@@ -256,9 +287,13 @@ impl Boot {
         crate::setup::ensure_qemu(&[config.arch])?;
         let cmdline_file = write_cmdline_file(&config.cmdline)?;
         let mut cmd = config.qemu_command(&cmdline_file);
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let start = Instant::now();
-        let mut child = cmd.spawn().with_context(|| format!("starting {}", config.arch.qemu_binary()))?;
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", config.arch.qemu_binary()))?;
         let stdout = child.stdout.take().expect("stdout is piped");
         let mut stderr_pipe = child.stderr.take().expect("stderr is piped");
         let (tx, rx) = mpsc::channel::<(Instant, String)>();
@@ -345,14 +380,19 @@ impl Boot {
     pub fn verdict(&self) -> Verdict {
         let mut reasons = Vec::new();
         if self.timed_out {
-            reasons.push(format!("timed out after {} s: the kernel hung", self.config.timeout.as_secs_f64()));
+            reasons.push(format!(
+                "timed out after {} s: the kernel hung",
+                self.config.timeout.as_secs_f64()
+            ));
         }
         match &self.status {
             None if !self.timed_out => {
                 reasons.push("no final status line: the kernel crashed or QEMU died".into())
             }
             None => {}
-            Some(s) if !s.pass => reasons.push(format!("the kernel reported failure: {}", s.detail)),
+            Some(s) if !s.pass => {
+                reasons.push(format!("the kernel reported failure: {}", s.detail))
+            }
             Some(_) => {}
         }
         reasons.extend(self.status_errors.iter().cloned());
@@ -364,7 +404,11 @@ impl Boot {
         }
         for (name, r) in self.ktap.cases() {
             if !r.ok {
-                let why = self.ktap.failure_reason(&name, &r).map(|d| format!(" ({d})")).unwrap_or_default();
+                let why = self
+                    .ktap
+                    .failure_reason(&name, &r)
+                    .map(|d| format!(" ({d})"))
+                    .unwrap_or_default();
                 reasons.push(format!("test failed: {name}{why}"));
             }
         }
@@ -385,10 +429,14 @@ impl Boot {
                 ));
             }
         }
-        if self.status.as_ref().is_some_and(|s| s.pass) && !self.ktap.passed() && reasons.is_empty() {
+        if self.status.as_ref().is_some_and(|s| s.pass) && !self.ktap.passed() && reasons.is_empty()
+        {
             reasons.push("status line says pass but the KTAP did not pass".into());
         }
-        Verdict { passed: reasons.is_empty(), reasons }
+        Verdict {
+            passed: reasons.is_empty(),
+            reasons,
+        }
     }
 
     /// The last `n` console lines.
@@ -408,7 +456,8 @@ impl Boot {
         }
         out.push_str(&format!(
             "  QEMU exit code: {}\n  last console lines:\n",
-            self.exit_code.map_or("none (killed)".to_string(), |c| c.to_string())
+            self.exit_code
+                .map_or("none (killed)".to_string(), |c| c.to_string())
         ));
         for l in self.last_lines(25) {
             out.push_str(&format!("    | {l}\n"));
@@ -428,7 +477,9 @@ pub fn find_status(console: &[String]) -> (Option<Status>, Vec<String>) {
     let mut found = None;
     let mut errors = Vec::new();
     for line in console {
-        let Some(rest) = line.trim().strip_prefix(STATUS_PREFIX) else { continue };
+        let Some(rest) = line.trim().strip_prefix(STATUS_PREFIX) else {
+            continue;
+        };
         let (word, detail) = rest.split_once(' ').unwrap_or((rest, ""));
         let pass = match word {
             "pass" => true,
@@ -441,7 +492,10 @@ pub fn find_status(console: &[String]) -> (Option<Status>, Vec<String>) {
         if found.is_some() {
             errors.push(format!("more than one status line: '{line}'"));
         }
-        found = Some(Status { pass, detail: detail.trim().trim_matches(['(', ')']).to_string() });
+        found = Some(Status {
+            pass,
+            detail: detail.trim().trim_matches(['(', ')']).to_string(),
+        });
     }
     (found, errors)
 }
@@ -485,7 +539,11 @@ mod tests {
     #[test]
     fn disagreeing_exit_code_fails() {
         let v = boot(PASS, Some(1), false).verdict();
-        assert!(v.reasons.iter().any(|r| r.contains("disagrees")), "{:?}", v.reasons);
+        assert!(
+            v.reasons.iter().any(|r| r.contains("disagrees")),
+            "{:?}",
+            v.reasons
+        );
     }
 
     #[test]
@@ -499,16 +557,29 @@ mod tests {
     #[test]
     fn status_pass_with_failed_test_fails() {
         let v = boot(&PASS.replace("ok 1 a", "not ok 1 a"), Some(0), false).verdict();
-        assert!(v.reasons.iter().any(|r| r.contains("test failed: a")), "{:?}", v.reasons);
+        assert!(
+            v.reasons.iter().any(|r| r.contains("test failed: a")),
+            "{:?}",
+            v.reasons
+        );
     }
 
     #[test]
     fn status_lines_are_checked() {
         let (_, errs) = find_status(&["quiesce: status=maybe".into()]);
         assert_eq!(errs.len(), 1);
-        let (s, errs) = find_status(&["quiesce: status=pass (x)".into(), "quiesce: status=fail (y)".into()]);
+        let (s, errs) = find_status(&[
+            "quiesce: status=pass (x)".into(),
+            "quiesce: status=fail (y)".into(),
+        ]);
         assert_eq!(errs.len(), 1);
-        assert_eq!(s, Some(Status { pass: false, detail: "y".into() }));
+        assert_eq!(
+            s,
+            Some(Status {
+                pass: false,
+                detail: "y".into()
+            })
+        );
     }
 
     #[test]
@@ -527,9 +598,17 @@ mod tests {
         assert!(c.validate().is_err());
         c.cmdline.clear();
         c.kernel = PathBuf::from("/nonexistent/kernel");
-        assert!(c.validate().unwrap_err().to_string().contains("does not exist"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("does not exist"));
         let mut s = BootConfig::new(Arch::S390x, std::env::current_exe().unwrap());
         s.accel = Accel::Kvm;
-        assert!(s.validate().unwrap_err().to_string().contains("cannot run under KVM"));
+        assert!(s
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("cannot run under KVM"));
     }
 }

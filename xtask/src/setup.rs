@@ -19,7 +19,11 @@ pub fn on_path(binary: &str) -> bool {
 }
 
 fn is_root() -> bool {
-    Command::new("id").arg("-u").output().map(|o| o.stdout.trim_ascii() == b"0").unwrap_or(false)
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.trim_ascii() == b"0")
+        .unwrap_or(false)
 }
 
 /// The apt source file that adds bookworm-backports.
@@ -38,7 +42,9 @@ fn debian_mirror() -> Result<String> {
     files.sort();
     files.push("/etc/apt/sources.list".into());
     for f in files {
-        let Ok(text) = std::fs::read_to_string(&f) else { continue };
+        let Ok(text) = std::fs::read_to_string(&f) else {
+            continue;
+        };
         for line in text.lines() {
             let line = line.trim();
             // deb822: "URIs: <uri>"; one-line: "deb <uri> <suite> ..."
@@ -82,7 +88,11 @@ fn missing_without_root(missing: &[Arch]) -> String {
 
 /// Makes sure the emulators for `arches` are installed, installing them as root.
 pub fn ensure_qemu(arches: &[Arch]) -> Result<()> {
-    let missing: Vec<Arch> = arches.iter().copied().filter(|a| !on_path(a.qemu_binary())).collect();
+    let missing: Vec<Arch> = arches
+        .iter()
+        .copied()
+        .filter(|a| !on_path(a.qemu_binary()))
+        .collect();
     if missing.is_empty() {
         return Ok(());
     }
@@ -91,24 +101,41 @@ pub fn ensure_qemu(arches: &[Arch]) -> Result<()> {
     }
     let packages: Vec<&str> = missing.iter().map(|a| a.qemu_package()).collect();
     let names: Vec<&str> = missing.iter().map(|a| a.qemu_binary()).collect();
-    eprintln!("quiesce: {} not found; installing from bookworm-backports", names.join(" and "));
+    eprintln!(
+        "quiesce: {} not found; installing from bookworm-backports",
+        names.join(" and ")
+    );
     if !Path::new(BACKPORTS_SOURCE).exists() {
         let mirror = debian_mirror()?;
         let source = format!(
             "Types: deb\nURIs: {mirror}\nSuites: bookworm-backports\nComponents: main\n\
              Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
         );
-        std::fs::write(BACKPORTS_SOURCE, source).with_context(|| format!("writing {BACKPORTS_SOURCE}"))?;
+        std::fs::write(BACKPORTS_SOURCE, source)
+            .with_context(|| format!("writing {BACKPORTS_SOURCE}"))?;
     }
-    run(Command::new("apt-get").args(["update", "-qq"]).stdout(Stdio::null()))?;
     run(Command::new("apt-get")
-        .args(["install", "-y", "-qq", "-t", "bookworm-backports", "--no-install-recommends"])
+        .args(["update", "-qq"])
+        .stdout(Stdio::null()))?;
+    run(Command::new("apt-get")
+        .args([
+            "install",
+            "-y",
+            "-qq",
+            "-t",
+            "bookworm-backports",
+            "--no-install-recommends",
+        ])
         .args(&packages)
         .env("DEBIAN_FRONTEND", "noninteractive")
         .stdout(Stdio::null()))?;
     for a in &missing {
         if !on_path(a.qemu_binary()) {
-            bail!("{} is still missing after installing {}", a.qemu_binary(), a.qemu_package());
+            bail!(
+                "{} is still missing after installing {}",
+                a.qemu_binary(),
+                a.qemu_package()
+            );
         }
     }
     Ok(())
@@ -122,7 +149,10 @@ mod tests {
     fn missing_qemu_names_the_command() {
         let msg = missing_without_root(&[Arch::S390x]);
         assert!(msg.starts_with("qemu-system-s390x not found"), "{msg}");
-        assert!(msg.contains("--no-install-recommends qemu-system-s390x`"), "{msg}");
+        assert!(
+            msg.contains("--no-install-recommends qemu-system-s390x`"),
+            "{msg}"
+        );
         let msg = missing_without_root(&Arch::ALL);
         assert!(msg.contains("qemu-system-s390x qemu-system-x86`"), "{msg}");
     }
