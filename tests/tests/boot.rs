@@ -1,4 +1,4 @@
-//! Boot each architecture with 1, 2 and 4 CPUs and assert every self-test.
+//! Boot each architecture with 1, 2, 4 and 8 CPUs and assert every self-test.
 
 use quiesce_tests::{assert_passed, boot, TIMEOUT};
 use xtask::ktap::Directive;
@@ -97,7 +97,9 @@ boot_tests! {
     s390x_smp1: Arch::S390x, 1;
     s390x_smp2: Arch::S390x, 2;
     s390x_smp4: Arch::S390x, 4;
+    s390x_smp8: Arch::S390x, 8;
     x86_64_smp1: Arch::X86_64, 1;
     x86_64_smp2: Arch::X86_64, 2;
     x86_64_smp4: Arch::X86_64, 4;
+    x86_64_smp8: Arch::X86_64, 8;
 }

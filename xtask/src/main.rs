@@ -51,6 +51,17 @@ enum Action {
     Lint,
     /// Install QEMU for both architectures if missing (needs root).
     Setup,
+    /// Boot-time benchmark: time to the first KTAP line and to exit, over repeated boots.
+    Bench {
+        #[arg(long, value_enum, default_value_t = ArchSel::All)]
+        arch: ArchSel,
+        /// Boots per architecture.
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+        /// CPUs per boot.
+        #[arg(long, default_value_t = 4)]
+        smp: usize,
+    },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -194,6 +205,7 @@ fn real_main() -> Result<ExitCode> {
             }
             test(arch, &test_args)
         }
+        Action::Bench { arch, runs, smp } => bench(arch, runs, smp),
         Action::Lint => {
             lint()?;
             Ok(ExitCode::SUCCESS)
@@ -253,6 +265,9 @@ fn print_boot(boot: &Boot) {
     {
         println!("   CPUs online: {online} of {}", boot.config.smp);
     }
+    for d in &doc.diagnostics {
+        println!("   # {d}");
+    }
     for (name, r) in doc.cases() {
         let word = match (&r.directive, r.ok) {
             (Some(xtask::ktap::Directive::Skip(why)), true) => format!("skip  ({why})"),
@@ -285,6 +300,59 @@ fn print_boot(boot: &Boot) {
     if !v.passed {
         print!("{}", boot.failure_report());
     }
+}
+
+/// Target for the time from starting QEMU to the first KTAP line (TCG).
+const FIRST_LINE_TARGET: Duration = Duration::from_millis(100);
+
+fn bench(arch: ArchSel, runs: usize, smp: usize) -> Result<ExitCode> {
+    if runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    let arches = arch.arches();
+    setup::ensure_qemu(&arches)?;
+    let mut all_met = true;
+    println!(
+        "{:<8} {:>5} {:>28} {:>28}",
+        "arch", "smp", "first KTAP line ms (min/med/max)", "boot to exit ms (min/med/max)"
+    );
+    for &a in &arches {
+        let mut config = BootConfig::new(a, kbuild::build(a, true)?);
+        config.smp = smp;
+        let mut first = Vec::new();
+        let mut total = Vec::new();
+        for _ in 0..runs {
+            let boot = Boot::run(&config, |_| {})?;
+            if !boot.verdict().passed {
+                eprint!("{}", boot.failure_report());
+                bail!("a {a} benchmark boot failed");
+            }
+            first.push(boot.first_ktap_line.expect("a passing boot printed KTAP"));
+            total.push(boot.elapsed);
+        }
+        let stats = |v: &mut Vec<Duration>| {
+            v.sort();
+            let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+            (ms(v[0]), ms(v[v.len() / 2]), ms(v[v.len() - 1]))
+        };
+        let (f0, f1, f2) = stats(&mut first);
+        let (t0, t1, t2) = stats(&mut total);
+        let met = first[first.len() / 2] <= FIRST_LINE_TARGET;
+        all_met &= met;
+        println!(
+            "{:<8} {smp:>5} {:>28} {:>28}   first line {} target {} ms",
+            a.name(),
+            format!("{f0:.1} / {f1:.1} / {f2:.1}"),
+            format!("{t0:.1} / {t1:.1} / {t2:.1}"),
+            if met { "meets" } else { "MISSES" },
+            FIRST_LINE_TARGET.as_millis()
+        );
+    }
+    Ok(if all_met {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// Runs a command in the workspace root, failing with `what` if it fails.
