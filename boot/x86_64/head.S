@@ -141,6 +141,7 @@ boot_gdt_desc:
 
 .pushsection .bss.boot, "aw", @nobits
     .balign 4096
+.globl boot_pml4                        # the kernel's PML4 (mmu.rs: kernel_pgd)
 boot_pml4:
     .skip 4096
 boot_pdpt:

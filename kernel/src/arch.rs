@@ -28,6 +28,18 @@ pub struct BootInfo {
     pub cmdline: &'static str,
     /// CPUs present in the machine (`-smp N`), the boot CPU included.
     pub nr_cpus: usize,
+    /// RAM the generic kernel may hand to the frame allocator.
+    ///
+    /// Contract: every range is ordinary RAM that the kernel reads and writes at
+    /// its physical address (x86-64: inside the boot identity map; s390x: DAT
+    /// off), and that nothing else uses, now or later. The backend has removed
+    /// everything it uses itself: the kernel image (text, data, bss with the
+    /// heap, boot stacks and boot page tables), lowcores, the SMP trampoline,
+    /// firmware and boot data it still reads, and the command-line area. The
+    /// generic kernel takes frames from these ranges only, the frame database
+    /// included, and leaves every other frame reserved
+    /// ([`crate::mm::memmap`]).
+    pub memory: crate::mm::memmap::MemoryMap,
 }
 
 /// The hardware operations the generic kernel needs.

@@ -9,6 +9,7 @@
 //! | `iterations=N` | iteration budget for natural-mode runs |
 //! | `scenario=NAME`, `variant=NAME`, `mode=natural\|forced` | race scenario selection |
 //! | `tick_hz=N` | timer tick rate, 1..=10000 (default 100) |
+//! | `mem=SIZE` | ignore RAM at and above physical address SIZE (`K`, `M`, `G` suffixes), as Linux's `mem=` |
 //! | `selftest.fail` | make the `requested_failure` self-test fail |
 //! | `selftest.panic=CPU` | make CPU `CPU` panic during the self-tests |
 //! | `selftest.hang` | hang after bring-up (the host must time out) |
@@ -45,6 +46,8 @@ pub struct Cmdline<'a> {
     pub mode: Option<Mode>,
     /// Timer tick rate.
     pub tick_hz: u32,
+    /// `mem=`: RAM at and above this physical address is not used.
+    pub mem_limit: Option<u64>,
     /// `selftest.fail`.
     pub fail: bool,
     /// `selftest.panic=CPU`.
@@ -101,6 +104,7 @@ impl<'a> Cmdline<'a> {
             variant: None,
             mode: None,
             tick_hz: 100,
+            mem_limit: None,
             fail: false,
             panic_cpu: None,
             hang: false,
@@ -181,6 +185,14 @@ impl<'a> Cmdline<'a> {
                     }
                     c.tick_hz = hz as u32;
                 }
+                "mem" => {
+                    let v = need("a size: a number with an optional K, M or G suffix")?;
+                    c.mem_limit = Some(parse_size(v).ok_or(CmdlineError::BadValue {
+                        key,
+                        value: v,
+                        expected: "a size: a number with an optional K, M or G suffix",
+                    })?);
+                }
                 "selftest.fail" => c.fail = flag()?,
                 "selftest.panic" => c.panic_cpu = Some(number("a CPU number")? as usize),
                 "selftest.hang" => c.hang = flag()?,
@@ -209,6 +221,17 @@ fn parse_u64(v: &str) -> Option<u64> {
         Some(hex) => u64::from_str_radix(hex, 16).ok(),
         None => v.parse().ok(),
     }
+}
+
+/// A size as Linux's `memparse`: a number with an optional `K`, `M` or `G`.
+fn parse_size(v: &str) -> Option<u64> {
+    let (num, shift) = match v.as_bytes().last()? {
+        b'K' | b'k' => (&v[..v.len() - 1], 10),
+        b'M' | b'm' => (&v[..v.len() - 1], 20),
+        b'G' | b'g' => (&v[..v.len() - 1], 30),
+        _ => (v, 0),
+    };
+    parse_u64(num)?.checked_mul(1 << shift)
 }
 
 /// Substring match with `*` wildcards: `gup*fast` matches `mm.gup_fast_pins`.
@@ -257,6 +280,14 @@ mod tests {
         );
         assert_eq!(c.tick_hz, 250);
         assert!(c.fail && !c.hang && c.crash);
+        assert_eq!(Cmdline::parse("mem=24M").unwrap().mem_limit, Some(24 << 20));
+        assert_eq!(
+            Cmdline::parse("mem=0x1000").unwrap().mem_limit,
+            Some(0x1000)
+        );
+        assert_eq!(Cmdline::parse("mem=2g").unwrap().mem_limit, Some(2 << 30));
+        assert!(Cmdline::parse("mem=12X").is_err());
+        assert!(Cmdline::parse("mem=M").is_err());
         assert_eq!(c.panic_cpu, Some(2));
     }
 

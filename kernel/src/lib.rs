@@ -22,6 +22,7 @@ pub mod console;
 pub mod heap;
 pub mod irq;
 pub mod ktap;
+pub mod mm;
 pub mod panic;
 pub mod percpu;
 pub mod selftest;
@@ -39,7 +40,7 @@ pub const NR_CPUS: usize = 64;
 
 /// Entry of the generic kernel on the boot CPU. Never returns: the machine ends
 /// through [`exit`].
-pub fn boot_cpu_main<A: Arch>(boot: BootInfo) -> ! {
+pub fn boot_cpu_main<A: mm::arch::Mmu>(boot: BootInfo) -> ! {
     console::register(A::console_write);
     heap::init();
     percpu::init_boot_cpu::<A>();
@@ -66,6 +67,16 @@ pub fn boot_cpu_main<A: Arch>(boot: BootInfo) -> ! {
             NR_CPUS
         );
         exit::<A>(false, "unsupported CPU count");
+    }
+    if let Err(err) = mm::memmap::init::<A>(&boot.memory, args.mem_limit) {
+        kprintln!("# error: {err}");
+        exit::<A>(
+            false,
+            match err {
+                mm::memmap::MemInitError::TooLittle { .. } => "too little memory",
+                _ => "no usable memory map",
+            },
+        );
     }
     time::set_tick_hz(args.tick_hz);
     smp::bring_up_cpus::<A>(boot.nr_cpus);

@@ -5,7 +5,7 @@
 
 use crate::{smp::CallRequest, Arch, NR_CPUS};
 use alloc::collections::VecDeque;
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 /// Per-CPU state.
 pub struct PerCpu {
@@ -17,6 +17,10 @@ pub struct PerCpu {
     pub ipis: AtomicU64,
     /// NMIs taken.
     pub nmis: AtomicU64,
+    /// Hardware page faults taken (resolved or not).
+    pub page_faults: AtomicU64,
+    /// The `Mm` this CPU runs (a `*const Mm<A>`), 0 for none; see `mm::use_mm`.
+    pub current_mm: AtomicUsize,
     /// Cross-CPU function calls queued for this CPU.
     pub(crate) call_queue: spin::Mutex<VecDeque<CallRequest>>,
     /// Work for the CPU's idle loop, run in task context (see
@@ -31,6 +35,8 @@ impl PerCpu {
             ticks: AtomicU64::new(0),
             ipis: AtomicU64::new(0),
             nmis: AtomicU64::new(0),
+            page_faults: AtomicU64::new(0),
+            current_mm: AtomicUsize::new(0),
             call_queue: spin::Mutex::new(VecDeque::new()),
             idle_work: spin::Mutex::new(None),
         }

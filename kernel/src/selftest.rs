@@ -11,7 +11,8 @@ use crate::{diag, kprintln, percpu, smp, time, Arch};
 use alloc::{format, vec::Vec};
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-type TestFn = fn(&Cmdline) -> Outcome;
+/// A self-test case.
+pub(crate) type TestFn = fn(&Cmdline) -> Outcome;
 
 /// The `boot` suite, in order.
 fn boot_suite<A: Arch>() -> [(&'static str, TestFn); 9] {
@@ -29,7 +30,7 @@ fn boot_suite<A: Arch>() -> [(&'static str, TestFn); 9] {
 }
 
 /// Runs the selected self-tests and prints their KTAP; returns whether all passed.
-pub fn run_all<A: Arch>(args: &Cmdline, run: &mut Run) -> bool {
+pub fn run_all<A: crate::mm::arch::Mmu>(args: &Cmdline, run: &mut Run) -> bool {
     if let Some(name) = args.scenario {
         run.plan(1);
         run.result(
@@ -39,12 +40,26 @@ pub fn run_all<A: Arch>(args: &Cmdline, run: &mut Run) -> bool {
         );
         return false;
     }
-    let suite_name = "boot";
-    let cases: Vec<_> = boot_suite::<A>()
-        .into_iter()
-        .filter(|(name, _)| args.selects(suite_name, name))
-        .collect();
-    if cases.is_empty() {
+    // Every suite, in order; each keeps only the cases `test=` selects.
+    let suites: Vec<(&'static str, Vec<(&'static str, TestFn)>)> = [
+        ("boot", boot_suite::<A>().to_vec()),
+        (
+            crate::mm::page_selftest::SUITE,
+            crate::mm::page_selftest::cases::<A>(),
+        ),
+        ("mm", crate::mm::selftest::suite::<A>().to_vec()),
+    ]
+    .into_iter()
+    .map(|(suite, cases)| {
+        let cases: Vec<_> = cases
+            .into_iter()
+            .filter(|(name, _)| args.selects(suite, name))
+            .collect();
+        (suite, cases)
+    })
+    .filter(|(_, cases)| !cases.is_empty())
+    .collect();
+    if suites.is_empty() {
         run.plan(1);
         run.result(
             false,
@@ -53,13 +68,17 @@ pub fn run_all<A: Arch>(args: &Cmdline, run: &mut Run) -> bool {
         );
         return false;
     }
-    run.plan(1);
-    let mut suite = run.suite(suite_name, cases.len());
-    for (name, test) in cases {
-        let outcome = test(args);
-        suite.case(name, &outcome);
+    run.plan(suites.len());
+    let mut all_ok = true;
+    for (suite_name, cases) in suites {
+        let mut suite = run.suite(suite_name, cases.len());
+        for (name, test) in cases {
+            let outcome = test(args);
+            suite.case(name, &outcome);
+        }
+        all_ok &= run.end_suite(suite);
     }
-    run.end_suite(suite)
+    all_ok
 }
 
 fn fail(msg: alloc::string::String) -> Outcome {

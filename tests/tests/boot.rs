@@ -1,10 +1,11 @@
-//! Boot each architecture with 1, 2, 4 and 8 CPUs and assert every self-test.
+//! Boot each architecture with 1, 2, 4 and 8 CPUs and assert every self-test of
+//! every suite.
 
 use quiesce_tests::{assert_passed, boot, TIMEOUT};
 use xtask::ktap::Directive;
 use xtask::Arch;
 
-/// What each case of the `boot` suite must report.
+/// What each case must report.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Expect {
     Ok,
@@ -13,9 +14,12 @@ enum Expect {
 
 fn expected(arch: Arch, smp: usize, case: &str) -> Expect {
     match case {
-        "cpus_online" | "call_function_wait" | "timer_ticks" | "heap_contention" => Expect::Ok,
+        "boot.cpus_online"
+        | "boot.call_function_wait"
+        | "boot.timer_ticks"
+        | "boot.heap_contention" => Expect::Ok,
         // Need a second CPU to send to.
-        "ipi_round_trip" | "ipi_held_by_irqs_off" => {
+        "boot.ipi_round_trip" | "boot.ipi_held_by_irqs_off" => {
             if smp >= 2 {
                 Expect::Ok
             } else {
@@ -23,7 +27,7 @@ fn expected(arch: Arch, smp: usize, case: &str) -> Expect {
             }
         }
         // s390x has no NMI: every external interrupt is maskable.
-        "nmi_with_irqs_off" => {
+        "boot.nmi_with_irqs_off" => {
             if arch == Arch::X86_64 && smp >= 2 {
                 Expect::Ok
             } else {
@@ -31,21 +35,33 @@ fn expected(arch: Arch, smp: usize, case: &str) -> Expect {
             }
         }
         // Only when asked for on the command line.
-        "requested_failure" | "requested_panic" => Expect::Skip,
-        other => panic!("no expectation for boot.{other}: add it here"),
+        "boot.requested_failure" | "boot.requested_panic" => Expect::Skip,
+        // The frame allocator: every case runs on every machine.
+        c if c.starts_with("mm_page.") => Expect::Ok,
+        other => panic!("no expectation for {other}: add it here"),
     }
 }
 
-const CASES: [&str; 9] = [
-    "cpus_online",
-    "ipi_round_trip",
-    "call_function_wait",
-    "ipi_held_by_irqs_off",
-    "nmi_with_irqs_off",
-    "timer_ticks",
-    "heap_contention",
-    "requested_failure",
-    "requested_panic",
+/// Every case, in the order the kernel runs them.
+const CASES: [&str; 18] = [
+    "boot.cpus_online",
+    "boot.ipi_round_trip",
+    "boot.call_function_wait",
+    "boot.ipi_held_by_irqs_off",
+    "boot.nmi_with_irqs_off",
+    "boot.timer_ticks",
+    "boot.heap_contention",
+    "boot.requested_failure",
+    "boot.requested_panic",
+    "mm_page.memory_discovered",
+    "mm_page.alloc_free_every_order",
+    "mm_page.split_merge",
+    "mm_page.alloc_contention",
+    "mm_page.bad_page_locked",
+    "mm_page.bad_page_mapcount",
+    "mm_page.poison_use_after_free",
+    "mm_page.get_page_unless_zero_freed",
+    "mm_page.alloc_throughput",
 ];
 
 fn boot_and_assert(arch: Arch, smp: usize) {
@@ -55,10 +71,9 @@ fn boot_and_assert(arch: Arch, smp: usize) {
     assert_passed(&b);
     let cases = b.ktap.cases();
     let names: Vec<&str> = cases.iter().map(|(n, _)| n.as_str()).collect();
-    let want: Vec<String> = CASES.iter().map(|c| format!("boot.{c}")).collect();
-    assert_eq!(names, want, "the boot suite's cases changed");
+    assert_eq!(names, CASES, "the suites' cases changed");
     for (name, r) in &cases {
-        let case = name.strip_prefix("boot.").unwrap();
+        let case = name.as_str();
         let got = match (&r.directive, r.ok) {
             (Some(Directive::Skip(_)), true) => Expect::Skip,
             (None, true) => Expect::Ok,
@@ -73,6 +88,33 @@ fn boot_and_assert(arch: Arch, smp: usize) {
         "{arch}: CPUs online"
     );
     assert_eq!(b.ktap.diag_value("arch"), Some(arch.name()));
+    // 256 MiB of RAM, less the image and low memory, all handed to the allocator.
+    let mem = b.ktap.case("mm_page.memory_discovered").unwrap();
+    let ram_mib: u64 = mem.diag_value("ram_mib").unwrap().parse().unwrap();
+    assert!(
+        (200..256).contains(&ram_mib),
+        "{arch}: {ram_mib} MiB usable of 256"
+    );
+    // The detectors fired exactly as provoked, naming Linux's reasons.
+    for (case, key, value) in [
+        ("bad_page_locked", "bad_flags", "0x1"),
+        ("bad_page_mapcount", "mapcount", "1"),
+        ("poison_use_after_free", "offset", "0x321"),
+    ] {
+        let r = b.ktap.case(&format!("mm_page.{case}")).unwrap();
+        assert_eq!(r.diag_value(key), Some(value), "{arch}: mm_page.{case}");
+    }
+    let bugs = b
+        .console
+        .iter()
+        .filter(|l| l.contains("# BUG: Bad page state"))
+        .count();
+    assert_eq!(
+        bugs,
+        3,
+        "{arch}: bad-page reports\n{}",
+        b.console.join("\n")
+    );
     if smp >= 2 {
         // The held-back IPI: the sender's wait covered the interrupts-off section.
         let held = b.ktap.case("boot.ipi_held_by_irqs_off").unwrap();

@@ -1,6 +1,7 @@
 //! Every way a run can go wrong is reported as a failure with the last console
 //! lines: a failing test, a panic on a secondary CPU, a hang, a crash without the
-//! final status line (even with QEMU's success exit code), and a bad command line.
+//! final status line (even with QEMU's success exit code), a bad command line,
+//! and too little memory.
 
 use quiesce_tests::{assert_failed_with, boot, TIMEOUT};
 use std::time::Duration;
@@ -91,6 +92,22 @@ fn test_filter(arch: Arch) {
     assert_failed_with(&b, "no test matches");
 }
 
+fn too_little_memory(arch: Arch) {
+    // `mem=12M` leaves a few MiB beside the image: below the 16 MiB minimum.
+    let Some(b) = boot(arch, 1, "mem=12M", TIMEOUT) else {
+        return;
+    };
+    assert_failed_with(&b, "too little memory");
+    assert!(
+        b.console
+            .iter()
+            .any(|l| l.starts_with("# error: too little memory")),
+        "{}",
+        b.failure_report()
+    );
+    assert_ne!(b.exit_code, Some(arch.success_exit_code()));
+}
+
 macro_rules! per_arch {
     ($($f:ident),*) => {
         mod s390x { use super::*; $( #[test] fn $f() { super::$f(Arch::S390x) } )* }
@@ -104,5 +121,6 @@ per_arch!(
     hang,
     crash_without_status,
     unknown_key,
-    test_filter
+    test_filter,
+    too_little_memory
 );

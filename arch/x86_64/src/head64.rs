@@ -61,6 +61,7 @@ extern "C" fn x86_64_start_kernel(start_info: u64) -> ! {
     quiesce_kernel::boot_cpu_main::<X86_64>(BootInfo {
         cmdline: boot.cmdline,
         nr_cpus,
+        memory: boot.memory,
     })
 }
 

@@ -6,17 +6,21 @@
 //! [`do_interrupt`] with a pointer to the saved registers ([`PtRegs`]). Every gate
 //! is a ring-0 interrupt gate (IF=0 in the handler); #DF runs on IST stack 1.
 //!
-//! [`do_interrupt`] dispatches: exceptions 0-31 print the CPU, the vector, the
-//! error code, RIP/CS/RFLAGS/RSP, CR2 for #PF and all general registers as `# `
-//! diagnostics and panic; vector 2 (NMI) goes to [`crate::smp::nmi_handler`]; the
-//! local APIC's call-function IPI and timer vectors acknowledge (EOI) first and
-//! then call the generic handlers, so a second interrupt of the same vector stays
+//! [`do_interrupt`] dispatches: #PF goes to [`crate::fault::exc_page_fault`]
+//! and #GP to [`crate::fault::exc_general_protection`], which resolve the fault
+//! or fix up a probe; any other exception 0-31 (and an unresolved #PF or #GP)
+//! prints the CPU, the vector, the error code, RIP/CS/RFLAGS/RSP, CR2 for #PF
+//! and all general registers as `# ` diagnostics and panics; vector 2 (NMI)
+//! goes to [`crate::smp::nmi_handler`]; the local APIC's call-function IPI, TLB
+//! shootdown ([`crate::tlb`]) and timer vectors acknowledge (EOI) first and
+//! then call their handlers, so a second interrupt of the same vector stays
 //! pending in the IRR until the handler returns with `iretq` (IF=1 again).
 //!
 //! Invariants: the IDT is written once by the boot CPU ([`init`]) before any
 //! secondary CPU starts and is read-only afterwards; all CPUs share it.
 
-use crate::{apic, percpu, smp, X86_64};
+use crate::tlb::{self, INVALIDATE_TLB_VECTOR};
+use crate::{apic, fault, percpu, smp, X86_64};
 use core::sync::atomic::{AtomicU64, Ordering};
 use quiesce_kernel::kprintln_emergency;
 use x86_64::instructions::tables::lidt;
@@ -28,6 +32,8 @@ use x86_64::VirtAddr;
 pub const NMI_VECTOR: u8 = 2;
 /// Double fault.
 const DOUBLE_FAULT_VECTOR: u8 = 8;
+/// General protection fault.
+const GENERAL_PROTECTION_VECTOR: u8 = 13;
 /// Page fault.
 const PAGE_FAULT_VECTOR: u8 = 14;
 /// Local APIC timer (Linux: LOCAL_TIMER_VECTOR).
@@ -132,10 +138,16 @@ extern "C" fn do_interrupt(regs: &mut PtRegs) {
     let vector = regs.vector as u8;
     match vector {
         NMI_VECTOR => smp::nmi_handler(),
+        PAGE_FAULT_VECTOR => fault::exc_page_fault(regs),
+        GENERAL_PROTECTION_VECTOR => fault::exc_general_protection(regs),
         0..=31 => exception(regs),
         CALL_FUNCTION_VECTOR => {
             apic::eoi();
             quiesce_kernel::irq::ipi_interrupt::<X86_64>();
+        }
+        INVALIDATE_TLB_VECTOR => {
+            apic::eoi();
+            tlb::smp_invalidate_interrupt();
         }
         LOCAL_TIMER_VECTOR => {
             apic::eoi();
@@ -201,7 +213,7 @@ fn exception_name(vector: u8) -> &'static str {
 
 /// Reports an exception with every register, then panics (which stops the
 /// machine and fails the run).
-fn exception(regs: &PtRegs) -> ! {
+pub(crate) fn exception(regs: &PtRegs) -> ! {
     let cpu = percpu::smp_processor_id();
     let vector = regs.vector as u8;
     let name = exception_name(vector);

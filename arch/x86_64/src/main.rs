@@ -10,12 +10,15 @@
 //! through a real-mode trampoline ([`smpboot`]) and join the generic kernel in
 //! [`quiesce_kernel::smp::secondary_main`]. Interrupts and exceptions enter through
 //! one assembly stub per vector that saves every register ([`idt`]); IPIs, NMIs and
-//! the timer are local-APIC functions ([`apic`], [`smp`]).
+//! the timer are local-APIC functions ([`apic`], [`smp`]). The memory model's
+//! `Mmu` contract is implemented in [`mmu`] on top of the page-table format of
+//! the backend's library crate (`quiesce_arch_x86_64::pgtable`, host-tested),
+//! with TLB shootdowns in [`tlb`] and page faults and probe fixups in [`fault`].
 //!
 //! Invariants:
-//! - Physical and virtual addresses are equal below 4 GiB on every CPU (one set of
-//!   page tables, built once by the boot CPU, never changed); the local APIC page
-//!   is mapped uncached.
+//! - Physical and virtual addresses are equal below 4 GiB on every CPU: the boot
+//!   CPU builds that map once (never changed), and every task PML4 shares it
+//!   ([`mmu`]); the local APIC page is mapped uncached.
 //! - The GS base of every CPU that runs Rust code points at its own
 //!   [`percpu::CpuData`], whose first word is the logical CPU number.
 //! - The kernel runs in ring 0 only; every IDT gate is an interrupt gate, so
@@ -25,7 +28,8 @@
 //!   (isa-debug-exit); MMIO and MSRs in [`apic`]; firmware memory in [`pvh`]
 //!   (`read_phys`, also used by [`acpi`]); descriptor tables in [`gdt`] and
 //!   [`idt`]; `%gs` in [`percpu`]; `rdtsc` in [`tsc`]; the trampoline copy and
-//!   the heap-allocated CPU stacks in [`smpboot`].
+//!   the heap-allocated CPU stacks in [`smpboot`]; CR3 and INVLPG in [`tlb`];
+//!   live PTE atomics in [`mmu`]; CR2 and the probe routines in [`fault`].
 #![no_std]
 #![no_main]
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -34,15 +38,18 @@ extern crate alloc;
 
 mod acpi;
 mod apic;
+mod fault;
 mod fw_cfg;
 mod gdt;
 mod head64;
 mod idt;
+mod mmu;
 mod percpu;
 mod pvh;
 mod serial;
 mod smp;
 mod smpboot;
+mod tlb;
 mod tsc;
 
 use quiesce_kernel::{Arch, IrqFlags};

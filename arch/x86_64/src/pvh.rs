@@ -3,12 +3,15 @@
 //!
 //! Design: head.S passes the physical address of `hvm_start_info`; [`parse`]
 //! checks its magic, copies the command line into the kernel image, keeps the
-//! RSDP address and checks in the memory map that the SMP trampoline's page is
-//! RAM. Everything the firmware left in low memory is read once, here,
+//! RSDP address, checks in the memory map that the SMP trampoline's page is
+//! RAM and keeps the map's RAM ranges for the frame allocator
+//! ([`memory_map`]). Everything the firmware left in low memory is read once, here,
 //! before the SMP trampoline reuses low memory.
 //!
 //! Invariants: reads happen through the identity map, on the boot CPU, while no
 //! other CPU runs; nothing writes firmware memory.
+
+use quiesce_kernel::mm::memmap::MemoryMap;
 
 /// `hvm_start_info.magic`.
 const XEN_HVM_START_MAGIC_VALUE: u32 = 0x336e_c578;
@@ -54,6 +57,8 @@ pub struct PvhBoot {
     /// Whether the memory map lists the SMP trampoline's page as RAM (true
     /// without a memory map: PVH version 0).
     pub trampoline_is_ram: bool,
+    /// RAM for the frame allocator ([`memory_map`]).
+    pub memory: MemoryMap,
 }
 
 struct CmdlineCopy {
@@ -142,5 +147,48 @@ pub fn parse(paddr: u64) -> PvhBoot {
         cmdline,
         rsdp: info.rsdp_paddr,
         trampoline_is_ram,
+        memory: memory_map(&info),
     }
+}
+
+/// Everything below 1 MiB stays with the firmware, the boot data and the SMP
+/// trampoline ([`crate::smpboot::TRAMPOLINE_BASE`]).
+const LOW_MEMORY_END: u64 = 0x10_0000;
+/// End of the boot identity map (head.S): RAM above it is not addressable.
+const IDENTITY_MAP_END: u64 = 1 << 32;
+
+extern "C" {
+    /// First byte of the kernel image (kernel.ld).
+    static __kernel_start: u8;
+    /// End of the kernel image, .bss included (kernel.ld).
+    static __kernel_end: u8;
+}
+
+/// The e820 RAM ranges (type 1) of the PVH memory map, without what the
+/// generic kernel must not hand out (the contract of `BootInfo::memory`): the
+/// first MiB (firmware data, boot data, the SMP trampoline), the kernel image
+/// `[__kernel_start, __kernel_end)` (its .bss holds the boot page tables, the
+/// boot stacks and the heap) and RAM above the 4 GiB identity map. PVH version
+/// 0 has no memory map: the result is empty and the boot stops for lack of
+/// memory.
+fn memory_map(info: &HvmStartInfo) -> MemoryMap {
+    let mut map = MemoryMap::new();
+    if info.version < 1 || info.memmap_paddr == 0 {
+        return map;
+    }
+    for i in 0..u64::from(info.memmap_entries) {
+        let at = info.memmap_paddr + i * core::mem::size_of::<HvmMemmapEntry>() as u64;
+        // SAFETY: the loader's memory map of `memmap_entries` entries at
+        // `memmap_paddr` (version 1 and later) is RAM below 4 GiB that nothing
+        // writes; entries are plain integers.
+        let e: HvmMemmapEntry = unsafe { read_phys(at) };
+        if e.kind == E820_RAM {
+            map.add(e.addr, e.addr.saturating_add(e.size));
+        }
+    }
+    map.remove(0, LOW_MEMORY_END);
+    map.remove(IDENTITY_MAP_END, u64::MAX);
+    let image = (&raw const __kernel_start) as u64..(&raw const __kernel_end) as u64;
+    map.remove(image.start, image.end);
+    map
 }

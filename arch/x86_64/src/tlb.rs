@@ -1,0 +1,241 @@
+//! TLB flushes and the IPI shootdown (Linux: `arch/x86/mm/tlb.c`,
+//! `asm/tlbflush.h`; the per-sender mailboxes follow the pre-2.6.29
+//! `flush_tlb_others` with its `INVALIDATE_TLB_VECTOR`).
+//!
+//! Design. INVLPG and a CR3 reload act on the calling CPU's TLB only (no PCID,
+//! no global pages, no INVLPGB: PLATFORM.md). A flush for an mm
+//! ([`flush_tlb_mm_range`]) therefore flushes locally and sends a fixed-vector
+//! IPI, [`INVALIDATE_TLB_VECTOR`], to every other CPU in the mm's cpumask, then
+//! waits until each has acknowledged. Each CPU owns one mailbox
+//! ([`FlushInfo`]) for the flushes it starts: the range, and a mask of the
+//! targets that have not acknowledged yet. A target's handler
+//! ([`smp_invalidate_interrupt`]) scans every mailbox for its bit, flushes the
+//! range it finds, and clears its bit: that clear is the acknowledgement (the
+//! ICR delivery-status bit is not one). Several CPUs can shoot down at the
+//! same time, also at each other: each waits with interrupts enabled and
+//! serves the others' IPIs meanwhile.
+//!
+//! Because the IPI is a fixed one, a target with IF=0 takes it only when it
+//! enables interrupts again, and the sender waits that long: the property
+//! GUP-fast relies on. Ranges of more than [`TLB_SINGLE_PAGE_FLUSH_CEILING`]
+//! pages are flushed with a CR3 reload instead of INVLPG per page, as Linux
+//! does.
+//!
+//! Invariants:
+//! - a mailbox is written only by its owner, only while its pending mask is 0,
+//!   and the range is published before the mask (release/acquire);
+//! - the handler acknowledges (EOIs) the IPI before it scans, so a request
+//!   posted during the scan raises a new interrupt instead of being lost;
+//! - a CPU waits for acknowledgements only with interrupts enabled (asserted),
+//!   so two CPUs flushing each other cannot deadlock; a flush with no other CPU
+//!   in the mask never waits and may run with interrupts disabled;
+//! - a target flushes whatever mm it runs at the time: a CPU that has switched
+//!   away has reloaded CR3, which flushed everything, so the extra flush is
+//!   harmless.
+
+use crate::{apic, percpu, X86_64};
+use core::sync::atomic::{fence, AtomicU64, Ordering};
+use quiesce_arch_x86_64::pgtable::{PAGE_SIZE, PTE_PFN_MASK};
+use quiesce_kernel::mm::mm::Mm;
+use quiesce_kernel::{kprintln_emergency, Arch, NR_CPUS};
+
+/// The shootdown IPI's vector (Linux 2.6: INVALIDATE_TLB_VECTOR_START).
+pub const INVALIDATE_TLB_VECTOR: u8 = 0xf0;
+/// `end` of a flush that covers the whole address space (Linux TLB_FLUSH_ALL).
+pub const TLB_FLUSH_ALL: u64 = u64::MAX;
+/// Ranges of more pages than this are flushed with a CR3 reload (Linux's
+/// default `tlb_single_page_flush_ceiling`).
+pub const TLB_SINGLE_PAGE_FLUSH_CEILING: u64 = 33;
+/// After this long without every acknowledgement, the sender says so once.
+const SHOOTDOWN_WARN_NS: u64 = 5_000_000_000;
+
+/// One CPU's outgoing flush request.
+#[repr(C, align(64))]
+struct FlushInfo {
+    start: AtomicU64,
+    end: AtomicU64,
+    /// Targets that have not acknowledged yet (bit n = CPU n).
+    pending: AtomicU64,
+}
+
+static FLUSH_INFO: [FlushInfo; NR_CPUS] = [const {
+    FlushInfo {
+        start: AtomicU64::new(0),
+        end: AtomicU64::new(0),
+        pending: AtomicU64::new(0),
+    }
+}; NR_CPUS];
+
+/// Per-CPU flush counters, for diagnostics.
+#[repr(C, align(64))]
+struct TlbStats {
+    /// Shootdown IPIs this CPU sent.
+    sent: AtomicU64,
+    /// Shootdown requests this CPU served.
+    received: AtomicU64,
+    /// Local flushes this CPU performed (INVLPG runs or CR3 reloads).
+    local: AtomicU64,
+}
+
+static TLB_STATS: [TlbStats; NR_CPUS] = [const {
+    TlbStats {
+        sent: AtomicU64::new(0),
+        received: AtomicU64::new(0),
+        local: AtomicU64::new(0),
+    }
+}; NR_CPUS];
+
+/// Flush counters of `cpu`: (shootdown IPIs sent, shootdown requests served,
+/// local flushes).
+pub fn tlb_stats(cpu: usize) -> (u64, u64, u64) {
+    let s = &TLB_STATS[cpu];
+    (
+        s.sent.load(Ordering::Relaxed),
+        s.received.load(Ordering::Relaxed),
+        s.local.load(Ordering::Relaxed),
+    )
+}
+
+/// Physical address of the PML4 the calling CPU translates through
+/// (`native_read_cr3_pa`).
+pub fn read_cr3_pa() -> u64 {
+    let cr3: u64;
+    // SAFETY: reading CR3 has no side effect.
+    unsafe {
+        core::arch::asm!("mov {}, cr3", out(reg) cr3, options(nomem, nostack, preserves_flags));
+    }
+    cr3 & PTE_PFN_MASK
+}
+
+/// Loads CR3 with the PML4 at `pgd` (`native_write_cr3`); flushes the calling
+/// CPU's whole TLB (no global pages, no PCID).
+///
+/// # Safety
+/// `pgd` is a live PML4 that maps the kernel (its code, stacks, data and the
+/// local APIC) as the kernel's own PML4 does, and stays alive while loaded.
+pub unsafe fn write_cr3(pgd: u64) {
+    // SAFETY: the caller guarantees the kernel stays mapped identically, so
+    // execution continues at the next instruction; the asm is a compiler
+    // barrier (no `nomem`), keeping page-table stores before it.
+    unsafe { core::arch::asm!("mov cr3, {}", in(reg) pgd, options(nostack, preserves_flags)) };
+}
+
+/// Flushes the calling CPU's TLB entry for `addr` (`native_flush_tlb_one_user`:
+/// INVLPG).
+#[inline]
+pub fn native_flush_tlb_one_user(addr: u64) {
+    // SAFETY: INVLPG only drops a cached translation; it never faults, even
+    // for an unmapped or non-canonical address. No `nomem`: the compiler must
+    // not move page-table stores across it.
+    unsafe { core::arch::asm!("invlpg [{}]", in(reg) addr, options(nostack, preserves_flags)) };
+}
+
+/// Flushes the calling CPU's whole TLB by reloading CR3
+/// (`native_flush_tlb_local`).
+pub fn native_flush_tlb_local() {
+    // SAFETY: reloads the PML4 that is loaded already: the same translation.
+    unsafe { write_cr3(read_cr3_pa()) };
+}
+
+/// Flushes `[start, end)` from the calling CPU's TLB (`flush_tlb_func`):
+/// INVLPG per page up to the ceiling, a CR3 reload beyond it.
+fn flush_tlb_func(start: u64, end: u64) {
+    let stats = &TLB_STATS[percpu::smp_processor_id()];
+    stats.local.fetch_add(1, Ordering::Relaxed);
+    if end == TLB_FLUSH_ALL || end.saturating_sub(start) / PAGE_SIZE > TLB_SINGLE_PAGE_FLUSH_CEILING
+    {
+        native_flush_tlb_local();
+        return;
+    }
+    let mut addr = start & !(PAGE_SIZE - 1);
+    while addr < end {
+        native_flush_tlb_one_user(addr);
+        addr += PAGE_SIZE;
+    }
+}
+
+/// Flushes `[start, end)` of `mm` from every CPU that may cache it
+/// (`flush_tlb_mm_range`): locally, and by shootdown IPI on every other CPU in
+/// the mm's cpumask, returning once all have acknowledged. `end` may be
+/// [`TLB_FLUSH_ALL`].
+///
+/// Must be called with interrupts enabled whenever another CPU is in the
+/// cpumask (the wait would otherwise deadlock against a CPU flushing us).
+pub fn flush_tlb_mm_range(mm: &Mm<X86_64>, start: u64, end: u64) {
+    let me = percpu::smp_processor_id();
+    // The PTE change that made this flush necessary (a locked exchange or a
+    // plain store) must be visible before the cpumask is read: a CPU that
+    // joins the mask later loads CR3 afterwards and cannot see the old entry.
+    fence(Ordering::SeqCst);
+    let targets = mm.other_cpus().fold(0u64, |m, c| m | 1 << c);
+    if targets == 0 {
+        flush_tlb_func(start, end);
+        return;
+    }
+    assert!(
+        !X86_64::irqs_disabled(),
+        "TLB shootdown from CPU {me} with interrupts disabled (deadlock risk)"
+    );
+    let info = &FLUSH_INFO[me];
+    assert_eq!(
+        info.pending.load(Ordering::Acquire),
+        0,
+        "nested TLB shootdown on CPU {me}"
+    );
+    info.start.store(start, Ordering::Relaxed);
+    info.end.store(end, Ordering::Relaxed);
+    info.pending.store(targets, Ordering::Release);
+    let stats = &TLB_STATS[me];
+    for cpu in (0..NR_CPUS).filter(|c| targets & (1 << c) != 0) {
+        apic::send_ipi(percpu::cpu_data(cpu).apic_id(), INVALIDATE_TLB_VECTOR);
+        stats.sent.fetch_add(1, Ordering::Relaxed);
+    }
+    // Our own flush overlaps the targets' handlers.
+    flush_tlb_func(start, end);
+    let t0 = X86_64::clock_ns();
+    let mut warned = false;
+    loop {
+        let left = info.pending.load(Ordering::Acquire);
+        if left == 0 {
+            break;
+        }
+        if !warned && X86_64::clock_ns() - t0 > SHOOTDOWN_WARN_NS {
+            kprintln_emergency!(
+                "# tlb: CPU {me} still waits for shootdown acks from cpumask {left:#x}"
+            );
+            for cpu in (0..NR_CPUS).filter(|c| left & (1 << c) != 0) {
+                let (sent, received, local) = tlb_stats(cpu);
+                kprintln_emergency!(
+                    "# tlb: cpu{cpu} shootdowns_sent={sent} received={received} local_flushes={local}"
+                );
+            }
+            warned = true;
+        }
+        core::hint::spin_loop();
+    }
+}
+
+/// Flushes one page of `mm` everywhere (`flush_tlb_page`).
+pub fn flush_tlb_page(mm: &Mm<X86_64>, addr: u64) {
+    flush_tlb_mm_range(mm, addr, addr + PAGE_SIZE);
+}
+
+/// [`INVALIDATE_TLB_VECTOR`]: serves every posted request that names this CPU.
+/// Called with IF=0, after the EOI.
+pub fn smp_invalidate_interrupt() {
+    let me = percpu::smp_processor_id();
+    let bit = 1u64 << me;
+    let stats = &TLB_STATS[me];
+    for (sender, info) in FLUSH_INFO.iter().enumerate() {
+        if sender == me || info.pending.load(Ordering::Acquire) & bit == 0 {
+            continue;
+        }
+        let start = info.start.load(Ordering::Relaxed);
+        let end = info.end.load(Ordering::Relaxed);
+        flush_tlb_func(start, end);
+        stats.received.fetch_add(1, Ordering::Relaxed);
+        // The acknowledgement: after the flush, release so the sender sees it
+        // done.
+        info.pending.fetch_and(!bit, Ordering::Release);
+    }
+}

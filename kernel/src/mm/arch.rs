@@ -1,0 +1,247 @@
+//! The MMU half of the arch contract: page-table format, the offset helpers of the
+//! `pXd_offset` family, live PTE changes, TLB flushes and address-space switches.
+//!
+//! Linux's five levels are named here as in Linux: `pgd` → `p4d` → `pud` → `pmd` →
+//! `pte`. An architecture with fewer levels folds some of them, and folding is the
+//! arch's business: x86-64 (4 levels) folds `p4d` statically, so `p4d_offset`
+//! returns the `pgd` pointer itself; s390x folds dynamically per mm (a new mm
+//! starts with a region-third table on top, so `pgd` and `p4d` are folded onto it,
+//! until `crst_table_upgrade`), and its offset helpers decide from the table type
+//! found in the entry, exactly as Linux's do. Generic code therefore never indexes
+//! a table itself; it always goes through these helpers, which is what makes the
+//! folding bug of d3f7b1bb2040 reproducible.
+//!
+//! Entries are plain `u64` values; the arch interprets them. Table pointers are
+//! the tables' addresses in the kernel's address space, which maps RAM 1:1
+//! (virtual = physical) on both backends.
+//!
+//! Rules for live entries (the arch owns them, generic code never stores a PTE):
+//! - a PTE is installed with [`Mmu::set_pte_at`] only over an entry that is not
+//!   valid;
+//! - a valid PTE is removed with [`Mmu::ptep_get_and_clear`]: x86-64 exchanges it
+//!   atomically (a hardware D bit set in between is not lost) and leaves the TLB
+//!   flush to the caller; s390x invalidates it with IPTE, which purges every CPU's
+//!   TLB, before the entry is stored;
+//! - write protection goes through [`Mmu::ptep_set_wrprotect`] with the same
+//!   split of duties.
+
+use super::mm::Mm;
+use crate::Arch;
+
+/// The five page-table levels, in Linux's names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    /// Top level of the full tree (s390x region-first, x86-64 PML4).
+    Pgd,
+    /// s390x region-second; folded into `pgd` on x86-64.
+    P4d,
+    /// s390x region-third, x86-64 PDPT.
+    Pud,
+    /// s390x segment table, x86-64 page directory.
+    Pmd,
+    /// Page table.
+    Pte,
+}
+
+/// What a new PTE allows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PteProt {
+    /// Stores allowed.
+    pub write: bool,
+}
+
+/// How a hardware page fault was raised, decoded by the arch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FaultInfo {
+    /// The faulting virtual address, page-aligned where the hardware reports
+    /// only the page (s390x translation-exception identification).
+    pub addr: u64,
+    /// The access was a store (x86-64: error code W; s390x: the TEID's
+    /// fetch/store indication, or a protection exception).
+    pub write: bool,
+    /// The translation existed and forbade the access (x86-64 P=1; s390x
+    /// protection exception 0x04), as opposed to a missing translation.
+    pub protection: bool,
+    /// Arch-specific interruption code or vector, for reports.
+    pub code: u64,
+}
+
+/// The MMU operations the generic memory model needs. Every function is
+/// implemented by the backend; the constants describe its table geometry.
+pub trait Mmu: Arch + Sized {
+    /// Per-mm arch state: the top table and, on s390x, the current ASCE and
+    /// its limit. Changed only under the mm's `mmap_lock` held for write.
+    type Context: Send + Sync;
+
+    /// Entries in a PTE table (x86-64 512, s390x 256).
+    const PTRS_PER_PTE: usize;
+    /// Bytes in a PTE table (x86-64 4096, s390x 2048): the fragment size.
+    const PTE_TABLE_SIZE: usize;
+    /// Frame order of an upper-level table (x86-64 0; s390x 2: 16 KiB CRSTs).
+    const CRST_ORDER: u32;
+    /// Bytes mapped by one PMD entry (x86-64 2 MiB, s390x 1 MiB).
+    const PMD_SIZE: u64;
+    /// Bytes mapped by one PUD entry (x86-64 1 GiB, s390x 2 GiB).
+    const PUD_SIZE: u64;
+    /// Bytes mapped by one P4D entry (x86-64 512 GiB as the folded pgd; s390x
+    /// 4 TiB).
+    const P4D_SIZE: u64;
+    /// Bytes mapped by one PGD entry (x86-64 512 GiB; s390x 8 PiB).
+    const PGDIR_SIZE: u64;
+    /// Whether a PMD can map a huge page (x86-64 2 MiB; not s390x under QEMU).
+    const HAS_HUGE_PMD: bool;
+    /// Whether [`Mmu::ptep_get_and_clear`] itself purges the entry from every
+    /// CPU's TLB (s390x IPTE: true), or leaves a stale entry until the caller
+    /// flushes (x86-64: false). The catalogue's rows differ on exactly this.
+    const CLEAR_FLUSHES_TLB: bool;
+    /// Lowest address for task mappings: above the kernel's 1:1 map of RAM.
+    const TASK_BASE: u64;
+    /// End (exclusive) of the task address range the arch can ever map.
+    const TASK_SIZE_MAX: u64;
+
+    // ---- address spaces -------------------------------------------------
+
+    /// Creates the arch state of a new mm: allocates its top table (which
+    /// shares the kernel's 1:1 map of RAM) with the generic frame allocator.
+    /// s390x starts with three levels (region-third table, 4 TiB).
+    fn init_new_context() -> Option<Self::Context>;
+    /// Frees what [`Mmu::init_new_context`] and any upgrades allocated, after
+    /// every lower table has been freed by `free_pgtables`.
+    fn destroy_context(ctx: &Self::Context);
+    /// End (exclusive) of what the mm's current top level can map.
+    fn context_limit(ctx: &Self::Context) -> u64;
+    /// Makes addresses below `end` mappable (s390x: `crst_table_upgrade` to 4 or
+    /// 5 levels in place, keeping every mapping and reloading the ASCE on every
+    /// CPU that runs the mm). Called with `mmap_lock` held for write.
+    fn arch_prepare_range(mm: &Mm<Self>, end: u64) -> Result<(), &'static str>;
+    /// Loads `next`'s tables on the calling CPU (x86-64 CR3; s390x primary ASCE),
+    /// so that its loads and stores translate through them. The generic caller
+    /// has added the CPU to `next`'s cpumask first.
+    ///
+    /// # Safety
+    /// `next` must stay alive while it is loaded; the kernel's own mapping must
+    /// be part of it (it is, by [`Mmu::init_new_context`]).
+    unsafe fn switch_mm(next: &Mm<Self>);
+    /// Loads the kernel's own tables (no task mm) on the calling CPU.
+    fn switch_to_kernel_mm();
+
+    // ---- entries ---------------------------------------------------------
+
+    /// The value a fresh table of `level` is filled with (x86-64 0; s390x the
+    /// invalid entry of that table type).
+    fn empty_entry(level: Level) -> u64;
+    /// Whether an entry of `level` is empty (`pXd_none`).
+    fn entry_none(level: Level, entry: u64) -> bool;
+    /// Whether a non-empty upper entry points to a lower table (not a leaf,
+    /// not malformed): `!pXd_bad`.
+    fn entry_is_table(level: Level, entry: u64) -> bool;
+    /// The address of the lower table an upper entry points to.
+    fn entry_table(level: Level, entry: u64) -> u64;
+    /// The upper entry of `level` that points to `table` (`pXd_populate`).
+    fn mk_table_entry(level: Level, table: u64) -> u64;
+
+    // ---- offset helpers (Linux's pXd_offset family) -----------------------
+
+    /// `pgd_offset(mm, addr)`: the entry in the mm's top table for `addr`.
+    /// On s390x the top table may be a region-third or region-second table.
+    fn pgd_offset(ctx: &Self::Context, addr: u64) -> *mut u64;
+    /// `p4d_offset(pgdp, addr)`: reads `*pgdp` (once) to decide.
+    ///
+    /// # Safety
+    /// `pgdp` points to a live entry of a top table.
+    unsafe fn p4d_offset(pgdp: *mut u64, addr: u64) -> *mut u64;
+    /// `pud_offset(p4dp, addr)`.
+    ///
+    /// # Safety
+    /// `p4dp` is what [`Mmu::p4d_offset`] returned for this walk.
+    unsafe fn pud_offset(p4dp: *mut u64, addr: u64) -> *mut u64;
+    /// `pmd_offset(pudp, addr)`.
+    ///
+    /// # Safety
+    /// `pudp` is what [`Mmu::pud_offset`] returned for this walk.
+    unsafe fn pmd_offset(pudp: *mut u64, addr: u64) -> *mut u64;
+    /// `pte_offset(pmdp, addr)`: into the PTE table `*pmdp` points to.
+    ///
+    /// # Safety
+    /// `*pmdp` is a populated PMD entry.
+    unsafe fn pte_offset(pmdp: *mut u64, addr: u64) -> *mut u64;
+    /// `p4d_offset_lockless(pgdp, pgd, addr)`: like `p4d_offset` but decides from
+    /// the value `pgd` read once by the caller (d3f7b1bb2040).
+    ///
+    /// # Safety
+    /// `pgdp` is the live entry `pgd` was read from.
+    unsafe fn p4d_offset_lockless(pgdp: *mut u64, pgd: u64, addr: u64) -> *mut u64;
+    /// `pud_offset_lockless(p4dp, p4d, addr)`.
+    ///
+    /// # Safety
+    /// `p4dp` is the live entry `p4d` was read from.
+    unsafe fn pud_offset_lockless(p4dp: *mut u64, p4d: u64, addr: u64) -> *mut u64;
+    /// `pmd_offset_lockless(pudp, pud, addr)`.
+    ///
+    /// # Safety
+    /// `pudp` is the live entry `pud` was read from.
+    unsafe fn pmd_offset_lockless(pudp: *mut u64, pud: u64, addr: u64) -> *mut u64;
+
+    // ---- PTE values --------------------------------------------------------
+
+    /// A PTE mapping frame `pfn` with `prot` (`pfn_pte`), valid, young and, if
+    /// writable, dirty (the generic fault path makes writable PTEs only for
+    /// stores, so a dirty mark there is exact).
+    fn pfn_pte(pfn: u64, prot: PteProt) -> u64;
+    /// The frame a present PTE maps.
+    fn pte_pfn(pte: u64) -> u64;
+    /// Whether a PTE is empty (never mapped or cleared).
+    fn pte_none(pte: u64) -> bool;
+    /// Whether a PTE is valid for the hardware.
+    fn pte_present(pte: u64) -> bool;
+    /// Whether a present PTE allows stores.
+    fn pte_write(pte: u64) -> bool;
+    /// Whether the hardware (x86-64) or software (s390x) dirty bit is set.
+    fn pte_dirty(pte: u64) -> bool;
+    /// Whether the accessed/young bit is set.
+    fn pte_young(pte: u64) -> bool;
+
+    // ---- live PTE changes ------------------------------------------------------
+
+    /// Installs `pte` at `ptep`, which holds no valid entry.
+    ///
+    /// # Safety
+    /// `ptep` is an entry of a live PTE table of `mm`, the PTL is held.
+    unsafe fn set_pte_at(mm: &Mm<Self>, addr: u64, ptep: *mut u64, pte: u64);
+    /// Clears a PTE and returns its old value (x86-64: atomic exchange, no flush;
+    /// s390x: IPTE, then the invalid entry is stored).
+    ///
+    /// # Safety
+    /// As [`Mmu::set_pte_at`].
+    unsafe fn ptep_get_and_clear(mm: &Mm<Self>, addr: u64, ptep: *mut u64) -> u64;
+    /// Makes a present PTE read-only (x86-64: atomic, no flush; s390x: IPTE,
+    /// then the protected entry is stored).
+    ///
+    /// # Safety
+    /// As [`Mmu::set_pte_at`].
+    unsafe fn ptep_set_wrprotect(mm: &Mm<Self>, addr: u64, ptep: *mut u64);
+
+    // ---- TLB ---------------------------------------------------------------------
+
+    /// Flushes `addr` for `mm` from every CPU that may hold it (x86-64: INVLPG
+    /// here and a shootdown IPI to the other CPUs in the mm's cpumask, waiting
+    /// for their acknowledgement; s390x: nothing is left after IPTE, so this is a
+    /// no-op or a local purge). Called with interrupts enabled.
+    fn flush_tlb_page(mm: &Mm<Self>, addr: u64);
+    /// Flushes `[start, end)` for `mm` everywhere (s390x: IDTE for the ASCE or
+    /// CSPG purge where entries were changed without IPTE).
+    fn flush_tlb_range(mm: &Mm<Self>, start: u64, end: u64);
+    /// Flushes the calling CPU's TLB entry for `addr` only (x86-64 INVLPG; s390x
+    /// PTLB), to set up "stale translation" experiments.
+    fn local_flush_tlb_page(addr: u64);
+
+    // ---- faults ----------------------------------------------------------------------
+
+    /// Loads the 64-bit word at `addr` through the current translation; a fault
+    /// that the generic fault handler cannot resolve returns `Err` with what the
+    /// hardware reported, instead of failing the run (an exception-table fixup,
+    /// as Linux's `copy_from_kernel_nofault`).
+    fn probe_load(addr: u64) -> Result<u64, FaultInfo>;
+    /// Stores `val` at `addr` like [`Mmu::probe_load`].
+    fn probe_store(addr: u64, val: u64) -> Result<(), FaultInfo>;
+}

@@ -1,0 +1,458 @@
+//! Host-side emulated architectures for unit tests of the generic memory
+//! model: page tables live in the test's "physical" memory (a host buffer, see
+//! `memmap::test_mem`), and a software MMU ([`Emul::probe_load`] /
+//! [`Emul::probe_store`]) walks them as hardware would, raising faults into the
+//! generic fault handler. Two geometries: 4 KiB PTE tables carved from order-4
+//! blocks (as x86-64 here) and 2 KiB PTE tables, two per frame (as s390x).
+//!
+//! The format: four levels of 512-entry upper tables (the `p4d` folded
+//! statically onto the `pgd`), an upper entry is `table | 1`, a PTE is
+//! `frame | P(1) | W(2) | A(0x20) | D(0x40)`; 0 is empty.
+
+use super::arch::{FaultInfo, Level, Mmu, PteProt};
+use super::mm::Mm;
+use super::{page, page_alloc, PAGE_SIZE};
+use crate::{Arch, IrqFlags};
+use core::sync::atomic::{AtomicU64, Ordering};
+
+const P: u64 = 1;
+const W: u64 = 2;
+const A_BIT: u64 = 0x20;
+const D: u64 = 0x40;
+const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
+
+/// TLB flushes requested, for tests.
+pub static FLUSHES: AtomicU64 = AtomicU64::new(0);
+
+fn entries(table: u64) -> *mut u64 {
+    page::phys_to_virt(table).cast()
+}
+
+macro_rules! emul_arch {
+    ($name:ident, $ptrs:expr) => {
+        /// An emulated architecture (see the module docs).
+        pub struct $name;
+
+        impl Arch for $name {
+            const NAME: &'static str = "emul";
+            const HAS_NMI: bool = false;
+            fn console_write(bytes: &[u8]) {
+                print!("{}", String::from_utf8_lossy(bytes));
+            }
+            fn smp_processor_id() -> usize {
+                0
+            }
+            fn local_irq_enable() {}
+            fn local_irq_disable() {}
+            fn irqs_disabled() -> bool {
+                false
+            }
+            fn local_irq_save() -> IrqFlags {
+                IrqFlags(0)
+            }
+            fn local_irq_restore(_: IrqFlags) {}
+            fn cpu_relax() {
+                core::hint::spin_loop();
+            }
+            fn wait_for_interrupt() {}
+            fn clock_ns() -> u64 {
+                std::time::UNIX_EPOCH
+                    .elapsed()
+                    .map_or(0, |d| d.as_nanos() as u64)
+            }
+            fn send_ipi(cpu: usize) {
+                panic!("emulated arch has one CPU; IPI to {cpu}");
+            }
+            fn send_nmi(cpu: usize) {
+                panic!("emulated arch has no NMI; NMI to {cpu}");
+            }
+            fn timer_start(_: u64) {}
+            fn boot_secondary(_: usize) -> Result<(), &'static str> {
+                Err("emulated arch has one CPU")
+            }
+            fn stop_other_cpus() {}
+            fn exit(success: bool) -> ! {
+                panic!("emulated machine exit (success={success})");
+            }
+        }
+
+        impl Mmu for $name {
+            type Context = AtomicU64;
+            const PTRS_PER_PTE: usize = $ptrs;
+            const PTE_TABLE_SIZE: usize = $ptrs * 8;
+            const CRST_ORDER: u32 = 0;
+            const PMD_SIZE: u64 = $ptrs * PAGE_SIZE;
+            const PUD_SIZE: u64 = Self::PMD_SIZE * 512;
+            const P4D_SIZE: u64 = Self::PUD_SIZE * 512;
+            const PGDIR_SIZE: u64 = Self::P4D_SIZE;
+            const HAS_HUGE_PMD: bool = false;
+            const CLEAR_FLUSHES_TLB: bool = false;
+            const TASK_BASE: u64 = Self::PGDIR_SIZE;
+            const TASK_SIZE_MAX: u64 = Self::PGDIR_SIZE * 256;
+
+            fn init_new_context() -> Option<AtomicU64> {
+                let pg = page_alloc::alloc_pages(0)?;
+                let t = page::page_to_phys(pg);
+                // SAFETY: a fresh frame of ours.
+                unsafe { core::ptr::write_bytes(entries(t), 0, 512) };
+                Some(AtomicU64::new(t))
+            }
+            fn destroy_context(ctx: &AtomicU64) {
+                page_alloc::__free_pages(page::phys_to_page(ctx.load(Ordering::Acquire)), 0);
+            }
+            fn context_limit(_: &AtomicU64) -> u64 {
+                Self::TASK_SIZE_MAX
+            }
+            fn arch_prepare_range(_: &Mm<Self>, end: u64) -> Result<(), &'static str> {
+                if end <= Self::TASK_SIZE_MAX {
+                    Ok(())
+                } else {
+                    Err("beyond TASK_SIZE_MAX")
+                }
+            }
+            unsafe fn switch_mm(_: &Mm<Self>) {}
+            fn switch_to_kernel_mm() {}
+            fn empty_entry(_: Level) -> u64 {
+                0
+            }
+            fn entry_none(_: Level, e: u64) -> bool {
+                e == 0
+            }
+            fn entry_is_table(_: Level, e: u64) -> bool {
+                e & P != 0
+            }
+            fn entry_table(_: Level, e: u64) -> u64 {
+                // Tables are at least 2 KiB aligned.
+                e & 0x000f_ffff_ffff_f800
+            }
+            fn mk_table_entry(_: Level, table: u64) -> u64 {
+                table | P
+            }
+            fn pgd_offset(ctx: &AtomicU64, addr: u64) -> *mut u64 {
+                let i = (addr / Self::PGDIR_SIZE) as usize % 512;
+                // SAFETY: the top table has 512 entries.
+                unsafe { entries(ctx.load(Ordering::Acquire)).add(i) }
+            }
+            unsafe fn p4d_offset(pgdp: *mut u64, _: u64) -> *mut u64 {
+                pgdp
+            }
+            unsafe fn pud_offset(p4dp: *mut u64, addr: u64) -> *mut u64 {
+                // SAFETY: the caller passes a live, populated entry.
+                unsafe { Self::pud_offset_lockless(p4dp, p4dp.read_volatile(), addr) }
+            }
+            unsafe fn pmd_offset(pudp: *mut u64, addr: u64) -> *mut u64 {
+                // SAFETY: as above.
+                unsafe { Self::pmd_offset_lockless(pudp, pudp.read_volatile(), addr) }
+            }
+            unsafe fn pte_offset(pmdp: *mut u64, addr: u64) -> *mut u64 {
+                // SAFETY: the caller passes a populated PMD entry.
+                let t = Self::entry_table(Level::Pmd, unsafe { pmdp.read_volatile() });
+                let i = (addr / PAGE_SIZE) as usize % $ptrs;
+                // SAFETY: a PTE table has PTRS_PER_PTE entries.
+                unsafe { entries(t).add(i) }
+            }
+            unsafe fn p4d_offset_lockless(pgdp: *mut u64, _: u64, _: u64) -> *mut u64 {
+                pgdp
+            }
+            unsafe fn pud_offset_lockless(_: *mut u64, p4d: u64, addr: u64) -> *mut u64 {
+                let i = (addr / Self::PUD_SIZE) as usize % 512;
+                // SAFETY: upper tables have 512 entries.
+                unsafe { entries(p4d & ADDR_MASK).add(i) }
+            }
+            unsafe fn pmd_offset_lockless(_: *mut u64, pud: u64, addr: u64) -> *mut u64 {
+                let i = (addr / Self::PMD_SIZE) as usize % 512;
+                // SAFETY: upper tables have 512 entries.
+                unsafe { entries(pud & ADDR_MASK).add(i) }
+            }
+            fn pfn_pte(pfn: u64, prot: PteProt) -> u64 {
+                (pfn << 12) | P | A_BIT | if prot.write { W | D } else { 0 }
+            }
+            fn pte_pfn(pte: u64) -> u64 {
+                (pte & ADDR_MASK) >> 12
+            }
+            fn pte_none(pte: u64) -> bool {
+                pte == 0
+            }
+            fn pte_present(pte: u64) -> bool {
+                pte & P != 0
+            }
+            fn pte_write(pte: u64) -> bool {
+                pte & W != 0
+            }
+            fn pte_dirty(pte: u64) -> bool {
+                pte & D != 0
+            }
+            fn pte_young(pte: u64) -> bool {
+                pte & A_BIT != 0
+            }
+            unsafe fn set_pte_at(_: &Mm<Self>, _: u64, ptep: *mut u64, pte: u64) {
+                // SAFETY: the caller passes a live entry and holds the PTL.
+                unsafe { ptep.write_volatile(pte) }
+            }
+            unsafe fn ptep_get_and_clear(_: &Mm<Self>, _: u64, ptep: *mut u64) -> u64 {
+                // SAFETY: a live, aligned entry (caller's contract).
+                unsafe { AtomicU64::from_ptr(ptep) }.swap(0, Ordering::AcqRel)
+            }
+            unsafe fn ptep_set_wrprotect(_: &Mm<Self>, _: u64, ptep: *mut u64) {
+                // SAFETY: as above.
+                unsafe { AtomicU64::from_ptr(ptep) }.fetch_and(!W, Ordering::AcqRel);
+            }
+            fn flush_tlb_page(_: &Mm<Self>, _: u64) {
+                FLUSHES.fetch_add(1, Ordering::Relaxed);
+            }
+            fn flush_tlb_range(_: &Mm<Self>, _: u64, _: u64) {
+                FLUSHES.fetch_add(1, Ordering::Relaxed);
+            }
+            fn local_flush_tlb_page(_: u64) {}
+            fn probe_load(addr: u64) -> Result<u64, FaultInfo> {
+                let pa = translate::<Self>(addr, false)?;
+                // SAFETY: `translate` found a present mapping of a live frame.
+                Ok(unsafe { page::phys_to_virt(pa).cast::<u64>().read_volatile() })
+            }
+            fn probe_store(addr: u64, val: u64) -> Result<(), FaultInfo> {
+                let pa = translate::<Self>(addr, true)?;
+                // SAFETY: as above, and the PTE allows stores.
+                unsafe { page::phys_to_virt(pa).cast::<u64>().write_volatile(val) };
+                Ok(())
+            }
+        }
+    };
+}
+
+emul_arch!(Emul4k, 512);
+emul_arch!(Emul2k, 256);
+
+/// The software MMU: walks the current mm's tables; on a missing or
+/// write-protected translation raises a fault into the generic handler and
+/// retries, as the hardware would re-execute the instruction.
+fn translate<A: Mmu>(addr: u64, write: bool) -> Result<u64, FaultInfo> {
+    for _ in 0..3 {
+        let mm = super::mm::current_mm::<A>().expect("the software MMU needs a current mm");
+        let pte = super::pgtable::follow_pte(mm, addr)
+            // SAFETY: a live entry of the current mm.
+            .map(|p| unsafe { super::pgtable::read_entry(p) })
+            .unwrap_or(0);
+        let protection = A::pte_present(pte);
+        if protection && (!write || A::pte_write(pte)) {
+            return Ok((A::pte_pfn(pte) << 12) | (addr & (PAGE_SIZE - 1)));
+        }
+        let info = FaultInfo {
+            addr,
+            write,
+            protection,
+            code: 14,
+        };
+        if super::fault::handle_mm_fault::<A>(info).is_err() {
+            return Err(info);
+        }
+    }
+    panic!("software MMU: fault at {addr:#x} resolved but still not mapped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mm::frag::{self, FragPolicy};
+    use crate::mm::memmap::test_mem;
+    use crate::mm::memory;
+    use crate::mm::mm::{unuse_mm, use_mm, VmFlags};
+    use std::collections::HashSet;
+
+    const RW: VmFlags = VmFlags {
+        read: true,
+        write: true,
+    };
+
+    /// Maps `blocks` PMD blocks, touches one page in each (one PTE table each),
+    /// and returns the distinct frames holding the PTE tables.
+    fn touch_blocks<A: Mmu>(mm: &Mm<A>, blocks: u64) -> HashSet<u64> {
+        memory::mmap_anon(mm, A::TASK_BASE, blocks * A::PMD_SIZE, RW, false).unwrap();
+        // SAFETY: the test tears the mm down after unuse_mm.
+        unsafe { use_mm(mm) };
+        let mut frames = HashSet::new();
+        for b in 0..blocks {
+            let a = A::TASK_BASE + b * A::PMD_SIZE;
+            A::probe_store(a, a).unwrap();
+            assert_eq!(A::probe_load(a), Ok(a));
+            let ptep = crate::mm::pgtable::follow_pte(mm, a).unwrap();
+            frames.insert(ptep as u64 >> 12);
+        }
+        unuse_mm::<A>();
+        frames
+    }
+
+    fn fragments_in_every_policy<A: Mmu>() {
+        let _m = test_mem::setup();
+        for pol in FragPolicy::ALL {
+            frag::set_policy(pol);
+            let free = page_alloc::nr_free_pages();
+            let bad = page_alloc::nr_bad_pages();
+            let mm = Mm::<A>::new().unwrap();
+            let blocks = 40;
+            let frames = touch_blocks(&mm, blocks);
+            let per_frame = (PAGE_SIZE as usize / A::PTE_TABLE_SIZE).max(1) as u64;
+            let expected = if pol == FragPolicy::OnePerFrame {
+                blocks
+            } else {
+                blocks.div_ceil(per_frame)
+            };
+            assert_eq!(
+                frames.len() as u64,
+                expected,
+                "{}: PTE-table frames",
+                pol.name()
+            );
+            assert_eq!(mm.rss_anon.load(Ordering::Relaxed) as u64, blocks);
+            memory::exit_mmap(mm);
+            assert_eq!(
+                page_alloc::nr_free_pages(),
+                free,
+                "{}: frames leaked",
+                pol.name()
+            );
+            assert_eq!(
+                page_alloc::nr_bad_pages(),
+                bad,
+                "{}: bad page state",
+                pol.name()
+            );
+        }
+        frag::set_policy(FragPolicy::FragCounter);
+    }
+
+    #[test]
+    fn fragments_4k_tables_from_order4_blocks() {
+        assert_eq!(frag::frags_per_block::<Emul4k>(), 16);
+        fragments_in_every_policy::<Emul4k>();
+    }
+
+    #[test]
+    fn fragments_2k_tables_two_per_frame() {
+        assert_eq!(frag::frags_per_block::<Emul2k>(), 2);
+        fragments_in_every_policy::<Emul2k>();
+    }
+
+    #[test]
+    fn set_page_count_policy_counts_on_the_refcount() {
+        let _m = test_mem::setup();
+        frag::set_policy(FragPolicy::SetPageCount);
+        let mm = Mm::<Emul4k>::new().unwrap();
+        let t = frag::pte_alloc_one(&mm).unwrap();
+        let head = page::phys_to_page(t);
+        assert_eq!(
+            page::page_ref_count(head),
+            16,
+            "set_page_count(head, fragments)"
+        );
+        // A speculative reference (a pfn scanner) between carve and free is
+        // counted on the same field: the fix's separate counter is unaffected.
+        frag::pte_free(&mm, t);
+        frag::pte_frag_destroy(&mm);
+        Emul4k::destroy_context(&mm.context);
+        frag::set_policy(FragPolicy::FragCounter);
+        let mm = Mm::<Emul4k>::new().unwrap();
+        let t = frag::pte_alloc_one(&mm).unwrap();
+        let head = page::phys_to_page(t);
+        assert_eq!(page::page_ref_count(head), 1);
+        assert_eq!(head.pt_frag_refcount.load(Ordering::Relaxed), 16);
+        frag::pte_free(&mm, t);
+        frag::pte_frag_destroy(&mm);
+        Emul4k::destroy_context(&mm.context);
+    }
+
+    #[test]
+    fn xor_top_bits_leave_the_low_count_to_speculative_refs() {
+        let _m = test_mem::setup();
+        let free = page_alloc::nr_free_pages();
+        frag::set_policy(FragPolicy::XorTopBits);
+        let mm = Mm::<Emul2k>::new().unwrap();
+        let a = frag::pte_alloc_one(&mm).unwrap();
+        let b = frag::pte_alloc_one(&mm).unwrap();
+        let head = page::phys_to_page(a);
+        assert_eq!(
+            page::phys_to_page(b) as *const _,
+            head as *const _,
+            "two halves of one frame"
+        );
+        // A speculative reference in between touches only the low bits.
+        assert!(page::get_page_unless_zero(head));
+        frag::pte_free(&mm, a);
+        frag::pte_free(&mm, b);
+        assert_eq!(
+            page::page_ref_count(head),
+            1,
+            "the speculative reference survives"
+        );
+        page::put_page(head);
+        frag::pte_frag_destroy(&mm);
+        Emul2k::destroy_context(&mm.context);
+        frag::set_policy(FragPolicy::FragCounter);
+        assert_eq!(page_alloc::nr_free_pages(), free);
+    }
+
+    #[test]
+    fn fault_cow_and_unmap_through_the_software_mmu() {
+        let _m = test_mem::setup();
+        let free = page_alloc::nr_free_pages();
+        let bad = page_alloc::nr_bad_pages();
+        let parent = Mm::<Emul4k>::new().unwrap();
+        let base = Emul4k::TASK_BASE;
+        memory::mmap_anon(&parent, base, 4 * PAGE_SIZE, RW, false).unwrap();
+        // SAFETY: torn down after unuse_mm.
+        unsafe { use_mm(&parent) };
+        for i in 0..4 {
+            Emul4k::probe_store(base + i * PAGE_SIZE, i).unwrap();
+        }
+        unuse_mm::<Emul4k>();
+        let child = memory::dup_mm(&parent).unwrap();
+        // SAFETY: as above.
+        unsafe { use_mm(&parent) };
+        Emul4k::probe_store(base, 100).unwrap();
+        unuse_mm::<Emul4k>();
+        // SAFETY: as above.
+        unsafe { use_mm(&child) };
+        assert_eq!(
+            Emul4k::probe_load(base),
+            Ok(0),
+            "the child keeps the old value"
+        );
+        assert_eq!(Emul4k::probe_load(base + 3 * PAGE_SIZE), Ok(3));
+        unuse_mm::<Emul4k>();
+        // SAFETY: as above.
+        unsafe { use_mm(&parent) };
+        assert_eq!(Emul4k::probe_load(base), Ok(100));
+        memory::munmap(&parent, base, 4 * PAGE_SIZE).unwrap();
+        let err = Emul4k::probe_load(base).unwrap_err();
+        assert!(!err.protection && !err.write);
+        assert!(
+            Emul4k::probe_store(base + (1 << 40), 1).is_err(),
+            "no VMA there"
+        );
+        unuse_mm::<Emul4k>();
+        memory::exit_mmap(child);
+        memory::exit_mmap(parent);
+        assert_eq!(page_alloc::nr_free_pages(), free);
+        assert_eq!(page_alloc::nr_bad_pages(), bad);
+    }
+
+    #[test]
+    fn mmap_rejects_bad_ranges() {
+        let _m = test_mem::setup();
+        let mm = Mm::<Emul4k>::new().unwrap();
+        let b = Emul4k::TASK_BASE;
+        assert_eq!(
+            memory::mmap_anon(&mm, b + 1, PAGE_SIZE, RW, false),
+            Err(memory::MapError::BadRange)
+        );
+        assert_eq!(
+            memory::mmap_anon(&mm, 0, PAGE_SIZE, RW, false),
+            Err(memory::MapError::BadRange)
+        );
+        memory::mmap_anon(&mm, b, 2 * PAGE_SIZE, RW, false).unwrap();
+        assert_eq!(
+            memory::mmap_anon(&mm, b + PAGE_SIZE, PAGE_SIZE, RW, false),
+            Err(memory::MapError::Exists)
+        );
+        memory::exit_mmap(mm);
+    }
+}

@@ -1,0 +1,932 @@
+//! The buddy frame allocator (Linux `mm/page_alloc.c`), with Linux's free-page
+//! checks and page poisoning as detectors.
+//!
+//! Design. One zone covers all of RAM. Free memory is kept as naturally aligned
+//! blocks of 2^order frames, order 0..=[`MAX_PAGE_ORDER`], on one doubly linked
+//! free list per order, threaded through the head descriptors (`buddy_next` /
+//! `buddy_prev` hold pfns). Allocating order k takes the first block of the
+//! smallest order >= k and splits it, putting the upper halves back
+//! (`expand`); freeing merges the block with its buddy (pfn ^ 2^order) as long
+//! as the buddy is a free block of the same order (`__free_one_page`). Free
+//! lists are LIFO. The lists are protected by the zone lock, a spin lock taken
+//! with interrupts disabled (an interrupt handler may free pages, e.g. page
+//! tables after a TLB flush); per-CPU `pgalloc`/`pgfree` counters count the
+//! calls.
+//!
+//! Detectors (they observe and report; they never panic, the caller decides):
+//! - **Free checks** (`free_pages_prepare` / `free_page_is_bad`): every page of a
+//!   freed block must have `_refcount` 0, no mapping (`_mapcount` -1), no
+//!   `mapping`, and none of [`PAGE_FLAGS_CHECK_AT_FREE`]. A violation prints
+//!   `# BUG: Bad page state: ...` with Linux's reason and is recorded
+//!   ([`nr_bad_pages`], [`bad_page_reports_since`]); the block is then leaked on
+//!   purpose, never put on a free list, as Linux does.
+//! - **Poisoning**: a freed frame is filled with [`PAGE_POISON`] (64-bit stores)
+//!   and marked [`PG_poisoned`]; its descriptor gets [`MAPCOUNT_POISON`] and
+//!   [`MAPPING_POISON`]. When the frame is allocated again the allocator checks
+//!   the descriptor (`check_new_page`) and, unless turned off with
+//!   [`set_poison_check`], the frame's contents: a write after free is reported
+//!   as `use after free: poisoned frame pfn=... modified at offset ...` and the
+//!   block is leaked, and the allocation takes another block. Detectors may check
+//!   a free frame at any time with [`check_poison`]. Frames freed at boot are
+//!   not filled (that would touch all of RAM), only their descriptors poisoned.
+//!
+//! Invariants:
+//! - A frame is in at most one free block; a free block's head has
+//!   [`PG_buddy`] and `private` == its order; its other pages have neither.
+//! - Every page of a free block has `_refcount` 0 and the poisoned descriptor
+//!   fields; nothing but the allocator writes it until it is allocated.
+//! - [`nr_free_pages`] equals the frames on the free lists (updated under the
+//!   zone lock).
+//! - An allocated block of order k starts at a pfn that is a multiple of 2^k;
+//!   its head has `_refcount` 1, the other pages 0 (Linux's non-compound
+//!   high-order allocation).
+
+use super::page::{
+    page_to_pfn, pfn_to_page, pfn_valid, phys_to_virt, FlagNames, PG_buddy, PG_poisoned, Page,
+    MAPCOUNT_POISON, MAPPING_POISON, NO_PFN, PAGE_FLAGS_CHECK_AT_FREE, PAGE_FLAGS_CHECK_AT_PREP,
+};
+use super::{PAGE_SHIFT, PAGE_SIZE};
+use crate::{kprintln, IrqFlags, NR_CPUS};
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+/// Largest order a block may have (Linux `MAX_PAGE_ORDER`): 4 MiB blocks.
+pub const MAX_PAGE_ORDER: u32 = 10;
+/// Number of orders (Linux `NR_PAGE_ORDERS`).
+pub const NR_PAGE_ORDERS: usize = MAX_PAGE_ORDER as usize + 1;
+
+/// Byte pattern of a freed frame (Linux `PAGE_POISON`, also `POISON_FREE`).
+pub const PAGE_POISON: u64 = 0x6b6b_6b6b_6b6b_6b6b;
+
+// ---- arch hooks ------------------------------------------------------------
+
+/// What the allocator needs from the architecture, registered once at boot
+/// (the allocator is not generic over [`crate::Arch`], so that every caller can
+/// free a page without naming the architecture).
+struct Hooks {
+    irq_save: fn() -> IrqFlags,
+    irq_restore: fn(IrqFlags),
+    cpu: fn() -> usize,
+}
+
+static HOOKS: spin::Once<Hooks> = spin::Once::new();
+
+/// Registers the architecture's interrupt masking and CPU number for the zone
+/// lock and the per-CPU counters.
+pub fn register_arch<A: crate::Arch>() {
+    HOOKS.call_once(|| Hooks {
+        irq_save: A::local_irq_save,
+        irq_restore: A::local_irq_restore,
+        cpu: A::smp_processor_id,
+    });
+}
+
+fn irq_save() -> Option<IrqFlags> {
+    HOOKS.get().map(|h| (h.irq_save)())
+}
+
+fn irq_restore(flags: Option<IrqFlags>) {
+    if let (Some(h), Some(f)) = (HOOKS.get(), flags) {
+        (h.irq_restore)(f);
+    }
+}
+
+fn this_cpu() -> usize {
+    HOOKS.get().map_or(0, |h| (h.cpu)()).min(NR_CPUS - 1)
+}
+
+// ---- the zone --------------------------------------------------------------
+
+/// The free lists (Linux `struct free_area[]`), under the zone lock.
+struct FreeArea {
+    head: [u32; NR_PAGE_ORDERS],
+    nr_free: [usize; NR_PAGE_ORDERS],
+}
+
+static ZONE: spin::Mutex<FreeArea> = spin::Mutex::new(FreeArea {
+    head: [NO_PFN; NR_PAGE_ORDERS],
+    nr_free: [0; NR_PAGE_ORDERS],
+});
+/// Free frames, all orders.
+static NR_FREE_PAGES: AtomicUsize = AtomicUsize::new(0);
+/// Frames handed to the allocator at boot.
+static MANAGED_PAGES: AtomicUsize = AtomicUsize::new(0);
+
+/// Runs `f` on the free lists under the zone lock, interrupts disabled.
+fn with_zone<R>(f: impl FnOnce(&mut FreeArea) -> R) -> R {
+    let flags = irq_save();
+    let r = f(&mut ZONE.lock());
+    irq_restore(flags);
+    r
+}
+
+impl FreeArea {
+    fn add(&mut self, pfn: u64, order: u32) {
+        let page = pfn_to_page(pfn);
+        let old = self.head[order as usize];
+        page.buddy_prev.store(NO_PFN, Ordering::Relaxed);
+        page.buddy_next.store(old, Ordering::Relaxed);
+        if old != NO_PFN {
+            pfn_to_page(u64::from(old))
+                .buddy_prev
+                .store(pfn as u32, Ordering::Relaxed);
+        }
+        self.head[order as usize] = pfn as u32;
+        page.private.store(order as usize, Ordering::Relaxed);
+        page.set_flag(PG_buddy);
+        self.nr_free[order as usize] += 1;
+        NR_FREE_PAGES.fetch_add(1 << order, Ordering::Relaxed);
+    }
+
+    fn del(&mut self, pfn: u64, order: u32) {
+        let page = pfn_to_page(pfn);
+        let next = page.buddy_next.load(Ordering::Relaxed);
+        let prev = page.buddy_prev.load(Ordering::Relaxed);
+        if prev == NO_PFN {
+            self.head[order as usize] = next;
+        } else {
+            pfn_to_page(u64::from(prev))
+                .buddy_next
+                .store(next, Ordering::Relaxed);
+        }
+        if next != NO_PFN {
+            pfn_to_page(u64::from(next))
+                .buddy_prev
+                .store(prev, Ordering::Relaxed);
+        }
+        page.buddy_next.store(NO_PFN, Ordering::Relaxed);
+        page.buddy_prev.store(NO_PFN, Ordering::Relaxed);
+        page.clear_flag(PG_buddy);
+        page.private.store(0, Ordering::Relaxed);
+        self.nr_free[order as usize] -= 1;
+        NR_FREE_PAGES.fetch_sub(1 << order, Ordering::Relaxed);
+    }
+
+    /// Whether `pfn` heads a free block of exactly `order` (Linux
+    /// `page_is_buddy`).
+    fn is_buddy(pfn: u64, order: u32) -> bool {
+        if !pfn_valid(pfn) {
+            return false;
+        }
+        let page = pfn_to_page(pfn);
+        page.test_flag(PG_buddy) && page.private.load(Ordering::Relaxed) == order as usize
+    }
+
+    /// Puts a block on the free lists, merging it with free buddies (Linux
+    /// `__free_one_page`).
+    fn free_one(&mut self, mut pfn: u64, mut order: u32) {
+        while order < MAX_PAGE_ORDER {
+            let buddy = pfn ^ (1 << order);
+            if !Self::is_buddy(buddy, order) {
+                break;
+            }
+            self.del(buddy, order);
+            pfn &= buddy;
+            order += 1;
+        }
+        self.add(pfn, order);
+    }
+
+    /// Takes a block of `order`, splitting a larger one if needed (Linux
+    /// `__rmqueue_smallest` and `expand`).
+    fn take(&mut self, order: u32) -> Option<u64> {
+        let found = (order..=MAX_PAGE_ORDER).find(|&o| self.head[o as usize] != NO_PFN)?;
+        let pfn = u64::from(self.head[found as usize]);
+        self.del(pfn, found);
+        let mut high = found;
+        while high > order {
+            high -= 1;
+            self.add(pfn + (1 << high), high);
+        }
+        Some(pfn)
+    }
+}
+
+/// Hands frames `[start_pfn, end_pfn)` to the allocator at boot, as maximal
+/// aligned blocks. Their descriptors become free (count 0, poisoned fields);
+/// the frames themselves are not touched.
+pub(crate) fn free_boot_range(start_pfn: u64, end_pfn: u64) {
+    for pfn in start_pfn..end_pfn {
+        let page = pfn_to_page(pfn);
+        page.flags.store(0, Ordering::Relaxed);
+        page._refcount.store(0, Ordering::Relaxed);
+        poison_descriptor(page);
+    }
+    let mut pfn = start_pfn;
+    while pfn < end_pfn {
+        let mut order = (pfn.trailing_zeros()).min(MAX_PAGE_ORDER);
+        while pfn + (1 << order) > end_pfn {
+            order -= 1;
+        }
+        with_zone(|z| z.free_one(pfn, order));
+        pfn += 1 << order;
+    }
+    MANAGED_PAGES.fetch_add((end_pfn - start_pfn) as usize, Ordering::Relaxed);
+}
+
+// ---- per-CPU counters ------------------------------------------------------
+
+/// Allocation calls per CPU (Linux vm event `PGALLOC`, counted per call).
+static PGALLOC: [AtomicU64; NR_CPUS] = [const { AtomicU64::new(0) }; NR_CPUS];
+/// Free calls per CPU (`PGFREE`).
+static PGFREE: [AtomicU64; NR_CPUS] = [const { AtomicU64::new(0) }; NR_CPUS];
+
+/// `(allocations, frees)` made by `cpu` so far.
+pub fn vm_events(cpu: usize) -> (u64, u64) {
+    (
+        PGALLOC[cpu].load(Ordering::Relaxed),
+        PGFREE[cpu].load(Ordering::Relaxed),
+    )
+}
+
+// ---- statistics ------------------------------------------------------------
+
+/// Free frames (Linux `nr_free_pages()`).
+pub fn nr_free_pages() -> usize {
+    NR_FREE_PAGES.load(Ordering::Acquire)
+}
+
+/// Frames the allocator was given at boot.
+pub fn managed_pages() -> usize {
+    MANAGED_PAGES.load(Ordering::Acquire)
+}
+
+/// Free blocks per order (Linux `/proc/buddyinfo`).
+pub fn free_blocks_per_order() -> [usize; NR_PAGE_ORDERS] {
+    with_zone(|z| z.nr_free)
+}
+
+// ---- allocation ------------------------------------------------------------
+
+/// Whether allocation checks the contents of poisoned frames.
+static POISON_CHECK: AtomicBool = AtomicBool::new(true);
+
+/// Turns the check of a reallocated frame's poison on or off (for benchmarks).
+/// Freed frames are poisoned either way; [`check_poison`] still works.
+pub fn set_poison_check(on: bool) {
+    POISON_CHECK.store(on, Ordering::Release);
+}
+
+/// Whether allocation checks frame contents.
+pub fn poison_check_enabled() -> bool {
+    POISON_CHECK.load(Ordering::Acquire)
+}
+
+/// Allocates a naturally aligned block of 2^`order` frames. The head page has
+/// `_refcount` 1; every page is clean (no flags, no mapping, unmapped). Frame
+/// contents are unspecified. Returns `None` when no block is free.
+pub fn alloc_pages(order: u32) -> Option<&'static Page> {
+    assert!(
+        order <= MAX_PAGE_ORDER,
+        "alloc_pages: order {order} too large"
+    );
+    loop {
+        let pfn = with_zone(|z| z.take(order))?;
+        if prep_new_block(pfn, order) {
+            PGALLOC[this_cpu()].fetch_add(1, Ordering::Relaxed);
+            let page = pfn_to_page(pfn);
+            page._refcount.store(1, Ordering::Release);
+            return Some(page);
+        }
+        // The block failed its checks and stays out of circulation; try another.
+    }
+}
+
+/// Allocates one frame (Linux `alloc_page`).
+pub fn alloc_page() -> Option<&'static Page> {
+    alloc_pages(0)
+}
+
+/// Checks a block taken off the free lists and makes its descriptors those of
+/// an allocated block (Linux `check_new_pages` + `post_alloc_hook`). Returns
+/// false, after reporting, if a page of it was modified while free.
+fn prep_new_block(pfn: u64, order: u32) -> bool {
+    let check_frames = poison_check_enabled();
+    for p in pfn..pfn + (1 << order) {
+        let page = pfn_to_page(p);
+        if let Some((reason, bad_flags)) = check_new_page(page) {
+            report_bad_page(page, reason, bad_flags);
+            return false;
+        }
+        if check_frames && page.test_flag(PG_poisoned) {
+            if let Err(offset) = check_poison(p) {
+                report_poisoned_frame(page, offset);
+                return false;
+            }
+        }
+    }
+    for p in pfn..pfn + (1 << order) {
+        let page = pfn_to_page(p);
+        page.clear_flag(PG_poisoned);
+        page._mapcount.store(-1, Ordering::Relaxed);
+        page.mapping.store(0, Ordering::Relaxed);
+        page.index.store(0, Ordering::Relaxed);
+        page.private.store(0, Ordering::Relaxed);
+        page.pt_frag_refcount.store(0, Ordering::Relaxed);
+        page.pt_frag_bits.store(0, Ordering::Relaxed);
+    }
+    true
+}
+
+/// What is wrong with a page just taken off the free lists, if anything.
+fn check_new_page(page: &Page) -> Option<(&'static str, u64)> {
+    let flags = page.flags();
+    if page._refcount.load(Ordering::Acquire) != 0 {
+        Some((
+            "nonzero _refcount (a reference was taken on a free page)",
+            0,
+        ))
+    } else if page._mapcount.load(Ordering::Acquire) != MAPCOUNT_POISON {
+        Some((
+            "use after free: poisoned descriptor modified (_mapcount)",
+            0,
+        ))
+    } else if page.mapping.load(Ordering::Acquire) != MAPPING_POISON {
+        Some(("use after free: poisoned descriptor modified (mapping)", 0))
+    } else if flags & PAGE_FLAGS_CHECK_AT_PREP != 0 {
+        Some((
+            "PAGE_FLAGS_CHECK_AT_PREP flag(s) set",
+            flags & PAGE_FLAGS_CHECK_AT_PREP,
+        ))
+    } else {
+        None
+    }
+}
+
+/// Makes an order-`order` non-compound allocation `2^order` independent
+/// order-0 pages, each with `_refcount` 1 (Linux `split_page`).
+pub fn split_page(page: &Page, order: u32) {
+    let pfn = page_to_pfn(page);
+    for p in pfn + 1..pfn + (1 << order) {
+        pfn_to_page(p)._refcount.store(1, Ordering::Release);
+    }
+}
+
+// ---- freeing ---------------------------------------------------------------
+
+/// Drops a reference on an order-`order` block and frees it when that was the
+/// last one (Linux `__free_pages`).
+pub fn __free_pages(page: &Page, order: u32) {
+    if super::page::put_page_testzero(page) {
+        free_frozen_pages(page, order);
+    }
+}
+
+/// Frees one frame (Linux `free_page`, by descriptor).
+pub fn free_page(page: &Page) {
+    __free_pages(page, 0);
+}
+
+/// Frees a block whose reference count is already zero (Linux
+/// `free_frozen_pages`): checks every page, poisons the frames and puts the
+/// block on the free lists. A block that fails the checks is reported and
+/// leaked.
+pub fn free_frozen_pages(page: &Page, order: u32) {
+    assert!(
+        order <= MAX_PAGE_ORDER,
+        "free_frozen_pages: order {order} too large"
+    );
+    let pfn = page_to_pfn(page);
+    assert!(
+        pfn.trailing_zeros() >= order,
+        "free_frozen_pages: pfn {pfn:#x} is not aligned to order {order}"
+    );
+    if !free_pages_prepare(pfn, order) {
+        return;
+    }
+    PGFREE[this_cpu()].fetch_add(1, Ordering::Relaxed);
+    with_zone(|z| z.free_one(pfn, order));
+}
+
+/// Checks and poisons a block being freed (Linux `free_pages_prepare`).
+fn free_pages_prepare(pfn: u64, order: u32) -> bool {
+    for p in pfn..pfn + (1 << order) {
+        let page = pfn_to_page(p);
+        if let Some((reason, bad_flags)) = free_page_is_bad(page) {
+            report_bad_page(page, reason, bad_flags);
+            return false;
+        }
+    }
+    for p in pfn..pfn + (1 << order) {
+        let page = pfn_to_page(p);
+        poison_frame(p);
+        // Keep nothing but the allocator's own mark: dirty, uptodate, head and
+        // the like are dropped silently, as Linux does.
+        page.flags.store(PG_poisoned, Ordering::Release);
+        poison_descriptor(page);
+    }
+    true
+}
+
+/// Linux's reasons, in Linux's order (`page_bad_reason`).
+fn free_page_is_bad(page: &Page) -> Option<(&'static str, u64)> {
+    let flags = page.flags();
+    if page._mapcount.load(Ordering::Acquire) != -1 {
+        Some(("nonzero mapcount", 0))
+    } else if page.mapping.load(Ordering::Acquire) != 0 {
+        Some(("non-NULL mapping", 0))
+    } else if page._refcount.load(Ordering::Acquire) != 0 {
+        Some(("nonzero _refcount", 0))
+    } else if flags & PAGE_FLAGS_CHECK_AT_FREE != 0 {
+        Some((
+            "PAGE_FLAGS_CHECK_AT_FREE flag(s) set",
+            flags & PAGE_FLAGS_CHECK_AT_FREE,
+        ))
+    } else {
+        None
+    }
+}
+
+/// Makes the descriptor of a page that the checks at allocation took out of
+/// circulation (its fields still poisoned as while free) look allocated: no
+/// mapping, unmapped. The caller, having repaired what the report named, can
+/// then free it with [`free_frozen_pages`]. Detectors never call this.
+pub fn unpoison_leaked_page(page: &Page) {
+    page._mapcount.store(-1, Ordering::Release);
+    page.mapping.store(0, Ordering::Release);
+    page.clear_flag(PG_poisoned);
+}
+
+fn poison_descriptor(page: &Page) {
+    page._mapcount.store(MAPCOUNT_POISON, Ordering::Relaxed);
+    page.mapping.store(MAPPING_POISON, Ordering::Relaxed);
+    page.index.store(PAGE_POISON, Ordering::Relaxed);
+    page.private.store(0, Ordering::Relaxed);
+}
+
+// ---- poisoning -------------------------------------------------------------
+
+const WORDS_PER_PAGE: usize = PAGE_SIZE as usize / 8;
+
+fn frame_words(pfn: u64) -> *mut u64 {
+    phys_to_virt(pfn << PAGE_SHIFT).cast::<u64>()
+}
+
+/// Fills frame `pfn` with [`PAGE_POISON`] and marks it [`PG_poisoned`].
+fn poison_frame(pfn: u64) {
+    let words = frame_words(pfn);
+    for i in 0..WORDS_PER_PAGE {
+        // SAFETY: `pfn` is a frame of RAM being freed: the allocator owns it
+        // and it is mapped 1:1 (`phys_to_virt`); 8-byte aligned, in bounds.
+        unsafe { words.add(i).write_volatile(PAGE_POISON) };
+    }
+}
+
+/// Whether frame `pfn` is free and was poisoned when freed (its contents should
+/// be [`PAGE_POISON`]; [`check_poison`] verifies).
+pub fn page_is_poisoned(pfn: u64) -> bool {
+    pfn_valid(pfn) && pfn_to_page(pfn).test_flag(PG_poisoned)
+}
+
+/// Checks that poisoned frame `pfn` still holds [`PAGE_POISON`] everywhere;
+/// returns the byte offset of the first modified byte otherwise. A frame that
+/// is not poisoned (allocated, or free since boot) passes.
+pub fn check_poison(pfn: u64) -> Result<(), usize> {
+    if !page_is_poisoned(pfn) {
+        return Ok(());
+    }
+    let words = frame_words(pfn);
+    for i in 0..WORDS_PER_PAGE {
+        // SAFETY: `pfn` is a frame of RAM, mapped 1:1; the read is aligned and in
+        // bounds, and volatile because a buggy user may write it concurrently
+        // (which is what the check is there to find).
+        let w = unsafe { words.add(i).read_volatile() };
+        if w != PAGE_POISON {
+            let byte = (w ^ PAGE_POISON)
+                .to_ne_bytes()
+                .iter()
+                .position(|&b| b != 0)
+                .unwrap_or(0);
+            return Err(i * 8 + byte);
+        }
+    }
+    Ok(())
+}
+
+// ---- reports ---------------------------------------------------------------
+
+/// A bad page state seen by a detector.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BadPageReport {
+    /// Sequence number (the value of [`nr_bad_pages`] before this report).
+    pub seq: u64,
+    /// The frame.
+    pub pfn: u64,
+    /// Its flags when seen.
+    pub flags: u64,
+    /// Its `_refcount` when seen.
+    pub refcount: i32,
+    /// Its mapcount (0-based, [`super::page::page_mapcount`]) when seen.
+    pub mapcount: i32,
+    /// Its `mapping` when seen.
+    pub mapping: usize,
+    /// Why it is bad, in Linux's words where Linux has them.
+    pub reason: &'static str,
+    /// The offending flags, for the flag reasons.
+    pub bad_flags: u64,
+    /// The first modified byte of a poisoned frame.
+    pub offset: Option<usize>,
+    /// The CPU that saw it.
+    pub cpu: usize,
+}
+
+/// Reports kept for [`bad_page_reports_since`] (the oldest are dropped).
+const BAD_PAGE_LOG: usize = 32;
+
+static NR_BAD_PAGES: AtomicU64 = AtomicU64::new(0);
+static BAD_PAGE_LOG_RING: spin::Mutex<Vec<BadPageReport>> = spin::Mutex::new(Vec::new());
+
+/// Bad page states reported since boot.
+pub fn nr_bad_pages() -> u64 {
+    NR_BAD_PAGES.load(Ordering::Acquire)
+}
+
+/// The kept reports with sequence number `seq` or later, oldest first.
+pub fn bad_page_reports_since(seq: u64) -> Vec<BadPageReport> {
+    let flags = irq_save();
+    let out = BAD_PAGE_LOG_RING
+        .lock()
+        .iter()
+        .filter(|r| r.seq >= seq)
+        .cloned()
+        .collect();
+    irq_restore(flags);
+    out
+}
+
+/// Reports a bad page state seen by a detector (Linux `bad_page`): prints it and
+/// records it. Does not change the page.
+pub fn report_bad_page(page: &Page, reason: &'static str, bad_flags: u64) {
+    record(page, reason, bad_flags, None);
+}
+
+fn report_poisoned_frame(page: &Page, offset: usize) {
+    record(
+        page,
+        "use after free: poisoned frame modified",
+        0,
+        Some(offset),
+    );
+}
+
+fn record(page: &Page, reason: &'static str, bad_flags: u64, offset: Option<usize>) {
+    let r = BadPageReport {
+        seq: 0,
+        pfn: page_to_pfn(page),
+        flags: page.flags(),
+        refcount: page._refcount.load(Ordering::Acquire),
+        mapcount: super::page::page_mapcount(page),
+        mapping: page.mapping.load(Ordering::Acquire),
+        reason,
+        bad_flags,
+        offset,
+        cpu: this_cpu(),
+    };
+    if let Some(offset) = offset {
+        kprintln!(
+            "# BUG: Bad page state: use after free: poisoned frame pfn={:#x} modified at offset {offset:#x} cpu={}",
+            r.pfn,
+            r.cpu
+        );
+    } else {
+        kprintln!(
+            "# BUG: Bad page state: pfn={:#x} flags={:#x}({}) refcount={} mapcount={} mapping={:#x} reason=\"{reason}\"{}{} cpu={}",
+            r.pfn,
+            r.flags,
+            FlagNames(r.flags),
+            r.refcount,
+            r.mapcount,
+            r.mapping,
+            if bad_flags != 0 { " bad_flags=" } else { "" },
+            BadFlags(bad_flags),
+            r.cpu
+        );
+    }
+    let flags = irq_save();
+    {
+        let mut log = BAD_PAGE_LOG_RING.lock();
+        let seq = NR_BAD_PAGES.fetch_add(1, Ordering::AcqRel);
+        if log.len() == BAD_PAGE_LOG {
+            log.remove(0);
+        }
+        log.push(BadPageReport { seq, ..r });
+    }
+    irq_restore(flags);
+}
+
+struct BadFlags(u64);
+
+impl core::fmt::Display for BadFlags {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        if self.0 != 0 {
+            write!(f, "{:#x}({})", self.0, FlagNames(self.0))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mm::memmap::test_mem;
+    use crate::mm::page::*;
+    use std::collections::HashSet;
+
+    fn bytes(page: &Page) -> &'static mut [u8] {
+        // SAFETY: test frames live in the leaked test buffer; the test owns the
+        // page it passes.
+        unsafe { core::slice::from_raw_parts_mut(page_address(page), PAGE_SIZE as usize) }
+    }
+
+    #[test]
+    fn split_and_merge_restore_the_order_10_blocks() {
+        let _m = test_mem::setup();
+        let before = free_blocks_per_order();
+        let free = nr_free_pages();
+        assert!(before[MAX_PAGE_ORDER as usize] >= 2);
+        let mut pages = Vec::new();
+        while let Some(p) = alloc_pages(0) {
+            pages.push(p);
+        }
+        assert_eq!(pages.len(), free, "every free frame is allocatable");
+        assert_eq!(nr_free_pages(), 0);
+        assert_eq!(free_blocks_per_order(), [0; NR_PAGE_ORDERS]);
+        let pfns: HashSet<u64> = pages.iter().map(|p| page_to_pfn(p)).collect();
+        assert_eq!(pfns.len(), pages.len(), "a frame was handed out twice");
+        // Free in an order unlike allocation, so merges happen out of order.
+        pages.sort_by_key(|p| (page_to_pfn(p) * 7919) % 1031);
+        for p in pages {
+            free_page(p);
+        }
+        assert_eq!(nr_free_pages(), free);
+        assert_eq!(free_blocks_per_order(), before, "blocks did not merge back");
+    }
+
+    #[test]
+    fn blocks_are_aligned_and_clean() {
+        let _m = test_mem::setup();
+        let free = nr_free_pages();
+        for order in 0..=MAX_PAGE_ORDER {
+            let page = alloc_pages(order).unwrap();
+            let pfn = page_to_pfn(page);
+            assert_eq!(pfn % (1 << order), 0, "order {order} block at pfn {pfn:#x}");
+            assert_eq!(page_ref_count(page), 1);
+            for p in pfn..pfn + (1 << order) {
+                let pg = pfn_to_page(p);
+                assert_eq!(page_mapcount(pg), 0);
+                assert_eq!(pg.mapping.load(Ordering::Relaxed), 0);
+                assert_eq!(pg.flags(), 0, "pfn {p:#x} flags");
+                if p != pfn {
+                    assert_eq!(page_ref_count(pg), 0);
+                }
+            }
+            assert_eq!(nr_free_pages(), free - (1 << order));
+            __free_pages(page, order);
+            assert_eq!(nr_free_pages(), free);
+        }
+        assert!(alloc_pages(MAX_PAGE_ORDER).is_some_and(|p| {
+            __free_pages(p, MAX_PAGE_ORDER);
+            true
+        }));
+    }
+
+    #[test]
+    fn no_double_allocation_under_contention() {
+        let _m = test_mem::setup();
+        let free = nr_free_pages();
+        let owner: &'static [AtomicUsize] = Box::leak(
+            (0..super::super::page::max_pfn())
+                .map(|_| AtomicUsize::new(0))
+                .collect::<Vec<_>>()
+                .into_boxed_slice(),
+        );
+        let threads: Vec<_> = (1..=4usize)
+            .map(|t| {
+                std::thread::spawn(move || {
+                    let mut held = Vec::new();
+                    let mut errors = 0;
+                    for i in 0..3000usize {
+                        let order = [0, 0, 0, 1, 2, 3][(i * 7 + t) % 6];
+                        if let Some(p) = alloc_pages(order) {
+                            let pfn = page_to_pfn(p);
+                            for q in pfn..pfn + (1 << order) {
+                                if owner[q as usize].swap(t, Ordering::SeqCst) != 0 {
+                                    errors += 1;
+                                }
+                            }
+                            bytes(p)[0] = t as u8;
+                            held.push((p, order));
+                        }
+                        if held.len() > 24 || (i % 5 == 0 && !held.is_empty()) {
+                            let (p, order) = held.swap_remove((i * 13) % held.len());
+                            if bytes(p)[0] != t as u8 {
+                                errors += 1;
+                            }
+                            let pfn = page_to_pfn(p);
+                            for q in pfn..pfn + (1 << order) {
+                                owner[q as usize].store(0, Ordering::SeqCst);
+                            }
+                            __free_pages(p, order);
+                        }
+                    }
+                    for (p, order) in held {
+                        let pfn = page_to_pfn(p);
+                        for q in pfn..pfn + (1 << order) {
+                            owner[q as usize].store(0, Ordering::SeqCst);
+                        }
+                        __free_pages(p, order);
+                    }
+                    errors
+                })
+            })
+            .collect();
+        let errors: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+        assert_eq!(errors, 0, "frames were owned by two threads at once");
+        assert_eq!(nr_free_pages(), free);
+    }
+
+    /// Allocates a page, lets `damage` break it, frees it, and returns the
+    /// report; then repairs it with `repair` and frees it for good.
+    fn bad_free(damage: impl Fn(&Page), repair: impl Fn(&Page)) -> BadPageReport {
+        let free = nr_free_pages();
+        let seq = nr_bad_pages();
+        let page = alloc_pages(0).unwrap();
+        damage(page);
+        __free_pages(page, 0);
+        assert_eq!(nr_free_pages(), free - 1, "a bad page went back on a list");
+        let reports = bad_page_reports_since(seq);
+        assert_eq!(reports.len(), 1, "{reports:?}");
+        assert_eq!(reports[0].pfn, page_to_pfn(page));
+        repair(page);
+        free_frozen_pages(page, 0);
+        assert_eq!(nr_free_pages(), free);
+        reports[0].clone()
+    }
+
+    #[test]
+    fn free_checks_report_each_reason() {
+        let _m = test_mem::setup();
+        let r = bad_free(|p| assert!(trylock_page(p)), ClearPageLocked);
+        assert_eq!(r.reason, "PAGE_FLAGS_CHECK_AT_FREE flag(s) set");
+        assert_eq!(r.bad_flags, PG_locked);
+        let r = bad_free(
+            |p| {
+                p._mapcount.fetch_add(1, Ordering::Relaxed);
+            },
+            |p| p._mapcount.store(-1, Ordering::Relaxed),
+        );
+        assert_eq!(r.reason, "nonzero mapcount");
+        assert_eq!(r.mapcount, 1);
+        let r = bad_free(
+            |p| p.mapping.store(0x1234, Ordering::Relaxed),
+            |p| p.mapping.store(0, Ordering::Relaxed),
+        );
+        assert_eq!(r.reason, "non-NULL mapping");
+        // A non-compound order-1 block whose tail page still has a reference.
+        let seq = nr_bad_pages();
+        let free = nr_free_pages();
+        let page = alloc_pages(1).unwrap();
+        let tail = pfn_to_page(page_to_pfn(page) + 1);
+        set_page_count(tail, 1);
+        __free_pages(page, 1);
+        let reports = bad_page_reports_since(seq);
+        assert_eq!(reports.len(), 1);
+        assert_eq!(reports[0].reason, "nonzero _refcount");
+        assert_eq!(reports[0].pfn, page_to_pfn(tail));
+        set_page_count(tail, 0);
+        free_frozen_pages(page, 1);
+        assert_eq!(nr_free_pages(), free);
+        // Each flag of the list is caught; dirty is not on it.
+        for flag in [PG_writeback, PG_reserved, PG_swapcache, PG_pgtable, PG_lru] {
+            let r = bad_free(|p| p.set_flag(flag), |p| p.clear_flag(flag));
+            assert_eq!(r.bad_flags, flag);
+        }
+        let seq = nr_bad_pages();
+        let page = alloc_pages(0).unwrap();
+        SetPageDirty(page);
+        SetPageUptodate(page);
+        free_page(page);
+        assert_eq!(nr_bad_pages(), seq, "dirty is cleared silently at free");
+        assert!(!PageDirty(page));
+    }
+
+    /// Takes the two halves of an order-1 block as separate pages, so that
+    /// freeing the first leaves it on the order-0 list, next to be handed out.
+    fn freed_page_next_in_line() -> (&'static Page, &'static Page) {
+        let pair = alloc_pages(1).unwrap();
+        split_page(pair, 1);
+        let other = pfn_to_page(page_to_pfn(pair) + 1);
+        free_page(pair);
+        (pair, other)
+    }
+
+    #[test]
+    fn poison_catches_a_write_after_free() {
+        let _m = test_mem::setup();
+        let free = nr_free_pages();
+        let (victim, other) = freed_page_next_in_line();
+        let pfn = page_to_pfn(victim);
+        assert!(page_is_poisoned(pfn));
+        assert_eq!(check_poison(pfn), Ok(()));
+        assert!(bytes(victim).iter().all(|&b| b == 0x6b));
+        bytes(victim)[0x123] = 0;
+        assert_eq!(check_poison(pfn), Err(0x123));
+        let seq = nr_bad_pages();
+        let page = alloc_pages(0).unwrap();
+        assert_ne!(page_to_pfn(page), pfn, "the damaged frame was handed out");
+        let reports = bad_page_reports_since(seq);
+        assert_eq!(reports.len(), 1);
+        assert_eq!(reports[0].pfn, pfn);
+        assert_eq!(reports[0].offset, Some(0x123));
+        free_page(page);
+        // Reclaim the leaked frame and the other half.
+        unpoison_leaked_page(victim);
+        free_frozen_pages(victim, 0);
+        free_page(other);
+        assert_eq!(nr_free_pages(), free);
+    }
+
+    #[test]
+    fn poison_check_knob_skips_the_frame_check() {
+        let _m = test_mem::setup();
+        let free = nr_free_pages();
+        let (victim, other) = freed_page_next_in_line();
+        bytes(victim)[8] = 1;
+        set_poison_check(false);
+        let seq = nr_bad_pages();
+        let page = alloc_pages(0).unwrap();
+        set_poison_check(true);
+        assert_eq!(page_to_pfn(page), page_to_pfn(victim));
+        assert_eq!(nr_bad_pages(), seq);
+        free_page(page);
+        free_page(other);
+        assert_eq!(nr_free_pages(), free);
+    }
+
+    #[test]
+    fn descriptor_use_after_free_is_caught_at_allocation() {
+        let _m = test_mem::setup();
+        let free = nr_free_pages();
+        let (victim, other) = freed_page_next_in_line();
+        // A lock_page on the freed page, as a late unlock's partner would do.
+        assert!(trylock_page(victim));
+        let seq = nr_bad_pages();
+        let page = alloc_pages(0).unwrap();
+        assert_ne!(page_to_pfn(page), page_to_pfn(victim));
+        let reports = bad_page_reports_since(seq);
+        assert_eq!(reports.len(), 1);
+        assert_eq!(reports[0].reason, "PAGE_FLAGS_CHECK_AT_PREP flag(s) set");
+        assert_eq!(reports[0].bad_flags, PG_locked);
+        free_page(page);
+        ClearPageLocked(victim);
+        unpoison_leaked_page(victim);
+        free_frozen_pages(victim, 0);
+        free_page(other);
+        assert_eq!(nr_bad_pages(), seq + 1, "the repaired page freed cleanly");
+        assert_eq!(nr_free_pages(), free);
+    }
+
+    #[test]
+    fn get_page_unless_zero_fails_on_a_free_page_and_put_page_frees() {
+        let _m = test_mem::setup();
+        let free = nr_free_pages();
+        let page = alloc_pages(0).unwrap();
+        get_page(page);
+        assert_eq!(page_ref_count(page), 2);
+        put_page(page);
+        assert_eq!(nr_free_pages(), free - 1);
+        assert!(get_page_unless_zero(page));
+        put_page(page);
+        assert_eq!(nr_free_pages(), free - 1, "one reference is left");
+        put_page(page);
+        assert_eq!(nr_free_pages(), free, "put_page at zero frees");
+        assert!(!get_page_unless_zero(page));
+        assert_eq!(page_ref_count(page), 0);
+    }
+
+    #[test]
+    fn compound_put_page_frees_the_whole_block() {
+        let _m = test_mem::setup();
+        let free = nr_free_pages();
+        let page = alloc_pages(3).unwrap();
+        prep_compound_page(page, 3);
+        assert_eq!(compound_order(page), 3);
+        put_page(page);
+        assert_eq!(
+            nr_free_pages(),
+            free,
+            "put_page on the head frees all 8 frames"
+        );
+        assert!(!PageHead(page), "the head flag is cleared at free");
+    }
+
+    #[test]
+    fn per_cpu_counters_count_calls() {
+        let _m = test_mem::setup();
+        let (a0, f0) = vm_events(0);
+        let p = alloc_pages(2).unwrap();
+        __free_pages(p, 2);
+        let (a1, f1) = vm_events(0);
+        assert!(a1 > a0 && f1 > f0);
+    }
+}

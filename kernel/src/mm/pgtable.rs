@@ -1,0 +1,163 @@
+//! Generic page-table walks on top of the arch's `pXd_offset` helpers.
+//!
+//! Two kinds of walk, as in Linux:
+//! - [`pte_alloc_walk`] (the `p4d_alloc` … `pte_alloc` chain of a fault): finds
+//!   the PTE for an address, allocating and populating missing tables under the
+//!   mm's `page_table_lock`, rechecking each entry after taking the lock;
+//! - [`follow_pte`]: finds an existing PTE without allocating.
+//!
+//! Folded levels need no special case here: the arch's offset helpers return
+//! the same pointer for a folded level and its `entry_none` never reports a
+//! folded entry empty, exactly as Linux's generic code relies on.
+
+use super::arch::{Level, Mmu};
+use super::mm::Mm;
+use super::{frag, page_alloc, PAGE_SIZE};
+use core::sync::atomic::Ordering;
+
+/// Reads an entry once (`READ_ONCE`).
+///
+/// # Safety
+/// `p` points to a live table entry.
+pub unsafe fn read_entry(p: *mut u64) -> u64 {
+    // SAFETY: the caller guarantees `p` is a live, aligned entry; a volatile
+    // load is a single 64-bit access that the compiler cannot repeat or tear.
+    unsafe { core::ptr::read_volatile(p) }
+}
+
+/// Stores a non-PTE entry (`WRITE_ONCE`): upper-level populate, under
+/// `page_table_lock`.
+///
+/// # Safety
+/// `p` points to a live table entry that is empty.
+unsafe fn write_entry(p: *mut u64, v: u64) {
+    // SAFETY: as `read_entry`; the caller holds the lock that serialises
+    // writers of this entry.
+    unsafe { core::ptr::write_volatile(p, v) }
+}
+
+/// The level below `level`.
+fn next_level(level: Level) -> Level {
+    match level {
+        Level::Pgd => Level::P4d,
+        Level::P4d => Level::Pud,
+        Level::Pud => Level::Pmd,
+        Level::Pmd | Level::Pte => Level::Pte,
+    }
+}
+
+/// Allocates a table for `level` (an upper table, or a PTE table through the
+/// fragment allocator), filled with that level's empty entries. Returns its
+/// address.
+pub fn alloc_table<A: Mmu>(mm: &Mm<A>, level: Level) -> Option<u64> {
+    let (table, bytes) = if level == Level::Pte {
+        (frag::pte_alloc_one(mm)?, A::PTE_TABLE_SIZE)
+    } else {
+        let page = page_alloc::alloc_pages(A::CRST_ORDER)?;
+        (
+            super::page::page_to_phys(page),
+            (PAGE_SIZE as usize) << A::CRST_ORDER,
+        )
+    };
+    let empty = A::empty_entry(level);
+    let entries = super::page::phys_to_virt(table).cast::<u64>();
+    for i in 0..bytes / 8 {
+        // SAFETY: the table was just allocated for us and is `bytes` long.
+        unsafe { write_entry(entries.add(i), empty) };
+    }
+    mm.pgtables_bytes.fetch_add(bytes, Ordering::Relaxed);
+    Some(table)
+}
+
+/// Frees a table allocated by [`alloc_table`].
+pub fn free_table<A: Mmu>(mm: &Mm<A>, level: Level, table: u64) {
+    if level == Level::Pte {
+        frag::pte_free(mm, table);
+        mm.pgtables_bytes
+            .fetch_sub(A::PTE_TABLE_SIZE, Ordering::Relaxed);
+    } else {
+        page_alloc::__free_pages(super::page::phys_to_page(table), A::CRST_ORDER);
+        mm.pgtables_bytes
+            .fetch_sub((PAGE_SIZE as usize) << A::CRST_ORDER, Ordering::Relaxed);
+    }
+}
+
+/// Makes sure the entry at `entryp` (of `level`) points to a table, allocating
+/// and populating one if it is empty. Returns `None` when out of memory.
+fn ensure_table<A: Mmu>(mm: &Mm<A>, level: Level, entryp: *mut u64) -> Option<()> {
+    // SAFETY: `entryp` came from the arch's offset helpers for this mm.
+    if !A::entry_none(level, unsafe { read_entry(entryp) }) {
+        return Some(());
+    }
+    let table = alloc_table(mm, next_level(level))?;
+    let _guard = mm.page_table_lock.lock();
+    // SAFETY: as above; we hold `page_table_lock`, which serialises populating.
+    if A::entry_none(level, unsafe { read_entry(entryp) }) {
+        // SAFETY: the entry is empty and we hold the lock.
+        unsafe { write_entry(entryp, A::mk_table_entry(level, table)) };
+    } else {
+        // Another CPU populated it first.
+        drop(_guard);
+        free_table(mm, next_level(level), table);
+    }
+    Some(())
+}
+
+/// Walks to the PTE of `addr`, allocating missing tables. Returns `None` when out
+/// of memory. `addr` must be below the mm's current limit.
+pub fn pte_alloc_walk<A: Mmu>(mm: &Mm<A>, addr: u64) -> Option<*mut u64> {
+    debug_assert!(addr < A::context_limit(&mm.context));
+    let pgdp = A::pgd_offset(&mm.context, addr);
+    ensure_table(mm, Level::Pgd, pgdp)?;
+    // SAFETY: each pointer comes from the previous level's offset helper on a
+    // populated entry of this mm; tables are freed only under mmap_lock for
+    // write, which the callers exclude.
+    unsafe {
+        let p4dp = A::p4d_offset(pgdp, addr);
+        ensure_table(mm, Level::P4d, p4dp)?;
+        let pudp = A::pud_offset(p4dp, addr);
+        ensure_table(mm, Level::Pud, pudp)?;
+        let pmdp = A::pmd_offset(pudp, addr);
+        ensure_table(mm, Level::Pmd, pmdp)?;
+        Some(A::pte_offset(pmdp, addr))
+    }
+}
+
+/// Walks to the PTE of `addr` without allocating; `None` if a table is missing.
+pub fn follow_pte<A: Mmu>(mm: &Mm<A>, addr: u64) -> Option<*mut u64> {
+    if addr >= A::context_limit(&mm.context) {
+        return None;
+    }
+    let pgdp = A::pgd_offset(&mm.context, addr);
+    // SAFETY: as in `pte_alloc_walk`; every entry is checked before descending.
+    unsafe {
+        if A::entry_none(Level::Pgd, read_entry(pgdp)) {
+            return None;
+        }
+        let p4dp = A::p4d_offset(pgdp, addr);
+        if A::entry_none(Level::P4d, read_entry(p4dp)) {
+            return None;
+        }
+        let pudp = A::pud_offset(p4dp, addr);
+        if A::entry_none(Level::Pud, read_entry(pudp)) {
+            return None;
+        }
+        let pmdp = A::pmd_offset(pudp, addr);
+        let pmd = read_entry(pmdp);
+        if A::entry_none(Level::Pmd, pmd) || !A::entry_is_table(Level::Pmd, pmd) {
+            return None;
+        }
+        Some(A::pte_offset(pmdp, addr))
+    }
+}
+
+/// `pmd_addr_end`-style helper: the end of the `size`-aligned block holding
+/// `addr`, clamped to `end`.
+pub fn addr_end(addr: u64, end: u64, size: u64) -> u64 {
+    let boundary = (addr & !(size - 1)).wrapping_add(size);
+    if boundary.wrapping_sub(1) < end.wrapping_sub(1) {
+        boundary
+    } else {
+        end
+    }
+}

@@ -1,0 +1,538 @@
+//! In-kernel tests of the memory model (KTAP suite `mm`), on real hardware
+//! translation: tasks run with their mm's tables loaded, touch memory with plain
+//! loads and stores, take real page faults, and other CPUs keep real TLB
+//! entries.
+//!
+//! Every test checks that it leaked no frame: the free-frame count after the
+//! test (mm torn down) equals the count before.
+
+use super::arch::Mmu;
+use super::memory;
+use super::mm::{self as mmod, Mm, VmFlags};
+use super::{page, page_alloc, pgtable, PAGE_SIZE};
+use crate::cmdline::Cmdline;
+use crate::ktap::Outcome;
+use crate::{diag, percpu, smp};
+use alloc::{boxed::Box, format, string::String};
+use core::sync::atomic::{AtomicU64, Ordering};
+
+const RW: VmFlags = VmFlags {
+    read: true,
+    write: true,
+};
+
+type TestFn = fn(&Cmdline) -> Outcome;
+
+/// The `mm` suite, in order.
+pub fn suite<A: Mmu>() -> [(&'static str, TestFn); 7] {
+    [
+        ("map_fault_unmap", map_fault_unmap::<A>),
+        ("fault_on_every_cpu", fault_on_every_cpu::<A>),
+        ("cow_after_dup", cow_after_dup::<A>),
+        ("stale_tlb_after_pte_clear", stale_tlb_after_pte_clear::<A>),
+        ("upgrade_keeps_mappings", upgrade_keeps_mappings::<A>),
+        ("access_beyond_limit", access_beyond_limit::<A>),
+        ("fault_throughput", fault_throughput::<A>),
+    ]
+}
+
+/// Runs `body` and turns a frame leak into a failure.
+fn no_leak(body: impl FnOnce() -> Outcome) -> Outcome {
+    let before = page_alloc::nr_free_pages();
+    let outcome = body();
+    let after = page_alloc::nr_free_pages();
+    diag!("free_frames_before={before} after={after}");
+    match outcome {
+        Outcome::Pass if before != after => {
+            Outcome::Fail(format!("{} frames leaked", before as i64 - after as i64))
+        }
+        o => o,
+    }
+}
+
+fn new_mm<A: Mmu>() -> Result<Box<Mm<A>>, Outcome> {
+    Mm::<A>::new()
+        .map(Box::new)
+        .ok_or_else(|| Outcome::Fail("no memory for an mm".into()))
+}
+
+/// The pattern stored at `addr`.
+fn pattern(addr: u64) -> u64 {
+    addr ^ 0x5157_1e5c_e000_0000
+}
+
+/// Stores through the MMU (a plain CPU store; a fault is resolved by the
+/// fault handler).
+///
+/// # Safety
+/// The calling CPU runs an mm in which `addr` lies in a writable VMA.
+unsafe fn store(addr: u64, v: u64) {
+    // SAFETY: per the contract, the store translates through the mm's tables
+    // and any fault is resolved by mapping memory.
+    unsafe { core::ptr::write_volatile(addr as *mut u64, v) }
+}
+
+/// Loads through the MMU.
+///
+/// # Safety
+/// The calling CPU runs an mm in which `addr` lies in a readable VMA.
+unsafe fn load(addr: u64) -> u64 {
+    // SAFETY: as `store`.
+    unsafe { core::ptr::read_volatile(addr as *const u64) }
+}
+
+fn faults<A: Mmu>() -> u64 {
+    percpu::this_cpu::<A>().page_faults.load(Ordering::Relaxed)
+}
+
+fn map_fault_unmap<A: Mmu>(_: &Cmdline) -> Outcome {
+    no_leak(|| {
+        let mm = match new_mm::<A>() {
+            Ok(m) => m,
+            Err(o) => return o,
+        };
+        const PAGES: u64 = 64;
+        let base = A::TASK_BASE;
+        if let Err(e) = memory::mmap_anon(&mm, base, PAGES * PAGE_SIZE, RW, false) {
+            return Outcome::Fail(format!("mmap: {e:?}"));
+        }
+        // SAFETY: the mm lives until exit_mmap below, after unuse_mm.
+        unsafe { mmod::use_mm(&*mm) };
+        let f0 = faults::<A>();
+        for i in 0..PAGES {
+            let a = base + i * PAGE_SIZE;
+            // SAFETY: `a` lies in the writable VMA of the mm this CPU runs.
+            unsafe { store(a, pattern(a)) };
+        }
+        let f1 = faults::<A>();
+        let mut bad = 0;
+        for i in 0..PAGES {
+            let a = base + i * PAGE_SIZE;
+            // SAFETY: as above.
+            if unsafe { load(a) } != pattern(a) {
+                bad += 1;
+            }
+        }
+        let f2 = faults::<A>();
+        let rss = mm.rss_anon.load(Ordering::Relaxed);
+        let unmapped = memory::munmap(&mm, base, PAGES * PAGE_SIZE);
+        let after = A::probe_load(base);
+        mmod::unuse_mm::<A>();
+        let pt_bytes = mm.pgtables_bytes.load(Ordering::Relaxed);
+        memory::exit_mmap(*mm);
+        diag!(
+            "faults_on_store={} faults_on_load={} rss={rss} pgtables_bytes={pt_bytes}",
+            f1 - f0,
+            f2 - f1
+        );
+        if f1 - f0 != PAGES {
+            return Outcome::Fail(format!("{PAGES} first stores took {} faults", f1 - f0));
+        }
+        if f2 != f1 || bad != 0 {
+            return Outcome::Fail(format!("reads took {} faults, {bad} wrong values", f2 - f1));
+        }
+        if rss != PAGES as usize || unmapped.is_err() {
+            return Outcome::Fail(format!("rss {rss}, munmap {unmapped:?}"));
+        }
+        match after {
+            Err(info) if !info.protection => Outcome::Pass,
+            other => Outcome::Fail(format!(
+                "a load after munmap gave {other:?}, not a translation fault"
+            )),
+        }
+    })
+}
+
+static SHARED_MM: AtomicU64 = AtomicU64::new(0);
+static CPU_ERRORS: AtomicU64 = AtomicU64::new(0);
+static CPUS_DONE: AtomicU64 = AtomicU64::new(0);
+const PAGES_PER_CPU: u64 = 16;
+
+/// Pages each CPU faults in for the throughput figures.
+const BENCH_PAGES_PER_CPU: u64 = 512;
+
+fn fault_bench_pages<A: Mmu>(_: usize) {
+    // SAFETY: the test keeps the mm alive until every CPU is done.
+    let mm = unsafe { &*(SHARED_MM.load(Ordering::Acquire) as *const Mm<A>) };
+    // SAFETY: as above.
+    unsafe { mmod::use_mm(mm) };
+    let cpu = A::smp_processor_id() as u64;
+    let base = A::TASK_BASE + cpu * BENCH_PAGES_PER_CPU * PAGE_SIZE;
+    for i in 0..BENCH_PAGES_PER_CPU {
+        // SAFETY: in the mm's writable VMA.
+        unsafe { store(base + i * PAGE_SIZE, i) };
+    }
+    mmod::unuse_mm::<A>();
+    CPUS_DONE.fetch_add(1, Ordering::AcqRel);
+}
+
+/// Runs the fault benchmark on `cpus` CPUs (0..cpus); returns faults per second.
+fn fault_rate<A: Mmu>(cpus: u64) -> Result<u64, Outcome> {
+    let mm = new_mm::<A>()?;
+    let len = cpus * BENCH_PAGES_PER_CPU * PAGE_SIZE;
+    if let Err(e) = memory::mmap_anon(&mm, A::TASK_BASE, len, RW, false) {
+        return Err(Outcome::Fail(format!("mmap: {e:?}")));
+    }
+    SHARED_MM.store(&*mm as *const Mm<A> as u64, Ordering::Release);
+    CPUS_DONE.store(0, Ordering::Release);
+    let t0 = A::clock_ns();
+    for cpu in 1..cpus as usize {
+        smp::smp_call_function_single::<A>(cpu, fault_bench_pages::<A>, 0, false);
+    }
+    fault_bench_pages::<A>(0);
+    while CPUS_DONE.load(Ordering::Acquire) < cpus {
+        A::cpu_relax();
+    }
+    let ns = (A::clock_ns() - t0).max(1);
+    let rss = mm.rss_anon.load(Ordering::Relaxed) as u64;
+    memory::exit_mmap(*mm);
+    if rss != cpus * BENCH_PAGES_PER_CPU {
+        return Err(Outcome::Fail(format!(
+            "{rss} pages resident after the benchmark"
+        )));
+    }
+    Ok(rss * 1_000_000_000 / ns)
+}
+
+/// Page faults per second, one CPU and all CPUs (a figure for benchmarks; the
+/// test asserts only that every fault was resolved).
+fn fault_throughput<A: Mmu>(_: &Cmdline) -> Outcome {
+    no_leak(|| {
+        let one = match fault_rate::<A>(1) {
+            Ok(r) => r,
+            Err(o) => return o,
+        };
+        let all = match fault_rate::<A>(smp::nr_cpus() as u64) {
+            Ok(r) => r,
+            Err(o) => return o,
+        };
+        diag!(
+            "page_faults_per_sec_1cpu={one} page_faults_per_sec_all_cpus={all} cpus={}",
+            smp::nr_cpus()
+        );
+        Outcome::Pass
+    })
+}
+
+fn touch_own_pages<A: Mmu>(_: usize) {
+    // SAFETY: the test keeps the mm alive until every CPU has called unuse_mm.
+    let mm = unsafe { &*(SHARED_MM.load(Ordering::Acquire) as *const Mm<A>) };
+    let cpu = A::smp_processor_id() as u64;
+    // SAFETY: as above.
+    unsafe { mmod::use_mm(mm) };
+    let base = A::TASK_BASE + cpu * PAGES_PER_CPU * PAGE_SIZE;
+    for i in 0..PAGES_PER_CPU {
+        let a = base + i * PAGE_SIZE;
+        // SAFETY: `a` is in the mm's writable VMA.
+        unsafe { store(a, pattern(a)) };
+    }
+    for i in 0..PAGES_PER_CPU {
+        let a = base + i * PAGE_SIZE;
+        // SAFETY: as above.
+        if unsafe { load(a) } != pattern(a) {
+            CPU_ERRORS.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    mmod::unuse_mm::<A>();
+}
+
+fn fault_on_every_cpu<A: Mmu>(_: &Cmdline) -> Outcome {
+    no_leak(|| {
+        let mm = match new_mm::<A>() {
+            Ok(m) => m,
+            Err(o) => return o,
+        };
+        let n = smp::nr_cpus() as u64;
+        let len = n * PAGES_PER_CPU * PAGE_SIZE;
+        if let Err(e) = memory::mmap_anon(&mm, A::TASK_BASE, len, RW, false) {
+            return Outcome::Fail(format!("mmap: {e:?}"));
+        }
+        SHARED_MM.store(&*mm as *const Mm<A> as u64, Ordering::Release);
+        CPU_ERRORS.store(0, Ordering::Release);
+        smp::smp_call_function::<A>(touch_own_pages::<A>, 0, true);
+        touch_own_pages::<A>(0);
+        // Every CPU's pages, read back on this CPU.
+        // SAFETY: the mm lives until exit_mmap below.
+        unsafe { mmod::use_mm(&*mm) };
+        let mut bad = 0;
+        let mut a = A::TASK_BASE;
+        while a < A::TASK_BASE + len {
+            // SAFETY: in the VMA.
+            if unsafe { load(a) } != pattern(a) {
+                bad += 1;
+            }
+            a += PAGE_SIZE;
+        }
+        mmod::unuse_mm::<A>();
+        let rss = mm.rss_anon.load(Ordering::Relaxed) as u64;
+        let mask = mm.cpumask.load(Ordering::Relaxed);
+        memory::exit_mmap(*mm);
+        diag!("cpus={n} rss={rss} cpumask={mask:#x}");
+        let errors = CPU_ERRORS.load(Ordering::Acquire);
+        if errors != 0 || bad != 0 {
+            return Outcome::Fail(format!(
+                "{errors} wrong values on the faulting CPUs, {bad} on CPU 0"
+            ));
+        }
+        if rss != n * PAGES_PER_CPU || mask != (1u64 << n) - 1 {
+            return Outcome::Fail(format!("rss {rss}, cpumask {mask:#x}"));
+        }
+        Outcome::Pass
+    })
+}
+
+/// The frame `addr` maps in `mm`, if any.
+fn mapped_pfn<A: Mmu>(mm: &Mm<A>, addr: u64) -> Option<u64> {
+    let ptep = pgtable::follow_pte(mm, addr)?;
+    // SAFETY: a live entry of `mm`, which nothing changes during the read.
+    let pte = unsafe { pgtable::read_entry(ptep) };
+    A::pte_present(pte).then(|| A::pte_pfn(pte))
+}
+
+fn cow_after_dup<A: Mmu>(_: &Cmdline) -> Outcome {
+    no_leak(|| {
+        let parent = match new_mm::<A>() {
+            Ok(m) => m,
+            Err(o) => return o,
+        };
+        let base = A::TASK_BASE;
+        if let Err(e) = memory::mmap_anon(&parent, base, 2 * PAGE_SIZE, RW, true) {
+            return Outcome::Fail(format!("mmap: {e:?}"));
+        }
+        // SAFETY: the mms live until exit_mmap, after unuse_mm.
+        unsafe { mmod::use_mm(&*parent) };
+        // SAFETY: in the VMA.
+        unsafe { store(base, 1) };
+        // SAFETY: in the VMA.
+        unsafe { store(base + PAGE_SIZE, 2) };
+        mmod::unuse_mm::<A>();
+        let Some(child) = memory::dup_mm(&parent).map(Box::new) else {
+            return Outcome::Fail("dup_mm failed".into());
+        };
+        let shared = mapped_pfn(&parent, base) == mapped_pfn(&child, base);
+        let refs = mapped_pfn(&parent, base).map(|p| page::page_ref_count(page::pfn_to_page(p)));
+        // SAFETY: as above.
+        unsafe { mmod::use_mm(&*parent) };
+        let f0 = faults::<A>();
+        // SAFETY: in the VMA; the page is write-protected: a COW fault.
+        unsafe { store(base, 10) };
+        let f1 = faults::<A>();
+        mmod::unuse_mm::<A>();
+        let copied = mapped_pfn(&parent, base) != mapped_pfn(&child, base);
+        // SAFETY: as above.
+        unsafe { mmod::use_mm(&*child) };
+        // SAFETY: in the VMA.
+        let (c0, c1) = unsafe { (load(base), load(base + PAGE_SIZE)) };
+        let child_pfn = mapped_pfn(&child, base);
+        let f2 = faults::<A>();
+        // The child is now the page's only user: it reuses it (wp_page_reuse).
+        // SAFETY: in the VMA.
+        unsafe { store(base, 20) };
+        let f3 = faults::<A>();
+        let reused = mapped_pfn(&child, base) == child_pfn;
+        mmod::unuse_mm::<A>();
+        // SAFETY: as above.
+        unsafe { mmod::use_mm(&*parent) };
+        // SAFETY: in the VMA.
+        let p0 = unsafe { load(base) };
+        mmod::unuse_mm::<A>();
+        memory::exit_mmap(*child);
+        memory::exit_mmap(*parent);
+        diag!(
+            "shared_after_dup={shared} refcount={refs:?} cow_faults={} reuse_faults={}",
+            f1 - f0,
+            f3 - f2
+        );
+        let checks = [
+            (shared, "dup_mm did not share the page"),
+            (refs == Some(2), "the shared page's refcount is not 2"),
+            (
+                f1 - f0 == 1,
+                "the parent's store did not take exactly one fault",
+            ),
+            (copied, "the parent's store did not copy the page"),
+            (
+                (c0, c1) == (1, 2),
+                "the child does not see the values from before the dup",
+            ),
+            (
+                f3 - f2 == 1 && reused,
+                "the child's store did not reuse its now unshared page",
+            ),
+            (p0 == 10, "the parent lost its own store"),
+        ];
+        match checks.iter().find(|(ok, _)| !ok) {
+            Some((_, why)) => Outcome::Fail((*why).into()),
+            None => Outcome::Pass,
+        }
+    })
+}
+
+static STALE_ADDR: AtomicU64 = AtomicU64::new(0);
+static STALE_RESULT: AtomicU64 = AtomicU64::new(0);
+static STALE_FAULTS: AtomicU64 = AtomicU64::new(0);
+
+/// On the observing CPU: enter the mm and read the page (fills its TLB).
+fn stale_enter<A: Mmu>(_: usize) {
+    // SAFETY: the test keeps the mm alive until `stale_leave` ran.
+    let mm = unsafe { &*(SHARED_MM.load(Ordering::Acquire) as *const Mm<A>) };
+    // SAFETY: as above.
+    unsafe { mmod::use_mm(mm) };
+    // SAFETY: in the VMA.
+    STALE_RESULT.store(
+        unsafe { load(STALE_ADDR.load(Ordering::Acquire)) },
+        Ordering::Release,
+    );
+}
+
+/// On the observing CPU: read again after the PTE was cleared elsewhere.
+fn stale_observe<A: Mmu>(_: usize) {
+    let f0 = faults::<A>();
+    // SAFETY: in the VMA (the fault handler maps a fresh page if the
+    // translation is gone).
+    let v = unsafe { load(STALE_ADDR.load(Ordering::Acquire)) };
+    STALE_FAULTS.store(faults::<A>() - f0, Ordering::Release);
+    STALE_RESULT.store(v, Ordering::Release);
+}
+
+fn stale_leave<A: Mmu>(_: usize) {
+    mmod::unuse_mm::<A>();
+}
+
+fn stale_tlb_after_pte_clear<A: Mmu>(_: &Cmdline) -> Outcome {
+    if smp::nr_cpus() < 2 {
+        return Outcome::Skip("needs 2 or more CPUs");
+    }
+    no_leak(|| {
+        let mm = match new_mm::<A>() {
+            Ok(m) => m,
+            Err(o) => return o,
+        };
+        let addr = A::TASK_BASE;
+        if let Err(e) = memory::mmap_anon(&mm, addr, PAGE_SIZE, RW, true) {
+            return Outcome::Fail(format!("mmap: {e:?}"));
+        }
+        // SAFETY: the mm lives until exit_mmap, after every CPU left it.
+        unsafe { mmod::use_mm(&*mm) };
+        // SAFETY: in the VMA.
+        unsafe { store(addr, 0xfeed) };
+        SHARED_MM.store(&*mm as *const Mm<A> as u64, Ordering::Release);
+        STALE_ADDR.store(addr, Ordering::Release);
+        let observer = 1;
+        smp::smp_call_function_single::<A>(observer, stale_enter::<A>, 0, true);
+        let seen_before = STALE_RESULT.load(Ordering::Acquire);
+        // Clear the PTE as a zap would, but without the TLB flush.
+        let ptep = pgtable::follow_pte(&*mm, addr).expect("the page was populated");
+        // SAFETY: a live PTE of this mm; no other CPU changes it meanwhile.
+        let old = unsafe { A::ptep_get_and_clear(&mm, addr, ptep) };
+        smp::smp_call_function_single::<A>(observer, stale_observe::<A>, 0, true);
+        let (seen, took) = (
+            STALE_RESULT.load(Ordering::Acquire),
+            STALE_FAULTS.load(Ordering::Acquire),
+        );
+        // Finish the zap properly: flush, then drop the page.
+        A::flush_tlb_page(&mm, addr);
+        let page = page::pfn_to_page(A::pte_pfn(old));
+        memory::page_remove_rmap(page);
+        mm.rss_anon.fetch_sub(1, Ordering::Relaxed);
+        page::put_page(page);
+        smp::smp_call_function_single::<A>(observer, stale_leave::<A>, 0, true);
+        mmod::unuse_mm::<A>();
+        memory::exit_mmap(*mm);
+        diag!(
+            "clear_flushes_tlb={} value_before={seen_before:#x} value_after_clear={seen:#x} observer_faults={took}",
+            A::CLEAR_FLUSHES_TLB
+        );
+        if seen_before != 0xfeed {
+            return Outcome::Fail(format!(
+                "the observer read {seen_before:#x} before the clear"
+            ));
+        }
+        match (A::CLEAR_FLUSHES_TLB, seen, took) {
+            // x86-64: the observer still translates through its stale TLB
+            // entry, without a fault.
+            (false, 0xfeed, 0) => Outcome::Pass,
+            // s390x: IPTE purged every TLB: the observer faults and gets a new,
+            // zeroed page.
+            (true, 0, 1) => Outcome::Pass,
+            (f, v, t) => Outcome::Fail(format!(
+                "clear_flushes_tlb={f}: the observer read {v:#x} with {t} faults"
+            )),
+        }
+    })
+}
+
+fn upgrade_keeps_mappings<A: Mmu>(_: &Cmdline) -> Outcome {
+    no_leak(|| {
+        let mm = match new_mm::<A>() {
+            Ok(m) => m,
+            Err(o) => return o,
+        };
+        // The task base, then above a 3-level s390x mm (4 TiB) and above a
+        // 4-level one (8 PiB), as far as the arch can map.
+        let wanted = [A::TASK_BASE, 5 << 40, 9 << 50];
+        let addrs: alloc::vec::Vec<u64> = wanted
+            .into_iter()
+            .filter(|&a| a + PAGE_SIZE <= A::TASK_SIZE_MAX)
+            .collect();
+        let mut limits = String::new();
+        // SAFETY: the mm lives until exit_mmap, after unuse_mm.
+        unsafe { mmod::use_mm(&*mm) };
+        for &a in &addrs {
+            limits.push_str(&format!(" {:#x}", A::context_limit(&mm.context)));
+            if let Err(e) = memory::mmap_anon(&mm, a, PAGE_SIZE, RW, false) {
+                mmod::unuse_mm::<A>();
+                memory::exit_mmap(*mm);
+                return Outcome::Fail(format!("mmap at {a:#x}: {e:?}"));
+            }
+            // SAFETY: in the VMA just mapped.
+            unsafe { store(a, pattern(a)) };
+        }
+        limits.push_str(&format!(" {:#x}", A::context_limit(&mm.context)));
+        let mut lost = alloc::vec::Vec::new();
+        for &a in &addrs {
+            // SAFETY: in a VMA.
+            if unsafe { load(a) } != pattern(a) {
+                lost.push(a);
+            }
+        }
+        mmod::unuse_mm::<A>();
+        memory::exit_mmap(*mm);
+        diag!("mapped={} limits{limits}", addrs.len());
+        if lost.is_empty() {
+            Outcome::Pass
+        } else {
+            Outcome::Fail(format!("mappings lost after upgrades: {lost:x?}"))
+        }
+    })
+}
+
+fn access_beyond_limit<A: Mmu>(_: &Cmdline) -> Outcome {
+    no_leak(|| {
+        let mm = match new_mm::<A>() {
+            Ok(m) => m,
+            Err(o) => return o,
+        };
+        let limit = A::context_limit(&mm.context);
+        if limit >= A::TASK_SIZE_MAX {
+            memory::exit_mmap(*mm);
+            return Outcome::Skip(
+                "a new mm already reaches the highest task address (no folded levels)",
+            );
+        }
+        // SAFETY: the mm lives until exit_mmap, after unuse_mm.
+        unsafe { mmod::use_mm(&*mm) };
+        let f0 = faults::<A>();
+        let r = A::probe_load(limit + (1 << 40));
+        let took = faults::<A>() - f0;
+        mmod::unuse_mm::<A>();
+        memory::exit_mmap(*mm);
+        match r {
+            Err(info) => {
+                diag!("limit={limit:#x} code={:#x} faults={took}", info.code);
+                Outcome::Pass
+            }
+            Ok(v) => Outcome::Fail(format!("a load beyond the mm's limit returned {v:#x}")),
+        }
+    })
+}
