@@ -38,12 +38,33 @@ fn expected(arch: Arch, smp: usize, case: &str) -> Expect {
         "boot.requested_failure" | "boot.requested_panic" => Expect::Skip,
         // The frame allocator: every case runs on every machine.
         c if c.starts_with("mm_page.") => Expect::Ok,
+        "mm.map_fault_unmap"
+        | "mm.fault_on_every_cpu"
+        | "mm.cow_after_dup"
+        | "mm.upgrade_keeps_mappings"
+        | "mm.fault_throughput" => Expect::Ok,
+        // Needs a second CPU to hold the translation.
+        "mm.stale_tlb_after_pte_clear" => {
+            if smp >= 2 {
+                Expect::Ok
+            } else {
+                Expect::Skip
+            }
+        }
+        // Only s390x folds levels: a new x86-64 mm already reaches TASK_SIZE_MAX.
+        "mm.access_beyond_limit" => {
+            if arch == Arch::S390x {
+                Expect::Ok
+            } else {
+                Expect::Skip
+            }
+        }
         other => panic!("no expectation for {other}: add it here"),
     }
 }
 
 /// Every case, in the order the kernel runs them.
-const CASES: [&str; 18] = [
+const CASES: [&str; 25] = [
     "boot.cpus_online",
     "boot.ipi_round_trip",
     "boot.call_function_wait",
@@ -62,6 +83,13 @@ const CASES: [&str; 18] = [
     "mm_page.poison_use_after_free",
     "mm_page.get_page_unless_zero_freed",
     "mm_page.alloc_throughput",
+    "mm.map_fault_unmap",
+    "mm.fault_on_every_cpu",
+    "mm.cow_after_dup",
+    "mm.stale_tlb_after_pte_clear",
+    "mm.upgrade_keeps_mappings",
+    "mm.access_beyond_limit",
+    "mm.fault_throughput",
 ];
 
 fn boot_and_assert(arch: Arch, smp: usize) {
@@ -115,6 +143,56 @@ fn boot_and_assert(arch: Arch, smp: usize) {
         "{arch}: bad-page reports\n{}",
         b.console.join("\n")
     );
+    let faults = b.ktap.case("mm.map_fault_unmap").unwrap();
+    assert_eq!(
+        faults.diag_value("faults_on_store"),
+        Some("64"),
+        "{arch}: one fault per first touch"
+    );
+    assert_eq!(
+        faults.diag_value("faults_on_load"),
+        Some("0"),
+        "{arch}: no fault on a mapped page"
+    );
+    // s390x maps above a 3-level (4 TiB) and a 4-level (8 PiB) mm by upgrading
+    // in place; x86-64 cannot map 9 PiB at all.
+    let upgrade = b.ktap.case("mm.upgrade_keeps_mappings").unwrap();
+    let mapped = if arch == Arch::S390x { "3" } else { "2" };
+    assert_eq!(
+        upgrade.diag_value("mapped"),
+        Some(mapped),
+        "{arch}: mappings across upgrades"
+    );
+    if arch == Arch::S390x {
+        // An access beyond the ASCE's reach: program check 0x38 (ASCE type).
+        let beyond = b.ktap.case("mm.access_beyond_limit").unwrap();
+        assert_eq!(
+            beyond.diag_value("code"),
+            Some("0x38"),
+            "{arch}: program check beyond the limit"
+        );
+    }
+    if smp >= 2 {
+        // After a PTE clear without a flush: x86-64 still reads through the stale
+        // TLB entry without a fault; s390x's IPTE purged it, so the observer
+        // faults and gets a fresh zeroed page.
+        let stale = b.ktap.case("mm.stale_tlb_after_pte_clear").unwrap();
+        let (value, faults) = if arch == Arch::X86_64 {
+            ("0xfeed", "0")
+        } else {
+            ("0x0", "1")
+        };
+        assert_eq!(
+            stale.diag_value("value_after_clear"),
+            Some(value),
+            "{arch}: stale read"
+        );
+        assert_eq!(
+            stale.diag_value("observer_faults"),
+            Some(faults),
+            "{arch}: observer faults"
+        );
+    }
     if smp >= 2 {
         // The held-back IPI: the sender's wait covered the interrupts-off section.
         let held = b.ktap.case("boot.ipi_held_by_irqs_off").unwrap();

@@ -368,6 +368,14 @@ fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
 
+/// `-p` arguments for the backends' host-testable libraries (page-table formats).
+fn backend_lib_packages() -> Vec<String> {
+    Arch::ALL
+        .iter()
+        .flat_map(|a| ["-p".to_string(), a.package().to_string()])
+        .collect()
+}
+
 /// rustfmt and clippy over every crate, each kernel for its own target.
 fn lint() -> Result<()> {
     println!("lint: rustfmt");
@@ -378,6 +386,12 @@ fn lint() -> Result<()> {
     let mut host = cargo();
     host.args(["clippy", "--quiet", "--all-targets", "--", "-D", "warnings"]);
     run_checked(host, "clippy on the host crates")?;
+    println!("lint: clippy (backend libraries on the host)");
+    let mut libs = cargo();
+    libs.args(["clippy", "--quiet", "--lib", "--tests"])
+        .args(backend_lib_packages());
+    libs.args(["--", "-D", "warnings"]);
+    run_checked(libs, "clippy on the backend libraries")?;
     for arch in Arch::ALL {
         println!("lint: clippy ({arch} kernel)");
         let mut k = kbuild::build_command(arch);
@@ -401,6 +415,15 @@ fn test(arch: ArchSel, test_args: &[String]) -> Result<ExitCode> {
         kbuild::build(a, true)?;
     }
     let names: Vec<&str> = arches.iter().map(|a| a.name()).collect();
+    // The backends' page-table formats, tested on the host.
+    let status = cargo()
+        .current_dir(xtask::workspace_root())
+        .args(["test", "--no-fail-fast", "--lib"])
+        .args(backend_lib_packages())
+        .status()?;
+    if !status.success() {
+        bail!("backend library tests failed ({status})");
+    }
     let status = cargo()
         .current_dir(xtask::workspace_root())
         .args(["test", "--no-fail-fast"])
