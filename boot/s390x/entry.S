@@ -67,8 +67,17 @@ ext_int_handler:
 	lpswe	__LC_EXT_OLD_PSW
 
 /*
- * Program check: report and panic. A program check inside that path (depth 2)
- * is reported briefly by Rust; a third one stops this CPU in a disabled wait.
+ * Program check. The registers and the interruption's lowcore fields are
+ * copied into a frame (struct PgmFrame) first: the Rust handler may enable
+ * interruptions while it resolves a page fault, and a program check in an
+ * interruption handler then nests. The outermost program check runs on the
+ * panic stack, nested ones below the interrupted stack pointer. Depth
+ * __PGM_MAX_DEPTH means the handler itself keeps faulting: this CPU stops in a
+ * disabled wait without touching memory.
+ *
+ * s390x_pgm_handler returns when the fault is resolved (or a probe fixup was
+ * applied): the registers and the PSW are reloaded from the frame, through
+ * __LC_RETURN_PSW, with every interruption masked. Otherwise it panics.
  */
 	.type	pgm_check_handler,@function
 pgm_check_handler:
@@ -76,12 +85,28 @@ pgm_check_handler:
 	lg	%r1,__LC_PGM_DEPTH
 	aghi	%r1,1
 	stg	%r1,__LC_PGM_DEPTH
-	cghi	%r1,3
+	cghi	%r1,__PGM_MAX_DEPTH
 	jhe	.Lpgm_give_up
+	cghi	%r1,1
+	jne	.Lpgm_nested
 	lg	%r15,__LC_PANIC_STACK
-	aghi	%r15,-__STACK_FRAME_OVERHEAD
+.Lpgm_nested:
+	aghi	%r15,-(__STACK_FRAME_OVERHEAD + __PGM_FRAME_SIZE)
+	mvc	__STACK_FRAME_OVERHEAD + __PGM_FRAME_GPRS(128,%r15),__LC_SAVE_AREA_PGM(%r0)
+	mvc	__STACK_FRAME_OVERHEAD + __PGM_FRAME_PSW(16,%r15),__LC_PGM_OLD_PSW(%r0)
+	mvc	__STACK_FRAME_OVERHEAD + __PGM_FRAME_ILC(4,%r15),__LC_PGM_ILC(%r0)
+	mvc	__STACK_FRAME_OVERHEAD + __PGM_FRAME_TEID(8,%r15),__LC_TRANS_EXC_CODE(%r0)
+	mvc	__STACK_FRAME_OVERHEAD + __PGM_FRAME_BEA(8,%r15),__LC_BREAKING_EVENT_ADDR(%r0)
+	stg	%r1,__STACK_FRAME_OVERHEAD + __PGM_FRAME_DEPTH(%r15)
 	lghi	%r11,0
+	la	%r2,__STACK_FRAME_OVERHEAD(%r15)
 	brasl	%r14,s390x_pgm_handler
+	lg	%r1,__LC_PGM_DEPTH
+	aghi	%r1,-1
+	stg	%r1,__LC_PGM_DEPTH
+	mvc	__LC_RETURN_PSW(16,%r0),__STACK_FRAME_OVERHEAD + __PGM_FRAME_PSW(%r15)
+	lmg	%r0,%r15,__STACK_FRAME_OVERHEAD + __PGM_FRAME_GPRS(%r15)
+	lpswe	__LC_RETURN_PSW
 .Lpgm_give_up:
 	larl	%r1,pgm_give_up_psw
 	lpswe	0(%r1)

@@ -31,8 +31,8 @@ pub struct BootInfo {
     /// RAM the generic kernel may hand to the frame allocator.
     ///
     /// Contract: every range is ordinary RAM that the kernel reads and writes at
-    /// its physical address (x86-64: inside the boot identity map; s390x: DAT
-    /// off), and that nothing else uses, now or later. The backend has removed
+    /// its physical address (inside the kernel's 1:1 map of RAM on both
+    /// backends), and that nothing else uses, now or later. The backend has removed
     /// everything it uses itself: the kernel image (text, data, bss with the
     /// heap, boot stacks and boot page tables), lowcores, the SMP trampoline,
     /// firmware and boot data it still reads, and the command-line area. The

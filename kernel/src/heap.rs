@@ -1,8 +1,9 @@
 //! The kernel heap: a `linked_list_allocator` over a static region in `.bss`,
 //! behind a spin lock, so every CPU may allocate.
 //!
-//! The region is part of the kernel image and therefore mapped (x86-64) or
-//! addressed directly (s390x, DAT off) on every CPU from the first instruction.
+//! The region is part of the kernel image and therefore reachable on every CPU
+//! from the first instruction (before DAT is on, on s390x) and through the
+//! kernel's 1:1 map after.
 
 use linked_list_allocator::LockedHeap;
 

@@ -8,11 +8,12 @@
 //! defined here from the Rust definitions, so the two cannot drift apart.
 //!
 //! Invariants: every handler saves all 16 general registers before touching
-//! any; only the external-interruption handler returns, restoring them all and
-//! loading the old PSW (wait bit cleared).
+//! any; only the external-interruption handler (restoring them all and loading
+//! the old PSW, wait bit cleared) and the program-check handler (from the
+//! frame it saved, when the Rust handler resolved the fault) return.
 
 use crate::interrupt::{INT_KIND_IO, INT_KIND_RESTART, INT_KIND_SVC, WAIT_ADDR_PGM_LOOP};
-use crate::lowcore::{self, Lowcore, Psw};
+use crate::lowcore::{self, Lowcore, PgmFrame, Psw};
 use core::mem::offset_of;
 
 /// Size of each CPU's kernel stack.
@@ -23,6 +24,9 @@ pub const ASYNC_STACK_SIZE: usize = 16 << 10;
 pub const PANIC_STACK_SIZE: usize = 16 << 10;
 /// The register save area a caller provides below the stack pointer (s390x ELF ABI).
 pub const STACK_FRAME_OVERHEAD: usize = 160;
+/// Nested program checks after which a CPU gives up (`entry.S`): the handler
+/// itself keeps faulting.
+pub const PGM_MAX_DEPTH: u64 = 4;
 
 core::arch::global_asm!(
     ".set __LC_RESTART_PSW, {restart_psw}",
@@ -37,6 +41,19 @@ core::arch::global_asm!(
     ".set __LC_ASYNC_STACK, {async_stack}",
     ".set __LC_PANIC_STACK, {panic_stack}",
     ".set __LC_PGM_DEPTH, {pgm_depth}",
+    ".set __LC_PGM_OLD_PSW, {pgm_old_psw}",
+    ".set __LC_PGM_ILC, {pgm_ilc}",
+    ".set __LC_TRANS_EXC_CODE, {teid}",
+    ".set __LC_BREAKING_EVENT_ADDR, {bea}",
+    ".set __LC_RETURN_PSW, {return_psw}",
+    ".set __PGM_MAX_DEPTH, {pgm_max_depth}",
+    ".set __PGM_FRAME_SIZE, {pgm_frame_size}",
+    ".set __PGM_FRAME_GPRS, {pgm_frame_gprs}",
+    ".set __PGM_FRAME_PSW, {pgm_frame_psw}",
+    ".set __PGM_FRAME_ILC, {pgm_frame_ilc}",
+    ".set __PGM_FRAME_TEID, {pgm_frame_teid}",
+    ".set __PGM_FRAME_BEA, {pgm_frame_bea}",
+    ".set __PGM_FRAME_DEPTH, {pgm_frame_depth}",
     ".set __PSW_HANDLER, {psw_handler}",
     ".set __PSW_KERNEL, {psw_kernel}",
     ".set __PSW_DISABLED_WAIT, {psw_disabled_wait}",
@@ -61,6 +78,19 @@ core::arch::global_asm!(
     async_stack = const offset_of!(Lowcore, async_stack),
     panic_stack = const offset_of!(Lowcore, panic_stack),
     pgm_depth = const offset_of!(Lowcore, pgm_depth),
+    pgm_old_psw = const offset_of!(Lowcore, program_old_psw),
+    pgm_ilc = const offset_of!(Lowcore, pgm_ilc),
+    teid = const offset_of!(Lowcore, trans_exc_code),
+    bea = const offset_of!(Lowcore, breaking_event_addr),
+    return_psw = const offset_of!(Lowcore, return_psw),
+    pgm_max_depth = const PGM_MAX_DEPTH,
+    pgm_frame_size = const core::mem::size_of::<PgmFrame>(),
+    pgm_frame_gprs = const offset_of!(PgmFrame, gprs),
+    pgm_frame_psw = const offset_of!(PgmFrame, psw),
+    pgm_frame_ilc = const offset_of!(PgmFrame, ilc),
+    pgm_frame_teid = const offset_of!(PgmFrame, trans_exc_code),
+    pgm_frame_bea = const offset_of!(PgmFrame, breaking_event_addr),
+    pgm_frame_depth = const offset_of!(PgmFrame, depth),
     psw_handler = const lowcore::PSW_HANDLER,
     psw_kernel = const lowcore::PSW_KERNEL,
     psw_disabled_wait = const lowcore::PSW_DISABLED_WAIT,

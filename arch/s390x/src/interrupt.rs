@@ -12,16 +12,17 @@
 //! and panic.
 //!
 //! Invariants:
-//! - Handlers run with every interruption masked and never enable them; the
-//!   external handler therefore never nests.
+//! - Handlers run with every interruption masked and never enable them, except
+//!   the program-check handler while the generic fault handler runs for a
+//!   context that had them enabled; the external handler therefore never nests.
 //! - An external interruption that ends an enabled wait returns to the
 //!   instruction after the wait with the wait bit cleared (`entry.S`), so
 //!   [`wait_for_interrupt`] returns with interrupts enabled.
 //! - Machine checks are enabled in kernel code (PSW bit 13, set by a PSW load
 //!   at boot and in the restart PSW) and never switched by the functions here.
 
-use crate::lowcore::{self, Psw, SYSMASK_EXT, SYSMASK_IO};
-use crate::{time, S390x};
+use crate::lowcore::{self, PgmFrame, Psw, SYSMASK_EXT, SYSMASK_IO};
+use crate::{fault, time, S390x};
 use quiesce_kernel::{irq, kprintln_emergency, STATUS_PREFIX};
 
 /// Interruption kinds passed by `entry.S` to [`s390x_unexpected_handler`].
@@ -173,13 +174,31 @@ pub fn local_irq_restore(flags: u8) {
     }
 }
 
+/// The current PSW mask (`EPSW`): DAT, addressing mode, key, masks.
+fn current_psw_mask() -> u64 {
+    let hi: u64;
+    let lo: u64;
+    // SAFETY: EPSW only copies PSW bits 0-31 and 32-63 into the low halves of
+    // two registers.
+    unsafe {
+        core::arch::asm!(
+            "epsw {hi}, {lo}",
+            hi = out(reg) hi,
+            lo = out(reg) lo,
+            options(nomem, nostack, preserves_flags),
+        );
+    }
+    ((hi & 0xffff_ffff) << 32) | (lo & 0xffff_ffff)
+}
+
 /// Enables interruptions and waits for one, atomically: loads an enabled-wait
 /// PSW whose address is the instruction after the load. The external handler
 /// clears the wait bit in the old PSW, so execution resumes here with
-/// interruptions enabled.
+/// interruptions enabled. The wait PSW is the current one (DAT and all) plus
+/// the interruption masks and the wait bit.
 pub fn wait_for_interrupt() {
     let mut psw = Psw {
-        mask: lowcore::PSW_KERNEL
+        mask: current_psw_mask()
             | lowcore::PSW_MASK_EXT
             | lowcore::PSW_MASK_IO
             | lowcore::PSW_MASK_WAIT,
@@ -284,41 +303,61 @@ fn print_gprs(gprs: &[u64; 16]) {
     }
 }
 
-/// Program check (from `entry.S`, on the panic stack): report and panic.
+/// Program check (from `entry.S`, with the frame it saved): DAT exceptions go
+/// to [`fault::do_dat_exception`] and return when resolved; everything else is
+/// reported and panics.
 #[unsafe(no_mangle)]
-extern "C" fn s390x_pgm_handler() -> ! {
+extern "C" fn s390x_pgm_handler(frame: &mut PgmFrame) {
+    // Bits 0x80 (PER event) and 0x200 (transaction abort) qualify the code.
+    let code = frame.code & 0x7f;
+    let dat_error = if fault::is_dat_exception(code) {
+        match fault::do_dat_exception(frame, code) {
+            Ok(()) => return,
+            Err(err) => Some(err),
+        }
+    } else {
+        None
+    };
     let cpu = lowcore::cpu_nr();
-    let pc = lowcore::program_check();
-    if pc.depth > 1 {
-        // A program check while handling one: the panic path itself is broken.
-        // Say so in one line and end the run without it.
+    if frame.depth > 1 && dat_error.is_none() {
+        // A program check while handling one: the panic path itself may be
+        // broken. Say so in one line and end the run without it.
         kprintln_emergency!(
             "# nested program check on CPU {cpu}: code={:#06x} psw={:#018x} {:#018x}",
-            pc.code,
-            pc.old_psw.mask,
-            pc.old_psw.addr
+            frame.code,
+            frame.psw.mask,
+            frame.psw.addr
         );
         crate::smp::stop_other_cpus();
         kprintln_emergency!("{STATUS_PREFIX}fail (nested program check on CPU {cpu})");
         disabled_wait(WAIT_ADDR_FAILURE);
     }
-    let name = program_check_name(pc.code);
+    let name = program_check_name(code);
     kprintln_emergency!(
         "# program check on CPU {cpu}: code={:#06x} ({name}) ilc={}",
-        pc.code,
-        pc.ilc
+        frame.code,
+        frame.ilc
     );
-    kprintln_emergency!("# psw={:#018x} {:#018x}", pc.old_psw.mask, pc.old_psw.addr);
+    kprintln_emergency!("# psw={:#018x} {:#018x}", frame.psw.mask, frame.psw.addr);
     kprintln_emergency!(
         "# translation_exception_address={:#018x} breaking_event_address={:#018x}",
-        pc.trans_exc_code,
-        pc.breaking_event_addr
+        frame.trans_exc_code,
+        frame.breaking_event_addr
     );
-    print_gprs(&pc.gprs);
-    panic!(
-        "program check {:#06x} ({name}) at {:#x}",
-        pc.code, pc.old_psw.addr
-    );
+    if let Some(err) = &dat_error {
+        kprintln_emergency!("# page fault not resolved: {err}");
+    }
+    print_gprs(&frame.gprs);
+    match dat_error {
+        Some(err) => panic!(
+            "unresolved page fault {:#06x} ({name}) at {:#x}: {err}",
+            frame.code, frame.psw.addr
+        ),
+        None => panic!(
+            "program check {:#06x} ({name}) at {:#x}",
+            frame.code, frame.psw.addr
+        ),
+    }
 }
 
 /// Machine check (from `entry.S`, on the panic stack): report and panic.

@@ -30,6 +30,8 @@ pub struct Psw {
     pub addr: u64,
 }
 
+/// PSW mask bit 5: dynamic address translation (DAT) on.
+pub const PSW_MASK_DAT: u64 = 1 << (63 - 5);
 /// PSW mask bit 6: I/O interruptions enabled.
 pub const PSW_MASK_IO: u64 = 1 << (63 - 6);
 /// PSW mask bit 7: external interruptions enabled.
@@ -41,14 +43,19 @@ pub const PSW_MASK_WAIT: u64 = 1 << (63 - 14);
 /// PSW mask bits 31 and 32: 64-bit addressing mode.
 pub const PSW_MASK_64: u64 = (1 << (63 - 31)) | (1 << (63 - 32));
 
-/// Interruption handlers run with every interruption masked, 64-bit mode.
+/// Interruption handlers run with every interruption masked, 64-bit mode. DAT
+/// is added once the CPU has loaded the kernel's ASCE ([`set_new_psws_dat`]).
 pub const PSW_HANDLER: u64 = PSW_MASK_64;
 /// Kernel code runs with machine checks enabled; external and I/O interruptions
-/// are switched by `STOSM`/`STNSM`/`SSM` ([`crate::interrupt`]).
+/// are switched by `STOSM`/`STNSM`/`SSM` ([`crate::interrupt`]). This is the
+/// mask a CPU starts with (boot entry, restart of a secondary), DAT off; the
+/// CPU turns DAT on itself ([`crate::mmu::cpu_enable_dat`]).
 pub const PSW_KERNEL: u64 = PSW_MASK_64 | PSW_MASK_MCHECK;
 /// A disabled wait: the CPU stops for good; QEMU ends when no CPU runs.
 pub const PSW_DISABLED_WAIT: u64 = PSW_MASK_64 | PSW_MASK_WAIT;
 
+/// System-mask byte (PSW bits 0-7) bit of [`PSW_MASK_DAT`].
+pub const SYSMASK_DAT: u8 = (PSW_MASK_DAT >> 56) as u8;
 /// System-mask byte (PSW bits 0-7) bit of [`PSW_MASK_IO`].
 pub const SYSMASK_IO: u8 = (PSW_MASK_IO >> 56) as u8;
 /// System-mask byte (PSW bits 0-7) bit of [`PSW_MASK_EXT`].
@@ -131,7 +138,10 @@ pub struct Lowcore {
     pub tick_period: u64,
     /// 0x438: TOD-clock value of the next tick (the armed clock comparator).
     pub next_tick: u64,
-    _reserved_440: [u8; 0x2000 - 0x440],
+    /// 0x440: the PSW a returning program-check handler loads (`entry.S`),
+    /// written with every interruption masked right before the `LPSWE`.
+    pub return_psw: Psw,
+    _reserved_450: [u8; 0x2000 - 0x450],
 }
 
 const _: () = {
@@ -149,8 +159,9 @@ const _: () = {
     assert!(offset_of!(Lowcore, io_new_psw) == 0x1f0);
     assert!(offset_of!(Lowcore, save_area_ext) == 0x200);
     assert!(offset_of!(Lowcore, cpu_nr) == 0x400);
+    assert!(offset_of!(Lowcore, return_psw) == 0x440);
     // The store-status area (0x1200 on) stays free for the hardware.
-    assert!(offset_of!(Lowcore, next_tick) + 8 <= 0x1200);
+    assert!(offset_of!(Lowcore, return_psw) + 16 <= 0x1200);
 };
 
 /// Offset of the new PSWs, six in a row from `restart_psw` to `io_new_psw`.
@@ -216,40 +227,36 @@ pub fn ext_cpu_addr() -> u16 {
     unsafe { read_own(offset_of!(Lowcore, ext_cpu_addr)) }
 }
 
-/// What the hardware and the entry code stored for the last program check.
+/// What the program-check entry code saved on the stack for the Rust handler:
+/// the registers and the lowcore fields of the interruption, copied before
+/// anything can overwrite them (the handler may enable interruptions, and a
+/// program check in an interruption handler then nests).
+#[repr(C)]
 #[derive(Clone, Copy, Debug)]
-pub struct ProgramCheck {
-    /// Program-interruption code.
-    pub code: u16,
-    /// Instruction length code.
-    pub ilc: u16,
-    /// Program old PSW.
-    pub old_psw: Psw,
-    /// Translation-exception identification.
-    pub trans_exc_code: u64,
-    /// Breaking-event address.
-    pub breaking_event_addr: u64,
-    /// General registers at the interruption.
+pub struct PgmFrame {
+    /// General registers at the interruption; restored on return.
     pub gprs: [u64; 16],
-    /// Program checks being handled, this one included.
+    /// Program old PSW; loaded on return (the handler may move its address).
+    pub psw: Psw,
+    /// Instruction length code (bytes, the halfword at 0x8c).
+    pub ilc: u16,
+    /// Program-interruption code (the halfword at 0x8e).
+    pub code: u16,
+    _pad: u32,
+    /// Translation-exception identification (0xa8).
+    pub trans_exc_code: u64,
+    /// Breaking-event address (0x110).
+    pub breaking_event_addr: u64,
+    /// Program checks being handled on this CPU, this one included.
     pub depth: u64,
 }
 
-/// Reads the program-check information of the calling CPU.
-pub fn program_check() -> ProgramCheck {
-    // SAFETY: each offset names a field of the read type.
-    unsafe {
-        ProgramCheck {
-            code: read_own(offset_of!(Lowcore, pgm_code)),
-            ilc: read_own(offset_of!(Lowcore, pgm_ilc)),
-            old_psw: read_own(offset_of!(Lowcore, program_old_psw)),
-            trans_exc_code: read_own(offset_of!(Lowcore, trans_exc_code)),
-            breaking_event_addr: read_own(offset_of!(Lowcore, breaking_event_addr)),
-            gprs: read_own(offset_of!(Lowcore, save_area_pgm)),
-            depth: read_own(offset_of!(Lowcore, pgm_depth)),
-        }
-    }
-}
+const _: () = {
+    assert!(offset_of!(PgmFrame, psw) == 128);
+    assert!(offset_of!(PgmFrame, ilc) == 144);
+    assert!(offset_of!(PgmFrame, code) == 146);
+    assert!(core::mem::size_of::<PgmFrame>().is_multiple_of(8));
+};
 
 /// Machine-check interruption code, old PSW and registers of the calling CPU.
 pub fn machine_check() -> (u64, Psw, [u64; 16]) {
@@ -315,6 +322,32 @@ pub fn set_tick(period: u64, next: u64) {
 pub fn set_cpu_addr(addr: u16) {
     // SAFETY: `cpu_addr` is a `u64` field of ours.
     unsafe { write_own(offset_of!(Lowcore, cpu_addr), u64::from(addr)) }
+}
+
+/// Adds DAT to the calling CPU's six new PSWs, so that interruption handlers
+/// translate through the loaded ASCE like the code they interrupt.
+///
+/// # Safety
+/// The CPU has loaded an ASCE that maps the kernel 1:1 and keeps one loaded
+/// from now on.
+pub unsafe fn set_new_psws_dat() {
+    for i in 0..6 {
+        let off = NEW_PSWS + i * core::mem::size_of::<Psw>();
+        // SAFETY: the six new PSWs are consecutive `Psw` fields from
+        // `NEW_PSWS`. Only the mask changes, to a value that works as well as
+        // the old one (the caller's contract), so an interruption taken
+        // between the two halves of a store is still handled.
+        unsafe {
+            let psw: Psw = read_own(off);
+            write_own(
+                off,
+                Psw {
+                    mask: psw.mask | PSW_MASK_DAT,
+                    addr: psw.addr,
+                },
+            );
+        }
+    }
 }
 
 /// Points the calling CPU's restart new PSW at `psw`.

@@ -10,16 +10,23 @@
 //! | module | owns |
 //! |---|---|
 //! | [`lowcore`] | the per-CPU prefix area and the PSW layout |
+//! | [`mmu`] | the kernel's 1:1 map with DAT on, task address spaces (`Mmu`) |
+//! | [`tlb`] | IPTE, IDTE, PTLB, control register 1 |
+//! | [`fault`] | DAT exceptions to page faults, probe fixups |
 //! | [`entry`] | the assembly entry code and its constants |
 //! | [`interrupt`] | PSW masks, CR0, waits, interruption handlers |
-//! | [`sclp`] | the console |
+//! | [`sclp`] | the console, the storage size |
+//! | [`memory`] | the RAM ranges for the frame allocator |
 //! | [`sigp`] | SIGP and STAP |
 //! | [`smp`] | CPU discovery, bring-up, IPIs, stopping |
 //! | [`time`] | TOD clock and clock-comparator tick |
 //!
-//! Invariants: DAT stays off, so every address is real; the kernel image lies at
-//! 0x20000 and up (`linker.ld`), clear of CPU 0's lowcore and of the command
-//! line at 0x8000..0x9000, which QEMU's loader device fills before CPU 0 starts.
+//! Invariants: every CPU turns DAT on first thing ([`mmu::cpu_enable_dat`])
+//! and runs translated from then on, through the kernel's 1:1 map of RAM (or a
+//! task mm that shares it), so kernel addresses are real addresses; the
+//! kernel image lies at 0x20000 and up (`linker.ld`), clear of CPU 0's lowcore
+//! and of the command line at 0x8000..0x9000, which QEMU's loader device fills
+//! before CPU 0 starts.
 #![no_std]
 #![no_main]
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -27,12 +34,16 @@
 extern crate alloc;
 
 mod entry;
+mod fault;
 mod interrupt;
 mod lowcore;
+mod memory;
+mod mmu;
 mod sclp;
 mod sigp;
 mod smp;
 mod time;
+mod tlb;
 
 use quiesce_kernel::{Arch, BootInfo, IrqFlags};
 
@@ -149,10 +160,13 @@ extern "C" fn s390x_boot_main() -> ! {
     lowcore::set_cpu_addr(sigp::stap());
     time::init_boot();
     interrupt::init_cpu();
+    // DAT on from here, before anything takes RAM beyond the image.
+    mmu::init_kernel_map();
     let nr_cpus = smp::detect();
     quiesce_kernel::boot_cpu_main::<S390x>(BootInfo {
         cmdline: cmdline(),
         nr_cpus,
+        memory: memory::detect(),
     })
 }
 

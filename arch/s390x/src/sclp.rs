@@ -7,7 +7,8 @@
 //! never share a buffer: the generic console lock orders whole lines, and a
 //! panic that bypasses that lock after its timeout still cannot corrupt
 //! another CPU's block. QEMU completes the call synchronously under its own
-//! lock, so the SCCB is free again once `SERVC` returns.
+//! lock, so the SCCB is free again once `SERVC` returns. The same call, READ
+//! SCP INFO on its own SCCB, gives the storage size ([`read_storage_size`]).
 //!
 //! Invariants:
 //! - A CPU uses only SCCB number `cpu_nr`, marked busy for the duration of the
@@ -22,6 +23,10 @@ use quiesce_kernel::NR_CPUS;
 
 /// SCLP command: WRITE EVENT DATA.
 const SCLP_CMDW_WRITE_EVENT_DATA: u32 = 0x0076_0005;
+/// SCLP command: READ SCP INFO, forced and plain (Linux tries them in this order).
+const SCLP_CMDW_READ_SCP_INFO: [u32; 2] = [0x0012_0001, 0x0002_0001];
+/// SCCB response code of a completed read.
+const SCLP_RC_NORMAL_READ_COMPLETION: u16 = 0x0010;
 /// Event type: ASCII console data (QEMU `sclpconsole`).
 const EVTYP_VT220_MSG: u8 = 0x1a;
 /// SCCB header: length (2), function code (1), control mask (3), response code (2).
@@ -89,6 +94,39 @@ pub fn write(bytes: &[u8]) {
             core::hint::spin_loop();
         }
     }
+}
+
+/// The SCCB of READ SCP INFO (boot CPU, once).
+static INFO_SCCB: SccbSlot = SccbSlot::new();
+
+/// Storage size in bytes from READ SCP INFO: `rnmax` storage increments of
+/// `rnsize` MiB each (the 16-bit and 8-bit fields at offsets 8 and 10, or,
+/// when they are 0, `rnsize2` and `rnmax2` at 100 and 104; Linux
+/// `sclp_early_get_memsize`). `None` if the SCLP refuses both commands.
+pub fn read_storage_size() -> Option<u64> {
+    let mut size = None;
+    INFO_SCCB.try_with(|sccb| {
+        for command in SCLP_CMDW_READ_SCP_INFO {
+            sccb.fill(0);
+            sccb[0..2].copy_from_slice(&(SCCB_SIZE as u16).to_be_bytes());
+            if servc(command, sccb) != 0
+                || u16::from_be_bytes([sccb[6], sccb[7]]) != SCLP_RC_NORMAL_READ_COMPLETION
+            {
+                continue;
+            }
+            let be = |at: usize, len: usize| {
+                sccb[at..at + len]
+                    .iter()
+                    .fold(0u64, |v, &b| (v << 8) | u64::from(b))
+            };
+            let (rnmax, rnsize) = (be(8, 2), be(10, 1));
+            let rnsize = if rnsize != 0 { rnsize } else { be(100, 4) };
+            let rnmax = if rnmax != 0 { rnmax } else { be(104, 8) };
+            size = rnmax.checked_mul(rnsize << 20);
+            break;
+        }
+    });
+    size
 }
 
 /// Fills `sccb` with one ASCII console data event carrying `text` and issues

@@ -117,6 +117,8 @@ extern "C" fn s390x_secondary_main(cpu: u64) -> ! {
     lowcore::set_cpu_addr(sigp::stap());
     // From now on a restart interruption is unexpected, as on CPU 0.
     lowcore::set_restart_psw(entry::new_psws()[0]);
+    // The kernel's ASCE and DAT, for this CPU and its new PSWs.
+    crate::mmu::cpu_enable_dat();
     interrupt::init_cpu();
     quiesce_kernel::smp::secondary_main::<S390x>(cpu as usize)
 }

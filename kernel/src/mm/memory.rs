@@ -402,71 +402,84 @@ pub fn exit_mmap<A: Mmu>(mm: Mm<A>) {
     );
 }
 
-/// Frees every remaining upper-level table below the top table, bottom-up
-/// (PMD tables, then PUD, then P4D tables). All PTE tables are gone already.
-/// A folded level is recognised as in Linux's generic code: its offset helper
-/// returned the same entry as the level below, so only the lowest of equal
-/// pointers is a real table level.
+/// Frees every remaining upper-level table of the task range, children before
+/// parents, visiting only populated entries (a 5-level s390x mm spans 16 EiB).
+/// All PTE tables are gone already. Entries whose span reaches below
+/// `TASK_BASE` are shared with the kernel's 1:1 map or hold the mm's top tables,
+/// which `destroy_context` frees: they are never cleared here.
 fn free_upper_tables<A: Mmu>(mm: &Mm<A>) {
-    for (level, span) in [
-        (Level::Pud, A::PUD_SIZE),
-        (Level::P4d, A::P4D_SIZE),
-        (Level::Pgd, A::PGDIR_SIZE),
-    ] {
-        let limit = A::context_limit(&mm.context).min(A::TASK_SIZE_MAX);
-        let mut addr = A::TASK_BASE & !(span - 1);
-        while addr < limit {
-            // Entries that also map the kernel's 1:1 map are shared: never freed.
-            if addr >= A::TASK_BASE {
-                free_entry_table(mm, level, addr);
-            }
-            match addr.checked_add(span) {
-                Some(a) => addr = a,
-                None => break,
-            }
-        }
+    let end = A::context_limit(&mm.context).min(A::TASK_SIZE_MAX);
+    free_tables_below(mm, Level::Pgd, A::TASK_BASE, end);
+}
+
+/// The span of one entry of `level`.
+fn span<A: Mmu>(level: Level) -> u64 {
+    match level {
+        Level::Pgd => A::PGDIR_SIZE,
+        Level::P4d => A::P4D_SIZE,
+        Level::Pud => A::PUD_SIZE,
+        Level::Pmd | Level::Pte => A::PMD_SIZE,
     }
 }
 
-/// Clears the entry of `level` for `addr` and frees the table it points to, if
-/// that level is not folded here and the entry points to a table.
-fn free_entry_table<A: Mmu>(mm: &Mm<A>, level: Level, addr: u64) {
+/// The entry pointers of the upper levels for `addr`, as far as populated:
+/// `[pgd, p4d, pud]`. A folded level returns the same pointer as the level
+/// below it, as the arch's helpers do.
+fn upper_entries<A: Mmu>(mm: &Mm<A>, addr: u64) -> [Option<*mut u64>; 3] {
     let pgdp = A::pgd_offset(&mm.context, addr);
-    // SAFETY: each pointer comes from the previous level's helper on a non-empty
-    // entry of this live mm, which no CPU runs any more.
-    let (p4dp, pudp) = unsafe {
+    // SAFETY: each pointer comes from the previous level's helper on a
+    // non-empty entry of this live mm, which no CPU runs any more.
+    unsafe {
         if A::entry_none(Level::Pgd, pgtable::read_entry(pgdp)) {
-            return;
+            return [Some(pgdp), None, None];
         }
         let p4dp = A::p4d_offset(pgdp, addr);
         if A::entry_none(Level::P4d, pgtable::read_entry(p4dp)) {
-            (p4dp, None)
-        } else {
-            (p4dp, Some(A::pud_offset(p4dp, addr)))
+            return [Some(pgdp), Some(p4dp), None];
         }
-    };
-    let entryp = match level {
-        Level::Pgd if pgdp != p4dp => pgdp,
-        Level::P4d if Some(p4dp) != pudp => p4dp,
-        Level::Pud => match pudp {
-            Some(p) => p,
-            None => return,
-        },
-        _ => return,
-    };
-    let _guard = mm.page_table_lock.lock();
-    // SAFETY: a live entry of this mm, page_table_lock held.
-    let e = unsafe { pgtable::read_entry(entryp) };
-    if A::entry_none(level, e) || !A::entry_is_table(level, e) {
-        return;
+        [Some(pgdp), Some(p4dp), Some(A::pud_offset(p4dp, addr))]
     }
-    let table = A::entry_table(level, e);
-    // SAFETY: as above; every table below has been freed.
-    unsafe { core::ptr::write_volatile(entryp, A::empty_entry(level)) };
-    pgtable::free_table(mm, next(level), table);
 }
 
-fn next(level: Level) -> Level {
+/// Frees the tables that the entries of `level` covering `[start, end)` point
+/// to, after freeing everything below them.
+fn free_tables_below<A: Mmu>(mm: &Mm<A>, level: Level, start: u64, end: u64) {
+    let step = span::<A>(level);
+    let idx = match level {
+        Level::Pgd => 0,
+        Level::P4d => 1,
+        Level::Pud => 2,
+        _ => return,
+    };
+    let mut addr = start;
+    while addr < end {
+        let next = pgtable::addr_end(addr, end, step);
+        let ptrs = upper_entries(mm, addr);
+        if let Some(entryp) = ptrs[idx] {
+            // SAFETY: a live entry of this mm.
+            let e = unsafe { pgtable::read_entry(entryp) };
+            if !A::entry_none(level, e) {
+                if level != Level::Pud {
+                    free_tables_below(mm, next_level(level), addr, next);
+                }
+                // A folded level shares its entry with the level below: only
+                // the lowest of equal pointers is a real entry of this level.
+                let folded = ptrs.get(idx + 1).copied().flatten() == Some(entryp);
+                let block = addr & !(step - 1);
+                if !folded && block >= A::TASK_BASE && A::entry_is_table(level, e) {
+                    let _guard = mm.page_table_lock.lock();
+                    let table = A::entry_table(level, e);
+                    // SAFETY: as above; every table below has been freed.
+                    unsafe { core::ptr::write_volatile(entryp, A::empty_entry(level)) };
+                    pgtable::free_table(mm, next_level(level), table);
+                }
+            }
+        }
+        addr = next;
+    }
+}
+
+fn next_level(level: Level) -> Level {
     match level {
         Level::Pgd => Level::P4d,
         Level::P4d => Level::Pud,

@@ -1,0 +1,127 @@
+//! TLB and ASCE instructions: IPTE, IDTE, PTLB and the loads of control
+//! register 1 (the primary ASCE).
+//!
+//! Design: on s390x the architecture, not software, keeps TLBs coherent. A
+//! valid PTE is changed only through an instruction that invalidates it and
+//! purges it from every CPU's TLB as one operation (IPTE; IDTE for a whole
+//! address space; CSP(G) for a compare-and-swap with purge); no IPI is
+//! involved, so a CPU with interruptions disabled does not delay it. PTLB
+//! purges only the calling CPU's TLB. Linux's rule, kept here: "invalidate with
+//! IPTE, then store" ([`crate::mmu`]).
+//!
+//! QEMU (TCG) details the helpers account for (PLATFORM.md): IPTE and IDTE
+//! purge the other vCPUs synchronously, but the issuing vCPU's own purge takes
+//! effect at the end of its translated block, so each helper ends that block
+//! with a taken branch; IPTE locates the TLB entry by the virtual address in
+//! R2, which must therefore be the exact address the PTE maps; LCTLG purges the
+//! loading vCPU's TLB (QEMU's TLB is not tagged by ASCE).
+//!
+//! Invariant: the kernel runs in primary-space mode only; control register 1
+//! holds the ASCE every kernel access translates through (the kernel's own,
+//! or a task mm's, which shares the kernel's 1:1 map).
+
+/// IDTE R2 bit 52: clear the TLB entries formed through the ASCE in R3 (no
+/// table entry is invalidated). Linux `IDTE_PTOA`.
+const IDTE_PTOA: u64 = 0x800;
+
+/// `IPTE`: invalidates the PTE at `ptep`, which maps `addr`, and purges it from
+/// the TLB of every CPU. When this returns, no CPU translates `addr` through
+/// the old entry any more. The entry keeps its other bits with the invalid bit
+/// set; the caller then stores the value it wants.
+///
+/// # Safety
+/// 1. `ptep` is an entry of a live page table (2 KiB aligned: the hardware takes
+///    the table origin from `ptep` and the index from `addr`) and `addr` is the
+///    exact virtual address that entry maps.
+/// 2. The caller serialises changes of the entry (the PTL): IPTE sets the
+///    invalid bit with a read-modify-write that a concurrent store would undo.
+#[inline]
+pub unsafe fn ipte(ptep: *mut u64, addr: u64) {
+    // SAFETY: IPTE is privileged (supervisor state). Per the contract, R1 is the
+    // page table (bits 0-52 of `ptep`) and R2 the address whose PTE it
+    // invalidates, so it changes only that entry, which the caller owns under
+    // its lock, and TLB contents. The branch ends QEMU's translated block so the
+    // local purge is done before the next instruction (see module docs).
+    // No `nomem`: the entry in memory changes.
+    unsafe {
+        core::arch::asm!(
+            "ipte {pto}, {addr}",
+            "j 0f",
+            "0:",
+            pto = in(reg_addr) ptep as u64,
+            addr = in(reg_addr) addr,
+            options(nostack, preserves_flags),
+        );
+    }
+}
+
+/// `IDTE` with the clearing-by-ASCE option: purges every TLB entry formed
+/// through `asce` from every CPU, without invalidating any table entry. Needed
+/// for entries changed without IPTE (e.g. a page table unhooked by a plain
+/// store of its segment entry) before the memory they named is reused.
+///
+/// # Safety
+/// `asce` is an ASCE value (any: the instruction only purges TLB entries).
+/// Unsafe because it belongs to the TLB protocol of the caller.
+#[inline]
+pub unsafe fn idte(asce: u64) {
+    // SAFETY: IDTE is privileged; with R2 bit 52 set it only clears TLB entries
+    // (of all CPUs) formed with the ASCE in R3: no storage changes. R1 (table
+    // origin) is not used by that option. The branch ends the translated block
+    // (see module docs).
+    unsafe {
+        core::arch::asm!(
+            "idte %r0, {asce}, {opt}",
+            "j 0f",
+            "0:",
+            // Not r0: a zero register field is not "register 0" for every
+            // operand of this family; keep both off r0 (Linux: "a").
+            asce = in(reg_addr) asce,
+            opt = in(reg_addr) IDTE_PTOA,
+            options(nostack, preserves_flags),
+        );
+    }
+}
+
+/// `PTLB`: purges the calling CPU's whole TLB (the only local purge s390x has).
+pub fn ptlb() {
+    // SAFETY: PTLB is privileged (supervisor state) and changes only this CPU's
+    // TLB: translations are redone from the tables, which is always correct.
+    unsafe {
+        core::arch::asm!("ptlb", options(nostack, preserves_flags));
+    }
+}
+
+/// Loads the primary ASCE (control register 1) of the calling CPU.
+///
+/// # Safety
+/// `asce` designates tables that map the kernel 1:1 (every task mm shares the
+/// kernel's region-third entries), and stay alive while loaded.
+#[inline]
+pub unsafe fn load_primary_asce(asce: u64) {
+    // SAFETY: LCTLG is privileged and loads CR1 from a local; per the contract
+    // the code, data and stacks keep translating to themselves, so execution
+    // continues unchanged. Memory: later accesses translate differently, so no
+    // `nomem` (the compiler must not move accesses across).
+    unsafe {
+        core::arch::asm!(
+            "lctlg %c1, %c1, 0({p})",
+            p = in(reg_addr) &asce,
+            options(nostack, preserves_flags),
+        );
+    }
+}
+
+/// The calling CPU's primary ASCE (control register 1).
+pub fn primary_asce() -> u64 {
+    let mut cr1: u64 = 0;
+    // SAFETY: STCTG is privileged and stores CR1 into a local `u64`.
+    unsafe {
+        core::arch::asm!(
+            "stctg %c1, %c1, 0({p})",
+            p = in(reg_addr) &mut cr1,
+            options(nostack, preserves_flags),
+        );
+    }
+    cr1
+}
