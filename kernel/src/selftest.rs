@@ -247,9 +247,7 @@ fn ipi_held_by_irqs_off<A: Arch>(_: &Cmdline) -> Outcome {
 
 fn nmi_with_irqs_off<A: Arch>(_: &Cmdline) -> Outcome {
     if !A::HAS_NMI {
-        return Outcome::Skip(
-            "no NMI on this architecture (s390x external interrupts are all maskable)",
-        );
+        return Outcome::Skip("no NMI on this architecture: every external interrupt is maskable");
     }
     if smp::nr_cpus() < 2 {
         return Outcome::Skip("needs 2 or more CPUs");

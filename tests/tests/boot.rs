@@ -51,6 +51,14 @@ fn expected(arch: Arch, smp: usize, case: &str) -> Expect {
                 Expect::Skip
             }
         }
+        // Hardware A/D bits in the PTE: x86-64 only (s390x: storage keys).
+        "mm.hw_young_dirty" => {
+            if arch == Arch::X86_64 {
+                Expect::Ok
+            } else {
+                Expect::Skip
+            }
+        }
         // Only s390x folds levels: a new x86-64 mm already reaches TASK_SIZE_MAX.
         "mm.access_beyond_limit" => {
             if arch == Arch::S390x {
@@ -64,7 +72,7 @@ fn expected(arch: Arch, smp: usize, case: &str) -> Expect {
 }
 
 /// Every case, in the order the kernel runs them.
-const CASES: [&str; 25] = [
+const CASES: [&str; 26] = [
     "boot.cpus_online",
     "boot.ipi_round_trip",
     "boot.call_function_wait",
@@ -86,6 +94,7 @@ const CASES: [&str; 25] = [
     "mm.map_fault_unmap",
     "mm.fault_on_every_cpu",
     "mm.cow_after_dup",
+    "mm.hw_young_dirty",
     "mm.stale_tlb_after_pte_clear",
     "mm.upgrade_keeps_mappings",
     "mm.access_beyond_limit",

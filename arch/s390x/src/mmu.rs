@@ -259,6 +259,7 @@ impl Mmu for S390x {
     const PGDIR_SIZE: u64 = pt::PGDIR_SIZE;
     const HAS_HUGE_PMD: bool = false;
     const CLEAR_FLUSHES_TLB: bool = true;
+    const HW_YOUNG_DIRTY: bool = false;
     const TASK_BASE: u64 = TASK_BASE;
     const TASK_SIZE_MAX: u64 = pt::TASK_SIZE_MAX;
 
@@ -454,6 +455,14 @@ impl Mmu for S390x {
 
     fn pte_young(pte: u64) -> bool {
         pt::pte_young(pte)
+    }
+
+    fn pte_mkold(pte: u64) -> u64 {
+        pte & !pt::PAGE_YOUNG
+    }
+
+    fn pte_mkclean(pte: u64) -> u64 {
+        pte & !pt::PAGE_DIRTY
     }
 
     unsafe fn set_pte_at(_mm: &Mm<Self>, addr: u64, ptep: *mut u64, pte: u64) {

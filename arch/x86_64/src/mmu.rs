@@ -110,6 +110,7 @@ impl Mmu for X86_64 {
     const PGDIR_SIZE: u64 = pgtable::PGDIR_SIZE;
     const HAS_HUGE_PMD: bool = true;
     const CLEAR_FLUSHES_TLB: bool = false;
+    const HW_YOUNG_DIRTY: bool = true;
     const TASK_BASE: u64 = pgtable::TASK_BASE;
     const TASK_SIZE_MAX: u64 = pgtable::TASK_SIZE_MAX;
 
@@ -272,6 +273,14 @@ impl Mmu for X86_64 {
 
     fn pte_young(pte: u64) -> bool {
         pgtable::pte_young(pte)
+    }
+
+    fn pte_mkold(pte: u64) -> u64 {
+        pgtable::pte_mkold(pte)
+    }
+
+    fn pte_mkclean(pte: u64) -> u64 {
+        pgtable::pte_mkclean(pte)
     }
 
     // ---- live PTE changes ---------------------------------------------------------------

@@ -94,6 +94,10 @@ pub trait Mmu: Arch + Sized {
     /// CPU's TLB (s390x IPTE: true), or leaves a stale entry until the caller
     /// flushes (x86-64: false). The catalogue's rows differ on exactly this.
     const CLEAR_FLUSHES_TLB: bool;
+    /// Whether the MMU itself sets a PTE's young and dirty bits on access
+    /// (x86-64 A/D: true). s390x keeps reference and change bits per frame, in
+    /// the storage key, and its PTE bits are software bits (false).
+    const HW_YOUNG_DIRTY: bool;
     /// Lowest address for task mappings: above the kernel's 1:1 map of RAM.
     const TASK_BASE: u64;
     /// End (exclusive) of the task address range the arch can ever map.
@@ -200,6 +204,10 @@ pub trait Mmu: Arch + Sized {
     fn pte_dirty(pte: u64) -> bool;
     /// Whether the accessed/young bit is set.
     fn pte_young(pte: u64) -> bool;
+    /// The PTE with the young bit cleared (`pte_mkold`).
+    fn pte_mkold(pte: u64) -> u64;
+    /// The PTE with the dirty bit cleared (`pte_mkclean`).
+    fn pte_mkclean(pte: u64) -> u64;
 
     // ---- live PTE changes ------------------------------------------------------
 

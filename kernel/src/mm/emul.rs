@@ -87,6 +87,7 @@ macro_rules! emul_arch {
             const PGDIR_SIZE: u64 = Self::P4D_SIZE;
             const HAS_HUGE_PMD: bool = false;
             const CLEAR_FLUSHES_TLB: bool = false;
+            const HW_YOUNG_DIRTY: bool = false;
             const TASK_BASE: u64 = Self::PGDIR_SIZE;
             const TASK_SIZE_MAX: u64 = Self::PGDIR_SIZE * 256;
 
@@ -184,6 +185,12 @@ macro_rules! emul_arch {
             }
             fn pte_young(pte: u64) -> bool {
                 pte & A_BIT != 0
+            }
+            fn pte_mkold(pte: u64) -> u64 {
+                pte & !A_BIT
+            }
+            fn pte_mkclean(pte: u64) -> u64 {
+                pte & !D
             }
             unsafe fn set_pte_at(_: &Mm<Self>, _: u64, ptep: *mut u64, pte: u64) {
                 // SAFETY: the caller passes a live entry and holds the PTL.

@@ -24,11 +24,12 @@ const RW: VmFlags = VmFlags {
 type TestFn = fn(&Cmdline) -> Outcome;
 
 /// The `mm` suite, in order.
-pub fn suite<A: Mmu>() -> [(&'static str, TestFn); 7] {
+pub fn suite<A: Mmu>() -> [(&'static str, TestFn); 8] {
     [
         ("map_fault_unmap", map_fault_unmap::<A>),
         ("fault_on_every_cpu", fault_on_every_cpu::<A>),
         ("cow_after_dup", cow_after_dup::<A>),
+        ("hw_young_dirty", hw_young_dirty::<A>),
         ("stale_tlb_after_pte_clear", stale_tlb_after_pte_clear::<A>),
         ("upgrade_keeps_mappings", upgrade_keeps_mappings::<A>),
         ("access_beyond_limit", access_beyond_limit::<A>),
@@ -365,6 +366,75 @@ fn cow_after_dup<A: Mmu>(_: &Cmdline) -> Outcome {
             Some((_, why)) => Outcome::Fail((*why).into()),
             None => Outcome::Pass,
         }
+    })
+}
+
+/// The PTE of `addr` in `mm` (which must exist).
+fn pte_of<A: Mmu>(mm: &Mm<A>, addr: u64) -> u64 {
+    let ptep = pgtable::follow_pte(mm, addr).expect("a populated page");
+    // SAFETY: a live entry of `mm`.
+    unsafe { pgtable::read_entry(ptep) }
+}
+
+/// The MMU sets the accessed bit on a load and the dirty bit on the first store
+/// (x86-64); the PTE starts old and clean.
+fn hw_young_dirty<A: Mmu>(_: &Cmdline) -> Outcome {
+    if !A::HW_YOUNG_DIRTY {
+        return Outcome::Skip("the MMU sets no young/dirty bits in PTEs here (reference and change bits are per frame)");
+    }
+    no_leak(|| {
+        let mm = match new_mm::<A>() {
+            Ok(m) => m,
+            Err(o) => return o,
+        };
+        let addr = A::TASK_BASE;
+        if let Err(e) = memory::mmap_anon(&mm, addr, PAGE_SIZE, RW, true) {
+            return Outcome::Fail(format!("mmap: {e:?}"));
+        }
+        // SAFETY: the mm lives until exit_mmap, after unuse_mm.
+        unsafe { mmod::use_mm(&*mm) };
+        // Make the PTE old and clean (break before make), and flush it.
+        let ptep = pgtable::follow_pte(&*mm, addr).expect("populated");
+        {
+            let _ptl = memory::pte_lockptr(ptep).lock();
+            // SAFETY: a live PTE of this mm, PTL held.
+            let old = unsafe { A::ptep_get_and_clear(&mm, addr, ptep) };
+            A::flush_tlb_page(&mm, addr);
+            // SAFETY: the entry was just cleared; PTL held.
+            unsafe { A::set_pte_at(&mm, addr, ptep, A::pte_mkold(A::pte_mkclean(old))) };
+        }
+        let start = pte_of(&mm, addr);
+        // SAFETY: in the VMA.
+        let _ = unsafe { load(addr) };
+        let after_load = pte_of(&mm, addr);
+        // SAFETY: in the VMA.
+        unsafe { store(addr, 1) };
+        let after_store = pte_of(&mm, addr);
+        mmod::unuse_mm::<A>();
+        memory::exit_mmap(*mm);
+        let bits = |p: u64| (A::pte_young(p), A::pte_dirty(p));
+        diag!(
+            "young_dirty_start={:?} after_load={:?} after_store={:?}",
+            bits(start),
+            bits(after_load),
+            bits(after_store)
+        );
+        if bits(start) != (false, false) {
+            return Outcome::Fail("the PTE did not start old and clean".into());
+        }
+        if bits(after_load) != (true, false) {
+            return Outcome::Fail(format!(
+                "after a load the PTE is {:?}, not young and clean",
+                bits(after_load)
+            ));
+        }
+        if bits(after_store) != (true, true) {
+            return Outcome::Fail(format!(
+                "after a store the PTE is {:?}, not young and dirty",
+                bits(after_store)
+            ));
+        }
+        Outcome::Pass
     })
 }
 
