@@ -43,8 +43,8 @@ fn expected(arch: Arch, smp: usize, case: &str) -> Expect {
         | "mm.cow_after_dup"
         | "mm.upgrade_keeps_mappings"
         | "mm.fault_throughput" => Expect::Ok,
-        // Needs a second CPU to hold the translation.
-        "mm.stale_tlb_after_pte_clear" => {
+        // Needs a second CPU to hold the translation / to scan.
+        "mm.stale_tlb_after_pte_clear" | "mm.pfn_scanner_beside_churn" => {
             if smp >= 2 {
                 Expect::Ok
             } else {
@@ -72,7 +72,7 @@ fn expected(arch: Arch, smp: usize, case: &str) -> Expect {
 }
 
 /// Every case, in the order the kernel runs them.
-const CASES: [&str; 26] = [
+const CASES: [&str; 27] = [
     "boot.cpus_online",
     "boot.ipi_round_trip",
     "boot.call_function_wait",
@@ -98,6 +98,7 @@ const CASES: [&str; 26] = [
     "mm.stale_tlb_after_pte_clear",
     "mm.upgrade_keeps_mappings",
     "mm.access_beyond_limit",
+    "mm.pfn_scanner_beside_churn",
     "mm.fault_throughput",
 ];
 

@@ -131,6 +131,9 @@ pub fn pte_alloc_one<A: Mmu>(mm: &Mm<A>) -> Option<u64> {
     let mut cur = mm.pte_frag.lock();
     if cur.block.is_none() || cur.next == n {
         let head = page_alloc::alloc_pages(block_order::<A>())?;
+        // A compound block: whoever drops the last reference — the fragment
+        // count or a speculative holder such as the pfn scanner — frees all of it.
+        page::prep_compound_page(head, block_order::<A>());
         head.set_flag(page::PG_pgtable);
         head.private.store(pol as usize, Ordering::Release);
         match pol {

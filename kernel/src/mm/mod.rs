@@ -17,6 +17,7 @@ pub mod mm;
 pub mod page;
 pub mod page_alloc;
 pub(crate) mod page_selftest;
+pub mod pfn_scanner;
 pub mod pgtable;
 pub mod selftest;
 

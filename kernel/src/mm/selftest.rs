@@ -9,12 +9,12 @@
 use super::arch::Mmu;
 use super::memory;
 use super::mm::{self as mmod, Mm, VmFlags};
-use super::{page, page_alloc, pgtable, PAGE_SIZE};
+use super::{frag, page, page_alloc, pfn_scanner, pgtable, PAGE_SIZE};
 use crate::cmdline::Cmdline;
 use crate::ktap::Outcome;
 use crate::{diag, percpu, smp};
 use alloc::{boxed::Box, format, string::String};
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 const RW: VmFlags = VmFlags {
     read: true,
@@ -24,7 +24,7 @@ const RW: VmFlags = VmFlags {
 type TestFn = fn(&Cmdline) -> Outcome;
 
 /// The `mm` suite, in order.
-pub fn suite<A: Mmu>() -> [(&'static str, TestFn); 8] {
+pub fn suite<A: Mmu>() -> [(&'static str, TestFn); 9] {
     [
         ("map_fault_unmap", map_fault_unmap::<A>),
         ("fault_on_every_cpu", fault_on_every_cpu::<A>),
@@ -33,6 +33,7 @@ pub fn suite<A: Mmu>() -> [(&'static str, TestFn); 8] {
         ("stale_tlb_after_pte_clear", stale_tlb_after_pte_clear::<A>),
         ("upgrade_keeps_mappings", upgrade_keeps_mappings::<A>),
         ("access_beyond_limit", access_beyond_limit::<A>),
+        ("pfn_scanner_beside_churn", pfn_scanner_beside_churn::<A>),
         ("fault_throughput", fault_throughput::<A>),
     ]
 }
@@ -433,6 +434,93 @@ fn hw_young_dirty<A: Mmu>(_: &Cmdline) -> Outcome {
                 "after a store the PTE is {:?}, not young and dirty",
                 bits(after_store)
             ));
+        }
+        Outcome::Pass
+    })
+}
+
+static SCAN_STOP: AtomicBool = AtomicBool::new(false);
+static SCANNERS_DONE: AtomicU64 = AtomicU64::new(0);
+static SCAN_TOTALS: [AtomicU64; 3] = [const { AtomicU64::new(0) }; 3];
+
+/// On a scanner CPU: scan every frame, pass after pass, until told to stop.
+fn scanner_loop(_: usize) {
+    let mut total = pfn_scanner::ScanStats::default();
+    while !SCAN_STOP.load(Ordering::Acquire) {
+        total.add(pfn_scanner::scan_pass(0, page::max_pfn(), |_| {}));
+    }
+    for (slot, v) in SCAN_TOTALS
+        .iter()
+        .zip([total.scanned, total.referenced, total.pgtables])
+    {
+        slot.fetch_add(v, Ordering::Relaxed);
+    }
+    SCANNERS_DONE.fetch_add(1, Ordering::AcqRel);
+}
+
+/// Page-table and frame churn on this CPU: mms whose PTE tables come from
+/// fragment blocks, built, touched and torn down, plus plain allocations.
+fn churn<A: Mmu>(rounds: u64) -> Result<(), Outcome> {
+    for _ in 0..rounds {
+        let mm = new_mm::<A>()?;
+        let blocks = 8;
+        if let Err(e) = memory::mmap_anon(&mm, A::TASK_BASE, blocks * A::PMD_SIZE, RW, false) {
+            return Err(Outcome::Fail(format!("mmap: {e:?}")));
+        }
+        // SAFETY: the mm lives until exit_mmap, after unuse_mm.
+        unsafe { mmod::use_mm(&*mm) };
+        for b in 0..blocks {
+            // SAFETY: in the VMA.
+            unsafe { store(A::TASK_BASE + b * A::PMD_SIZE, b) };
+        }
+        mmod::unuse_mm::<A>();
+        memory::exit_mmap(*mm);
+        for order in 0..4 {
+            if let Some(p) = page_alloc::alloc_pages(order) {
+                page_alloc::__free_pages(p, order);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The pfn scanner takes speculative references on every other CPU while this
+/// CPU allocates and frees pages and page-table fragment blocks (fragment
+/// counter policy, the fixed kernel): no count is ever corrupted.
+fn pfn_scanner_beside_churn<A: Mmu>(_: &Cmdline) -> Outcome {
+    if smp::nr_cpus() < 2 {
+        return Outcome::Skip("needs 2 or more CPUs");
+    }
+    no_leak(|| {
+        let policy = frag::policy();
+        frag::set_policy(frag::FragPolicy::FragCounter);
+        let bad = page_alloc::nr_bad_pages();
+        SCAN_STOP.store(false, Ordering::Release);
+        SCANNERS_DONE.store(0, Ordering::Release);
+        for t in &SCAN_TOTALS {
+            t.store(0, Ordering::Release);
+        }
+        smp::smp_call_function::<A>(scanner_loop, 0, false);
+        let result = churn::<A>(40);
+        SCAN_STOP.store(true, Ordering::Release);
+        while SCANNERS_DONE.load(Ordering::Acquire) < smp::nr_cpus() as u64 - 1 {
+            A::cpu_relax();
+        }
+        frag::set_policy(policy);
+        let [scanned, referenced, pgtables] =
+            SCAN_TOTALS.each_ref().map(|t| t.load(Ordering::Acquire));
+        let new_bad = page_alloc::nr_bad_pages() - bad;
+        diag!("scanned={scanned} speculative_refs={referenced} on_page_tables={pgtables} bad_pages={new_bad}");
+        if let Err(o) = result {
+            return o;
+        }
+        if new_bad != 0 {
+            return Outcome::Fail(format!("{new_bad} bad page states beside the scanner"));
+        }
+        if referenced == 0 || pgtables == 0 {
+            return Outcome::Fail(
+                "the scanner never held a page-table frame: the test proved nothing".into(),
+            );
         }
         Outcome::Pass
     })
