@@ -58,6 +58,19 @@ fn new_mm<A: Mmu>() -> Result<Box<Mm<A>>, Outcome> {
         .ok_or_else(|| Outcome::Fail("no memory for an mm".into()))
 }
 
+/// A new mm with `len` bytes of anonymous memory mapped at `TASK_BASE`
+/// (populated if asked); torn down again if the mmap fails.
+fn mapped_mm<A: Mmu>(len: u64, populate: bool) -> Result<Box<Mm<A>>, Outcome> {
+    let mm = new_mm::<A>()?;
+    match memory::mmap_anon(&mm, A::TASK_BASE, len, RW, populate) {
+        Ok(()) => Ok(mm),
+        Err(e) => {
+            memory::exit_mmap(*mm);
+            Err(Outcome::Fail(format!("mmap: {e:?}")))
+        }
+    }
+}
+
 /// The pattern stored at `addr`.
 fn pattern(addr: u64) -> u64 {
     addr ^ 0x5157_1e5c_e000_0000
@@ -89,15 +102,12 @@ fn faults<A: Mmu>() -> u64 {
 
 fn map_fault_unmap<A: Mmu>(_: &Cmdline) -> Outcome {
     no_leak(|| {
-        let mm = match new_mm::<A>() {
+        const PAGES: u64 = 64;
+        let base = A::TASK_BASE;
+        let mm = match mapped_mm::<A>(PAGES * PAGE_SIZE, false) {
             Ok(m) => m,
             Err(o) => return o,
         };
-        const PAGES: u64 = 64;
-        let base = A::TASK_BASE;
-        if let Err(e) = memory::mmap_anon(&mm, base, PAGES * PAGE_SIZE, RW, false) {
-            return Outcome::Fail(format!("mmap: {e:?}"));
-        }
         // SAFETY: the mm lives until exit_mmap below, after unuse_mm.
         unsafe { mmod::use_mm(&*mm) };
         let f0 = faults::<A>();
@@ -170,11 +180,7 @@ fn fault_bench_pages<A: Mmu>(_: usize) {
 
 /// Runs the fault benchmark on `cpus` CPUs (0..cpus); returns faults per second.
 fn fault_rate<A: Mmu>(cpus: u64) -> Result<u64, Outcome> {
-    let mm = new_mm::<A>()?;
-    let len = cpus * BENCH_PAGES_PER_CPU * PAGE_SIZE;
-    if let Err(e) = memory::mmap_anon(&mm, A::TASK_BASE, len, RW, false) {
-        return Err(Outcome::Fail(format!("mmap: {e:?}")));
-    }
+    let mm = mapped_mm::<A>(cpus * BENCH_PAGES_PER_CPU * PAGE_SIZE, false)?;
     SHARED_MM.store(&*mm as *const Mm<A> as u64, Ordering::Release);
     CPUS_DONE.store(0, Ordering::Release);
     let t0 = A::clock_ns();
@@ -240,15 +246,12 @@ fn touch_own_pages<A: Mmu>(_: usize) {
 
 fn fault_on_every_cpu<A: Mmu>(_: &Cmdline) -> Outcome {
     no_leak(|| {
-        let mm = match new_mm::<A>() {
+        let n = smp::nr_cpus() as u64;
+        let len = n * PAGES_PER_CPU * PAGE_SIZE;
+        let mm = match mapped_mm::<A>(len, false) {
             Ok(m) => m,
             Err(o) => return o,
         };
-        let n = smp::nr_cpus() as u64;
-        let len = n * PAGES_PER_CPU * PAGE_SIZE;
-        if let Err(e) = memory::mmap_anon(&mm, A::TASK_BASE, len, RW, false) {
-            return Outcome::Fail(format!("mmap: {e:?}"));
-        }
         SHARED_MM.store(&*mm as *const Mm<A> as u64, Ordering::Release);
         CPU_ERRORS.store(0, Ordering::Release);
         smp::smp_call_function::<A>(touch_own_pages::<A>, 0, true);
@@ -293,14 +296,11 @@ fn mapped_pfn<A: Mmu>(mm: &Mm<A>, addr: u64) -> Option<u64> {
 
 fn cow_after_dup<A: Mmu>(_: &Cmdline) -> Outcome {
     no_leak(|| {
-        let parent = match new_mm::<A>() {
+        let base = A::TASK_BASE;
+        let parent = match mapped_mm::<A>(2 * PAGE_SIZE, true) {
             Ok(m) => m,
             Err(o) => return o,
         };
-        let base = A::TASK_BASE;
-        if let Err(e) = memory::mmap_anon(&parent, base, 2 * PAGE_SIZE, RW, true) {
-            return Outcome::Fail(format!("mmap: {e:?}"));
-        }
         // SAFETY: the mms live until exit_mmap, after unuse_mm.
         unsafe { mmod::use_mm(&*parent) };
         // SAFETY: in the VMA.
@@ -384,14 +384,11 @@ fn hw_young_dirty<A: Mmu>(_: &Cmdline) -> Outcome {
         return Outcome::Skip("the MMU sets no young/dirty bits in PTEs here (reference and change bits are per frame)");
     }
     no_leak(|| {
-        let mm = match new_mm::<A>() {
+        let addr = A::TASK_BASE;
+        let mm = match mapped_mm::<A>(PAGE_SIZE, true) {
             Ok(m) => m,
             Err(o) => return o,
         };
-        let addr = A::TASK_BASE;
-        if let Err(e) = memory::mmap_anon(&mm, addr, PAGE_SIZE, RW, true) {
-            return Outcome::Fail(format!("mmap: {e:?}"));
-        }
         // SAFETY: the mm lives until exit_mmap, after unuse_mm.
         unsafe { mmod::use_mm(&*mm) };
         // Make the PTE old and clean (break before make), and flush it.
@@ -462,11 +459,8 @@ fn scanner_loop(_: usize) {
 /// fragment blocks, built, touched and torn down, plus plain allocations.
 fn churn<A: Mmu>(rounds: u64) -> Result<(), Outcome> {
     for _ in 0..rounds {
-        let mm = new_mm::<A>()?;
         let blocks = 8;
-        if let Err(e) = memory::mmap_anon(&mm, A::TASK_BASE, blocks * A::PMD_SIZE, RW, false) {
-            return Err(Outcome::Fail(format!("mmap: {e:?}")));
-        }
+        let mm = mapped_mm::<A>(blocks * A::PMD_SIZE, false)?;
         // SAFETY: the mm lives until exit_mmap, after unuse_mm.
         unsafe { mmod::use_mm(&*mm) };
         for b in 0..blocks {
@@ -562,14 +556,11 @@ fn stale_tlb_after_pte_clear<A: Mmu>(_: &Cmdline) -> Outcome {
         return Outcome::Skip("needs 2 or more CPUs");
     }
     no_leak(|| {
-        let mm = match new_mm::<A>() {
+        let addr = A::TASK_BASE;
+        let mm = match mapped_mm::<A>(PAGE_SIZE, true) {
             Ok(m) => m,
             Err(o) => return o,
         };
-        let addr = A::TASK_BASE;
-        if let Err(e) = memory::mmap_anon(&mm, addr, PAGE_SIZE, RW, true) {
-            return Outcome::Fail(format!("mmap: {e:?}"));
-        }
         // SAFETY: the mm lives until exit_mmap, after every CPU left it.
         unsafe { mmod::use_mm(&*mm) };
         // SAFETY: in the VMA.
