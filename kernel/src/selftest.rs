@@ -48,6 +48,11 @@ pub fn run_all<A: crate::mm::arch::Mmu>(args: &Cmdline, run: &mut Run) -> bool {
             crate::mm::page_selftest::cases::<A>(),
         ),
         ("mm", crate::mm::selftest::suite::<A>().to_vec()),
+        ("skey", crate::mm::skey_selftest::suite::<A>().to_vec()),
+        (
+            crate::mm::file_selftest::SUITE,
+            crate::mm::file_selftest::cases::<A>(),
+        ),
     ]
     .into_iter()
     .map(|(suite, cases)| {

@@ -1,5 +1,5 @@
 //! The hardware-independent part of the quiesce s390x backend: the DAT table
-//! format ([`pgtable`]).
+//! format ([`pgtable`]) and the storage-key format ([`storage_key`]).
 //!
 //! Design: the backend package has two crates. This library holds what can be
 //! exercised on the host: the entry and ASCE bits, the table geometry, Linux's
@@ -17,3 +17,4 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod pgtable;
+pub mod storage_key;

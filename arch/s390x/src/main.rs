@@ -18,6 +18,7 @@
 //! | [`sclp`] | the console, the storage size |
 //! | [`memory`] | the RAM ranges for the frame allocator |
 //! | [`sigp`] | SIGP and STAP |
+//! | [`skey`] | storage keys: SSKE, ISKE, RRBE |
 //! | [`smp`] | CPU discovery, bring-up, IPIs, stopping |
 //! | [`time`] | TOD clock and clock-comparator tick |
 //!
@@ -41,6 +42,7 @@ mod memory;
 mod mmu;
 mod sclp;
 mod sigp;
+mod skey;
 mod smp;
 mod time;
 mod tlb;

@@ -36,7 +36,7 @@
 //!   the current ASCE of the mm it runs (reloaded by the upgrade's cross-CPU
 //!   call, or by the fault path if a CPU still had the old one).
 
-use crate::{lowcore, sclp, tlb, S390x};
+use crate::{lowcore, sclp, skey, tlb, S390x};
 use core::sync::atomic::{AtomicU64, Ordering};
 use quiesce_arch_s390x::pgtable::{self as pt, AsceState, TableAlloc, UpgradeError};
 use quiesce_kernel::mm::arch::{Level, Mmu, PteProt};
@@ -260,6 +260,7 @@ impl Mmu for S390x {
     const HAS_HUGE_PMD: bool = false;
     const CLEAR_FLUSHES_TLB: bool = true;
     const HW_YOUNG_DIRTY: bool = false;
+    const HAS_STORAGE_KEYS: bool = true;
     const TASK_BASE: u64 = TASK_BASE;
     const TASK_SIZE_MAX: u64 = pt::TASK_SIZE_MAX;
 
@@ -462,7 +463,19 @@ impl Mmu for S390x {
     }
 
     fn pte_mkclean(pte: u64) -> u64 {
-        pte & !pt::PAGE_DIRTY
+        pt::pte_mkclean(pte)
+    }
+
+    fn pte_wrprotect(pte: u64) -> u64 {
+        pt::pte_wrprotect(pte)
+    }
+
+    fn pte_mkwrite(pte: u64) -> u64 {
+        pt::pte_mkwrite(pte)
+    }
+
+    fn pte_mkdirty(pte: u64) -> u64 {
+        pt::pte_mkdirty(pte)
     }
 
     unsafe fn set_pte_at(_mm: &Mm<Self>, addr: u64, ptep: *mut u64, pte: u64) {
@@ -528,5 +541,21 @@ impl Mmu for S390x {
 
     fn probe_store(addr: u64, val: u64) -> Result<(), quiesce_kernel::mm::arch::FaultInfo> {
         crate::fault::probe_store(addr, val)
+    }
+
+    fn set_storage_key(pfn: u64, key: u8) {
+        skey::set_storage_key(pfn, key);
+    }
+
+    fn get_storage_key(pfn: u64) -> u8 {
+        skey::get_storage_key(pfn)
+    }
+
+    fn reset_reference_bit(pfn: u64) -> (bool, bool) {
+        skey::reset_reference_bit(pfn)
+    }
+
+    fn page_test_and_clear_dirty(pfn: u64) -> bool {
+        skey::page_test_and_clear_dirty(pfn)
     }
 }

@@ -453,6 +453,29 @@ pub const fn pte_young(pte: u64) -> bool {
 pub const fn pte_wrprotect(pte: u64) -> u64 {
     (pte & !PAGE_WRITE) | PAGE_PROTECT
 }
+/// `pte_mkwrite`: software write; hardware-writable only if also dirty.
+pub const fn pte_mkwrite(pte: u64) -> u64 {
+    let pte = pte | PAGE_WRITE;
+    if pte & PAGE_DIRTY != 0 {
+        pte & !PAGE_PROTECT
+    } else {
+        pte
+    }
+}
+/// `pte_mkdirty`: software dirty; a writable PTE becomes hardware-writable.
+pub const fn pte_mkdirty(pte: u64) -> u64 {
+    let pte = pte | PAGE_DIRTY;
+    if pte & PAGE_WRITE != 0 {
+        pte & !PAGE_PROTECT
+    } else {
+        pte
+    }
+}
+/// `pte_mkclean`: no software dirty, hardware-protected, so the next store
+/// faults and sets the dirty bit again (the software dirty-bit scheme).
+pub const fn pte_mkclean(pte: u64) -> u64 {
+    (pte & !PAGE_DIRTY) | PAGE_PROTECT
+}
 /// The kernel's 1:1 PTE of the page at `addr`.
 pub const fn kernel_pte(addr: u64) -> u64 {
     (addr & PAGE_MASK) | PAGE_KERNEL
@@ -944,6 +967,16 @@ mod tests {
         assert_ne!(ro & PAGE_PROTECT, 0);
         let wp = pte_wrprotect(rw);
         assert!(!pte_write(wp) && pte_dirty(wp) && wp & PAGE_PROTECT != 0);
+        let clean = pte_mkclean(rw);
+        assert!(pte_write(clean) && !pte_dirty(clean) && clean & PAGE_PROTECT != 0);
+        assert_eq!(pte_mkdirty(clean), rw, "dirty again: hardware-writable");
+        assert_eq!(pte_mkwrite(wp), rw, "a dirty PTE made writable");
+        let ro_clean = pte_mkclean(wp);
+        assert_ne!(
+            pte_mkwrite(ro_clean) & PAGE_PROTECT,
+            0,
+            "clean: still protected"
+        );
         // Empty entries are "none" only at their own level; a folded level never is.
         assert!(pud_none(REGION3_ENTRY_EMPTY));
         assert!(!p4d_none(REGION3_ENTRY_EMPTY) && !pgd_none(REGION3_ENTRY_EMPTY));

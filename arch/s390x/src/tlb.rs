@@ -46,7 +46,10 @@ pub unsafe fn ipte(ptep: *mut u64, addr: u64) {
     unsafe {
         core::arch::asm!(
             "ipte {pto}, {addr}",
+            // A branch to the very next instruction is a no-op to QEMU; one
+            // over an instruction ends the translated block (see skey.rs).
             "j 0f",
+            "nopr %r7",
             "0:",
             pto = in(reg_addr) ptep as u64,
             addr = in(reg_addr) addr,
@@ -73,6 +76,7 @@ pub unsafe fn idte(asce: u64) {
         core::arch::asm!(
             "idte %r0, {asce}, {opt}",
             "j 0f",
+            "nopr %r7",
             "0:",
             // Not r0: a zero register field is not "register 0" for every
             // operand of this family; keep both off r0 (Linux: "a").

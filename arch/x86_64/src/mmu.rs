@@ -283,6 +283,18 @@ impl Mmu for X86_64 {
         pgtable::pte_mkclean(pte)
     }
 
+    fn pte_wrprotect(pte: u64) -> u64 {
+        pgtable::pte_wrprotect(pte)
+    }
+
+    fn pte_mkwrite(pte: u64) -> u64 {
+        pgtable::pte_mkwrite(pte)
+    }
+
+    fn pte_mkdirty(pte: u64) -> u64 {
+        pgtable::pte_mkdirty(pte)
+    }
+
     // ---- live PTE changes ---------------------------------------------------------------
 
     unsafe fn set_pte_at(_mm: &Mm<Self>, _addr: u64, ptep: *mut u64, pte: u64) {

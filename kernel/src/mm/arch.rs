@@ -98,6 +98,12 @@ pub trait Mmu: Arch + Sized {
     /// (x86-64 A/D: true). s390x keeps reference and change bits per frame, in
     /// the storage key, and its PTE bits are software bits (false).
     const HW_YOUNG_DIRTY: bool;
+    /// Whether the machine keeps a storage key per 4 KiB frame (s390x: true),
+    /// with a reference and a change bit that the hardware sets on access
+    /// through any mapping, from any CPU. Callers check this before any of the
+    /// storage-key methods ([`Mmu::set_storage_key`] and the ones after it):
+    /// their defaults, used by arches without keys, panic.
+    const HAS_STORAGE_KEYS: bool = false;
     /// Lowest address for task mappings: above the kernel's 1:1 map of RAM.
     const TASK_BASE: u64;
     /// End (exclusive) of the task address range the arch can ever map.
@@ -206,8 +212,19 @@ pub trait Mmu: Arch + Sized {
     fn pte_young(pte: u64) -> bool;
     /// The PTE with the young bit cleared (`pte_mkold`).
     fn pte_mkold(pte: u64) -> u64;
-    /// The PTE with the dirty bit cleared (`pte_mkclean`).
+    /// The PTE with the dirty bit cleared (`pte_mkclean`). On s390x a clean PTE
+    /// is also hardware-protected, so the next store faults and can set the
+    /// software dirty bit.
     fn pte_mkclean(pte: u64) -> u64;
+    /// The PTE without write permission (`pte_wrprotect`): stores through it
+    /// fault; the dirty bit is kept.
+    fn pte_wrprotect(pte: u64) -> u64;
+    /// The PTE with write permission (`pte_mkwrite`). On s390x it becomes
+    /// hardware-writable only if it is also dirty.
+    fn pte_mkwrite(pte: u64) -> u64;
+    /// The PTE marked dirty (`pte_mkdirty`); on s390x a writable PTE becomes
+    /// hardware-writable with it.
+    fn pte_mkdirty(pte: u64) -> u64;
 
     // ---- live PTE changes ------------------------------------------------------
 
@@ -252,4 +269,65 @@ pub trait Mmu: Arch + Sized {
     fn probe_load(addr: u64) -> Result<u64, FaultInfo>;
     /// Stores `val` at `addr` like [`Mmu::probe_load`].
     fn probe_store(addr: u64, val: u64) -> Result<(), FaultInfo>;
+
+    // ---- storage keys (only where HAS_STORAGE_KEYS) ------------------------------
+    //
+    // Keys are per frame, not per mapping: every mapping of the frame, on every
+    // CPU, sets the same R and C bits. Values use the `PAGE_*` key bits of this
+    // module. An arch without keys never gets here (callers check
+    // `HAS_STORAGE_KEYS`); its defaults panic.
+
+    /// Sets frame `pfn`'s storage key to `key` (SSKE; bit 0 is ignored). When
+    /// this returns, every CPU, the caller included, sets R and C afresh on
+    /// its next access to the frame.
+    fn set_storage_key(pfn: u64, key: u8) {
+        let _ = (pfn, key);
+        unreachable!(
+            "set_storage_key: no storage keys on this architecture (check HAS_STORAGE_KEYS)"
+        );
+    }
+    /// Frame `pfn`'s storage key (ISKE).
+    fn get_storage_key(pfn: u64) -> u8 {
+        let _ = pfn;
+        unreachable!(
+            "get_storage_key: no storage keys on this architecture (check HAS_STORAGE_KEYS)"
+        );
+    }
+    /// Clears frame `pfn`'s reference bit and returns the old `(R, C)` (RRBE,
+    /// from its condition code); C is left as it was.
+    fn reset_reference_bit(pfn: u64) -> (bool, bool) {
+        let _ = pfn;
+        unreachable!(
+            "reset_reference_bit: no storage keys on this architecture (check HAS_STORAGE_KEYS)"
+        );
+    }
+    /// Linux 3.8 `page_test_and_clear_dirty`: reads frame `pfn`'s key and, if
+    /// its change bit is set, clears it with SSKE, keeping the access-control,
+    /// fetch-protection and reference bits. Returns whether C was set.
+    ///
+    /// Read and rewrite are two instructions: a store on another CPU between
+    /// them sets C, which the rewrite then loses (Linux has the same window
+    /// and relies on the page being unmapped first).
+    fn page_test_and_clear_dirty(pfn: u64) -> bool {
+        let key = Self::get_storage_key(pfn);
+        if key & PAGE_CHANGED == 0 {
+            return false;
+        }
+        Self::set_storage_key(pfn, key & !PAGE_CHANGED);
+        true
+    }
 }
+
+// ---- storage-key bits (Linux s390 `asm/page.h`) --------------------------------
+
+/// Access-control bits of a storage key (`_PAGE_ACC_BITS`).
+pub const PAGE_ACC_BITS: u8 = 0xf0;
+/// Fetch-protection bit (`_PAGE_FP_BIT`).
+pub const PAGE_FP_BIT: u8 = 0x08;
+/// Reference bit, set by the hardware on any access (`_PAGE_REFERENCED`).
+pub const PAGE_REFERENCED: u8 = 0x04;
+/// Change bit, set by the hardware on a store (`_PAGE_CHANGED`).
+pub const PAGE_CHANGED: u8 = 0x02;
+/// The key every frame gets when it is allocated (`PAGE_DEFAULT_KEY`): access
+/// key 0, no fetch protection, R and C clear.
+pub const PAGE_DEFAULT_KEY: u8 = 0;

@@ -192,6 +192,15 @@ macro_rules! emul_arch {
             fn pte_mkclean(pte: u64) -> u64 {
                 pte & !D
             }
+            fn pte_wrprotect(pte: u64) -> u64 {
+                pte & !W
+            }
+            fn pte_mkwrite(pte: u64) -> u64 {
+                pte | W
+            }
+            fn pte_mkdirty(pte: u64) -> u64 {
+                pte | D
+            }
             unsafe fn set_pte_at(_: &Mm<Self>, _: u64, ptep: *mut u64, pte: u64) {
                 // SAFETY: the caller passes a live entry and holds the PTL.
                 unsafe { ptep.write_volatile(pte) }
@@ -436,7 +445,7 @@ mod tests {
             "no VMA there"
         );
         unuse_mm::<Emul4k>();
-        memory::exit_mmap(child);
+        memory::exit_mmap(*child);
         memory::exit_mmap(parent);
         assert_eq!(page_alloc::nr_free_pages(), free);
         assert_eq!(page_alloc::nr_bad_pages(), bad);

@@ -302,7 +302,10 @@ pub fn mem_init(map: &MemoryMap, limit: Option<u64>) -> Result<MemInfo, MemInitE
 
 /// Boot step of the generic kernel: registers the architecture with the
 /// allocator, sets up memory from the backend's map and prints what it found.
-pub fn init<A: crate::Arch>(map: &MemoryMap, limit: Option<u64>) -> Result<MemInfo, MemInitError> {
+pub fn init<A: super::arch::Mmu>(
+    map: &MemoryMap,
+    limit: Option<u64>,
+) -> Result<MemInfo, MemInitError> {
     page_alloc::register_arch::<A>();
     crate::kprintln!("# memory_map={map}");
     let info = mem_init(map, limit)?;

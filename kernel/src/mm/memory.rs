@@ -1,36 +1,79 @@
-//! Mapping, faulting and unmapping anonymous memory; copy-on-write; teardown.
+//! Mapping, faulting and unmapping memory — private anonymous and shared file
+//! mappings; copy-on-write; write-notify on shared mappings; teardown.
 //!
-//! The first correct versions of Linux's `do_anonymous_page`, `do_wp_page`,
-//! `zap_pte_range`, `free_pgtables`, `copy_page_range` and `exit_mmap`. They keep
-//! Linux's order for an unmap — clear the PTEs under the PTL, flush the TLB,
-//! then drop the page references — so no CPU can reach a freed page through a
-//! stale translation. (The selectable mmu_gather policies come later and
-//! replace [`zap_page_range`].)
+//! The first correct versions of Linux's `do_mmap`, `munmap`, `mprotect`,
+//! `madvise(MADV_DONTNEED)`, `do_anonymous_page`, `do_wp_page`,
+//! `do_shared_fault`, `wp_page_shared`, `zap_pte_range`, `free_pgtables`,
+//! `copy_page_range` and `exit_mmap`.
 //!
-//! Locking, as in Linux: faults take `mmap_lock` for read and the PTL of the
-//! PTE table; mmap and munmap take `mmap_lock` for write. The PTL is split per
-//! PTE table (a lock in the table frame's descriptor, shared by the fragments
-//! of one frame, as on s390).
+//! Unmap order: under the PTL of each PTE table, clear the PTEs (carrying a
+//! dirty file PTE's dirty bit to its page), flush the TLB, then remove the
+//! pages' rmaps — all before the PTL is dropped, as Linux 6.2's fix for
+//! catalogue row 3 does — and drop the page references after the whole range.
+//! No CPU can reach a freed page through a stale translation, and `folio_mkclean`
+//! cannot miss a mapping some CPU can still write through. (The selectable
+//! mmu_gather policies come later and replace [`zap_page_range`].)
+//!
+//! Shared file mappings are write-notify mappings: a read fault maps the page
+//! read-only (clean), and the first store takes a write-protect fault that
+//! makes the PTE writable and dirty (break before make: clear, flush, set) and
+//! dirties the page in the page cache. That is also s390's software dirty-bit
+//! mode: a PTE is hardware-writable only when dirty.
+//!
+//! Locking, as in Linux: faults take `mmap_lock` for read, then (file pages)
+//! the page lock, then the PTL of the PTE table; mmap, munmap and mprotect take
+//! `mmap_lock` for write; MADV_DONTNEED for read. The PTL is split per PTE
+//! table (a lock hashed by the table's frame, shared by the fragments of one
+//! frame, as on s390).
+//!
+//! Invariants:
+//! - a present PTE holds one page reference and one mapcount of its page;
+//! - a writable PTE of a shared file page is dirty, and its page is `PG_dirty`
+//!   (set after the PTE, under the page lock, which writeback holds across
+//!   mkclean and the copy);
+//! - the shared file VMAs of an mm are listed in their files' `i_mmap` exactly
+//!   as they are in the VMA list ([`sync_i_mmap`] swaps the records of a
+//!   change per file, under the file's `i_mmap` lock, so a walk never misses a
+//!   live PTE), and are unlinked before their page tables are freed.
 
 use super::arch::{FaultInfo, Level, Mmu, PteProt};
 use super::fault::FaultError;
-use super::mm::{Mm, VmFlags, Vma};
+use super::filemap::{self, MmapRef, RamFile};
+use super::mm::{Mm, VmFlags, Vma, VmaList};
 use super::page::{self, Page};
-use super::{frag, page_alloc, pgtable, PAGE_SIZE};
+use super::{frag, page_alloc, pgtable, rmap, PAGE_SIZE};
+use alloc::boxed::Box;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 
-/// Why an mmap or munmap was refused.
+/// Why an mmap, munmap, mprotect or madvise was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MapError {
-    /// Not page-aligned, empty, or outside the task range.
+    /// Not page-aligned, empty, outside the task range, or beyond the file.
     BadRange,
     /// Overlaps an existing mapping (MAP_FIXED_NOREPLACE).
     Exists,
+    /// Part of the range is not mapped (mprotect, madvise: ENOMEM).
+    Unmapped,
     /// The arch could not make the range mappable.
     Arch(&'static str),
     /// No memory.
     NoMemory,
+}
+
+/// What a new mapping maps.
+#[derive(Clone, Debug)]
+pub enum MapTarget {
+    /// Private anonymous memory (MAP_PRIVATE | MAP_ANONYMOUS).
+    Anon,
+    /// A shared mapping of `file` from page `pgoff` on (MAP_SHARED).
+    File {
+        /// The file.
+        file: Arc<RamFile>,
+        /// First file page mapped.
+        pgoff: u64,
+    },
 }
 
 /// Split page-table locks, hashed by the frame of the PTE table: the fragments
@@ -44,10 +87,20 @@ pub fn pte_lockptr(ptep: *mut u64) -> &'static spin::Mutex<()> {
     &PTLOCKS[(frame ^ (frame >> 8)) as usize % PTLOCKS.len()]
 }
 
-/// Adds the first mapping of a new anonymous page (`page_add_new_anon_rmap`).
-pub fn page_add_new_anon_rmap(p: &Page) {
-    p._mapcount.store(0, Ordering::Release);
+// ---- rmap bookkeeping -------------------------------------------------------
+
+/// Adds the first mapping of a new anonymous page at `addr` of `mm`
+/// (`page_add_new_anon_rmap`): mapcount 1, `PG_anon`, and the page hung off
+/// the mm's anon_vma with its virtual page number as index.
+pub fn page_add_new_anon_rmap<A: Mmu>(p: &Page, mm: &Mm<A>, addr: u64) {
+    rmap::page_set_anon_rmap(p, mm, addr);
     page::SetPageAnon(p);
+    p._mapcount.store(0, Ordering::Release);
+}
+
+/// Adds a PTE mapping of a page-cache page (`page_add_file_rmap`).
+pub fn page_add_file_rmap(p: &Page) {
+    p._mapcount.fetch_add(1, Ordering::AcqRel);
 }
 
 /// Adds a mapping of an already mapped page (fork: `page_dup_rmap`).
@@ -65,16 +118,10 @@ pub fn page_remove_rmap(p: &Page) {
     );
 }
 
-/// Maps `[addr, addr + len)` as private anonymous memory (`mmap` with
-/// MAP_FIXED_NOREPLACE | MAP_PRIVATE | MAP_ANONYMOUS); with `populate`, faults
-/// every page in (MAP_POPULATE).
-pub fn mmap_anon<A: Mmu>(
-    mm: &Mm<A>,
-    addr: u64,
-    len: u64,
-    flags: VmFlags,
-    populate: bool,
-) -> Result<(), MapError> {
+// ---- VMA operations -------------------------------------------------------------
+
+/// Checks an address range for the task address space.
+fn check_range<A: Mmu>(addr: u64, len: u64) -> Result<u64, MapError> {
     let end = addr.checked_add(len).ok_or(MapError::BadRange)?;
     if len == 0
         || !addr.is_multiple_of(PAGE_SIZE)
@@ -84,26 +131,125 @@ pub fn mmap_anon<A: Mmu>(
     {
         return Err(MapError::BadRange);
     }
+    Ok(end)
+}
+
+/// The shared file VMAs overlapping or touching `[start, end)`: every one an
+/// operation on that range can split, merge or remove.
+fn file_vmas_near(vmas: &VmaList, start: u64, end: u64) -> Vec<Vma> {
+    let (lo, hi) = (start.saturating_sub(1), end.saturating_add(1));
+    vmas.iter()
+        .filter(|v| v.is_shared_file() && v.start < hi && lo < v.end)
+        .cloned()
+        .collect()
+}
+
+/// Brings the `i_mmap` lists of the files involved from `before` to `after`
+/// (`vma_link` / `unlink_file_vma` of a split, merge or removal), one file at
+/// a time, each under its `i_mmap` lock held for write: a walk sees either
+/// the old records or the new ones, which map the same pages at the same
+/// addresses where PTEs can exist.
+fn sync_i_mmap<A: Mmu>(mm: &Mm<A>, before: &[Vma], after: &[Vma]) {
+    if before == after {
+        return;
+    }
+    let me = mm.rmap_addr();
+    let mut files: Vec<&Arc<RamFile>> = Vec::new();
+    for v in before.iter().chain(after) {
+        let f = v.file.as_ref().expect("a shared file VMA");
+        if !files.iter().any(|g| Arc::ptr_eq(g, f)) {
+            files.push(f);
+        }
+    }
+    let of = |f: &Arc<RamFile>, v: &Vma| v.file.as_ref().is_some_and(|g| Arc::ptr_eq(f, g));
+    for f in files {
+        let mut list = f.mapping.i_mmap.write();
+        for v in before.iter().filter(|v| of(f, v)) {
+            let r = MmapRef::of(me, v);
+            let i = list
+                .iter()
+                .position(|x| *x == r)
+                .expect("unlink_file_vma: the VMA is not in i_mmap");
+            list.swap_remove(i);
+        }
+        for v in after.iter().filter(|v| of(f, v)) {
+            list.push(MmapRef::of(me, v));
+        }
+    }
+}
+
+/// Unmaps `[start, end)` with `mmap_lock` held for write: removes the VMAs,
+/// zaps the PTEs, unlinks the file VMAs, frees the page tables (`do_vmi_munmap`).
+fn do_munmap<A: Mmu>(mm: &Mm<A>, vmas: &mut VmaList, start: u64, end: u64) {
+    if !vmas.overlaps(start, end) {
+        return;
+    }
+    let before = file_vmas_near(vmas, start, end);
+    vmas.remove_range(start, end);
+    zap_page_range(mm, start, end);
+    let after = file_vmas_near(vmas, start, end);
+    sync_i_mmap(mm, &before, &after);
+    free_pgtables(mm, vmas, start, end);
+}
+
+/// Maps `[addr, addr + len)` (`do_mmap` at a fixed address): private anonymous
+/// memory or a shared file mapping, as `target` says. With `replace`
+/// (MAP_FIXED) whatever was mapped there is unmapped first; without it
+/// (MAP_FIXED_NOREPLACE) an overlap is refused. With `populate`
+/// (MAP_POPULATE) every page is faulted in: for writing in a private writable
+/// mapping, for reading otherwise (a shared mapping stays write-notify).
+pub fn do_mmap<A: Mmu>(
+    mm: &Mm<A>,
+    addr: u64,
+    len: u64,
+    flags: VmFlags,
+    target: MapTarget,
+    replace: bool,
+    populate: bool,
+) -> Result<(), MapError> {
+    let end = check_range::<A>(addr, len)?;
+    let vma = match target {
+        MapTarget::Anon => Vma::anon(addr, end, flags),
+        MapTarget::File { file, pgoff } => {
+            let pages = len / PAGE_SIZE;
+            if pgoff
+                .checked_add(pages)
+                .is_none_or(|e| e > file.mapping.nr_blocks())
+            {
+                return Err(MapError::BadRange);
+            }
+            Vma {
+                start: addr,
+                end,
+                flags,
+                file: Some(file),
+                pgoff,
+            }
+        }
+    };
+    let write_populate = flags.write && !vma.is_shared_file();
     {
         let mut vmas = mm.mmap_lock.write();
         if vmas.overlaps(addr, end) {
-            return Err(MapError::Exists);
+            if !replace {
+                return Err(MapError::Exists);
+            }
+            do_munmap(mm, &mut vmas, addr, end);
         }
         if end > A::context_limit(&mm.context) {
             A::arch_prepare_range(mm, end).map_err(MapError::Arch)?;
         }
-        vmas.insert(Vma {
-            start: addr,
-            end,
-            flags,
-        });
+        let before = file_vmas_near(&vmas, addr, end);
+        vmas.insert(vma);
+        let after = file_vmas_near(&vmas, addr, end);
+        sync_i_mmap(mm, &before, &after);
     }
     if populate {
         let mut a = addr;
         while a < end {
             let info = FaultInfo {
                 addr: a,
-                write: flags.write,
+                write: write_populate,
                 protection: false,
                 code: 0,
             };
@@ -114,6 +260,39 @@ pub fn mmap_anon<A: Mmu>(
     Ok(())
 }
 
+/// Maps `[addr, addr + len)` as private anonymous memory (`mmap` with
+/// MAP_FIXED_NOREPLACE | MAP_PRIVATE | MAP_ANONYMOUS); with `populate`, faults
+/// every page in (MAP_POPULATE).
+pub fn mmap_anon<A: Mmu>(
+    mm: &Mm<A>,
+    addr: u64,
+    len: u64,
+    flags: VmFlags,
+    populate: bool,
+) -> Result<(), MapError> {
+    do_mmap(mm, addr, len, flags, MapTarget::Anon, false, populate)
+}
+
+/// Maps pages `pgoff..` of `file` shared at `[addr, addr + len)` (`mmap` with
+/// MAP_SHARED and MAP_FIXED if `replace`, else MAP_FIXED_NOREPLACE).
+#[allow(clippy::too_many_arguments)]
+pub fn mmap_file<A: Mmu>(
+    mm: &Mm<A>,
+    addr: u64,
+    len: u64,
+    flags: VmFlags,
+    file: &Arc<RamFile>,
+    pgoff: u64,
+    replace: bool,
+    populate: bool,
+) -> Result<(), MapError> {
+    let target = MapTarget::File {
+        file: file.clone(),
+        pgoff,
+    };
+    do_mmap(mm, addr, len, flags, target, replace, populate)
+}
+
 /// Unmaps `[addr, addr + len)`: removes the VMAs, zaps the PTEs and frees the
 /// page tables the range covered (`munmap`).
 pub fn munmap<A: Mmu>(mm: &Mm<A>, addr: u64, len: u64) -> Result<(), MapError> {
@@ -122,15 +301,78 @@ pub fn munmap<A: Mmu>(mm: &Mm<A>, addr: u64, len: u64) -> Result<(), MapError> {
         return Err(MapError::BadRange);
     }
     let mut vmas = mm.mmap_lock.write();
-    vmas.remove_range(addr, end);
-    zap_page_range(mm, addr, end);
-    free_pgtables(mm, &vmas, addr, end);
+    do_munmap(mm, &mut vmas, addr, end);
     Ok(())
 }
 
-/// Clears every PTE in `[start, end)`, flushes the TLB, then drops the pages'
-/// mappings and references (`zap_pte_range` with a correct, simple gather).
-/// Caller holds `mmap_lock` (read for MADV_DONTNEED, write for munmap).
+/// Changes the access flags of `[addr, addr + len)`, which VMAs must cover
+/// (`mprotect`): VMAs are split at the edges and merged where they became
+/// compatible; where write permission is removed, every writable PTE is
+/// write-protected through the arch (`change_protection`) and the range is
+/// flushed. Added permissions take effect at the next fault.
+pub fn mprotect<A: Mmu>(mm: &Mm<A>, addr: u64, len: u64, flags: VmFlags) -> Result<(), MapError> {
+    let end = check_range::<A>(addr, len)?;
+    let mut vmas = mm.mmap_lock.write();
+    if !vmas.covers(addr, end) {
+        return Err(MapError::Unmapped);
+    }
+    let lose_write = vmas
+        .iter()
+        .any(|v| v.start < end && addr < v.end && v.flags.write && !flags.write);
+    let before = file_vmas_near(&vmas, addr, end);
+    vmas.set_flags(addr, end, flags);
+    let after = file_vmas_near(&vmas, addr, end);
+    sync_i_mmap(mm, &before, &after);
+    if lose_write {
+        let mut changed = false;
+        let mut a = addr;
+        while a < end {
+            if let Some(ptep) = pgtable::follow_pte(mm, a) {
+                let _ptl = pte_lockptr(ptep).lock();
+                // SAFETY: a live PTE of this mm (mmap_lock held for write), PTL
+                // held.
+                let pte = unsafe { pgtable::read_entry(ptep) };
+                if A::pte_present(pte) && A::pte_write(pte) {
+                    // SAFETY: as above.
+                    unsafe { A::ptep_set_wrprotect(mm, a, ptep) };
+                    changed = true;
+                }
+            }
+            a += PAGE_SIZE;
+        }
+        if changed {
+            A::flush_tlb_range(mm, addr, end);
+        }
+    }
+    Ok(())
+}
+
+/// Drops the pages of `[addr, addr + len)` (`madvise(MADV_DONTNEED)`, with
+/// `mmap_lock` held for read): zaps the PTEs of every VMA in the range and
+/// keeps the VMAs. Anonymous memory reads back as zeros afterwards; a shared
+/// file mapping reads back the page cache (a dirty PTE dirtied its page).
+/// Returns `Unmapped` if part of the range has no VMA (the rest is zapped).
+pub fn madvise_dontneed<A: Mmu>(mm: &Mm<A>, addr: u64, len: u64) -> Result<(), MapError> {
+    let end = check_range::<A>(addr, len)?;
+    let vmas = mm.mmap_lock.read();
+    for v in vmas.iter().filter(|v| v.start < end && addr < v.end) {
+        zap_page_range(mm, v.start.max(addr), v.end.min(end));
+    }
+    if vmas.covers(addr, end) {
+        Ok(())
+    } else {
+        Err(MapError::Unmapped)
+    }
+}
+
+// ---- zap --------------------------------------------------------------------------
+
+/// Clears every PTE in `[start, end)` (`zap_pte_range` with a correct, simple
+/// gather). Per PTE table, under its PTL: clear each PTE — a dirty one of a
+/// file page dirties the page (`set_page_dirty`) — then, if anything was
+/// cleared, flush the TLB for the table's range and remove the pages' rmaps.
+/// The page references are dropped after the whole range. Caller holds
+/// `mmap_lock` (read for MADV_DONTNEED, write for munmap).
 pub fn zap_page_range<A: Mmu>(mm: &Mm<A>, start: u64, end: u64) {
     let mut pages: Vec<&'static Page> = Vec::new();
     let mut addr = start;
@@ -142,6 +384,7 @@ pub fn zap_page_range<A: Mmu>(mm: &Mm<A>, start: u64, end: u64) {
             if !A::entry_none(Level::Pmd, pmd) && A::entry_is_table(Level::Pmd, pmd) {
                 // SAFETY: the PMD entry points to a live PTE table.
                 let _ptl = pte_lockptr(unsafe { A::pte_offset(pmdp, addr) }).lock();
+                let first = pages.len();
                 let mut a = addr;
                 while a < next {
                     // SAFETY: `a` lies in this PMD's block, whose table is live;
@@ -153,23 +396,33 @@ pub fn zap_page_range<A: Mmu>(mm: &Mm<A>, start: u64, end: u64) {
                         // SAFETY: as above.
                         let old = unsafe { A::ptep_get_and_clear(mm, a, ptep) };
                         if A::pte_present(old) {
-                            let page = page::pfn_to_page(A::pte_pfn(old));
-                            page_remove_rmap(page);
-                            mm.rss_anon.fetch_sub(1, Ordering::Relaxed);
-                            pages.push(page);
+                            let p = page::pfn_to_page(A::pte_pfn(old));
+                            if page::PageAnon(p) {
+                                mm.rss_anon.fetch_sub(1, Ordering::Relaxed);
+                            } else {
+                                if A::pte_dirty(old) {
+                                    filemap::set_page_dirty(p);
+                                }
+                                mm.rss_file.fetch_sub(1, Ordering::Relaxed);
+                            }
+                            pages.push(p);
                         }
                     }
                     a += PAGE_SIZE;
+                }
+                if pages.len() > first {
+                    // Invalidate, then unhook from the rmap, still under the
+                    // PTL: mkclean cannot miss a mapping a CPU can write through.
+                    A::flush_tlb_range(mm, addr, next);
+                    for p in &pages[first..] {
+                        page_remove_rmap(p);
+                    }
                 }
             }
         }
         addr = next;
     }
-    // Unhook, invalidate, free: every CPU has dropped its translations before
-    // a page can be reused.
-    if !pages.is_empty() {
-        A::flush_tlb_range(mm, start, end);
-    }
+    // Every CPU has dropped its translations before a page can be reused.
     for p in pages {
         page::put_page(p);
     }
@@ -254,8 +507,9 @@ fn alloc_zeroed_page() -> Option<&'static Page> {
     Some(page)
 }
 
-/// Resolves a fault of the current task in `mm` (`handle_mm_fault` for
-/// anonymous memory): demand paging, copy-on-write, or a spurious fault whose
+/// Resolves a fault of the current task in `mm` (`handle_mm_fault`): demand
+/// paging and copy-on-write of anonymous memory, page-cache faults and
+/// write-notify of shared file mappings, or a spurious fault whose
 /// translation another CPU already installed.
 pub fn do_user_fault<A: Mmu>(mm: &Mm<A>, info: FaultInfo) -> Result<(), FaultError> {
     let addr = info.addr & !(PAGE_SIZE - 1);
@@ -263,6 +517,9 @@ pub fn do_user_fault<A: Mmu>(mm: &Mm<A>, info: FaultInfo) -> Result<(), FaultErr
     let vma = vmas.find(addr).ok_or(FaultError::NoVma)?;
     if (info.write && !vma.flags.write) || !vma.flags.read {
         return Err(FaultError::AccessDenied);
+    }
+    if vma.is_shared_file() {
+        return do_shared_fault(mm, vma, addr, info.write);
     }
     let writable = vma.flags.write;
     let ptep = pgtable::pte_alloc_walk(mm, addr).ok_or(FaultError::OutOfMemory)?;
@@ -280,7 +537,7 @@ pub fn do_user_fault<A: Mmu>(mm: &Mm<A>, info: FaultInfo) -> Result<(), FaultErr
             page::put_page(page);
             return Ok(());
         }
-        page_add_new_anon_rmap(page);
+        page_add_new_anon_rmap(page, mm, addr);
         mm.rss_anon.fetch_add(1, Ordering::Relaxed);
         let new = A::pfn_pte(page::page_to_pfn(page), PteProt { write: writable });
         // SAFETY: the entry is empty, PTL held.
@@ -321,7 +578,7 @@ pub fn do_user_fault<A: Mmu>(mm: &Mm<A>, info: FaultInfo) -> Result<(), FaultErr
             PAGE_SIZE as usize,
         )
     };
-    page_add_new_anon_rmap(new_page);
+    page_add_new_anon_rmap(new_page, mm, addr);
     // SAFETY: live entry, PTL held.
     unsafe { A::ptep_get_and_clear(mm, addr, ptep) };
     A::flush_tlb_page(mm, addr);
@@ -333,27 +590,143 @@ pub fn do_user_fault<A: Mmu>(mm: &Mm<A>, info: FaultInfo) -> Result<(), FaultErr
     Ok(())
 }
 
-/// Creates a copy of `src` for a child (`dup_mm` / `copy_page_range` for
-/// private anonymous memory): every present page is write-protected in both
-/// and shared until one of them writes.
-pub fn dup_mm<A: Mmu>(src: &Mm<A>) -> Option<Mm<A>> {
-    let dst = Mm::<A>::new()?;
+/// A fault in a shared file mapping (`do_read_fault` / `do_shared_fault` /
+/// `wp_page_shared`). Caller holds `mmap_lock` for read.
+///
+/// - No PTE: the page is found in the page cache or read in from the backing
+///   store, locked, and mapped — read-only and clean for a load
+///   (write-notify), writable and dirty for a store, which also dirties the
+///   page.
+/// - A store to a read-only (or, without hardware dirty bits, clean) PTE: the
+///   page is locked, the PTE replaced by a writable, dirty one (clear, flush,
+///   set), and the page dirtied.
+fn do_shared_fault<A: Mmu>(
+    mm: &Mm<A>,
+    vma: &Vma,
+    addr: u64,
+    write: bool,
+) -> Result<(), FaultError> {
+    let file = vma.file.as_ref().expect("a shared file VMA");
+    let mapping = &file.mapping;
+    let ptep = pgtable::pte_alloc_walk(mm, addr).ok_or(FaultError::OutOfMemory)?;
+    let (pte, mapped) = {
+        let _ptl = pte_lockptr(ptep).lock();
+        // SAFETY: a live entry of this mm, PTL held.
+        let pte = unsafe { pgtable::read_entry(ptep) };
+        let mapped = A::pte_present(pte).then(|| {
+            let p = page::pfn_to_page(A::pte_pfn(pte));
+            // The PTE's reference keeps it alive while we hold the PTL.
+            page::get_page(p);
+            p
+        });
+        (pte, mapped)
+    };
+    if let Some(p) = mapped {
+        let spurious = !write || (A::pte_write(pte) && (A::HW_YOUNG_DIRTY || A::pte_dirty(pte)));
+        if !spurious {
+            // wp_page_shared
+            page::lock_page(p);
+            {
+                let _ptl = pte_lockptr(ptep).lock();
+                // SAFETY: as above.
+                if unsafe { pgtable::read_entry(ptep) } == pte {
+                    // SAFETY: live entry, PTL held.
+                    let old = unsafe { A::ptep_get_and_clear(mm, addr, ptep) };
+                    A::flush_tlb_page(mm, addr);
+                    let new = A::pte_mkdirty(A::pte_mkwrite(old));
+                    // SAFETY: the entry was just cleared, PTL held.
+                    unsafe { A::set_pte_at(mm, addr, ptep, new) };
+                }
+            }
+            filemap::set_page_dirty(p);
+            page::unlock_page(p);
+        }
+        page::put_page(p);
+        return Ok(());
+    }
+    // filemap_fault, then finish_fault.
+    let index = vma.linear_page_index(addr);
+    let p = filemap::read_cache_page(mapping, index).ok_or(FaultError::OutOfMemory)?;
+    page::lock_page(p);
+    if !filemap::page_mapping(p).is_some_and(|m| core::ptr::eq(m, mapping)) {
+        // Truncated meanwhile: the access faults again and reads it in anew.
+        page::unlock_page(p);
+        page::put_page(p);
+        return Ok(());
+    }
+    let installed = {
+        let _ptl = pte_lockptr(ptep).lock();
+        // SAFETY: as above.
+        if A::pte_none(unsafe { pgtable::read_entry(ptep) }) {
+            page_add_file_rmap(p);
+            mm.rss_file.fetch_add(1, Ordering::Relaxed);
+            let new = A::pfn_pte(page::page_to_pfn(p), PteProt { write });
+            // SAFETY: the entry is empty, PTL held; our reference becomes the
+            // PTE's.
+            unsafe { A::set_pte_at(mm, addr, ptep, new) };
+            true
+        } else {
+            false
+        }
+    };
+    if installed && write {
+        filemap::set_page_dirty(p);
+    }
+    page::unlock_page(p);
+    if !installed {
+        // Another CPU mapped it meanwhile.
+        page::put_page(p);
+    }
+    Ok(())
+}
+
+/// Creates a copy of `src` for a child (`dup_mm` / `dup_mmap`). Private
+/// anonymous memory: every present page is write-protected in both and shared
+/// until one of them writes (`copy_page_range`); the child joins every
+/// anon_vma of the parent. Shared file mappings: the VMA is copied and linked
+/// into the file's `i_mmap`, the PTEs are not (as Linux, the child faults the
+/// pages in from the page cache). The child is boxed: rmap structures list it
+/// by address.
+pub fn dup_mm<A: Mmu>(src: &Mm<A>) -> Option<Box<Mm<A>>> {
+    let dst = Box::new(Mm::<A>::new()?);
     let vmas = src.mmap_lock.write();
+    {
+        // anon_vma_fork: the child's own anon_vma first, then the parent's.
+        dst.anon_vma();
+        let me = dst.rmap_addr();
+        let parent_chain = src.anon_vma_chain.lock().clone();
+        let mut chain = dst.anon_vma_chain.lock();
+        for av in parent_chain {
+            av.link(me);
+            chain.push(av);
+        }
+    }
     let mut dst_vmas = dst.mmap_lock.write();
     for vma in vmas.iter() {
         if vma.end > A::context_limit(&dst.context) && A::arch_prepare_range(&dst, vma.end).is_err()
         {
+            drop(dst_vmas);
+            exit_mmap(*dst);
             return None;
         }
         dst_vmas.insert(vma.clone());
+        if let Some(f) = &vma.file {
+            f.mapping.link_vma(MmapRef::of(dst.rmap_addr(), vma));
+            continue;
+        }
         let mut addr = vma.start;
         while addr < vma.end {
             if let Some(sp) = pgtable::follow_pte(src, addr) {
-                let _ptl = pte_lockptr(sp).lock();
+                let ptl = pte_lockptr(sp).lock();
                 // SAFETY: live entry of `src`, its PTL held.
                 let pte = unsafe { pgtable::read_entry(sp) };
                 if A::pte_present(pte) {
-                    let dp = pgtable::pte_alloc_walk(&dst, addr)?;
+                    let Some(dp) = pgtable::pte_alloc_walk(&dst, addr) else {
+                        drop(ptl);
+                        drop(dst_vmas);
+                        exit_mmap(*dst);
+                        return None;
+                    };
                     if A::pte_write(pte) {
                         // SAFETY: live entry of `src`, PTL held.
                         unsafe { A::ptep_set_wrprotect(src, addr, sp) };
@@ -377,27 +750,41 @@ pub fn dup_mm<A: Mmu>(src: &Mm<A>) -> Option<Mm<A>> {
     Some(dst)
 }
 
-/// Tears down an mm no CPU runs any more (`exit_mmap` + `mmdrop`): zaps every
-/// VMA, frees every table and the arch context.
+/// Tears down an mm no CPU runs any more (`exit_mmap` + `mmdrop`): leaves the
+/// rmap structures (no CPU stores through the mm, and every dirty PTE dirties
+/// its page in the zap), zaps every VMA, frees every table and the arch
+/// context.
 pub fn exit_mmap<A: Mmu>(mm: Mm<A>) {
     let me = A::smp_processor_id();
     let runs = super::mm::current_mm::<A>().is_some_and(|m| core::ptr::eq(m, &mm));
     assert!(!runs, "exit_mmap of the mm CPU {me} runs");
+    let listed = mm.listed_addr();
     {
         let mut vmas = mm.mmap_lock.write();
-        let ranges: Vec<(u64, u64)> = vmas.iter().map(|v| (v.start, v.end)).collect();
-        for (s, e) in ranges {
-            vmas.remove_range(s, e);
-            zap_page_range(&mm, s, e);
-            free_pgtables(&mm, &vmas, s, e);
+        let ranges: Vec<Vma> = vmas.iter().cloned().collect();
+        for v in &ranges {
+            if let Some(f) = &v.file {
+                f.mapping.unlink_vma(MmapRef::of(listed, v));
+            }
+        }
+        for av in mm.anon_vma_chain.lock().drain(..) {
+            av.unlink(listed);
+        }
+        for v in ranges {
+            vmas.remove_range(v.start, v.end);
+            zap_page_range(&mm, v.start, v.end);
+            free_pgtables(&mm, &vmas, v.start, v.end);
         }
     }
     free_upper_tables(&mm);
     frag::pte_frag_destroy(&mm);
     A::destroy_context(&mm.context);
     assert_eq!(
-        mm.rss_anon.load(Ordering::Acquire),
-        0,
+        (
+            mm.rss_anon.load(Ordering::Acquire),
+            mm.rss_file.load(Ordering::Acquire)
+        ),
+        (0, 0),
         "exit_mmap left resident pages"
     );
 }

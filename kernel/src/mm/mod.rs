@@ -8,6 +8,8 @@ pub mod arch;
 #[cfg(test)]
 pub mod emul;
 pub mod fault;
+pub(crate) mod file_selftest;
+pub mod filemap;
 pub mod frag;
 pub mod memmap;
 pub mod memory;
@@ -19,7 +21,10 @@ pub mod page_alloc;
 pub(crate) mod page_selftest;
 pub mod pfn_scanner;
 pub mod pgtable;
+pub mod rmap;
 pub mod selftest;
+pub(crate) mod skey_selftest;
+pub mod xarray;
 
 /// Size of a base page.
 pub const PAGE_SIZE: u64 = 4096;

@@ -40,6 +40,11 @@
 //! - An allocated block of order k starts at a pfn that is a multiple of 2^k;
 //!   its head has `_refcount` 1, the other pages 0 (Linux's non-compound
 //!   high-order allocation).
+//! - On a machine with storage keys (`Mmu::HAS_STORAGE_KEYS`), every frame of
+//!   a block has the default key (access key 0, R and C clear) when it is
+//!   handed out: the arch registers a per-frame hook ([`register_arch`]) that
+//!   runs after the checks, which read the frames. The allocator itself never
+//!   names an architecture.
 
 use super::page::{
     page_to_pfn, pfn_to_page, pfn_valid, phys_to_virt, FlagNames, PG_buddy, PG_poisoned, Page,
@@ -67,18 +72,36 @@ struct Hooks {
     irq_save: fn() -> IrqFlags,
     irq_restore: fn(IrqFlags),
     cpu: fn() -> usize,
+    /// Run on every frame of a block as it is handed out, after the poison
+    /// check (Linux `arch_alloc_page`); `None` where the arch needs nothing.
+    prep_frame: Option<fn(u64)>,
 }
 
 static HOOKS: spin::Once<Hooks> = spin::Once::new();
 
 /// Registers the architecture's interrupt masking and CPU number for the zone
-/// lock and the per-CPU counters.
-pub fn register_arch<A: crate::Arch>() {
+/// lock and the per-CPU counters, and, on a machine with storage keys, the
+/// per-frame allocation hook that gives every allocated frame the default key.
+pub fn register_arch<A: super::arch::Mmu>() {
     HOOKS.call_once(|| Hooks {
         irq_save: A::local_irq_save,
         irq_restore: A::local_irq_restore,
         cpu: A::smp_processor_id,
+        prep_frame: A::HAS_STORAGE_KEYS.then_some(set_default_storage_key::<A> as fn(u64)),
     });
+}
+
+/// The allocation hook of an arch with storage keys: SSKE with
+/// [`PAGE_DEFAULT_KEY`](super::arch::PAGE_DEFAULT_KEY), so a frame starts with
+/// access key 0 and R and C clear whatever its previous user (or the poison
+/// fill and check) did to it. A frame whose key already is the default one
+/// (never touched since its key was last set, e.g. fresh at boot) is left
+/// alone: R clear means no CPU formed a translation to it since, so SSKE would
+/// change nothing, and it is the expensive half (QEMU purges every CPU's TLB).
+fn set_default_storage_key<A: super::arch::Mmu>(pfn: u64) {
+    if A::get_storage_key(pfn) != super::arch::PAGE_DEFAULT_KEY {
+        A::set_storage_key(pfn, super::arch::PAGE_DEFAULT_KEY);
+    }
 }
 
 fn irq_save() -> Option<IrqFlags> {
@@ -325,6 +348,12 @@ fn prep_new_block(pfn: u64, order: u32) -> bool {
         page.pt_frag_refcount.store(0, Ordering::Relaxed);
         page.pt_frag_bits.store(0, Ordering::Relaxed);
     }
+    // Last: the poison check above has read the frames, setting R.
+    if let Some(prep) = HOOKS.get().and_then(|h| h.prep_frame) {
+        for p in pfn..pfn + (1 << order) {
+            prep(p);
+        }
+    }
     true
 }
 
@@ -402,6 +431,12 @@ pub fn free_frozen_pages(page: &Page, order: u32) {
 fn free_pages_prepare(pfn: u64, order: u32) -> bool {
     for p in pfn..pfn + (1 << order) {
         let page = pfn_to_page(p);
+        // An anonymous page's anon_vma pointer is not a mapping to check: it
+        // is dropped here, as Linux does (`PageMappingFlags`).
+        let m = page.mapping.load(Ordering::Acquire);
+        if m & super::rmap::PAGE_MAPPING_ANON != 0 && m != MAPPING_POISON {
+            page.mapping.store(0, Ordering::Release);
+        }
         if let Some((reason, bad_flags)) = free_page_is_bad(page) {
             report_bad_page(page, reason, bad_flags);
             return false;

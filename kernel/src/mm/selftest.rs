@@ -308,7 +308,7 @@ fn cow_after_dup<A: Mmu>(_: &Cmdline) -> Outcome {
         // SAFETY: in the VMA.
         unsafe { store(base + PAGE_SIZE, 2) };
         mmod::unuse_mm::<A>();
-        let Some(child) = memory::dup_mm(&parent).map(Box::new) else {
+        let Some(child) = memory::dup_mm(&parent) else {
             return Outcome::Fail("dup_mm failed".into());
         };
         let shared = mapped_pfn(&parent, base) == mapped_pfn(&child, base);
@@ -440,11 +440,16 @@ static SCAN_STOP: AtomicBool = AtomicBool::new(false);
 static SCANNERS_DONE: AtomicU64 = AtomicU64::new(0);
 static SCAN_TOTALS: [AtomicU64; 3] = [const { AtomicU64::new(0) }; 3];
 
+/// Page-table frames the scanners have held so far (live, for the churn loop).
+static SCAN_PGTABLES_LIVE: AtomicU64 = AtomicU64::new(0);
+
 /// On a scanner CPU: scan every frame, pass after pass, until told to stop.
 fn scanner_loop(_: usize) {
     let mut total = pfn_scanner::ScanStats::default();
     while !SCAN_STOP.load(Ordering::Acquire) {
-        total.add(pfn_scanner::scan_pass(0, page::max_pfn(), |_| {}));
+        let pass = pfn_scanner::scan_pass(0, page::max_pfn(), |_| {});
+        SCAN_PGTABLES_LIVE.fetch_add(pass.pgtables, Ordering::Relaxed);
+        total.add(pass);
     }
     for (slot, v) in SCAN_TOTALS
         .iter()
@@ -494,8 +499,19 @@ fn pfn_scanner_beside_churn<A: Mmu>(_: &Cmdline) -> Outcome {
         for t in &SCAN_TOTALS {
             t.store(0, Ordering::Release);
         }
+        SCAN_PGTABLES_LIVE.store(0, Ordering::Release);
         smp::smp_call_function::<A>(scanner_loop, 0, false);
-        let result = churn::<A>(40);
+        // At least 40 rounds, and on until a scanner has held a page-table frame
+        // (vCPUs time-share the host cores, so a scanner may start late), for
+        // at most 10 s.
+        let t0 = A::clock_ns();
+        let mut result = churn::<A>(40);
+        while result.is_ok()
+            && SCAN_PGTABLES_LIVE.load(Ordering::Acquire) == 0
+            && A::clock_ns() - t0 < 10_000_000_000
+        {
+            result = churn::<A>(10);
+        }
         SCAN_STOP.store(true, Ordering::Release);
         while SCANNERS_DONE.load(Ordering::Acquire) < smp::nr_cpus() as u64 - 1 {
             A::cpu_relax();

@@ -1,0 +1,584 @@
+//! In-kernel tests of shared file mappings, the page cache, rmap, mkclean and
+//! writeback (KTAP suite `mm_file`), on real hardware translation and every
+//! CPU: tasks store through shared mappings with plain CPU stores, take real
+//! write-protect faults, and other CPUs hold real TLB entries that mkclean
+//! must shoot down (x86-64: IPIs; s390x: IPTE).
+//!
+//! Work on other CPUs runs from their idle loops (task context, interrupts
+//! on), since faults there may flush TLBs and wait for other CPUs. Every test
+//! checks that it leaked no frame: the free-frame count after the test (mms
+//! torn down, files dropped) equals the count before.
+
+use super::arch::Mmu;
+use super::filemap::{self, DirtyAops, RamFile};
+use super::memory::{self, MapError};
+use super::mm::{self as mmod, Mm, VmFlags};
+use super::{page, page_alloc, pgtable, rmap, PAGE_SIZE};
+use crate::cmdline::Cmdline;
+use crate::ktap::Outcome;
+use crate::{diag, percpu, smp, NR_CPUS};
+use alloc::sync::Arc;
+use alloc::{boxed::Box, format, string::String, vec::Vec};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+/// The suite's name.
+pub const SUITE: &str = "mm_file";
+
+const RW: VmFlags = VmFlags {
+    read: true,
+    write: true,
+};
+const RO: VmFlags = VmFlags {
+    read: true,
+    write: false,
+};
+const P: u64 = PAGE_SIZE;
+
+type TestFn = fn(&Cmdline) -> Outcome;
+
+/// The `mm_file` suite, in order.
+pub fn cases<A: Mmu>() -> Vec<(&'static str, TestFn)> {
+    alloc::vec![
+        ("vma_operations", vma_operations::<A> as TestFn),
+        ("shared_writes_every_cpu", shared_writes_every_cpu::<A>),
+        ("mkclean_every_cpu", mkclean_every_cpu::<A>),
+        ("cow_after_fork_with_file", cow_after_fork_with_file::<A>),
+        ("writeback_throughput", writeback_throughput::<A>),
+    ]
+}
+
+/// Runs `body` and turns a frame leak into a failure.
+fn no_leak(body: impl FnOnce() -> Outcome) -> Outcome {
+    let before = page_alloc::nr_free_pages();
+    let outcome = body();
+    let after = page_alloc::nr_free_pages();
+    diag!("free_frames_before={before} after={after}");
+    match outcome {
+        Outcome::Pass if before != after => {
+            Outcome::Fail(format!("{} frames leaked", before as i64 - after as i64))
+        }
+        o => o,
+    }
+}
+
+fn new_mm<A: Mmu>() -> Result<Box<Mm<A>>, Outcome> {
+    Mm::<A>::new()
+        .map(Box::new)
+        .ok_or_else(|| Outcome::Fail("no memory for an mm".into()))
+}
+
+fn new_file<A: Mmu>(pages: u64) -> Arc<RamFile> {
+    Arc::new(RamFile::new::<A>(pages, DirtyAops::Nobuffers))
+}
+
+fn faults<A: Mmu>() -> u64 {
+    percpu::this_cpu::<A>().page_faults.load(Ordering::Relaxed)
+}
+
+/// Stores through the MMU.
+///
+/// # Safety
+/// The calling CPU runs an mm in which `addr` lies in a writable VMA.
+unsafe fn store(addr: u64, v: u64) {
+    // SAFETY: per the contract, the store translates through the mm's tables
+    // and a fault is resolved by the fault handler.
+    unsafe { core::ptr::write_volatile(addr as *mut u64, v) }
+}
+
+/// Loads through the MMU.
+///
+/// # Safety
+/// The calling CPU runs an mm in which `addr` lies in a readable VMA.
+unsafe fn load(addr: u64) -> u64 {
+    // SAFETY: as `store`.
+    unsafe { core::ptr::read_volatile(addr as *const u64) }
+}
+
+/// The PTE of `addr` in `mm`, 0 if there is no table.
+fn pte_of<A: Mmu>(mm: &Mm<A>, addr: u64) -> u64 {
+    pgtable::follow_pte(mm, addr)
+        // SAFETY: a live entry of `mm`.
+        .map(|p| unsafe { pgtable::read_entry(p) })
+        .unwrap_or(0)
+}
+
+/// Collects failed checks.
+#[derive(Default)]
+struct Checks(Vec<String>);
+
+impl Checks {
+    fn check(&mut self, ok: bool, what: impl Into<String>) {
+        if !ok {
+            self.0.push(what.into());
+        }
+    }
+
+    fn outcome(self) -> Outcome {
+        if self.0.is_empty() {
+            Outcome::Pass
+        } else {
+            Outcome::Fail(self.0.join("; "))
+        }
+    }
+}
+
+// ---- work on every CPU ----------------------------------------------------------
+
+/// The mm the per-CPU work runs in.
+static SHARED_MM: AtomicUsize = AtomicUsize::new(0);
+/// Its base address.
+static BASE: AtomicU64 = AtomicU64::new(0);
+/// Pages the per-CPU work touches.
+static NPAGES: AtomicU64 = AtomicU64::new(0);
+/// The value stored this phase.
+static PHASE_VALUE: AtomicU64 = AtomicU64::new(0);
+static DONE: AtomicUsize = AtomicUsize::new(0);
+static CPU_FAULTS: [AtomicU64; NR_CPUS] = [const { AtomicU64::new(0) }; NR_CPUS];
+
+fn shared_mm<A: Mmu>() -> &'static Mm<A> {
+    // SAFETY: the test stores a live, boxed mm before starting the work and
+    // tears it down only after every CPU has finished.
+    unsafe { &*(SHARED_MM.load(Ordering::Acquire) as *const Mm<A>) }
+}
+
+/// Runs `work(cpu)` on every CPU (the others from their idle loops) and
+/// waits for all of them.
+fn on_every_cpu<A: Mmu>(work: fn(usize)) {
+    let n = smp::nr_cpus();
+    DONE.store(0, Ordering::Release);
+    for cpu in 1..n {
+        smp::run_on_idle::<A>(cpu, work, cpu);
+    }
+    work(0);
+    while DONE.load(Ordering::Acquire) < n {
+        A::cpu_relax();
+    }
+}
+
+/// Enters the shared mm and stores the phase value into this CPU's word of
+/// every page; counts its faults.
+fn enter_and_store<A: Mmu>(cpu: usize) {
+    let mm = shared_mm::<A>();
+    // SAFETY: the test keeps the mm alive until `leave` ran on every CPU.
+    unsafe { mmod::use_mm(mm) };
+    let f0 = faults::<A>();
+    let (base, v) = (
+        BASE.load(Ordering::Acquire),
+        PHASE_VALUE.load(Ordering::Acquire),
+    );
+    for i in 0..NPAGES.load(Ordering::Acquire) {
+        // SAFETY: in the mm's writable shared VMA.
+        unsafe { store(base + i * P + cpu as u64 * 8, v + i) };
+    }
+    CPU_FAULTS[cpu].store(faults::<A>() - f0, Ordering::Release);
+    DONE.fetch_add(1, Ordering::AcqRel);
+}
+
+fn leave<A: Mmu>(_: usize) {
+    mmod::unuse_mm::<A>();
+    DONE.fetch_add(1, Ordering::AcqRel);
+}
+
+// ---- the cases --------------------------------------------------------------------
+
+/// mmap (anonymous, shared file, MAP_FIXED over both, populate), mprotect
+/// (split, write-protect, merge), MADV_DONTNEED and munmap, each observed
+/// through the hardware.
+fn vma_operations<A: Mmu>(_: &Cmdline) -> Outcome {
+    no_leak(|| {
+        let mm = match new_mm::<A>() {
+            Ok(m) => m,
+            Err(o) => return o,
+        };
+        let f = new_file::<A>(8);
+        f.mapping.write_backing(3 * P, 0x3333);
+        let base = A::TASK_BASE;
+        let mut c = Checks::default();
+        c.check(
+            memory::mmap_anon(&mm, base, 8 * P, RW, true).is_ok(),
+            "mmap anon",
+        );
+        c.check(
+            memory::mmap_file(&mm, base + 2 * P, 4 * P, RW, &f, 2, false, false)
+                == Err(MapError::Exists),
+            "MAP_FIXED_NOREPLACE over a mapping",
+        );
+        c.check(
+            memory::mmap_file(&mm, base + 2 * P, 4 * P, RW, &f, 2, true, true).is_ok(),
+            "MAP_FIXED file over anon",
+        );
+        let (anon_rss, file_rss) = (
+            mm.rss_anon.load(Ordering::Relaxed),
+            mm.rss_file.load(Ordering::Relaxed),
+        );
+        c.check(
+            (anon_rss, file_rss) == (4, 4),
+            format!("rss after MAP_FIXED anon={anon_rss} file={file_rss}"),
+        );
+        // SAFETY: the mm lives until exit_mmap, after unuse_mm.
+        unsafe { mmod::use_mm(&*mm) };
+        // File page 3 is mapped at base + 3 pages (pgoff 2 at base + 2).
+        // SAFETY: in the file VMA.
+        let v = unsafe { load(base + 3 * P) };
+        c.check(v == 0x3333, format!("file read gave {v:#x}"));
+        for i in 0..8 {
+            // SAFETY: in a writable VMA.
+            unsafe { store(base + i * P + 8, 100 + i) };
+        }
+        // anon [0,2) file [2,6) anon [6,8) → anon RW, anon RO, file RO,
+        // anon RO, anon RW.
+        let r = memory::mprotect(&mm, base + P, 6 * P, RO);
+        let split = mm.mmap_lock.read().len();
+        c.check(
+            r.is_ok() && split == 5,
+            format!("mprotect split: {r:?}, {split} VMAs"),
+        );
+        let mut denied = 0;
+        for i in 1..7 {
+            let pte = pte_of(&*mm, base + i * P);
+            if A::pte_write(pte) {
+                c.check(false, format!("page {i} writable after mprotect"));
+            }
+            if matches!(A::probe_store(base + i * P, 0), Err(info) if info.protection) {
+                denied += 1;
+            }
+        }
+        c.check(denied == 6, format!("{denied} of 6 stores denied"));
+        let r = memory::mprotect(&mm, base + P, 6 * P, RW);
+        let nvmas = mm.mmap_lock.read().len();
+        c.check(
+            r.is_ok() && nvmas == 3,
+            format!("mprotect merge: {r:?}, {nvmas} VMAs"),
+        );
+        // SAFETY: writable again.
+        unsafe { store(base + 4 * P, 44) };
+        let r = memory::madvise_dontneed(&mm, base, 8 * P);
+        // SAFETY: in the VMAs.
+        let (a0, f4) = unsafe { (load(base + 8), load(base + 4 * P)) };
+        c.check(
+            r.is_ok() && a0 == 0 && f4 == 44,
+            format!("MADV_DONTNEED: {r:?}, anon reads {a0}, file reads {f4}"),
+        );
+        let r = memory::munmap(&mm, base + 2 * P, 2 * P);
+        let gone = A::probe_load(base + 2 * P);
+        c.check(
+            r.is_ok() && matches!(gone, Err(i) if !i.protection),
+            format!("munmap: {r:?}, then a load gave {gone:?}"),
+        );
+        let nmaps = f.mapping.nr_mmaps();
+        c.check(nmaps == 1, format!("{nmaps} i_mmap records after munmap"));
+        mmod::unuse_mm::<A>();
+        memory::exit_mmap(*mm);
+        let wrote = filemap::filemap_write_and_wait::<A>(&f.mapping);
+        diag!("vmas_after_split={split} written_back={wrote}");
+        c.check(
+            wrote == 4,
+            format!("{wrote} pages written back, expected 4"),
+        );
+        c.check(
+            f.mapping.read_backing(4 * P) == 44,
+            "the store through the file mapping reached the backing store",
+        );
+        c.outcome()
+    })
+}
+
+/// Every CPU stores its own word into every page of a shared file mapping;
+/// one writeback pass puts every CPU's words into the backing store.
+fn shared_writes_every_cpu<A: Mmu>(_: &Cmdline) -> Outcome {
+    if smp::nr_cpus() < 2 {
+        return Outcome::Skip("needs 2 or more CPUs");
+    }
+    no_leak(|| {
+        const PAGES: u64 = 8;
+        let mm = match new_mm::<A>() {
+            Ok(m) => m,
+            Err(o) => return o,
+        };
+        let f = new_file::<A>(PAGES);
+        let base = A::TASK_BASE;
+        if let Err(e) = memory::mmap_file(&mm, base, PAGES * P, RW, &f, 0, false, false) {
+            memory::exit_mmap(*mm);
+            return Outcome::Fail(format!("mmap: {e:?}"));
+        }
+        SHARED_MM.store(&*mm as *const Mm<A> as usize, Ordering::Release);
+        BASE.store(base, Ordering::Release);
+        NPAGES.store(PAGES, Ordering::Release);
+        PHASE_VALUE.store(0x1000, Ordering::Release);
+        on_every_cpu::<A>(enter_and_store::<A>);
+        let dirty = f
+            .mapping
+            .i_pages
+            .lock()
+            .count_marked(super::xarray::XaMark::Dirty);
+        let wrote = filemap::filemap_write_and_wait::<A>(&f.mapping);
+        on_every_cpu::<A>(leave::<A>);
+        memory::exit_mmap(*mm);
+        let n = smp::nr_cpus() as u64;
+        let mut wrong = 0;
+        for i in 0..PAGES {
+            for cpu in 0..n {
+                if f.mapping.read_backing(i * P + cpu * 8) != 0x1000 + i {
+                    wrong += 1;
+                }
+            }
+        }
+        diag!("cpus={n} pages={PAGES} dirty_tagged={dirty} written={wrote} wrong_words={wrong}");
+        let mut c = Checks::default();
+        c.check(
+            dirty == PAGES as usize,
+            format!("{dirty} pages tagged dirty"),
+        );
+        c.check(wrote == PAGES as usize, format!("{wrote} pages written"));
+        c.check(
+            wrong == 0,
+            format!("{wrong} words missing from the backing store"),
+        );
+        c.outcome()
+    })
+}
+
+/// Where CPU `cpu` maps the one-page file of `mkclean_every_cpu`.
+fn own_mapping(cpu: usize) -> u64 {
+    BASE.load(Ordering::Acquire) + 2 * cpu as u64 * P
+}
+
+/// Stores the phase value through this CPU's own mapping; counts its faults.
+fn store_own<A: Mmu>(cpu: usize) {
+    let f0 = faults::<A>();
+    // SAFETY: the CPU runs the shared mm, whose VMA at `own_mapping` is
+    // writable.
+    unsafe {
+        store(
+            own_mapping(cpu) + cpu as u64 * 8,
+            PHASE_VALUE.load(Ordering::Acquire),
+        )
+    };
+    CPU_FAULTS[cpu].store(faults::<A>() - f0, Ordering::Release);
+    DONE.fetch_add(1, Ordering::AcqRel);
+}
+
+fn enter_and_store_own<A: Mmu>(cpu: usize) {
+    // SAFETY: the test keeps the mm alive until `leave` ran on every CPU.
+    unsafe { mmod::use_mm(shared_mm::<A>()) };
+    store_own::<A>(cpu);
+}
+
+/// One file page, mapped shared once per CPU at its own address; every CPU
+/// stores through its mapping (a writable, dirty PTE and a TLB entry each).
+/// CPU 0 writes the page back: mkclean must write-protect every mapping and
+/// purge it from every TLB, so the next store on every CPU takes exactly one
+/// fault — a CPU that kept a stale writable entry would store without one,
+/// and its store would be lost by the next writeback.
+fn mkclean_every_cpu<A: Mmu>(_: &Cmdline) -> Outcome {
+    no_leak(|| {
+        let n = smp::nr_cpus();
+        let mm = match new_mm::<A>() {
+            Ok(m) => m,
+            Err(o) => return o,
+        };
+        let f = new_file::<A>(1);
+        let base = A::TASK_BASE;
+        BASE.store(base, Ordering::Release);
+        for cpu in 0..n {
+            if let Err(e) = memory::mmap_file(&mm, own_mapping(cpu), P, RW, &f, 0, false, false) {
+                memory::exit_mmap(*mm);
+                return Outcome::Fail(format!("mmap: {e:?}"));
+            }
+        }
+        SHARED_MM.store(&*mm as *const Mm<A> as usize, Ordering::Release);
+        PHASE_VALUE.store(0x10, Ordering::Release);
+        on_every_cpu::<A>(enter_and_store_own::<A>);
+        let page = page::pfn_to_page(A::pte_pfn(pte_of(&*mm, base)));
+        let mapcount = page::page_mapcount(page) as usize;
+        let wrote1 = filemap::writeback::<A>(page);
+        let protected = (0..n)
+            .filter(|&c| {
+                let pte = pte_of(&*mm, own_mapping(c));
+                A::pte_present(pte) && !A::pte_write(pte) && !A::pte_dirty(pte)
+            })
+            .count();
+        let first = f.mapping.read_backing(0);
+        PHASE_VALUE.store(0x20, Ordering::Release);
+        // Every CPU is still in the mm; its TLB may hold its old entry.
+        on_every_cpu::<A>(store_own::<A>);
+        let per_cpu: Vec<u64> = (0..n)
+            .map(|c| CPU_FAULTS[c].load(Ordering::Acquire))
+            .collect();
+        let wrote2 = filemap::writeback::<A>(page);
+        on_every_cpu::<A>(leave::<A>);
+        memory::exit_mmap(*mm);
+        let lost = (0..n as u64)
+            .filter(|cpu| f.mapping.read_backing(cpu * 8) != 0x20)
+            .count();
+        let faults_str: Vec<String> = per_cpu
+            .iter()
+            .enumerate()
+            .map(|(c, f)| format!("cpu{c}={f}"))
+            .collect();
+        diag!(
+            "cpus={n} mapcount={mapcount} protected_by_mkclean={protected} faults_after_mkclean {}",
+            faults_str.join(" ")
+        );
+        let mut c = Checks::default();
+        c.check(mapcount == n, format!("mapcount {mapcount}, {n} mappings"));
+        c.check(
+            wrote1 && first == 0x10,
+            format!("first writeback: wrote={wrote1}, backing {first:#x}"),
+        );
+        c.check(
+            protected == n,
+            format!("{protected} of {n} PTEs write-protected and clean"),
+        );
+        for (cpu, &nf) in per_cpu.iter().enumerate() {
+            c.check(nf == 1, format!("CPU {cpu} took {nf} faults on its store"));
+        }
+        c.check(
+            wrote2 && lost == 0,
+            format!("second writeback: wrote={wrote2}, {lost} CPUs' stores lost"),
+        );
+        c.outcome()
+    })
+}
+
+/// Fork of an mm with private anonymous memory and a shared file mapping:
+/// anonymous pages are copied on write, file pages stay shared, and rmap
+/// finds both mms until the copy.
+fn cow_after_fork_with_file<A: Mmu>(_: &Cmdline) -> Outcome {
+    no_leak(|| {
+        let parent = match new_mm::<A>() {
+            Ok(m) => m,
+            Err(o) => return o,
+        };
+        let f = new_file::<A>(2);
+        let base = A::TASK_BASE;
+        let fbase = base + 16 * P;
+        let ok = memory::mmap_anon(&parent, base, 2 * P, RW, true).is_ok()
+            && memory::mmap_file(&parent, fbase, 2 * P, RW, &f, 0, false, false).is_ok();
+        if !ok {
+            memory::exit_mmap(*parent);
+            return Outcome::Fail("mmap failed".into());
+        }
+        // SAFETY: the mms live until exit_mmap, after unuse_mm.
+        unsafe { mmod::use_mm(&*parent) };
+        // SAFETY: in the VMAs.
+        unsafe {
+            store(base, 1);
+            store(fbase, 2);
+        }
+        mmod::unuse_mm::<A>();
+        let Some(child) = memory::dup_mm(&parent) else {
+            memory::exit_mmap(*parent);
+            return Outcome::Fail("dup_mm failed".into());
+        };
+        let anon = page::pfn_to_page(A::pte_pfn(pte_of(&*parent, base)));
+        let shared_maps = rmap::page_mappings::<A>(anon).len();
+        // SAFETY: as above.
+        unsafe { mmod::use_mm(&*child) };
+        // SAFETY: in the VMAs.
+        let (c_anon, c_file) = unsafe { (load(base), load(fbase)) };
+        let f0 = faults::<A>();
+        // SAFETY: in the VMAs: a COW fault and a write-notify fault.
+        unsafe {
+            store(base, 10);
+            store(fbase, 20);
+        }
+        let child_faults = faults::<A>() - f0;
+        mmod::unuse_mm::<A>();
+        let after_maps = rmap::page_mappings::<A>(anon).len();
+        // SAFETY: as above.
+        unsafe { mmod::use_mm(&*parent) };
+        // SAFETY: in the VMAs.
+        let (p_anon, p_file) = unsafe { (load(base), load(fbase)) };
+        mmod::unuse_mm::<A>();
+        let nmaps = f.mapping.nr_mmaps();
+        memory::exit_mmap(*child);
+        memory::exit_mmap(*parent);
+        let wrote = filemap::filemap_write_and_wait::<A>(&f.mapping);
+        diag!(
+            "anon_mappings_after_fork={shared_maps} after_cow={after_maps} child_faults={child_faults} i_mmap={nmaps}"
+        );
+        let mut c = Checks::default();
+        c.check(
+            shared_maps == 2,
+            format!("rmap found {shared_maps} mappings after fork"),
+        );
+        c.check(
+            after_maps == 1,
+            format!("rmap found {after_maps} mappings after COW"),
+        );
+        c.check(
+            (c_anon, c_file) == (1, 2),
+            "the child sees the parent's data",
+        );
+        c.check(
+            p_anon == 1,
+            format!("the parent's anon page reads {p_anon}: not copied"),
+        );
+        c.check(
+            p_file == 20,
+            format!("the parent's file page reads {p_file}: not shared"),
+        );
+        c.check(nmaps == 2, format!("{nmaps} i_mmap records"));
+        c.check(
+            wrote == 1 && f.mapping.read_backing(0) == 20,
+            format!("writeback after exit: {wrote} pages"),
+        );
+        c.outcome()
+    })
+}
+
+/// Writeback pages per second: dirty every page of a shared mapping by a
+/// store (a write-protect fault each), then write them all back (mkclean,
+/// copy), repeatedly for at least 20 ms. The mm is first entered on every
+/// CPU, so on x86-64 each mkclean and write fault shoots down every CPU.
+fn writeback_throughput<A: Mmu>(_: &Cmdline) -> Outcome {
+    no_leak(|| {
+        const PAGES: u64 = 32;
+        let mm = match new_mm::<A>() {
+            Ok(m) => m,
+            Err(o) => return o,
+        };
+        let f = new_file::<A>(PAGES);
+        let base = A::TASK_BASE;
+        if let Err(e) = memory::mmap_file(&mm, base, PAGES * P, RW, &f, 0, false, true) {
+            memory::exit_mmap(*mm);
+            return Outcome::Fail(format!("mmap: {e:?}"));
+        }
+        SHARED_MM.store(&*mm as *const Mm<A> as usize, Ordering::Release);
+        BASE.store(base, Ordering::Release);
+        NPAGES.store(0, Ordering::Release);
+        // Enter the mm everywhere (stores nothing), then leave: the other
+        // CPUs stay in the cpumask, as lazy TLB.
+        on_every_cpu::<A>(enter_and_store::<A>);
+        on_every_cpu::<A>(leave::<A>);
+        // SAFETY: the mm lives until exit_mmap, after unuse_mm.
+        unsafe { mmod::use_mm(&*mm) };
+        let t0 = A::clock_ns();
+        let mut written = 0u64;
+        let mut rounds = 0u64;
+        while A::clock_ns() - t0 < 20_000_000 || rounds < 2 {
+            for i in 0..PAGES {
+                // SAFETY: in the writable shared VMA.
+                unsafe { store(base + i * P, rounds) };
+            }
+            written += filemap::filemap_write_and_wait::<A>(&f.mapping) as u64;
+            rounds += 1;
+        }
+        let ns = (A::clock_ns() - t0).max(1);
+        mmod::unuse_mm::<A>();
+        memory::exit_mmap(*mm);
+        let last = f.mapping.read_backing((PAGES - 1) * P);
+        diag!(
+            "writeback_pages_per_sec={} rounds={rounds} pages={written} cpus_in_mm={}",
+            written * 1_000_000_000 / ns,
+            smp::nr_cpus()
+        );
+        if written != rounds * PAGES || last != rounds - 1 {
+            return Outcome::Fail(format!(
+                "{written} pages written in {rounds} rounds of {PAGES}; last value {last}"
+            ));
+        }
+        Outcome::Pass
+    })
+}

@@ -1,0 +1,424 @@
+//! In-kernel tests of storage keys (KTAP suite `skey`): the per-frame
+//! reference and change bits that s390x keeps outside the page tables, which
+//! Linux up to 3.8 used as the dirty bit of a page
+//! (`page_test_and_clear_dirty`), and which the catalogue's
+//! `skey-dirty-vs-swapcache` row races against.
+//!
+//! Design. Generic over [`Mmu`]; every case is skipped on an architecture
+//! without keys (`!Mmu::HAS_STORAGE_KEYS`). Accesses are real: a task mm is
+//! loaded, the frame is touched with plain loads and stores at
+//! [`Mmu::TASK_BASE`], and the key is read back with ISKE. Between resetting a
+//! key and reading it, nothing touches the frame but the access under test
+//! (the kernel's 1:1 alias of the frame is not used).
+//!
+//! Every case checks that it leaked no frame, and prints the keys it saw as
+//! `key_...=0x..` diagnostics, which the host asserts.
+
+use super::arch::{Mmu, PAGE_CHANGED, PAGE_DEFAULT_KEY, PAGE_REFERENCED};
+use super::memory;
+use super::mm::{self as mmod, Mm, VmFlags};
+use super::{page, page_alloc, pgtable, PAGE_SIZE};
+use crate::cmdline::Cmdline;
+use crate::ktap::Outcome;
+use crate::{diag, smp};
+use alloc::{boxed::Box, format};
+use core::sync::atomic::{AtomicU64, Ordering};
+
+type TestFn = fn(&Cmdline) -> Outcome;
+
+const RW: VmFlags = VmFlags {
+    read: true,
+    write: true,
+};
+
+/// Key with R set and C clear, as after a load.
+const KEY_R: u8 = PAGE_REFERENCED;
+/// Key with R and C set, as after a store.
+const KEY_RC: u8 = PAGE_REFERENCED | PAGE_CHANGED;
+
+/// The `skey` suite, in order.
+pub fn suite<A: Mmu>() -> [(&'static str, TestFn); 5] {
+    [
+        ("key_set_at_alloc", key_set_at_alloc::<A>),
+        ("change_bit_set_by_store", change_bit_set_by_store::<A>),
+        ("sske_and_rrbe_reset", sske_and_rrbe_reset::<A>),
+        ("page_test_and_clear_dirty", page_test_and_clear_dirty::<A>),
+        ("change_bit_on_another_cpu", change_bit_on_another_cpu::<A>),
+    ]
+}
+
+/// The skip of every case on an architecture without keys.
+fn no_keys<A: Mmu>() -> Option<Outcome> {
+    (!A::HAS_STORAGE_KEYS).then_some(Outcome::Skip("no storage keys on this architecture"))
+}
+
+/// Runs `body` and turns a frame leak into a failure.
+fn no_leak(body: impl FnOnce() -> Outcome) -> Outcome {
+    let before = page_alloc::nr_free_pages();
+    let outcome = body();
+    let after = page_alloc::nr_free_pages();
+    diag!("free_frames_before={before} after={after}");
+    match outcome {
+        Outcome::Pass if before != after => {
+            Outcome::Fail(format!("{} frames leaked", before as i64 - after as i64))
+        }
+        o => o,
+    }
+}
+
+/// Fails with `why` unless `got == want`, naming both keys.
+fn expect_key(what: &str, got: u8, want: u8) -> Result<(), Outcome> {
+    if got == want {
+        Ok(())
+    } else {
+        Err(Outcome::Fail(format!(
+            "{what}: key {got:#04x}, expected {want:#04x}"
+        )))
+    }
+}
+
+/// Stores through the MMU.
+///
+/// # Safety
+/// The calling CPU runs an mm in which `addr` lies in a writable VMA.
+unsafe fn store(addr: u64, v: u64) {
+    // SAFETY: per the contract; a fault is resolved by the fault handler.
+    unsafe { core::ptr::write_volatile(addr as *mut u64, v) }
+}
+
+/// Loads through the MMU.
+///
+/// # Safety
+/// The calling CPU runs an mm in which `addr` lies in a readable VMA.
+unsafe fn load(addr: u64) -> u64 {
+    // SAFETY: as `store`.
+    unsafe { core::ptr::read_volatile(addr as *const u64) }
+}
+
+/// A task mm with one populated, writable page at `TASK_BASE`, and its frame.
+struct OnePage<A: Mmu> {
+    mm: Box<Mm<A>>,
+    pfn: u64,
+}
+
+impl<A: Mmu> OnePage<A> {
+    fn new() -> Result<Self, Outcome> {
+        let mm = Mm::<A>::new()
+            .map(Box::new)
+            .ok_or_else(|| Outcome::Fail("no memory for an mm".into()))?;
+        if let Err(e) = memory::mmap_anon(&mm, A::TASK_BASE, PAGE_SIZE, RW, true) {
+            memory::exit_mmap(*mm);
+            return Err(Outcome::Fail(format!("mmap: {e:?}")));
+        }
+        let pte = pgtable::follow_pte(&*mm, A::TASK_BASE).map(|ptep| {
+            // SAFETY: a live entry of this mm, which nothing else changes.
+            unsafe { pgtable::read_entry(ptep) }
+        });
+        match pte {
+            Some(pte) if A::pte_present(pte) => Ok(Self {
+                pfn: A::pte_pfn(pte),
+                mm,
+            }),
+            _ => {
+                memory::exit_mmap(*mm);
+                Err(Outcome::Fail("the populated page is not mapped".into()))
+            }
+        }
+    }
+
+    /// Runs `f` with the mm loaded on this CPU.
+    fn with_mm<R>(&self, f: impl FnOnce() -> R) -> R {
+        // SAFETY: the mm lives until `exit`, which comes after `unuse_mm`.
+        unsafe { mmod::use_mm(&*self.mm) };
+        let r = f();
+        mmod::unuse_mm::<A>();
+        r
+    }
+
+    fn exit(self) {
+        memory::exit_mmap(*self.mm);
+    }
+}
+
+/// A frame's key right after allocation is the default one, whatever the
+/// frame's previous user left in it, and before anything touches the frame.
+fn key_set_at_alloc<A: Mmu>(_: &Cmdline) -> Outcome {
+    if let Some(skip) = no_keys::<A>() {
+        return skip;
+    }
+    no_leak(|| {
+        // The two halves of an order-1 block: freeing the first leaves it at
+        // the head of the order-0 list (its buddy is held), next in line.
+        let Some(pair) = page_alloc::alloc_pages(1) else {
+            return Outcome::Fail("no order-1 block".into());
+        };
+        page_alloc::split_page(pair, 1);
+        let pfn = page::page_to_pfn(pair);
+        let other = page::pfn_to_page(pfn + 1);
+        // A key a previous user could leave: access key 1, R and C set.
+        let dirty_key = 0x10 | KEY_RC;
+        A::set_storage_key(pfn, dirty_key);
+        let before_free = A::get_storage_key(pfn);
+        page_alloc::free_page(pair);
+        let page = page_alloc::alloc_pages(0);
+        let got = page.map(|p| {
+            (
+                page::page_to_pfn(p),
+                A::get_storage_key(page::page_to_pfn(p)),
+            )
+        });
+        // Every frame of a larger block too.
+        let block = page_alloc::alloc_pages(2);
+        let block_keys = block.map(|b| {
+            let head = page::page_to_pfn(b);
+            [0, 1, 2, 3].map(|i| A::get_storage_key(head + i))
+        });
+        if let Some(p) = page {
+            page_alloc::free_page(p);
+        }
+        if let Some(b) = block {
+            page_alloc::__free_pages(b, 2);
+        }
+        page_alloc::free_page(other);
+        let Some((got_pfn, key)) = got else {
+            return Outcome::Fail("no frame".into());
+        };
+        diag!(
+            "key_before_free={before_free:#04x} key_at_alloc={key:#04x} same_frame={} block_keys={block_keys:02x?}",
+            got_pfn == pfn
+        );
+        let checks = || -> Result<(), Outcome> {
+            expect_key("set with SSKE", before_free, dirty_key)?;
+            if got_pfn != pfn {
+                return Err(Outcome::Fail(format!(
+                    "the freed frame {pfn:#x} was not handed out again (got {got_pfn:#x})"
+                )));
+            }
+            expect_key("the reallocated frame", key, PAGE_DEFAULT_KEY)?;
+            match block_keys {
+                Some(keys) if keys == [PAGE_DEFAULT_KEY; 4] => Ok(()),
+                Some(keys) => Err(Outcome::Fail(format!(
+                    "an order-2 block's frames have keys {keys:02x?}"
+                ))),
+                None => Err(Outcome::Fail("no order-2 block".into())),
+            }
+        };
+        checks().err().unwrap_or(Outcome::Pass)
+    })
+}
+
+/// A load through a task mapping sets R only; a store sets C.
+fn change_bit_set_by_store<A: Mmu>(_: &Cmdline) -> Outcome {
+    if let Some(skip) = no_keys::<A>() {
+        return skip;
+    }
+    no_leak(|| {
+        let t = match OnePage::<A>::new() {
+            Ok(t) => t,
+            Err(o) => return o,
+        };
+        let (pfn, addr) = (t.pfn, A::TASK_BASE);
+        let keys = t.with_mm(|| {
+            A::set_storage_key(pfn, PAGE_DEFAULT_KEY);
+            let after_sske = A::get_storage_key(pfn);
+            // SAFETY: in the mm's writable VMA.
+            let _ = unsafe { load(addr) };
+            let after_load = A::get_storage_key(pfn);
+            // SAFETY: as above.
+            unsafe { store(addr, 0x5157) };
+            let after_store = A::get_storage_key(pfn);
+            [after_sske, after_load, after_store]
+        });
+        t.exit();
+        let [after_sske, after_load, after_store] = keys;
+        diag!(
+            "key_after_sske={after_sske:#04x} key_after_load={after_load:#04x} key_after_store={after_store:#04x}"
+        );
+        let checks = || -> Result<(), Outcome> {
+            expect_key("after SSKE", after_sske, PAGE_DEFAULT_KEY)?;
+            expect_key("after a load", after_load, KEY_R)?;
+            expect_key("after a store", after_store, KEY_RC)
+        };
+        checks().err().unwrap_or(Outcome::Pass)
+    })
+}
+
+/// SSKE with C clear makes the next store set C again (the storing CPU's
+/// writable translation went with the old key); RRBE returns the old R and C
+/// and clears only R, and the next access sets R again.
+fn sske_and_rrbe_reset<A: Mmu>(_: &Cmdline) -> Outcome {
+    if let Some(skip) = no_keys::<A>() {
+        return skip;
+    }
+    no_leak(|| {
+        let t = match OnePage::<A>::new() {
+            Ok(t) => t,
+            Err(o) => return o,
+        };
+        let (pfn, addr) = (t.pfn, A::TASK_BASE);
+        let r = t.with_mm(|| {
+            A::set_storage_key(pfn, PAGE_DEFAULT_KEY);
+            // SAFETY: in the mm's writable VMA.
+            unsafe { store(addr, 1) };
+            let after_store = A::get_storage_key(pfn);
+            A::set_storage_key(pfn, after_store & !PAGE_CHANGED);
+            let after_clear = A::get_storage_key(pfn);
+            // SAFETY: as above.
+            unsafe { store(addr, 2) };
+            let after_second_store = A::get_storage_key(pfn);
+            let rrbe = A::reset_reference_bit(pfn);
+            let after_rrbe = A::get_storage_key(pfn);
+            let rrbe_again = A::reset_reference_bit(pfn);
+            // SAFETY: as above.
+            let _ = unsafe { load(addr) };
+            let after_load = A::get_storage_key(pfn);
+            (
+                [
+                    after_store,
+                    after_clear,
+                    after_second_store,
+                    after_rrbe,
+                    after_load,
+                ],
+                rrbe,
+                rrbe_again,
+            )
+        });
+        t.exit();
+        let ([after_store, after_clear, after_second_store, after_rrbe, after_load], rrbe, rrbe2) =
+            r;
+        let rc = |(r, c): (bool, bool)| {
+            format!("{}{}", if r { "R" } else { "-" }, if c { "C" } else { "-" })
+        };
+        diag!(
+            "key_after_store={after_store:#04x} key_after_clear_c={after_clear:#04x} key_after_second_store={after_second_store:#04x}"
+        );
+        diag!(
+            "rrbe_old={} key_after_rrbe={after_rrbe:#04x} rrbe_again_old={} key_after_load={after_load:#04x}",
+            rc(rrbe),
+            rc(rrbe2)
+        );
+        let checks = || -> Result<(), Outcome> {
+            expect_key("after a store", after_store, KEY_RC)?;
+            expect_key("after SSKE without C", after_clear, KEY_R)?;
+            expect_key(
+                "after a store following SSKE (C not set again: a stale writable TLB entry?)",
+                after_second_store,
+                KEY_RC,
+            )?;
+            if rrbe != (true, true) || rrbe2 != (false, true) {
+                return Err(Outcome::Fail(format!(
+                    "RRBE returned {} then {}, expected RC then -C",
+                    rc(rrbe),
+                    rc(rrbe2)
+                )));
+            }
+            expect_key("after RRBE", after_rrbe, PAGE_CHANGED)?;
+            expect_key("after a load following RRBE", after_load, KEY_RC)
+        };
+        checks().err().unwrap_or(Outcome::Pass)
+    })
+}
+
+/// Linux 3.8's `page_test_and_clear_dirty`: true once after a store, false
+/// right after, true again after the next store.
+fn page_test_and_clear_dirty<A: Mmu>(_: &Cmdline) -> Outcome {
+    if let Some(skip) = no_keys::<A>() {
+        return skip;
+    }
+    no_leak(|| {
+        let t = match OnePage::<A>::new() {
+            Ok(t) => t,
+            Err(o) => return o,
+        };
+        let (pfn, addr) = (t.pfn, A::TASK_BASE);
+        let r = t.with_mm(|| {
+            A::set_storage_key(pfn, PAGE_DEFAULT_KEY);
+            let clean = A::page_test_and_clear_dirty(pfn);
+            // SAFETY: in the mm's writable VMA.
+            unsafe { store(addr, 1) };
+            let first = A::page_test_and_clear_dirty(pfn);
+            let second = A::page_test_and_clear_dirty(pfn);
+            let after = A::get_storage_key(pfn);
+            // SAFETY: as above.
+            unsafe { store(addr, 2) };
+            let again = A::page_test_and_clear_dirty(pfn);
+            ([clean, first, second, again], after)
+        });
+        t.exit();
+        let ([clean, first, second, again], after) = r;
+        diag!(
+            "dirty_before_store={clean} after_store={first} right_after={second} after_next_store={again} key_after_clear={after:#04x}"
+        );
+        if [clean, first, second, again] != [false, true, false, true] {
+            return Outcome::Fail(format!(
+                "page_test_and_clear_dirty gave {clean} (clean), {first} (stored), {second} (again), {again} (stored again)"
+            ));
+        }
+        match expect_key("after page_test_and_clear_dirty", after, KEY_R) {
+            Ok(()) => Outcome::Pass,
+            Err(o) => o,
+        }
+    })
+}
+
+static REMOTE_MM: AtomicU64 = AtomicU64::new(0);
+
+/// On the other CPU: enter the mm, store to the page, leave.
+fn remote_store<A: Mmu>(v: usize) {
+    // SAFETY: the test keeps the mm alive until this call returned (it waits).
+    let mm = unsafe { &*(REMOTE_MM.load(Ordering::Acquire) as *const Mm<A>) };
+    // SAFETY: as above.
+    unsafe { mmod::use_mm(mm) };
+    // SAFETY: TASK_BASE is in the mm's writable VMA.
+    unsafe { store(A::TASK_BASE, v as u64) };
+    mmod::unuse_mm::<A>();
+}
+
+/// Keys are per frame: a store on CPU 1 sets C as ISKE on CPU 0 sees it, and
+/// after CPU 0 clears C the next store on CPU 1 sets it again (CPU 0's SSKE
+/// took CPU 1's writable translation away).
+fn change_bit_on_another_cpu<A: Mmu>(_: &Cmdline) -> Outcome {
+    if let Some(skip) = no_keys::<A>() {
+        return skip;
+    }
+    if smp::nr_cpus() < 2 {
+        return Outcome::Skip("needs 2 or more CPUs");
+    }
+    no_leak(|| {
+        let t = match OnePage::<A>::new() {
+            Ok(t) => t,
+            Err(o) => return o,
+        };
+        let pfn = t.pfn;
+        REMOTE_MM.store(&*t.mm as *const Mm<A> as u64, Ordering::Release);
+        A::set_storage_key(pfn, PAGE_DEFAULT_KEY);
+        let before = A::get_storage_key(pfn);
+        smp::smp_call_function_single::<A>(1, remote_store::<A>, 1, true);
+        let after_remote = A::get_storage_key(pfn);
+        let cleared = A::page_test_and_clear_dirty(pfn);
+        let after_clear = A::get_storage_key(pfn);
+        smp::smp_call_function_single::<A>(1, remote_store::<A>, 2, true);
+        let after_second = A::get_storage_key(pfn);
+        t.exit();
+        diag!(
+            "key_before={before:#04x} key_after_remote_store={after_remote:#04x} cleared={cleared} key_after_clear={after_clear:#04x} key_after_second_remote_store={after_second:#04x}"
+        );
+        let checks = || -> Result<(), Outcome> {
+            expect_key("before the remote store", before, PAGE_DEFAULT_KEY)?;
+            expect_key("after a store on CPU 1", after_remote, KEY_RC)?;
+            if !cleared {
+                return Err(Outcome::Fail(
+                    "page_test_and_clear_dirty on CPU 0 found C clear".into(),
+                ));
+            }
+            expect_key("after clearing C on CPU 0", after_clear, KEY_R)?;
+            expect_key(
+                "after a second store on CPU 1 (C not set again: CPU 1 kept a writable TLB entry?)",
+                after_second,
+                KEY_RC,
+            )
+        };
+        checks().err().unwrap_or(Outcome::Pass)
+    })
+}
