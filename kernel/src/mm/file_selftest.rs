@@ -13,25 +13,20 @@ use super::arch::Mmu;
 use super::filemap::{self, DirtyAops, RamFile};
 use super::memory::{self, MapError};
 use super::mm::{self as mmod, Mm, VmFlags};
-use super::{page, page_alloc, pgtable, rmap, PAGE_SIZE};
+use super::selftest::{faults, load, new_mm, no_leak, pte_of, store};
+use super::{page, rmap, PAGE_SIZE};
 use crate::cmdline::Cmdline;
 use crate::ktap::Outcome;
-use crate::{diag, percpu, smp, NR_CPUS};
+use crate::{diag, smp, NR_CPUS};
 use alloc::sync::Arc;
-use alloc::{boxed::Box, format, string::String, vec::Vec};
+use alloc::{format, string::String, vec::Vec};
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// The suite's name.
 pub const SUITE: &str = "mm_file";
 
-const RW: VmFlags = VmFlags {
-    read: true,
-    write: true,
-};
-const RO: VmFlags = VmFlags {
-    read: true,
-    write: false,
-};
+const RW: VmFlags = VmFlags::RW;
+const RO: VmFlags = VmFlags::RO;
 const P: u64 = PAGE_SIZE;
 
 type TestFn = fn(&Cmdline) -> Outcome;
@@ -47,59 +42,8 @@ pub fn cases<A: Mmu>() -> Vec<(&'static str, TestFn)> {
     ]
 }
 
-/// Runs `body` and turns a frame leak into a failure.
-fn no_leak(body: impl FnOnce() -> Outcome) -> Outcome {
-    let before = page_alloc::nr_free_pages();
-    let outcome = body();
-    let after = page_alloc::nr_free_pages();
-    diag!("free_frames_before={before} after={after}");
-    match outcome {
-        Outcome::Pass if before != after => {
-            Outcome::Fail(format!("{} frames leaked", before as i64 - after as i64))
-        }
-        o => o,
-    }
-}
-
-fn new_mm<A: Mmu>() -> Result<Box<Mm<A>>, Outcome> {
-    Mm::<A>::new()
-        .map(Box::new)
-        .ok_or_else(|| Outcome::Fail("no memory for an mm".into()))
-}
-
 fn new_file<A: Mmu>(pages: u64) -> Arc<RamFile> {
     Arc::new(RamFile::new::<A>(pages, DirtyAops::Nobuffers))
-}
-
-fn faults<A: Mmu>() -> u64 {
-    percpu::this_cpu::<A>().page_faults.load(Ordering::Relaxed)
-}
-
-/// Stores through the MMU.
-///
-/// # Safety
-/// The calling CPU runs an mm in which `addr` lies in a writable VMA.
-unsafe fn store(addr: u64, v: u64) {
-    // SAFETY: per the contract, the store translates through the mm's tables
-    // and a fault is resolved by the fault handler.
-    unsafe { core::ptr::write_volatile(addr as *mut u64, v) }
-}
-
-/// Loads through the MMU.
-///
-/// # Safety
-/// The calling CPU runs an mm in which `addr` lies in a readable VMA.
-unsafe fn load(addr: u64) -> u64 {
-    // SAFETY: as `store`.
-    unsafe { core::ptr::read_volatile(addr as *const u64) }
-}
-
-/// The PTE of `addr` in `mm`, 0 if there is no table.
-fn pte_of<A: Mmu>(mm: &Mm<A>, addr: u64) -> u64 {
-    pgtable::follow_pte(mm, addr)
-        // SAFETY: a live entry of `mm`.
-        .map(|p| unsafe { pgtable::read_entry(p) })
-        .unwrap_or(0)
 }
 
 /// Collects failed checks.

@@ -11,14 +11,8 @@ use crate::mm::mm::{unuse_mm, use_mm, Mm, VmFlags};
 use crate::mm::{page_alloc, pgtable, rmap, xarray};
 use alloc::sync::Arc;
 
-const RW: VmFlags = VmFlags {
-    read: true,
-    write: true,
-};
-const RO: VmFlags = VmFlags {
-    read: true,
-    write: false,
-};
+const RW: VmFlags = VmFlags::RW;
+const RO: VmFlags = VmFlags::RO;
 const P: u64 = PAGE_SIZE;
 
 fn percpu_faults<A: Mmu>() -> u64 {

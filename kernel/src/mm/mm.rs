@@ -39,6 +39,19 @@ pub struct VmFlags {
     pub write: bool,
 }
 
+impl VmFlags {
+    /// Readable and writable.
+    pub const RW: VmFlags = VmFlags {
+        read: true,
+        write: true,
+    };
+    /// Read-only.
+    pub const RO: VmFlags = VmFlags {
+        read: true,
+        write: false,
+    };
+}
+
 /// A virtual memory area: `[start, end)`, either private anonymous memory
 /// (`file` is `None`) or a shared mapping of a file (`VM_SHARED`, `vm_file`),
 /// whose page at `addr` is the file's page `pgoff + (addr - start) / PAGE_SIZE`.

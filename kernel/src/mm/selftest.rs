@@ -39,7 +39,7 @@ pub fn suite<A: Mmu>() -> [(&'static str, TestFn); 9] {
 }
 
 /// Runs `body` and turns a frame leak into a failure.
-fn no_leak(body: impl FnOnce() -> Outcome) -> Outcome {
+pub(crate) fn no_leak(body: impl FnOnce() -> Outcome) -> Outcome {
     let before = page_alloc::nr_free_pages();
     let outcome = body();
     let after = page_alloc::nr_free_pages();
@@ -52,7 +52,7 @@ fn no_leak(body: impl FnOnce() -> Outcome) -> Outcome {
     }
 }
 
-fn new_mm<A: Mmu>() -> Result<Box<Mm<A>>, Outcome> {
+pub(crate) fn new_mm<A: Mmu>() -> Result<Box<Mm<A>>, Outcome> {
     Mm::<A>::new()
         .map(Box::new)
         .ok_or_else(|| Outcome::Fail("no memory for an mm".into()))
@@ -60,7 +60,7 @@ fn new_mm<A: Mmu>() -> Result<Box<Mm<A>>, Outcome> {
 
 /// A new mm with `len` bytes of anonymous memory mapped at `TASK_BASE`
 /// (populated if asked); torn down again if the mmap fails.
-fn mapped_mm<A: Mmu>(len: u64, populate: bool) -> Result<Box<Mm<A>>, Outcome> {
+pub(crate) fn mapped_mm<A: Mmu>(len: u64, populate: bool) -> Result<Box<Mm<A>>, Outcome> {
     let mm = new_mm::<A>()?;
     match memory::mmap_anon(&mm, A::TASK_BASE, len, RW, populate) {
         Ok(()) => Ok(mm),
@@ -81,7 +81,7 @@ fn pattern(addr: u64) -> u64 {
 ///
 /// # Safety
 /// The calling CPU runs an mm in which `addr` lies in a writable VMA.
-unsafe fn store(addr: u64, v: u64) {
+pub(crate) unsafe fn store(addr: u64, v: u64) {
     // SAFETY: per the contract, the store translates through the mm's tables
     // and any fault is resolved by mapping memory.
     unsafe { core::ptr::write_volatile(addr as *mut u64, v) }
@@ -91,12 +91,12 @@ unsafe fn store(addr: u64, v: u64) {
 ///
 /// # Safety
 /// The calling CPU runs an mm in which `addr` lies in a readable VMA.
-unsafe fn load(addr: u64) -> u64 {
+pub(crate) unsafe fn load(addr: u64) -> u64 {
     // SAFETY: as `store`.
     unsafe { core::ptr::read_volatile(addr as *const u64) }
 }
 
-fn faults<A: Mmu>() -> u64 {
+pub(crate) fn faults<A: Mmu>() -> u64 {
     percpu::this_cpu::<A>().page_faults.load(Ordering::Relaxed)
 }
 
@@ -371,7 +371,7 @@ fn cow_after_dup<A: Mmu>(_: &Cmdline) -> Outcome {
 }
 
 /// The PTE of `addr` in `mm` (which must exist).
-fn pte_of<A: Mmu>(mm: &Mm<A>, addr: u64) -> u64 {
+pub(crate) fn pte_of<A: Mmu>(mm: &Mm<A>, addr: u64) -> u64 {
     let ptep = pgtable::follow_pte(mm, addr).expect("a populated page");
     // SAFETY: a live entry of `mm`.
     unsafe { pgtable::read_entry(ptep) }

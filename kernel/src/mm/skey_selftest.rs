@@ -17,6 +17,7 @@
 use super::arch::{Mmu, PAGE_CHANGED, PAGE_DEFAULT_KEY, PAGE_REFERENCED};
 use super::memory;
 use super::mm::{self as mmod, Mm, VmFlags};
+use super::selftest::{load, no_leak, store};
 use super::{page, page_alloc, pgtable, PAGE_SIZE};
 use crate::cmdline::Cmdline;
 use crate::ktap::Outcome;
@@ -26,10 +27,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 type TestFn = fn(&Cmdline) -> Outcome;
 
-const RW: VmFlags = VmFlags {
-    read: true,
-    write: true,
-};
+const RW: VmFlags = VmFlags::RW;
 
 /// Key with R set and C clear, as after a load.
 const KEY_R: u8 = PAGE_REFERENCED;
@@ -52,20 +50,6 @@ fn no_keys<A: Mmu>() -> Option<Outcome> {
     (!A::HAS_STORAGE_KEYS).then_some(Outcome::Skip("no storage keys on this architecture"))
 }
 
-/// Runs `body` and turns a frame leak into a failure.
-fn no_leak(body: impl FnOnce() -> Outcome) -> Outcome {
-    let before = page_alloc::nr_free_pages();
-    let outcome = body();
-    let after = page_alloc::nr_free_pages();
-    diag!("free_frames_before={before} after={after}");
-    match outcome {
-        Outcome::Pass if before != after => {
-            Outcome::Fail(format!("{} frames leaked", before as i64 - after as i64))
-        }
-        o => o,
-    }
-}
-
 /// Fails with `why` unless `got == want`, naming both keys.
 fn expect_key(what: &str, got: u8, want: u8) -> Result<(), Outcome> {
     if got == want {
@@ -75,24 +59,6 @@ fn expect_key(what: &str, got: u8, want: u8) -> Result<(), Outcome> {
             "{what}: key {got:#04x}, expected {want:#04x}"
         )))
     }
-}
-
-/// Stores through the MMU.
-///
-/// # Safety
-/// The calling CPU runs an mm in which `addr` lies in a writable VMA.
-unsafe fn store(addr: u64, v: u64) {
-    // SAFETY: per the contract; a fault is resolved by the fault handler.
-    unsafe { core::ptr::write_volatile(addr as *mut u64, v) }
-}
-
-/// Loads through the MMU.
-///
-/// # Safety
-/// The calling CPU runs an mm in which `addr` lies in a readable VMA.
-unsafe fn load(addr: u64) -> u64 {
-    // SAFETY: as `store`.
-    unsafe { core::ptr::read_volatile(addr as *const u64) }
 }
 
 /// A task mm with one populated, writable page at `TASK_BASE`, and its frame.
