@@ -42,7 +42,8 @@ fn expected(arch: Arch, smp: usize, case: &str) -> Expect {
         | "mm.fault_on_every_cpu"
         | "mm.cow_after_dup"
         | "mm.upgrade_keeps_mappings"
-        | "mm.fault_throughput" => Expect::Ok,
+        | "mm.fault_throughput"
+        | "mm.swap_cache_add_remove" => Expect::Ok,
         // Needs a second CPU to hold the translation / to scan.
         "mm.stale_tlb_after_pte_clear" | "mm.pfn_scanner_beside_churn" => {
             if smp >= 2 {
@@ -97,7 +98,7 @@ fn expected(arch: Arch, smp: usize, case: &str) -> Expect {
 }
 
 /// Every case, in the order the kernel runs them.
-const CASES: [&str; 37] = [
+const CASES: [&str; 38] = [
     "boot.cpus_online",
     "boot.ipi_round_trip",
     "boot.call_function_wait",
@@ -124,6 +125,7 @@ const CASES: [&str; 37] = [
     "mm.upgrade_keeps_mappings",
     "mm.access_beyond_limit",
     "mm.pfn_scanner_beside_churn",
+    "mm.swap_cache_add_remove",
     "mm.fault_throughput",
     "skey.key_set_at_alloc",
     "skey.change_bit_set_by_store",

@@ -200,12 +200,15 @@ impl Drop for RamFile {
     }
 }
 
-/// The address space of a page-cache page, `None` for anonymous or free pages
-/// (`page_mapping`).
+/// The address space of a page-cache page, `swapper_space` for a page in the
+/// swap cache, `None` for other anonymous or free pages (`page_mapping`).
 ///
 /// The reference is valid while the caller keeps the page in its mapping
 /// (page lock) or mapped (a VMA holds the file).
 pub fn page_mapping(p: &Page) -> Option<&'static AddressSpace> {
+    if page::PageSwapCache(p) {
+        return super::swap_state::swapper_space();
+    }
     let m = p.mapping.load(Ordering::Acquire);
     if m == 0 || m & rmap::PAGE_MAPPING_ANON != 0 || m == page::MAPPING_POISON {
         return None;
@@ -364,9 +367,14 @@ pub fn truncate_inode_pages(mapping: &AddressSpace) {
 /// `folio_mark_dirty`); returns whether it was clean. An anonymous page only
 /// gets `PG_dirty`.
 pub fn set_page_dirty(p: &Page) -> bool {
-    match page_mapping(p) {
-        Some(m) if m.a_ops == DirtyAops::Nobuffers => __set_page_dirty_nobuffers(p),
-        _ => __set_page_dirty_no_writeback(p),
+    let aops = match page_mapping(p) {
+        Some(_) if page::PageSwapCache(p) => super::swap_state::dirty_aops(),
+        Some(m) => m.a_ops,
+        None => DirtyAops::NoWriteback,
+    };
+    match aops {
+        DirtyAops::Nobuffers => __set_page_dirty_nobuffers(p),
+        DirtyAops::NoWriteback => __set_page_dirty_no_writeback(p),
     }
 }
 
@@ -381,7 +389,7 @@ pub fn __set_page_dirty_nobuffers(p: &Page) -> bool {
         let mut tree = mapping.i_pages.lock();
         // Recheck under the lock: truncation clears `mapping` under it.
         if page_mapping(p).is_some() {
-            tree.set_mark(p.index.load(Ordering::Acquire), XaMark::Dirty);
+            tree.set_mark(super::swap_state::page_index(p), XaMark::Dirty);
         }
     }
     true

@@ -24,6 +24,7 @@ pub mod pgtable;
 pub mod rmap;
 pub mod selftest;
 pub(crate) mod skey_selftest;
+pub mod swap_state;
 pub mod xarray;
 
 /// Size of a base page.

@@ -164,7 +164,9 @@ pub fn folio_mkclean<A: Mmu>(p: &Page) -> bool {
     if !page::page_mapped(p) {
         return false;
     }
-    if filemap::page_mapping(p).is_none() {
+    // File pages only: an anonymous page, even in the swap cache (whose
+    // mapping has no VMAs in i_mmap), has nothing to clean here.
+    if filemap::page_mapping(p).is_none() || page::PageAnon(p) {
         return false;
     }
     let mut dirty = false;

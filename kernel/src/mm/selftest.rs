@@ -24,7 +24,7 @@ const RW: VmFlags = VmFlags {
 type TestFn = fn(&Cmdline) -> Outcome;
 
 /// The `mm` suite, in order.
-pub fn suite<A: Mmu>() -> [(&'static str, TestFn); 9] {
+pub fn suite<A: Mmu>() -> [(&'static str, TestFn); 10] {
     [
         ("map_fault_unmap", map_fault_unmap::<A>),
         ("fault_on_every_cpu", fault_on_every_cpu::<A>),
@@ -34,6 +34,7 @@ pub fn suite<A: Mmu>() -> [(&'static str, TestFn); 9] {
         ("upgrade_keeps_mappings", upgrade_keeps_mappings::<A>),
         ("access_beyond_limit", access_beyond_limit::<A>),
         ("pfn_scanner_beside_churn", pfn_scanner_beside_churn::<A>),
+        ("swap_cache_add_remove", swap_cache_add_remove::<A>),
         ("fault_throughput", fault_throughput::<A>),
     ]
 }
@@ -533,6 +534,75 @@ fn pfn_scanner_beside_churn<A: Mmu>(_: &Cmdline) -> Outcome {
             );
         }
         Outcome::Pass
+    })
+}
+
+/// Reclaim's swap-cache path on a real anonymous page of a task: add it
+/// (fixed order), dirty it (tagging its entry), take it out again; then the
+/// buggy order with a dirtying inside its window, which the tree reports.
+fn swap_cache_add_remove<A: Mmu>(_: &Cmdline) -> Outcome {
+    use super::swap_state::{self as swap, SwapCacheOrder, SwapDirtyAops};
+    use super::xarray::{nr_tag_on_missing_entry, XaMark};
+    no_leak(|| {
+        let mm = match mapped_mm::<A>(PAGE_SIZE, true) {
+            Ok(m) => m,
+            Err(o) => return o,
+        };
+        let pfn = mapped_pfn(&mm, A::TASK_BASE).expect("populated");
+        let p = page::pfn_to_page(pfn);
+        let missing = nr_tag_on_missing_entry();
+        page::lock_page(p);
+        swap::set_order(SwapCacheOrder::Together);
+        swap::set_dirty_aops(SwapDirtyAops::Nobuffers);
+        let entry = swap::add_to_swap::<A>(p);
+        let found = entry
+            .and_then(swap::lookup_swap_cache)
+            .is_some_and(|q| core::ptr::eq(q, p));
+        let refs_in_cache = page::page_ref_count(p);
+        super::filemap::set_page_dirty(p);
+        let tagged = entry.is_some_and(|e| {
+            swap::swapper_space().is_some_and(|s| s.i_pages.get_mark(e, XaMark::Dirty))
+        });
+        swap::delete_from_swap_cache(p);
+        let fixed_reports = nr_tag_on_missing_entry() - missing;
+        // The order before 3.4: PG_swapcache before the insertion, and a
+        // set_page_dirty in between tags an entry that is not there yet.
+        swap::set_order(SwapCacheOrder::FlagFirst);
+        let entry2 = swap::get_swap_page();
+        swap::add_to_swap_cache_with::<A>(p, entry2, || {
+            super::filemap::set_page_dirty(p);
+        });
+        let buggy_reports = nr_tag_on_missing_entry() - missing - fixed_reports;
+        swap::delete_from_swap_cache(p);
+        swap::set_order(SwapCacheOrder::Together);
+        swap::set_dirty_aops(SwapDirtyAops::NoWriteback);
+        page::unlock_page(p);
+        let refs_after = page::page_ref_count(p);
+        memory::exit_mmap(*mm);
+        diag!(
+            "entry={entry:?} found={found} refcount_in_cache={refs_in_cache} refcount_after={refs_after} \
+             tagged={tagged} missing_entry_reports_fixed={fixed_reports} missing_entry_reports_flag_first={buggy_reports}"
+        );
+        let checks = [
+            (
+                entry.is_some() && found,
+                "the page is not in the swap cache at its entry",
+            ),
+            (
+                refs_in_cache == 2 && refs_after == 1,
+                "the swap cache did not hold exactly one reference",
+            ),
+            (tagged, "set_page_dirty did not tag the swap-cache entry"),
+            (
+                fixed_reports == 0,
+                "a tag on a missing entry with the fixed order",
+            ),
+            (buggy_reports == 1, "the flag-first window was not reported"),
+        ];
+        match checks.iter().find(|(ok, _)| !ok) {
+            Some((_, why)) => Outcome::Fail((*why).into()),
+            None => Outcome::Pass,
+        }
     })
 }
 
