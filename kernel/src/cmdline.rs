@@ -10,6 +10,7 @@
 //! | `scenario=NAME`, `variant=NAME`, `mode=natural\|forced` | race scenario selection |
 //! | `tick_hz=N` | timer tick rate, 1..=10000 (default 100) |
 //! | `mem=SIZE` | ignore RAM at and above physical address SIZE (`K`, `M`, `G` suffixes), as Linux's `mem=` |
+//! | `dirty=softdirty\|skey` | dirty tracking of shared file pages (`mm::dirty`): PTE dirty bits with write-notify (default), or the storage key's change bit (only with storage keys: refused at boot otherwise) |
 //! | `selftest.fail` | make the `requested_failure` self-test fail |
 //! | `selftest.panic=CPU` | make CPU `CPU` panic during the self-tests |
 //! | `selftest.hang` | hang after bring-up (the host must time out) |
@@ -48,6 +49,8 @@ pub struct Cmdline<'a> {
     pub tick_hz: u32,
     /// `mem=`: RAM at and above this physical address is not used.
     pub mem_limit: Option<u64>,
+    /// `dirty=`: the dirty-tracking mode, if given.
+    pub dirty: Option<crate::mm::dirty::DirtyTracking>,
     /// `selftest.fail`.
     pub fail: bool,
     /// `selftest.panic=CPU`.
@@ -105,6 +108,7 @@ impl<'a> Cmdline<'a> {
             mode: None,
             tick_hz: 100,
             mem_limit: None,
+            dirty: None,
             fail: false,
             panic_cpu: None,
             hang: false,
@@ -193,6 +197,16 @@ impl<'a> Cmdline<'a> {
                         expected: "a size: a number with an optional K, M or G suffix",
                     })?);
                 }
+                "dirty" => {
+                    let v = need("softdirty or skey")?;
+                    c.dirty = Some(crate::mm::dirty::DirtyTracking::from_name(v).ok_or(
+                        CmdlineError::BadValue {
+                            key,
+                            value: v,
+                            expected: "softdirty or skey",
+                        },
+                    )?);
+                }
                 "selftest.fail" => c.fail = flag()?,
                 "selftest.panic" => c.panic_cpu = Some(number("a CPU number")? as usize),
                 "selftest.hang" => c.hang = flag()?,
@@ -280,6 +294,11 @@ mod tests {
         );
         assert_eq!(c.tick_hz, 250);
         assert!(c.fail && !c.hang && c.crash);
+        assert_eq!(
+            Cmdline::parse("dirty=skey").unwrap().dirty,
+            Some(crate::mm::dirty::DirtyTracking::StorageKey)
+        );
+        assert_eq!(c.dirty, None);
         assert_eq!(Cmdline::parse("mem=24M").unwrap().mem_limit, Some(24 << 20));
         assert_eq!(
             Cmdline::parse("mem=0x1000").unwrap().mem_limit,
@@ -324,6 +343,10 @@ mod tests {
         assert!(matches!(
             Cmdline::parse("selftest.fail=maybe"),
             Err(CmdlineError::BadValue { .. })
+        ));
+        assert!(matches!(
+            Cmdline::parse("dirty=pte"),
+            Err(CmdlineError::BadValue { key: "dirty", .. })
         ));
         assert_eq!(
             Cmdline::parse("seed=1 seed=2"),

@@ -78,6 +78,19 @@ pub fn boot_cpu_main<A: mm::arch::Mmu>(boot: BootInfo) -> ! {
             },
         );
     }
+    if let Some(mode) = args.dirty {
+        if let Err(err) = mm::dirty::set_dirty_tracking::<A>(mode) {
+            // `dirty=skey` without storage keys: refused, never a fallback.
+            run.plan(1);
+            run.result(
+                false,
+                "cmdline",
+                Some(&alloc::format!("dirty={}: {err}", mode.name())),
+            );
+            exit::<A>(false, "bad command line");
+        }
+        kprintln!("# dirty tracking: {}", mode.name());
+    }
     time::set_tick_hz(args.tick_hz);
     smp::bring_up_cpus::<A>(boot.nr_cpus);
     time::start_this_cpu_tick::<A>();

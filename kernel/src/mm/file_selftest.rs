@@ -8,8 +8,14 @@
 //! on), since faults there may flush TLBs and wait for other CPUs. Every test
 //! checks that it leaked no frame: the free-frame count after the test (mms
 //! torn down, files dropped) equals the count before.
+//!
+//! The `dirty_*` and `writeback_throughput_*` cases run in a chosen
+//! dirty-tracking mode ([`super::dirty`]) and restore the previous one; the
+//! StorageKey ones skip where there are no storage keys. The write-notify
+//! cases force SoftDirty, so every case passes whatever `dirty=` chose.
 
-use super::arch::Mmu;
+use super::arch::{Mmu, PAGE_CHANGED};
+use super::dirty::{self, DirtyTracking};
 use super::filemap::{self, DirtyAops, RamFile};
 use super::memory::{self, MapError};
 use super::mm::{self as mmod, Mm, VmFlags};
@@ -39,6 +45,24 @@ pub fn cases<A: Mmu>() -> Vec<(&'static str, TestFn)> {
         ("mkclean_every_cpu", mkclean_every_cpu::<A>),
         ("cow_after_fork_with_file", cow_after_fork_with_file::<A>),
         ("writeback_throughput", writeback_throughput::<A>),
+        (
+            "dirty_softdirty_keeps_every_byte",
+            softdirty_keeps_every_byte::<A>
+        ),
+        ("dirty_skey_keeps_every_byte", skey_keeps_every_byte::<A>),
+        (
+            "dirty_skey_mkclean_clears_change_bit",
+            skey_mkclean_clears_change_bit::<A>
+        ),
+        (
+            "dirty_skey_last_unmap_dirties_page",
+            skey_last_unmap_dirties_page::<A>
+        ),
+        (
+            "writeback_throughput_softdirty",
+            writeback_throughput_softdirty::<A>
+        ),
+        ("writeback_throughput_skey", writeback_throughput_skey::<A>),
     ]
 }
 
@@ -315,7 +339,8 @@ fn enter_and_store_own<A: Mmu>(cpu: usize) {
 /// fault — a CPU that kept a stale writable entry would store without one,
 /// and its store would be lost by the next writeback.
 fn mkclean_every_cpu<A: Mmu>(_: &Cmdline) -> Outcome {
-    no_leak(|| {
+    // Write-notify behaviour: SoftDirty, whatever `dirty=` chose.
+    in_mode::<A>(DirtyTracking::SoftDirty, || {
         let n = smp::nr_cpus();
         let mm = match new_mm::<A>() {
             Ok(m) => m,
@@ -477,7 +502,8 @@ fn cow_after_fork_with_file<A: Mmu>(_: &Cmdline) -> Outcome {
 /// copy), repeatedly for at least 20 ms. The mm is first entered on every
 /// CPU, so on x86-64 each mkclean and write fault shoots down every CPU.
 fn writeback_throughput<A: Mmu>(_: &Cmdline) -> Outcome {
-    no_leak(|| {
+    // Write-notify behaviour: SoftDirty, whatever `dirty=` chose.
+    in_mode::<A>(DirtyTracking::SoftDirty, || {
         const PAGES: u64 = 32;
         let mm = match new_mm::<A>() {
             Ok(m) => m,
@@ -525,4 +551,345 @@ fn writeback_throughput<A: Mmu>(_: &Cmdline) -> Outcome {
         }
         Outcome::Pass
     })
+}
+
+// ---- dirty-tracking modes ------------------------------------------------------
+
+/// Runs `body` in dirty-tracking `mode` and restores the previous mode;
+/// skips where the mode is refused (StorageKey without storage keys).
+fn in_mode<A: Mmu>(mode: DirtyTracking, body: impl FnOnce() -> Outcome) -> Outcome {
+    let prev = dirty::dirty_tracking();
+    if dirty::set_dirty_tracking::<A>(mode).is_err() {
+        return Outcome::Skip("no storage keys on this architecture");
+    }
+    let r = no_leak(body);
+    dirty::set_dirty_tracking::<A>(prev).expect("the previous mode was accepted");
+    r
+}
+
+/// The word `word` of page `page` in phase `phase`: every word of the file
+/// different in every phase.
+fn pattern(phase: u64, page: u64, word: u64) -> u64 {
+    phase << 32 | page << 16 | word
+}
+
+/// Stores this phase's pattern into this CPU's share of the words of every
+/// page (word `w` belongs to CPU `w % nr_cpus`), so the CPUs together write
+/// every byte.
+fn fill(cpu: usize) {
+    let n = smp::nr_cpus() as u64;
+    let (base, phase) = (
+        BASE.load(Ordering::Acquire),
+        PHASE_VALUE.load(Ordering::Acquire),
+    );
+    for i in 0..NPAGES.load(Ordering::Acquire) {
+        let mut w = cpu as u64;
+        while w < P / 8 {
+            // SAFETY: in the mm's writable shared VMA, which this CPU runs.
+            unsafe { store(base + i * P + w * 8, pattern(phase, i, w)) };
+            w += n;
+        }
+    }
+    DONE.fetch_add(1, Ordering::AcqRel);
+}
+
+fn enter_and_fill<A: Mmu>(cpu: usize) {
+    // SAFETY: the test keeps the mm alive until `leave` ran on every CPU.
+    unsafe { mmod::use_mm(shared_mm::<A>()) };
+    fill(cpu);
+}
+
+/// Words of the backing store of `f` (`pages` pages) that differ from
+/// phase `phase`'s pattern.
+fn backing_mismatches(f: &RamFile, pages: u64, phase: u64) -> u64 {
+    let mut bad = 0;
+    for i in 0..pages {
+        for w in 0..P / 8 {
+            bad += u64::from(f.mapping.read_backing(i * P + w * 8) != pattern(phase, i, w));
+        }
+    }
+    bad
+}
+
+/// Writes back every cached page of `f` one by one (`write_one_page`, which
+/// asks mkclean, hence the key in StorageKey mode, not the DIRTY tag).
+fn write_each_page<A: Mmu>(f: &RamFile, pages: u64) -> u64 {
+    let mut wrote = 0;
+    for i in 0..pages {
+        if let Some(p) = filemap::find_get_page(&f.mapping, i) {
+            wrote += u64::from(filemap::writeback::<A>(p));
+            page::put_page(p);
+        }
+    }
+    wrote
+}
+
+/// Every CPU stores its share of every word of 8 shared file pages, three
+/// times: after phase 1 the dirty pages are written back by tag
+/// (`filemap_write_and_wait`); after phase 2 page by page (mkclean decides);
+/// phase 3 is only carried by the unmap (StorageKey: `page_remove_rmap`
+/// moves the change bit to the page) and a last writeback. Then every page
+/// is evicted and the backing store must hold every byte of phase 3.
+fn keeps_every_byte<A: Mmu>(mode: DirtyTracking) -> Outcome {
+    in_mode::<A>(mode, || {
+        const PAGES: u64 = 8;
+        let mm = match new_mm::<A>() {
+            Ok(m) => m,
+            Err(o) => return o,
+        };
+        let f = new_file::<A>(PAGES);
+        let base = A::TASK_BASE;
+        if let Err(e) = memory::mmap_file(&mm, base, PAGES * P, RW, &f, 0, false, false) {
+            memory::exit_mmap(*mm);
+            return Outcome::Fail(format!("mmap: {e:?}"));
+        }
+        SHARED_MM.store(&*mm as *const Mm<A> as usize, Ordering::Release);
+        BASE.store(base, Ordering::Release);
+        NPAGES.store(PAGES, Ordering::Release);
+        PHASE_VALUE.store(1, Ordering::Release);
+        on_every_cpu::<A>(enter_and_fill::<A>);
+        let wrote1 = filemap::filemap_write_and_wait::<A>(&f.mapping) as u64;
+        let bad1 = backing_mismatches(&f, PAGES, 1);
+        PHASE_VALUE.store(2, Ordering::Release);
+        on_every_cpu::<A>(fill);
+        let wrote2 = write_each_page::<A>(&f, PAGES);
+        let bad2 = backing_mismatches(&f, PAGES, 2);
+        PHASE_VALUE.store(3, Ordering::Release);
+        on_every_cpu::<A>(fill);
+        on_every_cpu::<A>(leave::<A>);
+        memory::exit_mmap(*mm);
+        let wrote3 = filemap::filemap_write_and_wait::<A>(&f.mapping) as u64;
+        let evicted = (0..PAGES)
+            .filter(|&i| filemap::evict_page(&f.mapping, i))
+            .count() as u64;
+        let cached = f.mapping.nrpages.load(Ordering::Acquire);
+        let bad3 = backing_mismatches(&f, PAGES, 3);
+        diag!(
+            "mode={} cpus={} written={wrote1}/{wrote2}/{wrote3} evicted={evicted} words_lost={bad1}/{bad2}/{bad3}",
+            mode.name(),
+            smp::nr_cpus()
+        );
+        let mut c = Checks::default();
+        c.check(
+            (wrote1, wrote2, wrote3) == (PAGES, PAGES, PAGES),
+            format!("written {wrote1}/{wrote2}/{wrote3} pages, expected {PAGES} each time"),
+        );
+        c.check(
+            evicted == PAGES && cached == 0,
+            format!("{evicted} evicted, {cached} cached"),
+        );
+        c.check(
+            (bad1, bad2, bad3) == (0, 0, 0),
+            format!("words lost after each writeback: {bad1}/{bad2}/{bad3}"),
+        );
+        c.outcome()
+    })
+}
+
+fn softdirty_keeps_every_byte<A: Mmu>(_: &Cmdline) -> Outcome {
+    keeps_every_byte::<A>(DirtyTracking::SoftDirty)
+}
+
+fn skey_keeps_every_byte<A: Mmu>(_: &Cmdline) -> Outcome {
+    keeps_every_byte::<A>(DirtyTracking::StorageKey)
+}
+
+/// Whether frame `pfn`'s change bit is set.
+fn change_bit<A: Mmu>(pfn: u64) -> bool {
+    A::get_storage_key(pfn) & PAGE_CHANGED != 0
+}
+
+/// StorageKey mode: a store through a shared mapping sets C; mkclean reports
+/// the page dirty, clears C and leaves the PTE writable; the next store takes
+/// no fault and sets C again.
+fn skey_mkclean_clears_change_bit<A: Mmu>(_: &Cmdline) -> Outcome {
+    in_mode::<A>(DirtyTracking::StorageKey, || {
+        let mm = match new_mm::<A>() {
+            Ok(m) => m,
+            Err(o) => return o,
+        };
+        let f = new_file::<A>(1);
+        let base = A::TASK_BASE;
+        if let Err(e) = memory::mmap_file(&mm, base, P, RW, &f, 0, false, true) {
+            memory::exit_mmap(*mm);
+            return Outcome::Fail(format!("mmap: {e:?}"));
+        }
+        let pfn = A::pte_pfn(pte_of(&*mm, base));
+        let pg = page::pfn_to_page(pfn);
+        let after_fill = change_bit::<A>(pfn);
+        // SAFETY: the mm lives until exit_mmap, after unuse_mm.
+        unsafe { mmod::use_mm(&*mm) };
+        // SAFETY: in the writable shared VMA.
+        unsafe { store(base, 1) };
+        let after_store = change_bit::<A>(pfn);
+        page::lock_page(pg);
+        let dirty = rmap::folio_mkclean::<A>(pg);
+        page::unlock_page(pg);
+        let after_mkclean = change_bit::<A>(pfn);
+        let writable = A::pte_write(pte_of(&*mm, base));
+        let f0 = faults::<A>();
+        // SAFETY: as above.
+        unsafe { store(base + 8, 2) };
+        let nfaults = faults::<A>() - f0;
+        let after_store2 = change_bit::<A>(pfn);
+        mmod::unuse_mm::<A>();
+        memory::exit_mmap(*mm);
+        diag!(
+            "C: after_fill={after_fill} after_store={after_store} mkclean_dirty={dirty} \
+             after_mkclean={after_mkclean} pte_writable={writable} after_next_store={after_store2} faults={nfaults}"
+        );
+        let mut c = Checks::default();
+        c.check(!after_fill, "C set after the page-cache fill");
+        c.check(after_store, "C clear after a store");
+        c.check(dirty, "mkclean did not report the page dirty");
+        c.check(!after_mkclean, "C still set after mkclean");
+        c.check(writable, "mkclean write-protected the PTE");
+        c.check(nfaults == 0, format!("{nfaults} faults on the next store"));
+        c.check(after_store2, "the next store did not set C");
+        c.outcome()
+    })
+}
+
+/// StorageKey mode: a page mapped twice is written back, then stored to
+/// through a mapping (no fault, only C records it). Unmapping one mapping
+/// leaves the page clean; unmapping the last one moves C to the page
+/// (`PG_dirty` and the DIRTY tag) and clears C; writeback then writes it.
+fn skey_last_unmap_dirties_page<A: Mmu>(_: &Cmdline) -> Outcome {
+    in_mode::<A>(DirtyTracking::StorageKey, || {
+        let mm = match new_mm::<A>() {
+            Ok(m) => m,
+            Err(o) => return o,
+        };
+        let f = new_file::<A>(1);
+        let (a1, a2) = (A::TASK_BASE, A::TASK_BASE + 2 * P);
+        let ok = memory::mmap_file(&mm, a1, P, RW, &f, 0, false, false).is_ok()
+            && memory::mmap_file(&mm, a2, P, RW, &f, 0, false, false).is_ok();
+        if !ok {
+            memory::exit_mmap(*mm);
+            return Outcome::Fail("mmap failed".into());
+        }
+        // SAFETY: the mm lives until exit_mmap, after unuse_mm.
+        unsafe { mmod::use_mm(&*mm) };
+        // SAFETY: in the writable shared VMAs.
+        unsafe {
+            store(a1, 0x11);
+            load(a2);
+        }
+        let pfn = A::pte_pfn(pte_of(&*mm, a1));
+        let pg = page::pfn_to_page(pfn);
+        let wrote1 = filemap::writeback::<A>(pg);
+        let f0 = faults::<A>();
+        // SAFETY: as above.
+        unsafe { store(a1, 0x22) };
+        let nfaults = faults::<A>() - f0;
+        let clean_before = !page::PageDirty(pg);
+        let c_before = change_bit::<A>(pfn);
+        let one = memory::munmap(&mm, a2, P).is_ok();
+        let clean_after_one = !page::PageDirty(pg);
+        let two = memory::munmap(&mm, a1, P).is_ok();
+        mmod::unuse_mm::<A>();
+        let dirty_after_last = page::PageDirty(pg);
+        let tagged = f
+            .mapping
+            .i_pages
+            .lock()
+            .get_mark(0, super::xarray::XaMark::Dirty);
+        let c_after = change_bit::<A>(pfn);
+        let wrote2 = filemap::filemap_write_and_wait::<A>(&f.mapping);
+        let backing = f.mapping.read_backing(0);
+        memory::exit_mmap(*mm);
+        diag!(
+            "faults_on_store={nfaults} clean_before_unmap={clean_before} C_before={c_before} \
+             clean_after_first_unmap={clean_after_one} dirty_after_last_unmap={dirty_after_last} \
+             tagged={tagged} C_after={c_after} written={wrote2} backing={backing:#x}"
+        );
+        let mut c = Checks::default();
+        c.check(wrote1 && one && two, "first writeback or munmap failed");
+        c.check(
+            nfaults == 0,
+            format!("{nfaults} faults on the store after writeback"),
+        );
+        c.check(
+            clean_before && c_before,
+            "before unmap: page dirty or C clear",
+        );
+        c.check(
+            clean_after_one,
+            "unmapping one of two mappings dirtied the page",
+        );
+        c.check(
+            dirty_after_last && tagged,
+            "the last unmap did not dirty and tag the page",
+        );
+        c.check(!c_after, "C still set after the last unmap");
+        c.check(
+            wrote2 == 1 && backing == 0x22,
+            format!("writeback after unmap: {wrote2} pages, backing {backing:#x}"),
+        );
+        c.outcome()
+    })
+}
+
+/// Writeback pages per second in `mode`: store to every page of a 32-page
+/// shared mapping, then write each page back (`write_one_page`: mkclean,
+/// copy), repeatedly for at least 20 ms, with the mm entered on every CPU
+/// first. SoftDirty: a write-protect fault per page per round and a PTE
+/// flush in mkclean; StorageKey: no fault after the first round, and mkclean
+/// is ISKE + SSKE.
+fn writeback_throughput_in<A: Mmu>(mode: DirtyTracking) -> Outcome {
+    in_mode::<A>(mode, || {
+        const PAGES: u64 = 32;
+        let mm = match new_mm::<A>() {
+            Ok(m) => m,
+            Err(o) => return o,
+        };
+        let f = new_file::<A>(PAGES);
+        let base = A::TASK_BASE;
+        if let Err(e) = memory::mmap_file(&mm, base, PAGES * P, RW, &f, 0, false, true) {
+            memory::exit_mmap(*mm);
+            return Outcome::Fail(format!("mmap: {e:?}"));
+        }
+        SHARED_MM.store(&*mm as *const Mm<A> as usize, Ordering::Release);
+        BASE.store(base, Ordering::Release);
+        NPAGES.store(0, Ordering::Release);
+        on_every_cpu::<A>(enter_and_store::<A>);
+        on_every_cpu::<A>(leave::<A>);
+        // SAFETY: the mm lives until exit_mmap, after unuse_mm.
+        unsafe { mmod::use_mm(&*mm) };
+        let t0 = A::clock_ns();
+        let mut written = 0u64;
+        let mut rounds = 0u64;
+        while A::clock_ns() - t0 < 20_000_000 || rounds < 2 {
+            for i in 0..PAGES {
+                // SAFETY: in the writable shared VMA.
+                unsafe { store(base + i * P, rounds) };
+            }
+            written += write_each_page::<A>(&f, PAGES);
+            rounds += 1;
+        }
+        let ns = (A::clock_ns() - t0).max(1);
+        mmod::unuse_mm::<A>();
+        memory::exit_mmap(*mm);
+        let last = f.mapping.read_backing((PAGES - 1) * P);
+        diag!(
+            "mode={} writeback_pages_per_sec={} rounds={rounds} pages={written} cpus_in_mm={}",
+            mode.name(),
+            written * 1_000_000_000 / ns,
+            smp::nr_cpus()
+        );
+        if written != rounds * PAGES || last != rounds - 1 {
+            return Outcome::Fail(format!(
+                "{written} pages written in {rounds} rounds of {PAGES}; last value {last}"
+            ));
+        }
+        Outcome::Pass
+    })
+}
+
+fn writeback_throughput_softdirty<A: Mmu>(_: &Cmdline) -> Outcome {
+    writeback_throughput_in::<A>(DirtyTracking::SoftDirty)
+}
+
+fn writeback_throughput_skey<A: Mmu>(_: &Cmdline) -> Outcome {
+    writeback_throughput_in::<A>(DirtyTracking::StorageKey)
 }

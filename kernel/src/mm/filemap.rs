@@ -22,7 +22,11 @@
 //! bits to the page; then `PG_dirty` is test-cleared), start writeback (tag
 //! WRITEBACK, drop the DIRTY tag), copy the frame to the backing store, end
 //! writeback, unlock. A store after the mkclean takes a write-protect fault,
-//! which dirties the page again: no write is lost.
+//! which dirties the page again: no write is lost. In StorageKey dirty
+//! tracking ([`super::dirty`]) mkclean leaves the PTEs writable and reads and
+//! clears the frame's change bit instead; a store after it sets C again,
+//! which reaches `PG_dirty` at the next mkclean or when the last mapping goes
+//! (`page_remove_rmap`). A page-cache fill resets the key.
 //!
 //! Locking order: `mmap_lock` → page lock → `i_mmap_rwsem` → PTL → `tree_lock`.
 //!
@@ -39,7 +43,7 @@ use super::arch::Mmu;
 use super::mm::Vma;
 use super::page::{self, Page};
 use super::xarray::{XArray, XaMark};
-use super::{page_alloc, rmap, PAGE_SIZE};
+use super::{dirty, page_alloc, rmap, PAGE_SIZE};
 use crate::Arch;
 use alloc::boxed::Box;
 use alloc::vec::Vec;
@@ -291,6 +295,8 @@ pub fn read_cache_page(mapping: &AddressSpace, index: u64) -> Option<&'static Pa
                         )
                     };
                 }
+                // StorageKey dirty tracking: the copy set C; the page is clean.
+                dirty::page_reset_key_after_fill(page::page_to_pfn(p));
                 page::SetPageUptodate(p);
                 page::unlock_page(p);
                 return Some(p);
@@ -456,9 +462,12 @@ pub fn writeback<A: Mmu>(p: &Page) -> bool {
         {
             let mut store = mapping.store.lock();
             // SAFETY: we hold a reference and the page lock; the frame is RAM,
-            // mapped 1:1. Stores through other mappings can no longer reach
-            // it: mkclean write-protected every PTE, and a store that faults
-            // waits for the page lock.
+            // mapped 1:1. SoftDirty: stores through other mappings can no
+            // longer reach it: mkclean write-protected every PTE, and a store
+            // that faults waits for the page lock. StorageKey: mappings stay
+            // writable and a store may land during the copy, but it set the
+            // change bit mkclean cleared, so the page is written again (at
+            // the latest after its last unmap); the copy reads plain bytes.
             unsafe {
                 core::ptr::copy_nonoverlapping(
                     page::page_address(p),

@@ -18,7 +18,10 @@
 //! read-only (clean), and the first store takes a write-protect fault that
 //! makes the PTE writable and dirty (break before make: clear, flush, set) and
 //! dirties the page in the page cache. That is also s390's software dirty-bit
-//! mode: a PTE is hardware-writable only when dirty.
+//! mode: a PTE is hardware-writable only when dirty. In StorageKey dirty
+//! tracking ([`super::dirty`]) the write fault is the same, but mkclean leaves
+//! the PTE writable and the frame's change bit holds the dirty state: a zap
+//! ignores PTE dirty bits and `page_remove_rmap` moves C to the page.
 //!
 //! Locking, as in Linux: faults take `mmap_lock` for read, then (file pages)
 //! the page lock, then the PTL of the PTE table; mmap, munmap and mprotect take
@@ -28,9 +31,10 @@
 //!
 //! Invariants:
 //! - a present PTE holds one page reference and one mapcount of its page;
-//! - a writable PTE of a shared file page is dirty, and its page is `PG_dirty`
-//!   (set after the PTE, under the page lock, which writeback holds across
-//!   mkclean and the copy);
+//! - SoftDirty: a writable PTE of a shared file page is dirty, and its page is
+//!   `PG_dirty` (set after the PTE, under the page lock, which writeback holds
+//!   across mkclean and the copy); StorageKey: a store through a writable PTE
+//!   after the last mkclean set the frame's change bit;
 //! - the shared file VMAs of an mm are listed in their files' `i_mmap` exactly
 //!   as they are in the VMA list ([`sync_i_mmap`] swaps the records of a
 //!   change per file, under the file's `i_mmap` lock, so a walk never misses a
@@ -41,7 +45,7 @@ use super::fault::FaultError;
 use super::filemap::{self, MmapRef, RamFile};
 use super::mm::{Mm, VmFlags, Vma, VmaList};
 use super::page::{self, Page};
-use super::{frag, page_alloc, pgtable, rmap, PAGE_SIZE};
+use super::{dirty, frag, page_alloc, pgtable, rmap, PAGE_SIZE};
 use alloc::boxed::Box;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -108,7 +112,12 @@ pub fn page_dup_rmap(p: &Page) {
     p._mapcount.fetch_add(1, Ordering::AcqRel);
 }
 
-/// Removes a mapping (`page_remove_rmap`).
+/// Removes a mapping (`page_remove_rmap`). In StorageKey dirty tracking
+/// ([`super::dirty`]), when the last mapping of a page-cache page is gone,
+/// its frame's change bit is read and cleared and, if it was set, the page is
+/// dirtied (Linux 3.8: `if (!page_mapped(page) &&
+/// page_test_and_clear_dirty(pfn)) set_page_dirty(page)`). Callers have
+/// flushed the PTE from every TLB, so no store can set C afterwards.
 pub fn page_remove_rmap(p: &Page) {
     let old = p._mapcount.fetch_sub(1, Ordering::AcqRel);
     assert!(
@@ -116,6 +125,12 @@ pub fn page_remove_rmap(p: &Page) {
         "page_remove_rmap: pfn {} was not mapped",
         page::page_to_pfn(p)
     );
+    if old == 0
+        && filemap::page_mapping(p).is_some()
+        && dirty::page_test_and_clear_dirty(page::page_to_pfn(p))
+    {
+        filemap::set_page_dirty(p);
+    }
 }
 
 // ---- VMA operations -------------------------------------------------------------
@@ -400,7 +415,9 @@ pub fn zap_page_range<A: Mmu>(mm: &Mm<A>, start: u64, end: u64) {
                             if page::PageAnon(p) {
                                 mm.rss_anon.fetch_sub(1, Ordering::Relaxed);
                             } else {
-                                if A::pte_dirty(old) {
+                                // StorageKey: the dirty state is in the key,
+                                // moved to the page by `page_remove_rmap`.
+                                if dirty::pte_tracks_dirty() && A::pte_dirty(old) {
                                     filemap::set_page_dirty(p);
                                 }
                                 mm.rss_file.fetch_sub(1, Ordering::Relaxed);

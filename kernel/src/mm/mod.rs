@@ -5,6 +5,7 @@
 //! Task mappings live at and above [`arch::Mmu::TASK_BASE`], clear of that map.
 
 pub mod arch;
+pub mod dirty;
 #[cfg(test)]
 pub mod emul;
 pub mod fault;

@@ -34,7 +34,7 @@ use super::filemap::{self, AddressSpace};
 use super::memory::pte_lockptr;
 use super::mm::Mm;
 use super::page::{self, Page};
-use super::{pgtable, PAGE_SHIFT};
+use super::{dirty, pgtable, PAGE_SHIFT};
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 
@@ -160,6 +160,11 @@ pub fn rmap_walk<A: Mmu>(p: &Page, mut f: impl FnMut(&Mm<A>, u64, *mut u64, u64)
 /// Returns at once, without a walk, when the page is not mapped, as Linux
 /// does: a mapping whose rmap was already removed is not waited for
 /// (the race of catalogue row 3).
+///
+/// In StorageKey dirty tracking ([`dirty`]) the PTEs hold no dirty state and
+/// stay writable (no write-notify): the page is dirty if its frame's change
+/// bit is set, which is cleared here (Linux 3.8 `page_mkclean` →
+/// `page_test_and_clear_dirty`); the next store anywhere sets it again.
 pub fn folio_mkclean<A: Mmu>(p: &Page) -> bool {
     if !page::page_mapped(p) {
         return false;
@@ -168,6 +173,13 @@ pub fn folio_mkclean<A: Mmu>(p: &Page) -> bool {
     // mapping has no VMAs in i_mmap), has nothing to clean here.
     if filemap::page_mapping(p).is_none() || page::PageAnon(p) {
         return false;
+    }
+    if !dirty::pte_tracks_dirty() {
+        let dirty = dirty::page_test_and_clear_dirty(page::page_to_pfn(p));
+        if dirty {
+            filemap::set_page_dirty(p);
+        }
+        return dirty;
     }
     let mut dirty = false;
     rmap_walk::<A>(p, |mm, addr, ptep, pte| {

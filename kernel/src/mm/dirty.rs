@@ -1,0 +1,185 @@
+//! Where the dirty state of a shared file page lives: the dirty-tracking mode,
+//! a runtime knob (`set_dirty_tracking`, or `dirty=softdirty|skey` on the
+//! kernel command line). Generic code asks this module, never the architecture.
+//!
+//! Modes:
+//! - [`DirtyTracking::SoftDirty`] (Linux 3.9+ on s390, and every other arch;
+//!   the default): write-notify. A clean shared file page is mapped read-only;
+//!   the first store takes a write-protect fault that makes the PTE writable
+//!   and dirty and calls `set_page_dirty`; `folio_mkclean` write-protects and
+//!   cleans every PTE, so the next store faults again. A zap carries a dirty
+//!   PTE's bit to the page.
+//! - [`DirtyTracking::StorageKey`] (s390 before 3.9, abf09bed3cce), only
+//!   where [`Mmu::HAS_STORAGE_KEYS`]: the frame's change bit (C) is the dirty
+//!   state. A write fault maps the page writable (and dirties it, as 3.8's
+//!   `__do_fault`), and that PTE stays writable: there is no write-notify
+//!   tracking in the PTE, a store sets C in hardware, and PTE dirty bits are
+//!   ignored (3.8's s390 `pte_dirty` was constant 0). The key is consulted at
+//!   three places, in Linux 3.8's order:
+//!   - `page_remove_rmap`: when the last mapping of a page-cache page is
+//!     gone, `page_test_and_clear_dirty` moves C to the page
+//!     (`set_page_dirty`);
+//!   - `folio_mkclean` (3.8 `page_mkclean`): a mapped page whose C is set is
+//!     dirty; C is cleared there, so `clear_page_dirty_for_io` decides from
+//!     `PG_dirty` plus the key;
+//!   - after a page-cache fill: the kernel's copy into the frame set C, so
+//!     the key is reset to `PAGE_DEFAULT_KEY` before the page is uptodate
+//!     (3.8 `SetPageUptodate` on s390).
+//!
+//! Invariants:
+//! - StorageKey is never selected on an arch without keys: the setter refuses
+//!   it with an error, there is no fallback;
+//! - in StorageKey mode a store through a mapping is either in the frame
+//!   before C is cleared (so the copy of the writeback that cleared it holds
+//!   it) or sets C again after the clear (SSKE purges every CPU's TLB), so it
+//!   reaches the page at the latest when the last mapping goes;
+//! - the mode changes only while no shared file page is mapped (the tests
+//!   switch between their mms): the PTEs of one mode mean nothing to the
+//!   other.
+
+use super::arch::{Mmu, PAGE_DEFAULT_KEY};
+use core::fmt;
+use core::sync::atomic::{AtomicU8, Ordering};
+
+/// How the dirty state of shared file pages is tracked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DirtyTracking {
+    /// Write-notify with dirty bits in the PTE (Linux 3.9+ s390, every arch).
+    SoftDirty,
+    /// The storage key's change bit (s390 before Linux 3.9).
+    StorageKey,
+}
+
+impl DirtyTracking {
+    /// The command-line spelling (`dirty=`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::SoftDirty => "softdirty",
+            Self::StorageKey => "skey",
+        }
+    }
+
+    /// Parses the command-line spelling.
+    pub fn from_name(s: &str) -> Option<Self> {
+        match s {
+            "softdirty" => Some(Self::SoftDirty),
+            "skey" => Some(Self::StorageKey),
+            _ => None,
+        }
+    }
+}
+
+/// Why a mode was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DirtyTrackingError {
+    /// StorageKey asked for on an architecture without storage keys.
+    NoStorageKeys(&'static str),
+}
+
+impl fmt::Display for DirtyTrackingError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NoStorageKeys(arch) => write!(
+                f,
+                "dirty tracking 'skey' needs storage keys, and {arch} has none"
+            ),
+        }
+    }
+}
+
+/// The storage-key operations of the arch that selected StorageKey.
+#[derive(Clone, Copy)]
+struct KeyOps {
+    page_test_and_clear_dirty: fn(u64) -> bool,
+    set_storage_key: fn(u64, u8),
+}
+
+const SOFT_DIRTY: u8 = 0;
+const STORAGE_KEY: u8 = 1;
+
+static MODE: AtomicU8 = AtomicU8::new(SOFT_DIRTY);
+/// Set once, by the first selection of StorageKey (the kernel runs one arch).
+static KEY_OPS: spin::Once<KeyOps> = spin::Once::new();
+
+/// Selects the dirty-tracking mode; StorageKey only where `A` has storage
+/// keys, otherwise an error and the mode is unchanged.
+pub fn set_dirty_tracking<A: Mmu>(mode: DirtyTracking) -> Result<(), DirtyTrackingError> {
+    match mode {
+        DirtyTracking::SoftDirty => MODE.store(SOFT_DIRTY, Ordering::Release),
+        DirtyTracking::StorageKey => {
+            if !A::HAS_STORAGE_KEYS {
+                return Err(DirtyTrackingError::NoStorageKeys(A::NAME));
+            }
+            KEY_OPS.call_once(|| KeyOps {
+                page_test_and_clear_dirty: A::page_test_and_clear_dirty,
+                set_storage_key: A::set_storage_key,
+            });
+            MODE.store(STORAGE_KEY, Ordering::Release);
+        }
+    }
+    Ok(())
+}
+
+/// The current dirty-tracking mode.
+pub fn dirty_tracking() -> DirtyTracking {
+    if MODE.load(Ordering::Acquire) == STORAGE_KEY {
+        DirtyTracking::StorageKey
+    } else {
+        DirtyTracking::SoftDirty
+    }
+}
+
+/// The key operations, when the storage key holds the dirty state.
+fn key_ops() -> Option<&'static KeyOps> {
+    (dirty_tracking() == DirtyTracking::StorageKey)
+        .then(|| KEY_OPS.get())
+        .flatten()
+}
+
+/// Whether the PTE tracks dirtiness (write-notify, PTE dirty bits): true in
+/// SoftDirty mode.
+pub fn pte_tracks_dirty() -> bool {
+    dirty_tracking() == DirtyTracking::SoftDirty
+}
+
+/// In StorageKey mode, Linux 3.8 `page_test_and_clear_dirty(pfn)`: whether
+/// frame `pfn`'s change bit was set, clearing it. False in SoftDirty mode.
+pub fn page_test_and_clear_dirty(pfn: u64) -> bool {
+    key_ops().is_some_and(|k| (k.page_test_and_clear_dirty)(pfn))
+}
+
+/// In StorageKey mode, resets frame `pfn`'s key after the kernel filled the
+/// frame (3.8 `SetPageUptodate` on s390: `page_set_storage_key(...,
+/// PAGE_DEFAULT_KEY)`), so the fill does not count as a store through a
+/// mapping. Nothing in SoftDirty mode.
+pub fn page_reset_key_after_fill(pfn: u64) {
+    if let Some(k) = key_ops() {
+        (k.set_storage_key)(pfn, PAGE_DEFAULT_KEY);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mm::emul::{Emul2k, Emul4k};
+
+    #[test]
+    fn storage_key_refused_without_keys() {
+        let e = set_dirty_tracking::<Emul4k>(DirtyTracking::StorageKey).unwrap_err();
+        assert!(matches!(e, DirtyTrackingError::NoStorageKeys(_)));
+        assert!(alloc::format!("{e}").contains("needs storage keys"));
+        assert!(set_dirty_tracking::<Emul2k>(DirtyTracking::StorageKey).is_err());
+        assert_eq!(dirty_tracking(), DirtyTracking::SoftDirty);
+        assert!(!page_test_and_clear_dirty(0));
+        assert!(set_dirty_tracking::<Emul4k>(DirtyTracking::SoftDirty).is_ok());
+        assert_eq!(dirty_tracking(), DirtyTracking::SoftDirty);
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for m in [DirtyTracking::SoftDirty, DirtyTracking::StorageKey] {
+            assert_eq!(DirtyTracking::from_name(m.name()), Some(m));
+        }
+        assert_eq!(DirtyTracking::from_name("pte"), None);
+    }
+}
