@@ -497,60 +497,10 @@ fn cow_after_fork_with_file<A: Mmu>(_: &Cmdline) -> Outcome {
     })
 }
 
-/// Writeback pages per second: dirty every page of a shared mapping by a
-/// store (a write-protect fault each), then write them all back (mkclean,
-/// copy), repeatedly for at least 20 ms. The mm is first entered on every
-/// CPU, so on x86-64 each mkclean and write fault shoots down every CPU.
+/// Writeback pages per second by tag (`filemap_write_and_wait`), write-notify
+/// mode whatever `dirty=` chose: see [`writeback_rate`].
 fn writeback_throughput<A: Mmu>(_: &Cmdline) -> Outcome {
-    // Write-notify behaviour: SoftDirty, whatever `dirty=` chose.
-    in_mode::<A>(DirtyTracking::SoftDirty, || {
-        const PAGES: u64 = 32;
-        let mm = match new_mm::<A>() {
-            Ok(m) => m,
-            Err(o) => return o,
-        };
-        let f = new_file::<A>(PAGES);
-        let base = A::TASK_BASE;
-        if let Err(e) = memory::mmap_file(&mm, base, PAGES * P, RW, &f, 0, false, true) {
-            memory::exit_mmap(*mm);
-            return Outcome::Fail(format!("mmap: {e:?}"));
-        }
-        SHARED_MM.store(&*mm as *const Mm<A> as usize, Ordering::Release);
-        BASE.store(base, Ordering::Release);
-        NPAGES.store(0, Ordering::Release);
-        // Enter the mm everywhere (stores nothing), then leave: the other
-        // CPUs stay in the cpumask, as lazy TLB.
-        on_every_cpu::<A>(enter_and_store::<A>);
-        on_every_cpu::<A>(leave::<A>);
-        // SAFETY: the mm lives until exit_mmap, after unuse_mm.
-        unsafe { mmod::use_mm(&*mm) };
-        let t0 = A::clock_ns();
-        let mut written = 0u64;
-        let mut rounds = 0u64;
-        while A::clock_ns() - t0 < 20_000_000 || rounds < 2 {
-            for i in 0..PAGES {
-                // SAFETY: in the writable shared VMA.
-                unsafe { store(base + i * P, rounds) };
-            }
-            written += filemap::filemap_write_and_wait::<A>(&f.mapping) as u64;
-            rounds += 1;
-        }
-        let ns = (A::clock_ns() - t0).max(1);
-        mmod::unuse_mm::<A>();
-        memory::exit_mmap(*mm);
-        let last = f.mapping.read_backing((PAGES - 1) * P);
-        diag!(
-            "writeback_pages_per_sec={} rounds={rounds} pages={written} cpus_in_mm={}",
-            written * 1_000_000_000 / ns,
-            smp::nr_cpus()
-        );
-        if written != rounds * PAGES || last != rounds - 1 {
-            return Outcome::Fail(format!(
-                "{written} pages written in {rounds} rounds of {PAGES}; last value {last}"
-            ));
-        }
-        Outcome::Pass
-    })
+    writeback_rate::<A>(DirtyTracking::SoftDirty, true)
 }
 
 // ---- dirty-tracking modes ------------------------------------------------------
@@ -831,12 +781,13 @@ fn skey_last_unmap_dirties_page<A: Mmu>(_: &Cmdline) -> Outcome {
 }
 
 /// Writeback pages per second in `mode`: store to every page of a 32-page
-/// shared mapping, then write each page back (`write_one_page`: mkclean,
-/// copy), repeatedly for at least 20 ms, with the mm entered on every CPU
-/// first. SoftDirty: a write-protect fault per page per round and a PTE
+/// shared mapping, then write the pages back — by the DIRTY tag
+/// (`filemap_write_and_wait`) or each page (`write_one_page`), mkclean and copy
+/// included — repeatedly for at least 20 ms, with the mm entered on every CPU
+/// first, so on x86-64 each mkclean and write fault shoots down every CPU. SoftDirty: a write-protect fault per page per round and a PTE
 /// flush in mkclean; StorageKey: no fault after the first round, and mkclean
 /// is ISKE + SSKE.
-fn writeback_throughput_in<A: Mmu>(mode: DirtyTracking) -> Outcome {
+fn writeback_rate<A: Mmu>(mode: DirtyTracking, by_tag: bool) -> Outcome {
     in_mode::<A>(mode, || {
         const PAGES: u64 = 32;
         let mm = match new_mm::<A>() {
@@ -864,7 +815,11 @@ fn writeback_throughput_in<A: Mmu>(mode: DirtyTracking) -> Outcome {
                 // SAFETY: in the writable shared VMA.
                 unsafe { store(base + i * P, rounds) };
             }
-            written += write_each_page::<A>(&f, PAGES);
+            written += if by_tag {
+                filemap::filemap_write_and_wait::<A>(&f.mapping) as u64
+            } else {
+                write_each_page::<A>(&f, PAGES)
+            };
             rounds += 1;
         }
         let ns = (A::clock_ns() - t0).max(1);
@@ -872,8 +827,9 @@ fn writeback_throughput_in<A: Mmu>(mode: DirtyTracking) -> Outcome {
         memory::exit_mmap(*mm);
         let last = f.mapping.read_backing((PAGES - 1) * P);
         diag!(
-            "mode={} writeback_pages_per_sec={} rounds={rounds} pages={written} cpus_in_mm={}",
+            "mode={} by={} writeback_pages_per_sec={} rounds={rounds} pages={written} cpus_in_mm={}",
             mode.name(),
+            if by_tag { "tag" } else { "page" },
             written * 1_000_000_000 / ns,
             smp::nr_cpus()
         );
@@ -887,9 +843,9 @@ fn writeback_throughput_in<A: Mmu>(mode: DirtyTracking) -> Outcome {
 }
 
 fn writeback_throughput_softdirty<A: Mmu>(_: &Cmdline) -> Outcome {
-    writeback_throughput_in::<A>(DirtyTracking::SoftDirty)
+    writeback_rate::<A>(DirtyTracking::SoftDirty, false)
 }
 
 fn writeback_throughput_skey<A: Mmu>(_: &Cmdline) -> Outcome {
-    writeback_throughput_in::<A>(DirtyTracking::StorageKey)
+    writeback_rate::<A>(DirtyTracking::StorageKey, false)
 }
