@@ -25,7 +25,7 @@ use crate::cmdline::Cmdline;
 use crate::ktap::Outcome;
 use crate::{diag, smp, NR_CPUS};
 use alloc::sync::Arc;
-use alloc::{format, string::String, vec::Vec};
+use alloc::{boxed::Box, format, string::String, vec::Vec};
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// The suite's name.
@@ -68,6 +68,20 @@ pub fn cases<A: Mmu>() -> Vec<(&'static str, TestFn)> {
 
 fn new_file<A: Mmu>(pages: u64) -> Arc<RamFile> {
     Arc::new(RamFile::new::<A>(pages, DirtyAops::Nobuffers))
+}
+
+/// A new mm with a new `pages`-page file mapped shared and writable at
+/// `TASK_BASE` (populated if asked, the mm not yet entered on any CPU).
+fn file_mm<A: Mmu>(pages: u64, populate: bool) -> Result<(Box<Mm<A>>, Arc<RamFile>), Outcome> {
+    let mm = new_mm::<A>()?;
+    let f = new_file::<A>(pages);
+    match memory::mmap_file(&mm, A::TASK_BASE, pages * P, RW, &f, 0, false, populate) {
+        Ok(_) => Ok((mm, f)),
+        Err(e) => {
+            memory::exit_mmap(*mm);
+            Err(Outcome::Fail(format!("mmap: {e:?}")))
+        }
+    }
 }
 
 /// Collects failed checks.
@@ -259,16 +273,11 @@ fn shared_writes_every_cpu<A: Mmu>(_: &Cmdline) -> Outcome {
     }
     no_leak(|| {
         const PAGES: u64 = 8;
-        let mm = match new_mm::<A>() {
-            Ok(m) => m,
+        let (mm, f) = match file_mm::<A>(PAGES, false) {
+            Ok(t) => t,
             Err(o) => return o,
         };
-        let f = new_file::<A>(PAGES);
         let base = A::TASK_BASE;
-        if let Err(e) = memory::mmap_file(&mm, base, PAGES * P, RW, &f, 0, false, false) {
-            memory::exit_mmap(*mm);
-            return Outcome::Fail(format!("mmap: {e:?}"));
-        }
         SHARED_MM.store(&*mm as *const Mm<A> as usize, Ordering::Release);
         BASE.store(base, Ordering::Release);
         NPAGES.store(PAGES, Ordering::Release);
@@ -583,16 +592,11 @@ fn write_each_page<A: Mmu>(f: &RamFile, pages: u64) -> u64 {
 fn keeps_every_byte<A: Mmu>(mode: DirtyTracking) -> Outcome {
     in_mode::<A>(mode, || {
         const PAGES: u64 = 8;
-        let mm = match new_mm::<A>() {
-            Ok(m) => m,
+        let (mm, f) = match file_mm::<A>(PAGES, false) {
+            Ok(t) => t,
             Err(o) => return o,
         };
-        let f = new_file::<A>(PAGES);
         let base = A::TASK_BASE;
-        if let Err(e) = memory::mmap_file(&mm, base, PAGES * P, RW, &f, 0, false, false) {
-            memory::exit_mmap(*mm);
-            return Outcome::Fail(format!("mmap: {e:?}"));
-        }
         SHARED_MM.store(&*mm as *const Mm<A> as usize, Ordering::Release);
         BASE.store(base, Ordering::Release);
         NPAGES.store(PAGES, Ordering::Release);
@@ -790,16 +794,11 @@ fn skey_last_unmap_dirties_page<A: Mmu>(_: &Cmdline) -> Outcome {
 fn writeback_rate<A: Mmu>(mode: DirtyTracking, by_tag: bool) -> Outcome {
     in_mode::<A>(mode, || {
         const PAGES: u64 = 32;
-        let mm = match new_mm::<A>() {
-            Ok(m) => m,
+        let (mm, f) = match file_mm::<A>(PAGES, true) {
+            Ok(t) => t,
             Err(o) => return o,
         };
-        let f = new_file::<A>(PAGES);
         let base = A::TASK_BASE;
-        if let Err(e) = memory::mmap_file(&mm, base, PAGES * P, RW, &f, 0, false, true) {
-            memory::exit_mmap(*mm);
-            return Outcome::Fail(format!("mmap: {e:?}"));
-        }
         SHARED_MM.store(&*mm as *const Mm<A> as usize, Ordering::Release);
         BASE.store(base, Ordering::Release);
         NPAGES.store(0, Ordering::Release);
