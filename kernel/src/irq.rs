@@ -16,9 +16,12 @@ pub fn nmi_interrupt<A: Arch>() {
     percpu::this_cpu::<A>().nmis.fetch_add(1, Ordering::Relaxed);
 }
 
-/// A timer tick arrived.
-pub fn timer_interrupt<A: Arch>() {
+/// A timer tick arrived. `interrupted_irqs_on`: the interrupted code ran with
+/// interrupts enabled (saved RFLAGS.IF / the old PSW's external mask), so it
+/// was outside every RCU-sched read-side section and this is a quiescent state.
+pub fn timer_interrupt<A: Arch>(interrupted_irqs_on: bool) {
     percpu::this_cpu::<A>()
         .ticks
         .fetch_add(1, Ordering::Relaxed);
+    crate::rcu::rcu_tick::<A>(interrupted_irqs_on);
 }

@@ -25,6 +25,7 @@ pub mod ktap;
 pub mod mm;
 pub mod panic;
 pub mod percpu;
+pub mod rcu;
 pub mod selftest;
 pub mod smp;
 pub mod time;

@@ -63,6 +63,7 @@ pub fn secondary_main<A: Arch>(cpu: usize) -> ! {
     A::local_irq_enable();
     loop {
         A::wait_for_interrupt();
+        crate::rcu::rcu_idle::<A>();
         let work = percpu::per_cpu(cpu).idle_work.lock().take();
         if let Some((func, arg)) = work {
             func(arg);

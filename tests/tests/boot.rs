@@ -101,12 +101,32 @@ fn expected(arch: Arch, smp: usize, case: &str) -> Expect {
             }
         }
         c if c.starts_with("mm_file.") => Expect::Ok,
+        // The mmu_gather: the cross-CPU cases hold a second CPU.
+        "gather.rcu_table_free_waits_for_irqs_off_cpu"
+        | "gather.ipi_sync_waits_for_irqs_off_cpu" => {
+            if smp >= 2 {
+                Expect::Ok
+            } else {
+                Expect::Skip
+            }
+        }
+        c if c.starts_with("gather.") => Expect::Ok,
+        // TLB flushes: the knob and the local-only flush need one CPU; a
+        // shootdown needs a CPU to shoot at.
+        "tlb.strategy_knob" | "tlb.local_flush_when_alone" => Expect::Ok,
+        c if c.starts_with("tlb.") => {
+            if smp >= 2 {
+                Expect::Ok
+            } else {
+                Expect::Skip
+            }
+        }
         other => panic!("no expectation for {other}: add it here"),
     }
 }
 
 /// Every case, in the order the kernel runs them.
-const CASES: [&str; 44] = [
+const CASES: [&str; 56] = [
     "boot.cpus_online",
     "boot.ipi_round_trip",
     "boot.call_function_wait",
@@ -140,6 +160,18 @@ const CASES: [&str; 44] = [
     "skey.sske_and_rrbe_reset",
     "skey.page_test_and_clear_dirty",
     "skey.change_bit_on_another_cpu",
+    "gather.batched_zap_one_flush_per_batch",
+    "gather.page_free_policies",
+    "gather.table_free_policies",
+    "gather.rcu_table_free_waits_for_irqs_off_cpu",
+    "gather.ipi_sync_waits_for_irqs_off_cpu",
+    "gather.nested_gathers_full_flush",
+    "gather.zap_throughput",
+    "tlb.strategy_knob",
+    "tlb.shootdown_reaches_cpumask",
+    "tlb.local_flush_when_alone",
+    "tlb.flush_vs_irqs_off",
+    "tlb.shootdown_latency",
     "mm_file.vma_operations",
     "mm_file.shared_writes_every_cpu",
     "mm_file.mkclean_every_cpu",
@@ -192,6 +224,21 @@ fn boot_and_assert(arch: Arch, smp: usize) {
     ] {
         let r = b.ktap.case(&format!("mm_page.{case}")).unwrap();
         assert_eq!(r.diag_value(key), Some(value), "{arch}: mm_page.{case}");
+    }
+    // The mmu_gather: one flush per batch of 510 pages; the RCU policy frees
+    // the table only after the grace period; the full flush of a nested gather.
+    for (case, key, value) in [
+        ("batched_zap_one_flush_per_batch", "flushes_batched", "3"),
+        ("batched_zap_one_flush_per_batch", "flushes_immediate", "1"),
+        ("nested_gathers_full_flush", "inner_flushes_full", "1"),
+        ("nested_gathers_full_flush", "inner_flushes_ignore", "0"),
+    ] {
+        let r = b.ktap.case(&format!("gather.{case}")).unwrap();
+        assert_eq!(
+            r.diag_value(key),
+            Some(value),
+            "{arch}: gather.{case} {key}"
+        );
     }
     let bugs = b
         .console

@@ -306,7 +306,7 @@ fn print_boot(boot: &Boot) {
 const FIRST_LINE_TARGET: Duration = Duration::from_millis(100);
 
 /// Figures the kernels print as diagnostics, reported by `bench`: (case, key).
-const BENCH_FIGURES: [(&str, &str); 6] = [
+const BENCH_FIGURES: [(&str, &str); 19] = [
     ("mm_page.alloc_throughput", "frame_allocs_per_sec_1cpu"),
     ("mm_page.alloc_throughput", "all_cpus"),
     ("mm.fault_throughput", "page_faults_per_sec_1cpu"),
@@ -319,6 +319,19 @@ const BENCH_FIGURES: [(&str, &str); 6] = [
         "mm_file.writeback_throughput_skey",
         "writeback_pages_per_sec",
     ),
+    ("gather.zap_throughput", "zap_pages_per_sec_batched"),
+    ("gather.zap_throughput", "immediate"),
+    ("tlb.shootdown_latency", "shootdown_ns_ipi_targets_1"),
+    ("tlb.shootdown_latency", "shootdown_ns_ipi_targets_2"),
+    ("tlb.shootdown_latency", "shootdown_ns_ipi_targets_all"),
+    ("tlb.shootdown_latency", "shootdown_ns_nmi_targets_1"),
+    ("tlb.shootdown_latency", "shootdown_ns_nmi_targets_2"),
+    ("tlb.shootdown_latency", "shootdown_ns_nmi_targets_all"),
+    ("tlb.shootdown_latency", "shootdown_ns_ipte_targets_1"),
+    ("tlb.shootdown_latency", "shootdown_ns_ipte_targets_2"),
+    ("tlb.shootdown_latency", "shootdown_ns_ipte_targets_all"),
+    ("tlb.flush_vs_irqs_off", "ipi_flush_wait_ns"),
+    ("tlb.flush_vs_irqs_off", "nmi_flush_wait_ns"),
 ];
 
 fn bench(arch: ArchSel, runs: usize, smp: usize) -> Result<ExitCode> {

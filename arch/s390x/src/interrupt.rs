@@ -237,6 +237,12 @@ pub fn disabled_wait(addr: u64) -> ! {
     }
 }
 
+/// Whether the code the current external interruption interrupted ran with
+/// external interrupts enabled (the old PSW's external mask bit).
+fn interrupted_irqs_on() -> bool {
+    lowcore::external_old_psw_mask() & lowcore::PSW_MASK_EXT != 0
+}
+
 /// External interruption (from `entry.S`): dispatch by interruption code.
 #[unsafe(no_mangle)]
 extern "C" fn s390x_ext_handler() {
@@ -244,10 +250,10 @@ extern "C" fn s390x_ext_handler() {
         EXT_IRQ_EXTERNAL_CALL | EXT_IRQ_EMERGENCY_SIG => irq::ipi_interrupt::<S390x>(),
         EXT_IRQ_CLK_COMP => {
             if time::clock_comparator_interrupt() {
-                irq::timer_interrupt::<S390x>();
+                irq::timer_interrupt::<S390x>(interrupted_irqs_on());
             }
         }
-        EXT_IRQ_CPU_TIMER => irq::timer_interrupt::<S390x>(),
+        EXT_IRQ_CPU_TIMER => irq::timer_interrupt::<S390x>(interrupted_irqs_on()),
         // SCLP completion; the console does not wait for it.
         EXT_IRQ_SERVICE_SIG => {}
         code => {

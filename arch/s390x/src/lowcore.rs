@@ -221,6 +221,12 @@ pub fn ext_int_code() -> u16 {
     unsafe { read_own(offset_of!(Lowcore, ext_int_code)) }
 }
 
+/// The PSW mask of the code the last external interruption interrupted.
+pub fn external_old_psw_mask() -> u64 {
+    // SAFETY: the PSW mask is the first `u64` of the `external_old_psw` field.
+    unsafe { read_own(offset_of!(Lowcore, external_old_psw)) }
+}
+
 /// The CPU address stored with the last external call or emergency signal.
 pub fn ext_cpu_addr() -> u16 {
     // SAFETY: `ext_cpu_addr` is a `u16` field.

@@ -41,6 +41,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use quiesce_arch_s390x::pgtable::{self as pt, AsceState, TableAlloc, UpgradeError};
 use quiesce_kernel::mm::arch::{Level, Mmu, PteProt};
 use quiesce_kernel::mm::mm::{current_mm, Mm};
+use quiesce_kernel::mm::tlbflush::{self, FlushStrategy};
 use quiesce_kernel::mm::{page, page_alloc};
 use quiesce_kernel::{kprintln_emergency, smp, Arch};
 
@@ -526,10 +527,28 @@ impl Mmu for S390x {
 
     fn flush_tlb_range(mm: &Mm<Self>, _start: u64, _end: u64) {
         // For entries changed without IPTE (e.g. tables unhooked by plain
-        // stores): purge everything formed through the mm's ASCE, everywhere.
-        // SAFETY: IDTE with the clearing option only purges TLB entries.
-        unsafe { tlb::idte(mm.context.asce()) };
+        // stores): purge everything formed through the mm's ASCE.
+        Self::flush_tlb_mm(mm);
     }
+
+    fn flush_tlb_mm(mm: &Mm<Self>) {
+        // Linux `__tlb_flush_mm`: when only this CPU has the mm attached, a
+        // local purge (PTLB) suffices; otherwise IDTE clears the entries
+        // formed through the ASCE on every CPU. The PTE changes must be
+        // visible before the cpumask is read (a CPU attaching later loads the
+        // ASCE, which purges its TLB under QEMU, after setting its bit).
+        core::sync::atomic::fence(Ordering::SeqCst);
+        let me = S390x::smp_processor_id();
+        if mm.other_cpus().next().is_none() {
+            tlbflush::count_local_only(me);
+            tlb::ptlb();
+        } else {
+            // SAFETY: IDTE with the clearing option only purges TLB entries.
+            unsafe { tlb::idte(mm.context.asce()) };
+        }
+    }
+
+    const FLUSH_STRATEGIES: &'static [FlushStrategy] = &[FlushStrategy::Ipte];
 
     fn local_flush_tlb_page(_addr: u64) {
         tlb::ptlb();

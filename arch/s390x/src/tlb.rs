@@ -87,12 +87,20 @@ pub unsafe fn idte(asce: u64) {
     }
 }
 
-/// `PTLB`: purges the calling CPU's whole TLB (the only local purge s390x has).
+/// `PTLB`: purges the calling CPU's whole TLB (the only local purge s390x has);
+/// the local clearing of `flush_tlb_mm` when no other CPU has the mm attached.
 pub fn ptlb() {
     // SAFETY: PTLB is privileged (supervisor state) and changes only this CPU's
     // TLB: translations are redone from the tables, which is always correct.
+    // The branch ends the translated block, as after IPTE (see module docs).
     unsafe {
-        core::arch::asm!("ptlb", options(nostack, preserves_flags));
+        core::arch::asm!(
+            "ptlb",
+            "j 0f",
+            "nopr %r7",
+            "0:",
+            options(nostack, preserves_flags)
+        );
     }
 }
 

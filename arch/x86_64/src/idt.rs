@@ -151,7 +151,8 @@ extern "C" fn do_interrupt(regs: &mut PtRegs) {
         }
         LOCAL_TIMER_VECTOR => {
             apic::eoi();
-            quiesce_kernel::irq::timer_interrupt::<X86_64>();
+            // RFLAGS.IF of the interrupted code.
+            quiesce_kernel::irq::timer_interrupt::<X86_64>(regs.rflags & (1 << 9) != 0);
         }
         ERROR_APIC_VECTOR => {
             let esr = apic::read_esr();

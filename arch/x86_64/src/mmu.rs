@@ -35,6 +35,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use quiesce_arch_x86_64::pgtable::{self, PAGE_DIRTY, PAGE_RW};
 use quiesce_kernel::mm::arch::{FaultInfo, Level, Mmu, PteProt};
 use quiesce_kernel::mm::mm::Mm;
+use quiesce_kernel::mm::tlbflush::FlushStrategy;
 use quiesce_kernel::mm::{page, page_alloc};
 
 extern "C" {
@@ -336,6 +337,12 @@ impl Mmu for X86_64 {
     fn local_flush_tlb_page(addr: u64) {
         tlb::native_flush_tlb_one_user(addr);
     }
+
+    fn flush_tlb_mm(mm: &Mm<Self>) {
+        tlb::flush_tlb_mm(mm);
+    }
+
+    const FLUSH_STRATEGIES: &'static [FlushStrategy] = &[FlushStrategy::Ipi, FlushStrategy::Nmi];
 
     // ---- faults ----------------------------------------------------------------------------------
 

@@ -57,6 +57,10 @@ pub fn nmi_handler() {
         STOPPED.fetch_add(1, Ordering::AcqRel);
         halt_forever();
     }
+    // Not a stop request: serve any NMI TLB shootdown naming this CPU. An NMI
+    // that carried a flush may also stand for a self-test NMI (NMIs merge),
+    // so the generic handler runs either way.
+    crate::tlb::nmi_flush_tlb();
     quiesce_kernel::irq::nmi_interrupt::<X86_64>();
 }
 

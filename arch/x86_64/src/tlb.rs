@@ -15,6 +15,13 @@
 //! same time, also at each other: each waits with interrupts enabled and
 //! serves the others' IPIs meanwhile.
 //!
+//! NMI shootdown ([`FlushStrategy::Nmi`], the runtime knob of
+//! `quiesce_kernel::mm::tlbflush`): the same mailbox, flagged `nmi`, is
+//! delivered by NMI instead; [`nmi_flush_tlb`], called from the NMI handler
+//! after it has ruled out a stop request, serves the flagged mailboxes only,
+//! and the IPI handler serves only the unflagged ones, so no request is served
+//! by both. A target with IF=0 serves an NMI request at once.
+//!
 //! Because the IPI is a fixed one, a target with IF=0 takes it only when it
 //! enables interrupts again, and the sender waits that long: the property
 //! GUP-fast relies on. Ranges of more than [`TLB_SINGLE_PAGE_FLUSH_CEILING`]
@@ -34,9 +41,10 @@
 //!   harmless.
 
 use crate::{apic, percpu, X86_64};
-use core::sync::atomic::{fence, AtomicU64, Ordering};
+use core::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use quiesce_arch_x86_64::pgtable::{PAGE_SIZE, PTE_PFN_MASK};
 use quiesce_kernel::mm::mm::Mm;
+use quiesce_kernel::mm::tlbflush::{self, FlushStrategy};
 use quiesce_kernel::{kprintln_emergency, Arch, NR_CPUS};
 
 /// The shootdown IPI's vector (Linux 2.6: INVALIDATE_TLB_VECTOR_START).
@@ -56,6 +64,8 @@ struct FlushInfo {
     end: AtomicU64,
     /// Targets that have not acknowledged yet (bit n = CPU n).
     pending: AtomicU64,
+    /// The request is delivered by NMI (served by [`nmi_flush_tlb`] only).
+    nmi: AtomicBool,
 }
 
 static FLUSH_INFO: [FlushInfo; NR_CPUS] = [const {
@@ -63,6 +73,7 @@ static FLUSH_INFO: [FlushInfo; NR_CPUS] = [const {
         start: AtomicU64::new(0),
         end: AtomicU64::new(0),
         pending: AtomicU64::new(0),
+        nmi: AtomicBool::new(false),
     }
 }; NR_CPUS];
 
@@ -159,8 +170,9 @@ fn flush_tlb_func(start: u64, end: u64) {
 /// the mm's cpumask, returning once all have acknowledged. `end` may be
 /// [`TLB_FLUSH_ALL`].
 ///
-/// Must be called with interrupts enabled whenever another CPU is in the
-/// cpumask (the wait would otherwise deadlock against a CPU flushing us).
+/// With the IPI strategy it must be called with interrupts enabled whenever
+/// another CPU is in the cpumask (the wait would otherwise deadlock against a
+/// CPU flushing us); NMI requests are served whatever IF is.
 pub fn flush_tlb_mm_range(mm: &Mm<X86_64>, start: u64, end: u64) {
     let me = percpu::smp_processor_id();
     // The PTE change that made this flush necessary (a locked exchange or a
@@ -169,11 +181,13 @@ pub fn flush_tlb_mm_range(mm: &Mm<X86_64>, start: u64, end: u64) {
     fence(Ordering::SeqCst);
     let targets = mm.other_cpus().fold(0u64, |m, c| m | 1 << c);
     if targets == 0 {
+        tlbflush::count_local_only(me);
         flush_tlb_func(start, end);
         return;
     }
+    let via_nmi = tlbflush::flush_strategy::<X86_64>() == FlushStrategy::Nmi;
     assert!(
-        !X86_64::irqs_disabled(),
+        via_nmi || !X86_64::irqs_disabled(),
         "TLB shootdown from CPU {me} with interrupts disabled (deadlock risk)"
     );
     let info = &FLUSH_INFO[me];
@@ -184,10 +198,18 @@ pub fn flush_tlb_mm_range(mm: &Mm<X86_64>, start: u64, end: u64) {
     );
     info.start.store(start, Ordering::Relaxed);
     info.end.store(end, Ordering::Relaxed);
+    info.nmi.store(via_nmi, Ordering::Relaxed);
     info.pending.store(targets, Ordering::Release);
     let stats = &TLB_STATS[me];
     for cpu in (0..NR_CPUS).filter(|c| targets & (1 << c) != 0) {
-        apic::send_ipi(percpu::cpu_data(cpu).apic_id(), INVALIDATE_TLB_VECTOR);
+        let apic_id = percpu::cpu_data(cpu).apic_id();
+        if via_nmi {
+            apic::send_nmi(apic_id);
+            tlbflush::count_nmi_sent(me);
+        } else {
+            apic::send_ipi(apic_id, INVALIDATE_TLB_VECTOR);
+            tlbflush::count_ipi_sent(me);
+        }
         stats.sent.fetch_add(1, Ordering::Relaxed);
     }
     // Our own flush overlaps the targets' handlers.
@@ -220,9 +242,27 @@ pub fn flush_tlb_page(mm: &Mm<X86_64>, addr: u64) {
     flush_tlb_mm_range(mm, addr, addr + PAGE_SIZE);
 }
 
-/// [`INVALIDATE_TLB_VECTOR`]: serves every posted request that names this CPU.
-/// Called with IF=0, after the EOI.
+/// Flushes all of `mm` everywhere (`flush_tlb_mm`): a CR3 reload here and on
+/// every other CPU of the cpumask.
+pub fn flush_tlb_mm(mm: &Mm<X86_64>) {
+    flush_tlb_mm_range(mm, 0, TLB_FLUSH_ALL);
+}
+
+/// [`INVALIDATE_TLB_VECTOR`]: serves every posted IPI request that names this
+/// CPU. Called with IF=0, after the EOI.
 pub fn smp_invalidate_interrupt() {
+    serve_requests(false);
+}
+
+/// From the NMI handler, once it has ruled out a stop request: serves every
+/// posted NMI request that names this CPU. Returns whether it served one.
+pub fn nmi_flush_tlb() -> bool {
+    serve_requests(true)
+}
+
+/// Serves the requests naming this CPU whose delivery is `via_nmi`.
+fn serve_requests(via_nmi: bool) -> bool {
+    let mut served = false;
     let me = percpu::smp_processor_id();
     let bit = 1u64 << me;
     let stats = &TLB_STATS[me];
@@ -230,12 +270,19 @@ pub fn smp_invalidate_interrupt() {
         if sender == me || info.pending.load(Ordering::Acquire) & bit == 0 {
             continue;
         }
+        // Read after `pending` (acquire): the owner wrote it before.
+        if info.nmi.load(Ordering::Relaxed) != via_nmi {
+            continue;
+        }
         let start = info.start.load(Ordering::Relaxed);
         let end = info.end.load(Ordering::Relaxed);
         flush_tlb_func(start, end);
         stats.received.fetch_add(1, Ordering::Relaxed);
+        tlbflush::count_received(me);
+        served = true;
         // The acknowledgement: after the flush, release so the sender sees it
         // done.
         info.pending.fetch_and(!bit, Ordering::Release);
     }
+    served
 }

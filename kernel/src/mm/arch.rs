@@ -26,6 +26,7 @@
 //!   split of duties.
 
 use super::mm::Mm;
+use super::tlbflush::FlushStrategy;
 use crate::Arch;
 
 /// The five page-table levels, in Linux's names.
@@ -259,6 +260,13 @@ pub trait Mmu: Arch + Sized {
     /// Flushes the calling CPU's TLB entry for `addr` only (x86-64 INVLPG; s390x
     /// PTLB), to set up "stale translation" experiments.
     fn local_flush_tlb_page(addr: u64);
+    /// Flushes every translation of `mm` everywhere (x86-64: CR3 reload here
+    /// and a full flush on the other CPUs of the cpumask; s390x: IDTE for the
+    /// ASCE, or PTLB when only the calling CPU has the mm attached).
+    fn flush_tlb_mm(mm: &Mm<Self>);
+    /// The strategies [`crate::mm::tlbflush::set_flush_strategy`] accepts;
+    /// the first is the default.
+    const FLUSH_STRATEGIES: &'static [FlushStrategy];
 
     // ---- faults ----------------------------------------------------------------------
 

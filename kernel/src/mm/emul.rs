@@ -220,6 +220,12 @@ macro_rules! emul_arch {
                 FLUSHES.fetch_add(1, Ordering::Relaxed);
             }
             fn local_flush_tlb_page(_: u64) {}
+            fn flush_tlb_mm(_: &Mm<Self>) {
+                FLUSHES.fetch_add(1, Ordering::Relaxed);
+            }
+            // One CPU: there is nobody to reach; the knob keeps a value.
+            const FLUSH_STRATEGIES: &'static [crate::mm::tlbflush::FlushStrategy] =
+                &[crate::mm::tlbflush::FlushStrategy::Ipi];
             fn probe_load(addr: u64) -> Result<u64, FaultInfo> {
                 let pa = translate::<Self>(addr, false)?;
                 // SAFETY: `translate` found a present mapping of a live frame.

@@ -214,6 +214,12 @@ fn put_frags<A: Mmu>(head: &'static Page, index: usize, count: usize) {
 
 /// Frees a PTE table (`pte_free`).
 pub fn pte_free<A: Mmu>(_mm: &Mm<A>, table: u64) {
+    __pte_free::<A>(table);
+}
+
+/// Frees a PTE table without its mm (the deferred half of `tlb_remove_table`,
+/// which may run after the mm is gone).
+pub fn __pte_free<A: Mmu>(table: u64) {
     let head_frame = page::phys_to_page(table);
     if block_policy(head_frame) == FragPolicy::OnePerFrame && head_frame.test_flag(page::PG_pgtable)
     {

@@ -6,13 +6,15 @@
 //! `do_shared_fault`, `wp_page_shared`, `zap_pte_range`, `free_pgtables`,
 //! `copy_page_range` and `exit_mmap`.
 //!
-//! Unmap order: under the PTL of each PTE table, clear the PTEs (carrying a
-//! dirty file PTE's dirty bit to its page), flush the TLB, then remove the
-//! pages' rmaps — all before the PTL is dropped, as Linux 6.2's fix for
-//! catalogue row 3 does — and drop the page references after the whole range.
-//! No CPU can reach a freed page through a stale translation, and `folio_mkclean`
-//! cannot miss a mapping some CPU can still write through. (The selectable
-//! mmu_gather policies come later and replace [`zap_page_range`].)
+//! Unmap order: zaps run on an [`MmuGather`] ([`super::mmu_gather`]), whose
+//! runtime policy decides when pages, rmaps and tables go. With the default
+//! policy: under the PTL of each PTE table, clear the PTEs (carrying a dirty
+//! file PTE's dirty bit to its page), hand the pages to the gather; if file
+//! pages were unmapped, flush the TLB and remove their rmaps before the PTL is
+//! dropped, as Linux 6.2's fix for catalogue row 3 does; pages are freed after
+//! the flush of their batch, tables right after the gather's last flush. No
+//! CPU can reach a freed page through a stale translation, and `folio_mkclean`
+//! cannot miss a mapping some CPU can still write through.
 //!
 //! Shared file mappings are write-notify mappings: a read fault maps the page
 //! read-only (clean), and the first store takes a write-protect fault that
@@ -44,6 +46,7 @@ use super::arch::{FaultInfo, Level, Mmu, PteProt};
 use super::fault::FaultError;
 use super::filemap::{self, MmapRef, RamFile};
 use super::mm::{Mm, VmFlags, Vma, VmaList};
+use super::mmu_gather::{self, MmuGather};
 use super::page::{self, Page};
 use super::{dirty, frag, page_alloc, pgtable, rmap, PAGE_SIZE};
 use alloc::boxed::Box;
@@ -201,10 +204,12 @@ fn do_munmap<A: Mmu>(mm: &Mm<A>, vmas: &mut VmaList, start: u64, end: u64) {
     }
     let before = file_vmas_near(vmas, start, end);
     vmas.remove_range(start, end);
-    zap_page_range(mm, start, end);
+    let mut tlb = mmu_gather::tlb_gather_mmu(mm);
+    unmap_page_range(&mut tlb, start, end);
     let after = file_vmas_near(vmas, start, end);
     sync_i_mmap(mm, &before, &after);
-    free_pgtables(mm, vmas, start, end);
+    free_pgtables(&mut tlb, vmas, start, end);
+    mmu_gather::tlb_finish_mmu(tlb);
 }
 
 /// Maps `[addr, addr + len)` (`do_mmap` at a fixed address): private anonymous
@@ -370,9 +375,11 @@ pub fn mprotect<A: Mmu>(mm: &Mm<A>, addr: u64, len: u64, flags: VmFlags) -> Resu
 pub fn madvise_dontneed<A: Mmu>(mm: &Mm<A>, addr: u64, len: u64) -> Result<(), MapError> {
     let end = check_range::<A>(addr, len)?;
     let vmas = mm.mmap_lock.read();
+    let mut tlb = mmu_gather::tlb_gather_mmu(mm);
     for v in vmas.iter().filter(|v| v.start < end && addr < v.end) {
-        zap_page_range(mm, v.start.max(addr), v.end.min(end));
+        unmap_page_range(&mut tlb, v.start.max(addr), v.end.min(end));
     }
+    mmu_gather::tlb_finish_mmu(tlb);
     if vmas.covers(addr, end) {
         Ok(())
     } else {
@@ -380,101 +387,141 @@ pub fn madvise_dontneed<A: Mmu>(mm: &Mm<A>, addr: u64, len: u64) -> Result<(), M
     }
 }
 
-// ---- zap --------------------------------------------------------------------------
+// ---- zap ----------------------------------------------------------------------------------
 
-/// Clears every PTE in `[start, end)` (`zap_pte_range` with a correct, simple
-/// gather). Per PTE table, under its PTL: clear each PTE — a dirty one of a
-/// file page dirties the page (`set_page_dirty`) — then, if anything was
-/// cleared, flush the TLB for the table's range and remove the pages' rmaps.
-/// The page references are dropped after the whole range. Caller holds
-/// `mmap_lock` (read for MADV_DONTNEED, write for munmap).
+/// Clears every PTE in `[start, end)` on a gather of its own and flushes and
+/// frees at the end (`zap_page_range`). Caller holds `mmap_lock` (read for
+/// MADV_DONTNEED, write for munmap).
 pub fn zap_page_range<A: Mmu>(mm: &Mm<A>, start: u64, end: u64) {
-    let mut pages: Vec<&'static Page> = Vec::new();
+    let mut tlb = mmu_gather::tlb_gather_mmu(mm);
+    unmap_page_range(&mut tlb, start, end);
+    mmu_gather::tlb_finish_mmu(tlb);
+}
+
+/// Clears every PTE in `[start, end)` onto `tlb`, one PTE table at a time
+/// (`unmap_page_range`).
+pub fn unmap_page_range<A: Mmu>(tlb: &mut MmuGather<'_, A>, start: u64, end: u64) {
     let mut addr = start;
     while addr < end {
         let next = pgtable::addr_end(addr, end, A::PMD_SIZE);
-        if let Some(pmdp) = pmd_entry(mm, addr) {
-            // SAFETY: a live PMD entry of this mm (mmap_lock held).
-            let pmd = unsafe { pgtable::read_entry(pmdp) };
-            if !A::entry_none(Level::Pmd, pmd) && A::entry_is_table(Level::Pmd, pmd) {
-                // SAFETY: the PMD entry points to a live PTE table.
-                let _ptl = pte_lockptr(unsafe { A::pte_offset(pmdp, addr) }).lock();
-                let first = pages.len();
-                let mut a = addr;
-                while a < next {
-                    // SAFETY: `a` lies in this PMD's block, whose table is live;
-                    // we hold its PTL.
-                    let ptep = unsafe { A::pte_offset(pmdp, a) };
-                    // SAFETY: as above.
-                    let pte = unsafe { pgtable::read_entry(ptep) };
-                    if !A::pte_none(pte) {
-                        // SAFETY: as above.
-                        let old = unsafe { A::ptep_get_and_clear(mm, a, ptep) };
-                        if A::pte_present(old) {
-                            let p = page::pfn_to_page(A::pte_pfn(old));
-                            if page::PageAnon(p) {
-                                mm.rss_anon.fetch_sub(1, Ordering::Relaxed);
-                            } else {
-                                // StorageKey: the dirty state is in the key,
-                                // moved to the page by `page_remove_rmap`.
-                                if dirty::pte_tracks_dirty() && A::pte_dirty(old) {
-                                    filemap::set_page_dirty(p);
-                                }
-                                mm.rss_file.fetch_sub(1, Ordering::Relaxed);
-                            }
-                            pages.push(p);
-                        }
-                    }
-                    a += PAGE_SIZE;
-                }
-                if pages.len() > first {
-                    // Invalidate, then unhook from the rmap, still under the
-                    // PTL: mkclean cannot miss a mapping a CPU can write through.
-                    A::flush_tlb_range(mm, addr, next);
-                    for p in &pages[first..] {
-                        page_remove_rmap(p);
-                    }
-                }
-            }
-        }
-        addr = next;
-    }
-    // Every CPU has dropped its translations before a page can be reused.
-    for p in pages {
-        page::put_page(p);
+        addr = match pmd_entry(tlb.mm, addr) {
+            Some(pmdp) => zap_pte_range(tlb, pmdp, addr, next),
+            None => next,
+        };
     }
 }
 
-/// Frees the PTE tables of every PMD block that `[start, end)` touches and no
-/// remaining VMA overlaps (`free_pgtables` with its floor and ceiling taken from
-/// the neighbouring VMAs). Upper-level tables stay until the mm is torn down.
+/// Clears the PTEs of `[addr, end)` (one PMD block) under the table's PTL
+/// (`zap_pte_range`); returns where it stopped: `end`, or earlier when the
+/// gather's batch filled up (flushed and freed before returning).
+///
+/// Per PTE: clear it; a dirty PTE of a file page dirties the page before the
+/// PTL is dropped (PTE dirty-bit mode; in storage-key mode `page_remove_rmap`
+/// moves the change bit); hand the page to the gather. rmap removal follows the
+/// policy: at the clear, or for file pages after the flush under the PTL
+/// ([`mmu_gather::tlb_flush_rmaps`]). A flush under the PTL is forced by a
+/// full batch, by delayed rmaps, and (rmap before the flush, Linux 6.1) by a
+/// dirty shared PTE.
+fn zap_pte_range<A: Mmu>(tlb: &mut MmuGather<'_, A>, pmdp: *mut u64, addr: u64, end: u64) -> u64 {
+    let mm = tlb.mm;
+    // SAFETY: a live PMD entry of this mm (mmap_lock held).
+    let pmd = unsafe { pgtable::read_entry(pmdp) };
+    if A::entry_none(Level::Pmd, pmd) || !A::entry_is_table(Level::Pmd, pmd) {
+        return end;
+    }
+    // SAFETY: the PMD entry points to a live PTE table.
+    let ptl = pte_lockptr(unsafe { A::pte_offset(pmdp, addr) }).lock();
+    let mut force_flush = false;
+    let mut batch_full = false;
+    let mut a = addr;
+    while a < end {
+        // SAFETY: `a` lies in this PMD's block, whose table is live; we hold
+        // its PTL.
+        let ptep = unsafe { A::pte_offset(pmdp, a) };
+        // SAFETY: as above.
+        let pte = unsafe { pgtable::read_entry(ptep) };
+        a += PAGE_SIZE;
+        if A::pte_none(pte) {
+            continue;
+        }
+        // SAFETY: as above.
+        let old = unsafe { A::ptep_get_and_clear(mm, a - PAGE_SIZE, ptep) };
+        mmu_gather::tlb_remove_tlb_entry(tlb, a - PAGE_SIZE);
+        if !A::pte_present(old) {
+            continue;
+        }
+        let p = page::pfn_to_page(A::pte_pfn(old));
+        let mut delay_rmap = false;
+        if page::PageAnon(p) {
+            mm.rss_anon.fetch_sub(1, Ordering::Relaxed);
+        } else {
+            let dirty = dirty::pte_tracks_dirty() && A::pte_dirty(old);
+            if dirty {
+                filemap::set_page_dirty(p);
+                // Linux 6.1: the rmap goes now, the flush under the PTL after.
+                force_flush = true;
+            }
+            // StorageKey: `page_remove_rmap` reads the change bit, which
+            // only a flushed TLB leaves final: delay it for every file page.
+            delay_rmap = mmu_gather::tlb_delay_rmap(tlb);
+            mm.rss_file.fetch_sub(1, Ordering::Relaxed);
+        }
+        if delay_rmap {
+            mmu_gather::tlb_delay_page_rmap(tlb, p);
+        } else {
+            page_remove_rmap(p);
+        }
+        if mmu_gather::tlb_remove_page(tlb, p) {
+            force_flush = true;
+            batch_full = true;
+            break;
+        }
+    }
+    if force_flush || mmu_gather::tlb_rmaps_pending(tlb) {
+        // Invalidate, then unhook from the rmap, still under the PTL: mkclean
+        // cannot miss a mapping a CPU can write through.
+        mmu_gather::tlb_flush_mmu_tlbonly(tlb);
+        mmu_gather::tlb_flush_rmaps(tlb);
+    }
+    drop(ptl);
+    if batch_full {
+        mmu_gather::tlb_flush_mmu_free(tlb);
+    }
+    a
+}
+
+/// Unhooks the PTE tables of every PMD block that `[start, end)` touches and
+/// no remaining VMA overlaps onto `tlb`, which frees them after its flush as
+/// its policy says (`free_pgtables` with its floor and ceiling taken from the
+/// neighbouring VMAs). Upper-level tables stay until the mm is torn down.
 /// Caller holds `mmap_lock` for write and zapped the range.
-fn free_pgtables<A: Mmu>(mm: &Mm<A>, vmas: &super::mm::VmaList, start: u64, end: u64) {
+pub fn free_pgtables<A: Mmu>(
+    tlb: &mut MmuGather<'_, A>,
+    vmas: &super::mm::VmaList,
+    start: u64,
+    end: u64,
+) {
     let mut addr = start & !(A::PMD_SIZE - 1);
-    let mut freed = false;
     while addr < end {
         if !vmas.overlaps(addr, addr + A::PMD_SIZE) {
-            freed |= free_pte_table(mm, addr);
+            free_pte_table(tlb, addr);
         }
         addr += A::PMD_SIZE;
     }
-    if freed {
-        // No CPU may keep using a cached walk through a freed table.
-        A::flush_tlb_range(mm, start, end);
-    }
 }
 
-/// Clears the PMD entry of the block at `addr` and frees its PTE table, whose
-/// entries must all be empty. Returns whether a table was freed.
-fn free_pte_table<A: Mmu>(mm: &Mm<A>, addr: u64) -> bool {
+/// Clears the PMD entry of the block at `addr` and hands its PTE table, whose
+/// entries must all be empty, to `tlb` (`free_pte_range`).
+fn free_pte_table<A: Mmu>(tlb: &mut MmuGather<'_, A>, addr: u64) {
+    let mm = tlb.mm;
     let Some(pmdp) = pmd_entry(mm, addr) else {
-        return false;
+        return;
     };
     let _guard = mm.page_table_lock.lock();
     // SAFETY: a live PMD entry of this mm; page_table_lock serialises writers.
     let pmd = unsafe { pgtable::read_entry(pmdp) };
     if A::entry_none(Level::Pmd, pmd) || !A::entry_is_table(Level::Pmd, pmd) {
-        return false;
+        return;
     }
     let table = A::entry_table(Level::Pmd, pmd);
     let entries = page::phys_to_virt(table).cast::<u64>();
@@ -488,8 +535,7 @@ fn free_pte_table<A: Mmu>(mm: &Mm<A>, addr: u64) -> bool {
     }
     // SAFETY: the entry is live and we hold page_table_lock.
     unsafe { core::ptr::write_volatile(pmdp, A::empty_entry(Level::Pmd)) };
-    pgtable::free_table(mm, Level::Pte, table);
-    true
+    mmu_gather::tlb_remove_table(tlb, Level::Pte, table, addr);
 }
 
 /// The PMD entry for `addr`, if the upper tables exist.
@@ -787,11 +833,13 @@ pub fn exit_mmap<A: Mmu>(mm: Mm<A>) {
         for av in mm.anon_vma_chain.lock().drain(..) {
             av.unlink(listed);
         }
+        let mut tlb = mmu_gather::tlb_gather_mmu_fullmm(&mm);
         for v in ranges {
             vmas.remove_range(v.start, v.end);
-            zap_page_range(&mm, v.start, v.end);
-            free_pgtables(&mm, &vmas, v.start, v.end);
+            unmap_page_range(&mut tlb, v.start, v.end);
+            free_pgtables(&mut tlb, &vmas, v.start, v.end);
         }
+        mmu_gather::tlb_finish_mmu(tlb);
     }
     free_upper_tables(&mm);
     frag::pte_frag_destroy(&mm);

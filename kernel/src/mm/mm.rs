@@ -294,6 +294,9 @@ pub struct Mm<A: Mmu> {
     rmap_addr: AtomicUsize,
     /// The current page-table fragment block (`mm->context.pte_frag`).
     pub(crate) pte_frag: spin::Mutex<super::frag::FragCursor>,
+    /// mmu_gathers of this mm in flight (`tlb_flush_pending`; see
+    /// [`super::mmu_gather`]).
+    pub tlb_flush_pending: AtomicUsize,
 }
 
 impl<A: Mmu> Mm<A> {
@@ -310,6 +313,7 @@ impl<A: Mmu> Mm<A> {
             anon_vma_chain: spin::Mutex::new(Vec::new()),
             rmap_addr: AtomicUsize::new(0),
             pte_frag: spin::Mutex::new(super::frag::FragCursor::default()),
+            tlb_flush_pending: AtomicUsize::new(0),
         })
     }
 

@@ -12,11 +12,13 @@ pub mod fault;
 pub(crate) mod file_selftest;
 pub mod filemap;
 pub mod frag;
+pub(crate) mod gather_selftest;
 pub mod memmap;
 pub mod memory;
 // `mm::mm`: the address space (`struct mm_struct`) inside the memory model.
 #[allow(clippy::module_inception)]
 pub mod mm;
+pub mod mmu_gather;
 pub mod page;
 pub mod page_alloc;
 pub(crate) mod page_selftest;
@@ -26,6 +28,8 @@ pub mod rmap;
 pub mod selftest;
 pub(crate) mod skey_selftest;
 pub mod swap_state;
+pub(crate) mod tlb_selftest;
+pub mod tlbflush;
 pub mod xarray;
 
 /// Size of a base page.

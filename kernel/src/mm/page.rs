@@ -654,10 +654,18 @@ mod tests {
                 unlock_page(page);
             })
         };
-        while page_lock_waiters(page) == 0 {
+        // The waiter counts itself, then sets PG_waiters: wait (bounded) for both.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !(page_lock_waiters(page) == 1 && PageWaiters(page))
+            && std::time::Instant::now() < deadline
+        {
             std::thread::yield_now();
         }
-        assert!(PageWaiters(page));
+        assert!(
+            PageWaiters(page),
+            "a waiting lock_page did not set PG_waiters"
+        );
+        assert_eq!(page_lock_waiters(page), 1);
         std::thread::sleep(std::time::Duration::from_millis(20));
         assert!(!inside.load(Ordering::SeqCst), "lock_page did not wait");
         unlock_page(page);

@@ -1,0 +1,365 @@
+//! In-kernel tests of the mmu_gather and its policies (KTAP suite `gather`).
+//!
+//! Design. Each case builds a task mm, populates anonymous pages with real
+//! faults, and zaps through [`super::mmu_gather`] with an explicit policy,
+//! reading the free-frame count of the allocator before and after the flush,
+//! the IPI sync or the grace period. Page tables come one per frame
+//! ([`FragPolicy::OnePerFrame`], set for the case and restored) so that a freed
+//! table shows as one free frame. The cross-CPU cases hold the last CPU in an
+//! interrupts-off section ([`smp::run_on_idle`]) and show that a table is not
+//! freed (RCU) or the zap does not return (IPI sync) before the section ends.
+//! Every case checks that no frame leaked.
+
+use super::frag::{self, FragPolicy};
+use super::memory;
+use super::mm::Mm;
+use super::mmu_gather::{self as g, NestedFlush, PageFree, TableFree, TlbPolicy};
+use super::selftest::no_leak;
+use super::{page_alloc, PAGE_SIZE};
+use crate::cmdline::Cmdline;
+use crate::ktap::Outcome;
+use crate::{diag, rcu, smp, time};
+use alloc::{boxed::Box, format};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+type TestFn = fn(&Cmdline) -> Outcome;
+
+/// The `gather` suite, in order.
+pub fn suite<A: super::arch::Mmu>() -> [(&'static str, TestFn); 7] {
+    [
+        ("batched_zap_one_flush_per_batch", batched_zap::<A>),
+        ("page_free_policies", page_free_policies::<A>),
+        ("table_free_policies", table_free_policies::<A>),
+        ("rcu_table_free_waits_for_irqs_off_cpu", rcu_waits::<A>),
+        ("ipi_sync_waits_for_irqs_off_cpu", ipi_sync_waits::<A>),
+        ("nested_gathers_full_flush", nested::<A>),
+        ("zap_throughput", zap_throughput::<A>),
+    ]
+}
+
+fn fail(msg: alloc::string::String) -> Outcome {
+    Outcome::Fail(msg)
+}
+
+fn policy(page_free: PageFree, table_free: TableFree) -> TlbPolicy {
+    TlbPolicy {
+        page_free,
+        table_free,
+        ..TlbPolicy::DEFAULT
+    }
+}
+
+/// A boxed mm with `pages` populated anonymous pages at `TASK_BASE`.
+fn populated<A: super::arch::Mmu>(pages: u64) -> Result<Box<Mm<A>>, Outcome> {
+    super::selftest::mapped_mm::<A>(pages * PAGE_SIZE, true)
+}
+
+/// Zaps `pages` pages at `TASK_BASE` on one gather; returns its flushes.
+fn zap<A: super::arch::Mmu>(mm: &Mm<A>, pages: u64, p: TlbPolicy) -> u64 {
+    let _vmas = mm.mmap_lock.read();
+    let mut tlb = g::tlb_gather_mmu_policy(mm, p, false);
+    memory::unmap_page_range(&mut tlb, A::TASK_BASE, A::TASK_BASE + pages * PAGE_SIZE);
+    g::tlb_finish_mmu_counted(tlb)
+}
+
+fn batched_zap<A: super::arch::Mmu>(_: &Cmdline) -> Outcome {
+    no_leak(|| {
+        let n = 2 * g::GATHER_BATCH as u64 + 10;
+        let mut got = [0u64; 2];
+        for (i, pf) in [PageFree::Batched, PageFree::Immediate]
+            .into_iter()
+            .enumerate()
+        {
+            let mm = match populated::<A>(n) {
+                Ok(m) => m,
+                Err(o) => return o,
+            };
+            got[i] = zap(&mm, n, policy(pf, TableFree::Immediate));
+            memory::exit_mmap(*mm);
+        }
+        diag!(
+            "pages={n} batch={} flushes_batched={} flushes_immediate={}",
+            g::GATHER_BATCH,
+            got[0],
+            got[1]
+        );
+        let want = n.div_ceil(g::GATHER_BATCH as u64);
+        if got != [want, 1] {
+            return fail(format!(
+                "flushes {got:?}, expected [{want}, 1]: one per batch of {}",
+                g::GATHER_BATCH
+            ));
+        }
+        Outcome::Pass
+    })
+}
+
+fn page_free_policies<A: super::arch::Mmu>(_: &Cmdline) -> Outcome {
+    no_leak(|| {
+        for pf in [PageFree::Batched, PageFree::Immediate] {
+            let mm = match populated::<A>(8) {
+                Ok(m) => m,
+                Err(o) => return o,
+            };
+            let before = page_alloc::nr_free_pages();
+            let (mid, after) = {
+                let _vmas = mm.mmap_lock.read();
+                let mut tlb =
+                    g::tlb_gather_mmu_policy(&mm, policy(pf, TableFree::Immediate), false);
+                memory::unmap_page_range(&mut tlb, A::TASK_BASE, A::TASK_BASE + 8 * PAGE_SIZE);
+                let mid = page_alloc::nr_free_pages();
+                g::tlb_finish_mmu(tlb);
+                (mid, page_alloc::nr_free_pages())
+            };
+            memory::exit_mmap(*mm);
+            let [name, ..] = policy(pf, TableFree::Immediate).names();
+            diag!(
+                "{name}: freed_at_clear={} freed_after_flush={}",
+                mid - before,
+                after - before
+            );
+            let want_mid = if pf == PageFree::Batched {
+                before
+            } else {
+                before + 8
+            };
+            if mid != want_mid || after != before + 8 {
+                return fail(format!(
+                    "{name}: {} freed at the clear, {} after the flush",
+                    mid - before,
+                    after - before
+                ));
+            }
+        }
+        Outcome::Pass
+    })
+}
+
+/// Runs `body` with one page table per frame.
+fn one_table_per_frame(body: impl FnOnce() -> Outcome) -> Outcome {
+    let old = frag::policy();
+    frag::set_policy(FragPolicy::OnePerFrame);
+    let o = body();
+    frag::set_policy(old);
+    o
+}
+
+fn table_free_policies<A: super::arch::Mmu>(_: &Cmdline) -> Outcome {
+    no_leak(|| {
+        one_table_per_frame(|| {
+            for tf in [TableFree::Immediate, TableFree::IpiSync, TableFree::Rcu] {
+                let mm = match populated::<A>(1) {
+                    Ok(m) => m,
+                    Err(o) => return o,
+                };
+                let before = page_alloc::nr_free_pages();
+                let old = g::set_tlb_policy(policy(PageFree::Batched, tf));
+                // For the RCU policy, this CPU stays in a read-side critical
+                // section (interrupts off) until it has counted: no grace
+                // period can end before the count, whatever the other CPUs do.
+                // (Only this CPU has the mm: the flush needs no IPI.)
+                let flags = (tf == TableFree::Rcu).then(A::local_irq_save);
+                let r = memory::munmap(&mm, A::TASK_BASE, PAGE_SIZE);
+                let at_finish = page_alloc::nr_free_pages() - before;
+                if let Some(f) = flags {
+                    A::local_irq_restore(f);
+                }
+                g::set_tlb_policy(old);
+                rcu::rcu_barrier_this_cpu::<A>();
+                let after_gp = page_alloc::nr_free_pages() - before;
+                memory::exit_mmap(*mm);
+                let name = policy(PageFree::Batched, tf).names()[1];
+                diag!("{name}: frames_freed_at_finish={at_finish} after_grace_period={after_gp}");
+                if r.is_err() {
+                    return fail(format!("{name}: munmap {r:?}"));
+                }
+                // One data page, one PTE table.
+                let want = if tf == TableFree::Rcu { (1, 2) } else { (2, 2) };
+                if (at_finish, after_gp) != want {
+                    return fail(format!(
+                        "{name}: freed {at_finish} at the finish and {after_gp} after a grace period, expected {want:?}"
+                    ));
+                }
+            }
+            Outcome::Pass
+        })
+    })
+}
+
+/// Section length of the cross-CPU cases.
+const SECTION_NS: u64 = 50_000_000;
+static IN_SECTION: AtomicBool = AtomicBool::new(false);
+static SECTION_END_NS: AtomicU64 = AtomicU64::new(0);
+static CLOCK: AtomicU64 = AtomicU64::new(0);
+
+/// The held CPU's work: interrupts off for [`SECTION_NS`] (a GUP-fast walk).
+fn irqs_off_section<A: super::arch::Mmu>(_: usize) {
+    A::local_irq_disable();
+    IN_SECTION.store(true, Ordering::Release);
+    time::ndelay::<A>(SECTION_NS);
+    SECTION_END_NS.store(A::clock_ns(), Ordering::Release);
+    IN_SECTION.store(false, Ordering::Release);
+    A::local_irq_enable();
+}
+
+/// Holds the last CPU in [`irqs_off_section`]; returns once it is inside.
+fn hold_last_cpu<A: super::arch::Mmu>() -> usize {
+    let cpu = smp::nr_cpus() - 1;
+    SECTION_END_NS.store(0, Ordering::Release);
+    smp::run_on_idle::<A>(cpu, irqs_off_section::<A>, 0);
+    while !IN_SECTION.load(Ordering::Acquire) {
+        A::cpu_relax();
+    }
+    CLOCK.store(A::clock_ns(), Ordering::Relaxed);
+    cpu
+}
+
+fn wait_section_end<A: super::arch::Mmu>() {
+    while SECTION_END_NS.load(Ordering::Acquire) == 0 {
+        A::cpu_relax();
+    }
+}
+
+fn rcu_waits<A: super::arch::Mmu>(_: &Cmdline) -> Outcome {
+    if smp::nr_cpus() < 2 {
+        return Outcome::Skip("needs 2 or more CPUs");
+    }
+    no_leak(|| {
+        one_table_per_frame(|| {
+            let mm = match populated::<A>(1) {
+                Ok(m) => m,
+                Err(o) => return o,
+            };
+            let cpu = hold_last_cpu::<A>();
+            let before = page_alloc::nr_free_pages();
+            let old = g::set_tlb_policy(policy(PageFree::Batched, TableFree::Rcu));
+            let r = memory::munmap(&mm, A::TASK_BASE, PAGE_SIZE);
+            g::set_tlb_policy(old);
+            // Ticks keep coming here (interrupts on): wait for the table while
+            // the other CPU is in its section.
+            let (freed_in_section, freed_at) = loop {
+                if page_alloc::nr_free_pages() >= before + 2 {
+                    // Read after the count: still in the section means the
+                    // table went while the CPU had interrupts off.
+                    break (IN_SECTION.load(Ordering::Acquire), A::clock_ns());
+                }
+                if SECTION_END_NS.load(Ordering::Acquire) != 0 {
+                    rcu::rcu_barrier_this_cpu::<A>();
+                }
+                A::cpu_relax();
+            };
+            wait_section_end::<A>();
+            let end = SECTION_END_NS.load(Ordering::Acquire);
+            memory::exit_mmap(*mm);
+            diag!(
+                "held_cpu={cpu} irqs_off_ns={} table_freed_after_section_ns={}",
+                end - CLOCK.load(Ordering::Relaxed),
+                freed_at as i64 - end as i64
+            );
+            if r.is_err() {
+                return fail(format!("munmap {r:?}"));
+            }
+            if freed_in_section {
+                return fail(format!(
+                    "the table was freed while CPU {cpu} had interrupts off"
+                ));
+            }
+            Outcome::Pass
+        })
+    })
+}
+
+fn ipi_sync_waits<A: super::arch::Mmu>(_: &Cmdline) -> Outcome {
+    if smp::nr_cpus() < 2 {
+        return Outcome::Skip("needs 2 or more CPUs");
+    }
+    no_leak(|| {
+        one_table_per_frame(|| {
+            let mm = match populated::<A>(1) {
+                Ok(m) => m,
+                Err(o) => return o,
+            };
+            let cpu = hold_last_cpu::<A>();
+            let old = g::set_tlb_policy(policy(PageFree::Batched, TableFree::IpiSync));
+            let r = memory::munmap(&mm, A::TASK_BASE, PAGE_SIZE);
+            let returned = A::clock_ns();
+            g::set_tlb_policy(old);
+            wait_section_end::<A>();
+            let end = SECTION_END_NS.load(Ordering::Acquire);
+            memory::exit_mmap(*mm);
+            diag!(
+                "held_cpu={cpu} munmap_returned_after_section_ns={}",
+                returned as i64 - end as i64
+            );
+            if r.is_err() {
+                return fail(format!("munmap {r:?}"));
+            }
+            if returned < end {
+                return fail(format!(
+                    "munmap returned while CPU {cpu} had interrupts off"
+                ));
+            }
+            Outcome::Pass
+        })
+    })
+}
+
+fn nested<A: super::arch::Mmu>(_: &Cmdline) -> Outcome {
+    no_leak(|| {
+        let Some(mm) = Mm::<A>::new().map(Box::new) else {
+            return fail("no memory for an mm".into());
+        };
+        let mut got = [0u64; 2];
+        for (i, n) in [NestedFlush::ForceFull, NestedFlush::Ignore]
+            .into_iter()
+            .enumerate()
+        {
+            let p = TlbPolicy {
+                nested: n,
+                ..TlbPolicy::DEFAULT
+            };
+            let outer = g::tlb_gather_mmu_policy(&mm, p, false);
+            let inner = g::tlb_gather_mmu_policy(&mm, p, false);
+            // The inner gather found every PTE cleared by the outer one.
+            got[i] = g::tlb_finish_mmu_counted(inner);
+            g::tlb_finish_mmu(outer);
+        }
+        memory::exit_mmap(*mm);
+        diag!(
+            "inner_flushes_full={} inner_flushes_ignore={}",
+            got[0],
+            got[1]
+        );
+        if got != [1, 0] {
+            return fail(format!("inner gather flushes {got:?}, expected [1, 0]"));
+        }
+        Outcome::Pass
+    })
+}
+
+fn zap_throughput<A: super::arch::Mmu>(_: &Cmdline) -> Outcome {
+    no_leak(|| {
+        const N: u64 = 2048;
+        let mut rate = [0u64; 2];
+        for (i, pf) in [PageFree::Batched, PageFree::Immediate]
+            .into_iter()
+            .enumerate()
+        {
+            let mm = match populated::<A>(N) {
+                Ok(m) => m,
+                Err(o) => return o,
+            };
+            let t0 = A::clock_ns();
+            zap(&mm, N, policy(pf, TableFree::Immediate));
+            let dt = (A::clock_ns() - t0).max(1);
+            rate[i] = N * 1_000_000_000 / dt;
+            memory::exit_mmap(*mm);
+        }
+        diag!(
+            "zap_pages_per_sec_batched={} immediate={}",
+            rate[0],
+            rate[1]
+        );
+        Outcome::Pass
+    })
+}

@@ -1,0 +1,425 @@
+//! In-kernel tests of the TLB flush API and its strategies (KTAP suite `tlb`).
+//!
+//! Each case maps one anonymous page in a fresh mm, attaches the mm on some
+//! CPUs (their bit in the cpumask, their TLB filled by a read), changes the
+//! PTE and flushes through [`tlbflush`], then checks the per-CPU counters and
+//! what the other CPUs read afterwards. Every case checks that no frame
+//! leaked (`no_leak`) and restores the arch's default strategy.
+
+use super::arch::Mmu;
+use super::mm::{self as mmod, Mm};
+use super::selftest::{faults, load, mapped_mm, no_leak, store};
+use super::tlbflush::{self, FlushStrategy, TlbFlushStats};
+use super::{memory, page, pgtable, PAGE_SIZE};
+use crate::cmdline::Cmdline;
+use crate::ktap::Outcome;
+use crate::{diag, smp, NR_CPUS};
+use alloc::{boxed::Box, format, string::String, vec::Vec};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+type TestFn = fn(&Cmdline) -> Outcome;
+
+/// The `tlb` suite, in order.
+pub fn suite<A: Mmu>() -> [(&'static str, TestFn); 5] {
+    [
+        ("strategy_knob", strategy_knob::<A>),
+        ("shootdown_reaches_cpumask", shootdown_reaches_cpumask::<A>),
+        ("local_flush_when_alone", local_flush_when_alone::<A>),
+        ("flush_vs_irqs_off", flush_vs_irqs_off::<A>),
+        ("shootdown_latency", shootdown_latency::<A>),
+    ]
+}
+
+const ALL: [FlushStrategy; 3] = [FlushStrategy::Ipi, FlushStrategy::Nmi, FlushStrategy::Ipte];
+
+/// The mm the helper CPUs attach, as an address.
+static TLB_MM: AtomicU64 = AtomicU64::new(0);
+static TLB_ADDR: AtomicU64 = AtomicU64::new(0);
+/// Per CPU: the value its last read returned and the faults it took.
+static READ_VALUE: [AtomicU64; NR_CPUS] = [const { AtomicU64::new(0) }; NR_CPUS];
+static READ_FAULTS: [AtomicU64; NR_CPUS] = [const { AtomicU64::new(0) }; NR_CPUS];
+
+/// On a helper CPU: attach the test mm and read the page (fills its TLB).
+fn attach_and_read<A: Mmu>(_: usize) {
+    // SAFETY: the test keeps the mm alive until every helper ran `detach`.
+    let mm = unsafe { &*(TLB_MM.load(Ordering::Acquire) as *const Mm<A>) };
+    // SAFETY: as above.
+    unsafe { mmod::use_mm(mm) };
+    read::<A>(0);
+}
+
+/// On a helper CPU: read the page, recording the value and the faults taken.
+fn read<A: Mmu>(_: usize) {
+    let me = A::smp_processor_id();
+    let f0 = faults::<A>();
+    // SAFETY: the address is in a VMA of the mm this CPU runs; a missing
+    // translation is resolved by the fault handler.
+    let v = unsafe { load(TLB_ADDR.load(Ordering::Acquire)) };
+    READ_FAULTS[me].store(faults::<A>() - f0, Ordering::Release);
+    READ_VALUE[me].store(v, Ordering::Release);
+}
+
+fn detach<A: Mmu>(_: usize) {
+    mmod::unuse_mm::<A>();
+}
+
+fn stats_all() -> Vec<TlbFlushStats> {
+    (0..smp::nr_cpus()).map(tlbflush::tlb_flush_stats).collect()
+}
+
+/// Clears the test page's PTE as a zap would; returns the old PTE, whose page
+/// the caller drops with [`drop_old`] after the flush.
+fn clear<A: Mmu>(mm: &Mm<A>, addr: u64) -> u64 {
+    let ptep = pgtable::follow_pte(mm, addr).expect("the page was populated");
+    // SAFETY: a live PTE of this mm; no other CPU changes it meanwhile.
+    unsafe { A::ptep_get_and_clear(mm, addr, ptep) }
+}
+
+/// Drops the page `old` mapped, once no TLB can reach it any more.
+fn drop_old<A: Mmu>(mm: &Mm<A>, old: u64) {
+    let page = page::pfn_to_page(A::pte_pfn(old));
+    memory::page_remove_rmap(page);
+    mm.rss_anon.fetch_sub(1, Ordering::Relaxed);
+    page::put_page(page);
+}
+
+/// A populated one-page mm, attached here with `0xfeed` stored, and published
+/// for the helpers.
+fn setup<A: Mmu>() -> Result<Box<Mm<A>>, Outcome> {
+    let addr = A::TASK_BASE;
+    let mm = mapped_mm::<A>(PAGE_SIZE, true)?;
+    // SAFETY: the mm lives until `teardown`, after every CPU left it.
+    unsafe { mmod::use_mm(&*mm) };
+    // SAFETY: in the VMA.
+    unsafe { store(addr, 0xfeed) };
+    TLB_MM.store(&*mm as *const Mm<A> as u64, Ordering::Release);
+    TLB_ADDR.store(addr, Ordering::Release);
+    Ok(mm)
+}
+
+/// Detaches the test mm from `helpers` and this CPU and restores the default
+/// strategy; the caller then frees the mm with `exit_mmap`.
+fn leave<A: Mmu>(helpers: &[usize]) {
+    for &cpu in helpers {
+        smp::smp_call_function_single::<A>(cpu, detach::<A>, 0, true);
+    }
+    mmod::unuse_mm::<A>();
+    let _ = tlbflush::set_flush_strategy::<A>(A::FLUSH_STRATEGIES[0]);
+}
+
+fn strategy_knob<A: Mmu>(_: &Cmdline) -> Outcome {
+    let names: Vec<&str> = A::FLUSH_STRATEGIES.iter().map(|s| s.name()).collect();
+    diag!(
+        "flush_strategies={} default={}",
+        names.join(","),
+        tlbflush::flush_strategy::<A>().name()
+    );
+    for s in ALL {
+        let res = tlbflush::set_flush_strategy::<A>(s);
+        let supported = A::FLUSH_STRATEGIES.contains(&s);
+        if res.is_ok() != supported {
+            let _ = tlbflush::set_flush_strategy::<A>(A::FLUSH_STRATEGIES[0]);
+            return Outcome::Fail(format!("set_flush_strategy({}) returned {res:?}", s.name()));
+        }
+        if let Err(e) = res {
+            diag!("refused {}: {e}", s.name());
+        } else if tlbflush::flush_strategy::<A>() != s {
+            return Outcome::Fail(format!("the knob did not take {}", s.name()));
+        }
+    }
+    let _ = tlbflush::set_flush_strategy::<A>(A::FLUSH_STRATEGIES[0]);
+    Outcome::Pass
+}
+
+/// (a) With the mm attached on CPU 0 and CPU 1 only, a page flush is received
+/// by CPU 1 and no other CPU (per strategy; none at all for hardware
+/// broadcast), and CPU 1's next read faults instead of using a stale entry.
+fn shootdown_reaches_cpumask<A: Mmu>(_: &Cmdline) -> Outcome {
+    if smp::nr_cpus() < 2 {
+        return Outcome::Skip("needs 2 or more CPUs");
+    }
+    no_leak(|| {
+        for &s in A::FLUSH_STRATEGIES {
+            if let Err(e) = tlbflush::set_flush_strategy::<A>(s) {
+                return Outcome::Fail(e.into());
+            }
+            let mm = match setup::<A>() {
+                Ok(m) => m,
+                Err(o) => return o,
+            };
+            let addr = A::TASK_BASE;
+            let observer = 1;
+            smp::smp_call_function_single::<A>(observer, attach_and_read::<A>, 0, true);
+            let seen_before = READ_VALUE[observer].load(Ordering::Acquire);
+            let before = stats_all();
+            let old = clear::<A>(&mm, addr);
+            tlbflush::flush_tlb_page(&*mm, addr);
+            let after = stats_all();
+            drop_old::<A>(&mm, old);
+            smp::smp_call_function_single::<A>(observer, read::<A>, 0, true);
+            let (seen, took) = (
+                READ_VALUE[observer].load(Ordering::Acquire),
+                READ_FAULTS[observer].load(Ordering::Acquire),
+            );
+            leave::<A>(&[observer]);
+            memory::exit_mmap(*mm);
+            let received: Vec<u64> = before
+                .iter()
+                .zip(&after)
+                .map(|(b, a)| a.received - b.received)
+                .collect();
+            let mut recv = String::new();
+            for (cpu, r) in received.iter().enumerate() {
+                recv.push_str(&format!(" cpu{cpu}={r}"));
+            }
+            diag!(
+                "strategy={} received{recv} observer_value_before={seen_before:#x} after={seen:#x} observer_faults={took}",
+                s.name()
+            );
+            let remote = u64::from(s != FlushStrategy::Ipte);
+            for (cpu, &r) in received.iter().enumerate() {
+                let want = if cpu == observer { remote } else { 0 };
+                if r != want {
+                    return Outcome::Fail(format!(
+                        "{}: CPU {cpu} received {r} flushes, expected {want}",
+                        s.name()
+                    ));
+                }
+            }
+            if seen_before != 0xfeed {
+                return Outcome::Fail(format!("the observer read {seen_before:#x} before"));
+            }
+            if (seen, took) != (0, 1) {
+                return Outcome::Fail(format!(
+                    "{}: after the flush the observer read {seen:#x} with {took} faults (stale TLB entry)",
+                    s.name()
+                ));
+            }
+        }
+        Outcome::Pass
+    })
+}
+
+/// (c) With the mm attached on this CPU only, `flush_tlb_mm` stays local: no
+/// IPI or NMI sent, no CPU receives a request, the local-only count grows.
+fn local_flush_when_alone<A: Mmu>(_: &Cmdline) -> Outcome {
+    no_leak(|| {
+        let mm = match setup::<A>() {
+            Ok(m) => m,
+            Err(o) => return o,
+        };
+        let me = A::smp_processor_id();
+        let before = stats_all();
+        tlbflush::flush_tlb_mm(&*mm);
+        tlbflush::flush_tlb_range(&*mm, A::TASK_BASE, A::TASK_BASE + PAGE_SIZE);
+        let after = stats_all();
+        // SAFETY: in the VMA; the page is still mapped.
+        let v = unsafe { load(A::TASK_BASE) };
+        leave::<A>(&[]);
+        memory::exit_mmap(*mm);
+        let (b, a) = (before[me], after[me]);
+        let received: u64 = before
+            .iter()
+            .zip(&after)
+            .map(|(b, a)| a.received - b.received)
+            .sum();
+        diag!(
+            "issued={} local_only={} ipis_sent={} nmis_sent={} received_anywhere={received}",
+            a.issued - b.issued,
+            a.local_only - b.local_only,
+            a.ipis_sent - b.ipis_sent,
+            a.nmis_sent - b.nmis_sent
+        );
+        if a.issued - b.issued != 2 || a.local_only - b.local_only != 2 {
+            return Outcome::Fail("the flushes were not counted as local-only".into());
+        }
+        if a.ipis_sent != b.ipis_sent || a.nmis_sent != b.nmis_sent || received != 0 {
+            return Outcome::Fail("a local-only flush reached another CPU".into());
+        }
+        if v != 0xfeed {
+            return Outcome::Fail(format!("read {v:#x} after the local flush"));
+        }
+        Outcome::Pass
+    })
+}
+
+/// Flushes timed per strategy and per number of target CPUs (1, 2, all).
+fn shootdown_latency<A: Mmu>(_: &Cmdline) -> Outcome {
+    const ROUNDS: usize = 64;
+    let n = smp::nr_cpus();
+    if n < 2 {
+        return Outcome::Skip("needs 2 or more CPUs");
+    }
+    let mut counts: Vec<usize> = [1, 2, n - 1].into_iter().filter(|&k| k < n).collect();
+    counts.dedup();
+    no_leak(|| {
+        for &s in A::FLUSH_STRATEGIES {
+            if let Err(e) = tlbflush::set_flush_strategy::<A>(s) {
+                return Outcome::Fail(e.into());
+            }
+            for &k in &counts {
+                let mm = match setup::<A>() {
+                    Ok(m) => m,
+                    Err(o) => return o,
+                };
+                let helpers: Vec<usize> = (1..=k).collect();
+                for &cpu in &helpers {
+                    smp::smp_call_function_single::<A>(cpu, attach_and_read::<A>, 0, true);
+                }
+                let mut ns: Vec<u64> = (0..ROUNDS)
+                    .map(|_| {
+                        let t0 = A::clock_ns();
+                        // A one-page range: x86-64 a shootdown, s390x an
+                        // IDTE (`flush_tlb_page` has nothing to do there).
+                        tlbflush::flush_tlb_range(&*mm, A::TASK_BASE, A::TASK_BASE + PAGE_SIZE);
+                        A::clock_ns() - t0
+                    })
+                    .collect();
+                leave::<A>(&helpers);
+                memory::exit_mmap(*mm);
+                ns.sort_unstable();
+                let label = if k == n - 1 {
+                    "all"
+                } else if k == 1 {
+                    "1"
+                } else {
+                    "2"
+                };
+                diag!(
+                    "shootdown_ns_{}_targets_{label}={} min={} max={}",
+                    s.name(),
+                    ns[ROUNDS / 2],
+                    ns[0],
+                    ns[ROUNDS - 1]
+                );
+            }
+        }
+        Outcome::Pass
+    })
+}
+
+/// Length of the interrupts-off section of [`flush_vs_irqs_off`].
+const SECTION_NS: u64 = 150_000_000;
+static SECTION_START: AtomicU64 = AtomicU64::new(0);
+static SECTION_END: AtomicU64 = AtomicU64::new(0);
+/// Set by CPU 0 once the PTE is cleared (the reading variant waits for it).
+static CLEARED: AtomicBool = AtomicBool::new(false);
+/// The section's second read happened with interrupts still off.
+static READ_IN_SECTION: AtomicBool = AtomicBool::new(false);
+
+/// On the target's idle loop: an interrupts-off section of [`SECTION_NS`].
+/// With `reread` set, it waits (inside the section) for [`CLEARED`] and reads
+/// the test page again, recording value and faults.
+fn irqs_off_section<A: Mmu>(reread: usize) {
+    let flags = A::local_irq_save();
+    let start = A::clock_ns();
+    SECTION_START.store(start, Ordering::Release);
+    while A::clock_ns() - start < SECTION_NS {
+        if reread != 0
+            && CLEARED.load(Ordering::Acquire)
+            && !READ_IN_SECTION.load(Ordering::Relaxed)
+        {
+            read::<A>(0);
+            READ_IN_SECTION.store(A::irqs_disabled(), Ordering::Release);
+        }
+        A::cpu_relax();
+    }
+    SECTION_END.store(A::clock_ns(), Ordering::Release);
+    A::local_irq_restore(flags);
+}
+
+/// Starts the section on `cpu` and returns its start time.
+fn start_section<A: Mmu>(cpu: usize, reread: bool) -> u64 {
+    SECTION_START.store(0, Ordering::Release);
+    SECTION_END.store(0, Ordering::Release);
+    CLEARED.store(false, Ordering::Release);
+    READ_IN_SECTION.store(false, Ordering::Release);
+    smp::run_on_idle::<A>(cpu, irqs_off_section::<A>, reread as usize);
+    loop {
+        let t = SECTION_START.load(Ordering::Acquire);
+        if t != 0 {
+            return t;
+        }
+        A::cpu_relax();
+    }
+}
+
+fn wait_section_end<A: Mmu>() -> u64 {
+    loop {
+        let t = SECTION_END.load(Ordering::Acquire);
+        if t != 0 {
+            return t;
+        }
+        A::cpu_relax();
+    }
+}
+
+/// (b) A flush against a CPU with interrupts off: the fixed-IPI shootdown
+/// waits for the section to end, the NMI shootdown does not, and hardware
+/// broadcast (IPTE) purges the CPU's TLB during the section (its next read
+/// there faults).
+fn flush_vs_irqs_off<A: Mmu>(_: &Cmdline) -> Outcome {
+    if smp::nr_cpus() < 2 {
+        return Outcome::Skip("needs 2 or more CPUs");
+    }
+    let target = smp::nr_cpus() - 1;
+    no_leak(|| {
+        let mut figures = String::new();
+        for &s in A::FLUSH_STRATEGIES {
+            if let Err(e) = tlbflush::set_flush_strategy::<A>(s) {
+                return Outcome::Fail(e.into());
+            }
+            let mm = match setup::<A>() {
+                Ok(m) => m,
+                Err(o) => return o,
+            };
+            let addr = A::TASK_BASE;
+            smp::smp_call_function_single::<A>(target, attach_and_read::<A>, 0, true);
+            let reread = s == FlushStrategy::Ipte;
+            let start = start_section::<A>(target, reread);
+            let t0 = A::clock_ns();
+            let old = clear::<A>(&mm, addr);
+            tlbflush::flush_tlb_page(&*mm, addr);
+            let t1 = A::clock_ns();
+            CLEARED.store(true, Ordering::Release);
+            let end = wait_section_end::<A>();
+            drop_old::<A>(&mm, old);
+            let (seen, took, in_section) = (
+                READ_VALUE[target].load(Ordering::Acquire),
+                READ_FAULTS[target].load(Ordering::Acquire),
+                READ_IN_SECTION.load(Ordering::Acquire),
+            );
+            leave::<A>(&[target]);
+            memory::exit_mmap(*mm);
+            let wait = t1 - t0;
+            figures.push_str(&format!(" {}_flush_wait_ns={wait}", s.name()));
+            diag!(
+                "strategy={} section_ns={} flush_done_before_section_end_ns={}",
+                s.name(),
+                end - start,
+                end as i64 - t1 as i64
+            );
+            match s {
+                FlushStrategy::Ipi if t1 < end => {
+                    return Outcome::Fail(format!(
+                        "the IPI shootdown completed {} ns before CPU {target} enabled interrupts",
+                        end - t1
+                    ));
+                }
+                FlushStrategy::Nmi if t1 >= end => {
+                    return Outcome::Fail(format!(
+                        "the NMI shootdown waited for CPU {target}'s interrupts-off section"
+                    ));
+                }
+                FlushStrategy::Ipte if !(in_section && seen == 0 && took == 1) => {
+                    return Outcome::Fail(format!(
+                        "CPU {target} read {seen:#x} with {took} faults (in section: {in_section}) after the IPTE"
+                    ));
+                }
+                _ => {}
+            }
+        }
+        diag!("{}", figures.trim_start());
+        Outcome::Pass
+    })
+}
