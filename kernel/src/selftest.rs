@@ -192,11 +192,13 @@ fn irqs_off_section<A: Arch>(ns: usize) {
     A::local_irq_restore(flags);
 }
 
-/// Starts an interrupts-off section on `cpu`, in task context (its idle loop, not
-/// an interrupt handler), and returns once the section has begun.
-fn start_section<A: Arch>(cpu: usize) -> u64 {
+/// Starts an interrupts-off section of `ns` on `cpu`, in task context (its
+/// idle loop, not an interrupt handler), and returns once the section has
+/// begun, with its start time. One section at a time; tests of other suites
+/// use it too.
+pub(crate) fn start_section<A: Arch>(cpu: usize, ns: u64) -> u64 {
     SECTION_START_NS.store(0, Ordering::Release);
-    smp::run_on_idle::<A>(cpu, irqs_off_section::<A>, SECTION_NS as usize);
+    smp::run_on_idle::<A>(cpu, irqs_off_section::<A>, ns as usize);
     loop {
         let start = SECTION_START_NS.load(Ordering::Acquire);
         if start != 0 {
@@ -206,10 +208,15 @@ fn start_section<A: Arch>(cpu: usize) -> u64 {
     }
 }
 
-fn wait_section_end<A: Arch>() -> u64 {
+/// When the running section ended, if it has.
+pub(crate) fn section_end() -> Option<u64> {
+    Some(SECTION_END_NS.load(Ordering::Acquire)).filter(|&t| t != 0)
+}
+
+/// Waits for the running section to end; returns its end time.
+pub(crate) fn wait_section_end<A: Arch>() -> u64 {
     loop {
-        let end = SECTION_END_NS.load(Ordering::Acquire);
-        if end != 0 {
+        if let Some(end) = section_end() {
             return end;
         }
         A::cpu_relax();
@@ -221,7 +228,7 @@ fn ipi_held_by_irqs_off<A: Arch>(_: &Cmdline) -> Outcome {
         return Outcome::Skip("needs 2 or more CPUs");
     }
     let cpu = smp::nr_cpus() - 1;
-    let start = start_section::<A>(cpu);
+    let start = start_section::<A>(cpu, SECTION_NS);
     let t0 = A::clock_ns();
     smp::smp_call_function_single::<A>(cpu, noop, 0, true);
     let t1 = A::clock_ns();
@@ -261,7 +268,7 @@ fn nmi_with_irqs_off<A: Arch>(_: &Cmdline) -> Outcome {
     }
     let cpu = smp::nr_cpus() - 1;
     let nmis = &percpu::per_cpu(cpu).nmis;
-    let start = start_section::<A>(cpu);
+    let start = start_section::<A>(cpu, SECTION_NS);
     let before = nmis.load(Ordering::Acquire);
     let t0 = A::clock_ns();
     A::send_nmi(cpu);

@@ -18,9 +18,9 @@ use super::selftest::no_leak;
 use super::{page_alloc, PAGE_SIZE};
 use crate::cmdline::Cmdline;
 use crate::ktap::Outcome;
-use crate::{diag, rcu, smp, time};
+use crate::selftest::{section_end, start_section, wait_section_end};
+use crate::{diag, rcu, smp};
 use alloc::{boxed::Box, format};
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 type TestFn = fn(&Cmdline) -> Outcome;
 
@@ -186,38 +186,14 @@ fn table_free_policies<A: super::arch::Mmu>(_: &Cmdline) -> Outcome {
     })
 }
 
-/// Section length of the cross-CPU cases.
+/// Section length of the cross-CPU cases (the held CPU plays a GUP-fast walk).
 const SECTION_NS: u64 = 50_000_000;
-static IN_SECTION: AtomicBool = AtomicBool::new(false);
-static SECTION_END_NS: AtomicU64 = AtomicU64::new(0);
-static CLOCK: AtomicU64 = AtomicU64::new(0);
 
-/// The held CPU's work: interrupts off for [`SECTION_NS`] (a GUP-fast walk).
-fn irqs_off_section<A: super::arch::Mmu>(_: usize) {
-    A::local_irq_disable();
-    IN_SECTION.store(true, Ordering::Release);
-    time::ndelay::<A>(SECTION_NS);
-    SECTION_END_NS.store(A::clock_ns(), Ordering::Release);
-    IN_SECTION.store(false, Ordering::Release);
-    A::local_irq_enable();
-}
-
-/// Holds the last CPU in [`irqs_off_section`]; returns once it is inside.
-fn hold_last_cpu<A: super::arch::Mmu>() -> usize {
+/// Holds the last CPU in an interrupts-off section; returns it and the
+/// section's start once it is inside.
+fn hold_last_cpu<A: super::arch::Mmu>() -> (usize, u64) {
     let cpu = smp::nr_cpus() - 1;
-    SECTION_END_NS.store(0, Ordering::Release);
-    smp::run_on_idle::<A>(cpu, irqs_off_section::<A>, 0);
-    while !IN_SECTION.load(Ordering::Acquire) {
-        A::cpu_relax();
-    }
-    CLOCK.store(A::clock_ns(), Ordering::Relaxed);
-    cpu
-}
-
-fn wait_section_end<A: super::arch::Mmu>() {
-    while SECTION_END_NS.load(Ordering::Acquire) == 0 {
-        A::cpu_relax();
-    }
+    (cpu, start_section::<A>(cpu, SECTION_NS))
 }
 
 fn rcu_waits<A: super::arch::Mmu>(_: &Cmdline) -> Outcome {
@@ -230,7 +206,7 @@ fn rcu_waits<A: super::arch::Mmu>(_: &Cmdline) -> Outcome {
                 Ok(m) => m,
                 Err(o) => return o,
             };
-            let cpu = hold_last_cpu::<A>();
+            let (cpu, start) = hold_last_cpu::<A>();
             let before = page_alloc::nr_free_pages();
             let old = g::set_tlb_policy(policy(PageFree::Batched, TableFree::Rcu));
             let r = memory::munmap(&mm, A::TASK_BASE, PAGE_SIZE);
@@ -241,19 +217,18 @@ fn rcu_waits<A: super::arch::Mmu>(_: &Cmdline) -> Outcome {
                 if page_alloc::nr_free_pages() >= before + 2 {
                     // Read after the count: still in the section means the
                     // table went while the CPU had interrupts off.
-                    break (IN_SECTION.load(Ordering::Acquire), A::clock_ns());
+                    break (section_end().is_none(), A::clock_ns());
                 }
-                if SECTION_END_NS.load(Ordering::Acquire) != 0 {
+                if section_end().is_some() {
                     rcu::rcu_barrier_this_cpu::<A>();
                 }
                 A::cpu_relax();
             };
-            wait_section_end::<A>();
-            let end = SECTION_END_NS.load(Ordering::Acquire);
+            let end = wait_section_end::<A>();
             memory::exit_mmap(*mm);
             diag!(
                 "held_cpu={cpu} irqs_off_ns={} table_freed_after_section_ns={}",
-                end - CLOCK.load(Ordering::Relaxed),
+                end - start,
                 freed_at as i64 - end as i64
             );
             if r.is_err() {
@@ -279,13 +254,12 @@ fn ipi_sync_waits<A: super::arch::Mmu>(_: &Cmdline) -> Outcome {
                 Ok(m) => m,
                 Err(o) => return o,
             };
-            let cpu = hold_last_cpu::<A>();
+            let (cpu, _) = hold_last_cpu::<A>();
             let old = g::set_tlb_policy(policy(PageFree::Batched, TableFree::IpiSync));
             let r = memory::munmap(&mm, A::TASK_BASE, PAGE_SIZE);
             let returned = A::clock_ns();
             g::set_tlb_policy(old);
-            wait_section_end::<A>();
-            let end = SECTION_END_NS.load(Ordering::Acquire);
+            let end = wait_section_end::<A>();
             memory::exit_mmap(*mm);
             diag!(
                 "held_cpu={cpu} munmap_returned_after_section_ns={}",
