@@ -395,9 +395,22 @@ pub fn split_page(page: &Page, order: u32) {
 
 /// Drops a reference on an order-`order` block and frees it when that was the
 /// last one (Linux `__free_pages`).
+///
+/// If someone else still holds a reference — a speculative one, such as the
+/// pfn scanner's `get_page_unless_zero` — a compound block is freed whole by
+/// the last `put_page`. A non-compound block's last `put_page` sees order 0,
+/// so, as Linux does, everything but the head frame is freed here at once
+/// (in halves: order-1 .. order 0 blocks after the head), and only the head
+/// waits for the other holder.
 pub fn __free_pages(page: &Page, order: u32) {
+    let head = super::page::PageHead(page);
     if super::page::put_page_testzero(page) {
         free_frozen_pages(page, order);
+    } else if !head {
+        let pfn = page_to_pfn(page);
+        for o in (0..order).rev() {
+            free_frozen_pages(pfn_to_page(pfn + (1 << o)), o);
+        }
     }
 }
 
@@ -695,6 +708,24 @@ mod tests {
         }
         assert_eq!(nr_free_pages(), free);
         assert_eq!(free_blocks_per_order(), before, "blocks did not merge back");
+    }
+
+    #[test]
+    fn speculative_reference_on_a_non_compound_block() {
+        let _m = test_mem::setup();
+        let (free, bad) = (nr_free_pages(), nr_bad_pages());
+        let page = alloc_pages(2).unwrap();
+        // A pfn scanner's speculative reference on the head.
+        assert!(get_page_unless_zero(page));
+        __free_pages(page, 2);
+        assert_eq!(
+            nr_free_pages(),
+            free - 1,
+            "all but the head frame freed at once"
+        );
+        put_page(page);
+        assert_eq!(nr_free_pages(), free, "the last put frees the head");
+        assert_eq!(nr_bad_pages(), bad);
     }
 
     #[test]
