@@ -126,7 +126,7 @@ fn expected(arch: Arch, smp: usize, case: &str) -> Expect {
 }
 
 /// Every case, in the order the kernel runs them.
-const CASES: [&str; 56] = [
+const CASES: [&str; 57] = [
     "boot.cpus_online",
     "boot.ipi_round_trip",
     "boot.call_function_wait",
@@ -169,6 +169,7 @@ const CASES: [&str; 56] = [
     "gather.zap_throughput",
     "tlb.strategy_knob",
     "tlb.shootdown_reaches_cpumask",
+    "tlb.pmd_clear_flush",
     "tlb.local_flush_when_alone",
     "tlb.flush_vs_irqs_off",
     "tlb.shootdown_latency",

@@ -306,7 +306,7 @@ fn print_boot(boot: &Boot) {
 const FIRST_LINE_TARGET: Duration = Duration::from_millis(100);
 
 /// Figures the kernels print as diagnostics, reported by `bench`: (case, key).
-const BENCH_FIGURES: [(&str, &str); 19] = [
+const BENCH_FIGURES: [(&str, &str); 22] = [
     ("mm_page.alloc_throughput", "frame_allocs_per_sec_1cpu"),
     ("mm_page.alloc_throughput", "all_cpus"),
     ("mm.fault_throughput", "page_faults_per_sec_1cpu"),
@@ -330,6 +330,9 @@ const BENCH_FIGURES: [(&str, &str); 19] = [
     ("tlb.shootdown_latency", "shootdown_ns_ipte_targets_1"),
     ("tlb.shootdown_latency", "shootdown_ns_ipte_targets_2"),
     ("tlb.shootdown_latency", "shootdown_ns_ipte_targets_all"),
+    ("tlb.shootdown_latency", "shootdown_ns_csp_targets_1"),
+    ("tlb.shootdown_latency", "shootdown_ns_csp_targets_2"),
+    ("tlb.shootdown_latency", "shootdown_ns_csp_targets_all"),
     ("tlb.flush_vs_irqs_off", "ipi_flush_wait_ns"),
     ("tlb.flush_vs_irqs_off", "nmi_flush_wait_ns"),
 ];

@@ -244,6 +244,29 @@ pub fn fixup_stale_asce() -> bool {
     true
 }
 
+/// Replaces the valid or invalid PTE `old` at `ptep` (mapping `addr`) with
+/// `new` (Linux `ptep_xchg_direct`). A valid entry is first invalidated and
+/// purged from every TLB with the selected strategy: IPTE, then the store; or
+/// one CSPG with purge that swaps in `new` invalid, then the store of `new`.
+///
+/// # Safety
+/// `ptep` is a live PTE of `addr` under the caller's PTL, holding `old`.
+unsafe fn ptep_xchg_direct(ptep: *mut u64, addr: u64, old: u64, new: u64) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        if pt::pte_hw_valid(old) {
+            match tlbflush::flush_strategy::<S390x>() {
+                FlushStrategy::Csp => {
+                    let swapped = tlb::cspg(ptep, old, old | pt::PAGE_INVALID);
+                    assert!(swapped, "PTE at {ptep:p} changed under its lock");
+                }
+                _ => tlb::ipte(ptep, addr),
+            }
+        }
+        ptep.write_volatile(new);
+    }
+}
+
 fn table_ptr(addr: u64) -> *mut u64 {
     core::ptr::with_exposed_provenance_mut(addr as usize)
 }
@@ -498,10 +521,7 @@ impl Mmu for S390x {
         // SAFETY: the caller's contract: a live PTE of `addr` under the PTL.
         unsafe {
             let old = ptep.read_volatile();
-            if pt::pte_hw_valid(old) {
-                tlb::ipte(ptep, addr);
-            }
-            ptep.write_volatile(pt::PAGE_INVALID);
+            ptep_xchg_direct(ptep, addr, old, pt::PAGE_INVALID);
             old
         }
     }
@@ -513,10 +533,31 @@ impl Mmu for S390x {
             if !pt::pte_present(old) {
                 return;
             }
-            if pt::pte_hw_valid(old) {
-                tlb::ipte(ptep, addr);
+            ptep_xchg_direct(ptep, addr, old, pt::pte_wrprotect(old));
+        }
+    }
+
+    unsafe fn pmdp_get_and_clear(_mm: &Mm<Self>, addr: u64, pmdp: *mut u64) -> u64 {
+        // SAFETY: the caller's contract: the live segment entry of `addr`,
+        // serialised by the caller's lock.
+        unsafe {
+            let old = pmdp.read_volatile();
+            if old & pt::SEGMENT_ENTRY_INVALID == 0 {
+                match tlbflush::flush_strategy::<Self>() {
+                    // Linux `pmdp_idte_global`.
+                    FlushStrategy::Csp => {
+                        // Linux `__pmdp_csp`: the invalid bit is in the low
+                        // word (big-endian: the second one).
+                        let low = pmdp.cast::<u32>().add(1);
+                        let w = old as u32;
+                        let swapped = tlb::csp(low, w, w | pt::SEGMENT_ENTRY_INVALID as u32);
+                        assert!(swapped, "segment entry at {pmdp:p} changed under its lock");
+                    }
+                    _ => tlb::idte_segment(pmdp, addr),
+                }
             }
-            ptep.write_volatile(pt::pte_wrprotect(old));
+            pmdp.write_volatile(pt::SEGMENT_ENTRY_EMPTY);
+            old
         }
     }
 
@@ -542,13 +583,15 @@ impl Mmu for S390x {
         if mm.other_cpus().next().is_none() {
             tlbflush::count_local_only(me);
             tlb::ptlb();
+        } else if tlbflush::flush_strategy::<Self>() == FlushStrategy::Csp {
+            tlb::tlb_flush_global();
         } else {
             // SAFETY: IDTE with the clearing option only purges TLB entries.
             unsafe { tlb::idte(mm.context.asce()) };
         }
     }
 
-    const FLUSH_STRATEGIES: &'static [FlushStrategy] = &[FlushStrategy::Ipte];
+    const FLUSH_STRATEGIES: &'static [FlushStrategy] = &[FlushStrategy::Ipte, FlushStrategy::Csp];
 
     fn local_flush_tlb_page(_addr: u64) {
         tlb::ptlb();

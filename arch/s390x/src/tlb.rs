@@ -9,6 +9,11 @@
 //! purges only the calling CPU's TLB. Linux's rule, kept here: "invalidate with
 //! IPTE, then store" ([`crate::mmu`]).
 //!
+//! Two families of these instructions are available as flush strategies:
+//! IPTE/IDTE (the default), and CSP/CSPG with purge, which Linux used for
+//! PTEs and segment entries on machines without IDTE and for
+//! `__tlb_flush_global`.
+//!
 //! QEMU (TCG) details the helpers account for (PLATFORM.md): IPTE and IDTE
 //! purge the other vCPUs synchronously, but the issuing vCPU's own purge takes
 //! effect at the end of its translated block, so each helper ends that block
@@ -85,6 +90,109 @@ pub unsafe fn idte(asce: u64) {
             options(nostack, preserves_flags),
         );
     }
+}
+
+/// `IDTE` with the invalidation-and-clearing option on one segment-table
+/// entry (Linux `__pmdp_idte`): sets the invalid bit of the entry at `pmdp`,
+/// which maps `addr`, and purges every TLB entry formed through it from every
+/// CPU. The entry keeps its other bits; the caller then stores the value it
+/// wants.
+///
+/// # Safety
+/// 1. `pmdp` is an entry of a live segment table (16 KiB, 16 KiB aligned) and
+///    `addr` an address that entry maps: the hardware takes the table origin
+///    from `pmdp` and the index from `addr` (bits 33-43).
+/// 2. The caller serialises changes of the entry.
+#[inline]
+pub unsafe fn idte_segment(pmdp: *mut u64, addr: u64) {
+    let index = (addr >> 20) & 0x7ff;
+    // Segment-table origin, designation type 00 (segment table).
+    let sto = pmdp as u64 - index * 8;
+    debug_assert!(
+        sto & 0x3fff == 0,
+        "IDTE: {pmdp:p} is not in a segment table"
+    );
+    // R2 bit 52 (IDTE_PTOA) clear and bits 53-63 (additional entries) zero:
+    // invalidate exactly the one entry that `addr` indexes.
+    let r2 = addr & !0xfff;
+    // SAFETY: IDTE is privileged; per the contract it sets the invalid bit of
+    // the caller's own entry and purges TLBs. The branch ends the translated
+    // block (see module docs).
+    unsafe {
+        core::arch::asm!(
+            "idte {sto}, %r0, {r2}",
+            "j 0f",
+            "nopr %r7",
+            "0:",
+            sto = in(reg_addr) sto,
+            r2 = in(reg_addr) r2,
+            options(nostack, preserves_flags),
+        );
+    }
+}
+
+/// `CSPG` with the TLB-purge bit (Linux `cspg`): if the doubleword at `ptr`
+/// equals `old`, replaces it with `new` and purges every CPU's TLB. Returns
+/// whether it swapped. The compare-and-swap and the purge are one
+/// instruction: when it returns true, no CPU translates through `old` any more.
+///
+/// # Safety
+/// `ptr` is an 8-byte aligned table entry the caller may change (it holds the
+/// lock that serialises changes of it).
+#[inline]
+pub unsafe fn cspg(ptr: *mut u64, old: u64, new: u64) -> bool {
+    let seen: u64;
+    // SAFETY: CSPG is privileged. R2/R3 are the even/odd pair (compare value,
+    // replacement); the operand address has bit 63 set, which requests the
+    // purge (the low 3 bits are not part of the address). Only the caller's
+    // entry changes. The branch ends the translated block (see module docs).
+    unsafe {
+        core::arch::asm!(
+            "cspg %r2, {a}",
+            "j 0f",
+            "nopr %r7",
+            "0:",
+            inout("r2") old => seen,
+            in("r3") new,
+            a = in(reg_addr) ptr as u64 | 1,
+            options(nostack),
+        );
+    }
+    seen == old
+}
+
+/// `CSP` with the TLB-purge bit on a 32-bit word (Linux `csp`): like
+/// [`cspg`] for a word.
+///
+/// # Safety
+/// `ptr` is a 4-byte aligned word the caller may change.
+#[inline]
+pub unsafe fn csp(ptr: *mut u32, old: u32, new: u32) -> bool {
+    let seen: u64;
+    // SAFETY: as `cspg`, with the word compare in bits 32-63 of R2/R3.
+    unsafe {
+        core::arch::asm!(
+            "csp %r2, {a}",
+            "j 0f",
+            "nopr %r7",
+            "0:",
+            inout("r2") u64::from(old) => seen,
+            in("r3") u64::from(new),
+            a = in(reg_addr) ptr as u64 | 1,
+            options(nostack),
+        );
+    }
+    seen as u32 == old
+}
+
+/// Purges every CPU's whole TLB by a compare-and-swap-and-purge on a dummy
+/// word (Linux `__tlb_flush_global` for machines without IDTE).
+pub fn tlb_flush_global() {
+    let mut dummy: u32 = 0;
+    // SAFETY: a local word; comparing 0 with 0 always swaps, so the purge is
+    // always done.
+    let swapped = unsafe { csp(&mut dummy, 0, 0) };
+    debug_assert!(swapped);
 }
 
 /// `PTLB`: purges the calling CPU's whole TLB (the only local purge s390x has);

@@ -296,6 +296,36 @@ impl Mmu for X86_64 {
         pgtable::pte_mkdirty(pte)
     }
 
+    // ---- PMD leaves -------------------------------------------------------------------------
+
+    fn pmd_leaf(pmd: u64) -> bool {
+        pgtable::pmd_leaf(pmd)
+    }
+
+    fn pfn_pmd(pfn: u64, prot: PteProt) -> u64 {
+        // The leaf carries the same permission and A/D bits as a PTE.
+        pgtable::pfn_pmd(pfn, Self::pfn_pte(0, prot))
+    }
+
+    fn pmd_pfn(pmd: u64) -> u64 {
+        pgtable::pmd_pfn(pmd)
+    }
+
+    fn pmd_write(pmd: u64) -> bool {
+        pgtable::pte_write(pmd)
+    }
+
+    fn pmd_dirty(pmd: u64) -> bool {
+        pgtable::pte_dirty(pmd)
+    }
+
+    unsafe fn pmdp_get_and_clear(_mm: &Mm<Self>, _addr: u64, pmdp: *mut u64) -> u64 {
+        // SAFETY: as `set_pte_at`: a live, aligned entry the caller owns.
+        let entry = unsafe { pte_atomic(pmdp) };
+        // XCHG: atomic against the walker's A/D update of a leaf.
+        entry.swap(0, Ordering::SeqCst)
+    }
+
     // ---- live PTE changes ---------------------------------------------------------------
 
     unsafe fn set_pte_at(_mm: &Mm<Self>, _addr: u64, ptep: *mut u64, pte: u64) {

@@ -227,6 +227,54 @@ pub trait Mmu: Arch + Sized {
     /// hardware-writable with it.
     fn pte_mkdirty(pte: u64) -> u64;
 
+    // ---- PMD leaves (huge pages; only where HAS_HUGE_PMD) -------------------------
+    //
+    // A PMD leaf maps a whole PMD_SIZE block (x86-64 2 MiB, PSE). Arches
+    // without them keep the defaults: `pmd_leaf` is always false and the
+    // others are never called.
+
+    /// Whether a PMD entry maps a block itself instead of pointing to a PTE
+    /// table (`pmd_leaf`).
+    fn pmd_leaf(pmd: u64) -> bool {
+        let _ = pmd;
+        false
+    }
+    /// A PMD leaf mapping the PMD_SIZE-aligned block that starts at frame
+    /// `pfn` (`pmd_mkhuge(pfn_pmd(pfn, prot))`), young and, if writable,
+    /// dirty, like [`Mmu::pfn_pte`].
+    fn pfn_pmd(pfn: u64, prot: PteProt) -> u64 {
+        let _ = (pfn, prot);
+        unreachable!("pfn_pmd: no PMD leaves on this architecture (check HAS_HUGE_PMD)")
+    }
+    /// The first frame a PMD leaf maps (`pmd_pfn`).
+    fn pmd_pfn(pmd: u64) -> u64 {
+        let _ = pmd;
+        unreachable!("pmd_pfn: no PMD leaves on this architecture (check HAS_HUGE_PMD)")
+    }
+    /// Whether a PMD leaf allows stores (`pmd_write`).
+    fn pmd_write(pmd: u64) -> bool {
+        let _ = pmd;
+        unreachable!("pmd_write: no PMD leaves on this architecture (check HAS_HUGE_PMD)")
+    }
+    /// Whether a PMD leaf is dirty (`pmd_dirty`).
+    fn pmd_dirty(pmd: u64) -> bool {
+        let _ = pmd;
+        unreachable!("pmd_dirty: no PMD leaves on this architecture (check HAS_HUGE_PMD)")
+    }
+
+    /// Clears a PMD entry (a table entry or a leaf) and returns its old value
+    /// (`pmdp_huge_get_and_clear`). Like [`Mmu::ptep_get_and_clear`]: x86-64
+    /// exchanges it and leaves the flush to the caller; s390x invalidates
+    /// the segment entry and purges every CPU's TLB first (IDTE, or CSP with
+    /// purge under that strategy), then stores the empty entry. Generic
+    /// callers use [`crate::mm::pgtable::pmdp_collapse_flush`].
+    ///
+    /// # Safety
+    /// `pmdp` is the live PMD entry of `mm` that maps `addr`; the caller
+    /// holds `mmap_lock` for write or the `page_table_lock`, so no other
+    /// writer changes it.
+    unsafe fn pmdp_get_and_clear(mm: &Mm<Self>, addr: u64, pmdp: *mut u64) -> u64;
+
     // ---- live PTE changes ------------------------------------------------------
 
     /// Installs `pte` at `ptep`, which holds no valid entry.

@@ -209,6 +209,10 @@ macro_rules! emul_arch {
                 // SAFETY: a live, aligned entry (caller's contract).
                 unsafe { AtomicU64::from_ptr(ptep) }.swap(0, Ordering::AcqRel)
             }
+            unsafe fn pmdp_get_and_clear(_: &Mm<Self>, _: u64, pmdp: *mut u64) -> u64 {
+                // SAFETY: a live, aligned entry (caller's contract).
+                unsafe { AtomicU64::from_ptr(pmdp) }.swap(0, Ordering::AcqRel)
+            }
             unsafe fn ptep_set_wrprotect(_: &Mm<Self>, _: u64, ptep: *mut u64) {
                 // SAFETY: as above.
                 unsafe { AtomicU64::from_ptr(ptep) }.fetch_and(!W, Ordering::AcqRel);

@@ -404,7 +404,7 @@ pub fn unmap_page_range<A: Mmu>(tlb: &mut MmuGather<'_, A>, start: u64, end: u64
     let mut addr = start;
     while addr < end {
         let next = pgtable::addr_end(addr, end, A::PMD_SIZE);
-        addr = match pmd_entry(tlb.mm, addr) {
+        addr = match pgtable::follow_pmd(tlb.mm, addr) {
             Some(pmdp) => zap_pte_range(tlb, pmdp, addr, next),
             None => next,
         };
@@ -514,7 +514,7 @@ pub fn free_pgtables<A: Mmu>(
 /// entries must all be empty, to `tlb` (`free_pte_range`).
 fn free_pte_table<A: Mmu>(tlb: &mut MmuGather<'_, A>, addr: u64) {
     let mm = tlb.mm;
-    let Some(pmdp) = pmd_entry(mm, addr) else {
+    let Some(pmdp) = pgtable::follow_pmd(mm, addr) else {
         return;
     };
     let _guard = mm.page_table_lock.lock();
@@ -536,30 +536,6 @@ fn free_pte_table<A: Mmu>(tlb: &mut MmuGather<'_, A>, addr: u64) {
     // SAFETY: the entry is live and we hold page_table_lock.
     unsafe { core::ptr::write_volatile(pmdp, A::empty_entry(Level::Pmd)) };
     mmu_gather::tlb_remove_table(tlb, Level::Pte, table, addr);
-}
-
-/// The PMD entry for `addr`, if the upper tables exist.
-fn pmd_entry<A: Mmu>(mm: &Mm<A>, addr: u64) -> Option<*mut u64> {
-    if addr >= A::context_limit(&mm.context) {
-        return None;
-    }
-    let pgdp = A::pgd_offset(&mm.context, addr);
-    // SAFETY: each pointer comes from the previous level's helper on a
-    // non-empty entry of this live mm.
-    unsafe {
-        if A::entry_none(Level::Pgd, pgtable::read_entry(pgdp)) {
-            return None;
-        }
-        let p4dp = A::p4d_offset(pgdp, addr);
-        if A::entry_none(Level::P4d, pgtable::read_entry(p4dp)) {
-            return None;
-        }
-        let pudp = A::pud_offset(p4dp, addr);
-        if A::entry_none(Level::Pud, pgtable::read_entry(pudp)) {
-            return None;
-        }
-        Some(A::pmd_offset(pudp, addr))
-    }
 }
 
 /// Allocates a zeroed page for an anonymous mapping.

@@ -123,8 +123,9 @@ pub fn pte_alloc_walk<A: Mmu>(mm: &Mm<A>, addr: u64) -> Option<*mut u64> {
     }
 }
 
-/// Walks to the PTE of `addr` without allocating; `None` if a table is missing.
-pub fn follow_pte<A: Mmu>(mm: &Mm<A>, addr: u64) -> Option<*mut u64> {
+/// Walks to the PMD entry of `addr` without allocating; `None` if an upper
+/// table is missing. The entry itself may be empty, a table or a leaf.
+pub fn follow_pmd<A: Mmu>(mm: &Mm<A>, addr: u64) -> Option<*mut u64> {
     if addr >= A::context_limit(&mm.context) {
         return None;
     }
@@ -142,13 +143,39 @@ pub fn follow_pte<A: Mmu>(mm: &Mm<A>, addr: u64) -> Option<*mut u64> {
         if A::entry_none(Level::Pud, read_entry(pudp)) {
             return None;
         }
-        let pmdp = A::pmd_offset(pudp, addr);
+        Some(A::pmd_offset(pudp, addr))
+    }
+}
+
+/// Walks to the PTE of `addr` without allocating; `None` if a table is missing.
+pub fn follow_pte<A: Mmu>(mm: &Mm<A>, addr: u64) -> Option<*mut u64> {
+    let pmdp = follow_pmd(mm, addr)?;
+    // SAFETY: a live PMD entry of this mm, checked before descending.
+    unsafe {
         let pmd = read_entry(pmdp);
         if A::entry_none(Level::Pmd, pmd) || !A::entry_is_table(Level::Pmd, pmd) {
             return None;
         }
         Some(A::pte_offset(pmdp, addr))
     }
+}
+
+/// Clears the PMD entry that maps `addr` and makes sure no CPU translates
+/// through it any more (`pmdp_collapse_flush`): where clearing does not purge
+/// the TLBs itself ([`Mmu::CLEAR_FLUSHES_TLB`] false, x86-64), the whole
+/// block is flushed with the selected strategy. Returns the old entry.
+///
+/// # Safety
+/// As [`Mmu::pmdp_get_and_clear`]; interrupts enabled (the flush may wait for
+/// other CPUs).
+pub unsafe fn pmdp_collapse_flush<A: Mmu>(mm: &Mm<A>, addr: u64, pmdp: *mut u64) -> u64 {
+    // SAFETY: forwarded to the caller.
+    let old = unsafe { A::pmdp_get_and_clear(mm, addr, pmdp) };
+    if !A::CLEAR_FLUSHES_TLB {
+        let start = addr & !(A::PMD_SIZE - 1);
+        super::tlbflush::flush_tlb_range(mm, start, start + A::PMD_SIZE);
+    }
+    old
 }
 
 /// `pmd_addr_end`-style helper: the end of the `size`-aligned block holding

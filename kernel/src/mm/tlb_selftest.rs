@@ -20,17 +20,16 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 type TestFn = fn(&Cmdline) -> Outcome;
 
 /// The `tlb` suite, in order.
-pub fn suite<A: Mmu>() -> [(&'static str, TestFn); 5] {
+pub fn suite<A: Mmu>() -> [(&'static str, TestFn); 6] {
     [
         ("strategy_knob", strategy_knob::<A>),
         ("shootdown_reaches_cpumask", shootdown_reaches_cpumask::<A>),
+        ("pmd_clear_flush", pmd_clear_flush::<A>),
         ("local_flush_when_alone", local_flush_when_alone::<A>),
         ("flush_vs_irqs_off", flush_vs_irqs_off::<A>),
         ("shootdown_latency", shootdown_latency::<A>),
     ]
 }
-
-const ALL: [FlushStrategy; 3] = [FlushStrategy::Ipi, FlushStrategy::Nmi, FlushStrategy::Ipte];
 
 /// The mm the helper CPUs attach, as an address.
 static TLB_MM: AtomicU64 = AtomicU64::new(0);
@@ -114,7 +113,7 @@ fn strategy_knob<A: Mmu>(_: &Cmdline) -> Outcome {
         names.join(","),
         tlbflush::flush_strategy::<A>().name()
     );
-    for s in ALL {
+    for s in FlushStrategy::ALL {
         let res = tlbflush::set_flush_strategy::<A>(s);
         let supported = A::FLUSH_STRATEGIES.contains(&s);
         if res.is_ok() != supported {
@@ -135,6 +134,66 @@ fn strategy_knob<A: Mmu>(_: &Cmdline) -> Outcome {
 /// by CPU 1 and no other CPU (per strategy; none at all for hardware
 /// broadcast), and CPU 1's next read faults instead of using a stale entry.
 fn shootdown_reaches_cpumask<A: Mmu>(_: &Cmdline) -> Outcome {
+    observed_invalidation::<A>("flush", invalidate_pte::<A>, release_pte::<A>)
+}
+
+/// A PMD entry cleared with `pmdp_collapse_flush` (x86-64: exchange, then a
+/// shootdown of the block; s390x: IDTE on the segment entry, or CSP with
+/// purge) is gone from every TLB: the observer CPU's next read faults and
+/// finds a new table instead of the old page. Per strategy, the flush is
+/// received by the observer only where it is interrupt-driven.
+fn pmd_clear_flush<A: Mmu>(_: &Cmdline) -> Outcome {
+    observed_invalidation::<A>("PMD clear", invalidate_pmd::<A>, release_pmd::<A>)
+}
+
+/// Clears the test page's PTE and flushes the page; returns the old PTE.
+fn invalidate_pte<A: Mmu>(mm: &Mm<A>, addr: u64) -> u64 {
+    let old = clear::<A>(mm, addr);
+    tlbflush::flush_tlb_page(mm, addr);
+    old
+}
+
+fn release_pte<A: Mmu>(mm: &Mm<A>, _addr: u64, old: u64) -> u64 {
+    drop_old::<A>(mm, old);
+    old
+}
+
+/// Clears the test page's PMD entry with `pmdp_collapse_flush`; returns the
+/// old entry.
+fn invalidate_pmd<A: Mmu>(mm: &Mm<A>, addr: u64) -> u64 {
+    let _w = mm.mmap_lock.write();
+    let pmdp = pgtable::follow_pmd(mm, addr).expect("the page was populated");
+    // SAFETY: the live PMD entry of `addr`; mmap_lock is held for write, so
+    // no fault or zap changes it; interrupts are on.
+    unsafe { pgtable::pmdp_collapse_flush(mm, addr, pmdp) }
+}
+
+/// Tears down the table the PMD entry `old_pmd` pointed to by hand: its one
+/// PTE and page, then the table. Returns the PTE.
+fn release_pmd<A: Mmu>(mm: &Mm<A>, addr: u64, old_pmd: u64) -> u64 {
+    let table = A::entry_table(super::arch::Level::Pmd, old_pmd);
+    let ptep = page::phys_to_virt(table)
+        .cast::<u64>()
+        .wrapping_add(((addr / PAGE_SIZE) as usize) % A::PTRS_PER_PTE);
+    // SAFETY: the unhooked table is ours alone now; no TLB holds it.
+    let old = unsafe { A::ptep_get_and_clear(mm, addr, ptep) };
+    drop_old::<A>(mm, old);
+    mm.pgtables_bytes
+        .fetch_sub(A::PTE_TABLE_SIZE, Ordering::Relaxed);
+    super::frag::__pte_free::<A>(table);
+    old
+}
+
+/// Per strategy: CPU 1 attaches the test mm and reads the page; this CPU
+/// runs `invalidate`; then CPU 1 reads again (after `release`, which frees
+/// what `invalidate` unhooked and returns the old PTE). The invalidation must
+/// reach CPU 1 only (by interrupt), or no CPU (hardware broadcast), and CPU
+/// 1's second read must fault into a fresh zero page.
+fn observed_invalidation<A: Mmu>(
+    what: &str,
+    invalidate: fn(&Mm<A>, u64) -> u64,
+    release: fn(&Mm<A>, u64, u64) -> u64,
+) -> Outcome {
     if smp::nr_cpus() < 2 {
         return Outcome::Skip("needs 2 or more CPUs");
     }
@@ -152,15 +211,14 @@ fn shootdown_reaches_cpumask<A: Mmu>(_: &Cmdline) -> Outcome {
             smp::smp_call_function_single::<A>(observer, attach_and_read::<A>, 0, true);
             let seen_before = READ_VALUE[observer].load(Ordering::Acquire);
             let before = stats_all();
-            let old = clear::<A>(&mm, addr);
-            tlbflush::flush_tlb_page(&*mm, addr);
+            let old = invalidate(&mm, addr);
             let after = stats_all();
-            drop_old::<A>(&mm, old);
             smp::smp_call_function_single::<A>(observer, read::<A>, 0, true);
             let (seen, took) = (
                 READ_VALUE[observer].load(Ordering::Acquire),
                 READ_FAULTS[observer].load(Ordering::Acquire),
             );
+            let old_pte = release(&mm, addr, old);
             leave::<A>(&[observer]);
             memory::exit_mmap(*mm);
             let received: Vec<u64> = before
@@ -176,7 +234,7 @@ fn shootdown_reaches_cpumask<A: Mmu>(_: &Cmdline) -> Outcome {
                 "strategy={} received{recv} observer_value_before={seen_before:#x} after={seen:#x} observer_faults={took}",
                 s.name()
             );
-            let remote = u64::from(s != FlushStrategy::Ipte);
+            let remote = u64::from(!s.is_broadcast());
             for (cpu, &r) in received.iter().enumerate() {
                 let want = if cpu == observer { remote } else { 0 };
                 if r != want {
@@ -186,12 +244,14 @@ fn shootdown_reaches_cpumask<A: Mmu>(_: &Cmdline) -> Outcome {
                     ));
                 }
             }
-            if seen_before != 0xfeed {
-                return Outcome::Fail(format!("the observer read {seen_before:#x} before"));
+            if seen_before != 0xfeed || !A::pte_present(old_pte) {
+                return Outcome::Fail(format!(
+                    "the observer read {seen_before:#x} before (old PTE {old_pte:#x})"
+                ));
             }
             if (seen, took) != (0, 1) {
                 return Outcome::Fail(format!(
-                    "{}: after the flush the observer read {seen:#x} with {took} faults (stale TLB entry)",
+                    "{}: after the {what} the observer read {seen:#x} with {took} faults (stale TLB entry)",
                     s.name()
                 ));
             }
@@ -375,7 +435,7 @@ fn flush_vs_irqs_off<A: Mmu>(_: &Cmdline) -> Outcome {
             };
             let addr = A::TASK_BASE;
             smp::smp_call_function_single::<A>(target, attach_and_read::<A>, 0, true);
-            let reread = s == FlushStrategy::Ipte;
+            let reread = s.is_broadcast();
             let start = start_section::<A>(target, reread);
             let t0 = A::clock_ns();
             let old = clear::<A>(&mm, addr);
@@ -411,9 +471,12 @@ fn flush_vs_irqs_off<A: Mmu>(_: &Cmdline) -> Outcome {
                         "the NMI shootdown waited for CPU {target}'s interrupts-off section"
                     ));
                 }
-                FlushStrategy::Ipte if !(in_section && seen == 0 && took == 1) => {
+                FlushStrategy::Ipte | FlushStrategy::Csp
+                    if !(in_section && seen == 0 && took == 1) =>
+                {
                     return Outcome::Fail(format!(
-                        "CPU {target} read {seen:#x} with {took} faults (in section: {in_section}) after the IPTE"
+                        "CPU {target} read {seen:#x} with {took} faults (in section: {in_section}) after the {} purge",
+                        s.name()
                     ));
                 }
                 _ => {}

@@ -39,6 +39,10 @@ pub enum FlushStrategy {
     /// Broadcast invalidation by the hardware (s390x IPTE/IDTE): no
     /// interrupt at all.
     Ipte,
+    /// Broadcast invalidation by a compare-and-swap-and-purge (s390x
+    /// CSP/CSPG with the purge bit): the entry is swapped and every CPU's
+    /// whole TLB purged as one instruction; no interrupt either.
+    Csp,
 }
 
 impl FlushStrategy {
@@ -48,7 +52,27 @@ impl FlushStrategy {
             FlushStrategy::Ipi => "ipi",
             FlushStrategy::Nmi => "nmi",
             FlushStrategy::Ipte => "ipte",
+            FlushStrategy::Csp => "csp",
         }
+    }
+
+    /// Whether the hardware purges every CPU's TLB by itself (no interrupt
+    /// reaches the other CPUs, so their interrupt mask does not matter).
+    pub fn is_broadcast(self) -> bool {
+        matches!(self, FlushStrategy::Ipte | FlushStrategy::Csp)
+    }
+
+    /// Every strategy, in knob order.
+    pub const ALL: [FlushStrategy; 4] = [
+        FlushStrategy::Ipi,
+        FlushStrategy::Nmi,
+        FlushStrategy::Ipte,
+        FlushStrategy::Csp,
+    ];
+
+    /// The strategy named `name` (the knob's spelling).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.name() == name)
     }
 
     fn to_u8(self) -> u8 {
@@ -56,6 +80,7 @@ impl FlushStrategy {
             FlushStrategy::Ipi => 1,
             FlushStrategy::Nmi => 2,
             FlushStrategy::Ipte => 3,
+            FlushStrategy::Csp => 4,
         }
     }
 
@@ -64,6 +89,7 @@ impl FlushStrategy {
             1 => Some(FlushStrategy::Ipi),
             2 => Some(FlushStrategy::Nmi),
             3 => Some(FlushStrategy::Ipte),
+            4 => Some(FlushStrategy::Csp),
             _ => None,
         }
     }
@@ -194,6 +220,7 @@ mod tests {
         assert_eq!(flush_strategy::<Emul4k>(), FlushStrategy::Ipi);
         assert!(set_flush_strategy::<Emul4k>(FlushStrategy::Nmi).is_err());
         assert!(set_flush_strategy::<Emul4k>(FlushStrategy::Ipte).is_err());
+        assert!(set_flush_strategy::<Emul4k>(FlushStrategy::Csp).is_err());
         assert_eq!(flush_strategy::<Emul4k>(), FlushStrategy::Ipi);
         assert_eq!(set_flush_strategy::<Emul4k>(FlushStrategy::Ipi), Ok(()));
         assert_eq!(flush_strategy::<Emul4k>(), FlushStrategy::Ipi);
@@ -201,8 +228,9 @@ mod tests {
 
     #[test]
     fn strategy_encoding_round_trips() {
-        for s in [FlushStrategy::Ipi, FlushStrategy::Nmi, FlushStrategy::Ipte] {
+        for s in FlushStrategy::ALL {
             assert_eq!(FlushStrategy::from_u8(s.to_u8()), Some(s));
+            assert_eq!(FlushStrategy::from_name(s.name()), Some(s));
         }
         assert_eq!(FlushStrategy::from_u8(0), None);
     }
