@@ -77,35 +77,10 @@ static FLUSH_INFO: [FlushInfo; NR_CPUS] = [const {
     }
 }; NR_CPUS];
 
-/// Per-CPU flush counters, for diagnostics.
-#[repr(C, align(64))]
-struct TlbStats {
-    /// Shootdown IPIs this CPU sent.
-    sent: AtomicU64,
-    /// Shootdown requests this CPU served.
-    received: AtomicU64,
-    /// Local flushes this CPU performed (INVLPG runs or CR3 reloads).
-    local: AtomicU64,
-}
-
-static TLB_STATS: [TlbStats; NR_CPUS] = [const {
-    TlbStats {
-        sent: AtomicU64::new(0),
-        received: AtomicU64::new(0),
-        local: AtomicU64::new(0),
-    }
-}; NR_CPUS];
-
-/// Flush counters of `cpu`: (shootdown IPIs sent, shootdown requests served,
-/// local flushes).
-pub fn tlb_stats(cpu: usize) -> (u64, u64, u64) {
-    let s = &TLB_STATS[cpu];
-    (
-        s.sent.load(Ordering::Relaxed),
-        s.received.load(Ordering::Relaxed),
-        s.local.load(Ordering::Relaxed),
-    )
-}
+/// Local flushes (INVLPG runs or CR3 reloads) per CPU, for diagnostics; the
+/// shootdown counters themselves are the generic ones of
+/// `quiesce_kernel::mm::tlbflush`.
+static LOCAL_FLUSHES: [AtomicU64; NR_CPUS] = [const { AtomicU64::new(0) }; NR_CPUS];
 
 /// Physical address of the PML4 the calling CPU translates through
 /// (`native_read_cr3_pa`).
@@ -151,8 +126,7 @@ pub fn native_flush_tlb_local() {
 /// Flushes `[start, end)` from the calling CPU's TLB (`flush_tlb_func`):
 /// INVLPG per page up to the ceiling, a CR3 reload beyond it.
 fn flush_tlb_func(start: u64, end: u64) {
-    let stats = &TLB_STATS[percpu::smp_processor_id()];
-    stats.local.fetch_add(1, Ordering::Relaxed);
+    LOCAL_FLUSHES[percpu::smp_processor_id()].fetch_add(1, Ordering::Relaxed);
     if end == TLB_FLUSH_ALL || end.saturating_sub(start) / PAGE_SIZE > TLB_SINGLE_PAGE_FLUSH_CEILING
     {
         native_flush_tlb_local();
@@ -200,7 +174,6 @@ pub fn flush_tlb_mm_range(mm: &Mm<X86_64>, start: u64, end: u64) {
     info.end.store(end, Ordering::Relaxed);
     info.nmi.store(via_nmi, Ordering::Relaxed);
     info.pending.store(targets, Ordering::Release);
-    let stats = &TLB_STATS[me];
     for cpu in (0..NR_CPUS).filter(|c| targets & (1 << c) != 0) {
         let apic_id = percpu::cpu_data(cpu).apic_id();
         if via_nmi {
@@ -210,7 +183,6 @@ pub fn flush_tlb_mm_range(mm: &Mm<X86_64>, start: u64, end: u64) {
             apic::send_ipi(apic_id, INVALIDATE_TLB_VECTOR);
             tlbflush::count_ipi_sent(me);
         }
-        stats.sent.fetch_add(1, Ordering::Relaxed);
     }
     // Our own flush overlaps the targets' handlers.
     flush_tlb_func(start, end);
@@ -226,9 +198,13 @@ pub fn flush_tlb_mm_range(mm: &Mm<X86_64>, start: u64, end: u64) {
                 "# tlb: CPU {me} still waits for shootdown acks from cpumask {left:#x}"
             );
             for cpu in (0..NR_CPUS).filter(|c| left & (1 << c) != 0) {
-                let (sent, received, local) = tlb_stats(cpu);
+                let st = tlbflush::tlb_flush_stats(cpu);
                 kprintln_emergency!(
-                    "# tlb: cpu{cpu} shootdowns_sent={sent} received={received} local_flushes={local}"
+                    "# tlb: cpu{cpu} ipis_sent={} nmis_sent={} received={} local_flushes={}",
+                    st.ipis_sent,
+                    st.nmis_sent,
+                    st.received,
+                    LOCAL_FLUSHES[cpu].load(Ordering::Relaxed)
                 );
             }
             warned = true;
@@ -265,7 +241,6 @@ fn serve_requests(via_nmi: bool) -> bool {
     let mut served = false;
     let me = percpu::smp_processor_id();
     let bit = 1u64 << me;
-    let stats = &TLB_STATS[me];
     for (sender, info) in FLUSH_INFO.iter().enumerate() {
         if sender == me || info.pending.load(Ordering::Acquire) & bit == 0 {
             continue;
@@ -277,7 +252,6 @@ fn serve_requests(via_nmi: bool) -> bool {
         let start = info.start.load(Ordering::Relaxed);
         let end = info.end.load(Ordering::Relaxed);
         flush_tlb_func(start, end);
-        stats.received.fetch_add(1, Ordering::Relaxed);
         tlbflush::count_received(me);
         served = true;
         // The acknowledgement: after the flush, release so the sender sees it
