@@ -12,6 +12,8 @@ pub mod fault;
 pub(crate) mod file_selftest;
 pub mod filemap;
 pub mod frag;
+pub mod huge_memory;
+pub mod khugepaged;
 pub(crate) mod gather_selftest;
 pub mod memmap;
 pub mod memory;
