@@ -30,6 +30,7 @@ pub mod rmap;
 pub mod selftest;
 pub(crate) mod skey_selftest;
 pub mod swap_state;
+pub(crate) mod thp_selftest;
 pub(crate) mod tlb_selftest;
 pub mod tlbflush;
 pub mod xarray;
