@@ -45,7 +45,7 @@ use super::arch::{Level, Mmu, PteProt};
 use super::memory::{page_add_new_anon_rmap, page_remove_rmap};
 use super::mm::Mm;
 use super::mmu_gather::{self, MmuGather};
-use super::page::{self, PAGE_ORDER_SHIFT, PG_head};
+use super::page::{self, PG_head, PAGE_ORDER_SHIFT};
 use super::{pgtable, PAGE_SIZE};
 use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -70,13 +70,18 @@ pub fn pmd_trans_huge<A: Mmu>(pmd: u64) -> bool {
     A::HAS_HUGE_PMD && A::pmd_leaf(pmd)
 }
 
-/// Clears the huge leaf at `pmdp` (block at `addr`) onto `tlb`
+/// No memory for the PTE table of a split.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SplitNoMemory;
+
+/// Clears the huge leaf of the block at `addr` onto `tlb`
 /// (`zap_huge_pmd`): the whole block joins the flush range, the head loses
 /// its mapping and goes to the gather with the PMD's reference. Returns
 /// whether the gather's batch is full (the caller flushes and frees it), or
-/// `None` if the entry is no longer a leaf (split or zapped meanwhile).
-pub fn zap_huge_pmd<A: Mmu>(tlb: &mut MmuGather<'_, A>, pmdp: *mut u64, addr: u64) -> Option<bool> {
+/// `None` if the entry is not a leaf (split or zapped meanwhile).
+pub fn zap_huge_pmd<A: Mmu>(tlb: &mut MmuGather<'_, A>, addr: u64) -> Option<bool> {
     let mm = tlb.mm;
+    let pmdp = pgtable::follow_pmd(mm, addr)?;
     let guard = mm.page_table_lock.lock();
     // SAFETY: a live PMD entry of this mm; page_table_lock serialises writers.
     let pmd = unsafe { pgtable::read_entry(pmdp) };
@@ -97,13 +102,16 @@ pub fn zap_huge_pmd<A: Mmu>(tlb: &mut MmuGather<'_, A>, pmdp: *mut u64, addr: u6
     Some(full)
 }
 
-/// Splits the huge leaf at `pmdp` (block at `addr`, any address in it) into
-/// a PTE table mapping the same frames (`__split_huge_pmd`; see the module
-/// docs for the method). Returns `Err` only when no PTE table could be
-/// allocated; an entry that is no longer a leaf is left alone.
-pub fn split_huge_pmd<A: Mmu>(mm: &Mm<A>, pmdp: *mut u64, addr: u64) -> Result<(), ()> {
+/// Splits the huge leaf of the block holding `addr` into a PTE table mapping
+/// the same frames (`__split_huge_pmd`; see the module docs for the method).
+/// Fails only when no PTE table could be allocated; an entry that is not a
+/// leaf is left alone.
+pub fn split_huge_pmd<A: Mmu>(mm: &Mm<A>, addr: u64) -> Result<(), SplitNoMemory> {
     let haddr = addr & !(A::PMD_SIZE - 1);
-    let table = pgtable::alloc_table(mm, Level::Pte).ok_or(())?;
+    let Some(pmdp) = pgtable::follow_pmd(mm, haddr) else {
+        return Ok(());
+    };
+    let table = pgtable::alloc_table(mm, Level::Pte).ok_or(SplitNoMemory)?;
     let guard = mm.page_table_lock.lock();
     // SAFETY: a live PMD entry of this mm; page_table_lock serialises writers.
     let pmd = unsafe { pgtable::read_entry(pmdp) };
@@ -146,7 +154,7 @@ pub fn split_huge_pmd<A: Mmu>(mm: &Mm<A>, pmdp: *mut u64, addr: u64) -> Result<(
 
 /// Splits every huge leaf in the PMD blocks that `[start, end)` touches.
 /// Caller holds `mmap_lock`.
-pub fn split_huge_pmds_in<A: Mmu>(mm: &Mm<A>, start: u64, end: u64) -> Result<(), ()> {
+pub fn split_huge_pmds_in<A: Mmu>(mm: &Mm<A>, start: u64, end: u64) -> Result<(), SplitNoMemory> {
     if !A::HAS_HUGE_PMD {
         return Ok(());
     }
@@ -155,7 +163,7 @@ pub fn split_huge_pmds_in<A: Mmu>(mm: &Mm<A>, start: u64, end: u64) -> Result<()
         if let Some(pmdp) = pgtable::follow_pmd(mm, addr) {
             // SAFETY: a live PMD entry of this mm.
             if pmd_trans_huge::<A>(unsafe { pgtable::read_entry(pmdp) }) {
-                split_huge_pmd(mm, pmdp, addr)?;
+                split_huge_pmd(mm, addr)?;
             }
         }
         addr += A::PMD_SIZE;
@@ -168,7 +176,11 @@ pub fn split_huge_pmds_in<A: Mmu>(mm: &Mm<A>, start: u64, end: u64) -> Result<()
 /// while the CPU waited), `None` if the caller goes on with the PTE path
 /// (no leaf, or the leaf was split for a store it does not allow), `Some(Err)`
 /// if the split found no memory. Caller holds `mmap_lock` for read.
-pub fn huge_pmd_fault<A: Mmu>(mm: &Mm<A>, addr: u64, write: bool) -> Option<Result<(), ()>> {
+pub fn huge_pmd_fault<A: Mmu>(
+    mm: &Mm<A>,
+    addr: u64,
+    write: bool,
+) -> Option<Result<(), SplitNoMemory>> {
     if !A::HAS_HUGE_PMD {
         return None;
     }
@@ -181,8 +193,5 @@ pub fn huge_pmd_fault<A: Mmu>(mm: &Mm<A>, addr: u64, write: bool) -> Option<Resu
     if !write || A::pmd_write(pmd) {
         return Some(Ok(()));
     }
-    match split_huge_pmd(mm, pmdp, addr) {
-        Ok(()) => None,
-        Err(()) => Some(Err(())),
-    }
+    split_huge_pmd(mm, addr).err().map(Err)
 }

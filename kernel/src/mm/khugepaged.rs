@@ -340,9 +340,7 @@ fn collapse<A: Mmu>(
     // The old table goes as the table-freeing policy says.
     mm.pgtables_bytes
         .fetch_sub(A::PTE_TABLE_SIZE, Ordering::Relaxed);
-    let mut tables = Vec::with_capacity(1);
-    tables.push((Level::Pte, old_table));
-    mmu_gather::free_tables_as::<A>(policy.table_free, tables);
+    mmu_gather::free_tables_as::<A>(policy.table_free, alloc::vec![(Level::Pte, old_table)]);
     Ok(())
 }
 
@@ -451,19 +449,34 @@ mod tests {
         let bad = page_alloc::nr_bad_pages();
         let mm = filled::<A>();
         let old_pfn = pfn_of(&mm, A::TASK_BASE);
-        let rep = collapse_huge_page(&mm, A::TASK_BASE + 5 * PAGE_SIZE, &policy(true, TableFree::Immediate));
+        let rep = collapse_huge_page(
+            &mm,
+            A::TASK_BASE + 5 * PAGE_SIZE,
+            &policy(true, TableFree::Immediate),
+        );
         assert_eq!(rep.result, CollapseResult::Collapsed);
         assert!(rep.pmd_cleared_ns <= rep.pin_check_ns && rep.pin_check_ns <= rep.done_ns);
         let new_pfn = pfn_of(&mm, A::TASK_BASE);
         assert_ne!(new_pfn, old_pfn);
-        assert_eq!(page::page_ref_count(page::pfn_to_page(old_pfn)), 0, "old frame freed");
+        assert_eq!(
+            page::page_ref_count(page::pfn_to_page(old_pfn)),
+            0,
+            "old frame freed"
+        );
         for i in 0..hpage_pmd_nr::<A>() {
-            assert_eq!(pfn_of(&mm, A::TASK_BASE + i * PAGE_SIZE), new_pfn + i, "contiguous");
+            assert_eq!(
+                pfn_of(&mm, A::TASK_BASE + i * PAGE_SIZE),
+                new_pfn + i,
+                "contiguous"
+            );
         }
         let ptep = pgtable::follow_pte(&mm, A::TASK_BASE).unwrap();
         assert_ne!(ptep as u64 & !(A::PTE_TABLE_SIZE as u64 - 1), rep.old_table);
         assert!(all_intact(&mm));
-        assert_eq!(mm.rss_anon.load(Ordering::Relaxed) as u64, hpage_pmd_nr::<A>());
+        assert_eq!(
+            mm.rss_anon.load(Ordering::Relaxed) as u64,
+            hpage_pmd_nr::<A>()
+        );
         // A collapsed block collapses again.
         let rep = collapse_huge_page(&mm, A::TASK_BASE, &policy(false, TableFree::IpiSync));
         assert_eq!(rep.result, CollapseResult::Collapsed);
@@ -499,7 +512,11 @@ mod tests {
             rep.result,
             CollapseResult::Aborted(CollapseAbort::Referenced(victim, 1 + GUP_PIN_COUNTING_BIAS))
         );
-        assert_eq!(pfn_of(&mm, A::TASK_BASE), old_pfn, "the old mapping is back");
+        assert_eq!(
+            pfn_of(&mm, A::TASK_BASE),
+            old_pfn,
+            "the old mapping is back"
+        );
         assert!(!page::PageLocked(pinned));
         assert!(all_intact(&mm));
         page::page_ref_sub(pinned, GUP_PIN_COUNTING_BIAS);

@@ -345,7 +345,7 @@ pub fn mprotect<A: Mmu>(mm: &Mm<A>, addr: u64, len: u64, flags: VmFlags) -> Resu
     sync_i_mmap(mm, &before, &after);
     if lose_write {
         // A huge leaf is always writable: split those of the range first.
-        huge_memory::split_huge_pmds_in(mm, addr, end).map_err(|()| MapError::NoMemory)?;
+        huge_memory::split_huge_pmds_in(mm, addr, end).map_err(|_| MapError::NoMemory)?;
         let mut changed = false;
         let mut a = addr;
         while a < end {
@@ -414,14 +414,14 @@ pub fn unmap_page_range<A: Mmu>(tlb: &mut MmuGather<'_, A>, start: u64, end: u64
         if huge_memory::pmd_trans_huge::<A>(unsafe { pgtable::read_entry(pmdp) }) {
             if next - addr == A::PMD_SIZE {
                 // The whole block: zap the leaf (zap_huge_pmd).
-                if huge_memory::zap_huge_pmd(tlb, pmdp, addr) == Some(true) {
+                if huge_memory::zap_huge_pmd(tlb, addr) == Some(true) {
                     mmu_gather::tlb_flush_mmu(tlb);
                 }
                 addr = next;
                 continue;
             }
             // Part of the block: split it, then zap PTEs.
-            huge_memory::split_huge_pmd(tlb.mm, pmdp, addr)
+            huge_memory::split_huge_pmd(tlb.mm, addr)
                 .expect("zap: no memory for the PTE table of a huge PMD split");
         }
         addr = zap_pte_range(tlb, pmdp, addr, next);
@@ -583,7 +583,7 @@ pub fn do_user_fault<A: Mmu>(mm: &Mm<A>, info: FaultInfo) -> Result<(), FaultErr
     }
     let writable = vma.flags.write;
     if let Some(r) = huge_memory::huge_pmd_fault(mm, addr, info.write) {
-        return r.map_err(|()| FaultError::OutOfMemory);
+        return r.map_err(|_| FaultError::OutOfMemory);
     }
     let ptep = pgtable::pte_alloc_walk(mm, addr).ok_or(FaultError::OutOfMemory)?;
     let ptl = pte_lockptr(ptep).lock();

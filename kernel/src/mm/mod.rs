@@ -12,9 +12,9 @@ pub mod fault;
 pub(crate) mod file_selftest;
 pub mod filemap;
 pub mod frag;
+pub(crate) mod gather_selftest;
 pub mod huge_memory;
 pub mod khugepaged;
-pub(crate) mod gather_selftest;
 pub mod memmap;
 pub mod memory;
 // `mm::mm`: the address space (`struct mm_struct`) inside the memory model.

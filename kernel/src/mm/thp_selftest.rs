@@ -34,7 +34,10 @@ type TestFn = fn(&Cmdline) -> Outcome;
 /// The `thp` suite, in order.
 pub fn cases<A: Mmu>() -> Vec<(&'static str, TestFn)> {
     alloc::vec![
-        ("collapse_keeps_every_byte", collapse_keeps_every_byte::<A> as TestFn),
+        (
+            "collapse_keeps_every_byte",
+            collapse_keeps_every_byte::<A> as TestFn
+        ),
         ("collapse_aborts_on_pin", collapse_aborts_on_pin::<A>),
         ("collapse_ipi_sync_vs_irqs_off", collapse_ipi_sync::<A>),
         ("collapse_table_free_policies", collapse_table_free::<A>),
@@ -106,7 +109,9 @@ fn collapse_ok<A: Mmu>(mm: &Mm<A>) -> Result<CollapseReport, Outcome> {
         return Err(Outcome::Fail(format!("collapse: {:?}", rep.result)));
     }
     if A::HAS_HUGE_PMD != is_huge(mm, base::<A>()) {
-        return Err(Outcome::Fail("the collapsed PMD is not what the MMU offers".into()));
+        return Err(Outcome::Fail(
+            "the collapsed PMD is not what the MMU offers".into(),
+        ));
     }
     Ok(rep)
 }
@@ -250,12 +255,13 @@ fn collapse_aborts_on_pin<A: Mmu>(_: &Cmdline) -> Outcome {
             f1 - f0,
             again.as_ref().map(|r| r.result)
         );
-        let want = CollapseResult::Aborted(CollapseAbort::Referenced(
-            victim,
-            1 + GUP_PIN_COUNTING_BIAS,
-        ));
+        let want =
+            CollapseResult::Aborted(CollapseAbort::Referenced(victim, 1 + GUP_PIN_COUNTING_BIAS));
         if rep.result != want || rep.pmd_cleared_ns == 0 {
-            return Outcome::Fail(format!("collapse gave {:?}, expected {want:?} after the PMD clear", rep.result));
+            return Outcome::Fail(format!(
+                "collapse gave {:?}, expected {want:?} after the PMD clear",
+                rep.result
+            ));
         }
         if !restored || wrong != 0 || locked {
             return Outcome::Fail(format!(
@@ -266,7 +272,9 @@ fn collapse_aborts_on_pin<A: Mmu>(_: &Cmdline) -> Outcome {
             return o;
         }
         if wrong_after != 0 {
-            return Outcome::Fail(format!("{wrong_after} wrong words after the second collapse"));
+            return Outcome::Fail(format!(
+                "{wrong_after} wrong words after the second collapse"
+            ));
         }
         Outcome::Pass
     })
@@ -333,7 +341,11 @@ fn collapse_ipi_sync<A: Mmu>(_: &Cmdline) -> Outcome {
                     result = Outcome::Fail(format!(
                         "{}: the PMD flush {} for the interrupts-off CPU",
                         s.name(),
-                        if flush_waits { "did not wait" } else { "waited" }
+                        if flush_waits {
+                            "did not wait"
+                        } else {
+                            "waited"
+                        }
                     ));
                     break 'outer;
                 }
@@ -342,7 +354,11 @@ fn collapse_ipi_sync<A: Mmu>(_: &Cmdline) -> Outcome {
                     result = Outcome::Fail(format!(
                         "{} ipi_sync={ipi_sync}: the pin check {} the interrupts-off section",
                         s.name(),
-                        if want_wait { "ran inside" } else { "waited for" }
+                        if want_wait {
+                            "ran inside"
+                        } else {
+                            "waited for"
+                        }
                     ));
                     break 'outer;
                 }
@@ -472,7 +488,8 @@ fn huge_partial_munmap<A: Mmu>(_: &Cmdline) -> Outcome {
         let still_huge = is_huge(&mm, base::<A>());
         let same_frames = A::pte_pfn(pte_of(&mm, base::<A>() + 200 * PAGE_SIZE)) == head + 200;
         let f0 = faults::<A>();
-        let wrong = wrong_words(base::<A>(), hole) + wrong_words(hole + hole_len, base::<A>() + A::PMD_SIZE);
+        let wrong = wrong_words(base::<A>(), hole)
+            + wrong_words(hole + hole_len, base::<A>() + A::PMD_SIZE);
         let f1 = faults::<A>();
         let in_hole = A::probe_load(hole + 8 * PAGE_SIZE);
         let rss = mm.rss_anon.load(Ordering::Relaxed) as u64;
@@ -485,7 +502,10 @@ fn huge_partial_munmap<A: Mmu>(_: &Cmdline) -> Outcome {
             ));
         }
         if wrong != 0 || f1 != f0 || rss != hpage_pmd_nr::<A>() - 16 {
-            return Outcome::Fail(format!("{wrong} wrong words, {} faults, rss {rss}", f1 - f0));
+            return Outcome::Fail(format!(
+                "{wrong} wrong words, {} faults, rss {rss}",
+                f1 - f0
+            ));
         }
         match in_hole {
             Err(info) if !info.protection => Outcome::Pass,
@@ -633,7 +653,12 @@ fn wp_reuse<A: Mmu>(_: &Cmdline) -> Outcome {
                 && (r1 - r0, c1 - c0) == (1, 0)
                 && !page::PageLocked(p)
                 && A::pte_write(pte_of(&mm, a));
-            diag!("{order:?}: reused={} copies={} page_locked={}", r1 - r0, c1 - c0, page::PageLocked(p));
+            diag!(
+                "{order:?}: reused={} copies={} page_locked={}",
+                r1 - r0,
+                c1 - c0,
+                page::PageLocked(p)
+            );
             if !ok {
                 fails.push(format!("{order:?}: no reuse of the exclusive page"));
             }
@@ -672,7 +697,9 @@ fn wp_reuse<A: Mmu>(_: &Cmdline) -> Outcome {
         }
         memory::exit_mmap(*mm);
         if !copied || child_value != Some(8) {
-            fails.push(format!("after fork: copied {copied}, child reads {child_value:?}"));
+            fails.push(format!(
+                "after fork: copied {copied}, child reads {child_value:?}"
+            ));
         }
         match fails.first() {
             Some(f) => Outcome::Fail(f.clone()),
