@@ -280,18 +280,55 @@ fn collapse_aborts_on_pin<A: Mmu>(_: &Cmdline) -> Outcome {
     })
 }
 
-/// Length of the interrupts-off section of the IPI-sync case.
+/// Length of the first interrupts-off section of the IPI-sync case; a
+/// retry doubles it.
 const SECTION_NS: u64 = 50_000_000;
+/// Attempts of a cell whose claim is "did not wait" (see below).
+const ATTEMPTS: u32 = 3;
+
+/// One collapse while the mm's CPU `held` spends `section_ns` with
+/// interrupts off; returns when the PMD clear returned and when the pin
+/// check began, relative to the section's end (ns).
+fn collapse_beside_section<A: Mmu>(
+    held: usize,
+    ipi_sync: bool,
+    section_ns: u64,
+) -> Result<(i64, i64), Outcome> {
+    let mm = block_mm::<A>(false)?;
+    THP_MM.store(&*mm as *const Mm<A> as u64, Ordering::Release);
+    smp::smp_call_function_single::<A>(held, helper_attach_and_read::<A>, 0, true);
+    smp::smp_call_function_single::<A>(held, helper_detach::<A>, 0, true);
+    start_section::<A>(held, section_ns);
+    let policy = CollapsePolicy {
+        ipi_sync,
+        table_free: TableFree::Immediate,
+    };
+    let rep = khugepaged::collapse_huge_page(&mm, base::<A>(), &policy);
+    let end = wait_section_end::<A>();
+    mmod::unuse_mm::<A>();
+    memory::exit_mmap(*mm);
+    if rep.result != CollapseResult::Collapsed {
+        return Err(Outcome::Fail(format!("collapse: {:?}", rep.result)));
+    }
+    let rel = |t: u64| t as i64 - end as i64;
+    Ok((rel(rep.pmd_cleared_ns), rel(rep.pin_check_ns)))
+}
 
 /// A CPU of the mm (it ran it; its TLB may hold the block) spends a section
 /// with interrupts off, as GUP-fast does. Per flush strategy and IPI-sync
-/// knob: where the pin check happened relative to the section's end.
-/// Expected: with the IPI sync the pin check waits for the section, on
-/// every strategy. Without it, it waits only where the PMD flush itself is
-/// an interrupt the section holds back (x86-64 fixed-vector IPI shootdown:
-/// the flush waits, which is why x86 needed no fix); the NMI shootdown and
-/// s390x's IDTE/CSP purge every TLB without the CPU's cooperation, so the
-/// pin check runs while the CPU is still in its section.
+/// knob: where the PMD clear and the pin check happened relative to the
+/// section's end. Expected: with the IPI sync the pin check waits for the
+/// section, on every strategy. Without it, it waits only where the PMD flush
+/// itself is an interrupt the section holds back (x86-64 fixed-vector IPI
+/// shootdown: the flush waits, which is why x86 needed no fix); the NMI
+/// shootdown and s390x's IDTE/CSP purge every TLB without the CPU's
+/// cooperation, so the clear and (without the sync) the pin check run while
+/// the CPU is still in its section.
+///
+/// "Waited" (after the end) is a certainty; "did not wait" is shown by one
+/// run in which the step came before the end. A run in which the host
+/// delayed the collapse past the end proves neither, and the cell is
+/// repeated with a longer section, up to [`ATTEMPTS`] times.
 fn collapse_ipi_sync<A: Mmu>(_: &Cmdline) -> Outcome {
     if smp::nr_cpus() < 2 {
         return Outcome::Skip("needs 2 or more CPUs");
@@ -304,63 +341,51 @@ fn collapse_ipi_sync<A: Mmu>(_: &Cmdline) -> Outcome {
                 result = Outcome::Fail(e.into());
                 break;
             }
+            let flush_waits = s == FlushStrategy::Ipi;
             for ipi_sync in [false, true] {
-                let mm = match block_mm::<A>(false) {
-                    Ok(m) => m,
-                    Err(o) => {
-                        result = o;
+                let check_waits = ipi_sync || flush_waits;
+                let mut section = SECTION_NS;
+                for attempt in 1..=ATTEMPTS {
+                    let (cleared, checked) =
+                        match collapse_beside_section::<A>(held, ipi_sync, section) {
+                            Ok(t) => t,
+                            Err(o) => {
+                                result = o;
+                                break 'outer;
+                            }
+                        };
+                    diag!(
+                        "strategy={} ipi_sync={ipi_sync} section_ns={section} pmd_cleared_after_section_ns={cleared} pin_check_after_section_ns={checked}",
+                        s.name()
+                    );
+                    // Certain failures: a step that must wait came first.
+                    if flush_waits && cleared < 0 {
+                        result = Outcome::Fail(format!(
+                            "{}: the PMD flush returned inside the interrupts-off section",
+                            s.name()
+                        ));
                         break 'outer;
                     }
-                };
-                THP_MM.store(&*mm as *const Mm<A> as u64, Ordering::Release);
-                smp::smp_call_function_single::<A>(held, helper_attach_and_read::<A>, 0, true);
-                smp::smp_call_function_single::<A>(held, helper_detach::<A>, 0, true);
-                let start = start_section::<A>(held, SECTION_NS);
-                let policy = CollapsePolicy {
-                    ipi_sync,
-                    table_free: TableFree::Immediate,
-                };
-                let rep = khugepaged::collapse_huge_page(&mm, base::<A>(), &policy);
-                let end = wait_section_end::<A>();
-                mmod::unuse_mm::<A>();
-                memory::exit_mmap(*mm);
-                let rel = |t: u64| t as i64 - end as i64;
-                diag!(
-                    "strategy={} ipi_sync={ipi_sync} section_ns={} pmd_cleared_after_section_ns={} pin_check_after_section_ns={}",
-                    s.name(),
-                    end - start,
-                    rel(rep.pmd_cleared_ns),
-                    rel(rep.pin_check_ns)
-                );
-                if rep.result != CollapseResult::Collapsed {
-                    result = Outcome::Fail(format!("collapse: {:?}", rep.result));
-                    break 'outer;
-                }
-                let flush_waits = s == FlushStrategy::Ipi;
-                if (rep.pmd_cleared_ns >= end) != flush_waits {
-                    result = Outcome::Fail(format!(
-                        "{}: the PMD flush {} for the interrupts-off CPU",
-                        s.name(),
-                        if flush_waits {
-                            "did not wait"
-                        } else {
-                            "waited"
-                        }
-                    ));
-                    break 'outer;
-                }
-                let want_wait = ipi_sync || flush_waits;
-                if (rep.pin_check_ns >= end) != want_wait {
-                    result = Outcome::Fail(format!(
-                        "{} ipi_sync={ipi_sync}: the pin check {} the interrupts-off section",
-                        s.name(),
-                        if want_wait {
-                            "ran inside"
-                        } else {
-                            "waited for"
-                        }
-                    ));
-                    break 'outer;
+                    if check_waits && checked < 0 {
+                        result = Outcome::Fail(format!(
+                            "{} ipi_sync={ipi_sync}: the pin check ran inside the interrupts-off section",
+                            s.name()
+                        ));
+                        break 'outer;
+                    }
+                    let shown = (flush_waits || cleared < 0) && (check_waits || checked < 0);
+                    if shown {
+                        break;
+                    }
+                    if attempt == ATTEMPTS {
+                        result = Outcome::Fail(format!(
+                            "{} ipi_sync={ipi_sync}: in {ATTEMPTS} runs the collapse never reached its {} before the section ended",
+                            s.name(),
+                            if flush_waits || cleared < 0 { "pin check" } else { "PMD clear" }
+                        ));
+                        break 'outer;
+                    }
+                    section *= 2;
                 }
             }
         }
