@@ -25,6 +25,16 @@
 //! the PTE writable and the frame's change bit holds the dirty state: a zap
 //! ignores PTE dirty bits and `page_remove_rmap` moves C to the page.
 //!
+//! Huge PMD leaves (x86-64 only, [`super::huge_memory`]): a zap of a whole
+//! block clears the leaf onto the gather, a partial zap, fork and mprotect
+//! split it first, a fault in a leaf-mapped block is spurious (or splits a
+//! leaf that forbids the store); a leaf never reaches `pte_alloc_walk` or
+//! `free_pgtables`.
+//!
+//! `do_wp_page` reuses an exclusive anonymous page under its page lock; where
+//! the lock is released relative to the PTL is a runtime knob
+//! ([`set_wp_unlock_order`], catalogue row `wp-unlock-vs-zap`).
+//!
 //! Locking, as in Linux: faults take `mmap_lock` for read, then (file pages)
 //! the page lock, then the PTL of the PTE table; mmap, munmap and mprotect take
 //! `mmap_lock` for write; MADV_DONTNEED for read. The PTL is split per PTE
@@ -413,16 +423,20 @@ pub fn unmap_page_range<A: Mmu>(tlb: &mut MmuGather<'_, A>, start: u64, end: u64
         // SAFETY: a live PMD entry of this mm (mmap_lock held).
         if huge_memory::pmd_trans_huge::<A>(unsafe { pgtable::read_entry(pmdp) }) {
             if next - addr == A::PMD_SIZE {
-                // The whole block: zap the leaf (zap_huge_pmd).
-                if huge_memory::zap_huge_pmd(tlb, addr) == Some(true) {
-                    mmu_gather::tlb_flush_mmu(tlb);
+                // The whole block: zap the leaf (zap_huge_pmd); if a fault
+                // split it meanwhile, zap its PTEs below.
+                if let Some(full) = huge_memory::zap_huge_pmd(tlb, addr) {
+                    if full {
+                        mmu_gather::tlb_flush_mmu(tlb);
+                    }
+                    addr = next;
+                    continue;
                 }
-                addr = next;
-                continue;
+            } else {
+                // Part of the block: split it, then zap PTEs.
+                huge_memory::split_huge_pmd(tlb.mm, addr)
+                    .expect("zap: no memory for the PTE table of a huge PMD split");
             }
-            // Part of the block: split it, then zap PTEs.
-            huge_memory::split_huge_pmd(tlb.mm, addr)
-                .expect("zap: no memory for the PTE table of a huge PMD split");
         }
         addr = zap_pte_range(tlb, pmdp, addr, next);
     }
