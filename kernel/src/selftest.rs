@@ -52,6 +52,10 @@ pub fn run_all<A: crate::mm::arch::Mmu>(args: &Cmdline, run: &mut Run) -> bool {
         ("gather", crate::mm::gather_selftest::suite::<A>().to_vec()),
         ("tlb", crate::mm::tlb_selftest::suite::<A>().to_vec()),
         (
+            crate::mm::thp_selftest::SUITE,
+            crate::mm::thp_selftest::cases::<A>(),
+        ),
+        (
             crate::mm::file_selftest::SUITE,
             crate::mm::file_selftest::cases::<A>(),
         ),

@@ -25,6 +25,16 @@
 //! the PTE writable and the frame's change bit holds the dirty state: a zap
 //! ignores PTE dirty bits and `page_remove_rmap` moves C to the page.
 //!
+//! Huge PMD leaves (x86-64 only, [`super::huge_memory`]): a zap of a whole
+//! block clears the leaf onto the gather, a partial zap, fork and mprotect
+//! split it first, a fault in a leaf-mapped block is spurious (or splits a
+//! leaf that forbids the store); a leaf never reaches `pte_alloc_walk` or
+//! `free_pgtables`.
+//!
+//! `do_wp_page` reuses an exclusive anonymous page under its page lock; where
+//! the lock is released relative to the PTL is a runtime knob
+//! ([`set_wp_unlock_order`], catalogue row `wp-unlock-vs-zap`).
+//!
 //! Locking, as in Linux: faults take `mmap_lock` for read, then (file pages)
 //! the page lock, then the PTL of the PTE table; mmap, munmap and mprotect take
 //! `mmap_lock` for write; MADV_DONTNEED for read. The PTL is split per PTE
@@ -48,7 +58,7 @@ use super::filemap::{self, MmapRef, RamFile};
 use super::mm::{Mm, VmFlags, Vma, VmaList};
 use super::mmu_gather::{self, MmuGather};
 use super::page::{self, Page};
-use super::{dirty, frag, page_alloc, pgtable, rmap, PAGE_SIZE};
+use super::{dirty, frag, huge_memory, page_alloc, pgtable, rmap, PAGE_SIZE};
 use alloc::boxed::Box;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -344,6 +354,8 @@ pub fn mprotect<A: Mmu>(mm: &Mm<A>, addr: u64, len: u64, flags: VmFlags) -> Resu
     let after = file_vmas_near(&vmas, addr, end);
     sync_i_mmap(mm, &before, &after);
     if lose_write {
+        // A huge leaf is always writable: split those of the range first.
+        huge_memory::split_huge_pmds_in(mm, addr, end).map_err(|_| MapError::NoMemory)?;
         let mut changed = false;
         let mut a = addr;
         while a < end {
@@ -404,10 +416,29 @@ pub fn unmap_page_range<A: Mmu>(tlb: &mut MmuGather<'_, A>, start: u64, end: u64
     let mut addr = start;
     while addr < end {
         let next = pgtable::addr_end(addr, end, A::PMD_SIZE);
-        addr = match pgtable::follow_pmd(tlb.mm, addr) {
-            Some(pmdp) => zap_pte_range(tlb, pmdp, addr, next),
-            None => next,
+        let Some(pmdp) = pgtable::follow_pmd(tlb.mm, addr) else {
+            addr = next;
+            continue;
         };
+        // SAFETY: a live PMD entry of this mm (mmap_lock held).
+        if huge_memory::pmd_trans_huge::<A>(unsafe { pgtable::read_entry(pmdp) }) {
+            if next - addr == A::PMD_SIZE {
+                // The whole block: zap the leaf (zap_huge_pmd); if a fault
+                // split it meanwhile, zap its PTEs below.
+                if let Some(full) = huge_memory::zap_huge_pmd(tlb, addr) {
+                    if full {
+                        mmu_gather::tlb_flush_mmu(tlb);
+                    }
+                    addr = next;
+                    continue;
+                }
+            } else {
+                // Part of the block: split it, then zap PTEs.
+                huge_memory::split_huge_pmd(tlb.mm, addr)
+                    .expect("zap: no memory for the PTE table of a huge PMD split");
+            }
+        }
+        addr = zap_pte_range(tlb, pmdp, addr, next);
     }
 }
 
@@ -520,6 +551,10 @@ fn free_pte_table<A: Mmu>(tlb: &mut MmuGather<'_, A>, addr: u64) {
     let _guard = mm.page_table_lock.lock();
     // SAFETY: a live PMD entry of this mm; page_table_lock serialises writers.
     let pmd = unsafe { pgtable::read_entry(pmdp) };
+    assert!(
+        !huge_memory::pmd_trans_huge::<A>(pmd),
+        "free_pgtables: huge PMD {pmd:#x} left at {addr:#x}"
+    );
     if A::entry_none(Level::Pmd, pmd) || !A::entry_is_table(Level::Pmd, pmd) {
         return;
     }
@@ -561,6 +596,9 @@ pub fn do_user_fault<A: Mmu>(mm: &Mm<A>, info: FaultInfo) -> Result<(), FaultErr
         return do_shared_fault(mm, vma, addr, info.write);
     }
     let writable = vma.flags.write;
+    if let Some(r) = huge_memory::huge_pmd_fault(mm, addr, info.write) {
+        return r.map_err(|_| FaultError::OutOfMemory);
+    }
     let ptep = pgtable::pte_alloc_walk(mm, addr).ok_or(FaultError::OutOfMemory)?;
     let ptl = pte_lockptr(ptep).lock();
     // SAFETY: a live entry of this mm, PTL held.
@@ -587,19 +625,120 @@ pub fn do_user_fault<A: Mmu>(mm: &Mm<A>, info: FaultInfo) -> Result<(), FaultErr
         // Spurious: another CPU fixed it, or a stale TLB entry was flushed.
         return Ok(());
     }
-    // do_wp_page: a store to a write-protected anonymous page.
-    let old_page = page::pfn_to_page(A::pte_pfn(pte));
-    if page::page_mapcount(old_page) == 1 && page::page_ref_count(old_page) == 1 {
-        // wp_page_reuse: the only user may just write.
-        // SAFETY: live entry, PTL held.
-        unsafe { A::ptep_get_and_clear(mm, addr, ptep) };
-        A::flush_tlb_page(mm, addr);
-        let new = A::pfn_pte(A::pte_pfn(pte), PteProt { write: true });
-        // SAFETY: the entry was just cleared, PTL held.
-        unsafe { A::set_pte_at(mm, addr, ptep, new) };
-        return Ok(());
+    do_wp_page(mm, addr, ptep, pte, ptl)
+}
+
+/// Where `do_wp_page`'s reuse path releases the page lock (a runtime knob,
+/// catalogue row `wp-unlock-vs-zap`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WpUnlock {
+    /// After the PTL is released (09854ba94c6a, the bug): a zap may free the
+    /// page in between, still locked.
+    AfterPtl,
+    /// Before the PTE is made writable, under the PTL (be068f29034f, the
+    /// fix).
+    BeforePtl,
+}
+
+static WP_UNLOCK: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(1);
+
+/// The unlock order `do_wp_page`'s reuse takes.
+pub fn wp_unlock_order() -> WpUnlock {
+    match WP_UNLOCK.load(Ordering::Acquire) {
+        0 => WpUnlock::AfterPtl,
+        _ => WpUnlock::BeforePtl,
     }
-    // wp_page_copy
+}
+
+/// Sets the unlock order of `do_wp_page`'s reuse; returns the previous one.
+pub fn set_wp_unlock_order(o: WpUnlock) -> WpUnlock {
+    let old = wp_unlock_order();
+    WP_UNLOCK.store(o as u8, Ordering::Release);
+    old
+}
+
+/// Write faults on anonymous pages that reused the page ([`do_wp_page`]).
+pub static WP_REUSED: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+/// Write faults on anonymous pages that copied the page ([`do_wp_page`]).
+pub static WP_COPIED: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// A store to the write-protected anonymous PTE `pte` at `ptep`, whose PTL
+/// `ptl` is held (`do_wp_page`, Linux 5.9): the page is reused when, under
+/// the page lock, it has exactly one reference and one mapping; otherwise it
+/// is copied. The lock is taken with `trylock_page`, or, when another CPU
+/// holds it, by taking a reference, dropping the PTL, `lock_page`, and
+/// retaking the PTL and rechecking the PTE. Where the page is unlocked
+/// relative to the PTL release follows [`wp_unlock_order`].
+fn do_wp_page<A: Mmu>(
+    mm: &Mm<A>,
+    addr: u64,
+    ptep: *mut u64,
+    pte: u64,
+    mut ptl: spin::MutexGuard<'static, ()>,
+) -> Result<(), FaultError> {
+    let old_page = page::pfn_to_page(A::pte_pfn(pte));
+    if page::PageAnon(old_page) && page::page_ref_count(old_page) == 1 {
+        if !page::trylock_page(old_page) {
+            page::get_page(old_page);
+            drop(ptl);
+            page::lock_page(old_page);
+            ptl = pte_lockptr(ptep).lock();
+            // SAFETY: a live entry of this mm, PTL held.
+            if unsafe { pgtable::read_entry(ptep) } != pte {
+                drop(ptl);
+                page::unlock_page(old_page);
+                page::put_page(old_page);
+                return Ok(());
+            }
+            // The PTE still holds its reference: this is not the last one.
+            page::put_page(old_page);
+        }
+        if page::page_mapcount(old_page) == 1 && page::page_ref_count(old_page) == 1 {
+            WP_REUSED.fetch_add(1, Ordering::Relaxed);
+            match wp_unlock_order() {
+                WpUnlock::BeforePtl => {
+                    page::unlock_page(old_page);
+                    wp_page_reuse(mm, addr, ptep, pte, ptl);
+                }
+                WpUnlock::AfterPtl => {
+                    wp_page_reuse(mm, addr, ptep, pte, ptl);
+                    page::unlock_page(old_page);
+                }
+            }
+            return Ok(());
+        }
+        page::unlock_page(old_page);
+    }
+    wp_page_copy(mm, addr, ptep, pte, old_page, ptl)
+}
+
+/// The only user may just write (`wp_page_reuse`): the PTE is made writable
+/// and dirty (clear, flush, set), then the PTL is released.
+fn wp_page_reuse<A: Mmu>(
+    mm: &Mm<A>,
+    addr: u64,
+    ptep: *mut u64,
+    pte: u64,
+    ptl: spin::MutexGuard<'static, ()>,
+) {
+    // SAFETY: live entry, PTL held.
+    unsafe { A::ptep_get_and_clear(mm, addr, ptep) };
+    A::flush_tlb_page(mm, addr);
+    let new = A::pte_mkdirty(A::pfn_pte(A::pte_pfn(pte), PteProt { write: true }));
+    // SAFETY: the entry was just cleared, PTL held.
+    unsafe { A::set_pte_at(mm, addr, ptep, new) };
+    drop(ptl);
+}
+
+/// Copies the page and maps the copy writable (`wp_page_copy`).
+fn wp_page_copy<A: Mmu>(
+    mm: &Mm<A>,
+    addr: u64,
+    ptep: *mut u64,
+    pte: u64,
+    old_page: &'static Page,
+    ptl: spin::MutexGuard<'static, ()>,
+) -> Result<(), FaultError> {
     drop(ptl);
     let new_page = page_alloc::alloc_pages(0).ok_or(FaultError::OutOfMemory)?;
     let _ptl = pte_lockptr(ptep).lock();
@@ -608,6 +747,7 @@ pub fn do_user_fault<A: Mmu>(mm: &Mm<A>, info: FaultInfo) -> Result<(), FaultErr
         page::put_page(new_page);
         return Ok(());
     }
+    WP_COPIED.fetch_add(1, Ordering::Relaxed);
     // SAFETY: both frames are live (the old one is mapped and we hold the PTL;
     // the new one is ours); RAM is mapped 1:1.
     unsafe {
@@ -752,6 +892,12 @@ pub fn dup_mm<A: Mmu>(src: &Mm<A>) -> Option<Box<Mm<A>>> {
         if let Some(f) = &vma.file {
             f.mapping.link_vma(MmapRef::of(dst.rmap_addr(), vma));
             continue;
+        }
+        // Huge leaves are never shared: split those of the VMA first.
+        if huge_memory::split_huge_pmds_in(src, vma.start, vma.end).is_err() {
+            drop(dst_vmas);
+            exit_mmap(*dst);
+            return None;
         }
         let mut addr = vma.start;
         while addr < vma.end {

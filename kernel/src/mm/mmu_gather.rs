@@ -340,7 +340,15 @@ pub fn tlb_flush_mmu_free<A: Mmu>(tlb: &mut MmuGather<'_, A>) {
         return;
     }
     let tables = core::mem::take(&mut tlb.tables);
-    match tlb.policy.table_free {
+    free_tables_as::<A>(tlb.policy.table_free, tables);
+}
+
+/// Frees page tables that are unhooked from their parents and flushed from
+/// every TLB, as `policy` says: now, after an IPI sync, or after an RCU-sched
+/// grace period (the gather's table freeing, also used by collapse). The
+/// mm's `pgtables_bytes` must already have been lowered.
+pub fn free_tables_as<A: Mmu>(policy: TableFree, tables: Vec<(Level, u64)>) {
+    match policy {
         TableFree::Immediate => free_tables::<A>(&tables),
         TableFree::IpiSync => {
             tlb_remove_table_sync_one::<A>();

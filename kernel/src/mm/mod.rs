@@ -13,6 +13,8 @@ pub(crate) mod file_selftest;
 pub mod filemap;
 pub mod frag;
 pub(crate) mod gather_selftest;
+pub mod huge_memory;
+pub mod khugepaged;
 pub mod memmap;
 pub mod memory;
 // `mm::mm`: the address space (`struct mm_struct`) inside the memory model.
@@ -28,6 +30,7 @@ pub mod rmap;
 pub mod selftest;
 pub(crate) mod skey_selftest;
 pub mod swap_state;
+pub(crate) mod thp_selftest;
 pub(crate) mod tlb_selftest;
 pub mod tlbflush;
 pub mod xarray;

@@ -1,0 +1,614 @@
+//! Collapse of small anonymous pages into one PMD-sized block
+//! (`mm/khugepaged.c`: `collapse_huge_page`, `__collapse_huge_page_isolate`,
+//! `__collapse_huge_page_copy`), the writer side of catalogue row 5
+//! (`collapse-vs-gup-fast`).
+//!
+//! [`collapse_huge_page`] works on one PMD block of one private, writable
+//! anonymous VMA whose every page is present, anonymous and mapped once. The
+//! steps, in Linux's order (Linux 6.1 with 2ba99c5e0881):
+//! 1. allocate the new block (order [`hpage_pmd_order`]; on arches without
+//!    PMD leaves also a fresh PTE table);
+//! 2. take `mmap_lock` for write (no fault, zap or slow GUP runs in the mm);
+//! 3. under `page_table_lock`, clear the PMD and flush the block
+//!    ([`pgtable::pmdp_collapse_flush`]: x86-64 exchange and shootdown with
+//!    the selected strategy; s390x IDTE on the segment entry or CSP with
+//!    purge). From here on no CPU *translates* through the old table, but a
+//!    lockless walker (GUP-fast) that read the old PMD before the clear may
+//!    still be walking it;
+//! 4. with [`CollapsePolicy::ipi_sync`], `tlb_remove_table_sync_one`: wait
+//!    until every other CPU has taken an interrupt, i.e. has left any
+//!    interrupts-off walk (the fix of 2ba99c5e0881; on x86-64 the IPI
+//!    shootdown of step 3 already waited for the CPUs of the mm);
+//! 5. under the PTE table's PTL, isolate every small page (`isolate`): it must
+//!    be present, anonymous, mapped once, not locked (it is locked now), and
+//!    have exactly one reference, the PTE's. A GUP pin adds
+//!    `GUP_PIN_COUNTING_BIAS` (1024) and any other holder at least one: then
+//!    the collapse aborts and restores the old PMD (nothing was changed
+//!    below it: every byte stays where it was);
+//! 6. copy every small page into the new block, then, under the old table's
+//!    PTL, clear each old PTE, remove the page's rmap, unlock and release it
+//!    (freed: the PTE held the only reference);
+//! 7. install the block: x86-64 a writable PMD leaf on the compound page
+//!    (one rmap, on the head); elsewhere a fresh PTE table mapping the new
+//!    frames as independent pages;
+//! 8. hand the old PTE table to the table-freeing policy
+//!    ([`CollapsePolicy::table_free`]: now, after an IPI sync, or after an
+//!    RCU grace period), as the mmu_gather does.
+//!
+//! The race of row 5 lives between steps 3 and 6: a GUP-fast walker that
+//! still sees the old table pins a small page after step 5's check; its PTE
+//! recheck passes until step 6 clears the PTE. [`CollapseReport`] carries the
+//! times of the PMD clear, the pin check and the end, for tests and
+//! scenarios.
+
+use super::arch::{Level, Mmu, PteProt};
+use super::huge_memory::{hpage_pmd_nr, hpage_pmd_order, pmd_trans_huge};
+use super::memory::{page_add_new_anon_rmap, page_remove_rmap, pte_lockptr};
+use super::mm::Mm;
+use super::mmu_gather::{self, TableFree};
+use super::page::{self, Page};
+use super::{page_alloc, pgtable, PAGE_SIZE};
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+/// The references a GUP pin adds to a page (`GUP_PIN_COUNTING_BIAS`).
+pub const GUP_PIN_COUNTING_BIAS: i32 = 1024;
+
+/// Runtime knobs of a collapse.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CollapsePolicy {
+    /// IPI sync (`tlb_remove_table_sync_one`) after the PMD clear and flush,
+    /// before the pin check (2ba99c5e0881).
+    pub ipi_sync: bool,
+    /// How the old PTE table is freed.
+    pub table_free: TableFree,
+}
+
+impl CollapsePolicy {
+    /// Linux since 2ba99c5e0881: the IPI sync, and the table freed as the
+    /// gather frees tables today.
+    pub fn fixed() -> Self {
+        Self {
+            ipi_sync: true,
+            table_free: mmu_gather::tlb_policy().table_free,
+        }
+    }
+}
+
+/// Why a collapse did not happen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CollapseAbort {
+    /// No private, writable anonymous VMA covers the whole block.
+    NoSuitableVma,
+    /// The PMD is empty or already a leaf.
+    PmdNotTable,
+    /// A PTE of the block is not present.
+    PteNotPresent(u64),
+    /// A page is not anonymous.
+    NotAnon(u64),
+    /// A page is mapped more than once (shared with a fork).
+    Shared(u64),
+    /// A page is locked by someone else.
+    PageLocked(u64),
+    /// A page has references beyond its mapping (a pin): its address and
+    /// refcount.
+    Referenced(u64, i32),
+    /// No memory for the new block or table.
+    NoMemory,
+}
+
+/// What happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CollapseResult {
+    /// The block is mapped by the new pages.
+    Collapsed,
+    /// Nothing changed (the old PMD is back, if it was cleared).
+    Aborted(CollapseAbort),
+}
+
+/// The outcome of [`collapse_huge_page`], with times (`clock_ns`) of its
+/// steps; 0 for a step not reached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CollapseReport {
+    /// Collapsed or why not.
+    pub result: CollapseResult,
+    /// When the PMD clear and flush returned.
+    pub pmd_cleared_ns: u64,
+    /// When the pin check began (after the optional IPI sync).
+    pub pin_check_ns: u64,
+    /// When the collapse returned.
+    pub done_ns: u64,
+    /// The old PTE table (0 if the PMD was never cleared).
+    pub old_table: u64,
+}
+
+/// Collapses that installed a new block.
+pub static THP_COLLAPSED: AtomicU64 = AtomicU64::new(0);
+/// Collapses that aborted after clearing the PMD and restored it.
+pub static THP_COLLAPSE_RESTORED: AtomicU64 = AtomicU64::new(0);
+/// Collapses that aborted for a page's extra reference.
+pub static THP_COLLAPSE_REFERENCED: AtomicU64 = AtomicU64::new(0);
+
+/// Collapses the PMD block holding `addr` in `mm` (see the module docs).
+/// Takes `mmap_lock` for write; the caller holds no lock of `mm` and has
+/// interrupts enabled.
+pub fn collapse_huge_page<A: Mmu>(
+    mm: &Mm<A>,
+    addr: u64,
+    policy: &CollapsePolicy,
+) -> CollapseReport {
+    let mut report = CollapseReport {
+        result: CollapseResult::Collapsed,
+        pmd_cleared_ns: 0,
+        pin_check_ns: 0,
+        done_ns: 0,
+        old_table: 0,
+    };
+    let r = collapse(mm, addr, policy, &mut report);
+    report.result = match r {
+        Ok(()) => {
+            THP_COLLAPSED.fetch_add(1, Ordering::Relaxed);
+            CollapseResult::Collapsed
+        }
+        Err(why) => {
+            if let CollapseAbort::Referenced(..) = why {
+                THP_COLLAPSE_REFERENCED.fetch_add(1, Ordering::Relaxed);
+            }
+            CollapseResult::Aborted(why)
+        }
+    };
+    report.done_ns = A::clock_ns();
+    report
+}
+
+/// The new block and, without PMD leaves, its fresh PTE table.
+struct NewBlock {
+    head: &'static Page,
+    table: Option<u64>,
+}
+
+impl NewBlock {
+    fn alloc<A: Mmu>(mm: &Mm<A>) -> Option<Self> {
+        let head = page_alloc::alloc_pages(hpage_pmd_order::<A>())?;
+        let table = if A::HAS_HUGE_PMD {
+            None
+        } else {
+            match pgtable::alloc_table(mm, Level::Pte) {
+                Some(t) => Some(t),
+                None => {
+                    page_alloc::__free_pages(head, hpage_pmd_order::<A>());
+                    return None;
+                }
+            }
+        };
+        Some(Self { head, table })
+    }
+
+    fn free<A: Mmu>(self, mm: &Mm<A>) {
+        page_alloc::__free_pages(self.head, hpage_pmd_order::<A>());
+        if let Some(t) = self.table {
+            pgtable::free_table(mm, Level::Pte, t);
+        }
+    }
+}
+
+fn collapse<A: Mmu>(
+    mm: &Mm<A>,
+    addr: u64,
+    policy: &CollapsePolicy,
+    report: &mut CollapseReport,
+) -> Result<(), CollapseAbort> {
+    let haddr = addr & !(A::PMD_SIZE - 1);
+    let new = NewBlock::alloc(mm).ok_or(CollapseAbort::NoMemory)?;
+    let vmas = mm.mmap_lock.write();
+    // hugepage_vma_revalidate / find_pmd_or_thp_or_none
+    let suitable = vmas.find(haddr).is_some_and(|v| {
+        !v.is_shared_file() && v.flags.write && v.start <= haddr && haddr + A::PMD_SIZE <= v.end
+    });
+    let pmdp = pgtable::follow_pmd(mm, haddr);
+    let checked = match (suitable, pmdp) {
+        (false, _) => Err(CollapseAbort::NoSuitableVma),
+        (true, None) => Err(CollapseAbort::PmdNotTable),
+        (true, Some(pmdp)) => {
+            // SAFETY: a live PMD entry of this mm; mmap_lock held for write.
+            let pmd = unsafe { pgtable::read_entry(pmdp) };
+            if A::entry_none(Level::Pmd, pmd)
+                || pmd_trans_huge::<A>(pmd)
+                || !A::entry_is_table(Level::Pmd, pmd)
+            {
+                Err(CollapseAbort::PmdNotTable)
+            } else {
+                Ok(pmdp)
+            }
+        }
+    };
+    let pmdp = match checked {
+        Ok(p) => p,
+        Err(e) => {
+            drop(vmas);
+            new.free(mm);
+            return Err(e);
+        }
+    };
+
+    // Clear the PMD and flush the block (pmdp_collapse_flush under pmd_lock).
+    let old_pmd = {
+        let _pmd_ptl = mm.page_table_lock.lock();
+        // SAFETY: the live PMD entry of `haddr`; mmap_lock held for write and
+        // page_table_lock held; interrupts are on.
+        unsafe { pgtable::pmdp_collapse_flush(mm, haddr, pmdp) }
+    };
+    report.pmd_cleared_ns = A::clock_ns();
+    let old_table = A::entry_table(Level::Pmd, old_pmd);
+    report.old_table = old_table;
+    let old_ptes = page::phys_to_virt(old_table).cast::<u64>();
+    // The entry of page `i` of the block in the (unhooked) old table.
+    let old_ptep = |i: u64| old_ptes.wrapping_add(i as usize);
+    if policy.ipi_sync {
+        // 2ba99c5e0881: no lockless walker is left in the old table after
+        // this (it ran with interrupts off).
+        mmu_gather::tlb_remove_table_sync_one::<A>();
+    }
+
+    // __collapse_huge_page_isolate, under the old table's PTL.
+    report.pin_check_ns = A::clock_ns();
+    let ptl = pte_lockptr(old_ptep(0));
+    let isolated = {
+        let _ptl = ptl.lock();
+        isolate::<A>(haddr, old_ptep)
+    };
+    let pages = match isolated {
+        Ok(p) => p,
+        Err(e) => {
+            // Put the old table back: nothing below it changed.
+            {
+                let _pmd_ptl = mm.page_table_lock.lock();
+                // SAFETY: the entry is empty (we cleared it, and mmap_lock
+                // held for write keeps every populater out); we hold
+                // page_table_lock.
+                unsafe { core::ptr::write_volatile(pmdp, old_pmd) };
+            }
+            drop(vmas);
+            new.free(mm);
+            THP_COLLAPSE_RESTORED.fetch_add(1, Ordering::Relaxed);
+            return Err(e);
+        }
+    };
+
+    // __collapse_huge_page_copy: copy every page, then unmap and free it.
+    let dst = page::page_address(new.head);
+    for (i, p) in pages.iter().enumerate() {
+        // SAFETY: the source frame is locked and mapped only by the unhooked
+        // table; the destination is our new block, PMD_SIZE long; RAM is
+        // mapped 1:1.
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                page::page_address(p),
+                dst.add(i * PAGE_SIZE as usize),
+                PAGE_SIZE as usize,
+            )
+        };
+    }
+    {
+        let _ptl = ptl.lock();
+        for (i, p) in pages.iter().enumerate() {
+            // SAFETY: an entry of the old table, unhooked and flushed from
+            // every TLB: a plain clear (`ptep_clear`); PTL held.
+            unsafe { core::ptr::write_volatile(old_ptep(i as u64), A::empty_entry(Level::Pte)) };
+            page_remove_rmap(p);
+        }
+    }
+    for p in &pages {
+        page::unlock_page(p);
+        page::put_page(p);
+    }
+
+    // Install the new block.
+    let pfn = page::page_to_pfn(new.head);
+    let entry = match new.table {
+        None => {
+            page::prep_compound_page(new.head, hpage_pmd_order::<A>());
+            page_add_new_anon_rmap(new.head, mm, haddr);
+            A::pfn_pmd(pfn, PteProt { write: true })
+        }
+        Some(table) => {
+            page_alloc::split_page(new.head, hpage_pmd_order::<A>());
+            let ptes = page::phys_to_virt(table).cast::<u64>();
+            for i in 0..hpage_pmd_nr::<A>() {
+                let p = page::pfn_to_page(pfn + i);
+                page_add_new_anon_rmap(p, mm, haddr + i * PAGE_SIZE);
+                // SAFETY: the fresh table is ours until hooked up below.
+                unsafe {
+                    core::ptr::write_volatile(
+                        ptes.add(i as usize),
+                        A::pfn_pte(pfn + i, PteProt { write: true }),
+                    )
+                };
+            }
+            A::mk_table_entry(Level::Pmd, table)
+        }
+    };
+    // smp_wmb: the contents before the entry that publishes them.
+    core::sync::atomic::fence(Ordering::Release);
+    {
+        let _pmd_ptl = mm.page_table_lock.lock();
+        // SAFETY: the entry is empty and flushed; page_table_lock held.
+        unsafe { core::ptr::write_volatile(pmdp, entry) };
+    }
+    drop(vmas);
+
+    // The old table goes as the table-freeing policy says.
+    mm.pgtables_bytes
+        .fetch_sub(A::PTE_TABLE_SIZE, Ordering::Relaxed);
+    mmu_gather::free_tables_as::<A>(policy.table_free, alloc::vec![(Level::Pte, old_table)]);
+    Ok(())
+}
+
+/// Checks and locks every small page of the block (`__collapse_huge_page_isolate`);
+/// on failure unlocks what it locked. Caller holds the old table's PTL.
+fn isolate<A: Mmu>(
+    haddr: u64,
+    old_ptep: impl Fn(u64) -> *mut u64,
+) -> Result<Vec<&'static Page>, CollapseAbort> {
+    let mut pages: Vec<&'static Page> = Vec::with_capacity(hpage_pmd_nr::<A>() as usize);
+    let mut result = Ok(());
+    for i in 0..hpage_pmd_nr::<A>() {
+        let a = haddr + i * PAGE_SIZE;
+        // SAFETY: an entry of the old table, which we hold (unhooked) and
+        // whose PTL is held.
+        let pte = unsafe { pgtable::read_entry(old_ptep(i)) };
+        if !A::pte_present(pte) {
+            result = Err(CollapseAbort::PteNotPresent(a));
+            break;
+        }
+        let p = page::pfn_to_page(A::pte_pfn(pte));
+        if !page::PageAnon(p) {
+            result = Err(CollapseAbort::NotAnon(a));
+            break;
+        }
+        if page::page_mapcount(p) != 1 {
+            result = Err(CollapseAbort::Shared(a));
+            break;
+        }
+        if !page::trylock_page(p) {
+            result = Err(CollapseAbort::PageLocked(a));
+            break;
+        }
+        // The pin check: the PTE's reference and nothing else.
+        let refs = page::page_ref_count(p);
+        if refs != 1 {
+            page::unlock_page(p);
+            result = Err(CollapseAbort::Referenced(a, refs));
+            break;
+        }
+        pages.push(p);
+    }
+    match result {
+        Ok(()) => Ok(pages),
+        Err(e) => {
+            for p in pages {
+                page::unlock_page(p);
+            }
+            Err(e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mm::emul::{Emul2k, Emul4k};
+    use crate::mm::memmap::test_mem;
+    use crate::mm::memory;
+    use crate::mm::mm::{unuse_mm, use_mm, VmFlags};
+
+    fn policy(ipi_sync: bool, table_free: TableFree) -> CollapsePolicy {
+        CollapsePolicy {
+            ipi_sync,
+            table_free,
+        }
+    }
+
+    fn pattern(a: u64) -> u64 {
+        a.rotate_left(17) ^ 0x7a11_c011_a95e
+    }
+
+    /// One block mapped and filled word by word through the software MMU.
+    fn filled<A: Mmu>() -> Mm<A> {
+        let mm = Mm::<A>::new().unwrap();
+        memory::mmap_anon(&mm, A::TASK_BASE, A::PMD_SIZE, VmFlags::RW, false).unwrap();
+        // SAFETY: unused again before the mm is torn down.
+        unsafe { use_mm(&mm) };
+        for a in (A::TASK_BASE..A::TASK_BASE + A::PMD_SIZE).step_by(64) {
+            A::probe_store(a, pattern(a)).unwrap();
+        }
+        unuse_mm::<A>();
+        mm
+    }
+
+    fn all_intact<A: Mmu>(mm: &Mm<A>) -> bool {
+        // SAFETY: unused again before the mm is torn down.
+        unsafe { use_mm(mm) };
+        let ok = (A::TASK_BASE..A::TASK_BASE + A::PMD_SIZE)
+            .step_by(64)
+            .all(|a| A::probe_load(a) == Ok(pattern(a)));
+        unuse_mm::<A>();
+        ok
+    }
+
+    fn pfn_of<A: Mmu>(mm: &Mm<A>, a: u64) -> u64 {
+        // SAFETY: a live entry of `mm`.
+        A::pte_pfn(unsafe { pgtable::read_entry(pgtable::follow_pte(mm, a).unwrap()) })
+    }
+
+    /// Collapse maps the block through a fresh table (no PMD leaves on the
+    /// emulated arches), keeps every byte and frees the old frames and table.
+    fn collapse_keeps_every_byte<A: Mmu>() {
+        let _m = test_mem::setup();
+        let free = page_alloc::nr_free_pages();
+        let bad = page_alloc::nr_bad_pages();
+        let mm = filled::<A>();
+        let old_pfn = pfn_of(&mm, A::TASK_BASE);
+        let rep = collapse_huge_page(
+            &mm,
+            A::TASK_BASE + 5 * PAGE_SIZE,
+            &policy(true, TableFree::Immediate),
+        );
+        assert_eq!(rep.result, CollapseResult::Collapsed);
+        assert!(rep.pmd_cleared_ns <= rep.pin_check_ns && rep.pin_check_ns <= rep.done_ns);
+        let new_pfn = pfn_of(&mm, A::TASK_BASE);
+        assert_ne!(new_pfn, old_pfn);
+        assert_eq!(
+            page::page_ref_count(page::pfn_to_page(old_pfn)),
+            0,
+            "old frame freed"
+        );
+        for i in 0..hpage_pmd_nr::<A>() {
+            assert_eq!(
+                pfn_of(&mm, A::TASK_BASE + i * PAGE_SIZE),
+                new_pfn + i,
+                "contiguous"
+            );
+        }
+        let ptep = pgtable::follow_pte(&mm, A::TASK_BASE).unwrap();
+        assert_ne!(ptep as u64 & !(A::PTE_TABLE_SIZE as u64 - 1), rep.old_table);
+        assert!(all_intact(&mm));
+        assert_eq!(
+            mm.rss_anon.load(Ordering::Relaxed) as u64,
+            hpage_pmd_nr::<A>()
+        );
+        // A collapsed block collapses again.
+        let rep = collapse_huge_page(&mm, A::TASK_BASE, &policy(false, TableFree::IpiSync));
+        assert_eq!(rep.result, CollapseResult::Collapsed);
+        assert!(all_intact(&mm));
+        memory::exit_mmap(mm);
+        assert_eq!(page_alloc::nr_free_pages(), free);
+        assert_eq!(page_alloc::nr_bad_pages(), bad);
+    }
+
+    #[test]
+    fn collapse_keeps_every_byte_4k() {
+        collapse_keeps_every_byte::<Emul4k>();
+    }
+
+    #[test]
+    fn collapse_keeps_every_byte_2k() {
+        collapse_keeps_every_byte::<Emul2k>();
+    }
+
+    /// A page with a pin's references aborts the collapse; the mapping is
+    /// back, every byte intact; after the unpin the collapse works.
+    fn collapse_aborts_on_pin<A: Mmu>() {
+        let _m = test_mem::setup();
+        let free = page_alloc::nr_free_pages();
+        let bad = page_alloc::nr_bad_pages();
+        let mm = filled::<A>();
+        let victim = A::TASK_BASE + 7 * PAGE_SIZE;
+        let pinned = page::pfn_to_page(pfn_of(&mm, victim));
+        page::page_ref_add(pinned, GUP_PIN_COUNTING_BIAS);
+        let old_pfn = pfn_of(&mm, A::TASK_BASE);
+        let rep = collapse_huge_page(&mm, A::TASK_BASE, &policy(true, TableFree::Immediate));
+        assert_eq!(
+            rep.result,
+            CollapseResult::Aborted(CollapseAbort::Referenced(victim, 1 + GUP_PIN_COUNTING_BIAS))
+        );
+        assert_eq!(
+            pfn_of(&mm, A::TASK_BASE),
+            old_pfn,
+            "the old mapping is back"
+        );
+        assert!(!page::PageLocked(pinned));
+        assert!(all_intact(&mm));
+        page::page_ref_sub(pinned, GUP_PIN_COUNTING_BIAS);
+        let rep = collapse_huge_page(&mm, A::TASK_BASE, &policy(true, TableFree::Immediate));
+        assert_eq!(rep.result, CollapseResult::Collapsed);
+        assert!(all_intact(&mm));
+        memory::exit_mmap(mm);
+        assert_eq!(page_alloc::nr_free_pages(), free);
+        assert_eq!(page_alloc::nr_bad_pages(), bad);
+    }
+
+    #[test]
+    fn collapse_aborts_on_pin_4k() {
+        collapse_aborts_on_pin::<Emul4k>();
+    }
+
+    #[test]
+    fn collapse_aborts_on_pin_2k() {
+        collapse_aborts_on_pin::<Emul2k>();
+    }
+
+    /// A missing page, a page shared with a fork, or no suitable VMA: no
+    /// collapse, nothing changed.
+    #[test]
+    fn collapse_refuses_unsuitable_blocks() {
+        type E = Emul4k;
+        let _m = test_mem::setup();
+        let free = page_alloc::nr_free_pages();
+        let mm = filled::<E>();
+        memory::madvise_dontneed(&mm, E::TASK_BASE + 3 * PAGE_SIZE, PAGE_SIZE).unwrap();
+        let p = policy(true, TableFree::Immediate);
+        assert_eq!(
+            collapse_huge_page(&mm, E::TASK_BASE, &p).result,
+            CollapseResult::Aborted(CollapseAbort::PteNotPresent(E::TASK_BASE + 3 * PAGE_SIZE))
+        );
+        // SAFETY: unused before teardown.
+        unsafe { use_mm(&mm) };
+        E::probe_store(E::TASK_BASE + 3 * PAGE_SIZE, 1).unwrap();
+        unuse_mm::<E>();
+        let child = memory::dup_mm(&mm).unwrap();
+        assert_eq!(
+            collapse_huge_page(&mm, E::TASK_BASE, &p).result,
+            CollapseResult::Aborted(CollapseAbort::Shared(E::TASK_BASE))
+        );
+        memory::exit_mmap(*child);
+        assert_eq!(
+            collapse_huge_page(&mm, E::TASK_BASE + E::PMD_SIZE, &p).result,
+            CollapseResult::Aborted(CollapseAbort::NoSuitableVma)
+        );
+        memory::exit_mmap(mm);
+        assert_eq!(page_alloc::nr_free_pages(), free);
+    }
+
+    /// do_wp_page reuses a write-protected page with one reference and one
+    /// mapping, in both unlock orders, and leaves it unlocked; with an extra
+    /// reference it copies.
+    #[test]
+    fn wp_reuse_and_copy() {
+        type E = Emul4k;
+        let _m = test_mem::setup();
+        let free = page_alloc::nr_free_pages();
+        let mm = Mm::<E>::new().unwrap();
+        let a = E::TASK_BASE;
+        memory::mmap_anon(&mm, a, PAGE_SIZE, VmFlags::RW, false).unwrap();
+        // SAFETY: unused before teardown.
+        unsafe { use_mm(&mm) };
+        E::probe_store(a, 1).unwrap();
+        let wrprotect = || {
+            let ptep = pgtable::follow_pte(&mm, a).unwrap();
+            // SAFETY: a live PTE; one CPU.
+            unsafe { E::ptep_set_wrprotect(&mm, a, ptep) };
+        };
+        for order in [memory::WpUnlock::AfterPtl, memory::WpUnlock::BeforePtl] {
+            let old = memory::set_wp_unlock_order(order);
+            wrprotect();
+            let pfn = pfn_of(&mm, a);
+            E::probe_store(a, 2).unwrap();
+            memory::set_wp_unlock_order(old);
+            assert_eq!(pfn_of(&mm, a), pfn, "{order:?}: reused");
+            assert!(!page::PageLocked(page::pfn_to_page(pfn)));
+        }
+        wrprotect();
+        let pfn = pfn_of(&mm, a);
+        let p = page::pfn_to_page(pfn);
+        page::get_page(p);
+        E::probe_store(a, 3).unwrap();
+        assert_ne!(pfn_of(&mm, a), pfn, "copied with an extra reference");
+        assert_eq!(E::probe_load(a), Ok(3));
+        unuse_mm::<E>();
+        assert!(!page::PageLocked(p));
+        page::put_page(p);
+        memory::exit_mmap(mm);
+        assert_eq!(page_alloc::nr_free_pages(), free);
+    }
+}
