@@ -369,6 +369,14 @@ pub fn phys_to_virt(phys: u64) -> *mut u8 {
     (phys as usize).wrapping_add(phys_offset()) as *mut u8
 }
 
+/// The physical address of kernel address `virt` in the 1:1 map of RAM (Linux
+/// `virt_to_phys`); the inverse of [`phys_to_virt`]. An address outside that
+/// map gives a value that no frame has.
+#[inline]
+pub fn virt_to_phys(virt: u64) -> u64 {
+    virt.wrapping_sub(phys_offset() as u64)
+}
+
 /// The kernel address of the frame (Linux `page_address`).
 #[inline]
 pub fn page_address(page: &Page) -> *mut u8 {
@@ -414,6 +422,13 @@ pub fn page_ref_add(page: &Page, nr: i32) {
 #[inline]
 pub fn page_ref_sub(page: &Page, nr: i32) {
     page._refcount.fetch_sub(nr, Ordering::AcqRel);
+}
+
+/// Drops `nr` references and returns whether the count reached zero (Linux
+/// `page_ref_sub_and_test`).
+#[inline]
+pub fn page_ref_sub_and_test(page: &Page, nr: i32) -> bool {
+    page._refcount.fetch_sub(nr, Ordering::AcqRel) == nr
 }
 
 /// Adds a reference.
@@ -501,6 +516,30 @@ pub fn compound_order(page: &Page) -> u32 {
     } else {
         0
     }
+}
+
+/// The head of the compound page `page` belongs to, or `page` itself if it is
+/// a head or not part of a compound page (Linux `compound_head`). Tail pages
+/// carry no link to their head here: the head is the nearest aligned frame
+/// below with `PG_head` whose order covers `page`. Racy against the head
+/// being freed, as Linux's is against a split; a lockless caller rechecks
+/// after taking its reference.
+pub fn compound_head(page: &'static Page) -> &'static Page {
+    if PageHead(page) {
+        return page;
+    }
+    let pfn = page_to_pfn(page);
+    for order in 1..=page_alloc::MAX_PAGE_ORDER {
+        let head = pfn & !((1u64 << order) - 1);
+        if head == pfn {
+            continue;
+        }
+        let h = pfn_to_page(head);
+        if PageHead(h) && compound_order(h) >= order {
+            return h;
+        }
+    }
+    page
 }
 
 /// Makes a freshly allocated order-`order` block a compound page: [`put_page`]
