@@ -121,12 +121,22 @@ fn expected(arch: Arch, smp: usize, case: &str) -> Expect {
                 Expect::Skip
             }
         }
+        // GUP: every case runs everywhere but the one that needs a second
+        // CPU to run the mm on.
+        "gup.fast_on_second_cpu" => {
+            if smp >= 2 {
+                Expect::Ok
+            } else {
+                Expect::Skip
+            }
+        }
+        c if c.starts_with("gup.") => Expect::Ok,
         other => panic!("no expectation for {other}: add it here"),
     }
 }
 
 /// Every case, in the order the kernel runs them.
-const CASES: [&str; 57] = [
+const CASES: [&str; 64] = [
     "boot.cpus_online",
     "boot.ipi_round_trip",
     "boot.call_function_wait",
@@ -173,6 +183,13 @@ const CASES: [&str; 57] = [
     "tlb.local_flush_when_alone",
     "tlb.flush_vs_irqs_off",
     "tlb.shootdown_latency",
+    "gup.fast_equals_slow",
+    "gup.folded_walk_crossing_pud",
+    "gup.fallback_when_needed",
+    "gup.pin_survives_munmap",
+    "gup.pin_write_breaks_cow_after_fork",
+    "gup.fast_on_second_cpu",
+    "gup.throughput",
     "mm_file.vma_operations",
     "mm_file.shared_writes_every_cpu",
     "mm_file.mkclean_every_cpu",

@@ -396,9 +396,11 @@ fn follow_page<A: Mmu>(
         try_grab_page(p, flags)?;
         return Ok(Some(p));
     }
-    let Some(ptep) = pgtable::follow_pte(mm, addr) else {
+    if A::entry_none(Level::Pmd, pmd) || !A::entry_is_table(Level::Pmd, pmd) {
         return Ok(None);
-    };
+    }
+    // SAFETY: a populated PMD table entry of `mm`, kept by mmap_lock.
+    let ptep = unsafe { A::pte_offset(pmdp, addr) };
     let _ptl = pte_lockptr(ptep).lock();
     // SAFETY: a live PTE of `mm`, PTL held.
     let pte = unsafe { pgtable::read_entry(ptep) };

@@ -68,7 +68,11 @@ pub struct Page {
     pub pt_frag_bits: AtomicU32,
     /// CPUs waiting in [`lock_page`] for this page.
     pub(crate) waiters: AtomicU32,
-    _reserved: u32,
+    /// On a tail page of a compound page: its distance in frames from the
+    /// head (Linux keeps a pointer to the head, `compound_head`); 0 on every
+    /// other page. Set by [`prep_compound_page`], cleared when the block is
+    /// freed.
+    pub(crate) compound_tail: AtomicU32,
 }
 
 const _: () = assert!(core::mem::size_of::<Page>() == 64);
@@ -197,7 +201,7 @@ impl Page {
             pt_frag_refcount: AtomicI32::new(0),
             pt_frag_bits: AtomicU32::new(0),
             waiters: AtomicU32::new(0),
-            _reserved: 0,
+            compound_tail: AtomicU32::new(0),
         }
     }
 
@@ -519,33 +523,27 @@ pub fn compound_order(page: &Page) -> u32 {
 }
 
 /// The head of the compound page `page` belongs to, or `page` itself if it is
-/// a head or not part of a compound page (Linux `compound_head`). Tail pages
-/// carry no link to their head here: the head is the nearest aligned frame
-/// below with `PG_head` whose order covers `page`. Racy against the head
-/// being freed, as Linux's is against a split; a lockless caller rechecks
-/// after taking its reference.
+/// a head or not part of a compound page (Linux `compound_head`). Racy
+/// against the block being freed, as Linux's is against a split; a lockless
+/// caller rechecks after taking its reference.
+#[inline]
 pub fn compound_head(page: &'static Page) -> &'static Page {
-    if PageHead(page) {
-        return page;
+    match page.compound_tail.load(Ordering::Acquire) {
+        0 => page,
+        off => pfn_to_page(page_to_pfn(page) - u64::from(off)),
     }
-    let pfn = page_to_pfn(page);
-    for order in 1..=page_alloc::MAX_PAGE_ORDER {
-        let head = pfn & !((1u64 << order) - 1);
-        if head == pfn {
-            continue;
-        }
-        let h = pfn_to_page(head);
-        if PageHead(h) && compound_order(h) >= order {
-            return h;
-        }
-    }
-    page
 }
 
 /// Makes a freshly allocated order-`order` block a compound page: [`put_page`]
 /// on the head then frees the whole block (Linux `prep_compound_page`).
 pub fn prep_compound_page(page: &Page, order: u32) {
     if order > 0 {
+        let head = page_to_pfn(page);
+        for off in 1..1u32 << order {
+            pfn_to_page(head + u64::from(off))
+                .compound_tail
+                .store(off, Ordering::Release);
+        }
         page.set_flag(PG_head | (u64::from(order) << PAGE_ORDER_SHIFT));
     }
 }

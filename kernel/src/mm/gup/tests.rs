@@ -309,3 +309,27 @@ fn slow_gup_reports_no_vma_and_access() {
         memory::exit_mmap(mm);
     });
 }
+
+#[test]
+fn grabs_count_on_the_compound_head() {
+    leak_checked(|| {
+        let head = page_alloc::alloc_pages(2).unwrap();
+        page::prep_compound_page(head, 2);
+        let tail = page::pfn_to_page(page::page_to_pfn(head) + 3);
+        assert!(core::ptr::eq(page::compound_head(tail), head));
+        assert!(core::ptr::eq(page::compound_head(head), head));
+        let got = try_grab_folio(tail, 2, GupFlags::FOLL_PIN).unwrap();
+        assert!(core::ptr::eq(got, head));
+        assert_eq!(page::page_ref_count(head), 1 + 2 * GUP_PIN_COUNTING_BIAS);
+        assert!(page_maybe_dma_pinned(tail));
+        unpin_user_page(tail);
+        unpin_user_page(page::pfn_to_page(page::page_to_pfn(head) + 1));
+        assert!(!page_maybe_dma_pinned(tail));
+        // The last reference frees the whole block, tails unmarked.
+        put_user_page(tail);
+        assert_eq!(page::page_ref_count(head), 0);
+        assert!(core::ptr::eq(page::compound_head(tail), tail));
+        // A freed page cannot be grabbed.
+        assert!(try_grab_folio(head, 1, GupFlags::FOLL_GET).is_none());
+    });
+}
