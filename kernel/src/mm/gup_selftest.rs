@@ -9,8 +9,8 @@
 
 use super::arch::{Level, Mmu};
 use super::gup::{
-    self, addr_in_pgtable_frame, get_user_pages, get_user_pages_fast,
-    get_user_pages_fast_traced, GupFlags, GupRecord, GupStats, GupWalk, GUP_PIN_COUNTING_BIAS,
+    self, addr_in_pgtable_frame, get_user_pages, get_user_pages_fast, get_user_pages_fast_traced,
+    GupFlags, GupRecord, GupStats, GupWalk, GUP_PIN_COUNTING_BIAS,
 };
 use super::mm::{self as mmod, Mm, VmFlags};
 use super::page::{self, Page};
@@ -124,7 +124,7 @@ fn fast<A: Mmu>(start: u64, n: usize, flags: GupFlags, rec: Option<&mut GupRecor
 }
 
 /// Stores each page's address into it through the MMU.
-fn fill<A: Mmu>(start: u64, pages: u64) {
+fn fill(start: u64, pages: u64) {
     for i in 0..pages {
         let a = start + i * P;
         // SAFETY: the callers map `[start, start + pages * P)` writable in
@@ -154,7 +154,7 @@ fn fast_equals_slow_body<A: Mmu>() -> Result<(), String> {
     let t = TestMm::<A>::new()?;
     t.map(start, N, false)?;
     t.attach();
-    fill::<A>(start, N);
+    fill(start, N);
     let want = slow(t.mm(), start, N as usize, GupFlags::FOLL_GET)?;
     for flags in [GupFlags::FOLL_GET, GupFlags::FOLL_PIN] {
         let before = stats::<A>();
@@ -176,7 +176,9 @@ fn fast_equals_slow_body<A: Mmu>() -> Result<(), String> {
             rec.irqs_off_at_leaf
         );
         if got.pfns() != want.pfns() {
-            return Err(format!("{flags:?}: GUP-fast and slow GUP got different frames"));
+            return Err(format!(
+                "{flags:?}: GUP-fast and slow GUP got different frames"
+            ));
         }
         if (d.fast_pages, d.fallbacks) != (N, 0) {
             return Err(format!(
@@ -222,8 +224,8 @@ fn folded_walk_body<A: Mmu>() -> Result<(), String> {
     t.map(A::TASK_BASE, HALF, false)?;
     t.map(start, 2 * HALF, false)?;
     t.attach();
-    fill::<A>(A::TASK_BASE, HALF);
-    fill::<A>(start, 2 * HALF);
+    fill(A::TASK_BASE, HALF);
+    fill(start, 2 * HALF);
     // Whether this mm folds the pud level (decided as the walk does, by the
     // arch's offset helpers on the live entries).
     let pgdp = A::pgd_offset(&t.mm().context, start);
@@ -292,7 +294,10 @@ fn folded_walk_body<A: Mmu>() -> Result<(), String> {
             }
         } else {
             if got.pfns() != want.pfns() {
-                result = Err(format!("walk={}: GUP-fast and slow GUP differ", walk.name()));
+                result = Err(format!(
+                    "walk={}: GUP-fast and slow GUP differ",
+                    walk.name()
+                ));
             } else if !stray.is_empty() {
                 result = Err(format!("walk={}: stray reads {stray:?}", walk.name()));
             } else if walk == GupWalk::Lockless && in_frames != rec.reads().len() {
@@ -324,7 +329,7 @@ fn fallback_body<A: Mmu>() -> Result<(), String> {
     let t = TestMm::<A>::new()?;
     t.map(start, N, false)?;
     t.attach();
-    fill::<A>(start, N / 2);
+    fill(start, N / 2);
     // The second half is mapped, never touched.
     let before = stats::<A>();
     let got = fast::<A>(start, N as usize, GupFlags::FOLL_GET, None);
@@ -381,7 +386,7 @@ fn pin_munmap_body<A: Mmu>() -> Result<(), String> {
     let t = TestMm::<A>::new()?;
     t.map(start, N, false)?;
     t.attach();
-    fill::<A>(start, N);
+    fill(start, N);
     let mut got = fast::<A>(start, N as usize, GupFlags::FOLL_PIN, None);
     if got.pages.len() != N as usize {
         return Err(format!("pinned {} of {N} pages", got.pages.len()));
@@ -406,7 +411,10 @@ fn pin_munmap_body<A: Mmu>() -> Result<(), String> {
     let pages = core::mem::take(&mut got.pages);
     gup::unpin_user_pages(&pages);
     let freed = page_alloc::nr_free_pages().saturating_sub(free);
-    let still_held = pages.iter().filter(|p| page::page_ref_count(p) != 0).count();
+    let still_held = pages
+        .iter()
+        .filter(|p| page::page_ref_count(p) != 0)
+        .count();
     diag!(
         "after munmap: unmapped={gone} refcount={refs} (bias {GUP_PIN_COUNTING_BIAS}); after unpin: {freed} more free frames, {still_held} pages still referenced"
     );
@@ -434,10 +442,15 @@ fn pin_cow_body<A: Mmu>() -> Result<(), String> {
     let t = TestMm::<A>::new()?;
     t.map(start, N, false)?;
     t.attach();
-    fill::<A>(start, N);
+    fill(start, N);
     let child = memory::dup_mm(t.mm()).ok_or("dup_mm: no memory")?;
     let child = TestMm::<A>(Some(child));
-    let pinned = fast::<A>(start, N as usize, GupFlags::FOLL_WRITE | GupFlags::FOLL_PIN, None);
+    let pinned = fast::<A>(
+        start,
+        N as usize,
+        GupFlags::FOLL_WRITE | GupFlags::FOLL_PIN,
+        None,
+    );
     let theirs = slow(child.mm(), start, N as usize, GupFlags::FOLL_GET)?;
     if pinned.pages.len() != N as usize {
         return Err(format!("pinned {} of {N}", pinned.pages.len()));
@@ -541,7 +554,7 @@ fn second_cpu_body<A: Mmu>() -> Result<(), String> {
     let t = TestMm::<A>::new()?;
     t.map(start, N as u64, false)?;
     t.attach();
-    fill::<A>(start, N as u64);
+    fill(start, N as u64);
     let want = slow(t.mm(), start, N, GupFlags::FOLL_GET)?;
     REMOTE_MM.store(t.mm() as *const Mm<A> as usize, Ordering::Release);
     REMOTE_START.store(start, Ordering::Release);
@@ -703,7 +716,9 @@ fn throughput_body<A: Mmu>() -> Result<(), String> {
         .filter(|&pte| A::pte_present(pte))
         .map(|pte| page::page_ref_count(page::pfn_to_page(A::pte_pfn(pte))));
     if p0 != Some(1) {
-        return Err(format!("after the benchmark the first page's refcount is {p0:?}"));
+        return Err(format!(
+            "after the benchmark the first page's refcount is {p0:?}"
+        ));
     }
     Ok(())
 }

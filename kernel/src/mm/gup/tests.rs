@@ -42,6 +42,8 @@ fn populated<A: Mmu>(start: u64, pages: u64) -> Box<Mm<A>> {
     mm
 }
 
+// The mm stays boxed (in place, as attached and listed) until `exit_mmap`.
+#[allow(clippy::boxed_local)]
 fn teardown<A: Mmu>(mm: Box<Mm<A>>) {
     unuse_mm::<A>();
     memory::exit_mmap(*mm);
@@ -76,7 +78,11 @@ fn fast_equals_slow_in_both_walks<A: Mmu>() {
             let d = stats().since(before);
             assert_eq!(got, n as usize, "{walk:?}");
             assert_eq!(pfns(&fast), pfns(&slow), "{walk:?}: fast and slow differ");
-            assert_eq!((d.fast_pages, d.fallbacks, d.backoffs), (n, 0, 0), "{walk:?}");
+            assert_eq!(
+                (d.fast_pages, d.fallbacks, d.backoffs),
+                (n, 0, 0),
+                "{walk:?}"
+            );
             assert_eq!(rec.walk, walk);
             assert_eq!(rec.dropped, 0);
             // Static folding only: no read beyond an entry copy, and the
@@ -117,8 +123,13 @@ fn recorder_lists_each_level_then_the_rechecks() {
         let pgdp = A::pgd_offset(&mm.context, start) as u64;
         let mut pages = Vec::new();
         let mut rec = GupRecord::new();
-        let got =
-            get_user_pages_fast_traced::<A>(start, 1, GupFlags::FOLL_GET, &mut pages, Some(&mut rec));
+        let got = get_user_pages_fast_traced::<A>(
+            start,
+            1,
+            GupFlags::FOLL_GET,
+            &mut pages,
+            Some(&mut rec),
+        );
         assert_eq!(got, 1);
         let levels: Vec<Level> = rec.reads().iter().map(|r| r.level).collect();
         assert_eq!(
@@ -136,13 +147,21 @@ fn recorder_lists_each_level_then_the_rechecks() {
         let r = rec.reads();
         // p4d is folded onto the pgd: the same live entry, read twice.
         assert_eq!((r[0].addr, r[1].addr), (pgdp, pgdp));
-        assert_eq!((r[3].addr, r[4].addr, r[5].addr, r[6].addr), (pmdp, ptep, pmdp, ptep));
+        assert_eq!(
+            (r[3].addr, r[4].addr, r[5].addr, r[6].addr),
+            (pmdp, ptep, pmdp, ptep)
+        );
         assert_eq!(A::pte_pfn(r[4].value), page::page_to_pfn(pages[0]));
         assert_eq!(rec.irqs_off_at_leaf, Some(A::irqs_disabled()));
         // Without the PMD recheck, one read fewer.
         set_gup_pmd_recheck(false);
-        let got =
-            get_user_pages_fast_traced::<A>(start, 1, GupFlags::FOLL_GET, &mut pages, Some(&mut rec));
+        let got = get_user_pages_fast_traced::<A>(
+            start,
+            1,
+            GupFlags::FOLL_GET,
+            &mut pages,
+            Some(&mut rec),
+        );
         set_gup_pmd_recheck(true);
         assert_eq!(got, 1);
         assert_eq!(rec.reads().len(), 6);
@@ -189,9 +208,16 @@ fn backs_off_on_a_changed_pte_and_pmd() {
         *GRAB_HOOK.lock() = None;
         let d = stats().since(before);
         assert_eq!(got, 4);
-        assert_eq!((d.fast_pages, d.backoffs, d.fallbacks, d.slow_pages), (0, 1, 1, 4));
+        assert_eq!(
+            (d.fast_pages, d.backoffs, d.fallbacks, d.slow_pages),
+            (0, 1, 1, 4)
+        );
         assert_eq!(pages[0] as *const Page, page0 as *const Page);
-        assert_eq!(page::page_ref_count(page0), ref0 + 1, "the speculative reference leaked");
+        assert_eq!(
+            page::page_ref_count(page0),
+            ref0 + 1,
+            "the speculative reference leaked"
+        );
         release_user_pages(&pages, GupFlags::FOLL_GET);
         // The PMD entry changes: caught by the recheck only when it is on.
         for recheck in [true, false] {
@@ -224,11 +250,20 @@ fn falls_back_for_missing_and_read_only_ptes() {
         memory::mmap_anon(&mm, start + 2 * P, 2 * P, RW, false).unwrap();
         let before = stats();
         let mut pages = Vec::new();
-        assert_eq!(get_user_pages_fast::<A>(start, 4, GupFlags::FOLL_GET, &mut pages), 4);
+        assert_eq!(
+            get_user_pages_fast::<A>(start, 4, GupFlags::FOLL_GET, &mut pages),
+            4
+        );
         let d = stats().since(before);
-        assert_eq!((d.fast_pages, d.fallbacks, d.backoffs, d.slow_pages), (2, 1, 0, 2));
+        assert_eq!(
+            (d.fast_pages, d.fallbacks, d.backoffs, d.slow_pages),
+            (2, 1, 0, 2)
+        );
         let mut slow = Vec::new();
-        assert_eq!(get_user_pages(&mm, start, 4, GupFlags::FOLL_GET, &mut slow), Ok(4));
+        assert_eq!(
+            get_user_pages(&mm, start, 4, GupFlags::FOLL_GET, &mut slow),
+            Ok(4)
+        );
         assert_eq!(pfns(&pages), pfns(&slow));
         release_user_pages(&pages, GupFlags::FOLL_GET);
         release_user_pages(&slow, GupFlags::FOLL_GET);
@@ -245,7 +280,10 @@ fn falls_back_for_missing_and_read_only_ptes() {
         let d = stats().since(before);
         assert_eq!((d.fast_pages, d.fallbacks, d.slow_pages), (0, 1, 2));
         let mut theirs = Vec::new();
-        assert_eq!(get_user_pages(&child, start, 2, GupFlags::FOLL_GET, &mut theirs), Ok(2));
+        assert_eq!(
+            get_user_pages(&child, start, 2, GupFlags::FOLL_GET, &mut theirs),
+            Ok(2)
+        );
         for i in 0..2 {
             assert_ne!(page::page_to_pfn(pinned[i]), page::page_to_pfn(theirs[i]));
             assert!(page_maybe_dma_pinned(pinned[i]));
@@ -270,7 +308,10 @@ fn pins_outlive_munmap_and_unpin_frees() {
         let start = A::TASK_BASE;
         let mm = populated::<A>(start, 3);
         let mut pages = Vec::new();
-        assert_eq!(get_user_pages_fast::<A>(start, 3, GupFlags::FOLL_PIN, &mut pages), 3);
+        assert_eq!(
+            get_user_pages_fast::<A>(start, 3, GupFlags::FOLL_PIN, &mut pages),
+            3
+        );
         let free = page_alloc::nr_free_pages();
         memory::munmap(&mm, start, 3 * P).unwrap();
         for (i, p) in pages.iter().enumerate() {
@@ -304,7 +345,10 @@ fn slow_gup_reports_no_vma_and_access() {
             Err(FaultError::NoVma)
         );
         // Partial: two pages, then the hole.
-        assert_eq!(get_user_pages(&mm, start, 3, GupFlags::FOLL_GET, &mut pages), Ok(2));
+        assert_eq!(
+            get_user_pages(&mm, start, 3, GupFlags::FOLL_GET, &mut pages),
+            Ok(2)
+        );
         release_user_pages(&pages, GupFlags::FOLL_GET);
         memory::exit_mmap(mm);
     });
