@@ -898,6 +898,11 @@ pub fn get_user_pages_fast_traced<A: Mmu>(
         return nr;
     }
     count(cpu, |c| &c.fallbacks, 1);
+    // Slow GUP may fault, and a fault may wait for a TLB shootdown.
+    debug_assert!(
+        !A::irqs_disabled(),
+        "GUP-fast fell back to slow GUP with interrupts disabled"
+    );
     let rest = start + nr as u64 * PAGE_SIZE;
     nr + get_user_pages(mm, rest, nr_pages - nr, flags, pages).unwrap_or(0)
 }

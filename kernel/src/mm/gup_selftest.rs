@@ -234,11 +234,18 @@ fn folded_walk_body<A: Mmu>() -> Result<(), String> {
         let p4dp = A::p4d_offset(pgdp, start);
         A::pud_offset(p4dp, start) == p4dp
     };
+    // An mm whose top table reaches no further than one p4d entry is topped
+    // by a pud table: p4d (and pgd) must be folded onto it.
+    let limit = A::context_limit(&t.mm().context);
+    if pud_folded != (limit <= A::P4D_SIZE) {
+        return Err(format!(
+            "pud_offset folded={pud_folded} with a top level reaching {limit:#x}"
+        ));
+    }
     let steps_past_copy = pud_folded && A::PUD_SIZE < A::P4D_SIZE;
     diag!(
-        "range=[{start:#x}, {:#x}) pud_folded={pud_folded} context_limit={:#x}",
-        start + n as u64 * P,
-        A::context_limit(&t.mm().context)
+        "range=[{start:#x}, {:#x}) pud_folded={pud_folded} context_limit={limit:#x}",
+        start + n as u64 * P
     );
     let want = slow(t.mm(), start, n, GupFlags::FOLL_GET)?;
     let low = slow(t.mm(), A::TASK_BASE, HALF as usize, GupFlags::FOLL_GET)?;
@@ -313,7 +320,35 @@ fn folded_walk_body<A: Mmu>() -> Result<(), String> {
     if !steps_past_copy {
         diag!("no per-mm folding of the pud level here: both walks stay on live tables or the walk's own copy");
     }
-    result
+    result?;
+    // A mapping 8 TiB up makes s390x upgrade the mm in place (region-second
+    // table on top, only pgd folded): the lockless walk follows the new
+    // folding for the old range and the new page alike.
+    let high = A::TASK_BASE + (8 << 40);
+    t.map(high, 1, false)?;
+    fill(high, 1);
+    drop((want, low));
+    for (at, pages) in [(start, n), (high, 1)] {
+        let want = slow(t.mm(), at, pages, GupFlags::FOLL_GET)?;
+        let mut rec = GupRecord::new();
+        let got = fast::<A>(at, pages, GupFlags::FOLL_GET, Some(&mut rec));
+        let outside = rec
+            .reads()
+            .iter()
+            .filter(|r| !addr_in_pgtable_frame(r.addr))
+            .count();
+        if got.pfns() != want.pfns() || outside != 0 {
+            return Err(format!(
+                "after the upgrade (limit {:#x}): fast and slow differ at {at:#x} or {outside} reads outside page-table frames",
+                A::context_limit(&t.mm().context)
+            ));
+        }
+    }
+    diag!(
+        "after mapping {high:#x}: context_limit={:#x}, lockless walk == slow GUP, reads in page-table frames only",
+        A::context_limit(&t.mm().context)
+    );
+    Ok(())
 }
 
 /// GUP-fast falls back to slow GUP where it must — unpopulated pages, and
