@@ -51,6 +51,7 @@ pub fn run_all<A: crate::mm::arch::Mmu>(args: &Cmdline, run: &mut Run) -> bool {
         ("skey", crate::mm::skey_selftest::suite::<A>().to_vec()),
         ("gather", crate::mm::gather_selftest::suite::<A>().to_vec()),
         ("tlb", crate::mm::tlb_selftest::suite::<A>().to_vec()),
+        ("gup", crate::mm::gup_selftest::suite::<A>().to_vec()),
         (
             crate::mm::thp_selftest::SUITE,
             crate::mm::thp_selftest::cases::<A>(),

@@ -134,7 +134,9 @@ fn expected(arch: Arch, smp: usize, case: &str) -> Expect {
                 Expect::Skip
             }
         }
-        "thp.collapse_ipi_sync_vs_irqs_off" | "thp.wp_reuse_waits_for_page_lock" => {
+        "thp.collapse_ipi_sync_vs_irqs_off"
+        | "thp.wp_reuse_waits_for_page_lock"
+        | "gup.fast_on_second_cpu" => {
             if smp >= 2 {
                 Expect::Ok
             } else {
@@ -142,12 +144,13 @@ fn expected(arch: Arch, smp: usize, case: &str) -> Expect {
             }
         }
         c if c.starts_with("thp.") => Expect::Ok,
+        c if c.starts_with("gup.") => Expect::Ok,
         other => panic!("no expectation for {other}: add it here"),
     }
 }
 
 /// Every case, in the order the kernel runs them.
-const CASES: [&str; 67] = [
+const CASES: [&str; 74] = [
     "boot.cpus_online",
     "boot.ipi_round_trip",
     "boot.call_function_wait",
@@ -194,6 +197,13 @@ const CASES: [&str; 67] = [
     "tlb.local_flush_when_alone",
     "tlb.flush_vs_irqs_off",
     "tlb.shootdown_latency",
+    "gup.fast_equals_slow",
+    "gup.folded_walk_crossing_pud",
+    "gup.fallback_when_needed",
+    "gup.pin_survives_munmap",
+    "gup.pin_write_breaks_cow_after_fork",
+    "gup.fast_on_second_cpu",
+    "gup.throughput",
     "thp.collapse_keeps_every_byte",
     "thp.collapse_aborts_on_pin",
     "thp.collapse_ipi_sync_vs_irqs_off",

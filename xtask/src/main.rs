@@ -306,7 +306,7 @@ fn print_boot(boot: &Boot) {
 const FIRST_LINE_TARGET: Duration = Duration::from_millis(100);
 
 /// Figures the kernels print as diagnostics, reported by `bench`: (case, key).
-const BENCH_FIGURES: [(&str, &str); 22] = [
+const BENCH_FIGURES: [(&str, &str); 26] = [
     ("mm_page.alloc_throughput", "frame_allocs_per_sec_1cpu"),
     ("mm_page.alloc_throughput", "all_cpus"),
     ("mm.fault_throughput", "page_faults_per_sec_1cpu"),
@@ -335,6 +335,10 @@ const BENCH_FIGURES: [(&str, &str); 22] = [
     ("tlb.shootdown_latency", "shootdown_ns_csp_targets_all"),
     ("tlb.flush_vs_irqs_off", "ipi_flush_wait_ns"),
     ("tlb.flush_vs_irqs_off", "nmi_flush_wait_ns"),
+    ("gup.throughput", "gup_fast_pages_per_sec_1cpu"),
+    ("gup.throughput", "gup_slow_pages_per_sec_1cpu"),
+    ("gup.throughput", "gup_fast_pages_per_sec_all_cpus"),
+    ("gup.throughput", "gup_slow_pages_per_sec_all_cpus"),
 ];
 
 fn bench(arch: ArchSel, runs: usize, smp: usize) -> Result<ExitCode> {

@@ -42,7 +42,7 @@ use quiesce_arch_s390x::pgtable::{self as pt, AsceState, TableAlloc, UpgradeErro
 use quiesce_kernel::mm::arch::{Level, Mmu, PteProt};
 use quiesce_kernel::mm::mm::{current_mm, Mm};
 use quiesce_kernel::mm::tlbflush::{self, FlushStrategy};
-use quiesce_kernel::mm::{page, page_alloc};
+use quiesce_kernel::mm::{page, page_alloc, pgtable};
 use quiesce_kernel::{kprintln_emergency, smp, Arch};
 
 /// Lowest address of task mappings: 2 TiB, far above the 1:1 map of RAM and in
@@ -93,15 +93,20 @@ impl TableAlloc for BootTables {
     }
 }
 
-/// Region and segment tables of task mms: order-2 blocks of the frame allocator.
+/// The top region tables of task mms (the first region-third table and the
+/// region-second and region-first tables of upgrades): order-2 blocks of the
+/// frame allocator, marked as page tables (`PG_pgtable`) like every other
+/// task table.
 struct FrameTables;
 
 impl TableAlloc for FrameTables {
     fn alloc_crst(&mut self) -> Option<*mut u64> {
         let page = page_alloc::alloc_pages(pt::CRST_ALLOC_ORDER)?;
+        pgtable::pagetable_ctor(page::page_to_phys(page), pt::CRST_ALLOC_ORDER);
         Some(page::page_address(page).cast())
     }
     fn free_crst(&mut self, table: *mut u64) {
+        pgtable::pagetable_dtor(table as u64, pt::CRST_ALLOC_ORDER);
         page_alloc::__free_pages(page::phys_to_page(table as u64), pt::CRST_ALLOC_ORDER);
     }
     fn alloc_pte_table(&mut self) -> Option<*mut u64> {

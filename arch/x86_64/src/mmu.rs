@@ -36,7 +36,7 @@ use quiesce_arch_x86_64::pgtable::{self, PAGE_DIRTY, PAGE_RW};
 use quiesce_kernel::mm::arch::{FaultInfo, Level, Mmu, PteProt};
 use quiesce_kernel::mm::mm::Mm;
 use quiesce_kernel::mm::tlbflush::FlushStrategy;
-use quiesce_kernel::mm::{page, page_alloc};
+use quiesce_kernel::mm::{page, page_alloc, pgtable as generic_pgtable};
 
 extern "C" {
     /// The kernel's PML4, built by head.S.
@@ -63,10 +63,13 @@ impl MmContext {
     }
 }
 
-/// Allocates a frame for a PML4 (`pgd_alloc`'s page) from the frame allocator.
-/// Its contents are left as they are: [`pgtable::pgd_ctor`] writes every entry.
+/// Allocates a frame for a PML4 (`pgd_alloc`'s page) from the frame allocator,
+/// marked as a page table (`PG_pgtable`). Its contents are left as they are:
+/// [`pgtable::pgd_ctor`] writes every entry.
 fn pgd_alloc_page() -> Option<u64> {
-    page_alloc::alloc_pages(0).map(page::page_to_phys)
+    let pgd = page_alloc::alloc_pages(0).map(page::page_to_phys)?;
+    generic_pgtable::pagetable_ctor(pgd, 0);
+    Some(pgd)
 }
 
 /// Frees a frame from [`pgd_alloc_page`].
@@ -74,6 +77,7 @@ fn pgd_alloc_page() -> Option<u64> {
 /// # Safety
 /// `pgd` came from [`pgd_alloc_page`] and is no longer used by anyone.
 unsafe fn pgd_free_page(pgd: u64) {
+    generic_pgtable::pagetable_dtor(pgd, 0);
     page_alloc::__free_pages(page::phys_to_page(pgd), 0);
 }
 

@@ -94,12 +94,15 @@ macro_rules! emul_arch {
             fn init_new_context() -> Option<AtomicU64> {
                 let pg = page_alloc::alloc_pages(0)?;
                 let t = page::page_to_phys(pg);
+                super::pgtable::pagetable_ctor(t, 0);
                 // SAFETY: a fresh frame of ours.
                 unsafe { core::ptr::write_bytes(entries(t), 0, 512) };
                 Some(AtomicU64::new(t))
             }
             fn destroy_context(ctx: &AtomicU64) {
-                page_alloc::__free_pages(page::phys_to_page(ctx.load(Ordering::Acquire)), 0);
+                let t = ctx.load(Ordering::Acquire);
+                super::pgtable::pagetable_dtor(t, 0);
+                page_alloc::__free_pages(page::phys_to_page(t), 0);
             }
             fn context_limit(_: &AtomicU64) -> u64 {
                 Self::TASK_SIZE_MAX

@@ -122,10 +122,11 @@ pub fn pte_alloc_one<A: Mmu>(mm: &Mm<A>) -> Option<u64> {
             .max(1)
             .trailing_zeros();
         let page = page_alloc::alloc_pages(order)?;
-        page.set_flag(page::PG_pgtable);
+        let table = page::page_to_phys(page);
+        super::pgtable::pagetable_ctor(table, order);
         page.private
             .store(FragPolicy::OnePerFrame as usize, Ordering::Release);
-        return Some(page::page_to_phys(page));
+        return Some(table);
     }
     let n = frags_per_block::<A>();
     let mut cur = mm.pte_frag.lock();
@@ -134,8 +135,16 @@ pub fn pte_alloc_one<A: Mmu>(mm: &Mm<A>) -> Option<u64> {
         // A compound block: whoever drops the last reference — the fragment
         // count or a speculative holder such as the pfn scanner — frees all of it.
         page::prep_compound_page(head, block_order::<A>());
-        head.set_flag(page::PG_pgtable);
-        head.private.store(pol as usize, Ordering::Release);
+        // Every frame of the block is a page-table frame and remembers the
+        // policy (a table in a tail frame must not look like a one-per-frame
+        // table to `__pte_free`).
+        let first = page::page_to_pfn(head);
+        super::pgtable::pagetable_ctor(page::page_to_phys(head), block_order::<A>());
+        for pfn in first..first + (1 << block_order::<A>()) {
+            page::pfn_to_page(pfn)
+                .private
+                .store(pol as usize, Ordering::Release);
+        }
         match pol {
             FragPolicy::SetPageCount => page::set_page_count(head, n as i32),
             FragPolicy::FragCounter => head.pt_frag_refcount.store(n as i32, Ordering::Release),
@@ -170,8 +179,16 @@ fn block_policy(head: &Page) -> FragPolicy {
 fn put_frags<A: Mmu>(head: &'static Page, index: usize, count: usize) {
     let order = block_order::<A>();
     let free_now = |head: &'static Page| {
-        head.clear_flag(page::PG_pgtable);
-        head.private.store(0, Ordering::Release);
+        let first = page::page_to_pfn(head);
+        let order = if block_policy(head) == FragPolicy::OnePerFrame {
+            0
+        } else {
+            order
+        };
+        super::pgtable::pagetable_dtor(page::page_to_phys(head), order);
+        for pfn in first..first + (1 << order) {
+            page::pfn_to_page(pfn).private.store(0, Ordering::Release);
+        }
     };
     match block_policy(head) {
         FragPolicy::SetPageCount => {

@@ -586,8 +586,18 @@ fn alloc_zeroed_page() -> Option<&'static Page> {
 /// write-notify of shared file mappings, or a spurious fault whose
 /// translation another CPU already installed.
 pub fn do_user_fault<A: Mmu>(mm: &Mm<A>, info: FaultInfo) -> Result<(), FaultError> {
-    let addr = info.addr & !(PAGE_SIZE - 1);
     let vmas = mm.mmap_lock.read();
+    handle_mm_fault_locked(mm, &vmas, info)
+}
+
+/// [`do_user_fault`] with `mmap_lock` already held for read by the caller,
+/// who passes the VMAs it guards (slow GUP faults pages in this way).
+pub(crate) fn handle_mm_fault_locked<A: Mmu>(
+    mm: &Mm<A>,
+    vmas: &VmaList,
+    info: FaultInfo,
+) -> Result<(), FaultError> {
+    let addr = info.addr & !(PAGE_SIZE - 1);
     let vma = vmas.find(addr).ok_or(FaultError::NoVma)?;
     if (info.write && !vma.flags.write) || !vma.flags.read {
         return Err(FaultError::AccessDenied);

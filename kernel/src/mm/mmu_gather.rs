@@ -410,6 +410,7 @@ fn free_tables<A: Mmu>(tables: &[(Level, u64)]) {
         if level == Level::Pte {
             frag::__pte_free::<A>(table);
         } else {
+            super::pgtable::pagetable_dtor(table, A::CRST_ORDER);
             page_alloc::__free_pages(page::phys_to_page(table), A::CRST_ORDER);
         }
     }

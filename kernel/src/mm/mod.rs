@@ -13,6 +13,8 @@ pub(crate) mod file_selftest;
 pub mod filemap;
 pub mod frag;
 pub(crate) mod gather_selftest;
+pub mod gup;
+pub(crate) mod gup_selftest;
 pub mod huge_memory;
 pub mod khugepaged;
 pub mod memmap;

@@ -68,7 +68,11 @@ pub struct Page {
     pub pt_frag_bits: AtomicU32,
     /// CPUs waiting in [`lock_page`] for this page.
     pub(crate) waiters: AtomicU32,
-    _reserved: u32,
+    /// On a tail page of a compound page: its distance in frames from the
+    /// head (Linux keeps a pointer to the head, `compound_head`); 0 on every
+    /// other page. Set by [`prep_compound_page`], cleared when the block is
+    /// freed.
+    pub(crate) compound_tail: AtomicU32,
 }
 
 const _: () = assert!(core::mem::size_of::<Page>() == 64);
@@ -197,7 +201,7 @@ impl Page {
             pt_frag_refcount: AtomicI32::new(0),
             pt_frag_bits: AtomicU32::new(0),
             waiters: AtomicU32::new(0),
-            _reserved: 0,
+            compound_tail: AtomicU32::new(0),
         }
     }
 
@@ -369,6 +373,14 @@ pub fn phys_to_virt(phys: u64) -> *mut u8 {
     (phys as usize).wrapping_add(phys_offset()) as *mut u8
 }
 
+/// The physical address of kernel address `virt` in the 1:1 map of RAM (Linux
+/// `virt_to_phys`); the inverse of [`phys_to_virt`]. An address outside that
+/// map gives a value that no frame has.
+#[inline]
+pub fn virt_to_phys(virt: u64) -> u64 {
+    virt.wrapping_sub(phys_offset() as u64)
+}
+
 /// The kernel address of the frame (Linux `page_address`).
 #[inline]
 pub fn page_address(page: &Page) -> *mut u8 {
@@ -414,6 +426,13 @@ pub fn page_ref_add(page: &Page, nr: i32) {
 #[inline]
 pub fn page_ref_sub(page: &Page, nr: i32) {
     page._refcount.fetch_sub(nr, Ordering::AcqRel);
+}
+
+/// Drops `nr` references and returns whether the count reached zero (Linux
+/// `page_ref_sub_and_test`).
+#[inline]
+pub fn page_ref_sub_and_test(page: &Page, nr: i32) -> bool {
+    page._refcount.fetch_sub(nr, Ordering::AcqRel) == nr
 }
 
 /// Adds a reference.
@@ -503,10 +522,28 @@ pub fn compound_order(page: &Page) -> u32 {
     }
 }
 
+/// The head of the compound page `page` belongs to, or `page` itself if it is
+/// a head or not part of a compound page (Linux `compound_head`). Racy
+/// against the block being freed, as Linux's is against a split; a lockless
+/// caller rechecks after taking its reference.
+#[inline]
+pub fn compound_head(page: &'static Page) -> &'static Page {
+    match page.compound_tail.load(Ordering::Acquire) {
+        0 => page,
+        off => pfn_to_page(page_to_pfn(page) - u64::from(off)),
+    }
+}
+
 /// Makes a freshly allocated order-`order` block a compound page: [`put_page`]
 /// on the head then frees the whole block (Linux `prep_compound_page`).
 pub fn prep_compound_page(page: &Page, order: u32) {
     if order > 0 {
+        let head = page_to_pfn(page);
+        for off in 1..1u32 << order {
+            pfn_to_page(head + u64::from(off))
+                .compound_tail
+                .store(off, Ordering::Release);
+        }
         page.set_flag(PG_head | (u64::from(order) << PAGE_ORDER_SHIFT));
     }
 }

@@ -500,6 +500,7 @@ fn poison_descriptor(page: &Page) {
     page.mapping.store(MAPPING_POISON, Ordering::Relaxed);
     page.index.store(PAGE_POISON, Ordering::Relaxed);
     page.private.store(0, Ordering::Relaxed);
+    page.compound_tail.store(0, Ordering::Relaxed);
 }
 
 // ---- poisoning -------------------------------------------------------------

@@ -46,6 +46,27 @@ fn next_level(level: Level) -> Level {
     }
 }
 
+/// Marks every frame of the order-`order` block at physical `table` as a page
+/// table (`PG_pgtable`, Linux's `pagetable_ctor`): every frame that holds a
+/// task page table carries the mark, whichever level and whoever allocated
+/// it (this module, the fragment allocator, the arch's top tables), so a
+/// lockless walker's reads can be checked against it.
+pub fn pagetable_ctor(table: u64, order: u32) {
+    let first = table >> super::PAGE_SHIFT;
+    for pfn in first..first + (1 << order) {
+        super::page::pfn_to_page(pfn).set_flag(super::page::PG_pgtable);
+    }
+}
+
+/// Clears what [`pagetable_ctor`] set, before the block is freed
+/// (`pagetable_dtor`; `PG_pgtable` is checked at free).
+pub fn pagetable_dtor(table: u64, order: u32) {
+    let first = table >> super::PAGE_SHIFT;
+    for pfn in first..first + (1 << order) {
+        super::page::pfn_to_page(pfn).clear_flag(super::page::PG_pgtable);
+    }
+}
+
 /// Allocates a table for `level` (an upper table, or a PTE table through the
 /// fragment allocator), filled with that level's empty entries. Returns its
 /// address.
@@ -54,10 +75,9 @@ pub fn alloc_table<A: Mmu>(mm: &Mm<A>, level: Level) -> Option<u64> {
         (frag::pte_alloc_one(mm)?, A::PTE_TABLE_SIZE)
     } else {
         let page = page_alloc::alloc_pages(A::CRST_ORDER)?;
-        (
-            super::page::page_to_phys(page),
-            (PAGE_SIZE as usize) << A::CRST_ORDER,
-        )
+        let table = super::page::page_to_phys(page);
+        pagetable_ctor(table, A::CRST_ORDER);
+        (table, (PAGE_SIZE as usize) << A::CRST_ORDER)
     };
     let empty = A::empty_entry(level);
     let entries = super::page::phys_to_virt(table).cast::<u64>();
@@ -76,6 +96,7 @@ pub fn free_table<A: Mmu>(mm: &Mm<A>, level: Level, table: u64) {
         mm.pgtables_bytes
             .fetch_sub(A::PTE_TABLE_SIZE, Ordering::Relaxed);
     } else {
+        pagetable_dtor(table, A::CRST_ORDER);
         page_alloc::__free_pages(super::page::phys_to_page(table), A::CRST_ORDER);
         mm.pgtables_bytes
             .fetch_sub((PAGE_SIZE as usize) << A::CRST_ORDER, Ordering::Relaxed);
