@@ -210,7 +210,8 @@ impl Report {
 /// that every CPU that could report a quiescent state or take an interrupt
 /// has had the chance.
 pub const CYCLE_STABLE_NS: u64 = 20_000_000;
-/// How often the controller reads the wait-for graph.
+/// How often the controller reads the wait-for graph (at most: it halts
+/// between probes and wakes at a role's report or the tick).
 const PROBE_NS: u64 = 1_000_000;
 /// How long roles may take to finish once an aborted iteration is released.
 const RECOVER_NS: u64 = 2_000_000_000;
@@ -241,11 +242,19 @@ fn role_loop<A: Mmu>(arg: usize) {
         if sh.stop.load(Ordering::Acquire) {
             break;
         }
+        // Halt between iterations (interrupts off while checking, so the
+        // controller's kick cannot slip in before the halt): a spinning
+        // vCPU would take host time from the CPUs that run.
+        A::local_irq_disable();
         let g = sh.gen.load(Ordering::Acquire);
         if g == seen {
-            A::cpu_relax();
+            if !sh.stop.load(Ordering::Acquire) {
+                A::wait_for_interrupt();
+            }
+            A::local_irq_enable();
             continue;
         }
+        A::local_irq_enable();
         seen = g;
         // SAFETY: the controller publishes the iteration's `Ctx` before
         // bumping `gen` and keeps it alive until every role reported `done`.
@@ -263,6 +272,8 @@ fn role_loop<A: Mmu>(arg: usize) {
         }
         sh.completed[role].store(ok, Ordering::Relaxed);
         sh.done[role].store(g, Ordering::Release);
+        // Wake the controller (a bare IPI: nothing queued, nothing traced).
+        A::send_ipi(0);
     }
     sh.exited.fetch_add(1, Ordering::AcqRel);
 }
@@ -345,6 +356,9 @@ pub fn run<A: Mmu>(
     point::disarm_all();
     trace::set_enabled(false);
     sh.stop.store(true, Ordering::Release);
+    for &cpu in &role_cpus {
+        A::send_ipi(cpu);
+    }
     let t0 = A::clock_ns();
     while sh.exited.load(Ordering::Acquire) < role_cpus.len() {
         if A::clock_ns() - t0 > RECOVER_NS {
@@ -440,6 +454,11 @@ fn iteration<A: Mmu>(
     let roles = s.roles.len();
     sh.ctx.store(&mut ctx as *mut Ctx<A>, Ordering::Release);
     let g = sh.gen.fetch_add(1, Ordering::AcqRel) + 1;
+    for r in 0..roles {
+        if let Some(cpu) = point::cpu_of(r) {
+            A::send_ipi(cpu);
+        }
+    }
     let all_done = || (0..roles).all(|r| sh.done[r].load(Ordering::Acquire) == g);
 
     // Watch: finished, a persistent wait-for cycle, or the time limit.
@@ -483,7 +502,14 @@ fn iteration<A: Mmu>(
                 break;
             }
         }
-        A::cpu_relax();
+        // Halt until a role reports done or the tick comes (interrupts off
+        // while checking, so the report cannot slip in before the halt).
+        A::local_irq_disable();
+        if all_done() {
+            A::local_irq_enable();
+        } else {
+            A::wait_for_interrupt();
+        }
     }
     if verdict.is_some() {
         // Release every CPU held at a point and let the roles finish.

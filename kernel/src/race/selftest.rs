@@ -418,8 +418,8 @@ fn natural_seed_repeats<A: Mmu>(_: &Cmdline) -> Outcome {
 // ---- trace rings ------------------------------------------------------------------------
 
 /// A stores to its page (a fault), then holds at test:a with interrupts on.
-/// B reaches test:b, zaps the page (MADV_DONTNEED: PTE clear, flush), then A
-/// goes on.
+/// B reaches test:b, zaps the page (MADV_DONTNEED: PTE clear, then the
+/// gather's flush), and only after the flush A goes on.
 fn trace_role<A: Mmu>(ctx: &Ctx<A>, role: usize) -> bool {
     if role == A_ROLE {
         // SAFETY: the CPU runs the iteration's mm (the runner's `use_mm`),
@@ -439,6 +439,7 @@ fn trace_steps(_: &Variant) -> Vec<Step> {
         Step::at(A_ROLE, &points::TEST_A),
         Step::at(B_ROLE, &points::TEST_B),
         Step::at(B_ROLE, &points::ZAP_AFTER_PTE_CLEAR),
+        Step::at(B_ROLE, &points::GATHER_AFTER_FLUSH),
         Step::leave(A_ROLE, &points::TEST_A),
     ]
 }
@@ -482,7 +483,7 @@ fn trace_merge_in_time_order<A: Mmu>(_: &Cmdline) -> Outcome {
         };
         let leave = events
             .iter()
-            .find(|e| e.kind == Kind::Step && e.cpu == 1 && e.b == 3);
+            .find(|e| e.kind == Kind::Step && e.cpu == 1 && e.b == 4);
         let Some(leave) = leave else {
             return fail("A's leaving step is not in the ring".into());
         };
