@@ -50,7 +50,10 @@ pub fn run_all<A: crate::mm::arch::Mmu>(args: &Cmdline, run: &mut Run) -> bool {
             crate::mm::file_selftest::SUITE,
             crate::mm::file_selftest::cases::<A>(),
         ),
-        (crate::race::selftest::SUITE, crate::race::selftest::cases::<A>()),
+        (
+            crate::race::selftest::SUITE,
+            crate::race::selftest::cases::<A>(),
+        ),
     ]
     .into_iter()
     .map(|(suite, cases)| {

@@ -42,8 +42,6 @@
 //!   change per file, under the file's `i_mmap` lock, so a walk never misses a
 //!   live PTE), and are unlinked before their page tables are freed.
 
-use crate::race::point::{points, race_point};
-use crate::race::waitfor::{self, NR_PTL};
 use super::arch::{FaultInfo, Level, Mmu, PteProt};
 use super::fault::FaultError;
 use super::filemap::{self, MmapRef, RamFile};
@@ -51,6 +49,8 @@ use super::mm::{Mm, VmFlags, Vma, VmaList};
 use super::mmu_gather::{self, MmuGather};
 use super::page::{self, Page};
 use super::{dirty, frag, page_alloc, pgtable, rmap, PAGE_SIZE};
+use crate::race::point::{points, race_point};
+use crate::race::waitfor::{self, NR_PTL};
 use alloc::boxed::Box;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -115,10 +115,7 @@ impl Ptl {
     fn acquired<'a>(&'a self, guard: spin::MutexGuard<'a, ()>) -> PtlGuard<'a> {
         let idx = self.idx();
         waitfor::ptl_acquired(idx, crate::race::this_cpu());
-        PtlGuard {
-            _guard: guard,
-            idx,
-        }
+        PtlGuard { _guard: guard, idx }
     }
 
     /// Takes the lock, spinning (interrupts as they are) while another CPU

@@ -65,7 +65,11 @@ pub fn bad_page_since(seq: u64) -> Option<Finding> {
                 "bad page state at free: {}{} (flags={:#x}({}) refcount={} mapcount={})",
                 r.reason,
                 if r.bad_flags != 0 {
-                    format!(" bad_flags={:#x}({})", r.bad_flags, page::FlagNames(r.bad_flags))
+                    format!(
+                        " bad_flags={:#x}({})",
+                        r.bad_flags,
+                        page::FlagNames(r.bad_flags)
+                    )
                 } else {
                     String::new()
                 },

@@ -212,7 +212,10 @@ pub fn cpu_of(role: usize) -> Option<usize> {
 
 /// Installs a forced schedule and resets its cursor.
 pub fn set_schedule(steps: &[Step]) {
-    assert!(steps.len() <= MAX_STEPS, "schedule longer than {MAX_STEPS} steps");
+    assert!(
+        steps.len() <= MAX_STEPS,
+        "schedule longer than {MAX_STEPS} steps"
+    );
     for (i, s) in steps.iter().enumerate() {
         STEP_POINT[i].store(s.point as *const RacePoint as usize, Ordering::Relaxed);
         STEP_ROLE[i].store(s.role as u8 | (s.leave as u8) << 7, Ordering::Relaxed);
@@ -322,12 +325,20 @@ pub fn irq_state_changes() -> u64 {
 /// The natural-mode delay of the `hit`-th armed point passed by `role` in
 /// `iteration` at `p`: half of the hits get none, the others a uniform delay
 /// below `max_ns` (splitmix64 of the inputs).
-pub fn delay_for(seed: u64, iteration: u64, role: usize, p: &RacePoint, hit: u64, max_ns: u64) -> u64 {
+pub fn delay_for(
+    seed: u64,
+    iteration: u64,
+    role: usize,
+    p: &RacePoint,
+    hit: u64,
+    max_ns: u64,
+) -> u64 {
     let mut h = 0u64;
     for b in p.name.bytes() {
         h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
     }
-    let x = splitmix(seed ^ splitmix(iteration ^ splitmix((role as u64) << 32 ^ hit ^ splitmix(h))));
+    let x =
+        splitmix(seed ^ splitmix(iteration ^ splitmix((role as u64) << 32 ^ hit ^ splitmix(h))));
     if x & 1 == 0 || max_ns == 0 {
         0
     } else {

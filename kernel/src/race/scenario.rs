@@ -590,7 +590,14 @@ pub fn state_check<A: Arch>(free_before: usize) -> Option<String> {
 /// Prints the race report of a hit: the broken invariant, frame and
 /// address, the run's parameters, and the last events of every CPU in time
 /// order.
-fn race_report<A: Mmu>(s: &Scenario<A>, variant: &Variant, mode: Mode, seed: u64, it: u64, f: &Finding) {
+fn race_report<A: Mmu>(
+    s: &Scenario<A>,
+    variant: &Variant,
+    mode: Mode,
+    seed: u64,
+    it: u64,
+    f: &Finding,
+) {
     kprintln!("    # race: BUG: {}", f.invariant);
     kprintln!(
         "    # race: scenario={} variant={} mode={} seed={seed:#x} iteration={it} pfn={} vaddr={} seen_by={}",
@@ -607,7 +614,9 @@ fn race_report<A: Mmu>(s: &Scenario<A>, variant: &Variant, mode: Mode, seed: u64
         REPORT_EVENTS_PER_CPU
     );
     let roles = s.roles;
-    trace::print(&events, |cpu| point::role_of(cpu).and_then(|r| roles.get(r).copied()));
+    trace::print(&events, |cpu| {
+        point::role_of(cpu).and_then(|r| roles.get(r).copied())
+    });
 }
 
 /// Events per CPU in a race report.

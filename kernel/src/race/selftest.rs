@@ -218,7 +218,10 @@ fn forced_schedule_followed<A: Mmu>(_: &Cmdline) -> Outcome {
             .filter(|e| e.kind == Kind::Point)
             .map(|e| format!("cpu{}:{}", e.cpu, e.point().map_or("?", |p| p.name)))
             .collect();
-        diag!("steps_taken={taken:?} points_in_time_order={}", hits.join(","));
+        diag!(
+            "steps_taken={taken:?} points_in_time_order={}",
+            hits.join(",")
+        );
         if r.outcome != RaceOutcome::Clean || r.failed() {
             return fail(format!("outcome {:?} ({:?})", r.outcome, r.state_error));
         }
@@ -392,7 +395,9 @@ fn natural_seed_repeats<A: Mmu>(_: &Cmdline) -> Outcome {
             &first[..4.min(first.len())]
         );
         if first != expect {
-            return fail(format!("delays {first:?} differ from the seed's {expect:?}"));
+            return fail(format!(
+                "delays {first:?} differ from the seed's {expect:?}"
+            ));
         }
         if again != first {
             return fail("the same seed gave other delays".into());
@@ -518,10 +523,7 @@ fn trace_merge_in_time_order<A: Mmu>(_: &Cmdline) -> Outcome {
 
 fn check_impossible(r: &scenario::Report, evidence: &str) -> Outcome {
     let cycle = r.cycle.clone().unwrap_or_default();
-    diag!(
-        "outcome={} cycle=\"{cycle}\"",
-        r.outcome.word()
-    );
+    diag!("outcome={} cycle=\"{cycle}\"", r.outcome.word());
     if r.failed() {
         return fail(format!("run failed: {:?} {:?}", r.outcome, r.state_error));
     }
@@ -661,9 +663,15 @@ fn hang_without_cycle<A: Mmu>(_: &Cmdline) -> Outcome {
         let r = scenario::run(&s, &ONE_VARIANT[0], Mode::Forced, 1, None);
         let ms = (A::clock_ns() - t0) / 1_000_000;
         let edges = r.hang_edges.clone().unwrap_or_default();
-        diag!("outcome={} after_ms={ms} edges=\"{edges}\"", r.outcome.word());
+        diag!(
+            "outcome={} after_ms={ms} edges=\"{edges}\"",
+            r.outcome.word()
+        );
         if r.outcome != RaceOutcome::Hang || r.cycle.is_some() {
-            return fail(format!("outcome {:?} cycle {:?}, expected hang", r.outcome, r.cycle));
+            return fail(format!(
+                "outcome {:?} cycle {:?}, expected hang",
+                r.outcome, r.cycle
+            ));
         }
         if r.state_error.is_some() {
             return fail(format!("state after the hang: {:?}", r.state_error));
@@ -704,7 +712,10 @@ fn detector_race_report<A: Mmu>(_: &Cmdline) -> Outcome {
             page_alloc::nr_bad_pages() - bad_before
         );
         if r.outcome != RaceOutcome::Bug || r.hits != 1 || r.failed() {
-            return fail(format!("buggy forced: {:?} hits {} ({:?})", r.outcome, r.hits, r.state_error));
+            return fail(format!(
+                "buggy forced: {:?} hits {} ({:?})",
+                r.outcome, r.hits, r.state_error
+            ));
         }
         if !f.invariant.contains("bad_flags=0x1(locked)") || f.pfn.is_none() {
             return fail(format!("finding {f:?}"));
@@ -715,12 +726,18 @@ fn detector_race_report<A: Mmu>(_: &Cmdline) -> Outcome {
         let r = scenario::run(&s, fixed, Mode::Forced, 7, None);
         scenario::print_report(s.name, fixed.name, Mode::Forced, &r);
         if r.outcome != RaceOutcome::Clean || r.failed() {
-            return fail(format!("fixed forced: {:?} ({:?})", r.outcome, r.state_error));
+            return fail(format!(
+                "fixed forced: {:?} ({:?})",
+                r.outcome, r.state_error
+            ));
         }
         let r = scenario::run(&s, fixed, Mode::Natural, 7, Some(200));
         scenario::print_report(s.name, fixed.name, Mode::Natural, &r);
         if r.outcome != RaceOutcome::Clean || r.failed() || r.iterations != 200 {
-            return fail(format!("fixed natural: {:?} ({:?})", r.outcome, r.state_error));
+            return fail(format!(
+                "fixed natural: {:?} ({:?})",
+                r.outcome, r.state_error
+            ));
         }
         Outcome::Pass
     })

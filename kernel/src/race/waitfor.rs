@@ -76,7 +76,9 @@ impl Wait {
 
     fn decode(kind: u8, arg: u64) -> Option<Self> {
         match kind {
-            STEP => Some(Wait::Step { index: arg as usize }),
+            STEP => Some(Wait::Step {
+                index: arg as usize,
+            }),
             IPI_ACK => Some(Wait::IpiAck { mask: arg }),
             LOCK => Some(Wait::Lock { idx: arg as usize }),
             GP => Some(Wait::Gp { gp: arg }),
@@ -456,7 +458,10 @@ mod tests {
         let inner = begin(5, Wait::IpiAck { mask: 2 }, true);
         assert_eq!(waiting(5).map(|w| w.0), Some(Wait::IpiAck { mask: 2 }));
         end(inner);
-        assert_eq!(waiting(5).map(|w| (w.0, w.1)), Some((Wait::Lock { idx: 3 }, false)));
+        assert_eq!(
+            waiting(5).map(|w| (w.0, w.1)),
+            Some((Wait::Lock { idx: 3 }, false))
+        );
         end(outer);
         assert_eq!(waiting(5), None);
     }
