@@ -427,7 +427,7 @@ fn wait_for_step<A: Arch>(cpu: usize, i: usize) -> bool {
         if ABORT.load(Ordering::Acquire) {
             break false;
         }
-        if spins % 64 == 0 {
+        if spins.is_multiple_of(64) {
             super::waitfor::sample_ipi::<A>(cpu);
             if A::irqs_disabled() != irqs_off {
                 IRQ_STATE_CHANGES.fetch_add(1, Ordering::Relaxed);
@@ -453,7 +453,7 @@ mod tests {
         assert_eq!(a, b);
         assert_ne!(a, c);
         assert!(a.iter().all(|&d| d < 10_000));
-        assert!(a.iter().any(|&d| d == 0) && a.iter().any(|&d| d != 0));
+        assert!(a.contains(&0) && a.iter().any(|&d| d != 0));
     }
 
     #[test]
