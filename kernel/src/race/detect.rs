@@ -13,7 +13,10 @@
 //!   `struct page`, e.g. an unlock);
 //! - [`refcount_underflow`]: a negative `_refcount`;
 //! - [`table_freed_while_linked`]: a page-table frame that is free while an
-//!   entry still points at it.
+//!   entry still points at it;
+//! - [`read_of_freed_table`]: a lockless walker read an entry from a frame
+//!   that was free (poisoned) when it read it — the walker records each
+//!   entry address it reads and checks it right after the read.
 //!
 //! A row combines these in its `detect` function; the runner always adds
 //! [`bad_page_since`].
@@ -132,6 +135,19 @@ pub fn table_freed_while_linked(pfn: u64, linked: bool) -> Option<Finding> {
     (linked && page_alloc::page_is_poisoned(pfn)).then(|| {
         Finding::frame(
             "page-table frame freed while still linked from a live entry".into(),
+            pfn,
+        )
+    })
+}
+
+/// A page-table walker read an entry at physical address `entry_pa` from a
+/// frame that is free (poisoned): call right after the read, while the
+/// frame's state is still the one the read saw.
+pub fn read_of_freed_table(entry_pa: u64) -> Option<Finding> {
+    let pfn = entry_pa >> crate::mm::PAGE_SHIFT;
+    page_alloc::page_is_poisoned(pfn).then(|| {
+        Finding::frame(
+            format!("page-table entry read from a freed (poisoned) frame at {entry_pa:#x}"),
             pfn,
         )
     })

@@ -69,6 +69,9 @@ pub struct Ctx<A: Mmu> {
     pub mode: Mode,
     /// Iteration number, from 0.
     pub iteration: u64,
+    /// Anything else the row needs (a file, a list of tables); `teardown`
+    /// takes it apart.
+    pub extra: Option<Box<dyn core::any::Any + Send + Sync>>,
 }
 
 /// A row of the catalogue (or a demonstration row).
@@ -304,6 +307,10 @@ pub fn run<A: Mmu>(
         rep.state_error = Some("an earlier run left role CPUs stuck".into());
         return rep;
     }
+    if s.roles.len() > MAX_ROLES {
+        rep.state_error = Some(format!("{} roles, at most {MAX_ROLES}", s.roles.len()));
+        return rep;
+    }
     let need = s.roles.len() + 1;
     if smp::nr_cpus() < need {
         return Report::skip(seed, needs_cpus(need));
@@ -420,6 +427,7 @@ fn iteration<A: Mmu>(
         variant,
         mode,
         iteration: it,
+        extra: None,
     };
     if let Err(e) = (s.setup)(&mut ctx) {
         rep.state_error = Some(format!("setup of iteration {it} failed: {e}"));
