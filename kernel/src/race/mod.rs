@@ -38,8 +38,10 @@
 //!   printed). `reset()` puts every knob the row touches back to its default;
 //!   it runs after the last iteration.
 //! - **setup / teardown**: `setup(ctx)` builds the iteration's world (an mm
-//!   in `ctx.mm`, mappings, pages; frames to watch in `ctx.pfns`; anything
-//!   else in `ctx.word`). `teardown(ctx)` destroys it and must also undo
+//!   in `ctx.mm`, mappings, pages; frames to watch in `ctx.pfns`;
+//!   handshake words in `ctx.word`; any other state in `ctx.extra`). A
+//!   role never enters or leaves the mm itself, and the runner calls
+//!   `exit_mmap` on an mm that `teardown` left in `ctx.mm`. `teardown(ctx)` destroys it and must also undo
 //!   what a bug left behind (e.g. free a page the free checks leaked), so
 //!   that the state check — every frame back, no PTL held, no CPU waiting,
 //!   no RCU callback pending — passes after each iteration.
@@ -60,7 +62,13 @@
 //!   keeps its interrupt state, so with interrupts off it holds back IPIs:
 //!   a schedule that needs such an IPI taken cannot complete, the prover
 //!   finds the cycle and the outcome is `impossible`. Declare new points in
-//!   [`point::points`] and place them with [`point::race_point`].
+//!   [`point::points`] (and add them to its `ALL` list, which the state
+//!   checks and name lookups use) and place them with
+//!   [`point::race_point`]`::<A>(&points::NAME, addr)`.
+//! - **waits**: a new place where a CPU spins for another CPU (an IPI
+//!   acknowledgement, a lock) publishes a [`waitfor::begin`] / [`waitfor::end`]
+//!   record, or the prover cannot see the edge and reports `hang` where a
+//!   cycle exists.
 //! - **natural mode**: `delay_points` are armed with random delays below
 //!   `max_delay_ns` on role CPUs; every point in `schedule(v)` and
 //!   `trace_points` is traced.
