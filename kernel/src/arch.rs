@@ -86,6 +86,14 @@ pub trait Arch: 'static {
     /// calls [`crate::irq::ipi_interrupt`]. Retries internally while the hardware
     /// reports busy; an interrupt already pending on the target counts as sent.
     fn send_ipi(cpu: usize);
+    /// Whether an IPI sent with [`Arch::send_ipi`] (or a TLB-flush IPI) to
+    /// `cpu` is pending there, not yet taken, as its interrupt hardware says
+    /// now (x86-64: the vector's bit in the local APIC's IRR; s390x: SIGP
+    /// SENSE reporting an external call pending). `None` when the calling
+    /// CPU cannot read it (x86-64: a local APIC is readable only by its own
+    /// CPU, so only `cpu == smp_processor_id()` answers). The race prover
+    /// ([`crate::race::waitfor`]) reads it; it changes nothing.
+    fn ipi_pending(cpu: usize) -> Option<bool>;
     /// Sends a non-maskable interrupt; the target calls
     /// [`crate::irq::nmi_interrupt`] even with interrupts disabled.
     /// Only called when [`Arch::HAS_NMI`] is true.

@@ -7,7 +7,7 @@
 //! | `test=PAT[,PAT...]` | run only the tests whose `suite.case` name contains a pattern (`*` matches any run of characters) |
 //! | `seed=N` | seed for randomised runs (printed either way, to repeat a run) |
 //! | `iterations=N` | iteration budget for natural-mode runs |
-//! | `scenario=NAME`, `variant=NAME`, `mode=natural\|forced` | race scenario selection |
+//! | `scenario=NAME\|all`, `variant=NAME`, `mode=natural\|forced` | run race scenarios instead of the self-tests (`crate::race`) |
 //! | `tick_hz=N` | timer tick rate, 1..=10000 (default 100) |
 //! | `mem=SIZE` | ignore RAM at and above physical address SIZE (`K`, `M`, `G` suffixes), as Linux's `mem=` |
 //! | `dirty=softdirty\|skey` | dirty tracking of shared file pages (`mm::dirty`): PTE dirty bits with write-notify (default), or the storage key's change bit (only with storage keys: refused at boot otherwise) |

@@ -7,6 +7,7 @@ use core::sync::atomic::Ordering;
 /// An IPI arrived (x86-64 fixed vector, s390x external call).
 pub fn ipi_interrupt<A: Arch>() {
     percpu::this_cpu::<A>().ipis.fetch_add(1, Ordering::Relaxed);
+    crate::race::trace::record(crate::race::trace::Kind::IpiRecv, 0, 0);
     smp::run_call_queue::<A>();
 }
 
@@ -14,6 +15,7 @@ pub fn ipi_interrupt<A: Arch>() {
 /// counts.
 pub fn nmi_interrupt<A: Arch>() {
     percpu::this_cpu::<A>().nmis.fetch_add(1, Ordering::Relaxed);
+    crate::race::trace::record(crate::race::trace::Kind::NmiRecv, 0, 0);
 }
 
 /// A timer tick arrived. `interrupted_irqs_on`: the interrupted code ran with

@@ -25,6 +25,7 @@ pub mod ktap;
 pub mod mm;
 pub mod panic;
 pub mod percpu;
+pub mod race;
 pub mod rcu;
 pub mod selftest;
 pub mod smp;
@@ -45,6 +46,7 @@ pub fn boot_cpu_main<A: mm::arch::Mmu>(boot: BootInfo) -> ! {
     console::register(A::console_write);
     heap::init();
     percpu::init_boot_cpu::<A>();
+    race::init::<A>();
     kprintln!("KTAP version 1");
     kprintln!("# quiesce arch={} cpus={}", A::NAME, boot.nr_cpus);
 

@@ -171,11 +171,35 @@ pub fn synchronize_rcu<A: Arch>() {
     let flags = A::local_irq_save();
     let n = request_gp();
     A::local_irq_restore(flags);
+    if gp_completed(n) {
+        return;
+    }
+    // Published for the race prover: this CPU waits for grace period `n`.
+    let cpu = A::smp_processor_id();
+    let wait = crate::race::waitfor::begin(cpu, crate::race::waitfor::Wait::Gp { gp: n }, false);
     while !gp_completed(n) {
         rcu_qs::<A>();
         rcu_do_batch::<A>();
         A::cpu_relax();
     }
+    crate::race::waitfor::end(wait);
+}
+
+/// The running grace period and the online CPUs it still waits for (no
+/// quiescent state reported since it began), or `None` when none runs.
+pub fn gp_waiting_on<A: Arch>() -> Option<(u64, u64)> {
+    let flags = A::local_irq_save();
+    let r = {
+        let s = STATE.lock();
+        (s.started > s.completed).then(|| {
+            let mask = (0..NR_CPUS)
+                .filter(|&c| percpu::cpu_online(c) && s.qs[c] < s.started)
+                .fold(0u64, |m, c| m | 1 << c);
+            (s.started, mask)
+        })
+    };
+    A::local_irq_restore(flags);
+    r
 }
 
 /// Whether grace period `n` has ended.

@@ -31,14 +31,9 @@ fn boot_suite<A: Arch>() -> [(&'static str, TestFn); 9] {
 
 /// Runs the selected self-tests and prints their KTAP; returns whether all passed.
 pub fn run_all<A: crate::mm::arch::Mmu>(args: &Cmdline, run: &mut Run) -> bool {
-    if let Some(name) = args.scenario {
-        run.plan(1);
-        run.result(
-            false,
-            "scenario",
-            Some(&format!("unknown scenario '{name}' (known: none)")),
-        );
-        return false;
+    if args.scenario.is_some() {
+        // Race scenarios instead of the self-tests.
+        return crate::race::scenario::run_selected::<A>(args, run);
     }
     // Every suite, in order; each keeps only the cases `test=` selects.
     let suites: Vec<(&'static str, Vec<(&'static str, TestFn)>)> = [
@@ -59,6 +54,10 @@ pub fn run_all<A: crate::mm::arch::Mmu>(args: &Cmdline, run: &mut Run) -> bool {
         (
             crate::mm::file_selftest::SUITE,
             crate::mm::file_selftest::cases::<A>(),
+        ),
+        (
+            crate::race::selftest::SUITE,
+            crate::race::selftest::cases::<A>(),
         ),
     ]
     .into_iter()

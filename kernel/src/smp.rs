@@ -96,7 +96,7 @@ pub fn run_on_idle<A: Arch>(cpu: usize, func: SmpCallFunc, arg: usize) {
 pub fn smp_call_function_single<A: Arch>(cpu: usize, func: SmpCallFunc, arg: usize, wait: bool) {
     let done = queue_call::<A>(cpu, func, arg);
     if wait {
-        wait_done::<A>(&done);
+        wait_done::<A>(&done, 1 << cpu);
     }
 }
 
@@ -106,11 +106,11 @@ pub fn smp_call_function<A: Arch>(func: SmpCallFunc, arg: usize, wait: bool) {
     let me = A::smp_processor_id();
     let mut pending = alloc::vec::Vec::new();
     for cpu in (0..nr_cpus()).filter(|&c| c != me && percpu::cpu_online(c)) {
-        pending.push(queue_call::<A>(cpu, func, arg));
+        pending.push((cpu, queue_call::<A>(cpu, func, arg)));
     }
     if wait {
-        for done in &pending {
-            wait_done::<A>(done);
+        for (cpu, done) in &pending {
+            wait_done::<A>(done, 1 << cpu);
         }
     }
 }
@@ -138,18 +138,27 @@ fn queue_call<A: Arch>(cpu: usize, func: SmpCallFunc, arg: usize) -> Arc<AtomicB
     let flags = A::local_irq_save();
     percpu::per_cpu(cpu).call_queue.lock().push_back(req);
     A::local_irq_restore(flags);
+    crate::race::trace::record(crate::race::trace::Kind::IpiSend, cpu as u64, 0);
     A::send_ipi(cpu);
     done
 }
 
-fn wait_done<A: Arch>(done: &AtomicBool) {
+/// Waits for a queued call on the CPUs of `mask` to finish, published as a
+/// wait record for the race prover.
+fn wait_done<A: Arch>(done: &AtomicBool, mask: u64) {
     assert!(
         !A::irqs_disabled(),
         "smp_call_function waiting with interrupts disabled (deadlock risk)"
     );
+    if done.load(Ordering::Acquire) {
+        return;
+    }
+    let me = A::smp_processor_id();
+    let wait = crate::race::waitfor::begin(me, crate::race::waitfor::Wait::IpiAck { mask }, false);
     while !done.load(Ordering::Acquire) {
         A::cpu_relax();
     }
+    crate::race::waitfor::end(wait);
 }
 
 /// Runs the calling CPU's queued calls. Called from the IPI handler.

@@ -121,6 +121,9 @@ fn expected(arch: Arch, smp: usize, case: &str) -> Expect {
                 Expect::Skip
             }
         }
+        // The race-scenario machinery: the cost figure and the leak check
+        // need one role CPU, the others a controller and two roles.
+        "race.unarmed_point_cost" => Expect::Ok,
         // Huge pages: the leaf cases need PMD leaves (x86-64 only: QEMU TCG
         // gives s390x no EDAT); the interrupts-off and page-lock cases need a
         // second CPU.
@@ -136,7 +139,9 @@ fn expected(arch: Arch, smp: usize, case: &str) -> Expect {
         }
         "thp.collapse_ipi_sync_vs_irqs_off"
         | "thp.wp_reuse_waits_for_page_lock"
-        | "gup.fast_on_second_cpu" => {
+        | "gup.fast_on_second_cpu"
+        | "race.natural_seed_repeats"
+        | "race.state_check_catches_leak" => {
             if smp >= 2 {
                 Expect::Ok
             } else {
@@ -145,12 +150,19 @@ fn expected(arch: Arch, smp: usize, case: &str) -> Expect {
         }
         c if c.starts_with("thp.") => Expect::Ok,
         c if c.starts_with("gup.") => Expect::Ok,
+        c if c.starts_with("race.") => {
+            if smp >= 3 {
+                Expect::Ok
+            } else {
+                Expect::Skip
+            }
+        }
         other => panic!("no expectation for {other}: add it here"),
     }
 }
 
 /// Every case, in the order the kernel runs them.
-const CASES: [&str; 74] = [
+const CASES: [&str; 85] = [
     "boot.cpus_online",
     "boot.ipi_round_trip",
     "boot.call_function_wait",
@@ -225,6 +237,17 @@ const CASES: [&str; 74] = [
     "mm_file.dirty_skey_last_unmap_dirties_page",
     "mm_file.writeback_throughput_softdirty",
     "mm_file.writeback_throughput_skey",
+    "race.unarmed_point_cost",
+    "race.forced_schedule_followed",
+    "race.waiter_keeps_irqs_off",
+    "race.natural_seed_repeats",
+    "race.trace_merge_in_time_order",
+    "race.impossible_ipi_cycle",
+    "race.impossible_ptl_cycle",
+    "race.impossible_rcu_cycle",
+    "race.hang_without_cycle",
+    "race.detector_race_report",
+    "race.state_check_catches_leak",
 ];
 
 fn boot_and_assert(arch: Arch, smp: usize) {
@@ -287,9 +310,11 @@ fn boot_and_assert(arch: Arch, smp: usize) {
         .iter()
         .filter(|l| l.contains("# BUG: Bad page state"))
         .count();
+    // Three from mm_page's detector tests, one from race.detector_race_report
+    // (the demonstration row's forced buggy run) where it runs.
     assert_eq!(
         bugs,
-        3,
+        if smp >= 3 { 4 } else { 3 },
         "{arch}: bad-page reports\n{}",
         b.console.join("\n")
     );
@@ -403,6 +428,48 @@ fn boot_and_assert(arch: Arch, smp: usize) {
             .is_some_and(|v| v > 0),
         "{arch}: writeback figure"
     );
+    if smp >= 3 {
+        // The prover's cycles name their live evidence; the hang has none.
+        for (case, evidence) in [
+            ("impossible_ipi_cycle", "the IPI is pending on cpu1"),
+            ("impossible_ptl_cycle", "spins on PTL"),
+            ("impossible_rcu_cycle", "waits for RCU grace period"),
+        ] {
+            let r = b.ktap.case(&format!("race.{case}")).unwrap();
+            assert_eq!(
+                r.diag_value("outcome"),
+                Some("impossible"),
+                "{arch}: {case}"
+            );
+            assert!(
+                r.diagnostics.iter().any(|d| d.contains(evidence)),
+                "{arch}: {case}: {:?}",
+                r.diagnostics
+            );
+        }
+        let hang = b.ktap.case("race.hang_without_cycle").unwrap();
+        assert_eq!(hang.diag_value("outcome"), Some("hang"), "{arch}");
+        let report = b.ktap.case("race.detector_race_report").unwrap();
+        assert!(
+            report
+                .diagnostics
+                .iter()
+                .any(|d| d.starts_with("race: BUG: bad page state")),
+            "{arch}: race report"
+        );
+        assert!(
+            report.diagnostics.iter().any(|d| d.starts_with("trace: ")),
+            "{arch}: race report events"
+        );
+    }
+    // An unarmed race point costs a few ns.
+    let cost = b.ktap.case("race.unarmed_point_cost").unwrap();
+    let ns: f64 = cost
+        .diag_value("race_point_unarmed_ns")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(ns < 20.0, "{arch}: unarmed race point {ns} ns");
     if smp >= 2 {
         // The held-back IPI: the sender's wait covered the interrupts-off section.
         let held = b.ktap.case("boot.ipi_held_by_irqs_off").unwrap();

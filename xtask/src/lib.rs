@@ -10,6 +10,7 @@
 //! line. Any other run fails, with the reasons and the last console lines.
 
 pub mod arch;
+pub mod expected;
 pub mod kbuild;
 pub mod ktap;
 pub mod qemu;

@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::process::{Command, ExitCode};
 use std::time::Duration;
 use xtask::qemu::{Accel, BootConfig};
-use xtask::{kbuild, setup, Arch, Boot};
+use xtask::{expected, kbuild, setup, Arch, Boot};
 
 #[derive(Parser)]
 #[command(
@@ -226,34 +226,107 @@ fn run(args: &RunArgs) -> Result<ExitCode> {
     args.validate()?;
     let arches = args.arch.arches();
     setup::ensure_qemu(&arches)?;
+    // The plain `cargo xtask run` boots the self-tests and then every
+    // scenario cell; `--scenario` boots only the scenarios asked for.
+    let plain = args.scenario.is_none()
+        && args.test.is_none()
+        && args.variant.is_none()
+        && args.mode.is_none()
+        && args.seed.is_none()
+        && args.kernel_args.is_empty();
     let mut summary = Vec::new();
     for &arch in &arches {
         kbuild::build(arch, true)?;
-        let config = args.config(arch);
-        println!(
-            "== {arch}: {} CPUs, {} MiB, cmdline {:?}",
-            config.smp, config.memory_mib, config.cmdline
-        );
-        let verbose = args.verbose;
-        let boot = Boot::run(&config, |line| {
-            if verbose {
-                println!("   | {line}");
+        if args.scenario.is_none() {
+            let config = args.config(arch);
+            let boot = boot_and_print(args, &config)?;
+            print_boot(&boot);
+            summary.push((arch, "self-tests", boot.verdict().passed));
+        }
+        if args.scenario.is_some() || plain {
+            let sel = expected::Selection {
+                row: Some(args.scenario.clone().unwrap_or_else(|| "all".into())),
+                variant: args.variant.clone(),
+                mode: args.mode.as_deref().and_then(expected::Mode::from_name),
+            };
+            let mut config = args.config(arch);
+            if plain {
+                config.cmdline = "scenario=all".into();
             }
-        })?;
-        print_boot(&boot);
-        summary.push((arch, boot.verdict().passed));
+            let boot = boot_and_print(args, &config)?;
+            let ok = print_scenarios(&boot, &sel);
+            summary.push((arch, "scenarios", ok));
+        }
     }
     println!();
     let line: Vec<String> = summary
         .iter()
-        .map(|(a, ok)| format!("{a} {}", if *ok { "PASS" } else { "FAIL" }))
+        .map(|(a, what, ok)| format!("{a} {what} {}", if *ok { "PASS" } else { "FAIL" }))
         .collect();
     println!("summary: {}", line.join(", "));
-    Ok(if summary.iter().all(|(_, ok)| *ok) {
+    Ok(if summary.iter().all(|(_, _, ok)| *ok) {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
+}
+
+fn boot_and_print(args: &RunArgs, config: &BootConfig) -> Result<Boot> {
+    println!(
+        "== {}: {} CPUs, {} MiB, cmdline {:?}",
+        config.arch, config.smp, config.memory_mib, config.cmdline
+    );
+    let verbose = args.verbose;
+    Boot::run(config, |line| {
+        if verbose {
+            println!("   | {line}");
+        }
+    })
+}
+
+/// Prints a scenario boot: the race reports, then expected against observed
+/// for every selected cell. Returns whether the boot passed and every cell
+/// agrees with the table.
+fn print_scenarios(boot: &Boot, sel: &expected::Selection) -> bool {
+    let observed = expected::observed(&boot.ktap);
+    for (name, r) in boot.ktap.cases() {
+        let report: Vec<&String> = r
+            .diagnostics
+            .iter()
+            .filter(|d| {
+                d.starts_with("race:")
+                    || d.starts_with("trace:")
+                    || d.starts_with("cycle:")
+                    || d.starts_with("hang:")
+            })
+            .collect();
+        if !report.is_empty() {
+            println!("   {name}");
+            for d in report {
+                println!("       # {d}");
+            }
+        }
+    }
+    let lines = expected::compare(boot.config.arch, sel, &observed);
+    println!("   {}", expected::HEADER);
+    for l in &lines {
+        println!("   {l}");
+    }
+    if lines.is_empty() {
+        println!("   (the expected table has no selected cell for this architecture)");
+    }
+    let v = boot.verdict();
+    if !v.passed {
+        print!("{}", boot.failure_report());
+    }
+    let agree = lines.iter().all(|l| l.ok);
+    println!(
+        "   scenarios: {} of {} cells as expected{}",
+        lines.iter().filter(|l| l.ok).count(),
+        lines.len(),
+        if v.passed { "" } else { "; the boot FAILED" }
+    );
+    v.passed && agree && !lines.is_empty()
 }
 
 /// Prints one boot as a readable table of results.
@@ -306,7 +379,7 @@ fn print_boot(boot: &Boot) {
 const FIRST_LINE_TARGET: Duration = Duration::from_millis(100);
 
 /// Figures the kernels print as diagnostics, reported by `bench`: (case, key).
-const BENCH_FIGURES: [(&str, &str); 26] = [
+const BENCH_FIGURES: [(&str, &str); 28] = [
     ("mm_page.alloc_throughput", "frame_allocs_per_sec_1cpu"),
     ("mm_page.alloc_throughput", "all_cpus"),
     ("mm.fault_throughput", "page_faults_per_sec_1cpu"),
@@ -339,6 +412,8 @@ const BENCH_FIGURES: [(&str, &str); 26] = [
     ("gup.throughput", "gup_slow_pages_per_sec_1cpu"),
     ("gup.throughput", "gup_fast_pages_per_sec_all_cpus"),
     ("gup.throughput", "gup_slow_pages_per_sec_all_cpus"),
+    ("race.unarmed_point_cost", "race_point_unarmed_ns"),
+    ("race.unarmed_point_cost", "race_point_armed_trace_ns"),
 ];
 
 fn bench(arch: ArchSel, runs: usize, smp: usize) -> Result<ExitCode> {

@@ -105,6 +105,10 @@ impl Arch for S390x {
         smp::send_ipi(cpu);
     }
 
+    fn ipi_pending(cpu: usize) -> Option<bool> {
+        smp::ext_call_pending(cpu)
+    }
+
     fn send_nmi(cpu: usize) {
         panic!("send_nmi({cpu}): s390x has no NMI (HAS_NMI is false)");
     }

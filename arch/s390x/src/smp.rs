@@ -123,6 +123,17 @@ extern "C" fn s390x_secondary_main(cpu: u64) -> ! {
     quiesce_kernel::smp::secondary_main::<S390x>(cpu as usize)
 }
 
+/// Whether an external call is pending on `cpu`, per SIGP SENSE (status
+/// bit "external call pending"; an accepted SENSE means none is, and the CPU
+/// is operating). `None` if the CPU does not answer.
+pub fn ext_call_pending(cpu: usize) -> Option<bool> {
+    match sigp_retry(cpu_addr(cpu)?, Order::Sense, 0) {
+        SigpAnswer::Accepted => Some(false),
+        SigpAnswer::Status(status) => Some(status & sigp::SIGP_STATUS_EXT_CALL_PENDING != 0),
+        _ => None,
+    }
+}
+
 /// Sends an external call to `cpu`. One already pending counts as sent.
 pub fn send_ipi(cpu: usize) {
     let addr = cpu_addr(cpu).unwrap_or_else(|| panic!("send_ipi: no CPU {cpu}"));

@@ -29,6 +29,7 @@ const APIC_ID: usize = 0x20;
 const APIC_TASKPRI: usize = 0x80;
 const APIC_EOI: usize = 0xb0;
 const APIC_SPIV: usize = 0xf0;
+const APIC_IRR: usize = 0x200;
 const APIC_ESR: usize = 0x280;
 const APIC_ICR: usize = 0x300;
 const APIC_ICR2: usize = 0x310;
@@ -159,6 +160,15 @@ pub fn send_init(apic_id: u32) {
 /// Sends a STARTUP IPI: the target starts in real mode at `page << 12`.
 pub fn send_startup(apic_id: u32, page: u8) {
     send_ipi_raw(apic_id, APIC_DM_STARTUP | u32::from(page));
+}
+
+/// Whether `vector` is pending in the calling CPU's IRR: accepted by the
+/// local APIC, not yet delivered to the CPU (held back while IF=0, or by a
+/// higher-priority vector in service). The IRR is eight 32-bit registers,
+/// 16 bytes apart.
+pub fn irr_pending(vector: u8) -> bool {
+    let v = usize::from(vector);
+    apic_read(APIC_IRR + (v / 32) * 0x10) & (1 << (v % 32)) != 0
 }
 
 /// Starts the timer counting down from its maximum, masked and one-shot, for

@@ -128,6 +128,15 @@ impl Arch for X86_64 {
         smp::send_nmi(cpu);
     }
 
+    fn ipi_pending(cpu: usize) -> Option<bool> {
+        // Only a CPU's own local APIC is readable (same MMIO page on every
+        // CPU); another CPU's IRR is not visible from here.
+        (cpu == percpu::smp_processor_id()).then(|| {
+            apic::irr_pending(idt::CALL_FUNCTION_VECTOR)
+                || apic::irr_pending(tlb::INVALIDATE_TLB_VECTOR)
+        })
+    }
+
     fn timer_start(period_ns: u64) {
         apic::timer_start(period_ns);
         if percpu::smp_processor_id() == 0 {

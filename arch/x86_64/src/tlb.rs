@@ -45,6 +45,7 @@ use core::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use quiesce_arch_x86_64::pgtable::{PAGE_SIZE, PTE_PFN_MASK};
 use quiesce_kernel::mm::mm::Mm;
 use quiesce_kernel::mm::tlbflush::{self, FlushStrategy};
+use quiesce_kernel::race::waitfor;
 use quiesce_kernel::{kprintln_emergency, Arch, NR_CPUS};
 
 /// The shootdown IPI's vector (Linux 2.6: INVALIDATE_TLB_VECTOR_START).
@@ -188,11 +189,18 @@ pub fn flush_tlb_mm_range(mm: &Mm<X86_64>, start: u64, end: u64) {
     flush_tlb_func(start, end);
     let t0 = X86_64::clock_ns();
     let mut warned = false;
+    // Published for the race prover: this CPU waits for these targets.
+    let wait = waitfor::begin(
+        me,
+        waitfor::Wait::IpiAck { mask: targets },
+        X86_64::irqs_disabled(),
+    );
     loop {
         let left = info.pending.load(Ordering::Acquire);
         if left == 0 {
             break;
         }
+        waitfor::update_mask(me, left);
         if !warned && X86_64::clock_ns() - t0 > SHOOTDOWN_WARN_NS {
             kprintln_emergency!(
                 "# tlb: CPU {me} still waits for shootdown acks from cpumask {left:#x}"
@@ -211,6 +219,7 @@ pub fn flush_tlb_mm_range(mm: &Mm<X86_64>, start: u64, end: u64) {
         }
         core::hint::spin_loop();
     }
+    waitfor::end(wait);
 }
 
 /// Flushes one page of `mm` everywhere (`flush_tlb_page`).

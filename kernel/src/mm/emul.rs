@@ -66,6 +66,10 @@ macro_rules! emul_arch {
             fn send_nmi(cpu: usize) {
                 panic!("emulated arch has no NMI; NMI to {cpu}");
             }
+            fn ipi_pending(_: usize) -> Option<bool> {
+                // One CPU, no IPIs.
+                Some(false)
+            }
             fn timer_start(_: u64) {}
             fn boot_secondary(_: usize) -> Result<(), &'static str> {
                 Err("emulated arch has one CPU")

@@ -41,6 +41,11 @@ pub fn handle_mm_fault<A: Mmu>(info: FaultInfo) -> Result<(), FaultError> {
     percpu::this_cpu::<A>()
         .page_faults
         .fetch_add(1, Ordering::Relaxed);
+    crate::race::trace::record(
+        crate::race::trace::Kind::Fault,
+        info.addr,
+        info.write as u64,
+    );
     let Some(mm) = super::mm::current_mm::<A>() else {
         return Err(FaultError::NoMm);
     };

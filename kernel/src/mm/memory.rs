@@ -59,6 +59,8 @@ use super::mm::{Mm, VmFlags, Vma, VmaList};
 use super::mmu_gather::{self, MmuGather};
 use super::page::{self, Page};
 use super::{dirty, frag, huge_memory, page_alloc, pgtable, rmap, PAGE_SIZE};
+use crate::race::point::{points, race_point};
+use crate::race::waitfor::{self, NR_PTL};
 use alloc::boxed::Box;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -96,12 +98,73 @@ pub enum MapTarget {
 /// Split page-table locks, hashed by the frame of the PTE table: the fragments
 /// of one frame share a lock (as on s390, where both 2 KiB halves of a frame
 /// use the frame's `ptl`); tables in other frames almost always get another.
-static PTLOCKS: [spin::Mutex<()>; 256] = [const { spin::Mutex::new(()) }; 256];
+static PTLOCKS: [Ptl; NR_PTL] = [const { Ptl(spin::Mutex::new(())) }; NR_PTL];
 
 /// The PTL of the PTE table `ptep` lies in (`pte_lockptr`).
-pub fn pte_lockptr(ptep: *mut u64) -> &'static spin::Mutex<()> {
+pub fn pte_lockptr(ptep: *mut u64) -> &'static Ptl {
     let frame = ptep as u64 >> super::PAGE_SHIFT;
     &PTLOCKS[(frame ^ (frame >> 8)) as usize % PTLOCKS.len()]
+}
+
+/// A split page-table lock: a spin lock that records its owner, and a CPU
+/// spinning on it records that it waits, for the race prover
+/// ([`crate::race::waitfor`]: "the PTL owner").
+pub struct Ptl(spin::Mutex<()>);
+
+/// A held [`Ptl`]; dropping it releases the lock.
+pub struct PtlGuard<'a> {
+    _guard: spin::MutexGuard<'a, ()>,
+    idx: usize,
+}
+
+impl Ptl {
+    fn idx(&self) -> usize {
+        (self as *const Ptl as usize - PTLOCKS.as_ptr() as usize) / core::mem::size_of::<Ptl>()
+    }
+
+    fn acquired<'a>(&'a self, guard: spin::MutexGuard<'a, ()>) -> PtlGuard<'a> {
+        let idx = self.idx();
+        waitfor::ptl_acquired(idx, crate::race::this_cpu());
+        PtlGuard { _guard: guard, idx }
+    }
+
+    /// Takes the lock, spinning (interrupts as they are) while another CPU
+    /// holds it.
+    pub fn lock(&self) -> PtlGuard<'_> {
+        if let Some(g) = self.0.try_lock() {
+            return self.acquired(g);
+        }
+        let wait = waitfor::begin(
+            crate::race::this_cpu(),
+            waitfor::Wait::Lock { idx: self.idx() },
+            crate::race::irqs_disabled(),
+        );
+        let g = loop {
+            if let Some(g) = self.0.try_lock() {
+                break g;
+            }
+            core::hint::spin_loop();
+        };
+        waitfor::end(wait);
+        self.acquired(g)
+    }
+
+    /// Takes the lock if it is free.
+    pub fn try_lock(&self) -> Option<PtlGuard<'_>> {
+        self.0.try_lock().map(|g| self.acquired(g))
+    }
+
+    /// Whether some CPU holds the lock.
+    pub fn is_locked(&self) -> bool {
+        self.0.is_locked()
+    }
+}
+
+impl Drop for PtlGuard<'_> {
+    fn drop(&mut self) {
+        // Runs before the inner guard unlocks: the owner is cleared first.
+        waitfor::ptl_released(self.idx);
+    }
 }
 
 // ---- rmap bookkeeping -------------------------------------------------------
@@ -460,6 +523,7 @@ fn zap_pte_range<A: Mmu>(tlb: &mut MmuGather<'_, A>, pmdp: *mut u64, addr: u64, 
     if A::entry_none(Level::Pmd, pmd) || !A::entry_is_table(Level::Pmd, pmd) {
         return end;
     }
+    race_point::<A>(&points::ZAP_BEFORE_PTL, addr);
     // SAFETY: the PMD entry points to a live PTE table.
     let ptl = pte_lockptr(unsafe { A::pte_offset(pmdp, addr) }).lock();
     let mut force_flush = false;
@@ -477,6 +541,7 @@ fn zap_pte_range<A: Mmu>(tlb: &mut MmuGather<'_, A>, pmdp: *mut u64, addr: u64, 
         }
         // SAFETY: as above.
         let old = unsafe { A::ptep_get_and_clear(mm, a - PAGE_SIZE, ptep) };
+        race_point::<A>(&points::ZAP_AFTER_PTE_CLEAR, a - PAGE_SIZE);
         mmu_gather::tlb_remove_tlb_entry(tlb, a - PAGE_SIZE);
         if !A::pte_present(old) {
             continue;
@@ -684,7 +749,7 @@ fn do_wp_page<A: Mmu>(
     addr: u64,
     ptep: *mut u64,
     pte: u64,
-    mut ptl: spin::MutexGuard<'static, ()>,
+    mut ptl: PtlGuard<'static>,
 ) -> Result<(), FaultError> {
     let old_page = page::pfn_to_page(A::pte_pfn(pte));
     if page::PageAnon(old_page) && page::page_ref_count(old_page) == 1 {
@@ -724,13 +789,7 @@ fn do_wp_page<A: Mmu>(
 
 /// The only user may just write (`wp_page_reuse`): the PTE is made writable
 /// and dirty (clear, flush, set), then the PTL is released.
-fn wp_page_reuse<A: Mmu>(
-    mm: &Mm<A>,
-    addr: u64,
-    ptep: *mut u64,
-    pte: u64,
-    ptl: spin::MutexGuard<'static, ()>,
-) {
+fn wp_page_reuse<A: Mmu>(mm: &Mm<A>, addr: u64, ptep: *mut u64, pte: u64, ptl: PtlGuard<'static>) {
     // SAFETY: live entry, PTL held.
     unsafe { A::ptep_get_and_clear(mm, addr, ptep) };
     A::flush_tlb_page(mm, addr);
@@ -747,7 +806,7 @@ fn wp_page_copy<A: Mmu>(
     ptep: *mut u64,
     pte: u64,
     old_page: &'static Page,
-    ptl: spin::MutexGuard<'static, ()>,
+    ptl: PtlGuard<'static>,
 ) -> Result<(), FaultError> {
     drop(ptl);
     let new_page = page_alloc::alloc_pages(0).ok_or(FaultError::OutOfMemory)?;

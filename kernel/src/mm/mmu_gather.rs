@@ -364,6 +364,7 @@ pub fn free_tables_as<A: Mmu>(policy: TableFree, tables: Vec<(Level, u64)>) {
 /// Flushes, then frees what the flush made safe (`tlb_flush_mmu`).
 pub fn tlb_flush_mmu<A: Mmu>(tlb: &mut MmuGather<'_, A>) {
     tlb_flush_mmu_tlbonly(tlb);
+    crate::race::race_point::<A>(&crate::race::point::points::GATHER_AFTER_FLUSH, 0);
     tlb_flush_mmu_free(tlb);
 }
 

@@ -17,6 +17,9 @@
 //! flushed (range length; a whole-mm flush counts 0 pages) and flushes that
 //! needed no remote CPU (only the caller had the mm).
 //!
+//! Each entry point and arch hook also records a trace event
+//! ([`crate::race::trace`]; one load when tracing is off).
+//!
 //! Invariants: the knob is changed only between flushes (tests set it while
 //! no other CPU flushes); every value it holds is one of the arch's
 //! [`Mmu::FLUSH_STRATEGIES`].
@@ -24,6 +27,7 @@
 use super::arch::Mmu;
 use super::mm::Mm;
 use super::PAGE_SIZE;
+use crate::race::trace;
 use crate::NR_CPUS;
 use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
@@ -168,16 +172,19 @@ pub fn tlb_flush_stats(cpu: usize) -> TlbFlushStats {
 /// Arch hook: `cpu` served a remote flush request.
 pub fn count_received(cpu: usize) {
     COUNTERS[cpu].received.fetch_add(1, Ordering::Relaxed);
+    trace::record_on(cpu, trace::Kind::FlushRecv, 0, 0);
 }
 
 /// Arch hook: `cpu` sent a flush IPI.
 pub fn count_ipi_sent(cpu: usize) {
     COUNTERS[cpu].ipis_sent.fetch_add(1, Ordering::Relaxed);
+    trace::record_on(cpu, trace::Kind::FlushIpiSent, 0, 0);
 }
 
 /// Arch hook: `cpu` sent a flush NMI.
 pub fn count_nmi_sent(cpu: usize) {
     COUNTERS[cpu].nmis_sent.fetch_add(1, Ordering::Relaxed);
+    trace::record_on(cpu, trace::Kind::FlushNmiSent, 0, 0);
 }
 
 /// Arch hook: a flush on `cpu` needed no other CPU.
@@ -194,18 +201,21 @@ fn count_issued<A: Mmu>(pages: u64) {
 /// Flushes `addr` of `mm` from every CPU that may cache it.
 pub fn flush_tlb_page<A: Mmu>(mm: &Mm<A>, addr: u64) {
     count_issued::<A>(1);
+    trace::record(trace::Kind::FlushIssue, addr, addr + PAGE_SIZE);
     A::flush_tlb_page(mm, addr);
 }
 
 /// Flushes `[start, end)` of `mm` from every CPU that may cache it.
 pub fn flush_tlb_range<A: Mmu>(mm: &Mm<A>, start: u64, end: u64) {
     count_issued::<A>(end.saturating_sub(start).div_ceil(PAGE_SIZE));
+    trace::record(trace::Kind::FlushIssue, start, end);
     A::flush_tlb_range(mm, start, end);
 }
 
 /// Flushes every translation of `mm` from every CPU that may cache it.
 pub fn flush_tlb_mm<A: Mmu>(mm: &Mm<A>) {
     count_issued::<A>(0);
+    trace::record(trace::Kind::FlushIssue, 0, u64::MAX);
     A::flush_tlb_mm(mm);
 }
 

@@ -1,0 +1,126 @@
+//! `demo-lock-vs-put`: the smallest complete row, written the way the
+//! catalogue's rows are, and the framework's end-to-end check.
+//!
+//! The race (the core of catalogue row 1, without the page tables): role
+//! `locker` locks a page it found (the page lock, as `do_wp_page` does) and
+//! unlocks it later; role `putter` drops the page's last reference (as a
+//! zap does). If the last reference goes while the page is locked, the free
+//! checks report "bad page state" (`PG_locked` at free) and the locker's
+//! unlock then writes to a page that was freed.
+//!
+//! - Variants: `buggy` — the locker holds no reference of its own, it
+//!   relies on the putter's; `fixed` — the locker takes a reference before
+//!   `lock_page` and drops it after `unlock_page` (the `get_page` fix).
+//! - Handshake: the putter drops its reference only after the locker has the
+//!   page locked (`word[1]`), as a zap can only find a page a fault has
+//!   already found mapped; the window is the locked section.
+//! - Forced schedule: the locker holds at `demo:locked` until the putter has
+//!   passed `demo:after_put`. Buggy: `bug` in every iteration; fixed:
+//!   `clean`.
+//! - Natural: random delays at `demo:locked` and `demo:before_put` widen or
+//!   close the window.
+//! - Detector: the bad-page report (always checked by the runner).
+//! - Teardown: a page leaked by the free checks (its count 0, not poisoned)
+//!   is freed for good once unlocked.
+
+use super::point::{points, race_point, RacePoint, Step};
+use super::scenario::{Budget, Ctx, Scenario, Variant};
+use crate::mm::arch::Mmu;
+use crate::mm::page::{self, pfn_to_page, PG_poisoned};
+use crate::mm::page_alloc;
+use alloc::{string::String, vec, vec::Vec};
+use core::sync::atomic::Ordering;
+
+static DELAY_POINTS: [&RacePoint; 2] = [&points::DEMO_LOCKED, &points::DEMO_BEFORE_PUT];
+
+const LOCKER: usize = 0;
+const PUTTER: usize = 1;
+
+static VARIANTS: [Variant; 2] = [
+    Variant {
+        name: "buggy",
+        about: "the locker relies on the putter's reference",
+    },
+    Variant {
+        name: "fixed",
+        about: "the locker holds its own reference across lock_page..unlock_page",
+    },
+];
+
+/// The row.
+pub fn scenario<A: Mmu>() -> Scenario<A> {
+    Scenario {
+        name: "demo-lock-vs-put",
+        about: "a page's last reference dropped while another CPU holds its lock",
+        roles: &["locker", "putter"],
+        variants: &VARIANTS,
+        set_variant: |_| Ok(()),
+        reset: || {},
+        setup: setup::<A>,
+        role: role::<A>,
+        detect: |_| None,
+        teardown: teardown::<A>,
+        schedule: |_| {
+            vec![
+                Step::at(LOCKER, &points::DEMO_LOCKED),
+                Step::at(PUTTER, &points::DEMO_BEFORE_PUT),
+                Step::at(PUTTER, &points::DEMO_AFTER_PUT),
+                Step::leave(LOCKER, &points::DEMO_LOCKED),
+            ]
+        },
+        delay_points: &DELAY_POINTS,
+        trace_points: &[],
+        max_delay_ns: 20_000,
+        budget: Budget {
+            forced_iterations: 3,
+            natural_iterations: 10_000,
+            natural_time_ns: 20_000_000_000,
+            iteration_timeout_ns: 2_000_000_000,
+        },
+    }
+}
+
+fn setup<A: Mmu>(ctx: &mut Ctx<A>) -> Result<(), String> {
+    let page = page_alloc::alloc_page().ok_or_else(|| String::from("out of memory"))?;
+    ctx.pfns = Vec::from([page::page_to_pfn(page)]);
+    Ok(())
+}
+
+fn role<A: Mmu>(ctx: &Ctx<A>, role: usize) -> bool {
+    let pfn = ctx.pfns[0];
+    let page = pfn_to_page(pfn);
+    let fixed = ctx.variant.name == "fixed";
+    match role {
+        LOCKER => {
+            if fixed {
+                page::get_page(page);
+            }
+            page::lock_page(page);
+            ctx.word[1].store(1, Ordering::Release);
+            race_point::<A>(&points::DEMO_LOCKED, pfn);
+            page::unlock_page(page);
+            if fixed {
+                page::put_page(page);
+            }
+            true
+        }
+        _ => {
+            while ctx.word[1].load(Ordering::Acquire) == 0 {
+                A::cpu_relax();
+            }
+            race_point::<A>(&points::DEMO_BEFORE_PUT, pfn);
+            page::put_page(page);
+            race_point::<A>(&points::DEMO_AFTER_PUT, pfn);
+            true
+        }
+    }
+}
+
+fn teardown<A: Mmu>(ctx: &mut Ctx<A>) {
+    let page = pfn_to_page(ctx.pfns[0]);
+    // Freed normally: poisoned. Leaked by the free checks: count 0, not
+    // poisoned, unlocked by now; free it for good.
+    if page._refcount.load(Ordering::Acquire) == 0 && !page.test_flag(PG_poisoned) {
+        page_alloc::free_frozen_pages(page, 0);
+    }
+}

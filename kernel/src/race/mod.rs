@@ -1,0 +1,133 @@
+//! Race scenarios: the machinery that makes the catalogue's races happen on
+//! purpose (forced mode) or by chance (natural mode), decides the outcome
+//! and reports what each CPU did.
+//!
+//! # Pieces
+//! - [`point`]: race points in the mm code ([`point::race_point`]), armed
+//!   for natural-mode delays or for a forced schedule; unarmed they cost one
+//!   load and a branch.
+//! - [`trace`]: per-CPU rings of time-stamped events (points, schedule
+//!   steps, flushes, IPIs, NMIs, faults), merged in time order for reports.
+//! - [`waitfor`]: who waits for whom, read from live state (LAPIC IRR or
+//!   SIGP SENSE, PTL owners, RCU), and the cycle finder behind
+//!   `impossible`.
+//! - [`detect`]: detectors (bad page state at free, poisoned frames and
+//!   descriptors, refcount underflow, page tables freed while linked).
+//! - [`scenario`]: the [`scenario::Scenario`] type, the registry
+//!   ([`scenario::all`]), the runner and its outcomes.
+//!
+//! # Writing a row
+//! A row is one [`scenario::Scenario`] value, returned by a function in its
+//! own module under `race/` and listed in [`scenario::all`]. It names:
+//!
+//! - **roles**: `roles: &["fault", "zap"]`. Role `i` runs on CPU `i + 1`
+//!   (CPU 0 is the controller: it sets up, watches for hangs and cycles,
+//!   runs the detectors and tears down). A machine with fewer than
+//!   `roles.len() + 1` CPUs reports `skip`. Each iteration the framework
+//!   enters the iteration's mm on every role CPU (`use_mm`, so the CPU is in
+//!   the mm's cpumask and its loads and stores go through the MMU), calls
+//!   `role(ctx, i)` in task context with interrupts on, and leaves the mm.
+//!   `role` returns whether it *completed its operation* (GUP-fast pinned
+//!   without falling back, the zap freed the tables, ...): a run in which
+//!   some role did not complete in some iteration and no detector fired is
+//!   `vacuous`, a failure, never `clean`.
+//! - **variants**: `variants: &[Variant { name: "buggy", .. }, ..]`, and
+//!   `set_variant(v)` which sets the runtime knobs of that kernel (TLB
+//!   strategy, freeing policies, a row's own knob) or returns `Err(reason)`
+//!   when the variant does not apply to the architecture (`skip`, reason
+//!   printed). `reset()` puts every knob the row touches back to its default;
+//!   it runs after the last iteration.
+//! - **setup / teardown**: `setup(ctx)` builds the iteration's world (an mm
+//!   in `ctx.mm`, mappings, pages; frames to watch in `ctx.pfns`;
+//!   handshake words in `ctx.word`; any other state in `ctx.extra`). A
+//!   role never enters or leaves the mm itself, and the runner calls
+//!   `exit_mmap` on an mm that `teardown` left in `ctx.mm`. `teardown(ctx)` destroys it and must also undo
+//!   what a bug left behind (e.g. free a page the free checks leaked), so
+//!   that the state check — every frame back, no PTL held, no CPU waiting,
+//!   no RCU callback pending — passes after each iteration.
+//! - **detectors**: `detect(ctx)` runs after the roles finished, before
+//!   teardown; return the first [`detect::Finding`]. The runner always checks
+//!   [`detect::bad_page_since`] first. A finding makes the iteration a *hit*
+//!   and the outcome `bug`; the first hit prints a race report.
+//! - **schedule** (forced mode): `schedule(v)` returns the steps, e.g. for
+//!   "B clears the PTE while A holds the PMD it read":
+//!   ```text
+//!   [Step::at(A, &GUP_FAST_AFTER_PMD_READ),  // A is there first
+//!    Step::at(B, &ZAP_BEFORE_PTL),           // B starts only then
+//!    Step::at(B, &ZAP_AFTER_PTE_CLEAR),      // B cleared the PTE
+//!    Step::leave(A, &GUP_FAST_AFTER_PMD_READ)] // only now A goes on
+//!   ```
+//!   Steps are in the global order they must happen; each role takes its
+//!   steps in its program order (see [`point`]). A CPU holding at a point
+//!   keeps its interrupt state, so with interrupts off it holds back IPIs:
+//!   a schedule that needs such an IPI taken cannot complete, the prover
+//!   finds the cycle and the outcome is `impossible`. Declare new points in
+//!   [`point::points`] (and add them to its `ALL` list, which the state
+//!   checks and name lookups use) and place them with
+//!   [`point::race_point`]`::<A>(&points::NAME, addr)`.
+//! - **waits**: a new place where a CPU spins for another CPU (an IPI
+//!   acknowledgement, a lock) publishes a [`waitfor::begin`] / [`waitfor::end`]
+//!   record, or the prover cannot see the edge and reports `hang` where a
+//!   cycle exists.
+//! - **natural mode**: `delay_points` are armed with random delays below
+//!   `max_delay_ns` on role CPUs; every point in `schedule(v)` and
+//!   `trace_points` is traced.
+//! - **budget**: [`scenario::Budget`]: iterations in forced and natural
+//!   mode (`iterations=` overrides the natural one), a time limit for a
+//!   natural run, and the per-iteration limit after which a run without a
+//!   wait-for cycle is a `hang`.
+//!
+//! Then add the row's cells to the expected table (`xtask/src/expected.rs`):
+//! one per (row, arch, variant, mode). [`demo`] is a complete small row.
+//!
+//! # Outcomes
+//! `bug` (a detector fired), `clean` (no detector fired and every role
+//! completed every iteration), `impossible` (forced: a wait-for cycle read
+//! from live state), `skip` (the row or variant does not apply; reason
+//! printed), and the failures `hang` (an iteration over its limit without a
+//! cycle) and `vacuous` (some role did not complete and nothing fired).
+
+pub mod demo;
+pub mod detect;
+pub mod point;
+pub mod scenario;
+pub(crate) mod selftest;
+pub mod trace;
+pub mod waitfor;
+
+pub use point::{race_point, RacePoint, Step};
+
+use crate::Arch;
+
+/// Hooks for code that has no `A: Arch` (the PTL, the trace rings).
+struct Hooks {
+    cpu: fn() -> usize,
+    clock: fn() -> u64,
+    irqs_disabled: fn() -> bool,
+}
+
+static HOOKS: spin::Once<Hooks> = spin::Once::new();
+
+/// Registers the arch's CPU number and clock. Called once at boot.
+pub fn init<A: Arch>() {
+    HOOKS.call_once(|| Hooks {
+        cpu: A::smp_processor_id,
+        clock: A::clock_ns,
+        irqs_disabled: A::irqs_disabled,
+    });
+}
+
+/// The calling CPU's number (0 before [`init`]).
+pub(crate) fn this_cpu() -> usize {
+    HOOKS.get().map_or(0, |h| (h.cpu)())
+}
+
+/// [`Arch::clock_ns`] (0 before [`init`]).
+pub(crate) fn clock_ns() -> u64 {
+    HOOKS.get().map_or(0, |h| (h.clock)())
+}
+
+/// [`Arch::irqs_disabled`] (false before [`init`]).
+pub(crate) fn irqs_disabled() -> bool {
+    HOOKS.get().is_some_and(|h| (h.irqs_disabled)())
+}

@@ -1,0 +1,466 @@
+//! Race points: named places in the mm code where a scenario can widen a
+//! window (natural mode) or hold a CPU until another has gone somewhere
+//! (forced mode).
+//!
+//! A point is a `static` [`RacePoint`] declared in [`points`] and placed in
+//! the code with [`race_point`]. Unarmed, a point is one relaxed load of its
+//! state and a not-taken branch (`race.unarmed_point_cost` measures it,
+//! `race_point_unarmed_ns`). Armed ([`arm`]) it is traced, and:
+//! - **natural**: on a CPU that runs a role, it may busy-wait a random time
+//!   before going on. The delay is a pure function of the seed, the
+//!   iteration, the role, the point and how many armed points the role has
+//!   passed in this iteration, so a seed repeats a run's delays exactly
+//!   ([`delay_for`]);
+//! - **forced**: it follows the schedule ([`set_schedule`]), a list of
+//!   [`Step`]s in the global order they must happen. Each role takes its own
+//!   steps in its program order. When a role reaches a point and its next
+//!   step is `at` that point, it waits there until every earlier step is
+//!   done, then takes the step; if its next step after that is `leave` the
+//!   same point, it waits again until every step before that one is done. A
+//!   point that is not the role's next step is passed freely.
+//!
+//! A waiting CPU spins with `cpu_relax` and never changes its interrupt
+//! state: a CPU that reached the point with interrupts off holds every
+//! maskable interrupt (IPIs, the tick) until it leaves. While it waits it
+//! publishes a wait record for the prover ([`super::waitfor`]) and samples its
+//! own interrupt hardware for pending IPIs. [`abort`] releases every waiter
+//! (after a hang or a proven cycle), and from then on armed points pass.
+//!
+//! Invariants: points are armed, the schedule set and the roles assigned only
+//! while no role runs (between iterations); the schedule cursor is advanced
+//! only by the CPU taking the current step.
+
+use super::trace::{self, Kind};
+use crate::{Arch, NR_CPUS};
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+
+/// A named race point.
+pub struct RacePoint {
+    /// `subsystem:where`, e.g. `zap:after_pte_clear`.
+    pub name: &'static str,
+    state: AtomicU8,
+}
+
+const OFF: u8 = 0;
+const TRACE: u8 = 1;
+const DELAY: u8 = 2;
+const SCHEDULE: u8 = 3;
+
+impl RacePoint {
+    /// A new, unarmed point.
+    pub const fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            state: AtomicU8::new(OFF),
+        }
+    }
+
+    /// Whether the point is armed.
+    pub fn armed(&self) -> bool {
+        self.state.load(Ordering::Relaxed) != OFF
+    }
+}
+
+impl core::fmt::Debug for RacePoint {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+/// Every race point of the kernel. Rows declare theirs here, so that a
+/// schedule can name them and the state checks can see that all are
+/// disarmed after a run.
+pub mod points {
+    use super::RacePoint;
+
+    /// `zap_pte_range`: a PTE was cleared (its TLB entry may still live on
+    /// other CPUs), the PTL is held. `addr` = the virtual address.
+    pub static ZAP_AFTER_PTE_CLEAR: RacePoint = RacePoint::new("zap:after_pte_clear");
+    /// `zap_pte_range`: about to take the PTL of a PTE table.
+    pub static ZAP_BEFORE_PTL: RacePoint = RacePoint::new("zap:before_ptl");
+    /// `tlb_flush_mmu`: the batch's TLB flush is done, its pages not yet
+    /// freed.
+    pub static GATHER_AFTER_FLUSH: RacePoint = RacePoint::new("gather:after_flush");
+    /// The framework's own test points (`race` suite).
+    pub static TEST_A: RacePoint = RacePoint::new("test:a");
+    /// See [`TEST_A`].
+    pub static TEST_B: RacePoint = RacePoint::new("test:b");
+    /// See [`TEST_A`].
+    pub static TEST_C: RacePoint = RacePoint::new("test:c");
+    /// The demonstration row: the page is locked.
+    pub static DEMO_LOCKED: RacePoint = RacePoint::new("demo:locked");
+    /// The demonstration row: about to drop the last reference.
+    pub static DEMO_BEFORE_PUT: RacePoint = RacePoint::new("demo:before_put");
+    /// The demonstration row: the reference is dropped.
+    pub static DEMO_AFTER_PUT: RacePoint = RacePoint::new("demo:after_put");
+
+    /// All of the above.
+    pub static ALL: [&RacePoint; 9] = [
+        &ZAP_AFTER_PTE_CLEAR,
+        &ZAP_BEFORE_PTL,
+        &GATHER_AFTER_FLUSH,
+        &TEST_A,
+        &TEST_B,
+        &TEST_C,
+        &DEMO_LOCKED,
+        &DEMO_BEFORE_PUT,
+        &DEMO_AFTER_PUT,
+    ];
+
+    /// The point named `name`.
+    pub fn by_name(name: &str) -> Option<&'static RacePoint> {
+        ALL.iter().copied().find(|p| p.name == name)
+    }
+}
+
+/// Marks a race point. `addr` is traced with it (a virtual address, a pfn,
+/// or 0).
+#[inline(always)]
+pub fn race_point<A: Arch>(p: &'static RacePoint, addr: u64) {
+    if p.state.load(Ordering::Relaxed) != OFF {
+        hit::<A>(p, addr);
+    }
+}
+
+// ---- run configuration (changed only between iterations) ------------------------
+
+/// No role on this CPU.
+const NO_ROLE: u8 = u8::MAX;
+static ROLE_OF_CPU: [AtomicU8; NR_CPUS] = [const { AtomicU8::new(NO_ROLE) }; NR_CPUS];
+static CPU_OF_ROLE: [AtomicUsize; 8] = [const { AtomicUsize::new(usize::MAX) }; 8];
+/// Armed points passed by each CPU in the iteration (natural delays).
+static HITS: [AtomicU64; NR_CPUS] = [const { AtomicU64::new(0) }; NR_CPUS];
+
+/// Largest schedule.
+pub const MAX_STEPS: usize = 32;
+static STEP_POINT: [AtomicUsize; MAX_STEPS] = [const { AtomicUsize::new(0) }; MAX_STEPS];
+/// `role | leave << 7`.
+static STEP_ROLE: [AtomicU8; MAX_STEPS] = [const { AtomicU8::new(0) }; MAX_STEPS];
+static NR_STEPS: AtomicUsize = AtomicUsize::new(0);
+static CURSOR: AtomicUsize = AtomicUsize::new(0);
+static ABORT: AtomicBool = AtomicBool::new(false);
+
+static SEED: AtomicU64 = AtomicU64::new(0);
+static ITERATION: AtomicU64 = AtomicU64::new(0);
+static MAX_DELAY_NS: AtomicU64 = AtomicU64::new(0);
+/// Times a waiting CPU found its interrupt state changed (must stay 0).
+static IRQ_STATE_CHANGES: AtomicU64 = AtomicU64::new(0);
+
+/// One step of a forced schedule.
+#[derive(Clone, Copy, Debug)]
+pub struct Step {
+    /// The role (index into the scenario's roles).
+    pub role: usize,
+    /// The point.
+    pub point: &'static RacePoint,
+    /// `false`: the role reaches the point; `true`: it leaves the point it
+    /// reached in its previous step.
+    pub leave: bool,
+}
+
+impl Step {
+    /// Role `role` reaches `point`.
+    pub const fn at(role: usize, point: &'static RacePoint) -> Self {
+        Self {
+            role,
+            point,
+            leave: false,
+        }
+    }
+
+    /// Role `role` leaves `point`, where its previous step put it.
+    pub const fn leave(role: usize, point: &'static RacePoint) -> Self {
+        Self {
+            role,
+            point,
+            leave: true,
+        }
+    }
+}
+
+/// Assigns roles to CPUs: role `i` runs on `cpus[i]`.
+pub fn set_roles(cpus: &[usize]) {
+    for r in &ROLE_OF_CPU {
+        r.store(NO_ROLE, Ordering::Relaxed);
+    }
+    for r in &CPU_OF_ROLE {
+        r.store(usize::MAX, Ordering::Relaxed);
+    }
+    for (role, &cpu) in cpus.iter().enumerate() {
+        ROLE_OF_CPU[cpu].store(role as u8, Ordering::Relaxed);
+        CPU_OF_ROLE[role].store(cpu, Ordering::Relaxed);
+    }
+    core::sync::atomic::fence(Ordering::SeqCst);
+}
+
+/// The role `cpu` runs, if any.
+pub fn role_of(cpu: usize) -> Option<usize> {
+    match ROLE_OF_CPU[cpu].load(Ordering::Relaxed) {
+        NO_ROLE => None,
+        r => Some(r as usize),
+    }
+}
+
+/// The CPU that runs `role`.
+pub fn cpu_of(role: usize) -> Option<usize> {
+    CPU_OF_ROLE
+        .get(role)
+        .map(|c| c.load(Ordering::Relaxed))
+        .filter(|&c| c != usize::MAX)
+}
+
+/// Installs a forced schedule and resets its cursor.
+pub fn set_schedule(steps: &[Step]) {
+    assert!(
+        steps.len() <= MAX_STEPS,
+        "schedule longer than {MAX_STEPS} steps"
+    );
+    for (i, s) in steps.iter().enumerate() {
+        STEP_POINT[i].store(s.point as *const RacePoint as usize, Ordering::Relaxed);
+        STEP_ROLE[i].store(s.role as u8 | (s.leave as u8) << 7, Ordering::Relaxed);
+    }
+    NR_STEPS.store(steps.len(), Ordering::Relaxed);
+    CURSOR.store(0, Ordering::Relaxed);
+    ABORT.store(false, Ordering::Relaxed);
+    core::sync::atomic::fence(Ordering::SeqCst);
+}
+
+/// Sets the natural-mode delay parameters for the next iteration.
+pub fn set_natural(seed: u64, iteration: u64, max_delay_ns: u64) {
+    SEED.store(seed, Ordering::Relaxed);
+    ITERATION.store(iteration, Ordering::Relaxed);
+    MAX_DELAY_NS.store(max_delay_ns, Ordering::Relaxed);
+    for h in &HITS {
+        h.store(0, Ordering::Relaxed);
+    }
+    core::sync::atomic::fence(Ordering::SeqCst);
+}
+
+/// How arming a point makes it behave.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arming {
+    /// Traced only.
+    Trace,
+    /// Traced, and natural-mode random delays on role CPUs.
+    Delay,
+    /// Traced, and the forced schedule is followed there.
+    Schedule,
+}
+
+/// Arms `p`.
+pub fn arm(p: &'static RacePoint, how: Arming) {
+    let v = match how {
+        Arming::Trace => TRACE,
+        Arming::Delay => DELAY,
+        Arming::Schedule => SCHEDULE,
+    };
+    p.state.fetch_max(v, Ordering::SeqCst);
+}
+
+/// Disarms every point and clears the schedule.
+pub fn disarm_all() {
+    for p in points::ALL {
+        p.state.store(OFF, Ordering::SeqCst);
+    }
+    NR_STEPS.store(0, Ordering::SeqCst);
+    CURSOR.store(0, Ordering::SeqCst);
+}
+
+/// Points armed now (for the state checks).
+pub fn armed_points() -> Vec<&'static str> {
+    points::ALL
+        .iter()
+        .filter(|p| p.armed())
+        .map(|p| p.name)
+        .collect()
+}
+
+/// Releases every CPU waiting at a point; later hits pass.
+pub fn abort() {
+    ABORT.store(true, Ordering::SeqCst);
+}
+
+/// Whether the schedule was aborted.
+pub fn aborted() -> bool {
+    ABORT.load(Ordering::Acquire)
+}
+
+/// The step the schedule is at, and the number of steps.
+pub fn progress() -> (usize, usize) {
+    (
+        CURSOR.load(Ordering::Acquire),
+        NR_STEPS.load(Ordering::Acquire),
+    )
+}
+
+/// The CPU that takes step `i`.
+pub fn step_cpu(i: usize) -> Option<usize> {
+    if i >= NR_STEPS.load(Ordering::Acquire) {
+        return None;
+    }
+    cpu_of((STEP_ROLE[i].load(Ordering::Relaxed) & 0x7f) as usize)
+}
+
+/// A step as the schedule holds it.
+pub fn step(i: usize) -> Option<Step> {
+    if i >= NR_STEPS.load(Ordering::Acquire) {
+        return None;
+    }
+    let rl = STEP_ROLE[i].load(Ordering::Relaxed);
+    // SAFETY: `set_schedule` stored the address of a `'static RacePoint`.
+    let point = unsafe { &*(STEP_POINT[i].load(Ordering::Relaxed) as *const RacePoint) };
+    Some(Step {
+        role: (rl & 0x7f) as usize,
+        point,
+        leave: rl & 0x80 != 0,
+    })
+}
+
+/// Times a waiting CPU found its interrupt state changed while it waited.
+pub fn irq_state_changes() -> u64 {
+    IRQ_STATE_CHANGES.load(Ordering::Relaxed)
+}
+
+/// The natural-mode delay of the `hit`-th armed point passed by `role` in
+/// `iteration` at `p`: half of the hits get none, the others a uniform delay
+/// below `max_ns` (splitmix64 of the inputs).
+pub fn delay_for(
+    seed: u64,
+    iteration: u64,
+    role: usize,
+    p: &RacePoint,
+    hit: u64,
+    max_ns: u64,
+) -> u64 {
+    let mut h = 0u64;
+    for b in p.name.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+    }
+    let x =
+        splitmix(seed ^ splitmix(iteration ^ splitmix((role as u64) << 32 ^ hit ^ splitmix(h))));
+    if x & 1 == 0 || max_ns == 0 {
+        0
+    } else {
+        (x >> 1) % max_ns
+    }
+}
+
+/// splitmix64's finaliser.
+pub fn splitmix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+#[cold]
+#[inline(never)]
+fn hit<A: Arch>(p: &'static RacePoint, addr: u64) {
+    let cpu = A::smp_processor_id();
+    let pa = p as *const RacePoint as u64;
+    trace::record_on(cpu, Kind::Point, pa, addr);
+    let Some(role) = role_of(cpu) else {
+        return;
+    };
+    match p.state.load(Ordering::Relaxed) {
+        DELAY => {
+            let n = HITS[cpu].fetch_add(1, Ordering::Relaxed);
+            let ns = delay_for(
+                SEED.load(Ordering::Relaxed),
+                ITERATION.load(Ordering::Relaxed),
+                role,
+                p,
+                n,
+                MAX_DELAY_NS.load(Ordering::Relaxed),
+            );
+            trace::record_on(cpu, Kind::Delay, pa, ns);
+            if ns != 0 {
+                crate::time::ndelay::<A>(ns);
+            }
+        }
+        SCHEDULE => follow_schedule::<A>(cpu, role, p),
+        _ => {}
+    }
+}
+
+/// The first step at or after the cursor that belongs to `role`.
+fn next_step_of(role: usize, from: usize) -> Option<(usize, Step)> {
+    let n = NR_STEPS.load(Ordering::Acquire);
+    (from..n).find_map(|i| step(i).filter(|s| s.role == role).map(|s| (i, s)))
+}
+
+fn follow_schedule<A: Arch>(cpu: usize, role: usize, p: &'static RacePoint) {
+    let mut expect_leave = false;
+    loop {
+        if ABORT.load(Ordering::Acquire) {
+            return;
+        }
+        let cursor = CURSOR.load(Ordering::Acquire);
+        let Some((i, s)) = next_step_of(role, cursor) else {
+            return;
+        };
+        if !core::ptr::eq(s.point, p) || s.leave != expect_leave {
+            return;
+        }
+        if i != cursor && !wait_for_step::<A>(cpu, i) {
+            return; // aborted
+        }
+        trace::record_on(cpu, Kind::Step, p as *const RacePoint as u64, i as u64);
+        CURSOR.store(i + 1, Ordering::Release);
+        if s.leave {
+            return;
+        }
+        expect_leave = true;
+    }
+}
+
+/// Spins until step `i` is current; false if the schedule was aborted.
+fn wait_for_step<A: Arch>(cpu: usize, i: usize) -> bool {
+    let irqs_off = A::irqs_disabled();
+    let saved = super::waitfor::begin(cpu, super::waitfor::Wait::Step { index: i }, irqs_off);
+    let mut spins = 0u32;
+    let reached = loop {
+        if CURSOR.load(Ordering::Acquire) == i {
+            break true;
+        }
+        if ABORT.load(Ordering::Acquire) {
+            break false;
+        }
+        if spins.is_multiple_of(64) {
+            super::waitfor::sample_ipi::<A>(cpu);
+            if A::irqs_disabled() != irqs_off {
+                IRQ_STATE_CHANGES.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        spins = spins.wrapping_add(1);
+        A::cpu_relax();
+    };
+    super::waitfor::end(saved);
+    reached
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_depend_only_on_their_inputs() {
+        let p = &points::TEST_A;
+        let a: Vec<u64> = (0..64).map(|k| delay_for(7, 1, 0, p, k, 10_000)).collect();
+        let b: Vec<u64> = (0..64).map(|k| delay_for(7, 1, 0, p, k, 10_000)).collect();
+        let c: Vec<u64> = (0..64).map(|k| delay_for(8, 1, 0, p, k, 10_000)).collect();
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert!(a.iter().all(|&d| d < 10_000));
+        assert!(a.contains(&0) && a.iter().any(|&d| d != 0));
+    }
+
+    #[test]
+    fn point_names_are_unique() {
+        for (i, p) in points::ALL.iter().enumerate() {
+            assert!(points::ALL[i + 1..].iter().all(|q| q.name != p.name));
+            assert!(core::ptr::eq(points::by_name(p.name).unwrap(), *p));
+        }
+    }
+}

@@ -1,0 +1,746 @@
+//! Scenarios, their registry and the runner (see the module docs of
+//! [`crate::race`] for how a row is written).
+//!
+//! The runner runs on CPU 0, the controller; role `i` runs on CPU `i + 1` in
+//! a loop started from that CPU's idle loop (task context, interrupts on).
+//! Each iteration: `setup`, arm the points (schedule or delays), release the
+//! roles, watch them — every millisecond the wait-for graph is read from live
+//! state; a cycle that persists for [`CYCLE_STABLE_NS`] is `impossible`, an
+//! iteration over its time limit without one is `hang` — then run the
+//! detectors, print the race report of the first hit, disarm, `teardown`,
+//! and check that the iteration left nothing behind: every frame free again
+//! (RCU callbacks run first), no PTL held, no CPU in a wait record, no point
+//! armed. A failed state check ends the run as a failure.
+//!
+//! Invariants: only the controller changes the run configuration (points,
+//! schedule, roles) and only while every role is between iterations; an
+//! aborted iteration (hang or cycle) is released with [`point::abort`] and the
+//! controller waits for every role to finish before it tears down.
+
+use super::detect::{self, Finding};
+use super::point::{self, Arming, RacePoint, Step};
+use super::{trace, waitfor};
+use crate::cmdline::{Cmdline, Mode};
+use crate::ktap::{Outcome as KtapOutcome, Run};
+use crate::mm::arch::Mmu;
+use crate::mm::mm::{unuse_mm, use_mm, Mm};
+use crate::mm::page_alloc;
+use crate::{kprintln, percpu, smp, Arch, NR_CPUS};
+use alloc::{boxed::Box, format, string::String, vec, vec::Vec};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+
+/// A kernel variant of a row: the buggy kernel or one fix.
+#[derive(Debug)]
+pub struct Variant {
+    /// Its name on the command line (`variant=`), e.g. `buggy`, `fixed-a`.
+    pub name: &'static str,
+    /// One line: what this kernel does differently.
+    pub about: &'static str,
+}
+
+/// How long a row may run.
+#[derive(Clone, Copy, Debug)]
+pub struct Budget {
+    /// Iterations in forced mode (each buggy one must hit).
+    pub forced_iterations: u64,
+    /// Iterations in natural mode (`iterations=` overrides).
+    pub natural_iterations: u64,
+    /// A natural run stops after this long, whatever the iterations.
+    pub natural_time_ns: u64,
+    /// One iteration longer than this is a hang, unless the prover finds a
+    /// wait-for cycle.
+    pub iteration_timeout_ns: u64,
+}
+
+/// What one iteration works on. Built by `setup`, read by the roles and the
+/// detectors, destroyed by `teardown`.
+pub struct Ctx<A: Mmu> {
+    /// The iteration's address space: every role runs as a task of it.
+    pub mm: Option<Box<Mm<A>>>,
+    /// The row's address of interest.
+    pub addr: u64,
+    /// Frames the detectors watch.
+    pub pfns: Vec<u64>,
+    /// Shared words for the row (handshakes, results).
+    pub word: [AtomicU64; 8],
+    /// The variant being run.
+    pub variant: &'static Variant,
+    /// The mode being run.
+    pub mode: Mode,
+    /// Iteration number, from 0.
+    pub iteration: u64,
+    /// Anything else the row needs (a file, a list of tables); `teardown`
+    /// takes it apart.
+    pub extra: Option<Box<dyn core::any::Any + Send + Sync>>,
+}
+
+/// A row of the catalogue (or a demonstration row).
+pub struct Scenario<A: Mmu> {
+    /// Its name on the command line (`scenario=`).
+    pub name: &'static str,
+    /// One line: the race.
+    pub about: &'static str,
+    /// Role names; role `i` runs on CPU `i + 1`.
+    pub roles: &'static [&'static str],
+    /// The buggy kernel and each fix.
+    pub variants: &'static [Variant],
+    /// Sets the runtime knobs of a variant, or says why it does not apply.
+    pub set_variant: fn(&Variant) -> Result<(), &'static str>,
+    /// Puts every knob the row touches back to its default.
+    pub reset: fn(),
+    /// Builds an iteration's world.
+    pub setup: fn(&mut Ctx<A>) -> Result<(), String>,
+    /// Runs role `i`; returns whether it completed its operation.
+    pub role: fn(&Ctx<A>, usize) -> bool,
+    /// The row's detectors (the runner adds the bad-page check).
+    pub detect: fn(&Ctx<A>) -> Option<Finding>,
+    /// Destroys an iteration's world, repairing what a bug left behind.
+    pub teardown: fn(&mut Ctx<A>),
+    /// The forced schedule of a variant.
+    pub schedule: fn(&Variant) -> Vec<Step>,
+    /// Points armed with random delays in natural mode.
+    pub delay_points: &'static [&'static RacePoint],
+    /// Points traced in both modes (besides the schedule's).
+    pub trace_points: &'static [&'static RacePoint],
+    /// Longest natural-mode delay.
+    pub max_delay_ns: u64,
+    /// The budget.
+    pub budget: Budget,
+}
+
+/// Every row, in catalogue order.
+pub fn all<A: Mmu>() -> Vec<Scenario<A>> {
+    vec![super::demo::scenario::<A>()]
+}
+
+/// What a run showed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// A detector fired.
+    Bug,
+    /// No detector fired and every role completed every iteration.
+    Clean,
+    /// The forced schedule cannot be taken: a wait-for cycle was read from
+    /// live state.
+    Impossible,
+    /// The row or variant does not apply here.
+    Skip(&'static str),
+    /// An iteration ran over its limit without a wait-for cycle (failure).
+    Hang,
+    /// No detector fired but some role did not complete its operation
+    /// (failure).
+    Vacuous,
+}
+
+impl Outcome {
+    /// The outcome's word, as in the expected table.
+    pub fn word(&self) -> &'static str {
+        match self {
+            Outcome::Bug => "bug",
+            Outcome::Clean => "clean",
+            Outcome::Impossible => "impossible",
+            Outcome::Skip(_) => "skip",
+            Outcome::Hang => "hang",
+            Outcome::Vacuous => "vacuous",
+        }
+    }
+
+    /// Whether the outcome is a failure of the run itself.
+    pub fn is_failure(&self) -> bool {
+        matches!(self, Outcome::Hang | Outcome::Vacuous)
+    }
+}
+
+/// The result of running one (row, variant, mode).
+#[derive(Clone, Debug)]
+pub struct Report {
+    /// The outcome.
+    pub outcome: Outcome,
+    /// Iterations run.
+    pub iterations: u64,
+    /// Iterations in which a detector fired.
+    pub hits: u64,
+    /// From the start of the run to the end of the first hit iteration.
+    pub first_hit_ns: Option<u64>,
+    /// Wall time of the run.
+    pub elapsed_ns: u64,
+    /// Iterations in which some role did not complete.
+    pub incomplete: u64,
+    /// The first finding.
+    pub finding: Option<Finding>,
+    /// The wait-for cycle that made the run `impossible`.
+    pub cycle: Option<String>,
+    /// The wait-for edges seen when a run was declared `hang`.
+    pub hang_edges: Option<String>,
+    /// A state check that failed, or a setup error: the run failed.
+    pub state_error: Option<String>,
+    /// The seed.
+    pub seed: u64,
+}
+
+impl Report {
+    fn new(seed: u64) -> Self {
+        Self {
+            outcome: Outcome::Clean,
+            iterations: 0,
+            hits: 0,
+            first_hit_ns: None,
+            elapsed_ns: 0,
+            incomplete: 0,
+            finding: None,
+            cycle: None,
+            hang_edges: None,
+            state_error: None,
+            seed,
+        }
+    }
+
+    fn skip(seed: u64, why: &'static str) -> Self {
+        Self {
+            outcome: Outcome::Skip(why),
+            ..Self::new(seed)
+        }
+    }
+
+    /// Whether the run failed (hang, vacuous, or a state check).
+    pub fn failed(&self) -> bool {
+        self.outcome.is_failure() || self.state_error.is_some()
+    }
+}
+
+/// How long a wait-for cycle must persist (re-read from live state at every
+/// probe) before the run is declared `impossible`: two tick periods, so
+/// that every CPU that could report a quiescent state or take an interrupt
+/// has had the chance.
+pub const CYCLE_STABLE_NS: u64 = 20_000_000;
+/// How often the controller reads the wait-for graph (at most: it halts
+/// between probes and wakes at a role's report or the tick).
+const PROBE_NS: u64 = 1_000_000;
+/// How long roles may take to finish once an aborted iteration is released.
+const RECOVER_NS: u64 = 2_000_000_000;
+
+/// Set once roles could not be recovered: later runs would be meaningless.
+static WEDGED: AtomicBool = AtomicBool::new(false);
+
+/// What the controller shares with the role CPUs.
+struct Shared<A: Mmu> {
+    scen: *const Scenario<A>,
+    ctx: AtomicPtr<Ctx<A>>,
+    gen: AtomicU64,
+    stop: AtomicBool,
+    done: [AtomicU64; 8],
+    completed: [AtomicBool; 8],
+    exited: AtomicUsize,
+}
+
+/// The loop a role CPU runs for the whole run.
+fn role_loop<A: Mmu>(arg: usize) {
+    // SAFETY: `run` passes a `Shared` it keeps alive until every role loop
+    // has counted itself in `exited` (or leaks it).
+    let sh = unsafe { &*(arg as *const Shared<A>) };
+    let cpu = A::smp_processor_id();
+    let role = point::role_of(cpu).expect("role loop on a CPU without a role");
+    let mut seen = 0;
+    loop {
+        if sh.stop.load(Ordering::Acquire) {
+            break;
+        }
+        // Halt between iterations (interrupts off while checking, so the
+        // controller's kick cannot slip in before the halt): a spinning
+        // vCPU would take host time from the CPUs that run.
+        A::local_irq_disable();
+        let g = sh.gen.load(Ordering::Acquire);
+        if g == seen {
+            if !sh.stop.load(Ordering::Acquire) {
+                A::wait_for_interrupt();
+            }
+            A::local_irq_enable();
+            continue;
+        }
+        A::local_irq_enable();
+        seen = g;
+        // SAFETY: the controller publishes the iteration's `Ctx` before
+        // bumping `gen` and keeps it alive until every role reported `done`.
+        let ctx = unsafe { &*sh.ctx.load(Ordering::Acquire) };
+        // SAFETY: as `sh`: the scenario outlives the run.
+        let scen = unsafe { &*sh.scen };
+        if let Some(mm) = ctx.mm.as_deref() {
+            // SAFETY: the mm lives in the `Ctx` until teardown, which runs
+            // only after this role left it (`unuse_mm` below, then `done`).
+            unsafe { use_mm(mm) };
+        }
+        let ok = (scen.role)(ctx, role);
+        if ctx.mm.is_some() {
+            unuse_mm::<A>();
+        }
+        sh.completed[role].store(ok, Ordering::Relaxed);
+        sh.done[role].store(g, Ordering::Release);
+        // Wake the controller (a bare IPI: nothing queued, nothing traced).
+        A::send_ipi(0);
+    }
+    sh.exited.fetch_add(1, Ordering::AcqRel);
+}
+
+/// Runs RCU callbacks until none is pending on any CPU (bounded), so that
+/// tables freed after a grace period count as free.
+fn quiesce_rcu<A: Arch>() {
+    let t0 = A::clock_ns();
+    while (0..smp::nr_cpus()).any(|c| crate::rcu::pending_callbacks::<A>(c) > 0)
+        && A::clock_ns() - t0 < 1_000_000_000
+    {
+        crate::rcu::synchronize_rcu::<A>();
+        crate::rcu::rcu_do_batch::<A>();
+    }
+}
+
+/// Runs `s` in `variant` and `mode`. `iterations` overrides the natural
+/// budget. Prints the race report of the first hit as KTAP diagnostics.
+pub fn run<A: Mmu>(
+    s: &Scenario<A>,
+    variant: &'static Variant,
+    mode: Mode,
+    seed: u64,
+    iterations: Option<u64>,
+) -> Report {
+    let mut rep = Report::new(seed);
+    if WEDGED.load(Ordering::Acquire) {
+        rep.state_error = Some("an earlier run left role CPUs stuck".into());
+        return rep;
+    }
+    if s.roles.len() > MAX_ROLES {
+        rep.state_error = Some(format!("{} roles, at most {MAX_ROLES}", s.roles.len()));
+        return rep;
+    }
+    let need = s.roles.len() + 1;
+    if smp::nr_cpus() < need {
+        return Report::skip(seed, needs_cpus(need));
+    }
+    if A::smp_processor_id() != 0 || A::irqs_disabled() {
+        rep.state_error = Some("the controller must be CPU 0 with interrupts on".into());
+        return rep;
+    }
+    if let Err(why) = (s.set_variant)(variant) {
+        (s.reset)();
+        return Report::skip(seed, why);
+    }
+    let role_cpus: Vec<usize> = (1..need).collect();
+    point::disarm_all();
+    point::set_roles(&role_cpus);
+    let shared = Box::new(Shared::<A> {
+        scen: s as *const Scenario<A>,
+        ctx: AtomicPtr::new(core::ptr::null_mut()),
+        gen: AtomicU64::new(0),
+        stop: AtomicBool::new(false),
+        done: [const { AtomicU64::new(0) }; 8],
+        completed: [const { AtomicBool::new(false) }; 8],
+        exited: AtomicUsize::new(0),
+    });
+    let sh: &Shared<A> = &shared;
+    for &cpu in &role_cpus {
+        smp::run_on_idle::<A>(cpu, role_loop::<A>, sh as *const Shared<A> as usize);
+    }
+    let limit = match mode {
+        Mode::Forced => s.budget.forced_iterations,
+        Mode::Natural => iterations.unwrap_or(s.budget.natural_iterations),
+    };
+    let schedule = (s.schedule)(variant);
+    let start = A::clock_ns();
+    let mut wedged = false;
+    for it in 0..limit {
+        if mode == Mode::Natural && A::clock_ns() - start > s.budget.natural_time_ns {
+            break;
+        }
+        match iteration(s, sh, variant, mode, seed, it, &schedule, start, &mut rep) {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(()) => {
+                wedged = true;
+                break;
+            }
+        }
+    }
+    rep.elapsed_ns = A::clock_ns() - start;
+    point::disarm_all();
+    trace::set_enabled(false);
+    sh.stop.store(true, Ordering::Release);
+    for &cpu in &role_cpus {
+        A::send_ipi(cpu);
+    }
+    let t0 = A::clock_ns();
+    while sh.exited.load(Ordering::Acquire) < role_cpus.len() {
+        if A::clock_ns() - t0 > RECOVER_NS {
+            wedged = true;
+            break;
+        }
+        A::cpu_relax();
+    }
+    if wedged {
+        WEDGED.store(true, Ordering::Release);
+        rep.state_error
+            .get_or_insert_with(|| "role CPUs did not finish after the run was released".into());
+        // Role CPUs may still read it.
+        Box::leak(shared);
+    } else {
+        drop(shared);
+    }
+    point::set_roles(&[]);
+    (s.reset)();
+    if rep.outcome == Outcome::Clean {
+        if rep.hits > 0 {
+            rep.outcome = Outcome::Bug;
+        } else if rep.incomplete > 0 || rep.iterations == 0 {
+            rep.outcome = Outcome::Vacuous;
+        }
+    }
+    rep
+}
+
+fn needs_cpus(n: usize) -> &'static str {
+    match n {
+        0..=2 => "needs 2 or more CPUs",
+        3 => "needs 3 or more CPUs",
+        4 => "needs 4 or more CPUs",
+        _ => "needs more CPUs than this machine has",
+    }
+}
+
+/// One iteration. `Ok(true)`: go on; `Ok(false)`: the run is decided or
+/// failed; `Err`: the roles could not be recovered.
+#[allow(clippy::too_many_arguments)]
+fn iteration<A: Mmu>(
+    s: &Scenario<A>,
+    sh: &Shared<A>,
+    variant: &'static Variant,
+    mode: Mode,
+    seed: u64,
+    it: u64,
+    schedule: &[Step],
+    start: u64,
+    rep: &mut Report,
+) -> Result<bool, ()> {
+    let free_before = page_alloc::nr_free_pages();
+    let mut ctx = Ctx::<A> {
+        mm: None,
+        addr: 0,
+        pfns: Vec::new(),
+        word: [const { AtomicU64::new(0) }; 8],
+        variant,
+        mode,
+        iteration: it,
+        extra: None,
+    };
+    if let Err(e) = (s.setup)(&mut ctx) {
+        rep.state_error = Some(format!("setup of iteration {it} failed: {e}"));
+        return Ok(false);
+    }
+    let seq = page_alloc::nr_bad_pages();
+    trace::set_enabled(false);
+    trace::clear();
+    point::disarm_all();
+    for p in s.trace_points {
+        point::arm(p, Arming::Trace);
+    }
+    match mode {
+        Mode::Forced => {
+            point::set_schedule(schedule);
+            for st in schedule {
+                point::arm(st.point, Arming::Schedule);
+            }
+        }
+        Mode::Natural => {
+            point::set_schedule(&[]);
+            point::set_natural(seed, it, s.max_delay_ns);
+            for st in schedule {
+                point::arm(st.point, Arming::Trace);
+            }
+            for p in s.delay_points {
+                point::arm(p, Arming::Delay);
+            }
+        }
+    }
+    trace::set_enabled(true);
+    let roles = s.roles.len();
+    sh.ctx.store(&mut ctx as *mut Ctx<A>, Ordering::Release);
+    let g = sh.gen.fetch_add(1, Ordering::AcqRel) + 1;
+    for r in 0..roles {
+        if let Some(cpu) = point::cpu_of(r) {
+            A::send_ipi(cpu);
+        }
+    }
+    let all_done = || (0..roles).all(|r| sh.done[r].load(Ordering::Acquire) == g);
+
+    // Watch: finished, a persistent wait-for cycle, or the time limit.
+    let t0 = A::clock_ns();
+    let mut last_probe = t0;
+    let mut cycle_mask = 0u64;
+    let mut cycle_since = 0u64;
+    let mut verdict: Option<Outcome> = None;
+    while !all_done() {
+        let now = A::clock_ns();
+        if now - last_probe >= PROBE_NS {
+            last_probe = now;
+            let (cursor, _) = point::progress();
+            let edges = waitfor::graph::<A>(smp::nr_cpus(), cursor, point::step_cpu);
+            match waitfor::find_cycle(&edges) {
+                Some(c) => {
+                    let m = waitfor::cycle_cpus(&c);
+                    if m != cycle_mask {
+                        cycle_mask = m;
+                        cycle_since = now;
+                    } else if now - cycle_since >= CYCLE_STABLE_NS {
+                        rep.cycle = Some(waitfor::describe(&c));
+                        verdict = Some(match mode {
+                            Mode::Forced => Outcome::Impossible,
+                            // No schedule holds anyone: a real deadlock.
+                            Mode::Natural => Outcome::Hang,
+                        });
+                        break;
+                    }
+                }
+                None => cycle_mask = 0,
+            }
+            if now - t0 > s.budget.iteration_timeout_ns {
+                let lines: Vec<String> = edges.iter().map(|e| format!("{e}")).collect();
+                rep.hang_edges = Some(if lines.is_empty() {
+                    "no CPU waits for another".into()
+                } else {
+                    lines.join("; ")
+                });
+                verdict = Some(Outcome::Hang);
+                break;
+            }
+        }
+        // Halt until a role reports done or the tick comes (interrupts off
+        // while checking, so the report cannot slip in before the halt).
+        A::local_irq_disable();
+        if all_done() {
+            A::local_irq_enable();
+        } else {
+            A::wait_for_interrupt();
+        }
+    }
+    if verdict.is_some() {
+        // Release every CPU held at a point and let the roles finish.
+        point::abort();
+        let t1 = A::clock_ns();
+        while !all_done() {
+            if A::clock_ns() - t1 > RECOVER_NS {
+                return Err(());
+            }
+            A::cpu_relax();
+        }
+    }
+    trace::set_enabled(false);
+    rep.iterations += 1;
+
+    let finding = detect::bad_page_since(seq).or_else(|| (s.detect)(&ctx));
+    let completed = (0..roles).all(|r| sh.completed[r].load(Ordering::Relaxed));
+    if let Some(f) = finding {
+        rep.hits += 1;
+        if rep.finding.is_none() {
+            rep.first_hit_ns = Some(A::clock_ns() - start);
+            race_report(s, variant, mode, seed, it, &f);
+            rep.finding = Some(f);
+        }
+    } else if !completed && verdict.is_none() {
+        rep.incomplete += 1;
+    }
+    point::disarm_all();
+    (s.teardown)(&mut ctx);
+    if let Some(mm) = ctx.mm.take() {
+        crate::mm::memory::exit_mmap(*mm);
+    }
+    sh.ctx.store(core::ptr::null_mut(), Ordering::Release);
+    if let Some(err) = state_check::<A>(free_before) {
+        rep.state_error = Some(format!("after iteration {it}: {err}"));
+        return Ok(false);
+    }
+    match verdict {
+        Some(v) => {
+            rep.outcome = v;
+            Ok(false)
+        }
+        None => Ok(true),
+    }
+}
+
+/// Checks that an iteration left nothing behind; returns what it left.
+pub fn state_check<A: Arch>(free_before: usize) -> Option<String> {
+    quiesce_rcu::<A>();
+    let free = page_alloc::nr_free_pages();
+    let mut errs = Vec::new();
+    if free != free_before {
+        errs.push(format!(
+            "{} frames leaked (free before {free_before}, after {free})",
+            free_before as i64 - free as i64
+        ));
+    }
+    let ptls = waitfor::ptls_held();
+    if ptls != 0 {
+        errs.push(format!("{ptls} PTLs still held"));
+    }
+    let waiting = waitfor::waiting_cpus();
+    if waiting != 0 {
+        errs.push(format!("CPUs {waiting:#x} still in a wait"));
+    }
+    let armed = point::armed_points();
+    if !armed.is_empty() {
+        errs.push(format!("points still armed: {armed:?}"));
+    }
+    for cpu in 1..smp::nr_cpus() {
+        if percpu::per_cpu(cpu).current_mm.load(Ordering::Acquire) != 0 {
+            errs.push(format!("cpu{cpu} still runs a task mm"));
+        }
+    }
+    (!errs.is_empty()).then(|| errs.join("; "))
+}
+
+/// Prints the race report of a hit: the broken invariant, frame and
+/// address, the run's parameters, and the last events of every CPU in time
+/// order.
+fn race_report<A: Mmu>(
+    s: &Scenario<A>,
+    variant: &Variant,
+    mode: Mode,
+    seed: u64,
+    it: u64,
+    f: &Finding,
+) {
+    kprintln!("    # race: BUG: {}", f.invariant);
+    kprintln!(
+        "    # race: scenario={} variant={} mode={} seed={seed:#x} iteration={it} pfn={} vaddr={} seen_by={}",
+        s.name,
+        variant.name,
+        mode_name(mode),
+        f.pfn.map_or("-".into(), |p| format!("{p:#x}")),
+        f.vaddr.map_or("-".into(), |v| format!("{v:#x}")),
+        f.cpu.map_or("-".into(), |c| format!("cpu{c}")),
+    );
+    let events = trace::snapshot(REPORT_EVENTS_PER_CPU);
+    kprintln!(
+        "    # race: last {} events of every CPU, in time order:",
+        REPORT_EVENTS_PER_CPU
+    );
+    let roles = s.roles;
+    trace::print(&events, |cpu| {
+        point::role_of(cpu).and_then(|r| roles.get(r).copied())
+    });
+}
+
+/// Events per CPU in a race report.
+pub const REPORT_EVENTS_PER_CPU: usize = 24;
+
+/// `natural` or `forced`.
+pub fn mode_name(m: Mode) -> &'static str {
+    match m {
+        Mode::Natural => "natural",
+        Mode::Forced => "forced",
+    }
+}
+
+/// Runs what `scenario=` (with `variant=`, `mode=`) selects as the KTAP
+/// suite `scenario`, one case `row:variant:mode` each, with the diagnostic
+/// `row= variant= mode= outcome= iterations= hits= first_hit_ns= ...`.
+/// Returns whether every case completed (bug, clean, impossible and skip
+/// are results; hang, vacuous and a failed state check are failures).
+pub fn run_selected<A: Mmu>(args: &Cmdline, ktap: &mut Run) -> bool {
+    let name = args.scenario.unwrap_or("all");
+    let rows = all::<A>();
+    let known: Vec<&str> = rows.iter().map(|s| s.name).collect();
+    let chosen: Vec<&Scenario<A>> = rows
+        .iter()
+        .filter(|s| name == "all" || s.name == name)
+        .collect();
+    if chosen.is_empty() {
+        ktap.plan(1);
+        ktap.result(
+            false,
+            "scenario",
+            Some(&format!(
+                "unknown scenario '{name}' (known: all, {})",
+                known.join(", ")
+            )),
+        );
+        return false;
+    }
+    let modes: Vec<Mode> = match args.mode {
+        Some(m) => vec![m],
+        None => vec![Mode::Forced, Mode::Natural],
+    };
+    let mut cases: Vec<(&Scenario<A>, &'static Variant, Mode)> = Vec::new();
+    for s in &chosen {
+        for v in s.variants {
+            if args.variant.is_some_and(|w| w != v.name) {
+                continue;
+            }
+            for &m in &modes {
+                cases.push((s, v, m));
+            }
+        }
+    }
+    if cases.is_empty() {
+        ktap.plan(1);
+        let names: Vec<&str> = chosen
+            .iter()
+            .flat_map(|s| s.variants.iter().map(|v| v.name))
+            .collect();
+        ktap.result(
+            false,
+            "scenario",
+            Some(&format!(
+                "unknown variant '{}' (known: {})",
+                args.variant.unwrap_or(""),
+                names.join(", ")
+            )),
+        );
+        return false;
+    }
+    ktap.plan(1);
+    let mut suite = ktap.suite("scenario", cases.len());
+    for (s, v, m) in cases {
+        let case = format!("{}:{}:{}", s.name, v.name, mode_name(m));
+        let r = run::<A>(s, v, m, args.seed, args.iterations);
+        print_report(s.name, v.name, m, &r);
+        let outcome = match (&r.outcome, &r.state_error) {
+            (_, Some(e)) => KtapOutcome::Fail(e.clone()),
+            (Outcome::Skip(why), None) => KtapOutcome::Skip(why),
+            (o, None) if o.is_failure() => KtapOutcome::Fail(format!(
+                "{}{}",
+                o.word(),
+                r.hang_edges
+                    .as_ref()
+                    .map_or(String::new(), |e| format!(" (wait-for edges: {e})"))
+            )),
+            _ => KtapOutcome::Pass,
+        };
+        suite.case(&case, &outcome);
+    }
+    ktap.end_suite(suite)
+}
+
+/// Prints a run's figures as one diagnostic line (and the cycle, if any).
+pub fn print_report(row: &str, variant: &str, mode: Mode, r: &Report) {
+    let secs = r.elapsed_ns.max(1) as f64 / 1e9;
+    kprintln!(
+        "    # row={row} variant={variant} mode={} outcome={} iterations={} hits={} first_hit_ns={} iters_per_sec={} incomplete={} seed={:#x} elapsed_ms={}",
+        mode_name(mode),
+        r.outcome.word(),
+        r.iterations,
+        r.hits,
+        r.first_hit_ns.map_or("-".into(), |t| format!("{t}")),
+        (r.iterations as f64 / secs) as u64,
+        r.incomplete,
+        r.seed,
+        r.elapsed_ns / 1_000_000
+    );
+    if let Some(c) = &r.cycle {
+        kprintln!("    # cycle: {c}");
+    }
+    if let Some(e) = &r.hang_edges {
+        kprintln!("    # hang: wait-for edges at the time limit: {e}");
+    }
+}
+
+/// CPUs a forced schedule can name (roles of one scenario).
+pub const MAX_ROLES: usize = 8;
+const _: () = assert!(MAX_ROLES < NR_CPUS);

@@ -1,0 +1,770 @@
+//! The `race` suite: the scenario machinery proven on real hardware paths.
+//!
+//! Every case runs real roles on real CPUs through [`scenario::run`] (or the
+//! race points directly) and checks what the hardware and the kernel state
+//! show: the order of the trace rings, a real IPI held in a real interrupt
+//! controller by a CPU waiting at a point with interrupts off, real
+//! deadlocks through an IPI, a PTL and an RCU grace period found by the
+//! prover, a hang without a cycle, a real bad free caught by the detector.
+
+use super::point::{self, points, race_point, Arming, RacePoint, Step};
+use super::scenario::{self, Budget, Ctx, Outcome as RaceOutcome, Scenario, Variant};
+use super::trace::{self, Kind};
+use super::waitfor;
+use crate::cmdline::{Cmdline, Mode};
+use crate::ktap::Outcome;
+use crate::mm::arch::Mmu;
+use crate::mm::mm::VmFlags;
+use crate::mm::selftest::no_leak;
+use crate::mm::{memory, page_alloc, pgtable, tlbflush, PAGE_SIZE};
+use crate::{diag, percpu, smp, time};
+use alloc::{format, string::String, vec, vec::Vec};
+use core::sync::atomic::Ordering;
+
+/// The suite's name.
+pub(crate) const SUITE: &str = "race";
+
+/// The cases, in order.
+pub(crate) fn cases<A: Mmu>() -> Vec<(&'static str, crate::selftest::TestFn)> {
+    vec![
+        ("unarmed_point_cost", unarmed_point_cost::<A>),
+        ("forced_schedule_followed", forced_schedule_followed::<A>),
+        ("waiter_keeps_irqs_off", waiter_keeps_irqs_off::<A>),
+        ("natural_seed_repeats", natural_seed_repeats::<A>),
+        ("trace_merge_in_time_order", trace_merge_in_time_order::<A>),
+        ("impossible_ipi_cycle", impossible_ipi_cycle::<A>),
+        ("impossible_ptl_cycle", impossible_ptl_cycle::<A>),
+        ("impossible_rcu_cycle", impossible_rcu_cycle::<A>),
+        ("hang_without_cycle", hang_without_cycle::<A>),
+        ("detector_race_report", detector_race_report::<A>),
+        ("state_check_catches_leak", state_check_catches_leak::<A>),
+    ]
+}
+
+fn fail(msg: String) -> Outcome {
+    Outcome::Fail(msg)
+}
+
+static ONE_VARIANT: [Variant; 1] = [Variant {
+    name: "test",
+    about: "the framework's own test",
+}];
+
+const A_ROLE: usize = 0;
+const B_ROLE: usize = 1;
+
+/// A test row: `roles` roles running `role`, no mm unless `setup` makes
+/// one, the given schedule, short budgets.
+fn test_row<A: Mmu>(
+    name: &'static str,
+    roles: &'static [&'static str],
+    role: fn(&Ctx<A>, usize) -> bool,
+    schedule: fn(&Variant) -> Vec<Step>,
+) -> Scenario<A> {
+    Scenario {
+        name,
+        about: "framework test",
+        roles,
+        variants: &ONE_VARIANT,
+        set_variant: |_| Ok(()),
+        reset: || {},
+        setup: |_| Ok(()),
+        role,
+        detect: |_| None,
+        teardown: |_| {},
+        schedule,
+        delay_points: &[],
+        trace_points: &[],
+        max_delay_ns: 0,
+        budget: Budget {
+            forced_iterations: 1,
+            natural_iterations: 1,
+            natural_time_ns: 5_000_000_000,
+            iteration_timeout_ns: 2_000_000_000,
+        },
+    }
+}
+
+static TWO_ROLES: [&str; 2] = ["A", "B"];
+static ONE_ROLE: [&str; 1] = ["A"];
+
+/// Steps for "A holds at test:a until B has reached test:b".
+fn hold_a_until_b(_: &Variant) -> Vec<Step> {
+    vec![
+        Step::at(A_ROLE, &points::TEST_A),
+        Step::at(B_ROLE, &points::TEST_B),
+        Step::leave(A_ROLE, &points::TEST_A),
+    ]
+}
+
+fn needs(cpus: usize) -> Option<Outcome> {
+    (smp::nr_cpus() < cpus).then_some(Outcome::Skip(if cpus == 2 {
+        "needs 2 or more CPUs"
+    } else {
+        "needs 3 or more CPUs (a controller and two roles)"
+    }))
+}
+
+fn other_cpu(role: usize) -> usize {
+    point::cpu_of(role).expect("role has a CPU")
+}
+
+// ---- cost -------------------------------------------------------------------------
+
+fn unarmed_point_cost<A: Mmu>(_: &Cmdline) -> Outcome {
+    no_leak(|| {
+        const N: u64 = 1_000_000;
+        let p: &'static RacePoint = &points::TEST_C;
+        if p.armed() {
+            return fail("test:c is armed before the test".into());
+        }
+        let flags = A::local_irq_save();
+        let t0 = A::clock_ns();
+        for i in 0..N {
+            core::hint::black_box(i);
+        }
+        let base = A::clock_ns() - t0;
+        let t1 = A::clock_ns();
+        for i in 0..N {
+            race_point::<A>(p, core::hint::black_box(i));
+        }
+        let unarmed = A::clock_ns() - t1;
+        // Armed for tracing only, tracing on: the slow path.
+        point::arm(p, Arming::Trace);
+        trace::set_enabled(true);
+        const M: u64 = 10_000;
+        let t2 = A::clock_ns();
+        for i in 0..M {
+            race_point::<A>(p, core::hint::black_box(i));
+        }
+        let armed = A::clock_ns() - t2;
+        trace::set_enabled(false);
+        point::disarm_all();
+        A::local_irq_restore(flags);
+        let traced = trace::events_of(A::smp_processor_id())
+            .iter()
+            .filter(|e| e.kind == Kind::Point && e.point().is_some_and(|q| core::ptr::eq(q, p)))
+            .count();
+        trace::clear();
+        let per_milli = unarmed.saturating_sub(base) * 1000 / N;
+        diag!(
+            "race_point_unarmed_ns={}.{:03} loop_ns={}.{:03} race_point_armed_trace_ns={}",
+            per_milli / 1000,
+            per_milli % 1000,
+            base * 1000 / N / 1000,
+            base * 1000 / N % 1000,
+            armed / M
+        );
+        if per_milli > 20_000 {
+            return fail(format!(
+                "an unarmed race point costs {} ns (limit 20)",
+                per_milli / 1000
+            ));
+        }
+        if traced != trace::RING_LEN {
+            return fail(format!(
+                "an armed point left {traced} events in a ring of {}",
+                trace::RING_LEN
+            ));
+        }
+        Outcome::Pass
+    })
+}
+
+// ---- forced schedule ----------------------------------------------------------------
+
+/// Each role passes test:a then test:b; A would naturally be first (B
+/// starts 2 ms late), the schedule makes B reach both before A leaves a.
+fn sched_role<A: Mmu>(_: &Ctx<A>, role: usize) -> bool {
+    if role == B_ROLE {
+        time::ndelay::<A>(2_000_000);
+    }
+    race_point::<A>(&points::TEST_A, role as u64);
+    race_point::<A>(&points::TEST_B, role as u64);
+    true
+}
+
+fn sched_steps(_: &Variant) -> Vec<Step> {
+    vec![
+        Step::at(A_ROLE, &points::TEST_A),
+        Step::at(B_ROLE, &points::TEST_A),
+        Step::at(B_ROLE, &points::TEST_B),
+        Step::leave(A_ROLE, &points::TEST_A),
+        Step::at(A_ROLE, &points::TEST_B),
+    ]
+}
+
+fn forced_schedule_followed<A: Mmu>(_: &Cmdline) -> Outcome {
+    if let Some(o) = needs(3) {
+        return o;
+    }
+    no_leak(|| {
+        let s = test_row::<A>("sched", &TWO_ROLES, sched_role::<A>, sched_steps);
+        let r = scenario::run(&s, &ONE_VARIANT[0], Mode::Forced, 1, None);
+        let steps = sched_steps(&ONE_VARIANT[0]);
+        let events = trace::snapshot(trace::RING_LEN);
+        let taken: Vec<(usize, u64)> = events
+            .iter()
+            .filter(|e| e.kind == Kind::Step)
+            .map(|e| (e.cpu, e.b))
+            .collect();
+        let want: Vec<(usize, u64)> = steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.role + 1, i as u64))
+            .collect();
+        let hits: Vec<String> = events
+            .iter()
+            .filter(|e| e.kind == Kind::Point)
+            .map(|e| format!("cpu{}:{}", e.cpu, e.point().map_or("?", |p| p.name)))
+            .collect();
+        diag!(
+            "steps_taken={taken:?} points_in_time_order={}",
+            hits.join(",")
+        );
+        if r.outcome != RaceOutcome::Clean || r.failed() {
+            return fail(format!("outcome {:?} ({:?})", r.outcome, r.state_error));
+        }
+        if taken != want {
+            return fail(format!("steps taken {taken:?}, schedule {want:?}"));
+        }
+        // B's arrival at test:b precedes A's leaving test:a in wall time too.
+        let t_of = |cpu: usize, idx: u64| {
+            events
+                .iter()
+                .find(|e| e.kind == Kind::Step && e.cpu == cpu && e.b == idx)
+                .map(|e| e.t)
+        };
+        match (t_of(2, 2), t_of(1, 3)) {
+            (Some(b), Some(a)) if b <= a => Outcome::Pass,
+            other => fail(format!("step times {other:?}")),
+        }
+    })
+}
+
+// ---- interrupts off while waiting -----------------------------------------------------
+
+fn noop(_: usize) {}
+
+/// A: interrupts off, holds at test:a. B: once A is there, sends A an IPI,
+/// watches A not take it for 20 ms, reads the IPI pending from the hardware,
+/// then releases A at test:b.
+fn irqs_role<A: Mmu>(ctx: &Ctx<A>, role: usize) -> bool {
+    if role == A_ROLE {
+        let flags = A::local_irq_save();
+        ctx.word[0].store(1, Ordering::Release);
+        race_point::<A>(&points::TEST_A, 0);
+        ctx.word[4].store(A::irqs_disabled() as u64, Ordering::Release);
+        ctx.word[5].store(
+            percpu::this_cpu::<A>().ipis.load(Ordering::Acquire),
+            Ordering::Release,
+        );
+        A::local_irq_restore(flags);
+        return true;
+    }
+    let a = other_cpu(A_ROLE);
+    while ctx.word[0].load(Ordering::Acquire) == 0 {
+        A::cpu_relax();
+    }
+    // A is at the point or about to be; give it time to start waiting.
+    time::ndelay::<A>(1_000_000);
+    let ipis = &percpu::per_cpu(a).ipis;
+    let before = ipis.load(Ordering::Acquire);
+    let sent_at = A::clock_ns();
+    smp::smp_call_function_single::<A>(a, noop, 0, false);
+    time::ndelay::<A>(20_000_000);
+    let during = ipis.load(Ordering::Acquire);
+    // The hardware's view: remotely where it can be read, else A's own
+    // sample taken after the IPI was sent.
+    let pending = match A::ipi_pending(a) {
+        Some(p) => p,
+        None => waitfor::ipi_sample(a).is_some_and(|(p, t)| p && t > sent_at),
+    };
+    ctx.word[1].store(before, Ordering::Release);
+    ctx.word[2].store(during, Ordering::Release);
+    ctx.word[3].store(pending as u64, Ordering::Release);
+    race_point::<A>(&points::TEST_B, 0);
+    true
+}
+
+fn waiter_keeps_irqs_off<A: Mmu>(_: &Cmdline) -> Outcome {
+    if let Some(o) = needs(3) {
+        return o;
+    }
+    no_leak(|| {
+        static WORDS: [core::sync::atomic::AtomicU64; 6] =
+            [const { core::sync::atomic::AtomicU64::new(0) }; 6];
+        let mut s = test_row::<A>("irqs", &TWO_ROLES, irqs_role::<A>, hold_a_until_b);
+        s.detect = |ctx| {
+            for (i, w) in WORDS.iter().enumerate() {
+                w.store(ctx.word[i].load(Ordering::Acquire), Ordering::Relaxed);
+            }
+            None
+        };
+        let changes = point::irq_state_changes();
+        let r = scenario::run(&s, &ONE_VARIANT[0], Mode::Forced, 1, None);
+        let w: Vec<u64> = WORDS.iter().map(|w| w.load(Ordering::Relaxed)).collect();
+        let a = 1;
+        let after = percpu::per_cpu(a).ipis.load(Ordering::Acquire);
+        diag!(
+            "ipis_before={} ipis_after_20ms_wait={} ipi_pending_in_hw={} irqs_off_at_leave={} ipis_at_leave={} ipis_later={after}",
+            w[1], w[2], w[3], w[4], w[5]
+        );
+        if r.outcome != RaceOutcome::Clean || r.failed() {
+            return fail(format!("outcome {:?} ({:?})", r.outcome, r.state_error));
+        }
+        if w[2] != w[1] || w[5] != w[1] {
+            return fail(format!(
+                "cpu{a} took an IPI while it waited with interrupts off ({} -> {} -> {})",
+                w[1], w[2], w[5]
+            ));
+        }
+        if w[3] != 1 {
+            return fail("the interrupt hardware did not show the IPI pending".into());
+        }
+        if w[4] != 1 || point::irq_state_changes() != changes {
+            return fail("interrupts were enabled while the CPU waited at the point".into());
+        }
+        if after <= w[5] {
+            return fail("the held IPI was never taken after the point".into());
+        }
+        Outcome::Pass
+    })
+}
+
+// ---- natural mode ---------------------------------------------------------------------
+
+const NATURAL_HITS: u64 = 32;
+const NATURAL_MAX_NS: u64 = 5_000;
+static NATURAL_DELAY: [&RacePoint; 1] = [&points::TEST_A];
+
+fn natural_role<A: Mmu>(_: &Ctx<A>, _: usize) -> bool {
+    for i in 0..NATURAL_HITS {
+        race_point::<A>(&points::TEST_A, i);
+    }
+    true
+}
+
+/// The delays of the last iteration, from CPU 1's trace ring.
+fn natural_delays<A: Mmu>(seed: u64) -> Result<Vec<u64>, Outcome> {
+    let mut s = test_row::<A>("natural", &ONE_ROLE, natural_role::<A>, |_| Vec::new());
+    s.delay_points = &NATURAL_DELAY;
+    s.max_delay_ns = NATURAL_MAX_NS;
+    let r = scenario::run(&s, &ONE_VARIANT[0], Mode::Natural, seed, Some(2));
+    if r.outcome != RaceOutcome::Clean || r.failed() || r.iterations != 2 {
+        return Err(fail(format!(
+            "natural run: {:?} after {} iterations ({:?})",
+            r.outcome, r.iterations, r.state_error
+        )));
+    }
+    Ok(trace::events_of(1)
+        .iter()
+        .filter(|e| e.kind == Kind::Delay)
+        .map(|e| e.b)
+        .collect())
+}
+
+fn natural_seed_repeats<A: Mmu>(_: &Cmdline) -> Outcome {
+    if let Some(o) = needs(2) {
+        return o;
+    }
+    no_leak(|| {
+        const SEED: u64 = 0x1234_5678;
+        let first = match natural_delays::<A>(SEED) {
+            Ok(d) => d,
+            Err(o) => return o,
+        };
+        // The rings now hold the second run's last iteration: the delays as
+        // taken, with time stamps.
+        let again = match natural_delays::<A>(SEED) {
+            Ok(d) => d,
+            Err(o) => return o,
+        };
+        let events = trace::events_of(1);
+        let other = match natural_delays::<A>(SEED + 1) {
+            Ok(d) => d,
+            Err(o) => return o,
+        };
+        let expect: Vec<u64> = (0..NATURAL_HITS)
+            .map(|k| point::delay_for(SEED, 1, 0, &points::TEST_A, k, NATURAL_MAX_NS))
+            .collect();
+        let total: u64 = first.iter().sum();
+        diag!(
+            "seed={SEED:#x} delays={} total_delay_ns={total} first={:?}",
+            first.len(),
+            &first[..4.min(first.len())]
+        );
+        if first != expect {
+            return fail(format!(
+                "delays {first:?} differ from the seed's {expect:?}"
+            ));
+        }
+        if again != first {
+            return fail("the same seed gave other delays".into());
+        }
+        if other == first {
+            return fail("another seed gave the same delays".into());
+        }
+        // Each delay was really waited: the next point came at least that late.
+        let delays: Vec<&trace::Event> = events.iter().filter(|e| e.kind == Kind::Delay).collect();
+        for w in delays.windows(2) {
+            if w[1].t - w[0].t < w[0].b {
+                return fail(format!(
+                    "a delay of {} ns lasted {} ns",
+                    w[0].b,
+                    w[1].t - w[0].t
+                ));
+            }
+        }
+        Outcome::Pass
+    })
+}
+
+// ---- trace rings ------------------------------------------------------------------------
+
+/// A stores to its page (a fault), then holds at test:a with interrupts on.
+/// B reaches test:b, zaps the page (MADV_DONTNEED: PTE clear, then the
+/// gather's flush), and only after the flush A goes on.
+fn trace_role<A: Mmu>(ctx: &Ctx<A>, role: usize) -> bool {
+    if role == A_ROLE {
+        // SAFETY: the CPU runs the iteration's mm (the runner's `use_mm`),
+        // where `ctx.addr` is a writable anonymous page.
+        unsafe { core::ptr::write_volatile(ctx.addr as *mut u64, 0x7ace) };
+        trace::mark(&points::TEST_C, 0x7ace);
+        race_point::<A>(&points::TEST_A, ctx.addr);
+        return true;
+    }
+    race_point::<A>(&points::TEST_B, ctx.addr);
+    let mm = ctx.mm.as_deref().expect("an mm");
+    memory::madvise_dontneed(mm, ctx.addr, PAGE_SIZE).is_ok()
+}
+
+fn trace_steps(_: &Variant) -> Vec<Step> {
+    vec![
+        Step::at(A_ROLE, &points::TEST_A),
+        Step::at(B_ROLE, &points::TEST_B),
+        Step::at(B_ROLE, &points::ZAP_AFTER_PTE_CLEAR),
+        Step::at(B_ROLE, &points::GATHER_AFTER_FLUSH),
+        Step::leave(A_ROLE, &points::TEST_A),
+    ]
+}
+
+fn mm_setup<A: Mmu>(ctx: &mut Ctx<A>) -> Result<(), String> {
+    let mm = crate::mm::selftest::new_mm::<A>().map_err(|_| String::from("no memory for an mm"))?;
+    memory::mmap_anon(&mm, A::TASK_BASE, PAGE_SIZE, VmFlags::RW, false)
+        .map_err(|e| format!("mmap: {e:?}"))?;
+    ctx.addr = A::TASK_BASE;
+    ctx.mm = Some(mm);
+    Ok(())
+}
+
+fn trace_merge_in_time_order<A: Mmu>(_: &Cmdline) -> Outcome {
+    if let Some(o) = needs(3) {
+        return o;
+    }
+    no_leak(|| {
+        let mut s = test_row::<A>("trace", &TWO_ROLES, trace_role::<A>, trace_steps);
+        s.setup = mm_setup::<A>;
+        let r = scenario::run(&s, &ONE_VARIANT[0], Mode::Forced, 1, None);
+        if r.outcome != RaceOutcome::Clean || r.failed() {
+            return fail(format!("outcome {:?} ({:?})", r.outcome, r.state_error));
+        }
+        let events = trace::snapshot(trace::RING_LEN);
+        trace::print(&events, |cpu| match cpu {
+            1 => Some("A"),
+            2 => Some("B"),
+            _ => None,
+        });
+        if events.windows(2).any(|w| w[0].t > w[1].t) {
+            return fail("merged events are not in time order".into());
+        }
+        let find = |cpu: usize, k: Kind| events.iter().find(|e| e.cpu == cpu && e.kind == k);
+        let (Some(fault), Some(mark), Some(flush)) = (
+            find(1, Kind::Fault),
+            find(1, Kind::Mark),
+            find(2, Kind::FlushIssue),
+        ) else {
+            return fail("a fault on A, its mark and a flush on B must be in the rings".into());
+        };
+        let leave = events
+            .iter()
+            .find(|e| e.kind == Kind::Step && e.cpu == 1 && e.b == 4);
+        let Some(leave) = leave else {
+            return fail("A's leaving step is not in the ring".into());
+        };
+        if !(fault.t <= mark.t && mark.t <= flush.t && flush.t <= leave.t) {
+            return fail("fault, mark, B's flush and A's leaving are out of order".into());
+        }
+        // Who else saw the flush depends on the hardware: an IPI shootdown
+        // reaches A (interrupts on at its point) before it leaves; a
+        // broadcast invalidation sends nothing.
+        let strategy = tlbflush::flush_strategy::<A>();
+        let recv = find(1, Kind::FlushRecv);
+        let sent = find(2, Kind::FlushIpiSent).or(find(2, Kind::FlushNmiSent));
+        diag!(
+            "events={} flush_strategy={} flush_ipi_sent={} flush_served_by_A={}",
+            events.len(),
+            strategy.name(),
+            sent.is_some(),
+            recv.is_some()
+        );
+        match (strategy.is_broadcast(), sent, recv) {
+            (true, None, None) => Outcome::Pass,
+            (false, Some(s), Some(rv)) if s.t <= rv.t && rv.t <= leave.t => Outcome::Pass,
+            _ => fail(format!(
+                "flush events do not match the {} strategy",
+                strategy.name()
+            )),
+        }
+    })
+}
+
+// ---- the prover ---------------------------------------------------------------------------
+
+fn check_impossible(r: &scenario::Report, evidence: &str) -> Outcome {
+    let cycle = r.cycle.clone().unwrap_or_default();
+    diag!("outcome={} cycle=\"{cycle}\"", r.outcome.word());
+    if r.failed() {
+        return fail(format!("run failed: {:?} {:?}", r.outcome, r.state_error));
+    }
+    if r.outcome != RaceOutcome::Impossible {
+        return fail(format!("outcome {:?}, expected impossible", r.outcome));
+    }
+    if !cycle.contains(evidence) || !cycle.contains("waits at a race point") {
+        return fail(format!("the cycle lacks '{evidence}': {cycle}"));
+    }
+    Outcome::Pass
+}
+
+/// A: interrupts off at test:a until B reaches test:b; B first waits for a
+/// cross-CPU call on A.
+fn ipi_cycle_role<A: Mmu>(ctx: &Ctx<A>, role: usize) -> bool {
+    if role == A_ROLE {
+        let flags = A::local_irq_save();
+        ctx.word[0].store(1, Ordering::Release);
+        race_point::<A>(&points::TEST_A, 0);
+        A::local_irq_restore(flags);
+        return true;
+    }
+    while ctx.word[0].load(Ordering::Acquire) == 0 {
+        A::cpu_relax();
+    }
+    smp::smp_call_function_single::<A>(other_cpu(A_ROLE), noop, 0, true);
+    race_point::<A>(&points::TEST_B, 0);
+    true
+}
+
+fn impossible_ipi_cycle<A: Mmu>(_: &Cmdline) -> Outcome {
+    if let Some(o) = needs(3) {
+        return o;
+    }
+    no_leak(|| {
+        let s = test_row::<A>("ipi-cycle", &TWO_ROLES, ipi_cycle_role::<A>, hold_a_until_b);
+        let r = scenario::run(&s, &ONE_VARIANT[0], Mode::Forced, 1, None);
+        check_impossible(&r, "the IPI is pending on cpu1")
+    })
+}
+
+/// A holds the PTL of its page's table at test:a; B zaps the page
+/// (MADV_DONTNEED), which needs that PTL, before test:b.
+fn ptl_cycle_role<A: Mmu>(ctx: &Ctx<A>, role: usize) -> bool {
+    let mm = ctx.mm.as_deref().expect("an mm");
+    if role == A_ROLE {
+        let Some(ptep) = pgtable::follow_pte(mm, ctx.addr) else {
+            return false;
+        };
+        let ptl = memory::pte_lockptr(ptep).lock();
+        ctx.word[0].store(1, Ordering::Release);
+        race_point::<A>(&points::TEST_A, ctx.addr);
+        drop(ptl);
+        return true;
+    }
+    while ctx.word[0].load(Ordering::Acquire) == 0 {
+        A::cpu_relax();
+    }
+    let ok = memory::madvise_dontneed(mm, ctx.addr, PAGE_SIZE).is_ok();
+    race_point::<A>(&points::TEST_B, ctx.addr);
+    ok
+}
+
+fn impossible_ptl_cycle<A: Mmu>(_: &Cmdline) -> Outcome {
+    if let Some(o) = needs(3) {
+        return o;
+    }
+    no_leak(|| {
+        let mut s = test_row::<A>("ptl-cycle", &TWO_ROLES, ptl_cycle_role::<A>, hold_a_until_b);
+        s.setup = |ctx| {
+            mm_setup::<A>(ctx)?;
+            let mm = ctx.mm.as_deref().expect("an mm");
+            // The page's PTE table, populated from the controller.
+            crate::mm::pgtable::pte_alloc_walk(mm, ctx.addr)
+                .map(|_| ())
+                .ok_or_else(|| String::from("no memory for a table"))
+        };
+        let r = scenario::run(&s, &ONE_VARIANT[0], Mode::Forced, 1, None);
+        check_impossible(&r, "spins on PTL")
+    })
+}
+
+/// A: interrupts off at test:a; B waits for an RCU grace period first.
+fn rcu_cycle_role<A: Mmu>(ctx: &Ctx<A>, role: usize) -> bool {
+    if role == A_ROLE {
+        let flags = A::local_irq_save();
+        ctx.word[0].store(1, Ordering::Release);
+        race_point::<A>(&points::TEST_A, 0);
+        A::local_irq_restore(flags);
+        return true;
+    }
+    while ctx.word[0].load(Ordering::Acquire) == 0 {
+        A::cpu_relax();
+    }
+    crate::rcu::synchronize_rcu::<A>();
+    race_point::<A>(&points::TEST_B, 0);
+    true
+}
+
+fn impossible_rcu_cycle<A: Mmu>(_: &Cmdline) -> Outcome {
+    if let Some(o) = needs(3) {
+        return o;
+    }
+    no_leak(|| {
+        let s = test_row::<A>("rcu-cycle", &TWO_ROLES, rcu_cycle_role::<A>, hold_a_until_b);
+        let r = scenario::run(&s, &ONE_VARIANT[0], Mode::Forced, 1, None);
+        check_impossible(&r, "waits for RCU grace period")
+    })
+}
+
+/// A: interrupts off at test:a until B reaches test:b. B sends A an IPI
+/// without waiting for it and never goes to test:b: A waits for ever, but
+/// nobody waits for A — no cycle, a hang.
+fn hang_role<A: Mmu>(ctx: &Ctx<A>, role: usize) -> bool {
+    if role == A_ROLE {
+        let flags = A::local_irq_save();
+        ctx.word[0].store(1, Ordering::Release);
+        race_point::<A>(&points::TEST_A, 0);
+        A::local_irq_restore(flags);
+        return true;
+    }
+    while ctx.word[0].load(Ordering::Acquire) == 0 {
+        A::cpu_relax();
+    }
+    smp::smp_call_function_single::<A>(other_cpu(A_ROLE), noop, 0, false);
+    true
+}
+
+fn hang_without_cycle<A: Mmu>(_: &Cmdline) -> Outcome {
+    if let Some(o) = needs(3) {
+        return o;
+    }
+    no_leak(|| {
+        let mut s = test_row::<A>("hang", &TWO_ROLES, hang_role::<A>, hold_a_until_b);
+        s.budget.iteration_timeout_ns = 300_000_000;
+        let t0 = A::clock_ns();
+        let r = scenario::run(&s, &ONE_VARIANT[0], Mode::Forced, 1, None);
+        let ms = (A::clock_ns() - t0) / 1_000_000;
+        let edges = r.hang_edges.clone().unwrap_or_default();
+        diag!(
+            "outcome={} after_ms={ms} edges=\"{edges}\"",
+            r.outcome.word()
+        );
+        if r.outcome != RaceOutcome::Hang || r.cycle.is_some() {
+            return fail(format!(
+                "outcome {:?} cycle {:?}, expected hang",
+                r.outcome, r.cycle
+            ));
+        }
+        if r.state_error.is_some() {
+            return fail(format!("state after the hang: {:?}", r.state_error));
+        }
+        if !edges.contains("cpu1 -> cpu2") || edges.contains("cpu2 -> cpu1") {
+            return fail(format!("wait-for edges {edges}"));
+        }
+        if ms < 300 {
+            return fail(format!("declared a hang after {ms} ms, budget 300"));
+        }
+        Outcome::Pass
+    })
+}
+
+// ---- detector and report --------------------------------------------------------------------
+
+fn detector_race_report<A: Mmu>(_: &Cmdline) -> Outcome {
+    if let Some(o) = needs(3) {
+        return o;
+    }
+    no_leak(|| {
+        let mut s = super::demo::scenario::<A>();
+        s.budget.forced_iterations = 1;
+        let buggy = &s.variants[0];
+        let fixed = &s.variants[1];
+        let bad_before = page_alloc::nr_bad_pages();
+        let r = scenario::run(&s, buggy, Mode::Forced, 7, None);
+        scenario::print_report(s.name, buggy.name, Mode::Forced, &r);
+        let Some(f) = r.finding.clone() else {
+            return fail(format!("buggy forced: {:?}, no finding", r.outcome));
+        };
+        let events = trace::snapshot(trace::RING_LEN);
+        let steps = events.iter().filter(|e| e.kind == Kind::Step).count();
+        diag!(
+            "invariant=\"{}\" pfn={:#x} steps_in_report={steps} bad_pages={}",
+            f.invariant,
+            f.pfn.unwrap_or(0),
+            page_alloc::nr_bad_pages() - bad_before
+        );
+        if r.outcome != RaceOutcome::Bug || r.hits != 1 || r.failed() {
+            return fail(format!(
+                "buggy forced: {:?} hits {} ({:?})",
+                r.outcome, r.hits, r.state_error
+            ));
+        }
+        if !f.invariant.contains("bad_flags=0x1(locked)") || f.pfn.is_none() {
+            return fail(format!("finding {f:?}"));
+        }
+        if steps != 4 {
+            return fail(format!("{steps} schedule steps in the rings, expected 4"));
+        }
+        let r = scenario::run(&s, fixed, Mode::Forced, 7, None);
+        scenario::print_report(s.name, fixed.name, Mode::Forced, &r);
+        if r.outcome != RaceOutcome::Clean || r.failed() {
+            return fail(format!(
+                "fixed forced: {:?} ({:?})",
+                r.outcome, r.state_error
+            ));
+        }
+        let r = scenario::run(&s, fixed, Mode::Natural, 7, Some(200));
+        scenario::print_report(s.name, fixed.name, Mode::Natural, &r);
+        if r.outcome != RaceOutcome::Clean || r.failed() || r.iterations != 200 {
+            return fail(format!(
+                "fixed natural: {:?} ({:?})",
+                r.outcome, r.state_error
+            ));
+        }
+        Outcome::Pass
+    })
+}
+
+/// A row whose teardown forgets a frame: the state check must say so.
+fn state_check_catches_leak<A: Mmu>(_: &Cmdline) -> Outcome {
+    if let Some(o) = needs(2) {
+        return o;
+    }
+    no_leak(|| {
+        let mut s = test_row::<A>("leak", &ONE_ROLE, |_, _| true, |_| Vec::new());
+        s.setup = |ctx| {
+            let p = page_alloc::alloc_page().ok_or_else(|| String::from("out of memory"))?;
+            ctx.pfns.push(crate::mm::page::page_to_pfn(p));
+            LEAKED.store(ctx.pfns[0], Ordering::Release);
+            Ok(())
+        };
+        static LEAKED: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+        let r = scenario::run(&s, &ONE_VARIANT[0], Mode::Natural, 1, Some(3));
+        // Give the frame back ourselves.
+        crate::mm::page::put_page(crate::mm::page::pfn_to_page(LEAKED.load(Ordering::Acquire)));
+        let err = r.state_error.clone().unwrap_or_default();
+        diag!("state_error=\"{err}\" iterations={}", r.iterations);
+        if !err.contains("1 frames leaked") || r.iterations != 1 {
+            return fail(format!("the leak was not caught: {r:?}"));
+        }
+        Outcome::Pass
+    })
+}

@@ -1,0 +1,468 @@
+//! The wait-for graph, read from live state, and the `impossible` prover.
+//!
+//! A CPU that spins for another CPU says what it waits for in its per-CPU
+//! wait record ([`begin`] / [`end`]):
+//! - at an armed race point, for the CPU whose schedule step is current
+//!   ([`Wait::Step`]);
+//! - for cross-CPU calls or TLB-flush acknowledgements from a set of CPUs
+//!   ([`Wait::IpiAck`]; `smp_call_function*` with wait, the x86-64 shootdown);
+//! - for a page-table lock ([`Wait::Lock`]; the lock records its owner,
+//!   [`ptl_acquired`]);
+//! - for an RCU grace period ([`Wait::Gp`]; `synchronize_rcu`).
+//!
+//! [`graph`] turns the records into edges, each confirmed from the hardware
+//! or the lock and RCU state at the time of reading, never from a time-out:
+//! - `Step`: the waiter → the CPU that runs the role of the current step;
+//! - `IpiAck`: the waiter → each target on which an IPI is pending, as the
+//!   interrupt hardware says ([`crate::Arch::ipi_pending`]: x86-64 LAPIC IRR,
+//!   s390x SIGP SENSE). Where only the target itself can read it (x86-64),
+//!   the target samples it while it waits at a race point ([`sample_ipi`]);
+//!   a sample taken before the waiter began waiting does not count;
+//! - `Lock`: the waiter → the lock's recorded owner;
+//! - `Gp`: the waiter → every online CPU that has not reported a quiescent
+//!   state for the running grace period ([`crate::rcu::gp_waiting_on`]).
+//!
+//! A cycle in that graph ([`find_cycle`]) is a deadlock no schedule can get
+//! out of: the outcome `impossible`. A time-out without one is `hang`.
+//!
+//! Invariants: a CPU writes only its own wait record; records nest (an
+//! interrupt handler that waits saves and restores the interrupted record);
+//! a lock's owner is set after it is taken and cleared before it is released.
+
+use crate::NR_CPUS;
+use alloc::{format, string::String, vec::Vec};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+
+/// What a CPU waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wait {
+    /// At a race point, for schedule step `index` to become current.
+    Step {
+        /// The step the waiter takes next.
+        index: usize,
+    },
+    /// For every CPU of `mask` to take an IPI and acknowledge.
+    IpiAck {
+        /// CPUs not acknowledged yet.
+        mask: u64,
+    },
+    /// For the PTL with hash index `idx`.
+    Lock {
+        /// Index of the lock in the PTL table.
+        idx: usize,
+    },
+    /// For RCU grace period `gp` to end.
+    Gp {
+        /// The grace period's number.
+        gp: u64,
+    },
+}
+
+const NONE: u8 = 0;
+const STEP: u8 = 1;
+const IPI_ACK: u8 = 2;
+const LOCK: u8 = 3;
+const GP: u8 = 4;
+
+impl Wait {
+    fn encode(self) -> (u8, u64) {
+        match self {
+            Wait::Step { index } => (STEP, index as u64),
+            Wait::IpiAck { mask } => (IPI_ACK, mask),
+            Wait::Lock { idx } => (LOCK, idx as u64),
+            Wait::Gp { gp } => (GP, gp),
+        }
+    }
+
+    fn decode(kind: u8, arg: u64) -> Option<Self> {
+        match kind {
+            STEP => Some(Wait::Step {
+                index: arg as usize,
+            }),
+            IPI_ACK => Some(Wait::IpiAck { mask: arg }),
+            LOCK => Some(Wait::Lock { idx: arg as usize }),
+            GP => Some(Wait::Gp { gp: arg }),
+            _ => None,
+        }
+    }
+}
+
+#[repr(C, align(64))]
+struct Record {
+    kind: AtomicU8,
+    irqs_off: AtomicBool,
+    arg: AtomicU64,
+    since: AtomicU64,
+    /// 0 never sampled, 1 no IPI pending, 2 an IPI pending.
+    ipi_sample: AtomicU8,
+    ipi_sample_t: AtomicU64,
+}
+
+static RECORDS: [Record; NR_CPUS] = [const {
+    Record {
+        kind: AtomicU8::new(NONE),
+        irqs_off: AtomicBool::new(false),
+        arg: AtomicU64::new(0),
+        since: AtomicU64::new(0),
+        ipi_sample: AtomicU8::new(0),
+        ipi_sample_t: AtomicU64::new(0),
+    }
+}; NR_CPUS];
+
+/// The record a [`begin`] replaced, for [`end`].
+#[must_use = "a wait record must be ended"]
+pub struct Saved {
+    cpu: usize,
+    kind: u8,
+    arg: u64,
+    since: u64,
+    irqs_off: bool,
+}
+
+/// `cpu` (the caller) starts waiting for `w`, with interrupts off or on.
+pub fn begin(cpu: usize, w: Wait, irqs_off: bool) -> Saved {
+    let r = &RECORDS[cpu];
+    let saved = Saved {
+        cpu,
+        kind: r.kind.load(Ordering::Relaxed),
+        arg: r.arg.load(Ordering::Relaxed),
+        since: r.since.load(Ordering::Relaxed),
+        irqs_off: r.irqs_off.load(Ordering::Relaxed),
+    };
+    let (kind, arg) = w.encode();
+    r.kind.store(NONE, Ordering::Release);
+    r.arg.store(arg, Ordering::Relaxed);
+    r.irqs_off.store(irqs_off, Ordering::Relaxed);
+    r.since.store(super::clock_ns(), Ordering::Relaxed);
+    r.kind.store(kind, Ordering::Release);
+    saved
+}
+
+/// Updates the mask of an [`Wait::IpiAck`] wait as acknowledgements arrive.
+pub fn update_mask(cpu: usize, mask: u64) {
+    RECORDS[cpu].arg.store(mask, Ordering::Release);
+}
+
+/// Ends the wait begun by the [`begin`] that returned `saved`.
+pub fn end(saved: Saved) {
+    let r = &RECORDS[saved.cpu];
+    r.kind.store(NONE, Ordering::Release);
+    r.arg.store(saved.arg, Ordering::Relaxed);
+    r.since.store(saved.since, Ordering::Relaxed);
+    r.irqs_off.store(saved.irqs_off, Ordering::Relaxed);
+    r.kind.store(saved.kind, Ordering::Release);
+}
+
+/// What `cpu` waits for now, whether it has interrupts off, and since when.
+pub fn waiting(cpu: usize) -> Option<(Wait, bool, u64)> {
+    let r = &RECORDS[cpu];
+    let kind = r.kind.load(Ordering::Acquire);
+    Wait::decode(kind, r.arg.load(Ordering::Acquire)).map(|w| {
+        (
+            w,
+            r.irqs_off.load(Ordering::Relaxed),
+            r.since.load(Ordering::Relaxed),
+        )
+    })
+}
+
+/// CPUs that have a wait record now (for the state checks between runs).
+pub fn waiting_cpus() -> u64 {
+    (0..NR_CPUS)
+        .filter(|&c| RECORDS[c].kind.load(Ordering::Acquire) != NONE)
+        .fold(0, |m, c| m | 1 << c)
+}
+
+/// The calling CPU (`cpu`) publishes whether an IPI is pending on it, as its
+/// interrupt hardware says now. Called while it waits at a race point.
+pub fn sample_ipi<A: crate::Arch>(cpu: usize) {
+    if let Some(pending) = A::ipi_pending(cpu) {
+        let r = &RECORDS[cpu];
+        r.ipi_sample.store(1 + pending as u8, Ordering::Relaxed);
+        r.ipi_sample_t.store(A::clock_ns(), Ordering::Release);
+    }
+}
+
+/// The latest IPI sample `cpu` published ([`sample_ipi`]): whether an IPI
+/// was pending, and when it was read.
+pub fn ipi_sample(cpu: usize) -> Option<(bool, u64)> {
+    let r = &RECORDS[cpu];
+    match r.ipi_sample.load(Ordering::Acquire) {
+        0 => None,
+        v => Some((v == 2, r.ipi_sample_t.load(Ordering::Acquire))),
+    }
+}
+
+// ---- PTL owners ---------------------------------------------------------------
+
+/// Number of split PTLs (`memory::pte_lockptr` hashes into this many).
+pub const NR_PTL: usize = 256;
+
+/// Owner + 1 of each PTL, 0 when free.
+static PTL_OWNER: [AtomicUsize; NR_PTL] = [const { AtomicUsize::new(0) }; NR_PTL];
+
+/// PTL `idx` was taken by `cpu`.
+pub fn ptl_acquired(idx: usize, cpu: usize) {
+    PTL_OWNER[idx].store(cpu + 1, Ordering::Release);
+}
+
+/// PTL `idx` is about to be released.
+pub fn ptl_released(idx: usize) {
+    PTL_OWNER[idx].store(0, Ordering::Release);
+}
+
+/// The CPU holding PTL `idx`, if any.
+pub fn ptl_owner(idx: usize) -> Option<usize> {
+    PTL_OWNER[idx].load(Ordering::Acquire).checked_sub(1)
+}
+
+/// PTLs held now (for the state checks between runs).
+pub fn ptls_held() -> usize {
+    PTL_OWNER
+        .iter()
+        .filter(|o| o.load(Ordering::Acquire) != 0)
+        .count()
+}
+
+// ---- the graph ------------------------------------------------------------------
+
+/// Why one CPU waits for another, with the live evidence.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Why {
+    /// The waiter's schedule step comes after the other CPU's current step.
+    Schedule {
+        /// The waiter's step.
+        waits_for_step: usize,
+        /// The current step, which the other CPU must take.
+        current: usize,
+    },
+    /// An IPI to the other CPU is pending in its interrupt hardware.
+    IpiPending {
+        /// Where the evidence came from.
+        read_by: &'static str,
+        /// The other CPU's interrupts are off (from its own wait record).
+        target_irqs_off: bool,
+    },
+    /// The other CPU owns the PTL the waiter spins on.
+    PtlOwner {
+        /// The lock.
+        idx: usize,
+    },
+    /// The grace period the waiter needs waits for the other CPU.
+    RcuGp {
+        /// The grace period.
+        gp: u64,
+    },
+}
+
+/// One edge: `from` waits for `to`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Edge {
+    /// The waiting CPU.
+    pub from: usize,
+    /// The CPU it waits for.
+    pub to: usize,
+    /// Why, with the evidence.
+    pub why: Why,
+}
+
+impl core::fmt::Display for Edge {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "cpu{} -> cpu{}: ", self.from, self.to)?;
+        match &self.why {
+            Why::Schedule {
+                waits_for_step,
+                current,
+            } => write!(
+                f,
+                "waits at a race point for step {waits_for_step}; step {current} is cpu{}'s",
+                self.to
+            ),
+            Why::IpiPending {
+                read_by,
+                target_irqs_off,
+            } => write!(
+                f,
+                "waits for an IPI acknowledgement; the IPI is pending on cpu{} ({read_by}), its interrupts {}",
+                self.to,
+                if *target_irqs_off { "off" } else { "on" }
+            ),
+            Why::PtlOwner { idx } => write!(f, "spins on PTL {idx}, owned by cpu{}", self.to),
+            Why::RcuGp { gp } => write!(
+                f,
+                "waits for RCU grace period {gp}, which waits for cpu{}'s quiescent state",
+                self.to
+            ),
+        }
+    }
+}
+
+/// The wait-for graph as it is now. `step_cpu(i)` is the CPU that takes
+/// schedule step `i`; `current_step` the step the schedule is at.
+pub fn graph<A: crate::Arch>(
+    nr_cpus: usize,
+    current_step: usize,
+    step_cpu: impl Fn(usize) -> Option<usize>,
+) -> Vec<Edge> {
+    let mut edges = Vec::new();
+    for cpu in 0..nr_cpus.min(NR_CPUS) {
+        let Some((w, _, since)) = waiting(cpu) else {
+            continue;
+        };
+        match w {
+            Wait::Step { index } => {
+                if let Some(to) = step_cpu(current_step).filter(|&to| to != cpu) {
+                    if index > current_step {
+                        edges.push(Edge {
+                            from: cpu,
+                            to,
+                            why: Why::Schedule {
+                                waits_for_step: index,
+                                current: current_step,
+                            },
+                        });
+                    }
+                }
+            }
+            Wait::IpiAck { mask } => {
+                for to in (0..nr_cpus).filter(|&t| t != cpu && mask & (1 << t) != 0) {
+                    let (pending, read_by) = match A::ipi_pending(to) {
+                        Some(p) => (p, "read remotely from the interrupt hardware"),
+                        None => {
+                            let r = &RECORDS[to];
+                            let fresh = r.ipi_sample_t.load(Ordering::Acquire) > since;
+                            (
+                                fresh && r.ipi_sample.load(Ordering::Relaxed) == 2,
+                                "read by the target from its own interrupt hardware",
+                            )
+                        }
+                    };
+                    let target_irqs_off = waiting(to).is_some_and(|(_, off, _)| off);
+                    if pending && target_irqs_off {
+                        edges.push(Edge {
+                            from: cpu,
+                            to,
+                            why: Why::IpiPending {
+                                read_by,
+                                target_irqs_off,
+                            },
+                        });
+                    }
+                }
+            }
+            Wait::Lock { idx } => {
+                if let Some(to) = ptl_owner(idx).filter(|&o| o != cpu) {
+                    edges.push(Edge {
+                        from: cpu,
+                        to,
+                        why: Why::PtlOwner { idx },
+                    });
+                }
+            }
+            Wait::Gp { gp } => {
+                if let Some((running, mask)) = crate::rcu::gp_waiting_on::<A>() {
+                    if running <= gp {
+                        for to in (0..nr_cpus).filter(|&t| t != cpu && mask & (1 << t) != 0) {
+                            edges.push(Edge {
+                                from: cpu,
+                                to,
+                                why: Why::RcuGp { gp: running },
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+    edges
+}
+
+/// A cycle in `edges`, as its edges in order, if there is one.
+pub fn find_cycle(edges: &[Edge]) -> Option<Vec<Edge>> {
+    // Colours: 0 unvisited, 1 on the DFS stack, 2 done.
+    let mut colour = [0u8; NR_CPUS];
+    let mut stack: Vec<&Edge> = Vec::new();
+    fn dfs<'a>(
+        n: usize,
+        edges: &'a [Edge],
+        colour: &mut [u8; NR_CPUS],
+        stack: &mut Vec<&'a Edge>,
+    ) -> Option<Vec<Edge>> {
+        colour[n] = 1;
+        for e in edges.iter().filter(|e| e.from == n) {
+            if colour[e.to] == 1 {
+                // The cycle: from the edge leaving `e.to` on the stack to `e`.
+                let start = stack.iter().position(|s| s.from == e.to).unwrap_or(0);
+                let mut cycle: Vec<Edge> = stack[start..].iter().map(|&s| s.clone()).collect();
+                cycle.push(e.clone());
+                return Some(cycle);
+            }
+            if colour[e.to] == 0 {
+                stack.push(e);
+                if let Some(c) = dfs(e.to, edges, colour, stack) {
+                    return Some(c);
+                }
+                stack.pop();
+            }
+        }
+        colour[n] = 2;
+        None
+    }
+    for n in 0..NR_CPUS {
+        if colour[n] == 0 && edges.iter().any(|e| e.from == n) {
+            if let Some(c) = dfs(n, edges, &mut colour, &mut stack) {
+                return Some(c);
+            }
+        }
+    }
+    None
+}
+
+/// The CPUs of a cycle, as a bit mask (to see that the same cycle persists).
+pub fn cycle_cpus(cycle: &[Edge]) -> u64 {
+    cycle.iter().fold(0, |m, e| m | 1 << e.from)
+}
+
+/// A cycle as one line.
+pub fn describe(cycle: &[Edge]) -> String {
+    let parts: Vec<String> = cycle.iter().map(|e| format!("{e}")).collect();
+    parts.join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn e(from: usize, to: usize) -> Edge {
+        Edge {
+            from,
+            to,
+            why: Why::PtlOwner { idx: 0 },
+        }
+    }
+
+    #[test]
+    fn finds_a_cycle_and_only_a_cycle() {
+        assert_eq!(find_cycle(&[e(1, 2), e(2, 3)]), None);
+        assert_eq!(find_cycle(&[]), None);
+        let c = find_cycle(&[e(0, 1), e(1, 2), e(2, 1)]).unwrap();
+        assert_eq!(cycle_cpus(&c), 0b110);
+        assert_eq!(c.len(), 2);
+        let c = find_cycle(&[e(3, 1), e(1, 2), e(2, 3), e(2, 4)]).unwrap();
+        assert_eq!(cycle_cpus(&c), 0b1110);
+    }
+
+    #[test]
+    fn records_nest() {
+        let outer = begin(5, Wait::Lock { idx: 3 }, false);
+        let inner = begin(5, Wait::IpiAck { mask: 2 }, true);
+        assert_eq!(waiting(5).map(|w| w.0), Some(Wait::IpiAck { mask: 2 }));
+        end(inner);
+        assert_eq!(
+            waiting(5).map(|w| (w.0, w.1)),
+            Some((Wait::Lock { idx: 3 }, false))
+        );
+        end(outer);
+        assert_eq!(waiting(5), None);
+    }
+}

@@ -1,0 +1,414 @@
+//! The expected outcome of every race-scenario cell — one row per (row,
+//! arch, variant, mode) — and the comparison with what a boot observed.
+//!
+//! This table is the one place the project states what each kernel variant
+//! must show on each architecture. `cargo xtask run --scenario ...` (and the
+//! plain `cargo xtask run`) print expected against observed and fail on any
+//! mismatch; the boot-and-assert test `tests/tests/scenarios.rs` checks every
+//! cell.
+//!
+//! The kernel reports each cell as a case `row:variant:mode` of the KTAP
+//! suite `scenario` with one diagnostic line `row=... variant=... mode=...
+//! outcome=... iterations=... hits=... first_hit_ns=... ...`
+//! ([`observed`] reads it).
+//!
+//! A row's author adds its cells here, every (arch, variant, mode), with
+//! [`Expect::Report`] only where the catalogue says a cell reports its hit
+//! rate only.
+
+use crate::ktap::Document;
+use crate::Arch;
+use std::fmt;
+
+/// Scenario mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Free running, optional random delays.
+    Natural,
+    /// A schedule over race points.
+    Forced,
+}
+
+impl Mode {
+    /// The kernel's spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Natural => "natural",
+            Mode::Forced => "forced",
+        }
+    }
+
+    /// Parses the kernel's spelling.
+    pub fn from_name(s: &str) -> Option<Self> {
+        match s {
+            "natural" => Some(Mode::Natural),
+            "forced" => Some(Mode::Forced),
+            _ => None,
+        }
+    }
+}
+
+/// What a cell must show.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expect {
+    /// A detector fires.
+    Bug,
+    /// Every role completes every iteration; no detector fires.
+    Clean,
+    /// The forced schedule is proven impossible (wait-for cycle).
+    Impossible,
+    /// The row or variant does not apply to the architecture.
+    Skip,
+    /// `bug` or `clean`: the cell reports its hit rate only.
+    Report,
+}
+
+impl Expect {
+    /// The outcome word.
+    pub fn name(self) -> &'static str {
+        match self {
+            Expect::Bug => "bug",
+            Expect::Clean => "clean",
+            Expect::Impossible => "impossible",
+            Expect::Skip => "skip",
+            Expect::Report => "bug|clean",
+        }
+    }
+
+    /// Whether `outcome` (the kernel's word) satisfies this expectation.
+    /// `hang` and `vacuous` never do.
+    pub fn accepts(self, outcome: &str) -> bool {
+        match self {
+            Expect::Report => outcome == "bug" || outcome == "clean",
+            e => e.name() == outcome,
+        }
+    }
+}
+
+/// One cell of the table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cell {
+    /// The row's name (`scenario=`).
+    pub row: &'static str,
+    /// The architecture.
+    pub arch: Arch,
+    /// The variant (`variant=`).
+    pub variant: &'static str,
+    /// The mode.
+    pub mode: Mode,
+    /// What it must show.
+    pub expect: Expect,
+}
+
+const fn cell(
+    row: &'static str,
+    arch: Arch,
+    variant: &'static str,
+    mode: Mode,
+    expect: Expect,
+) -> Cell {
+    Cell {
+        row,
+        arch,
+        variant,
+        mode,
+        expect,
+    }
+}
+
+use Arch::{S390x, X86_64};
+use Expect::*;
+use Mode::{Forced, Natural};
+
+/// Every cell. Rows in catalogue order; the demonstration row first.
+pub const CELLS: &[Cell] = &[
+    // demo-lock-vs-put (kernel/src/race/demo.rs): the page's last reference
+    // dropped while another CPU holds its lock.
+    cell("demo-lock-vs-put", S390x, "buggy", Forced, Bug),
+    cell("demo-lock-vs-put", S390x, "buggy", Natural, Bug),
+    cell("demo-lock-vs-put", S390x, "fixed", Forced, Clean),
+    cell("demo-lock-vs-put", S390x, "fixed", Natural, Clean),
+    cell("demo-lock-vs-put", X86_64, "buggy", Forced, Bug),
+    cell("demo-lock-vs-put", X86_64, "buggy", Natural, Bug),
+    cell("demo-lock-vs-put", X86_64, "fixed", Forced, Clean),
+    cell("demo-lock-vs-put", X86_64, "fixed", Natural, Clean),
+];
+
+/// The cell for (row, arch, variant, mode).
+pub fn lookup(row: &str, arch: Arch, variant: &str, mode: Mode) -> Option<&'static Cell> {
+    CELLS
+        .iter()
+        .find(|c| c.row == row && c.arch == arch && c.variant == variant && c.mode == mode)
+}
+
+/// One cell as a boot reported it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Observed {
+    /// Row.
+    pub row: String,
+    /// Variant.
+    pub variant: String,
+    /// Mode.
+    pub mode: Mode,
+    /// The outcome word (`bug`, `clean`, `impossible`, `skip`, `hang`,
+    /// `vacuous`; `failed` when the case failed without one).
+    pub outcome: String,
+    /// Iterations run.
+    pub iterations: u64,
+    /// Iterations in which a detector fired.
+    pub hits: u64,
+    /// Time to the first hit.
+    pub first_hit_ns: Option<u64>,
+    /// Whether the KTAP case passed (a failed state check fails it).
+    pub case_ok: bool,
+    /// The case's failure reason or skip reason, if any.
+    pub note: Option<String>,
+}
+
+/// The cells a boot ran, from its KTAP suite `scenario`.
+pub fn observed(doc: &Document) -> Vec<Observed> {
+    let mut out = Vec::new();
+    for (name, r) in doc.cases() {
+        let Some(case) = name.strip_prefix("scenario.") else {
+            continue;
+        };
+        let line = r.diagnostics.iter().find(|d| d.starts_with("row="));
+        let value = |key: &str| {
+            line.and_then(|l| {
+                l.split_whitespace()
+                    .find_map(|w| w.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+            })
+        };
+        let mut parts = case.splitn(3, ':');
+        let (row, variant, mode) = (parts.next(), parts.next(), parts.next());
+        let mode = value("mode").or(mode).and_then(Mode::from_name);
+        let (Some(row), Some(variant), Some(mode)) =
+            (value("row").or(row), value("variant").or(variant), mode)
+        else {
+            continue;
+        };
+        let note = match &r.directive {
+            Some(crate::ktap::Directive::Skip(why)) => Some(why.clone()),
+            _ if !r.ok => doc.failure_reason(&name, &r),
+            _ => None,
+        };
+        out.push(Observed {
+            row: row.to_string(),
+            variant: variant.to_string(),
+            mode,
+            outcome: value("outcome").unwrap_or("failed").to_string(),
+            iterations: value("iterations")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+            hits: value("hits").and_then(|v| v.parse().ok()).unwrap_or(0),
+            first_hit_ns: value("first_hit_ns").and_then(|v| v.parse().ok()),
+            case_ok: r.ok,
+            note,
+        });
+    }
+    out
+}
+
+/// Which cells a run asked for.
+#[derive(Clone, Debug, Default)]
+pub struct Selection {
+    /// `None` or `all`: every row.
+    pub row: Option<String>,
+    /// A variant, or every one.
+    pub variant: Option<String>,
+    /// A mode, or both.
+    pub mode: Option<Mode>,
+}
+
+impl Selection {
+    /// Whether the selection includes `c`.
+    pub fn includes(&self, c: &Cell) -> bool {
+        self.row.as_deref().is_none_or(|r| r == "all" || r == c.row)
+            && self.variant.as_deref().is_none_or(|v| v == c.variant)
+            && self.mode.is_none_or(|m| m == c.mode)
+    }
+}
+
+/// One line of the comparison.
+#[derive(Clone, Debug)]
+pub struct Line {
+    /// The cell's coordinates.
+    pub row: String,
+    /// Variant.
+    pub variant: String,
+    /// Mode.
+    pub mode: Mode,
+    /// The expectation, if the table has the cell.
+    pub expect: Option<Expect>,
+    /// What the boot showed, if it ran the cell.
+    pub observed: Option<Observed>,
+    /// Whether the two agree.
+    pub ok: bool,
+}
+
+impl fmt::Display for Line {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let exp = self.expect.map_or("(none)", Expect::name);
+        let (obs, it, hits, first) = match &self.observed {
+            Some(o) => (
+                o.outcome.clone(),
+                o.iterations.to_string(),
+                o.hits.to_string(),
+                o.first_hit_ns
+                    .map_or("-".into(), |t| format!("{:.3}", t as f64 / 1e6)),
+            ),
+            None => ("(not run)".into(), "-".into(), "-".into(), "-".into()),
+        };
+        write!(
+            f,
+            "{:<22} {:<10} {:<8} {:<11} {:<11} {:>10} {:>7} {:>13}  {}",
+            self.row,
+            self.variant,
+            self.mode.name(),
+            exp,
+            obs,
+            it,
+            hits,
+            first,
+            if self.ok { "ok" } else { "MISMATCH" }
+        )?;
+        if let Some(note) = self.observed.as_ref().and_then(|o| o.note.as_ref()) {
+            write!(f, "  ({note})")?;
+        }
+        Ok(())
+    }
+}
+
+/// The header matching [`Line`]'s `Display`.
+pub const HEADER: &str =
+    "row                    variant    mode     expected    observed    iterations    hits  first_hit_ms";
+
+/// Compares what a boot of `arch` observed with the table, over the cells
+/// `sel` asks for: every selected cell must have run and agree; every cell
+/// run must be in the table.
+pub fn compare(arch: Arch, sel: &Selection, observed: &[Observed]) -> Vec<Line> {
+    let mut lines = Vec::new();
+    for c in CELLS.iter().filter(|c| c.arch == arch && sel.includes(c)) {
+        let o = observed
+            .iter()
+            .find(|o| o.row == c.row && o.variant == c.variant && o.mode == c.mode);
+        let ok = o.is_some_and(|o| o.case_ok && c.expect.accepts(&o.outcome));
+        lines.push(Line {
+            row: c.row.into(),
+            variant: c.variant.into(),
+            mode: c.mode,
+            expect: Some(c.expect),
+            observed: o.cloned(),
+            ok,
+        });
+    }
+    for o in observed {
+        if lookup(&o.row, arch, &o.variant, o.mode).is_none() {
+            lines.push(Line {
+                row: o.row.clone(),
+                variant: o.variant.clone(),
+                mode: o.mode,
+                expect: None,
+                observed: Some(o.clone()),
+                ok: false,
+            });
+        }
+    }
+    lines
+}
+
+/// Whether the table has cells of `arch` that `sel` includes.
+pub fn has_cells(arch: Arch, sel: &Selection) -> bool {
+    CELLS.iter().any(|c| c.arch == arch && sel.includes(c))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_cell_is_unique_and_rows_are_complete() {
+        for (i, a) in CELLS.iter().enumerate() {
+            assert!(
+                CELLS[i + 1..]
+                    .iter()
+                    .all(|b| (a.row, a.arch, a.variant, a.mode)
+                        != (b.row, b.arch, b.variant, b.mode)),
+                "{a:?} listed twice"
+            );
+            // Every row has every (arch, mode) of each of its variants.
+            for arch in Arch::ALL {
+                for mode in [Mode::Forced, Mode::Natural] {
+                    assert!(
+                        lookup(a.row, arch, a.variant, mode).is_some(),
+                        "{} {} {arch} {}: missing",
+                        a.row,
+                        a.variant,
+                        mode.name()
+                    );
+                }
+            }
+        }
+    }
+
+    fn obs(outcome: &str) -> Observed {
+        Observed {
+            row: "demo-lock-vs-put".into(),
+            variant: "buggy".into(),
+            mode: Mode::Forced,
+            outcome: outcome.into(),
+            iterations: 3,
+            hits: 3,
+            first_hit_ns: Some(1),
+            case_ok: outcome != "hang",
+            note: None,
+        }
+    }
+
+    #[test]
+    fn comparison_flags_mismatches_missing_and_unknown_cells() {
+        let sel = Selection {
+            row: Some("demo-lock-vs-put".into()),
+            variant: Some("buggy".into()),
+            mode: Some(Mode::Forced),
+        };
+        let lines = compare(Arch::S390x, &sel, &[obs("bug")]);
+        assert_eq!(lines.len(), 1);
+        assert!(lines[0].ok);
+        assert!(!compare(Arch::S390x, &sel, &[obs("clean")])[0].ok);
+        assert!(!compare(Arch::S390x, &sel, &[obs("hang")])[0].ok);
+        assert!(!compare(Arch::S390x, &sel, &[])[0].ok, "a cell not run");
+        let mut stray = obs("bug");
+        stray.row = "no-such-row".into();
+        let lines = compare(Arch::S390x, &sel, &[obs("bug"), stray]);
+        assert_eq!(lines.len(), 2);
+        assert!(!lines[1].ok, "a cell missing from the table");
+        assert!(Expect::Report.accepts("bug") && Expect::Report.accepts("clean"));
+        assert!(!Expect::Report.accepts("vacuous"));
+    }
+
+    #[test]
+    fn observed_reads_the_kernels_lines() {
+        let text = "KTAP version 1\n1..1\n    KTAP version 1\n    # Subtest: scenario\n    1..2\n    \
+# race: scenario=demo-lock-vs-put variant=buggy mode=forced seed=0x1\n    \
+# row=demo-lock-vs-put variant=buggy mode=forced outcome=bug iterations=3 hits=3 first_hit_ns=12 seed=0x1\n    \
+ok 1 demo-lock-vs-put:buggy:forced\n    \
+# row=demo-lock-vs-put variant=fixed mode=natural outcome=vacuous iterations=9 hits=0 first_hit_ns=- seed=0x1\n    \
+# demo-lock-vs-put:fixed:natural: vacuous\n    \
+not ok 2 demo-lock-vs-put:fixed:natural\nnot ok 1 scenario\n";
+        let doc = crate::ktap::parse(text);
+        let o = observed(&doc);
+        assert_eq!(o.len(), 2, "{doc:?}");
+        assert_eq!(
+            (
+                o[0].outcome.as_str(),
+                o[0].iterations,
+                o[0].hits,
+                o[0].first_hit_ns
+            ),
+            ("bug", 3, 3, Some(12))
+        );
+        assert_eq!((o[1].outcome.as_str(), o[1].case_ok), ("vacuous", false));
+        assert_eq!(o[1].first_hit_ns, None);
+    }
+}
