@@ -192,7 +192,7 @@ pub fn flush_tlb_mm_range(mm: &Mm<X86_64>, start: u64, end: u64) {
     // Published for the race prover: this CPU waits for these targets.
     let wait = waitfor::begin(
         me,
-        waitfor::Wait::IpiAck { mask: targets },
+        waitfor::Wait::FlushAck { mask: targets },
         X86_64::irqs_disabled(),
     );
     loop {

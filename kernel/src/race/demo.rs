@@ -40,10 +40,12 @@ static VARIANTS: [Variant; 2] = [
     Variant {
         name: "buggy",
         about: "the locker relies on the putter's reference",
+        fix_waits: &[],
     },
     Variant {
         name: "fixed",
         about: "the locker holds its own reference across lock_page..unlock_page",
+        fix_waits: &[],
     },
 ];
 

@@ -61,7 +61,13 @@
 //!   steps in its program order (see [`point`]). A CPU holding at a point
 //!   keeps its interrupt state, so with interrupts off it holds back IPIs:
 //!   a schedule that needs such an IPI taken cannot complete, the prover
-//!   finds the cycle and the outcome is `impossible`. Declare new points in
+//!   finds the cycle and the outcome is `impossible` — unless every wait in
+//!   the cycle besides the schedule's own holds is one the variant's fix
+//!   adds (`Variant::fix_waits`: its IPI sync, its RCU grace period, the
+//!   PTL it keeps held). Then the fix is what holds the interleaving back:
+//!   the runner releases the schedule, the iteration runs to its end (and
+//!   is `clean` if nothing fires), and the report counts it as
+//!   `held_by_fix` with the cycle printed. Declare new points in
 //!   [`point::points`] (and add them to its `ALL` list, which the state
 //!   checks and name lookups use) and place them with
 //!   [`point::race_point`]`::<A>(&points::NAME, addr)`.

@@ -19,7 +19,8 @@
 
 use super::detect::{self, Finding};
 use super::point::{self, Arming, RacePoint, Step};
-use super::{trace, waitfor};
+use super::trace;
+use super::waitfor::{self, WaitClass};
 use crate::cmdline::{Cmdline, Mode};
 use crate::ktap::{Outcome as KtapOutcome, Run};
 use crate::mm::arch::Mmu;
@@ -36,6 +37,14 @@ pub struct Variant {
     pub name: &'static str,
     /// One line: what this kernel does differently.
     pub about: &'static str,
+    /// The waits this kernel's fix adds (its IPI sync, its RCU grace
+    /// period, the PTL it keeps held). In forced mode, a wait-for cycle
+    /// made only of schedule holds and these waits is the fix holding the
+    /// bad interleaving back: the held CPUs are released, the iteration runs
+    /// to its end and counts as `held_by_fix`; it can still be `clean`. A
+    /// cycle through any other wait is `impossible`. Empty for a buggy
+    /// kernel.
+    pub fix_waits: &'static [WaitClass],
 }
 
 /// How long a row may run.
@@ -170,6 +179,11 @@ pub struct Report {
     pub finding: Option<Finding>,
     /// The wait-for cycle that made the run `impossible`.
     pub cycle: Option<String>,
+    /// Forced iterations in which the variant's fix held the schedule back
+    /// (a cycle through its own waits, see [`Variant::fix_waits`]).
+    pub held_by_fix: u64,
+    /// The first such cycle.
+    pub fix_cycle: Option<String>,
     /// The wait-for edges seen when a run was declared `hang`.
     pub hang_edges: Option<String>,
     /// A state check that failed, or a setup error: the run failed.
@@ -189,6 +203,8 @@ impl Report {
             incomplete: 0,
             finding: None,
             cycle: None,
+            held_by_fix: 0,
+            fix_cycle: None,
             hang_edges: None,
             state_error: None,
             seed,
@@ -487,6 +503,16 @@ fn iteration<A: Mmu>(
                     if m != cycle_mask {
                         cycle_mask = m;
                         cycle_since = now;
+                    } else if now - cycle_since >= CYCLE_STABLE_NS
+                        && mode == Mode::Forced
+                        && waitfor::held_by(&c, variant.fix_waits)
+                    {
+                        // The fix holds the interleaving back: release the
+                        // schedule and let the iteration finish.
+                        rep.held_by_fix += 1;
+                        rep.fix_cycle.get_or_insert_with(|| waitfor::describe(&c));
+                        point::abort();
+                        cycle_mask = 0;
                     } else if now - cycle_since >= CYCLE_STABLE_NS {
                         rep.cycle = Some(waitfor::describe(&c));
                         verdict = Some(match mode {
@@ -722,7 +748,7 @@ pub fn run_selected<A: Mmu>(args: &Cmdline, ktap: &mut Run) -> bool {
 pub fn print_report(row: &str, variant: &str, mode: Mode, r: &Report) {
     let secs = r.elapsed_ns.max(1) as f64 / 1e9;
     kprintln!(
-        "    # row={row} variant={variant} mode={} outcome={} iterations={} hits={} first_hit_ns={} iters_per_sec={} incomplete={} seed={:#x} elapsed_ms={}",
+        "    # row={row} variant={variant} mode={} outcome={} iterations={} hits={} first_hit_ns={} iters_per_sec={} incomplete={} held_by_fix={} seed={:#x} elapsed_ms={}",
         mode_name(mode),
         r.outcome.word(),
         r.iterations,
@@ -730,11 +756,15 @@ pub fn print_report(row: &str, variant: &str, mode: Mode, r: &Report) {
         r.first_hit_ns.map_or("-".into(), |t| format!("{t}")),
         (r.iterations as f64 / secs) as u64,
         r.incomplete,
+        r.held_by_fix,
         r.seed,
         r.elapsed_ns / 1_000_000
     );
     if let Some(c) = &r.cycle {
         kprintln!("    # cycle: {c}");
+    }
+    if let Some(c) = &r.fix_cycle {
+        kprintln!("    # held by the fix: {c}");
     }
     if let Some(e) = &r.hang_edges {
         kprintln!("    # hang: wait-for edges at the time limit: {e}");

@@ -10,7 +10,7 @@
 use super::point::{self, points, race_point, Arming, RacePoint, Step};
 use super::scenario::{self, Budget, Ctx, Outcome as RaceOutcome, Scenario, Variant};
 use super::trace::{self, Kind};
-use super::waitfor;
+use super::waitfor::{self, WaitClass};
 use crate::cmdline::{Cmdline, Mode};
 use crate::ktap::Outcome;
 use crate::mm::arch::Mmu;
@@ -48,7 +48,23 @@ fn fail(msg: String) -> Outcome {
 static ONE_VARIANT: [Variant; 1] = [Variant {
     name: "test",
     about: "the framework's own test",
+    fix_waits: &[],
 }];
+
+/// Variants whose "fix" adds the cross-CPU call wait, and one whose fix
+/// adds a different wait (the PTL).
+static FIX_VARIANTS: [Variant; 2] = [
+    Variant {
+        name: "fix-call",
+        about: "a fix that waits for a cross-CPU call",
+        fix_waits: &[WaitClass::CallIpi],
+    },
+    Variant {
+        name: "fix-ptl",
+        about: "a fix that holds a PTL",
+        fix_waits: &[WaitClass::Ptl],
+    },
+];
 
 const A_ROLE: usize = 0;
 const B_ROLE: usize = 1;
@@ -561,7 +577,41 @@ fn impossible_ipi_cycle<A: Mmu>(_: &Cmdline) -> Outcome {
     no_leak(|| {
         let s = test_row::<A>("ipi-cycle", &TWO_ROLES, ipi_cycle_role::<A>, hold_a_until_b);
         let r = scenario::run(&s, &ONE_VARIANT[0], Mode::Forced, 1, None);
-        check_impossible(&r, "the IPI is pending on cpu1")
+        let o = check_impossible(&r, "the IPI is pending on cpu1");
+        if !matches!(o, Outcome::Pass) {
+            return o;
+        }
+        // A fix that adds some other wait does not explain the cycle.
+        let r = scenario::run(&s, &FIX_VARIANTS[1], Mode::Forced, 1, None);
+        let o = check_impossible(&r, "the IPI is pending on cpu1");
+        if !matches!(o, Outcome::Pass) {
+            return o;
+        }
+        // A fix whose own wait is the call: the fix holds the schedule
+        // back; released, every iteration completes and nothing fires.
+        let r = scenario::run(&s, &FIX_VARIANTS[0], Mode::Forced, 1, None);
+        let fix_cycle = r.fix_cycle.clone().unwrap_or_default();
+        diag!(
+            "fix-call: outcome={} held_by_fix={} iterations={} cycle=\"{fix_cycle}\"",
+            r.outcome.word(),
+            r.held_by_fix,
+            r.iterations
+        );
+        if r.failed() || r.outcome != RaceOutcome::Clean {
+            return fail(format!("fix-call: outcome {:?}, expected clean", r.outcome));
+        }
+        if r.held_by_fix != r.iterations || r.iterations == 0 {
+            return fail(format!(
+                "fix-call: held by the fix in {} of {} iterations",
+                r.held_by_fix, r.iterations
+            ));
+        }
+        if !fix_cycle.contains("cross-CPU call IPI") {
+            return fail(format!(
+                "fix-call: the cycle lacks the call IPI: {fix_cycle}"
+            ));
+        }
+        Outcome::Pass
     })
 }
 

@@ -4,8 +4,11 @@
 //! wait record ([`begin`] / [`end`]):
 //! - at an armed race point, for the CPU whose schedule step is current
 //!   ([`Wait::Step`]);
-//! - for cross-CPU calls or TLB-flush acknowledgements from a set of CPUs
-//!   ([`Wait::IpiAck`]; `smp_call_function*` with wait, the x86-64 shootdown);
+//! - for cross-CPU call acknowledgements from a set of CPUs
+//!   ([`Wait::IpiAck`]; `smp_call_function*` with wait, which is also what
+//!   `tlb_remove_table_sync_one` waits in);
+//! - for TLB-flush acknowledgements ([`Wait::FlushAck`]; the x86-64
+//!   shootdown by fixed-vector IPI);
 //! - for a page-table lock ([`Wait::Lock`]; the lock records its owner,
 //!   [`ptl_acquired`]);
 //! - for an RCU grace period ([`Wait::Gp`]; `synchronize_rcu`).
@@ -23,7 +26,12 @@
 //!   state for the running grace period ([`crate::rcu::gp_waiting_on`]).
 //!
 //! A cycle in that graph ([`find_cycle`]) is a deadlock no schedule can get
-//! out of: the outcome `impossible`. A time-out without one is `hang`.
+//! out of. Which of the waits in it hold the schedule back decides what it
+//! means ([`WaitClass`], [`Edge::class`]): a cycle through a wait that the
+//! variant's fix added (its IPI sync, its RCU grace period, the PTL it keeps
+//! held) is the fix doing its job; any other cycle (the flush IPI of the
+//! buggy kernel itself) means the bad interleaving cannot happen on this
+//! hardware: the outcome `impossible`. A time-out without a cycle is `hang`.
 //!
 //! Invariants: a CPU writes only its own wait record; records nest (an
 //! interrupt handler that waits saves and restores the interrupted record);
@@ -41,8 +49,13 @@ pub enum Wait {
         /// The step the waiter takes next.
         index: usize,
     },
-    /// For every CPU of `mask` to take an IPI and acknowledge.
+    /// For every CPU of `mask` to take a cross-CPU call IPI and acknowledge.
     IpiAck {
+        /// CPUs not acknowledged yet.
+        mask: u64,
+    },
+    /// For every CPU of `mask` to take a TLB-flush IPI and acknowledge.
+    FlushAck {
         /// CPUs not acknowledged yet.
         mask: u64,
     },
@@ -63,6 +76,7 @@ const STEP: u8 = 1;
 const IPI_ACK: u8 = 2;
 const LOCK: u8 = 3;
 const GP: u8 = 4;
+const FLUSH_ACK: u8 = 5;
 
 impl Wait {
     fn encode(self) -> (u8, u64) {
@@ -71,6 +85,7 @@ impl Wait {
             Wait::IpiAck { mask } => (IPI_ACK, mask),
             Wait::Lock { idx } => (LOCK, idx as u64),
             Wait::Gp { gp } => (GP, gp),
+            Wait::FlushAck { mask } => (FLUSH_ACK, mask),
         }
     }
 
@@ -80,6 +95,7 @@ impl Wait {
                 index: arg as usize,
             }),
             IPI_ACK => Some(Wait::IpiAck { mask: arg }),
+            FLUSH_ACK => Some(Wait::FlushAck { mask: arg }),
             LOCK => Some(Wait::Lock { idx: arg as usize }),
             GP => Some(Wait::Gp { gp: arg }),
             _ => None,
@@ -138,7 +154,7 @@ pub fn begin(cpu: usize, w: Wait, irqs_off: bool) -> Saved {
     saved
 }
 
-/// Updates the mask of an [`Wait::IpiAck`] wait as acknowledgements arrive.
+/// Updates the mask of an [`Wait::IpiAck`] or [`Wait::FlushAck`] wait as acknowledgements arrive.
 pub fn update_mask(cpu: usize, mask: u64) {
     RECORDS[cpu].arg.store(mask, Ordering::Release);
 }
@@ -238,6 +254,8 @@ pub enum Why {
     },
     /// An IPI to the other CPU is pending in its interrupt hardware.
     IpiPending {
+        /// The IPI is a TLB-flush request (not a cross-CPU call).
+        flush: bool,
         /// Where the evidence came from.
         read_by: &'static str,
         /// The other CPU's interrupts are off (from its own wait record).
@@ -279,11 +297,13 @@ impl core::fmt::Display for Edge {
                 self.to
             ),
             Why::IpiPending {
+                flush,
                 read_by,
                 target_irqs_off,
             } => write!(
                 f,
-                "waits for an IPI acknowledgement; the IPI is pending on cpu{} ({read_by}), its interrupts {}",
+                "waits for a {} IPI acknowledgement; the IPI is pending on cpu{} ({read_by}), its interrupts {}",
+                if *flush { "TLB-flush" } else { "cross-CPU call" },
                 self.to,
                 if *target_irqs_off { "off" } else { "on" }
             ),
@@ -295,6 +315,42 @@ impl core::fmt::Display for Edge {
             ),
         }
     }
+}
+
+/// What kind of wait an edge stands for, as a variant names the waits its
+/// fix adds (`Variant::fix_waits`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WaitClass {
+    /// A cross-CPU call IPI not taken (`smp_call_function`, and with it
+    /// `tlb_remove_table_sync_one`).
+    CallIpi,
+    /// A TLB-flush IPI not taken (x86-64 fixed-vector shootdown).
+    FlushIpi,
+    /// A PTL held by the other CPU.
+    Ptl,
+    /// An RCU grace period waiting for the other CPU.
+    RcuGp,
+}
+
+impl Edge {
+    /// The class of the wait behind this edge; `None` for a schedule edge
+    /// (a CPU held at a race point), which the forced schedule itself makes.
+    pub fn class(&self) -> Option<WaitClass> {
+        match self.why {
+            Why::Schedule { .. } => None,
+            Why::IpiPending { flush: true, .. } => Some(WaitClass::FlushIpi),
+            Why::IpiPending { flush: false, .. } => Some(WaitClass::CallIpi),
+            Why::PtlOwner { .. } => Some(WaitClass::Ptl),
+            Why::RcuGp { .. } => Some(WaitClass::RcuGp),
+        }
+    }
+}
+
+/// Whether every wait of `cycle` that the schedule did not make is one of
+/// `fix_waits`: the cycle is the fix holding the interleaving back.
+pub fn held_by(cycle: &[Edge], fix_waits: &[WaitClass]) -> bool {
+    let mut classes = cycle.iter().filter_map(Edge::class).peekable();
+    classes.peek().is_some() && classes.all(|c| fix_waits.contains(&c))
 }
 
 /// The wait-for graph as it is now. `step_cpu(i)` is the CPU that takes
@@ -324,7 +380,8 @@ pub fn graph<A: crate::Arch>(
                     }
                 }
             }
-            Wait::IpiAck { mask } => {
+            Wait::IpiAck { mask } | Wait::FlushAck { mask } => {
+                let flush = matches!(w, Wait::FlushAck { .. });
                 for to in (0..nr_cpus).filter(|&t| t != cpu && mask & (1 << t) != 0) {
                     let (pending, read_by) = match A::ipi_pending(to) {
                         Some(p) => (p, "read remotely from the interrupt hardware"),
@@ -343,6 +400,7 @@ pub fn graph<A: crate::Arch>(
                             from: cpu,
                             to,
                             why: Why::IpiPending {
+                                flush,
                                 read_by,
                                 target_irqs_off,
                             },
@@ -450,6 +508,33 @@ mod tests {
         assert_eq!(c.len(), 2);
         let c = find_cycle(&[e(3, 1), e(1, 2), e(2, 3), e(2, 4)]).unwrap();
         assert_eq!(cycle_cpus(&c), 0b1110);
+    }
+
+    #[test]
+    fn a_cycle_is_held_by_the_fix_only_through_its_waits() {
+        let sched = Edge {
+            from: 1,
+            to: 2,
+            why: Why::Schedule {
+                waits_for_step: 3,
+                current: 1,
+            },
+        };
+        let ipi = |flush| Edge {
+            from: 2,
+            to: 1,
+            why: Why::IpiPending {
+                flush,
+                read_by: "test",
+                target_irqs_off: true,
+            },
+        };
+        let sync = [sched.clone(), ipi(false)];
+        let flush = [sched.clone(), ipi(true)];
+        assert!(held_by(&sync, &[WaitClass::CallIpi]));
+        assert!(!held_by(&flush, &[WaitClass::CallIpi]));
+        assert!(!held_by(&sync, &[]));
+        assert!(!held_by(&[sched], &[WaitClass::CallIpi]));
     }
 
     #[test]
