@@ -275,8 +275,7 @@ pub fn unpin_user_pages(pages: &[&'static Page]) {
     }
 }
 
-/// Drops a reference taken with [`GupFlags::FOLL_GET`] (`put_page` on the
-/// compound head).
+/// Drops a reference taken with [`GupFlags::FOLL_GET`] (`put_page`).
 pub fn put_user_page(page: &'static Page) {
     gup_put_folio(page, GupFlags::FOLL_GET);
 }
