@@ -130,7 +130,9 @@ fn expected(arch: Arch, smp: usize, case: &str) -> Expect {
         "thp.huge_zap_whole_pmd"
         | "thp.huge_partial_munmap_splits"
         | "thp.huge_fork_and_mprotect"
-        | "thp.huge_exit" => {
+        | "thp.huge_exit"
+        | "gup.huge_pmd_fast_equals_slow"
+        | "gup.huge_pmd_pin_across_split" => {
             if arch == Arch::X86_64 {
                 Expect::Ok
             } else {
@@ -162,7 +164,7 @@ fn expected(arch: Arch, smp: usize, case: &str) -> Expect {
 }
 
 /// Every case, in the order the kernel runs them.
-const CASES: [&str; 85] = [
+const CASES: [&str; 88] = [
     "boot.cpus_online",
     "boot.ipi_round_trip",
     "boot.call_function_wait",
@@ -214,6 +216,9 @@ const CASES: [&str; 85] = [
     "gup.fallback_when_needed",
     "gup.pin_survives_munmap",
     "gup.pin_write_breaks_cow_after_fork",
+    "gup.huge_pmd_fast_equals_slow",
+    "gup.huge_pmd_pin_blocks_collapse",
+    "gup.huge_pmd_pin_across_split",
     "gup.fast_on_second_cpu",
     "gup.throughput",
     "thp.collapse_keeps_every_byte",

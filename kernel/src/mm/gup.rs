@@ -49,18 +49,24 @@
 //! (`PG_pgtable`, which every task page-table frame carries).
 //!
 //! Reference counting: [`GupFlags::FOLL_GET`] takes one reference per page,
-//! [`GupFlags::FOLL_PIN`] adds [`GUP_PIN_COUNTING_BIAS`] per page to the
-//! compound head's refcount (Linux's scheme for small folios), so
-//! [`page_maybe_dma_pinned`] can tell. References and pins keep the page
-//! alive across munmap; [`unpin_user_page`] and [`put_user_page`] drop them
-//! and free the page when theirs was the last reference.
+//! [`GupFlags::FOLL_PIN`] adds [`GUP_PIN_COUNTING_BIAS`] per page (Linux's
+//! scheme for small folios), so [`page_maybe_dma_pinned`] can tell. Both go
+//! on the refcount of **the page returned**, also for a subpage of a huge
+//! page (where Linux counts on the folio): this model's huge pages count
+//! references per subpage (`huge_memory.rs`), so a reference taken on a
+//! subpage of a PMD leaf stays valid, on the same frame, after the leaf is
+//! split or zapped and the block demoted to order-0 pages, and the release
+//! drops exactly what was taken. References and pins keep the page alive
+//! across munmap; [`unpin_user_page`] and [`put_user_page`] drop them and
+//! free the page when theirs was the last reference.
 //!
 //! Huge PMDs (x86-64 2 MiB leaves, [`Mmu::HAS_HUGE_PMD`]): the fast walk
-//! grabs the compound head once per subpage and rechecks the PMD entry
-//! (`gup_huge_pmd`); slow GUP takes them under `page_table_lock`. Nothing
-//! maps PMD leaves yet (collapse will); a write fault on a read-only PMD
-//! leaf is not handled by the fault path, so slow GUP with FOLL_WRITE on one
-//! fails rather than splitting it.
+//! grabs every subpage of the range once and then rechecks the PMD entry
+//! (`gup_huge_pmd`), giving them all back if it changed; slow GUP takes them
+//! under `page_table_lock` (`follow_huge_pmd`). Leaves are always writable
+//! (collapse makes them so; fork and mprotect split them), so FOLL_WRITE
+//! never meets a read-only leaf; if it did, the write fault
+//! (`huge_pmd_fault`) splits the leaf and the retry goes the PTE way.
 //!
 //! Not modelled: `FOLL_LONGTERM`, the `write_protect_seq` retry of a pinning
 //! GUP-fast against a concurrent fork, and the unshare logic for read-only
@@ -229,37 +235,37 @@ fn count(cpu: usize, f: impl FnOnce(&Counters) -> &AtomicU64, n: u64) {
 
 // ---- references -------------------------------------------------------------------
 
-/// Takes `refs` GUP references of `flags` on the compound head of `page`
-/// unless it is free (Linux `try_grab_folio` of GUP-fast). Returns the head.
-fn try_grab_folio(page: &'static Page, refs: i32, flags: GupFlags) -> Option<&'static Page> {
-    let head = page::compound_head(page);
-    page::page_ref_add_unless(head, ref_units(refs, flags), 0).then_some(head)
+/// Takes one GUP reference of `flags` on `page` itself unless it is free
+/// (Linux `try_grab_folio` of GUP-fast; here per page, see the module docs).
+fn try_grab_folio(page: &'static Page, flags: GupFlags) -> bool {
+    page::page_ref_add_unless(page, ref_units(1, flags), 0)
 }
 
 /// Takes one GUP reference on a page the caller reaches under its PTL (slow
 /// GUP's `try_grab_page`): the mapping holds a reference, so the page is
 /// live.
 fn try_grab_page(page: &'static Page, flags: GupFlags) -> Result<(), FaultError> {
-    let head = page::compound_head(page);
-    if page::page_ref_count(head) <= 0 {
-        page_alloc::report_bad_page(head, "GUP on a mapped page with zero _refcount", 0);
+    if page::page_ref_count(page) <= 0 {
+        page_alloc::report_bad_page(page, "GUP on a mapped page with zero _refcount", 0);
         return Err(FaultError::OutOfMemory);
     }
-    page::page_ref_add(head, ref_units(1, flags));
+    page::page_ref_add(page, ref_units(1, flags));
     Ok(())
 }
 
-/// Drops `refs` GUP references of `flags` from the compound head `head`,
-/// freeing the page when they were the last (Linux `gup_put_folio`).
-fn gup_put_folio(head: &'static Page, refs: i32, flags: GupFlags) {
-    if page::page_ref_sub_and_test(head, ref_units(refs, flags)) {
-        page_alloc::free_frozen_pages(head, page::compound_order(head));
+/// Drops one GUP reference of `flags` from `page`, freeing it when it was
+/// the last (Linux `gup_put_folio`). A page whose count reaches zero here is
+/// never part of a compound page (a huge page's subpages hold the leaf's
+/// reference until the block is demoted), so it is freed as order 0.
+fn gup_put_folio(page: &'static Page, flags: GupFlags) {
+    if page::page_ref_sub_and_test(page, ref_units(1, flags)) {
+        page_alloc::free_frozen_pages(page, page::compound_order(page));
     }
 }
 
 /// Drops a pin taken with [`GupFlags::FOLL_PIN`] (Linux `unpin_user_page`).
 pub fn unpin_user_page(page: &'static Page) {
-    gup_put_folio(page::compound_head(page), 1, GupFlags::FOLL_PIN);
+    gup_put_folio(page, GupFlags::FOLL_PIN);
 }
 
 /// Drops the pins of every page in `pages` (Linux `unpin_user_pages`).
@@ -269,25 +275,24 @@ pub fn unpin_user_pages(pages: &[&'static Page]) {
     }
 }
 
-/// Drops a reference taken with [`GupFlags::FOLL_GET`] (`put_page` on the
-/// compound head).
+/// Drops a reference taken with [`GupFlags::FOLL_GET`] (`put_page`).
 pub fn put_user_page(page: &'static Page) {
-    gup_put_folio(page::compound_head(page), 1, GupFlags::FOLL_GET);
+    gup_put_folio(page, GupFlags::FOLL_GET);
 }
 
 /// Drops what GUP with `flags` took on every page of `pages`.
 pub fn release_user_pages(pages: &[&'static Page], flags: GupFlags) {
     let flags = gup_flags(flags);
     for &p in pages {
-        gup_put_folio(page::compound_head(p), 1, flags);
+        gup_put_folio(p, flags);
     }
 }
 
 /// Whether the page may be pinned for DMA (Linux `page_maybe_dma_pinned`):
-/// its head's refcount reaches the pin bias. References alone can make it
-/// say yes, never a pin make it say no.
+/// its refcount reaches the pin bias. References alone can make it say
+/// yes, never a pin make it say no.
 pub fn page_maybe_dma_pinned(page: &'static Page) -> bool {
-    page::page_ref_count(page::compound_head(page)) >= GUP_PIN_COUNTING_BIAS
+    page::page_ref_count(page) >= GUP_PIN_COUNTING_BIAS
 }
 
 // ---- slow GUP -----------------------------------------------------------------------
@@ -754,21 +759,22 @@ impl<A: Mmu> FastWalk<'_, A> {
             if !page::pfn_valid(pfn) {
                 return false;
             }
-            let Some(head) = try_grab_folio(page::pfn_to_page(pfn), 1, self.flags) else {
+            let page = page::pfn_to_page(pfn);
+            if !try_grab_folio(page, self.flags) {
                 self.backoffs += 1;
                 return false;
-            };
+            }
             #[cfg(test)]
             if let Some(hook) = *GRAB_HOOK.lock() {
                 hook(addr);
             }
             let pmd_changed = self.pmd_recheck && self.read(Level::Pmd, pmdp) != pmd;
             if pmd_changed || self.read(Level::Pte, Cursor::Table(ptep)) != pte {
-                gup_put_folio(head, 1, self.flags);
+                gup_put_folio(page, self.flags);
                 self.backoffs += 1;
                 return false;
             }
-            self.pages.push(page::pfn_to_page(pfn));
+            self.pages.push(page);
             addr += PAGE_SIZE;
             if addr == end {
                 return true;
@@ -777,8 +783,10 @@ impl<A: Mmu> FastWalk<'_, A> {
         }
     }
 
-    /// `gup_fast_pmd_leaf` (`gup_huge_pmd`): one try-grab of the compound
-    /// head for every subpage in `[addr, end)`, then a recheck of the PMD.
+    /// `gup_fast_pmd_leaf` (`gup_huge_pmd`): a try-grab of every subpage in
+    /// `[addr, end)` (references are per subpage, see the module docs), then
+    /// a recheck of the PMD; on a failed grab or a changed PMD every
+    /// reference taken here is given back.
     fn huge_pmd(&mut self, pmd: u64, pmdp: Cursor, addr: u64, end: u64) -> bool {
         self.note_leaf();
         if self.flags.contains(GupFlags::FOLL_WRITE) && !A::pmd_write(pmd) {
@@ -789,19 +797,24 @@ impl<A: Mmu> FastWalk<'_, A> {
         if !page::pfn_valid(first + refs - 1) {
             return false;
         }
-        let Some(head) = try_grab_folio(page::pfn_to_page(first), refs as i32, self.flags) else {
-            self.backoffs += 1;
-            return false;
-        };
-        if self.read(Level::Pmd, pmdp) != pmd {
-            gup_put_folio(head, refs as i32, self.flags);
-            self.backoffs += 1;
-            return false;
-        }
+        let before = self.pages.len();
+        let mut ok = true;
         for pfn in first..first + refs {
-            self.pages.push(page::pfn_to_page(pfn));
+            let p = page::pfn_to_page(pfn);
+            if !try_grab_folio(p, self.flags) {
+                ok = false;
+                break;
+            }
+            self.pages.push(p);
         }
-        true
+        if ok && self.read(Level::Pmd, pmdp) == pmd {
+            return true;
+        }
+        for p in self.pages.drain(before..) {
+            gup_put_folio(p, self.flags);
+        }
+        self.backoffs += 1;
+        false
     }
 }
 

@@ -12,10 +12,12 @@ use super::gup::{
     self, addr_in_pgtable_frame, get_user_pages, get_user_pages_fast, get_user_pages_fast_traced,
     GupFlags, GupRecord, GupStats, GupWalk, GUP_PIN_COUNTING_BIAS,
 };
+use super::khugepaged::{self, CollapseAbort, CollapsePolicy, CollapseResult};
 use super::mm::{self as mmod, Mm, VmFlags};
+use super::mmu_gather::TableFree;
 use super::page::{self, Page};
 use super::selftest::{load, new_mm, no_leak, store};
-use super::{memory, page_alloc, pgtable, PAGE_SIZE};
+use super::{huge_memory, memory, page_alloc, pgtable, PAGE_SIZE};
 use crate::cmdline::Cmdline;
 use crate::ktap::Outcome;
 use crate::{diag, smp, NR_CPUS};
@@ -25,13 +27,19 @@ use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 type TestFn = fn(&Cmdline) -> Outcome;
 
 /// The `gup` suite, in order.
-pub fn suite<A: Mmu>() -> [(&'static str, TestFn); 7] {
+pub fn suite<A: Mmu>() -> [(&'static str, TestFn); 10] {
     [
         ("fast_equals_slow", fast_equals_slow::<A>),
         ("folded_walk_crossing_pud", folded_walk_crossing_pud::<A>),
         ("fallback_when_needed", fallback_when_needed::<A>),
         ("pin_survives_munmap", pin_survives_munmap::<A>),
         ("pin_write_breaks_cow_after_fork", pin_write_breaks_cow::<A>),
+        ("huge_pmd_fast_equals_slow", huge_pmd_fast_equals_slow::<A>),
+        (
+            "huge_pmd_pin_blocks_collapse",
+            huge_pmd_pin_blocks_collapse::<A>,
+        ),
+        ("huge_pmd_pin_across_split", huge_pmd_pin_across_split::<A>),
         ("fast_on_second_cpu", fast_on_second_cpu::<A>),
         ("throughput", throughput::<A>),
     ]
@@ -519,6 +527,339 @@ fn pin_cow_body<A: Mmu>() -> Result<(), String> {
         ));
     }
     drop((pinned, theirs, child));
+    Ok(())
+}
+
+// ---- huge PMD leaves ------------------------------------------------------------------
+
+const NO_LEAVES: &str = "no PMD leaves (QEMU TCG has no EDAT)";
+
+/// The collapse policy of these cases (Linux's, table freed at once).
+fn collapse_policy() -> CollapsePolicy {
+    CollapsePolicy {
+        ipi_sync: true,
+        table_free: TableFree::Immediate,
+    }
+}
+
+/// The PMD entry of `addr` in `mm`, 0 if there is no PMD.
+fn pmd_of<A: Mmu>(mm: &Mm<A>, addr: u64) -> u64 {
+    // SAFETY: a live entry of `mm`; the test alone changes it.
+    pgtable::follow_pmd(mm, addr).map_or(0, |p| unsafe { pgtable::read_entry(p) })
+}
+
+/// Maps `[TASK_BASE, TASK_BASE + PMD_SIZE + extra * P)` populated, runs it
+/// on this CPU, fills every page with its address and collapses the first
+/// PMD block. Returns the mm and the pfn of the huge page's head.
+fn collapsed_block<A: Mmu>(extra: u64) -> Result<(TestMm<A>, u64), String> {
+    let base = A::TASK_BASE;
+    assert_eq!(base % A::PMD_SIZE, 0, "TASK_BASE is PMD-aligned");
+    let n = A::PMD_SIZE / P + extra;
+    let t = TestMm::<A>::new()?;
+    memory::mmap_anon(t.mm(), base, n * P, RW, true).map_err(|e| format!("mmap: {e:?}"))?;
+    t.attach();
+    fill(base, n);
+    let rep = khugepaged::collapse_huge_page(t.mm(), base, &collapse_policy());
+    if rep.result != CollapseResult::Collapsed {
+        return Err(format!("collapse: {:?}", rep.result));
+    }
+    let pmd = pmd_of(t.mm(), base);
+    if !huge_memory::pmd_trans_huge::<A>(pmd) {
+        return Err("the collapsed block is not mapped by a PMD leaf".into());
+    }
+    Ok((t, A::pmd_pfn(pmd)))
+}
+
+/// x86-64: GUP-fast and slow GUP over a range inside a PMD leaf and one
+/// crossing its end agree page for page; the leaf's subpages come in order,
+/// all from the lockless walk; each reference or pin lands on the subpage
+/// returned (the head's count is its own: the leaf's reference); pins show
+/// as pinned and their release restores every count. FOLL_WRITE slow GUP
+/// takes the writable leaf as it is (no split). Pins taken on the leaf hold
+/// their frames, with their contents, across a munmap that zaps the leaf
+/// whole; unpinning frees them.
+fn huge_pmd_fast_equals_slow<A: Mmu>(_: &Cmdline) -> Outcome {
+    if !A::HAS_HUGE_PMD {
+        return Outcome::Skip(NO_LEAVES);
+    }
+    no_leak(|| outcome(huge_fast_slow_body::<A>()))
+}
+
+fn huge_fast_slow_body<A: Mmu>() -> Result<(), String> {
+    const EXTRA: u64 = 8;
+    let bad0 = page_alloc::nr_bad_pages();
+    let (t, head_pfn) = collapsed_block::<A>(EXTRA)?;
+    let base = A::TASK_BASE;
+    let head = page::pfn_to_page(head_pfn);
+    let nr = A::PMD_SIZE / P;
+    // (start, pages): inside the leaf; across its end into small pages.
+    let ranges = [(base + 16 * P, 32u64), (base + A::PMD_SIZE - 8 * P, 16)];
+    for (start, n) in ranges {
+        let want = slow(t.mm(), start, n as usize, GupFlags::FOLL_GET)?;
+        let first = (start - base) / P;
+        let leaf_part = (nr - first).min(n);
+        let expect: Vec<u64> = (first..first + leaf_part).map(|i| head_pfn + i).collect();
+        if want.pfns()[..leaf_part as usize] != expect[..] {
+            return Err(format!(
+                "slow GUP at {start:#x}: not the leaf's subpages in order"
+            ));
+        }
+        let counts = |pages: &[&'static Page]| -> Vec<i32> {
+            pages.iter().map(|p| page::page_ref_count(p)).collect()
+        };
+        let before = counts(&want.pages);
+        let head_before = page::page_ref_count(head);
+        for flags in [GupFlags::FOLL_GET, GupFlags::FOLL_PIN] {
+            let s0 = stats::<A>();
+            let got = fast::<A>(start, n as usize, flags, None);
+            let d = stats::<A>().since(s0);
+            let unit = if flags == GupFlags::FOLL_PIN {
+                GUP_PIN_COUNTING_BIAS
+            } else {
+                1
+            };
+            let during = counts(&want.pages);
+            let head_during = page::page_ref_count(head);
+            let pinned = got.pages.iter().all(|p| gup::page_maybe_dma_pinned(p));
+            let wrong_data = got
+                .pages
+                .iter()
+                .enumerate()
+                .filter(|(i, p)| {
+                    // SAFETY: a referenced frame; RAM is mapped 1:1.
+                    let v = unsafe { page::page_address(p).cast::<u64>().read_volatile() };
+                    v != start + *i as u64 * P
+                })
+                .count();
+            got_pages_check(&got, &want, flags)?;
+            drop(got);
+            let after = counts(&want.pages);
+            diag!(
+                "range={:#x}+{n} leaf_pages={leaf_part} flags={flags:?} fast_pages={} fallbacks={} head_refcount={head_during} subpage_refcount={} pinned={pinned}",
+                start - base,
+                d.fast_pages,
+                d.fallbacks,
+                during[0]
+            );
+            if (d.fast_pages, d.fallbacks) != (n, 0) {
+                return Err(format!(
+                    "{flags:?} at {start:#x}: the fast path got {} of {n} pages, {} fallbacks",
+                    d.fast_pages, d.fallbacks
+                ));
+            }
+            if during.iter().zip(&before).any(|(d, b)| *d != b + unit) {
+                return Err(format!(
+                    "{flags:?} at {start:#x}: refcounts {:?}, were {:?}",
+                    &during[..4],
+                    &before[..4]
+                ));
+            }
+            if head_during != head_before || head_before != 1 {
+                return Err(format!(
+                    "{flags:?}: the head's refcount went {head_before} -> {head_during}, not its own 1"
+                ));
+            }
+            if flags == GupFlags::FOLL_PIN && !pinned {
+                return Err("a pinned subpage does not look pinned".into());
+            }
+            if wrong_data != 0 {
+                return Err(format!("{wrong_data} pages hold the wrong data"));
+            }
+            if after != before {
+                return Err(format!(
+                    "{flags:?}: the release left refcounts {:?}",
+                    &after[..4]
+                ));
+            }
+        }
+        drop(want);
+    }
+    // FOLL_WRITE on the (writable) leaf: taken as it is.
+    let splits0 = huge_memory::THP_SPLIT_PMD.load(Ordering::Relaxed);
+    let w = slow(
+        t.mm(),
+        base + 5 * P,
+        3,
+        GupFlags::FOLL_WRITE | GupFlags::FOLL_PIN,
+    )?;
+    let splits = huge_memory::THP_SPLIT_PMD.load(Ordering::Relaxed) - splits0;
+    if w.pfns() != [head_pfn + 5, head_pfn + 6, head_pfn + 7] || splits != 0 {
+        return Err(format!(
+            "FOLL_WRITE on the leaf: {splits} splits, other frames"
+        ));
+    }
+    if !huge_memory::pmd_trans_huge::<A>(pmd_of(t.mm(), base)) {
+        return Err("FOLL_WRITE on a writable leaf split it".into());
+    }
+    drop(w);
+    // Pins across a munmap that zaps the leaf whole.
+    let mut pinned = fast::<A>(base + 100 * P, 4, GupFlags::FOLL_PIN, None);
+    let zaps0 = huge_memory::THP_ZAP_PMD.load(Ordering::Relaxed);
+    memory::munmap(t.mm(), base, A::PMD_SIZE).map_err(|e| format!("munmap: {e:?}"))?;
+    let zaps = huge_memory::THP_ZAP_PMD.load(Ordering::Relaxed) - zaps0;
+    let mut bad = String::new();
+    for (i, p) in pinned.pages.iter().enumerate() {
+        // SAFETY: the pin keeps the frame allocated; RAM is mapped 1:1.
+        let v = unsafe { page::page_address(p).cast::<u64>().read_volatile() };
+        let want = base + (100 + i as u64) * P;
+        if v != want || page::page_ref_count(p) != GUP_PIN_COUNTING_BIAS {
+            bad.push_str(&format!(
+                " page{i}: value={v:#x} refcount={}",
+                page::page_ref_count(p)
+            ));
+        }
+    }
+    let free = page_alloc::nr_free_pages();
+    let pages = core::mem::take(&mut pinned.pages);
+    gup::unpin_user_pages(&pages);
+    let freed = page_alloc::nr_free_pages() - free;
+    let bad_pages = page_alloc::nr_bad_pages() - bad0;
+    diag!("after whole-leaf munmap: huge_zaps={zaps} pinned_pages_held={} unpin_freed={freed} bad_pages={bad_pages}", pages.len());
+    if zaps != 1 || pages.len() != 4 || !bad.is_empty() {
+        return Err(format!(
+            "munmap: {zaps} huge zaps, pinned {}:{bad}",
+            pages.len()
+        ));
+    }
+    if freed != 4 || bad_pages != 0 {
+        return Err(format!("unpin freed {freed} frames, {bad_pages} bad pages"));
+    }
+    drop(t);
+    Ok(())
+}
+
+/// The fast and the slow GUP of a range got the same frames.
+fn got_pages_check(got: &Held, want: &Held, flags: GupFlags) -> Result<(), String> {
+    if got.pfns() != want.pfns() {
+        return Err(format!(
+            "{flags:?}: GUP-fast and slow GUP got different frames"
+        ));
+    }
+    Ok(())
+}
+
+/// A pin taken by real GUP on one small page of a block makes its collapse
+/// abort with that page's count (the PTE's reference plus the pin bias), and
+/// leaves the block as it was; after the unpin the collapse succeeds (into a
+/// PMD leaf where the MMU has them, a fresh PTE table elsewhere).
+fn huge_pmd_pin_blocks_collapse<A: Mmu>(_: &Cmdline) -> Outcome {
+    no_leak(|| outcome(pin_blocks_collapse_body::<A>()))
+}
+
+fn pin_blocks_collapse_body<A: Mmu>() -> Result<(), String> {
+    let base = A::TASK_BASE;
+    let n = A::PMD_SIZE / P;
+    let t = TestMm::<A>::new()?;
+    memory::mmap_anon(t.mm(), base, A::PMD_SIZE, RW, true).map_err(|e| format!("mmap: {e:?}"))?;
+    t.attach();
+    fill(base, n);
+    let target = base + 77 * P;
+    let pin = fast::<A>(target, 1, GupFlags::FOLL_PIN, None);
+    if pin.pages.len() != 1 {
+        return Err("GUP-fast did not pin the page".into());
+    }
+    let old_pfn = page::page_to_pfn(pin.pages[0]);
+    let rep = khugepaged::collapse_huge_page(t.mm(), base, &collapse_policy());
+    let still_mapped = pgtable::follow_pte(t.mm(), target).is_some_and(|ptep| {
+        // SAFETY: a live PTE of the mm; the test alone changes it.
+        let pte = unsafe { pgtable::read_entry(ptep) };
+        A::pte_present(pte) && A::pte_pfn(pte) == old_pfn
+    });
+    diag!("with a pin: {:?}", rep.result);
+    let want =
+        CollapseResult::Aborted(CollapseAbort::Referenced(target, 1 + GUP_PIN_COUNTING_BIAS));
+    if rep.result != want || !still_mapped {
+        return Err(format!(
+            "collapse with a pin: {:?}, old page still mapped {still_mapped}",
+            rep.result
+        ));
+    }
+    drop(pin);
+    let rep = khugepaged::collapse_huge_page(t.mm(), base, &collapse_policy());
+    let leaf = huge_memory::pmd_trans_huge::<A>(pmd_of(t.mm(), base));
+    diag!("after the unpin: {:?} leaf={leaf}", rep.result);
+    if rep.result != CollapseResult::Collapsed || leaf != A::HAS_HUGE_PMD {
+        return Err(format!(
+            "collapse after the unpin: {:?}, leaf {leaf}",
+            rep.result
+        ));
+    }
+    // SAFETY: in the VMA of the running mm.
+    let v = unsafe { load(target) };
+    if v != target {
+        return Err(format!("after the collapse {target:#x} reads {v:#x}"));
+    }
+    drop(t);
+    Ok(())
+}
+
+/// x86-64: pins on part of a PMD leaf (the head and tails) across a partial
+/// munmap that splits the leaf: every pinned frame keeps exactly the pin's
+/// bias (plus its PTE's reference where still mapped), the unmapped pinned
+/// frames survive with their contents, each unpin releases exactly what its
+/// pin took (the unmapped frames are freed, the mapped ones drop back to
+/// their PTE's reference), no bad page is reported and nothing leaks.
+fn huge_pmd_pin_across_split<A: Mmu>(_: &Cmdline) -> Outcome {
+    if !A::HAS_HUGE_PMD {
+        return Outcome::Skip(NO_LEAVES);
+    }
+    no_leak(|| outcome(pin_across_split_body::<A>()))
+}
+
+fn pin_across_split_body<A: Mmu>() -> Result<(), String> {
+    let bad0 = page_alloc::nr_bad_pages();
+    let (t, head_pfn) = collapsed_block::<A>(0)?;
+    let base = A::TASK_BASE;
+    // Pages 0..8 pinned: 0..4 stay mapped, 4..8 fall in the hole.
+    const PINNED: u64 = 8;
+    let (hole, hole_pages) = (base + 4 * P, 60u64);
+    let mut pinned = fast::<A>(base, PINNED as usize, GupFlags::FOLL_PIN, None);
+    if pinned.pfns() != (0..PINNED).map(|i| head_pfn + i).collect::<Vec<_>>() {
+        return Err("GUP-fast did not pin the leaf's first subpages".into());
+    }
+    let splits0 = huge_memory::THP_SPLIT_PMD.load(Ordering::Relaxed);
+    memory::munmap(t.mm(), hole, hole_pages * P).map_err(|e| format!("munmap: {e:?}"))?;
+    let splits = huge_memory::THP_SPLIT_PMD.load(Ordering::Relaxed) - splits0;
+    let leaf = huge_memory::pmd_trans_huge::<A>(pmd_of(t.mm(), base));
+    let mut bad = String::new();
+    for (i, p) in pinned.pages.iter().enumerate() {
+        let mapped = (i as u64) < 4;
+        let want_refs = GUP_PIN_COUNTING_BIAS + i32::from(mapped);
+        // SAFETY: a pinned frame; RAM is mapped 1:1.
+        let v = unsafe { page::page_address(p).cast::<u64>().read_volatile() };
+        let refs = page::page_ref_count(p);
+        if refs != want_refs || v != base + i as u64 * P || page::page_mapped(p) != mapped {
+            bad.push_str(&format!(
+                " page{i}: refcount={refs} (want {want_refs}) value={v:#x} mapcount={}",
+                page::page_mapcount(p)
+            ));
+        }
+    }
+    let free = page_alloc::nr_free_pages();
+    let pages = core::mem::take(&mut pinned.pages);
+    gup::unpin_user_pages(&pages);
+    let freed = page_alloc::nr_free_pages() - free;
+    let refs_after: Vec<i32> = pages.iter().map(|p| page::page_ref_count(p)).collect();
+    // SAFETY: in the VMA of the running mm (page 2 stays mapped).
+    let v = unsafe { load(base + 2 * P) };
+    let bad_pages = page_alloc::nr_bad_pages() - bad0;
+    diag!(
+        "splits={splits} still_leaf={leaf} unpin_freed={freed} refcounts_after_unpin={refs_after:?} bad_pages={bad_pages}"
+    );
+    if splits != 1 || leaf || !bad.is_empty() {
+        return Err(format!(
+            "after the split ({splits} splits, leaf {leaf}):{bad}"
+        ));
+    }
+    if freed != 4 || refs_after != [1, 1, 1, 1, 0, 0, 0, 0] || bad_pages != 0 {
+        return Err(format!(
+            "unpin freed {freed} frames, refcounts {refs_after:?}, {bad_pages} bad pages"
+        ));
+    }
+    if v != base + 2 * P {
+        return Err(format!("page 2 reads {v:#x} after the unpin"));
+    }
+    drop(t);
     Ok(())
 }
 

@@ -4,16 +4,25 @@
 //!
 //! A huge mapping is one PMD leaf mapping a whole, aligned PMD_SIZE block of
 //! one private anonymous VMA, backed by a compound page of order
-//! [`hpage_pmd_order`] (x86-64: 9, 2 MiB). The rmap is on the head only:
-//! the head's mapcount is 1 and its refcount holds the PMD's reference; the
-//! tail pages are never counted. Leaves are created only by
-//! [`super::khugepaged::collapse_huge_page`], under `mmap_lock` held for
-//! write, and are always writable (the VMA is).
+//! [`hpage_pmd_order`] (x86-64: 9, 2 MiB). The rmap is on the head only (its
+//! mapcount is 1), but **references are per subpage**: while the leaf maps
+//! the block, every subpage, head and tails, holds one reference, the
+//! leaf's, and a GUP reference or pin on a subpage is taken on that subpage
+//! itself (see `gup.rs`), never on the head. Nothing therefore has to move
+//! when the block stops being compound (split, zap): each subpage already
+//! carries exactly what its holders took, and each holder releases exactly
+//! what it took, on the same frame. A subpage's count cannot reach zero
+//! while the block is compound (the leaf's reference goes only after the
+//! block was demoted by [`demote_huge_page`]), so a compound THP is never
+//! freed whole: its frames are freed one by one, each when its last holder
+//! lets go (a pinned subpage outlives the mapping as an order-0 page). Leaves
+//! are created only by [`super::khugepaged::collapse_huge_page`], under
+//! `mmap_lock` held for write, and are always writable (the VMA is).
 //!
 //! Every path that meets a PMD handles a leaf:
 //! - zap ([`super::memory::unmap_page_range`]): a range covering the whole
-//!   block clears the leaf and hands the head to the gather
-//!   ([`zap_huge_pmd`]); a partial range splits the leaf first;
+//!   block clears the leaf, demotes the block and hands every subpage to
+//!   the gather ([`zap_huge_pmd`]); a partial range splits the leaf first;
 //! - fork and mprotect split the leaves of the range first (a huge mapping is
 //!   therefore never shared and never read-only);
 //! - a fault in a leaf-mapped block is spurious (the leaf was installed
@@ -27,15 +36,16 @@
 //! PMD_SIZE / PAGE_SIZE independent order-0 pages in place (no copy) and maps
 //! them through a fresh PTE table. Under `page_table_lock`: fill the new,
 //! unhooked table with one PTE per subpage (same write and dirty state as the
-//! leaf); make every tail an ordinary anonymous page with one reference and
-//! one mapping (the head keeps its own count, now that of its frame alone);
-//! clear the leaf and flush the block from every TLB (x86 needs the 2 MiB
-//! entry gone before 4 KiB ones for the same addresses can be created); hook
-//! up the table. A CPU that faults in between finds the PMD empty, waits for
-//! `page_table_lock` in `pte_alloc_walk`, and then finds the new table. Unlike
-//! Linux, which keeps the folio and maps its subpages (and refuses to split a
-//! pinned folio), a reference held on the head across a split (a GUP pin of
-//! the huge page) keeps only the head frame alive afterwards.
+//! leaf); give every tail its own rmap (one mapping); demote the block (no
+//! reference moves: the leaf's reference on each subpage becomes its PTE's,
+//! GUP references stay where GUP took them); clear the leaf and flush the
+//! block from every TLB (x86 needs the 2 MiB entry gone before 4 KiB ones for
+//! the same addresses can be created); hook up the table. A CPU that faults
+//! in between finds the PMD empty, waits for `page_table_lock` in
+//! `pte_alloc_walk`, and then finds the new table. Unlike Linux, which keeps
+//! the folio and maps its subpages (and refuses to split a pinned folio),
+//! the folio is split with the mapping; a pin taken on a subpage of the leaf
+//! stays on that frame and is released from it.
 //!
 //! Locking: the leaf changes only under `page_table_lock` (Linux's
 //! `pmd_lock`); zaps and splits run under `mmap_lock` (read for
@@ -76,9 +86,11 @@ pub struct SplitNoMemory;
 
 /// Clears the huge leaf of the block at `addr` onto `tlb`
 /// (`zap_huge_pmd`): the whole block joins the flush range, the head loses
-/// its mapping and goes to the gather with the PMD's reference. Returns
-/// whether the gather's batch is full (the caller flushes and frees it), or
-/// `None` if the entry is not a leaf (split or zapped meanwhile).
+/// its mapping, the block is demoted ([`demote_huge_page`]) and every
+/// subpage goes to the gather with the leaf's reference on it (freed after
+/// the flush unless a GUP holder still has it). Returns whether the
+/// gather's batch is full (the caller flushes and frees it), or `None` if
+/// the entry is not a leaf (split or zapped meanwhile).
 pub fn zap_huge_pmd<A: Mmu>(tlb: &mut MmuGather<'_, A>, addr: u64) -> Option<bool> {
     let mm = tlb.mm;
     let pmdp = pgtable::follow_pmd(mm, addr)?;
@@ -96,7 +108,12 @@ pub fn zap_huge_pmd<A: Mmu>(tlb: &mut MmuGather<'_, A>, addr: u64) -> Option<boo
     mm.rss_anon
         .fetch_sub(hpage_pmd_nr::<A>() as usize, Ordering::Relaxed);
     page_remove_rmap(head);
-    let full = mmu_gather::tlb_remove_page(tlb, head);
+    demote_huge_page::<A>(head);
+    let pfn = A::pmd_pfn(pmd);
+    let mut full = false;
+    for i in 0..hpage_pmd_nr::<A>() {
+        full |= mmu_gather::tlb_remove_page(tlb, page::pfn_to_page(pfn + i));
+    }
     drop(guard);
     THP_ZAP_PMD.fetch_add(1, Ordering::Relaxed);
     Some(full)
@@ -135,13 +152,10 @@ pub fn split_huge_pmd<A: Mmu>(mm: &Mm<A>, addr: u64) -> Result<(), SplitNoMemory
         // `i` is below its number of entries.
         unsafe { core::ptr::write_volatile(entries.add(i as usize), pte) };
         if i > 0 {
-            let tail = page::pfn_to_page(pfn + i);
-            page::set_page_count(tail, 1);
-            page_add_new_anon_rmap(tail, mm, haddr + i * PAGE_SIZE);
+            page_add_new_anon_rmap(page::pfn_to_page(pfn + i), mm, haddr + i * PAGE_SIZE);
         }
     }
-    // The block is no longer compound: each frame is its own page now.
-    head.clear_flag(PG_head | (0xff << PAGE_ORDER_SHIFT));
+    demote_huge_page::<A>(head);
     // SAFETY: the live leaf; interrupts are on (callers run in task context).
     unsafe { pgtable::pmdp_collapse_flush(mm, haddr, pmdp) };
     core::sync::atomic::fence(Ordering::Release);
@@ -150,6 +164,23 @@ pub fn split_huge_pmd<A: Mmu>(mm: &Mm<A>, addr: u64) -> Result<(), SplitNoMemory
     drop(guard);
     THP_SPLIT_PMD.fetch_add(1, Ordering::Relaxed);
     Ok(())
+}
+
+/// Makes the huge page `head` PMD_SIZE / PAGE_SIZE independent order-0
+/// pages in place (the folio split of this model): the head loses
+/// `PG_head` and its order, the tails their link to the head. References
+/// are not touched: each subpage already holds its own (see the module
+/// docs). Caller holds `page_table_lock` and has taken the head off the
+/// leaf's rmap or is about to map every subpage with a PTE.
+pub fn demote_huge_page<A: Mmu>(head: &'static page::Page) {
+    debug_assert_eq!(page::compound_order(head), hpage_pmd_order::<A>());
+    let pfn = page::page_to_pfn(head);
+    for i in 1..hpage_pmd_nr::<A>() {
+        page::pfn_to_page(pfn + i)
+            .compound_tail
+            .store(0, Ordering::Release);
+    }
+    head.clear_flag(PG_head | (0xff << PAGE_ORDER_SHIFT));
 }
 
 /// Splits every huge leaf in the PMD blocks that `[start, end)` touches.

@@ -29,7 +29,7 @@
 //!    PTL, clear each old PTE, remove the page's rmap, unlock and release it
 //!    (freed: the PTE held the only reference);
 //! 7. install the block: x86-64 a writable PMD leaf on the compound page
-//!    (one rmap, on the head); elsewhere a fresh PTE table mapping the new
+//!    (one rmap, on the head; one reference on every subpage); elsewhere a fresh PTE table mapping the new
 //!    frames as independent pages;
 //! 8. hand the old PTE table to the table-freeing policy
 //!    ([`CollapsePolicy::table_free`]: now, after an IPI sync, or after an
@@ -307,6 +307,8 @@ fn collapse<A: Mmu>(
     let pfn = page::page_to_pfn(new.head);
     let entry = match new.table {
         None => {
+            // Every subpage holds the leaf's reference (see huge_memory).
+            page_alloc::split_page(new.head, hpage_pmd_order::<A>());
             page::prep_compound_page(new.head, hpage_pmd_order::<A>());
             page_add_new_anon_rmap(new.head, mm, haddr);
             A::pfn_pmd(pfn, PteProt { write: true })

@@ -355,25 +355,35 @@ fn slow_gup_reports_no_vma_and_access() {
 }
 
 #[test]
-fn grabs_count_on_the_compound_head() {
+fn grabs_count_on_the_subpage_across_demotion() {
+    use crate::mm::huge_memory::{demote_huge_page, hpage_pmd_nr, hpage_pmd_order};
     leak_checked(|| {
-        let head = page_alloc::alloc_pages(2).unwrap();
-        page::prep_compound_page(head, 2);
-        let tail = page::pfn_to_page(page::page_to_pfn(head) + 3);
+        // A huge page as collapse installs it: one reference per subpage.
+        let order = hpage_pmd_order::<Emul4k>();
+        let head = page_alloc::alloc_pages(order).unwrap();
+        page_alloc::split_page(head, order);
+        page::prep_compound_page(head, order);
+        let pfn = page::page_to_pfn(head);
+        let tail = page::pfn_to_page(pfn + 3);
         assert!(core::ptr::eq(page::compound_head(tail), head));
-        assert!(core::ptr::eq(page::compound_head(head), head));
-        let got = try_grab_folio(tail, 2, GupFlags::FOLL_PIN).unwrap();
-        assert!(core::ptr::eq(got, head));
-        assert_eq!(page::page_ref_count(head), 1 + 2 * GUP_PIN_COUNTING_BIAS);
+        assert!(try_grab_folio(tail, GupFlags::FOLL_PIN));
+        assert_eq!(page::page_ref_count(tail), 1 + GUP_PIN_COUNTING_BIAS);
+        assert_eq!(page::page_ref_count(head), 1);
         assert!(page_maybe_dma_pinned(tail));
-        unpin_user_page(tail);
-        unpin_user_page(page::pfn_to_page(page::page_to_pfn(head) + 1));
-        assert!(!page_maybe_dma_pinned(tail));
-        // The last reference frees the whole block, tails unmarked.
-        put_user_page(tail);
-        assert_eq!(page::page_ref_count(head), 0);
+        assert!(!page_maybe_dma_pinned(head));
+        // Split or zap: demoted, then the mapping's references go; the
+        // pinned subpage alone survives, as an order-0 page.
+        demote_huge_page::<Emul4k>(head);
         assert!(core::ptr::eq(page::compound_head(tail), tail));
+        for i in 0..hpage_pmd_nr::<Emul4k>() {
+            page::put_page(page::pfn_to_page(pfn + i));
+        }
+        assert_eq!(page::page_ref_count(tail), GUP_PIN_COUNTING_BIAS);
+        assert_eq!(page::page_ref_count(head), 0);
+        // The unpin releases exactly what the pin took, and frees the page.
+        unpin_user_page(tail);
+        assert_eq!(page::page_ref_count(tail), 0);
         // A freed page cannot be grabbed.
-        assert!(try_grab_folio(head, 1, GupFlags::FOLL_GET).is_none());
+        assert!(!try_grab_folio(tail, GupFlags::FOLL_GET));
     });
 }
