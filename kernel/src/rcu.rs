@@ -185,6 +185,44 @@ pub fn synchronize_rcu<A: Arch>() {
     crate::race::waitfor::end(wait);
 }
 
+/// Waits for a full grace period, nudging every other online CPU with a
+/// cross-CPU call that reports its quiescent state
+/// (`synchronize_rcu_expedited`). The call does not wait for the IPIs: a
+/// CPU takes one only with interrupts enabled, that is outside every
+/// read-side section, so its report is a true quiescent state; a CPU with
+/// interrupts off (GUP-fast) reports only once it enables them, and the
+/// wait is published as an ordinary grace-period wait.
+pub fn synchronize_rcu_expedited<A: Arch>() {
+    assert!(
+        !A::irqs_disabled(),
+        "synchronize_rcu_expedited with interrupts disabled (inside a read-side section)"
+    );
+    let flags = A::local_irq_save();
+    let n = request_gp();
+    A::local_irq_restore(flags);
+    if gp_completed(n) {
+        return;
+    }
+    crate::smp::smp_call_function::<A>(|_| rcu_qs::<A>(), 0, false);
+    let cpu = A::smp_processor_id();
+    let wait = crate::race::waitfor::begin(cpu, crate::race::waitfor::Wait::Gp { gp: n }, false);
+    while !gp_completed(n) {
+        rcu_qs::<A>();
+        rcu_do_batch::<A>();
+        A::cpu_relax();
+    }
+    crate::race::waitfor::end(wait);
+}
+
+/// [`rcu_barrier_this_cpu`] with expedited grace periods.
+pub fn rcu_barrier_this_cpu_expedited<A: Arch>() {
+    let cpu = A::smp_processor_id();
+    while pending_callbacks::<A>(cpu) > 0 {
+        synchronize_rcu_expedited::<A>();
+        rcu_do_batch::<A>();
+    }
+}
+
 /// The running grace period and the online CPUs it still waits for (no
 /// quiescent state reported since it began), or `None` when none runs.
 pub fn gp_waiting_on<A: Arch>() -> Option<(u64, u64)> {
