@@ -185,13 +185,24 @@ pub fn synchronize_rcu<A: Arch>() {
     crate::race::waitfor::end(wait);
 }
 
-/// Waits for a full grace period, nudging every other online CPU with a
-/// cross-CPU call that reports its quiescent state
-/// (`synchronize_rcu_expedited`). The call does not wait for the IPIs: a
-/// CPU takes one only with interrupts enabled, that is outside every
-/// read-side section, so its report is a true quiescent state; a CPU with
-/// interrupts off (GUP-fast) reports only once it enables them, and the
-/// wait is published as an ordinary grace-period wait.
+/// The newest grace period a [`synchronize_rcu_expedited`] hurries.
+static EXPEDITED: AtomicU64 = AtomicU64::new(0);
+
+/// The IPI handler's part: while an expedited grace period runs, taking an
+/// IPI is a quiescent state. A CPU takes a (maskable) IPI only with
+/// interrupts enabled, so the interrupted code was outside every read-side
+/// section. No allocation, no wait: safe in any interrupt.
+pub fn rcu_ipi<A: Arch>() {
+    if EXPEDITED.load(Ordering::Acquire) > COMPLETED.load(Ordering::Acquire) {
+        rcu_qs::<A>();
+    }
+}
+
+/// Waits for a full grace period, nudging each CPU the running period
+/// still waits for with a bare IPI (`synchronize_rcu_expedited`); the IPI
+/// handler reports the quiescent state ([`rcu_ipi`]). Nothing waits for the
+/// IPIs: a CPU with interrupts off (GUP-fast) reports only once it enables
+/// them, and the wait is published as an ordinary grace-period wait.
 pub fn synchronize_rcu_expedited<A: Arch>() {
     assert!(
         !A::irqs_disabled(),
@@ -203,11 +214,22 @@ pub fn synchronize_rcu_expedited<A: Arch>() {
     if gp_completed(n) {
         return;
     }
-    crate::smp::smp_call_function::<A>(|_| rcu_qs::<A>(), 0, false);
     let cpu = A::smp_processor_id();
     let wait = crate::race::waitfor::begin(cpu, crate::race::waitfor::Wait::Gp { gp: n }, false);
+    // Each grace period up to `n` starts only when the one before ended:
+    // nudge the CPUs it waits for once per period.
+    let mut nudged = 0;
     while !gp_completed(n) {
         rcu_qs::<A>();
+        if let Some((running, mask)) = gp_waiting_on::<A>() {
+            if running != nudged {
+                nudged = running;
+                EXPEDITED.fetch_max(running, Ordering::AcqRel);
+                for c in (0..NR_CPUS).filter(|&c| c != cpu && mask & (1 << c) != 0) {
+                    A::send_ipi(c);
+                }
+            }
+        }
         rcu_do_batch::<A>();
         A::cpu_relax();
     }

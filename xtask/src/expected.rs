@@ -136,19 +136,13 @@ pub const CELLS: &[Cell] = &[
     // table freed by munmap while GUP-fast walks it with interrupts off.
     // Variants are table freeing x flush strategy; a strategy of the other
     // arch is `skip`.
-    // s390x: IPTE and CSP send no IPI, so only the table policy protects.
+    // s390x: IPTE sends no IPI, so only the table policy protects.
     cell("ptfree-vs-gup-fast", S390x, "immediate-ipte", Forced, Bug),
     cell("ptfree-vs-gup-fast", S390x, "immediate-ipte", Natural, Bug),
     cell("ptfree-vs-gup-fast", S390x, "ipi-sync-ipte", Forced, Clean),
     cell("ptfree-vs-gup-fast", S390x, "ipi-sync-ipte", Natural, Clean),
     cell("ptfree-vs-gup-fast", S390x, "rcu-ipte", Forced, Clean),
     cell("ptfree-vs-gup-fast", S390x, "rcu-ipte", Natural, Clean),
-    cell("ptfree-vs-gup-fast", S390x, "immediate-csp", Forced, Bug),
-    cell("ptfree-vs-gup-fast", S390x, "immediate-csp", Natural, Bug),
-    cell("ptfree-vs-gup-fast", S390x, "ipi-sync-csp", Forced, Clean),
-    cell("ptfree-vs-gup-fast", S390x, "ipi-sync-csp", Natural, Clean),
-    cell("ptfree-vs-gup-fast", S390x, "rcu-csp", Forced, Clean),
-    cell("ptfree-vs-gup-fast", S390x, "rcu-csp", Natural, Clean),
     cell("ptfree-vs-gup-fast", S390x, "immediate-ipi", Forced, Skip),
     cell("ptfree-vs-gup-fast", S390x, "immediate-ipi", Natural, Skip),
     cell("ptfree-vs-gup-fast", S390x, "ipi-sync-ipi", Forced, Skip),
@@ -184,12 +178,6 @@ pub const CELLS: &[Cell] = &[
     cell("ptfree-vs-gup-fast", X86_64, "ipi-sync-ipte", Natural, Skip),
     cell("ptfree-vs-gup-fast", X86_64, "rcu-ipte", Forced, Skip),
     cell("ptfree-vs-gup-fast", X86_64, "rcu-ipte", Natural, Skip),
-    cell("ptfree-vs-gup-fast", X86_64, "immediate-csp", Forced, Skip),
-    cell("ptfree-vs-gup-fast", X86_64, "immediate-csp", Natural, Skip),
-    cell("ptfree-vs-gup-fast", X86_64, "ipi-sync-csp", Forced, Skip),
-    cell("ptfree-vs-gup-fast", X86_64, "ipi-sync-csp", Natural, Skip),
-    cell("ptfree-vs-gup-fast", X86_64, "rcu-csp", Forced, Skip),
-    cell("ptfree-vs-gup-fast", X86_64, "rcu-csp", Natural, Skip),
 ];
 
 /// The cell for (row, arch, variant, mode).
