@@ -159,9 +159,27 @@ pub const CELLS: &[Cell] = &[
     // holds back before any table is freed. The catalogue names only
     // `immediate`; with IPI sync or RCU the flush IPI also blocks first, so
     // forced is `impossible` there too (the fix's own wait is never reached).
-    cell("ptfree-vs-gup-fast", X86_64, "immediate-ipi", Forced, Impossible),
-    cell("ptfree-vs-gup-fast", X86_64, "immediate-ipi", Natural, Clean),
-    cell("ptfree-vs-gup-fast", X86_64, "ipi-sync-ipi", Forced, Impossible),
+    cell(
+        "ptfree-vs-gup-fast",
+        X86_64,
+        "immediate-ipi",
+        Forced,
+        Impossible,
+    ),
+    cell(
+        "ptfree-vs-gup-fast",
+        X86_64,
+        "immediate-ipi",
+        Natural,
+        Clean,
+    ),
+    cell(
+        "ptfree-vs-gup-fast",
+        X86_64,
+        "ipi-sync-ipi",
+        Forced,
+        Impossible,
+    ),
     cell("ptfree-vs-gup-fast", X86_64, "ipi-sync-ipi", Natural, Clean),
     cell("ptfree-vs-gup-fast", X86_64, "rcu-ipi", Forced, Impossible),
     cell("ptfree-vs-gup-fast", X86_64, "rcu-ipi", Natural, Clean),
@@ -173,7 +191,13 @@ pub const CELLS: &[Cell] = &[
     cell("ptfree-vs-gup-fast", X86_64, "rcu-nmi", Forced, Clean),
     cell("ptfree-vs-gup-fast", X86_64, "rcu-nmi", Natural, Clean),
     cell("ptfree-vs-gup-fast", X86_64, "immediate-ipte", Forced, Skip),
-    cell("ptfree-vs-gup-fast", X86_64, "immediate-ipte", Natural, Skip),
+    cell(
+        "ptfree-vs-gup-fast",
+        X86_64,
+        "immediate-ipte",
+        Natural,
+        Skip,
+    ),
     cell("ptfree-vs-gup-fast", X86_64, "ipi-sync-ipte", Forced, Skip),
     cell("ptfree-vs-gup-fast", X86_64, "ipi-sync-ipte", Natural, Skip),
     cell("ptfree-vs-gup-fast", X86_64, "rcu-ipte", Forced, Skip),

@@ -742,7 +742,10 @@ impl<A: Mmu> FastWalk<'_, A> {
         let mut pmdp = self.offset(Level::Pmd, pudp, pud, addr);
         loop {
             let pmd = self.read(Level::Pmd, pmdp);
-            crate::race::race_point::<A>(&crate::race::point::points::GUP_FAST_AFTER_PMD_READ, addr);
+            crate::race::race_point::<A>(
+                &crate::race::point::points::GUP_FAST_AFTER_PMD_READ,
+                addr,
+            );
             let next = pgtable::addr_end(addr, end, A::PMD_SIZE);
             if A::entry_none(Level::Pmd, pmd) {
                 return false;

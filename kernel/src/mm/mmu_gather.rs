@@ -416,10 +416,7 @@ fn free_tables<A: Mmu>(tables: &[(Level, u64)]) {
         }
     }
     if let Some(&(_, first)) = tables.first() {
-        crate::race::race_point::<A>(
-            &crate::race::point::points::GATHER_AFTER_TABLE_FREE,
-            first,
-        );
+        crate::race::race_point::<A>(&crate::race::point::points::GATHER_AFTER_TABLE_FREE, first);
     }
 }
 

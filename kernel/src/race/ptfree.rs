@@ -59,16 +59,16 @@ use super::detect::{self, Finding};
 use super::point::{self, points, RacePoint, Step};
 use super::scenario::{Budget, Ctx, Scenario, Variant};
 use super::waitfor::WaitClass;
+use crate::kprintln;
 use crate::mm::arch::{Level, Mmu};
 use crate::mm::frag::{self, FragPolicy};
 use crate::mm::gup::{self, GupFlags, GupRecord};
 use crate::mm::memory;
-use crate::mm::mmu_gather::{self, PageFree, TableFree, TlbPolicy};
 use crate::mm::mm::{Mm, VmFlags};
+use crate::mm::mmu_gather::{self, PageFree, TableFree, TlbPolicy};
 use crate::mm::tlbflush::{self, FlushStrategy};
 use crate::mm::{page, page_alloc, pgtable, PAGE_SHIFT, PAGE_SIZE};
 use alloc::{boxed::Box, format, string::String, vec, vec::Vec};
-use crate::kprintln;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 const GUP: usize = 0;
