@@ -190,7 +190,7 @@ pub fn scenario<A: Mmu>() -> Scenario<A> {
         },
         delay_points: &DELAY_POINTS,
         trace_points: &TRACE_POINTS,
-        max_delay_ns: 200_000,
+        max_delay_ns: 100_000,
         budget: Budget {
             forced_iterations: 3,
             natural_iterations: 10_000,
