@@ -44,9 +44,11 @@
 //!   CPU holds back (the fix's own wait): held by the fix, then `clean`.
 //!   x86-64 IPI flush: `unmap` waits for the flush IPI that `gup` holds back
 //!   before any table is freed, whatever the table policy: `impossible`.
-//! - Handshake: both roles spin until the other is running (`word[2]`:
-//!   `unmap` ready, `word[1]`: `gup` starts), so the munmap starts as the
-//!   walk does.
+//! - Handshake: `gup` starts its walk when `unmap` starts its munmap
+//!   (`word[2]`); the walk reaches the PMD long before the munmap clears it
+//!   (after the zap), and the natural delays after the PMD read let the
+//!   munmap catch up. Only `gup` waits, so neither CPU spins for a CPU that
+//!   spins for it.
 //! - Natural: random delays after the PMD read widen the window.
 //! - Detector: the walk's recorder judges each table read as it happens
 //!   ([`GupRecord::freed_table_read`]): a read from a frame that was no
@@ -75,7 +77,7 @@ const GUP: usize = 0;
 const UNMAP: usize = 1;
 
 /// Pages mapped and got.
-const NR_PAGES: usize = 2;
+const NR_PAGES: usize = 1;
 
 static DELAY_POINTS: [&RacePoint; 1] = [&points::GUP_FAST_AFTER_PMD_READ];
 static TRACE_POINTS: [&RacePoint; 2] = [&points::ZAP_AFTER_PTE_CLEAR, &points::GATHER_AFTER_FLUSH];
@@ -194,7 +196,7 @@ pub fn scenario<A: Mmu>() -> Scenario<A> {
         budget: Budget {
             forced_iterations: 3,
             natural_iterations: 10_000,
-            natural_time_ns: 20_000_000_000,
+            natural_time_ns: 5_000_000_000,
             iteration_timeout_ns: 2_000_000_000,
         },
     }
@@ -326,11 +328,10 @@ fn role<A: Mmu>(ctx: &Ctx<A>, role: usize) -> bool {
             let cpu = A::smp_processor_id();
             let mut rec = extra(ctx).rec.lock();
             let mut pages = Vec::with_capacity(NR_PAGES);
-            // Start together: the unmap is ready and spins for us.
+            // Start as the unmap starts.
             while ctx.word[2].load(Ordering::Acquire) == 0 {
                 A::cpu_relax();
             }
-            ctx.word[1].store(1, Ordering::Release);
             let before = gup::gup_stats(cpu);
             gup::get_user_pages_fast_traced::<A>(
                 ctx.addr,
@@ -362,9 +363,6 @@ fn role<A: Mmu>(ctx: &Ctx<A>, role: usize) -> bool {
         }
         _ => {
             ctx.word[2].store(1, Ordering::Release);
-            while ctx.word[1].load(Ordering::Acquire) == 0 {
-                A::cpu_relax();
-            }
             if memory::munmap(mm, ctx.addr, NR_PAGES as u64 * PAGE_SIZE).is_err() {
                 return false;
             }
