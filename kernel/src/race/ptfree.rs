@@ -44,11 +44,11 @@
 //!   CPU holds back (the fix's own wait): held by the fix, then `clean`.
 //!   x86-64 IPI flush: `unmap` waits for the flush IPI that `gup` holds back
 //!   before any table is freed, whatever the table policy: `impossible`.
-//! - Handshake: `gup` starts its walk when `unmap` starts its munmap
-//!   (`word[2]`); the walk reaches the PMD long before the munmap clears it
-//!   (after the zap), and the natural delays after the PMD read let the
-//!   munmap catch up. Only `gup` waits, so neither CPU spins for a CPU that
-//!   spins for it.
+//! - Handshake: both roles spin until the other runs (`word[2]`: `unmap`
+//!   ready, `word[1]`: `gup` starts), so the munmap starts as the walk does
+//!   (either CPU alone is woken late too often for the two to meet); the
+//!   walk reaches the PMD before the munmap clears it (after the zap), and
+//!   the natural delays after the PMD read let the munmap catch up.
 //! - Natural: random delays after the PMD read widen the window.
 //! - Detector: the walk's recorder judges each table read as it happens
 //!   ([`GupRecord::freed_table_read`]): a read from a frame that was no
@@ -328,10 +328,11 @@ fn role<A: Mmu>(ctx: &Ctx<A>, role: usize) -> bool {
             let cpu = A::smp_processor_id();
             let mut rec = extra(ctx).rec.lock();
             let mut pages = Vec::with_capacity(NR_PAGES);
-            // Start as the unmap starts.
+            // Start together: the unmap is ready and spins for us.
             while ctx.word[2].load(Ordering::Acquire) == 0 {
                 A::cpu_relax();
             }
+            ctx.word[1].store(1, Ordering::Release);
             let before = gup::gup_stats(cpu);
             gup::get_user_pages_fast_traced::<A>(
                 ctx.addr,
@@ -363,6 +364,9 @@ fn role<A: Mmu>(ctx: &Ctx<A>, role: usize) -> bool {
         }
         _ => {
             ctx.word[2].store(1, Ordering::Release);
+            while ctx.word[1].load(Ordering::Acquire) == 0 {
+                A::cpu_relax();
+            }
             if memory::munmap(mm, ctx.addr, NR_PAGES as u64 * PAGE_SIZE).is_err() {
                 return false;
             }
