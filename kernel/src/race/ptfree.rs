@@ -49,7 +49,11 @@
 //!   (either CPU alone is woken late too often for the two to meet); the
 //!   walk reaches the PMD before the munmap clears it (after the zap), and
 //!   the natural delays after the PMD read let the munmap catch up.
-//! - Natural: random delays after the PMD read widen the window.
+//! - Natural: random delays after the PMD read widen the window. A run
+//!   stops after 10 000 iterations or 5 s: the fixed cells report their
+//!   hit rate (`Report` in the expected table) rather than running 10 000
+//!   iterations, since each maps, walks and unmaps, and IPI sync and RCU
+//!   wake every CPU.
 //! - Detector: the walk's recorder judges each table read as it happens
 //!   ([`GupRecord::freed_table_read`]): a read from a frame that was no
 //!   longer a page table, or that returned the free-page poison.
