@@ -9,6 +9,7 @@ pub fn ipi_interrupt<A: Arch>() {
     percpu::this_cpu::<A>().ipis.fetch_add(1, Ordering::Relaxed);
     crate::race::trace::record(crate::race::trace::Kind::IpiRecv, 0, 0);
     smp::run_call_queue::<A>();
+    crate::rcu::rcu_ipi::<A>();
 }
 
 /// An NMI arrived. May interrupt any code, including code holding locks: it only

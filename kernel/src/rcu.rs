@@ -185,6 +185,66 @@ pub fn synchronize_rcu<A: Arch>() {
     crate::race::waitfor::end(wait);
 }
 
+/// The newest grace period a [`synchronize_rcu_expedited`] hurries.
+static EXPEDITED: AtomicU64 = AtomicU64::new(0);
+
+/// The IPI handler's part: while an expedited grace period runs, taking an
+/// IPI is a quiescent state. A CPU takes a (maskable) IPI only with
+/// interrupts enabled, so the interrupted code was outside every read-side
+/// section. No allocation, no wait: safe in any interrupt.
+pub fn rcu_ipi<A: Arch>() {
+    if EXPEDITED.load(Ordering::Acquire) > COMPLETED.load(Ordering::Acquire) {
+        rcu_qs::<A>();
+    }
+}
+
+/// Waits for a full grace period, nudging each CPU the running period
+/// still waits for with a bare IPI (`synchronize_rcu_expedited`); the IPI
+/// handler reports the quiescent state ([`rcu_ipi`]). Nothing waits for the
+/// IPIs: a CPU with interrupts off (GUP-fast) reports only once it enables
+/// them, and the wait is published as an ordinary grace-period wait.
+pub fn synchronize_rcu_expedited<A: Arch>() {
+    assert!(
+        !A::irqs_disabled(),
+        "synchronize_rcu_expedited with interrupts disabled (inside a read-side section)"
+    );
+    let flags = A::local_irq_save();
+    let n = request_gp();
+    A::local_irq_restore(flags);
+    if gp_completed(n) {
+        return;
+    }
+    let cpu = A::smp_processor_id();
+    let wait = crate::race::waitfor::begin(cpu, crate::race::waitfor::Wait::Gp { gp: n }, false);
+    // Each grace period up to `n` starts only when the one before ended:
+    // nudge the CPUs it waits for once per period.
+    let mut nudged = 0;
+    while !gp_completed(n) {
+        rcu_qs::<A>();
+        if let Some((running, mask)) = gp_waiting_on::<A>() {
+            if running != nudged {
+                nudged = running;
+                EXPEDITED.fetch_max(running, Ordering::AcqRel);
+                for c in (0..NR_CPUS).filter(|&c| c != cpu && mask & (1 << c) != 0) {
+                    A::send_ipi(c);
+                }
+            }
+        }
+        rcu_do_batch::<A>();
+        A::cpu_relax();
+    }
+    crate::race::waitfor::end(wait);
+}
+
+/// [`rcu_barrier_this_cpu`] with expedited grace periods.
+pub fn rcu_barrier_this_cpu_expedited<A: Arch>() {
+    let cpu = A::smp_processor_id();
+    while pending_callbacks::<A>(cpu) > 0 {
+        synchronize_rcu_expedited::<A>();
+        rcu_do_batch::<A>();
+    }
+}
+
 /// The running grace period and the online CPUs it still waits for (no
 /// quiescent state reported since it began), or `None` when none runs.
 pub fn gp_waiting_on<A: Arch>() -> Option<(u64, u64)> {

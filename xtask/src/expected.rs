@@ -132,6 +132,99 @@ pub const CELLS: &[Cell] = &[
     cell("demo-lock-vs-put", X86_64, "buggy", Natural, Bug),
     cell("demo-lock-vs-put", X86_64, "fixed", Forced, Clean),
     cell("demo-lock-vs-put", X86_64, "fixed", Natural, Clean),
+    // ptfree-vs-gup-fast (kernel/src/race/ptfree.rs, catalogue row 6): a PTE
+    // table freed by munmap while GUP-fast walks it with interrupts off.
+    // Variants are table freeing x flush strategy; a strategy of the other
+    // arch is `skip`. The catalogue's `clean` natural cells are `Report`
+    // here: every iteration maps, walks and unmaps, and with IPI sync or RCU
+    // wakes every CPU, so 10 000 iterations take far longer than a boot's
+    // share under TCG; they run a time budget and print their hit rate (0 so
+    // far), and the forced cells prove the fixes (held by the fix, `clean`)
+    // and the x86-64 IPI protection (`impossible`).
+    // s390x: IPTE sends no IPI, so only the table policy protects.
+    cell("ptfree-vs-gup-fast", S390x, "immediate-ipte", Forced, Bug),
+    cell("ptfree-vs-gup-fast", S390x, "immediate-ipte", Natural, Bug),
+    cell("ptfree-vs-gup-fast", S390x, "ipi-sync-ipte", Forced, Clean),
+    cell(
+        "ptfree-vs-gup-fast",
+        S390x,
+        "ipi-sync-ipte",
+        Natural,
+        Report,
+    ),
+    cell("ptfree-vs-gup-fast", S390x, "rcu-ipte", Forced, Clean),
+    cell("ptfree-vs-gup-fast", S390x, "rcu-ipte", Natural, Report),
+    cell("ptfree-vs-gup-fast", S390x, "immediate-ipi", Forced, Skip),
+    cell("ptfree-vs-gup-fast", S390x, "immediate-ipi", Natural, Skip),
+    cell("ptfree-vs-gup-fast", S390x, "ipi-sync-ipi", Forced, Skip),
+    cell("ptfree-vs-gup-fast", S390x, "ipi-sync-ipi", Natural, Skip),
+    cell("ptfree-vs-gup-fast", S390x, "rcu-ipi", Forced, Skip),
+    cell("ptfree-vs-gup-fast", S390x, "rcu-ipi", Natural, Skip),
+    cell("ptfree-vs-gup-fast", S390x, "immediate-nmi", Forced, Skip),
+    cell("ptfree-vs-gup-fast", S390x, "immediate-nmi", Natural, Skip),
+    cell("ptfree-vs-gup-fast", S390x, "ipi-sync-nmi", Forced, Skip),
+    cell("ptfree-vs-gup-fast", S390x, "ipi-sync-nmi", Natural, Skip),
+    cell("ptfree-vs-gup-fast", S390x, "rcu-nmi", Forced, Skip),
+    cell("ptfree-vs-gup-fast", S390x, "rcu-nmi", Natural, Skip),
+    // x86-64 with flush IPIs: the unmap waits for the flush IPI the walker
+    // holds back before any table is freed. The catalogue names only
+    // `immediate`; with IPI sync or RCU the flush IPI also blocks first, so
+    // forced is `impossible` there too (the fix's own wait is never reached).
+    cell(
+        "ptfree-vs-gup-fast",
+        X86_64,
+        "immediate-ipi",
+        Forced,
+        Impossible,
+    ),
+    cell(
+        "ptfree-vs-gup-fast",
+        X86_64,
+        "immediate-ipi",
+        Natural,
+        Report,
+    ),
+    cell(
+        "ptfree-vs-gup-fast",
+        X86_64,
+        "ipi-sync-ipi",
+        Forced,
+        Impossible,
+    ),
+    cell(
+        "ptfree-vs-gup-fast",
+        X86_64,
+        "ipi-sync-ipi",
+        Natural,
+        Report,
+    ),
+    cell("ptfree-vs-gup-fast", X86_64, "rcu-ipi", Forced, Impossible),
+    cell("ptfree-vs-gup-fast", X86_64, "rcu-ipi", Natural, Report),
+    // x86-64 with NMI shootdown: like s390x.
+    cell("ptfree-vs-gup-fast", X86_64, "immediate-nmi", Forced, Bug),
+    cell("ptfree-vs-gup-fast", X86_64, "immediate-nmi", Natural, Bug),
+    cell("ptfree-vs-gup-fast", X86_64, "ipi-sync-nmi", Forced, Clean),
+    cell(
+        "ptfree-vs-gup-fast",
+        X86_64,
+        "ipi-sync-nmi",
+        Natural,
+        Report,
+    ),
+    cell("ptfree-vs-gup-fast", X86_64, "rcu-nmi", Forced, Clean),
+    cell("ptfree-vs-gup-fast", X86_64, "rcu-nmi", Natural, Report),
+    cell("ptfree-vs-gup-fast", X86_64, "immediate-ipte", Forced, Skip),
+    cell(
+        "ptfree-vs-gup-fast",
+        X86_64,
+        "immediate-ipte",
+        Natural,
+        Skip,
+    ),
+    cell("ptfree-vs-gup-fast", X86_64, "ipi-sync-ipte", Forced, Skip),
+    cell("ptfree-vs-gup-fast", X86_64, "ipi-sync-ipte", Natural, Skip),
+    cell("ptfree-vs-gup-fast", X86_64, "rcu-ipte", Forced, Skip),
+    cell("ptfree-vs-gup-fast", X86_64, "rcu-ipte", Natural, Skip),
 ];
 
 /// The cell for (row, arch, variant, mode).

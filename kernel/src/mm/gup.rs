@@ -46,7 +46,16 @@
 //! Recorder: a [`GupRecord`] passed to [`get_user_pages_fast_traced`] gets
 //! the address and value of every entry the fast walk reads;
 //! [`addr_in_pgtable_frame`] checks an address against the frame database
-//! (`PG_pgtable`, which every task page-table frame carries).
+//! (`PG_pgtable`, which every task page-table frame carries). Each table
+//! read is also judged as it happens: a read from a frame that was not a
+//! page table just before it, or that returned the free-page poison, is a
+//! read of a freed table ([`GupRecord::freed_table_read`]).
+//!
+//! Reading a freed table: when a buggy table-freeing policy lets a table go
+//! under the walk (race row `ptfree-vs-gup-fast`), the walk reads poison
+//! (`PAGE_POISON`). A poisoned PTE is "present" on both arches but its pfn
+//! lies far beyond memory, so the walk stops there, takes no reference and
+//! leaves the rest to slow GUP, as Linux's walk does with such garbage.
 //!
 //! Reference counting: [`GupFlags::FOLL_GET`] takes one reference per page,
 //! [`GupFlags::FOLL_PIN`] adds [`GUP_PIN_COUNTING_BIAS`] per page (Linux's
@@ -431,6 +440,10 @@ pub struct EntryRead {
     pub addr: u64,
     /// What it read.
     pub value: u64,
+    /// A table read whose frame was no longer a page table just before the
+    /// read (freed, or reused), or that returned the free-page poison: a
+    /// read of a freed page-table frame.
+    pub from_freed_table: bool,
 }
 
 /// What one GUP-fast walk read (opt-in per call, see
@@ -465,6 +478,7 @@ impl GupRecord {
                 level: Level::Pgd,
                 addr: 0,
                 value: 0,
+                from_freed_table: false,
             }; GUP_RECORD_CAP],
             len: 0,
             dropped: 0,
@@ -498,9 +512,19 @@ impl GupRecord {
             .filter(|r| !addr_in_pgtable_frame(r.addr) && !self.is_own_copy(r))
     }
 
-    fn push(&mut self, level: Level, addr: u64, value: u64) {
+    /// The first read of a freed page-table frame, if any.
+    pub fn freed_table_read(&self) -> Option<&EntryRead> {
+        self.reads().iter().find(|r| r.from_freed_table)
+    }
+
+    fn push(&mut self, level: Level, addr: u64, value: u64, from_freed_table: bool) {
         if self.len < GUP_RECORD_CAP {
-            self.reads[self.len] = EntryRead { level, addr, value };
+            self.reads[self.len] = EntryRead {
+                level,
+                addr,
+                value,
+                from_freed_table,
+            };
             self.len += 1;
         } else {
             self.dropped += 1;
@@ -570,17 +594,29 @@ impl<A: Mmu> FastWalk<'_, A> {
         }
     }
 
-    /// `READ_ONCE(*pXdp)`, recorded.
+    /// `READ_ONCE(*pXdp)`, recorded. With a recorder, a table read is
+    /// also judged at the time of the read: whether its frame was still a
+    /// page table just before it ([`EntryRead::from_freed_table`]).
     fn read(&mut self, level: Level, c: Cursor) -> u64 {
         let p = self.ptr(c);
+        let was_table = match (c, self.rec.is_some()) {
+            (Cursor::Table(_), true) => addr_in_pgtable_frame(p as u64),
+            _ => true,
+        };
         // SAFETY: a table cursor points to an entry of a live table of the
         // current mm: it came from the arch's offset helpers on entries read
         // in this walk, stepped within the range their parent entry covers,
         // and tables are freed only after this interrupts-off walk (see the
-        // module docs). A slot cursor points into `self.state`.
+        // module docs) - unless the kernel's table-freeing policy is the
+        // bug under test, and then the frame is still RAM the kernel maps
+        // (freed frames stay mapped), so the load is defined; what it
+        // returns is judged below and by the entry checks. A slot cursor
+        // points into `self.state`.
         let v = unsafe { pgtable::read_entry(p) };
         if let Some(r) = self.rec.as_deref_mut() {
-            r.push(level, p as u64, v);
+            let freed =
+                matches!(c, Cursor::Table(_)) && (!was_table || v == page_alloc::PAGE_POISON);
+            r.push(level, p as u64, v, freed);
         }
         v
     }
@@ -711,6 +747,10 @@ impl<A: Mmu> FastWalk<'_, A> {
         let mut pmdp = self.offset(Level::Pmd, pudp, pud, addr);
         loop {
             let pmd = self.read(Level::Pmd, pmdp);
+            crate::race::race_point::<A>(
+                &crate::race::point::points::GUP_FAST_AFTER_PMD_READ,
+                addr,
+            );
             let next = pgtable::addr_end(addr, end, A::PMD_SIZE);
             if A::entry_none(Level::Pmd, pmd) {
                 return false;
@@ -756,6 +796,9 @@ impl<A: Mmu> FastWalk<'_, A> {
                 return false;
             }
             let pfn = A::pte_pfn(pte);
+            // A PTE read from a table freed under the walk holds the
+            // free-page poison: present on both arches, with a pfn far
+            // beyond memory, so the walk stops here without a reference.
             if !page::pfn_valid(pfn) {
                 return false;
             }

@@ -415,6 +415,9 @@ fn free_tables<A: Mmu>(tables: &[(Level, u64)]) {
             page_alloc::__free_pages(page::phys_to_page(table), A::CRST_ORDER);
         }
     }
+    if let Some(&(_, first)) = tables.first() {
+        crate::race::race_point::<A>(&crate::race::point::points::GATHER_AFTER_TABLE_FREE, first);
+    }
 }
 
 #[cfg(test)]

@@ -14,7 +14,8 @@
 //! - [`refcount_underflow`]: a negative `_refcount`;
 //! - [`table_freed_while_linked`]: a page-table frame that is free while an
 //!   entry still points at it;
-//! - [`read_of_freed_table`]: a lockless walker read an entry from a frame
+//! - [`read_of_freed_table`], [`recorded_read_of_freed_table`]: a lockless
+//!   walker read an entry from a frame
 //!   that was free (poisoned) when it read it — the walker records each
 //!   entry address it reads and checks it right after the read.
 //!
@@ -151,4 +152,23 @@ pub fn read_of_freed_table(entry_pa: u64) -> Option<Finding> {
             pfn,
         )
     })
+}
+
+/// A lockless walker's recorded read of the `what` entry at physical address
+/// `entry_pa`, judged at the time of the read to be from a freed page-table
+/// frame (the frame was no longer a page table just before the read, or the
+/// read returned the free-page poison): the finding, with the value read.
+pub fn recorded_read_of_freed_table(entry_pa: u64, value: u64, what: &str) -> Finding {
+    let pfn = entry_pa >> crate::mm::PAGE_SHIFT;
+    Finding::frame(
+        format!(
+            "page-table entry read from a freed frame: {what} entry at {entry_pa:#x} read as {value:#x}{}",
+            if value == page_alloc::PAGE_POISON {
+                " (the free-page poison)"
+            } else {
+                " (the frame was no longer a page table)"
+            }
+        ),
+        pfn,
+    )
 }

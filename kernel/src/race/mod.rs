@@ -96,6 +96,7 @@
 pub mod demo;
 pub mod detect;
 pub mod point;
+pub mod ptfree;
 pub mod scenario;
 pub(crate) mod selftest;
 pub mod trace;

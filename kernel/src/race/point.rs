@@ -82,6 +82,14 @@ pub mod points {
     /// `tlb_flush_mmu`: the batch's TLB flush is done, its pages not yet
     /// freed.
     pub static GATHER_AFTER_FLUSH: RacePoint = RacePoint::new("gather:after_flush");
+    /// GUP-fast (`gup_fast_pmd_range`): the PMD entry was read (interrupts
+    /// off), the PTE table it points to not yet. `addr` = the virtual
+    /// address.
+    pub static GUP_FAST_AFTER_PMD_READ: RacePoint = RacePoint::new("gup_fast:after_pmd_read");
+    /// The mmu_gather's `free_tables` (right after the flush, after the IPI
+    /// sync, or in the RCU callback): unhooked page tables were freed.
+    /// `addr` = the physical address of the first table.
+    pub static GATHER_AFTER_TABLE_FREE: RacePoint = RacePoint::new("gather:after_table_free");
     /// The framework's own test points (`race` suite).
     pub static TEST_A: RacePoint = RacePoint::new("test:a");
     /// See [`TEST_A`].
@@ -96,10 +104,12 @@ pub mod points {
     pub static DEMO_AFTER_PUT: RacePoint = RacePoint::new("demo:after_put");
 
     /// All of the above.
-    pub static ALL: [&RacePoint; 9] = [
+    pub static ALL: [&RacePoint; 11] = [
         &ZAP_AFTER_PTE_CLEAR,
         &ZAP_BEFORE_PTL,
         &GATHER_AFTER_FLUSH,
+        &GUP_FAST_AFTER_PMD_READ,
+        &GATHER_AFTER_TABLE_FREE,
         &TEST_A,
         &TEST_B,
         &TEST_C,

@@ -119,7 +119,7 @@ pub struct Scenario<A: Mmu> {
 
 /// Every row, in catalogue order.
 pub fn all<A: Mmu>() -> Vec<Scenario<A>> {
-    vec![super::demo::scenario::<A>()]
+    vec![super::demo::scenario::<A>(), super::ptfree::scenario::<A>()]
 }
 
 /// What a run showed.

@@ -387,3 +387,48 @@ fn grabs_count_on_the_subpage_across_demotion() {
         assert!(!try_grab_folio(tail, GupFlags::FOLL_GET));
     });
 }
+
+/// A PTE read from a freed table holds the free-page poison: the walk
+/// stops there without a reference, and the recorder flags the read.
+fn poisoned_pte_is_no_page<A: Mmu>() {
+    leak_checked(|| {
+        let start = A::TASK_BASE;
+        let mm = populated::<A>(start, 1);
+        let ptep = pgtable::follow_pte(&*mm, start).expect("populated");
+        // SAFETY: a live PTE of the attached mm; nothing else runs.
+        let old = unsafe { pgtable::read_entry(ptep) };
+        let head = page::pfn_to_page(A::pte_pfn(old));
+        let count = page::page_ref_count(head);
+        // SAFETY: as above; restored below before anything else walks it.
+        unsafe { core::ptr::write_volatile(ptep, page_alloc::PAGE_POISON) };
+        assert!(A::pte_present(page_alloc::PAGE_POISON));
+        assert!(!page::pfn_valid(A::pte_pfn(page_alloc::PAGE_POISON)));
+        let mut pages = Vec::new();
+        let mut rec = GupRecord::new();
+        let (n, backoffs) = lockless_pages_from_mm(
+            &mm,
+            start,
+            start + P,
+            GupFlags::FOLL_PIN,
+            &mut pages,
+            Some(&mut rec),
+        );
+        // SAFETY: as above.
+        unsafe { core::ptr::write_volatile(ptep, old) };
+        assert_eq!((n, backoffs), (0, 0));
+        assert!(pages.is_empty());
+        assert_eq!(page::page_ref_count(head), count);
+        let r = rec
+            .freed_table_read()
+            .expect("the poisoned read is flagged");
+        assert_eq!((r.level, r.value), (Level::Pte, page_alloc::PAGE_POISON));
+        assert_eq!(rec.reads().iter().filter(|r| r.from_freed_table).count(), 1);
+        teardown(mm);
+    });
+}
+
+#[test]
+fn poisoned_pte_is_no_page_emul() {
+    poisoned_pte_is_no_page::<Emul4k>();
+    poisoned_pte_is_no_page::<Emul2k>();
+}
