@@ -132,6 +132,24 @@ pub const CELLS: &[Cell] = &[
     cell("demo-lock-vs-put", X86_64, "buggy", Natural, Bug),
     cell("demo-lock-vs-put", X86_64, "fixed", Forced, Clean),
     cell("demo-lock-vs-put", X86_64, "fixed", Natural, Clean),
+    // wp-unlock-vs-zap (kernel/src/race/wp_unlock.rs), catalogue row 1:
+    // do_wp_page unlocks the reused page after the PTL release while
+    // MADV_DONTNEED frees it. Forced: the buggy order is a bug under either
+    // page-freeing policy (with batched freeing the fault's CPU takes the
+    // x86-64 flush IPI: it holds with interrupts on); the fix keeps the PTL
+    // held, the zap waits for it (held_by_fix) and the run is clean.
+    cell("wp-unlock-vs-zap", S390x, "buggy-immediate", Forced, Bug),
+    cell("wp-unlock-vs-zap", S390x, "buggy-immediate", Natural, Bug),
+    cell("wp-unlock-vs-zap", S390x, "buggy-batched", Forced, Bug),
+    cell("wp-unlock-vs-zap", S390x, "buggy-batched", Natural, Report),
+    cell("wp-unlock-vs-zap", S390x, "fixed", Forced, Clean),
+    cell("wp-unlock-vs-zap", S390x, "fixed", Natural, Clean),
+    cell("wp-unlock-vs-zap", X86_64, "buggy-immediate", Forced, Bug),
+    cell("wp-unlock-vs-zap", X86_64, "buggy-immediate", Natural, Bug),
+    cell("wp-unlock-vs-zap", X86_64, "buggy-batched", Forced, Bug),
+    cell("wp-unlock-vs-zap", X86_64, "buggy-batched", Natural, Report),
+    cell("wp-unlock-vs-zap", X86_64, "fixed", Forced, Clean),
+    cell("wp-unlock-vs-zap", X86_64, "fixed", Natural, Clean),
 ];
 
 /// The cell for (row, arch, variant, mode).
