@@ -16,10 +16,10 @@
 //!   read-only while the page has refcount 1 and mapcount 1: a real hardware
 //!   write fault, resolved by `do_wp_page`'s reuse path; `zap` (CPU 2)
 //!   MADV_DONTNEEDs the page.
-//! - Setup: a one-page private anonymous mapping populated for writing, then
-//!   `mprotect` read-only (the PTE is write-protected under the PTL and
-//!   flushed) and read-write again (the PTE stays read-only until the next
-//!   store faults).
+//! - Setup: a one-page private anonymous mapping (one per run, its page
+//!   tables kept across iterations); each iteration faults the page in for
+//!   writing, then write-protects its PTE under the PTL and flushes (as a
+//!   forked child's exit leaves it): the next store takes a write fault.
 //! - Handshake: the zap starts once the fault has locked the page (it sees
 //!   `PG_locked`) or the store is done, as a zap can only race with a fault
 //!   that already found the page mapped; the window is the rest of the
@@ -43,13 +43,14 @@
 //! - Detectors: the runner's bad-page check (the locked page freed), a write
 //!   to the freed, poisoned descriptor, a refcount underflow.
 //! - Teardown: the page the free checks leaked (count 0, not poisoned,
-//!   unlocked by the fault since) is freed for good.
+//!   unlocked by the fault since) is freed for good; the page the fault's
+//!   retried store mapped after the zap is zapped.
 
 use super::detect::{self, Finding};
 use super::point::{points, RacePoint, Step};
 use super::scenario::{Budget, Ctx, Scenario, Variant};
 use super::waitfor::WaitClass;
-use crate::mm::arch::Mmu;
+use crate::mm::arch::{FaultInfo, Mmu};
 use crate::mm::memory::{self, WpUnlock};
 use crate::mm::mm::{Mm, VmFlags};
 use crate::mm::mmu_gather::{self, PageFree, TlbPolicy};
@@ -57,7 +58,7 @@ use crate::mm::page::{self, pfn_to_page, PG_locked, PG_poisoned};
 use crate::mm::{page_alloc, pgtable, PAGE_SIZE};
 use crate::percpu;
 use alloc::{boxed::Box, format, string::String, vec, vec::Vec};
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{AtomicUsize, Ordering};
 
 const FAULT: usize = 0;
 const ZAP: usize = 1;
@@ -94,7 +95,14 @@ static VARIANTS: [Variant; 3] = [
 /// The knobs before the run, put back by `reset`.
 static SAVED: spin::Mutex<Option<(WpUnlock, TlbPolicy)>> = spin::Mutex::new(None);
 
-fn set_variant(v: &Variant) -> Result<(), &'static str> {
+/// The run's mm (`Box::into_raw` of an `Mm<A>`, 0 when none): built by
+/// `set_variant` with its VMA and page tables, lent to each iteration's
+/// `Ctx` by `setup` and taken back by `teardown`, torn down by `reset`.
+/// Building and tearing down an address space per iteration would cost
+/// several times the race itself.
+static RUN_MM: AtomicUsize = AtomicUsize::new(0);
+
+fn set_variant<A: Mmu>(v: &Variant) -> Result<(), &'static str> {
     let (order, page_free) = match v.name {
         "buggy-immediate" => (WpUnlock::AfterPtl, PageFree::Immediate),
         "buggy-batched" => (WpUnlock::AfterPtl, PageFree::Batched),
@@ -106,14 +114,35 @@ fn set_variant(v: &Variant) -> Result<(), &'static str> {
         ..mmu_gather::tlb_policy()
     });
     SAVED.lock().get_or_insert((old_order, old_policy));
+    let mm = Box::new(Mm::<A>::new().ok_or("no memory for an mm")?);
+    // The VMA, and the page tables a first fault allocates (a zap keeps
+    // them): every iteration then starts from the same frames.
+    let populated = memory::mmap_anon(&mm, page_addr::<A>(), PAGE_SIZE, VmFlags::RW, true)
+        .and_then(|()| memory::madvise_dontneed(&mm, page_addr::<A>(), PAGE_SIZE));
+    if populated.is_err() {
+        memory::exit_mmap(*mm);
+        return Err("no memory for the mapping");
+    }
+    RUN_MM.store(Box::into_raw(mm) as usize, Ordering::Release);
     Ok(())
 }
 
-fn reset() {
+fn reset<A: Mmu>() {
+    let mm = RUN_MM.swap(0, Ordering::AcqRel);
+    if mm != 0 {
+        // SAFETY: `set_variant` stored a `Box::into_raw` of an `Mm<A>`; no
+        // iteration holds it (`teardown` gave it back), no CPU runs it.
+        memory::exit_mmap(*unsafe { Box::from_raw(mm as *mut Mm<A>) });
+    }
     if let Some((order, policy)) = SAVED.lock().take() {
         memory::set_wp_unlock_order(order);
         mmu_gather::set_tlb_policy(policy);
     }
+}
+
+/// The address of the page.
+fn page_addr<A: Mmu>() -> u64 {
+    A::TASK_BASE
 }
 
 /// The row.
@@ -123,8 +152,8 @@ pub fn scenario<A: Mmu>() -> Scenario<A> {
         about: "do_wp_page unlocks a reused page after the PTL release; MADV_DONTNEED frees it locked",
         roles: &["fault", "zap"],
         variants: &VARIANTS,
-        set_variant,
-        reset,
+        set_variant: set_variant::<A>,
+        reset: reset::<A>,
         setup: setup::<A>,
         role: role::<A>,
         detect: detect::<A>,
@@ -151,37 +180,44 @@ pub fn scenario<A: Mmu>() -> Scenario<A> {
 }
 
 fn setup<A: Mmu>(ctx: &mut Ctx<A>) -> Result<(), String> {
-    let mm = Box::new(Mm::<A>::new().ok_or_else(|| String::from("no memory for an mm"))?);
-    let addr = A::TASK_BASE;
-    match write_protected_page(&mm, addr) {
-        Ok(pfn) => {
-            ctx.mm = Some(mm);
-            ctx.addr = addr;
-            ctx.pfns = Vec::from([pfn]);
-            ctx.word[BAD_SEQ].store(page_alloc::nr_bad_pages(), Ordering::Relaxed);
-            Ok(())
-        }
-        Err(e) => {
-            memory::exit_mmap(*mm);
-            Err(e)
-        }
+    let raw = RUN_MM.swap(0, Ordering::AcqRel);
+    if raw == 0 {
+        return Err("no mm for the run".into());
     }
+    // SAFETY: `set_variant` or the last `teardown` stored a `Box::into_raw`
+    // of an `Mm<A>`; swapping it out makes this iteration its only owner.
+    let mm = unsafe { Box::from_raw(raw as *mut Mm<A>) };
+    let addr = page_addr::<A>();
+    let r = write_protected_page(&mm, addr);
+    ctx.mm = Some(mm);
+    ctx.addr = addr;
+    ctx.word[BAD_SEQ].store(page_alloc::nr_bad_pages(), Ordering::Relaxed);
+    ctx.pfns = Vec::from([r?]);
+    Ok(())
 }
 
-/// Maps one anonymous page at `addr` populated for writing, then makes its
-/// PTE read-only with `mprotect` RO → RW; returns its pfn. The page has one
-/// reference and one mapping, as `do_wp_page`'s reuse requires.
+/// Faults the page at `addr` in for writing and write-protects its PTE
+/// under the PTL, with a flush: the state a private anonymous page is left
+/// in when a forked child that shared it has exited (or after mprotect
+/// read-only and back). Returns its pfn. The page has one reference and one
+/// mapping, as `do_wp_page`'s reuse requires.
 fn write_protected_page<A: Mmu>(mm: &Mm<A>, addr: u64) -> Result<u64, String> {
-    memory::mmap_anon(mm, addr, PAGE_SIZE, VmFlags::RW, true)
-        .map_err(|e| format!("mmap: {e:?}"))?;
-    memory::mprotect(mm, addr, PAGE_SIZE, VmFlags::RO).map_err(|e| format!("mprotect: {e:?}"))?;
-    memory::mprotect(mm, addr, PAGE_SIZE, VmFlags::RW).map_err(|e| format!("mprotect: {e:?}"))?;
+    let info = FaultInfo {
+        addr,
+        write: true,
+        protection: false,
+        code: 0,
+    };
+    memory::do_user_fault(mm, info).map_err(|e| format!("populate: {e}"))?;
     let ptep = pgtable::follow_pte(mm, addr).ok_or_else(|| String::from("no PTE table"))?;
     let pte = {
         let _ptl = memory::pte_lockptr(ptep).lock();
-        // SAFETY: a live PTE of this mm, which no CPU runs yet; PTL held.
+        // SAFETY: a live PTE of this mm (no CPU runs it yet); PTL held.
+        unsafe { A::ptep_set_wrprotect(mm, addr, ptep) };
+        // SAFETY: as above.
         unsafe { pgtable::read_entry(ptep) }
     };
+    A::flush_tlb_page(mm, addr);
     if !A::pte_present(pte) || A::pte_write(pte) {
         return Err(format!("PTE {pte:#x} is not present and read-only"));
     }
@@ -238,18 +274,29 @@ fn detect<A: Mmu>(ctx: &Ctx<A>) -> Option<Finding> {
 }
 
 fn teardown<A: Mmu>(ctx: &mut Ctx<A>) {
-    let pfn = ctx.pfns[0];
-    let p = pfn_to_page(pfn);
-    let leaked = page_alloc::bad_page_reports_since(ctx.word[BAD_SEQ].load(Ordering::Relaxed))
-        .iter()
-        .any(|r| r.pfn == pfn);
-    // Freed while locked, the page was leaked by the free checks: count 0,
-    // not poisoned; the fault has unlocked it since. Free it for good.
-    if leaked
-        && p._refcount.load(Ordering::Acquire) == 0
-        && !p.test_flag(PG_poisoned)
-        && !p.test_flag(PG_locked)
-    {
-        page_alloc::free_frozen_pages(p, 0);
+    if let Some(&pfn) = ctx.pfns.first() {
+        let p = pfn_to_page(pfn);
+        let leaked =
+            page_alloc::bad_page_reports_since(ctx.word[BAD_SEQ].load(Ordering::Relaxed))
+                .iter()
+                .any(|r| r.pfn == pfn);
+        // Freed while locked, the page was leaked by the free checks: count
+        // 0, not poisoned; the fault has unlocked it since. Free it for good.
+        if leaked
+            && p._refcount.load(Ordering::Acquire) == 0
+            && !p.test_flag(PG_poisoned)
+            && !p.test_flag(PG_locked)
+        {
+            page_alloc::free_frozen_pages(p, 0);
+        }
+    }
+    if let Some(mm) = ctx.mm.take() {
+        // The page the fault's retried store mapped after the zap, if any;
+        // the VMA and the page tables stay for the next iteration.
+        if memory::madvise_dontneed(&mm, ctx.addr, PAGE_SIZE).is_ok() {
+            RUN_MM.store(Box::into_raw(mm) as usize, Ordering::Release);
+        } else {
+            memory::exit_mmap(*mm);
+        }
     }
 }
