@@ -453,11 +453,7 @@ pub fn madvise_dontneed<A: Mmu>(mm: &Mm<A>, addr: u64, len: u64) -> Result<(), M
 
 /// [`madvise_dontneed`], returning how many page references the zap dropped
 /// (the PTEs' references: for a page no one else holds, a free).
-pub fn madvise_dontneed_counted<A: Mmu>(
-    mm: &Mm<A>,
-    addr: u64,
-    len: u64,
-) -> Result<u64, MapError> {
+pub fn madvise_dontneed_counted<A: Mmu>(mm: &Mm<A>, addr: u64, len: u64) -> Result<u64, MapError> {
     let end = check_range::<A>(addr, len)?;
     let vmas = mm.mmap_lock.read();
     let mut tlb = mmu_gather::tlb_gather_mmu(mm);

@@ -149,7 +149,8 @@ fn page_addr<A: Mmu>() -> u64 {
 pub fn scenario<A: Mmu>() -> Scenario<A> {
     Scenario {
         name: "wp-unlock-vs-zap",
-        about: "do_wp_page unlocks a reused page after the PTL release; MADV_DONTNEED frees it locked",
+        about:
+            "do_wp_page unlocks a reused page after the PTL release; MADV_DONTNEED frees it locked",
         roles: &["fault", "zap"],
         variants: &VARIANTS,
         set_variant: set_variant::<A>,
@@ -276,10 +277,9 @@ fn detect<A: Mmu>(ctx: &Ctx<A>) -> Option<Finding> {
 fn teardown<A: Mmu>(ctx: &mut Ctx<A>) {
     if let Some(&pfn) = ctx.pfns.first() {
         let p = pfn_to_page(pfn);
-        let leaked =
-            page_alloc::bad_page_reports_since(ctx.word[BAD_SEQ].load(Ordering::Relaxed))
-                .iter()
-                .any(|r| r.pfn == pfn);
+        let leaked = page_alloc::bad_page_reports_since(ctx.word[BAD_SEQ].load(Ordering::Relaxed))
+            .iter()
+            .any(|r| r.pfn == pfn);
         // Freed while locked, the page was leaked by the free checks: count
         // 0, not poisoned; the fault has unlocked it since. Free it for good.
         if leaked
