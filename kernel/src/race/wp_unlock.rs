@@ -19,7 +19,8 @@
 //! - Setup: a one-page private anonymous mapping (one per run, its page
 //!   tables kept across iterations); each iteration faults the page in for
 //!   writing, then write-protects its PTE under the PTL and flushes (as a
-//!   forked child's exit leaves it): the next store takes a write fault.
+//!   forked child's exit leaves it): the page has refcount 1 and mapcount 1,
+//!   and the next store takes a write fault.
 //! - Handshake: the zap starts once the fault has locked the page (it sees
 //!   `PG_locked`) or the store is done, as a zap can only race with a fault
 //!   that already found the page mapped; the window is the rest of the
@@ -41,10 +42,14 @@
 //!   iteration completes clean.
 //! - Natural: random delays at `wp:before_unlock_page` and `zap:before_ptl`.
 //! - Detectors: the runner's bad-page check (the locked page freed), a write
-//!   to the freed, poisoned descriptor, a refcount underflow.
+//!   to the freed, poisoned descriptor, a store to the freed, poisoned frame
+//!   (x86-64 with immediate freeing: the page is freed at the PTE clear,
+//!   before the flush, and the fault's CPU may still store through its TLB
+//!   entry — why x86 batches), a refcount underflow.
 //! - Teardown: the page the free checks leaked (count 0, not poisoned,
-//!   unlocked by the fault since) is freed for good; the page the fault's
-//!   retried store mapped after the zap is zapped.
+//!   unlocked by the fault since) is freed for good; a freed frame a stale
+//!   store modified is poisoned again; the page the fault's retried store
+//!   mapped after the zap is zapped.
 
 use super::detect::{self, Finding};
 use super::point::{points, RacePoint, Step};
@@ -114,16 +119,19 @@ fn set_variant<A: Mmu>(v: &Variant) -> Result<(), &'static str> {
         ..mmu_gather::tlb_policy()
     });
     SAVED.lock().get_or_insert((old_order, old_policy));
-    let mm = Box::new(Mm::<A>::new().ok_or("no memory for an mm")?);
     // The VMA, and the page tables a first fault allocates (a zap keeps
-    // them): every iteration then starts from the same frames.
-    let populated = memory::mmap_anon(&mm, page_addr::<A>(), PAGE_SIZE, VmFlags::RW, true)
-        .and_then(|()| memory::madvise_dontneed(&mm, page_addr::<A>(), PAGE_SIZE));
-    if populated.is_err() {
-        memory::exit_mmap(*mm);
-        return Err("no memory for the mapping");
+    // them): every iteration then starts from the same frames. Without
+    // memory for them, `setup` finds no mm and the run fails.
+    if let Some(mm) = Mm::<A>::new().map(Box::new) {
+        let addr = page_addr::<A>();
+        let populated = memory::mmap_anon(&mm, addr, PAGE_SIZE, VmFlags::RW, true)
+            .and_then(|()| memory::madvise_dontneed(&mm, addr, PAGE_SIZE));
+        if populated.is_ok() {
+            RUN_MM.store(Box::into_raw(mm) as usize, Ordering::Release);
+        } else {
+            memory::exit_mmap(*mm);
+        }
     }
-    RUN_MM.store(Box::into_raw(mm) as usize, Ordering::Release);
     Ok(())
 }
 
@@ -189,17 +197,17 @@ fn setup<A: Mmu>(ctx: &mut Ctx<A>) -> Result<(), String> {
     // of an `Mm<A>`; swapping it out makes this iteration its only owner.
     let mm = unsafe { Box::from_raw(raw as *mut Mm<A>) };
     let addr = page_addr::<A>();
+    ctx.word[BAD_SEQ].store(page_alloc::nr_bad_pages(), Ordering::Relaxed);
     let r = write_protected_page(&mm, addr);
     ctx.mm = Some(mm);
     ctx.addr = addr;
-    ctx.word[BAD_SEQ].store(page_alloc::nr_bad_pages(), Ordering::Relaxed);
     ctx.pfns = Vec::from([r?]);
     Ok(())
 }
 
 /// Faults the page at `addr` in for writing and write-protects its PTE
 /// under the PTL, with a flush: the state a private anonymous page is left
-/// in when a forked child that shared it has exited (or after mprotect
+/// in when a forked child that shared it has exited (or by `mprotect`
 /// read-only and back). Returns its pfn. The page has one reference and one
 /// mapping, as `do_wp_page`'s reuse requires.
 fn write_protected_page<A: Mmu>(mm: &Mm<A>, addr: u64) -> Result<u64, String> {
@@ -270,6 +278,7 @@ fn role<A: Mmu>(ctx: &Ctx<A>, role: usize) -> bool {
 fn detect<A: Mmu>(ctx: &Ctx<A>) -> Option<Finding> {
     let pfn = ctx.pfns[0];
     detect::poisoned_descriptor_written(pfn)
+        .or_else(|| detect::poisoned_frame_written(pfn))
         .or_else(|| detect::refcount_underflow(pfn))
         .map(|f| f.at(ctx.addr))
 }
@@ -288,6 +297,12 @@ fn teardown<A: Mmu>(ctx: &mut Ctx<A>) {
             && !p.test_flag(PG_locked)
         {
             page_alloc::free_frozen_pages(p, 0);
+        }
+        // Freed at the PTE clear, before any flush (x86-64 with immediate
+        // freeing), the page can still take the fault's store through a
+        // stale TLB entry: put the poison back.
+        if detect::poisoned_frame_written(pfn).is_some() {
+            page_alloc::repoison_free_frame(pfn);
         }
     }
     if let Some(mm) = ctx.mm.take() {
