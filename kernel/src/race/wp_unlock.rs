@@ -124,7 +124,7 @@ fn set_variant<A: Mmu>(v: &Variant) -> Result<(), &'static str> {
     // memory for them, `setup` finds no mm and the run fails.
     if let Some(mm) = Mm::<A>::new().map(Box::new) {
         let addr = page_addr::<A>();
-        let populated = memory::mmap_anon(&mm, addr, PAGE_SIZE, VmFlags::RW, true)
+        let populated = memory::mmap_anon(&mm, addr, PAGE_SIZE, VmFlags::RO, true)
             .and_then(|()| memory::madvise_dontneed(&mm, addr, PAGE_SIZE));
         if populated.is_ok() {
             RUN_MM.store(Box::into_raw(mm) as usize, Ordering::Release);
@@ -205,28 +205,28 @@ fn setup<A: Mmu>(ctx: &mut Ctx<A>) -> Result<(), String> {
     Ok(())
 }
 
-/// Faults the page at `addr` in for writing and write-protects its PTE
-/// under the PTL, with a flush: the state a private anonymous page is left
-/// in when a forked child that shared it has exited (or by `mprotect`
-/// read-only and back). Returns its pfn. The page has one reference and one
-/// mapping, as `do_wp_page`'s reuse requires.
+/// Faults the page at `addr` in for reading in the read-only VMA, then
+/// makes the VMA writable (`mprotect` read-write: the PTE stays read-only,
+/// the next store takes a write fault) — the state `mprotect(PROT_READ)`
+/// and back leaves a private anonymous page in. No CPU can hold a writable
+/// translation of the page, so nothing needs a flush. Returns the pfn. The
+/// page has one reference and one mapping, as `do_wp_page`'s reuse
+/// requires.
 fn write_protected_page<A: Mmu>(mm: &Mm<A>, addr: u64) -> Result<u64, String> {
     let info = FaultInfo {
         addr,
-        write: true,
+        write: false,
         protection: false,
         code: 0,
     };
     memory::do_user_fault(mm, info).map_err(|e| format!("populate: {e}"))?;
+    memory::mprotect(mm, addr, PAGE_SIZE, VmFlags::RW).map_err(|e| format!("mprotect: {e:?}"))?;
     let ptep = pgtable::follow_pte(mm, addr).ok_or_else(|| String::from("no PTE table"))?;
     let pte = {
         let _ptl = memory::pte_lockptr(ptep).lock();
         // SAFETY: a live PTE of this mm (no CPU runs it yet); PTL held.
-        unsafe { A::ptep_set_wrprotect(mm, addr, ptep) };
-        // SAFETY: as above.
         unsafe { pgtable::read_entry(ptep) }
     };
-    A::flush_tlb_page(mm, addr);
     if !A::pte_present(pte) || A::pte_write(pte) {
         return Err(format!("PTE {pte:#x} is not present and read-only"));
     }
@@ -308,7 +308,9 @@ fn teardown<A: Mmu>(ctx: &mut Ctx<A>) {
     if let Some(mm) = ctx.mm.take() {
         // The page the fault's retried store mapped after the zap, if any;
         // the VMA and the page tables stay for the next iteration.
-        if memory::madvise_dontneed(&mm, ctx.addr, PAGE_SIZE).is_ok() {
+        if memory::madvise_dontneed(&mm, ctx.addr, PAGE_SIZE).is_ok()
+            && memory::mprotect(&mm, ctx.addr, PAGE_SIZE, VmFlags::RO).is_ok()
+        {
             RUN_MM.store(Box::into_raw(mm) as usize, Ordering::Release);
         } else {
             memory::exit_mmap(*mm);
