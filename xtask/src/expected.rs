@@ -137,7 +137,9 @@ pub const CELLS: &[Cell] = &[
     // MADV_DONTNEED frees it. Forced: the buggy order is a bug under either
     // page-freeing policy (with batched freeing the fault's CPU takes the
     // x86-64 flush IPI: it holds with interrupts on); the fix keeps the PTL
-    // held, the zap waits for it (held_by_fix) and the run is clean.
+    // held, the zap waits for it (held_by_fix) and the run is clean (the
+    // fix frees pages after the flush: freed at the clear, a page can still
+    // take a store through an x86-64 TLB entry, which is not this bug).
     // Natural (delays at wp:before_unlock_page and zap:before_ptl): with
     // immediate freeing a bug on s390x, and on x86-64 too — the page is
     // freed at the PTE clear, which waits for no flush on either arch, so

@@ -16,11 +16,11 @@
 //!   read-only while the page has refcount 1 and mapcount 1: a real hardware
 //!   write fault, resolved by `do_wp_page`'s reuse path; `zap` (CPU 2)
 //!   MADV_DONTNEEDs the page.
-//! - Setup: a one-page private anonymous mapping (one per run, its page
-//!   tables kept across iterations); each iteration faults the page in for
-//!   writing, then write-protects its PTE under the PTL and flushes (as a
-//!   forked child's exit leaves it): the page has refcount 1 and mapcount 1,
-//!   and the next store takes a write fault.
+//! - Setup: a one-page private anonymous mapping, read-only (one per run,
+//!   its page tables kept across iterations); each iteration faults the page
+//!   in for reading and `mprotect`s the VMA read-write: the PTE stays
+//!   read-only, the page has refcount 1 and mapcount 1, and the next store
+//!   takes a write fault. Teardown makes the VMA read-only again.
 //! - Handshake: the zap starts once the fault has locked the page (it sees
 //!   `PG_locked`) or the store is done, as a zap can only race with a fault
 //!   that already found the page mapped; the window is the rest of the
@@ -28,8 +28,10 @@
 //! - Variants: `buggy-immediate` (unlock after the PTL release; pages freed
 //!   at the PTE clear, s390 style), `buggy-batched` (the same order; pages
 //!   freed after the gather's flush, x86 style), `fixed` (unlock under the
-//!   PTL, be068f29034f; immediate freeing, the policy under which the buggy
-//!   order hits most).
+//!   PTL, be068f29034f; batched freeing, which is safe on both arches:
+//!   immediate freeing on x86-64 frees a page before the flush, and a CPU
+//!   can still store to it through its TLB — a different bug, which the
+//!   frame detector reports in `buggy-immediate` runs there).
 //! - Forced schedule: the fault holds at `wp:before_unlock_page` while the
 //!   zap takes the PTL, clears the PTE and finishes the MADV_DONTNEED
 //!   (`madvise:after_dontneed`: the page is freed by then under either
@@ -92,7 +94,7 @@ static VARIANTS: [Variant; 3] = [
     },
     Variant {
         name: "fixed",
-        about: "unlock_page under the PTL (be068f29034f); pages freed at the PTE clear",
+        about: "unlock_page under the PTL (be068f29034f); pages freed after the flush",
         fix_waits: &[WaitClass::Ptl],
     },
 ];
@@ -111,7 +113,7 @@ fn set_variant<A: Mmu>(v: &Variant) -> Result<(), &'static str> {
     let (order, page_free) = match v.name {
         "buggy-immediate" => (WpUnlock::AfterPtl, PageFree::Immediate),
         "buggy-batched" => (WpUnlock::AfterPtl, PageFree::Batched),
-        _ => (WpUnlock::BeforePtl, PageFree::Immediate),
+        _ => (WpUnlock::BeforePtl, PageFree::Batched),
     };
     let old_order = memory::set_wp_unlock_order(order);
     let old_policy = mmu_gather::set_tlb_policy(TlbPolicy {
