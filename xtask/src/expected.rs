@@ -132,6 +132,33 @@ pub const CELLS: &[Cell] = &[
     cell("demo-lock-vs-put", X86_64, "buggy", Natural, Bug),
     cell("demo-lock-vs-put", X86_64, "fixed", Forced, Clean),
     cell("demo-lock-vs-put", X86_64, "fixed", Natural, Clean),
+    // wp-unlock-vs-zap (kernel/src/race/wp_unlock.rs), catalogue row 1:
+    // do_wp_page unlocks the reused page after the PTL release while
+    // MADV_DONTNEED frees it. Forced: the buggy order is a bug under either
+    // page-freeing policy (with batched freeing the fault's CPU takes the
+    // x86-64 flush IPI: it holds with interrupts on); the fix keeps the PTL
+    // held, the zap waits for it (held_by_fix) and the run is clean (the
+    // fix frees pages after the flush: freed at the clear, a page can still
+    // take a store through an x86-64 TLB entry, which is not this bug).
+    // Natural (delays at wp:before_unlock_page and zap:before_ptl): with
+    // immediate freeing a bug on s390x, and on x86-64 too — the page is
+    // freed at the PTE clear, which waits for no flush on either arch, so
+    // the window is the same (x86-64 hits more often: its PTE clear is a
+    // plain exchange, s390x's an IPTE). Batched freeing reports its hit
+    // rate only: the free waits for the flush (on x86-64 an IPI the fault's
+    // CPU takes with interrupts on), which the window rarely outlasts.
+    cell("wp-unlock-vs-zap", S390x, "buggy-immediate", Forced, Bug),
+    cell("wp-unlock-vs-zap", S390x, "buggy-immediate", Natural, Bug),
+    cell("wp-unlock-vs-zap", S390x, "buggy-batched", Forced, Bug),
+    cell("wp-unlock-vs-zap", S390x, "buggy-batched", Natural, Report),
+    cell("wp-unlock-vs-zap", S390x, "fixed", Forced, Clean),
+    cell("wp-unlock-vs-zap", S390x, "fixed", Natural, Clean),
+    cell("wp-unlock-vs-zap", X86_64, "buggy-immediate", Forced, Bug),
+    cell("wp-unlock-vs-zap", X86_64, "buggy-immediate", Natural, Bug),
+    cell("wp-unlock-vs-zap", X86_64, "buggy-batched", Forced, Bug),
+    cell("wp-unlock-vs-zap", X86_64, "buggy-batched", Natural, Report),
+    cell("wp-unlock-vs-zap", X86_64, "fixed", Forced, Clean),
+    cell("wp-unlock-vs-zap", X86_64, "fixed", Natural, Clean),
     // ptfree-vs-gup-fast (kernel/src/race/ptfree.rs, catalogue row 6): a PTE
     // table freed by munmap while GUP-fast walks it with interrupts off.
     // Variants are table freeing x flush strategy; a strategy of the other

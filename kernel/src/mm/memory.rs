@@ -448,15 +448,22 @@ pub fn mprotect<A: Mmu>(mm: &Mm<A>, addr: u64, len: u64, flags: VmFlags) -> Resu
 /// file mapping reads back the page cache (a dirty PTE dirtied its page).
 /// Returns `Unmapped` if part of the range has no VMA (the rest is zapped).
 pub fn madvise_dontneed<A: Mmu>(mm: &Mm<A>, addr: u64, len: u64) -> Result<(), MapError> {
+    madvise_dontneed_counted(mm, addr, len).map(|_| ())
+}
+
+/// [`madvise_dontneed`], returning how many page references the zap dropped
+/// (the PTEs' references: for a page no one else holds, a free).
+pub fn madvise_dontneed_counted<A: Mmu>(mm: &Mm<A>, addr: u64, len: u64) -> Result<u64, MapError> {
     let end = check_range::<A>(addr, len)?;
     let vmas = mm.mmap_lock.read();
     let mut tlb = mmu_gather::tlb_gather_mmu(mm);
     for v in vmas.iter().filter(|v| v.start < end && addr < v.end) {
         unmap_page_range(&mut tlb, v.start.max(addr), v.end.min(end));
     }
-    mmu_gather::tlb_finish_mmu(tlb);
+    let freed = mmu_gather::tlb_finish_mmu_freed(tlb);
+    race_point::<A>(&points::MADVISE_AFTER_DONTNEED, addr);
     if vmas.covers(addr, end) {
-        Ok(())
+        Ok(freed)
     } else {
         Err(MapError::Unmapped)
     }
@@ -772,11 +779,15 @@ fn do_wp_page<A: Mmu>(
             WP_REUSED.fetch_add(1, Ordering::Relaxed);
             match wp_unlock_order() {
                 WpUnlock::BeforePtl => {
+                    race_point::<A>(&points::WP_BEFORE_UNLOCK_PAGE, addr);
                     page::unlock_page(old_page);
                     wp_page_reuse(mm, addr, ptep, pte, ptl);
                 }
                 WpUnlock::AfterPtl => {
                     wp_page_reuse(mm, addr, ptep, pte, ptl);
+                    // The PTL is released: only the page lock is held, and
+                    // it holds no reference.
+                    race_point::<A>(&points::WP_BEFORE_UNLOCK_PAGE, addr);
                     page::unlock_page(old_page);
                 }
             }

@@ -376,7 +376,12 @@ pub fn tlb_finish_mmu<A: Mmu>(tlb: MmuGather<'_, A>) {
 }
 
 /// [`tlb_finish_mmu`], returning the flushes the gather issued in all.
-pub fn tlb_finish_mmu_counted<A: Mmu>(mut tlb: MmuGather<'_, A>) -> u64 {
+pub fn tlb_finish_mmu_counted<A: Mmu>(tlb: MmuGather<'_, A>) -> u64 {
+    finish(tlb).0
+}
+
+/// Ends the gather; returns (flushes issued, page references dropped).
+fn finish<A: Mmu>(mut tlb: MmuGather<'_, A>) -> (u64, u64) {
     assert!(
         tlb.delayed_rmap.is_empty(),
         "tlb_finish_mmu with rmap removals still delayed"
@@ -387,7 +392,13 @@ pub fn tlb_finish_mmu_counted<A: Mmu>(mut tlb: MmuGather<'_, A>) -> u64 {
     tlb_flush_mmu(&mut tlb);
     // dec_tlb_flush_pending: after the last flush.
     tlb.mm.tlb_flush_pending.fetch_sub(1, Ordering::AcqRel);
-    tlb.flushes
+    (tlb.flushes, tlb.pages_freed)
+}
+
+/// [`tlb_finish_mmu`], returning the page references the gather dropped in
+/// all (at the clear or after a flush, as its policy says).
+pub fn tlb_finish_mmu_freed<A: Mmu>(tlb: MmuGather<'_, A>) -> u64 {
+    finish(tlb).1
 }
 
 /// Waits until every other CPU has taken an interrupt since the call

@@ -495,6 +495,21 @@ pub fn unpoison_leaked_page(page: &Page) {
     page.clear_flag(PG_poisoned);
 }
 
+/// Refills free, poisoned frame `pfn` with [`PAGE_POISON`] after a detector
+/// found it modified (a store through a stale translation), so that its next
+/// allocation does not take it out of circulation; under the zone lock, so
+/// no allocation takes it meanwhile. Returns whether the frame was free and
+/// poisoned. Teardowns repair with this; detectors never call it.
+pub fn repoison_free_frame(pfn: u64) -> bool {
+    with_zone(|_| {
+        let free = page_is_poisoned(pfn) && pfn_to_page(pfn)._refcount.load(Ordering::Acquire) == 0;
+        if free {
+            poison_frame(pfn);
+        }
+        free
+    })
+}
+
 fn poison_descriptor(page: &Page) {
     page._mapcount.store(MAPCOUNT_POISON, Ordering::Relaxed);
     page.mapping.store(MAPPING_POISON, Ordering::Relaxed);

@@ -9,7 +9,8 @@
 //! - [`poisoned_frame_written`]: a free, poisoned frame whose contents
 //!   changed (a store through a stale translation or a freed table);
 //! - [`poisoned_descriptor_written`]: a free page whose descriptor lost its
-//!   poison (`_mapcount` / `mapping`) or carries flags (a write to a freed
+//!   poison (`_mapcount` / `mapping`) or carries flags other than the
+//!   allocator's own (`PG_poisoned`, `PG_buddy`) (a write to a freed
 //!   `struct page`, e.g. an unlock);
 //! - [`refcount_underflow`]: a negative `_refcount`;
 //! - [`table_freed_while_linked`]: a page-table frame that is free while an
@@ -22,7 +23,9 @@
 //! A row combines these in its `detect` function; the runner always adds
 //! [`bad_page_since`].
 
-use crate::mm::page::{self, pfn_to_page, pfn_valid, PG_poisoned, MAPCOUNT_POISON, MAPPING_POISON};
+use crate::mm::page::{
+    self, pfn_to_page, pfn_valid, PG_buddy, PG_poisoned, MAPCOUNT_POISON, MAPPING_POISON,
+};
 use crate::mm::page_alloc;
 use alloc::{format, string::String};
 use core::sync::atomic::Ordering;
@@ -107,7 +110,8 @@ pub fn poisoned_descriptor_written(pfn: u64) -> Option<Finding> {
     if !p.test_flag(PG_poisoned) {
         return None;
     }
-    let flags = p.flags() & !PG_poisoned;
+    // The allocator's own marks: poisoned, and the head of a free block.
+    let flags = p.flags() & !(PG_poisoned | PG_buddy);
     let mapcount = p._mapcount.load(Ordering::Acquire);
     let mapping = p.mapping.load(Ordering::Acquire);
     (flags != 0 || mapcount != MAPCOUNT_POISON || mapping != MAPPING_POISON).then(|| {

@@ -101,6 +101,7 @@ pub mod scenario;
 pub(crate) mod selftest;
 pub mod trace;
 pub mod waitfor;
+pub mod wp_unlock;
 
 pub use point::{race_point, RacePoint, Step};
 

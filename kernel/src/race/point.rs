@@ -103,6 +103,14 @@ pub mod points {
     /// The demonstration row: the reference is dropped.
     pub static DEMO_AFTER_PUT: RacePoint = RacePoint::new("demo:after_put");
 
+    /// `do_wp_page` reuse: about to `unlock_page` the reused page (after
+    /// the PTL release in the buggy order, under the PTL in the fixed one).
+    /// `addr` = the faulting virtual address.
+    pub static WP_BEFORE_UNLOCK_PAGE: RacePoint = RacePoint::new("wp:before_unlock_page");
+    /// `madvise(MADV_DONTNEED)`: the range is zapped, flushed and its pages
+    /// freed (`tlb_finish_mmu` returned); `mmap_lock` still held for read.
+    pub static MADVISE_AFTER_DONTNEED: RacePoint = RacePoint::new("madvise:after_dontneed");
+
     /// All of the above.
     pub static ALL: [&RacePoint; 11] = [
         &ZAP_AFTER_PTE_CLEAR,
@@ -116,6 +124,8 @@ pub mod points {
         &DEMO_LOCKED,
         &DEMO_BEFORE_PUT,
         &DEMO_AFTER_PUT,
+        &WP_BEFORE_UNLOCK_PAGE,
+        &MADVISE_AFTER_DONTNEED,
     ];
 
     /// The point named `name`.

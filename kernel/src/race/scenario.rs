@@ -119,7 +119,11 @@ pub struct Scenario<A: Mmu> {
 
 /// Every row, in catalogue order.
 pub fn all<A: Mmu>() -> Vec<Scenario<A>> {
-    vec![super::demo::scenario::<A>(), super::ptfree::scenario::<A>()]
+    vec![
+        super::demo::scenario::<A>(),
+        super::wp_unlock::scenario::<A>(),
+        super::ptfree::scenario::<A>(),
+    ]
 }
 
 /// What a run showed.

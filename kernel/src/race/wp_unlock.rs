@@ -1,0 +1,323 @@
+//! `wp-unlock-vs-zap` (catalogue row 1, seed 000): `do_wp_page` unlocks a
+//! reused page after releasing the PTL, while MADV_DONTNEED frees it.
+//!
+//! Linux 5.9's 09854ba94c6a ("mm: do_wp_page() simplification") reused an
+//! exclusive anonymous page as `wp_page_reuse(vmf); unlock_page(page);`:
+//! `wp_page_reuse` releases the PTL, and the fault holds no reference of
+//! its own, so between the two a zap on another CPU (MADV_DONTNEED, under
+//! `mmap_lock` for read like the fault) can clear the PTE and drop the last
+//! reference. The page is freed while still locked ("bad page state:
+//! PAGE_FLAGS_CHECK_AT_FREE flag(s) set", `locked`), and the fault's
+//! `unlock_page` then writes to a freed page descriptor. be068f29034f
+//! ("mm: fix misplaced unlock_page in do_wp_page()") unlocks first, under the
+//! PTL: the zap cannot clear the PTE before the page is unlocked.
+//!
+//! - Roles: `fault` (CPU 1) stores to an anonymous page whose PTE is
+//!   read-only while the page has refcount 1 and mapcount 1: a real hardware
+//!   write fault, resolved by `do_wp_page`'s reuse path; `zap` (CPU 2)
+//!   MADV_DONTNEEDs the page.
+//! - Setup: a one-page private anonymous mapping, read-only (one per run,
+//!   its page tables kept across iterations); each iteration faults the page
+//!   in for reading and `mprotect`s the VMA read-write: the PTE stays
+//!   read-only, the page has refcount 1 and mapcount 1, and the next store
+//!   takes a write fault. Teardown makes the VMA read-only again.
+//! - Handshake: the zap starts once the fault has locked the page (it sees
+//!   `PG_locked`) or the store is done, as a zap can only race with a fault
+//!   that already found the page mapped; the window is the rest of the
+//!   reuse path. Neither role spins after its operation: under QEMU TCG a
+//!   spinning vCPU must be scheduled for every IPTE (all vCPUs synchronise)
+//!   and every flush IPI, which on a loaded host costs a time slice each.
+//! - Variants: `buggy-immediate` (unlock after the PTL release; pages freed
+//!   at the PTE clear, s390 style), `buggy-batched` (the same order; pages
+//!   freed after the gather's flush, x86 style), `fixed` (unlock under the
+//!   PTL, be068f29034f; batched freeing, which is safe on both arches:
+//!   immediate freeing on x86-64 frees a page before the flush, and a CPU
+//!   can still store to it through its TLB — a different bug, which the
+//!   frame detector reports in `buggy-immediate` runs there).
+//! - Forced schedule: the fault holds at `wp:before_unlock_page` while the
+//!   zap takes the PTL, clears the PTE and finishes the MADV_DONTNEED
+//!   (`madvise:after_dontneed`: the page is freed by then under either
+//!   policy); then the fault unlocks. Buggy: the PTL is free, the zap frees
+//!   the locked page. With batched freeing on x86-64 the gather's flush IPI
+//!   reaches the fault's CPU, which holds with interrupts on (a fault taken
+//!   with interrupts on runs with them on). Fixed: the fault holds the PTL at
+//!   that point, the zap spins on it: the fix's own wait
+//!   (`fix_waits: [Ptl]`), so the runner releases the schedule and the
+//!   iteration completes clean.
+//! - Natural: random delays at `wp:before_unlock_page` and `zap:before_ptl`.
+//! - Detectors: the runner's bad-page check (the locked page freed), a write
+//!   to the freed, poisoned descriptor, a store to the freed, poisoned frame
+//!   (x86-64 with immediate freeing: the page is freed at the PTE clear,
+//!   before the flush, and the fault's CPU may still store through its TLB
+//!   entry — why x86 batches), a refcount underflow.
+//! - Teardown: the page the free checks leaked (count 0, not poisoned,
+//!   unlocked by the fault since) is freed for good; a freed frame a stale
+//!   store modified is poisoned again; the page the fault's retried store
+//!   mapped after the zap is zapped.
+
+use super::detect::{self, Finding};
+use super::point::{points, RacePoint, Step};
+use super::scenario::{Budget, Ctx, Scenario, Variant};
+use super::waitfor::WaitClass;
+use crate::mm::arch::{FaultInfo, Mmu};
+use crate::mm::memory::{self, WpUnlock};
+use crate::mm::mm::{Mm, VmFlags};
+use crate::mm::mmu_gather::{self, PageFree, TlbPolicy};
+use crate::mm::page::{self, pfn_to_page, PG_locked, PG_poisoned};
+use crate::mm::{page_alloc, pgtable, PAGE_SIZE};
+use crate::percpu;
+use alloc::{boxed::Box, format, string::String, vec, vec::Vec};
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+const FAULT: usize = 0;
+const ZAP: usize = 1;
+
+/// `ctx.word` slot: the fault's store is done.
+const FAULT_DONE: usize = 0;
+/// [`page_alloc::nr_bad_pages`] when the iteration was set up.
+const BAD_SEQ: usize = 7;
+
+/// What the fault stores.
+const MARK: u64 = 0x5750_5f72_6575_7365;
+
+static DELAY_POINTS: [&RacePoint; 2] = [&points::WP_BEFORE_UNLOCK_PAGE, &points::ZAP_BEFORE_PTL];
+static TRACE_POINTS: [&RacePoint; 1] = [&points::GATHER_AFTER_FLUSH];
+
+static VARIANTS: [Variant; 3] = [
+    Variant {
+        name: "buggy-immediate",
+        about: "unlock_page after the PTL release (09854ba94c6a); pages freed at the PTE clear",
+        fix_waits: &[],
+    },
+    Variant {
+        name: "buggy-batched",
+        about: "unlock_page after the PTL release (09854ba94c6a); pages freed after the flush",
+        fix_waits: &[],
+    },
+    Variant {
+        name: "fixed",
+        about: "unlock_page under the PTL (be068f29034f); pages freed after the flush",
+        fix_waits: &[WaitClass::Ptl],
+    },
+];
+
+/// The knobs before the run, put back by `reset`.
+static SAVED: spin::Mutex<Option<(WpUnlock, TlbPolicy)>> = spin::Mutex::new(None);
+
+/// The run's mm (`Box::into_raw` of an `Mm<A>`, 0 when none): built by
+/// `set_variant` with its VMA and page tables, lent to each iteration's
+/// `Ctx` by `setup` and taken back by `teardown`, torn down by `reset`.
+/// Building and tearing down an address space per iteration would cost
+/// several times the race itself.
+static RUN_MM: AtomicUsize = AtomicUsize::new(0);
+
+fn set_variant<A: Mmu>(v: &Variant) -> Result<(), &'static str> {
+    let (order, page_free) = match v.name {
+        "buggy-immediate" => (WpUnlock::AfterPtl, PageFree::Immediate),
+        "buggy-batched" => (WpUnlock::AfterPtl, PageFree::Batched),
+        _ => (WpUnlock::BeforePtl, PageFree::Batched),
+    };
+    let old_order = memory::set_wp_unlock_order(order);
+    let old_policy = mmu_gather::set_tlb_policy(TlbPolicy {
+        page_free,
+        ..mmu_gather::tlb_policy()
+    });
+    SAVED.lock().get_or_insert((old_order, old_policy));
+    // The VMA, and the page tables a first fault allocates (a zap keeps
+    // them): every iteration then starts from the same frames. Without
+    // memory for them, `setup` finds no mm and the run fails.
+    if let Some(mm) = Mm::<A>::new().map(Box::new) {
+        let addr = page_addr::<A>();
+        let populated = memory::mmap_anon(&mm, addr, PAGE_SIZE, VmFlags::RO, true)
+            .and_then(|()| memory::madvise_dontneed(&mm, addr, PAGE_SIZE));
+        if populated.is_ok() {
+            RUN_MM.store(Box::into_raw(mm) as usize, Ordering::Release);
+        } else {
+            memory::exit_mmap(*mm);
+        }
+    }
+    Ok(())
+}
+
+fn reset<A: Mmu>() {
+    let mm = RUN_MM.swap(0, Ordering::AcqRel);
+    if mm != 0 {
+        // SAFETY: `set_variant` stored a `Box::into_raw` of an `Mm<A>`; no
+        // iteration holds it (`teardown` gave it back), no CPU runs it.
+        memory::exit_mmap(*unsafe { Box::from_raw(mm as *mut Mm<A>) });
+    }
+    if let Some((order, policy)) = SAVED.lock().take() {
+        memory::set_wp_unlock_order(order);
+        mmu_gather::set_tlb_policy(policy);
+    }
+}
+
+/// The address of the page.
+fn page_addr<A: Mmu>() -> u64 {
+    A::TASK_BASE
+}
+
+/// The row.
+pub fn scenario<A: Mmu>() -> Scenario<A> {
+    Scenario {
+        name: "wp-unlock-vs-zap",
+        about:
+            "do_wp_page unlocks a reused page after the PTL release; MADV_DONTNEED frees it locked",
+        roles: &["fault", "zap"],
+        variants: &VARIANTS,
+        set_variant: set_variant::<A>,
+        reset: reset::<A>,
+        setup: setup::<A>,
+        role: role::<A>,
+        detect: detect::<A>,
+        teardown: teardown::<A>,
+        schedule: |_| {
+            vec![
+                Step::at(FAULT, &points::WP_BEFORE_UNLOCK_PAGE),
+                Step::at(ZAP, &points::ZAP_BEFORE_PTL),
+                Step::at(ZAP, &points::ZAP_AFTER_PTE_CLEAR),
+                Step::at(ZAP, &points::MADVISE_AFTER_DONTNEED),
+                Step::leave(FAULT, &points::WP_BEFORE_UNLOCK_PAGE),
+            ]
+        },
+        delay_points: &DELAY_POINTS,
+        trace_points: &TRACE_POINTS,
+        max_delay_ns: 20_000,
+        budget: Budget {
+            forced_iterations: 3,
+            natural_iterations: 10_000,
+            natural_time_ns: 20_000_000_000,
+            iteration_timeout_ns: 2_000_000_000,
+        },
+    }
+}
+
+fn setup<A: Mmu>(ctx: &mut Ctx<A>) -> Result<(), String> {
+    let raw = RUN_MM.swap(0, Ordering::AcqRel);
+    if raw == 0 {
+        return Err("no mm for the run".into());
+    }
+    // SAFETY: `set_variant` or the last `teardown` stored a `Box::into_raw`
+    // of an `Mm<A>`; swapping it out makes this iteration its only owner.
+    let mm = unsafe { Box::from_raw(raw as *mut Mm<A>) };
+    let addr = page_addr::<A>();
+    ctx.word[BAD_SEQ].store(page_alloc::nr_bad_pages(), Ordering::Relaxed);
+    let r = write_protected_page(&mm, addr);
+    ctx.mm = Some(mm);
+    ctx.addr = addr;
+    ctx.pfns = Vec::from([r?]);
+    Ok(())
+}
+
+/// Faults the page at `addr` in for reading in the read-only VMA, then
+/// makes the VMA writable (`mprotect` read-write: the PTE stays read-only,
+/// the next store takes a write fault) — the state `mprotect(PROT_READ)`
+/// and back leaves a private anonymous page in. No CPU can hold a writable
+/// translation of the page, so nothing needs a flush. Returns the pfn. The
+/// page has one reference and one mapping, as `do_wp_page`'s reuse
+/// requires.
+fn write_protected_page<A: Mmu>(mm: &Mm<A>, addr: u64) -> Result<u64, String> {
+    let info = FaultInfo {
+        addr,
+        write: false,
+        protection: false,
+        code: 0,
+    };
+    memory::do_user_fault(mm, info).map_err(|e| format!("populate: {e}"))?;
+    memory::mprotect(mm, addr, PAGE_SIZE, VmFlags::RW).map_err(|e| format!("mprotect: {e:?}"))?;
+    let ptep = pgtable::follow_pte(mm, addr).ok_or_else(|| String::from("no PTE table"))?;
+    let pte = {
+        let _ptl = memory::pte_lockptr(ptep).lock();
+        // SAFETY: a live PTE of this mm (no CPU runs it yet); PTL held.
+        unsafe { pgtable::read_entry(ptep) }
+    };
+    if !A::pte_present(pte) || A::pte_write(pte) {
+        return Err(format!("PTE {pte:#x} is not present and read-only"));
+    }
+    let pfn = A::pte_pfn(pte);
+    let p = pfn_to_page(pfn);
+    let (refs, maps) = (page::page_ref_count(p), page::page_mapcount(p));
+    if !page::PageAnon(p) || refs != 1 || maps != 1 {
+        return Err(format!(
+            "page {pfn:#x}: anon={} refcount={refs} mapcount={maps}, want an exclusive anonymous page",
+            page::PageAnon(p)
+        ));
+    }
+    Ok(pfn)
+}
+
+fn page_faults<A: Mmu>() -> u64 {
+    percpu::this_cpu::<A>().page_faults.load(Ordering::Relaxed)
+}
+
+fn role<A: Mmu>(ctx: &Ctx<A>, role: usize) -> bool {
+    let addr = ctx.addr;
+    match role {
+        FAULT => {
+            let reused = memory::WP_REUSED.load(Ordering::Relaxed);
+            let faults = page_faults::<A>();
+            // A plain store through the MMU: the write-protect fault runs
+            // do_wp_page and the store is retried.
+            let stored = A::probe_store(addr, MARK).is_ok();
+            ctx.word[FAULT_DONE].store(1, Ordering::Release);
+            // Completed: the store went through a hardware fault that reused
+            // the page (no other CPU faults during a run).
+            stored
+                && page_faults::<A>() > faults
+                && memory::WP_REUSED.load(Ordering::Relaxed) > reused
+        }
+        _ => {
+            let p = pfn_to_page(ctx.pfns[0]);
+            while !p.test_flag(PG_locked) && ctx.word[FAULT_DONE].load(Ordering::Acquire) == 0 {
+                A::cpu_relax();
+            }
+            let mm = ctx.mm.as_deref().expect("the iteration's mm");
+            // Completed: the zap dropped the PTE's reference, the page's
+            // last (the fault holds none).
+            memory::madvise_dontneed_counted(mm, addr, PAGE_SIZE) == Ok(1)
+        }
+    }
+}
+
+fn detect<A: Mmu>(ctx: &Ctx<A>) -> Option<Finding> {
+    let pfn = ctx.pfns[0];
+    detect::poisoned_descriptor_written(pfn)
+        .or_else(|| detect::poisoned_frame_written(pfn))
+        .or_else(|| detect::refcount_underflow(pfn))
+        .map(|f| f.at(ctx.addr))
+}
+
+fn teardown<A: Mmu>(ctx: &mut Ctx<A>) {
+    if let Some(&pfn) = ctx.pfns.first() {
+        let p = pfn_to_page(pfn);
+        let leaked = page_alloc::bad_page_reports_since(ctx.word[BAD_SEQ].load(Ordering::Relaxed))
+            .iter()
+            .any(|r| r.pfn == pfn);
+        // Freed while locked, the page was leaked by the free checks: count
+        // 0, not poisoned; the fault has unlocked it since. Free it for good.
+        if leaked
+            && p._refcount.load(Ordering::Acquire) == 0
+            && !p.test_flag(PG_poisoned)
+            && !p.test_flag(PG_locked)
+        {
+            page_alloc::free_frozen_pages(p, 0);
+        }
+        // Freed at the PTE clear, before any flush (x86-64 with immediate
+        // freeing), the page can still take the fault's store through a
+        // stale TLB entry: put the poison back.
+        if detect::poisoned_frame_written(pfn).is_some() {
+            page_alloc::repoison_free_frame(pfn);
+        }
+    }
+    if let Some(mm) = ctx.mm.take() {
+        // The page the fault's retried store mapped after the zap, if any;
+        // the VMA and the page tables stay for the next iteration.
+        if memory::madvise_dontneed(&mm, ctx.addr, PAGE_SIZE).is_ok()
+            && memory::mprotect(&mm, ctx.addr, PAGE_SIZE, VmFlags::RO).is_ok()
+        {
+            RUN_MM.store(Box::into_raw(mm) as usize, Ordering::Release);
+        } else {
+            memory::exit_mmap(*mm);
+        }
+    }
+}
