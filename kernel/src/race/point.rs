@@ -112,7 +112,7 @@ pub mod points {
     pub static MADVISE_AFTER_DONTNEED: RacePoint = RacePoint::new("madvise:after_dontneed");
 
     /// All of the above.
-    pub static ALL: [&RacePoint; 11] = [
+    pub static ALL: [&RacePoint; 13] = [
         &ZAP_AFTER_PTE_CLEAR,
         &ZAP_BEFORE_PTL,
         &GATHER_AFTER_FLUSH,
