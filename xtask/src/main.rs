@@ -61,6 +61,10 @@ enum Action {
         /// CPUs per boot.
         #[arg(long, default_value_t = 4)]
         smp: usize,
+        /// Natural-mode runs (one boot each, seeds 1, 2, ...) per buggy
+        /// scenario cell; 0 skips the race figures.
+        #[arg(long, default_value_t = 10)]
+        race_runs: usize,
     },
 }
 
@@ -206,7 +210,16 @@ fn real_main() -> Result<ExitCode> {
             }
             test(arch, &test_args)
         }
-        Action::Bench { arch, runs, smp } => bench(arch, runs, smp),
+        Action::Bench {
+            arch,
+            runs,
+            smp,
+            race_runs,
+        } => {
+            let code = bench(arch, runs, smp)?;
+            race_bench(arch, race_runs, smp)?;
+            Ok(code)
+        }
         Action::Lint => {
             lint()?;
             Ok(ExitCode::SUCCESS)
@@ -488,6 +501,82 @@ fn bench(arch: ArchSel, runs: usize, smp: usize) -> Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Natural-mode figures of every buggy scenario cell (expected `bug`, or
+/// hit rate only): `runs` boots per cell with seeds 1..=runs, each reporting
+/// iterations per second and the time to the first hit; printed as min /
+/// median / max.
+fn race_bench(arch: ArchSel, runs: usize, smp: usize) -> Result<()> {
+    if runs == 0 {
+        return Ok(());
+    }
+    println!(
+        "race scenarios, natural mode: {runs} boots per buggy cell (seeds 1..={runs}), {smp} CPUs; min / median / max"
+    );
+    for a in arch.arches() {
+        let kernel = kbuild::build(a, true)?;
+        println!("{a}:");
+        let cells = expected::CELLS.iter().filter(|c| {
+            c.arch == a
+                && c.mode == expected::Mode::Natural
+                && matches!(c.expect, expected::Expect::Bug | expected::Expect::Report)
+        });
+        for c in cells {
+            let mut rate = Vec::new();
+            let mut first_ms = Vec::new();
+            let mut missed = 0;
+            for seed in 1..=runs {
+                let mut config = BootConfig::new(a, kernel.clone());
+                config.smp = smp;
+                config.timeout = Duration::from_secs(400);
+                config.cmdline = format!(
+                    "scenario={} variant={} mode=natural seed={seed}",
+                    c.row, c.variant
+                );
+                let boot = Boot::run(&config, |_| {})?;
+                let case = format!("scenario.{}:{}:natural", c.row, c.variant);
+                let Some(r) = boot.ktap.case(&case) else {
+                    eprint!("{}", boot.failure_report());
+                    bail!("{a}: {case} did not run");
+                };
+                let figure = |k: &str| r.diag_value(k).and_then(|v| v.parse::<f64>().ok());
+                if let Some(v) = figure("iters_per_sec") {
+                    rate.push(v);
+                }
+                match figure("first_hit_ns") {
+                    Some(ns) => first_ms.push(ns / 1e6),
+                    None => missed += 1,
+                }
+            }
+            let stats = |v: &mut Vec<f64>| {
+                v.sort_by(f64::total_cmp);
+                if v.is_empty() {
+                    "-".to_string()
+                } else {
+                    format!(
+                        "{:.1} / {:.1} / {:.1}",
+                        v[0],
+                        v[v.len() / 2],
+                        v[v.len() - 1]
+                    )
+                }
+            };
+            println!(
+                "   {:<22} {:<16} iterations/s {:<28} first hit (ms) {}{}",
+                c.row,
+                c.variant,
+                stats(&mut rate),
+                stats(&mut first_ms),
+                if missed > 0 {
+                    format!("  ({missed} of {runs} runs without a hit)")
+                } else {
+                    String::new()
+                }
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Runs a command in the workspace root, failing with `what` if it fails.
