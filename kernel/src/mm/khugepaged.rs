@@ -42,6 +42,8 @@
 //! scenarios.
 
 use super::arch::{Level, Mmu, PteProt};
+#[cfg(test)]
+use super::gup::GUP_PIN_COUNTING_BIAS;
 use super::huge_memory::{hpage_pmd_nr, hpage_pmd_order, pmd_trans_huge};
 use super::memory::{page_add_new_anon_rmap, page_remove_rmap, pte_lockptr};
 use super::mm::Mm;
@@ -50,9 +52,6 @@ use super::page::{self, Page};
 use super::{page_alloc, pgtable, PAGE_SIZE};
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
-
-/// The references a GUP pin adds to a page (`GUP_PIN_COUNTING_BIAS`).
-pub const GUP_PIN_COUNTING_BIAS: i32 = 1024;
 
 /// Runtime knobs of a collapse.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -9,10 +9,9 @@
 //! runs on both (without leaves it maps the block through a fresh table).
 
 use super::arch::{Level, Mmu};
+use super::gup::GUP_PIN_COUNTING_BIAS;
 use super::huge_memory::{self, hpage_pmd_nr};
-use super::khugepaged::{
-    self, CollapseAbort, CollapsePolicy, CollapseReport, CollapseResult, GUP_PIN_COUNTING_BIAS,
-};
+use super::khugepaged::{self, CollapseAbort, CollapsePolicy, CollapseReport, CollapseResult};
 use super::memory::{self, WpUnlock};
 use super::mm::{self as mmod, Mm};
 use super::mmu_gather::TableFree;
