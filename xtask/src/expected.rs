@@ -125,11 +125,14 @@ pub const CELLS: &[Cell] = &[
     // demo-lock-vs-put (kernel/src/race/demo.rs): the page's last reference
     // dropped while another CPU holds its lock.
     cell("demo-lock-vs-put", S390x, "buggy", Forced, Bug),
-    cell("demo-lock-vs-put", S390x, "buggy", Natural, Bug),
+    // Natural buggy: the demonstration's window is a few instructions wide
+    // and its hits depend on how the host schedules the two vCPUs (from 0
+    // to 2 000 in 10 000 iterations seen on one x86-64 seed): hit rate only.
+    cell("demo-lock-vs-put", S390x, "buggy", Natural, Report),
     cell("demo-lock-vs-put", S390x, "fixed", Forced, Clean),
     cell("demo-lock-vs-put", S390x, "fixed", Natural, Clean),
     cell("demo-lock-vs-put", X86_64, "buggy", Forced, Bug),
-    cell("demo-lock-vs-put", X86_64, "buggy", Natural, Bug),
+    cell("demo-lock-vs-put", X86_64, "buggy", Natural, Report),
     cell("demo-lock-vs-put", X86_64, "fixed", Forced, Clean),
     cell("demo-lock-vs-put", X86_64, "fixed", Natural, Clean),
     // wp-unlock-vs-zap (kernel/src/race/wp_unlock.rs), catalogue row 1:
