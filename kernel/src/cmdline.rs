@@ -7,6 +7,9 @@
 //! | `test=PAT[,PAT...]` | run only the tests whose `suite.case` name contains a pattern (`*` matches any run of characters) |
 //! | `seed=N` | seed for randomised runs (printed either way, to repeat a run) |
 //! | `iterations=N` | iteration budget for natural-mode runs |
+//! | `budget_s=N` | time budget of a natural-mode run in seconds, instead of the row's own (1 to 86400) |
+//! | `delays=0\|1` | natural mode: arm the rows' window-widening delays (default 1) |
+//! | `progress_s=N` | natural mode: print a progress line every N seconds (1 to 3600) |
 //! | `scenario=NAME\|all`, `variant=NAME`, `mode=natural\|forced` | run race scenarios instead of the self-tests (`crate::race`) |
 //! | `tick_hz=N` | timer tick rate, 1..=10000 (default 100) |
 //! | `mem=SIZE` | ignore RAM at and above physical address SIZE (`K`, `M`, `G` suffixes), as Linux's `mem=` |
@@ -39,6 +42,12 @@ pub struct Cmdline<'a> {
     pub seed_given: bool,
     /// Iteration budget.
     pub iterations: Option<u64>,
+    /// Natural-mode time budget in seconds.
+    pub budget_s: Option<u64>,
+    /// Natural mode: arm the window-widening delays.
+    pub delays: bool,
+    /// Natural mode: seconds between progress lines.
+    pub progress_s: Option<u64>,
     /// Scenario name.
     pub scenario: Option<&'a str>,
     /// Variant name.
@@ -103,6 +112,9 @@ impl<'a> Cmdline<'a> {
             seed: DEFAULT_SEED,
             seed_given: false,
             iterations: None,
+            budget_s: None,
+            delays: true,
+            progress_s: None,
             scenario: None,
             variant: None,
             mode: None,
@@ -153,6 +165,19 @@ impl<'a> Cmdline<'a> {
                     expected,
                 })
             };
+            let ranged =
+                |lo: u64, hi: u64, expected: &'static str| -> Result<u64, CmdlineError<'a>> {
+                    let n = number(expected)?;
+                    if (lo..=hi).contains(&n) {
+                        Ok(n)
+                    } else {
+                        Err(CmdlineError::BadValue {
+                            key,
+                            value: value.unwrap_or(""),
+                            expected,
+                        })
+                    }
+                };
             match key {
                 "test" => {
                     let v = need("comma-separated test name patterns")?;
@@ -163,6 +188,9 @@ impl<'a> Cmdline<'a> {
                     c.seed_given = true;
                 }
                 "iterations" => c.iterations = Some(number("a number")?),
+                "budget_s" => c.budget_s = Some(ranged(1, 86_400, "seconds from 1 to 86400")?),
+                "delays" => c.delays = flag()?,
+                "progress_s" => c.progress_s = Some(ranged(1, 3_600, "seconds from 1 to 3600")?),
                 "scenario" => c.scenario = Some(need("a scenario name")?),
                 "variant" => c.variant = Some(need("a variant name")?),
                 "mode" => {
@@ -308,6 +336,12 @@ mod tests {
         assert!(Cmdline::parse("mem=12X").is_err());
         assert!(Cmdline::parse("mem=M").is_err());
         assert_eq!(c.panic_cpu, Some(2));
+        assert_eq!((c.budget_s, c.delays, c.progress_s), (None, true, None));
+        let soak = Cmdline::parse("budget_s=600 delays=0 progress_s=10").unwrap();
+        assert_eq!(
+            (soak.budget_s, soak.delays, soak.progress_s),
+            (Some(600), false, Some(10))
+        );
     }
 
     #[test]
@@ -348,6 +382,12 @@ mod tests {
             Cmdline::parse("dirty=pte"),
             Err(CmdlineError::BadValue { key: "dirty", .. })
         ));
+        for bad in ["budget_s=0", "budget_s=86401", "progress_s=0", "delays=2"] {
+            assert!(
+                matches!(Cmdline::parse(bad), Err(CmdlineError::BadValue { .. })),
+                "{bad}"
+            );
+        }
         assert_eq!(
             Cmdline::parse("seed=1 seed=2"),
             Err(CmdlineError::Repeated("seed"))

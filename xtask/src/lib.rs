@@ -15,6 +15,7 @@ pub mod kbuild;
 pub mod ktap;
 pub mod qemu;
 pub mod setup;
+pub mod soak;
 
 pub use arch::Arch;
 pub use qemu::{Boot, BootConfig, Verdict};

@@ -51,6 +51,9 @@ enum Action {
     Lint,
     /// Install QEMU for both architectures if missing (needs root).
     Setup,
+    /// Long natural-mode runs outside CI: every fixed cell for 10^6
+    /// iterations, every buggy cell with and without delays.
+    Soak(SoakArgs),
     /// Boot-time benchmark: time to the first KTAP line and to exit, over repeated boots.
     Bench {
         #[arg(long, value_enum, default_value_t = ArchSel::All)]
@@ -66,6 +69,40 @@ enum Action {
         #[arg(long, default_value_t = 10)]
         race_runs: usize,
     },
+}
+
+#[derive(Args)]
+struct SoakArgs {
+    #[arg(long, value_enum, default_value_t = ArchSel::All)]
+    arch: ArchSel,
+    /// Only this row.
+    #[arg(long)]
+    scenario: Option<String>,
+    /// Only this variant.
+    #[arg(long)]
+    variant: Option<String>,
+    /// Iterations per fixed cell.
+    #[arg(long, default_value_t = xtask::soak::FIXED_ITERATIONS)]
+    fixed_iterations: u64,
+    /// Iterations per buggy cell and delay setting.
+    #[arg(long, default_value_t = xtask::soak::BUGGY_ITERATIONS)]
+    buggy_iterations: u64,
+    /// Time budget of one run in seconds (it stops at whichever budget
+    /// comes first; a fixed cell that runs out of time fails).
+    #[arg(long, default_value_t = 3 * 3600)]
+    budget: u64,
+    /// Seed of every run (default: from the clock; printed either way).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// CPUs per boot.
+    #[arg(long, default_value_t = 4)]
+    smp: usize,
+    /// Boots run at the same time.
+    #[arg(long, default_value_t = 1)]
+    jobs: usize,
+    /// Print the plan and exit.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -191,6 +228,7 @@ fn real_main() -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Action::Run(args) => run(&args),
+        Action::Soak(args) => soak(&args),
         Action::QemuCmd(args) => {
             args.validate()?;
             for a in args.arch.arches() {
@@ -659,4 +697,264 @@ fn test(arch: ArchSel, test_args: &[String]) -> Result<ExitCode> {
         bail!("tests failed ({status})");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Progress of a soak, shared by its worker threads.
+struct SoakProgress {
+    total: usize,
+    done: usize,
+    hits: u64,
+    /// Per running boot: label, iterations so far, target, elapsed ms.
+    running: Vec<Option<(String, u64, u64, u64)>>,
+    started: std::time::Instant,
+    tty: bool,
+}
+
+impl SoakProgress {
+    fn show(&self) {
+        let mut parts = Vec::new();
+        let mut left = 0.0f64;
+        for (label, it, target, ms) in self.running.iter().flatten() {
+            let rate = *it as f64 / (*ms as f64 / 1e3).max(1e-3);
+            if rate > 0.0 {
+                left = left.max((target.saturating_sub(*it)) as f64 / rate);
+            }
+            parts.push(format!("{label} {it}/{target}"));
+        }
+        let line = format!(
+            "soak: {}/{} boots done, {} hits, {} elapsed; running: {}{}",
+            self.done,
+            self.total,
+            self.hits,
+            xtask::soak::human_secs(self.started.elapsed().as_secs_f64()),
+            if parts.is_empty() {
+                "-".into()
+            } else {
+                parts.join(", ")
+            },
+            if left > 0.0 {
+                format!(" (this boot: ~{} left)", xtask::soak::human_secs(left))
+            } else {
+                String::new()
+            }
+        );
+        if self.tty {
+            use std::io::Write;
+            print!("\r\x1b[2K{line}");
+            let _ = std::io::stdout().flush();
+        } else {
+            println!("{line}");
+        }
+    }
+
+    /// Prints a whole line (clearing the status line on a terminal).
+    fn say(&self, text: &str) {
+        if self.tty {
+            print!("\r\x1b[2K");
+        }
+        println!("{text}");
+    }
+}
+
+fn soak(args: &SoakArgs) -> Result<ExitCode> {
+    use std::io::IsTerminal;
+    use std::sync::Mutex;
+    use xtask::soak::{judge, plan, Judgement, SoakResult};
+    if args.jobs == 0 {
+        bail!("--jobs must be at least 1");
+    }
+    if args.fixed_iterations == 0 || args.buggy_iterations == 0 {
+        bail!("iteration counts must be at least 1");
+    }
+    if !(1..=86_400).contains(&args.budget) {
+        bail!("--budget {}: 1 to 86400 seconds", args.budget);
+    }
+    let seed = args.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_secs())
+    });
+    let arches = args.arch.arches();
+    let sel = expected::Selection {
+        row: args.scenario.clone(),
+        variant: args.variant.clone(),
+        mode: None,
+    };
+    if let Some(row) = &args.scenario {
+        if row != "all" && !expected::CELLS.iter().any(|c| c.row == row) {
+            let mut rows: Vec<&str> = expected::CELLS.iter().map(|c| c.row).collect();
+            rows.dedup();
+            bail!("unknown scenario '{row}' (known: {})", rows.join(", "));
+        }
+    }
+    let runs = plan(
+        &arches,
+        &sel,
+        args.fixed_iterations,
+        args.buggy_iterations,
+        args.budget,
+        seed,
+    );
+    if runs.is_empty() {
+        bail!("no natural cell matches the selection");
+    }
+    println!(
+        "soak: {} boots, seed {seed}, {} CPUs, {} at a time; fixed cells {} iterations with delays, buggy cells {} iterations with and without",
+        runs.len(),
+        args.smp,
+        args.jobs,
+        args.fixed_iterations,
+        args.buggy_iterations
+    );
+    if args.dry_run {
+        for r in &runs {
+            println!("   {}", r.repeat_command(args.smp));
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    setup::ensure_qemu(&arches)?;
+    let mut kernels = std::collections::HashMap::new();
+    for &a in &arches {
+        kernels.insert(a, kbuild::build(a, true)?);
+    }
+    const PROGRESS_S: u64 = 10;
+    let progress = Mutex::new(SoakProgress {
+        total: runs.len(),
+        done: 0,
+        hits: 0,
+        running: vec![None; args.jobs],
+        started: std::time::Instant::now(),
+        tty: std::io::stdout().is_terminal(),
+    });
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<(SoakResult, Judgement)>>> = Mutex::new(vec![None; runs.len()]);
+    let errors: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for slot in 0..args.jobs {
+            let (runs, kernels, progress, next, results, errors) =
+                (&runs, &kernels, &progress, &next, &results, &errors);
+            scope.spawn(move || loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(run) = runs.get(i) else { break };
+                let label = format!(
+                    "{} {}:{}{}",
+                    run.cell.arch,
+                    run.cell.row,
+                    run.cell.variant,
+                    if run.delays { "" } else { " (no delays)" }
+                );
+                let mut config = BootConfig::new(run.cell.arch, kernels[&run.cell.arch].clone());
+                config.smp = args.smp;
+                config.timeout = Duration::from_secs(run.timeout_s());
+                config.cmdline = run.cmdline(PROGRESS_S);
+                progress.lock().unwrap().running[slot] =
+                    Some((label.clone(), 0, run.iterations, 0));
+                let boot = Boot::run(&config, |line| {
+                    let Some(rest) = line.trim_start().strip_prefix("# progress:") else {
+                        return;
+                    };
+                    let value = |k: &str| {
+                        rest.split_whitespace()
+                            .find_map(|w| w.strip_prefix(k)?.strip_prefix('=')?.parse::<u64>().ok())
+                    };
+                    let mut p = progress.lock().unwrap();
+                    p.running[slot] = Some((
+                        label.clone(),
+                        value("iterations").unwrap_or(0),
+                        run.iterations,
+                        value("elapsed_ms").unwrap_or(0),
+                    ));
+                    p.show();
+                });
+                let boot = match boot {
+                    Ok(b) => b,
+                    Err(e) => {
+                        errors.lock().unwrap().push(format!("{label}: {e:#}"));
+                        progress.lock().unwrap().running[slot] = None;
+                        continue;
+                    }
+                };
+                let obs = expected::observed(&boot.ktap).into_iter().next();
+                let case = format!("scenario.{}:{}:natural", run.cell.row, run.cell.variant);
+                let rate = boot
+                    .ktap
+                    .case(&case)
+                    .and_then(|r| r.diag_value("iters_per_sec").and_then(|v| v.parse().ok()))
+                    .unwrap_or(0.0);
+                let r = SoakResult {
+                    outcome: obs.as_ref().map_or("failed".into(), |o| o.outcome.clone()),
+                    iterations: obs.as_ref().map_or(0, |o| o.iterations),
+                    hits: obs.as_ref().map_or(0, |o| o.hits),
+                    first_hit_ms: obs
+                        .as_ref()
+                        .and_then(|o| o.first_hit_ns)
+                        .map(|n| n as f64 / 1e6),
+                    rate,
+                    boot_ok: boot.verdict().passed,
+                };
+                let j = judge(run, &r);
+                let mut p = progress.lock().unwrap();
+                p.done += 1;
+                p.hits += r.hits;
+                p.running[slot] = None;
+                p.say(&format!(
+                    "   {label}: {} iterations, {} hits, first hit {}, {:.0} iterations/s: {j}",
+                    r.iterations,
+                    r.hits,
+                    r.first_hit_ms
+                        .map_or("-".into(), |ms| format!("{ms:.1} ms")),
+                    r.rate
+                ));
+                if j != Judgement::Ok {
+                    p.say(&format!("     repeat: {}", run.repeat_command(args.smp)));
+                    if !boot.verdict().passed {
+                        p.say(&boot.failure_report());
+                    }
+                }
+                if r.hits > 0 {
+                    if let Some(c) = boot.ktap.case(&case) {
+                        for d in c.diagnostics.iter().filter(|d| d.starts_with("race: BUG")) {
+                            p.say(&format!("     # {d}"));
+                        }
+                    }
+                }
+                results.lock().unwrap()[i] = Some((r, j));
+            });
+        }
+    });
+    let results = results.into_inner().unwrap();
+    let errors = errors.into_inner().unwrap();
+    println!();
+    println!(
+        "{:<8} {:<24} {:<22} {:<7} {:>10} {:>8} {:>14} {:>12}  verdict",
+        "arch", "row", "variant", "delays", "iterations", "hits", "first hit ms", "iter/s"
+    );
+    let mut failed = !errors.is_empty();
+    for (run, res) in runs.iter().zip(&results) {
+        let Some((r, j)) = res else {
+            failed = true;
+            continue;
+        };
+        failed |= *j != Judgement::Ok;
+        println!(
+            "{:<8} {:<24} {:<22} {:<7} {:>10} {:>8} {:>14} {:>12.0}  {j}",
+            run.cell.arch.to_string(),
+            run.cell.row,
+            run.cell.variant,
+            if run.delays { "on" } else { "off" },
+            r.iterations,
+            r.hits,
+            r.first_hit_ms.map_or("-".into(), |ms| format!("{ms:.1}")),
+            r.rate
+        );
+    }
+    for e in &errors {
+        println!("error: {e}");
+    }
+    println!("soak seed: {seed} (repeat with --seed {seed})");
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }

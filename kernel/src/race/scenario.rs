@@ -242,6 +242,22 @@ const RECOVER_NS: u64 = 2_000_000_000;
 /// Set once roles could not be recovered: later runs would be meaningless.
 static WEDGED: AtomicBool = AtomicBool::new(false);
 
+/// Natural-mode options of long (soak) runs, from the command line
+/// (`budget_s`, `delays`, `progress_s`); the defaults are the rows' own
+/// budgets, delays armed, no progress lines.
+static NATURAL_TIME_NS: AtomicU64 = AtomicU64::new(0);
+static NATURAL_DELAYS: AtomicBool = AtomicBool::new(true);
+static PROGRESS_NS: AtomicU64 = AtomicU64::new(0);
+
+/// Sets the natural-mode options: a time budget replacing the rows' own
+/// (`None`: the row's), whether the rows' window-widening delays are armed,
+/// and the interval between progress lines (`None`: no progress lines).
+pub fn set_natural_options(time_ns: Option<u64>, delays: bool, progress_ns: Option<u64>) {
+    NATURAL_TIME_NS.store(time_ns.unwrap_or(0), Ordering::Release);
+    NATURAL_DELAYS.store(delays, Ordering::Release);
+    PROGRESS_NS.store(progress_ns.unwrap_or(0), Ordering::Release);
+}
+
 /// What the controller shares with the role CPUs.
 struct Shared<A: Mmu> {
     scen: *const Scenario<A>,
@@ -364,11 +380,29 @@ pub fn run<A: Mmu>(
         Mode::Natural => iterations.unwrap_or(s.budget.natural_iterations),
     };
     let schedule = (s.schedule)(variant);
+    let time_budget = match NATURAL_TIME_NS.load(Ordering::Acquire) {
+        0 => s.budget.natural_time_ns,
+        t => t,
+    };
+    let progress_ns = PROGRESS_NS.load(Ordering::Acquire);
     let start = A::clock_ns();
+    let mut last_progress = start;
     let mut wedged = false;
     for it in 0..limit {
-        if mode == Mode::Natural && A::clock_ns() - start > s.budget.natural_time_ns {
+        let now = A::clock_ns();
+        if mode == Mode::Natural && now - start > time_budget {
             break;
+        }
+        if mode == Mode::Natural && progress_ns > 0 && now - last_progress >= progress_ns {
+            last_progress = now;
+            kprintln!(
+                "    # progress: row={} variant={} iterations={} hits={} elapsed_ms={}",
+                s.name,
+                variant.name,
+                rep.iterations,
+                rep.hits,
+                (now - start) / 1_000_000
+            );
         }
         match iteration(s, sh, variant, mode, seed, it, &schedule, start, &mut rep) {
             Ok(true) => {}
@@ -473,8 +507,10 @@ fn iteration<A: Mmu>(
             for st in schedule {
                 point::arm(st.point, Arming::Trace);
             }
-            for p in s.delay_points {
-                point::arm(p, Arming::Delay);
+            if NATURAL_DELAYS.load(Ordering::Acquire) {
+                for p in s.delay_points {
+                    point::arm(p, Arming::Delay);
+                }
             }
         }
     }
@@ -729,8 +765,14 @@ pub fn run_selected<A: Mmu>(args: &Cmdline, ktap: &mut Run) -> bool {
     let mut suite = ktap.suite("scenario", cases.len());
     for (s, v, m) in cases {
         let case = format!("{}:{}:{}", s.name, v.name, mode_name(m));
+        set_natural_options(
+            args.budget_s.map(|t| t * 1_000_000_000),
+            args.delays,
+            args.progress_s.map(|t| t * 1_000_000_000),
+        );
         let r = run::<A>(s, v, m, args.seed, args.iterations);
         print_report(s.name, v.name, m, &r);
+        set_natural_options(None, true, None);
         let outcome = match (&r.outcome, &r.state_error) {
             (_, Some(e)) => KtapOutcome::Fail(e.clone()),
             (Outcome::Skip(why), None) => KtapOutcome::Skip(why),
@@ -752,7 +794,7 @@ pub fn run_selected<A: Mmu>(args: &Cmdline, ktap: &mut Run) -> bool {
 pub fn print_report(row: &str, variant: &str, mode: Mode, r: &Report) {
     let secs = r.elapsed_ns.max(1) as f64 / 1e9;
     kprintln!(
-        "    # row={row} variant={variant} mode={} outcome={} iterations={} hits={} first_hit_ns={} iters_per_sec={} incomplete={} held_by_fix={} seed={:#x} elapsed_ms={}",
+        "    # row={row} variant={variant} mode={} outcome={} iterations={} hits={} first_hit_ns={} iters_per_sec={} incomplete={} held_by_fix={} seed={:#x} elapsed_ms={} delays={}",
         mode_name(mode),
         r.outcome.word(),
         r.iterations,
@@ -762,7 +804,8 @@ pub fn print_report(row: &str, variant: &str, mode: Mode, r: &Report) {
         r.incomplete,
         r.held_by_fix,
         r.seed,
-        r.elapsed_ns / 1_000_000
+        r.elapsed_ns / 1_000_000,
+        u8::from(mode == Mode::Natural && NATURAL_DELAYS.load(Ordering::Acquire))
     );
     if let Some(c) = &r.cycle {
         kprintln!("    # cycle: {c}");
