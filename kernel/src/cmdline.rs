@@ -9,6 +9,7 @@
 //! | `iterations=N` | iteration budget for natural-mode runs |
 //! | `budget_s=N` | time budget of a natural-mode run in seconds, instead of the row's own (1 to 86400) |
 //! | `delays=0\|1` | natural mode: arm the rows' window-widening delays (default 1) |
+//! | `stop_at_hit` | natural mode: end a run at its first hit (time-to-first-hit benchmarks) |
 //! | `progress_s=N` | natural mode: print a progress line every N seconds (1 to 3600) |
 //! | `scenario=NAME\|all`, `variant=NAME`, `mode=natural\|forced` | run race scenarios instead of the self-tests (`crate::race`) |
 //! | `tick_hz=N` | timer tick rate, 1..=10000 (default 100) |
@@ -48,6 +49,8 @@ pub struct Cmdline<'a> {
     pub delays: bool,
     /// Natural mode: seconds between progress lines.
     pub progress_s: Option<u64>,
+    /// Natural mode: end a run at its first hit.
+    pub stop_at_hit: bool,
     /// Scenario name.
     pub scenario: Option<&'a str>,
     /// Variant name.
@@ -115,6 +118,7 @@ impl<'a> Cmdline<'a> {
             budget_s: None,
             delays: true,
             progress_s: None,
+            stop_at_hit: false,
             scenario: None,
             variant: None,
             mode: None,
@@ -190,6 +194,7 @@ impl<'a> Cmdline<'a> {
                 "iterations" => c.iterations = Some(number("a number")?),
                 "budget_s" => c.budget_s = Some(ranged(1, 86_400, "seconds from 1 to 86400")?),
                 "delays" => c.delays = flag()?,
+                "stop_at_hit" => c.stop_at_hit = flag()?,
                 "progress_s" => c.progress_s = Some(ranged(1, 3_600, "seconds from 1 to 3600")?),
                 "scenario" => c.scenario = Some(need("a scenario name")?),
                 "variant" => c.variant = Some(need("a variant name")?),
@@ -337,6 +342,7 @@ mod tests {
         assert!(Cmdline::parse("mem=M").is_err());
         assert_eq!(c.panic_cpu, Some(2));
         assert_eq!((c.budget_s, c.delays, c.progress_s), (None, true, None));
+        assert!(!c.stop_at_hit && Cmdline::parse("stop_at_hit").unwrap().stop_at_hit);
         let soak = Cmdline::parse("budget_s=600 delays=0 progress_s=10").unwrap();
         assert_eq!(
             (soak.budget_s, soak.delays, soak.progress_s),

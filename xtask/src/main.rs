@@ -542,9 +542,9 @@ fn bench(arch: ArchSel, runs: usize, smp: usize) -> Result<ExitCode> {
 }
 
 /// Natural-mode figures of every buggy scenario cell (expected `bug`, or
-/// hit rate only): `runs` boots per cell with seeds 1..=runs, each reporting
-/// iterations per second and the time to the first hit; printed as min /
-/// median / max.
+/// hit rate only): `runs` boots per cell with seeds 1..=runs, each ending at
+/// its first hit (`stop_at_hit`) and reporting iterations per second and the
+/// time to the first hit; printed as min / median / max.
 fn race_bench(arch: ArchSel, runs: usize, smp: usize) -> Result<()> {
     if runs == 0 {
         return Ok(());
@@ -569,7 +569,7 @@ fn race_bench(arch: ArchSel, runs: usize, smp: usize) -> Result<()> {
                 config.smp = smp;
                 config.timeout = Duration::from_secs(400);
                 config.cmdline = format!(
-                    "scenario={} variant={} mode=natural seed={seed}",
+                    "scenario={} variant={} mode=natural seed={seed} stop_at_hit",
                     c.row, c.variant
                 );
                 let boot = Boot::run(&config, |_| {})?;

@@ -248,6 +248,13 @@ static WEDGED: AtomicBool = AtomicBool::new(false);
 static NATURAL_TIME_NS: AtomicU64 = AtomicU64::new(0);
 static NATURAL_DELAYS: AtomicBool = AtomicBool::new(true);
 static PROGRESS_NS: AtomicU64 = AtomicU64::new(0);
+static STOP_AT_HIT: AtomicBool = AtomicBool::new(false);
+
+/// Natural mode: end each run at its first hit (`stop_at_hit`), for the
+/// time-to-first-hit benchmarks.
+pub fn set_stop_at_hit(on: bool) {
+    STOP_AT_HIT.store(on, Ordering::Release);
+}
 
 /// Sets the natural-mode options: a time budget replacing the rows' own
 /// (`None`: the row's), whether the rows' window-widening delays are armed,
@@ -405,6 +412,11 @@ pub fn run<A: Mmu>(
             );
         }
         match iteration(s, sh, variant, mode, seed, it, &schedule, start, &mut rep) {
+            Ok(true)
+                if mode == Mode::Natural && rep.hits > 0 && STOP_AT_HIT.load(Ordering::Acquire) =>
+            {
+                break
+            }
             Ok(true) => {}
             Ok(false) => break,
             Err(()) => {
@@ -770,9 +782,11 @@ pub fn run_selected<A: Mmu>(args: &Cmdline, ktap: &mut Run) -> bool {
             args.delays,
             args.progress_s.map(|t| t * 1_000_000_000),
         );
+        set_stop_at_hit(args.stop_at_hit);
         let r = run::<A>(s, v, m, args.seed, args.iterations);
         print_report(s.name, v.name, m, &r);
         set_natural_options(None, true, None);
+        set_stop_at_hit(false);
         let outcome = match (&r.outcome, &r.state_error) {
             (_, Some(e)) => KtapOutcome::Fail(e.clone()),
             (Outcome::Skip(why), None) => KtapOutcome::Skip(why),
