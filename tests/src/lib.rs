@@ -48,7 +48,40 @@ pub fn boot(arch: Arch, smp: usize, cmdline: &str, timeout: Duration) -> Option<
     config.timeout = timeout;
     let boot =
         Boot::run(&config, |_| {}).unwrap_or_else(|e| panic!("could not boot {arch}: {e:#}"));
+    keep_console(&boot);
     Some(boot)
+}
+
+/// With `QUIESCE_KTAP_DIR` set (`cargo xtask test --junit`), writes the
+/// boot's raw console to `<dir>/<test name>.<n>.ktap`, `n` counting the
+/// boots of one test.
+fn keep_console(boot: &Boot) {
+    let Some(dir) = std::env::var_os(xtask::junit::KTAP_DIR_ENV) else {
+        return;
+    };
+    static SEQ: OnceLock<Mutex<HashMap<String, usize>>> = OnceLock::new();
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("unnamed")
+        .replace(['/', ':'], "_");
+    let n = {
+        let mut seq = SEQ
+            .get_or_init(|| Mutex::new(HashMap::new()))
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let n = seq.entry(test.clone()).or_insert(0);
+        *n += 1;
+        *n - 1
+    };
+    let crate_name = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .map(|s| s.rsplit_once('-').map_or(s.clone(), |(n, _)| n.to_string()))
+        .unwrap_or_default();
+    let path = PathBuf::from(dir).join(format!("{crate_name}.{test}.{n}.ktap"));
+    let mut text = boot.console.join("\n");
+    text.push('\n');
+    std::fs::write(&path, text).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
 }
 
 /// Asserts that a boot passed, showing the failure report if not.

@@ -7,8 +7,9 @@
 //! - `cargo xtask qemu-cmd` prints the QEMU command a run would use.
 //! - `cargo xtask setup` installs QEMU if it is missing.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::Duration;
 use xtask::qemu::{Accel, BootConfig};
@@ -41,6 +42,10 @@ enum Action {
         /// Skip the lint step (rustfmt and clippy) that runs first.
         #[arg(long)]
         no_lint: bool,
+        /// Also write JUnit XML here: one case per KTAP result of every
+        /// boot; each boot's raw KTAP is kept in `<FILE>.ktap/`.
+        #[arg(long, value_name = "FILE")]
+        junit: Option<std::path::PathBuf>,
         /// Extra arguments for the test binaries (e.g. a test name filter).
         #[arg(last = true)]
         test_args: Vec<String>,
@@ -241,12 +246,13 @@ fn real_main() -> Result<ExitCode> {
         Action::Test {
             arch,
             no_lint,
+            junit,
             test_args,
         } => {
             if !no_lint {
                 lint()?;
             }
-            test(arch, &test_args)
+            test(arch, &test_args, junit.as_deref())
         }
         Action::Bench {
             arch,
@@ -669,8 +675,20 @@ fn lint() -> Result<()> {
     Ok(())
 }
 
-fn test(arch: ArchSel, test_args: &[String]) -> Result<ExitCode> {
+fn test(arch: ArchSel, test_args: &[String], junit: Option<&Path>) -> Result<ExitCode> {
     let arches = arch.arches();
+    // The KTAP of every boot goes to `<FILE>.ktap/`, emptied first.
+    let ktap_dir = junit.map(|f| {
+        let mut d = f.as_os_str().to_owned();
+        d.push(".ktap");
+        PathBuf::from(d)
+    });
+    if let Some(d) = &ktap_dir {
+        if d.exists() {
+            std::fs::remove_dir_all(d).with_context(|| format!("emptying {}", d.display()))?;
+        }
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
     setup::ensure_qemu(&arches)?;
     for &a in &arches {
         println!("building the {a} kernel");
@@ -686,13 +704,27 @@ fn test(arch: ArchSel, test_args: &[String]) -> Result<ExitCode> {
     if !status.success() {
         bail!("backend library tests failed ({status})");
     }
-    let status = cargo()
-        .current_dir(xtask::workspace_root())
+    let mut cmd = cargo();
+    cmd.current_dir(xtask::workspace_root())
         .args(["test", "--no-fail-fast"])
         .arg("--")
         .args(test_args)
-        .env("QUIESCE_TEST_ARCHES", names.join(","))
-        .status()?;
+        .env("QUIESCE_TEST_ARCHES", names.join(","));
+    if let Some(d) = &ktap_dir {
+        cmd.env(xtask::junit::KTAP_DIR_ENV, std::path::absolute(d)?);
+    }
+    let status = cmd.status()?;
+    if let (Some(file), Some(d)) = (junit, &ktap_dir) {
+        let boots = xtask::junit::read_dir(d)?;
+        std::fs::write(file, xtask::junit::render(&boots))
+            .with_context(|| format!("writing {}", file.display()))?;
+        println!(
+            "junit: {} ({} boots; their KTAP in {})",
+            file.display(),
+            boots.len(),
+            d.display()
+        );
+    }
     if !status.success() {
         bail!("tests failed ({status})");
     }
