@@ -11,6 +11,7 @@
 
 pub mod arch;
 pub mod expected;
+pub mod gdb;
 pub mod junit;
 pub mod kbuild;
 pub mod ktap;

@@ -142,10 +142,15 @@ struct RunArgs {
     /// QEMU accelerator: tcg, or kvm for the host's own architecture.
     #[arg(long, default_value = "tcg")]
     accel: Accel,
-    /// Seconds a boot may take before it counts as a hang (a scenario boot
-    /// runs 10 000 natural iterations per cell: minutes under TCG).
-    #[arg(long, default_value_t = 400)]
-    timeout: u64,
+    /// Seconds a boot may take before it counts as a hang (default 400: a
+    /// scenario boot runs 10 000 natural iterations per cell, minutes under
+    /// TCG; with --gdb, a day).
+    #[arg(long)]
+    timeout: Option<u64>,
+    /// Start QEMU halted with its gdb stub and print the gdb command that
+    /// attaches (one architecture at a time).
+    #[arg(long)]
+    gdb: bool,
     /// Run only tests whose `suite.case` name matches (comma-separated, `*` wildcards).
     #[arg(long)]
     test: Option<String>,
@@ -196,13 +201,17 @@ impl RunArgs {
         c.smp = self.smp;
         c.memory_mib = self.memory;
         c.accel = self.accel;
-        c.timeout = Duration::from_secs(self.timeout);
+        c.timeout =
+            Duration::from_secs(self.timeout.unwrap_or(if self.gdb { 86_400 } else { 400 }));
         c.cmdline = self.cmdline();
         c
     }
 
     /// Checks everything that can be checked before building.
     fn validate(&self) -> Result<()> {
+        if self.gdb && self.arch == ArchSel::All {
+            bail!("--gdb debugs one kernel: give --arch s390x or --arch x86_64");
+        }
         for arch in self.arch.arches() {
             let mut c = self.config(arch);
             c.kernel = std::env::current_exe()?; // the kernel is checked after the build
@@ -284,6 +293,9 @@ fn run(args: &RunArgs) -> Result<ExitCode> {
     args.validate()?;
     let arches = args.arch.arches();
     setup::ensure_qemu(&arches)?;
+    if args.gdb {
+        return run_gdb(args, arches[0]);
+    }
     // The plain `cargo xtask run` boots the self-tests and then every
     // scenario cell; `--scenario` boots only the scenarios asked for.
     let plain = args.scenario.is_none()
@@ -323,6 +335,44 @@ fn run(args: &RunArgs) -> Result<ExitCode> {
         .collect();
     println!("summary: {}", line.join(", "));
     Ok(if summary.iter().all(|(_, _, ok)| *ok) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// `run --gdb`: one boot, halted until gdb continues it; the console is
+/// echoed, then the results are printed as usual.
+fn run_gdb(args: &RunArgs, arch: Arch) -> Result<ExitCode> {
+    let kernel = kbuild::build(arch, true)?;
+    let mut config = args.config(arch);
+    config.kernel = kernel.clone();
+    config.gdb_port = Some(xtask::gdb::free_port()?);
+    let port = config.gdb_port.expect("set above");
+    let gdb = xtask::gdb::gdb_command(arch, &kernel, port);
+    println!("QEMU starts halted with its gdb stub on 127.0.0.1:{port}. Attach with:");
+    println!();
+    println!("    {}", xtask::gdb::shell_line(&gdb));
+    println!();
+    println!(
+        "then e.g. `break quiesce_kernel::cmdline::Cmdline::parse` and `continue` ({}: Debian package gdb-multiarch).",
+        xtask::gdb::GDB
+    );
+    let boot = Boot::run(&config, |line| println!("   | {line}"))?;
+    if args.scenario.is_some() {
+        let sel = expected::Selection {
+            row: args.scenario.clone(),
+            variant: args.variant.clone(),
+            mode: args.mode.as_deref().and_then(expected::Mode::from_name),
+        };
+        return Ok(if print_scenarios(&boot, &sel) {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
+    print_boot(&boot);
+    Ok(if boot.verdict().passed {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -67,6 +67,8 @@ pub struct BootConfig {
     pub timeout: Duration,
     /// The kernel command line.
     pub cmdline: String,
+    /// Start halted with QEMU's gdb stub on this local TCP port.
+    pub gdb_port: Option<u16>,
 }
 
 impl BootConfig {
@@ -80,6 +82,7 @@ impl BootConfig {
             accel: Accel::Tcg,
             timeout: Duration::from_secs(60),
             cmdline: String::new(),
+            gdb_port: None,
         }
     }
 
@@ -152,6 +155,11 @@ impl BootConfig {
             &format!("{}M", self.memory_mib),
         ]);
         cmd.args(["-nodefaults", "-display", "none", "-no-reboot"]);
+        if let Some(port) = self.gdb_port {
+            cmd.arg("-S")
+                .arg("-gdb")
+                .arg(format!("tcp:127.0.0.1:{port}"));
+        }
         match self.arch {
             Arch::S390x => {
                 cmd.args(["-M", "s390-ccw-virtio"]);
@@ -197,7 +205,8 @@ impl BootConfig {
     }
 }
 
-fn shell_quote(word: &str) -> String {
+/// Quotes `word` for a POSIX shell when it needs quoting.
+pub fn shell_quote(word: &str) -> String {
     if !word.is_empty()
         && word
             .chars()
