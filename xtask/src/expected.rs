@@ -310,6 +310,47 @@ pub fn observed(doc: &Document) -> Vec<Observed> {
     out
 }
 
+/// The race reports of a scenario boot: per case that printed one, its
+/// lines (`race:`, `trace:`, `cycle:`, `held by the fix:`, `hang:`).
+pub fn race_reports(doc: &Document) -> Vec<(String, Vec<String>)> {
+    doc.cases()
+        .into_iter()
+        .filter_map(|(name, r)| {
+            let lines: Vec<String> = r
+                .diagnostics
+                .iter()
+                .filter(|d| {
+                    ["race:", "trace:", "cycle:", "held by the fix:", "hang:"]
+                        .iter()
+                        .any(|p| d.starts_with(p))
+                })
+                .cloned()
+                .collect();
+            (!lines.is_empty()).then_some((name, lines))
+        })
+        .collect()
+}
+
+/// Writes each race report of a boot of `arch` to
+/// `dir/<arch>.<row>.<variant>.<mode>.txt`; returns the files written.
+pub fn write_race_reports(
+    dir: &std::path::Path,
+    arch: Arch,
+    doc: &Document,
+) -> std::io::Result<Vec<std::path::PathBuf>> {
+    std::fs::create_dir_all(dir)?;
+    let mut written = Vec::new();
+    for (name, lines) in race_reports(doc) {
+        let case = name.strip_prefix("scenario.").unwrap_or(&name);
+        let file = dir.join(format!("{arch}.{}.txt", case.replace(':', ".")));
+        let mut text = lines.join("\n");
+        text.push('\n');
+        std::fs::write(&file, text)?;
+        written.push(file);
+    }
+    Ok(written)
+}
+
 /// Which cells a run asked for.
 #[derive(Clone, Debug, Default)]
 pub struct Selection {
@@ -486,6 +527,23 @@ mod tests {
         assert!(!lines[1].ok, "a cell missing from the table");
         assert!(Expect::Report.accepts("bug") && Expect::Report.accepts("clean"));
         assert!(!Expect::Report.accepts("vacuous"));
+    }
+
+    #[test]
+    fn race_reports_are_collected_and_written() {
+        let doc = crate::ktap::parse(
+            "KTAP version 1\n1..1\n    KTAP version 1\n    1..2\n    # race: BUG: x\n    # trace: t=+0ns cpu1 a\n    # row=r variant=v mode=forced outcome=bug\n    ok 1 r:v:forced\n    # row=r variant=w mode=forced outcome=clean\n    ok 2 r:w:forced\nok 1 scenario\n",
+        );
+        let reports = race_reports(&doc);
+        assert_eq!(reports.len(), 1);
+        assert_eq!(reports[0].0, "scenario.r:v:forced");
+        assert_eq!(reports[0].1, ["race: BUG: x", "trace: t=+0ns cpu1 a"]);
+        let dir = std::env::temp_dir().join(format!("quiesce-reports-{}", std::process::id()));
+        let files = write_race_reports(&dir, Arch::S390x, &doc).unwrap();
+        assert_eq!(files, [dir.join("s390x.r.v.forced.txt")]);
+        let text = std::fs::read_to_string(&files[0]).unwrap();
+        assert_eq!(text, "race: BUG: x\ntrace: t=+0ns cpu1 a\n");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -147,6 +147,10 @@ struct RunArgs {
     /// TCG; with --gdb, a day).
     #[arg(long)]
     timeout: Option<u64>,
+    /// Also write each race report to a file in this directory
+    /// (`<arch>.<row>.<variant>.<mode>.txt`).
+    #[arg(long, value_name = "DIR")]
+    report_dir: Option<PathBuf>,
     /// Start QEMU halted with its gdb stub and print the gdb command that
     /// attaches (one architecture at a time).
     #[arg(long)]
@@ -324,7 +328,7 @@ fn run(args: &RunArgs) -> Result<ExitCode> {
                 config.cmdline = "scenario=all".into();
             }
             let boot = boot_and_print(args, &config)?;
-            let ok = print_scenarios(&boot, &sel);
+            let ok = print_scenarios(&boot, &sel, args.report_dir.as_deref());
             summary.push((arch, "scenarios", ok));
         }
     }
@@ -365,11 +369,13 @@ fn run_gdb(args: &RunArgs, arch: Arch) -> Result<ExitCode> {
             variant: args.variant.clone(),
             mode: args.mode.as_deref().and_then(expected::Mode::from_name),
         };
-        return Ok(if print_scenarios(&boot, &sel) {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::FAILURE
-        });
+        return Ok(
+            if print_scenarios(&boot, &sel, args.report_dir.as_deref()) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            },
+        );
     }
     print_boot(&boot);
     Ok(if boot.verdict().passed {
@@ -395,24 +401,25 @@ fn boot_and_print(args: &RunArgs, config: &BootConfig) -> Result<Boot> {
 /// Prints a scenario boot: the race reports, then expected against observed
 /// for every selected cell. Returns whether the boot passed and every cell
 /// agrees with the table.
-fn print_scenarios(boot: &Boot, sel: &expected::Selection) -> bool {
+fn print_scenarios(boot: &Boot, sel: &expected::Selection, report_dir: Option<&Path>) -> bool {
     let observed = expected::observed(&boot.ktap);
-    for (name, r) in boot.ktap.cases() {
-        let report: Vec<&String> = r
-            .diagnostics
-            .iter()
-            .filter(|d| {
-                d.starts_with("race:")
-                    || d.starts_with("trace:")
-                    || d.starts_with("cycle:")
-                    || d.starts_with("hang:")
-            })
-            .collect();
-        if !report.is_empty() {
-            println!("   {name}");
-            for d in report {
-                println!("       # {d}");
+    if let Some(dir) = report_dir {
+        match expected::write_race_reports(dir, boot.config.arch, &boot.ktap) {
+            Ok(files) => {
+                for f in files {
+                    println!("   race report written to {}", f.display());
+                }
             }
+            Err(e) => {
+                eprintln!("error: writing race reports to {}: {e}", dir.display());
+                return false;
+            }
+        }
+    }
+    for (name, report) in expected::race_reports(&boot.ktap) {
+        println!("   {name}");
+        for d in report {
+            println!("       # {d}");
         }
     }
     let lines = expected::compare(boot.config.arch, sel, &observed);
