@@ -10,11 +10,13 @@
 //! line. Any other run fails, with the reasons and the last console lines.
 
 pub mod arch;
+pub mod bench;
 pub mod expected;
 pub mod gdb;
 pub mod junit;
 pub mod kbuild;
 pub mod ktap;
+pub mod progress;
 pub mod qemu;
 pub mod setup;
 pub mod soak;

@@ -59,21 +59,31 @@ enum Action {
     /// Long natural-mode runs outside CI: every fixed cell for 10^6
     /// iterations, every buggy cell with and without delays.
     Soak(SoakArgs),
-    /// Boot-time benchmark: time to the first KTAP line and to exit, over repeated boots.
-    Bench {
-        #[arg(long, value_enum, default_value_t = ArchSel::All)]
-        arch: ArchSel,
-        /// Boots per architecture.
-        #[arg(long, default_value_t = 10)]
-        runs: usize,
-        /// CPUs per boot.
-        #[arg(long, default_value_t = 4)]
-        smp: usize,
-        /// Natural-mode runs (one boot each, seeds 1, 2, ...) per buggy
-        /// scenario cell; 0 skips the race figures.
-        #[arg(long, default_value_t = 10)]
-        race_runs: usize,
-    },
+    /// Benchmarks of both architectures: a JSON file, an HTML report with
+    /// plots and a table on the terminal.
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    #[arg(long, value_enum, default_value_t = ArchSel::All)]
+    arch: ArchSel,
+    /// Self-test boots per architecture.
+    #[arg(long, default_value_t = 10)]
+    runs: usize,
+    /// CPUs per boot.
+    #[arg(long, default_value_t = 4)]
+    smp: usize,
+    /// Natural-mode runs (one boot each, seeds 1, 2, ..., each to its first
+    /// hit) per buggy scenario cell; 0 skips the race figures.
+    #[arg(long, default_value_t = 10)]
+    race_runs: usize,
+    /// Directory for bench.json and bench.html (default target/bench).
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// An earlier bench.json: print and plot new / old ratios.
+    #[arg(long, value_name = "OLD.json")]
+    compare: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -267,16 +277,7 @@ fn real_main() -> Result<ExitCode> {
             }
             test(arch, &test_args, junit.as_deref())
         }
-        Action::Bench {
-            arch,
-            runs,
-            smp,
-            race_runs,
-        } => {
-            let code = bench(arch, runs, smp)?;
-            race_bench(arch, race_runs, smp)?;
-            Ok(code)
-        }
+        Action::Bench(args) => bench(&args),
         Action::Lint => {
             lint()?;
             Ok(ExitCode::SUCCESS)
@@ -490,194 +491,54 @@ fn print_boot(boot: &Boot) {
     }
 }
 
-/// Target for the time from starting QEMU to the first KTAP line (TCG).
-const FIRST_LINE_TARGET: Duration = Duration::from_millis(100);
-
-/// Figures the kernels print as diagnostics, reported by `bench`: (case, key).
-const BENCH_FIGURES: [(&str, &str); 28] = [
-    ("mm_page.alloc_throughput", "frame_allocs_per_sec_1cpu"),
-    ("mm_page.alloc_throughput", "all_cpus"),
-    ("mm.fault_throughput", "page_faults_per_sec_1cpu"),
-    ("mm.fault_throughput", "page_faults_per_sec_all_cpus"),
-    (
-        "mm_file.writeback_throughput_softdirty",
-        "writeback_pages_per_sec",
-    ),
-    (
-        "mm_file.writeback_throughput_skey",
-        "writeback_pages_per_sec",
-    ),
-    ("gather.zap_throughput", "zap_pages_per_sec_batched"),
-    ("gather.zap_throughput", "immediate"),
-    ("tlb.shootdown_latency", "shootdown_ns_ipi_targets_1"),
-    ("tlb.shootdown_latency", "shootdown_ns_ipi_targets_2"),
-    ("tlb.shootdown_latency", "shootdown_ns_ipi_targets_all"),
-    ("tlb.shootdown_latency", "shootdown_ns_nmi_targets_1"),
-    ("tlb.shootdown_latency", "shootdown_ns_nmi_targets_2"),
-    ("tlb.shootdown_latency", "shootdown_ns_nmi_targets_all"),
-    ("tlb.shootdown_latency", "shootdown_ns_ipte_targets_1"),
-    ("tlb.shootdown_latency", "shootdown_ns_ipte_targets_2"),
-    ("tlb.shootdown_latency", "shootdown_ns_ipte_targets_all"),
-    ("tlb.shootdown_latency", "shootdown_ns_csp_targets_1"),
-    ("tlb.shootdown_latency", "shootdown_ns_csp_targets_2"),
-    ("tlb.shootdown_latency", "shootdown_ns_csp_targets_all"),
-    ("tlb.flush_vs_irqs_off", "ipi_flush_wait_ns"),
-    ("tlb.flush_vs_irqs_off", "nmi_flush_wait_ns"),
-    ("gup.throughput", "gup_fast_pages_per_sec_1cpu"),
-    ("gup.throughput", "gup_slow_pages_per_sec_1cpu"),
-    ("gup.throughput", "gup_fast_pages_per_sec_all_cpus"),
-    ("gup.throughput", "gup_slow_pages_per_sec_all_cpus"),
-    ("race.unarmed_point_cost", "race_point_unarmed_ns"),
-    ("race.unarmed_point_cost", "race_point_armed_trace_ns"),
-];
-
-fn bench(arch: ArchSel, runs: usize, smp: usize) -> Result<ExitCode> {
-    if runs == 0 {
+fn bench(args: &BenchArgs) -> Result<ExitCode> {
+    use xtask::bench;
+    if args.runs == 0 {
         bail!("--runs must be at least 1");
     }
-    let arches = arch.arches();
+    let old = match &args.compare {
+        Some(p) => Some(bench::Report::load(p)?),
+        None => None,
+    };
+    let arches = args.arch.arches();
     setup::ensure_qemu(&arches)?;
-    let mut all_met = true;
-    println!("{runs} boots per architecture, {smp} CPUs, TCG; min / median / max");
-    for &a in &arches {
-        let mut config = BootConfig::new(a, kbuild::build(a, true)?);
-        config.smp = smp;
-        let mut first = Vec::new();
-        let mut total = Vec::new();
-        let mut figures: Vec<Vec<f64>> = vec![Vec::new(); BENCH_FIGURES.len()];
-        for _ in 0..runs {
-            let boot = Boot::run(&config, |_| {})?;
-            if !boot.verdict().passed {
-                eprint!("{}", boot.failure_report());
-                bail!("a {a} benchmark boot failed");
-            }
-            first.push(
-                boot.first_ktap_line
-                    .expect("a passing boot printed KTAP")
-                    .as_secs_f64()
-                    * 1e3,
-            );
-            total.push(boot.elapsed.as_secs_f64() * 1e3);
-            for (i, (case, key)) in BENCH_FIGURES.iter().enumerate() {
-                if let Some(v) = boot
-                    .ktap
-                    .case(case)
-                    .and_then(|r| r.diag_value(key).and_then(|v| v.parse().ok()))
-                {
-                    figures[i].push(v);
-                }
-            }
-        }
-        let stats = |v: &mut Vec<f64>| {
-            v.sort_by(f64::total_cmp);
-            (v[0], v[v.len() / 2], v[v.len() - 1])
-        };
-        let (f0, f1, f2) = stats(&mut first);
-        let (t0, t1, t2) = stats(&mut total);
-        let met = f1 <= FIRST_LINE_TARGET.as_secs_f64() * 1e3;
-        all_met &= met;
-        println!("{a}:");
+    let opts = bench::Options {
+        arches,
+        runs: args.runs,
+        race_runs: args.race_runs,
+        smp: args.smp,
+    };
+    let mut progress = xtask::progress::Progress::new();
+    let report = bench::run(&opts, &mut progress)?;
+    let cmp = old
+        .as_ref()
+        .map_or_else(Vec::new, |o| bench::compare(o, &report));
+    println!("{}; min / median / max", report.conditions);
+    print!("{}", bench::text_table(&report, &cmp));
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| kbuild::target_dir().join("bench"));
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let json = out.join("bench.json");
+    let html = out.join("bench.html");
+    report.save(&json)?;
+    let label = args.compare.as_ref().map(|p| p.display().to_string());
+    std::fs::write(&html, bench::html(&report, &cmp, label.as_deref())?)
+        .with_context(|| format!("writing {}", html.display()))?;
+    println!("report: {} and {}", json.display(), html.display());
+    let met = bench::first_line_target_met(&report);
+    if !met {
         println!(
-            "   {:<52} {f0:>10.1} {f1:>10.1} {f2:>10.1}   ({} the {} ms target)",
-            "first KTAP line (ms)",
-            if met { "meets" } else { "MISSES" },
-            FIRST_LINE_TARGET.as_millis()
+            "the median time to the first KTAP line MISSES the {} ms target",
+            bench::FIRST_LINE_TARGET_MS
         );
-        println!(
-            "   {:<52} {t0:>10.1} {t1:>10.1} {t2:>10.1}",
-            "boot to exit (ms)"
-        );
-        for ((case, key), v) in BENCH_FIGURES.iter().zip(figures.iter_mut()) {
-            if v.is_empty() {
-                continue;
-            }
-            let (lo, mid, hi) = stats(v);
-            let label = format!("{}.{key}", case.rsplit('.').next().unwrap_or(case));
-            // (a case skipped on this architecture left `v` empty above)
-            println!("   {label:<52} {lo:>10.0} {mid:>10.0} {hi:>10.0}");
-        }
     }
-    Ok(if all_met {
+    Ok(if met {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
-}
-
-/// Natural-mode figures of every buggy scenario cell (expected `bug`, or
-/// hit rate only): `runs` boots per cell with seeds 1..=runs, each ending at
-/// its first hit (`stop_at_hit`) and reporting iterations per second and the
-/// time to the first hit; printed as min / median / max.
-fn race_bench(arch: ArchSel, runs: usize, smp: usize) -> Result<()> {
-    if runs == 0 {
-        return Ok(());
-    }
-    println!(
-        "race scenarios, natural mode: {runs} boots per buggy cell (seeds 1..={runs}), {smp} CPUs; min / median / max"
-    );
-    for a in arch.arches() {
-        let kernel = kbuild::build(a, true)?;
-        println!("{a}:");
-        let cells = expected::CELLS.iter().filter(|c| {
-            c.arch == a
-                && c.mode == expected::Mode::Natural
-                && matches!(c.expect, expected::Expect::Bug | expected::Expect::Report)
-        });
-        for c in cells {
-            let mut rate = Vec::new();
-            let mut first_ms = Vec::new();
-            let mut missed = 0;
-            for seed in 1..=runs {
-                let mut config = BootConfig::new(a, kernel.clone());
-                config.smp = smp;
-                config.timeout = Duration::from_secs(400);
-                config.cmdline = format!(
-                    "scenario={} variant={} mode=natural seed={seed} stop_at_hit",
-                    c.row, c.variant
-                );
-                let boot = Boot::run(&config, |_| {})?;
-                let case = format!("scenario.{}:{}:natural", c.row, c.variant);
-                let Some(r) = boot.ktap.case(&case) else {
-                    eprint!("{}", boot.failure_report());
-                    bail!("{a}: {case} did not run");
-                };
-                let figure = |k: &str| r.diag_value(k).and_then(|v| v.parse::<f64>().ok());
-                if let Some(v) = figure("iters_per_sec") {
-                    rate.push(v);
-                }
-                match figure("first_hit_ns") {
-                    Some(ns) => first_ms.push(ns / 1e6),
-                    None => missed += 1,
-                }
-            }
-            let stats = |v: &mut Vec<f64>| {
-                v.sort_by(f64::total_cmp);
-                if v.is_empty() {
-                    "-".to_string()
-                } else {
-                    format!(
-                        "{:.1} / {:.1} / {:.1}",
-                        v[0],
-                        v[v.len() / 2],
-                        v[v.len() - 1]
-                    )
-                }
-            };
-            println!(
-                "   {:<22} {:<16} iterations/s {:<28} first hit (ms) {}{}",
-                c.row,
-                c.variant,
-                stats(&mut rate),
-                stats(&mut first_ms),
-                if missed > 0 {
-                    format!("  ({missed} of {runs} runs without a hit)")
-                } else {
-                    String::new()
-                }
-            );
-        }
-    }
-    Ok(())
 }
 
 /// Runs a command in the workspace root, failing with `what` if it fails.
