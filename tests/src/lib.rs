@@ -25,8 +25,23 @@ pub fn enabled(arch: Arch) -> bool {
     }
 }
 
-/// The kernel ELF for `arch`, built on first use.
+/// The environment variable naming a directory of prebuilt kernel ELFs
+/// (`quiesce-s390x`, `quiesce-x86_64`): a test machine that only runs the
+/// boot tests (README, "Scaling out") needs no kernel build.
+pub const KERNELS_ENV: &str = "QUIESCE_KERNELS";
+
+/// The kernel ELF for `arch`: from `QUIESCE_KERNELS` if set, else built on
+/// first use.
 pub fn kernel(arch: Arch) -> PathBuf {
+    if let Some(dir) = std::env::var_os(KERNELS_ENV) {
+        let elf = PathBuf::from(dir).join(arch.binary());
+        assert!(
+            elf.is_file(),
+            "{KERNELS_ENV}: no kernel ELF at {}",
+            elf.display()
+        );
+        return elf;
+    }
     static BUILT: OnceLock<Mutex<HashMap<Arch, PathBuf>>> = OnceLock::new();
     let map = BUILT.get_or_init(|| Mutex::new(HashMap::new()));
     let mut map = map.lock().unwrap_or_else(|e| e.into_inner());

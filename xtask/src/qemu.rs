@@ -7,7 +7,7 @@
 //! QEMU's exit code must agree with them but never decides alone.
 
 use crate::ktap::{self, Document};
-use crate::{kbuild, Arch};
+use crate::Arch;
 use anyhow::{bail, Context, Result};
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -232,7 +232,7 @@ fn qboot() -> Option<PathBuf> {
 /// Writes the s390x command-line blob: the bytes and a NUL.
 pub fn write_cmdline_file(cmdline: &str) -> Result<PathBuf> {
     static SEQ: AtomicU64 = AtomicU64::new(0);
-    let dir = kbuild::target_dir().join("cmdline");
+    let dir = std::env::temp_dir().join("quiesce-cmdline");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let path = dir.join(format!(
         "{}-{}.bin",
