@@ -288,54 +288,64 @@ pub fn group_svg(r: &Report, arch: &str, group: &str) -> Result<String> {
         .max(1e-9)
         * 1.1;
     let n = figs.len();
-    let height = 60 + 26 * n as u32;
+    let height = (80 + 34 * n as u32).max(200);
     {
+        let err = |e: &dyn std::fmt::Display| anyhow::anyhow!("plotting {arch} {group}: {e}");
         let root = SVGBackend::with_string(&mut svg, (760, height)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
+        root.fill(&WHITE).map_err(|e| err(&e))?;
         let mut chart = ChartBuilder::on(&root)
-            .caption(format!("{arch}: {group}"), ("sans-serif", 16))
-            .margin(8)
-            .x_label_area_size(30)
-            .y_label_area_size(300)
-            .build_cartesian_2d(0.0..top, (0..n).into_segmented())
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            .caption(format!("{arch}: {group}"), ("sans-serif", 18))
+            .margin(10)
+            .x_label_area_size(40)
+            .y_label_area_size(290)
+            .build_cartesian_2d(0.0..top, -0.5..(n as f64 - 0.5))
+            .map_err(|e| err(&e))?;
         let names: Vec<String> = figs.iter().map(|(f, _)| f.name.clone()).collect();
         chart
             .configure_mesh()
             .disable_y_mesh()
             .x_desc(unit)
+            .x_labels(6)
             .x_label_formatter(&|v| human(*v))
             .y_labels(n)
-            .y_label_formatter(&|v| match v {
-                SegmentValue::CenterOf(i) => names.get(*i).cloned().unwrap_or_default(),
-                _ => String::new(),
+            .y_label_formatter(&|v| {
+                let i = v.round();
+                if (v - i).abs() < 1e-6 && i >= 0.0 {
+                    // The first figure on top.
+                    names
+                        .get(n - 1 - (i as usize).min(n - 1))
+                        .cloned()
+                        .unwrap_or_default()
+                } else {
+                    String::new()
+                }
             })
+            .label_style(("sans-serif", 13))
+            .axis_desc_style(("sans-serif", 13))
             .draw()
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            .map_err(|e| err(&e))?;
         let color = RGBColor(70, 110, 170);
         chart
             .draw_series(figs.iter().enumerate().map(|(i, (_, (_, mid, _)))| {
-                Rectangle::new(
-                    [
-                        (0.0, SegmentValue::Exact(i)),
-                        (*mid, SegmentValue::Exact(i + 1)),
-                    ],
-                    color.mix(0.6).filled(),
-                )
+                let y = (n - 1 - i) as f64;
+                Rectangle::new([(0.0, y - 0.32), (*mid, y + 0.32)], color.mix(0.7).filled())
             }))
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            .map_err(|e| err(&e))?;
         chart
             .draw_series(figs.iter().enumerate().map(|(i, (_, (lo, _, hi)))| {
-                PathElement::new(
-                    vec![
-                        (*lo, SegmentValue::CenterOf(i)),
-                        (*hi, SegmentValue::CenterOf(i)),
-                    ],
-                    BLACK.stroke_width(2),
-                )
+                let y = (n - 1 - i) as f64;
+                PathElement::new(vec![(*lo, y), (*hi, y)], BLACK.stroke_width(2))
             }))
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
+            .map_err(|e| err(&e))?;
+        chart
+            .draw_series(figs.iter().enumerate().flat_map(|(i, (_, (lo, _, hi)))| {
+                let y = (n - 1 - i) as f64;
+                [*lo, *hi].map(|x| {
+                    PathElement::new(vec![(x, y - 0.15), (x, y + 0.15)], BLACK.stroke_width(2))
+                })
+            }))
+            .map_err(|e| err(&e))?;
+        root.present().map_err(|e| err(&e))?;
     }
     Ok(svg)
 }

@@ -84,6 +84,10 @@ struct BenchArgs {
     /// An earlier bench.json: print and plot new / old ratios.
     #[arg(long, value_name = "OLD.json")]
     compare: Option<PathBuf>,
+    /// Boot nothing: report this saved bench.json (with --compare, two
+    /// saved runs against each other).
+    #[arg(long, value_name = "FILE.json")]
+    from: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -500,16 +504,20 @@ fn bench(args: &BenchArgs) -> Result<ExitCode> {
         Some(p) => Some(bench::Report::load(p)?),
         None => None,
     };
-    let arches = args.arch.arches();
-    setup::ensure_qemu(&arches)?;
-    let opts = bench::Options {
-        arches,
-        runs: args.runs,
-        race_runs: args.race_runs,
-        smp: args.smp,
+    let report = match &args.from {
+        Some(p) => bench::Report::load(p)?,
+        None => {
+            let arches = args.arch.arches();
+            setup::ensure_qemu(&arches)?;
+            let opts = bench::Options {
+                arches,
+                runs: args.runs,
+                race_runs: args.race_runs,
+                smp: args.smp,
+            };
+            bench::run(&opts, &mut xtask::progress::Progress::new())?
+        }
     };
-    let mut progress = xtask::progress::Progress::new();
-    let report = bench::run(&opts, &mut progress)?;
     let cmp = old
         .as_ref()
         .map_or_else(Vec::new, |o| bench::compare(o, &report));
@@ -522,7 +530,9 @@ fn bench(args: &BenchArgs) -> Result<ExitCode> {
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let json = out.join("bench.json");
     let html = out.join("bench.html");
-    report.save(&json)?;
+    if args.from.as_deref() != Some(json.as_path()) {
+        report.save(&json)?;
+    }
     let label = args.compare.as_ref().map(|p| p.display().to_string());
     std::fs::write(&html, bench::html(&report, &cmp, label.as_deref())?)
         .with_context(|| format!("writing {}", html.display()))?;
