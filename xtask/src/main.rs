@@ -641,7 +641,7 @@ fn test(arch: ArchSel, test_args: &[String], junit: Option<&Path>) -> Result<Exi
     if let Some(d) = &ktap_dir {
         cmd.env(xtask::junit::KTAP_DIR_ENV, std::path::absolute(d)?);
     }
-    let status = cmd.status()?;
+    let status = run_tests_with_progress(cmd, test_args)?;
     if let (Some(file), Some(d)) = (junit, &ktap_dir) {
         let boots = xtask::junit::read_dir(d)?;
         std::fs::write(file, xtask::junit::render(&boots))
@@ -657,6 +657,60 @@ fn test(arch: ArchSel, test_args: &[String], junit: Option<&Path>) -> Result<Exi
         bail!("tests failed ({status})");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `cargo test` (`cmd`), echoing its output, with a progress line:
+/// tests finished of the total that `--list` counts, failures, time left.
+fn run_tests_with_progress(
+    mut cmd: Command,
+    test_args: &[String],
+) -> Result<std::process::ExitStatus> {
+    use std::io::BufRead;
+    use std::process::Stdio;
+    let mut list = cargo();
+    list.current_dir(xtask::workspace_root())
+        .args(["test", "--quiet", "--no-fail-fast"])
+        .arg("--")
+        .args(test_args)
+        .args(["--list", "--format", "terse"])
+        .stderr(Stdio::null());
+    let total = list.output().map_or(0, |o| {
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter(|l| l.ends_with(": test"))
+            .count()
+    });
+    let mut child = cmd.stdout(Stdio::piped()).spawn()?;
+    let out = child.stdout.take().expect("stdout is piped");
+    let mut progress = xtask::progress::Progress::new();
+    let (mut done, mut failed) = (0usize, 0usize);
+    for line in std::io::BufReader::new(out).lines() {
+        let line = line?;
+        progress.println(&line);
+        if line.starts_with("test ") {
+            if line.ends_with(" ok") || line.ends_with(" ignored") {
+                done += 1;
+            } else if line.ends_with(" FAILED") {
+                done += 1;
+                failed += 1;
+            } else {
+                continue;
+            }
+            let extra = if failed > 0 {
+                format!("{failed} FAILED")
+            } else {
+                String::new()
+            };
+            progress.update(&progress.status("test", done, total.max(done), &extra));
+        }
+    }
+    progress.finish();
+    let status = child.wait()?;
+    println!(
+        "{}",
+        progress.status("test", done, total.max(done), &format!("{failed} failed"))
+    );
+    Ok(status)
 }
 
 /// Progress of a soak, shared by its worker threads.
