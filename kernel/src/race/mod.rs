@@ -95,6 +95,7 @@
 
 pub mod demo;
 pub mod detect;
+pub mod nested_flush;
 pub mod point;
 pub mod ptfree;
 pub mod scenario;
@@ -102,6 +103,7 @@ pub(crate) mod selftest;
 pub mod trace;
 pub mod waitfor;
 pub mod wp_unlock;
+pub mod zap_rmap;
 
 pub use point::{race_point, RacePoint, Step};
 
