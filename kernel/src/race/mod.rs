@@ -101,6 +101,7 @@ pub mod ptfree;
 pub mod scenario;
 pub(crate) mod selftest;
 pub mod trace;
+pub mod user;
 pub mod waitfor;
 pub mod wp_unlock;
 pub mod zap_rmap;

@@ -18,12 +18,18 @@
 //!   of the mapping; `zap2` (CPU 3) MADV_DONTNEEDs the second page, the one
 //!   the writer stores to.
 //! - Setup: a private anonymous two-page mapping, built per run (its page
-//!   tables kept); each iteration write-faults its second page in on the
-//!   controller.
+//!   tables kept) with its second page mapped writable; every iteration
+//!   starts and ends in that state (the page a store that faulted after the
+//!   zaps mapped, or one faulted in on the controller): zapping in the
+//!   teardown would flush every role CPU, halted by then, whose wake-ups
+//!   cost more than the iteration under TCG.
 //! - Handshakes: the writer stores once (its TLB now holds the writable
 //!   translation), then publishes that it runs; both zaps start then. Each
 //!   zap publishes that its MADV_DONTNEED returned (`user:syscall_returned`).
-//!   The writer stores until both returned, and after each store checks
+//!   The writer stores after each return (in natural mode it sleeps in
+//!   between, halted, woken by the zap that returned; in forced mode it
+//!   stores where the schedule says) until both returned, and after each
+//!   store checks
 //!   whether it was a late one: begun after a MADV_DONTNEED of the page had
 //!   returned, without a page fault since its first store, and visible in
 //!   the page the iteration mapped.
@@ -46,12 +52,14 @@
 //! - Detector: a store that landed after the zap returned — through the
 //!   writer's own stale TLB entry (no page fault since its first store,
 //!   while the PTE was gone), seen in the old frame right after the store.
-//! - Teardown: the page a retried store mapped after the zaps is zapped.
+//! - Teardown: see Setup.
 
 use super::detect::Finding;
 use super::point::{self, points, race_point, RacePoint, Step};
 use super::scenario::{Budget, Ctx, Scenario, Variant};
+use super::user;
 use super::waitfor::WaitClass;
+use crate::cmdline::Mode;
 use crate::mm::arch::{FaultInfo, Mmu};
 use crate::mm::memory;
 use crate::mm::mm::{Mm, VmFlags};
@@ -166,13 +174,13 @@ fn set_variant<A: Mmu>(v: &Variant) -> Result<(), &'static str> {
         nested,
         ..TlbPolicy::DEFAULT
     });
-    // The VMA and the page tables a first fault allocates (a zap keeps
-    // them). Without memory for them `setup` finds no mm and the run fails.
+    // The VMA, the page tables and the writer's page, mapped writable
+    // (`teardown` leaves the same state behind). Without memory for them
+    // `setup` finds no mm and the run fails.
     if let Some(mm) = Mm::<A>::new().map(Box::new) {
-        let base = A::TASK_BASE;
-        let ok = memory::mmap_anon(&mm, base, 2 * PAGE_SIZE, RW, true)
-            .and_then(|()| memory::madvise_dontneed(&mm, base, 2 * PAGE_SIZE));
-        if ok.is_ok() {
+        let ok = memory::mmap_anon(&mm, A::TASK_BASE, 2 * PAGE_SIZE, RW, false).is_ok()
+            && writable_page(&mm, page_addr::<A>()).is_ok();
+        if ok {
             RUN_MM.store(Box::into_raw(mm) as usize, Ordering::Release);
         } else {
             memory::exit_mmap(*mm);
@@ -254,8 +262,10 @@ fn setup<A: Mmu>(ctx: &mut Ctx<A>) -> Result<(), String> {
     Ok(())
 }
 
-/// Write-faults a new anonymous page in at `addr` (on the controller, which
-/// runs no mm: the fault is resolved in software). Returns its pfn.
+/// Write-faults an anonymous page in at `addr` unless a writable one is
+/// mapped there (on the controller, which runs no mm: the fault is
+/// resolved in software, and a PTE present and writable already makes it
+/// spurious). Returns the page's pfn.
 fn writable_page<A: Mmu>(mm: &Mm<A>, addr: u64) -> Result<u64, String> {
     let info = FaultInfo {
         addr,
@@ -301,10 +311,22 @@ fn role<A: Mmu>(ctx: &Ctx<A>, role: usize) -> bool {
             if !primed {
                 return false;
             }
+            let natural = ctx.mode == Mode::Natural;
             let mut stored = 0;
+            let mut seen = 0;
             loop {
-                race_point::<A>(&points::USER_BEFORE_STORE, addr);
+                if natural {
+                    // Sleep until one more MADV_DONTNEED returned (each zap
+                    // wakes us), then store once: through the stale TLB
+                    // entry if no zap has flushed it.
+                    user::sleep_until::<A>(|| ctx.word[ZAPS_DONE].load(Ordering::Acquire) > seen);
+                } else {
+                    // Forced: store after store, each one where the
+                    // schedule says.
+                    race_point::<A>(&points::USER_BEFORE_STORE, addr);
+                }
                 let returned = ctx.word[ZAPS_DONE].load(Ordering::Acquire);
+                seen = returned;
                 seq += 1;
                 let ok = A::probe_store(addr, seq).is_ok();
                 let no_fault = page_faults::<A>() == faults;
@@ -338,6 +360,7 @@ fn role<A: Mmu>(ctx: &Ctx<A>, role: usize) -> bool {
             };
             let ok = memory::madvise_dontneed(mm, start, len).is_ok();
             ctx.word[ZAPS_DONE].fetch_add(1, Ordering::AcqRel);
+            user::wake::<A>(WRITER);
             race_point::<A>(&points::USER_SYSCALL_RETURNED, start);
             ok
         }
@@ -365,10 +388,14 @@ fn detect<A: Mmu>(ctx: &Ctx<A>) -> Option<Finding> {
 }
 
 fn teardown<A: Mmu>(ctx: &mut Ctx<A>) {
+    // Every iteration starts and ends with the second page mapped writable,
+    // so that the frames balance: a store that faulted after the zaps
+    // mapped a new page, which the next iteration uses; without one, a
+    // fault on the controller maps one (no flush needed: the PTE is
+    // empty). Zapping instead would flush every role CPU, halted by now:
+    // waking them costs more than the iteration itself under TCG.
     if let Some(mm) = ctx.mm.take() {
-        // The page a store that faulted after the zaps mapped, if any; the
-        // VMA and the page tables stay for the next iteration.
-        if memory::madvise_dontneed(&mm, A::TASK_BASE, 2 * PAGE_SIZE).is_ok() {
+        if writable_page(&mm, page_addr::<A>()).is_ok() {
             RUN_MM.store(Box::into_raw(mm) as usize, Ordering::Release);
         } else {
             memory::exit_mmap(*mm);

@@ -57,13 +57,17 @@
 //!   store's, and the writer stored that number without taking a page
 //!   fault since its first store (so through the translation it had before
 //!   the zap, not through a PTE a fault installed).
-//! - Teardown: the PTE a retried store mapped after the zap is zapped; the
-//!   page stays cached for the next iteration.
+//! - Teardown: nothing to undo. The page stays cached; a PTE a store that
+//!   faulted after the zap mapped stays too (writable, dirty, its page
+//!   dirty: what `setup` makes anyway), since zapping it would flush every
+//!   role CPU, halted by then, whose wake-ups cost more than the iteration.
 
 use super::detect::Finding;
 use super::point::{self, points, race_point, RacePoint, Step};
 use super::scenario::{Budget, Ctx, Scenario, Variant};
+use super::user;
 use super::waitfor::WaitClass;
+use crate::cmdline::Mode;
 use crate::mm::arch::{FaultInfo, Mmu};
 use crate::mm::filemap::{self, DirtyAops, RamFile};
 use crate::mm::memory;
@@ -347,11 +351,27 @@ fn role<A: Mmu>(ctx: &Ctx<A>, role: usize) -> bool {
             let wb_base = ctx.word[WB_BASE].load(Ordering::Relaxed);
             ctx.word[LAST_NOFAULT].store(seq, Ordering::Relaxed);
             ctx.word[WRITER_RUNS].store(1, Ordering::Release);
+            let written = || {
+                mapping.nr_written.load(Ordering::Acquire) != wb_base
+                    || ctx.word[WB_DONE].load(Ordering::Acquire) != 0
+            };
+            if ctx.mode == Mode::Natural {
+                // Sleep until writeback has written the page (it wakes us),
+                // then store once more: through the stale TLB entry if the
+                // zap has not flushed yet.
+                user::sleep_until::<A>(written);
+                seq += 1;
+                let ok = A::probe_store(addr, seq).is_ok();
+                if ok && page_faults::<A>() == faults {
+                    ctx.word[LAST_NOFAULT].store(seq, Ordering::Relaxed);
+                }
+                return ok;
+            }
+            // Forced: store after store, each one where the schedule says.
             let mut stored = 0;
             loop {
                 race_point::<A>(&points::USER_BEFORE_STORE, addr);
-                let last = mapping.nr_written.load(Ordering::Acquire) != wb_base
-                    || ctx.word[WB_DONE].load(Ordering::Acquire) != 0;
+                let last = written();
                 seq += 1;
                 let ok = A::probe_store(addr, seq).is_ok();
                 race_point::<A>(&points::USER_AFTER_STORE, addr);
@@ -390,6 +410,7 @@ fn role<A: Mmu>(ctx: &Ctx<A>, role: usize) -> bool {
             // dirtied it) and was written to the backing store.
             let wrote = filemap::writeback::<A>(p);
             ctx.word[WB_DONE].store(1, Ordering::Release);
+            user::wake::<A>(WRITER);
             wrote
         }
     }
@@ -422,14 +443,12 @@ fn detect<A: Mmu>(ctx: &Ctx<A>) -> Option<Finding> {
 }
 
 fn teardown<A: Mmu>(ctx: &mut Ctx<A>) {
+    // The mapping, its page tables and the cached page stay for the next
+    // iteration, and so does a PTE that a store which faulted after the zap
+    // mapped (writable and dirty, its page dirty: what `setup` makes
+    // anyway). Zapping it here would flush every role CPU, halted by now:
+    // waking them costs more than the iteration itself under TCG.
     if let Some(mm) = ctx.mm.take() {
-        // The PTE a store that faulted after the zap mapped, if any; the
-        // VMA, the page tables and the cached page stay for the next
-        // iteration.
-        if memory::madvise_dontneed(&mm, ctx.addr, PAGE_SIZE).is_ok() {
-            RUN_MM.store(Box::into_raw(mm) as usize, Ordering::Release);
-        } else {
-            memory::exit_mmap(*mm);
-        }
+        RUN_MM.store(Box::into_raw(mm) as usize, Ordering::Release);
     }
 }
