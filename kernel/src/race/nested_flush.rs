@@ -26,10 +26,9 @@
 //! - Handshakes: the writer stores once (its TLB now holds the writable
 //!   translation), then publishes that it runs; both zaps start then. Each
 //!   zap publishes that its MADV_DONTNEED returned (`user:syscall_returned`).
-//!   The writer stores after each return (in natural mode it sleeps in
-//!   between, halted, woken by the zap that returned; in forced mode it
-//!   stores where the schedule says) until both returned, and after each
-//!   store checks
+//!   The writer stores once after each return (it sleeps in between,
+//!   halted, woken by the zap that returned) until both returned, and
+//!   after each store checks
 //!   whether it was a late one: begun after a MADV_DONTNEED of the page had
 //!   returned, without a page fault since its first store, and visible in
 //!   the page the iteration mapped.
@@ -59,7 +58,6 @@ use super::point::{self, points, race_point, RacePoint, Step};
 use super::scenario::{Budget, Ctx, Scenario, Variant};
 use super::user;
 use super::waitfor::WaitClass;
-use crate::cmdline::Mode;
 use crate::mm::arch::{FaultInfo, Mmu};
 use crate::mm::memory;
 use crate::mm::mm::{Mm, VmFlags};
@@ -311,20 +309,14 @@ fn role<A: Mmu>(ctx: &Ctx<A>, role: usize) -> bool {
             if !primed {
                 return false;
             }
-            let natural = ctx.mode == Mode::Natural;
             let mut stored = 0;
             let mut seen = 0;
             loop {
-                if natural {
-                    // Sleep until one more MADV_DONTNEED returned (each zap
-                    // wakes us), then store once: through the stale TLB
-                    // entry if no zap has flushed it.
-                    user::sleep_until::<A>(|| ctx.word[ZAPS_DONE].load(Ordering::Acquire) > seen);
-                } else {
-                    // Forced: store after store, each one where the
-                    // schedule says.
-                    race_point::<A>(&points::USER_BEFORE_STORE, addr);
-                }
+                race_point::<A>(&points::USER_BEFORE_STORE, addr);
+                // Sleep until one more MADV_DONTNEED returned (each zap
+                // wakes us), then store once: through the stale TLB entry
+                // if no zap has flushed it.
+                user::sleep_until::<A>(|| ctx.word[ZAPS_DONE].load(Ordering::Acquire) > seen);
                 let returned = ctx.word[ZAPS_DONE].load(Ordering::Acquire);
                 seen = returned;
                 seq += 1;

@@ -28,9 +28,13 @@
 //!   translation; on s390x this store may take the write-notify fault),
 //!   then publishes that it runs; the zap starts then; writeback starts
 //!   once the zap has cleared the PTE (read locklessly), or unmapped the
-//!   page, or returned. The writer stops after the first store it began
-//!   once writeback had written the page (or returned): a store after that
-//!   which faulted would dirty the page again and hide a lost write.
+//!   page, or returned. In natural mode the writer then sleeps (halted, so
+//!   that its vCPU leaves the host cores to the zap and writeback) until
+//!   writeback has written the page and woken it, and stores once more; in
+//!   forced mode it stores where the schedule says. Either way it stops
+//!   after the first store it began once writeback had written the page:
+//!   a store after that which faulted would dirty the page again and hide
+//!   a lost write.
 //! - Variants: `buggy-*` (`RmapOrder::BeforeFlush`, Linux 6.1) and `fixed-*`
 //!   (`RmapOrder::AfterFlush`, 5df397dec7c4) x the flush strategy of the
 //!   arch (x86-64 `ipi`, `nmi`; s390x `ipte`); the other arch's strategy is
@@ -360,8 +364,10 @@ fn role<A: Mmu>(ctx: &Ctx<A>, role: usize) -> bool {
                 // then store once more: through the stale TLB entry if the
                 // zap has not flushed yet.
                 user::sleep_until::<A>(written);
+                race_point::<A>(&points::USER_BEFORE_STORE, addr);
                 seq += 1;
                 let ok = A::probe_store(addr, seq).is_ok();
+                race_point::<A>(&points::USER_AFTER_STORE, addr);
                 if ok && page_faults::<A>() == faults {
                     ctx.word[LAST_NOFAULT].store(seq, Ordering::Relaxed);
                 }
