@@ -233,6 +233,81 @@ pub const CELLS: &[Cell] = &[
     cell("ptfree-vs-gup-fast", X86_64, "ipi-sync-ipte", Natural, Skip),
     cell("ptfree-vs-gup-fast", X86_64, "rcu-ipte", Forced, Skip),
     cell("ptfree-vs-gup-fast", X86_64, "rcu-ipte", Natural, Skip),
+    // zap-rmap-vs-mkclean (kernel/src/race/zap_rmap.rs, catalogue row 3):
+    // Linux 6.1 removes a dirty shared-file page's rmap before the flush under
+    // the PTL; writeback's mkclean finds the page unmapped, cleans and writes
+    // it while the writer still stores through its stale TLB entry (lost
+    // write). x86-64 (IPI and NMI flushes): buggy `bug`; fixed `clean` (forced:
+    // mkclean's rmap walk spins on the zap's PTL, the fix's wait, held_by_fix).
+    // s390x: IPTE at the clear leaves no stale entry: natural `clean`; forced
+    // `impossible` for both variants (the writer's store faults and spins on
+    // the zap's PTL, a cycle through the fault, not the fix).
+    cell("zap-rmap-vs-mkclean", S390x, "buggy-ipi", Forced, Skip),
+    cell("zap-rmap-vs-mkclean", S390x, "buggy-ipi", Natural, Skip),
+    cell("zap-rmap-vs-mkclean", S390x, "fixed-ipi", Forced, Skip),
+    cell("zap-rmap-vs-mkclean", S390x, "fixed-ipi", Natural, Skip),
+    cell("zap-rmap-vs-mkclean", S390x, "buggy-nmi", Forced, Skip),
+    cell("zap-rmap-vs-mkclean", S390x, "buggy-nmi", Natural, Skip),
+    cell("zap-rmap-vs-mkclean", S390x, "fixed-nmi", Forced, Skip),
+    cell("zap-rmap-vs-mkclean", S390x, "fixed-nmi", Natural, Skip),
+    cell(
+        "zap-rmap-vs-mkclean",
+        S390x,
+        "buggy-ipte",
+        Forced,
+        Impossible,
+    ),
+    cell("zap-rmap-vs-mkclean", S390x, "buggy-ipte", Natural, Clean),
+    cell(
+        "zap-rmap-vs-mkclean",
+        S390x,
+        "fixed-ipte",
+        Forced,
+        Impossible,
+    ),
+    cell("zap-rmap-vs-mkclean", S390x, "fixed-ipte", Natural, Clean),
+    cell("zap-rmap-vs-mkclean", X86_64, "buggy-ipi", Forced, Bug),
+    cell("zap-rmap-vs-mkclean", X86_64, "buggy-ipi", Natural, Bug),
+    cell("zap-rmap-vs-mkclean", X86_64, "fixed-ipi", Forced, Clean),
+    cell("zap-rmap-vs-mkclean", X86_64, "fixed-ipi", Natural, Clean),
+    cell("zap-rmap-vs-mkclean", X86_64, "buggy-nmi", Forced, Bug),
+    cell("zap-rmap-vs-mkclean", X86_64, "buggy-nmi", Natural, Bug),
+    cell("zap-rmap-vs-mkclean", X86_64, "fixed-nmi", Forced, Clean),
+    cell("zap-rmap-vs-mkclean", X86_64, "fixed-nmi", Natural, Clean),
+    cell("zap-rmap-vs-mkclean", X86_64, "buggy-ipte", Forced, Skip),
+    cell("zap-rmap-vs-mkclean", X86_64, "buggy-ipte", Natural, Skip),
+    cell("zap-rmap-vs-mkclean", X86_64, "fixed-ipte", Forced, Skip),
+    cell("zap-rmap-vs-mkclean", X86_64, "fixed-ipte", Natural, Skip),
+    // nested-flush (kernel/src/race/nested_flush.rs, catalogue row 8): two
+    // MADV_DONTNEEDs overlap; the one that finds the PTE clear returns before
+    // the other flushed, and the writer's store through its stale TLB entry
+    // lands in the dropped page. x86-64 (IPI and NMI flushes): buggy `bug`,
+    // fixed (full flush of a nested gather) `clean`. s390x: IPTE at the clear,
+    // both `clean`.
+    cell("nested-flush", S390x, "buggy-ipi", Forced, Skip),
+    cell("nested-flush", S390x, "buggy-ipi", Natural, Skip),
+    cell("nested-flush", S390x, "fixed-ipi", Forced, Skip),
+    cell("nested-flush", S390x, "fixed-ipi", Natural, Skip),
+    cell("nested-flush", S390x, "buggy-nmi", Forced, Skip),
+    cell("nested-flush", S390x, "buggy-nmi", Natural, Skip),
+    cell("nested-flush", S390x, "fixed-nmi", Forced, Skip),
+    cell("nested-flush", S390x, "fixed-nmi", Natural, Skip),
+    cell("nested-flush", S390x, "buggy-ipte", Forced, Clean),
+    cell("nested-flush", S390x, "buggy-ipte", Natural, Clean),
+    cell("nested-flush", S390x, "fixed-ipte", Forced, Clean),
+    cell("nested-flush", S390x, "fixed-ipte", Natural, Clean),
+    cell("nested-flush", X86_64, "buggy-ipi", Forced, Bug),
+    cell("nested-flush", X86_64, "buggy-ipi", Natural, Bug),
+    cell("nested-flush", X86_64, "fixed-ipi", Forced, Clean),
+    cell("nested-flush", X86_64, "fixed-ipi", Natural, Clean),
+    cell("nested-flush", X86_64, "buggy-nmi", Forced, Bug),
+    cell("nested-flush", X86_64, "buggy-nmi", Natural, Bug),
+    cell("nested-flush", X86_64, "fixed-nmi", Forced, Clean),
+    cell("nested-flush", X86_64, "fixed-nmi", Natural, Clean),
+    cell("nested-flush", X86_64, "buggy-ipte", Forced, Skip),
+    cell("nested-flush", X86_64, "buggy-ipte", Natural, Skip),
+    cell("nested-flush", X86_64, "fixed-ipte", Forced, Skip),
+    cell("nested-flush", X86_64, "fixed-ipte", Natural, Skip),
 ];
 
 /// The cell for (row, arch, variant, mode).

@@ -455,6 +455,8 @@ pub fn writeback<A: Mmu>(p: &Page) -> bool {
         page::unlock_page(p);
         return false;
     };
+    let pfn = page::page_to_pfn(p);
+    crate::race::race_point::<A>(&crate::race::point::points::WRITEBACK_BEFORE_MKCLEAN, pfn);
     let wrote = clear_page_dirty_for_io::<A>(p);
     if wrote {
         set_page_writeback(p);
@@ -476,7 +478,8 @@ pub fn writeback<A: Mmu>(p: &Page) -> bool {
                 )
             };
         }
-        mapping.nr_written.fetch_add(1, Ordering::Relaxed);
+        mapping.nr_written.fetch_add(1, Ordering::Release);
+        crate::race::race_point::<A>(&crate::race::point::points::WRITEBACK_AFTER_WRITE, pfn);
         end_page_writeback(p);
     }
     page::unlock_page(p);

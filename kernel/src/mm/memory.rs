@@ -581,6 +581,7 @@ fn zap_pte_range<A: Mmu>(tlb: &mut MmuGather<'_, A>, pmdp: *mut u64, addr: u64, 
         }
     }
     if force_flush || mmu_gather::tlb_rmaps_pending(tlb) {
+        race_point::<A>(&points::ZAP_BEFORE_PTL_FLUSH, addr);
         // Invalidate, then unhook from the rmap, still under the PTL: mkclean
         // cannot miss a mapping a CPU can write through.
         mmu_gather::tlb_flush_mmu_tlbonly(tlb);

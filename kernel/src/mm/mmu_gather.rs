@@ -382,6 +382,7 @@ pub fn tlb_finish_mmu_counted<A: Mmu>(tlb: MmuGather<'_, A>) -> u64 {
 
 /// Ends the gather; returns (flushes issued, page references dropped).
 fn finish<A: Mmu>(mut tlb: MmuGather<'_, A>) -> (u64, u64) {
+    crate::race::race_point::<A>(&crate::race::point::points::GATHER_BEFORE_FINISH, 0);
     assert!(
         tlb.delayed_rmap.is_empty(),
         "tlb_finish_mmu with rmap removals still delayed"

@@ -95,13 +95,16 @@
 
 pub mod demo;
 pub mod detect;
+pub mod nested_flush;
 pub mod point;
 pub mod ptfree;
 pub mod scenario;
 pub(crate) mod selftest;
 pub mod trace;
+pub mod user;
 pub mod waitfor;
 pub mod wp_unlock;
+pub mod zap_rmap;
 
 pub use point::{race_point, RacePoint, Step};
 

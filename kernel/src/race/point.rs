@@ -111,8 +111,31 @@ pub mod points {
     /// freed (`tlb_finish_mmu` returned); `mmap_lock` still held for read.
     pub static MADVISE_AFTER_DONTNEED: RacePoint = RacePoint::new("madvise:after_dontneed");
 
+    /// `zap_pte_range`: the PTEs of the table are cleared (a dirty file
+    /// PTE's page dirtied; with the rmap removed before the flush, as Linux
+    /// 6.1, its rmap gone too), the flush under the PTL is next; the PTL is
+    /// held. `addr` = the first address of the range.
+    pub static ZAP_BEFORE_PTL_FLUSH: RacePoint = RacePoint::new("zap:before_ptl_flush");
+    /// `tlb_finish_mmu`: the gather is about to end (the nested check, the
+    /// last flush, the frees); no PTL held.
+    pub static GATHER_BEFORE_FINISH: RacePoint = RacePoint::new("gather:before_finish");
+    /// `writeback` (`write_one_page`): the page is locked, `folio_mkclean`
+    /// is next. `addr` = the pfn.
+    pub static WRITEBACK_BEFORE_MKCLEAN: RacePoint = RacePoint::new("writeback:before_mkclean");
+    /// `writeback`: the frame was copied to the backing store (and
+    /// `nr_written` counted), the page is still locked. `addr` = the pfn.
+    pub static WRITEBACK_AFTER_WRITE: RacePoint = RacePoint::new("writeback:after_write");
+    /// A row's user program: about to store to user memory. `addr` = the
+    /// virtual address.
+    pub static USER_BEFORE_STORE: RacePoint = RacePoint::new("user:before_store");
+    /// A row's user program: its store to user memory is done.
+    pub static USER_AFTER_STORE: RacePoint = RacePoint::new("user:after_store");
+    /// A row's user program: a system call (e.g. MADV_DONTNEED) returned
+    /// and the program published that it did.
+    pub static USER_SYSCALL_RETURNED: RacePoint = RacePoint::new("user:syscall_returned");
+
     /// All of the above.
-    pub static ALL: [&RacePoint; 13] = [
+    pub static ALL: [&RacePoint; 20] = [
         &ZAP_AFTER_PTE_CLEAR,
         &ZAP_BEFORE_PTL,
         &GATHER_AFTER_FLUSH,
@@ -126,6 +149,13 @@ pub mod points {
         &DEMO_AFTER_PUT,
         &WP_BEFORE_UNLOCK_PAGE,
         &MADVISE_AFTER_DONTNEED,
+        &ZAP_BEFORE_PTL_FLUSH,
+        &GATHER_BEFORE_FINISH,
+        &WRITEBACK_BEFORE_MKCLEAN,
+        &WRITEBACK_AFTER_WRITE,
+        &USER_BEFORE_STORE,
+        &USER_AFTER_STORE,
+        &USER_SYSCALL_RETURNED,
     ];
 
     /// The point named `name`.

@@ -123,6 +123,8 @@ pub fn all<A: Mmu>() -> Vec<Scenario<A>> {
         super::demo::scenario::<A>(),
         super::wp_unlock::scenario::<A>(),
         super::ptfree::scenario::<A>(),
+        super::zap_rmap::scenario::<A>(),
+        super::nested_flush::scenario::<A>(),
     ]
 }
 

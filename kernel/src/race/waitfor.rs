@@ -328,8 +328,27 @@ pub enum WaitClass {
     FlushIpi,
     /// A PTL held by the other CPU.
     Ptl,
+    /// A PTL held by the other CPU, spun on by the CPU of role `r` only: a
+    /// fix that keeps the PTL held across its critical step holds back the
+    /// role the fix is about (e.g. mkclean's rmap walk), while the same
+    /// PTL spun on by another role (a fault that found no stale TLB entry
+    /// to store through) is not the fix's doing. As a `fix_waits` entry;
+    /// [`Edge::class`] never returns it.
+    PtlWaitedBy(usize),
     /// An RCU grace period waiting for the other CPU.
     RcuGp,
+}
+
+impl WaitClass {
+    /// Whether this `fix_waits` entry covers the wait of edge `e`, given
+    /// the role of each CPU.
+    pub fn covers(self, e: &Edge, role_of: impl Fn(usize) -> Option<usize>) -> bool {
+        match (self, e.class()) {
+            (WaitClass::PtlWaitedBy(r), Some(WaitClass::Ptl)) => role_of(e.from) == Some(r),
+            (w, Some(c)) => w == c,
+            (_, None) => false,
+        }
+    }
 }
 
 impl Edge {
@@ -349,8 +368,17 @@ impl Edge {
 /// Whether every wait of `cycle` that the schedule did not make is one of
 /// `fix_waits`: the cycle is the fix holding the interleaving back.
 pub fn held_by(cycle: &[Edge], fix_waits: &[WaitClass]) -> bool {
-    let mut classes = cycle.iter().filter_map(Edge::class).peekable();
-    classes.peek().is_some() && classes.all(|c| fix_waits.contains(&c))
+    held_by_roles(cycle, fix_waits, super::point::role_of)
+}
+
+/// [`held_by`] with the roles of the CPUs given by `role_of`.
+pub fn held_by_roles(
+    cycle: &[Edge],
+    fix_waits: &[WaitClass],
+    role_of: impl Fn(usize) -> Option<usize> + Copy,
+) -> bool {
+    let mut waits = cycle.iter().filter(|e| e.class().is_some()).peekable();
+    waits.peek().is_some() && waits.all(|e| fix_waits.iter().any(|w| w.covers(e, role_of)))
 }
 
 /// The wait-for graph as it is now. `step_cpu(i)` is the CPU that takes
@@ -535,6 +563,37 @@ mod tests {
         assert!(!held_by(&flush, &[WaitClass::CallIpi]));
         assert!(!held_by(&sync, &[]));
         assert!(!held_by(&[sched], &[WaitClass::CallIpi]));
+    }
+
+    #[test]
+    fn a_ptl_wait_is_the_fix_s_only_for_the_role_it_names() {
+        // cpu1 (role 0, the zap) holds at a point for cpu2's step; cpu2
+        // spins on the PTL cpu1 holds.
+        let cycle = [
+            Edge {
+                from: 1,
+                to: 2,
+                why: Why::Schedule {
+                    waits_for_step: 5,
+                    current: 4,
+                },
+            },
+            e(2, 1),
+        ];
+        let role_of = |cpu: usize| cpu.checked_sub(1);
+        assert!(held_by_roles(&cycle, &[WaitClass::Ptl], role_of));
+        assert!(held_by_roles(&cycle, &[WaitClass::PtlWaitedBy(1)], role_of));
+        assert!(!held_by_roles(
+            &cycle,
+            &[WaitClass::PtlWaitedBy(2)],
+            role_of
+        ));
+        assert!(!held_by_roles(&cycle, &[WaitClass::RcuGp], role_of));
+        assert!(!held_by_roles(
+            &cycle[..1],
+            &[WaitClass::PtlWaitedBy(1)],
+            role_of
+        ));
     }
 
     #[test]
