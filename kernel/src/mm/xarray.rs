@@ -67,9 +67,18 @@ impl XaMark {
 /// Marks set or cleared on a missing entry since boot (the row-7 detector).
 static TAG_ON_MISSING: AtomicU64 = AtomicU64::new(0);
 
+/// The index of the last mark set or cleared on a missing entry.
+static LAST_MISSING_INDEX: AtomicU64 = AtomicU64::new(0);
+
 /// How often a mark was set or cleared on an index with no entry.
 pub fn nr_tag_on_missing_entry() -> u64 {
     TAG_ON_MISSING.load(Ordering::Acquire)
+}
+
+/// The index of the last mark set or cleared on a missing entry (0 if
+/// none was).
+pub fn last_tag_on_missing_entry() -> u64 {
+    LAST_MISSING_INDEX.load(Ordering::Acquire)
 }
 
 #[derive(Clone, Copy)]
@@ -277,6 +286,7 @@ impl<T: Copy> XaGuard<'_, T> {
 }
 
 fn report_missing(what: &str, index: u64, mark: XaMark) {
+    LAST_MISSING_INDEX.store(index, Ordering::Release);
     TAG_ON_MISSING.fetch_add(1, Ordering::AcqRel);
     kprintln!(
         "# BUG: tag {what} on a missing tree entry index={index} tag={}",

@@ -99,6 +99,7 @@ pub mod point;
 pub mod ptfree;
 pub mod scenario;
 pub(crate) mod selftest;
+pub mod skey_swap;
 pub mod trace;
 pub mod waitfor;
 pub mod wp_unlock;

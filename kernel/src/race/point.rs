@@ -110,9 +110,19 @@ pub mod points {
     /// `madvise(MADV_DONTNEED)`: the range is zapped, flushed and its pages
     /// freed (`tlb_finish_mmu` returned); `mmap_lock` still held for read.
     pub static MADVISE_AFTER_DONTNEED: RacePoint = RacePoint::new("madvise:after_dontneed");
+    /// `__add_to_swap_cache`, page locked: where the two insertion orders
+    /// differ — `PG_swapcache` and `private` set, the tree slot not yet
+    /// filled (`FlagFirst`), or nothing done yet (`Together`). `addr` = the
+    /// swap entry.
+    pub static SWAP_ADD_WINDOW: RacePoint = RacePoint::new("swap:add_window");
+    /// `page_remove_rmap_nolock` (the zap), StorageKey dirty tracking: the
+    /// last mapping of a page with a mapping is gone and its frame's change
+    /// bit was found set (and cleared); the page is not yet dirtied. `addr`
+    /// = the pfn.
+    pub static RMAP_SKEY_DIRTY: RacePoint = RacePoint::new("rmap:skey_dirty");
 
     /// All of the above.
-    pub static ALL: [&RacePoint; 13] = [
+    pub static ALL: [&RacePoint; 15] = [
         &ZAP_AFTER_PTE_CLEAR,
         &ZAP_BEFORE_PTL,
         &GATHER_AFTER_FLUSH,
@@ -126,6 +136,8 @@ pub mod points {
         &DEMO_AFTER_PUT,
         &WP_BEFORE_UNLOCK_PAGE,
         &MADVISE_AFTER_DONTNEED,
+        &SWAP_ADD_WINDOW,
+        &RMAP_SKEY_DIRTY,
     ];
 
     /// The point named `name`.
