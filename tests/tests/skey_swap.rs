@@ -71,7 +71,10 @@ fn forced(arch: Arch) {
         assert!(n >= 1, "{arch} {variant}: {o:?}");
         // Every iteration's zap took the page's last mapping.
         assert_eq!(skey(&case, "zaps"), n, "{arch} {variant}: {d:#?}");
-        let (found, dropped) = (skey(&case, "change_bit_found"), skey(&case, "dirty_dropped"));
+        let (found, dropped) = (
+            skey(&case, "change_bit_found"),
+            skey(&case, "dirty_dropped"),
+        );
         match variant {
             "buggy" => {
                 assert_eq!(o.outcome, "bug", "{arch} {variant}: {o:?}");

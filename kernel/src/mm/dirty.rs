@@ -247,6 +247,18 @@ mod tests {
     }
 
     #[test]
+    fn skey_transfer_knob_round_trips() {
+        let old = set_skey_transfer(SkeyTransfer::PageLockTrylock);
+        assert_eq!(skey_transfer(), SkeyTransfer::PageLockTrylock);
+        assert_eq!(
+            set_skey_transfer(SkeyTransfer::Unlocked),
+            SkeyTransfer::PageLockTrylock
+        );
+        assert_eq!(skey_transfer(), SkeyTransfer::Unlocked);
+        set_skey_transfer(old);
+    }
+
+    #[test]
     fn names_round_trip() {
         for m in [DirtyTracking::SoftDirty, DirtyTracking::StorageKey] {
             assert_eq!(DirtyTracking::from_name(m.name()), Some(m));

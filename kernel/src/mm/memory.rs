@@ -228,7 +228,9 @@ fn page_test_and_clear_dirty_mapped(p: &Page) -> bool {
 /// had, a file page is dirtied anyway (its open file pins the mapping) and a
 /// swap-cache page's dirty bit is dropped and counted
 /// ([`dirty::skey_stats`]). The race point `rmap:skey_dirty` marks a change
-/// bit found set.
+/// bit found set. File pages whose rmap removal the gather delays until after
+/// the flush go through [`page_remove_rmap`]: the RFC dirties a file page
+/// whether or not it gets the lock.
 pub fn page_remove_rmap_nolock<A: Mmu>(p: &Page) {
     let old = p._mapcount.fetch_sub(1, Ordering::AcqRel);
     assert!(
