@@ -84,6 +84,7 @@ rows!(
     wp_unlock_vs_zap = "wp-unlock-vs-zap",
     zap_rmap_vs_mkclean = "zap-rmap-vs-mkclean",
     ptfree_vs_gup_fast = "ptfree-vs-gup-fast",
+    skey_dirty_vs_swapcache = "skey-dirty-vs-swapcache",
     nested_flush = "nested-flush",
 );
 

@@ -26,6 +26,23 @@
 //!     the key is reset to `PAGE_DEFAULT_KEY` before the page is uptodate
 //!     (3.8 `SetPageUptodate` on s390).
 //!
+//! How `page_remove_rmap` moves C to the page when the zap
+//! (`zap_pte_range`, which holds the PTL but neither the page lock nor a
+//! pin on a swap-cache page's mapping) removes the last mapping is a second
+//! knob, [`SkeyTransfer`] (catalogue row 7, `skey-dirty-vs-swapcache`):
+//! - [`SkeyTransfer::Unlocked`] (Linux 3.3): `set_page_dirty` straight away.
+//!   For a page that reclaim is half-way through adding to the swap cache
+//!   (`PG_swapcache` set, tree slot not yet filled) that tags a missing entry
+//!   of `swapper_space`;
+//! - [`SkeyTransfer::PageLockTrylock`] (the RFC of seed 004,
+//!   `page_remove_rmap_nolock`): a bounded trylock of the page lock first
+//!   (the PTL is held: no sleeping, and reclaim may hold the page lock while
+//!   it waits for this PTL). Had: `set_page_dirty` under the page lock,
+//!   which reclaim holds across the swap-cache insertion. Not had: a file
+//!   page is dirtied anyway (the open file pins its mapping); a swap-cache
+//!   page's dirty bit is dropped — data loss in its own right, counted in
+//!   [`skey_stats`].
+//!
 //! Invariants:
 //! - StorageKey is never selected on an arch without keys: the setter refuses
 //!   it with an error, there is no fallback;
@@ -39,7 +56,7 @@
 
 use super::arch::{Mmu, PAGE_DEFAULT_KEY};
 use core::fmt;
-use core::sync::atomic::{AtomicU8, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
 /// How the dirty state of shared file pages is tracked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -158,6 +175,60 @@ pub fn page_reset_key_after_fill(pfn: u64) {
     }
 }
 
+/// How the zap moves a set change bit to the page (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SkeyTransfer {
+    /// `set_page_dirty` without the page lock (Linux 3.3).
+    Unlocked,
+    /// A bounded trylock of the page lock first; a swap-cache page whose
+    /// lock is not had loses its dirty bit (the RFC of seed 004).
+    PageLockTrylock,
+}
+
+/// Trylocks of the page lock before [`SkeyTransfer::PageLockTrylock`] gives
+/// up (the RFC spins until `need_resched()`; a fixed bound here, some tens
+/// of microseconds under TCG).
+pub const SKEY_TRYLOCK_SPINS: u32 = 2_000;
+
+static TRANSFER: AtomicU8 = AtomicU8::new(SkeyTransfer::Unlocked as u8);
+static NR_KEY_DIRTY: AtomicU64 = AtomicU64::new(0);
+static NR_KEY_DROPPED: AtomicU64 = AtomicU64::new(0);
+
+/// Selects how the zap moves C to the page; returns the previous choice.
+pub fn set_skey_transfer(t: SkeyTransfer) -> SkeyTransfer {
+    let old = skey_transfer();
+    TRANSFER.store(t as u8, Ordering::Release);
+    old
+}
+
+/// How the zap moves C to the page.
+pub fn skey_transfer() -> SkeyTransfer {
+    if TRANSFER.load(Ordering::Acquire) == SkeyTransfer::PageLockTrylock as u8 {
+        SkeyTransfer::PageLockTrylock
+    } else {
+        SkeyTransfer::Unlocked
+    }
+}
+
+/// Since boot: `(unmaps that found C set on a page with a mapping, of those
+/// the dirty bits dropped because the page lock was not had)`.
+pub fn skey_stats() -> (u64, u64) {
+    (
+        NR_KEY_DIRTY.load(Ordering::Acquire),
+        NR_KEY_DROPPED.load(Ordering::Acquire),
+    )
+}
+
+/// Counts a change bit found set at the last unmap.
+pub(crate) fn count_key_dirty() {
+    NR_KEY_DIRTY.fetch_add(1, Ordering::AcqRel);
+}
+
+/// Counts a change bit dropped (the page lock was not had).
+pub(crate) fn count_key_dropped() {
+    NR_KEY_DROPPED.fetch_add(1, Ordering::AcqRel);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,6 +244,18 @@ mod tests {
         assert!(!page_test_and_clear_dirty(0));
         assert!(set_dirty_tracking::<Emul4k>(DirtyTracking::SoftDirty).is_ok());
         assert_eq!(dirty_tracking(), DirtyTracking::SoftDirty);
+    }
+
+    #[test]
+    fn skey_transfer_knob_round_trips() {
+        let old = set_skey_transfer(SkeyTransfer::PageLockTrylock);
+        assert_eq!(skey_transfer(), SkeyTransfer::PageLockTrylock);
+        assert_eq!(
+            set_skey_transfer(SkeyTransfer::Unlocked),
+            SkeyTransfer::PageLockTrylock
+        );
+        assert_eq!(skey_transfer(), SkeyTransfer::Unlocked);
+        set_skey_transfer(old);
     }
 
     #[test]

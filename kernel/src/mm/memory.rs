@@ -201,10 +201,65 @@ pub fn page_remove_rmap(p: &Page) {
         "page_remove_rmap: pfn {} was not mapped",
         page::page_to_pfn(p)
     );
-    if old == 0
-        && filemap::page_mapping(p).is_some()
-        && dirty::page_test_and_clear_dirty(page::page_to_pfn(p))
-    {
+    if old == 0 && page_test_and_clear_dirty_mapped(p) {
+        filemap::set_page_dirty(p);
+    }
+}
+
+/// In StorageKey dirty tracking, after the last mapping of a page with a
+/// mapping (a page-cache page, or an anonymous page with `PG_swapcache`)
+/// went: reads and clears its frame's change bit; whether it was set.
+fn page_test_and_clear_dirty_mapped(p: &Page) -> bool {
+    let dirty = filemap::page_mapping(p).is_some()
+        && dirty::page_test_and_clear_dirty(page::page_to_pfn(p));
+    if dirty {
+        dirty::count_key_dirty();
+    }
+    dirty
+}
+
+/// [`page_remove_rmap`] for `zap_pte_range`, which holds the PTL but
+/// neither the page lock nor a pin on a swap-cache page's mapping
+/// (`page_remove_rmap_nolock`, the RFC of seed 004). With
+/// [`dirty::SkeyTransfer::Unlocked`] a set change bit is moved to the page
+/// as [`page_remove_rmap`] does. With [`dirty::SkeyTransfer::PageLockTrylock`]
+/// it reaches the page only under the page lock, tried
+/// [`dirty::SKEY_TRYLOCK_SPINS`] times (the PTL is held: no sleeping); not
+/// had, a file page is dirtied anyway (its open file pins the mapping) and a
+/// swap-cache page's dirty bit is dropped and counted
+/// ([`dirty::skey_stats`]). The race point `rmap:skey_dirty` marks a change
+/// bit found set. File pages whose rmap removal the gather delays until after
+/// the flush go through [`page_remove_rmap`]: the RFC dirties a file page
+/// whether or not it gets the lock.
+pub fn page_remove_rmap_nolock<A: Mmu>(p: &Page) {
+    let old = p._mapcount.fetch_sub(1, Ordering::AcqRel);
+    assert!(
+        old >= 0,
+        "page_remove_rmap: pfn {} was not mapped",
+        page::page_to_pfn(p)
+    );
+    if old != 0 || !page_test_and_clear_dirty_mapped(p) {
+        return;
+    }
+    race_point::<A>(&points::RMAP_SKEY_DIRTY, page::page_to_pfn(p));
+    if dirty::skey_transfer() == dirty::SkeyTransfer::Unlocked {
+        filemap::set_page_dirty(p);
+        return;
+    }
+    let mut locked = page::trylock_page(p);
+    let mut spins = 0;
+    while !locked && spins < dirty::SKEY_TRYLOCK_SPINS {
+        core::hint::spin_loop();
+        spins += 1;
+        locked = page::trylock_page(p);
+    }
+    if locked {
+        filemap::set_page_dirty(p);
+        page::unlock_page(p);
+    } else if page::PageSwapCache(p) {
+        // No choice but to lose the key's information (the RFC).
+        dirty::count_key_dropped();
+    } else {
         filemap::set_page_dirty(p);
     }
 }
@@ -572,7 +627,7 @@ fn zap_pte_range<A: Mmu>(tlb: &mut MmuGather<'_, A>, pmdp: *mut u64, addr: u64, 
         if delay_rmap {
             mmu_gather::tlb_delay_page_rmap(tlb, p);
         } else {
-            page_remove_rmap(p);
+            page_remove_rmap_nolock::<A>(p);
         }
         if mmu_gather::tlb_remove_page(tlb, p) {
             force_flush = true;

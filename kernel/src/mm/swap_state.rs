@@ -26,6 +26,7 @@
 
 use super::filemap::{AddressSpace, DirtyAops};
 use super::page::{self, Page};
+use crate::race::point::{points, race_point};
 use crate::Arch;
 use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
@@ -72,6 +73,14 @@ pub fn set_dirty_aops(a: SwapDirtyAops) {
     DIRTY_AOPS.store(a as u8, Ordering::Release);
 }
 
+/// The dirty policy of swap-cache pages (the knob).
+pub fn swap_dirty_aops() -> SwapDirtyAops {
+    match DIRTY_AOPS.load(Ordering::Acquire) {
+        0 => SwapDirtyAops::Nobuffers,
+        _ => SwapDirtyAops::NoWriteback,
+    }
+}
+
 /// The dirty policy of swap-cache pages, as the page cache's [`DirtyAops`].
 pub fn dirty_aops() -> DirtyAops {
     match DIRTY_AOPS.load(Ordering::Acquire) {
@@ -109,7 +118,8 @@ pub fn get_swap_page() -> u64 {
 /// Adds a locked anonymous page to the swap cache at `entry`
 /// (`__add_to_swap_cache`), in the configured [`order`]. `between` runs at the
 /// point where the two orders differ — after the flag under `FlagFirst`,
-/// before anything under `Together` — so a test can act inside the window.
+/// before anything under `Together` — so a test can act inside the window;
+/// the race point `swap:add_window` is there too.
 /// Returns `false` (and changes nothing) if `entry` is taken.
 pub fn add_to_swap_cache_with<A: Arch>(
     p: &'static Page,
@@ -127,6 +137,7 @@ pub fn add_to_swap_cache_with<A: Arch>(
         SwapCacheOrder::FlagFirst => {
             page::SetPageSwapCache(p);
             p.private.store(entry as usize, Ordering::Release);
+            race_point::<A>(&points::SWAP_ADD_WINDOW, entry);
             between();
             let ok = space.i_pages.lock().insert(entry, p).is_ok();
             if !ok {
@@ -136,6 +147,7 @@ pub fn add_to_swap_cache_with<A: Arch>(
             ok
         }
         SwapCacheOrder::Together => {
+            race_point::<A>(&points::SWAP_ADD_WINDOW, entry);
             between();
             let mut tree = space.i_pages.lock();
             let ok = tree.insert(entry, p).is_ok();

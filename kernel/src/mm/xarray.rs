@@ -20,8 +20,9 @@
 //! nothing, silently: a dirty tag set on a page that is half-way into the swap
 //! cache (flag set, slot not yet filled) is simply lost. Here a mark set or
 //! cleared on a missing entry prints `# BUG: tag set on a missing tree entry
-//! index=... tag=...` (or `tag cleared`), counts it in
-//! [`nr_tag_on_missing_entry`] and otherwise changes nothing (observe only).
+//! index=... tag=...` (or `tag cleared`; the first ten, then every
+//! 1000th), counts it in [`nr_tag_on_missing_entry`] and otherwise changes
+//! nothing (observe only).
 //!
 //! Invariants:
 //! - `marked[m]` equals the number of entries with mark `m`;
@@ -67,9 +68,18 @@ impl XaMark {
 /// Marks set or cleared on a missing entry since boot (the row-7 detector).
 static TAG_ON_MISSING: AtomicU64 = AtomicU64::new(0);
 
+/// The index of the last mark set or cleared on a missing entry.
+static LAST_MISSING_INDEX: AtomicU64 = AtomicU64::new(0);
+
 /// How often a mark was set or cleared on an index with no entry.
 pub fn nr_tag_on_missing_entry() -> u64 {
     TAG_ON_MISSING.load(Ordering::Acquire)
+}
+
+/// The index of the last mark set or cleared on a missing entry (0 if
+/// none was).
+pub fn last_tag_on_missing_entry() -> u64 {
+    LAST_MISSING_INDEX.load(Ordering::Acquire)
 }
 
 #[derive(Clone, Copy)]
@@ -277,12 +287,25 @@ impl<T: Copy> XaGuard<'_, T> {
 }
 
 fn report_missing(what: &str, index: u64, mark: XaMark) {
-    TAG_ON_MISSING.fetch_add(1, Ordering::AcqRel);
-    kprintln!(
-        "# BUG: tag {what} on a missing tree entry index={index} tag={}",
-        mark.name()
-    );
+    LAST_MISSING_INDEX.store(index, Ordering::Release);
+    let n = TAG_ON_MISSING.fetch_add(1, Ordering::AcqRel) + 1;
+    // Rate-limited, as `printk_ratelimited`: a natural run can hit thousands
+    // of times; the counter has every report.
+    if n <= MISSING_REPORTS_PRINTED || n.is_multiple_of(1000) {
+        kprintln!(
+            "# BUG: tag {what} on a missing tree entry index={index} tag={} (report {n}{})",
+            mark.name(),
+            if n == MISSING_REPORTS_PRINTED {
+                "; from now on every 1000th is printed"
+            } else {
+                ""
+            }
+        );
+    }
 }
+
+/// Reports of [`report_missing`] printed in full before the rate limit.
+const MISSING_REPORTS_PRINTED: u64 = 10;
 
 #[cfg(test)]
 mod tests {

@@ -100,6 +100,7 @@ pub mod point;
 pub mod ptfree;
 pub mod scenario;
 pub(crate) mod selftest;
+pub mod skey_swap;
 pub mod trace;
 pub mod user;
 pub mod waitfor;

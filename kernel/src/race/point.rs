@@ -110,6 +110,16 @@ pub mod points {
     /// `madvise(MADV_DONTNEED)`: the range is zapped, flushed and its pages
     /// freed (`tlb_finish_mmu` returned); `mmap_lock` still held for read.
     pub static MADVISE_AFTER_DONTNEED: RacePoint = RacePoint::new("madvise:after_dontneed");
+    /// `__add_to_swap_cache`, page locked: where the two insertion orders
+    /// differ — `PG_swapcache` and `private` set, the tree slot not yet
+    /// filled (`FlagFirst`), or nothing done yet (`Together`). `addr` = the
+    /// swap entry.
+    pub static SWAP_ADD_WINDOW: RacePoint = RacePoint::new("swap:add_window");
+    /// `page_remove_rmap_nolock` (the zap), StorageKey dirty tracking: the
+    /// last mapping of a page with a mapping is gone and its frame's change
+    /// bit was found set (and cleared); the page is not yet dirtied. `addr`
+    /// = the pfn.
+    pub static RMAP_SKEY_DIRTY: RacePoint = RacePoint::new("rmap:skey_dirty");
 
     /// `zap_pte_range`: the PTEs of the table are cleared (a dirty file
     /// PTE's page dirtied; with the rmap removed before the flush, as Linux
@@ -135,7 +145,7 @@ pub mod points {
     pub static USER_SYSCALL_RETURNED: RacePoint = RacePoint::new("user:syscall_returned");
 
     /// All of the above.
-    pub static ALL: [&RacePoint; 20] = [
+    pub static ALL: [&RacePoint; 22] = [
         &ZAP_AFTER_PTE_CLEAR,
         &ZAP_BEFORE_PTL,
         &GATHER_AFTER_FLUSH,
@@ -156,6 +166,8 @@ pub mod points {
         &USER_BEFORE_STORE,
         &USER_AFTER_STORE,
         &USER_SYSCALL_RETURNED,
+        &SWAP_ADD_WINDOW,
+        &RMAP_SKEY_DIRTY,
     ];
 
     /// The point named `name`.

@@ -125,6 +125,7 @@ pub fn all<A: Mmu>() -> Vec<Scenario<A>> {
         super::ptfree::scenario::<A>(),
         super::zap_rmap::scenario::<A>(),
         super::nested_flush::scenario::<A>(),
+        super::skey_swap::scenario::<A>(),
     ]
 }
 

@@ -1,0 +1,130 @@
+//! Catalogue row `skey-dirty-vs-swapcache`, forced mode, per architecture.
+//! s390x: the buggy kernel tags a missing swap-cache tree entry in every
+//! iteration, from iteration 0, with the catalogue's interleaving (reclaim
+//! held with `PG_swapcache` set and the slot empty while the zap finds the
+//! change bit set and dirties the page); each fix is clean, for its own
+//! reason, read from the row's `# skey:` figures: fixed-a drops the dirty
+//! bit in every iteration (the RFC's trylock never gets the page lock that
+//! reclaim holds: lost data, counted), fixed-b dirties without a tag, fixed-c
+//! never consults the key, fixed-d finds the page not yet in the swap cache.
+//! x86-64: every cell is skipped (no storage keys).
+
+use quiesce_tests::{assert_passed, boot, TIMEOUT};
+use xtask::expected::{self, Mode};
+use xtask::ktap::TestResult;
+use xtask::Arch;
+
+const ROW: &str = "skey-dirty-vs-swapcache";
+const VARIANTS: [&str; 5] = ["buggy", "fixed-a", "fixed-b", "fixed-c", "fixed-d"];
+
+/// The `key=value` word of a diagnostic line.
+fn value<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+}
+
+/// Index of the first diagnostic containing every one of `parts`.
+fn position(diags: &[String], parts: &[&str]) -> Option<usize> {
+    diags
+        .iter()
+        .position(|d| parts.iter().all(|p| d.contains(p)))
+}
+
+/// A number from the row's `skey:` line.
+fn skey(case: &TestResult, key: &str) -> u64 {
+    let line = case
+        .diagnostics
+        .iter()
+        .find(|l| l.starts_with("skey:"))
+        .unwrap_or_else(|| panic!("no skey line: {:#?}", case.diagnostics));
+    value(line, key)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in {line}"))
+}
+
+fn forced(arch: Arch) {
+    let cmdline = format!("scenario={ROW} mode=forced");
+    let Some(b) = boot(arch, 4, &cmdline, TIMEOUT) else {
+        return;
+    };
+    assert_passed(&b);
+    let observed = expected::observed(&b.ktap);
+    for variant in VARIANTS {
+        let o = observed
+            .iter()
+            .find(|o| o.row == ROW && o.variant == variant && o.mode == Mode::Forced)
+            .unwrap_or_else(|| panic!("{arch} {variant}: not run"));
+        let case = b
+            .ktap
+            .case(&format!("scenario.{ROW}:{variant}:forced"))
+            .unwrap();
+        if arch == Arch::X86_64 {
+            assert_eq!(o.outcome, "skip", "{arch} {variant}");
+            assert!(
+                matches!(&case.directive, Some(xtask::ktap::Directive::Skip(r)) if r.contains("no storage keys")),
+                "{arch} {variant}: {case:?}"
+            );
+            continue;
+        }
+        let d = &case.diagnostics;
+        let n = o.iterations;
+        assert!(n >= 1, "{arch} {variant}: {o:?}");
+        // Every iteration's zap took the page's last mapping.
+        assert_eq!(skey(&case, "zaps"), n, "{arch} {variant}: {d:#?}");
+        let (found, dropped) = (
+            skey(&case, "change_bit_found"),
+            skey(&case, "dirty_dropped"),
+        );
+        match variant {
+            "buggy" => {
+                assert_eq!(o.outcome, "bug", "{arch} {variant}: {o:?}");
+                assert_eq!(o.hits, n, "{arch} {variant}: {o:?}");
+                assert_eq!((found, dropped), (n, 0), "{arch} {variant}");
+                let head = position(d, &["race: scenario=", "mode=forced"])
+                    .unwrap_or_else(|| panic!("{arch} {variant}: no race report: {d:#?}"));
+                assert_eq!(value(&d[head], "iteration"), Some("0"), "{}", d[head]);
+                assert!(
+                    position(d, &["race: BUG: tag set on a missing tree entry"]).is_some(),
+                    "{arch} {variant}: {d:#?}"
+                );
+                // Reclaim holds with the flag set and the slot empty; the
+                // zap finds C set and finishes; only then reclaim fills
+                // the slot.
+                let held = position(d, &["reclaim: step 0 done at swap:add_window"]);
+                let key = position(d, &["zap: point rmap:skey_dirty"]);
+                let zapped = position(d, &["zap: step 2 done at madvise:after_dontneed"]);
+                let left = position(d, &["reclaim: step 3 done at swap:add_window"]);
+                assert!(
+                    matches!((held, key, zapped, left),
+                        (Some(a), Some(b), Some(c), Some(e)) if a < b && b < c && c < e),
+                    "{arch} {variant}: {d:#?}"
+                );
+            }
+            _ => {
+                assert_eq!(o.outcome, "clean", "{arch} {variant}: {o:?}");
+                assert_eq!(o.hits, 0, "{arch} {variant}: {o:?}");
+                let want = match variant {
+                    // The RFC: the key was read, the trylock failed, the
+                    // dirty bit is gone.
+                    "fixed-a" => (n, n),
+                    // Dirtied without a tag.
+                    "fixed-b" => (n, 0),
+                    // fixed-c: no key consulted; fixed-d: not yet in the
+                    // swap cache, so no mapping to dirty.
+                    _ => (0, 0),
+                };
+                assert_eq!((found, dropped), want, "{arch} {variant}: {d:#?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn s390x_forced() {
+    forced(Arch::S390x);
+}
+
+#[test]
+fn x86_64_forced_skips() {
+    forced(Arch::X86_64);
+}
