@@ -233,6 +233,18 @@ pub const CELLS: &[Cell] = &[
     cell("ptfree-vs-gup-fast", X86_64, "ipi-sync-ipte", Natural, Skip),
     cell("ptfree-vs-gup-fast", X86_64, "rcu-ipte", Forced, Skip),
     cell("ptfree-vs-gup-fast", X86_64, "rcu-ipte", Natural, Skip),
+    // gup-fast-folding (kernel/src/race/gup_folding.rs, catalogue row 2): a
+    // single-CPU, deterministic walk bug; forced (an empty schedule) and
+    // natural (no delays) are the same run, every iteration. x86-64 folds
+    // no level per mm: skip.
+    cell("gup-fast-folding", S390x, "buggy", Forced, Bug),
+    cell("gup-fast-folding", S390x, "buggy", Natural, Bug),
+    cell("gup-fast-folding", S390x, "fixed", Forced, Clean),
+    cell("gup-fast-folding", S390x, "fixed", Natural, Clean),
+    cell("gup-fast-folding", X86_64, "buggy", Forced, Skip),
+    cell("gup-fast-folding", X86_64, "buggy", Natural, Skip),
+    cell("gup-fast-folding", X86_64, "fixed", Forced, Skip),
+    cell("gup-fast-folding", X86_64, "fixed", Natural, Skip),
 ];
 
 /// The cell for (row, arch, variant, mode).

@@ -95,6 +95,7 @@
 
 pub mod demo;
 pub mod detect;
+pub mod gup_folding;
 pub mod point;
 pub mod ptfree;
 pub mod scenario;
