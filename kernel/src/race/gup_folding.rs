@@ -45,11 +45,14 @@
 //!   frame of the frame database (`PG_pgtable`) that is not the level's own
 //!   copy ([`GupRecord::stray_reads`]); and GUP-fast pages that differ from
 //!   the locked walk's.
-//! - Setup builds a fresh mm per iteration (its top level is decided at
-//!   `Mm::new`); the runner's `exit_mmap` takes it.
+//! - The mm is built once per run by `set_variant` (a new mm: 3 levels on
+//!   s390x; nothing is mapped above 2 GiB + 2 pages, so it stays so) and lent
+//!   to every iteration ([`RunMm`]); the pages stay mapped, each iteration's
+//!   references are released by the role.
 
 use super::detect::Finding;
 use super::point::{self, points, RacePoint};
+use super::run_mm::RunMm;
 use super::scenario::{Budget, Ctx, Scenario, Variant};
 use crate::mm::arch::{Level, Mmu};
 use crate::mm::gup::{self, GupFlags, GupRecord, GupWalk};
@@ -88,11 +91,19 @@ pub fn scenario<A: Mmu>() -> Scenario<A> {
         roles: &["gup"],
         variants: &VARIANTS,
         set_variant: set_variant::<A>,
-        reset: || gup::set_gup_walk(GupWalk::Lockless),
+        reset: || {
+            RUN_MM.destroy::<A>();
+            gup::set_gup_walk(GupWalk::Lockless);
+        },
         setup: setup::<A>,
         role: role::<A>,
         detect: detect::<A>,
-        teardown: |ctx| ctx.extra = None,
+        teardown: |ctx| {
+            ctx.extra = None;
+            if let Some(mm) = ctx.mm.take() {
+                RUN_MM.put(mm);
+            }
+        },
         // Single-CPU and deterministic: nothing to hold.
         schedule: |_| Vec::new(),
         delay_points: &[],
@@ -136,8 +147,23 @@ fn set_variant<A: Mmu>(v: &Variant) -> Result<(), &'static str> {
     } else {
         GupWalk::Lockless
     });
+    // Without memory for it, `setup` finds no mm and the run fails.
+    if let Some(mm) = Mm::<A>::new().map(Box::new) {
+        let start = boundary::<A>() - HALF * PAGE_SIZE;
+        let len = NR_PAGES as u64 * PAGE_SIZE;
+        let mapped = memory::mmap_anon(&mm, A::TASK_BASE, HALF * PAGE_SIZE, VmFlags::RW, true)
+            .and_then(|()| memory::mmap_anon(&mm, start, len, VmFlags::RW, true));
+        if mapped.is_ok() {
+            RUN_MM.put(mm);
+        } else {
+            memory::exit_mmap(*mm);
+        }
+    }
     Ok(())
 }
+
+/// The run's mm.
+static RUN_MM: RunMm = RunMm::new();
 
 /// What the role saw.
 struct Extra {
@@ -154,17 +180,11 @@ fn extra<A: Mmu>(ctx: &Ctx<A>) -> &Extra {
 }
 
 fn setup<A: Mmu>(ctx: &mut Ctx<A>) -> Result<(), String> {
-    let mm = Box::new(Mm::<A>::new().ok_or_else(|| String::from("no memory for an mm"))?);
-    let start = boundary::<A>() - HALF * PAGE_SIZE;
-    let mapped = memory::mmap_anon(&mm, A::TASK_BASE, HALF * PAGE_SIZE, VmFlags::RW, true)
-        .and_then(|()| {
-            memory::mmap_anon(&mm, start, NR_PAGES as u64 * PAGE_SIZE, VmFlags::RW, true)
-        });
-    // The row's own handover: the mm goes to the ctx, whose `exit_mmap`
-    // tears it down even when the mapping failed.
+    let mm = RUN_MM
+        .take::<A>()
+        .ok_or_else(|| String::from("no mm for the run"))?;
     ctx.mm = Some(mm);
-    mapped.map_err(|e| format!("mmap: {e:?}"))?;
-    ctx.addr = start;
+    ctx.addr = boundary::<A>() - HALF * PAGE_SIZE;
     ctx.extra = Some(Box::new(Extra {
         rec: spin::Mutex::new(GupRecord::new()),
         pfns: spin::Mutex::new((Vec::new(), Vec::new())),

@@ -98,6 +98,7 @@ pub mod detect;
 pub mod gup_folding;
 pub mod point;
 pub mod ptfree;
+pub(crate) mod run_mm;
 pub mod scenario;
 pub(crate) mod selftest;
 pub mod trace;
