@@ -274,6 +274,8 @@ fn collapse<A: Mmu>(
         }
     };
 
+    crate::race::race_point::<A>(&crate::race::point::points::COLLAPSE_AFTER_ISOLATE, haddr);
+
     // __collapse_huge_page_copy: copy every page, then unmap and free it.
     let dst = page::page_address(new.head);
     for (i, p) in pages.iter().enumerate() {
@@ -336,6 +338,7 @@ fn collapse<A: Mmu>(
         // SAFETY: the entry is empty and flushed; page_table_lock held.
         unsafe { core::ptr::write_volatile(pmdp, entry) };
     }
+    crate::race::race_point::<A>(&crate::race::point::points::COLLAPSE_AFTER_INSTALL, haddr);
     drop(vmas);
 
     // The old table goes as the table-freeing policy says.

@@ -87,7 +87,8 @@ static VARIANTS: [Variant; 2] = [
 pub fn scenario<A: Mmu>() -> Scenario<A> {
     Scenario {
         name: "gup-fast-folding",
-        about: "GUP-fast over a folded pud level steps past its copy of the entry at a 2 GiB boundary",
+        about:
+            "GUP-fast over a folded pud level steps past its copy of the entry at a 2 GiB boundary",
         roles: &["gup"],
         variants: &VARIANTS,
         set_variant: set_variant::<A>,

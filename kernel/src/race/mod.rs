@@ -93,6 +93,7 @@
 //! printed), and the failures `hang` (an iteration over its limit without a
 //! cycle) and `vacuous` (some role did not complete and nothing fired).
 
+pub mod collapse_gup;
 pub mod demo;
 pub mod detect;
 pub mod gup_folding;

@@ -111,8 +111,24 @@ pub mod points {
     /// freed (`tlb_finish_mmu` returned); `mmap_lock` still held for read.
     pub static MADVISE_AFTER_DONTNEED: RacePoint = RacePoint::new("madvise:after_dontneed");
 
+    /// GUP-fast (`gup_fast_pte_range`): a reference was taken on the page
+    /// of a PTE and the rechecks (PMD, if on, and PTE) were read; the walk
+    /// has not yet acted on them. `addr` = the virtual address.
+    pub static GUP_FAST_AFTER_RECHECK: RacePoint = RacePoint::new("gup_fast:after_recheck");
+    /// GUP-fast (`get_user_pages_fast`): the lockless walk is over and
+    /// interrupts are restored, before any fallback to slow GUP. `addr` =
+    /// the start of the range.
+    pub static GUP_FAST_AFTER_WALK: RacePoint = RacePoint::new("gup_fast:after_walk");
+    /// `collapse_huge_page`: the PMD was cleared and flushed and every
+    /// small page passed the pin check (locked, PTL released), nothing
+    /// copied yet. `addr` = the block's virtual address.
+    pub static COLLAPSE_AFTER_ISOLATE: RacePoint = RacePoint::new("khugepaged:after_isolate");
+    /// `collapse_huge_page`: the new block is installed, `mmap_lock` still
+    /// held for write. `addr` = the block's virtual address.
+    pub static COLLAPSE_AFTER_INSTALL: RacePoint = RacePoint::new("khugepaged:after_install");
+
     /// All of the above.
-    pub static ALL: [&RacePoint; 13] = [
+    pub static ALL: [&RacePoint; 17] = [
         &ZAP_AFTER_PTE_CLEAR,
         &ZAP_BEFORE_PTL,
         &GATHER_AFTER_FLUSH,
@@ -126,6 +142,10 @@ pub mod points {
         &DEMO_AFTER_PUT,
         &WP_BEFORE_UNLOCK_PAGE,
         &MADVISE_AFTER_DONTNEED,
+        &GUP_FAST_AFTER_RECHECK,
+        &GUP_FAST_AFTER_WALK,
+        &COLLAPSE_AFTER_ISOLATE,
+        &COLLAPSE_AFTER_INSTALL,
     ];
 
     /// The point named `name`.

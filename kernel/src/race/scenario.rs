@@ -124,6 +124,7 @@ pub fn all<A: Mmu>() -> Vec<Scenario<A>> {
         super::wp_unlock::scenario::<A>(),
         super::ptfree::scenario::<A>(),
         super::gup_folding::scenario::<A>(),
+        super::collapse_gup::scenario::<A>(),
     ]
 }
 
