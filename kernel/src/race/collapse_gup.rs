@@ -84,7 +84,11 @@ use crate::kprintln;
 use crate::mm::arch::{Level, Mmu};
 use crate::mm::gup::{self, GupFlags, GupRecord};
 use crate::mm::huge_memory::{self, pmd_trans_huge};
-use crate::mm::khugepaged::{collapse_huge_page, CollapseAbort, CollapsePolicy, CollapseResult};
+use crate::mm::huge_memory::hpage_pmd_order;
+use crate::mm::khugepaged::{
+    collapse_huge_page_prealloc, CollapseAbort, CollapsePolicy, CollapseResult,
+};
+use crate::mm::page_alloc;
 use crate::mm::memory;
 use crate::mm::mm::{Mm, VmFlags};
 use crate::mm::mmu_gather::TableFree;
@@ -105,6 +109,8 @@ const MARK: usize = 3;
 const PINNED: usize = 4;
 /// 1 if the pinned page had no mapping while pinned.
 const UNMAPPED_WHILE_PINNED: usize = 5;
+/// 1 once `collapse_huge_page` returned.
+const COLLAPSE_DONE: usize = 6;
 
 static DELAY_POINTS: [&RacePoint; 1] = [&points::GUP_FAST_AFTER_PMD_READ];
 static TRACE_POINTS: [&RacePoint; 0] = [];
@@ -264,6 +270,19 @@ pub fn scenario<A: Mmu>() -> Scenario<A> {
 /// The run's mm: one populated PMD block.
 static RUN_MM: RunMm = RunMm::new();
 
+/// khugepaged's preallocated block: full between iterations (refilled by
+/// `teardown` after a collapse used it), so that every iteration starts and
+/// ends with the same free frames, and a collapse the pin check aborts
+/// neither allocates nor frees a block.
+static HPAGE: spin::Mutex<Option<&'static page::Page>> = spin::Mutex::new(None);
+
+fn refill_hpage<A: Mmu>() {
+    let mut h = HPAGE.lock();
+    if h.is_none() {
+        *h = page_alloc::alloc_pages(hpage_pmd_order::<A>());
+    }
+}
+
 /// The block: the first PMD block of the task range.
 fn base<A: Mmu>() -> u64 {
     A::TASK_BASE.next_multiple_of(A::PMD_SIZE)
@@ -280,6 +299,7 @@ fn set_variant<A: Mmu>(v: &Variant) -> Result<(), &'static str> {
     }
     tlbflush::set_flush_strategy::<A>(c.flush)?;
     gup::set_gup_pmd_recheck(c.pmd_recheck);
+    refill_hpage::<A>();
     // Without memory for it, `setup` finds no mm and the run fails.
     if let Some(mm) = Mm::<A>::new().map(Box::new) {
         if memory::mmap_anon(&mm, base::<A>(), A::PMD_SIZE, VmFlags::RW, true).is_ok() {
@@ -300,6 +320,8 @@ struct Tally {
     saw_empty: AtomicU64,
     backed_off: AtomicU64,
     other: AtomicU64,
+    collapse_ns: AtomicU64,
+    gup_ns: AtomicU64,
 }
 
 static TALLY: Tally = Tally {
@@ -310,10 +332,15 @@ static TALLY: Tally = Tally {
     saw_empty: AtomicU64::new(0),
     backed_off: AtomicU64::new(0),
     other: AtomicU64::new(0),
+    collapse_ns: AtomicU64::new(0),
+    gup_ns: AtomicU64::new(0),
 };
 
 fn reset<A: Mmu>() {
     RUN_MM.destroy::<A>();
+    if let Some(h) = HPAGE.lock().take() {
+        page_alloc::__free_pages(h, hpage_pmd_order::<A>());
+    }
     let t = [
         &TALLY.collapsed,
         &TALLY.aborted_for_pin,
@@ -322,18 +349,22 @@ fn reset<A: Mmu>() {
         &TALLY.saw_empty,
         &TALLY.backed_off,
         &TALLY.other,
+        &TALLY.collapse_ns,
+        &TALLY.gup_ns,
     ]
     .map(|c| c.swap(0, Ordering::Relaxed));
     if t.iter().any(|&n| n != 0) {
         kprintln!(
-            "    # collapse: collapsed {}, aborted for the pin {}, aborted otherwise {}; gup walks: pinned on the fast path {}, saw the collapse: empty PMD {} back-off {}; other {}",
+            "    # collapse: collapsed {}, aborted for the pin {}, aborted otherwise {}; gup walks: pinned on the fast path {}, saw the collapse: empty PMD {} back-off {}; other {}; mean collapse {} us, mean GUP {} us",
             t[0],
             t[1],
             t[2],
             t[3],
             t[4],
             t[5],
-            t[6]
+            t[6],
+            t[7] / 1000 / (t[0] + t[1] + t[2]).max(1),
+            t[8] / 1000 / (t[3] + t[4] + t[5] + t[6]).max(1),
         );
     }
     tlbflush::set_flush_strategy::<A>(A::FLUSH_STRATEGIES[0])
@@ -373,6 +404,7 @@ fn teardown<A: Mmu>(ctx: &mut Ctx<A>) {
         let _vmas = mm.mmap_lock.write();
         huge_memory::split_huge_pmds_in(&mm, ctx.addr, ctx.addr + A::PMD_SIZE)
     };
+    refill_hpage::<A>();
     if split.is_ok() {
         RUN_MM.put(mm);
     } else {
@@ -389,7 +421,20 @@ fn role<A: Mmu>(ctx: &Ctx<A>, role: usize) -> bool {
             A::cpu_relax();
         }
         let policy = config_of(ctx.variant).policy;
-        let rep = collapse_huge_page(mm, ctx.addr, &policy);
+        let t0 = A::clock_ns();
+        let mut hpage = HPAGE.lock().take();
+        let rep = collapse_huge_page_prealloc(mm, ctx.addr, &policy, &mut hpage);
+        *HPAGE.lock() = hpage;
+        ctx.word[COLLAPSE_DONE].store(1, Ordering::Release);
+        if let Some(cpu) = point::cpu_of(GUP) {
+            A::send_ipi(cpu);
+        }
+        TALLY
+            .collapse_ns
+            .fetch_add(A::clock_ns() - t0, Ordering::Relaxed);
+        if rep.pmd_cleared_ns != 0 && ctx.iteration % 50 == 0 {
+            kprintln!("    # DBG cleared +{} pincheck +{} done +{}", rep.pmd_cleared_ns - t0, rep.pin_check_ns - t0, rep.done_ns - t0);
+        }
         let (counter, ok) = match rep.result {
             CollapseResult::Collapsed => (&TALLY.collapsed, true),
             CollapseResult::Aborted(CollapseAbort::Referenced(..)) => {
@@ -414,13 +459,25 @@ fn role<A: Mmu>(ctx: &Ctx<A>, role: usize) -> bool {
     }
     ctx.word[GUP_READY].store(1, Ordering::Release);
     let before = gup::gup_stats(cpu);
+    let t0 = A::clock_ns();
     let got = gup::get_user_pages_fast_traced::<A>(ctx.addr, 1, flags, &mut pages, Some(&mut rec));
+    TALLY.gup_ns.fetch_add(A::clock_ns() - t0, Ordering::Relaxed);
     let stats = gup::gup_stats(cpu).since(before);
     let Some(&p) = pages.first().filter(|_| got == 1) else {
         gup::release_user_pages(&pages, flags);
         TALLY.other.fetch_add(1, Ordering::Relaxed);
         return false;
     };
+    // Hold the pin until the collapse is over, as a pin for DMA does
+    // (halted, not spinning: a spinning vCPU slows every other one).
+    loop {
+        A::local_irq_disable();
+        if ctx.word[COLLAPSE_DONE].load(Ordering::Acquire) != 0 {
+            A::local_irq_enable();
+            break;
+        }
+        A::wait_for_interrupt();
+    }
     // The write through the pin: the kernel mapping of the page, as a
     // driver's DMA would reach it.
     let mark = ctx.word[MARK].load(Ordering::Relaxed);
