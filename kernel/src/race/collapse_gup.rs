@@ -30,7 +30,8 @@
 //!   pin taken before the check). `gup` completes when it pinned, wrote and
 //!   unpinned, and its lockless walk decided on the fast path: it pinned
 //!   the page there, or saw the collapse — the walk stopped at a PMD it read
-//!   empty, or backed off because a recheck (PMD or PTE) found the entry
+//!   empty (cleared) or at a PTE of the old table it read empty (cleared
+//!   after the copy), or backed off because a recheck (PMD or PTE) found the entry
 //!   changed — after which slow GUP (waiting for `mmap_lock`) pinned the
 //!   page the mapping uses. A walk that stopped for any other reason did not
 //!   complete. How often each happened is printed per run
@@ -82,6 +83,7 @@ use super::scenario::{Budget, Ctx, Scenario, Variant};
 use super::waitfor::WaitClass;
 use crate::kprintln;
 use crate::mm::arch::{Level, Mmu};
+use crate::mm::frag::{self, FragPolicy};
 use crate::mm::gup::{self, GupFlags, GupRecord};
 use crate::mm::huge_memory::{self, pmd_trans_huge};
 use crate::mm::huge_memory::hpage_pmd_order;
@@ -257,7 +259,7 @@ pub fn scenario<A: Mmu>() -> Scenario<A> {
         },
         delay_points: &DELAY_POINTS,
         trace_points: &TRACE_POINTS,
-        max_delay_ns: 100_000,
+        max_delay_ns: 500_000,
         budget: Budget {
             forced_iterations: 3,
             natural_iterations: 10_000,
@@ -266,6 +268,9 @@ pub fn scenario<A: Mmu>() -> Scenario<A> {
         },
     }
 }
+
+/// The fragment policy before the run, put back by `reset`.
+static SAVED_FRAG: spin::Mutex<Option<FragPolicy>> = spin::Mutex::new(None);
 
 /// The run's mm: one populated PMD block.
 static RUN_MM: RunMm = RunMm::new();
@@ -299,6 +304,11 @@ fn set_variant<A: Mmu>(v: &Variant) -> Result<(), &'static str> {
     }
     tlbflush::set_flush_strategy::<A>(c.flush)?;
     gup::set_gup_pmd_recheck(c.pmd_recheck);
+    // A frame per PTE table: a table allocated and freed in an iteration
+    // (collapse's new one, a split's) gives its frame back, so every
+    // iteration ends with the free frames it began with.
+    SAVED_FRAG.lock().get_or_insert(frag::policy());
+    frag::set_policy(FragPolicy::OnePerFrame);
     refill_hpage::<A>();
     // Without memory for it, `setup` finds no mm and the run fails.
     if let Some(mm) = Mm::<A>::new().map(Box::new) {
@@ -355,7 +365,7 @@ fn reset<A: Mmu>() {
     .map(|c| c.swap(0, Ordering::Relaxed));
     if t.iter().any(|&n| n != 0) {
         kprintln!(
-            "    # collapse: collapsed {}, aborted for the pin {}, aborted otherwise {}; gup walks: pinned on the fast path {}, saw the collapse: empty PMD {} back-off {}; other {}; mean collapse {} us, mean GUP {} us",
+            "    # collapse: collapsed {}, aborted for the pin {}, aborted otherwise {}; gup walks: pinned on the fast path {}, saw the collapse: empty PMD/PTE {} back-off {}; other {}; mean collapse {} us, mean GUP {} us",
             t[0],
             t[1],
             t[2],
@@ -370,6 +380,9 @@ fn reset<A: Mmu>() {
     tlbflush::set_flush_strategy::<A>(A::FLUSH_STRATEGIES[0])
         .expect("the arch's default flush strategy");
     gup::set_gup_pmd_recheck(true);
+    if let Some(p) = SAVED_FRAG.lock().take() {
+        frag::set_policy(p);
+    }
 }
 
 /// What the `gup` role's walk read.
@@ -428,6 +441,11 @@ fn role<A: Mmu>(ctx: &Ctx<A>, role: usize) -> bool {
         ctx.word[COLLAPSE_DONE].store(1, Ordering::Release);
         if let Some(cpu) = point::cpu_of(GUP) {
             A::send_ipi(cpu);
+        }
+        if policy.table_free == TableFree::Rcu {
+            // The old table is freed by an RCU callback queued here: wait
+            // for it, so that it is free before the state check.
+            crate::rcu::rcu_barrier_this_cpu_expedited::<A>();
         }
         TALLY
             .collapse_ns
@@ -490,10 +508,11 @@ fn role<A: Mmu>(ctx: &Ctx<A>, role: usize) -> bool {
     }
     ctx.word[PINNED].store(page::page_to_pfn(p) + 1, Ordering::Relaxed);
     gup::release_user_pages(&pages, flags);
-    let saw_empty = rec
-        .reads()
-        .last()
-        .is_some_and(|r| r.level == Level::Pmd && A::entry_none(Level::Pmd, r.value));
+    // The walk stopped at an entry it read empty: the PMD the collapse
+    // cleared, or a PTE of the old table it cleared after the copy.
+    let saw_empty = rec.reads().last().is_some_and(|r| {
+        matches!(r.level, Level::Pmd | Level::Pte) && A::entry_none(r.level, r.value)
+    });
     let counter = if rec.freed_table_read().is_some() {
         &TALLY.other
     } else if stats.fast_pages == 1 {
