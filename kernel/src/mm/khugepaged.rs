@@ -568,6 +568,44 @@ mod tests {
         collapse_aborts_on_pin::<Emul2k>();
     }
 
+    /// A collapse the pin check aborts leaves its block in `hpage`; the
+    /// next collapse maps exactly that block and empties `hpage`.
+    fn prealloc_block_kept_and_used<A: Mmu>() {
+        let _m = test_mem::setup();
+        let free = page_alloc::nr_free_pages();
+        let bad = page_alloc::nr_bad_pages();
+        let mm = filled::<A>();
+        let pinned = page::pfn_to_page(pfn_of(&mm, A::TASK_BASE));
+        page::page_ref_add(pinned, GUP_PIN_COUNTING_BIAS);
+        let mut hpage = None;
+        let p = policy(true, TableFree::Immediate);
+        let rep = collapse_huge_page_prealloc(&mm, A::TASK_BASE, &p, &mut hpage);
+        assert!(matches!(
+            rep.result,
+            CollapseResult::Aborted(CollapseAbort::Referenced(..))
+        ));
+        let head = hpage.expect("the aborted collapse keeps its block");
+        page::page_ref_sub(pinned, GUP_PIN_COUNTING_BIAS);
+        let rep = collapse_huge_page_prealloc(&mm, A::TASK_BASE, &p, &mut hpage);
+        assert_eq!(rep.result, CollapseResult::Collapsed);
+        assert!(hpage.is_none(), "the collapse used the block");
+        assert_eq!(pfn_of(&mm, A::TASK_BASE), page::page_to_pfn(head));
+        assert!(all_intact(&mm));
+        memory::exit_mmap(mm);
+        assert_eq!(page_alloc::nr_free_pages(), free);
+        assert_eq!(page_alloc::nr_bad_pages(), bad);
+    }
+
+    #[test]
+    fn prealloc_block_kept_and_used_4k() {
+        prealloc_block_kept_and_used::<Emul4k>();
+    }
+
+    #[test]
+    fn prealloc_block_kept_and_used_2k() {
+        prealloc_block_kept_and_used::<Emul2k>();
+    }
+
     /// A missing page, a page shared with a fork, or no suitable VMA: no
     /// collapse, nothing changed.
     #[test]
