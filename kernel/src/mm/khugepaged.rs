@@ -256,6 +256,10 @@ fn collapse<A: Mmu>(
         }
     };
 
+    crate::race::race_point::<A>(
+        &crate::race::point::points::COLLAPSE_BEFORE_PMD_CLEAR,
+        haddr,
+    );
     // Clear the PMD and flush the block (pmdp_collapse_flush under pmd_lock).
     let old_pmd = {
         let _pmd_ptl = mm.page_table_lock.lock();

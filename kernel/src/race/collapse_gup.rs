@@ -49,7 +49,9 @@
 //!   grace period, nothing else: still a bug, RCU keeps the table, not the
 //!   page.
 //! - Forced schedule: `gup` holds at `gup_fast:after_pmd_read` (interrupts
-//!   off, the old PMD read); `collapse` clears the PMD, flushes and passes
+//!   off, the old PMD read); `collapse`, which waited at
+//!   `khugepaged:before_pmd_clear` (mmap_lock held) until then so that the
+//!   walk reads the PMD before the clear, clears the PMD, flushes and passes
 //!   the pin check (`khugepaged:after_isolate`); then `gup` walks the old
 //!   table, pins and rechecks (`gup_fast:after_recheck`); only then
 //!   `collapse` copies, clears the old PTEs and installs the block
@@ -256,6 +258,7 @@ pub fn scenario<A: Mmu>() -> Scenario<A> {
         schedule: |_| {
             vec![
                 Step::at(GUP, &points::GUP_FAST_AFTER_PMD_READ),
+                Step::at(COLLAPSE, &points::COLLAPSE_BEFORE_PMD_CLEAR),
                 Step::at(COLLAPSE, &points::COLLAPSE_AFTER_ISOLATE),
                 Step::leave(GUP, &points::GUP_FAST_AFTER_PMD_READ),
                 Step::at(GUP, &points::GUP_FAST_AFTER_RECHECK),

@@ -119,6 +119,10 @@ pub mod points {
     /// interrupts are restored, before any fallback to slow GUP. `addr` =
     /// the start of the range.
     pub static GUP_FAST_AFTER_WALK: RacePoint = RacePoint::new("gup_fast:after_walk");
+    /// `collapse_huge_page`: `mmap_lock` is held for write and the block
+    /// checked, the PMD not yet cleared. `addr` = the block's virtual
+    /// address.
+    pub static COLLAPSE_BEFORE_PMD_CLEAR: RacePoint = RacePoint::new("khugepaged:before_pmd_clear");
     /// `collapse_huge_page`: the PMD was cleared and flushed and every
     /// small page passed the pin check (locked, PTL released), nothing
     /// copied yet. `addr` = the block's virtual address.
@@ -128,7 +132,7 @@ pub mod points {
     pub static COLLAPSE_AFTER_INSTALL: RacePoint = RacePoint::new("khugepaged:after_install");
 
     /// All of the above.
-    pub static ALL: [&RacePoint; 17] = [
+    pub static ALL: [&RacePoint; 18] = [
         &ZAP_AFTER_PTE_CLEAR,
         &ZAP_BEFORE_PTL,
         &GATHER_AFTER_FLUSH,
@@ -146,6 +150,7 @@ pub mod points {
         &GUP_FAST_AFTER_WALK,
         &COLLAPSE_AFTER_ISOLATE,
         &COLLAPSE_AFTER_INSTALL,
+        &COLLAPSE_BEFORE_PMD_CLEAR,
     ];
 
     /// The point named `name`.
