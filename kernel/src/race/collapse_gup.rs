@@ -2,7 +2,8 @@
 //! the PMD and checks for pins while GUP-fast, which read the old PMD
 //! before the clear, pins a small page of the old table after the check.
 //!
-//! Collapse ([`collapse_huge_page`], `mmap_lock` for write) clears the PMD
+//! Collapse ([`crate::mm::khugepaged::collapse_huge_page`], `mmap_lock` for
+//! write) clears the PMD
 //! and flushes (`pmdp_collapse_flush`), checks that no small page has a
 //! reference beyond its PTE's (a pin adds `GUP_PIN_COUNTING_BIAS`), copies
 //! the pages into a new block, clears the old PTEs, frees the old pages and
@@ -31,8 +32,8 @@
 //!   unpinned, and its lockless walk decided on the fast path: it pinned
 //!   the page there, or saw the collapse — the walk stopped at a PMD it read
 //!   empty (cleared) or at a PTE of the old table it read empty (cleared
-//!   after the copy), or backed off because a recheck (PMD or PTE) found the entry
-//!   changed — after which slow GUP (waiting for `mmap_lock`) pinned the
+//!   after the copy), or backed off because a recheck (PMD or PTE) found
+//!   the entry changed — after which slow GUP (waiting for `mmap_lock`) pinned the
 //!   page the mapping uses. A walk that stopped for any other reason did not
 //!   complete. How often each happened is printed per run
 //!   (`# collapse: ...`), so a run whose walks never met the collapse shows
@@ -83,7 +84,12 @@
 //!   every iteration ([`RunMm`]): a collapse leaves the block mapped by
 //!   independent small pages on s390x (a fresh table); on x86-64 it leaves
 //!   a PMD leaf, which teardown splits back into small pages
-//!   ([`split_huge_pmd`]). The mark differs per iteration.
+//!   ([`crate::mm::huge_memory::split_huge_pmd`]). The collapse takes its
+//!   new block from khugepaged's preallocated one
+//!   ([`collapse_huge_page_prealloc`]), which a collapse aborted by the pin
+//!   check keeps and teardown refills after a collapse used it: an aborted
+//!   collapse then allocates and frees no block. The mark differs per
+//!   iteration.
 
 use super::detect::Finding;
 use super::point::{self, points, RacePoint, Step};
