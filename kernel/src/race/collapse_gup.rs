@@ -350,6 +350,12 @@ struct Tally {
     gup_ns: AtomicU64,
 }
 
+/// How far each role got in the current iteration (printed by `reset` when
+/// a run ends with a role short of its end: a hang's diagnosis).
+/// `collapse`: 1 collapsing, 2 returned, 3 in the RCU barrier, 4 done;
+/// `gup`: 1 walking, 2 waiting for the collapse, 3 unpinned, 4 done.
+static STAGE: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+
 static TALLY: Tally = Tally {
     collapsed: AtomicU64::new(0),
     aborted_for_pin: AtomicU64::new(0),
@@ -363,6 +369,14 @@ static TALLY: Tally = Tally {
 };
 
 fn reset<A: Mmu>() {
+    let stage = STAGE.each_ref().map(|s| s.swap(0, Ordering::Relaxed));
+    if stage.iter().any(|&s| s != 0 && s != 4) {
+        kprintln!(
+            "    # collapse: the last iteration ended with collapse at stage {} and gup at stage {} of 4",
+            stage[COLLAPSE],
+            stage[GUP]
+        );
+    }
     RUN_MM.destroy::<A>();
     if let Some(h) = HPAGE.lock().take() {
         page_alloc::__free_pages(h, hpage_pmd_order::<A>());
@@ -450,10 +464,12 @@ fn role<A: Mmu>(ctx: &Ctx<A>, role: usize) -> bool {
             A::cpu_relax();
         }
         let policy = config_of(ctx.variant).policy;
+        STAGE[COLLAPSE].store(1, Ordering::Relaxed);
         let t0 = A::clock_ns();
         let mut hpage = HPAGE.lock().take();
         let rep = collapse_huge_page_prealloc(mm, ctx.addr, &policy, &mut hpage);
         *HPAGE.lock() = hpage;
+        STAGE[COLLAPSE].store(2, Ordering::Relaxed);
         ctx.word[COLLAPSE_DONE].store(1, Ordering::Release);
         if let Some(cpu) = point::cpu_of(GUP) {
             A::send_ipi(cpu);
@@ -461,8 +477,10 @@ fn role<A: Mmu>(ctx: &Ctx<A>, role: usize) -> bool {
         if policy.table_free == TableFree::Rcu {
             // The old table is freed by an RCU callback queued here: wait
             // for it, so that it is free before the state check.
+            STAGE[COLLAPSE].store(3, Ordering::Relaxed);
             crate::rcu::rcu_barrier_this_cpu_expedited::<A>();
         }
+        STAGE[COLLAPSE].store(4, Ordering::Relaxed);
         TALLY
             .collapse_ns
             .fetch_add(A::clock_ns() - t0, Ordering::Relaxed);
@@ -489,6 +507,7 @@ fn role<A: Mmu>(ctx: &Ctx<A>, role: usize) -> bool {
         A::cpu_relax();
     }
     ctx.word[GUP_READY].store(1, Ordering::Release);
+    STAGE[GUP].store(1, Ordering::Relaxed);
     let before = gup::gup_stats(cpu);
     let t0 = A::clock_ns();
     let got = gup::get_user_pages_fast_traced::<A>(ctx.addr, 1, flags, &mut pages, Some(&mut rec));
@@ -499,8 +518,10 @@ fn role<A: Mmu>(ctx: &Ctx<A>, role: usize) -> bool {
     let Some(&p) = pages.first().filter(|_| got == 1) else {
         gup::release_user_pages(&pages, flags);
         TALLY.other.fetch_add(1, Ordering::Relaxed);
+        STAGE[GUP].store(4, Ordering::Relaxed);
         return false;
     };
+    STAGE[GUP].store(2, Ordering::Relaxed);
     // Hold the pin until the collapse is over, as a pin for DMA does
     // (halted, not spinning: a spinning vCPU slows every other one).
     loop {
@@ -540,6 +561,7 @@ fn role<A: Mmu>(ctx: &Ctx<A>, role: usize) -> bool {
         &TALLY.other
     };
     counter.fetch_add(1, Ordering::Relaxed);
+    STAGE[GUP].store(4, Ordering::Relaxed);
     !core::ptr::eq(counter, &TALLY.other)
 }
 
