@@ -45,6 +45,7 @@ pub const NR_CPUS: usize = 64;
 pub fn boot_cpu_main<A: mm::arch::Mmu>(boot: BootInfo) -> ! {
     console::register(A::console_write);
     heap::init();
+    heap::init_irq::<A>();
     percpu::init_boot_cpu::<A>();
     race::init::<A>();
     kprintln!("KTAP version 1");

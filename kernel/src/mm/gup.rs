@@ -812,7 +812,9 @@ impl<A: Mmu> FastWalk<'_, A> {
                 hook(addr);
             }
             let pmd_changed = self.pmd_recheck && self.read(Level::Pmd, pmdp) != pmd;
-            if pmd_changed || self.read(Level::Pte, Cursor::Table(ptep)) != pte {
+            let changed = pmd_changed || self.read(Level::Pte, Cursor::Table(ptep)) != pte;
+            crate::race::race_point::<A>(&crate::race::point::points::GUP_FAST_AFTER_RECHECK, addr);
+            if changed {
                 gup_put_folio(page, self.flags);
                 self.backoffs += 1;
                 return false;
@@ -948,6 +950,7 @@ pub fn get_user_pages_fast_traced<A: Mmu>(
     } else {
         (0, 0)
     };
+    crate::race::race_point::<A>(&crate::race::point::points::GUP_FAST_AFTER_WALK, start);
     count(cpu, |c| &c.fast_pages, nr as u64);
     count(cpu, |c| &c.backoffs, backoffs);
     if nr == nr_pages {

@@ -6,8 +6,9 @@
 //! [`collapse_huge_page`] works on one PMD block of one private, writable
 //! anonymous VMA whose every page is present, anonymous and mapped once. The
 //! steps, in Linux's order (Linux 6.1 with 2ba99c5e0881):
-//! 1. allocate the new block (order [`hpage_pmd_order`]; on arches without
-//!    PMD leaves also a fresh PTE table);
+//! 1. allocate the new block (order [`hpage_pmd_order`]; or take the one a
+//!    failed collapse left, [`collapse_huge_page_prealloc`]; on arches
+//!    without PMD leaves also a fresh PTE table);
 //! 2. take `mmap_lock` for write (no fault, zap or slow GUP runs in the mm);
 //! 3. under `page_table_lock`, clear the PMD and flush the block
 //!    ([`pgtable::pmdp_collapse_flush`]: x86-64 exchange and shootdown with
@@ -136,6 +137,26 @@ pub fn collapse_huge_page<A: Mmu>(
     addr: u64,
     policy: &CollapsePolicy,
 ) -> CollapseReport {
+    let mut hpage = None;
+    let report = collapse_huge_page_prealloc(mm, addr, policy, &mut hpage);
+    if let Some(head) = hpage {
+        page_alloc::__free_pages(head, hpage_pmd_order::<A>());
+    }
+    report
+}
+
+/// [`collapse_huge_page`] with the new block taken from `hpage` when it
+/// holds one (allocated otherwise), and left there when the collapse did
+/// not use it — khugepaged's preallocated huge page (`*hpage`, kept from a
+/// failed collapse for the next one in Linux up to 5.x's
+/// `khugepaged_prealloc_page`). A block in `hpage` is an allocated,
+/// order-[`hpage_pmd_order`] block that nothing else uses.
+pub fn collapse_huge_page_prealloc<A: Mmu>(
+    mm: &Mm<A>,
+    addr: u64,
+    policy: &CollapsePolicy,
+    hpage: &mut Option<&'static Page>,
+) -> CollapseReport {
     let mut report = CollapseReport {
         result: CollapseResult::Collapsed,
         pmd_cleared_ns: 0,
@@ -143,7 +164,7 @@ pub fn collapse_huge_page<A: Mmu>(
         done_ns: 0,
         old_table: 0,
     };
-    let r = collapse(mm, addr, policy, &mut report);
+    let r = collapse(mm, addr, policy, hpage, &mut report);
     report.result = match r {
         Ok(()) => {
             THP_COLLAPSED.fetch_add(1, Ordering::Relaxed);
@@ -167,15 +188,18 @@ struct NewBlock {
 }
 
 impl NewBlock {
-    fn alloc<A: Mmu>(mm: &Mm<A>) -> Option<Self> {
-        let head = page_alloc::alloc_pages(hpage_pmd_order::<A>())?;
+    fn alloc<A: Mmu>(mm: &Mm<A>, hpage: &mut Option<&'static Page>) -> Option<Self> {
+        let head = match hpage.take() {
+            Some(h) => h,
+            None => page_alloc::alloc_pages(hpage_pmd_order::<A>())?,
+        };
         let table = if A::HAS_HUGE_PMD {
             None
         } else {
             match pgtable::alloc_table(mm, Level::Pte) {
                 Some(t) => Some(t),
                 None => {
-                    page_alloc::__free_pages(head, hpage_pmd_order::<A>());
+                    *hpage = Some(head);
                     return None;
                 }
             }
@@ -183,8 +207,9 @@ impl NewBlock {
         Some(Self { head, table })
     }
 
-    fn free<A: Mmu>(self, mm: &Mm<A>) {
-        page_alloc::__free_pages(self.head, hpage_pmd_order::<A>());
+    /// Gives the block back to `hpage` and frees the table.
+    fn free<A: Mmu>(self, mm: &Mm<A>, hpage: &mut Option<&'static Page>) {
+        *hpage = Some(self.head);
         if let Some(t) = self.table {
             pgtable::free_table(mm, Level::Pte, t);
         }
@@ -195,10 +220,11 @@ fn collapse<A: Mmu>(
     mm: &Mm<A>,
     addr: u64,
     policy: &CollapsePolicy,
+    hpage: &mut Option<&'static Page>,
     report: &mut CollapseReport,
 ) -> Result<(), CollapseAbort> {
     let haddr = addr & !(A::PMD_SIZE - 1);
-    let new = NewBlock::alloc(mm).ok_or(CollapseAbort::NoMemory)?;
+    let new = NewBlock::alloc(mm, hpage).ok_or(CollapseAbort::NoMemory)?;
     let vmas = mm.mmap_lock.write();
     // hugepage_vma_revalidate / find_pmd_or_thp_or_none
     let suitable = vmas.find(haddr).is_some_and(|v| {
@@ -225,11 +251,15 @@ fn collapse<A: Mmu>(
         Ok(p) => p,
         Err(e) => {
             drop(vmas);
-            new.free(mm);
+            new.free(mm, hpage);
             return Err(e);
         }
     };
 
+    crate::race::race_point::<A>(
+        &crate::race::point::points::COLLAPSE_BEFORE_PMD_CLEAR,
+        haddr,
+    );
     // Clear the PMD and flush the block (pmdp_collapse_flush under pmd_lock).
     let old_pmd = {
         let _pmd_ptl = mm.page_table_lock.lock();
@@ -268,11 +298,13 @@ fn collapse<A: Mmu>(
                 unsafe { core::ptr::write_volatile(pmdp, old_pmd) };
             }
             drop(vmas);
-            new.free(mm);
+            new.free(mm, hpage);
             THP_COLLAPSE_RESTORED.fetch_add(1, Ordering::Relaxed);
             return Err(e);
         }
     };
+
+    crate::race::race_point::<A>(&crate::race::point::points::COLLAPSE_AFTER_ISOLATE, haddr);
 
     // __collapse_huge_page_copy: copy every page, then unmap and free it.
     let dst = page::page_address(new.head);
@@ -336,6 +368,7 @@ fn collapse<A: Mmu>(
         // SAFETY: the entry is empty and flushed; page_table_lock held.
         unsafe { core::ptr::write_volatile(pmdp, entry) };
     }
+    crate::race::race_point::<A>(&crate::race::point::points::COLLAPSE_AFTER_INSTALL, haddr);
     drop(vmas);
 
     // The old table goes as the table-freeing policy says.
@@ -537,6 +570,44 @@ mod tests {
     #[test]
     fn collapse_aborts_on_pin_2k() {
         collapse_aborts_on_pin::<Emul2k>();
+    }
+
+    /// A collapse the pin check aborts leaves its block in `hpage`; the
+    /// next collapse maps exactly that block and empties `hpage`.
+    fn prealloc_block_kept_and_used<A: Mmu>() {
+        let _m = test_mem::setup();
+        let free = page_alloc::nr_free_pages();
+        let bad = page_alloc::nr_bad_pages();
+        let mm = filled::<A>();
+        let pinned = page::pfn_to_page(pfn_of(&mm, A::TASK_BASE));
+        page::page_ref_add(pinned, GUP_PIN_COUNTING_BIAS);
+        let mut hpage = None;
+        let p = policy(true, TableFree::Immediate);
+        let rep = collapse_huge_page_prealloc(&mm, A::TASK_BASE, &p, &mut hpage);
+        assert!(matches!(
+            rep.result,
+            CollapseResult::Aborted(CollapseAbort::Referenced(..))
+        ));
+        let head = hpage.expect("the aborted collapse keeps its block");
+        page::page_ref_sub(pinned, GUP_PIN_COUNTING_BIAS);
+        let rep = collapse_huge_page_prealloc(&mm, A::TASK_BASE, &p, &mut hpage);
+        assert_eq!(rep.result, CollapseResult::Collapsed);
+        assert!(hpage.is_none(), "the collapse used the block");
+        assert_eq!(pfn_of(&mm, A::TASK_BASE), page::page_to_pfn(head));
+        assert!(all_intact(&mm));
+        memory::exit_mmap(mm);
+        assert_eq!(page_alloc::nr_free_pages(), free);
+        assert_eq!(page_alloc::nr_bad_pages(), bad);
+    }
+
+    #[test]
+    fn prealloc_block_kept_and_used_4k() {
+        prealloc_block_kept_and_used::<Emul4k>();
+    }
+
+    #[test]
+    fn prealloc_block_kept_and_used_2k() {
+        prealloc_block_kept_and_used::<Emul2k>();
     }
 
     /// A missing page, a page shared with a fork, or no suitable VMA: no

@@ -93,11 +93,14 @@
 //! printed), and the failures `hang` (an iteration over its limit without a
 //! cycle) and `vacuous` (some role did not complete and nothing fired).
 
+pub mod collapse_gup;
 pub mod demo;
 pub mod detect;
+pub mod gup_folding;
 pub mod nested_flush;
 pub mod point;
 pub mod ptfree;
+pub(crate) mod run_mm;
 pub mod scenario;
 pub(crate) mod selftest;
 pub mod skey_swap;

@@ -144,8 +144,28 @@ pub mod points {
     /// and the program published that it did.
     pub static USER_SYSCALL_RETURNED: RacePoint = RacePoint::new("user:syscall_returned");
 
+    /// GUP-fast (`gup_fast_pte_range`): a reference was taken on the page
+    /// of a PTE and the rechecks (PMD, if on, and PTE) were read; the walk
+    /// has not yet acted on them. `addr` = the virtual address.
+    pub static GUP_FAST_AFTER_RECHECK: RacePoint = RacePoint::new("gup_fast:after_recheck");
+    /// GUP-fast (`get_user_pages_fast`): the lockless walk is over and
+    /// interrupts are restored, before any fallback to slow GUP. `addr` =
+    /// the start of the range.
+    pub static GUP_FAST_AFTER_WALK: RacePoint = RacePoint::new("gup_fast:after_walk");
+    /// `collapse_huge_page`: `mmap_lock` is held for write and the block
+    /// checked, the PMD not yet cleared. `addr` = the block's virtual
+    /// address.
+    pub static COLLAPSE_BEFORE_PMD_CLEAR: RacePoint = RacePoint::new("khugepaged:before_pmd_clear");
+    /// `collapse_huge_page`: the PMD was cleared and flushed and every
+    /// small page passed the pin check (locked, PTL released), nothing
+    /// copied yet. `addr` = the block's virtual address.
+    pub static COLLAPSE_AFTER_ISOLATE: RacePoint = RacePoint::new("khugepaged:after_isolate");
+    /// `collapse_huge_page`: the new block is installed, `mmap_lock` still
+    /// held for write. `addr` = the block's virtual address.
+    pub static COLLAPSE_AFTER_INSTALL: RacePoint = RacePoint::new("khugepaged:after_install");
+
     /// All of the above.
-    pub static ALL: [&RacePoint; 22] = [
+    pub static ALL: [&RacePoint; 27] = [
         &ZAP_AFTER_PTE_CLEAR,
         &ZAP_BEFORE_PTL,
         &GATHER_AFTER_FLUSH,
@@ -168,6 +188,11 @@ pub mod points {
         &USER_SYSCALL_RETURNED,
         &SWAP_ADD_WINDOW,
         &RMAP_SKEY_DIRTY,
+        &GUP_FAST_AFTER_RECHECK,
+        &GUP_FAST_AFTER_WALK,
+        &COLLAPSE_AFTER_ISOLATE,
+        &COLLAPSE_AFTER_INSTALL,
+        &COLLAPSE_BEFORE_PMD_CLEAR,
     ];
 
     /// The point named `name`.

@@ -122,10 +122,12 @@ pub fn all<A: Mmu>() -> Vec<Scenario<A>> {
     vec![
         super::demo::scenario::<A>(),
         super::wp_unlock::scenario::<A>(),
-        super::ptfree::scenario::<A>(),
+        super::gup_folding::scenario::<A>(),
         super::zap_rmap::scenario::<A>(),
-        super::nested_flush::scenario::<A>(),
+        super::collapse_gup::scenario::<A>(),
+        super::ptfree::scenario::<A>(),
         super::skey_swap::scenario::<A>(),
+        super::nested_flush::scenario::<A>(),
     ]
 }
 

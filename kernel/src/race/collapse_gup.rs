@@ -1,0 +1,639 @@
+//! `collapse-vs-gup-fast` (catalogue row 5, seed 003): THP collapse clears
+//! the PMD and checks for pins while GUP-fast, which read the old PMD
+//! before the clear, pins a small page of the old table after the check.
+//!
+//! Collapse ([`crate::mm::khugepaged::collapse_huge_page`], `mmap_lock` for
+//! write) clears the PMD
+//! and flushes (`pmdp_collapse_flush`), checks that no small page has a
+//! reference beyond its PTE's (a pin adds `GUP_PIN_COUNTING_BIAS`), copies
+//! the pages into a new block, clears the old PTEs, frees the old pages and
+//! installs the block. GUP-fast walks with interrupts off and no lock; if it
+//! read the PMD before the clear it walks the unhooked old table, pins a
+//! small page after the pin check, and its PTE recheck passes (the old PTEs
+//! are cleared only after the copy). The pin then holds a page the mapping
+//! no longer uses, and what is written through it after the copy never
+//! reaches the mapped data. Fixes: 70cbc3cc78a9 (GUP-fast rechecks the PMD
+//! after the grab and backs off when it changed), 2ba99c5e0881 (collapse
+//! sends an IPI sync after the PMD clear, before the pin check: the
+//! interrupts-off walker is gone by then, and its pin is seen). x86-64's
+//! IPI shootdown already waits for the walker at the flush; an NMI
+//! shootdown (like broadcast invalidation) and s390x's IDTE/CSP do not.
+//!
+//! - Roles: `collapse` (CPU 1) collapses the block (mmap_lock for write);
+//!   `gup` (CPU 2) pins page 0 of the block with FOLL_PIN | FOLL_WRITE
+//!   ([`get_user_pages_fast_traced`]: the lockless walk with interrupts
+//!   off, slow GUP for what it left), writes the iteration's mark through
+//!   the kernel mapping of the pinned page (as a driver's DMA or a
+//!   `kmap` user would), notes whether the page was still mapped, and
+//!   unpins.
+//! - Completion: `collapse` completes when it collapsed the block, or
+//!   aborted because the pin check saw `gup`'s pin (the correct answer to a
+//!   pin taken before the check). `gup` completes when it pinned, wrote and
+//!   unpinned, and its lockless walk decided on the fast path: it pinned
+//!   the page there, or saw the collapse — the walk stopped at a PMD it read
+//!   empty (cleared) or at a PTE of the old table it read empty (cleared
+//!   after the copy), or backed off because a recheck (PMD or PTE) found
+//!   the entry changed — after which slow GUP (waiting for `mmap_lock`) pinned the
+//!   page the mapping uses. A walk that stopped for any other reason did not
+//!   complete. How often each happened is printed per run
+//!   (`# collapse: ...`), so a run whose walks never met the collapse shows
+//!   it.
+//! - Variants, per flush strategy of the arch (x86-64 `ipi`, `nmi`; s390x
+//!   `ipte`; another arch's strategy is `skip`):
+//!   `buggy` — PTE recheck only, no IPI sync, the old table freed right
+//!   away; `fixed-a` — GUP-fast rechecks the PMD too
+//!   (`set_gup_pmd_recheck`), the old table freed after an RCU grace period
+//!   (what 70cbc3cc78a9 relies on: the recheck alone does not keep the
+//!   table); `fixed-b` — an IPI sync after the PMD clear, before the pin
+//!   check ([`CollapsePolicy::ipi_sync`]), the table freed right away (no
+//!   walker is left in it); `rcu-only` — the old table freed after an RCU
+//!   grace period, nothing else: still a bug, RCU keeps the table, not the
+//!   page.
+//! - Forced schedule: `gup` holds at `gup_fast:after_pmd_read` (interrupts
+//!   off, the old PMD read); `collapse`, which waited at
+//!   `khugepaged:before_pmd_clear` (mmap_lock held) until then so that the
+//!   walk reads the PMD before the clear, clears the PMD, flushes and passes
+//!   the pin check (`khugepaged:after_isolate`); then `gup` walks the old
+//!   table, pins and rechecks (`gup_fast:after_recheck`); only then
+//!   `collapse` copies, clears the old PTEs and installs the block
+//!   (`khugepaged:after_install`); only then `gup` returns from its walk
+//!   (`gup_fast:after_walk`) and writes. `buggy`, `rcu-only`: the pin is on
+//!   the old page, the write lands after the copy: `bug` every iteration.
+//!   `fixed-a`: the PMD recheck sees the clear, GUP-fast backs off, slow
+//!   GUP waits for `mmap_lock` and pins the new page: `clean` (no wait
+//!   added: the fix makes the walker back off). `fixed-b`: `collapse` waits
+//!   in the IPI sync for `gup`'s interrupts-off CPU (the fix's own wait,
+//!   `CallIpi`): held by the fix; released, `gup` pins before the pin
+//!   check, which sees the pin and aborts the collapse: `clean`. x86-64
+//!   with flush IPIs: `collapse` waits for the flush IPI that `gup` holds
+//!   back, before anything else: `impossible`, whatever the variant.
+//! - Natural: random delays below 1 ms after the PMD read (interrupts off)
+//!   widen the window: the walk must read the PMD before the clear and grab
+//!   the page after the pin check, which comes tens to hundreds of
+//!   microseconds later under TCG. Both roles spin until the other runs
+//!   (`word[1]`, `word[2]`). `gup` holds its pin until `collapse` returned
+//!   (`word[6]`, halted until `collapse` sends it an IPI), as a pin for DMA
+//!   outlives the collapse: a pin taken before the pin check is always seen
+//!   by it, and a write through a pin taken after it always comes after the
+//!   copy.
+//! - Detectors: data written through the pin missing from the mapping (the
+//!   word at the pinned address, read after both roles through a locked
+//!   walk, is not the iteration's mark); a pinned page that the mapping no
+//!   longer uses (its mapcount was 0 while `gup` held the pin).
+//! - The mm is built once per run (one PMD block, populated) and lent to
+//!   every iteration ([`RunMm`]): a collapse leaves the block mapped by
+//!   independent small pages on s390x (a fresh table); on x86-64 it leaves
+//!   a PMD leaf, which teardown splits back into small pages
+//!   ([`crate::mm::huge_memory::split_huge_pmd`]). The collapse takes its
+//!   new block from khugepaged's preallocated one
+//!   ([`collapse_huge_page_prealloc`]), which a collapse aborted by the pin
+//!   check keeps and teardown refills after a collapse used it: an aborted
+//!   collapse then allocates and frees no block. The mark differs per
+//!   iteration.
+
+use super::detect::Finding;
+use super::point::{self, points, RacePoint, Step};
+use super::run_mm::RunMm;
+use super::scenario::{Budget, Ctx, Scenario, Variant};
+use super::waitfor::WaitClass;
+use crate::kprintln;
+use crate::mm::arch::{Level, Mmu};
+use crate::mm::frag::{self, FragPolicy};
+use crate::mm::gup::{self, GupFlags, GupRecord};
+use crate::mm::huge_memory::hpage_pmd_order;
+use crate::mm::huge_memory::{self, pmd_trans_huge};
+use crate::mm::khugepaged::{
+    collapse_huge_page_prealloc, CollapseAbort, CollapsePolicy, CollapseResult,
+};
+use crate::mm::memory;
+use crate::mm::mm::{Mm, VmFlags};
+use crate::mm::mmu_gather::TableFree;
+use crate::mm::page_alloc;
+use crate::mm::tlbflush::{self, FlushStrategy};
+use crate::mm::{page, pgtable, PAGE_SHIFT, PAGE_SIZE};
+use alloc::{boxed::Box, format, string::String, vec, vec::Vec};
+use core::sync::atomic::{AtomicU64, Ordering};
+
+const COLLAPSE: usize = 0;
+const GUP: usize = 1;
+
+/// `ctx.word` slots.
+const GUP_READY: usize = 1;
+const COLLAPSE_READY: usize = 2;
+/// The mark `gup` writes (differs per iteration).
+const MARK: usize = 3;
+/// The pfn `gup` pinned, plus one (0: none).
+const PINNED: usize = 4;
+/// 1 if the pinned page had no mapping while pinned.
+const UNMAPPED_WHILE_PINNED: usize = 5;
+/// 1 once `collapse_huge_page` returned.
+const COLLAPSE_DONE: usize = 6;
+
+static DELAY_POINTS: [&RacePoint; 1] = [&points::GUP_FAST_AFTER_PMD_READ];
+static TRACE_POINTS: [&RacePoint; 0] = [];
+
+const fn variant(
+    name: &'static str,
+    about: &'static str,
+    fix_waits: &'static [WaitClass],
+) -> Variant {
+    Variant {
+        name,
+        about,
+        fix_waits,
+    }
+}
+
+/// The kernels, per flush strategy; [`CONFIG`] holds the knobs of each, in
+/// the same order.
+static VARIANTS: [Variant; 12] = [
+    variant("buggy-ipi", "PTE recheck only; flush IPIs", &[]),
+    variant(
+        "fixed-a-ipi",
+        "GUP-fast rechecks the PMD (70cbc3cc78a9), table freed after RCU; flush IPIs",
+        &[],
+    ),
+    variant(
+        "fixed-b-ipi",
+        "IPI sync after the PMD clear (2ba99c5e0881); flush IPIs",
+        &[WaitClass::CallIpi],
+    ),
+    variant(
+        "rcu-only-ipi",
+        "old table freed after an RCU grace period, nothing else; flush IPIs",
+        &[],
+    ),
+    variant("buggy-nmi", "PTE recheck only; flush NMIs", &[]),
+    variant(
+        "fixed-a-nmi",
+        "GUP-fast rechecks the PMD (70cbc3cc78a9), table freed after RCU; flush NMIs",
+        &[],
+    ),
+    variant(
+        "fixed-b-nmi",
+        "IPI sync after the PMD clear (2ba99c5e0881); flush NMIs",
+        &[WaitClass::CallIpi],
+    ),
+    variant(
+        "rcu-only-nmi",
+        "old table freed after an RCU grace period, nothing else; flush NMIs",
+        &[],
+    ),
+    variant("buggy-ipte", "PTE recheck only; IPTE/IDTE", &[]),
+    variant(
+        "fixed-a-ipte",
+        "GUP-fast rechecks the PMD (70cbc3cc78a9), table freed after RCU; IPTE/IDTE",
+        &[],
+    ),
+    variant(
+        "fixed-b-ipte",
+        "IPI sync after the PMD clear (2ba99c5e0881); IPTE/IDTE",
+        &[WaitClass::CallIpi],
+    ),
+    variant(
+        "rcu-only-ipte",
+        "old table freed after an RCU grace period, nothing else; IPTE/IDTE",
+        &[],
+    ),
+];
+
+/// A variant's knobs.
+#[derive(Clone, Copy)]
+struct Config {
+    flush: FlushStrategy,
+    pmd_recheck: bool,
+    policy: CollapsePolicy,
+}
+
+const fn config(
+    flush: FlushStrategy,
+    pmd_recheck: bool,
+    ipi_sync: bool,
+    table_free: TableFree,
+) -> Config {
+    Config {
+        flush,
+        pmd_recheck,
+        policy: CollapsePolicy {
+            ipi_sync,
+            table_free,
+        },
+    }
+}
+
+static CONFIG: [Config; 12] = {
+    use FlushStrategy::{Ipi, Ipte, Nmi};
+    use TableFree::{Immediate, Rcu};
+    [
+        config(Ipi, false, false, Immediate),
+        config(Ipi, true, false, Rcu),
+        config(Ipi, false, true, Immediate),
+        config(Ipi, false, false, Rcu),
+        config(Nmi, false, false, Immediate),
+        config(Nmi, true, false, Rcu),
+        config(Nmi, false, true, Immediate),
+        config(Nmi, false, false, Rcu),
+        config(Ipte, false, false, Immediate),
+        config(Ipte, true, false, Rcu),
+        config(Ipte, false, true, Immediate),
+        config(Ipte, false, false, Rcu),
+    ]
+};
+
+fn config_of(v: &Variant) -> Config {
+    let i = VARIANTS
+        .iter()
+        .position(|w| core::ptr::eq(w, v) || w.name == v.name)
+        .expect("a variant of this row");
+    CONFIG[i]
+}
+
+/// The row.
+pub fn scenario<A: Mmu>() -> Scenario<A> {
+    Scenario {
+        name: "collapse-vs-gup-fast",
+        about: "GUP-fast pins a small page of the old table after THP collapse checked for pins",
+        roles: &["collapse", "gup"],
+        variants: &VARIANTS,
+        set_variant: set_variant::<A>,
+        reset: reset::<A>,
+        setup: setup::<A>,
+        role: role::<A>,
+        detect: detect::<A>,
+        teardown: teardown::<A>,
+        schedule: |_| {
+            vec![
+                Step::at(GUP, &points::GUP_FAST_AFTER_PMD_READ),
+                Step::at(COLLAPSE, &points::COLLAPSE_BEFORE_PMD_CLEAR),
+                Step::at(COLLAPSE, &points::COLLAPSE_AFTER_ISOLATE),
+                Step::leave(GUP, &points::GUP_FAST_AFTER_PMD_READ),
+                Step::at(GUP, &points::GUP_FAST_AFTER_RECHECK),
+                Step::leave(COLLAPSE, &points::COLLAPSE_AFTER_ISOLATE),
+                Step::at(COLLAPSE, &points::COLLAPSE_AFTER_INSTALL),
+                Step::at(GUP, &points::GUP_FAST_AFTER_WALK),
+            ]
+        },
+        delay_points: &DELAY_POINTS,
+        trace_points: &TRACE_POINTS,
+        max_delay_ns: 1_000_000,
+        budget: Budget {
+            forced_iterations: 3,
+            // Not the catalogue's 10 000: a collapse that is not aborted
+            // copies a 2 MiB block and frees its 512 small pages, 10-30 ms
+            // under TCG, and with x86-64 flush IPIs 10-50 % of iterations
+            // collapse (45-160 iterations/s). The long runs belong to
+            // `cargo xtask soak`.
+            natural_iterations: 400,
+            natural_time_ns: 240_000_000_000,
+            iteration_timeout_ns: 2_000_000_000,
+        },
+    }
+}
+
+/// The fragment policy before the run, put back by `reset`.
+static SAVED_FRAG: spin::Mutex<Option<FragPolicy>> = spin::Mutex::new(None);
+
+/// The run's mm: one populated PMD block.
+static RUN_MM: RunMm = RunMm::new();
+
+/// khugepaged's preallocated block: full between iterations (refilled by
+/// `teardown` after a collapse used it), so that every iteration starts and
+/// ends with the same free frames, and a collapse the pin check aborts
+/// neither allocates nor frees a block.
+static HPAGE: spin::Mutex<Option<&'static page::Page>> = spin::Mutex::new(None);
+
+fn refill_hpage<A: Mmu>() {
+    let mut h = HPAGE.lock();
+    if h.is_none() {
+        *h = page_alloc::alloc_pages(hpage_pmd_order::<A>());
+    }
+}
+
+/// The block: the first PMD block of the task range.
+fn base<A: Mmu>() -> u64 {
+    A::TASK_BASE.next_multiple_of(A::PMD_SIZE)
+}
+
+fn set_variant<A: Mmu>(v: &Variant) -> Result<(), &'static str> {
+    let c = config_of(v);
+    if !A::FLUSH_STRATEGIES.contains(&c.flush) {
+        return Err(if c.flush.is_broadcast() {
+            "an s390x flush strategy (IPTE/CSP); this architecture flushes by interrupt"
+        } else {
+            "an x86-64 flush strategy (IPI/NMI); this architecture flushes by broadcast"
+        });
+    }
+    tlbflush::set_flush_strategy::<A>(c.flush)?;
+    gup::set_gup_pmd_recheck(c.pmd_recheck);
+    // A frame per PTE table: a table allocated and freed in an iteration
+    // (collapse's new one, a split's) gives its frame back, so every
+    // iteration ends with the free frames it began with.
+    SAVED_FRAG.lock().get_or_insert(frag::policy());
+    frag::set_policy(FragPolicy::OnePerFrame);
+    refill_hpage::<A>();
+    // Without memory for it, `setup` finds no mm and the run fails.
+    if let Some(mm) = Mm::<A>::new().map(Box::new) {
+        if memory::mmap_anon(&mm, base::<A>(), A::PMD_SIZE, VmFlags::RW, true).is_ok() {
+            RUN_MM.put(mm);
+        } else {
+            memory::exit_mmap(*mm);
+        }
+    }
+    Ok(())
+}
+
+/// How the roles' operations ended in a run.
+struct Tally {
+    collapsed: AtomicU64,
+    aborted_for_pin: AtomicU64,
+    aborted_other: AtomicU64,
+    fast: AtomicU64,
+    saw_empty: AtomicU64,
+    backed_off: AtomicU64,
+    other: AtomicU64,
+    collapse_ns: AtomicU64,
+    gup_ns: AtomicU64,
+}
+
+/// How far each role got in the current iteration (printed by `reset` when
+/// a run ends with a role short of its end: a hang's diagnosis).
+/// `collapse`: 1 collapsing, 2 returned, 3 in the RCU barrier, 4 done;
+/// `gup`: 1 walking, 2 waiting for the collapse, 3 unpinned, 4 done.
+static STAGE: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+
+static TALLY: Tally = Tally {
+    collapsed: AtomicU64::new(0),
+    aborted_for_pin: AtomicU64::new(0),
+    aborted_other: AtomicU64::new(0),
+    fast: AtomicU64::new(0),
+    saw_empty: AtomicU64::new(0),
+    backed_off: AtomicU64::new(0),
+    other: AtomicU64::new(0),
+    collapse_ns: AtomicU64::new(0),
+    gup_ns: AtomicU64::new(0),
+};
+
+fn reset<A: Mmu>() {
+    let stage = STAGE.each_ref().map(|s| s.swap(0, Ordering::Relaxed));
+    if stage.iter().any(|&s| s != 0 && s != 4) {
+        kprintln!(
+            "    # collapse: the last iteration ended with collapse at stage {} and gup at stage {} of 4",
+            stage[COLLAPSE],
+            stage[GUP]
+        );
+    }
+    RUN_MM.destroy::<A>();
+    if let Some(h) = HPAGE.lock().take() {
+        page_alloc::__free_pages(h, hpage_pmd_order::<A>());
+    }
+    let t = [
+        &TALLY.collapsed,
+        &TALLY.aborted_for_pin,
+        &TALLY.aborted_other,
+        &TALLY.fast,
+        &TALLY.saw_empty,
+        &TALLY.backed_off,
+        &TALLY.other,
+        &TALLY.collapse_ns,
+        &TALLY.gup_ns,
+    ]
+    .map(|c| c.swap(0, Ordering::Relaxed));
+    if t.iter().any(|&n| n != 0) {
+        kprintln!(
+            "    # collapse: collapsed {}, aborted for the pin {}, aborted otherwise {}; gup walks: pinned on the fast path {}, saw the collapse: empty PMD/PTE {} back-off {}; other {}; mean collapse {} us, mean GUP {} us",
+            t[0],
+            t[1],
+            t[2],
+            t[3],
+            t[4],
+            t[5],
+            t[6],
+            t[7] / 1000 / (t[0] + t[1] + t[2]).max(1),
+            t[8] / 1000 / (t[3] + t[4] + t[5] + t[6]).max(1),
+        );
+    }
+    tlbflush::set_flush_strategy::<A>(A::FLUSH_STRATEGIES[0])
+        .expect("the arch's default flush strategy");
+    gup::set_gup_pmd_recheck(true);
+    if let Some(p) = SAVED_FRAG.lock().take() {
+        frag::set_policy(p);
+    }
+}
+
+/// What the `gup` role's walk read.
+struct Extra {
+    rec: spin::Mutex<GupRecord>,
+}
+
+fn setup<A: Mmu>(ctx: &mut Ctx<A>) -> Result<(), String> {
+    let mm = RUN_MM
+        .take::<A>()
+        .ok_or_else(|| String::from("no mm for the run"))?;
+    ctx.mm = Some(mm);
+    ctx.addr = base::<A>();
+    ctx.word[MARK].store(
+        0x636f_6c6c_0000_0000 | (ctx.iteration + 1),
+        Ordering::Relaxed,
+    );
+    ctx.extra = Some(Box::new(Extra {
+        rec: spin::Mutex::new(GupRecord::new()),
+    }));
+    Ok(())
+}
+
+fn teardown<A: Mmu>(ctx: &mut Ctx<A>) {
+    ctx.extra = None;
+    let Some(mm) = ctx.mm.take() else {
+        return;
+    };
+    // A collapse into a PMD leaf (x86-64): back to small pages for the next
+    // iteration.
+    let split = {
+        let _vmas = mm.mmap_lock.write();
+        huge_memory::split_huge_pmds_in(&mm, ctx.addr, ctx.addr + A::PMD_SIZE)
+    };
+    refill_hpage::<A>();
+    if split.is_ok() {
+        RUN_MM.put(mm);
+    } else {
+        // No memory for the table: the next setup finds no mm.
+        memory::exit_mmap(*mm);
+    }
+}
+
+fn role<A: Mmu>(ctx: &Ctx<A>, role: usize) -> bool {
+    let mm = ctx.mm.as_deref().expect("setup made the mm");
+    if role == COLLAPSE {
+        ctx.word[COLLAPSE_READY].store(1, Ordering::Release);
+        while ctx.word[GUP_READY].load(Ordering::Acquire) == 0 {
+            A::cpu_relax();
+        }
+        let policy = config_of(ctx.variant).policy;
+        STAGE[COLLAPSE].store(1, Ordering::Relaxed);
+        let t0 = A::clock_ns();
+        let mut hpage = HPAGE.lock().take();
+        let rep = collapse_huge_page_prealloc(mm, ctx.addr, &policy, &mut hpage);
+        *HPAGE.lock() = hpage;
+        STAGE[COLLAPSE].store(2, Ordering::Relaxed);
+        ctx.word[COLLAPSE_DONE].store(1, Ordering::Release);
+        if let Some(cpu) = point::cpu_of(GUP) {
+            A::send_ipi(cpu);
+        }
+        if policy.table_free == TableFree::Rcu {
+            // The old table is freed by an RCU callback queued here: wait
+            // for it, so that it is free before the state check.
+            STAGE[COLLAPSE].store(3, Ordering::Relaxed);
+            crate::rcu::rcu_barrier_this_cpu_expedited::<A>();
+        }
+        STAGE[COLLAPSE].store(4, Ordering::Relaxed);
+        TALLY
+            .collapse_ns
+            .fetch_add(A::clock_ns() - t0, Ordering::Relaxed);
+        let (counter, ok) = match rep.result {
+            CollapseResult::Collapsed => (&TALLY.collapsed, true),
+            CollapseResult::Aborted(CollapseAbort::Referenced(..)) => {
+                (&TALLY.aborted_for_pin, true)
+            }
+            CollapseResult::Aborted(_) => (&TALLY.aborted_other, false),
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        return ok;
+    }
+    let flags = GupFlags::FOLL_PIN | GupFlags::FOLL_WRITE;
+    let cpu = A::smp_processor_id();
+    let ex = ctx
+        .extra
+        .as_deref()
+        .and_then(|e| e.downcast_ref::<Extra>())
+        .expect("setup stores the row's state");
+    let mut rec = ex.rec.lock();
+    let mut pages = Vec::with_capacity(1);
+    while ctx.word[COLLAPSE_READY].load(Ordering::Acquire) == 0 {
+        A::cpu_relax();
+    }
+    ctx.word[GUP_READY].store(1, Ordering::Release);
+    STAGE[GUP].store(1, Ordering::Relaxed);
+    let before = gup::gup_stats(cpu);
+    let t0 = A::clock_ns();
+    let got = gup::get_user_pages_fast_traced::<A>(ctx.addr, 1, flags, &mut pages, Some(&mut rec));
+    TALLY
+        .gup_ns
+        .fetch_add(A::clock_ns() - t0, Ordering::Relaxed);
+    let stats = gup::gup_stats(cpu).since(before);
+    let Some(&p) = pages.first().filter(|_| got == 1) else {
+        gup::release_user_pages(&pages, flags);
+        TALLY.other.fetch_add(1, Ordering::Relaxed);
+        STAGE[GUP].store(4, Ordering::Relaxed);
+        return false;
+    };
+    STAGE[GUP].store(2, Ordering::Relaxed);
+    // Hold the pin until the collapse is over, as a pin for DMA does
+    // (halted, not spinning: a spinning vCPU slows every other one).
+    loop {
+        A::local_irq_disable();
+        if ctx.word[COLLAPSE_DONE].load(Ordering::Acquire) != 0 {
+            A::local_irq_enable();
+            break;
+        }
+        A::wait_for_interrupt();
+    }
+    // The write through the pin: the kernel mapping of the page, as a
+    // driver's DMA would reach it.
+    let mark = ctx.word[MARK].load(Ordering::Relaxed);
+    let off = (ctx.addr & (PAGE_SIZE - 1)) as usize;
+    // SAFETY: `p` is pinned (it cannot be freed until the unpin below) and
+    // RAM is mapped 1:1; `off` is 8-byte aligned within the page.
+    unsafe { core::ptr::write_volatile(page::page_address(p).add(off).cast::<u64>(), mark) };
+    if page::page_mapcount(p) <= 0 {
+        ctx.word[UNMAPPED_WHILE_PINNED].store(1, Ordering::Relaxed);
+    }
+    ctx.word[PINNED].store(page::page_to_pfn(p) + 1, Ordering::Relaxed);
+    gup::release_user_pages(&pages, flags);
+    // The walk stopped at an entry it read empty: the PMD the collapse
+    // cleared, or a PTE of the old table it cleared after the copy.
+    let saw_empty = rec.reads().last().is_some_and(|r| {
+        matches!(r.level, Level::Pmd | Level::Pte) && A::entry_none(r.level, r.value)
+    });
+    let counter = if rec.freed_table_read().is_some() {
+        &TALLY.other
+    } else if stats.fast_pages == 1 {
+        &TALLY.fast
+    } else if stats.backoffs > 0 {
+        &TALLY.backed_off
+    } else if saw_empty {
+        &TALLY.saw_empty
+    } else {
+        &TALLY.other
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+    STAGE[GUP].store(4, Ordering::Relaxed);
+    !core::ptr::eq(counter, &TALLY.other)
+}
+
+/// The frame that maps `addr` in `mm` now and the word at `addr` in it,
+/// read under `mmap_lock` and the page-table locks (a locked walk).
+fn mapped_word<A: Mmu>(mm: &Mm<A>, addr: u64) -> Option<(u64, u64)> {
+    let _vmas = mm.mmap_lock.read();
+    let pmdp = pgtable::follow_pmd(mm, addr)?;
+    let pfn = {
+        let _pl = mm.page_table_lock.lock();
+        // SAFETY: a live PMD entry of `mm`; mmap_lock and page_table_lock
+        // held.
+        let pmd = unsafe { pgtable::read_entry(pmdp) };
+        if pmd_trans_huge::<A>(pmd) {
+            Some(A::pmd_pfn(pmd) + ((addr & (A::PMD_SIZE - 1)) >> PAGE_SHIFT))
+        } else if A::entry_none(Level::Pmd, pmd) || !A::entry_is_table(Level::Pmd, pmd) {
+            return None;
+        } else {
+            None
+        }
+    };
+    let pfn = match pfn {
+        Some(p) => p,
+        None => {
+            let ptep = pgtable::follow_pte(mm, addr)?;
+            let _ptl = memory::pte_lockptr(ptep).lock();
+            // SAFETY: a live PTE of `mm`; mmap_lock and its PTL held.
+            let pte = unsafe { pgtable::read_entry(ptep) };
+            if !A::pte_present(pte) {
+                return None;
+            }
+            A::pte_pfn(pte)
+        }
+    };
+    let off = (addr & (PAGE_SIZE - 1)) as usize;
+    // SAFETY: a mapped frame of `mm`, kept by mmap_lock; RAM is mapped 1:1.
+    let v = unsafe {
+        core::ptr::read_volatile(page::phys_to_virt(pfn << PAGE_SHIFT).add(off).cast::<u64>())
+    };
+    Some((pfn, v))
+}
+
+fn detect<A: Mmu>(ctx: &Ctx<A>) -> Option<Finding> {
+    let mm = ctx.mm.as_deref()?;
+    let pinned = ctx.word[PINNED].load(Ordering::Relaxed).checked_sub(1)?;
+    let mark = ctx.word[MARK].load(Ordering::Relaxed);
+    let unmapped = ctx.word[UNMAPPED_WHILE_PINNED].load(Ordering::Relaxed) != 0;
+    let (mapped, v) = mapped_word(mm, ctx.addr).unwrap_or((0, 0));
+    let lost = v != mark;
+    if !lost && !unmapped {
+        return None;
+    }
+    let mut what = Vec::new();
+    if lost {
+        what.push(format!(
+            "data written through a GUP pin missing from the mapping: {mark:#x} written to pfn {pinned:#x}, the mapping's pfn {mapped:#x} holds {v:#x}"
+        ));
+    }
+    if unmapped {
+        what.push(format!(
+            "a pinned page the mapping no longer uses: pfn {pinned:#x} had no mapping while pinned (the mapping uses pfn {mapped:#x})"
+        ));
+    }
+    Some(Finding {
+        invariant: what.join("; "),
+        pfn: Some(pinned),
+        vaddr: Some(ctx.addr),
+        cpu: point::cpu_of(GUP),
+    })
+}
