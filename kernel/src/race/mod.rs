@@ -96,6 +96,7 @@
 pub mod demo;
 pub mod detect;
 pub mod point;
+pub mod ptfrag;
 pub mod ptfree;
 pub mod scenario;
 pub(crate) mod selftest;

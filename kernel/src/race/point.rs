@@ -111,8 +111,20 @@ pub mod points {
     /// freed (`tlb_finish_mmu` returned); `mmap_lock` still held for read.
     pub static MADVISE_AFTER_DONTNEED: RacePoint = RacePoint::new("madvise:after_dontneed");
 
+    /// The fragment allocator (`pte_alloc_one`): a fresh block was allocated
+    /// (its head has the allocator's one reference), its fragment count not
+    /// yet set. `addr` = the head's pfn.
+    pub static FRAG_AFTER_BLOCK_ALLOC: RacePoint = RacePoint::new("frag:after_block_alloc");
+    /// The fragment allocator: the fresh block's fragment count is set (with
+    /// `set_page_count`, in the separate counter, or in the top bits, as the
+    /// policy says). `addr` = the head's pfn.
+    pub static FRAG_AFTER_BLOCK_COUNT: RacePoint = RacePoint::new("frag:after_block_count");
+    /// The pfn scanner: `get_page_unless_zero` took a speculative reference,
+    /// not yet dropped. `addr` = the pfn.
+    pub static PFN_SCAN_AFTER_GET: RacePoint = RacePoint::new("pfn_scan:after_get");
+
     /// All of the above.
-    pub static ALL: [&RacePoint; 13] = [
+    pub static ALL: [&RacePoint; 16] = [
         &ZAP_AFTER_PTE_CLEAR,
         &ZAP_BEFORE_PTL,
         &GATHER_AFTER_FLUSH,
@@ -126,6 +138,9 @@ pub mod points {
         &DEMO_AFTER_PUT,
         &WP_BEFORE_UNLOCK_PAGE,
         &MADVISE_AFTER_DONTNEED,
+        &FRAG_AFTER_BLOCK_ALLOC,
+        &FRAG_AFTER_BLOCK_COUNT,
+        &PFN_SCAN_AFTER_GET,
     ];
 
     /// The point named `name`.

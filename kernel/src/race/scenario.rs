@@ -123,6 +123,7 @@ pub fn all<A: Mmu>() -> Vec<Scenario<A>> {
         super::demo::scenario::<A>(),
         super::wp_unlock::scenario::<A>(),
         super::ptfree::scenario::<A>(),
+        super::ptfrag::scenario::<A>(),
     ]
 }
 
