@@ -27,8 +27,8 @@
 //!   first entry as the next fault there would. `scanner` — the pfn
 //!   scanner ([`pfn_scanner::scan_pass`]) over the block the allocator is
 //!   about to get, pass after pass, taking and dropping speculative
-//!   references, from before the allocator starts until it has carved its
-//!   first table (and has taken at least one reference on the table block).
+//!   references, from before the allocator starts until it has taken and
+//!   dropped one on the table block (or the allocator is done).
 //! - Setup: "a frame is freed": the last thing setup does is allocate a
 //!   block of the fragment order and free it, so the buddy allocator hands
 //!   the same block to the next allocation of that order — the allocator's
@@ -77,17 +77,15 @@ const SCAN: usize = 1;
 /// `ctx.word` slots.
 /// The scanner runs (the allocator starts only then).
 const SCANNING: usize = 0;
-/// The allocator carved its first table: the block's count is set.
-const CARVED: usize = 1;
 /// The allocator finished.
-const ALLOC_DONE: usize = 2;
+const ALLOC_DONE: usize = 1;
 /// Head pfn of the block the allocator carved from, plus one (0: none).
-const BLOCK: usize = 3;
+const BLOCK: usize = 2;
 /// Physical address of the last fragment (the one left linked), plus one.
-const LAST_TABLE: usize = 4;
+const LAST_TABLE: usize = 3;
 /// The allocator's read of the last table found the free-page poison: the
 /// entry's physical address, plus one.
-const READ_FREED: usize = 5;
+const READ_FREED: usize = 4;
 
 static DELAY_POINTS: [&RacePoint; 2] = [&points::FRAG_AFTER_BLOCK_ALLOC, &points::PFN_SCAN_AFTER_GET];
 static TRACE_POINTS: [&RacePoint; 1] = [&points::GATHER_AFTER_TABLE_FREE];
@@ -125,14 +123,11 @@ fn policy_of(v: &Variant) -> FragPolicy {
 static RUN_MM: AtomicUsize = AtomicUsize::new(0);
 
 /// Per-run counts, printed by `reset`.
-static STATS: [AtomicU64; 3] = [const { AtomicU64::new(0) }; 3];
+static STATS: [AtomicU64; 2] = [const { AtomicU64::new(0) }; 2];
 /// `STATS` slots: speculative references the scanner took on the table
-/// block; iterations in which the allocator's block was not the freed one;
-/// iterations in which the scanner's reference straddled the count setting
-/// (taken before, dropped after).
+/// block; iterations in which the allocator's block was not the freed one.
 const ST_REFS: usize = 0;
 const ST_OTHER_BLOCK: usize = 1;
-const ST_STRADDLED: usize = 2;
 
 /// The PMD blocks the row uses: one per fragment of a block.
 fn span<A: Mmu>() -> u64 {
@@ -179,11 +174,10 @@ fn reset<A: Mmu>() {
     }
     let s = STATS.each_ref().map(|c| c.swap(0, Ordering::Relaxed));
     kprintln!(
-        "    # ptfrag: policy={} frags_per_block={} scanner refs on the table block {}, straddling the count setting {}; blocks other than the freed one {}",
+        "    # ptfrag: policy={} frags_per_block={} scanner refs on the table block {}; blocks other than the freed one {}",
         frag::policy().name(),
         frag::frags_per_block::<A>(),
         s[ST_REFS],
-        s[ST_STRADDLED],
         s[ST_OTHER_BLOCK]
     );
     frag::set_policy(FragPolicy::FragCounter);
@@ -273,7 +267,6 @@ fn pte_alloc_role<A: Mmu>(ctx: &Ctx<A>) -> bool {
                 ctx.word[ALLOC_DONE].store(1, Ordering::Release);
                 return false;
             };
-            ctx.word[CARVED].store(1, Ordering::Release);
             tables.push(page::virt_to_phys(ptep as u64) & !(frag_bytes - 1));
         }
     }
@@ -311,35 +304,27 @@ fn pte_alloc_role<A: Mmu>(ctx: &Ctx<A>) -> bool {
     carved && unmapped && !other
 }
 
-/// The pfn scanner over the freed block's frames.
+/// The pfn scanner over the freed block's frames: passes until it has taken
+/// and dropped a reference on the block's head while the head was a page
+/// table, or the allocator is done.
 fn scanner_role<A: Mmu>(ctx: &Ctx<A>) -> bool {
     let head = ctx.pfns[0];
     let end = head + (1 << frag::block_order::<A>());
     let mut on_table = 0u64;
-    let mut straddled = false;
     ctx.word[SCANNING].store(1, Ordering::Release);
     loop {
-        let carved = ctx.word[CARVED].load(Ordering::Acquire) != 0;
         let done = ctx.word[ALLOC_DONE].load(Ordering::Acquire) != 0;
         pfn_scanner::scan_pass::<A>(head, end, |p| {
             if page::page_to_pfn(p) == head && page::PageTable(p) {
                 on_table += 1;
-                // Taken before the allocator carved, dropped after: the
-                // reference straddled the count setting.
-                if !carved && ctx.word[CARVED].load(Ordering::Acquire) != 0 {
-                    straddled = true;
-                }
             }
         });
-        if done || (carved && on_table > 0) {
+        if done || on_table > 0 {
             break;
         }
         A::cpu_relax();
     }
     STATS[ST_REFS].fetch_add(on_table, Ordering::Relaxed);
-    if straddled {
-        STATS[ST_STRADDLED].fetch_add(1, Ordering::Relaxed);
-    }
     on_table > 0
 }
 
