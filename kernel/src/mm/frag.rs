@@ -24,10 +24,10 @@
 //! mm lets go of its current block ([`pte_frag_destroy`]).
 
 use super::arch::Mmu;
-use crate::race::point::{points, race_point};
 use super::mm::Mm;
 use super::page::{self, Page};
 use super::{page_alloc, PAGE_SIZE};
+use crate::race::point::{points, race_point};
 use core::sync::atomic::{AtomicU8, Ordering};
 
 /// Where a block counts its live fragments.

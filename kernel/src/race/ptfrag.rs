@@ -87,7 +87,8 @@ const LAST_TABLE: usize = 3;
 /// entry's physical address, plus one.
 const READ_FREED: usize = 4;
 
-static DELAY_POINTS: [&RacePoint; 2] = [&points::FRAG_AFTER_BLOCK_ALLOC, &points::PFN_SCAN_AFTER_GET];
+static DELAY_POINTS: [&RacePoint; 2] =
+    [&points::FRAG_AFTER_BLOCK_ALLOC, &points::PFN_SCAN_AFTER_GET];
 static TRACE_POINTS: [&RacePoint; 1] = [&points::GATHER_AFTER_TABLE_FREE];
 
 static VARIANTS: [Variant; 3] = [
@@ -282,9 +283,8 @@ fn pte_alloc_role<A: Mmu>(ctx: &Ctx<A>) -> bool {
             .all(|(i, &t)| t == first + i as u64 * frag_bytes);
     // Free every table but the last.
     let unmapped = memory::munmap(mm, base::<A>(), (n as u64 - 1) * A::PMD_SIZE).is_ok()
-        && (0..n as u64 - 1).all(|i| {
-            pgtable::follow_pte(mm, base::<A>() + i * A::PMD_SIZE).is_none()
-        });
+        && (0..n as u64 - 1)
+            .all(|i| pgtable::follow_pte(mm, base::<A>() + i * A::PMD_SIZE).is_none());
     // The next fault in the last PMD block reads its table.
     let last = base::<A>() + (n as u64 - 1) * A::PMD_SIZE;
     if let Some(ptep) = pgtable::follow_pte(mm, last) {
@@ -332,7 +332,9 @@ fn scanner_role<A: Mmu>(ctx: &Ctx<A>) -> bool {
 /// fragment.
 fn last_linked<A: Mmu>(ctx: &Ctx<A>) -> Option<(*mut u64, u64)> {
     let mm = ctx.mm.as_deref()?;
-    let table = ctx.word[LAST_TABLE].load(Ordering::Acquire).checked_sub(1)?;
+    let table = ctx.word[LAST_TABLE]
+        .load(Ordering::Acquire)
+        .checked_sub(1)?;
     let last = base::<A>() + (frag::frags_per_block::<A>() as u64 - 1) * A::PMD_SIZE;
     let pmdp = pgtable::follow_pmd(mm, last)?;
     // SAFETY: a live PMD entry of the iteration's mm; no role runs now.
@@ -346,7 +348,10 @@ fn last_linked<A: Mmu>(ctx: &Ctx<A>) -> Option<(*mut u64, u64)> {
 fn detect<A: Mmu>(ctx: &Ctx<A>) -> Option<Finding> {
     let head = ctx.word[BLOCK].load(Ordering::Acquire).checked_sub(1)?;
     let linked = last_linked(ctx);
-    let last_pfn = ctx.word[LAST_TABLE].load(Ordering::Acquire).saturating_sub(1) >> PAGE_SHIFT;
+    let last_pfn = ctx.word[LAST_TABLE]
+        .load(Ordering::Acquire)
+        .saturating_sub(1)
+        >> PAGE_SHIFT;
     let cpu = point::cpu_of(ALLOC);
     let mut f = detect::table_freed_while_linked(last_pfn, linked.is_some())
         .map(|mut f| {
