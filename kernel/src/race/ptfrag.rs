@@ -74,7 +74,8 @@ use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 const ALLOC: usize = 0;
 const SCAN: usize = 1;
 
-/// `ctx.word` slots.
+// `ctx.word` slots.
+
 /// The scanner runs (the allocator starts only then).
 const SCANNING: usize = 0;
 /// The allocator finished.
@@ -287,13 +288,16 @@ fn pte_alloc_role<A: Mmu>(ctx: &Ctx<A>) -> bool {
             .all(|i| pgtable::follow_pte(mm, base::<A>() + i * A::PMD_SIZE).is_none());
     // The next fault in the last PMD block reads its table.
     let last = base::<A>() + (n as u64 - 1) * A::PMD_SIZE;
-    if let Some(ptep) = pgtable::follow_pte(mm, last) {
-        let pa = page::virt_to_phys(ptep as u64);
-        // SAFETY: an entry of a table the PMD entry links; the mm's VMA
-        // there stays (mmap_lock is not needed for a read that only looks).
-        let v = unsafe { pgtable::read_entry(ptep) };
-        if v == page_alloc::PAGE_POISON || detect::read_of_freed_table(pa).is_some() {
-            ctx.word[READ_FREED].store(pa + 1, Ordering::Release);
+    {
+        let _vmas = mm.mmap_lock.read();
+        if let Some(ptep) = pgtable::follow_pte(mm, last) {
+            let pa = page::virt_to_phys(ptep as u64);
+            // SAFETY: an entry of the table the PMD entry links, under
+            // mmap_lock for read: no munmap frees it meanwhile.
+            let v = unsafe { pgtable::read_entry(ptep) };
+            if v == page_alloc::PAGE_POISON || detect::read_of_freed_table(pa).is_some() {
+                ctx.word[READ_FREED].store(pa + 1, Ordering::Release);
+            }
         }
     }
     ctx.word[ALLOC_DONE].store(1, Ordering::Release);
