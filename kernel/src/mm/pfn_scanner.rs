@@ -64,6 +64,7 @@ pub fn scan_pass<A: Arch>(
         }
         inspect(p);
         page::put_page(p);
+        race_point::<A>(&points::PFN_SCAN_AFTER_PUT, pfn);
     }
     SPECULATIVE_REFS.fetch_add(stats.referenced, Ordering::Relaxed);
     stats

@@ -122,9 +122,12 @@ pub mod points {
     /// The pfn scanner: `get_page_unless_zero` took a speculative reference,
     /// not yet dropped. `addr` = the pfn.
     pub static PFN_SCAN_AFTER_GET: RacePoint = RacePoint::new("pfn_scan:after_get");
+    /// The pfn scanner: the speculative reference was dropped (`put_page`,
+    /// which frees the frame if it was the last). `addr` = the pfn.
+    pub static PFN_SCAN_AFTER_PUT: RacePoint = RacePoint::new("pfn_scan:after_put");
 
     /// All of the above.
-    pub static ALL: [&RacePoint; 16] = [
+    pub static ALL: [&RacePoint; 17] = [
         &ZAP_AFTER_PTE_CLEAR,
         &ZAP_BEFORE_PTL,
         &GATHER_AFTER_FLUSH,
@@ -141,6 +144,7 @@ pub mod points {
         &FRAG_AFTER_BLOCK_ALLOC,
         &FRAG_AFTER_BLOCK_COUNT,
         &PFN_SCAN_AFTER_GET,
+        &PFN_SCAN_AFTER_PUT,
     ];
 
     /// The point named `name`.

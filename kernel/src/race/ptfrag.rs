@@ -90,7 +90,10 @@ const READ_FREED: usize = 4;
 
 static DELAY_POINTS: [&RacePoint; 2] =
     [&points::FRAG_AFTER_BLOCK_ALLOC, &points::PFN_SCAN_AFTER_GET];
-static TRACE_POINTS: [&RacePoint; 1] = [&points::GATHER_AFTER_TABLE_FREE];
+static TRACE_POINTS: [&RacePoint; 2] = [
+    &points::PFN_SCAN_AFTER_PUT,
+    &points::GATHER_AFTER_TABLE_FREE,
+];
 
 static VARIANTS: [Variant; 3] = [
     Variant {
