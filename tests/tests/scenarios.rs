@@ -96,6 +96,7 @@ rows!(
     wp_unlock_vs_zap = "wp-unlock-vs-zap",
     gup_fast_folding = "gup-fast-folding",
     zap_rmap_vs_mkclean = "zap-rmap-vs-mkclean",
+    ptfrag_refcount = "ptfrag-refcount",
     collapse_vs_gup_fast = "collapse-vs-gup-fast",
     ptfree_vs_gup_fast = "ptfree-vs-gup-fast",
     skey_dirty_vs_swapcache = "skey-dirty-vs-swapcache",

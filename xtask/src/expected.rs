@@ -492,6 +492,23 @@ pub const CELLS: &[Cell] = &[
         Natural,
         Skip,
     ),
+    // ptfrag-refcount (kernel/src/race/ptfrag.rs, catalogue row 4): a pfn
+    // scanner's speculative reference wiped by set_page_count when the frame
+    // becomes a page-table fragment block; the block is freed while its last
+    // fragment is linked. Both arches: buggy `bug`, both fixes `clean`, in
+    // both modes (the fixes add no wait: forced runs the whole interleaving).
+    cell("ptfrag-refcount", S390x, "buggy", Forced, Bug),
+    cell("ptfrag-refcount", S390x, "buggy", Natural, Bug),
+    cell("ptfrag-refcount", S390x, "fixed-a", Forced, Clean),
+    cell("ptfrag-refcount", S390x, "fixed-a", Natural, Clean),
+    cell("ptfrag-refcount", S390x, "fixed-b", Forced, Clean),
+    cell("ptfrag-refcount", S390x, "fixed-b", Natural, Clean),
+    cell("ptfrag-refcount", X86_64, "buggy", Forced, Bug),
+    cell("ptfrag-refcount", X86_64, "buggy", Natural, Bug),
+    cell("ptfrag-refcount", X86_64, "fixed-a", Forced, Clean),
+    cell("ptfrag-refcount", X86_64, "fixed-a", Natural, Clean),
+    cell("ptfrag-refcount", X86_64, "fixed-b", Forced, Clean),
+    cell("ptfrag-refcount", X86_64, "fixed-b", Natural, Clean),
 ];
 
 /// The cell for (row, arch, variant, mode).

@@ -27,6 +27,7 @@ use super::arch::Mmu;
 use super::mm::Mm;
 use super::page::{self, Page};
 use super::{page_alloc, PAGE_SIZE};
+use crate::race::point::{points, race_point};
 use core::sync::atomic::{AtomicU8, Ordering};
 
 /// Where a block counts its live fragments.
@@ -132,6 +133,10 @@ pub fn pte_alloc_one<A: Mmu>(mm: &Mm<A>) -> Option<u64> {
     let mut cur = mm.pte_frag.lock();
     if cur.block.is_none() || cur.next == n {
         let head = page_alloc::alloc_pages(block_order::<A>())?;
+        let head_pfn = page::page_to_pfn(head);
+        // From here until the count is set, the head has the allocator's
+        // single reference, and any CPU may take a speculative one.
+        race_point::<A>(&points::FRAG_AFTER_BLOCK_ALLOC, head_pfn);
         // A compound block: whoever drops the last reference — the fragment
         // count or a speculative holder such as the pfn scanner — frees all of it.
         page::prep_compound_page(head, block_order::<A>());
@@ -153,6 +158,7 @@ pub fn pte_alloc_one<A: Mmu>(mm: &Mm<A>) -> Option<u64> {
             }
             FragPolicy::OnePerFrame => unreachable!("handled above"),
         }
+        race_point::<A>(&points::FRAG_AFTER_BLOCK_COUNT, head_pfn);
         *cur = FragCursor {
             block: Some(page::page_to_phys(head)),
             next: 0,

@@ -13,6 +13,8 @@
 //! reference-count API, so any corruption it reveals is someone else's.
 
 use super::page::{self, Page};
+use crate::race::point::{points, race_point};
+use crate::Arch;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 /// What one or more scan passes saw.
@@ -40,7 +42,11 @@ pub static SPECULATIVE_REFS: AtomicU64 = AtomicU64::new(0);
 
 /// One pass over `[start_pfn, end_pfn)`; `inspect` sees each frame while the
 /// scanner holds its speculative reference.
-pub fn scan_pass(start_pfn: u64, end_pfn: u64, mut inspect: impl FnMut(&Page)) -> ScanStats {
+pub fn scan_pass<A: Arch>(
+    start_pfn: u64,
+    end_pfn: u64,
+    mut inspect: impl FnMut(&Page),
+) -> ScanStats {
     let mut stats = ScanStats::default();
     for pfn in start_pfn..end_pfn.min(page::max_pfn()) {
         if !page::pfn_valid(pfn) {
@@ -52,11 +58,13 @@ pub fn scan_pass(start_pfn: u64, end_pfn: u64, mut inspect: impl FnMut(&Page)) -
             continue;
         }
         stats.referenced += 1;
+        race_point::<A>(&points::PFN_SCAN_AFTER_GET, pfn);
         if page::PageTable(p) {
             stats.pgtables += 1;
         }
         inspect(p);
         page::put_page(p);
+        race_point::<A>(&points::PFN_SCAN_AFTER_PUT, pfn);
     }
     SPECULATIVE_REFS.fetch_add(stats.referenced, Ordering::Relaxed);
     stats

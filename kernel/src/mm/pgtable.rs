@@ -124,9 +124,10 @@ fn ensure_table<A: Mmu>(mm: &Mm<A>, level: Level, entryp: *mut u64) -> Option<()
     Some(())
 }
 
-/// Walks to the PTE of `addr`, allocating missing tables. Returns `None` when out
-/// of memory. `addr` must be below the mm's current limit.
-pub fn pte_alloc_walk<A: Mmu>(mm: &Mm<A>, addr: u64) -> Option<*mut u64> {
+/// Walks to the PMD entry of `addr`, allocating missing upper tables but not
+/// the PTE table (Linux `pmd_alloc`). Returns `None` when out of memory.
+/// `addr` must be below the mm's current limit.
+pub fn pmd_alloc<A: Mmu>(mm: &Mm<A>, addr: u64) -> Option<*mut u64> {
     debug_assert!(addr < A::context_limit(&mm.context));
     let pgdp = A::pgd_offset(&mm.context, addr);
     ensure_table(mm, Level::Pgd, pgdp)?;
@@ -138,10 +139,18 @@ pub fn pte_alloc_walk<A: Mmu>(mm: &Mm<A>, addr: u64) -> Option<*mut u64> {
         ensure_table(mm, Level::P4d, p4dp)?;
         let pudp = A::pud_offset(p4dp, addr);
         ensure_table(mm, Level::Pud, pudp)?;
-        let pmdp = A::pmd_offset(pudp, addr);
-        ensure_table(mm, Level::Pmd, pmdp)?;
-        Some(A::pte_offset(pmdp, addr))
+        Some(A::pmd_offset(pudp, addr))
     }
+}
+
+/// Walks to the PTE of `addr`, allocating missing tables (`pmd_alloc`, then
+/// `pte_alloc`). Returns `None` when out of memory. `addr` must be below the
+/// mm's current limit.
+pub fn pte_alloc_walk<A: Mmu>(mm: &Mm<A>, addr: u64) -> Option<*mut u64> {
+    let pmdp = pmd_alloc(mm, addr)?;
+    ensure_table(mm, Level::Pmd, pmdp)?;
+    // SAFETY: `pmdp` is a live entry of this mm, populated just now or before.
+    Some(unsafe { A::pte_offset(pmdp, addr) })
 }
 
 /// Walks to the PMD entry of `addr` without allocating; `None` if an upper

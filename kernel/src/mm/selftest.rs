@@ -445,10 +445,10 @@ static SCAN_TOTALS: [AtomicU64; 3] = [const { AtomicU64::new(0) }; 3];
 static SCAN_PGTABLES_LIVE: AtomicU64 = AtomicU64::new(0);
 
 /// On a scanner CPU: scan every frame, pass after pass, until told to stop.
-fn scanner_loop(_: usize) {
+fn scanner_loop<A: Mmu>(_: usize) {
     let mut total = pfn_scanner::ScanStats::default();
     while !SCAN_STOP.load(Ordering::Acquire) {
-        let pass = pfn_scanner::scan_pass(0, page::max_pfn(), |_| {});
+        let pass = pfn_scanner::scan_pass::<A>(0, page::max_pfn(), |_| {});
         SCAN_PGTABLES_LIVE.fetch_add(pass.pgtables, Ordering::Relaxed);
         total.add(pass);
     }
@@ -501,7 +501,7 @@ fn pfn_scanner_beside_churn<A: Mmu>(_: &Cmdline) -> Outcome {
             t.store(0, Ordering::Release);
         }
         SCAN_PGTABLES_LIVE.store(0, Ordering::Release);
-        smp::smp_call_function::<A>(scanner_loop, 0, false);
+        smp::smp_call_function::<A>(scanner_loop::<A>, 0, false);
         // At least 40 rounds, and on until a scanner has held a page-table frame
         // (vCPUs time-share the host cores, so a scanner may start late), for
         // at most 10 s.

@@ -99,6 +99,7 @@ pub mod detect;
 pub mod gup_folding;
 pub mod nested_flush;
 pub mod point;
+pub mod ptfrag;
 pub mod ptfree;
 pub(crate) mod run_mm;
 pub mod scenario;

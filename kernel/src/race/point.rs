@@ -164,8 +164,23 @@ pub mod points {
     /// held for write. `addr` = the block's virtual address.
     pub static COLLAPSE_AFTER_INSTALL: RacePoint = RacePoint::new("khugepaged:after_install");
 
+    /// The fragment allocator (`pte_alloc_one`): a fresh block was allocated
+    /// (its head has the allocator's one reference), its fragment count not
+    /// yet set. `addr` = the head's pfn.
+    pub static FRAG_AFTER_BLOCK_ALLOC: RacePoint = RacePoint::new("frag:after_block_alloc");
+    /// The fragment allocator: the fresh block's fragment count is set (with
+    /// `set_page_count`, in the separate counter, or in the top bits, as the
+    /// policy says). `addr` = the head's pfn.
+    pub static FRAG_AFTER_BLOCK_COUNT: RacePoint = RacePoint::new("frag:after_block_count");
+    /// The pfn scanner: `get_page_unless_zero` took a speculative reference,
+    /// not yet dropped. `addr` = the pfn.
+    pub static PFN_SCAN_AFTER_GET: RacePoint = RacePoint::new("pfn_scan:after_get");
+    /// The pfn scanner: the speculative reference was dropped (`put_page`,
+    /// which frees the frame if it was the last). `addr` = the pfn.
+    pub static PFN_SCAN_AFTER_PUT: RacePoint = RacePoint::new("pfn_scan:after_put");
+
     /// All of the above.
-    pub static ALL: [&RacePoint; 27] = [
+    pub static ALL: [&RacePoint; 31] = [
         &ZAP_AFTER_PTE_CLEAR,
         &ZAP_BEFORE_PTL,
         &GATHER_AFTER_FLUSH,
@@ -193,6 +208,10 @@ pub mod points {
         &COLLAPSE_AFTER_ISOLATE,
         &COLLAPSE_AFTER_INSTALL,
         &COLLAPSE_BEFORE_PMD_CLEAR,
+        &FRAG_AFTER_BLOCK_ALLOC,
+        &FRAG_AFTER_BLOCK_COUNT,
+        &PFN_SCAN_AFTER_GET,
+        &PFN_SCAN_AFTER_PUT,
     ];
 
     /// The point named `name`.

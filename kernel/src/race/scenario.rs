@@ -124,6 +124,7 @@ pub fn all<A: Mmu>() -> Vec<Scenario<A>> {
         super::wp_unlock::scenario::<A>(),
         super::gup_folding::scenario::<A>(),
         super::zap_rmap::scenario::<A>(),
+        super::ptfrag::scenario::<A>(),
         super::collapse_gup::scenario::<A>(),
         super::ptfree::scenario::<A>(),
         super::skey_swap::scenario::<A>(),
