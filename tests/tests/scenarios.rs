@@ -126,3 +126,69 @@ fn unknown_scenario_is_refused() {
         b.failure_report()
     );
 }
+
+/// The natural-mode keys of soaks and benchmarks do what they say:
+/// `stop_at_hit` ends a buggy run at its first hit, `budget_s` ends a run
+/// on time, `delays=0` is reported, `progress_s` prints progress lines.
+fn natural_keys(arch: Arch) {
+    let Some(b) = boot(
+        arch,
+        4,
+        "scenario=wp-unlock-vs-zap variant=buggy-immediate mode=natural seed=3 stop_at_hit",
+        TIMEOUT,
+    ) else {
+        return;
+    };
+    assert_passed(&b);
+    let o = &expected::observed(&b.ktap)[0];
+    assert_eq!((o.outcome.as_str(), o.hits), ("bug", 1), "{arch}: {o:?}");
+    assert!(o.iterations < 10_000, "{arch}: {o:?}");
+    let Some(b) = boot(
+        arch,
+        4,
+        "scenario=wp-unlock-vs-zap variant=fixed mode=natural iterations=100000000 budget_s=3 delays=0 progress_s=1",
+        TIMEOUT,
+    ) else {
+        return;
+    };
+    assert_passed(&b);
+    let o = &expected::observed(&b.ktap)[0];
+    assert_eq!(o.outcome, "clean", "{arch}: {o:?}");
+    assert!(
+        o.iterations > 0 && o.iterations < 100_000_000,
+        "{arch}: {o:?}"
+    );
+    let case = b
+        .ktap
+        .case("scenario.wp-unlock-vs-zap:fixed:natural")
+        .unwrap();
+    let line = case
+        .diagnostics
+        .iter()
+        .find(|d| d.starts_with("row="))
+        .unwrap();
+    let value = |k: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(k)?.strip_prefix('='))
+            .unwrap()
+    };
+    let elapsed: u64 = value("elapsed_ms").parse().unwrap();
+    assert!((3_000..10_000).contains(&elapsed), "{arch}: {elapsed} ms");
+    assert_eq!(value("delays"), "0", "{arch}");
+    let progress = b
+        .console
+        .iter()
+        .filter(|l| l.contains("# progress: row=wp-unlock-vs-zap"))
+        .count();
+    assert!(progress >= 2, "{arch}: {progress} progress lines");
+}
+
+#[test]
+fn s390x_natural_keys() {
+    natural_keys(Arch::S390x);
+}
+
+#[test]
+fn x86_64_natural_keys() {
+    natural_keys(Arch::X86_64);
+}
