@@ -80,6 +80,10 @@ pub struct Report {
     pub conditions: String,
     /// Every figure.
     pub figures: Vec<Figure>,
+    /// Race boots that did not pass (a hang, a crash, an unexpected
+    /// outcome), one line each; their samples are left out.
+    #[serde(default)]
+    pub failures: Vec<String>,
 }
 
 impl Report {
@@ -289,6 +293,10 @@ pub fn group_svg(r: &Report, arch: &str, group: &str) -> Result<String> {
         * 1.1;
     let n = figs.len();
     let height = (80 + 34 * n as u32).max(200);
+    // Room for the longest bar label (13 px sans-serif: about 7 px a
+    // character), so short labels leave the width to the bars.
+    let longest = figs.iter().map(|(f, _)| f.name.chars().count()).max();
+    let label_area = (longest.unwrap_or(0) as u32 * 7 + 20).clamp(80, 290);
     {
         let err = |e: &dyn std::fmt::Display| anyhow::anyhow!("plotting {arch} {group}: {e}");
         let root = SVGBackend::with_string(&mut svg, (760, height)).into_drawing_area();
@@ -297,7 +305,7 @@ pub fn group_svg(r: &Report, arch: &str, group: &str) -> Result<String> {
             .caption(format!("{arch}: {group}"), ("sans-serif", 18))
             .margin(10)
             .x_label_area_size(40)
-            .y_label_area_size(290)
+            .y_label_area_size(label_area)
             .build_cartesian_2d(0.0..top, -0.5..(n as f64 - 0.5))
             .map_err(|e| err(&e))?;
         let names: Vec<String> = figs.iter().map(|(f, _)| f.name.clone()).collect();
@@ -358,7 +366,7 @@ fn esc(s: &str) -> String {
 /// architecture, and the full table (with the comparison, if any).
 pub fn html(r: &Report, cmp: &[Comparison], old_label: Option<&str>) -> Result<String> {
     let mut h = String::new();
-    h.push_str("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>quiesce benchmarks</title>\n<style>body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}td:first-child,td:nth-child(2),td:nth-child(3){text-align:left}.better{color:#070}.worse{color:#b00;font-weight:bold}.plots{display:flex;flex-wrap:wrap;gap:12px}</style></head><body>\n");
+    h.push_str("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>quiesce benchmarks</title>\n<style>body{font-family:sans-serif;margin:2em;max-width:1560px}figure{margin:0}table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}td:first-child,td:nth-child(2),td:nth-child(3){text-align:left}.better{color:#070}.worse{color:#b00;font-weight:bold}.plots{display:flex;flex-wrap:wrap;gap:12px}</style></head><body>\n");
     let _ = writeln!(h, "<h1>quiesce benchmarks</h1>");
     let _ = writeln!(
         h,
@@ -367,6 +375,13 @@ pub fn html(r: &Report, cmp: &[Comparison], old_label: Option<&str>) -> Result<S
         esc(r.commit.as_deref().unwrap_or("unknown")),
         r.unix_time
     );
+    for f in &r.failures {
+        let _ = writeln!(
+            h,
+            "<p class=\"worse\">FAILED boot (samples left out): {}</p>",
+            esc(f)
+        );
+    }
     if let Some(old) = old_label {
         let _ = writeln!(
             h,
@@ -712,6 +727,7 @@ pub fn run(opts: &Options, progress: &mut crate::progress::Progress) -> Result<R
             opts.runs, opts.race_runs, opts.race_runs, opts.smp
         ),
         figures: Vec::new(),
+        failures: Vec::new(),
     };
     let cells: Vec<_> = CELLS
         .iter()
@@ -774,9 +790,19 @@ pub fn run(opts: &Options, progress: &mut crate::progress::Progress) -> Result<R
                 let boot = Boot::run(&config, |_| {})?;
                 done += 1;
                 let case = format!("scenario.{}:{}:natural", c.row, c.variant);
-                let Some(r) = boot.ktap.case(&case) else {
+                let verdict = boot.verdict();
+                let r = boot.ktap.case(&case);
+                let Some(r) = r.filter(|_| verdict.passed) else {
                     progress.println(&boot.failure_report());
-                    anyhow::bail!("{a}: {case} did not run");
+                    report.failures.push(format!(
+                        "{arch} {name} seed {seed}: {}",
+                        if verdict.passed {
+                            format!("{case} did not run")
+                        } else {
+                            verdict.reasons.join("; ")
+                        }
+                    ));
+                    continue;
                 };
                 let figure = |k: &str| r.diag_value(k).and_then(|v| v.parse::<f64>().ok());
                 if let Some(v) = figure("iters_per_sec") {
@@ -837,6 +863,7 @@ mod tests {
             commit: Some("abc".into()),
             conditions: "3 boots, 4 CPUs <TCG>".into(),
             figures: Vec::new(),
+            failures: vec!["s390x x seed 1: timed out".into()],
         };
         r.figure("s390x", "shootdown latency", "ipte, 1 target", "ns", false)
             .samples = vec![3500.0, 3800.0, 7100.0];
@@ -901,6 +928,7 @@ mod tests {
         assert!(!page.contains("src=") && !page.contains("href="));
         assert!(page.contains("a &amp; b") && page.contains("&lt;TCG&gt;"));
         assert!(page.contains("x1.00"));
+        assert!(page.contains("FAILED boot (samples left out): s390x x seed 1: timed out"));
         // Each SVG names its group and draws a bar per figure.
         let svg = group_svg(&r, "s390x", "shootdown latency").unwrap();
         assert!(svg.contains("shootdown latency") && svg.contains("ipte, 1 target"));

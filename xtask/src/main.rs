@@ -544,7 +544,10 @@ fn bench(args: &BenchArgs) -> Result<ExitCode> {
             bench::FIRST_LINE_TARGET_MS
         );
     }
-    Ok(if met {
+    for f in &report.failures {
+        println!("FAILED boot: {f}");
+    }
+    Ok(if met && report.failures.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
@@ -713,19 +716,21 @@ fn run_tests_with_progress(
     Ok(status)
 }
 
-/// Progress of a soak, shared by its worker threads.
+/// Progress of a soak, shared by its worker threads: the boots done, the
+/// hits, and each running boot's iterations, shown through [`Progress`].
+///
+/// [`Progress`]: xtask::progress::Progress
 struct SoakProgress {
+    display: xtask::progress::Progress,
     total: usize,
     done: usize,
     hits: u64,
     /// Per running boot: label, iterations so far, target, elapsed ms.
     running: Vec<Option<(String, u64, u64, u64)>>,
-    started: std::time::Instant,
-    tty: bool,
 }
 
 impl SoakProgress {
-    fn show(&self) {
+    fn show(&mut self) {
         let mut parts = Vec::new();
         let mut left = 0.0f64;
         for (label, it, target, ms) in self.running.iter().flatten() {
@@ -735,12 +740,9 @@ impl SoakProgress {
             }
             parts.push(format!("{label} {it}/{target}"));
         }
-        let line = format!(
-            "soak: {}/{} boots done, {} hits, {} elapsed; running: {}{}",
-            self.done,
-            self.total,
+        let extra = format!(
+            "{} hits; running: {}{}",
             self.hits,
-            xtask::soak::human_secs(self.started.elapsed().as_secs_f64()),
             if parts.is_empty() {
                 "-".into()
             } else {
@@ -752,26 +754,17 @@ impl SoakProgress {
                 String::new()
             }
         );
-        if self.tty {
-            use std::io::Write;
-            print!("\r\x1b[2K{line}");
-            let _ = std::io::stdout().flush();
-        } else {
-            println!("{line}");
-        }
+        let line = self.display.status("soak", self.done, self.total, &extra);
+        self.display.update(&line);
     }
 
-    /// Prints a whole line (clearing the status line on a terminal).
-    fn say(&self, text: &str) {
-        if self.tty {
-            print!("\r\x1b[2K");
-        }
-        println!("{text}");
+    /// Prints a whole line above the status line.
+    fn say(&mut self, text: &str) {
+        self.display.println(text);
     }
 }
 
 fn soak(args: &SoakArgs) -> Result<ExitCode> {
-    use std::io::IsTerminal;
     use std::sync::Mutex;
     use xtask::soak::{judge, plan, Judgement, SoakResult};
     if args.jobs == 0 {
@@ -833,12 +826,11 @@ fn soak(args: &SoakArgs) -> Result<ExitCode> {
     }
     const PROGRESS_S: u64 = 10;
     let progress = Mutex::new(SoakProgress {
+        display: xtask::progress::Progress::new(),
         total: runs.len(),
         done: 0,
         hits: 0,
         running: vec![None; args.jobs],
-        started: std::time::Instant::now(),
-        tty: std::io::stdout().is_terminal(),
     });
     let next = std::sync::atomic::AtomicUsize::new(0);
     let results: Mutex<Vec<Option<(SoakResult, Judgement)>>> = Mutex::new(vec![None; runs.len()]);
@@ -936,6 +928,7 @@ fn soak(args: &SoakArgs) -> Result<ExitCode> {
             });
         }
     });
+    progress.lock().unwrap().display.finish();
     let results = results.into_inner().unwrap();
     let errors = errors.into_inner().unwrap();
     println!();

@@ -277,15 +277,13 @@ pub fn scenario<A: Mmu>() -> Scenario<A> {
         trace_points: &TRACE_POINTS,
         max_delay_ns: 1_000_000,
         budget: Budget {
-            forced_iterations: 3,
             // Not the catalogue's 10 000: a collapse that is not aborted
             // copies a 2 MiB block and frees its 512 small pages, 10-30 ms
             // under TCG, and with x86-64 flush IPIs 10-50 % of iterations
             // collapse (45-160 iterations/s). The long runs belong to
             // `cargo xtask soak`.
             natural_iterations: 400,
-            natural_time_ns: 240_000_000_000,
-            iteration_timeout_ns: 2_000_000_000,
+            ..Budget::CATALOGUE
         },
     }
 }

@@ -73,14 +73,7 @@ pub fn scenario<A: Mmu>() -> Scenario<A> {
         delay_points: &DELAY_POINTS,
         trace_points: &[],
         max_delay_ns: 20_000,
-        budget: Budget {
-            forced_iterations: 3,
-            natural_iterations: 10_000,
-            // Generous: the 10 000 iterations decide; this only bounds a
-            // run the host slowed down badly.
-            natural_time_ns: 240_000_000_000,
-            iteration_timeout_ns: 2_000_000_000,
-        },
+        budget: Budget::CATALOGUE,
     }
 }
 

@@ -111,10 +111,9 @@ pub fn scenario<A: Mmu>() -> Scenario<A> {
         trace_points: &TRACE_POINTS,
         max_delay_ns: 0,
         budget: Budget {
-            forced_iterations: 3,
-            natural_iterations: 10_000,
+            // Single CPU: 10 000 iterations take about 1.3 s.
             natural_time_ns: 60_000_000_000,
-            iteration_timeout_ns: 2_000_000_000,
+            ..Budget::CATALOGUE
         },
     }
 }

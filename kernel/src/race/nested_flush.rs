@@ -55,6 +55,7 @@
 
 use super::detect::Finding;
 use super::point::{self, points, race_point, RacePoint, Step};
+use super::run_mm::RunMm;
 use super::scenario::{Budget, Ctx, Scenario, Variant};
 use super::user;
 use super::waitfor::WaitClass;
@@ -67,7 +68,7 @@ use crate::mm::tlbflush::{self, FlushStrategy};
 use crate::mm::{pgtable, PAGE_SIZE};
 use crate::percpu;
 use alloc::{boxed::Box, format, string::String, vec, vec::Vec};
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::Ordering;
 
 const WRITER: usize = 0;
 const ZAP1: usize = 1;
@@ -143,10 +144,10 @@ fn config(v: &Variant) -> (FlushStrategy, NestedFlush) {
     CONFIG[i]
 }
 
-/// The run's mm (`Box::into_raw` of an `Mm<A>`, 0 when none), with its
+/// The run's mm ([`RunMm`]), with its
 /// mapping and page tables: built by `set_variant`, lent to each iteration
 /// by `setup`, taken back by `teardown`, torn down by `reset`.
-static RUN_MM: AtomicUsize = AtomicUsize::new(0);
+static RUN_MM: RunMm = RunMm::new();
 
 const RW: VmFlags = VmFlags {
     read: true,
@@ -176,10 +177,11 @@ fn set_variant<A: Mmu>(v: &Variant) -> Result<(), &'static str> {
     // (`teardown` leaves the same state behind). Without memory for them
     // `setup` finds no mm and the run fails.
     if let Some(mm) = Mm::<A>::new().map(Box::new) {
-        let ok = memory::mmap_anon(&mm, A::TASK_BASE, 2 * PAGE_SIZE, RW, false).is_ok()
+        let ok = memory::mmap_anon(&mm, user::stale_tlb_base::<A>(), 2 * PAGE_SIZE, RW, false)
+            .is_ok()
             && writable_page(&mm, page_addr::<A>()).is_ok();
         if ok {
-            RUN_MM.store(Box::into_raw(mm) as usize, Ordering::Release);
+            RUN_MM.put(mm);
         } else {
             memory::exit_mmap(*mm);
         }
@@ -188,20 +190,16 @@ fn set_variant<A: Mmu>(v: &Variant) -> Result<(), &'static str> {
 }
 
 fn reset<A: Mmu>() {
-    let mm = RUN_MM.swap(0, Ordering::AcqRel);
-    if mm != 0 {
-        // SAFETY: `set_variant` stored a `Box::into_raw` of an `Mm<A>`; no
-        // iteration holds it (`teardown` gave it back), no CPU runs it.
-        memory::exit_mmap(*unsafe { Box::from_raw(mm as *mut Mm<A>) });
-    }
+    RUN_MM.destroy::<A>();
     tlbflush::set_flush_strategy::<A>(A::FLUSH_STRATEGIES[0])
         .expect("the arch's default flush strategy");
     mmu_gather::set_tlb_policy(TlbPolicy::DEFAULT);
 }
 
-/// The page the writer stores to: the second of the mapping.
+/// The page the writer stores to: the second of the mapping (see
+/// [`user::stale_tlb_base`]).
 fn page_addr<A: Mmu>() -> u64 {
-    A::TASK_BASE + PAGE_SIZE
+    user::stale_tlb_base::<A>() + PAGE_SIZE
 }
 
 /// The row.
@@ -232,25 +230,14 @@ pub fn scenario<A: Mmu>() -> Scenario<A> {
         delay_points: &DELAY_POINTS,
         trace_points: &TRACE_POINTS,
         max_delay_ns: 200_000,
-        budget: Budget {
-            forced_iterations: 3,
-            natural_iterations: 10_000,
-            // Generous: the 10 000 iterations decide; this only bounds a
-            // run the host slowed down badly.
-            natural_time_ns: 240_000_000_000,
-            iteration_timeout_ns: 2_000_000_000,
-        },
+        budget: Budget::CATALOGUE,
     }
 }
 
 fn setup<A: Mmu>(ctx: &mut Ctx<A>) -> Result<(), String> {
-    let raw = RUN_MM.swap(0, Ordering::AcqRel);
-    if raw == 0 {
-        return Err("no mm for the run".into());
-    }
-    // SAFETY: `set_variant` or the last `teardown` stored a `Box::into_raw`
-    // of an `Mm<A>`; swapping it out makes this iteration its only owner.
-    let mm = unsafe { Box::from_raw(raw as *mut Mm<A>) };
+    let mm = RUN_MM
+        .take::<A>()
+        .ok_or_else(|| String::from("no mm for the run"))?;
     let addr = page_addr::<A>();
     let r = writable_page(&mm, addr);
     ctx.mm = Some(mm);
@@ -346,7 +333,7 @@ fn role<A: Mmu>(ctx: &Ctx<A>, role: usize) -> bool {
                 A::cpu_relax();
             }
             let (start, len) = if role == ZAP1 {
-                (A::TASK_BASE, 2 * PAGE_SIZE)
+                (user::stale_tlb_base::<A>(), 2 * PAGE_SIZE)
             } else {
                 (addr, PAGE_SIZE)
             };
@@ -388,7 +375,7 @@ fn teardown<A: Mmu>(ctx: &mut Ctx<A>) {
     // waking them costs more than the iteration itself under TCG.
     if let Some(mm) = ctx.mm.take() {
         if writable_page(&mm, page_addr::<A>()).is_ok() {
-            RUN_MM.store(Box::into_raw(mm) as usize, Ordering::Release);
+            RUN_MM.put(mm);
         } else {
             memory::exit_mmap(*mm);
         }

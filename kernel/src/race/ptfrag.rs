@@ -62,6 +62,7 @@
 
 use super::detect::{self, Finding};
 use super::point::{self, points, RacePoint, Step};
+use super::run_mm::RunMm;
 use super::scenario::{Budget, Ctx, Scenario, Variant};
 use crate::kprintln;
 use crate::mm::arch::{Level, Mmu};
@@ -69,7 +70,7 @@ use crate::mm::frag::{self, FragPolicy};
 use crate::mm::mm::{Mm, VmFlags};
 use crate::mm::{memory, page, page_alloc, pfn_scanner, pgtable, PAGE_SHIFT};
 use alloc::{boxed::Box, format, string::String, vec, vec::Vec};
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU64, Ordering};
 
 const ALLOC: usize = 0;
 const SCAN: usize = 1;
@@ -121,11 +122,11 @@ fn policy_of(v: &Variant) -> FragPolicy {
     }
 }
 
-/// The run's mm (`Box::into_raw` of an `Mm<A>`, 0 when none), with the
+/// The run's mm ([`RunMm`]), with the
 /// upper tables of the range, lent to each iteration (as in
 /// [`super::wp_unlock`]): building an address space per iteration would cost
 /// more than the race.
-static RUN_MM: AtomicUsize = AtomicUsize::new(0);
+static RUN_MM: RunMm = RunMm::new();
 
 /// Per-run counts, printed by `reset`.
 static STATS: [AtomicU64; 2] = [const { AtomicU64::new(0) }; 2];
@@ -162,7 +163,7 @@ fn set_variant<A: Mmu>(v: &Variant) -> Result<(), &'static str> {
                 .all(|i| pgtable::pmd_alloc(&mm, base::<A>() + i * A::PMD_SIZE).is_some())
             && memory::munmap(&mm, base::<A>(), span::<A>()).is_ok();
         if ok {
-            RUN_MM.store(Box::into_raw(mm) as usize, Ordering::Release);
+            RUN_MM.put(mm);
         } else {
             memory::exit_mmap(*mm);
         }
@@ -171,12 +172,7 @@ fn set_variant<A: Mmu>(v: &Variant) -> Result<(), &'static str> {
 }
 
 fn reset<A: Mmu>() {
-    let mm = RUN_MM.swap(0, Ordering::AcqRel);
-    if mm != 0 {
-        // SAFETY: `set_variant` stored a `Box::into_raw` of an `Mm<A>`; no
-        // iteration holds it (`teardown` gave it back), no CPU runs it.
-        memory::exit_mmap(*unsafe { Box::from_raw(mm as *mut Mm<A>) });
-    }
+    RUN_MM.destroy::<A>();
     let s = STATS.each_ref().map(|c| c.swap(0, Ordering::Relaxed));
     kprintln!(
         "    # ptfrag: policy={} frags_per_block={} scanner refs on the table block {}; blocks other than the freed one {}",
@@ -213,23 +209,14 @@ pub fn scenario<A: Mmu>() -> Scenario<A> {
         delay_points: &DELAY_POINTS,
         trace_points: &TRACE_POINTS,
         max_delay_ns: 20_000,
-        budget: Budget {
-            forced_iterations: 3,
-            natural_iterations: 10_000,
-            natural_time_ns: 240_000_000_000,
-            iteration_timeout_ns: 2_000_000_000,
-        },
+        budget: Budget::CATALOGUE,
     }
 }
 
 fn setup<A: Mmu>(ctx: &mut Ctx<A>) -> Result<(), String> {
-    let raw = RUN_MM.swap(0, Ordering::AcqRel);
-    if raw == 0 {
-        return Err("no mm for the run".into());
-    }
-    // SAFETY: `set_variant` or the last `teardown` stored a `Box::into_raw`
-    // of an `Mm<A>`; swapping it out makes this iteration its only owner.
-    let mm = unsafe { Box::from_raw(raw as *mut Mm<A>) };
+    let mm = RUN_MM
+        .take::<A>()
+        .ok_or_else(|| String::from("no mm for the run"))?;
     let r = memory::mmap_anon(&mm, base::<A>(), span::<A>(), RW, false);
     ctx.mm = Some(mm);
     ctx.addr = base::<A>();
@@ -414,7 +401,7 @@ fn teardown<A: Mmu>(ctx: &mut Ctx<A>) {
         // block) where the count was right. The upper tables stay.
         let last = base::<A>() + (frag::frags_per_block::<A>() as u64 - 1) * A::PMD_SIZE;
         if memory::munmap(&mm, last, A::PMD_SIZE).is_ok() {
-            RUN_MM.store(Box::into_raw(mm) as usize, Ordering::Release);
+            RUN_MM.put(mm);
         } else {
             memory::exit_mmap(*mm);
         }

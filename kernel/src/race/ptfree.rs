@@ -197,14 +197,7 @@ pub fn scenario<A: Mmu>() -> Scenario<A> {
         delay_points: &DELAY_POINTS,
         trace_points: &TRACE_POINTS,
         max_delay_ns: 100_000,
-        budget: Budget {
-            forced_iterations: 3,
-            natural_iterations: 10_000,
-            // Long enough for 10 000 iterations of the slowest fixed
-            // variant (RCU, every CPU woken per iteration) under TCG.
-            natural_time_ns: 240_000_000_000,
-            iteration_timeout_ns: 2_000_000_000,
-        },
+        budget: Budget::CATALOGUE,
     }
 }
 

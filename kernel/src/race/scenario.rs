@@ -61,6 +61,20 @@ pub struct Budget {
     pub iteration_timeout_ns: u64,
 }
 
+impl Budget {
+    /// The catalogue's budget: 3 forced iterations (each buggy one hits in
+    /// the first), 10 000 natural ones. The 240 s bound is generous: the
+    /// iterations decide, and it only ends a run the host slowed down badly
+    /// (the slowest fixed cells run about 150 iterations/s under TCG). An
+    /// iteration over 2 s is a hang unless the prover finds a cycle.
+    pub const CATALOGUE: Budget = Budget {
+        forced_iterations: 3,
+        natural_iterations: 10_000,
+        natural_time_ns: 240_000_000_000,
+        iteration_timeout_ns: 2_000_000_000,
+    };
+}
+
 /// What one iteration works on. Built by `setup`, read by the roles and the
 /// detectors, destroyed by `teardown`.
 pub struct Ctx<A: Mmu> {

@@ -54,6 +54,7 @@
 
 use super::detect::Finding;
 use super::point::{self, points, RacePoint, Step};
+use super::run_mm::RunMm;
 use super::scenario::{Budget, Ctx, Scenario, Variant};
 use crate::kprintln;
 use crate::mm::arch::{FaultInfo, Mmu};
@@ -64,7 +65,7 @@ use crate::mm::page::{self, pfn_to_page, PG_locked};
 use crate::mm::swap_state::{self, SwapCacheOrder, SwapDirtyAops};
 use crate::mm::{pgtable, xarray, PAGE_SIZE};
 use alloc::{boxed::Box, format, string::String, vec, vec::Vec};
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU64, Ordering};
 
 const RECLAIM: usize = 0;
 const ZAP: usize = 1;
@@ -142,9 +143,9 @@ struct Saved {
 
 static SAVED: spin::Mutex<Option<Saved>> = spin::Mutex::new(None);
 
-/// The run's mm (`Box::into_raw` of an `Mm<A>`, 0 when none), lent to each
+/// The run's mm ([`RunMm`]), lent to each
 /// iteration as in `wp_unlock`.
-static RUN_MM: AtomicUsize = AtomicUsize::new(0);
+static RUN_MM: RunMm = RunMm::new();
 
 /// Unmaps in the run whose page was still mapped when the zap ran.
 static ZAPS: AtomicU64 = AtomicU64::new(0);
@@ -172,7 +173,7 @@ fn set_variant<A: Mmu>(v: &Variant) -> Result<(), &'static str> {
         let populated = memory::mmap_anon(&mm, addr, PAGE_SIZE, VmFlags::RW, true)
             .and_then(|()| memory::madvise_dontneed(&mm, addr, PAGE_SIZE));
         if populated.is_ok() {
-            RUN_MM.store(Box::into_raw(mm) as usize, Ordering::Release);
+            RUN_MM.put(mm);
         } else {
             memory::exit_mmap(*mm);
         }
@@ -181,12 +182,7 @@ fn set_variant<A: Mmu>(v: &Variant) -> Result<(), &'static str> {
 }
 
 fn reset<A: Mmu>() {
-    let mm = RUN_MM.swap(0, Ordering::AcqRel);
-    if mm != 0 {
-        // SAFETY: `set_variant` stored a `Box::into_raw` of an `Mm<A>`; no
-        // iteration holds it (`teardown` gave it back), no CPU runs it.
-        memory::exit_mmap(*unsafe { Box::from_raw(mm as *mut Mm<A>) });
-    }
+    RUN_MM.destroy::<A>();
     if let Some(s) = SAVED.lock().take() {
         let (found, dropped) = dirty::skey_stats();
         kprintln!(
@@ -232,23 +228,14 @@ pub fn scenario<A: Mmu>() -> Scenario<A> {
         delay_points: &DELAY_POINTS,
         trace_points: &TRACE_POINTS,
         max_delay_ns: 100_000,
-        budget: Budget {
-            forced_iterations: 3,
-            natural_iterations: 10_000,
-            natural_time_ns: 240_000_000_000,
-            iteration_timeout_ns: 2_000_000_000,
-        },
+        budget: Budget::CATALOGUE,
     }
 }
 
 fn setup<A: Mmu>(ctx: &mut Ctx<A>) -> Result<(), String> {
-    let raw = RUN_MM.swap(0, Ordering::AcqRel);
-    if raw == 0 {
-        return Err("no mm for the run".into());
-    }
-    // SAFETY: `set_variant` or the last `teardown` stored a `Box::into_raw`
-    // of an `Mm<A>`; swapping it out makes this iteration its only owner.
-    let mm = unsafe { Box::from_raw(raw as *mut Mm<A>) };
+    let mm = RUN_MM
+        .take::<A>()
+        .ok_or_else(|| String::from("no mm for the run"))?;
     let addr = page_addr::<A>();
     ctx.word[MISSING_SEQ].store(xarray::nr_tag_on_missing_entry(), Ordering::Relaxed);
     let r = populate(&mm, addr);
@@ -360,7 +347,7 @@ fn teardown<A: Mmu>(ctx: &mut Ctx<A>) {
         // The page, if the zap did not take it; the VMA and the page tables
         // stay for the next iteration.
         if memory::madvise_dontneed(&mm, ctx.addr, PAGE_SIZE).is_ok() {
-            RUN_MM.store(Box::into_raw(mm) as usize, Ordering::Release);
+            RUN_MM.put(mm);
         } else {
             memory::exit_mmap(*mm);
         }

@@ -57,6 +57,7 @@
 
 use super::detect::{self, Finding};
 use super::point::{points, RacePoint, Step};
+use super::run_mm::RunMm;
 use super::scenario::{Budget, Ctx, Scenario, Variant};
 use super::waitfor::WaitClass;
 use crate::mm::arch::{FaultInfo, Mmu};
@@ -67,7 +68,7 @@ use crate::mm::page::{self, pfn_to_page, PG_locked, PG_poisoned};
 use crate::mm::{page_alloc, pgtable, PAGE_SIZE};
 use crate::percpu;
 use alloc::{boxed::Box, format, string::String, vec, vec::Vec};
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::Ordering;
 
 const FAULT: usize = 0;
 const ZAP: usize = 1;
@@ -104,12 +105,12 @@ static VARIANTS: [Variant; 3] = [
 /// The knobs before the run, put back by `reset`.
 static SAVED: spin::Mutex<Option<(WpUnlock, TlbPolicy)>> = spin::Mutex::new(None);
 
-/// The run's mm (`Box::into_raw` of an `Mm<A>`, 0 when none): built by
+/// The run's mm ([`RunMm`]): built by
 /// `set_variant` with its VMA and page tables, lent to each iteration's
 /// `Ctx` by `setup` and taken back by `teardown`, torn down by `reset`.
 /// Building and tearing down an address space per iteration would cost
 /// several times the race itself.
-static RUN_MM: AtomicUsize = AtomicUsize::new(0);
+static RUN_MM: RunMm = RunMm::new();
 
 fn set_variant<A: Mmu>(v: &Variant) -> Result<(), &'static str> {
     let (order, page_free) = match v.name {
@@ -131,7 +132,7 @@ fn set_variant<A: Mmu>(v: &Variant) -> Result<(), &'static str> {
         let populated = memory::mmap_anon(&mm, addr, PAGE_SIZE, VmFlags::RO, true)
             .and_then(|()| memory::madvise_dontneed(&mm, addr, PAGE_SIZE));
         if populated.is_ok() {
-            RUN_MM.store(Box::into_raw(mm) as usize, Ordering::Release);
+            RUN_MM.put(mm);
         } else {
             memory::exit_mmap(*mm);
         }
@@ -140,12 +141,7 @@ fn set_variant<A: Mmu>(v: &Variant) -> Result<(), &'static str> {
 }
 
 fn reset<A: Mmu>() {
-    let mm = RUN_MM.swap(0, Ordering::AcqRel);
-    if mm != 0 {
-        // SAFETY: `set_variant` stored a `Box::into_raw` of an `Mm<A>`; no
-        // iteration holds it (`teardown` gave it back), no CPU runs it.
-        memory::exit_mmap(*unsafe { Box::from_raw(mm as *mut Mm<A>) });
-    }
+    RUN_MM.destroy::<A>();
     if let Some((order, policy)) = SAVED.lock().take() {
         memory::set_wp_unlock_order(order);
         mmu_gather::set_tlb_policy(policy);
@@ -183,25 +179,14 @@ pub fn scenario<A: Mmu>() -> Scenario<A> {
         delay_points: &DELAY_POINTS,
         trace_points: &TRACE_POINTS,
         max_delay_ns: 20_000,
-        budget: Budget {
-            forced_iterations: 3,
-            natural_iterations: 10_000,
-            // Generous: the 10 000 iterations decide; this only bounds a
-            // run the host slowed down badly.
-            natural_time_ns: 240_000_000_000,
-            iteration_timeout_ns: 2_000_000_000,
-        },
+        budget: Budget::CATALOGUE,
     }
 }
 
 fn setup<A: Mmu>(ctx: &mut Ctx<A>) -> Result<(), String> {
-    let raw = RUN_MM.swap(0, Ordering::AcqRel);
-    if raw == 0 {
-        return Err("no mm for the run".into());
-    }
-    // SAFETY: `set_variant` or the last `teardown` stored a `Box::into_raw`
-    // of an `Mm<A>`; swapping it out makes this iteration its only owner.
-    let mm = unsafe { Box::from_raw(raw as *mut Mm<A>) };
+    let mm = RUN_MM
+        .take::<A>()
+        .ok_or_else(|| String::from("no mm for the run"))?;
     let addr = page_addr::<A>();
     ctx.word[BAD_SEQ].store(page_alloc::nr_bad_pages(), Ordering::Relaxed);
     let r = write_protected_page(&mm, addr);
@@ -317,7 +302,7 @@ fn teardown<A: Mmu>(ctx: &mut Ctx<A>) {
         if memory::madvise_dontneed(&mm, ctx.addr, PAGE_SIZE).is_ok()
             && memory::mprotect(&mm, ctx.addr, PAGE_SIZE, VmFlags::RO).is_ok()
         {
-            RUN_MM.store(Box::into_raw(mm) as usize, Ordering::Release);
+            RUN_MM.put(mm);
         } else {
             memory::exit_mmap(*mm);
         }

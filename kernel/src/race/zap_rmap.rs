@@ -68,6 +68,7 @@
 
 use super::detect::Finding;
 use super::point::{self, points, race_point, RacePoint, Step};
+use super::run_mm::RunMm;
 use super::scenario::{Budget, Ctx, Scenario, Variant};
 use super::user;
 use super::waitfor::WaitClass;
@@ -82,7 +83,7 @@ use crate::mm::tlbflush::{self, FlushStrategy};
 use crate::mm::{pgtable, PAGE_SIZE};
 use crate::percpu;
 use alloc::{boxed::Box, format, string::String, sync::Arc, vec, vec::Vec};
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::Ordering;
 
 const WRITER: usize = 0;
 const ZAP: usize = 1;
@@ -173,11 +174,11 @@ fn config(v: &Variant) -> (FlushStrategy, RmapOrder) {
     CONFIG[i]
 }
 
-/// The run's mm (`Box::into_raw` of an `Mm<A>`, 0 when none), with the
+/// The run's mm ([`RunMm`]), with the
 /// shared mapping of the file, its page cached and its page tables: built
 /// by `set_variant`, lent to each iteration by `setup`, taken back by
 /// `teardown`, torn down by `reset` (which drops the file with its VMA).
-static RUN_MM: AtomicUsize = AtomicUsize::new(0);
+static RUN_MM: RunMm = RunMm::new();
 
 const RW: VmFlags = VmFlags {
     read: true,
@@ -208,7 +209,7 @@ fn set_variant<A: Mmu>(v: &Variant) -> Result<(), &'static str> {
         let ok = memory::mmap_file(&mm, addr, PAGE_SIZE, RW, &file, 0, false, true)
             .and_then(|()| memory::madvise_dontneed(&mm, addr, PAGE_SIZE));
         if ok.is_ok() {
-            RUN_MM.store(Box::into_raw(mm) as usize, Ordering::Release);
+            RUN_MM.put(mm);
         } else {
             memory::exit_mmap(*mm);
         }
@@ -217,19 +218,15 @@ fn set_variant<A: Mmu>(v: &Variant) -> Result<(), &'static str> {
 }
 
 fn reset<A: Mmu>() {
-    let mm = RUN_MM.swap(0, Ordering::AcqRel);
-    if mm != 0 {
-        // SAFETY: `set_variant` stored a `Box::into_raw` of an `Mm<A>`; no
-        // iteration holds it (`teardown` gave it back), no CPU runs it.
-        memory::exit_mmap(*unsafe { Box::from_raw(mm as *mut Mm<A>) });
-    }
+    RUN_MM.destroy::<A>();
     tlbflush::set_flush_strategy::<A>(A::FLUSH_STRATEGIES[0])
         .expect("the arch's default flush strategy");
     mmu_gather::set_tlb_policy(TlbPolicy::DEFAULT);
 }
 
+/// The address of the shared file page (see [`user::stale_tlb_base`]).
 fn page_addr<A: Mmu>() -> u64 {
-    A::TASK_BASE
+    user::stale_tlb_base::<A>()
 }
 
 /// The row.
@@ -261,25 +258,14 @@ pub fn scenario<A: Mmu>() -> Scenario<A> {
         delay_points: &DELAY_POINTS,
         trace_points: &TRACE_POINTS,
         max_delay_ns: 200_000,
-        budget: Budget {
-            forced_iterations: 3,
-            natural_iterations: 10_000,
-            // Generous: the 10 000 iterations decide; this only bounds a
-            // run the host slowed down badly.
-            natural_time_ns: 240_000_000_000,
-            iteration_timeout_ns: 2_000_000_000,
-        },
+        budget: Budget::CATALOGUE,
     }
 }
 
 fn setup<A: Mmu>(ctx: &mut Ctx<A>) -> Result<(), String> {
-    let raw = RUN_MM.swap(0, Ordering::AcqRel);
-    if raw == 0 {
-        return Err("no mm for the run".into());
-    }
-    // SAFETY: `set_variant` or the last `teardown` stored a `Box::into_raw`
-    // of an `Mm<A>`; swapping it out makes this iteration its only owner.
-    let mm = unsafe { Box::from_raw(raw as *mut Mm<A>) };
+    let mm = RUN_MM
+        .take::<A>()
+        .ok_or_else(|| String::from("no mm for the run"))?;
     let addr = page_addr::<A>();
     let r = dirty_mapped_page(&mm, addr);
     ctx.mm = Some(mm);
@@ -455,6 +441,6 @@ fn teardown<A: Mmu>(ctx: &mut Ctx<A>) {
     // anyway). Zapping it here would flush every role CPU, halted by now:
     // waking them costs more than the iteration itself under TCG.
     if let Some(mm) = ctx.mm.take() {
-        RUN_MM.store(Box::into_raw(mm) as usize, Ordering::Release);
+        RUN_MM.put(mm);
     }
 }
