@@ -61,10 +61,51 @@ pub fn boot(arch: Arch, smp: usize, cmdline: &str, timeout: Duration) -> Option<
     config.smp = smp;
     config.cmdline = cmdline.to_string();
     config.timeout = timeout;
-    let boot =
-        Boot::run(&config, |_| {}).unwrap_or_else(|e| panic!("could not boot {arch}: {e:#}"));
+    let boot = {
+        let _cpus = HostCpus::take(smp);
+        Boot::run(&config, |_| {}).unwrap_or_else(|e| panic!("could not boot {arch}: {e:#}"))
+    };
     keep_console(&boot);
     Some(boot)
+}
+
+/// The host CPUs of this test process that boots have taken: a boot with
+/// `smp` CPUs runs `smp` TCG vCPU threads, and a race's handshakes spin on
+/// them. With more vCPU threads than host CPUs a spinning vCPU holds the
+/// host CPU that the vCPU it waits for needs, and every boot runs slower:
+/// two 4-CPU scenario boots side by side on 2 host CPUs took twice as long
+/// as the same boots one after the other. So boots start while their vCPUs
+/// fit in the host's CPUs, or when nothing else runs (a boot with more CPUs
+/// than the host has runs alone). The wait comes before the boot's timeout
+/// starts.
+struct HostCpus {
+    smp: usize,
+}
+
+static HOST_CPUS_TAKEN: Mutex<usize> = Mutex::new(0);
+static HOST_CPUS_FREED: std::sync::Condvar = std::sync::Condvar::new();
+
+impl HostCpus {
+    /// Waits until a boot with `smp` CPUs may start.
+    fn take(smp: usize) -> Self {
+        let host = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut taken = HOST_CPUS_TAKEN.lock().unwrap_or_else(|e| e.into_inner());
+        while *taken > 0 && *taken + smp > host {
+            taken = HOST_CPUS_FREED
+                .wait(taken)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+        *taken += smp;
+        HostCpus { smp }
+    }
+}
+
+impl Drop for HostCpus {
+    fn drop(&mut self) {
+        let mut taken = HOST_CPUS_TAKEN.lock().unwrap_or_else(|e| e.into_inner());
+        *taken -= self.smp;
+        HOST_CPUS_FREED.notify_all();
+    }
 }
 
 /// With `QUIESCE_KTAP_DIR` set (`cargo xtask test --junit`), writes the

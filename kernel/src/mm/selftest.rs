@@ -502,16 +502,23 @@ fn pfn_scanner_beside_churn<A: Mmu>(_: &Cmdline) -> Outcome {
         }
         SCAN_PGTABLES_LIVE.store(0, Ordering::Release);
         smp::smp_call_function::<A>(scanner_loop::<A>, 0, false);
-        // At least 40 rounds, and on until a scanner has held a page-table frame
-        // (vCPUs time-share the host cores, so a scanner may start late), for
-        // at most 10 s.
+        // 40 rounds or 1 s, whichever comes first (on s390x under TCG each
+        // storage-key reset and each IPTE stops every vCPU, so with 8 CPUs a
+        // round takes about 0.4 s), and on until a scanner has held a page-table frame
+        // (vCPUs time-share the host cores, so a scanner may start late),
+        // for at most 10 s.
         let t0 = A::clock_ns();
-        let mut result = churn::<A>(40);
-        while result.is_ok()
-            && SCAN_PGTABLES_LIVE.load(Ordering::Acquire) == 0
-            && A::clock_ns() - t0 < 10_000_000_000
-        {
-            result = churn::<A>(10);
+        let mut rounds = 0;
+        let mut result = Ok(());
+        while result.is_ok() {
+            let elapsed = A::clock_ns() - t0;
+            let enough = (rounds >= 40 || elapsed >= 1_000_000_000)
+                && SCAN_PGTABLES_LIVE.load(Ordering::Acquire) != 0;
+            if enough || elapsed >= 10_000_000_000 {
+                break;
+            }
+            result = churn::<A>(1);
+            rounds += 1;
         }
         SCAN_STOP.store(true, Ordering::Release);
         while SCANNERS_DONE.load(Ordering::Acquire) < smp::nr_cpus() as u64 - 1 {
@@ -521,7 +528,7 @@ fn pfn_scanner_beside_churn<A: Mmu>(_: &Cmdline) -> Outcome {
         let [scanned, referenced, pgtables] =
             SCAN_TOTALS.each_ref().map(|t| t.load(Ordering::Acquire));
         let new_bad = page_alloc::nr_bad_pages() - bad;
-        diag!("scanned={scanned} speculative_refs={referenced} on_page_tables={pgtables} bad_pages={new_bad}");
+        diag!("rounds={rounds} scanned={scanned} speculative_refs={referenced} on_page_tables={pgtables} bad_pages={new_bad}");
         if let Err(o) = result {
             return o;
         }
