@@ -7,7 +7,7 @@
 //! | `test=PAT[,PAT...]` | run only the tests whose `suite.case` name contains a pattern (`*` matches any run of characters) |
 //! | `seed=N` | seed for randomised runs (printed either way, to repeat a run) |
 //! | `iterations=N` | iteration budget for natural-mode runs |
-//! | `budget_s=N` | time budget of a natural-mode run in seconds, instead of the row's own (1 to 86400) |
+//! | `budget_s=N`, `budget_ms=N` | time budget of a natural-mode run in seconds (1 to 86400) or milliseconds (1 to 86400000), instead of the row's own; one of the two |
 //! | `delays=0\|1` | natural mode: arm the rows' window-widening delays (default 1) |
 //! | `stop_at_hit` | natural mode: end a run at its first hit (time-to-first-hit benchmarks) |
 //! | `progress_s=N` | natural mode: print a progress line every N seconds (1 to 3600) |
@@ -43,8 +43,8 @@ pub struct Cmdline<'a> {
     pub seed_given: bool,
     /// Iteration budget.
     pub iterations: Option<u64>,
-    /// Natural-mode time budget in seconds.
-    pub budget_s: Option<u64>,
+    /// Natural-mode time budget in milliseconds (`budget_s` or `budget_ms`).
+    pub budget_ms: Option<u64>,
     /// Natural mode: arm the window-widening delays.
     pub delays: bool,
     /// Natural mode: seconds between progress lines.
@@ -115,7 +115,7 @@ impl<'a> Cmdline<'a> {
             seed: DEFAULT_SEED,
             seed_given: false,
             iterations: None,
-            budget_s: None,
+            budget_ms: None,
             delays: true,
             progress_s: None,
             stop_at_hit: false,
@@ -138,6 +138,15 @@ impl<'a> Cmdline<'a> {
             };
             if seen.contains(&key) {
                 return Err(CmdlineError::Repeated(key));
+            }
+            if matches!(key, "budget_s" | "budget_ms")
+                && seen.iter().any(|k| matches!(*k, "budget_s" | "budget_ms"))
+            {
+                return Err(CmdlineError::BadValue {
+                    key,
+                    value: value.unwrap_or(""),
+                    expected: "one time budget: budget_s or budget_ms, not both",
+                });
             }
             seen.push(key);
             let need = |expected: &'static str| -> Result<&'a str, CmdlineError<'a>> {
@@ -192,7 +201,12 @@ impl<'a> Cmdline<'a> {
                     c.seed_given = true;
                 }
                 "iterations" => c.iterations = Some(number("a number")?),
-                "budget_s" => c.budget_s = Some(ranged(1, 86_400, "seconds from 1 to 86400")?),
+                "budget_s" => {
+                    c.budget_ms = Some(ranged(1, 86_400, "seconds from 1 to 86400")? * 1000)
+                }
+                "budget_ms" => {
+                    c.budget_ms = Some(ranged(1, 86_400_000, "milliseconds from 1 to 86400000")?)
+                }
                 "delays" => c.delays = flag()?,
                 "stop_at_hit" => c.stop_at_hit = flag()?,
                 "progress_s" => c.progress_s = Some(ranged(1, 3_600, "seconds from 1 to 3600")?),
@@ -341,12 +355,16 @@ mod tests {
         assert!(Cmdline::parse("mem=12X").is_err());
         assert!(Cmdline::parse("mem=M").is_err());
         assert_eq!(c.panic_cpu, Some(2));
-        assert_eq!((c.budget_s, c.delays, c.progress_s), (None, true, None));
+        assert_eq!((c.budget_ms, c.delays, c.progress_s), (None, true, None));
         assert!(!c.stop_at_hit && Cmdline::parse("stop_at_hit").unwrap().stop_at_hit);
         let soak = Cmdline::parse("budget_s=600 delays=0 progress_s=10").unwrap();
         assert_eq!(
-            (soak.budget_s, soak.delays, soak.progress_s),
-            (Some(600), false, Some(10))
+            (soak.budget_ms, soak.delays, soak.progress_s),
+            (Some(600_000), false, Some(10))
+        );
+        assert_eq!(
+            Cmdline::parse("budget_ms=250").unwrap().budget_ms,
+            Some(250)
         );
     }
 
@@ -388,7 +406,16 @@ mod tests {
             Cmdline::parse("dirty=pte"),
             Err(CmdlineError::BadValue { key: "dirty", .. })
         ));
-        for bad in ["budget_s=0", "budget_s=86401", "progress_s=0", "delays=2"] {
+        for bad in [
+            "budget_s=0",
+            "budget_s=86401",
+            "budget_ms=0",
+            "budget_ms=86400001",
+            "budget_s=1 budget_ms=5",
+            "budget_ms=5 budget_s=1",
+            "progress_s=0",
+            "delays=2",
+        ] {
             assert!(
                 matches!(Cmdline::parse(bad), Err(CmdlineError::BadValue { .. })),
                 "{bad}"

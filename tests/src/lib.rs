@@ -27,26 +27,17 @@ pub fn enabled(arch: Arch) -> bool {
 
 /// The environment variable naming a directory of prebuilt kernel ELFs
 /// (`quiesce-s390x`, `quiesce-x86_64`): a test machine that only runs the
-/// boot tests (README, "Scaling out") needs no kernel build.
-pub const KERNELS_ENV: &str = "QUIESCE_KERNELS";
+/// boot tests (docs/testing.md, "Scaling out") needs no kernel build.
+pub const KERNELS_ENV: &str = kbuild::KERNELS_ENV;
 
-/// The kernel ELF for `arch`: from `QUIESCE_KERNELS` if set, else built on
-/// first use.
+/// The kernel ELF for `arch`: from `QUIESCE_KERNELS` if set (refused at
+/// once if it is not a kernel ELF for `arch`), else built on first use.
 pub fn kernel(arch: Arch) -> PathBuf {
-    if let Some(dir) = std::env::var_os(KERNELS_ENV) {
-        let elf = PathBuf::from(dir).join(arch.binary());
-        assert!(
-            elf.is_file(),
-            "{KERNELS_ENV}: no kernel ELF at {}",
-            elf.display()
-        );
-        return elf;
-    }
     static BUILT: OnceLock<Mutex<HashMap<Arch, PathBuf>>> = OnceLock::new();
     let map = BUILT.get_or_init(|| Mutex::new(HashMap::new()));
     let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
     map.entry(arch)
-        .or_insert_with(|| kbuild::build(arch, true).unwrap_or_else(|e| panic!("{e:#}")))
+        .or_insert_with(|| kbuild::kernel(arch, true).unwrap_or_else(|e| panic!("{e:#}")))
         .clone()
 }
 

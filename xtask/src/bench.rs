@@ -740,7 +740,7 @@ pub fn run(opts: &Options, progress: &mut crate::progress::Progress) -> Result<R
     let total = opts.runs * opts.arches.len() + opts.race_runs * cells.len();
     let mut done = 0;
     for &a in &opts.arches {
-        let kernel = kbuild::build(a, true)?;
+        let kernel = kbuild::kernel(a, true)?;
         let arch = a.name();
         for _ in 0..opts.runs {
             progress.update(&progress.status("bench", done, total, &format!("{arch} self-tests")));

@@ -679,7 +679,7 @@ impl fmt::Display for Line {
         };
         write!(
             f,
-            "{:<22} {:<10} {:<8} {:<11} {:<11} {:>10} {:>7} {:>13}  {}",
+            "{:<23} {:<15} {:<8} {:<11} {:<11} {:>10} {:>7} {:>13}  {}",
             self.row,
             self.variant,
             self.mode.name(),
@@ -688,7 +688,7 @@ impl fmt::Display for Line {
             it,
             hits,
             first,
-            if self.ok { "ok" } else { "MISMATCH" }
+            self.verdict()
         )?;
         if let Some(note) = self.observed.as_ref().and_then(|o| o.note.as_ref()) {
             write!(f, "  ({note})")?;
@@ -699,7 +699,20 @@ impl fmt::Display for Line {
 
 /// The header matching [`Line`]'s `Display`.
 pub const HEADER: &str =
-    "row                    variant    mode     expected    observed    iterations    hits  first_hit_ms";
+    "row                     variant         mode     expected    observed    iterations    hits  first_hit_ms";
+
+impl Line {
+    /// The comparison's word: `ok`, `skip` (the cell agrees and does not
+    /// exist on this architecture: a skip is never shown as `ok`), or
+    /// `MISMATCH`.
+    pub fn verdict(&self) -> &'static str {
+        match (self.ok, &self.observed) {
+            (false, _) => "MISMATCH",
+            (true, Some(o)) if o.outcome == "skip" => "skip",
+            (true, _) => "ok",
+        }
+    }
+}
 
 /// Compares what a boot of `arch` observed with the table, over the cells
 /// `sel` asks for: every selected cell must have run and agree; every cell

@@ -11,6 +11,7 @@
 
 pub mod arch;
 pub mod bench;
+pub mod exit;
 pub mod expected;
 pub mod gdb;
 pub mod junit;
@@ -20,6 +21,7 @@ pub mod progress;
 pub mod qemu;
 pub mod setup;
 pub mod soak;
+pub mod tour;
 
 pub use arch::Arch;
 pub use qemu::{Boot, BootConfig, Verdict};
@@ -30,4 +32,18 @@ pub fn workspace_root() -> std::path::PathBuf {
         .parent()
         .expect("xtask lives one level below the workspace root")
         .to_path_buf()
+}
+
+/// The git revision of the workspace (`git describe --always --dirty`), or
+/// `unknown` without git.
+pub fn git_revision() -> String {
+    std::process::Command::new("git")
+        .current_dir(workspace_root())
+        .args(["describe", "--always", "--dirty", "--abbrev=12"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".into())
 }

@@ -1,18 +1,23 @@
 //! `cargo xtask`: build, run and test quiesce.
 //!
 //! - `cargo xtask build` builds the kernels.
-//! - `cargo xtask run` boots them under QEMU and prints a readable summary; the
-//!   exit status is non-zero if any run failed.
+//! - `cargo xtask run` boots them under QEMU and prints a readable summary:
+//!   plain, the quick tour ([`xtask::tour`]); `--full`, the CI-size runs.
 //! - `cargo xtask test` runs every host unit test and the boot-and-assert tests.
 //! - `cargo xtask qemu-cmd` prints the QEMU command a run would use.
-//! - `cargo xtask setup` installs QEMU if it is missing.
+//! - `cargo xtask setup` installs what the others need ([`xtask::setup`]).
+//!
+//! Exit status ([`xtask::exit`]): 0 pass, 1 a test or cell failed, 2 a usage
+//! error, 3 a set-up or harness error.
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::Duration;
+use xtask::exit::{usage, UsageError};
 use xtask::qemu::{Accel, BootConfig};
+use xtask::setup::Needs;
 use xtask::{expected, kbuild, setup, Arch, Boot};
 
 #[derive(Parser)]
@@ -54,7 +59,9 @@ enum Action {
     QemuCmd(RunArgs),
     /// rustfmt check and clippy (warnings denied) over the host crates and both kernels.
     Lint,
-    /// Install QEMU for both architectures if missing (needs root).
+    /// Install what the other subcommands need, if missing: the rustup
+    /// components and target of rust-toolchain.toml, QEMU for both
+    /// architectures, gdb-multiarch (apt needs root).
     Setup,
     /// Long natural-mode runs outside CI: every fixed cell for 10^6
     /// iterations, every buggy cell with and without delays.
@@ -153,12 +160,12 @@ struct RunArgs {
     /// Guest memory in MiB.
     #[arg(long, default_value_t = 256)]
     memory: u64,
-    /// QEMU accelerator: tcg, or kvm for the host's own architecture.
-    #[arg(long, default_value = "tcg")]
+    /// QEMU accelerator: kvm only for the host's own architecture.
+    #[arg(long, default_value = "tcg", value_parser = accel_parser())]
     accel: Accel,
     /// Seconds a boot may take before it counts as a hang (default 400: a
-    /// scenario boot runs 10 000 natural iterations per cell, minutes under
-    /// TCG; with --gdb, a day).
+    /// `--full` scenario boot runs 10 000 natural iterations per cell,
+    /// minutes under TCG; with --gdb, a day).
     #[arg(long)]
     timeout: Option<u64>,
     /// Also write each race report to a file in this directory
@@ -172,12 +179,16 @@ struct RunArgs {
     /// Run only tests whose `suite.case` name matches (comma-separated, `*` wildcards).
     #[arg(long)]
     test: Option<String>,
-    /// Race scenario to run.
-    #[arg(long)]
+    /// Race scenario (row) to run, or `all`, at the size CI runs it.
+    #[arg(long, value_parser = scenario_parser())]
     scenario: Option<String>,
-    /// Scenario variant.
-    #[arg(long)]
+    /// Scenario variant (one of the row's: `cargo xtask list` shows them).
+    #[arg(long, value_parser = variant_parser())]
     variant: Option<String>,
+    /// The plain run: every natural cell at the size CI runs it (10 000
+    /// iterations, buggy cells to their first hit) instead of the quick tour.
+    #[arg(long)]
+    full: bool,
     /// Scenario mode.
     #[arg(long, value_parser = ["natural", "forced"])]
     mode: Option<String>,
@@ -214,8 +225,8 @@ impl RunArgs {
         words.join(" ")
     }
 
-    fn config(&self, arch: Arch) -> BootConfig {
-        let mut c = BootConfig::new(arch, kbuild::kernel_path(arch));
+    fn config(&self, arch: Arch, kernel: &Path) -> BootConfig {
+        let mut c = BootConfig::new(arch, kernel.to_path_buf());
         c.smp = self.smp;
         c.memory_mib = self.memory;
         c.accel = self.accel;
@@ -225,34 +236,123 @@ impl RunArgs {
         c
     }
 
-    /// Checks everything that can be checked before building.
+    /// Checks everything that can be checked before building; every
+    /// error is a usage error.
     fn validate(&self) -> Result<()> {
         if self.gdb && self.arch == ArchSel::All {
-            bail!("--gdb debugs one kernel: give --arch s390x or --arch x86_64");
+            return Err(usage(
+                "--gdb debugs one kernel: give --arch s390x or --arch x86_64",
+            ));
+        }
+        if self.full && !self.is_plain() {
+            return Err(usage(
+                "--full is the plain run at CI size; --scenario, --test, --variant, --mode, \
+                 --seed and kernel arguments already run what they name at that size",
+            ));
+        }
+        if let Some(v) = &self.variant {
+            let row = self.scenario.as_deref().unwrap_or("all");
+            if !expected::CELLS
+                .iter()
+                .any(|c| c.variant == v && (row == "all" || c.row == row))
+            {
+                let mut known: Vec<&str> = expected::CELLS
+                    .iter()
+                    .filter(|c| row == "all" || c.row == row)
+                    .map(|c| c.variant)
+                    .collect();
+                known.sort();
+                known.dedup();
+                return Err(usage(format!(
+                    "--variant {v}: not a variant of {row} (known: {})",
+                    known.join(", ")
+                )));
+            }
         }
         for arch in self.arch.arches() {
-            let mut c = self.config(arch);
-            c.kernel = std::env::current_exe()?; // the kernel is checked after the build
-            c.validate()?;
+            self.config(arch, Path::new(""))
+                .validate_options()
+                .map_err(|e| usage(format!("{e:#}")))?;
         }
         Ok(())
     }
+
+    /// Whether this is the plain `cargo xtask run` (with `--full` or not).
+    fn is_plain(&self) -> bool {
+        self.scenario.is_none()
+            && self.test.is_none()
+            && self.variant.is_none()
+            && self.mode.is_none()
+            && self.seed.is_none()
+            && self.kernel_args.is_empty()
+    }
+}
+
+/// The rows of the expected table and `all`, for `--scenario`.
+fn scenario_parser() -> clap::builder::PossibleValuesParser {
+    let mut values = vec!["all"];
+    values.extend(xtask::tour::rows());
+    clap::builder::PossibleValuesParser::new(values)
+}
+
+/// Every variant name of the expected table, for `--variant`.
+fn variant_parser() -> clap::builder::PossibleValuesParser {
+    let mut values: Vec<&'static str> = Vec::new();
+    for c in expected::CELLS {
+        if !values.contains(&c.variant) {
+            values.push(c.variant);
+        }
+    }
+    clap::builder::PossibleValuesParser::new(values)
+}
+
+/// `tcg` or `kvm`, for `--accel`.
+fn accel_parser() -> impl clap::builder::TypedValueParser<Value = Accel> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(["tcg", "kvm"])
+        .map(|s| s.parse::<Accel>().expect("one of the possible values"))
 }
 
 fn main() -> ExitCode {
-    match real_main() {
+    use clap::{CommandFactory, FromArgMatches};
+    // `--version` carries the git revision, read when the driver runs.
+    let version: &'static str = Box::leak(
+        format!("{} ({})", env!("CARGO_PKG_VERSION"), xtask::git_revision()).into_boxed_str(),
+    );
+    let matches = Cli::command().version(version).get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    match real_main(cli) {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err:#}");
-            ExitCode::from(2)
+            if err.downcast_ref::<UsageError>().is_some() {
+                ExitCode::from(xtask::exit::USAGE)
+            } else {
+                ExitCode::from(xtask::exit::HARNESS)
+            }
         }
     }
 }
 
-fn real_main() -> Result<ExitCode> {
-    let cli = Cli::parse();
+/// The exit code of a finished run: pass, or a test or cell failed.
+fn verdict(passed: bool) -> ExitCode {
+    if passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(xtask::exit::FAILED)
+    }
+}
+
+fn real_main(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Action::Build { arch } => {
+            setup::ensure(&Needs {
+                toolchain: true,
+                ..Needs::default()
+            })?;
             for a in arch.arches() {
                 let path = kbuild::build(a, false)?;
                 println!("{a}: {}", path.display());
@@ -264,7 +364,7 @@ fn real_main() -> Result<ExitCode> {
         Action::QemuCmd(args) => {
             args.validate()?;
             for a in args.arch.arches() {
-                let c = args.config(a);
+                let c = args.config(a, &kbuild::kernel_path(a));
                 let file = xtask::qemu::write_cmdline_file(&c.cmdline)?;
                 println!("{}", c.qemu_command_line(&file));
             }
@@ -276,23 +376,48 @@ fn real_main() -> Result<ExitCode> {
             junit,
             test_args,
         } => {
+            let arches = arch.arches();
+            setup::ensure(&Needs {
+                toolchain: true,
+                lint: !no_lint,
+                qemu: arches.clone(),
+                gdb: true,
+            })?;
             if !no_lint {
-                lint()?;
+                if let Err(e) = lint() {
+                    eprintln!("error: {e:#}");
+                    return Ok(verdict(false));
+                }
             }
-            test(arch, &test_args, junit.as_deref())
+            test(&arches, &test_args, junit.as_deref())
         }
         Action::Bench(args) => bench(&args),
         Action::Lint => {
-            lint()?;
-            Ok(ExitCode::SUCCESS)
+            setup::ensure(&Needs {
+                toolchain: true,
+                lint: true,
+                ..Needs::default()
+            })?;
+            Ok(match lint() {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    verdict(false)
+                }
+            })
         }
         Action::Setup => {
-            setup::ensure_qemu(&Arch::ALL)?;
-            println!(
-                "QEMU: {} and {} present",
-                Arch::S390x.qemu_binary(),
-                Arch::X86_64.qemu_binary()
-            );
+            let needs = Needs::all();
+            let did = setup::ensure(&needs)?;
+            for line in &did {
+                println!("setup: {line}");
+            }
+            if did.is_empty() {
+                println!("setup: nothing to install");
+            }
+            for line in setup::describe(&needs)? {
+                println!("  {line}");
+            }
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -301,23 +426,24 @@ fn real_main() -> Result<ExitCode> {
 fn run(args: &RunArgs) -> Result<ExitCode> {
     args.validate()?;
     let arches = args.arch.arches();
-    setup::ensure_qemu(&arches)?;
+    setup::ensure(&needs_for_boots(&arches))?;
     if args.gdb {
         return run_gdb(args, arches[0]);
     }
-    // The plain `cargo xtask run` boots the self-tests and then every
-    // scenario cell; `--scenario` boots only the scenarios asked for.
-    let plain = args.scenario.is_none()
-        && args.test.is_none()
-        && args.variant.is_none()
-        && args.mode.is_none()
-        && args.seed.is_none()
-        && args.kernel_args.is_empty();
-    let mut summary = Vec::new();
+    let mut kernels = Vec::new();
     for &arch in &arches {
-        kbuild::build(arch, true)?;
+        kernels.push((arch, kbuild::kernel(arch, true)?));
+    }
+    if args.is_plain() && !args.full {
+        return tour(args, &kernels);
+    }
+    // `--full` boots the self-tests and then every scenario cell at CI
+    // size; `--scenario` boots only the scenarios asked for.
+    let plain = args.is_plain();
+    let mut summary = Vec::new();
+    for (arch, kernel) in kernels {
         if args.scenario.is_none() {
-            let config = args.config(arch);
+            let config = args.config(arch, &kernel);
             let boot = boot_and_print(args, &config)?;
             print_boot(&boot);
             summary.push((arch, "self-tests", boot.verdict().passed));
@@ -328,7 +454,7 @@ fn run(args: &RunArgs) -> Result<ExitCode> {
                 variant: args.variant.clone(),
                 mode: args.mode.as_deref().and_then(expected::Mode::from_name),
             };
-            let mut config = args.config(arch);
+            let mut config = args.config(arch, &kernel);
             if plain {
                 config.cmdline = "scenario=all".into();
             }
@@ -343,18 +469,218 @@ fn run(args: &RunArgs) -> Result<ExitCode> {
         .map(|(a, what, ok)| format!("{a} {what} {}", if *ok { "PASS" } else { "FAIL" }))
         .collect();
     println!("summary: {}", line.join(", "));
-    Ok(if summary.iter().all(|(_, _, ok)| *ok) {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(verdict(summary.iter().all(|(_, _, ok)| *ok)))
+}
+
+/// What booting `arches` needs: QEMU, and the toolchain unless
+/// `QUIESCE_KERNELS` names prebuilt kernels.
+fn needs_for_boots(arches: &[Arch]) -> Needs {
+    let mut needs = Needs::boot(arches);
+    needs.toolchain = arches.iter().any(|&a| kbuild::prebuilt(a).is_none());
+    needs
+}
+
+/// The plain `cargo xtask run`: the quick tour ([`xtask::tour`]), each
+/// cell's line printed as soon as its boot ends, a progress line on a
+/// terminal.
+fn tour(args: &RunArgs, kernels: &[(Arch, PathBuf)]) -> Result<ExitCode> {
+    use xtask::tour::{self, What};
+    let arches: Vec<Arch> = kernels.iter().map(|(a, _)| *a).collect();
+    let steps = tour::plan(&arches);
+    let total_cells: usize = steps.iter().map(|s| s.cells.len()).sum();
+    println!(
+        "quick tour: the self-tests, then {total_cells} cells of the expected table (forced; natural: \
+         buggy to the first hit, the others {} ms each; `--full` for the CI-size runs)",
+        tour::CLEAN_BUDGET_MS
+    );
+    let mut progress = xtask::progress::Progress::new();
+    let mut cells_done = 0usize;
+    let mut mismatches: Vec<String> = Vec::new();
+    let mut failed_boots = 0usize;
+    let mut current_arch = None;
+    let mut header_for = None;
+    let mut skips = SkipGroup::default();
+    let started = std::time::Instant::now();
+    for (i, step) in steps.iter().enumerate() {
+        let kernel = &kernels
+            .iter()
+            .find(|(a, _)| *a == step.arch)
+            .expect("a kernel per architecture")
+            .1;
+        if current_arch != Some(step.arch) {
+            if let Some(text) = skips.flush() {
+                progress.println(&text);
+            }
+            current_arch = Some(step.arch);
+            progress.println(&format!(
+                "== {}: {} CPUs, {} MiB",
+                step.arch, args.smp, args.memory
+            ));
+        }
+        let left: Duration = steps[i..].iter().map(|s| s.estimate).sum();
+        let what = match &step.what {
+            What::SelfTests => "self-tests".to_string(),
+            What::ForcedRow(row) => format!("{row} forced"),
+            What::Natural(c) => format!("{}:{} natural", c.row, c.variant),
+        };
+        progress.update(&format!(
+            "[{}] cell {} of {total_cells}: {} {what}; about {} s left",
+            xtask::soak::human_secs(started.elapsed().as_secs_f64()),
+            cells_done + step.cells.len().min(1),
+            step.arch,
+            left.as_secs()
+        ));
+        let mut config = args.config(step.arch, kernel);
+        config.cmdline = step.cmdline.clone();
+        let verbose = args.verbose;
+        let mut echo = Vec::new();
+        let boot = Boot::run(&config, |line| {
+            if verbose {
+                echo.push(format!("   | {line}"));
+            }
+        })?;
+        for l in echo {
+            progress.println(&l);
+        }
+        if step.what == What::SelfTests {
+            let v = boot.verdict();
+            let cases = boot.ktap.cases();
+            let skipped = cases.iter().filter(|(_, r)| r.skipped()).count();
+            let failed: Vec<&str> = cases
+                .iter()
+                .filter(|(_, r)| !r.passed())
+                .map(|(n, _)| n.as_str())
+                .collect();
+            progress.println(&format!(
+                "   self-tests: {} cases, {} ok, {skipped} skip, {} failed in {:.1} s{}",
+                cases.len(),
+                cases.len() - skipped - failed.len(),
+                failed.len(),
+                boot.elapsed.as_secs_f64(),
+                if v.passed { "" } else { "  FAILED" }
+            ));
+            if !v.passed {
+                failed_boots += 1;
+                mismatches.push(format!("{} self-tests", step.arch));
+                progress.println(&boot.failure_report());
+            }
+            continue;
+        }
+        if let Some(dir) = &args.report_dir {
+            for f in expected::write_race_reports(dir, step.arch, &boot.ktap)
+                .with_context(|| format!("writing race reports to {}", dir.display()))?
+            {
+                progress.println(&format!("   race report written to {}", f.display()));
+            }
+        }
+        let observed = expected::observed(&boot.ktap);
+        let lines = expected::compare(step.arch, &step.selection(), &observed);
+        let reports = expected::race_reports(&boot.ktap);
+        if header_for != Some(step.arch) {
+            header_for = Some(step.arch);
+            progress.println(&format!("   {}", expected::HEADER));
+        }
+        for l in lines.iter().filter(|l| l.verdict() == "skip") {
+            if let Some(text) = skips.add(l) {
+                progress.println(&text);
+            }
+        }
+        for l in lines.iter().filter(|l| l.verdict() != "skip") {
+            if let Some(text) = skips.flush() {
+                progress.println(&text);
+            }
+            progress.println(&format!("   {l}"));
+            // The one line that says what happened: the broken invariant,
+            // the cycle that made the schedule impossible, or the fix's wait.
+            let case = format!("scenario.{}:{}:{}", l.row, l.variant, l.mode.name());
+            if let Some((_, report)) = reports.iter().find(|(n, _)| *n == case) {
+                if let Some(first) = report.iter().find(|d| {
+                    d.starts_with("race: BUG")
+                        || d.starts_with("cycle:")
+                        || d.starts_with("held by the fix:")
+                        || d.starts_with("hang:")
+                }) {
+                    progress.println(&format!("       # {first}"));
+                }
+            }
+            if !l.ok {
+                mismatches.push(format!(
+                    "{} {} {} {}",
+                    step.arch,
+                    l.row,
+                    l.variant,
+                    l.mode.name()
+                ));
+            }
+        }
+        cells_done += step.cells.len();
+        if !boot.verdict().passed {
+            failed_boots += 1;
+            progress.println(&boot.failure_report());
+        }
+    }
+    if let Some(text) = skips.flush() {
+        progress.println(&text);
+    }
+    progress.finish();
+    println!();
+    println!(
+        "summary: {} of {total_cells} cells as expected, {failed_boots} boots failed, {} boots in {:.0} s",
+        total_cells - mismatches.iter().filter(|m| !m.ends_with("self-tests")).count(),
+        steps.len(),
+        started.elapsed().as_secs_f64()
+    );
+    for m in &mismatches {
+        println!("  MISMATCH or FAILED: {m}");
+    }
+    Ok(verdict(mismatches.is_empty() && failed_boots == 0))
+}
+
+/// Skipped cells of one row, mode and reason, printed as one line: a cell
+/// that does not exist on an architecture says so once, not per variant.
+#[derive(Default)]
+struct SkipGroup {
+    /// Row, mode, reason, and the variants so far.
+    open: Option<(String, expected::Mode, String, Vec<String>)>,
+}
+
+impl SkipGroup {
+    /// Adds a skipped cell; returns the finished group's line if this cell
+    /// starts another.
+    fn add(&mut self, l: &expected::Line) -> Option<String> {
+        let note = l
+            .observed
+            .as_ref()
+            .and_then(|o| o.note.clone())
+            .unwrap_or_default();
+        if let Some((row, mode, n, variants)) = &mut self.open {
+            if *row == l.row && *mode == l.mode && *n == note {
+                variants.push(l.variant.clone());
+                return None;
+            }
+        }
+        let done = self.flush();
+        self.open = Some((l.row.clone(), l.mode, note, vec![l.variant.clone()]));
+        done
+    }
+
+    /// The open group's line, if any.
+    fn flush(&mut self) -> Option<String> {
+        let (row, mode, note, variants) = self.open.take()?;
+        Some(format!(
+            "   {row:<23} {:<15} {:<8} skip: {} ({note})",
+            "-",
+            mode.name(),
+            variants.join(", ")
+        ))
+    }
 }
 
 /// `run --gdb`: one boot, halted until gdb continues it; the console is
 /// echoed, then the results are printed as usual.
 fn run_gdb(args: &RunArgs, arch: Arch) -> Result<ExitCode> {
-    let kernel = kbuild::build(arch, true)?;
-    let mut config = args.config(arch);
+    let kernel = kbuild::kernel(arch, true)?;
+    let mut config = args.config(arch, &kernel);
     config.kernel = kernel.clone();
     config.gdb_port = Some(xtask::gdb::free_port()?);
     let port = config.gdb_port.expect("set above");
@@ -498,7 +824,7 @@ fn print_boot(boot: &Boot) {
 fn bench(args: &BenchArgs) -> Result<ExitCode> {
     use xtask::bench;
     if args.runs == 0 {
-        bail!("--runs must be at least 1");
+        return Err(usage("--runs must be at least 1"));
     }
     let old = match &args.compare {
         Some(p) => Some(bench::Report::load(p)?),
@@ -508,7 +834,7 @@ fn bench(args: &BenchArgs) -> Result<ExitCode> {
         Some(p) => bench::Report::load(p)?,
         None => {
             let arches = args.arch.arches();
-            setup::ensure_qemu(&arches)?;
+            setup::ensure(&needs_for_boots(&arches))?;
             let opts = bench::Options {
                 arches,
                 runs: args.runs,
@@ -606,8 +932,7 @@ fn lint() -> Result<()> {
     Ok(())
 }
 
-fn test(arch: ArchSel, test_args: &[String], junit: Option<&Path>) -> Result<ExitCode> {
-    let arches = arch.arches();
+fn test(arches: &[Arch], test_args: &[String], junit: Option<&Path>) -> Result<ExitCode> {
     // The KTAP of every boot goes to `<FILE>.ktap/`, emptied first.
     let ktap_dir = junit.map(|f| {
         let mut d = f.as_os_str().to_owned();
@@ -620,10 +945,9 @@ fn test(arch: ArchSel, test_args: &[String], junit: Option<&Path>) -> Result<Exi
         }
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
-    setup::ensure_qemu(&arches)?;
-    for &a in &arches {
+    for &a in arches {
         println!("building the {a} kernel");
-        kbuild::build(a, true)?;
+        kbuild::kernel(a, true)?;
     }
     let names: Vec<&str> = arches.iter().map(|a| a.name()).collect();
     // The backends' page-table formats, tested on the host.
@@ -632,8 +956,9 @@ fn test(arch: ArchSel, test_args: &[String], junit: Option<&Path>) -> Result<Exi
         .args(["test", "--no-fail-fast", "--lib"])
         .args(backend_lib_packages())
         .status()?;
-    if !status.success() {
-        bail!("backend library tests failed ({status})");
+    let backend_ok = status.success();
+    if !backend_ok {
+        eprintln!("error: backend library tests failed ({status})");
     }
     let mut cmd = cargo();
     cmd.current_dir(xtask::workspace_root())
@@ -657,9 +982,9 @@ fn test(arch: ArchSel, test_args: &[String], junit: Option<&Path>) -> Result<Exi
         );
     }
     if !status.success() {
-        bail!("tests failed ({status})");
+        eprintln!("error: tests failed ({status})");
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(verdict(backend_ok && status.success()))
 }
 
 /// Runs `cargo test` (`cmd`), echoing its output, with a progress line:
@@ -768,13 +1093,16 @@ fn soak(args: &SoakArgs) -> Result<ExitCode> {
     use std::sync::Mutex;
     use xtask::soak::{judge, plan, Judgement, SoakResult};
     if args.jobs == 0 {
-        bail!("--jobs must be at least 1");
+        return Err(usage("--jobs must be at least 1"));
     }
     if args.fixed_iterations == 0 || args.buggy_iterations == 0 {
-        bail!("iteration counts must be at least 1");
+        return Err(usage("iteration counts must be at least 1"));
     }
     if !(1..=86_400).contains(&args.budget) {
-        bail!("--budget {}: 1 to 86400 seconds", args.budget);
+        return Err(usage(format!(
+            "--budget {}: 1 to 86400 seconds",
+            args.budget
+        )));
     }
     let seed = args.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
@@ -791,7 +1119,10 @@ fn soak(args: &SoakArgs) -> Result<ExitCode> {
         if row != "all" && !expected::CELLS.iter().any(|c| c.row == row) {
             let mut rows: Vec<&str> = expected::CELLS.iter().map(|c| c.row).collect();
             rows.dedup();
-            bail!("unknown scenario '{row}' (known: {})", rows.join(", "));
+            return Err(usage(format!(
+                "unknown scenario '{row}' (known: {})",
+                rows.join(", ")
+            )));
         }
     }
     let runs = plan(
@@ -803,7 +1134,7 @@ fn soak(args: &SoakArgs) -> Result<ExitCode> {
         seed,
     );
     if runs.is_empty() {
-        bail!("no natural cell matches the selection");
+        return Err(usage("no natural cell matches the selection"));
     }
     println!(
         "soak: {} boots, seed {seed}, {} CPUs, {} at a time; fixed cells {} iterations with delays, buggy cells {} iterations with and without",
@@ -819,10 +1150,10 @@ fn soak(args: &SoakArgs) -> Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    setup::ensure_qemu(&arches)?;
+    setup::ensure(&needs_for_boots(&arches))?;
     let mut kernels = std::collections::HashMap::new();
     for &a in &arches {
-        kernels.insert(a, kbuild::build(a, true)?);
+        kernels.insert(a, kbuild::kernel(a, true)?);
     }
     const PROGRESS_S: u64 = 10;
     let progress = Mutex::new(SoakProgress {

@@ -88,6 +88,18 @@ impl BootConfig {
 
     /// Checks the configuration, with an error that says what is wrong.
     pub fn validate(&self) -> Result<()> {
+        self.validate_options()?;
+        if !self.kernel.is_file() {
+            bail!(
+                "kernel {} does not exist (build it with `cargo xtask build`)",
+                self.kernel.display()
+            );
+        }
+        crate::kbuild::check_elf(self.arch, &self.kernel)
+    }
+
+    /// Checks everything but the kernel file (before it is built).
+    pub fn validate_options(&self) -> Result<()> {
         if !SMP_RANGE.contains(&self.smp) {
             bail!(
                 "--smp {}: the kernel supports {} to {} CPUs",
@@ -129,19 +141,13 @@ impl BootConfig {
         if self.cmdline.contains('\0') {
             bail!("the kernel command line contains a NUL byte");
         }
-        if !self.kernel.is_file() {
-            bail!(
-                "kernel {} does not exist (build it with `cargo xtask build`)",
-                self.kernel.display()
-            );
-        }
         Ok(())
     }
 
     /// The QEMU command line, with `cmdline_file` holding the kernel command line
     /// on s390x.
     pub fn qemu_command(&self, cmdline_file: &Path) -> Command {
-        let mut cmd = Command::new(self.arch.qemu_binary());
+        let mut cmd = Command::new(crate::setup::qemu_binary(self.arch));
         let accel = match self.accel {
             Accel::Tcg => "tcg",
             Accel::Kvm => "kvm",
@@ -293,16 +299,19 @@ impl Boot {
     /// console line as it arrives.
     pub fn run(config: &BootConfig, mut on_line: impl FnMut(&str)) -> Result<Boot> {
         config.validate()?;
-        crate::setup::ensure_qemu(&[config.arch])?;
+        crate::setup::ensure_qemu(config.arch)?;
         let cmdline_file = write_cmdline_file(&config.cmdline)?;
         let mut cmd = config.qemu_command(&cmdline_file);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let start = Instant::now();
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("starting {}", config.arch.qemu_binary()))?;
+        let mut child = cmd.spawn().with_context(|| {
+            format!(
+                "starting {}",
+                crate::setup::qemu_binary(config.arch).display()
+            )
+        })?;
         let stdout = child.stdout.take().expect("stdout is piped");
         let mut stderr_pipe = child.stderr.take().expect("stderr is piped");
         let (tx, rx) = mpsc::channel::<(Instant, String)>();
@@ -594,17 +603,25 @@ mod tests {
     #[test]
     fn bad_configs_are_rejected() {
         let mut c = BootConfig::new(Arch::X86_64, std::env::current_exe().unwrap());
-        assert!(c.validate().is_ok());
+        assert!(c.validate_options().is_ok());
         c.smp = 0;
-        assert!(c.validate().unwrap_err().to_string().contains("--smp 0"));
+        assert!(c
+            .validate_options()
+            .unwrap_err()
+            .to_string()
+            .contains("--smp 0"));
         c.smp = 65;
-        assert!(c.validate().is_err());
+        assert!(c.validate_options().is_err());
         c.smp = 2;
         c.memory_mib = 16;
-        assert!(c.validate().unwrap_err().to_string().contains("--memory"));
+        assert!(c
+            .validate_options()
+            .unwrap_err()
+            .to_string()
+            .contains("--memory"));
         c.memory_mib = 256;
         c.cmdline = "x".repeat(5000);
-        assert!(c.validate().is_err());
+        assert!(c.validate_options().is_err());
         c.cmdline.clear();
         c.kernel = PathBuf::from("/nonexistent/kernel");
         assert!(c
@@ -612,10 +629,14 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("does not exist"));
+        // A file that is not a kernel for the architecture is refused at once.
+        c.kernel = std::env::current_exe().unwrap();
+        let err = format!("{:#}", c.validate().unwrap_err());
+        assert!(err.contains("is not a x86_64 kernel"), "{err}");
         let mut s = BootConfig::new(Arch::S390x, std::env::current_exe().unwrap());
         s.accel = Accel::Kvm;
         assert!(s
-            .validate()
+            .validate_options()
             .unwrap_err()
             .to_string()
             .contains("cannot run under KVM"));

@@ -1,5 +1,6 @@
 //! Bad input to `cargo xtask` gets a clear error and exit status 2, before
-//! anything is built or booted.
+//! anything is built or booted; a harness problem (a kernel file that is not
+//! a kernel, a QEMU that is not there) exit status 3, at once.
 
 use std::process::{Command, Output};
 
@@ -11,9 +12,12 @@ fn xtask(args: &[&str]) -> Output {
 }
 
 fn assert_error(args: &[&str], needle: &str) {
-    let out = xtask(args);
+    assert_exit(xtask(args), args, 2, needle);
+}
+
+fn assert_exit(out: Output, args: &[&str], code: i32, needle: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+    assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
     assert!(
         stderr.contains(needle),
         "{args:?}: expected {needle:?} in:\n{stderr}"
@@ -38,7 +42,109 @@ fn unknown_options_and_values() {
         "unexpected argument '--frobnicate'",
     );
     assert_error(&["run", "--mode", "fast"], "invalid value 'fast'");
-    assert_error(&["run", "--accel", "hvf"], "unknown accelerator 'hvf'");
+    assert_error(&["run", "--accel", "hvf"], "invalid value 'hvf'");
+    assert_error(
+        &["run", "--scenario", "no-such-row"],
+        "invalid value 'no-such-row'",
+    );
+    assert_error(
+        &[
+            "run",
+            "--scenario",
+            "ptfrag-refcount",
+            "--variant",
+            "buggy-ipi",
+        ],
+        "--variant buggy-ipi: not a variant of ptfrag-refcount (known: buggy, fixed-a, fixed-b)",
+    );
+    assert_error(
+        &["run", "--full", "--scenario", "ptfrag-refcount"],
+        "--full is the plain run",
+    );
+    assert_error(&["soak", "--jobs", "0"], "--jobs must be at least 1");
+}
+
+#[test]
+fn help_lists_every_fixed_value() {
+    let out = xtask(&["run", "--help"]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for values in [
+        "[possible values: s390x, x86_64, all]",
+        "[possible values: tcg, kvm]",
+        "[possible values: natural, forced]",
+        "[possible values: all, demo-lock-vs-put, wp-unlock-vs-zap",
+    ] {
+        assert!(help.contains(values), "{values} missing from:\n{help}");
+    }
+}
+
+#[test]
+fn version_names_the_git_revision() {
+    let out = xtask(&["--version"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rev = xtask::git_revision();
+    assert!(
+        text.starts_with("cargo xtask ") && text.contains(&format!("({rev})")),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_kernel_file_that_is_not_a_kernel_is_refused_at_once() {
+    let dir = std::env::temp_dir().join(format!("quiesce-bad-kernels-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // Random-looking bytes, the size of a small kernel.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let bytes: Vec<u8> = (0..65536)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    for arch in xtask::Arch::ALL {
+        std::fs::write(dir.join(arch.binary()), &bytes).unwrap();
+    }
+    for arch in ["s390x", "x86_64"] {
+        let args = ["run", "--arch", arch];
+        let started = std::time::Instant::now();
+        let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+            .args(args)
+            .env(xtask::kbuild::KERNELS_ENV, &dir)
+            .output()
+            .expect("run xtask");
+        let file = dir.join(format!("quiesce-{arch}"));
+        assert_exit(
+            out,
+            &args,
+            3,
+            &format!(
+                "kernel file {} is not a {arch} kernel: not an ELF file",
+                file.display()
+            ),
+        );
+        assert!(started.elapsed().as_secs() < 10, "{:?}", started.elapsed());
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_missing_qemu_binary_is_a_harness_error() {
+    let args = ["run", "--arch", "s390x"];
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(args)
+        .env("QEMU_S390X", "/nonexistent/qemu-system-s390x")
+        .output()
+        .expect("run xtask");
+    assert_exit(
+        out,
+        &args,
+        3,
+        "QEMU_S390X=/nonexistent/qemu-system-s390x: no such file",
+    );
 }
 
 #[test]

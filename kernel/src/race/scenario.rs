@@ -263,7 +263,7 @@ const RECOVER_NS: u64 = 2_000_000_000;
 static WEDGED: AtomicBool = AtomicBool::new(false);
 
 /// Natural-mode options of long (soak) runs, from the command line
-/// (`budget_s`, `delays`, `progress_s`); the defaults are the rows' own
+/// (`budget_s` or `budget_ms`, `delays`, `progress_s`); the defaults are the rows' own
 /// budgets, delays armed, no progress lines.
 static NATURAL_TIME_NS: AtomicU64 = AtomicU64::new(0);
 static NATURAL_DELAYS: AtomicBool = AtomicBool::new(true);
@@ -798,7 +798,7 @@ pub fn run_selected<A: Mmu>(args: &Cmdline, ktap: &mut Run) -> bool {
     for (s, v, m) in cases {
         let case = format!("{}:{}:{}", s.name, v.name, mode_name(m));
         set_natural_options(
-            args.budget_s.map(|t| t * 1_000_000_000),
+            args.budget_ms.map(|t| t * 1_000_000),
             args.delays,
             args.progress_s.map(|t| t * 1_000_000_000),
         );
