@@ -69,7 +69,7 @@ pub fn boot(arch: Arch, smp: usize, cmdline: &str, timeout: Duration) -> Option<
 /// fit in the host's CPUs, or when nothing else runs (a boot with more CPUs
 /// than the host has runs alone). The wait comes before the boot's timeout
 /// starts.
-struct HostCpus {
+pub struct HostCpus {
     smp: usize,
 }
 
@@ -77,8 +77,9 @@ static HOST_CPUS_TAKEN: Mutex<usize> = Mutex::new(0);
 static HOST_CPUS_FREED: std::sync::Condvar = std::sync::Condvar::new();
 
 impl HostCpus {
-    /// Waits until a boot with `smp` CPUs may start.
-    fn take(smp: usize) -> Self {
+    /// Waits until a boot with `smp` CPUs may start; the CPUs are taken
+    /// until the value is dropped.
+    pub fn take(smp: usize) -> Self {
         let host = std::thread::available_parallelism().map_or(1, |n| n.get());
         let mut taken = HOST_CPUS_TAKEN.lock().unwrap_or_else(|e| e.into_inner());
         while *taken > 0 && *taken + smp > host {

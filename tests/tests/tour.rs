@@ -1,0 +1,80 @@
+//! The plain `cargo xtask run`, the quick tour (`xtask::tour`), as a user
+//! runs it: it passes, names every row of the catalogue, and prints each
+//! cell's line while it runs, not at the end. The output is read line by
+//! line as the driver writes it; a cell line counts as live when the
+//! driver was still running at the moment it was read.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use xtask::Arch;
+
+#[test]
+fn the_quick_tour_passes_and_talks_while_it_runs() {
+    let arches: Vec<Arch> = Arch::ALL
+        .into_iter()
+        .filter(|&a| quiesce_tests::enabled(a))
+        .collect();
+    for a in Arch::ALL.iter().filter(|a| !arches.contains(a)) {
+        println!("# SKIP {a}: not in QUIESCE_TEST_ARCHES");
+    }
+    if arches.is_empty() {
+        return;
+    }
+    // The kernels are built (or checked, with QUIESCE_KERNELS) first, so
+    // the driver's own build is a no-op.
+    for &a in &arches {
+        quiesce_tests::kernel(a);
+    }
+    let _cpus = quiesce_tests::HostCpus::take(4);
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(xtask::workspace_root())
+        .args(["run", "--quiet", "--package", "xtask", "--", "run"]);
+    if arches.len() == 1 {
+        cmd.args(["--arch", arches[0].name()]);
+    }
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start cargo xtask run");
+    let out = child.stdout.take().expect("piped");
+    let mut lines = Vec::new();
+    let mut live_cell_lines = 0usize;
+    let mut cell_lines = 0usize;
+    for line in BufReader::new(out).lines() {
+        let line = line.expect("read the driver's output");
+        println!("{line}");
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if words.len() > 3 && matches!(words.last(), Some(&"ok" | &"MISMATCH")) {
+            cell_lines += 1;
+            if child.try_wait().expect("poll the driver").is_none() {
+                live_cell_lines += 1;
+            }
+        }
+        lines.push(line);
+    }
+    let status = child.wait().expect("wait for the driver");
+    let text = lines.join("\n");
+    assert!(status.success(), "cargo xtask run failed ({status})");
+    for row in xtask::tour::rows() {
+        assert!(text.contains(row), "row {row} missing from the tour");
+    }
+    let cells = xtask::expected::CELLS
+        .iter()
+        .filter(|c| arches.contains(&c.arch))
+        .count();
+    assert!(
+        text.contains(&format!(
+            "summary: {cells} of {cells} cells as expected, 0 boots failed"
+        )),
+        "no passing summary line"
+    );
+    // Every cell that exists on an architecture has its own line (the
+    // others are grouped into `skip` lines per row); every one of them was
+    // printed while the driver still ran.
+    assert!(cell_lines > cells / 3, "{cell_lines} cell lines for {cells} cells");
+    assert_eq!(
+        live_cell_lines, cell_lines,
+        "cell lines printed after the driver ended"
+    );
+}
