@@ -4,6 +4,8 @@
 //! - `cargo xtask run` boots them under QEMU and prints a readable summary; the
 //!   exit status is non-zero if any run failed.
 //! - `cargo xtask test` runs every host unit test and the boot-and-assert tests.
+//! - `cargo xtask list` lists every race row, variant and self-test, read
+//!   from the kernels (`--json` for tools).
 //! - `cargo xtask qemu-cmd` prints the QEMU command a run would use.
 //! - `cargo xtask setup` installs QEMU if it is missing.
 
@@ -62,6 +64,16 @@ enum Action {
     /// Benchmarks of both architectures: a JSON file, an HTML report with
     /// plots and a table on the terminal.
     Bench(BenchArgs),
+    /// List every race row (seed thread, Linux commits), variant (the kernel
+    /// it models, expected outcomes) and self-test, as the kernels report
+    /// them (one `list` boot per architecture).
+    List {
+        #[arg(long, value_enum, default_value_t = ArchSel::All)]
+        arch: ArchSel,
+        /// Print one JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args)]
@@ -282,6 +294,7 @@ fn real_main() -> Result<ExitCode> {
             test(arch, &test_args, junit.as_deref())
         }
         Action::Bench(args) => bench(&args),
+        Action::List { arch, json } => list(arch, json),
         Action::Lint => {
             lint()?;
             Ok(ExitCode::SUCCESS)
@@ -493,6 +506,20 @@ fn print_boot(boot: &Boot) {
     if !v.passed {
         print!("{}", boot.failure_report());
     }
+}
+
+/// `list`: builds the kernels, boots each with `list` and prints what they
+/// have (`xtask::catalogue`).
+fn list(arch: ArchSel, json: bool) -> Result<ExitCode> {
+    let arches = arch.arches();
+    setup::ensure_qemu(&arches)?;
+    let catalogue = xtask::catalogue::from_kernels(&arches)?;
+    if json {
+        println!("{}", catalogue.json()?);
+    } else {
+        print!("{}", catalogue.text());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn bench(args: &BenchArgs) -> Result<ExitCode> {
