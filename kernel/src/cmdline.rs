@@ -12,6 +12,7 @@
 //! | `stop_at_hit` | natural mode: end a run at its first hit (time-to-first-hit benchmarks) |
 //! | `progress_s=N` | natural mode: print a progress line every N seconds (1 to 3600) |
 //! | `scenario=NAME\|all`, `variant=NAME`, `mode=natural\|forced` | run race scenarios instead of the self-tests (`crate::race`) |
+//! | `list` | print every race row (with its seed thread and Linux commits), every variant (with the kernel it models and whether this architecture accepts it) and every self-test suite and case, instead of running anything (`crate::list`) |
 //! | `tick_hz=N` | timer tick rate, 1..=10000 (default 100) |
 //! | `mem=SIZE` | ignore RAM at and above physical address SIZE (`K`, `M`, `G` suffixes), as Linux's `mem=` |
 //! | `dirty=softdirty\|skey` | dirty tracking of shared file pages (`mm::dirty`): PTE dirty bits with write-notify (default), or the storage key's change bit (only with storage keys: refused at boot otherwise) |
@@ -57,6 +58,8 @@ pub struct Cmdline<'a> {
     pub variant: Option<&'a str>,
     /// Scenario mode.
     pub mode: Option<Mode>,
+    /// `list`: print what the kernel has instead of running it.
+    pub list: bool,
     /// Timer tick rate.
     pub tick_hz: u32,
     /// `mem=`: RAM at and above this physical address is not used.
@@ -122,6 +125,7 @@ impl<'a> Cmdline<'a> {
             scenario: None,
             variant: None,
             mode: None,
+            list: false,
             tick_hz: 100,
             mem_limit: None,
             dirty: None,
@@ -225,6 +229,7 @@ impl<'a> Cmdline<'a> {
                         }
                     })
                 }
+                "list" => c.list = flag()?,
                 "tick_hz" => {
                     let hz = number("a rate from 1 to 10000")?;
                     if !(1..=10_000).contains(&hz) {
@@ -323,6 +328,22 @@ mod tests {
         assert!(!c.seed_given);
         assert_eq!(c.tick_hz, 100);
         assert!(!c.fail && !c.hang && !c.crash);
+        assert!(!c.list);
+    }
+
+    #[test]
+    fn list_is_a_flag() {
+        assert!(Cmdline::parse("list").unwrap().list);
+        assert!(Cmdline::parse("list=1").unwrap().list);
+        assert!(!Cmdline::parse("list=0").unwrap().list);
+        assert!(matches!(
+            Cmdline::parse("list=rows"),
+            Err(CmdlineError::BadValue { key: "list", .. })
+        ));
+        assert_eq!(
+            Cmdline::parse("list list"),
+            Err(CmdlineError::Repeated("list"))
+        );
     }
 
     #[test]

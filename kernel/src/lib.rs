@@ -22,6 +22,7 @@ pub mod console;
 pub mod heap;
 pub mod irq;
 pub mod ktap;
+pub mod list;
 pub mod mm;
 pub mod panic;
 pub mod percpu;

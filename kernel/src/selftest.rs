@@ -14,6 +14,9 @@ use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 /// A self-test case.
 pub(crate) type TestFn = fn(&Cmdline) -> Outcome;
 
+/// Self-test suites: each suite's name with its cases, in order.
+pub(crate) type Suites = Vec<(&'static str, Vec<(&'static str, TestFn)>)>;
+
 /// The `boot` suite, in order.
 fn boot_suite<A: Arch>() -> [(&'static str, TestFn); 9] {
     [
@@ -29,14 +32,10 @@ fn boot_suite<A: Arch>() -> [(&'static str, TestFn); 9] {
     ]
 }
 
-/// Runs the selected self-tests and prints their KTAP; returns whether all passed.
-pub fn run_all<A: crate::mm::arch::Mmu>(args: &Cmdline, run: &mut Run) -> bool {
-    if args.scenario.is_some() {
-        // Race scenarios instead of the self-tests.
-        return crate::race::scenario::run_selected::<A>(args, run);
-    }
-    // Every suite, in order; each keeps only the cases `test=` selects.
-    let suites: Vec<(&'static str, Vec<(&'static str, TestFn)>)> = [
+/// Every self-test suite with its cases, in the order they run (`list`
+/// prints them, [`run_all`] runs the ones `test=` selects).
+pub(crate) fn suites<A: crate::mm::arch::Mmu>() -> Suites {
+    [
         ("boot", boot_suite::<A>().to_vec()),
         (
             crate::mm::page_selftest::SUITE,
@@ -60,16 +59,31 @@ pub fn run_all<A: crate::mm::arch::Mmu>(args: &Cmdline, run: &mut Run) -> bool {
             crate::race::selftest::cases::<A>(),
         ),
     ]
-    .into_iter()
-    .map(|(suite, cases)| {
-        let cases: Vec<_> = cases
-            .into_iter()
-            .filter(|(name, _)| args.selects(suite, name))
-            .collect();
-        (suite, cases)
-    })
-    .filter(|(_, cases)| !cases.is_empty())
-    .collect();
+    .into()
+}
+
+/// Runs the selected self-tests and prints their KTAP; returns whether all passed.
+pub fn run_all<A: crate::mm::arch::Mmu>(args: &Cmdline, run: &mut Run) -> bool {
+    if args.list {
+        // Print what this kernel has instead of running anything.
+        return crate::list::print::<A>(run);
+    }
+    if args.scenario.is_some() {
+        // Race scenarios instead of the self-tests.
+        return crate::race::scenario::run_selected::<A>(args, run);
+    }
+    // Every suite, in order; each keeps only the cases `test=` selects.
+    let suites: Suites = suites::<A>()
+        .into_iter()
+        .map(|(suite, cases)| {
+            let cases: Vec<_> = cases
+                .into_iter()
+                .filter(|(name, _)| args.selects(suite, name))
+                .collect();
+            (suite, cases)
+        })
+        .filter(|(_, cases)| !cases.is_empty())
+        .collect();
     if suites.is_empty() {
         run.plan(1);
         run.result(

@@ -27,8 +27,14 @@ fn the_quick_tour_passes_and_talks_while_it_runs() {
     }
     let _cpus = quiesce_tests::HostCpus::take(4);
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.current_dir(xtask::workspace_root())
-        .args(["run", "--quiet", "--package", "xtask", "--", "run"]);
+    cmd.current_dir(xtask::workspace_root()).args([
+        "run",
+        "--quiet",
+        "--package",
+        "xtask",
+        "--",
+        "run",
+    ]);
     if arches.len() == 1 {
         cmd.args(["--arch", arches[0].name()]);
     }
@@ -72,7 +78,10 @@ fn the_quick_tour_passes_and_talks_while_it_runs() {
     // Every cell that exists on an architecture has its own line (the
     // others are grouped into `skip` lines per row); every one of them was
     // printed while the driver still ran.
-    assert!(cell_lines > cells / 3, "{cell_lines} cell lines for {cells} cells");
+    assert!(
+        cell_lines > cells / 3,
+        "{cell_lines} cell lines for {cells} cells"
+    );
     assert_eq!(
         live_cell_lines, cell_lines,
         "cell lines printed after the driver ended"

@@ -11,6 +11,7 @@
 
 pub mod arch;
 pub mod bench;
+pub mod catalogue;
 pub mod exit;
 pub mod expected;
 pub mod gdb;

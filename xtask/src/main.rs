@@ -4,6 +4,8 @@
 //! - `cargo xtask run` boots them under QEMU and prints a readable summary:
 //!   plain, the quick tour ([`xtask::tour`]); `--full`, the CI-size runs.
 //! - `cargo xtask test` runs every host unit test and the boot-and-assert tests.
+//! - `cargo xtask list` lists every race row, variant and self-test, read
+//!   from the kernels (`--json` for tools).
 //! - `cargo xtask qemu-cmd` prints the QEMU command a run would use.
 //! - `cargo xtask setup` installs what the others need ([`xtask::setup`]).
 //!
@@ -69,6 +71,16 @@ enum Action {
     /// Benchmarks of both architectures: a JSON file, an HTML report with
     /// plots and a table on the terminal.
     Bench(BenchArgs),
+    /// List every race row (seed thread, Linux commits), variant (the kernel
+    /// it models, expected outcomes) and self-test, as the kernels report
+    /// them (one `list` boot per architecture).
+    List {
+        #[arg(long, value_enum, default_value_t = ArchSel::All)]
+        arch: ArchSel,
+        /// Print one JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args)]
@@ -392,6 +404,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             test(&arches, &test_args, junit.as_deref())
         }
         Action::Bench(args) => bench(&args),
+        Action::List { arch, json } => list(arch, json),
         Action::Lint => {
             setup::ensure(&Needs {
                 toolchain: true,
@@ -819,6 +832,22 @@ fn print_boot(boot: &Boot) {
     if !v.passed {
         print!("{}", boot.failure_report());
     }
+}
+
+/// `list`: builds the kernels, boots each with `list` and prints what they
+/// have (`xtask::catalogue`).
+fn list(arch: ArchSel, json: bool) -> Result<ExitCode> {
+    let arches = arch.arches();
+    setup::ensure(&needs_for_boots(&arches))?;
+    let catalogue = xtask::catalogue::from_kernels(&arches)?;
+    if json {
+        println!("{}", catalogue.json()?);
+    } else {
+        print!("{}", catalogue.text());
+    }
+    // A kernel that refuses a variant the table expects to run (or runs
+    // one it marks `skip`) is a failed check, not a listing.
+    Ok(verdict(catalogue.problems.is_empty()))
 }
 
 fn bench(args: &BenchArgs) -> Result<ExitCode> {

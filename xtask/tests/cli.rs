@@ -42,6 +42,7 @@ fn unknown_options_and_values() {
         "unexpected argument '--frobnicate'",
     );
     assert_error(&["run", "--mode", "fast"], "invalid value 'fast'");
+    assert_error(&["list", "--arch", "arm64"], "invalid value 'arm64'");
     assert_error(&["run", "--accel", "hvf"], "invalid value 'hvf'");
     assert_error(
         &["run", "--scenario", "no-such-row"],

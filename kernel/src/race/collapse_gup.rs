@@ -94,7 +94,7 @@
 use super::detect::Finding;
 use super::point::{self, points, RacePoint, Step};
 use super::run_mm::RunMm;
-use super::scenario::{Budget, Ctx, Scenario, Variant};
+use super::scenario::{Budget, Commit, CommitRole, Ctx, Scenario, Variant};
 use super::waitfor::WaitClass;
 use crate::kprintln;
 use crate::mm::arch::{Level, Mmu};
@@ -135,11 +135,13 @@ static TRACE_POINTS: [&RacePoint; 0] = [];
 const fn variant(
     name: &'static str,
     about: &'static str,
+    models: &'static str,
     fix_waits: &'static [WaitClass],
 ) -> Variant {
     Variant {
         name,
         about,
+        models,
         fix_waits,
     }
 }
@@ -147,52 +149,76 @@ const fn variant(
 /// The kernels, per flush strategy; [`CONFIG`] holds the knobs of each, in
 /// the same order.
 static VARIANTS: [Variant; 12] = [
-    variant("buggy-ipi", "PTE recheck only; flush IPIs", &[]),
+    variant(
+        "buggy-ipi",
+        "PTE recheck only; flush IPIs",
+        "Linux before 70cbc3cc78a9 and 2ba99c5e0881: GUP-fast rechecks only the PTE; x86-64 IPI shootdown (bare-metal Linux before 6.15)",
+        &[],
+    ),
     variant(
         "fixed-a-ipi",
         "GUP-fast rechecks the PMD (70cbc3cc78a9), table freed after RCU; flush IPIs",
+        "70cbc3cc78a9: GUP-fast rechecks the PMD too (the old table freed after RCU); x86-64 IPI shootdown (bare-metal Linux before 6.15)",
         &[],
     ),
     variant(
         "fixed-b-ipi",
         "IPI sync after the PMD clear (2ba99c5e0881); flush IPIs",
+        "2ba99c5e0881: an IPI sync after the PMD clear, before the pin check; x86-64 IPI shootdown (bare-metal Linux before 6.15)",
         &[WaitClass::CallIpi],
     ),
     variant(
         "rcu-only-ipi",
         "old table freed after an RCU grace period, nothing else; flush IPIs",
+        "no Linux kernel: MMU_GATHER_RCU_TABLE_FREE alone, which keeps the old table but not the page; x86-64 IPI shootdown (bare-metal Linux before 6.15)",
         &[],
     ),
-    variant("buggy-nmi", "PTE recheck only; flush NMIs", &[]),
+    variant(
+        "buggy-nmi",
+        "PTE recheck only; flush NMIs",
+        "Linux before 70cbc3cc78a9 and 2ba99c5e0881: GUP-fast rechecks only the PTE; NMI shootdown, standing for broadcast invalidation (AMD INVLPGB, arm64 TLBI IS)",
+        &[],
+    ),
     variant(
         "fixed-a-nmi",
         "GUP-fast rechecks the PMD (70cbc3cc78a9), table freed after RCU; flush NMIs",
+        "70cbc3cc78a9: GUP-fast rechecks the PMD too (the old table freed after RCU); NMI shootdown, standing for broadcast invalidation (AMD INVLPGB, arm64 TLBI IS)",
         &[],
     ),
     variant(
         "fixed-b-nmi",
         "IPI sync after the PMD clear (2ba99c5e0881); flush NMIs",
+        "2ba99c5e0881: an IPI sync after the PMD clear, before the pin check; NMI shootdown, standing for broadcast invalidation (AMD INVLPGB, arm64 TLBI IS)",
         &[WaitClass::CallIpi],
     ),
     variant(
         "rcu-only-nmi",
         "old table freed after an RCU grace period, nothing else; flush NMIs",
+        "no Linux kernel: MMU_GATHER_RCU_TABLE_FREE alone, which keeps the old table but not the page; NMI shootdown, standing for broadcast invalidation (AMD INVLPGB, arm64 TLBI IS)",
         &[],
     ),
-    variant("buggy-ipte", "PTE recheck only; IPTE/IDTE", &[]),
+    variant(
+        "buggy-ipte",
+        "PTE recheck only; IPTE/IDTE",
+        "Linux before 70cbc3cc78a9 and 2ba99c5e0881: GUP-fast rechecks only the PTE; s390 IPTE/IDTE",
+        &[],
+    ),
     variant(
         "fixed-a-ipte",
         "GUP-fast rechecks the PMD (70cbc3cc78a9), table freed after RCU; IPTE/IDTE",
+        "70cbc3cc78a9: GUP-fast rechecks the PMD too (the old table freed after RCU); s390 IPTE/IDTE",
         &[],
     ),
     variant(
         "fixed-b-ipte",
         "IPI sync after the PMD clear (2ba99c5e0881); IPTE/IDTE",
+        "2ba99c5e0881: an IPI sync after the PMD clear, before the pin check; s390 IPTE/IDTE",
         &[WaitClass::CallIpi],
     ),
     variant(
         "rcu-only-ipte",
         "old table freed after an RCU grace period, nothing else; IPTE/IDTE",
+        "no Linux kernel: MMU_GATHER_RCU_TABLE_FREE alone, which keeps the old table but not the page; s390 IPTE/IDTE",
         &[],
     ),
 ];
@@ -248,11 +274,30 @@ fn config_of(v: &Variant) -> Config {
     CONFIG[i]
 }
 
+/// The Linux commits of the row.
+static COMMITS: [Commit; 2] = [
+    Commit {
+        hash: "70cbc3cc78a9",
+        subject: Some("mm: gup: fix the fast GUP race against THP collapse"),
+        release: None,
+        role: CommitRole::Fix,
+    },
+    Commit {
+        hash: "2ba99c5e0881",
+        subject: Some("mm/khugepaged: fix GUP-fast interaction by sending IPI"),
+        release: None,
+        role: CommitRole::Fix,
+    },
+];
+
 /// The row.
 pub fn scenario<A: Mmu>() -> Scenario<A> {
     Scenario {
         name: "collapse-vs-gup-fast",
         about: "GUP-fast pins a small page of the old table after THP collapse checked for pins",
+        catalogue: Some(5),
+        seed: "seed 003: \"mm: khugepaged: fix potential page state corruption\" (March 2020)",
+        commits: &COMMITS,
         roles: &["collapse", "gup"],
         variants: &VARIANTS,
         set_variant: set_variant::<A>,

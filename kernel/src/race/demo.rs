@@ -24,7 +24,7 @@
 //!   is freed for good once unlocked.
 
 use super::point::{points, race_point, RacePoint, Step};
-use super::scenario::{Budget, Ctx, Scenario, Variant};
+use super::scenario::{Budget, Commit, CommitRole, Ctx, Scenario, Variant};
 use crate::mm::arch::Mmu;
 use crate::mm::page::{self, pfn_to_page, PG_poisoned};
 use crate::mm::page_alloc;
@@ -40,12 +40,30 @@ static VARIANTS: [Variant; 2] = [
     Variant {
         name: "buggy",
         about: "the locker relies on the putter's reference",
+        models: "no Linux kernel: the core of 09854ba94c6a's race (a page locked by a CPU that holds no reference of its own), without the page tables",
         fix_waits: &[],
     },
     Variant {
         name: "fixed",
         about: "the locker holds its own reference across lock_page..unlock_page",
+        models: "no Linux kernel: catalogue row 1's other fix in words, the locker holds its own reference (get_page) across lock_page..unlock_page",
         fix_waits: &[],
+    },
+];
+
+/// The Linux commits of the row.
+static COMMITS: [Commit; 2] = [
+    Commit {
+        hash: "09854ba94c6a",
+        subject: Some("mm: do_wp_page() simplification"),
+        release: None,
+        role: CommitRole::Context,
+    },
+    Commit {
+        hash: "be068f29034f",
+        subject: Some("mm: fix misplaced unlock_page in do_wp_page()"),
+        release: Some("5.9-rc7"),
+        role: CommitRole::Context,
     },
 ];
 
@@ -54,6 +72,9 @@ pub fn scenario<A: Mmu>() -> Scenario<A> {
     Scenario {
         name: "demo-lock-vs-put",
         about: "a page's last reference dropped while another CPU holds its lock",
+        catalogue: None,
+        seed: "none: a demonstration row, the core of catalogue row 1 (seed 000) without the page tables",
+        commits: &COMMITS,
         roles: &["locker", "putter"],
         variants: &VARIANTS,
         set_variant: |_| Ok(()),

@@ -53,7 +53,7 @@
 use super::detect::Finding;
 use super::point::{self, points, RacePoint};
 use super::run_mm::RunMm;
-use super::scenario::{Budget, Ctx, Scenario, Variant};
+use super::scenario::{Budget, Commit, CommitRole, Ctx, Scenario, Variant};
 use crate::mm::arch::{Level, Mmu};
 use crate::mm::gup::{self, GupFlags, GupRecord, GupWalk};
 use crate::mm::memory;
@@ -74,14 +74,24 @@ static VARIANTS: [Variant; 2] = [
     Variant {
         name: "buggy",
         about: "pud_offset applied to a stack copy of the folded entry (before d3f7b1bb2040)",
+        models: "Linux before d3f7b1bb2040: gup_pud_range applies pud_offset to a stack copy of the p4d entry (s390, 3-level address space)",
         fix_waits: &[],
     },
     Variant {
         name: "fixed",
         about: "pXd_offset_lockless on the live entry pointer (d3f7b1bb2040)",
+        models: "d3f7b1bb2040: pXd_offset_lockless on the live entry pointer",
         fix_waits: &[],
     },
 ];
+
+/// The Linux commits of the row.
+static COMMITS: [Commit; 1] = [Commit {
+    hash: "d3f7b1bb2040",
+    subject: Some("mm/gup: fix gup_fast with dynamic page table folding"),
+    release: None,
+    role: CommitRole::Fix,
+}];
 
 /// The row.
 pub fn scenario<A: Mmu>() -> Scenario<A> {
@@ -89,6 +99,9 @@ pub fn scenario<A: Mmu>() -> Scenario<A> {
         name: "gup-fast-folding",
         about:
             "GUP-fast over a folded pud level steps past its copy of the entry at a 2 GiB boundary",
+        catalogue: Some(2),
+        seed: "seed 000's thread: \"BUG: Bad page state in process dirtyc0w_child\" on s390 (Sept 2020)",
+        commits: &COMMITS,
         roles: &["gup"],
         variants: &VARIANTS,
         set_variant: set_variant::<A>,

@@ -56,7 +56,7 @@
 use super::detect::Finding;
 use super::point::{self, points, race_point, RacePoint, Step};
 use super::run_mm::RunMm;
-use super::scenario::{Budget, Ctx, Scenario, Variant};
+use super::scenario::{Budget, Commit, CommitRole, Ctx, Scenario, Variant};
 use super::user;
 use super::waitfor::WaitClass;
 use crate::mm::arch::{FaultInfo, Mmu};
@@ -91,10 +91,11 @@ const MAX_STORES: u64 = 1 << 20;
 static DELAY_POINTS: [&RacePoint; 1] = [&points::GATHER_BEFORE_FINISH];
 static TRACE_POINTS: [&RacePoint; 2] = [&points::ZAP_AFTER_PTE_CLEAR, &points::GATHER_AFTER_FLUSH];
 
-const fn variant(name: &'static str, about: &'static str) -> Variant {
+const fn variant(name: &'static str, about: &'static str, models: &'static str) -> Variant {
     Variant {
         name,
         about,
+        models,
         fix_waits: &[] as &[WaitClass],
     }
 }
@@ -104,26 +105,32 @@ static VARIANTS: [Variant; 6] = [
     variant(
         "buggy-ipi",
         "a gather flushes only what it cleared itself; flush IPIs",
+        "Linux before 99baac21e458: a gather flushes only what it cleared; x86-64 IPI shootdown (bare-metal Linux before 6.15)",
     ),
     variant(
         "fixed-ipi",
         "a gather flushes the whole mm when another is in flight (99baac21e458); flush IPIs",
+        "99baac21e458: a gather that sees another in flight (mm_tlb_flush_nested) flushes the whole mm; x86-64 IPI shootdown (bare-metal Linux before 6.15)",
     ),
     variant(
         "buggy-nmi",
         "a gather flushes only what it cleared itself; flush NMIs",
+        "Linux before 99baac21e458: a gather flushes only what it cleared; NMI shootdown, standing for broadcast invalidation (AMD INVLPGB, arm64 TLBI IS)",
     ),
     variant(
         "fixed-nmi",
         "a gather flushes the whole mm when another is in flight (99baac21e458); flush NMIs",
+        "99baac21e458: a gather that sees another in flight (mm_tlb_flush_nested) flushes the whole mm; NMI shootdown, standing for broadcast invalidation (AMD INVLPGB, arm64 TLBI IS)",
     ),
     variant(
         "buggy-ipte",
         "a gather flushes only what it cleared itself; IPTE",
+        "Linux before 99baac21e458: a gather flushes only what it cleared; s390 IPTE/IDTE",
     ),
     variant(
         "fixed-ipte",
         "a gather flushes the whole mm when another is in flight (99baac21e458); IPTE",
+        "99baac21e458: a gather that sees another in flight (mm_tlb_flush_nested) flushes the whole mm; s390 IPTE/IDTE",
     ),
 ];
 
@@ -202,12 +209,23 @@ fn page_addr<A: Mmu>() -> u64 {
     user::stale_tlb_base::<A>() + PAGE_SIZE
 }
 
+/// The Linux commits of the row.
+static COMMITS: [Commit; 1] = [Commit {
+    hash: "99baac21e458",
+    subject: Some("mm: fix MADV_[FREE|DONTNEED] TLB flush miss problem"),
+    release: None,
+    role: CommitRole::Fix,
+}];
+
 /// The row.
 pub fn scenario<A: Mmu>() -> Scenario<A> {
     Scenario {
         name: "nested-flush",
         about:
             "two MADV_DONTNEEDs overlap; the one that finds the PTE clear returns before any flush",
+        catalogue: Some(8),
+        seed: "beyond the seeds: catalogue row 8, from 99baac21e458",
+        commits: &COMMITS,
         roles: &["writer", "zap1", "zap2"],
         variants: &VARIANTS,
         set_variant: set_variant::<A>,

@@ -63,7 +63,7 @@
 use super::detect::{self, Finding};
 use super::point::{self, points, RacePoint, Step};
 use super::run_mm::RunMm;
-use super::scenario::{Budget, Ctx, Scenario, Variant};
+use super::scenario::{Budget, Commit, CommitRole, Ctx, Scenario, Variant};
 use crate::kprintln;
 use crate::mm::arch::{Level, Mmu};
 use crate::mm::frag::{self, FragPolicy};
@@ -100,16 +100,19 @@ static VARIANTS: [Variant; 3] = [
     Variant {
         name: "buggy",
         about: "fragments counted with set_page_count on the main refcount (powerpc before 4.19)",
+        models: "powerpc before 4231aba000f5 (before 4.19): set_page_count on the main refcount",
         fix_waits: &[],
     },
     Variant {
         name: "fixed-a",
         about: "fragments counted in a separate atomic pt_frag_refcount (4231aba000f5)",
+        models: "4231aba000f5 (4.19): a separate atomic fragment counter (pt_frag_refcount)",
         fix_waits: &[],
     },
     Variant {
         name: "fixed-b",
         about: "fragments as top bits of the refcount, flipped by atomic xor (s390 up to 6.7)",
+        models: "s390 up to 6.7 (no single commit): one bit per fragment in the refcount's top bits, flipped by atomic xor",
         fix_waits: &[],
     },
 ];
@@ -184,11 +187,22 @@ fn reset<A: Mmu>() {
     frag::set_policy(FragPolicy::FragCounter);
 }
 
+/// The Linux commits of the row.
+static COMMITS: [Commit; 1] = [Commit {
+    hash: "4231aba000f5",
+    subject: Some("powerpc/64s: Fix page table fragment refcount race vs speculative references"),
+    release: Some("4.19"),
+    role: CommitRole::Fix,
+}];
+
 /// The row.
 pub fn scenario<A: Mmu>() -> Scenario<A> {
     Scenario {
         name: "ptfrag-refcount",
         about: "a speculative reference wiped by set_page_count frees a page-table block while a fragment is linked",
+        catalogue: Some(4),
+        seed: "seed 002: page-table fragment allocator refcount vs speculative references (powerpc, July 2018)",
+        commits: &COMMITS,
         roles: &["pte_alloc", "scanner"],
         variants: &VARIANTS,
         set_variant: set_variant::<A>,

@@ -63,7 +63,7 @@
 
 use super::detect::{self, Finding};
 use super::point::{self, points, RacePoint, Step};
-use super::scenario::{Budget, Ctx, Scenario, Variant};
+use super::scenario::{Budget, Commit, CommitRole, Ctx, Scenario, Variant};
 use super::waitfor::WaitClass;
 use crate::kprintln;
 use crate::mm::arch::{Level, Mmu};
@@ -89,11 +89,13 @@ static TRACE_POINTS: [&RacePoint; 2] = [&points::ZAP_AFTER_PTE_CLEAR, &points::G
 const fn variant(
     name: &'static str,
     about: &'static str,
+    models: &'static str,
     fix_waits: &'static [WaitClass],
 ) -> Variant {
     Variant {
         name,
         about,
+        models,
         fix_waits,
     }
 }
@@ -105,6 +107,7 @@ static VARIANTS: [Variant; 9] = [
     variant(
         "immediate-ipi",
         "tables freed right after the flush; flush IPIs",
+        "no RCU table freeing: tables freed right after the flush, protected only by a flush IPI the interrupts-off walker holds back (mm/gup.c's rule); x86-64 IPI shootdown (bare-metal Linux before 6.15)",
         &[],
     ),
     // The catalogue is silent here: the flush IPI blocks first (forced
@@ -112,42 +115,50 @@ static VARIANTS: [Variant; 9] = [
     variant(
         "ipi-sync-ipi",
         "an IPI sync before the tables are freed; flush IPIs",
+        "tlb_remove_table_sync_one before the free (MMU_GATHER_RCU_TABLE_FREE's fallback); x86-64 IPI shootdown (bare-metal Linux before 6.15)",
         &[WaitClass::CallIpi],
     ),
     // As above: the flush IPI blocks before the RCU callback is queued.
     variant(
         "rcu-ipi",
         "tables freed after an RCU grace period; flush IPIs",
+        "MMU_GATHER_RCU_TABLE_FREE: tables freed after an RCU-sched grace period; x86-64 IPI shootdown (bare-metal Linux before 6.15)",
         &[WaitClass::RcuGp],
     ),
     variant(
         "immediate-nmi",
         "tables freed right after the flush; flush NMIs",
+        "no RCU table freeing: tables freed right after the flush, protected only by a flush IPI the interrupts-off walker holds back (mm/gup.c's rule); NMI shootdown, standing for broadcast invalidation (AMD INVLPGB, arm64 TLBI IS)",
         &[],
     ),
     variant(
         "ipi-sync-nmi",
         "an IPI sync before the tables are freed; flush NMIs",
+        "tlb_remove_table_sync_one before the free (MMU_GATHER_RCU_TABLE_FREE's fallback); NMI shootdown, standing for broadcast invalidation (AMD INVLPGB, arm64 TLBI IS)",
         &[WaitClass::CallIpi],
     ),
     variant(
         "rcu-nmi",
         "tables freed after an RCU grace period; flush NMIs",
+        "MMU_GATHER_RCU_TABLE_FREE: tables freed after an RCU-sched grace period; NMI shootdown, standing for broadcast invalidation (AMD INVLPGB, arm64 TLBI IS)",
         &[WaitClass::RcuGp],
     ),
     variant(
         "immediate-ipte",
         "tables freed right after the flush; IPTE",
+        "no RCU table freeing: tables freed right after the flush, protected only by a flush IPI the interrupts-off walker holds back (mm/gup.c's rule); s390 IPTE/IDTE",
         &[],
     ),
     variant(
         "ipi-sync-ipte",
         "an IPI sync before the tables are freed; IPTE",
+        "tlb_remove_table_sync_one before the free (MMU_GATHER_RCU_TABLE_FREE's fallback); s390 IPTE/IDTE",
         &[WaitClass::CallIpi],
     ),
     variant(
         "rcu-ipte",
         "tables freed after an RCU grace period; IPTE",
+        "MMU_GATHER_RCU_TABLE_FREE: tables freed after an RCU-sched grace period; s390 IPTE/IDTE",
         &[WaitClass::RcuGp],
     ),
 ];
@@ -173,11 +184,22 @@ fn config(v: &Variant) -> (FlushStrategy, TableFree) {
     CONFIG[i]
 }
 
+/// The Linux commits of the row.
+static COMMITS: [Commit; 1] = [Commit {
+    hash: "9de7d833e370",
+    subject: Some("s390/tlb: Convert to generic mmu_gather"),
+    release: None,
+    role: CommitRole::Context,
+}];
+
 /// The row.
 pub fn scenario<A: Mmu>() -> Scenario<A> {
     Scenario {
         name: "ptfree-vs-gup-fast",
         about: "a PTE table freed by munmap while GUP-fast walks it with interrupts off",
+        catalogue: Some(6),
+        seed: "seeds 000 and 003: mm/gup.c's GUP-fast rule quoted in seed 000 (Sept 2020); serialising the flush with GUP-fast where it is not an IPI, seed 003 (March 2020)",
+        commits: &COMMITS,
         roles: &["gup", "unmap"],
         variants: &VARIANTS,
         set_variant: set_variant::<A>,

@@ -37,6 +37,11 @@ pub struct Variant {
     pub name: &'static str,
     /// One line: what this kernel does differently.
     pub about: &'static str,
+    /// One line: the Linux kernel this variant models: a commit ("5df397dec7c4
+    /// (6.2)"), the kernel before one ("Linux 6.1, before 5df397dec7c4"), a
+    /// shipped configuration, or, where it models no Linux kernel, what it
+    /// stands for in words. Listed by `list` (see [`super::list`]).
+    pub models: &'static str,
     /// The waits this kernel's fix adds (its IPI sync, its RCU grace
     /// period, the PTL it keeps held). In forced mode, a wait-for cycle
     /// made only of schedule holds and these waits is the fix holding the
@@ -45,6 +50,44 @@ pub struct Variant {
     /// cycle through any other wait is `impossible`. Empty for a buggy
     /// kernel.
     pub fix_waits: &'static [WaitClass],
+}
+
+/// What a Linux commit is to a row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CommitRole {
+    /// It fixes the race (one of the row's fixed variants models it).
+    Fix,
+    /// It introduced the race (the buggy variants model the kernel with it).
+    Introduced,
+    /// It shaped the code the row replays without introducing or fixing the
+    /// race (the catalogue or the seed thread names it).
+    Context,
+}
+
+impl CommitRole {
+    /// The role's word in the `list` output.
+    pub fn word(self) -> &'static str {
+        match self {
+            CommitRole::Fix => "fix",
+            CommitRole::Introduced => "introduced",
+            CommitRole::Context => "context",
+        }
+    }
+}
+
+/// A Linux commit a row comes from, as the catalogue
+/// (`SCENARIOS.md`), the row's module docs or its seed thread name it.
+#[derive(Debug)]
+pub struct Commit {
+    /// The short hash (12 hex digits).
+    pub hash: &'static str,
+    /// The subject line, where the catalogue, the row docs or the seed
+    /// thread quote it (`None`: none of them does, and none is made up).
+    pub subject: Option<&'static str>,
+    /// The first release with it, where the catalogue names one ("6.2").
+    pub release: Option<&'static str>,
+    /// What it is to the row.
+    pub role: CommitRole,
 }
 
 /// How long a row may run.
@@ -103,6 +146,14 @@ pub struct Scenario<A: Mmu> {
     pub name: &'static str,
     /// One line: the race.
     pub about: &'static str,
+    /// Its number in the catalogue (`SCENARIOS.md`, rows 1 to 8); `None`
+    /// for a demonstration or test row.
+    pub catalogue: Option<u8>,
+    /// One line: the mailing-list thread (the seed, `seeds/NNN_*.txt`) or
+    /// catalogue entry the row comes from.
+    pub seed: &'static str,
+    /// The Linux commits the catalogue and the row's docs name for it.
+    pub commits: &'static [Commit],
     /// Role names; role `i` runs on CPU `i + 1`.
     pub roles: &'static [&'static str],
     /// The buggy kernel and each fix.

@@ -48,6 +48,7 @@ fn fail(msg: String) -> Outcome {
 static ONE_VARIANT: [Variant; 1] = [Variant {
     name: "test",
     about: "the framework's own test",
+    models: "no Linux kernel: the framework's own test",
     fix_waits: &[],
 }];
 
@@ -57,11 +58,13 @@ static FIX_VARIANTS: [Variant; 2] = [
     Variant {
         name: "fix-call",
         about: "a fix that waits for a cross-CPU call",
+        models: "no Linux kernel: a fix that waits for a cross-CPU call",
         fix_waits: &[WaitClass::CallIpi],
     },
     Variant {
         name: "fix-ptl",
         about: "a fix that holds a PTL",
+        models: "no Linux kernel: a fix that holds a PTL",
         fix_waits: &[WaitClass::Ptl],
     },
 ];
@@ -80,6 +83,9 @@ fn test_row<A: Mmu>(
     Scenario {
         name,
         about: "framework test",
+        catalogue: None,
+        seed: "none: the framework's own test row",
+        commits: &[],
         roles,
         variants: &ONE_VARIANT,
         set_variant: |_| Ok(()),

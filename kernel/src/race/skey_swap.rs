@@ -55,7 +55,7 @@
 use super::detect::Finding;
 use super::point::{self, points, RacePoint, Step};
 use super::run_mm::RunMm;
-use super::scenario::{Budget, Ctx, Scenario, Variant};
+use super::scenario::{Budget, Commit, CommitRole, Ctx, Scenario, Variant};
 use crate::kprintln;
 use crate::mm::arch::{FaultInfo, Mmu};
 use crate::mm::dirty::{self, DirtyTracking, SkeyTransfer};
@@ -88,26 +88,31 @@ static VARIANTS: [Variant; 5] = [
     Variant {
         name: "buggy",
         about: "storage-key dirty bit moved without the page lock; PG_swapcache before the tree slot",
+        models: "Linux 3.3 on s390 (before aca50bd3b4c4): the storage key's change bit moved to the page without the page lock, PG_swapcache set before the tree slot",
         fix_waits: &[],
     },
     Variant {
         name: "fixed-a",
         about: "the RFC: bounded trylock of the page lock before set_page_dirty, else the bit is dropped",
+        models: "the RFC of seed 004 (no commit): a bounded trylock of the page lock before set_page_dirty, the dirty bit dropped without it",
         fix_waits: &[],
     },
     Variant {
         name: "fixed-b",
         about: "swap-cache pages dirtied without a tree tag (aca50bd3b4c4)",
+        models: "aca50bd3b4c4 (3.4): swap-cache pages dirtied with __set_page_dirty_no_writeback, no tree tag",
         fix_waits: &[],
     },
     Variant {
         name: "fixed-c",
         about: "software dirty bits in the PTE, changed under the PTL (abf09bed3cce)",
+        models: "abf09bed3cce (3.9): software dirty bits in the PTE, changed under the PTL",
         fix_waits: &[],
     },
     Variant {
         name: "fixed-d",
         about: "PG_swapcache set together with the tree slot, under the tree lock",
+        models: "no Linux commit: PG_swapcache set together with the tree slot, under the tree lock",
         fix_waits: &[],
     },
 ];
@@ -204,11 +209,30 @@ fn page_addr<A: Mmu>() -> u64 {
     A::TASK_BASE
 }
 
+/// The Linux commits of the row.
+static COMMITS: [Commit; 2] = [
+    Commit {
+        hash: "aca50bd3b4c4",
+        subject: Some("mm: fix s390 BUG by __set_page_dirty_no_writeback on swap"),
+        release: Some("3.4"),
+        role: CommitRole::Fix,
+    },
+    Commit {
+        hash: "abf09bed3cce",
+        subject: Some("s390/mm: implement software dirty bits"),
+        release: Some("3.9"),
+        role: CommitRole::Fix,
+    },
+];
+
 /// The row.
 pub fn scenario<A: Mmu>() -> Scenario<A> {
     Scenario {
         name: "skey-dirty-vs-swapcache",
         about: "the zap moves a storage key's change bit to a page half-way into the swap cache",
+        catalogue: Some(7),
+        seed: "seed 004: \"[RFC PATCH] s390: mm: rmap: Transfer storage key to struct page under the page lock\" (April 2012)",
+        commits: &COMMITS,
         roles: &["reclaim", "zap"],
         variants: &VARIANTS,
         set_variant: set_variant::<A>,

@@ -58,7 +58,7 @@
 use super::detect::{self, Finding};
 use super::point::{points, RacePoint, Step};
 use super::run_mm::RunMm;
-use super::scenario::{Budget, Ctx, Scenario, Variant};
+use super::scenario::{Budget, Commit, CommitRole, Ctx, Scenario, Variant};
 use super::waitfor::WaitClass;
 use crate::mm::arch::{FaultInfo, Mmu};
 use crate::mm::memory::{self, WpUnlock};
@@ -88,16 +88,19 @@ static VARIANTS: [Variant; 3] = [
     Variant {
         name: "buggy-immediate",
         about: "unlock_page after the PTL release (09854ba94c6a); pages freed at the PTE clear",
+        models: "Linux 5.9 with 09854ba94c6a, before be068f29034f, as s390 shipped it: pages freed at the PTE clear",
         fix_waits: &[],
     },
     Variant {
         name: "buggy-batched",
         about: "unlock_page after the PTL release (09854ba94c6a); pages freed after the flush",
+        models: "Linux 5.9 with 09854ba94c6a, before be068f29034f, as x86 shipped it: pages batched until after the flush",
         fix_waits: &[],
     },
     Variant {
         name: "fixed",
         about: "unlock_page under the PTL (be068f29034f); pages freed after the flush",
+        models: "be068f29034f (5.9-rc7), with pages batched until after the flush",
         fix_waits: &[WaitClass::Ptl],
     },
 ];
@@ -153,12 +156,31 @@ fn page_addr<A: Mmu>() -> u64 {
     A::TASK_BASE
 }
 
+/// The Linux commits of the row.
+static COMMITS: [Commit; 2] = [
+    Commit {
+        hash: "09854ba94c6a",
+        subject: Some("mm: do_wp_page() simplification"),
+        release: None,
+        role: CommitRole::Introduced,
+    },
+    Commit {
+        hash: "be068f29034f",
+        subject: Some("mm: fix misplaced unlock_page in do_wp_page()"),
+        release: Some("5.9-rc7"),
+        role: CommitRole::Fix,
+    },
+];
+
 /// The row.
 pub fn scenario<A: Mmu>() -> Scenario<A> {
     Scenario {
         name: "wp-unlock-vs-zap",
         about:
             "do_wp_page unlocks a reused page after the PTL release; MADV_DONTNEED frees it locked",
+        catalogue: Some(1),
+        seed: "seed 000: \"BUG: Bad page state in process dirtyc0w_child\" on s390 (Sept 2020)",
+        commits: &COMMITS,
         roles: &["fault", "zap"],
         variants: &VARIANTS,
         set_variant: set_variant::<A>,

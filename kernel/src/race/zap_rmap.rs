@@ -3,9 +3,9 @@
 //! finds the page unmapped, cleans it and writes it out while another CPU
 //! still stores through its stale writable TLB entry: the store is lost.
 //!
-//! Linux 6.1 (1cf35d47712d) made `zap_pte_range` flush the TLB before
-//! dropping the PTL when it cleared a dirty shared PTE, but it removed the
-//! page's rmap at the clear, before that flush. `folio_mkclean` returns at
+//! Since 1cf35d47712d (3.15) `zap_pte_range` flushes the TLB before
+//! dropping the PTL when it cleared a dirty shared PTE, but Linux up to 6.1
+//! removed the page's rmap at the clear, before that flush. `folio_mkclean` returns at
 //! once for a page that is not mapped, so it neither takes the PTL nor
 //! waits for the flush: the page is cleaned and written while a CPU can
 //! still write to it through its TLB, and that write leaves a page marked
@@ -69,7 +69,7 @@
 use super::detect::Finding;
 use super::point::{self, points, race_point, RacePoint, Step};
 use super::run_mm::RunMm;
-use super::scenario::{Budget, Ctx, Scenario, Variant};
+use super::scenario::{Budget, Commit, CommitRole, Ctx, Scenario, Variant};
 use super::user;
 use super::waitfor::WaitClass;
 use crate::cmdline::Mode;
@@ -109,11 +109,13 @@ static TRACE_POINTS: [&RacePoint; 2] = [&points::ZAP_AFTER_PTE_CLEAR, &points::G
 const fn variant(
     name: &'static str,
     about: &'static str,
+    models: &'static str,
     fix_waits: &'static [WaitClass],
 ) -> Variant {
     Variant {
         name,
         about,
+        models,
         fix_waits,
     }
 }
@@ -128,31 +130,37 @@ static VARIANTS: [Variant; 6] = [
     variant(
         "buggy-ipi",
         "rmap removed at the clear, before the flush (Linux 6.1); flush IPIs",
+        "Linux 6.1 (1cf35d47712d's flush under the PTL), before 5df397dec7c4: the rmap removed at the PTE clear; x86-64 IPI shootdown (bare-metal Linux before 6.15)",
         &[],
     ),
     variant(
         "fixed-ipi",
         "rmap removed after the flush, under the PTL (5df397dec7c4); flush IPIs",
+        "5df397dec7c4 (6.2): the rmap removed after the flush, under the PTL; x86-64 IPI shootdown (bare-metal Linux before 6.15)",
         FIX_WAITS,
     ),
     variant(
         "buggy-nmi",
         "rmap removed at the clear, before the flush (Linux 6.1); flush NMIs",
+        "Linux 6.1 (1cf35d47712d's flush under the PTL), before 5df397dec7c4: the rmap removed at the PTE clear; NMI shootdown, standing for broadcast invalidation (AMD INVLPGB, arm64 TLBI IS)",
         &[],
     ),
     variant(
         "fixed-nmi",
         "rmap removed after the flush, under the PTL (5df397dec7c4); flush NMIs",
+        "5df397dec7c4 (6.2): the rmap removed after the flush, under the PTL; NMI shootdown, standing for broadcast invalidation (AMD INVLPGB, arm64 TLBI IS)",
         FIX_WAITS,
     ),
     variant(
         "buggy-ipte",
         "rmap removed at the clear, before the flush (Linux 6.1); IPTE",
+        "Linux 6.1 (1cf35d47712d's flush under the PTL), before 5df397dec7c4: the rmap removed at the PTE clear; s390 IPTE/IDTE",
         &[],
     ),
     variant(
         "fixed-ipte",
         "rmap removed after the flush, under the PTL (5df397dec7c4); IPTE",
+        "5df397dec7c4 (6.2): the rmap removed after the flush, under the PTL; s390 IPTE/IDTE",
         FIX_WAITS,
     ),
 ];
@@ -229,11 +237,30 @@ fn page_addr<A: Mmu>() -> u64 {
     user::stale_tlb_base::<A>()
 }
 
+/// The Linux commits of the row.
+static COMMITS: [Commit; 2] = [
+    Commit {
+        hash: "1cf35d47712d",
+        subject: Some("mm: split 'tlb_flush_mmu()' into tlb flushing and memory freeing parts"),
+        release: Some("3.15"),
+        role: CommitRole::Context,
+    },
+    Commit {
+        hash: "5df397dec7c4",
+        subject: Some("mm: delay page_remove_rmap() until after the TLB has been flushed"),
+        release: Some("6.2"),
+        role: CommitRole::Fix,
+    },
+];
+
 /// The row.
 pub fn scenario<A: Mmu>() -> Scenario<A> {
     Scenario {
         name: "zap-rmap-vs-mkclean",
         about: "a zap removes a dirty file page's rmap before its flush; mkclean misses a stale writable TLB entry",
+        catalogue: Some(3),
+        seed: "seed 001: \"[PATCH 01/13] mm: Update ptep_get_lockless()s comment\" (Oct 2022)",
+        commits: &COMMITS,
         roles: &["writer", "zap", "writeback"],
         variants: &VARIANTS,
         set_variant: set_variant::<A>,
