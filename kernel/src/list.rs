@@ -28,7 +28,7 @@
 //!   order) followed by its `commit`s and `variant`s; then each `suite`
 //!   followed by its `case`s; then one `end` with the counts, so a reader
 //!   can tell a complete list from a cut one.
-//! - `row`: `name`, `catalogue` (the row's number in `SCENARIOS.md`, `-`
+//! - `row`: `name`, `catalogue` (the row's number in the race catalogue, `-`
 //!   for a demonstration row), `roles` (comma-separated), `cpus` (the CPUs
 //!   a run needs: one per role and the controller), `seed` (the mailing-list
 //!   thread or catalogue entry), `about`.

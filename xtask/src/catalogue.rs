@@ -118,7 +118,7 @@ pub struct ListedVariant {
 pub struct ListedRow {
     /// Name (`scenario=`).
     pub name: String,
-    /// Number in `SCENARIOS.md`; `None` for a demonstration row.
+    /// Number in the race catalogue; `None` for a demonstration row.
     pub catalogue: Option<u32>,
     /// Role names.
     pub roles: Vec<String>,
@@ -327,7 +327,7 @@ pub struct Variant {
 pub struct Row {
     /// Name (`scenario=`).
     pub name: String,
-    /// Number in `SCENARIOS.md`; `null` for a demonstration row.
+    /// Number in the race catalogue; `null` for a demonstration row.
     pub catalogue: Option<u32>,
     /// The race.
     pub about: String,

@@ -31,9 +31,9 @@
 //!   without falling back, the zap freed the tables, ...): a run in which
 //!   some role did not complete in some iteration and no detector fired is
 //!   `vacuous`, a failure, never `clean`.
-//! - **where it comes from**: `catalogue` (its row number in
-//!   `SCENARIOS.md`, `None` for a demonstration row), `seed` (the
-//!   mailing-list thread of `seeds/` or the catalogue entry) and `commits`
+//! - **where it comes from**: `catalogue` (its row number in the race
+//!   catalogue, `None` for a demonstration row), `seed` (the mailing-list
+//!   thread it comes from, or the catalogue entry) and `commits`
 //!   (the Linux commits the catalogue and the row's docs name, with the
 //!   subject only where one of them quotes it); each variant's `models`
 //!   names the Linux commit or kernel it corresponds to, or says in words

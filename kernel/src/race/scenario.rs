@@ -75,8 +75,8 @@ impl CommitRole {
     }
 }
 
-/// A Linux commit a row comes from, as the catalogue
-/// (`SCENARIOS.md`), the row's module docs or its seed thread name it.
+/// A Linux commit a row comes from, as the race catalogue, the row's module
+/// docs or its seed thread name it.
 #[derive(Debug)]
 pub struct Commit {
     /// The short hash (12 hex digits).
@@ -146,10 +146,10 @@ pub struct Scenario<A: Mmu> {
     pub name: &'static str,
     /// One line: the race.
     pub about: &'static str,
-    /// Its number in the catalogue (`SCENARIOS.md`, rows 1 to 8); `None`
+    /// Its number in the catalogue (rows 1 to 8); `None`
     /// for a demonstration or test row.
     pub catalogue: Option<u8>,
-    /// One line: the mailing-list thread (the seed, `seeds/NNN_*.txt`) or
+    /// One line: the mailing-list thread (the seed) or the
     /// catalogue entry the row comes from.
     pub seed: &'static str,
     /// The Linux commits the catalogue and the row's docs name for it.
