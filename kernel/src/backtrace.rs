@@ -17,6 +17,7 @@
 //!
 //! ```text
 //! # backtrace: cpu=2 #0 pc=0x00000000000812a4
+//! # backtrace: cpu=2 lr=0x000000000008d5c4
 //! # backtrace: cpu=2 #1 ra=0x000000000007fd02
 //! # backtrace: cpu=2 end (null frame pointer)
 //! ```
@@ -26,7 +27,13 @@
 //! at `ra - 1` and before. A panic's backtrace starts with `#0 ra=` (the
 //! return into the panic handler). Addresses are 16 hex digits; frames are
 //! numbered from 0 without gaps; the `end` line says why the walk stopped.
-//! `xtask::backtrace` parses these lines.
+//! `lr`, unnumbered and only right after an exception's `#0` on an
+//! architecture with a link register (s390x `%r14`), is the register's value
+//! at the exception: the return address of the faulting function if that is a
+//! leaf without a frame of its own (whose caller the chain then skips), else a
+//! return into the faulting function itself or scratch. Only the host, with
+//! the symbols, can tell: it keeps `lr` when it names a function other than
+//! `#0`'s and the next frame's. `xtask::backtrace` parses these lines.
 //!
 //! Invariants, so the walk can never fault or loop:
 //! - it reads only 8-aligned words inside [`Arch::kernel_image`], which holds
@@ -186,13 +193,17 @@ pub fn dump_stack<A: Arch>() {
 }
 
 /// Prints the backtrace of an exception in kernel context: `pc` as `#0`,
-/// then the chain from the frame pointer `fp` the exception interrupted
-/// (Linux `show_stack` of the exception's registers). The panic that follows
-/// on this CPU prints no second backtrace.
-pub fn show_stack<A: Arch>(pc: usize, fp: usize) {
+/// the link register `lr` where the architecture has one, then the chain
+/// from the frame pointer `fp` the exception interrupted (Linux `show_stack`
+/// of the exception's registers). The panic that follows on this CPU prints
+/// no second backtrace.
+pub fn show_stack<A: Arch>(pc: usize, lr: Option<usize>, fp: usize) {
     let cpu = A::smp_processor_id();
     SHOWN.fetch_or(cpu_bit(cpu), Ordering::AcqRel);
     kprintln_emergency!("# backtrace: cpu={cpu} #0 pc={pc:#018x}");
+    if let Some(lr) = lr.filter(|lr| A::kernel_image().contains(lr)) {
+        kprintln_emergency!("# backtrace: cpu={cpu} lr={lr:#018x}");
+    }
     print_chain::<A>(cpu, fp, 1);
 }
 

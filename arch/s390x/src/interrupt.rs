@@ -355,9 +355,12 @@ extern "C" fn s390x_pgm_handler(frame: &mut PgmFrame) {
         kprintln_emergency!("# page fault not resolved: {err}");
     }
     print_gprs(&frame.gprs);
-    // Every program check is in kernel context (no problem state here).
+    // Every program check is in kernel context (no problem state here). A
+    // leaf function without a frame of its own leaves its return address
+    // only in %r14: passed as the link register (`crate::unwind`).
     quiesce_kernel::backtrace::show_stack::<S390x>(
         frame.psw.addr as usize,
+        Some(frame.gprs[14] as usize),
         frame.gprs[15] as usize,
     );
     match dat_error {

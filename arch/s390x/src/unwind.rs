@@ -22,6 +22,11 @@
 //! start, external interruption, program check, fatal interruptions), so a
 //! chain from an interruption handler stops at its own stack.
 //!
+//! A leaf function may have no frame at all (no back chain of its own): an
+//! exception in it passes `%r14` as the link register to
+//! [`quiesce_kernel::backtrace::show_stack`], since the chain from its `%r15`
+//! starts at its caller's frame and would skip the caller.
+//!
 //! Invariants: the image `[__image_start, __image_end)` holds every kernel
 //! stack (boot stacks in `.bss`, the others in the heap, also `.bss`) and is
 //! mapped 1:1 on every CPU for good; memory is read only through the walk's

@@ -262,7 +262,9 @@ pub(crate) fn exception(regs: &PtRegs) -> ! {
         regs.r15
     );
     // The kernel runs in ring 0 only: every exception is in kernel context.
-    quiesce_kernel::backtrace::show_stack::<X86_64>(regs.rip as usize, regs.rbp as usize);
+    // No link register: even a leaf function has its frame (forced frame
+    // pointers), so the chain from RBP starts at the faulting function's.
+    quiesce_kernel::backtrace::show_stack::<X86_64>(regs.rip as usize, None, regs.rbp as usize);
     panic!(
         "unhandled exception {name} (vector {vector}) on CPU {cpu} at rip={:#x}",
         regs.rip
