@@ -115,7 +115,8 @@ fn cpu_bit(cpu: usize) -> u64 {
 /// Reads the word at `addr` if it is aligned and lies inside `image`.
 fn read_word(image: &Range<usize>, addr: usize) -> Option<usize> {
     let end = addr.checked_add(core::mem::size_of::<usize>())?;
-    if addr % core::mem::align_of::<usize>() != 0 || addr < image.start || end > image.end {
+    if !addr.is_multiple_of(core::mem::align_of::<usize>()) || addr < image.start || end > image.end
+    {
         return None;
     }
     // SAFETY: `addr` is word-aligned and the word lies inside `image`, which
@@ -143,7 +144,7 @@ pub fn walk(
         if fp == 0 {
             return WalkEnd::Bottom;
         }
-        if fp % core::mem::align_of::<usize>() != 0 {
+        if !fp.is_multiple_of(core::mem::align_of::<usize>()) {
             return WalkEnd::Misaligned(fp);
         }
         if !image.contains(&fp) {
