@@ -200,14 +200,36 @@ impl Symbolizer {
             }
         }
         if chain.is_empty() {
-            if let Some(name) = self.loader.find_symbol(addr) {
-                chain.push(Symbol {
-                    function: Some(addr2line::demangle_auto(name.into(), None).into_owned()),
-                    location: None,
-                });
+            if let Some(sym) = self.symtab_fallback(addr) {
+                chain.push(sym);
             }
         }
         chain
+    }
+
+    /// The ELF symbol at or before `addr`, as `name+0xoffset`, for code
+    /// without DWARF (assembly). The symbol map has no sizes and skips
+    /// untyped labels, so a symbol that DWARF describes must be some other
+    /// function that `addr` lies beyond: no name then rather than a wrong one.
+    fn symtab_fallback(&self, addr: u64) -> Option<Symbol> {
+        let sym = self.loader.find_symbol_info(addr)?;
+        let described = self
+            .loader
+            .find_frames(sym.address())
+            .is_ok_and(|mut f| matches!(f.next(), Ok(Some(_))));
+        if described {
+            return None;
+        }
+        let name = addr2line::demangle_auto(sym.name().into(), None);
+        let offset = addr - sym.address();
+        Some(Symbol {
+            function: Some(if offset == 0 {
+                name.into_owned()
+            } else {
+                format!("{name}+{offset:#x}")
+            }),
+            location: None,
+        })
     }
 
     fn relative(&self, file: &str) -> String {
