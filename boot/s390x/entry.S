@@ -13,6 +13,9 @@
  *   the lowcore first, then switches to a per-CPU stack whose top the lowcore
  *   holds (async stack for external interruptions, panic stack for the rest),
  *   and calls Rust with a 160-byte register save area below the stack top.
+ * - The first frame on every stack gets a zero back chain (0(%r15)): the
+ *   kernel is built with the backchain feature, and a backtrace stops there
+ *   (arch/s390x/src/unwind.rs).
  * - Only the external-interruption handler returns: it restores the registers
  *   and loads the old PSW with the wait bit cleared, so an interruption that
  *   ends an enabled wait resumes after the wait.
@@ -36,6 +39,7 @@ _start:
 	larl	%r15,boot_stack_top
 	stg	%r15,__LC_KERNEL_STACK
 	aghi	%r15,-__STACK_FRAME_OVERHEAD
+	xc	0(8,%r15),0(%r15)		/* a zero back chain ends the chain */
 	lghi	%r11,0
 	/* Continue with machine checks enabled (the M bit is only set by a PSW load). */
 	larl	%r1,boot_psw
@@ -50,6 +54,7 @@ _start:
 s390x_secondary_entry:
 	lg	%r15,__LC_KERNEL_STACK
 	aghi	%r15,-__STACK_FRAME_OVERHEAD
+	xc	0(8,%r15),0(%r15)		/* a zero back chain ends the chain */
 	lghi	%r11,0
 	lg	%r2,__LC_CPU_NR
 	brasl	%r14,s390x_secondary_main
@@ -61,6 +66,7 @@ ext_int_handler:
 	stmg	%r0,%r15,__LC_SAVE_AREA_EXT
 	lg	%r15,__LC_ASYNC_STACK
 	aghi	%r15,-__STACK_FRAME_OVERHEAD
+	xc	0(8,%r15),0(%r15)		/* a zero back chain ends the chain */
 	brasl	%r14,s390x_ext_handler
 	ni	__LC_EXT_OLD_PSW_BYTE1,__PSW_BYTE1_NOT_WAIT
 	lmg	%r0,%r15,__LC_SAVE_AREA_EXT
@@ -92,6 +98,7 @@ pgm_check_handler:
 	lg	%r15,__LC_PANIC_STACK
 .Lpgm_nested:
 	aghi	%r15,-(__STACK_FRAME_OVERHEAD + __PGM_FRAME_SIZE)
+	xc	0(8,%r15),0(%r15)		/* a zero back chain ends the chain */
 	mvc	__STACK_FRAME_OVERHEAD + __PGM_FRAME_GPRS(128,%r15),__LC_SAVE_AREA_PGM(%r0)
 	mvc	__STACK_FRAME_OVERHEAD + __PGM_FRAME_PSW(16,%r15),__LC_PGM_OLD_PSW(%r0)
 	mvc	__STACK_FRAME_OVERHEAD + __PGM_FRAME_ILC(4,%r15),__LC_PGM_ILC(%r0)
@@ -117,6 +124,7 @@ mcck_int_handler:
 	stmg	%r0,%r15,__LC_SAVE_AREA_MCCK
 	lg	%r15,__LC_PANIC_STACK
 	aghi	%r15,-__STACK_FRAME_OVERHEAD
+	xc	0(8,%r15),0(%r15)		/* a zero back chain ends the chain */
 	lghi	%r11,0
 	brasl	%r14,s390x_mcck_handler
 	j	.Lpgm_give_up
@@ -139,6 +147,7 @@ restart_int_handler:
 .Lunexpected:
 	lg	%r15,__LC_PANIC_STACK
 	aghi	%r15,-__STACK_FRAME_OVERHEAD
+	xc	0(8,%r15),0(%r15)		/* a zero back chain ends the chain */
 	lghi	%r11,0
 	brasl	%r14,s390x_unexpected_handler
 	j	.Lpgm_give_up

@@ -15,7 +15,9 @@
 //!   interrupts disabled and have acknowledged the interrupt already (so the next
 //!   one stays pending until interrupts are enabled again);
 //! - [`crate::panic::panic`] from its `#[panic_handler]`. Exception handlers print
-//!   the interruption code and the registers as `# ` diagnostics, then `panic!`.
+//!   the interruption code and the registers as `# ` diagnostics, then the
+//!   backtrace of the faulting context ([`crate::backtrace::show_stack`]), then
+//!   `panic!`.
 
 /// Saved interrupt state, as returned by [`Arch::local_irq_save`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -114,4 +116,27 @@ pub trait Arch: 'static {
     /// Ends the machine: QEMU exits with success or failure. Stops the other CPUs
     /// first. Prints nothing: the final status line is the caller's.
     fn exit(success: bool) -> !;
+
+    /// The frame pointer of the function this is inlined into: where
+    /// [`crate::backtrace`] starts a walk (x86-64 `rbp`, s390x `%r15` with
+    /// its back chain). Implementations are `#[inline(always)]`: the frame
+    /// of a function that returned is not there any more.
+    fn frame_pointer() -> usize;
+
+    /// One step of a frame-pointer walk: from the frame at `fp` (a value of
+    /// [`Arch::frame_pointer`] or of the register an exception saved), the
+    /// caller's frame pointer and the return address into the caller. Reads
+    /// memory only through `read`, which returns one word, or `None` where
+    /// the walk may not read; `None` stops the walk.
+    /// [`crate::backtrace::StackFrame::BOTTOM`] says `fp` is the outermost
+    /// frame.
+    fn unwind_frame(
+        fp: usize,
+        read: &mut dyn FnMut(usize) -> Option<usize>,
+    ) -> Option<crate::backtrace::StackFrame>;
+
+    /// The kernel image, text to the end of `.bss`: every kernel stack lies
+    /// inside it, and it is mapped on every CPU at all times. A backtrace
+    /// reads nothing outside it.
+    fn kernel_image() -> core::ops::Range<usize>;
 }

@@ -18,6 +18,7 @@
 //! | `dirty=softdirty\|skey` | dirty tracking of shared file pages (`mm::dirty`): PTE dirty bits with write-notify (default), or the storage key's change bit (only with storage keys: refused at boot otherwise) |
 //! | `selftest.fail` | make the `requested_failure` self-test fail |
 //! | `selftest.panic=CPU` | make CPU `CPU` panic during the self-tests |
+//! | `selftest.fault=CPU` | make CPU `CPU` load from an unmapped address during the self-tests (an unhandled exception, with its backtrace) |
 //! | `selftest.hang` | hang after bring-up (the host must time out) |
 //! | `selftest.crash` | end the machine without the final status line |
 
@@ -70,6 +71,8 @@ pub struct Cmdline<'a> {
     pub fail: bool,
     /// `selftest.panic=CPU`.
     pub panic_cpu: Option<usize>,
+    /// `selftest.fault=CPU`.
+    pub fault_cpu: Option<usize>,
     /// `selftest.hang`.
     pub hang: bool,
     /// `selftest.crash`.
@@ -131,6 +134,7 @@ impl<'a> Cmdline<'a> {
             dirty: None,
             fail: false,
             panic_cpu: None,
+            fault_cpu: None,
             hang: false,
             crash: false,
         };
@@ -261,6 +265,7 @@ impl<'a> Cmdline<'a> {
                 }
                 "selftest.fail" => c.fail = flag()?,
                 "selftest.panic" => c.panic_cpu = Some(number("a CPU number")? as usize),
+                "selftest.fault" => c.fault_cpu = Some(number("a CPU number")? as usize),
                 "selftest.hang" => c.hang = flag()?,
                 "selftest.crash" => c.crash = flag()?,
                 _ => return Err(CmdlineError::UnknownKey(key)),
@@ -376,6 +381,15 @@ mod tests {
         assert!(Cmdline::parse("mem=12X").is_err());
         assert!(Cmdline::parse("mem=M").is_err());
         assert_eq!(c.panic_cpu, Some(2));
+        assert_eq!(c.fault_cpu, None);
+        assert_eq!(
+            Cmdline::parse("selftest.fault=3").unwrap().fault_cpu,
+            Some(3)
+        );
+        assert_eq!(
+            Cmdline::parse("selftest.fault=0x1").unwrap().fault_cpu,
+            Some(1)
+        );
         assert_eq!((c.budget_ms, c.delays, c.progress_s), (None, true, None));
         assert!(!c.stop_at_hit && Cmdline::parse("stop_at_hit").unwrap().stop_at_hit);
         let soak = Cmdline::parse("budget_s=600 delays=0 progress_s=10").unwrap();
@@ -423,6 +437,18 @@ mod tests {
             Cmdline::parse("selftest.fail=maybe"),
             Err(CmdlineError::BadValue { .. })
         ));
+        for bad in ["selftest.fault", "selftest.fault=", "selftest.fault=cpu1"] {
+            assert!(
+                matches!(
+                    Cmdline::parse(bad),
+                    Err(CmdlineError::BadValue {
+                        key: "selftest.fault",
+                        ..
+                    })
+                ),
+                "{bad}"
+            );
+        }
         assert!(matches!(
             Cmdline::parse("dirty=pte"),
             Err(CmdlineError::BadValue { key: "dirty", .. })

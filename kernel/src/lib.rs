@@ -17,6 +17,7 @@
 extern crate alloc;
 
 pub mod arch;
+pub mod backtrace;
 pub mod cmdline;
 pub mod console;
 pub mod heap;

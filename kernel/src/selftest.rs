@@ -18,7 +18,7 @@ pub(crate) type TestFn = fn(&Cmdline) -> Outcome;
 pub(crate) type Suites = Vec<(&'static str, Vec<(&'static str, TestFn)>)>;
 
 /// The `boot` suite, in order.
-fn boot_suite<A: Arch>() -> [(&'static str, TestFn); 9] {
+fn boot_suite<A: crate::mm::arch::Mmu>() -> [(&'static str, TestFn); 10] {
     [
         ("cpus_online", cpus_online),
         ("ipi_round_trip", ipi_round_trip::<A>),
@@ -29,6 +29,7 @@ fn boot_suite<A: Arch>() -> [(&'static str, TestFn); 9] {
         ("heap_contention", heap_contention::<A>),
         ("requested_failure", requested_failure),
         ("requested_panic", requested_panic::<A>),
+        ("requested_fault", requested_fault::<A>),
     ]
 }
 
@@ -406,6 +407,7 @@ fn requested_failure(args: &Cmdline) -> Outcome {
     }
 }
 
+#[inline(never)]
 fn panic_here(cpu: usize) {
     panic!("panicking as asked (selftest.panic={cpu})");
 }
@@ -424,4 +426,47 @@ fn requested_panic<A: Arch>(args: &Cmdline) -> Outcome {
     smp::smp_call_function_single::<A>(cpu, panic_here, cpu, false);
     time::ndelay::<A>(2_000_000_000);
     fail(format!("CPU {cpu} panicked but the machine still runs"))
+}
+
+/// The word at `addr`, loaded for real: `selftest.fault` passes an address
+/// nothing maps, and the load is the faulting instruction.
+#[inline(never)]
+fn load_unmapped(addr: u64) -> u64 {
+    // SAFETY: meant to fault. `addr` lies below the task range and above
+    // every kernel mapping (RAM and the kernel image on both kernels), so
+    // the load raises a page fault (x86-64) or a translation exception
+    // (s390x) that no handler resolves and no probe fixup covers: the
+    // exception handler reports it with the backtrace and stops the machine,
+    // so no value is ever produced and nothing is read or written.
+    unsafe { core::ptr::read_volatile(core::ptr::with_exposed_provenance::<u64>(addr as usize)) }
+}
+
+/// `selftest.fault=CPU` on that CPU: a call chain that ends in a load from
+/// the page just below the task range, which no table maps in the kernel's
+/// address space.
+#[inline(never)]
+fn fault_here(addr: usize) {
+    let v = load_unmapped(addr as u64);
+    // Not reached: the load never completes.
+    kprintln!("    # requested_fault: the load of {addr:#x} returned {v:#x}");
+}
+
+fn requested_fault<A: crate::mm::arch::Mmu>(args: &Cmdline) -> Outcome {
+    let Some(cpu) = args.fault_cpu else {
+        return Outcome::Skip("faults only when asked (selftest.fault=CPU)");
+    };
+    if cpu >= smp::nr_cpus() {
+        return fail(format!("selftest.fault={cpu}: no such CPU"));
+    }
+    let addr = (A::TASK_BASE - crate::mm::PAGE_SIZE) as usize;
+    kprintln!("    # requested_fault: CPU {cpu} loads from {addr:#x} now");
+    if cpu == A::smp_processor_id() {
+        fault_here(addr);
+    } else {
+        smp::smp_call_function_single::<A>(cpu, fault_here, addr, false);
+        time::ndelay::<A>(2_000_000_000);
+    }
+    fail(format!(
+        "CPU {cpu} loaded from unmapped {addr:#x} but the machine still runs"
+    ))
 }

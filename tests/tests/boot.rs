@@ -35,7 +35,7 @@ fn expected(arch: Arch, smp: usize, case: &str) -> Expect {
             }
         }
         // Only when asked for on the command line.
-        "boot.requested_failure" | "boot.requested_panic" => Expect::Skip,
+        "boot.requested_failure" | "boot.requested_panic" | "boot.requested_fault" => Expect::Skip,
         // The frame allocator: every case runs on every machine.
         c if c.starts_with("mm_page.") => Expect::Ok,
         "mm.map_fault_unmap"
@@ -164,7 +164,7 @@ fn expected(arch: Arch, smp: usize, case: &str) -> Expect {
 }
 
 /// Every case, in the order the kernel runs them.
-const CASES: [&str; 88] = [
+const CASES: [&str; 89] = [
     "boot.cpus_online",
     "boot.ipi_round_trip",
     "boot.call_function_wait",
@@ -174,6 +174,7 @@ const CASES: [&str; 88] = [
     "boot.heap_contention",
     "boot.requested_failure",
     "boot.requested_panic",
+    "boot.requested_fault",
     "mm_page.memory_discovered",
     "mm_page.alloc_free_every_order",
     "mm_page.split_merge",

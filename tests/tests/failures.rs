@@ -1,7 +1,8 @@
 //! Every way a run can go wrong is reported as a failure with the last console
 //! lines: a failing test, a panic on a secondary CPU, a hang, a crash without the
 //! final status line (even with QEMU's success exit code), a bad command line,
-//! and too little memory.
+//! and too little memory. A panic and an unhandled exception show their
+//! backtrace, symbolised from the kernel ELF.
 
 use quiesce_tests::{assert_failed_with, boot, TIMEOUT};
 use std::time::Duration;
@@ -108,6 +109,94 @@ fn too_little_memory(arch: Arch) {
     assert_ne!(b.exit_code, Some(arch.success_exit_code()));
 }
 
+/// The report's backtrace section of `cpu`.
+fn backtrace_section(report: &str, cpu: usize) -> &str {
+    let head = format!("  backtrace (CPU {cpu}):\n");
+    let start = report
+        .find(&head)
+        .unwrap_or_else(|| panic!("no backtrace of CPU {cpu} in the report:\n{report}"));
+    let section = &report[start + head.len()..];
+    let end = section
+        .find("\n  last console lines:")
+        .unwrap_or(section.len());
+    &section[..end]
+}
+
+/// Asserts that the backtrace names `function` at a `kernel/src/...rs:LINE`
+/// location (as a frame or in a frame's inline chain).
+fn assert_frame(section: &str, function: &str, report: &str) {
+    let at = format!(" {function} at kernel/src/");
+    let found = section.lines().any(|l| {
+        l.find(&at).is_some_and(|i| {
+            let loc = &l[i + at.len() - "kernel/src/".len()..];
+            let loc = loc.split(' ').next().unwrap_or("");
+            loc.split_once(".rs:").is_some_and(|(_, line)| {
+                !line.is_empty() && line.bytes().all(|b| b.is_ascii_digit())
+            })
+        })
+    });
+    assert!(
+        found,
+        "no frame {function} at kernel/src/...rs:LINE:\n{report}"
+    );
+}
+
+fn panic_backtrace(arch: Arch) {
+    let Some(b) = boot(arch, 4, "selftest.panic=2 test=boot.requested", TIMEOUT) else {
+        return;
+    };
+    assert_failed_with(&b, "panic on CPU 2");
+    let report = b.failure_report();
+    let section = backtrace_section(&report, 2);
+    assert!(section.contains("    #0 0x"), "{report}");
+    assert_frame(section, "quiesce_kernel::selftest::panic_here", &report);
+    assert!(
+        section.contains("(walk ended: null frame pointer)"),
+        "{report}"
+    );
+}
+
+fn fault_backtrace(arch: Arch) {
+    let Some(b) = boot(arch, 4, "selftest.fault=2 test=boot.requested", TIMEOUT) else {
+        return;
+    };
+    assert_failed_with(&b, "panic on CPU 2");
+    assert!(
+        b.status.as_ref().is_some_and(|s| !s.pass),
+        "status line must say fail"
+    );
+    assert_ne!(b.exit_code, Some(arch.success_exit_code()));
+    let report = b.failure_report();
+    let section = backtrace_section(&report, 2);
+    // Frame 0 is the faulting load itself, its caller comes next (on s390x
+    // from the link register: the load is a leaf without a frame).
+    assert!(section.contains("    #0 0x"), "{report}");
+    assert_frame(section, "quiesce_kernel::selftest::load_unmapped", &report);
+    assert_frame(section, "quiesce_kernel::selftest::fault_here", &report);
+    let frame = |n: usize| {
+        let head = format!("    #{n} ");
+        let mut lines = section.lines().skip_while(|l| !l.starts_with(&head));
+        let first = lines.next().unwrap_or("");
+        let inlined = lines.take_while(|l| l.contains(" inlined into "));
+        std::iter::once(first)
+            .chain(inlined)
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert!(
+        frame(0).contains("quiesce_kernel::selftest::load_unmapped at kernel/src/"),
+        "frame 0 must be the faulting function:\n{report}"
+    );
+    assert!(
+        frame(1).contains("quiesce_kernel::selftest::fault_here at kernel/src/"),
+        "frame 1 must be the faulting function's caller:\n{report}"
+    );
+    assert!(
+        section.contains("(walk ended: null frame pointer)"),
+        "{report}"
+    );
+}
+
 macro_rules! per_arch {
     ($($f:ident),*) => {
         mod s390x { use super::*; $( #[test] fn $f() { super::$f(Arch::S390x) } )* }
@@ -122,5 +211,7 @@ per_arch!(
     crash_without_status,
     unknown_key,
     test_filter,
-    too_little_memory
+    too_little_memory,
+    panic_backtrace,
+    fault_backtrace
 );

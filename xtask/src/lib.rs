@@ -10,6 +10,7 @@
 //! line. Any other run fails, with the reasons and the last console lines.
 
 pub mod arch;
+pub mod backtrace;
 pub mod bench;
 pub mod catalogue;
 pub mod exit;

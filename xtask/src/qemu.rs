@@ -462,7 +462,8 @@ impl Boot {
         &self.console[self.console.len().saturating_sub(n)..]
     }
 
-    /// A failure report: reasons, the last console lines and QEMU's stderr.
+    /// A failure report: reasons, the kernel's backtraces symbolised from its
+    /// ELF ([`crate::backtrace`]), the last console lines and QEMU's stderr.
     pub fn failure_report(&self) -> String {
         let v = self.verdict();
         let mut out = format!(
@@ -473,10 +474,16 @@ impl Boot {
             out.push_str(&format!("  - {r}\n"));
         }
         out.push_str(&format!(
-            "  QEMU exit code: {}\n  last console lines:\n",
+            "  QEMU exit code: {}\n",
             self.exit_code
                 .map_or("none (killed)".to_string(), |c| c.to_string())
         ));
+        out.push_str(&crate::backtrace::report(
+            &self.console,
+            &self.config.kernel,
+            &crate::workspace_root(),
+        ));
+        out.push_str("  last console lines:\n");
         for l in self.last_lines(25) {
             out.push_str(&format!("    | {l}\n"));
         }

@@ -9,7 +9,8 @@
 //! `entry.S` saves the registers and calls the `s390x_*` handlers below:
 //! external interruptions dispatch by interruption code and return; program
 //! checks, machine checks and unexpected interruptions print `# ` diagnostics
-//! and panic.
+//! (for a program check, the backtrace of the faulting context too) and
+//! panic.
 //!
 //! Invariants:
 //! - Handlers run with every interruption masked and never enable them, except
@@ -354,6 +355,14 @@ extern "C" fn s390x_pgm_handler(frame: &mut PgmFrame) {
         kprintln_emergency!("# page fault not resolved: {err}");
     }
     print_gprs(&frame.gprs);
+    // Every program check is in kernel context (no problem state here). A
+    // leaf function without a frame of its own leaves its return address
+    // only in %r14: passed as the link register (`crate::unwind`).
+    quiesce_kernel::backtrace::show_stack::<S390x>(
+        frame.psw.addr as usize,
+        Some(frame.gprs[14] as usize),
+        frame.gprs[15] as usize,
+    );
     match dat_error {
         Some(err) => panic!(
             "unresolved page fault {:#06x} ({name}) at {:#x}: {err}",

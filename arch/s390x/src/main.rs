@@ -21,6 +21,7 @@
 //! | [`skey`] | storage keys: SSKE, ISKE, RRBE |
 //! | [`smp`] | CPU discovery, bring-up, IPIs, stopping |
 //! | [`time`] | TOD clock and clock-comparator tick |
+//! | [`unwind`] | the back-chain frame layout for backtraces |
 //!
 //! Invariants: every CPU turns DAT on first thing ([`mmu::cpu_enable_dat`])
 //! and runs translated from then on, through the kernel's 1:1 map of RAM (or a
@@ -46,6 +47,7 @@ mod skey;
 mod smp;
 mod time;
 mod tlb;
+mod unwind;
 
 use quiesce_kernel::{Arch, BootInfo, IrqFlags};
 
@@ -136,6 +138,22 @@ impl Arch for S390x {
             interrupt::WAIT_ADDR_FAILURE
         };
         interrupt::disabled_wait(addr)
+    }
+
+    #[inline(always)]
+    fn frame_pointer() -> usize {
+        unwind::frame_pointer()
+    }
+
+    fn unwind_frame(
+        fp: usize,
+        read: &mut dyn FnMut(usize) -> Option<usize>,
+    ) -> Option<quiesce_kernel::backtrace::StackFrame> {
+        unwind::unwind_frame(fp, read)
+    }
+
+    fn kernel_image() -> core::ops::Range<usize> {
+        unwind::kernel_image()
     }
 }
 

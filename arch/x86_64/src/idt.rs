@@ -9,8 +9,9 @@
 //! [`do_interrupt`] dispatches: #PF goes to [`crate::fault::exc_page_fault`]
 //! and #GP to [`crate::fault::exc_general_protection`], which resolve the fault
 //! or fix up a probe; any other exception 0-31 (and an unresolved #PF or #GP)
-//! prints the CPU, the vector, the error code, RIP/CS/RFLAGS/RSP, CR2 for #PF
-//! and all general registers as `# ` diagnostics and panics; vector 2 (NMI)
+//! prints the CPU, the vector, the error code, RIP/CS/RFLAGS/RSP, CR2 for #PF,
+//! all general registers and the backtrace from RIP and RBP as `# `
+//! diagnostics and panics; vector 2 (NMI)
 //! goes to [`crate::smp::nmi_handler`]; the local APIC's call-function IPI, TLB
 //! shootdown ([`crate::tlb`]) and timer vectors acknowledge (EOI) first and
 //! then call their handlers, so a second interrupt of the same vector stays
@@ -212,8 +213,8 @@ fn exception_name(vector: u8) -> &'static str {
     NAMES.get(usize::from(vector)).copied().unwrap_or("?")
 }
 
-/// Reports an exception with every register, then panics (which stops the
-/// machine and fails the run).
+/// Reports an exception with every register and the backtrace of the
+/// faulting context, then panics (which stops the machine and fails the run).
 pub(crate) fn exception(regs: &PtRegs) -> ! {
     let cpu = percpu::smp_processor_id();
     let vector = regs.vector as u8;
@@ -260,6 +261,10 @@ pub(crate) fn exception(regs: &PtRegs) -> ! {
         regs.r14,
         regs.r15
     );
+    // The kernel runs in ring 0 only: every exception is in kernel context.
+    // No link register: even a leaf function has its frame (forced frame
+    // pointers), so the chain from RBP starts at the faulting function's.
+    quiesce_kernel::backtrace::show_stack::<X86_64>(regs.rip as usize, None, regs.rbp as usize);
     panic!(
         "unhandled exception {name} (vector {vector}) on CPU {cpu} at rip={:#x}",
         regs.rip

@@ -29,7 +29,8 @@
 //!   (`read_phys`, also used by [`acpi`]); descriptor tables in [`gdt`] and
 //!   [`idt`]; `%gs` in [`percpu`]; `rdtsc` in [`tsc`]; the trampoline copy and
 //!   the heap-allocated CPU stacks in [`smpboot`]; CR3 and INVLPG in [`tlb`];
-//!   live PTE atomics in [`mmu`]; CR2 and the probe routines in [`fault`].
+//!   live PTE atomics in [`mmu`]; CR2 and the probe routines in [`fault`];
+//!   `rbp` in [`unwind`].
 #![no_std]
 #![no_main]
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -51,6 +52,7 @@ mod smp;
 mod smpboot;
 mod tlb;
 mod tsc;
+mod unwind;
 
 use quiesce_kernel::{Arch, IrqFlags};
 use x86_64::instructions::interrupts;
@@ -155,6 +157,22 @@ impl Arch for X86_64 {
     fn exit(success: bool) -> ! {
         smp::stop_other_cpus();
         smp::qemu_exit(success)
+    }
+
+    #[inline(always)]
+    fn frame_pointer() -> usize {
+        unwind::frame_pointer()
+    }
+
+    fn unwind_frame(
+        fp: usize,
+        read: &mut dyn FnMut(usize) -> Option<usize>,
+    ) -> Option<quiesce_kernel::backtrace::StackFrame> {
+        unwind::unwind_frame(fp, read)
+    }
+
+    fn kernel_image() -> core::ops::Range<usize> {
+        unwind::kernel_image()
     }
 }
 

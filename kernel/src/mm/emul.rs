@@ -78,6 +78,19 @@ macro_rules! emul_arch {
             fn exit(success: bool) -> ! {
                 panic!("emulated machine exit (success={success})");
             }
+            // No frame walks on the host: an empty image stops them at once.
+            fn frame_pointer() -> usize {
+                0
+            }
+            fn unwind_frame(
+                _: usize,
+                _: &mut dyn FnMut(usize) -> Option<usize>,
+            ) -> Option<crate::backtrace::StackFrame> {
+                None
+            }
+            fn kernel_image() -> core::ops::Range<usize> {
+                0..0
+            }
         }
 
         impl Mmu for $name {
