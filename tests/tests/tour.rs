@@ -47,15 +47,18 @@ fn the_quick_tour_passes_and_talks_while_it_runs() {
     let mut lines = Vec::new();
     let mut live_cell_lines = 0usize;
     let mut cell_lines = 0usize;
+    let mut first_cell_live = false;
     for line in BufReader::new(out).lines() {
         let line = line.expect("read the driver's output");
         println!("{line}");
         let words: Vec<&str> = line.split_whitespace().collect();
         if words.len() > 3 && matches!(words.last(), Some(&"ok" | &"MISMATCH")) {
             cell_lines += 1;
-            if child.try_wait().expect("poll the driver").is_none() {
-                live_cell_lines += 1;
+            let live = child.try_wait().expect("poll the driver").is_none();
+            if cell_lines == 1 {
+                first_cell_live = live;
             }
+            live_cell_lines += usize::from(live);
         }
         lines.push(line);
     }
@@ -76,14 +79,15 @@ fn the_quick_tour_passes_and_talks_while_it_runs() {
         "no passing summary line"
     );
     // Every cell that exists on an architecture has its own line (the
-    // others are grouped into `skip` lines per row); every one of them was
-    // printed while the driver still ran.
+    // others are grouped into `skip` lines per row), and they came while
+    // the driver ran: all but the last boot's lines (which the driver may
+    // print just before it exits) were read while it was still running.
     assert!(
         cell_lines > cells / 3,
         "{cell_lines} cell lines for {cells} cells"
     );
-    assert_eq!(
-        live_cell_lines, cell_lines,
-        "cell lines printed after the driver ended"
+    assert!(
+        first_cell_live && live_cell_lines + 3 >= cell_lines,
+        "{live_cell_lines} of {cell_lines} cell lines were read while the driver ran (the first one: {first_cell_live})"
     );
 }
