@@ -150,9 +150,23 @@ pub fn build(arch: Arch, quiet: bool) -> Result<PathBuf> {
     if quiet {
         cmd.arg("--quiet");
     }
-    let status = cmd
-        .status()
-        .with_context(|| format!("running cargo to build the {arch} kernel"))?;
+    let status = if quiet {
+        // rustc warns on every s390x build that the `backchain` target
+        // feature (the frame chain backtraces walk) is unstable: a quiet
+        // build leaves that one notice out and shows everything else.
+        let out = cmd
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .with_context(|| format!("running cargo to build the {arch} kernel"))?;
+        eprint!(
+            "{}",
+            without_backchain_notice(&String::from_utf8_lossy(&out.stderr))
+        );
+        out.status
+    } else {
+        cmd.status()
+            .with_context(|| format!("running cargo to build the {arch} kernel"))?
+    };
     if !status.success() {
         bail!("building the {arch} kernel failed ({status})");
     }
@@ -166,9 +180,48 @@ pub fn build(arch: Arch, quiet: bool) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// `stderr` of a kernel build without rustc's notice that the `backchain`
+/// target feature is unstable (the warning line, its ` |` and `= note`
+/// lines and the blank line after them).
+pub fn without_backchain_notice(stderr: &str) -> String {
+    let mut out = String::new();
+    let mut skipping = false;
+    for line in stderr.lines() {
+        if line
+            .starts_with("warning: unstable feature specified for `-Ctarget-feature`: `backchain`")
+        {
+            skipping = true;
+            continue;
+        }
+        if skipping {
+            let t = line.trim_start();
+            if t.is_empty() || t.starts_with('|') || t.starts_with("= note") {
+                continue;
+            }
+            skipping = false;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_backchain_notice_alone_is_left_out() {
+        let stderr = "warning: unstable feature specified for `-Ctarget-feature`: `backchain`\n  |\n  = note: this feature is not stably supported; its behavior can change in the future\n\nerror[E0308]: mismatched types\n  |\n";
+        assert_eq!(
+            without_backchain_notice(stderr),
+            "error[E0308]: mismatched types\n  |\n"
+        );
+        assert_eq!(
+            without_backchain_notice("warning: unused\n"),
+            "warning: unused\n"
+        );
+    }
 
     #[test]
     fn elf_headers_are_checked() {
