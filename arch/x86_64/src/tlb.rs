@@ -177,12 +177,15 @@ pub fn flush_tlb_mm_range(mm: &Mm<X86_64>, start: u64, end: u64) {
     info.pending.store(targets, Ordering::Release);
     for cpu in (0..NR_CPUS).filter(|c| targets & (1 << c) != 0) {
         let apic_id = percpu::cpu_data(cpu).apic_id();
+        // Counted (and traced) before the send: the target may serve the
+        // request before this CPU runs its next instruction, and the trace
+        // must show the send first.
         if via_nmi {
-            apic::send_nmi(apic_id);
             tlbflush::count_nmi_sent(me);
+            apic::send_nmi(apic_id);
         } else {
-            apic::send_ipi(apic_id, INVALIDATE_TLB_VECTOR);
             tlbflush::count_ipi_sent(me);
+            apic::send_ipi(apic_id, INVALIDATE_TLB_VECTOR);
         }
     }
     // Our own flush overlaps the targets' handlers.

@@ -175,13 +175,14 @@ pub fn count_received(cpu: usize) {
     trace::record_on(cpu, trace::Kind::FlushRecv, 0, 0);
 }
 
-/// Arch hook: `cpu` sent a flush IPI.
+/// Arch hook: `cpu` sends a flush IPI (called before the send, so the
+/// trace shows it before the target serves it).
 pub fn count_ipi_sent(cpu: usize) {
     COUNTERS[cpu].ipis_sent.fetch_add(1, Ordering::Relaxed);
     trace::record_on(cpu, trace::Kind::FlushIpiSent, 0, 0);
 }
 
-/// Arch hook: `cpu` sent a flush NMI.
+/// Arch hook: `cpu` sends a flush NMI (called before the send).
 pub fn count_nmi_sent(cpu: usize) {
     COUNTERS[cpu].nmis_sent.fetch_add(1, Ordering::Relaxed);
     trace::record_on(cpu, trace::Kind::FlushNmiSent, 0, 0);

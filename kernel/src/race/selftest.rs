@@ -533,9 +533,12 @@ fn trace_merge_in_time_order<A: Mmu>(_: &Cmdline) -> Outcome {
         match (strategy.is_broadcast(), sent, recv) {
             (true, None, None) => Outcome::Pass,
             (false, Some(s), Some(rv)) if s.t <= rv.t && rv.t <= leave.t => Outcome::Pass,
-            _ => fail(format!(
-                "flush events do not match the {} strategy",
-                strategy.name()
+            (_, sent, recv) => fail(format!(
+                "flush events do not match the {} strategy: IPI sent at {:?}, served by A at {:?}, A left at {}",
+                strategy.name(),
+                sent.map(|e| e.t),
+                recv.map(|e| e.t),
+                leave.t
             )),
         }
     })
