@@ -12,6 +12,7 @@
 //! | `stop_at_hit` | natural mode: end a run at its first hit (time-to-first-hit benchmarks) |
 //! | `progress_s=N` | natural mode: print a progress line every N seconds (1 to 3600) |
 //! | `scenario=NAME\|all`, `variant=NAME`, `mode=natural\|forced` | run race scenarios instead of the self-tests (`crate::race`) |
+//! | `flush=ipi\|nmi\|ipte\|csp` | race scenarios: only the cases under this TLB flush strategy (rows with a flush axis; the architecture must implement it) |
 //! | `list` | print every race row (with its seed thread and Linux commits), every variant (with the kernel it models and whether this architecture accepts it) and every self-test suite and case, instead of running anything (`crate::list`) |
 //! | `tick_hz=N` | timer tick rate, 1..=10000 (default 100) |
 //! | `mem=SIZE` | ignore RAM at and above physical address SIZE (`K`, `M`, `G` suffixes), as Linux's `mem=` |
@@ -57,6 +58,8 @@ pub struct Cmdline<'a> {
     pub scenario: Option<&'a str>,
     /// Variant name.
     pub variant: Option<&'a str>,
+    /// `flush=`: the flush strategy of the scenario cases to run.
+    pub flush: Option<&'a str>,
     /// Scenario mode.
     pub mode: Option<Mode>,
     /// `list`: print what the kernel has instead of running it.
@@ -127,6 +130,7 @@ impl<'a> Cmdline<'a> {
             stop_at_hit: false,
             scenario: None,
             variant: None,
+            flush: None,
             mode: None,
             list: false,
             tick_hz: 100,
@@ -220,6 +224,17 @@ impl<'a> Cmdline<'a> {
                 "progress_s" => c.progress_s = Some(ranged(1, 3_600, "seconds from 1 to 3600")?),
                 "scenario" => c.scenario = Some(need("a scenario name")?),
                 "variant" => c.variant = Some(need("a variant name")?),
+                "flush" => {
+                    let v = need("ipi, nmi, ipte or csp")?;
+                    if crate::mm::tlbflush::FlushStrategy::from_name(v).is_none() {
+                        return Err(CmdlineError::BadValue {
+                            key,
+                            value: v,
+                            expected: "ipi, nmi, ipte or csp",
+                        });
+                    }
+                    c.flush = Some(v);
+                }
                 "mode" => {
                     c.mode = Some(match need("natural or forced")? {
                         "natural" => Mode::Natural,
@@ -380,6 +395,8 @@ mod tests {
         assert_eq!(Cmdline::parse("mem=2g").unwrap().mem_limit, Some(2 << 30));
         assert!(Cmdline::parse("mem=12X").is_err());
         assert!(Cmdline::parse("mem=M").is_err());
+        assert_eq!(Cmdline::parse("flush=nmi").unwrap().flush, Some("nmi"));
+        assert!(Cmdline::parse("flush=tlbi").is_err());
         assert_eq!(c.panic_cpu, Some(2));
         assert_eq!(c.fault_cpu, None);
         assert_eq!(

@@ -30,8 +30,11 @@
 //!   can tell a complete list from a cut one.
 //! - `row`: `name`, `catalogue` (the row's number in the race catalogue, `-`
 //!   for a demonstration row), `roles` (comma-separated), `cpus` (the CPUs
-//!   a run needs: one per role and the controller), `seed` (the mailing-list
-//!   thread or catalogue entry), `about`.
+//!   a run needs: one per role and the controller), `flush` (the flush
+//!   strategies this architecture runs the row's variants under,
+//!   comma-separated, `-` for a row without a flush axis: it runs under the
+//!   architecture's default), `seed` (the mailing-list thread or catalogue
+//!   entry), `about`.
 //! - `commit`: `row`, `hash`, `role` (`fix`, `introduced`, `context`),
 //!   `release` and `subject` where known (left out otherwise).
 //! - `variant`: `row`, `name`, `accepted` (`yes`: the row's `set_variant`
@@ -97,6 +100,16 @@ pub fn print<A: Mmu>(run: &mut Run) -> bool {
     for s in &rows {
         let catalogue = s.catalogue.map_or(String::from("-"), |n| format!("{n}"));
         let cpus = format!("{}", s.roles.len() + 1);
+        let flush: Vec<&str> = scenario::flush_axis(s)
+            .into_iter()
+            .flatten()
+            .map(|f| f.name())
+            .collect();
+        let flush = if flush.is_empty() {
+            String::from("-")
+        } else {
+            flush.join(",")
+        };
         print_item(
             "row",
             &[
@@ -104,6 +117,7 @@ pub fn print<A: Mmu>(run: &mut Run) -> bool {
                 ("catalogue", &catalogue),
                 ("roles", &s.roles.join(",")),
                 ("cpus", &cpus),
+                ("flush", &flush),
                 ("seed", s.seed),
                 ("about", s.about),
             ],

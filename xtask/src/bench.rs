@@ -772,7 +772,7 @@ pub fn run(opts: &Options, progress: &mut crate::progress::Progress) -> Result<R
             }
         }
         for c in cells.iter().filter(|c| c.arch == a) {
-            let name = format!("{} {}", c.row, c.variant);
+            let name = format!("{} {}", c.row, c.label());
             for seed in 1..=opts.race_runs {
                 progress.update(&progress.status(
                     "bench",
@@ -783,13 +783,10 @@ pub fn run(opts: &Options, progress: &mut crate::progress::Progress) -> Result<R
                 let mut config = BootConfig::new(a, kernel.clone());
                 config.smp = opts.smp;
                 config.timeout = Duration::from_secs(400);
-                config.cmdline = format!(
-                    "scenario={} variant={} mode=natural seed={seed} stop_at_hit",
-                    c.row, c.variant
-                );
+                config.cmdline = format!("{} seed={seed} stop_at_hit", c.kernel_args());
                 let boot = Boot::run(&config, |_| {})?;
                 done += 1;
-                let case = format!("scenario.{}:{}:natural", c.row, c.variant);
+                let case = c.case();
                 let verdict = boot.verdict();
                 let r = boot.ktap.case(&case);
                 let Some(r) = r.filter(|_| verdict.passed) else {

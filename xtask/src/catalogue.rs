@@ -124,6 +124,9 @@ pub struct ListedRow {
     pub roles: Vec<String>,
     /// CPUs a run needs.
     pub cpus: u32,
+    /// The flush strategies this architecture runs the variants under
+    /// (empty: the row has no flush axis and runs under the default).
+    pub flush: Vec<String>,
     /// The seed thread or catalogue entry.
     pub seed: String,
     /// The race.
@@ -198,6 +201,7 @@ pub fn parse_listing(arch: Arch, lines: &[String]) -> Result<Listing> {
                 catalogue: get("catalogue")?.parse().ok(),
                 roles: list(get("roles")?),
                 cpus: get("cpus")?.parse().context("cpus= is not a number")?,
+                flush: list(opt("flush").unwrap_or_default()),
                 seed: get("seed")?,
                 about: get("about")?,
                 commits: Vec::new(),
@@ -300,9 +304,11 @@ pub struct ArchCell {
     pub accepted: bool,
     /// Why not.
     pub reason: Option<String>,
-    /// The expected outcome per mode (`forced`, `natural`) from the
-    /// expected table; `null` where the table has no cell.
-    pub expected: BTreeMap<String, Option<String>>,
+    /// The expected outcome per flush strategy the variant runs under on
+    /// this architecture (`default` for a row without a flush axis), then
+    /// per mode (`forced`, `natural`), from the expected table; `null`
+    /// where the table has no cell.
+    pub expected: BTreeMap<String, BTreeMap<String, Option<String>>>,
 }
 
 /// A variant across the architectures.
@@ -414,31 +420,41 @@ impl Catalogue {
                         }
                     };
                     let mut exp = BTreeMap::new();
-                    for m in MODES {
-                        let cell = expected::lookup(&lr.name, arch, &lv.name, m);
-                        if cell.is_none() {
-                            problems.push(format!(
-                                "{} {} {arch} {}: not in the expected table",
-                                lr.name,
-                                lv.name,
-                                m.name()
-                            ));
-                        }
-                        if let Some(c) = cell {
-                            if !lv.accepted && c.expect != expected::Expect::Skip {
+                    let flushes: Vec<Option<&str>> = if lr.flush.is_empty() {
+                        vec![None]
+                    } else {
+                        lr.flush.iter().map(|f| Some(f.as_str())).collect()
+                    };
+                    for flush in flushes {
+                        let by_mode: &mut BTreeMap<String, Option<String>> = exp
+                            .entry(flush.unwrap_or("default").to_string())
+                            .or_default();
+                        for m in MODES {
+                            let cell = expected::lookup(&lr.name, arch, &lv.name, flush, m);
+                            if cell.is_none() {
                                 problems.push(format!(
+                                    "{} {} {arch} {}: not in the expected table",
+                                    lr.name,
+                                    expected::label(&lv.name, flush),
+                                    m.name()
+                                ));
+                            }
+                            if let Some(c) = cell {
+                                if !lv.accepted && c.expect != expected::Expect::Skip {
+                                    problems.push(format!(
                                     "{} {} {arch} {}: the kernel refuses the variant, the table expects {}",
                                     lr.name,
                                     lv.name,
                                     m.name(),
                                     c.expect.name()
                                 ));
+                                }
                             }
+                            by_mode.insert(
+                                m.name().to_string(),
+                                cell.map(|c| c.expect.name().to_string()),
+                            );
                         }
-                        exp.insert(
-                            m.name().to_string(),
-                            cell.map(|c| c.expect.name().to_string()),
-                        );
                     }
                     row.variants[vi].arches.insert(
                         arch.name().to_string(),
@@ -454,12 +470,19 @@ impl Catalogue {
         // Rows of the table no kernel listed.
         for arch in listings.iter().map(|l| l.arch) {
             for c in expected::CELLS.iter().filter(|c| c.arch == arch) {
-                let listed = rows
-                    .iter()
-                    .any(|r| r.name == c.row && r.variants.iter().any(|v| v.name == c.variant));
+                let listed = rows.iter().any(|r| {
+                    r.name == c.row
+                        && r.variants.iter().any(|v| {
+                            v.name == c.variant
+                                && v.arches.get(arch.name()).is_some_and(|a| {
+                                    a.expected.contains_key(c.flush.unwrap_or("default"))
+                                })
+                        })
+                });
                 let p = format!(
                     "{} {}: in the expected table, not listed by the {arch} kernel",
-                    c.row, c.variant
+                    c.row,
+                    c.label()
                 );
                 if !listed && !problems.contains(&p) {
                     problems.push(p);
@@ -571,29 +594,40 @@ impl Catalogue {
     }
 }
 
-/// One architecture's line of a variant: `forced bug, natural clean`, or
-/// `skip: REASON` for a variant the kernel refuses.
+/// One architecture's line of a variant: `forced bug, natural clean`
+/// (per flush strategy for a row with a flush axis: `ipi: forced
+/// impossible, natural clean; nmi: ...`), or `skip: REASON` for a variant
+/// the kernel refuses.
 fn cell_text(c: &ArchCell) -> String {
-    let exp = |m: &str| {
-        c.expected
-            .get(m)
-            .cloned()
-            .flatten()
-            .unwrap_or_else(|| "(not in the table)".into())
-    };
-    let (f, n) = (exp("forced"), exp("natural"));
-    if !c.accepted {
-        let why = c.reason.as_deref().unwrap_or("refused");
-        if f == "skip" && n == "skip" {
-            return format!("skip: {why}");
+    let mut parts = Vec::new();
+    for (flush, by_mode) in &c.expected {
+        let exp = |m: &str| {
+            by_mode
+                .get(m)
+                .cloned()
+                .flatten()
+                .unwrap_or_else(|| "(not in the table)".into())
+        };
+        let (f, n) = (exp("forced"), exp("natural"));
+        if !c.accepted {
+            let why = c.reason.as_deref().unwrap_or("refused");
+            if f == "skip" && n == "skip" {
+                return format!("skip: {why}");
+            }
+            return format!("refused ({why}); the table expects forced {f}, natural {n}");
         }
-        return format!("refused ({why}); the table expects forced {f}, natural {n}");
+        let text = if f == n {
+            format!("forced and natural {f}")
+        } else {
+            format!("forced {f}, natural {n}")
+        };
+        parts.push(if flush == "default" {
+            text
+        } else {
+            format!("{flush}: {text}")
+        });
     }
-    if f == n {
-        format!("forced and natural {f}")
-    } else {
-        format!("forced {f}, natural {n}")
-    }
+    parts.join("; ")
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
-//! The expected outcome of every race-scenario cell — one row per (row,
-//! arch, variant, mode) — and the comparison with what a boot observed.
+//! The expected outcome of every race-scenario cell — one per (row, arch,
+//! variant, flush strategy, mode) — and the comparison with what a boot
+//! observed.
 //!
 //! This table is the one place the project states what each kernel variant
 //! must show on each architecture. `cargo xtask run --scenario ...` (and the
@@ -7,12 +8,17 @@
 //! mismatch; the boot-and-assert test `tests/tests/scenarios.rs` checks every
 //! cell.
 //!
-//! The kernel reports each cell as a case `row:variant:mode` of the KTAP
-//! suite `scenario` with one diagnostic line `row=... variant=... mode=...
-//! outcome=... iterations=... hits=... first_hit_ns=... ...`
-//! ([`observed`] reads it).
+//! The kernel reports each cell as a case `row:variant:mode` (a row with a
+//! flush axis: `row:variant@flush:mode`, once per flush strategy of the
+//! architecture) of the KTAP suite `scenario` with one diagnostic line
+//! `row=... variant=... flush=... mode=... outcome=... iterations=...
+//! hits=... first_hit_ns=... ...` ([`observed`] reads it).
 //!
-//! A row's author adds its cells here, every (arch, variant, mode), with
+//! The table is declarative: one entry per variant and place — both
+//! architectures, one architecture, or one flush strategy (whose
+//! architecture follows from it) — with its forced and natural outcome;
+//! a row that does not exist on an architecture is one line of
+//! [`ROW_SKIPS`]. A row's author adds its entries, with
 //! [`Expect::Report`] only where the catalogue says a cell reports its hit
 //! rate only.
 
@@ -85,56 +91,138 @@ impl Expect {
     }
 }
 
-/// One cell of the table.
+/// One cell of the table: a (row, arch, variant, flush strategy, mode).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Cell {
     /// The row's name (`scenario=`).
     pub row: &'static str,
     /// The architecture.
     pub arch: Arch,
-    /// The variant (`variant=`).
+    /// The variant (`variant=`): the policy under test.
     pub variant: &'static str,
+    /// The flush strategy (`flush=`) for a row with a flush axis; `None`
+    /// for a row that runs under the architecture's default.
+    pub flush: Option<&'static str>,
     /// The mode.
     pub mode: Mode,
     /// What it must show.
     pub expect: Expect,
 }
 
-const fn cell(
+impl Cell {
+    /// The variant as the kernel's case name spells it: `variant`, or
+    /// `variant@flush` for a row with a flush axis.
+    pub fn label(&self) -> String {
+        label(self.variant, self.flush)
+    }
+
+    /// The kernel command-line words that run exactly this cell:
+    /// `scenario= variant= [flush=] mode=`.
+    pub fn kernel_args(&self) -> String {
+        format!(
+            "scenario={} variant={}{} mode={}",
+            self.row,
+            self.variant,
+            self.flush.map_or(String::new(), |f| format!(" flush={f}")),
+            self.mode.name()
+        )
+    }
+
+    /// The `cargo xtask run` options that run exactly this cell.
+    pub fn run_options(&self) -> String {
+        format!(
+            "--arch {} --scenario {} --variant {}{} --mode {}",
+            self.arch,
+            self.row,
+            self.variant,
+            self.flush
+                .map_or(String::new(), |f| format!(" --flush {f}")),
+            self.mode.name()
+        )
+    }
+
+    /// The KTAP case of this cell: `scenario.row:label:mode`.
+    pub fn case(&self) -> String {
+        format!(
+            "scenario.{}:{}:{}",
+            self.row,
+            self.label(),
+            self.mode.name()
+        )
+    }
+}
+
+/// `variant` or `variant@flush`.
+pub fn label(variant: &str, flush: Option<&str>) -> String {
+    match flush {
+        Some(f) => format!("{variant}@{f}"),
+        None => variant.to_string(),
+    }
+}
+
+/// Where an [`Entry`] applies.
+#[derive(Clone, Copy, Debug)]
+enum On {
+    /// Both architectures, each under its default flush strategy (a row
+    /// without a flush axis).
+    Both,
+    /// One architecture (a row without a flush axis).
+    Arch(Arch),
+    /// Under this flush strategy, on the architecture that implements it
+    /// (a row with a flush axis runs each variant under every strategy of
+    /// the architecture).
+    Flush(&'static str),
+}
+
+/// What one variant shows, forced and natural, where it applies.
+struct Entry {
     row: &'static str,
-    arch: Arch,
     variant: &'static str,
-    mode: Mode,
-    expect: Expect,
-) -> Cell {
-    Cell {
+    on: On,
+    forced: Expect,
+    natural: Expect,
+}
+
+const fn e(
+    row: &'static str,
+    variant: &'static str,
+    on: On,
+    forced: Expect,
+    natural: Expect,
+) -> Entry {
+    Entry {
         row,
-        arch,
         variant,
-        mode,
-        expect,
+        on,
+        forced,
+        natural,
+    }
+}
+
+/// The architecture that implements a flush strategy.
+pub fn flush_arch(flush: &str) -> Option<Arch> {
+    match flush {
+        "ipi" | "nmi" => Some(Arch::X86_64),
+        "ipte" | "csp" => Some(Arch::S390x),
+        _ => None,
     }
 }
 
 use Arch::{S390x, X86_64};
 use Expect::*;
-use Mode::{Forced, Natural};
+use On::{Both, Flush};
 
-/// Every cell. Rows in catalogue order; the demonstration row first.
-pub const CELLS: &[Cell] = &[
+/// What every variant shows. Rows in catalogue order, the demonstration
+/// row first. A cell not listed for an architecture is a row that does
+/// not exist there ([`ROW_SKIPS`]).
+const ENTRIES: &[Entry] = &[
     // demo-lock-vs-put (kernel/src/race/demo.rs): the page's last reference
-    // dropped while another CPU holds its lock.
-    cell("demo-lock-vs-put", S390x, "buggy", Forced, Bug),
-    // Natural buggy: the demonstration's window is a few instructions wide
-    // and its hits depend on how the host schedules the two vCPUs (from 0
-    // to 2 000 in 10 000 iterations seen on one x86-64 seed): hit rate only.
-    cell("demo-lock-vs-put", S390x, "buggy", Natural, Report),
-    cell("demo-lock-vs-put", S390x, "fixed", Forced, Clean),
-    cell("demo-lock-vs-put", S390x, "fixed", Natural, Clean),
-    cell("demo-lock-vs-put", X86_64, "buggy", Forced, Bug),
-    cell("demo-lock-vs-put", X86_64, "buggy", Natural, Report),
-    cell("demo-lock-vs-put", X86_64, "fixed", Forced, Clean),
-    cell("demo-lock-vs-put", X86_64, "fixed", Natural, Clean),
+    // dropped while another CPU holds its lock. Natural buggy: the
+    // demonstration's window is a few instructions wide and its hits depend
+    // on how the host schedules the two vCPUs (from 0 to 2 000 in 10 000
+    // iterations seen on one x86-64 seed): hit rate only.
+    e("demo-lock-vs-put", "buggy", Both, Bug, Report),
+    e("demo-lock-vs-put", "fixed", Both, Clean, Clean),
     // wp-unlock-vs-zap (kernel/src/race/wp_unlock.rs), catalogue row 1:
     // do_wp_page unlocks the reused page after the PTL release while
     // MADV_DONTNEED frees it. Forced: the buggy order is a bug under either
@@ -150,372 +238,294 @@ pub const CELLS: &[Cell] = &[
     // plain exchange, s390x's an IPTE). Batched freeing reports its hit
     // rate only: the free waits for the flush (on x86-64 an IPI the fault's
     // CPU takes with interrupts on), which the window rarely outlasts.
-    cell("wp-unlock-vs-zap", S390x, "buggy-immediate", Forced, Bug),
-    cell("wp-unlock-vs-zap", S390x, "buggy-immediate", Natural, Bug),
-    cell("wp-unlock-vs-zap", S390x, "buggy-batched", Forced, Bug),
-    cell("wp-unlock-vs-zap", S390x, "buggy-batched", Natural, Report),
-    cell("wp-unlock-vs-zap", S390x, "fixed", Forced, Clean),
-    cell("wp-unlock-vs-zap", S390x, "fixed", Natural, Clean),
-    cell("wp-unlock-vs-zap", X86_64, "buggy-immediate", Forced, Bug),
-    cell("wp-unlock-vs-zap", X86_64, "buggy-immediate", Natural, Bug),
-    cell("wp-unlock-vs-zap", X86_64, "buggy-batched", Forced, Bug),
-    cell("wp-unlock-vs-zap", X86_64, "buggy-batched", Natural, Report),
-    cell("wp-unlock-vs-zap", X86_64, "fixed", Forced, Clean),
-    cell("wp-unlock-vs-zap", X86_64, "fixed", Natural, Clean),
-    // ptfree-vs-gup-fast (kernel/src/race/ptfree.rs, catalogue row 6): a PTE
-    // table freed by munmap while GUP-fast walks it with interrupts off.
-    // Variants are table freeing x flush strategy; a strategy of the other
-    // arch is `skip`. Natural `clean` cells run 10 000 iterations, as the
-    // catalogue's CI rule asks.
-    // s390x: IPTE sends no IPI, so only the table policy protects.
-    cell("ptfree-vs-gup-fast", S390x, "immediate-ipte", Forced, Bug),
-    cell("ptfree-vs-gup-fast", S390x, "immediate-ipte", Natural, Bug),
-    cell("ptfree-vs-gup-fast", S390x, "ipi-sync-ipte", Forced, Clean),
-    cell("ptfree-vs-gup-fast", S390x, "ipi-sync-ipte", Natural, Clean),
-    cell("ptfree-vs-gup-fast", S390x, "rcu-ipte", Forced, Clean),
-    cell("ptfree-vs-gup-fast", S390x, "rcu-ipte", Natural, Clean),
-    cell("ptfree-vs-gup-fast", S390x, "immediate-ipi", Forced, Skip),
-    cell("ptfree-vs-gup-fast", S390x, "immediate-ipi", Natural, Skip),
-    cell("ptfree-vs-gup-fast", S390x, "ipi-sync-ipi", Forced, Skip),
-    cell("ptfree-vs-gup-fast", S390x, "ipi-sync-ipi", Natural, Skip),
-    cell("ptfree-vs-gup-fast", S390x, "rcu-ipi", Forced, Skip),
-    cell("ptfree-vs-gup-fast", S390x, "rcu-ipi", Natural, Skip),
-    cell("ptfree-vs-gup-fast", S390x, "immediate-nmi", Forced, Skip),
-    cell("ptfree-vs-gup-fast", S390x, "immediate-nmi", Natural, Skip),
-    cell("ptfree-vs-gup-fast", S390x, "ipi-sync-nmi", Forced, Skip),
-    cell("ptfree-vs-gup-fast", S390x, "ipi-sync-nmi", Natural, Skip),
-    cell("ptfree-vs-gup-fast", S390x, "rcu-nmi", Forced, Skip),
-    cell("ptfree-vs-gup-fast", S390x, "rcu-nmi", Natural, Skip),
-    // x86-64 with flush IPIs: the unmap waits for the flush IPI the walker
-    // holds back before any table is freed. The catalogue names only
-    // `immediate`; with IPI sync or RCU the flush IPI also blocks first, so
-    // forced is `impossible` there too (the fix's own wait is never reached).
-    cell(
-        "ptfree-vs-gup-fast",
-        X86_64,
-        "immediate-ipi",
-        Forced,
-        Impossible,
-    ),
-    cell(
-        "ptfree-vs-gup-fast",
-        X86_64,
-        "immediate-ipi",
-        Natural,
-        Clean,
-    ),
-    cell(
-        "ptfree-vs-gup-fast",
-        X86_64,
-        "ipi-sync-ipi",
-        Forced,
-        Impossible,
-    ),
-    cell("ptfree-vs-gup-fast", X86_64, "ipi-sync-ipi", Natural, Clean),
-    cell("ptfree-vs-gup-fast", X86_64, "rcu-ipi", Forced, Impossible),
-    cell("ptfree-vs-gup-fast", X86_64, "rcu-ipi", Natural, Clean),
-    // x86-64 with NMI shootdown: like s390x.
-    cell("ptfree-vs-gup-fast", X86_64, "immediate-nmi", Forced, Bug),
-    cell("ptfree-vs-gup-fast", X86_64, "immediate-nmi", Natural, Bug),
-    cell("ptfree-vs-gup-fast", X86_64, "ipi-sync-nmi", Forced, Clean),
-    cell("ptfree-vs-gup-fast", X86_64, "ipi-sync-nmi", Natural, Clean),
-    cell("ptfree-vs-gup-fast", X86_64, "rcu-nmi", Forced, Clean),
-    cell("ptfree-vs-gup-fast", X86_64, "rcu-nmi", Natural, Clean),
-    cell("ptfree-vs-gup-fast", X86_64, "immediate-ipte", Forced, Skip),
-    cell(
-        "ptfree-vs-gup-fast",
-        X86_64,
-        "immediate-ipte",
-        Natural,
-        Skip,
-    ),
-    cell("ptfree-vs-gup-fast", X86_64, "ipi-sync-ipte", Forced, Skip),
-    cell("ptfree-vs-gup-fast", X86_64, "ipi-sync-ipte", Natural, Skip),
-    cell("ptfree-vs-gup-fast", X86_64, "rcu-ipte", Forced, Skip),
-    cell("ptfree-vs-gup-fast", X86_64, "rcu-ipte", Natural, Skip),
-    // zap-rmap-vs-mkclean (kernel/src/race/zap_rmap.rs, catalogue row 3):
-    // Linux 6.1 removes a dirty shared-file page's rmap before the flush under
-    // the PTL; writeback's mkclean finds the page unmapped, cleans and writes
-    // it while the writer still stores through its stale TLB entry (lost
-    // write). x86-64 (IPI and NMI flushes): buggy `bug`; fixed `clean` (forced:
-    // mkclean's rmap walk spins on the zap's PTL, the fix's wait, held_by_fix).
-    // s390x: IPTE at the clear leaves no stale entry: natural `clean`; forced
-    // `impossible` for both variants (the writer's store faults and spins on
-    // the zap's PTL, a cycle through the fault, not the fix).
-    cell("zap-rmap-vs-mkclean", S390x, "buggy-ipi", Forced, Skip),
-    cell("zap-rmap-vs-mkclean", S390x, "buggy-ipi", Natural, Skip),
-    cell("zap-rmap-vs-mkclean", S390x, "fixed-ipi", Forced, Skip),
-    cell("zap-rmap-vs-mkclean", S390x, "fixed-ipi", Natural, Skip),
-    cell("zap-rmap-vs-mkclean", S390x, "buggy-nmi", Forced, Skip),
-    cell("zap-rmap-vs-mkclean", S390x, "buggy-nmi", Natural, Skip),
-    cell("zap-rmap-vs-mkclean", S390x, "fixed-nmi", Forced, Skip),
-    cell("zap-rmap-vs-mkclean", S390x, "fixed-nmi", Natural, Skip),
-    cell(
-        "zap-rmap-vs-mkclean",
-        S390x,
-        "buggy-ipte",
-        Forced,
-        Impossible,
-    ),
-    cell("zap-rmap-vs-mkclean", S390x, "buggy-ipte", Natural, Clean),
-    cell(
-        "zap-rmap-vs-mkclean",
-        S390x,
-        "fixed-ipte",
-        Forced,
-        Impossible,
-    ),
-    cell("zap-rmap-vs-mkclean", S390x, "fixed-ipte", Natural, Clean),
-    cell("zap-rmap-vs-mkclean", X86_64, "buggy-ipi", Forced, Bug),
-    cell("zap-rmap-vs-mkclean", X86_64, "buggy-ipi", Natural, Bug),
-    cell("zap-rmap-vs-mkclean", X86_64, "fixed-ipi", Forced, Clean),
-    cell("zap-rmap-vs-mkclean", X86_64, "fixed-ipi", Natural, Clean),
-    cell("zap-rmap-vs-mkclean", X86_64, "buggy-nmi", Forced, Bug),
-    cell("zap-rmap-vs-mkclean", X86_64, "buggy-nmi", Natural, Bug),
-    cell("zap-rmap-vs-mkclean", X86_64, "fixed-nmi", Forced, Clean),
-    cell("zap-rmap-vs-mkclean", X86_64, "fixed-nmi", Natural, Clean),
-    cell("zap-rmap-vs-mkclean", X86_64, "buggy-ipte", Forced, Skip),
-    cell("zap-rmap-vs-mkclean", X86_64, "buggy-ipte", Natural, Skip),
-    cell("zap-rmap-vs-mkclean", X86_64, "fixed-ipte", Forced, Skip),
-    cell("zap-rmap-vs-mkclean", X86_64, "fixed-ipte", Natural, Skip),
-    // nested-flush (kernel/src/race/nested_flush.rs, catalogue row 8): two
-    // MADV_DONTNEEDs overlap; the one that finds the PTE clear returns before
-    // the other flushed, and the writer's store through its stale TLB entry
-    // lands in the dropped page. x86-64 (IPI and NMI flushes): buggy `bug`,
-    // fixed (full flush of a nested gather) `clean`. s390x: IPTE at the clear,
-    // both `clean`.
-    cell("nested-flush", S390x, "buggy-ipi", Forced, Skip),
-    cell("nested-flush", S390x, "buggy-ipi", Natural, Skip),
-    cell("nested-flush", S390x, "fixed-ipi", Forced, Skip),
-    cell("nested-flush", S390x, "fixed-ipi", Natural, Skip),
-    cell("nested-flush", S390x, "buggy-nmi", Forced, Skip),
-    cell("nested-flush", S390x, "buggy-nmi", Natural, Skip),
-    cell("nested-flush", S390x, "fixed-nmi", Forced, Skip),
-    cell("nested-flush", S390x, "fixed-nmi", Natural, Skip),
-    cell("nested-flush", S390x, "buggy-ipte", Forced, Clean),
-    cell("nested-flush", S390x, "buggy-ipte", Natural, Clean),
-    cell("nested-flush", S390x, "fixed-ipte", Forced, Clean),
-    cell("nested-flush", S390x, "fixed-ipte", Natural, Clean),
-    cell("nested-flush", X86_64, "buggy-ipi", Forced, Bug),
-    cell("nested-flush", X86_64, "buggy-ipi", Natural, Bug),
-    cell("nested-flush", X86_64, "fixed-ipi", Forced, Clean),
-    cell("nested-flush", X86_64, "fixed-ipi", Natural, Clean),
-    cell("nested-flush", X86_64, "buggy-nmi", Forced, Bug),
-    cell("nested-flush", X86_64, "buggy-nmi", Natural, Bug),
-    cell("nested-flush", X86_64, "fixed-nmi", Forced, Clean),
-    cell("nested-flush", X86_64, "fixed-nmi", Natural, Clean),
-    cell("nested-flush", X86_64, "buggy-ipte", Forced, Skip),
-    cell("nested-flush", X86_64, "buggy-ipte", Natural, Skip),
-    cell("nested-flush", X86_64, "fixed-ipte", Forced, Skip),
-    cell("nested-flush", X86_64, "fixed-ipte", Natural, Skip),
-    // skey-dirty-vs-swapcache (kernel/src/race/skey_swap.rs, catalogue row
-    // 7): the zap moves a storage key's change bit to a page that reclaim is
-    // half-way through adding to the swap cache; the DIRTY tag lands on a
-    // missing tree entry. s390x only: x86-64 has no storage keys. fixed-a
-    // (the RFC) is `clean` but drops dirty bits: the count is printed
-    // (`# skey: ... dirty_dropped=`).
-    cell("skey-dirty-vs-swapcache", S390x, "buggy", Forced, Bug),
-    cell("skey-dirty-vs-swapcache", S390x, "buggy", Natural, Bug),
-    cell("skey-dirty-vs-swapcache", S390x, "fixed-a", Forced, Clean),
-    cell("skey-dirty-vs-swapcache", S390x, "fixed-a", Natural, Clean),
-    cell("skey-dirty-vs-swapcache", S390x, "fixed-b", Forced, Clean),
-    cell("skey-dirty-vs-swapcache", S390x, "fixed-b", Natural, Clean),
-    cell("skey-dirty-vs-swapcache", S390x, "fixed-c", Forced, Clean),
-    cell("skey-dirty-vs-swapcache", S390x, "fixed-c", Natural, Clean),
-    cell("skey-dirty-vs-swapcache", S390x, "fixed-d", Forced, Clean),
-    cell("skey-dirty-vs-swapcache", S390x, "fixed-d", Natural, Clean),
-    cell("skey-dirty-vs-swapcache", X86_64, "buggy", Forced, Skip),
-    cell("skey-dirty-vs-swapcache", X86_64, "buggy", Natural, Skip),
-    cell("skey-dirty-vs-swapcache", X86_64, "fixed-a", Forced, Skip),
-    cell("skey-dirty-vs-swapcache", X86_64, "fixed-a", Natural, Skip),
-    cell("skey-dirty-vs-swapcache", X86_64, "fixed-b", Forced, Skip),
-    cell("skey-dirty-vs-swapcache", X86_64, "fixed-b", Natural, Skip),
-    cell("skey-dirty-vs-swapcache", X86_64, "fixed-c", Forced, Skip),
-    cell("skey-dirty-vs-swapcache", X86_64, "fixed-c", Natural, Skip),
-    cell("skey-dirty-vs-swapcache", X86_64, "fixed-d", Forced, Skip),
-    cell("skey-dirty-vs-swapcache", X86_64, "fixed-d", Natural, Skip),
+    e("wp-unlock-vs-zap", "buggy-immediate", Both, Bug, Bug),
+    e("wp-unlock-vs-zap", "buggy-batched", Both, Bug, Report),
+    e("wp-unlock-vs-zap", "fixed", Both, Clean, Clean),
     // gup-fast-folding (kernel/src/race/gup_folding.rs, catalogue row 2): a
     // single-CPU, deterministic walk bug; forced (an empty schedule) and
     // natural (no delays) are the same run, every iteration. x86-64 folds
-    // no level per mm: skip.
-    cell("gup-fast-folding", S390x, "buggy", Forced, Bug),
-    cell("gup-fast-folding", S390x, "buggy", Natural, Bug),
-    cell("gup-fast-folding", S390x, "fixed", Forced, Clean),
-    cell("gup-fast-folding", S390x, "fixed", Natural, Clean),
-    cell("gup-fast-folding", X86_64, "buggy", Forced, Skip),
-    cell("gup-fast-folding", X86_64, "buggy", Natural, Skip),
-    cell("gup-fast-folding", X86_64, "fixed", Forced, Skip),
-    cell("gup-fast-folding", X86_64, "fixed", Natural, Skip),
-    // collapse-vs-gup-fast (kernel/src/race/collapse_gup.rs, catalogue row
-    // 5): GUP-fast pins a small page of the old PTE table after THP collapse
-    // checked for pins. Variants are the kernel x flush strategy; a strategy
-    // of the other arch is `skip`. s390x (IDTE/CSP, no IPI) and x86-64 with
-    // NMI shootdown: buggy and rcu-only `bug`, fixed-a (PMD recheck) and
-    // fixed-b (IPI sync; forced: held by the fix) `clean`. x86-64 with flush
-    // IPIs: the collapse's flush waits for the interrupts-off walker, so
-    // every variant is natural `clean` and forced `impossible`.
-    cell("collapse-vs-gup-fast", S390x, "buggy-ipte", Forced, Bug),
-    cell("collapse-vs-gup-fast", S390x, "buggy-ipte", Natural, Bug),
-    cell("collapse-vs-gup-fast", S390x, "fixed-a-ipte", Forced, Clean),
-    cell(
-        "collapse-vs-gup-fast",
-        S390x,
-        "fixed-a-ipte",
-        Natural,
-        Clean,
-    ),
-    cell("collapse-vs-gup-fast", S390x, "fixed-b-ipte", Forced, Clean),
-    cell(
-        "collapse-vs-gup-fast",
-        S390x,
-        "fixed-b-ipte",
-        Natural,
-        Clean,
-    ),
-    cell("collapse-vs-gup-fast", S390x, "rcu-only-ipte", Forced, Bug),
-    cell("collapse-vs-gup-fast", S390x, "rcu-only-ipte", Natural, Bug),
-    cell("collapse-vs-gup-fast", S390x, "buggy-ipi", Forced, Skip),
-    cell("collapse-vs-gup-fast", S390x, "buggy-ipi", Natural, Skip),
-    cell("collapse-vs-gup-fast", S390x, "fixed-a-ipi", Forced, Skip),
-    cell("collapse-vs-gup-fast", S390x, "fixed-a-ipi", Natural, Skip),
-    cell("collapse-vs-gup-fast", S390x, "fixed-b-ipi", Forced, Skip),
-    cell("collapse-vs-gup-fast", S390x, "fixed-b-ipi", Natural, Skip),
-    cell("collapse-vs-gup-fast", S390x, "rcu-only-ipi", Forced, Skip),
-    cell("collapse-vs-gup-fast", S390x, "rcu-only-ipi", Natural, Skip),
-    cell("collapse-vs-gup-fast", S390x, "buggy-nmi", Forced, Skip),
-    cell("collapse-vs-gup-fast", S390x, "buggy-nmi", Natural, Skip),
-    cell("collapse-vs-gup-fast", S390x, "fixed-a-nmi", Forced, Skip),
-    cell("collapse-vs-gup-fast", S390x, "fixed-a-nmi", Natural, Skip),
-    cell("collapse-vs-gup-fast", S390x, "fixed-b-nmi", Forced, Skip),
-    cell("collapse-vs-gup-fast", S390x, "fixed-b-nmi", Natural, Skip),
-    cell("collapse-vs-gup-fast", S390x, "rcu-only-nmi", Forced, Skip),
-    cell("collapse-vs-gup-fast", S390x, "rcu-only-nmi", Natural, Skip),
-    cell(
-        "collapse-vs-gup-fast",
-        X86_64,
-        "buggy-ipi",
-        Forced,
+    // no level per mm: the row does not exist there.
+    e("gup-fast-folding", "buggy", On::Arch(S390x), Bug, Bug),
+    e("gup-fast-folding", "fixed", On::Arch(S390x), Clean, Clean),
+    // zap-rmap-vs-mkclean (kernel/src/race/zap_rmap.rs, catalogue row 3):
+    // Linux 6.1 removes a dirty shared-file page's rmap before the flush
+    // under the PTL; writeback's mkclean finds the page unmapped, cleans
+    // and writes it while the writer still stores through its stale TLB
+    // entry (lost write). IPI and NMI flushes: buggy `bug`; fixed `clean`
+    // (forced: mkclean's rmap walk spins on the zap's PTL, the fix's wait,
+    // held_by_fix). IPTE at the clear leaves no stale entry: natural
+    // `clean`; forced `impossible` for both variants (the writer's store
+    // faults and spins on the zap's PTL, a cycle through the fault, not the
+    // fix).
+    e("zap-rmap-vs-mkclean", "buggy", Flush("ipi"), Bug, Bug),
+    e("zap-rmap-vs-mkclean", "buggy", Flush("nmi"), Bug, Bug),
+    e(
+        "zap-rmap-vs-mkclean",
+        "buggy",
+        Flush("ipte"),
         Impossible,
+        Clean,
     ),
-    cell("collapse-vs-gup-fast", X86_64, "buggy-ipi", Natural, Clean),
-    cell(
-        "collapse-vs-gup-fast",
-        X86_64,
-        "fixed-a-ipi",
-        Forced,
+    e("zap-rmap-vs-mkclean", "fixed", Flush("ipi"), Clean, Clean),
+    e("zap-rmap-vs-mkclean", "fixed", Flush("nmi"), Clean, Clean),
+    e(
+        "zap-rmap-vs-mkclean",
+        "fixed",
+        Flush("ipte"),
         Impossible,
-    ),
-    cell(
-        "collapse-vs-gup-fast",
-        X86_64,
-        "fixed-a-ipi",
-        Natural,
         Clean,
-    ),
-    cell(
-        "collapse-vs-gup-fast",
-        X86_64,
-        "fixed-b-ipi",
-        Forced,
-        Impossible,
-    ),
-    cell(
-        "collapse-vs-gup-fast",
-        X86_64,
-        "fixed-b-ipi",
-        Natural,
-        Clean,
-    ),
-    cell(
-        "collapse-vs-gup-fast",
-        X86_64,
-        "rcu-only-ipi",
-        Forced,
-        Impossible,
-    ),
-    cell(
-        "collapse-vs-gup-fast",
-        X86_64,
-        "rcu-only-ipi",
-        Natural,
-        Clean,
-    ),
-    cell("collapse-vs-gup-fast", X86_64, "buggy-nmi", Forced, Bug),
-    cell("collapse-vs-gup-fast", X86_64, "buggy-nmi", Natural, Bug),
-    cell("collapse-vs-gup-fast", X86_64, "fixed-a-nmi", Forced, Clean),
-    cell(
-        "collapse-vs-gup-fast",
-        X86_64,
-        "fixed-a-nmi",
-        Natural,
-        Clean,
-    ),
-    cell("collapse-vs-gup-fast", X86_64, "fixed-b-nmi", Forced, Clean),
-    cell(
-        "collapse-vs-gup-fast",
-        X86_64,
-        "fixed-b-nmi",
-        Natural,
-        Clean,
-    ),
-    cell("collapse-vs-gup-fast", X86_64, "rcu-only-nmi", Forced, Bug),
-    cell("collapse-vs-gup-fast", X86_64, "rcu-only-nmi", Natural, Bug),
-    cell("collapse-vs-gup-fast", X86_64, "buggy-ipte", Forced, Skip),
-    cell("collapse-vs-gup-fast", X86_64, "buggy-ipte", Natural, Skip),
-    cell("collapse-vs-gup-fast", X86_64, "fixed-a-ipte", Forced, Skip),
-    cell(
-        "collapse-vs-gup-fast",
-        X86_64,
-        "fixed-a-ipte",
-        Natural,
-        Skip,
-    ),
-    cell("collapse-vs-gup-fast", X86_64, "fixed-b-ipte", Forced, Skip),
-    cell(
-        "collapse-vs-gup-fast",
-        X86_64,
-        "fixed-b-ipte",
-        Natural,
-        Skip,
-    ),
-    cell(
-        "collapse-vs-gup-fast",
-        X86_64,
-        "rcu-only-ipte",
-        Forced,
-        Skip,
-    ),
-    cell(
-        "collapse-vs-gup-fast",
-        X86_64,
-        "rcu-only-ipte",
-        Natural,
-        Skip,
     ),
     // ptfrag-refcount (kernel/src/race/ptfrag.rs, catalogue row 4): a pfn
-    // scanner's speculative reference wiped by set_page_count when the frame
-    // becomes a page-table fragment block; the block is freed while its last
-    // fragment is linked. Both arches: buggy `bug`, both fixes `clean`, in
-    // both modes (the fixes add no wait: forced runs the whole interleaving).
-    cell("ptfrag-refcount", S390x, "buggy", Forced, Bug),
-    cell("ptfrag-refcount", S390x, "buggy", Natural, Bug),
-    cell("ptfrag-refcount", S390x, "fixed-a", Forced, Clean),
-    cell("ptfrag-refcount", S390x, "fixed-a", Natural, Clean),
-    cell("ptfrag-refcount", S390x, "fixed-b", Forced, Clean),
-    cell("ptfrag-refcount", S390x, "fixed-b", Natural, Clean),
-    cell("ptfrag-refcount", X86_64, "buggy", Forced, Bug),
-    cell("ptfrag-refcount", X86_64, "buggy", Natural, Bug),
-    cell("ptfrag-refcount", X86_64, "fixed-a", Forced, Clean),
-    cell("ptfrag-refcount", X86_64, "fixed-a", Natural, Clean),
-    cell("ptfrag-refcount", X86_64, "fixed-b", Forced, Clean),
-    cell("ptfrag-refcount", X86_64, "fixed-b", Natural, Clean),
+    // scanner's speculative reference wiped by set_page_count when the
+    // frame becomes a page-table fragment block; the block is freed while
+    // its last fragment is linked. Both arches: buggy `bug`, both fixes
+    // `clean`, in both modes (the fixes add no wait: forced runs the whole
+    // interleaving).
+    e("ptfrag-refcount", "buggy", Both, Bug, Bug),
+    e("ptfrag-refcount", "fixed-a", Both, Clean, Clean),
+    e("ptfrag-refcount", "fixed-b", Both, Clean, Clean),
+    // collapse-vs-gup-fast (kernel/src/race/collapse_gup.rs, catalogue row
+    // 5): GUP-fast pins a small page of the old PTE table after THP
+    // collapse checked for pins. IPTE/IDTE (no IPI) and NMI shootdown:
+    // buggy and rcu-only `bug`, fixed-a (PMD recheck) and fixed-b (IPI
+    // sync; forced: held by the fix) `clean`. Flush IPIs: the collapse's
+    // flush waits for the interrupts-off walker, so every variant is
+    // natural `clean` and forced `impossible`.
+    e(
+        "collapse-vs-gup-fast",
+        "buggy",
+        Flush("ipi"),
+        Impossible,
+        Clean,
+    ),
+    e("collapse-vs-gup-fast", "buggy", Flush("nmi"), Bug, Bug),
+    e("collapse-vs-gup-fast", "buggy", Flush("ipte"), Bug, Bug),
+    e(
+        "collapse-vs-gup-fast",
+        "fixed-a",
+        Flush("ipi"),
+        Impossible,
+        Clean,
+    ),
+    e(
+        "collapse-vs-gup-fast",
+        "fixed-a",
+        Flush("nmi"),
+        Clean,
+        Clean,
+    ),
+    e(
+        "collapse-vs-gup-fast",
+        "fixed-a",
+        Flush("ipte"),
+        Clean,
+        Clean,
+    ),
+    e(
+        "collapse-vs-gup-fast",
+        "fixed-b",
+        Flush("ipi"),
+        Impossible,
+        Clean,
+    ),
+    e(
+        "collapse-vs-gup-fast",
+        "fixed-b",
+        Flush("nmi"),
+        Clean,
+        Clean,
+    ),
+    e(
+        "collapse-vs-gup-fast",
+        "fixed-b",
+        Flush("ipte"),
+        Clean,
+        Clean,
+    ),
+    e(
+        "collapse-vs-gup-fast",
+        "rcu-only",
+        Flush("ipi"),
+        Impossible,
+        Clean,
+    ),
+    e("collapse-vs-gup-fast", "rcu-only", Flush("nmi"), Bug, Bug),
+    e("collapse-vs-gup-fast", "rcu-only", Flush("ipte"), Bug, Bug),
+    // ptfree-vs-gup-fast (kernel/src/race/ptfree.rs, catalogue row 6): a
+    // PTE table freed by munmap while GUP-fast walks it with interrupts
+    // off. IPTE and NMI shootdown send no interrupt the walker holds back,
+    // so only the table policy protects: immediate `bug`, IPI sync and RCU
+    // `clean` (forced: held by the fix). Flush IPIs: the unmap waits for
+    // the flush IPI the walker holds back before any table is freed. The
+    // catalogue names only `immediate`; with IPI sync or RCU the flush IPI
+    // also blocks first, so forced is `impossible` there too (the fix's own
+    // wait is never reached). Natural `clean` cells run 10 000 iterations,
+    // as the catalogue's CI rule asks.
+    e(
+        "ptfree-vs-gup-fast",
+        "immediate",
+        Flush("ipi"),
+        Impossible,
+        Clean,
+    ),
+    e("ptfree-vs-gup-fast", "immediate", Flush("nmi"), Bug, Bug),
+    e("ptfree-vs-gup-fast", "immediate", Flush("ipte"), Bug, Bug),
+    e(
+        "ptfree-vs-gup-fast",
+        "ipi-sync",
+        Flush("ipi"),
+        Impossible,
+        Clean,
+    ),
+    e("ptfree-vs-gup-fast", "ipi-sync", Flush("nmi"), Clean, Clean),
+    e(
+        "ptfree-vs-gup-fast",
+        "ipi-sync",
+        Flush("ipte"),
+        Clean,
+        Clean,
+    ),
+    e("ptfree-vs-gup-fast", "rcu", Flush("ipi"), Impossible, Clean),
+    e("ptfree-vs-gup-fast", "rcu", Flush("nmi"), Clean, Clean),
+    e("ptfree-vs-gup-fast", "rcu", Flush("ipte"), Clean, Clean),
+    // skey-dirty-vs-swapcache (kernel/src/race/skey_swap.rs, catalogue row
+    // 7): the zap moves a storage key's change bit to a page that reclaim
+    // is half-way through adding to the swap cache; the DIRTY tag lands on
+    // a missing tree entry. s390x only: x86-64 has no storage keys. fixed-a
+    // (the RFC) is `clean` but drops dirty bits: the count is printed
+    // (`# skey: ... dirty_dropped=`).
+    e(
+        "skey-dirty-vs-swapcache",
+        "buggy",
+        On::Arch(S390x),
+        Bug,
+        Bug,
+    ),
+    e(
+        "skey-dirty-vs-swapcache",
+        "fixed-a",
+        On::Arch(S390x),
+        Clean,
+        Clean,
+    ),
+    e(
+        "skey-dirty-vs-swapcache",
+        "fixed-b",
+        On::Arch(S390x),
+        Clean,
+        Clean,
+    ),
+    e(
+        "skey-dirty-vs-swapcache",
+        "fixed-c",
+        On::Arch(S390x),
+        Clean,
+        Clean,
+    ),
+    e(
+        "skey-dirty-vs-swapcache",
+        "fixed-d",
+        On::Arch(S390x),
+        Clean,
+        Clean,
+    ),
+    // nested-flush (kernel/src/race/nested_flush.rs, catalogue row 8): two
+    // MADV_DONTNEEDs overlap; the one that finds the PTE clear returns
+    // before the other flushed, and the writer's store through its stale
+    // TLB entry lands in the dropped page. IPI and NMI flushes: buggy
+    // `bug`, fixed (full flush of a nested gather) `clean`. IPTE purges at
+    // the clear: both `clean`.
+    e("nested-flush", "buggy", Flush("ipi"), Bug, Bug),
+    e("nested-flush", "buggy", Flush("nmi"), Bug, Bug),
+    e("nested-flush", "buggy", Flush("ipte"), Clean, Clean),
+    e("nested-flush", "fixed", Flush("ipi"), Clean, Clean),
+    e("nested-flush", "fixed", Flush("nmi"), Clean, Clean),
+    e("nested-flush", "fixed", Flush("ipte"), Clean, Clean),
 ];
 
-/// The cell for (row, arch, variant, mode).
-pub fn lookup(row: &str, arch: Arch, variant: &str, mode: Mode) -> Option<&'static Cell> {
-    CELLS
-        .iter()
-        .find(|c| c.row == row && c.arch == arch && c.variant == variant && c.mode == mode)
+/// Rows that do not exist on an architecture: every variant of the row is
+/// `skip` there, in both modes, with the kernel's reason.
+pub const ROW_SKIPS: &[(&str, Arch, &str)] = &[
+    (
+        "gup-fast-folding",
+        X86_64,
+        "x86-64 folds no page-table level per mm",
+    ),
+    (
+        "skey-dirty-vs-swapcache",
+        X86_64,
+        "x86-64 has no storage keys",
+    ),
+];
+
+/// Every cell, built from [`ENTRIES`] and [`ROW_SKIPS`]: rows in table
+/// order, each row's cells in entry order, then its skipped cells.
+pub static CELLS: std::sync::LazyLock<Vec<Cell>> = std::sync::LazyLock::new(build_cells);
+
+fn build_cells() -> Vec<Cell> {
+    let mut rows: Vec<&'static str> = Vec::new();
+    for en in ENTRIES {
+        if !rows.contains(&en.row) {
+            rows.push(en.row);
+        }
+    }
+    let mut cells = Vec::new();
+    for row in rows {
+        let mut variants: Vec<&'static str> = Vec::new();
+        for en in ENTRIES.iter().filter(|en| en.row == row) {
+            if !variants.contains(&en.variant) {
+                variants.push(en.variant);
+            }
+            let (arches, flush) = match en.on {
+                On::Both => (Arch::ALL.to_vec(), None),
+                On::Arch(a) => (vec![a], None),
+                On::Flush(f) => (
+                    vec![flush_arch(f).expect("a known flush strategy")],
+                    Some(f),
+                ),
+            };
+            for arch in arches {
+                for (mode, expect) in [(Mode::Forced, en.forced), (Mode::Natural, en.natural)] {
+                    cells.push(Cell {
+                        row,
+                        arch,
+                        variant: en.variant,
+                        flush,
+                        mode,
+                        expect,
+                    });
+                }
+            }
+        }
+        for &(_, arch, _) in ROW_SKIPS.iter().filter(|(r, _, _)| *r == row) {
+            for &variant in &variants {
+                for mode in [Mode::Forced, Mode::Natural] {
+                    cells.push(Cell {
+                        row,
+                        arch,
+                        variant,
+                        flush: None,
+                        mode,
+                        expect: Expect::Skip,
+                    });
+                }
+            }
+        }
+    }
+    cells
+}
+
+/// The cell for (row, arch, variant, flush, mode).
+pub fn lookup(
+    row: &str,
+    arch: Arch,
+    variant: &str,
+    flush: Option<&str>,
+    mode: Mode,
+) -> Option<&'static Cell> {
+    CELLS.iter().find(|c| {
+        c.row == row && c.arch == arch && c.variant == variant && c.flush == flush && c.mode == mode
+    })
 }
 
 /// One cell as a boot reported it.
@@ -525,6 +535,9 @@ pub struct Observed {
     pub row: String,
     /// Variant.
     pub variant: String,
+    /// The flush strategy, for a row with a flush axis (from the case
+    /// name `row:variant@flush:mode`).
+    pub flush: Option<String>,
     /// Mode.
     pub mode: Mode,
     /// The outcome word (`bug`, `clean`, `impossible`, `skip`, `hang`,
@@ -559,6 +572,11 @@ pub fn observed(doc: &Document) -> Vec<Observed> {
         let mut parts = case.splitn(3, ':');
         let (row, variant, mode) = (parts.next(), parts.next(), parts.next());
         let mode = value("mode").or(mode).and_then(Mode::from_name);
+        // The case name says whether the row has a flush axis.
+        let (variant, flush) = match variant.map(|v| v.split_once('@')) {
+            Some(Some((v, f))) => (Some(v), Some(f.to_string())),
+            _ => (variant, None),
+        };
         let (Some(row), Some(variant), Some(mode)) =
             (value("row").or(row), value("variant").or(variant), mode)
         else {
@@ -572,6 +590,7 @@ pub fn observed(doc: &Document) -> Vec<Observed> {
         out.push(Observed {
             row: row.to_string(),
             variant: variant.to_string(),
+            flush,
             mode,
             outcome: value("outcome").unwrap_or("failed").to_string(),
             iterations: value("iterations")
@@ -634,6 +653,9 @@ pub struct Selection {
     pub row: Option<String>,
     /// A variant, or every one.
     pub variant: Option<String>,
+    /// A flush strategy (only cells of rows with a flush axis run under
+    /// one), or every cell.
+    pub flush: Option<String>,
     /// A mode, or both.
     pub mode: Option<Mode>,
 }
@@ -643,7 +665,18 @@ impl Selection {
     pub fn includes(&self, c: &Cell) -> bool {
         self.row.as_deref().is_none_or(|r| r == "all" || r == c.row)
             && self.variant.as_deref().is_none_or(|v| v == c.variant)
+            && self.flush.as_deref().is_none_or(|f| Some(f) == c.flush)
             && self.mode.is_none_or(|m| m == c.mode)
+    }
+
+    /// Exactly the cell `c`.
+    pub fn cell(c: &Cell) -> Self {
+        Selection {
+            row: Some(c.row.to_string()),
+            variant: Some(c.variant.to_string()),
+            flush: c.flush.map(str::to_string),
+            mode: Some(c.mode),
+        }
     }
 }
 
@@ -654,6 +687,8 @@ pub struct Line {
     pub row: String,
     /// Variant.
     pub variant: String,
+    /// Flush strategy, for a row with a flush axis.
+    pub flush: Option<String>,
     /// Mode.
     pub mode: Mode,
     /// The expectation, if the table has the cell.
@@ -681,7 +716,7 @@ impl fmt::Display for Line {
             f,
             "{:<23} {:<15} {:<8} {:<11} {:<11} {:>10} {:>7} {:>13}  {}",
             self.row,
-            self.variant,
+            label(&self.variant, self.flush.as_deref()),
             self.mode.name(),
             exp,
             obs,
@@ -720,13 +755,17 @@ impl Line {
 pub fn compare(arch: Arch, sel: &Selection, observed: &[Observed]) -> Vec<Line> {
     let mut lines = Vec::new();
     for c in CELLS.iter().filter(|c| c.arch == arch && sel.includes(c)) {
-        let o = observed
-            .iter()
-            .find(|o| o.row == c.row && o.variant == c.variant && o.mode == c.mode);
+        let o = observed.iter().find(|o| {
+            o.row == c.row
+                && o.variant == c.variant
+                && o.flush.as_deref() == c.flush
+                && o.mode == c.mode
+        });
         let ok = o.is_some_and(|o| o.case_ok && c.expect.accepts(&o.outcome));
         lines.push(Line {
             row: c.row.into(),
             variant: c.variant.into(),
+            flush: c.flush.map(str::to_string),
             mode: c.mode,
             expect: Some(c.expect),
             observed: o.cloned(),
@@ -734,10 +773,11 @@ pub fn compare(arch: Arch, sel: &Selection, observed: &[Observed]) -> Vec<Line> 
         });
     }
     for o in observed {
-        if lookup(&o.row, arch, &o.variant, o.mode).is_none() {
+        if lookup(&o.row, arch, &o.variant, o.flush.as_deref(), o.mode).is_none() {
             lines.push(Line {
                 row: o.row.clone(),
                 variant: o.variant.clone(),
+                flush: o.flush.clone(),
                 mode: o.mode,
                 expect: None,
                 observed: Some(o.clone()),
@@ -763,21 +803,47 @@ mod tests {
             assert!(
                 CELLS[i + 1..]
                     .iter()
-                    .all(|b| (a.row, a.arch, a.variant, a.mode)
-                        != (b.row, b.arch, b.variant, b.mode)),
+                    .all(|b| (a.row, a.arch, a.variant, a.flush, a.mode)
+                        != (b.row, b.arch, b.variant, b.flush, b.mode)),
                 "{a:?} listed twice"
             );
-            // Every row has every (arch, mode) of each of its variants.
+            // Every row has both modes of each variant, and every
+            // architecture either runs the variant (under each strategy
+            // its other cells use there) or skips the whole row.
             for arch in Arch::ALL {
-                for mode in [Mode::Forced, Mode::Natural] {
-                    assert!(
-                        lookup(a.row, arch, a.variant, mode).is_some(),
-                        "{} {} {arch} {}: missing",
-                        a.row,
-                        a.variant,
-                        mode.name()
-                    );
+                let here: Vec<&Cell> = CELLS
+                    .iter()
+                    .filter(|c| c.row == a.row && c.arch == arch)
+                    .collect();
+                assert!(
+                    here.iter().any(|c| c.variant == a.variant),
+                    "{} {} {arch}: missing",
+                    a.row,
+                    a.variant
+                );
+                let skipped = here.iter().all(|c| c.expect == Expect::Skip);
+                let flushes: Vec<Option<&str>> = here.iter().map(|c| c.flush).collect();
+                for flush in flushes {
+                    for mode in [Mode::Forced, Mode::Natural] {
+                        assert!(
+                            lookup(a.row, arch, a.variant, flush, mode).is_some(),
+                            "{} {} {arch} {flush:?} {}: missing",
+                            a.row,
+                            a.variant,
+                            mode.name()
+                        );
+                    }
                 }
+                // A skip stands for a whole row, never for one variant.
+                assert!(
+                    skipped || here.iter().all(|c| c.expect != Expect::Skip),
+                    "{} {arch}: a skip that is not the whole row",
+                    a.row
+                );
+            }
+            // A flush strategy belongs to the cell's architecture.
+            if let Some(f) = a.flush {
+                assert_eq!(flush_arch(f), Some(a.arch), "{a:?}");
             }
         }
     }
@@ -786,6 +852,7 @@ mod tests {
         Observed {
             row: "demo-lock-vs-put".into(),
             variant: "buggy".into(),
+            flush: None,
             mode: Mode::Forced,
             outcome: outcome.into(),
             iterations: 3,
@@ -801,6 +868,7 @@ mod tests {
         let sel = Selection {
             row: Some("demo-lock-vs-put".into()),
             variant: Some("buggy".into()),
+            flush: None,
             mode: Some(Mode::Forced),
         };
         let lines = compare(Arch::S390x, &sel, &[obs("bug")]);

@@ -197,6 +197,10 @@ struct RunArgs {
     /// Scenario variant (one of the row's: `cargo xtask list` shows them).
     #[arg(long, value_parser = variant_parser())]
     variant: Option<String>,
+    /// Only the cells under this TLB flush strategy (rows with a flush
+    /// axis run each variant under every strategy of the architecture).
+    #[arg(long, value_parser = ["ipi", "nmi", "ipte", "csp"])]
+    flush: Option<String>,
     /// The plain run: every natural cell at the size CI runs it (10 000
     /// iterations, buggy cells to their first hit) instead of the quick tour.
     #[arg(long)]
@@ -226,6 +230,9 @@ impl RunArgs {
         }
         if let Some(v) = &self.variant {
             words.push(format!("variant={v}"));
+        }
+        if let Some(f) = &self.flush {
+            words.push(format!("flush={f}"));
         }
         if let Some(m) = &self.mode {
             words.push(format!("mode={m}"));
@@ -294,6 +301,7 @@ impl RunArgs {
         self.scenario.is_none()
             && self.test.is_none()
             && self.variant.is_none()
+            && self.flush.is_none()
             && self.mode.is_none()
             && self.seed.is_none()
             && self.kernel_args.is_empty()
@@ -310,7 +318,7 @@ fn scenario_parser() -> clap::builder::PossibleValuesParser {
 /// Every variant name of the expected table, for `--variant`.
 fn variant_parser() -> clap::builder::PossibleValuesParser {
     let mut values: Vec<&'static str> = Vec::new();
-    for c in expected::CELLS {
+    for c in expected::CELLS.iter() {
         if !values.contains(&c.variant) {
             values.push(c.variant);
         }
@@ -465,6 +473,7 @@ fn run(args: &RunArgs) -> Result<ExitCode> {
             let sel = expected::Selection {
                 row: Some(args.scenario.clone().unwrap_or_else(|| "all".into())),
                 variant: args.variant.clone(),
+                flush: args.flush.clone(),
                 mode: args.mode.as_deref().and_then(expected::Mode::from_name),
             };
             let mut config = args.config(arch, &kernel);
@@ -534,7 +543,7 @@ fn tour(args: &RunArgs, kernels: &[(Arch, PathBuf)]) -> Result<ExitCode> {
         let what = match &step.what {
             What::SelfTests => "self-tests".to_string(),
             What::ForcedRow(row) => format!("{row} forced"),
-            What::Natural(c) => format!("{}:{} natural", c.row, c.variant),
+            What::Natural(c) => format!("{}:{} natural", c.row, c.label()),
         };
         progress.update(&format!(
             "[{}] cell {} of {total_cells}: {} {what}; about {} s left",
@@ -711,6 +720,7 @@ fn run_gdb(args: &RunArgs, arch: Arch) -> Result<ExitCode> {
         let sel = expected::Selection {
             row: args.scenario.clone(),
             variant: args.variant.clone(),
+            flush: args.flush.clone(),
             mode: args.mode.as_deref().and_then(expected::Mode::from_name),
         };
         return Ok(
@@ -1154,6 +1164,7 @@ fn soak(args: &SoakArgs) -> Result<ExitCode> {
     let sel = expected::Selection {
         row: args.scenario.clone(),
         variant: args.variant.clone(),
+        flush: None,
         mode: None,
     };
     if let Some(row) = &args.scenario {
@@ -1218,7 +1229,7 @@ fn soak(args: &SoakArgs) -> Result<ExitCode> {
                     "{} {}:{}{}",
                     run.cell.arch,
                     run.cell.row,
-                    run.cell.variant,
+                    run.cell.label(),
                     if run.delays { "" } else { " (no delays)" }
                 );
                 let mut config = BootConfig::new(run.cell.arch, kernels[&run.cell.arch].clone());
@@ -1253,7 +1264,7 @@ fn soak(args: &SoakArgs) -> Result<ExitCode> {
                     }
                 };
                 let obs = expected::observed(&boot.ktap).into_iter().next();
-                let case = format!("scenario.{}:{}:natural", run.cell.row, run.cell.variant);
+                let case = run.cell.case();
                 let rate = boot
                     .ktap
                     .case(&case)
@@ -1319,7 +1330,7 @@ fn soak(args: &SoakArgs) -> Result<ExitCode> {
             "{:<8} {:<24} {:<22} {:<7} {:>10} {:>8} {:>14} {:>12.0}  {j}",
             run.cell.arch.to_string(),
             run.cell.row,
-            run.cell.variant,
+            run.cell.label(),
             if run.delays { "on" } else { "off" },
             r.iterations,
             r.hits,

@@ -43,9 +43,8 @@ impl SoakRun {
     /// The kernel command line of the run.
     pub fn cmdline(&self, progress_s: u64) -> String {
         format!(
-            "scenario={} variant={} mode=natural seed={} iterations={} budget_s={} delays={} progress_s={progress_s}",
-            self.cell.row,
-            self.cell.variant,
+            "{} seed={} iterations={} budget_s={} delays={} progress_s={progress_s}",
+            self.cell.kernel_args(),
             self.seed,
             self.iterations,
             self.budget_s,
@@ -66,11 +65,9 @@ impl SoakRun {
     /// The command that repeats this run.
     pub fn repeat_command(&self, smp: usize) -> String {
         format!(
-            "cargo xtask run --arch {} --smp {smp} --timeout {} --scenario {} --variant {} --mode natural --seed {} -- iterations={} budget_s={} delays={}",
-            self.cell.arch,
+            "cargo xtask run {} --smp {smp} --timeout {} --seed {} -- iterations={} budget_s={} delays={}",
+            self.cell.run_options(),
             self.timeout_s(),
-            self.cell.row,
-            self.cell.variant,
             self.seed,
             self.iterations,
             self.budget_s,
@@ -240,6 +237,7 @@ mod tests {
         let sel = Selection {
             row: Some("wp-unlock-vs-zap".into()),
             variant: Some("fixed".into()),
+            flush: None,
             mode: None,
         };
         let runs = plan(&[Arch::S390x], &sel, 10, 10, 60, 1);

@@ -58,14 +58,10 @@ impl Step {
             What::SelfTests => expected::Selection::default(),
             What::ForcedRow(row) => expected::Selection {
                 row: Some(row.to_string()),
-                variant: None,
                 mode: Some(Mode::Forced),
+                ..Default::default()
             },
-            What::Natural(c) => expected::Selection {
-                row: Some(c.row.to_string()),
-                variant: Some(c.variant.to_string()),
-                mode: Some(Mode::Natural),
-            },
+            What::Natural(c) => expected::Selection::cell(c),
         }
     }
 }
@@ -73,7 +69,7 @@ impl Step {
 /// The rows of the table, in its order.
 pub fn rows() -> Vec<&'static str> {
     let mut rows: Vec<&'static str> = Vec::new();
-    for c in expected::CELLS {
+    for c in expected::CELLS.iter() {
         if !rows.contains(&c.row) {
             rows.push(c.row);
         }
@@ -83,7 +79,7 @@ pub fn rows() -> Vec<&'static str> {
 
 /// The kernel command line of a natural cell in the tour.
 pub fn natural_cmdline(c: &Cell) -> String {
-    let base = format!("scenario={} variant={} mode=natural", c.row, c.variant);
+    let base = c.kernel_args();
     match c.expect {
         Expect::Bug => format!("{base} stop_at_hit budget_s={BUG_BUDGET_S}"),
         Expect::Report => format!("{base} stop_at_hit budget_ms={CLEAN_BUDGET_MS}"),

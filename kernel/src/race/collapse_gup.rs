@@ -38,8 +38,8 @@
 //!   complete. How often each happened is printed per run
 //!   (`# collapse: ...`), so a run whose walks never met the collapse shows
 //!   it.
-//! - Variants, per flush strategy of the arch (x86-64 `ipi`, `nmi`; s390x
-//!   `ipte`; another arch's strategy is `skip`):
+//! - Variants, each run under every flush strategy of the arch (the flush
+//!   axis: x86-64 `ipi`, `nmi`; s390x `ipte`):
 //!   `buggy` — PTE recheck only, no IPI sync, the old table freed right
 //!   away; `fixed-a` — GUP-fast rechecks the PMD too
 //!   (`set_gup_pmd_recheck`), the old table freed after an RCU grace period
@@ -109,7 +109,7 @@ use crate::mm::memory;
 use crate::mm::mm::{Mm, VmFlags};
 use crate::mm::mmu_gather::TableFree;
 use crate::mm::page_alloc;
-use crate::mm::tlbflush::{self, FlushStrategy};
+use crate::mm::tlbflush::FlushStrategy;
 use crate::mm::{page, pgtable, PAGE_SHIFT, PAGE_SIZE};
 use alloc::{boxed::Box, format, string::String, vec, vec::Vec};
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -146,79 +146,31 @@ const fn variant(
     }
 }
 
-/// The kernels, per flush strategy; [`CONFIG`] holds the knobs of each, in
-/// the same order.
-static VARIANTS: [Variant; 12] = [
+/// The variants; [`CONFIG`] holds the knobs of each, in the same order.
+/// Each runs under every flush strategy of the row ([`FLUSH`]).
+static VARIANTS: [Variant; 4] = [
     variant(
-        "buggy-ipi",
-        "PTE recheck only; flush IPIs",
-        "Linux before 70cbc3cc78a9 and 2ba99c5e0881: GUP-fast rechecks only the PTE; x86-64 IPI shootdown (bare-metal Linux before 6.15)",
+        "buggy",
+        "PTE recheck only",
+        "Linux before 70cbc3cc78a9 and 2ba99c5e0881: GUP-fast rechecks only the PTE",
         &[],
     ),
     variant(
-        "fixed-a-ipi",
-        "GUP-fast rechecks the PMD (70cbc3cc78a9), table freed after RCU; flush IPIs",
-        "70cbc3cc78a9: GUP-fast rechecks the PMD too (the old table freed after RCU); x86-64 IPI shootdown (bare-metal Linux before 6.15)",
+        "fixed-a",
+        "GUP-fast rechecks the PMD (70cbc3cc78a9), table freed after RCU",
+        "70cbc3cc78a9: GUP-fast rechecks the PMD too (the old table freed after RCU)",
         &[],
     ),
     variant(
-        "fixed-b-ipi",
-        "IPI sync after the PMD clear (2ba99c5e0881); flush IPIs",
-        "2ba99c5e0881: an IPI sync after the PMD clear, before the pin check; x86-64 IPI shootdown (bare-metal Linux before 6.15)",
+        "fixed-b",
+        "IPI sync after the PMD clear (2ba99c5e0881)",
+        "2ba99c5e0881: an IPI sync after the PMD clear, before the pin check",
         &[WaitClass::CallIpi],
     ),
     variant(
-        "rcu-only-ipi",
-        "old table freed after an RCU grace period, nothing else; flush IPIs",
-        "no Linux kernel: MMU_GATHER_RCU_TABLE_FREE alone, which keeps the old table but not the page; x86-64 IPI shootdown (bare-metal Linux before 6.15)",
-        &[],
-    ),
-    variant(
-        "buggy-nmi",
-        "PTE recheck only; flush NMIs",
-        "Linux before 70cbc3cc78a9 and 2ba99c5e0881: GUP-fast rechecks only the PTE; NMI shootdown, standing for broadcast invalidation (AMD INVLPGB, arm64 TLBI IS)",
-        &[],
-    ),
-    variant(
-        "fixed-a-nmi",
-        "GUP-fast rechecks the PMD (70cbc3cc78a9), table freed after RCU; flush NMIs",
-        "70cbc3cc78a9: GUP-fast rechecks the PMD too (the old table freed after RCU); NMI shootdown, standing for broadcast invalidation (AMD INVLPGB, arm64 TLBI IS)",
-        &[],
-    ),
-    variant(
-        "fixed-b-nmi",
-        "IPI sync after the PMD clear (2ba99c5e0881); flush NMIs",
-        "2ba99c5e0881: an IPI sync after the PMD clear, before the pin check; NMI shootdown, standing for broadcast invalidation (AMD INVLPGB, arm64 TLBI IS)",
-        &[WaitClass::CallIpi],
-    ),
-    variant(
-        "rcu-only-nmi",
-        "old table freed after an RCU grace period, nothing else; flush NMIs",
-        "no Linux kernel: MMU_GATHER_RCU_TABLE_FREE alone, which keeps the old table but not the page; NMI shootdown, standing for broadcast invalidation (AMD INVLPGB, arm64 TLBI IS)",
-        &[],
-    ),
-    variant(
-        "buggy-ipte",
-        "PTE recheck only; IPTE/IDTE",
-        "Linux before 70cbc3cc78a9 and 2ba99c5e0881: GUP-fast rechecks only the PTE; s390 IPTE/IDTE",
-        &[],
-    ),
-    variant(
-        "fixed-a-ipte",
-        "GUP-fast rechecks the PMD (70cbc3cc78a9), table freed after RCU; IPTE/IDTE",
-        "70cbc3cc78a9: GUP-fast rechecks the PMD too (the old table freed after RCU); s390 IPTE/IDTE",
-        &[],
-    ),
-    variant(
-        "fixed-b-ipte",
-        "IPI sync after the PMD clear (2ba99c5e0881); IPTE/IDTE",
-        "2ba99c5e0881: an IPI sync after the PMD clear, before the pin check; s390 IPTE/IDTE",
-        &[WaitClass::CallIpi],
-    ),
-    variant(
-        "rcu-only-ipte",
-        "old table freed after an RCU grace period, nothing else; IPTE/IDTE",
-        "no Linux kernel: MMU_GATHER_RCU_TABLE_FREE alone, which keeps the old table but not the page; s390 IPTE/IDTE",
+        "rcu-only",
+        "old table freed after an RCU grace period, nothing else",
+        "no Linux kernel: MMU_GATHER_RCU_TABLE_FREE alone, which keeps the old table but not the page",
         &[],
     ),
 ];
@@ -226,19 +178,12 @@ static VARIANTS: [Variant; 12] = [
 /// A variant's knobs.
 #[derive(Clone, Copy)]
 struct Config {
-    flush: FlushStrategy,
     pmd_recheck: bool,
     policy: CollapsePolicy,
 }
 
-const fn config(
-    flush: FlushStrategy,
-    pmd_recheck: bool,
-    ipi_sync: bool,
-    table_free: TableFree,
-) -> Config {
+const fn config(pmd_recheck: bool, ipi_sync: bool, table_free: TableFree) -> Config {
     Config {
-        flush,
         pmd_recheck,
         policy: CollapsePolicy {
             ipi_sync,
@@ -247,24 +192,19 @@ const fn config(
     }
 }
 
-static CONFIG: [Config; 12] = {
-    use FlushStrategy::{Ipi, Ipte, Nmi};
+static CONFIG: [Config; 4] = {
     use TableFree::{Immediate, Rcu};
     [
-        config(Ipi, false, false, Immediate),
-        config(Ipi, true, false, Rcu),
-        config(Ipi, false, true, Immediate),
-        config(Ipi, false, false, Rcu),
-        config(Nmi, false, false, Immediate),
-        config(Nmi, true, false, Rcu),
-        config(Nmi, false, true, Immediate),
-        config(Nmi, false, false, Rcu),
-        config(Ipte, false, false, Immediate),
-        config(Ipte, true, false, Rcu),
-        config(Ipte, false, true, Immediate),
-        config(Ipte, false, false, Rcu),
+        config(false, false, Immediate),
+        config(true, false, Rcu),
+        config(false, true, Immediate),
+        config(false, false, Rcu),
     ]
 };
+
+/// The flush strategies the variants run under: x86-64 IPI and NMI
+/// shootdown, s390x IPTE/IDTE.
+static FLUSH: [FlushStrategy; 3] = [FlushStrategy::Ipi, FlushStrategy::Nmi, FlushStrategy::Ipte];
 
 fn config_of(v: &Variant) -> Config {
     let i = VARIANTS
@@ -300,6 +240,7 @@ pub fn scenario<A: Mmu>() -> Scenario<A> {
         commits: &COMMITS,
         roles: &["collapse", "gup"],
         variants: &VARIANTS,
+        flush: &FLUSH,
         set_variant: set_variant::<A>,
         reset: reset::<A>,
         setup: setup::<A>,
@@ -359,14 +300,6 @@ fn base<A: Mmu>() -> u64 {
 
 fn set_variant<A: Mmu>(v: &Variant) -> Result<(), &'static str> {
     let c = config_of(v);
-    if !A::FLUSH_STRATEGIES.contains(&c.flush) {
-        return Err(if c.flush.is_broadcast() {
-            "an s390x flush strategy (IPTE/CSP); this architecture flushes by interrupt"
-        } else {
-            "an x86-64 flush strategy (IPI/NMI); this architecture flushes by broadcast"
-        });
-    }
-    tlbflush::set_flush_strategy::<A>(c.flush)?;
     gup::set_gup_pmd_recheck(c.pmd_recheck);
     // A frame per PTE table: a table allocated and freed in an iteration
     // (collapse's new one, a split's) gives its frame back, so every
@@ -455,8 +388,6 @@ fn reset<A: Mmu>() {
             t[8] / 1000 / (t[3] + t[4] + t[5] + t[6]).max(1),
         );
     }
-    tlbflush::set_flush_strategy::<A>(A::FLUSH_STRATEGIES[0])
-        .expect("the arch's default flush strategy");
     gup::set_gup_pmd_recheck(true);
     if let Some(p) = SAVED_FRAG.lock().take() {
         frag::set_policy(p);

@@ -77,6 +77,7 @@ pub fn scenario<A: Mmu>() -> Scenario<A> {
         commits: &COMMITS,
         roles: &["locker", "putter"],
         variants: &VARIANTS,
+        flush: &[],
         set_variant: |_| Ok(()),
         reset: || {},
         setup: setup::<A>,

@@ -104,6 +104,7 @@ pub fn scenario<A: Mmu>() -> Scenario<A> {
         commits: &COMMITS,
         roles: &["gup"],
         variants: &VARIANTS,
+        flush: &[],
         set_variant: set_variant::<A>,
         reset: || {
             RUN_MM.destroy::<A>();

@@ -205,6 +205,7 @@ pub fn scenario<A: Mmu>() -> Scenario<A> {
         commits: &COMMITS,
         roles: &["pte_alloc", "scanner"],
         variants: &VARIANTS,
+        flush: &[],
         set_variant: set_variant::<A>,
         reset: reset::<A>,
         setup: setup::<A>,

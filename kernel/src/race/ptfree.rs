@@ -25,11 +25,11 @@
 //!   read a freed table did not complete. How often each happened is
 //!   printed per run (`# ptfree: ...`), so a run whose walks never met the
 //!   unmap shows it.
-//! - Variants: table freeing {immediate after the flush, IPI sync then
-//!   free, RCU} x the flush strategies of the arch (x86-64 `ipi`, `nmi`;
-//!   s390x `ipte`); a variant of the other arch's strategy is `skip`. (CSP
+//! - Variants: table freeing `immediate` (after the flush), `ipi-sync`
+//!   (an IPI sync, then free), `rcu`; each runs under every flush strategy
+//!   of the arch (the flush axis: x86-64 `ipi`, `nmi`; s390x `ipte`; CSP
 //!   behaves as IPTE here — no interrupt either — and is left out to keep
-//!   the boot short.)
+//!   the boot short).
 //!   PTE tables get a frame each (the fragment rows are row 4's), so a freed
 //!   table is a freed, poisoned frame. Pages are freed at the PTE clear with
 //!   a broadcast flush (s390 style), batched after the flush otherwise.
@@ -101,82 +101,40 @@ const fn variant(
 }
 
 /// The variants; [`CONFIG`] holds the knobs of each, in the same order.
-static VARIANTS: [Variant; 9] = [
-    // x86-64, flush by IPI: the flush waits for the interrupts-off walker
-    // before any table policy comes into play.
+/// Each runs under every flush strategy of the row ([`FLUSH`]); with x86-64
+/// flush IPIs the flush waits for the interrupts-off walker before any
+/// table policy comes into play (the catalogue names only `immediate`
+/// there; with IPI sync or RCU the flush IPI also blocks first).
+static VARIANTS: [Variant; 3] = [
     variant(
-        "immediate-ipi",
-        "tables freed right after the flush; flush IPIs",
-        "no RCU table freeing: tables freed right after the flush, protected only by a flush IPI the interrupts-off walker holds back (mm/gup.c's rule); x86-64 IPI shootdown (bare-metal Linux before 6.15)",
-        &[],
-    ),
-    // The catalogue is silent here: the flush IPI blocks first (forced
-    // `impossible`), the IPI sync never gets to hold anything back.
-    variant(
-        "ipi-sync-ipi",
-        "an IPI sync before the tables are freed; flush IPIs",
-        "tlb_remove_table_sync_one before the free (MMU_GATHER_RCU_TABLE_FREE's fallback); x86-64 IPI shootdown (bare-metal Linux before 6.15)",
-        &[WaitClass::CallIpi],
-    ),
-    // As above: the flush IPI blocks before the RCU callback is queued.
-    variant(
-        "rcu-ipi",
-        "tables freed after an RCU grace period; flush IPIs",
-        "MMU_GATHER_RCU_TABLE_FREE: tables freed after an RCU-sched grace period; x86-64 IPI shootdown (bare-metal Linux before 6.15)",
-        &[WaitClass::RcuGp],
-    ),
-    variant(
-        "immediate-nmi",
-        "tables freed right after the flush; flush NMIs",
-        "no RCU table freeing: tables freed right after the flush, protected only by a flush IPI the interrupts-off walker holds back (mm/gup.c's rule); NMI shootdown, standing for broadcast invalidation (AMD INVLPGB, arm64 TLBI IS)",
+        "immediate",
+        "tables freed right after the flush",
+        "no RCU table freeing: tables freed right after the flush, protected only by a flush IPI the interrupts-off walker holds back (mm/gup.c's rule)",
         &[],
     ),
     variant(
-        "ipi-sync-nmi",
-        "an IPI sync before the tables are freed; flush NMIs",
-        "tlb_remove_table_sync_one before the free (MMU_GATHER_RCU_TABLE_FREE's fallback); NMI shootdown, standing for broadcast invalidation (AMD INVLPGB, arm64 TLBI IS)",
+        "ipi-sync",
+        "an IPI sync before the tables are freed",
+        "tlb_remove_table_sync_one before the free (MMU_GATHER_RCU_TABLE_FREE's fallback)",
         &[WaitClass::CallIpi],
     ),
     variant(
-        "rcu-nmi",
-        "tables freed after an RCU grace period; flush NMIs",
-        "MMU_GATHER_RCU_TABLE_FREE: tables freed after an RCU-sched grace period; NMI shootdown, standing for broadcast invalidation (AMD INVLPGB, arm64 TLBI IS)",
-        &[WaitClass::RcuGp],
-    ),
-    variant(
-        "immediate-ipte",
-        "tables freed right after the flush; IPTE",
-        "no RCU table freeing: tables freed right after the flush, protected only by a flush IPI the interrupts-off walker holds back (mm/gup.c's rule); s390 IPTE/IDTE",
-        &[],
-    ),
-    variant(
-        "ipi-sync-ipte",
-        "an IPI sync before the tables are freed; IPTE",
-        "tlb_remove_table_sync_one before the free (MMU_GATHER_RCU_TABLE_FREE's fallback); s390 IPTE/IDTE",
-        &[WaitClass::CallIpi],
-    ),
-    variant(
-        "rcu-ipte",
-        "tables freed after an RCU grace period; IPTE",
-        "MMU_GATHER_RCU_TABLE_FREE: tables freed after an RCU-sched grace period; s390 IPTE/IDTE",
+        "rcu",
+        "tables freed after an RCU grace period",
+        "MMU_GATHER_RCU_TABLE_FREE: tables freed after an RCU-sched grace period",
         &[WaitClass::RcuGp],
     ),
 ];
 
-/// Per variant: the flush strategy and the table-freeing policy.
-static CONFIG: [(FlushStrategy, TableFree); 9] = [
-    (FlushStrategy::Ipi, TableFree::Immediate),
-    (FlushStrategy::Ipi, TableFree::IpiSync),
-    (FlushStrategy::Ipi, TableFree::Rcu),
-    (FlushStrategy::Nmi, TableFree::Immediate),
-    (FlushStrategy::Nmi, TableFree::IpiSync),
-    (FlushStrategy::Nmi, TableFree::Rcu),
-    (FlushStrategy::Ipte, TableFree::Immediate),
-    (FlushStrategy::Ipte, TableFree::IpiSync),
-    (FlushStrategy::Ipte, TableFree::Rcu),
-];
+/// Per variant: the table-freeing policy.
+static CONFIG: [TableFree; 3] = [TableFree::Immediate, TableFree::IpiSync, TableFree::Rcu];
 
-fn config(v: &Variant) -> (FlushStrategy, TableFree) {
+/// The flush strategies the variants run under: x86-64 IPI and NMI
+/// shootdown, s390x IPTE (CSP behaves as IPTE here — no interrupt either —
+/// and is left out to keep the boot short).
+static FLUSH: [FlushStrategy; 3] = [FlushStrategy::Ipi, FlushStrategy::Nmi, FlushStrategy::Ipte];
+
+fn config(v: &Variant) -> TableFree {
     let i = VARIANTS
         .iter()
         .position(|w| core::ptr::eq(w, v) || w.name == v.name)
@@ -202,6 +160,7 @@ pub fn scenario<A: Mmu>() -> Scenario<A> {
         commits: &COMMITS,
         roles: &["gup", "unmap"],
         variants: &VARIANTS,
+        flush: &FLUSH,
         set_variant: set_variant::<A>,
         reset: reset::<A>,
         setup: setup::<A>,
@@ -224,15 +183,8 @@ pub fn scenario<A: Mmu>() -> Scenario<A> {
 }
 
 fn set_variant<A: Mmu>(v: &Variant) -> Result<(), &'static str> {
-    let (flush, table_free) = config(v);
-    if !A::FLUSH_STRATEGIES.contains(&flush) {
-        return Err(if flush.is_broadcast() {
-            "an s390x flush strategy (IPTE/CSP); this architecture flushes by interrupt"
-        } else {
-            "an x86-64 flush strategy (IPI/NMI); this architecture flushes by broadcast"
-        });
-    }
-    tlbflush::set_flush_strategy::<A>(flush)?;
+    let table_free = config(v);
+    let flush = tlbflush::flush_strategy::<A>();
     mmu_gather::set_tlb_policy(TlbPolicy {
         page_free: if flush.is_broadcast() {
             PageFree::Immediate
@@ -282,8 +234,6 @@ fn reset<A: Mmu>() {
             w[4]
         );
     }
-    tlbflush::set_flush_strategy::<A>(A::FLUSH_STRATEGIES[0])
-        .expect("the arch's default flush strategy");
     mmu_gather::set_tlb_policy(TlbPolicy::DEFAULT);
     // The fragment allocator's default policy.
     frag::set_policy(FragPolicy::FragCounter);

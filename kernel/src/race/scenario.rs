@@ -26,6 +26,7 @@ use crate::ktap::{Outcome as KtapOutcome, Run};
 use crate::mm::arch::Mmu;
 use crate::mm::mm::{unuse_mm, use_mm, Mm};
 use crate::mm::page_alloc;
+use crate::mm::tlbflush::{self, FlushStrategy};
 use crate::{kprintln, percpu, smp, Arch, NR_CPUS};
 use alloc::{boxed::Box, format, string::String, vec, vec::Vec};
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
@@ -156,8 +157,15 @@ pub struct Scenario<A: Mmu> {
     pub commits: &'static [Commit],
     /// Role names; role `i` runs on CPU `i + 1`.
     pub roles: &'static [&'static str],
-    /// The buggy kernel and each fix.
+    /// The buggy kernel and each fix: the policy under test only.
     pub variants: &'static [Variant],
+    /// The TLB flush strategies each variant runs under (the flush axis):
+    /// the runner runs every variant under each of these that the
+    /// architecture implements ([`Mmu::FLUSH_STRATEGIES`]), one case
+    /// `row:variant@flush:mode` each. Empty: the row does not depend on
+    /// how a flush reaches other CPUs and runs under the architecture's
+    /// default strategy, one case `row:variant:mode`.
+    pub flush: &'static [FlushStrategy],
     /// Sets the runtime knobs of a variant, or says why it does not apply.
     pub set_variant: fn(&Variant) -> Result<(), &'static str>,
     /// Puts every knob the row touches back to its default.
@@ -265,6 +273,8 @@ pub struct Report {
     pub state_error: Option<String>,
     /// The seed.
     pub seed: u64,
+    /// The flush strategy of the run, for a row with a flush axis.
+    pub flush: Option<FlushStrategy>,
 }
 
 impl Report {
@@ -283,6 +293,7 @@ impl Report {
             hang_edges: None,
             state_error: None,
             seed,
+            flush: None,
         }
     }
 
@@ -407,8 +418,8 @@ fn quiesce_rcu<A: Arch>() {
     }
 }
 
-/// Runs `s` in `variant` and `mode`. `iterations` overrides the natural
-/// budget. Prints the race report of the first hit as KTAP diagnostics.
+/// Runs `s` in `variant` and `mode` under the architecture's default
+/// flush strategy ([`run_under`]).
 pub fn run<A: Mmu>(
     s: &Scenario<A>,
     variant: &'static Variant,
@@ -416,7 +427,46 @@ pub fn run<A: Mmu>(
     seed: u64,
     iterations: Option<u64>,
 ) -> Report {
+    run_under(s, variant, None, mode, seed, iterations)
+}
+
+/// Runs `s` in `variant` and `mode`, with TLB flushes reaching other CPUs
+/// by `flush` (`None`: the architecture's default) for the whole run;
+/// the default is back when it returns. `iterations` overrides the natural
+/// budget. Prints the race report of the first hit as KTAP diagnostics.
+pub fn run_under<A: Mmu>(
+    s: &Scenario<A>,
+    variant: &'static Variant,
+    flush: Option<FlushStrategy>,
+    mode: Mode,
+    seed: u64,
+    iterations: Option<u64>,
+) -> Report {
+    let default = A::FLUSH_STRATEGIES[0];
+    if let Some(f) = flush {
+        if tlbflush::set_flush_strategy::<A>(f).is_err() {
+            return Report::skip(
+                seed,
+                "this architecture does not implement that flush strategy",
+            );
+        }
+    }
+    let mut rep = run_set(s, variant, mode, seed, iterations, flush);
+    rep.flush = flush;
+    tlbflush::set_flush_strategy::<A>(default).expect("the architecture's default strategy");
+    rep
+}
+
+fn run_set<A: Mmu>(
+    s: &Scenario<A>,
+    variant: &'static Variant,
+    mode: Mode,
+    seed: u64,
+    iterations: Option<u64>,
+    flush: Option<FlushStrategy>,
+) -> Report {
     let mut rep = Report::new(seed);
+    rep.flush = flush;
     if WEDGED.load(Ordering::Acquire) {
         rep.state_error = Some("an earlier run left role CPUs stuck".into());
         return rep;
@@ -688,7 +738,7 @@ fn iteration<A: Mmu>(
         rep.hits += 1;
         if rep.finding.is_none() {
             rep.first_hit_ns = Some(A::clock_ns() - start);
-            race_report(s, variant, mode, seed, it, &f);
+            race_report(s, variant, rep.flush, mode, seed, it, &f);
             rep.finding = Some(f);
         }
     } else if !completed && verdict.is_none() {
@@ -750,6 +800,7 @@ pub fn state_check<A: Arch>(free_before: usize) -> Option<String> {
 fn race_report<A: Mmu>(
     s: &Scenario<A>,
     variant: &Variant,
+    flush: Option<FlushStrategy>,
     mode: Mode,
     seed: u64,
     it: u64,
@@ -757,9 +808,10 @@ fn race_report<A: Mmu>(
 ) {
     kprintln!("    # race: BUG: {}", f.invariant);
     kprintln!(
-        "    # race: scenario={} variant={} mode={} seed={seed:#x} iteration={it} pfn={} vaddr={} seen_by={}",
+        "    # race: scenario={} variant={} flush={} mode={} seed={seed:#x} iteration={it} pfn={} vaddr={} seen_by={}",
         s.name,
         variant.name,
+        flush_name::<A>(flush),
         mode_name(mode),
         f.pfn.map_or("-".into(), |p| format!("{p:#x}")),
         f.vaddr.map_or("-".into(), |v| format!("{v:#x}")),
@@ -787,9 +839,13 @@ pub fn mode_name(m: Mode) -> &'static str {
     }
 }
 
-/// Runs what `scenario=` (with `variant=`, `mode=`) selects as the KTAP
-/// suite `scenario`, one case `row:variant:mode` each, with the diagnostic
-/// `row= variant= mode= outcome= iterations= hits= first_hit_ns= ...`.
+/// Runs what `scenario=` (with `variant=`, `flush=`, `mode=`) selects as
+/// the KTAP suite `scenario`, one case `row:variant:mode` each
+/// (`row:variant@flush:mode` for a row with a flush axis, once per
+/// strategy of [`Scenario::flush`] that the architecture implements), with
+/// the diagnostic `row= variant= flush= mode= outcome= iterations= hits=
+/// first_hit_ns= ...`. `flush=` keeps the cases of that strategy (rows
+/// without a flush axis have none).
 /// Returns whether every case completed (bug, clean, impossible and skip
 /// are results; hang, vacuous and a failed state check are failures).
 pub fn run_selected<A: Mmu>(args: &Cmdline, ktap: &mut Run) -> bool {
@@ -816,14 +872,37 @@ pub fn run_selected<A: Mmu>(args: &Cmdline, ktap: &mut Run) -> bool {
         Some(m) => vec![m],
         None => vec![Mode::Forced, Mode::Natural],
     };
-    let mut cases: Vec<(&Scenario<A>, &'static Variant, Mode)> = Vec::new();
+    let flush_arg = match args.flush.map(FlushStrategy::from_name) {
+        None => None,
+        Some(Some(f)) if A::FLUSH_STRATEGIES.contains(&f) => Some(f),
+        Some(_) => {
+            let have: Vec<&str> = A::FLUSH_STRATEGIES.iter().map(|f| f.name()).collect();
+            ktap.plan(1);
+            ktap.result(
+                false,
+                "scenario",
+                Some(&format!(
+                    "flush={}: this architecture's flush strategies are {}",
+                    args.flush.unwrap_or(""),
+                    have.join(", ")
+                )),
+            );
+            return false;
+        }
+    };
+    let mut cases: Vec<(&Scenario<A>, &'static Variant, Option<FlushStrategy>, Mode)> = Vec::new();
     for s in &chosen {
         for v in s.variants {
             if args.variant.is_some_and(|w| w != v.name) {
                 continue;
             }
-            for &m in &modes {
-                cases.push((s, v, m));
+            for flush in flush_axis(s) {
+                if flush_arg.is_some() && flush != flush_arg {
+                    continue;
+                }
+                for &m in &modes {
+                    cases.push((s, v, flush, m));
+                }
             }
         }
     }
@@ -833,29 +912,33 @@ pub fn run_selected<A: Mmu>(args: &Cmdline, ktap: &mut Run) -> bool {
             .iter()
             .flat_map(|s| s.variants.iter().map(|v| v.name))
             .collect();
-        ktap.result(
-            false,
-            "scenario",
-            Some(&format!(
-                "unknown variant '{}' (known: {})",
-                args.variant.unwrap_or(""),
-                names.join(", ")
-            )),
-        );
+        let why = match (args.variant, args.flush) {
+            (Some(v), _) if !names.contains(&v) => {
+                format!("unknown variant '{v}' (known: {})", names.join(", "))
+            }
+            _ => format!(
+                "no case runs under flush={} (rows without a flush axis run under the default only)",
+                args.flush.unwrap_or("")
+            ),
+        };
+        ktap.result(false, "scenario", Some(&why));
         return false;
     }
     ktap.plan(1);
     let mut suite = ktap.suite("scenario", cases.len());
-    for (s, v, m) in cases {
-        let case = format!("{}:{}:{}", s.name, v.name, mode_name(m));
+    for (s, v, flush, m) in cases {
+        let case = match flush {
+            Some(f) => format!("{}:{}@{}:{}", s.name, v.name, f.name(), mode_name(m)),
+            None => format!("{}:{}:{}", s.name, v.name, mode_name(m)),
+        };
         set_natural_options(
             args.budget_ms.map(|t| t * 1_000_000),
             args.delays,
             args.progress_s.map(|t| t * 1_000_000_000),
         );
         set_stop_at_hit(args.stop_at_hit);
-        let r = run::<A>(s, v, m, args.seed, args.iterations);
-        print_report(s.name, v.name, m, &r);
+        let r = run_under::<A>(s, v, flush, m, args.seed, args.iterations);
+        print_report::<A>(s.name, v.name, m, &r);
         set_natural_options(None, true, None);
         set_stop_at_hit(false);
         let outcome = match (&r.outcome, &r.state_error) {
@@ -875,11 +958,32 @@ pub fn run_selected<A: Mmu>(args: &Cmdline, ktap: &mut Run) -> bool {
     ktap.end_suite(suite)
 }
 
+/// The flush strategies a row's variants run under: each of
+/// [`Scenario::flush`] that the architecture implements, or only the
+/// architecture's default (`None`) for a row without a flush axis.
+pub fn flush_axis<A: Mmu>(s: &Scenario<A>) -> Vec<Option<FlushStrategy>> {
+    if s.flush.is_empty() {
+        return vec![None];
+    }
+    s.flush
+        .iter()
+        .filter(|f| A::FLUSH_STRATEGIES.contains(f))
+        .map(|&f| Some(f))
+        .collect()
+}
+
+/// The strategy a run used, by name: the given one, or the
+/// architecture's default.
+fn flush_name<A: Mmu>(flush: Option<FlushStrategy>) -> &'static str {
+    flush.unwrap_or(A::FLUSH_STRATEGIES[0]).name()
+}
+
 /// Prints a run's figures as one diagnostic line (and the cycle, if any).
-pub fn print_report(row: &str, variant: &str, mode: Mode, r: &Report) {
+pub fn print_report<A: Mmu>(row: &str, variant: &str, mode: Mode, r: &Report) {
     let secs = r.elapsed_ns.max(1) as f64 / 1e9;
     kprintln!(
-        "    # row={row} variant={variant} mode={} outcome={} iterations={} hits={} first_hit_ns={} iters_per_sec={} incomplete={} held_by_fix={} seed={:#x} elapsed_ms={} delays={}",
+        "    # row={row} variant={variant} flush={} mode={} outcome={} iterations={} hits={} first_hit_ns={} iters_per_sec={} incomplete={} held_by_fix={} seed={:#x} elapsed_ms={} delays={}",
+        flush_name::<A>(r.flush),
         mode_name(mode),
         r.outcome.word(),
         r.iterations,

@@ -88,6 +88,7 @@ fn test_row<A: Mmu>(
         commits: &[],
         roles,
         variants: &ONE_VARIANT,
+        flush: &[],
         set_variant: |_| Ok(()),
         reset: || {},
         setup: |_| Ok(()),
@@ -758,7 +759,7 @@ fn detector_race_report<A: Mmu>(_: &Cmdline) -> Outcome {
         let fixed = &s.variants[1];
         let bad_before = page_alloc::nr_bad_pages();
         let r = scenario::run(&s, buggy, Mode::Forced, 7, None);
-        scenario::print_report(s.name, buggy.name, Mode::Forced, &r);
+        scenario::print_report::<A>(s.name, buggy.name, Mode::Forced, &r);
         let Some(f) = r.finding.clone() else {
             return fail(format!("buggy forced: {:?}, no finding", r.outcome));
         };
@@ -783,7 +784,7 @@ fn detector_race_report<A: Mmu>(_: &Cmdline) -> Outcome {
             return fail(format!("{steps} schedule steps in the rings, expected 4"));
         }
         let r = scenario::run(&s, fixed, Mode::Forced, 7, None);
-        scenario::print_report(s.name, fixed.name, Mode::Forced, &r);
+        scenario::print_report::<A>(s.name, fixed.name, Mode::Forced, &r);
         if r.outcome != RaceOutcome::Clean || r.failed() {
             return fail(format!(
                 "fixed forced: {:?} ({:?})",
@@ -791,7 +792,7 @@ fn detector_race_report<A: Mmu>(_: &Cmdline) -> Outcome {
             ));
         }
         let r = scenario::run(&s, fixed, Mode::Natural, 7, Some(200));
-        scenario::print_report(s.name, fixed.name, Mode::Natural, &r);
+        scenario::print_report::<A>(s.name, fixed.name, Mode::Natural, &r);
         if r.outcome != RaceOutcome::Clean || r.failed() || r.iterations != 200 {
             return fail(format!(
                 "fixed natural: {:?} ({:?})",

@@ -235,6 +235,7 @@ pub fn scenario<A: Mmu>() -> Scenario<A> {
         commits: &COMMITS,
         roles: &["reclaim", "zap"],
         variants: &VARIANTS,
+        flush: &[],
         set_variant: set_variant::<A>,
         reset: reset::<A>,
         setup: setup::<A>,

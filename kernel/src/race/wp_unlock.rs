@@ -183,6 +183,7 @@ pub fn scenario<A: Mmu>() -> Scenario<A> {
         commits: &COMMITS,
         roles: &["fault", "zap"],
         variants: &VARIANTS,
+        flush: &[],
         set_variant: set_variant::<A>,
         reset: reset::<A>,
         setup: setup::<A>,
