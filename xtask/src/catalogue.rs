@@ -643,10 +643,10 @@ row | name=demo-lock-vs-put | catalogue=- | roles=locker,putter | cpus=3 | seed=
 commit | row=demo-lock-vs-put | hash=be068f29034f | role=context | release=5.9-rc7 | subject=mm: fix misplaced unlock_page in do_wp_page()
 variant | row=demo-lock-vs-put | name=buggy | accepted=yes | fix_waits=- | models=no Linux kernel | about=no reference
 variant | row=demo-lock-vs-put | name=fixed | accepted=yes | fix_waits=- | models=the get_page fix | about=own reference
-row | name=nested-flush | catalogue=8 | roles=writer,zap1,zap2 | cpus=4 | seed=beyond the seeds | about=two zaps
+row | name=nested-flush | catalogue=8 | roles=writer,zap1,zap2 | cpus=4 | flush=ipte | seed=beyond the seeds | about=two zaps
 commit | row=nested-flush | hash=99baac21e458 | role=fix | subject=mm: fix MADV_[FREE\\|DONTNEED] TLB flush miss problem
-variant | row=nested-flush | name=buggy-ipi | accepted=no | reason=an x86-64 flush strategy | fix_waits=- | models=before 99baac21e458 | about=b
-variant | row=nested-flush | name=fixed-ipte | accepted=yes | fix_waits=PtlWaitedBy(2),CallIpi | models=99baac21e458 | about=f
+variant | row=nested-flush | name=buggy | accepted=yes | fix_waits=- | models=before 99baac21e458 | about=b
+variant | row=nested-flush | name=fixed | accepted=yes | fix_waits=PtlWaitedBy(2),CallIpi | models=99baac21e458 | about=f
 suite | name=boot | cases=2
 case | suite=boot | name=cpus_online
 case | suite=boot | name=timer_ticks
@@ -684,10 +684,22 @@ end | rows=2 | commits=2 | variants=4 | suites=1 | cases=2";
             Some("mm: fix MADV_[FREE|DONTNEED] TLB flush miss problem")
         );
         assert_eq!(nested.commits[0].release, None);
-        let refused = &nested.variants[0];
+        assert_eq!(nested.flush, ["ipte"]);
+        assert!(demo.flush.is_empty());
+        let buggy = &nested.variants[0];
+        assert!(buggy.accepted && buggy.reason.is_none());
+        assert!(buggy.fix_waits.is_empty());
+        let refused = parse_listing(
+            Arch::S390x,
+            &lines(&S390X.replace(
+                "name=buggy | accepted=yes",
+                "name=buggy | accepted=no | reason=no storage keys",
+            )),
+        )
+        .unwrap();
+        let refused = &refused.rows[1].variants[0];
         assert!(!refused.accepted);
-        assert_eq!(refused.reason.as_deref(), Some("an x86-64 flush strategy"));
-        assert!(refused.fix_waits.is_empty());
+        assert_eq!(refused.reason.as_deref(), Some("no storage keys"));
         assert_eq!(nested.variants[1].fix_waits, ["PtlWaitedBy(2)", "CallIpi"]);
         assert_eq!(l.suites[0].cases, ["cpus_online", "timer_ticks"]);
 
@@ -722,15 +734,7 @@ end | rows=2 | commits=2 | variants=4 | suites=1 | cases=2";
     #[test]
     fn join_adds_expected_cells_and_json_has_every_row() {
         let s = parse_listing(Arch::S390x, &lines(S390X)).unwrap();
-        let x86 = S390X
-            .replace(
-                "name=buggy-ipi | accepted=no | reason=an x86-64 flush strategy",
-                "name=buggy-ipi | accepted=yes",
-            )
-            .replace(
-                "name=fixed-ipte | accepted=yes",
-                "name=fixed-ipte | accepted=no | reason=an s390x flush strategy",
-            );
+        let x86 = S390X.replace("flush=ipte", "flush=ipi,nmi");
         let x = parse_listing(Arch::X86_64, &lines(&x86)).unwrap();
         let cat = Catalogue::join(&[s, x]);
         assert_eq!(cat.arches, ["s390x", "x86_64"]);
@@ -738,17 +742,27 @@ end | rows=2 | commits=2 | variants=4 | suites=1 | cases=2";
         let nested = &cat.rows[1];
         let buggy = &nested.variants[0].arches;
         assert_eq!(
-            buggy["x86_64"].expected["forced"].as_deref(),
+            buggy["x86_64"].expected["ipi"]["forced"].as_deref(),
             Some("bug"),
             "from expected::CELLS"
         );
-        assert!(!buggy["s390x"].accepted);
-        assert_eq!(buggy["s390x"].expected["natural"].as_deref(), Some("skip"));
+        assert_eq!(
+            buggy["s390x"].expected["ipte"]["natural"].as_deref(),
+            Some("clean")
+        );
+        assert_eq!(
+            cat.rows[0].variants[0].arches["s390x"].expected["default"]["forced"].as_deref(),
+            Some("bug"),
+            "a row without a flush axis"
+        );
         // The stand-in listings leave out most of the table's cells.
         assert!(cat.problems.iter().any(|p| p.contains("not listed")));
         let text = cat.text();
-        assert!(text.contains("skip: an x86-64 flush strategy"), "{text}");
-        assert!(text.contains("forced and natural bug"), "{text}");
+        assert!(
+            text.contains("ipi: forced and natural bug; nmi: forced and natural bug"),
+            "{text}"
+        );
+        assert!(text.contains("forced bug, natural bug|clean"), "{text}");
         assert!(
             text.contains("99baac21e458  mm: fix MADV_[FREE|DONTNEED]"),
             "{text}"
@@ -757,7 +771,7 @@ end | rows=2 | commits=2 | variants=4 | suites=1 | cases=2";
         assert_eq!(json["rows"].as_array().unwrap().len(), 2);
         assert_eq!(json["rows"][1]["commits"][0]["hash"], "99baac21e458");
         assert_eq!(
-            json["rows"][1]["variants"][1]["arches"]["s390x"]["expected"]["forced"],
+            json["rows"][1]["variants"][1]["arches"]["s390x"]["expected"]["ipte"]["forced"],
             "clean"
         );
         assert_eq!(json["selftests"]["x86_64"][0]["suite"], "boot");

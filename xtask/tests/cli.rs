@@ -54,9 +54,9 @@ fn unknown_options_and_values() {
             "--scenario",
             "ptfrag-refcount",
             "--variant",
-            "buggy-ipi",
+            "immediate",
         ],
-        "--variant buggy-ipi: not a variant of ptfrag-refcount (known: buggy, fixed-a, fixed-b)",
+        "--variant immediate: not a variant of ptfrag-refcount (known: buggy, fixed-a, fixed-b)",
     );
     assert_error(
         &["run", "--full", "--scenario", "ptfrag-refcount"],
