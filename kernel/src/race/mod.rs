@@ -39,12 +39,20 @@
 //!   names the Linux commit or kernel it corresponds to, or says in words
 //!   what it stands for. `list` on the command line prints all of it
 //!   ([`crate::list`], `cargo xtask list`).
-//! - **variants**: `variants: &[Variant { name: "buggy", .. }, ..]`, and
-//!   `set_variant(v)` which sets the runtime knobs of that kernel (TLB
-//!   strategy, freeing policies, a row's own knob) or returns `Err(reason)`
-//!   when the variant does not apply to the architecture (`skip`, reason
-//!   printed). `reset()` puts every knob the row touches back to its default;
-//!   it runs after the last iteration.
+//! - **variants**: `variants: &[Variant { name: "buggy", .. }, ..]` name
+//!   the policy under test only, and `set_variant(v)` sets the runtime
+//!   knobs of that kernel (freeing policies, a row's own knob) or returns
+//!   `Err(reason)` when the row does not exist on the architecture (`skip`,
+//!   reason printed). `reset()` puts every knob the row touches back to its
+//!   default; it runs after the last iteration.
+//! - **flush axis**: `flush: &[FlushStrategy::Ipi, FlushStrategy::Nmi,
+//!   FlushStrategy::Ipte]` for a row whose race depends on how a TLB flush
+//!   reaches other CPUs: the runner runs every variant under each of those
+//!   the architecture implements, setting the strategy before
+//!   `set_variant` (which may read it, e.g. to free pages as that
+//!   architecture does) and restoring the default after the run; each is
+//!   the case `row:variant@flush:mode`. `&[]`: the architecture's default
+//!   only, `row:variant:mode`.
 //! - **setup / teardown**: `setup(ctx)` builds the iteration's world (an mm
 //!   in `ctx.mm`, mappings, pages; frames to watch in `ctx.pfns`;
 //!   handshake words in `ctx.word`; any other state in `ctx.extra`). A
