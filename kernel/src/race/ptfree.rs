@@ -162,7 +162,7 @@ pub fn scenario<A: Mmu>() -> Scenario<A> {
         variants: &VARIANTS,
         flush: &FLUSH,
         set_variant: set_variant::<A>,
-        reset: reset::<A>,
+        reset,
         setup: setup::<A>,
         role: role::<A>,
         detect: detect::<A>,
@@ -215,7 +215,7 @@ static WALKS: Walks = Walks {
     other: AtomicU64::new(0),
 };
 
-fn reset<A: Mmu>() {
+fn reset() {
     let w = [
         &WALKS.got_all,
         &WALKS.saw_empty,

@@ -275,6 +275,8 @@ pub struct Report {
     pub seed: u64,
     /// The flush strategy of the run, for a row with a flush axis.
     pub flush: Option<FlushStrategy>,
+    /// Whether the natural-mode delays were armed.
+    pub delays: bool,
 }
 
 impl Report {
@@ -294,6 +296,7 @@ impl Report {
             state_error: None,
             seed,
             flush: None,
+            delays: false,
         }
     }
 
@@ -324,27 +327,46 @@ const RECOVER_NS: u64 = 2_000_000_000;
 /// Set once roles could not be recovered: later runs would be meaningless.
 static WEDGED: AtomicBool = AtomicBool::new(false);
 
-/// Natural-mode options of long (soak) runs, from the command line
-/// (`budget_s` or `budget_ms`, `delays`, `progress_s`); the defaults are the rows' own
-/// budgets, delays armed, no progress lines.
-static NATURAL_TIME_NS: AtomicU64 = AtomicU64::new(0);
-static NATURAL_DELAYS: AtomicBool = AtomicBool::new(true);
-static PROGRESS_NS: AtomicU64 = AtomicU64::new(0);
-static STOP_AT_HIT: AtomicBool = AtomicBool::new(false);
-
-/// Natural mode: end each run at its first hit (`stop_at_hit`), for the
-/// time-to-first-hit benchmarks.
-pub fn set_stop_at_hit(on: bool) {
-    STOP_AT_HIT.store(on, Ordering::Release);
+/// How one run runs: handed to [`run_with`] by the caller (the command
+/// line's `scenario=` handling, a self-test), never kept in a global.
+#[derive(Clone, Copy, Debug)]
+pub struct RunConfig {
+    /// Forced or natural.
+    pub mode: Mode,
+    /// The seed of the natural-mode delays (printed with every result).
+    pub seed: u64,
+    /// The flush strategy for a row with a flush axis; `None`: the
+    /// architecture's default.
+    pub flush: Option<FlushStrategy>,
+    /// Natural mode: an iteration budget replacing the row's
+    /// (`iterations=`).
+    pub iterations: Option<u64>,
+    /// Natural mode: a time budget replacing the row's (`budget_s=`,
+    /// `budget_ms=`).
+    pub time_budget_ns: Option<u64>,
+    /// Natural mode: arm the row's window-widening delays (`delays=`).
+    pub delays: bool,
+    /// Natural mode: print a progress line this often (`progress_s=`).
+    pub progress_ns: Option<u64>,
+    /// Natural mode: end the run at its first hit (`stop_at_hit`).
+    pub stop_at_hit: bool,
 }
 
-/// Sets the natural-mode options: a time budget replacing the rows' own
-/// (`None`: the row's), whether the rows' window-widening delays are armed,
-/// and the interval between progress lines (`None`: no progress lines).
-pub fn set_natural_options(time_ns: Option<u64>, delays: bool, progress_ns: Option<u64>) {
-    NATURAL_TIME_NS.store(time_ns.unwrap_or(0), Ordering::Release);
-    NATURAL_DELAYS.store(delays, Ordering::Release);
-    PROGRESS_NS.store(progress_ns.unwrap_or(0), Ordering::Release);
+impl RunConfig {
+    /// The row's own budgets, delays armed, no progress lines, the
+    /// architecture's default flush strategy.
+    pub const fn new(mode: Mode, seed: u64) -> Self {
+        RunConfig {
+            mode,
+            seed,
+            flush: None,
+            iterations: None,
+            time_budget_ns: None,
+            delays: true,
+            progress_ns: None,
+            stop_at_hit: false,
+        }
+    }
 }
 
 /// What the controller shares with the role CPUs.
@@ -418,8 +440,9 @@ fn quiesce_rcu<A: Arch>() {
     }
 }
 
-/// Runs `s` in `variant` and `mode` under the architecture's default
-/// flush strategy ([`run_under`]).
+/// Runs `s` in `variant` and `mode` with the row's own budgets
+/// (`iterations` overrides the natural one), under the architecture's
+/// default flush strategy ([`run_with`]).
 pub fn run<A: Mmu>(
     s: &Scenario<A>,
     variant: &'static Variant,
@@ -427,46 +450,37 @@ pub fn run<A: Mmu>(
     seed: u64,
     iterations: Option<u64>,
 ) -> Report {
-    run_under(s, variant, None, mode, seed, iterations)
+    let cfg = RunConfig {
+        iterations,
+        ..RunConfig::new(mode, seed)
+    };
+    run_with(s, variant, &cfg)
 }
 
-/// Runs `s` in `variant` and `mode`, with TLB flushes reaching other CPUs
-/// by `flush` (`None`: the architecture's default) for the whole run;
-/// the default is back when it returns. `iterations` overrides the natural
-/// budget. Prints the race report of the first hit as KTAP diagnostics.
-pub fn run_under<A: Mmu>(
-    s: &Scenario<A>,
-    variant: &'static Variant,
-    flush: Option<FlushStrategy>,
-    mode: Mode,
-    seed: u64,
-    iterations: Option<u64>,
-) -> Report {
+/// Runs `s` in `variant` as `cfg` says, with TLB flushes reaching other
+/// CPUs by `cfg.flush` for the whole run; the architecture's default is
+/// back when it returns. Prints the race report of the first hit as KTAP
+/// diagnostics.
+pub fn run_with<A: Mmu>(s: &Scenario<A>, variant: &'static Variant, cfg: &RunConfig) -> Report {
     let default = A::FLUSH_STRATEGIES[0];
-    if let Some(f) = flush {
+    if let Some(f) = cfg.flush {
         if tlbflush::set_flush_strategy::<A>(f).is_err() {
             return Report::skip(
-                seed,
+                cfg.seed,
                 "this architecture does not implement that flush strategy",
             );
         }
     }
-    let mut rep = run_set(s, variant, mode, seed, iterations, flush);
-    rep.flush = flush;
+    let rep = run_set(s, variant, cfg);
     tlbflush::set_flush_strategy::<A>(default).expect("the architecture's default strategy");
     rep
 }
 
-fn run_set<A: Mmu>(
-    s: &Scenario<A>,
-    variant: &'static Variant,
-    mode: Mode,
-    seed: u64,
-    iterations: Option<u64>,
-    flush: Option<FlushStrategy>,
-) -> Report {
+fn run_set<A: Mmu>(s: &Scenario<A>, variant: &'static Variant, cfg: &RunConfig) -> Report {
+    let (mode, seed) = (cfg.mode, cfg.seed);
     let mut rep = Report::new(seed);
-    rep.flush = flush;
+    rep.flush = cfg.flush;
+    rep.delays = mode == Mode::Natural && cfg.delays;
     if WEDGED.load(Ordering::Acquire) {
         rep.state_error = Some("an earlier run left role CPUs stuck".into());
         return rep;
@@ -505,14 +519,11 @@ fn run_set<A: Mmu>(
     }
     let limit = match mode {
         Mode::Forced => s.budget.forced_iterations,
-        Mode::Natural => iterations.unwrap_or(s.budget.natural_iterations),
+        Mode::Natural => cfg.iterations.unwrap_or(s.budget.natural_iterations),
     };
     let schedule = (s.schedule)(variant);
-    let time_budget = match NATURAL_TIME_NS.load(Ordering::Acquire) {
-        0 => s.budget.natural_time_ns,
-        t => t,
-    };
-    let progress_ns = PROGRESS_NS.load(Ordering::Acquire);
+    let time_budget = cfg.time_budget_ns.unwrap_or(s.budget.natural_time_ns);
+    let progress_ns = cfg.progress_ns.unwrap_or(0);
     let start = A::clock_ns();
     let mut last_progress = start;
     let mut wedged = false;
@@ -532,12 +543,8 @@ fn run_set<A: Mmu>(
                 (now - start) / 1_000_000
             );
         }
-        match iteration(s, sh, variant, mode, seed, it, &schedule, start, &mut rep) {
-            Ok(true)
-                if mode == Mode::Natural && rep.hits > 0 && STOP_AT_HIT.load(Ordering::Acquire) =>
-            {
-                break
-            }
+        match iteration(s, sh, variant, cfg, it, &schedule, start, &mut rep) {
+            Ok(true) if mode == Mode::Natural && rep.hits > 0 && cfg.stop_at_hit => break,
             Ok(true) => {}
             Ok(false) => break,
             Err(()) => {
@@ -598,13 +605,13 @@ fn iteration<A: Mmu>(
     s: &Scenario<A>,
     sh: &Shared<A>,
     variant: &'static Variant,
-    mode: Mode,
-    seed: u64,
+    cfg: &RunConfig,
     it: u64,
     schedule: &[Step],
     start: u64,
     rep: &mut Report,
 ) -> Result<bool, ()> {
+    let (mode, seed) = (cfg.mode, cfg.seed);
     let free_before = page_alloc::nr_free_pages();
     let mut ctx = Ctx::<A> {
         mm: None,
@@ -640,7 +647,7 @@ fn iteration<A: Mmu>(
             for st in schedule {
                 point::arm(st.point, Arming::Trace);
             }
-            if NATURAL_DELAYS.load(Ordering::Acquire) {
+            if cfg.delays {
                 for p in s.delay_points {
                     point::arm(p, Arming::Delay);
                 }
@@ -931,16 +938,17 @@ pub fn run_selected<A: Mmu>(args: &Cmdline, ktap: &mut Run) -> bool {
             Some(f) => format!("{}:{}@{}:{}", s.name, v.name, f.name(), mode_name(m)),
             None => format!("{}:{}:{}", s.name, v.name, mode_name(m)),
         };
-        set_natural_options(
-            args.budget_ms.map(|t| t * 1_000_000),
-            args.delays,
-            args.progress_s.map(|t| t * 1_000_000_000),
-        );
-        set_stop_at_hit(args.stop_at_hit);
-        let r = run_under::<A>(s, v, flush, m, args.seed, args.iterations);
+        let cfg = RunConfig {
+            flush,
+            iterations: args.iterations,
+            time_budget_ns: args.budget_ms.map(|t| t * 1_000_000),
+            delays: args.delays,
+            progress_ns: args.progress_s.map(|t| t * 1_000_000_000),
+            stop_at_hit: args.stop_at_hit,
+            ..RunConfig::new(m, args.seed)
+        };
+        let r = run_with::<A>(s, v, &cfg);
         print_report::<A>(s.name, v.name, m, &r);
-        set_natural_options(None, true, None);
-        set_stop_at_hit(false);
         let outcome = match (&r.outcome, &r.state_error) {
             (_, Some(e)) => KtapOutcome::Fail(e.clone()),
             (Outcome::Skip(why), None) => KtapOutcome::Skip(why),
@@ -994,7 +1002,7 @@ pub fn print_report<A: Mmu>(row: &str, variant: &str, mode: Mode, r: &Report) {
         r.held_by_fix,
         r.seed,
         r.elapsed_ns / 1_000_000,
-        u8::from(mode == Mode::Natural && NATURAL_DELAYS.load(Ordering::Acquire))
+        u8::from(r.delays)
     );
     if let Some(c) = &r.cycle {
         kprintln!("    # cycle: {c}");
