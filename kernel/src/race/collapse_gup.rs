@@ -94,7 +94,7 @@
 use super::detect::Finding;
 use super::point::{self, points, RacePoint, Step};
 use super::run_mm::RunMm;
-use super::scenario::{Budget, Commit, CommitRole, Ctx, Scenario, Variant};
+use super::scenario::{variant_config, Budget, Commit, CommitRole, Ctx, Scenario, Variant};
 use super::waitfor::WaitClass;
 use crate::kprintln;
 use crate::mm::arch::{Level, Mmu};
@@ -132,42 +132,28 @@ const COLLAPSE_DONE: usize = 6;
 static DELAY_POINTS: [&RacePoint; 1] = [&points::GUP_FAST_AFTER_PMD_READ];
 static TRACE_POINTS: [&RacePoint; 0] = [];
 
-const fn variant(
-    name: &'static str,
-    about: &'static str,
-    models: &'static str,
-    fix_waits: &'static [WaitClass],
-) -> Variant {
-    Variant {
-        name,
-        about,
-        models,
-        fix_waits,
-    }
-}
-
 /// The variants; [`CONFIG`] holds the knobs of each, in the same order.
 /// Each runs under every flush strategy of the row ([`FLUSH`]).
 static VARIANTS: [Variant; 4] = [
-    variant(
+    Variant::new(
         "buggy",
         "PTE recheck only",
         "Linux before 70cbc3cc78a9 and 2ba99c5e0881: GUP-fast rechecks only the PTE",
         &[],
     ),
-    variant(
+    Variant::new(
         "fixed-a",
         "GUP-fast rechecks the PMD (70cbc3cc78a9), table freed after RCU",
         "70cbc3cc78a9: GUP-fast rechecks the PMD too (the old table freed after RCU)",
         &[],
     ),
-    variant(
+    Variant::new(
         "fixed-b",
         "IPI sync after the PMD clear (2ba99c5e0881)",
         "2ba99c5e0881: an IPI sync after the PMD clear, before the pin check",
         &[WaitClass::CallIpi],
     ),
-    variant(
+    Variant::new(
         "rcu-only",
         "old table freed after an RCU grace period, nothing else",
         "no Linux kernel: MMU_GATHER_RCU_TABLE_FREE alone, which keeps the old table but not the page",
@@ -207,11 +193,7 @@ static CONFIG: [Config; 4] = {
 static FLUSH: [FlushStrategy; 3] = [FlushStrategy::Ipi, FlushStrategy::Nmi, FlushStrategy::Ipte];
 
 fn config_of(v: &Variant) -> Config {
-    let i = VARIANTS
-        .iter()
-        .position(|w| core::ptr::eq(w, v) || w.name == v.name)
-        .expect("a variant of this row");
-    CONFIG[i]
+    variant_config(&VARIANTS, &CONFIG, v)
 }
 
 /// The Linux commits of the row.

@@ -56,9 +56,8 @@
 use super::detect::Finding;
 use super::point::{self, points, race_point, RacePoint, Step};
 use super::run_mm::RunMm;
-use super::scenario::{Budget, Commit, CommitRole, Ctx, Scenario, Variant};
+use super::scenario::{variant_config, Budget, Commit, CommitRole, Ctx, Scenario, Variant};
 use super::user;
-use super::waitfor::WaitClass;
 use crate::mm::arch::{FaultInfo, Mmu};
 use crate::mm::memory;
 use crate::mm::mm::{Mm, VmFlags};
@@ -91,27 +90,20 @@ const MAX_STORES: u64 = 1 << 20;
 static DELAY_POINTS: [&RacePoint; 1] = [&points::GATHER_BEFORE_FINISH];
 static TRACE_POINTS: [&RacePoint; 2] = [&points::ZAP_AFTER_PTE_CLEAR, &points::GATHER_AFTER_FLUSH];
 
-const fn variant(name: &'static str, about: &'static str, models: &'static str) -> Variant {
-    Variant {
-        name,
-        about,
-        models,
-        fix_waits: &[] as &[WaitClass],
-    }
-}
-
 /// The variants; [`CONFIG`] holds the knobs of each, in the same order.
 /// Each runs under every flush strategy of the row ([`FLUSH`]).
 static VARIANTS: [Variant; 2] = [
-    variant(
+    Variant::new(
         "buggy",
         "a gather flushes only what it cleared itself",
         "Linux before 99baac21e458: a gather flushes only what it cleared",
+        &[],
     ),
-    variant(
+    Variant::new(
         "fixed",
         "a gather flushes the whole mm when another is in flight (99baac21e458)",
         "99baac21e458: a gather that sees another in flight (mm_tlb_flush_nested) flushes the whole mm",
+        &[],
     ),
 ];
 
@@ -123,11 +115,7 @@ static CONFIG: [NestedFlush; 2] = [NestedFlush::Ignore, NestedFlush::ForceFull];
 static FLUSH: [FlushStrategy; 3] = [FlushStrategy::Ipi, FlushStrategy::Nmi, FlushStrategy::Ipte];
 
 fn config(v: &Variant) -> NestedFlush {
-    let i = VARIANTS
-        .iter()
-        .position(|w| core::ptr::eq(w, v) || w.name == v.name)
-        .expect("a variant of this row");
-    CONFIG[i]
+    variant_config(&VARIANTS, &CONFIG, v)
 }
 
 /// The run's mm ([`RunMm`]), with its

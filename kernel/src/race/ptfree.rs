@@ -63,7 +63,7 @@
 
 use super::detect::{self, Finding};
 use super::point::{self, points, RacePoint, Step};
-use super::scenario::{Budget, Commit, CommitRole, Ctx, Scenario, Variant};
+use super::scenario::{variant_config, Budget, Commit, CommitRole, Ctx, Scenario, Variant};
 use super::waitfor::WaitClass;
 use crate::kprintln;
 use crate::mm::arch::{Level, Mmu};
@@ -86,39 +86,25 @@ const NR_PAGES: usize = 1;
 static DELAY_POINTS: [&RacePoint; 1] = [&points::GUP_FAST_AFTER_PMD_READ];
 static TRACE_POINTS: [&RacePoint; 2] = [&points::ZAP_AFTER_PTE_CLEAR, &points::GATHER_AFTER_FLUSH];
 
-const fn variant(
-    name: &'static str,
-    about: &'static str,
-    models: &'static str,
-    fix_waits: &'static [WaitClass],
-) -> Variant {
-    Variant {
-        name,
-        about,
-        models,
-        fix_waits,
-    }
-}
-
 /// The variants; [`CONFIG`] holds the knobs of each, in the same order.
 /// Each runs under every flush strategy of the row ([`FLUSH`]); with x86-64
 /// flush IPIs the flush waits for the interrupts-off walker before any
 /// table policy comes into play (the catalogue names only `immediate`
 /// there; with IPI sync or RCU the flush IPI also blocks first).
 static VARIANTS: [Variant; 3] = [
-    variant(
+    Variant::new(
         "immediate",
         "tables freed right after the flush",
         "no RCU table freeing: tables freed right after the flush, protected only by a flush IPI the interrupts-off walker holds back (mm/gup.c's rule)",
         &[],
     ),
-    variant(
+    Variant::new(
         "ipi-sync",
         "an IPI sync before the tables are freed",
         "tlb_remove_table_sync_one before the free (MMU_GATHER_RCU_TABLE_FREE's fallback)",
         &[WaitClass::CallIpi],
     ),
-    variant(
+    Variant::new(
         "rcu",
         "tables freed after an RCU grace period",
         "MMU_GATHER_RCU_TABLE_FREE: tables freed after an RCU-sched grace period",
@@ -135,11 +121,7 @@ static CONFIG: [TableFree; 3] = [TableFree::Immediate, TableFree::IpiSync, Table
 static FLUSH: [FlushStrategy; 3] = [FlushStrategy::Ipi, FlushStrategy::Nmi, FlushStrategy::Ipte];
 
 fn config(v: &Variant) -> TableFree {
-    let i = VARIANTS
-        .iter()
-        .position(|w| core::ptr::eq(w, v) || w.name == v.name)
-        .expect("a variant of this row");
-    CONFIG[i]
+    variant_config(&VARIANTS, &CONFIG, v)
 }
 
 /// The Linux commits of the row.

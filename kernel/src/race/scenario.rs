@@ -91,6 +91,34 @@ pub struct Commit {
     pub role: CommitRole,
 }
 
+impl Variant {
+    /// A variant: its name, one line on what it does, what Linux kernel
+    /// it models, and the waits its fix adds.
+    pub const fn new(
+        name: &'static str,
+        about: &'static str,
+        models: &'static str,
+        fix_waits: &'static [WaitClass],
+    ) -> Self {
+        Variant {
+            name,
+            about,
+            models,
+            fix_waits,
+        }
+    }
+}
+
+/// The knobs of `v` in a row that keeps them in `configs`, in the order of
+/// its `variants`.
+pub fn variant_config<T: Copy>(variants: &[Variant], configs: &[T], v: &Variant) -> T {
+    let i = variants
+        .iter()
+        .position(|w| core::ptr::eq(w, v) || w.name == v.name)
+        .expect("a variant of this row");
+    configs[i]
+}
+
 /// How long a row may run.
 #[derive(Clone, Copy, Debug)]
 pub struct Budget {

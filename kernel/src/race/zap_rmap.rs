@@ -69,7 +69,7 @@
 use super::detect::Finding;
 use super::point::{self, points, race_point, RacePoint, Step};
 use super::run_mm::RunMm;
-use super::scenario::{Budget, Commit, CommitRole, Ctx, Scenario, Variant};
+use super::scenario::{variant_config, Budget, Commit, CommitRole, Ctx, Scenario, Variant};
 use super::user;
 use super::waitfor::WaitClass;
 use crate::cmdline::Mode;
@@ -106,20 +106,6 @@ const MAX_STORES: u64 = 1 << 20;
 static DELAY_POINTS: [&RacePoint; 1] = [&points::ZAP_BEFORE_PTL_FLUSH];
 static TRACE_POINTS: [&RacePoint; 2] = [&points::ZAP_AFTER_PTE_CLEAR, &points::GATHER_AFTER_FLUSH];
 
-const fn variant(
-    name: &'static str,
-    about: &'static str,
-    models: &'static str,
-    fix_waits: &'static [WaitClass],
-) -> Variant {
-    Variant {
-        name,
-        about,
-        models,
-        fix_waits,
-    }
-}
-
 /// mkclean's rmap walk spinning on the zap's PTL: the wait 5df397dec7c4
 /// adds, and only for the writeback role (a fault spinning on that PTL is
 /// not the fix's doing).
@@ -128,13 +114,13 @@ const FIX_WAITS: &[WaitClass] = &[WaitClass::PtlWaitedBy(WRITEBACK)];
 /// The variants; [`CONFIG`] holds the knobs of each, in the same order.
 /// Each runs under every flush strategy of the row ([`FLUSH`]).
 static VARIANTS: [Variant; 2] = [
-    variant(
+    Variant::new(
         "buggy",
         "rmap removed at the clear, before the flush (Linux 6.1)",
         "Linux 6.1 (1cf35d47712d's flush under the PTL), before 5df397dec7c4: the rmap removed at the PTE clear",
         &[],
     ),
-    variant(
+    Variant::new(
         "fixed",
         "rmap removed after the flush, under the PTL (5df397dec7c4)",
         "5df397dec7c4 (6.2): the rmap removed after the flush, under the PTL",
@@ -150,11 +136,7 @@ static CONFIG: [RmapOrder; 2] = [RmapOrder::BeforeFlush, RmapOrder::AfterFlush];
 static FLUSH: [FlushStrategy; 3] = [FlushStrategy::Ipi, FlushStrategy::Nmi, FlushStrategy::Ipte];
 
 fn config(v: &Variant) -> RmapOrder {
-    let i = VARIANTS
-        .iter()
-        .position(|w| core::ptr::eq(w, v) || w.name == v.name)
-        .expect("a variant of this row");
-    CONFIG[i]
+    variant_config(&VARIANTS, &CONFIG, v)
 }
 
 /// The run's mm ([`RunMm`]), with the
