@@ -39,7 +39,7 @@
 use crate::{lowcore, sclp, skey, tlb, S390x};
 use core::sync::atomic::{AtomicU64, Ordering};
 use quiesce_arch_s390x::pgtable::{self as pt, AsceState, TableAlloc, UpgradeError};
-use quiesce_kernel::mm::arch::{Level, Mmu, PteProt};
+use quiesce_kernel::mm::arch::{Level, Mmu, PteProt, StorageKeyOps, StorageKeys};
 use quiesce_kernel::mm::mm::{current_mm, Mm};
 use quiesce_kernel::mm::tlbflush::{self, FlushStrategy};
 use quiesce_kernel::mm::{page, page_alloc, pgtable};
@@ -289,7 +289,7 @@ impl Mmu for S390x {
     const HAS_HUGE_PMD: bool = false;
     const CLEAR_FLUSHES_TLB: bool = true;
     const HW_YOUNG_DIRTY: bool = false;
-    const HAS_STORAGE_KEYS: bool = true;
+    const STORAGE_KEYS: Option<StorageKeyOps> = Some(StorageKeyOps::of::<Self>());
     const TASK_BASE: u64 = TASK_BASE;
     const TASK_SIZE_MAX: u64 = pt::TASK_SIZE_MAX;
 
@@ -609,7 +609,10 @@ impl Mmu for S390x {
     fn probe_store(addr: u64, val: u64) -> Result<(), quiesce_kernel::mm::arch::FaultInfo> {
         crate::fault::probe_store(addr, val)
     }
+}
 
+/// The storage keys (SSKE, ISKE, RRBE), in [`skey`].
+impl StorageKeys for S390x {
     fn set_storage_key(pfn: u64, key: u8) {
         skey::set_storage_key(pfn, key);
     }
@@ -621,8 +624,6 @@ impl Mmu for S390x {
     fn reset_reference_bit(pfn: u64) -> (bool, bool) {
         skey::reset_reference_bit(pfn)
     }
-
-    fn page_test_and_clear_dirty(pfn: u64) -> bool {
-        skey::page_test_and_clear_dirty(pfn)
-    }
+    // `page_test_and_clear_dirty`: the generic one (ISKE, then SSKE with C
+    // cleared) is Linux 3.8's s390 code.
 }

@@ -222,6 +222,8 @@ macro_rules! emul_arch {
                 pte | D
             }
             unsafe fn set_pte_at(_: &Mm<Self>, _: u64, ptep: *mut u64, pte: u64) {
+                // The emulated arch's own store (what the arch owns), raw
+                // like a backend's.
                 // SAFETY: the caller passes a live entry and holds the PTL.
                 unsafe { ptep.write_volatile(pte) }
             }
