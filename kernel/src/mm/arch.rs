@@ -69,7 +69,66 @@ pub struct FaultInfo {
 
 /// The MMU operations the generic memory model needs. Every function is
 /// implemented by the backend; the constants describe its table geometry.
-pub trait Mmu: Arch + Sized {
+///
+/// # Safety
+///
+/// Generic unsafe code (the walks of [`crate::mm::pgtable`] and GUP-fast,
+/// the named entry stores, the zap, the gather's freeing, collapse and split)
+/// dereferences the pointers and table addresses this trait hands out and
+/// frees memory on the strength of its flushes. An implementation promises:
+///
+/// 1. **Entry pointers are live entries.** [`Mmu::pgd_offset`] (for `addr`
+///    below [`Mmu::context_limit`]) and, under their stated preconditions,
+///    the `pXd_offset` helpers and their `_lockless` forms return an aligned
+///    pointer to a `u64` entry inside a live table of that mm (for a folded
+///    level: the pointer of the level above, whose entry
+///    [`Mmu::entry_none`] never reports empty).
+/// 2. **A table entry names the table the walker reads.** For an entry with
+///    `!entry_none && entry_is_table`, [`Mmu::entry_table`] is the address
+///    (RAM, 1:1 mapped) of the lower table that the hardware walker
+///    translates through: a PTE table of [`Mmu::PTRS_PER_PTE`] entries
+///    ([`Mmu::PTE_TABLE_SIZE`] bytes, `PTRS_PER_PTE * 8`), an upper table of
+///    `PAGE_SIZE << CRST_ORDER` bytes; and `entry_table(l, mk_table_entry(l,
+///    t)) == t`. `pte_offset` of such a PMD entry points into that table.
+/// 3. **Empty entries map nothing.** A table filled with
+///    [`Mmu::empty_entry`] translates nothing for the hardware, and
+///    `entry_none(l, empty_entry(l))` holds.
+/// 4. **Sizes are what one entry maps.** `PMD_SIZE` … `PGDIR_SIZE` are the
+///    spans of one entry of each level (the gather flushes a freed table's
+///    span before freeing it), `CRST_ORDER` the order of every upper table.
+/// 5. **The kernel's map is in every mm and never changes.** Every mm made
+///    by [`Mmu::init_new_context`], and the kernel's own tables, map all RAM
+///    1:1 with the kernel's tables, which no `Mmu` operation on an mm
+///    changes; [`Mmu::TASK_BASE`] lies above that map. Generic code reads
+///    and writes any RAM frame (tables, freed and poisoned frames) at its
+///    physical address whichever mm is loaded. [`Mmu::switch_mm`] loads
+///    exactly `next`'s tables; [`Mmu::arch_prepare_range`] keeps every
+///    mapping and every entry pointer of the mm valid;
+///    [`Mmu::destroy_context`] frees only the top tables the arch allocated.
+/// 6. **Live entries change only through the arch, by the hardware's rule.**
+///    [`Mmu::set_pte_at`] stores over an entry that is not valid;
+///    [`Mmu::ptep_get_and_clear`], [`Mmu::ptep_set_wrprotect`] and
+///    [`Mmu::pmdp_get_and_clear`] change a valid entry the way the MMU
+///    requires and return (for the clears) the value it had: x86-64 with an
+///    atomic exchange or AND, so a hardware A/D update in between is not
+///    lost; s390x never stores over a valid entry, but invalidates it first
+///    with IPTE/IDTE (or CSP(G) with purge under the `csp` strategy), which
+///    purges every CPU's TLB, then stores the new value.
+/// 7. **`CLEAR_FLUSHES_TLB` is true only when the clear purges.** If true,
+///    no CPU translates through an entry once `ptep_get_and_clear` /
+///    `pmdp_get_and_clear` returned (immediate page freeing and
+///    [`crate::mm::pgtable::pmdp_collapse_flush`] skip the flush on it).
+/// 8. **Flushes flush.** When [`Mmu::flush_tlb_page`],
+///    [`Mmu::flush_tlb_range`] or [`Mmu::flush_tlb_mm`] returns, no CPU, the
+///    caller included, holds a translation of the range for that mm formed
+///    from an entry (or through a table) changed before the call: the
+///    gather frees pages and tables right after.
+/// 9. **Faults are handled or reported.** A fault on a task address is
+///    handed to the generic fault handler and the access retried;
+///    [`Mmu::probe_load`] / [`Mmu::probe_store`] access memory only through
+///    the current translation and turn a fault that no handler resolves
+///    into `Err`.
+pub unsafe trait Mmu: Arch + Sized {
     /// Per-mm arch state: the top table and, on s390x, the current ASCE and
     /// its limit. Changed only under the mm's `mmap_lock` held for write.
     type Context: Send + Sync;
