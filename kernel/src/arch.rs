@@ -48,7 +48,23 @@ pub struct BootInfo {
 ///
 /// All functions act on the calling CPU unless a CPU number is passed. CPU numbers
 /// are logical: 0 is the boot CPU, `1..nr_cpus` the others in bring-up order.
-pub trait Arch: 'static {
+///
+/// # Safety
+///
+/// Almost everything here is trusted for correctness only: a wrong answer
+/// makes a test fail, a lock deadlock or a report lie, but no unsafe code
+/// depends on it (the interrupt state, CPU numbers used as bounds-checked
+/// indices, the clock, IPIs, the console). What unsafe code does rely on, an
+/// implementation promises:
+///
+/// 1. **The kernel image is readable.** [`Arch::kernel_image`] is a range
+///    that is mapped and readable on every CPU, under every address space
+///    the kernel loads, for the whole run: [`crate::backtrace`] reads any
+///    aligned word inside it with a raw load.
+///
+/// The MMU contract, on which much more unsafe code relies, is the
+/// [`crate::mm::arch::Mmu`] sub-trait's own `# Safety` list.
+pub unsafe trait Arch: 'static {
     /// Architecture name as used by the host tools: `"x86_64"` or `"s390x"`.
     const NAME: &'static str;
     /// Whether [`Arch::send_nmi`] exists: an interrupt that reaches a CPU even while
@@ -136,7 +152,7 @@ pub trait Arch: 'static {
     ) -> Option<crate::backtrace::StackFrame>;
 
     /// The kernel image, text to the end of `.bss`: every kernel stack lies
-    /// inside it, and it is mapped on every CPU at all times. A backtrace
-    /// reads nothing outside it.
+    /// inside it, and it is mapped on every CPU at all times (promise 1). A
+    /// backtrace reads nothing outside it.
     fn kernel_image() -> core::ops::Range<usize>;
 }

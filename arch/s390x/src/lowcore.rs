@@ -19,6 +19,8 @@
 //! - The fields from 0x200 on are written only by the owning CPU once it runs.
 
 use core::mem::offset_of;
+use core::ptr::NonNull;
+use volatile::VolatilePtr;
 
 /// A z/Architecture program status word (16 bytes).
 #[repr(C, align(8))]
@@ -167,13 +169,24 @@ const _: () = {
 /// Offset of the new PSWs, six in a row from `restart_psw` to `io_new_psw`.
 pub const NEW_PSWS: usize = offset_of!(Lowcore, restart_psw);
 
-/// The calling CPU's lowcore field at `offset`, as a raw pointer.
+/// The calling CPU's lowcore field at `offset`, as a volatile pointer: the
+/// hardware stores interruption codes and old PSWs there behind the
+/// compiler's back (the `volatile` crate's use case, as for MMIO).
 ///
 /// The address is a real address below 8 KiB, never null: prefixing makes it
 /// the calling CPU's own field (see the module invariants).
-fn own<T>(offset: usize) -> *mut T {
+///
+/// # Safety
+/// `offset` must be `offset_of!(Lowcore, f)` for a field `f` of type `T`.
+unsafe fn own<'a, T: Copy>(offset: usize) -> VolatilePtr<'a, T> {
     debug_assert!(offset != 0 && offset + core::mem::size_of::<T>() <= 0x2000);
-    core::ptr::with_exposed_provenance_mut(offset)
+    let p = NonNull::new(core::ptr::with_exposed_provenance_mut::<T>(offset))
+        .expect("lowcore fields are not at address 0");
+    // SAFETY: the caller names a field of type `T`; real addresses below 8 KiB
+    // always address the calling CPU's lowcore, which exists from reset on, and
+    // fields are naturally aligned by `repr(C)`. Only this CPU (and its
+    // hardware) accesses its own lowcore fields through these addresses.
+    unsafe { VolatilePtr::new(p) }
 }
 
 /// Reads the calling CPU's lowcore field at `offset`.
@@ -181,10 +194,8 @@ fn own<T>(offset: usize) -> *mut T {
 /// # Safety
 /// `offset` must be `offset_of!(Lowcore, f)` for a field `f` of type `T`.
 unsafe fn read_own<T: Copy>(offset: usize) -> T {
-    // SAFETY: the caller names a field of type `T`; real addresses below 8 KiB
-    // always address the calling CPU's lowcore, which exists from reset on, and
-    // fields are naturally aligned by `repr(C)`.
-    unsafe { core::ptr::read_volatile(own::<T>(offset)) }
+    // SAFETY: forwarded to the caller.
+    unsafe { own::<T>(offset) }.read()
 }
 
 /// Writes the calling CPU's lowcore field at `offset`.
@@ -193,8 +204,8 @@ unsafe fn read_own<T: Copy>(offset: usize) -> T {
 /// `offset` must be `offset_of!(Lowcore, f)` for a field `f` of type `T` that
 /// the hardware does not use as a new PSW while the write could matter.
 unsafe fn write_own<T: Copy>(offset: usize, value: T) {
-    // SAFETY: as in `read_own`; the caller keeps the write off live new PSWs.
-    unsafe { core::ptr::write_volatile(own::<T>(offset), value) }
+    // SAFETY: forwarded to the caller, who keeps the write off live new PSWs.
+    unsafe { own::<T>(offset) }.write(value);
 }
 
 /// Logical number of the calling CPU: one load from the lowcore.

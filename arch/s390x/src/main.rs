@@ -59,7 +59,11 @@ const CMDLINE_SIZE: usize = 4096;
 /// The s390x backend.
 pub struct S390x;
 
-impl Arch for S390x {
+// SAFETY: promise 1 of `Arch`: `kernel_image` is `__image_start` to
+// `__image_end` of the linker script, inside the kernel's 1:1 map of RAM
+// (`mmu::init_kernel_map`), whose segment tables every task mm shares and
+// which never changes after boot (before DAT is on, real = virtual).
+unsafe impl Arch for S390x {
     const NAME: &'static str = "s390x";
     const HAS_NMI: bool = false;
 

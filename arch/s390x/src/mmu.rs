@@ -39,7 +39,7 @@
 use crate::{lowcore, sclp, skey, tlb, S390x};
 use core::sync::atomic::{AtomicU64, Ordering};
 use quiesce_arch_s390x::pgtable::{self as pt, AsceState, TableAlloc, UpgradeError};
-use quiesce_kernel::mm::arch::{Level, Mmu, PteProt};
+use quiesce_kernel::mm::arch::{Level, Mmu, PteProt, StorageKeyOps, StorageKeys};
 use quiesce_kernel::mm::mm::{current_mm, Mm};
 use quiesce_kernel::mm::tlbflush::{self, FlushStrategy};
 use quiesce_kernel::mm::{page, page_alloc, pgtable};
@@ -276,7 +276,42 @@ fn table_ptr(addr: u64) -> *mut u64 {
     core::ptr::with_exposed_provenance_mut(addr as usize)
 }
 
-impl Mmu for S390x {
+// SAFETY: the numbered promises of `Mmu`:
+// 1. the offset helpers are the library's Linux `pXd_offset` helpers with
+//    dynamic folding (`quiesce_arch_s390x::pgtable`, host-tested against a
+//    model of the DAT walk): each decides from the table type in the entry and
+//    returns the entry pointer itself for a folded level; a folded region
+//    entry is never `none`;
+// 2. an entry's origin is the table-origin field DAT reads (region/segment
+//    origin, page-table origin); region and segment tables are 16 KiB
+//    (CRST_ORDER 2, 2048 entries), page tables 2 KiB (256 entries,
+//    PTE_TABLE_SIZE = 2048); `mk_table_entry` writes the origin with the
+//    table type of the level, so `entry_table` gives it back;
+// 3. empty entries have the invalid bit set (and the table type of their
+//    level), so DAT raises a translation exception on them;
+// 4. PMD_SIZE 1 MiB (a segment), PUD_SIZE 2 GiB (a region-third entry),
+//    P4D_SIZE 4 TiB, PGDIR_SIZE 8 PiB are what one entry of each table maps;
+// 5. a task region-third table copies the kernel's entries for RAM, pointing
+//    to the kernel's shared segment tables, which never change after boot;
+//    TASK_BASE (2 TiB) is above them; `switch_mm` loads `next`'s ASCE into
+//    CR1; the upgrade (`crst_table_upgrade`) puts a new table on top and
+//    keeps the old one, with every entry, in place; `destroy_context` frees
+//    the top tables only;
+// 6. a valid PTE is never stored over: `ptep_get_and_clear` and
+//    `ptep_set_wrprotect` issue IPTE (or CSPG with purge) first, then store;
+//    `pmdp_get_and_clear` invalidates the segment entry with IDTE (or CSP with
+//    purge) first; `set_pte_at` stores over an invalid entry only;
+// 7. CLEAR_FLUSHES_TLB is true: IPTE, IDTE and CSP(G) with purge purge every
+//    CPU's TLB synchronously, and the issuing CPU's own purge is completed by
+//    the branch that follows them (`crate::tlb`, PLATFORM.md);
+// 8. the range and mm flushes issue IDTE for the ASCE (or a CSP purge), which
+//    purges every CPU, or PTLB when no other CPU has the mm attached; the
+//    page flush has nothing to do: every valid PTE change went through IPTE
+//    (promise 6), which purged every TLB already;
+// 9. the program-check handler (`crate::fault`) hands translation and
+//    protection exceptions on task addresses to `handle_mm_fault` and resumes
+//    the access; `probe_load`/`probe_store` use its fixup.
+unsafe impl Mmu for S390x {
     type Context = MmContext;
 
     const PTRS_PER_PTE: usize = pt::PTRS_PER_PTE;
@@ -289,7 +324,7 @@ impl Mmu for S390x {
     const HAS_HUGE_PMD: bool = false;
     const CLEAR_FLUSHES_TLB: bool = true;
     const HW_YOUNG_DIRTY: bool = false;
-    const HAS_STORAGE_KEYS: bool = true;
+    const STORAGE_KEYS: Option<StorageKeyOps> = Some(StorageKeyOps::of::<Self>());
     const TASK_BASE: u64 = TASK_BASE;
     const TASK_SIZE_MAX: u64 = pt::TASK_SIZE_MAX;
 
@@ -609,7 +644,10 @@ impl Mmu for S390x {
     fn probe_store(addr: u64, val: u64) -> Result<(), quiesce_kernel::mm::arch::FaultInfo> {
         crate::fault::probe_store(addr, val)
     }
+}
 
+/// The storage keys (SSKE, ISKE, RRBE), in [`skey`].
+impl StorageKeys for S390x {
     fn set_storage_key(pfn: u64, key: u8) {
         skey::set_storage_key(pfn, key);
     }
@@ -621,8 +659,6 @@ impl Mmu for S390x {
     fn reset_reference_bit(pfn: u64) -> (bool, bool) {
         skey::reset_reference_bit(pfn)
     }
-
-    fn page_test_and_clear_dirty(pfn: u64) -> bool {
-        skey::page_test_and_clear_dirty(pfn)
-    }
+    // `page_test_and_clear_dirty`: the generic one (ISKE, then SSKE with C
+    // cleared) is Linux 3.8's s390 code.
 }

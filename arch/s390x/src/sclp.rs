@@ -10,6 +10,12 @@
 //! lock, so the SCCB is free again once `SERVC` returns. The same call, READ
 //! SCP INFO on its own SCCB, gives the storage size ([`read_storage_size`]).
 //!
+//! No `volatile` crate here: the SCLP is no MMIO register but a service call
+//! (`SERVC` hands it the SCCB's address and the block is read and written by
+//! the instruction, with an `asm!` memory clobber ordering our accesses
+//! around it); the SCCB is plain memory that only its CPU touches between
+//! calls.
+//!
 //! Invariants:
 //! - A CPU uses only SCCB number `cpu_nr`, marked busy for the duration of the
 //!   call. If the CPU re-enters the writer (a program check while it prints),

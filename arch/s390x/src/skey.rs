@@ -102,38 +102,17 @@ pub fn rrbe(addr: u64) -> (bool, bool) {
     sk::rrbe_old_rc(sk::ipm_cc(cc))
 }
 
-// The generic contract spells the key bits the same way.
-const _: () = {
-    use quiesce_kernel::mm::arch as generic;
-    assert!(generic::PAGE_ACC_BITS == sk::PAGE_ACC_BITS);
-    assert!(generic::PAGE_FP_BIT == sk::PAGE_FP_BIT);
-    assert!(generic::PAGE_REFERENCED == sk::PAGE_REFERENCED);
-    assert!(generic::PAGE_CHANGED == sk::PAGE_CHANGED);
-    assert!(generic::PAGE_DEFAULT_KEY == sk::PAGE_DEFAULT_KEY);
-};
-
-/// `Mmu::set_storage_key` for `S390x`.
+/// `StorageKeys::set_storage_key` for `S390x`.
 pub fn set_storage_key(pfn: u64, key: u8) {
     sske(pfn_to_real(pfn), key);
 }
 
-/// `Mmu::get_storage_key` for `S390x`.
+/// `StorageKeys::get_storage_key` for `S390x`.
 pub fn get_storage_key(pfn: u64) -> u8 {
     iske(pfn_to_real(pfn))
 }
 
-/// `Mmu::reset_reference_bit` for `S390x`.
+/// `StorageKeys::reset_reference_bit` for `S390x`.
 pub fn reset_reference_bit(pfn: u64) -> (bool, bool) {
     rrbe(pfn_to_real(pfn))
-}
-
-/// `Mmu::page_test_and_clear_dirty` for `S390x` (Linux 3.8): ISKE, and if C
-/// is set, SSKE with C clear and the other bits kept.
-pub fn page_test_and_clear_dirty(pfn: u64) -> bool {
-    let key = get_storage_key(pfn);
-    if key & sk::PAGE_CHANGED == 0 {
-        return false;
-    }
-    set_storage_key(pfn, sk::key_clear_changed(key));
-    true
 }

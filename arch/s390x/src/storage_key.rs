@@ -16,19 +16,13 @@
 //! Invariant: the kernel runs with PSW key 0, so the access-control and
 //! fetch-protection bits never deny an access; only R and C carry meaning here.
 
-/// Access-control bits (Linux `_PAGE_ACC_BITS`).
-pub const PAGE_ACC_BITS: u8 = 0xf0;
-/// Fetch-protection bit (Linux `_PAGE_FP_BIT`).
-pub const PAGE_FP_BIT: u8 = 0x08;
-/// Reference bit (Linux `_PAGE_REFERENCED`).
-pub const PAGE_REFERENCED: u8 = 0x04;
-/// Change bit (Linux `_PAGE_CHANGED`).
-pub const PAGE_CHANGED: u8 = 0x02;
-/// The seven bits a key has; bit 63 of the register (0x01) is not part of it.
-pub const KEY_MASK: u8 = 0xfe;
-/// The key of a newly allocated frame (Linux `PAGE_DEFAULT_KEY`): access key 0,
-/// no fetch protection, R and C clear.
-pub const PAGE_DEFAULT_KEY: u8 = 0;
+/// The key layout (`PAGE_ACC_BITS`, `PAGE_FP_BIT`, `PAGE_REFERENCED`,
+/// `PAGE_CHANGED`, `KEY_MASK`, `PAGE_DEFAULT_KEY`) and the bit edits on it,
+/// defined once, in the generic contract.
+pub use quiesce_kernel::mm::arch::{
+    key_clear_changed, key_clear_referenced, KEY_MASK, PAGE_ACC_BITS, PAGE_CHANGED,
+    PAGE_DEFAULT_KEY, PAGE_FP_BIT, PAGE_REFERENCED,
+};
 
 /// The real address of the 4 KiB block of frame `pfn` (the operand of SSKE,
 /// ISKE and RRBE).
@@ -51,17 +45,6 @@ pub const fn ipm_cc(reg: u64) -> u8 {
 /// RRBE's condition code as the old `(R, C)`.
 pub const fn rrbe_old_rc(cc: u8) -> (bool, bool) {
     (cc & 2 != 0, cc & 1 != 0)
-}
-
-/// `key` without its change bit, everything else kept (what
-/// `page_test_and_clear_dirty` writes back).
-pub const fn key_clear_changed(key: u8) -> u8 {
-    key & KEY_MASK & !PAGE_CHANGED
-}
-
-/// `key` as RRBE leaves it: the reference bit cleared, the rest kept.
-pub const fn key_clear_referenced(key: u8) -> u8 {
-    key & KEY_MASK & !PAGE_REFERENCED
 }
 
 #[cfg(test)]

@@ -9,10 +9,15 @@
 //! ours. The timer runs in periodic mode with divide-by-16; its rate is measured
 //! once by [`crate::tsc::calibrate`] against the PIT.
 //!
+//! Registers are reached through `volatile::VolatilePtr` ([`apic_reg`]); the
+//! 8259 PICs are I/O ports and stay on the `x86_64` crate's `Port`.
+//!
 //! Invariants: the APIC base is the default 0xfee00000 with xAPIC (not x2APIC)
 //! mode, checked in [`setup_this_cpu`]; only this module touches the APIC page.
 
+use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, Ordering};
+use volatile::VolatilePtr;
 use x86_64::instructions::interrupts;
 use x86_64::instructions::port::Port;
 use x86_64::registers::model_specific::Msr;
@@ -55,17 +60,28 @@ const APIC_DM_STARTUP: u32 = 6 << 8;
 /// Timer counts per millisecond at divide-by-16, from calibration.
 static TIMER_KHZ: AtomicU64 = AtomicU64::new(0);
 
+/// The calling CPU's local APIC register at offset `reg` (`reg` is one of
+/// the `APIC_*` offsets above: 16-byte aligned, inside the page), as a
+/// volatile pointer: every access is one 32-bit MMIO load or store.
+fn apic_reg(reg: usize) -> VolatilePtr<'static, u32> {
+    debug_assert!(reg < 0x1000 && reg.is_multiple_of(16));
+    let p = NonNull::new(core::ptr::with_exposed_provenance_mut::<u32>(
+        APIC_DEFAULT_PHYS_BASE as usize + reg,
+    ))
+    .expect("the APIC page is not at address 0");
+    // SAFETY: `reg` is a register offset inside the APIC page, which head.S
+    // identity-maps uncached on every CPU; an aligned 32-bit access reaches the
+    // calling CPU's own local APIC and no memory. No other code aliases the
+    // page (module invariant: only this module touches it).
+    unsafe { VolatilePtr::new(p) }
+}
+
 fn apic_read(reg: usize) -> u32 {
-    // SAFETY: `reg` is one of the register offsets above, inside the APIC page,
-    // which is identity-mapped uncached on every CPU; an aligned 32-bit read of an
-    // APIC register has no side effect on memory.
-    unsafe { core::ptr::read_volatile((APIC_DEFAULT_PHYS_BASE as usize + reg) as *const u32) }
+    apic_reg(reg).read()
 }
 
 fn apic_write(reg: usize, value: u32) {
-    // SAFETY: as in `apic_read`; writes reach the calling CPU's own local APIC
-    // and no memory, and this module is the APIC's only user.
-    unsafe { core::ptr::write_volatile((APIC_DEFAULT_PHYS_BASE as usize + reg) as *mut u32, value) }
+    apic_reg(reg).write(value);
 }
 
 /// Masks every line of both legacy 8259 PICs (they stay in the firmware's

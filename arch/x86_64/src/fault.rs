@@ -263,11 +263,7 @@ fn count_fault() {
         .fetch_add(1, Ordering::Relaxed);
 }
 
+/// The faulting address of the last page fault (`read_cr2`).
 fn read_cr2() -> u64 {
-    let cr2: u64;
-    // SAFETY: reading CR2 has no side effect.
-    unsafe {
-        core::arch::asm!("mov {}, cr2", out(reg) cr2, options(nomem, nostack, preserves_flags));
-    }
-    cr2
+    x86_64::registers::control::Cr2::read_raw()
 }

@@ -1,7 +1,10 @@
 //! QEMU's firmware configuration device, legacy I/O interface (ports 0x510
 //! selector, 0x511 data; QEMU `docs/specs/fw_cfg.rst`).
 //!
-//! Used only to read the CPU count when no ACPI MADT is found.
+//! Used only to read the CPU count when no ACPI MADT is found. The legacy
+//! interface is I/O ports, not MMIO (that is the DMA interface, which this
+//! kernel does not use), so it uses the `x86_64` crate's `Port`, not the
+//! `volatile` crate.
 //!
 //! Invariants: only the boot CPU uses the device, before other CPUs start, so the
 //! select-then-read sequence is never interleaved.

@@ -15,12 +15,20 @@
 //! - A CPU fills its TSS before it loads its task register, and never again.
 //! - Entries are atomics, so the tables are shared without `static mut`; the
 //!   layout is that of the plain `u64` array the processor reads.
+//!
+//! The descriptor and TSS formats are the `x86_64` crate's
+//! (`DescriptorFlags`, `Descriptor::tss_segment_unchecked`,
+//! `TaskStateSegment`'s field offsets); the tables stay arrays of atomics
+//! here because head.S and the trampoline load the GDT by symbol before long
+//! mode, and the boot CPU fills other CPUs' TSSs through shared references.
 
 use crate::percpu;
+use core::mem::{offset_of, size_of};
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use quiesce_kernel::NR_CPUS;
 use x86_64::instructions::tables::{lgdt, load_tss};
-use x86_64::structures::gdt::SegmentSelector;
+use x86_64::structures::gdt::{Descriptor, DescriptorFlags, SegmentSelector};
+use x86_64::structures::tss::TaskStateSegment;
 use x86_64::structures::DescriptorTablePointer;
 use x86_64::{PrivilegeLevel, VirtAddr};
 
@@ -48,25 +56,36 @@ pub struct Gdt([AtomicU64; GDT_ENTRIES]);
 /// Builds the constant part of the table.
 const fn initial_gdt() -> Gdt {
     let mut e = [const { AtomicU64::new(0) }; GDT_ENTRIES];
-    // Present, ring 0, code, readable, long mode (L=1, D=0), 4 KiB granularity.
-    e[1] = AtomicU64::new(0x00af_9a00_0000_ffff);
-    // Present, ring 0, data, writable, 32-bit, 4 KiB granularity, 4 GiB.
-    e[2] = AtomicU64::new(0x00cf_9200_0000_ffff);
-    // Present, ring 0, code, readable, 32-bit, 4 KiB granularity, 4 GiB.
-    e[3] = AtomicU64::new(0x00cf_9a00_0000_ffff);
+    // Linux's GDT_ENTRY_KERNEL_CS, _DS and _CS32 (`cpu/common.c`), accessed bit
+    // preset as there, so loading a selector never writes the table:
+    // present, ring 0, code, readable, long mode (L=1, D=0), 4 KiB granularity;
+    e[1] = AtomicU64::new(DescriptorFlags::KERNEL_CODE64.bits());
+    // present, ring 0, data, writable, 32-bit, 4 KiB granularity, 4 GiB;
+    e[2] = AtomicU64::new(DescriptorFlags::KERNEL_DATA.bits());
+    // present, ring 0, code, readable, 32-bit, 4 KiB granularity, 4 GiB.
+    e[3] = AtomicU64::new(DescriptorFlags::KERNEL_CODE32.bits());
     Gdt(e)
 }
 
 /// The one GDT.
 pub static GDT: Gdt = initial_gdt();
 
-/// A 64-bit task-state segment (104 bytes), as 32-bit words because the
-/// processor's layout puts 64-bit fields at 4-byte offsets.
+/// A 64-bit task-state segment (104 bytes): the `x86_64` crate's
+/// `TaskStateSegment` layout, held as 32-bit atomic words because the
+/// processor's layout puts 64-bit fields at 4-byte offsets and the boot CPU
+/// fills other CPUs' segments through shared references.
 #[repr(C, align(16))]
 pub struct Tss([AtomicU32; 26]);
 
+// The words are the segment (the alignment may pad the type beyond them).
+const _: () = assert!(size_of::<[AtomicU32; 26]>() == size_of::<TaskStateSegment>());
+
 impl Tss {
-    const SIZE: u64 = 104;
+    const SIZE: u64 = size_of::<TaskStateSegment>() as u64;
+    /// The word of IST 1's low half.
+    const IST_WORD: usize = offset_of!(TaskStateSegment, interrupt_stack_table) / 4;
+    /// The word holding the I/O map base, in its high half.
+    const IOMAP_WORD: usize = offset_of!(TaskStateSegment, iomap_base) / 4;
 
     /// An empty TSS; [`Tss::set_ist`] fills it before the CPU loads it.
     pub const fn new() -> Self {
@@ -76,12 +95,12 @@ impl Tss {
     /// Sets IST stack `ist` (1..=7) to `top` and places the I/O bitmap beyond the
     /// limit (no port access from ring 3; the kernel has no ring 3 anyway).
     fn set_ist(&self, ist: u8, top: u64) {
-        // IST1 is at byte offset 36, i.e. word 9.
-        let word = 9 + 2 * (usize::from(ist) - 1);
+        const _: () = assert!(offset_of!(TaskStateSegment, iomap_base) % 4 == 2);
+        let word = Self::IST_WORD + 2 * (usize::from(ist) - 1);
         self.0[word].store(top as u32, Ordering::Relaxed);
         self.0[word + 1].store((top >> 32) as u32, Ordering::Relaxed);
-        // I/O map base (bytes 102..104) at or beyond the limit: no bitmap.
-        self.0[25].store((Self::SIZE as u32) << 16, Ordering::Relaxed);
+        // I/O map base (the word's high half) at or beyond the limit: no bitmap.
+        self.0[Self::IOMAP_WORD].store((Self::SIZE as u32) << 16, Ordering::Relaxed);
     }
 }
 
@@ -93,15 +112,19 @@ fn tss_selector(cpu: usize) -> SegmentSelector {
 /// CPU starts.
 pub fn init() {
     for cpu in 0..NR_CPUS {
-        let base = &percpu::cpu_data(cpu).tss as *const Tss as u64;
-        let limit = Tss::SIZE - 1;
-        // Present, available 64-bit TSS (type 9), byte granularity.
-        let low = (limit & 0xffff)
-            | ((base & 0xff_ffff) << 16)
-            | (0x89 << 40)
-            | (((limit >> 16) & 0xf) << 48)
-            | (((base >> 24) & 0xff) << 56);
-        let high = base >> 32;
+        let tss: *const TaskStateSegment = (&percpu::cpu_data(cpu).tss as *const Tss).cast();
+        // Present, available 64-bit TSS (type 9), byte granularity, limit
+        // 103 (the I/O map base, 0 or 104, is never beyond the segment).
+        // SAFETY: `tss` points to a `Tss`, whose words have
+        // `TaskStateSegment`'s size and layout (asserted above) and lives in the static per-CPU
+        // data for the whole run, so the descriptor stays valid while used.
+        // The crate reads its I/O map base: only the boot CPU runs now, and
+        // nothing writes that TSS concurrently.
+        let Descriptor::SystemSegment(low, high) =
+            (unsafe { Descriptor::tss_segment_unchecked(tss) })
+        else {
+            unreachable!("a TSS descriptor is a system segment")
+        };
         GDT.0[FIRST_TSS + 2 * cpu].store(low, Ordering::Relaxed);
         GDT.0[FIRST_TSS + 2 * cpu + 1].store(high, Ordering::Relaxed);
     }

@@ -61,7 +61,11 @@ use x86_64::registers::rflags::{self, RFlags};
 /// The x86-64 implementation of the kernel's hardware contract.
 pub struct X86_64;
 
-impl Arch for X86_64 {
+// SAFETY: promise 1 of `Arch`: `kernel_image` is `__kernel_start` to
+// `__kernel_end` of the linker script, inside the boot PML4's 1:1 map of the
+// low 4 GiB, which every task PML4 shares (`pgtable::pgd_ctor`) and which never
+// changes after boot.
+unsafe impl Arch for X86_64 {
     const NAME: &'static str = "x86_64";
     const HAS_NMI: bool = true;
 

@@ -103,7 +103,36 @@ unsafe fn load_cr3(pgd: u64) {
     }
 }
 
-impl Mmu for X86_64 {
+// SAFETY: the numbered promises of `Mmu`:
+// 1. the offset helpers are `pgtable`'s 4-level walk (`p4d` folded
+//    statically: `p4d_offset` returns the `pgd` pointer, and a PML4 entry of a
+//    populated range is never `none`), indexing 512-entry tables at the
+//    addresses the entries hold; host-tested in `pgtable`;
+// 2. an entry's table address is bits 12-51, the field the hardware walker
+//    reads; every table is one 4 KiB frame of 512 entries (PTE_TABLE_SIZE =
+//    4096, CRST_ORDER 0); `mk_table_entry` sets exactly that field (P, RW, US
+//    on), without PS, so `entry_is_table` holds for it;
+// 3. the empty entry is 0: P clear, the walker faults on it;
+// 4. PMD_SIZE 2 MiB, PUD_SIZE 1 GiB, P4D/PGDIR_SIZE 512 GiB are the spans of
+//    one entry of a 4-level table;
+// 5. a task PML4 copies the boot PML4's kernel entries (`pgd_ctor`), which
+//    map 0-4 GiB 1:1 and never change after boot; TASK_BASE (2 TiB) is above
+//    them; `switch_mm` loads `next`'s PML4 into CR3; `arch_prepare_range`
+//    changes nothing (four levels from the start); `destroy_context` frees
+//    only the PML4;
+// 6. `set_pte_at` is a plain store over a non-present entry;
+//    `ptep_get_and_clear` and `pmdp_get_and_clear` are atomic exchanges and
+//    `ptep_set_wrprotect` a locked AND, so a hardware A/D update is never lost;
+// 7. CLEAR_FLUSHES_TLB is false: the exchange leaves the TLB to the caller;
+// 8. the flushes INVLPG (or reload CR3) locally and shoot down every other CPU
+//    in the mm's cpumask, waiting for each acknowledgement (IPI or NMI, see
+//    `crate::tlb`); a CPU outside the cpumask has switched CR3 since it last
+//    ran the mm, and without PCID that flushed its TLB. INVLPG and the CR3
+//    load drop paging-structure caches too, so a freed table is not walked;
+// 9. the page-fault handler (`crate::fault`) hands task faults to
+//    `handle_mm_fault` and returns to retry; `probe_load`/`probe_store` use
+//    the exception-table fixup of `crate::fault`.
+unsafe impl Mmu for X86_64 {
     type Context = MmContext;
 
     const PTRS_PER_PTE: usize = pgtable::PTRS_PER_PTE;

@@ -5,6 +5,10 @@
 //! on; [`write`] waits (bounded) for the transmit holding register to be empty
 //! before each byte, so output is not lost when QEMU's backend is slow.
 //!
+//! The UART is reached through I/O ports (`in`/`out`), not MMIO, so it uses
+//! the `x86_64` crate's `Port`, not the `volatile` crate (which is for memory
+//! accesses; the LAPIC uses it).
+//!
 //! Invariants: callers serialise (the generic console holds its lock, or is in
 //! emergency context); only this module touches ports 0x3f8-0x3ff.
 

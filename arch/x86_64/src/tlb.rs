@@ -47,6 +47,9 @@ use quiesce_kernel::mm::mm::Mm;
 use quiesce_kernel::mm::tlbflush::{self, FlushStrategy};
 use quiesce_kernel::race::waitfor;
 use quiesce_kernel::{kprintln_emergency, Arch, NR_CPUS};
+use x86_64::registers::control::{Cr3, Cr3Flags};
+use x86_64::structures::paging::{PhysFrame, Size4KiB};
+use x86_64::{PhysAddr, VirtAddr};
 
 /// The shootdown IPI's vector (Linux 2.6: INVALIDATE_TLB_VECTOR_START).
 pub const INVALIDATE_TLB_VECTOR: u8 = 0xf0;
@@ -86,12 +89,9 @@ static LOCAL_FLUSHES: [AtomicU64; NR_CPUS] = [const { AtomicU64::new(0) }; NR_CP
 /// Physical address of the PML4 the calling CPU translates through
 /// (`native_read_cr3_pa`).
 pub fn read_cr3_pa() -> u64 {
-    let cr3: u64;
-    // SAFETY: reading CR3 has no side effect.
-    unsafe {
-        core::arch::asm!("mov {}, cr3", out(reg) cr3, options(nomem, nostack, preserves_flags));
-    }
-    cr3 & PTE_PFN_MASK
+    let (pml4, _flags) = Cr3::read_raw();
+    const _: () = assert!(PTE_PFN_MASK == 0x000f_ffff_ffff_f000);
+    pml4.start_address().as_u64()
 }
 
 /// Loads CR3 with the PML4 at `pgd` (`native_write_cr3`); flushes the calling
@@ -101,20 +101,24 @@ pub fn read_cr3_pa() -> u64 {
 /// `pgd` is a live PML4 that maps the kernel (its code, stacks, data and the
 /// local APIC) as the kernel's own PML4 does, and stays alive while loaded.
 pub unsafe fn write_cr3(pgd: u64) {
+    debug_assert!(pgd & !PTE_PFN_MASK == 0, "a PML4 is page-aligned");
+    let pml4 = PhysFrame::<Size4KiB>::containing_address(PhysAddr::new(pgd));
     // SAFETY: the caller guarantees the kernel stays mapped identically, so
-    // execution continues at the next instruction; the asm is a compiler
-    // barrier (no `nomem`), keeping page-table stores before it.
-    unsafe { core::arch::asm!("mov cr3, {}", in(reg) pgd, options(nostack, preserves_flags)) };
+    // execution continues at the next instruction; the crate's `mov cr3` is a
+    // compiler barrier (no `nomem`), keeping page-table stores before it.
+    unsafe { Cr3::write(pml4, Cr3Flags::empty()) };
 }
 
 /// Flushes the calling CPU's TLB entry for `addr` (`native_flush_tlb_one_user`:
 /// INVLPG).
 #[inline]
 pub fn native_flush_tlb_one_user(addr: u64) {
-    // SAFETY: INVLPG only drops a cached translation; it never faults, even
-    // for an unmapped or non-canonical address. No `nomem`: the compiler must
-    // not move page-table stores across it.
-    unsafe { core::arch::asm!("invlpg [{}]", in(reg) addr, options(nostack, preserves_flags)) };
+    // The crate's INVLPG has no `nomem`: the compiler does not move
+    // page-table stores across it. A non-canonical address has no
+    // translation to drop (INVLPG is a no-op there): nothing to do.
+    if let Ok(addr) = VirtAddr::try_new(addr) {
+        x86_64::instructions::tlb::flush(addr);
+    }
 }
 
 /// Flushes the calling CPU's whole TLB by reloading CR3

@@ -69,7 +69,66 @@ pub struct FaultInfo {
 
 /// The MMU operations the generic memory model needs. Every function is
 /// implemented by the backend; the constants describe its table geometry.
-pub trait Mmu: Arch + Sized {
+///
+/// # Safety
+///
+/// Generic unsafe code (the walks of [`crate::mm::pgtable`] and GUP-fast,
+/// the named entry stores, the zap, the gather's freeing, collapse and split)
+/// dereferences the pointers and table addresses this trait hands out and
+/// frees memory on the strength of its flushes. An implementation promises:
+///
+/// 1. **Entry pointers are live entries.** [`Mmu::pgd_offset`] (for `addr`
+///    below [`Mmu::context_limit`]) and, under their stated preconditions,
+///    the `pXd_offset` helpers and their `_lockless` forms return an aligned
+///    pointer to a `u64` entry inside a live table of that mm (for a folded
+///    level: the pointer of the level above, whose entry
+///    [`Mmu::entry_none`] never reports empty).
+/// 2. **A table entry names the table the walker reads.** For an entry with
+///    `!entry_none && entry_is_table`, [`Mmu::entry_table`] is the address
+///    (RAM, 1:1 mapped) of the lower table that the hardware walker
+///    translates through: a PTE table of [`Mmu::PTRS_PER_PTE`] entries
+///    ([`Mmu::PTE_TABLE_SIZE`] bytes, `PTRS_PER_PTE * 8`), an upper table of
+///    `PAGE_SIZE << CRST_ORDER` bytes; and `entry_table(l, mk_table_entry(l,
+///    t)) == t`. `pte_offset` of such a PMD entry points into that table.
+/// 3. **Empty entries map nothing.** A table filled with
+///    [`Mmu::empty_entry`] translates nothing for the hardware, and
+///    `entry_none(l, empty_entry(l))` holds.
+/// 4. **Sizes are what one entry maps.** `PMD_SIZE` … `PGDIR_SIZE` are the
+///    spans of one entry of each level (the gather flushes a freed table's
+///    span before freeing it), `CRST_ORDER` the order of every upper table.
+/// 5. **The kernel's map is in every mm and never changes.** Every mm made
+///    by [`Mmu::init_new_context`], and the kernel's own tables, map all RAM
+///    1:1 with the kernel's tables, which no `Mmu` operation on an mm
+///    changes; [`Mmu::TASK_BASE`] lies above that map. Generic code reads
+///    and writes any RAM frame (tables, freed and poisoned frames) at its
+///    physical address whichever mm is loaded. [`Mmu::switch_mm`] loads
+///    exactly `next`'s tables; [`Mmu::arch_prepare_range`] keeps every
+///    mapping and every entry pointer of the mm valid;
+///    [`Mmu::destroy_context`] frees only the top tables the arch allocated.
+/// 6. **Live entries change only through the arch, by the hardware's rule.**
+///    [`Mmu::set_pte_at`] stores over an entry that is not valid;
+///    [`Mmu::ptep_get_and_clear`], [`Mmu::ptep_set_wrprotect`] and
+///    [`Mmu::pmdp_get_and_clear`] change a valid entry the way the MMU
+///    requires and return (for the clears) the value it had: x86-64 with an
+///    atomic exchange or AND, so a hardware A/D update in between is not
+///    lost; s390x never stores over a valid entry, but invalidates it first
+///    with IPTE/IDTE (or CSP(G) with purge under the `csp` strategy), which
+///    purges every CPU's TLB, then stores the new value.
+/// 7. **`CLEAR_FLUSHES_TLB` is true only when the clear purges.** If true,
+///    no CPU translates through an entry once `ptep_get_and_clear` /
+///    `pmdp_get_and_clear` returned (immediate page freeing and
+///    [`crate::mm::pgtable::pmdp_collapse_flush`] skip the flush on it).
+/// 8. **Flushes flush.** When [`Mmu::flush_tlb_page`],
+///    [`Mmu::flush_tlb_range`] or [`Mmu::flush_tlb_mm`] returns, no CPU, the
+///    caller included, holds a translation of the range for that mm formed
+///    from an entry (or through a table) changed before the call: the
+///    gather frees pages and tables right after.
+/// 9. **Faults are handled or reported.** A fault on a task address is
+///    handed to the generic fault handler and the access retried;
+///    [`Mmu::probe_load`] / [`Mmu::probe_store`] access memory only through
+///    the current translation and turn a fault that no handler resolves
+///    into `Err`.
+pub unsafe trait Mmu: Arch + Sized {
     /// Per-mm arch state: the top table and, on s390x, the current ASCE and
     /// its limit. Changed only under the mm's `mmap_lock` held for write.
     type Context: Send + Sync;
@@ -99,12 +158,13 @@ pub trait Mmu: Arch + Sized {
     /// (x86-64 A/D: true). s390x keeps reference and change bits per frame, in
     /// the storage key, and its PTE bits are software bits (false).
     const HW_YOUNG_DIRTY: bool;
-    /// Whether the machine keeps a storage key per 4 KiB frame (s390x: true),
-    /// with a reference and a change bit that the hardware sets on access
-    /// through any mapping, from any CPU. Callers check this before any of the
-    /// storage-key methods ([`Mmu::set_storage_key`] and the ones after it):
-    /// their defaults, used by arches without keys, panic.
-    const HAS_STORAGE_KEYS: bool = false;
+    /// The storage-key operations, where the machine keeps a storage key per
+    /// 4 KiB frame (s390x: `Some(StorageKeyOps::of::<Self>())`, from its
+    /// [`StorageKeys`] impl), with a reference and a change bit that the
+    /// hardware sets on access through any mapping, from any CPU. `None`
+    /// (the default) on arches without keys: generic code that needs keys
+    /// takes them from here, or is bounded by [`StorageKeys`].
+    const STORAGE_KEYS: Option<StorageKeyOps> = None;
     /// Lowest address for task mappings: above the kernel's 1:1 map of RAM.
     const TASK_BASE: u64;
     /// End (exclusive) of the task address range the arch can ever map.
@@ -325,38 +385,30 @@ pub trait Mmu: Arch + Sized {
     fn probe_load(addr: u64) -> Result<u64, FaultInfo>;
     /// Stores `val` at `addr` like [`Mmu::probe_load`].
     fn probe_store(addr: u64, val: u64) -> Result<(), FaultInfo>;
+}
 
-    // ---- storage keys (only where HAS_STORAGE_KEYS) ------------------------------
-    //
-    // Keys are per frame, not per mapping: every mapping of the frame, on every
-    // CPU, sets the same R and C bits. Values use the `PAGE_*` key bits of this
-    // module. An arch without keys never gets here (callers check
-    // `HAS_STORAGE_KEYS`); its defaults panic.
-
+/// Storage keys (s390x): an optional capability of an [`Mmu`], implemented
+/// only by arches that keep a key per 4 KiB frame. Generic code reaches it
+/// through [`Mmu::STORAGE_KEYS`] (or a `K: StorageKeys` bound); an arch
+/// without keys implements nothing, so there are no defaults that panic.
+///
+/// Keys are per frame, not per mapping: every mapping of the frame, on every
+/// CPU, sets the same R and C bits. Values use the `PAGE_*` key bits of this
+/// module, the one definition of the key layout (the s390x backend uses
+/// them too).
+///
+/// Not an `unsafe trait`: no unsafe code relies on what a key says (the
+/// kernel runs with PSW key 0, so a key never denies an access).
+pub trait StorageKeys: Mmu {
     /// Sets frame `pfn`'s storage key to `key` (SSKE; bit 0 is ignored). When
     /// this returns, every CPU, the caller included, sets R and C afresh on
     /// its next access to the frame.
-    fn set_storage_key(pfn: u64, key: u8) {
-        let _ = (pfn, key);
-        unreachable!(
-            "set_storage_key: no storage keys on this architecture (check HAS_STORAGE_KEYS)"
-        );
-    }
+    fn set_storage_key(pfn: u64, key: u8);
     /// Frame `pfn`'s storage key (ISKE).
-    fn get_storage_key(pfn: u64) -> u8 {
-        let _ = pfn;
-        unreachable!(
-            "get_storage_key: no storage keys on this architecture (check HAS_STORAGE_KEYS)"
-        );
-    }
+    fn get_storage_key(pfn: u64) -> u8;
     /// Clears frame `pfn`'s reference bit and returns the old `(R, C)` (RRBE,
     /// from its condition code); C is left as it was.
-    fn reset_reference_bit(pfn: u64) -> (bool, bool) {
-        let _ = pfn;
-        unreachable!(
-            "reset_reference_bit: no storage keys on this architecture (check HAS_STORAGE_KEYS)"
-        );
-    }
+    fn reset_reference_bit(pfn: u64) -> (bool, bool);
     /// Linux 3.8 `page_test_and_clear_dirty`: reads frame `pfn`'s key and, if
     /// its change bit is set, clears it with SSKE, keeping the access-control,
     /// fetch-protection and reference bits. Returns whether C was set.
@@ -369,12 +421,54 @@ pub trait Mmu: Arch + Sized {
         if key & PAGE_CHANGED == 0 {
             return false;
         }
-        Self::set_storage_key(pfn, key & !PAGE_CHANGED);
+        Self::set_storage_key(pfn, key_clear_changed(key));
         true
     }
 }
 
+/// A [`StorageKeys`] implementation as values, for generic code bounded only
+/// by [`Mmu`] ([`Mmu::STORAGE_KEYS`]): the same four operations.
+#[derive(Clone, Copy)]
+pub struct StorageKeyOps {
+    set: fn(u64, u8),
+    get: fn(u64) -> u8,
+    reset_reference: fn(u64) -> (bool, bool),
+    test_and_clear_dirty: fn(u64) -> bool,
+}
+
+impl StorageKeyOps {
+    /// The operations of `K`.
+    pub const fn of<K: StorageKeys>() -> Self {
+        Self {
+            set: K::set_storage_key,
+            get: K::get_storage_key,
+            reset_reference: K::reset_reference_bit,
+            test_and_clear_dirty: K::page_test_and_clear_dirty,
+        }
+    }
+    /// [`StorageKeys::set_storage_key`].
+    pub fn set_storage_key(&self, pfn: u64, key: u8) {
+        (self.set)(pfn, key);
+    }
+    /// [`StorageKeys::get_storage_key`].
+    pub fn get_storage_key(&self, pfn: u64) -> u8 {
+        (self.get)(pfn)
+    }
+    /// [`StorageKeys::reset_reference_bit`].
+    pub fn reset_reference_bit(&self, pfn: u64) -> (bool, bool) {
+        (self.reset_reference)(pfn)
+    }
+    /// [`StorageKeys::page_test_and_clear_dirty`].
+    pub fn page_test_and_clear_dirty(&self, pfn: u64) -> bool {
+        (self.test_and_clear_dirty)(pfn)
+    }
+}
+
 // ---- storage-key bits (Linux s390 `asm/page.h`) --------------------------------
+//
+// The key layout, defined once: a 7-bit key in a byte, `ACC ACC ACC ACC F R C
+// 0` (bits 56-62 of the register SSKE and ISKE use; bit 0x01 is not part of
+// the key). The s390x backend re-exports these.
 
 /// Access-control bits of a storage key (`_PAGE_ACC_BITS`).
 pub const PAGE_ACC_BITS: u8 = 0xf0;
@@ -387,3 +481,16 @@ pub const PAGE_CHANGED: u8 = 0x02;
 /// The key every frame gets when it is allocated (`PAGE_DEFAULT_KEY`): access
 /// key 0, no fetch protection, R and C clear.
 pub const PAGE_DEFAULT_KEY: u8 = 0;
+/// The seven bits a key has; bit 0x01 of the byte is not part of it.
+pub const KEY_MASK: u8 = PAGE_ACC_BITS | PAGE_FP_BIT | PAGE_REFERENCED | PAGE_CHANGED;
+
+/// `key` without its change bit, everything else kept (what
+/// `page_test_and_clear_dirty` writes back).
+pub const fn key_clear_changed(key: u8) -> u8 {
+    key & KEY_MASK & !PAGE_CHANGED
+}
+
+/// `key` as RRBE leaves it: the reference bit cleared, the rest kept.
+pub const fn key_clear_referenced(key: u8) -> u8 {
+    key & KEY_MASK & !PAGE_REFERENCED
+}

@@ -10,7 +10,7 @@
 //!   cleans every PTE, so the next store faults again. A zap carries a dirty
 //!   PTE's bit to the page.
 //! - [`DirtyTracking::StorageKey`] (s390 before 3.9, abf09bed3cce), only
-//!   where [`Mmu::HAS_STORAGE_KEYS`]: the frame's change bit (C) is the dirty
+//!   where [`Mmu::STORAGE_KEYS`]: the frame's change bit (C) is the dirty
 //!   state. A write fault maps the page writable (and dirties it, as 3.8's
 //!   `__do_fault`), and that PTE stays writable: there is no write-notify
 //!   tracking in the PTE, a store sets C in hardware, and PTE dirty bits are
@@ -54,7 +54,7 @@
 //!   switch between their mms): the PTEs of one mode mean nothing to the
 //!   other.
 
-use super::arch::{Mmu, PAGE_DEFAULT_KEY};
+use super::arch::{Mmu, StorageKeyOps, PAGE_DEFAULT_KEY};
 use core::fmt;
 use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
@@ -104,19 +104,12 @@ impl fmt::Display for DirtyTrackingError {
     }
 }
 
-/// The storage-key operations of the arch that selected StorageKey.
-#[derive(Clone, Copy)]
-struct KeyOps {
-    page_test_and_clear_dirty: fn(u64) -> bool,
-    set_storage_key: fn(u64, u8),
-}
-
 const SOFT_DIRTY: u8 = 0;
 const STORAGE_KEY: u8 = 1;
 
 static MODE: AtomicU8 = AtomicU8::new(SOFT_DIRTY);
 /// Set once, by the first selection of StorageKey (the kernel runs one arch).
-static KEY_OPS: spin::Once<KeyOps> = spin::Once::new();
+static KEY_OPS: spin::Once<StorageKeyOps> = spin::Once::new();
 
 /// Selects the dirty-tracking mode; StorageKey only where `A` has storage
 /// keys, otherwise an error and the mode is unchanged.
@@ -124,13 +117,10 @@ pub fn set_dirty_tracking<A: Mmu>(mode: DirtyTracking) -> Result<(), DirtyTracki
     match mode {
         DirtyTracking::SoftDirty => MODE.store(SOFT_DIRTY, Ordering::Release),
         DirtyTracking::StorageKey => {
-            if !A::HAS_STORAGE_KEYS {
+            let Some(keys) = A::STORAGE_KEYS else {
                 return Err(DirtyTrackingError::NoStorageKeys(A::NAME));
-            }
-            KEY_OPS.call_once(|| KeyOps {
-                page_test_and_clear_dirty: A::page_test_and_clear_dirty,
-                set_storage_key: A::set_storage_key,
-            });
+            };
+            KEY_OPS.call_once(|| keys);
             MODE.store(STORAGE_KEY, Ordering::Release);
         }
     }
@@ -147,7 +137,7 @@ pub fn dirty_tracking() -> DirtyTracking {
 }
 
 /// The key operations, when the storage key holds the dirty state.
-fn key_ops() -> Option<&'static KeyOps> {
+fn key_ops() -> Option<&'static StorageKeyOps> {
     (dirty_tracking() == DirtyTracking::StorageKey)
         .then(|| KEY_OPS.get())
         .flatten()
@@ -162,7 +152,7 @@ pub fn pte_tracks_dirty() -> bool {
 /// In StorageKey mode, Linux 3.8 `page_test_and_clear_dirty(pfn)`: whether
 /// frame `pfn`'s change bit was set, clearing it. False in SoftDirty mode.
 pub fn page_test_and_clear_dirty(pfn: u64) -> bool {
-    key_ops().is_some_and(|k| (k.page_test_and_clear_dirty)(pfn))
+    key_ops().is_some_and(|k| k.page_test_and_clear_dirty(pfn))
 }
 
 /// In StorageKey mode, resets frame `pfn`'s key after the kernel filled the
@@ -171,7 +161,7 @@ pub fn page_test_and_clear_dirty(pfn: u64) -> bool {
 /// mapping. Nothing in SoftDirty mode.
 pub fn page_reset_key_after_fill(pfn: u64) {
     if let Some(k) = key_ops() {
-        (k.set_storage_key)(pfn, PAGE_DEFAULT_KEY);
+        k.set_storage_key(pfn, PAGE_DEFAULT_KEY);
     }
 }
 

@@ -33,7 +33,9 @@ macro_rules! emul_arch {
         /// An emulated architecture (see the module docs).
         pub struct $name;
 
-        impl Arch for $name {
+        // SAFETY: promise 1 of `Arch`: the kernel image is empty (0..0), so
+        // a backtrace reads nothing.
+        unsafe impl Arch for $name {
             const NAME: &'static str = "emul";
             const HAS_NMI: bool = false;
             fn console_write(bytes: &[u8]) {
@@ -93,7 +95,26 @@ macro_rules! emul_arch {
             }
         }
 
-        impl Mmu for $name {
+        // SAFETY: the numbered promises of `Mmu`, for a software MMU:
+        // 1, 2: the offset helpers index 512-entry upper tables and
+        //    `$ptrs`-entry PTE tables at the addresses the entries hold, the
+        //    same tables `translate` (the emulated walker) reads; an entry
+        //    is `table | 1`, so `entry_table` gives `mk_table_entry`'s table
+        //    back; `p4d` is folded statically onto the `pgd`;
+        // 3. the empty entry is 0, which `translate` treats as not present;
+        // 4. the sizes are those spans, one frame per upper table;
+        // 5. "RAM" is the test's host buffer, addressed through
+        //    `phys_to_virt` whatever is "loaded"; the task range starts above
+        //    it; `switch_mm` has nothing to load: `translate` walks the
+        //    generic current mm;
+        // 6. `set_pte_at` stores over an empty entry, the clears are atomic
+        //    exchanges and the write protection an atomic AND;
+        // 7. CLEAR_FLUSHES_TLB is false;
+        // 8. there is no TLB: `translate` walks the tables on every access,
+        //    so the flushes (counted for the tests) have nothing to drop;
+        // 9. `probe_load`/`probe_store` raise faults into the generic fault
+        //    handler and return what it could not resolve as `Err`.
+        unsafe impl Mmu for $name {
             type Context = AtomicU64;
             const PTRS_PER_PTE: usize = $ptrs;
             const PTE_TABLE_SIZE: usize = $ptrs * 8;
@@ -222,6 +243,8 @@ macro_rules! emul_arch {
                 pte | D
             }
             unsafe fn set_pte_at(_: &Mm<Self>, _: u64, ptep: *mut u64, pte: u64) {
+                // The emulated arch's own store (what the arch owns), raw
+                // like a backend's.
                 // SAFETY: the caller passes a live entry and holds the PTL.
                 unsafe { ptep.write_volatile(pte) }
             }

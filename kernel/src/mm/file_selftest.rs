@@ -650,7 +650,7 @@ fn skey_keeps_every_byte<A: Mmu>(_: &Cmdline) -> Outcome {
 
 /// Whether frame `pfn`'s change bit is set.
 fn change_bit<A: Mmu>(pfn: u64) -> bool {
-    A::get_storage_key(pfn) & PAGE_CHANGED != 0
+    A::STORAGE_KEYS.is_some_and(|k| k.get_storage_key(pfn) & PAGE_CHANGED != 0)
 }
 
 /// StorageKey mode: a store through a shared mapping sets C; mkclean reports

@@ -150,7 +150,7 @@ pub fn split_huge_pmd<A: Mmu>(mm: &Mm<A>, addr: u64) -> Result<(), SplitNoMemory
         }
         // SAFETY: the new table is ours alone until it is hooked up below;
         // `i` is below its number of entries.
-        unsafe { core::ptr::write_volatile(entries.add(i as usize), pte) };
+        unsafe { pgtable::set_pte(entries.add(i as usize), pte) };
         if i > 0 {
             page_add_new_anon_rmap(page::pfn_to_page(pfn + i), mm, haddr + i * PAGE_SIZE);
         }
@@ -160,7 +160,7 @@ pub fn split_huge_pmd<A: Mmu>(mm: &Mm<A>, addr: u64) -> Result<(), SplitNoMemory
     unsafe { pgtable::pmdp_collapse_flush(mm, haddr, pmdp) };
     core::sync::atomic::fence(Ordering::Release);
     // SAFETY: the entry is empty and flushed; we hold page_table_lock.
-    unsafe { core::ptr::write_volatile(pmdp, A::mk_table_entry(Level::Pmd, table)) };
+    unsafe { pgtable::pmd_populate::<A>(pmdp, table) };
     drop(guard);
     THP_SPLIT_PMD.fetch_add(1, Ordering::Relaxed);
     Ok(())

@@ -295,7 +295,7 @@ fn collapse<A: Mmu>(
                 // SAFETY: the entry is empty (we cleared it, and mmap_lock
                 // held for write keeps every populater out); we hold
                 // page_table_lock.
-                unsafe { core::ptr::write_volatile(pmdp, old_pmd) };
+                unsafe { pgtable::set_pmd(pmdp, old_pmd) };
             }
             drop(vmas);
             new.free(mm, hpage);
@@ -325,7 +325,7 @@ fn collapse<A: Mmu>(
         for (i, p) in pages.iter().enumerate() {
             // SAFETY: an entry of the old table, unhooked and flushed from
             // every TLB: a plain clear (`ptep_clear`); PTL held.
-            unsafe { core::ptr::write_volatile(old_ptep(i as u64), A::empty_entry(Level::Pte)) };
+            unsafe { pgtable::pte_clear::<A>(old_ptep(i as u64)) };
             page_remove_rmap(p);
         }
     }
@@ -352,7 +352,7 @@ fn collapse<A: Mmu>(
                 page_add_new_anon_rmap(p, mm, haddr + i * PAGE_SIZE);
                 // SAFETY: the fresh table is ours until hooked up below.
                 unsafe {
-                    core::ptr::write_volatile(
+                    pgtable::set_pte(
                         ptes.add(i as usize),
                         A::pfn_pte(pfn + i, PteProt { write: true }),
                     )
@@ -366,7 +366,7 @@ fn collapse<A: Mmu>(
     {
         let _pmd_ptl = mm.page_table_lock.lock();
         // SAFETY: the entry is empty and flushed; page_table_lock held.
-        unsafe { core::ptr::write_volatile(pmdp, entry) };
+        unsafe { pgtable::set_pmd(pmdp, entry) };
     }
     crate::race::race_point::<A>(&crate::race::point::points::COLLAPSE_AFTER_INSTALL, haddr);
     drop(vmas);

@@ -696,8 +696,9 @@ fn free_pte_table<A: Mmu>(tlb: &mut MmuGather<'_, A>, addr: u64) {
             "free_pgtables: live PTE {pte:#x} in table {table:#x}"
         );
     }
-    // SAFETY: the entry is live and we hold page_table_lock.
-    unsafe { core::ptr::write_volatile(pmdp, A::empty_entry(Level::Pmd)) };
+    // SAFETY: the entry is live and we hold page_table_lock; the gather
+    // flushes the table's span before the table is freed.
+    unsafe { pgtable::pmd_clear::<A>(pmdp) };
     mmu_gather::tlb_remove_table(tlb, Level::Pte, table, addr);
 }
 
@@ -1180,7 +1181,7 @@ fn free_tables_below<A: Mmu>(mm: &Mm<A>, level: Level, start: u64, end: u64) {
                     let _guard = mm.page_table_lock.lock();
                     let table = A::entry_table(level, e);
                     // SAFETY: as above; every table below has been freed.
-                    unsafe { core::ptr::write_volatile(entryp, A::empty_entry(level)) };
+                    unsafe { pgtable::pxd_clear::<A>(level, entryp) };
                     pgtable::free_table(mm, next_level(level), table);
                 }
             }

@@ -35,6 +35,11 @@
 //! - a table handed over is unhooked from its parent entry and freed only
 //!   after a flush covering its span, plus the IPI sync or grace period;
 //! - `mm.tlb_flush_pending` counts the gathers of the mm in flight.
+//! - every gather ends in [`tlb_finish_mmu`] (or its counting variants): the
+//!   type is `#[must_use]`, and dropping a gather that was not finished
+//!   panics (its batched pages would never be freed and the mm's
+//!   `tlb_flush_pending` would stay raised, so every later gather on the mm
+//!   would take itself for nested).
 
 use super::arch::{Level, Mmu};
 use super::memory::page_remove_rmap;
@@ -179,6 +184,10 @@ pub fn set_tlb_policy(p: TlbPolicy) -> TlbPolicy {
 }
 
 /// A gather in flight (`struct mmu_gather`).
+///
+/// It must be ended with [`tlb_finish_mmu`] (or [`tlb_finish_mmu_counted`],
+/// [`tlb_finish_mmu_freed`]); dropping it unfinished panics.
+#[must_use = "a gather must be ended with tlb_finish_mmu, which flushes and frees what it holds"]
 pub struct MmuGather<'a, A: Mmu> {
     /// The mm being unmapped.
     pub mm: &'a Mm<A>,
@@ -198,19 +207,46 @@ pub struct MmuGather<'a, A: Mmu> {
     pub flushes: u64,
     /// Pages this gather freed (or dropped its reference to).
     pub pages_freed: u64,
+    /// Set by the finish: the drop check passes.
+    finished: bool,
+}
+
+impl<A: Mmu> Drop for MmuGather<'_, A> {
+    /// Catches a gather dropped without [`tlb_finish_mmu`]: its batched
+    /// pages and tables would never be freed and `tlb_flush_pending` would
+    /// stay raised. A kernel panic fails the run.
+    fn drop(&mut self) {
+        // A host test that fails while holding a gather unwinds through
+        // here: report that failure, not a second panic (which aborts).
+        #[cfg(test)]
+        if std::thread::panicking() {
+            return;
+        }
+        assert!(
+            self.finished,
+            "MmuGather dropped unfinished (tlb_finish_mmu never called): {} pages and {} \
+             tables not freed, {} rmap removals delayed, tlb_flush_pending left raised",
+            self.pages.len(),
+            self.tables.len(),
+            self.delayed_rmap.len()
+        );
+    }
 }
 
 /// Starts a gather on `mm` with the current policy (`tlb_gather_mmu`).
+#[must_use = "a gather must be ended with tlb_finish_mmu"]
 pub fn tlb_gather_mmu<A: Mmu>(mm: &Mm<A>) -> MmuGather<'_, A> {
     tlb_gather_mmu_policy(mm, tlb_policy(), false)
 }
 
 /// Starts a gather for tearing down all of `mm` (`tlb_gather_mmu_fullmm`).
+#[must_use = "a gather must be ended with tlb_finish_mmu"]
 pub fn tlb_gather_mmu_fullmm<A: Mmu>(mm: &Mm<A>) -> MmuGather<'_, A> {
     tlb_gather_mmu_policy(mm, tlb_policy(), true)
 }
 
 /// Starts a gather with an explicit policy.
+#[must_use = "a gather must be ended with tlb_finish_mmu"]
 pub fn tlb_gather_mmu_policy<A: Mmu>(
     mm: &Mm<A>,
     policy: TlbPolicy,
@@ -231,6 +267,7 @@ pub fn tlb_gather_mmu_policy<A: Mmu>(
         tables: Vec::new(),
         flushes: 0,
         pages_freed: 0,
+        finished: false,
     }
 }
 
@@ -393,6 +430,7 @@ fn finish<A: Mmu>(mut tlb: MmuGather<'_, A>) -> (u64, u64) {
     tlb_flush_mmu(&mut tlb);
     // dec_tlb_flush_pending: after the last flush.
     tlb.mm.tlb_flush_pending.fetch_sub(1, Ordering::AcqRel);
+    tlb.finished = true;
     (tlb.flushes, tlb.pages_freed)
 }
 

@@ -40,7 +40,7 @@
 //! - An allocated block of order k starts at a pfn that is a multiple of 2^k;
 //!   its head has `_refcount` 1, the other pages 0 (Linux's non-compound
 //!   high-order allocation).
-//! - On a machine with storage keys (`Mmu::HAS_STORAGE_KEYS`), every frame of
+//! - On a machine with storage keys (`Mmu::STORAGE_KEYS`), every frame of
 //!   a block has the default key (access key 0, R and C clear) when it is
 //!   handed out: the arch registers a per-frame hook ([`register_arch`]) that
 //!   runs after the checks, which read the frames. The allocator itself never
@@ -72,9 +72,10 @@ struct Hooks {
     irq_save: fn() -> IrqFlags,
     irq_restore: fn(IrqFlags),
     cpu: fn() -> usize,
-    /// Run on every frame of a block as it is handed out, after the poison
-    /// check (Linux `arch_alloc_page`); `None` where the arch needs nothing.
-    prep_frame: Option<fn(u64)>,
+    /// Where the arch has storage keys: every frame of a block gets the
+    /// default key as it is handed out, after the poison check (Linux
+    /// `arch_alloc_page`); `None` where the arch needs nothing.
+    storage_keys: Option<super::arch::StorageKeyOps>,
 }
 
 static HOOKS: spin::Once<Hooks> = spin::Once::new();
@@ -87,7 +88,7 @@ pub fn register_arch<A: super::arch::Mmu>() {
         irq_save: A::local_irq_save,
         irq_restore: A::local_irq_restore,
         cpu: A::smp_processor_id,
-        prep_frame: A::HAS_STORAGE_KEYS.then_some(set_default_storage_key::<A> as fn(u64)),
+        storage_keys: A::STORAGE_KEYS,
     });
 }
 
@@ -98,9 +99,9 @@ pub fn register_arch<A: super::arch::Mmu>() {
 /// (never touched since its key was last set, e.g. fresh at boot) is left
 /// alone: R clear means no CPU formed a translation to it since, so SSKE would
 /// change nothing, and it is the expensive half (QEMU purges every CPU's TLB).
-fn set_default_storage_key<A: super::arch::Mmu>(pfn: u64) {
-    if A::get_storage_key(pfn) != super::arch::PAGE_DEFAULT_KEY {
-        A::set_storage_key(pfn, super::arch::PAGE_DEFAULT_KEY);
+fn set_default_storage_key(keys: &super::arch::StorageKeyOps, pfn: u64) {
+    if keys.get_storage_key(pfn) != super::arch::PAGE_DEFAULT_KEY {
+        keys.set_storage_key(pfn, super::arch::PAGE_DEFAULT_KEY);
     }
 }
 
@@ -349,9 +350,9 @@ fn prep_new_block(pfn: u64, order: u32) -> bool {
         page.pt_frag_bits.store(0, Ordering::Relaxed);
     }
     // Last: the poison check above has read the frames, setting R.
-    if let Some(prep) = HOOKS.get().and_then(|h| h.prep_frame) {
+    if let Some(keys) = HOOKS.get().and_then(|h| h.storage_keys) {
         for p in pfn..pfn + (1 << order) {
-            prep(p);
+            set_default_storage_key(&keys, p);
         }
     }
     true

@@ -25,15 +25,101 @@ pub unsafe fn read_entry(p: *mut u64) -> u64 {
     unsafe { core::ptr::read_volatile(p) }
 }
 
-/// Stores a non-PTE entry (`WRITE_ONCE`): upper-level populate, under
-/// `page_table_lock`.
+/// Stores an entry (`WRITE_ONCE`): the one raw store of this module, behind
+/// the named helpers below. Never for a valid PTE of a live table: those
+/// belong to the arch ([`Mmu::set_pte_at`], [`Mmu::ptep_get_and_clear`]).
 ///
 /// # Safety
-/// `p` points to a live table entry that is empty.
+/// `p` points to a table entry; the caller holds what serialises writers of
+/// it (see each helper).
 unsafe fn write_entry(p: *mut u64, v: u64) {
     // SAFETY: as `read_entry`; the caller holds the lock that serialises
     // writers of this entry.
     unsafe { core::ptr::write_volatile(p, v) }
+}
+
+// ---- named entry stores (Linux `pXd_populate`, `pXd_clear`, `set_pXd`) -----
+//
+// Upper entries (`pgd` to `pmd`) are written by generic code, always under
+// the mm's `page_table_lock` (or on a table no CPU reaches yet); the arch
+// decides their values ([`Mmu::mk_table_entry`], [`Mmu::empty_entry`]).
+
+/// Points the empty upper entry `entryp` of `level` to the lower table
+/// `table` (`pgd_populate` … `pmd_populate`).
+///
+/// # Safety
+/// `entryp` is an entry of `level` of a live table of the mm, currently
+/// empty; the caller holds the mm's `page_table_lock`; `table` is a table of
+/// the level below, filled with its empty entries (and with whatever it maps,
+/// published before this store).
+pub unsafe fn pxd_populate<A: Mmu>(level: Level, entryp: *mut u64, table: u64) {
+    // SAFETY: forwarded to the caller.
+    unsafe { write_entry(entryp, A::mk_table_entry(level, table)) }
+}
+
+/// `pmd_populate`: [`pxd_populate`] for a PMD entry and a PTE table.
+///
+/// # Safety
+/// As [`pxd_populate`].
+pub unsafe fn pmd_populate<A: Mmu>(pmdp: *mut u64, table: u64) {
+    // SAFETY: forwarded to the caller.
+    unsafe { pxd_populate::<A>(Level::Pmd, pmdp, table) }
+}
+
+/// Empties the upper entry `entryp` of `level` (`pgd_clear` … `pmd_clear`),
+/// with a plain store: no TLB flush.
+///
+/// # Safety
+/// `entryp` is an entry of `level` of a live table of the mm; the caller
+/// holds the mm's `page_table_lock`, and no CPU can translate through the
+/// entry any more (the mm runs nowhere, or the entry was never walked by an
+/// MMU, or the caller flushes before the table below is reused).
+pub unsafe fn pxd_clear<A: Mmu>(level: Level, entryp: *mut u64) {
+    // SAFETY: forwarded to the caller.
+    unsafe { write_entry(entryp, A::empty_entry(level)) }
+}
+
+/// `pmd_clear`: [`pxd_clear`] for a PMD entry.
+///
+/// # Safety
+/// As [`pxd_clear`].
+pub unsafe fn pmd_clear<A: Mmu>(pmdp: *mut u64) {
+    // SAFETY: forwarded to the caller.
+    unsafe { pxd_clear::<A>(Level::Pmd, pmdp) }
+}
+
+/// `set_pmd`: stores `pmd` (a table entry or a leaf, as the arch made it)
+/// into an empty PMD entry.
+///
+/// # Safety
+/// As [`pxd_populate`]: the entry is empty and flushed, `page_table_lock`
+/// held, and what `pmd` maps is published before this store.
+pub unsafe fn set_pmd(pmdp: *mut u64, pmd: u64) {
+    // SAFETY: forwarded to the caller.
+    unsafe { write_entry(pmdp, pmd) }
+}
+
+/// `set_pte`: stores `pte` into a PTE table no CPU reaches yet (a fresh
+/// table, before [`pmd_populate`] publishes it), with a plain store.
+///
+/// # Safety
+/// `ptep` is an entry of a PTE table that is not hooked into any mm (so no
+/// walker, hardware or lockless, reads it) and that the caller owns.
+pub unsafe fn set_pte(ptep: *mut u64, pte: u64) {
+    // SAFETY: forwarded to the caller.
+    unsafe { write_entry(ptep, pte) }
+}
+
+/// `pte_clear`: empties a PTE with a plain store, no invalidation and no
+/// flush (Linux `ptep_clear` on a table collapse unhooked).
+///
+/// # Safety
+/// `ptep` is an entry of a PTE table that is unhooked from its PMD and
+/// flushed from every TLB, so no CPU translates through it; the caller holds
+/// its PTL.
+pub unsafe fn pte_clear<A: Mmu>(ptep: *mut u64) {
+    // SAFETY: forwarded to the caller.
+    unsafe { write_entry(ptep, A::empty_entry(Level::Pte)) }
 }
 
 /// The level below `level`.
@@ -114,8 +200,9 @@ fn ensure_table<A: Mmu>(mm: &Mm<A>, level: Level, entryp: *mut u64) -> Option<()
     let _guard = mm.page_table_lock.lock();
     // SAFETY: as above; we hold `page_table_lock`, which serialises populating.
     if A::entry_none(level, unsafe { read_entry(entryp) }) {
-        // SAFETY: the entry is empty and we hold the lock.
-        unsafe { write_entry(entryp, A::mk_table_entry(level, table)) };
+        // SAFETY: the entry is empty, we hold the lock, and the table is
+        // filled with empty entries.
+        unsafe { pxd_populate::<A>(level, entryp, table) };
     } else {
         // Another CPU populated it first.
         drop(_guard);

@@ -5,7 +5,7 @@
 //! `skey-dirty-vs-swapcache` row races against.
 //!
 //! Design. Generic over [`Mmu`]; every case is skipped on an architecture
-//! without keys (`!Mmu::HAS_STORAGE_KEYS`). Accesses are real: a task mm is
+//! without keys (`Mmu::STORAGE_KEYS` is `None`). Accesses are real: a task mm is
 //! loaded, the frame is touched with plain loads and stores at
 //! [`Mmu::TASK_BASE`], and the key is read back with ISKE. Between resetting a
 //! key and reading it, nothing touches the frame but the access under test
@@ -14,7 +14,7 @@
 //! Every case checks that it leaked no frame, and prints the keys it saw as
 //! `key_...=0x..` diagnostics, which the host asserts.
 
-use super::arch::{Mmu, PAGE_CHANGED, PAGE_DEFAULT_KEY, PAGE_REFERENCED};
+use super::arch::{Mmu, StorageKeyOps, PAGE_CHANGED, PAGE_DEFAULT_KEY, PAGE_REFERENCED};
 use super::memory;
 use super::mm::{self as mmod, Mm, VmFlags};
 use super::selftest::{load, no_leak, store};
@@ -45,9 +45,10 @@ pub fn suite<A: Mmu>() -> [(&'static str, TestFn); 5] {
     ]
 }
 
-/// The skip of every case on an architecture without keys.
-fn no_keys<A: Mmu>() -> Option<Outcome> {
-    (!A::HAS_STORAGE_KEYS).then_some(Outcome::Skip("no storage keys on this architecture"))
+/// The arch's storage-key operations, or the skip of every case on an
+/// architecture without keys.
+fn keys<A: Mmu>() -> Result<StorageKeyOps, Outcome> {
+    A::STORAGE_KEYS.ok_or(Outcome::Skip("no storage keys on this architecture"))
 }
 
 /// Fails with `why` unless `got == want`, naming both keys.
@@ -109,9 +110,10 @@ impl<A: Mmu> OnePage<A> {
 /// A frame's key right after allocation is the default one, whatever the
 /// frame's previous user left in it, and before anything touches the frame.
 fn key_set_at_alloc<A: Mmu>(_: &Cmdline) -> Outcome {
-    if let Some(skip) = no_keys::<A>() {
-        return skip;
-    }
+    let k = match keys::<A>() {
+        Ok(k) => k,
+        Err(skip) => return skip,
+    };
     no_leak(|| {
         // The two halves of an order-1 block: freeing the first leaves it at
         // the head of the order-0 list (its buddy is held), next in line.
@@ -123,21 +125,21 @@ fn key_set_at_alloc<A: Mmu>(_: &Cmdline) -> Outcome {
         let other = page::pfn_to_page(pfn + 1);
         // A key a previous user could leave: access key 1, R and C set.
         let dirty_key = 0x10 | KEY_RC;
-        A::set_storage_key(pfn, dirty_key);
-        let before_free = A::get_storage_key(pfn);
+        k.set_storage_key(pfn, dirty_key);
+        let before_free = k.get_storage_key(pfn);
         page_alloc::free_page(pair);
         let page = page_alloc::alloc_pages(0);
         let got = page.map(|p| {
             (
                 page::page_to_pfn(p),
-                A::get_storage_key(page::page_to_pfn(p)),
+                k.get_storage_key(page::page_to_pfn(p)),
             )
         });
         // Every frame of a larger block too.
         let block = page_alloc::alloc_pages(2);
         let block_keys = block.map(|b| {
             let head = page::page_to_pfn(b);
-            [0, 1, 2, 3].map(|i| A::get_storage_key(head + i))
+            [0, 1, 2, 3].map(|i| k.get_storage_key(head + i))
         });
         if let Some(p) = page {
             page_alloc::free_page(p);
@@ -175,9 +177,10 @@ fn key_set_at_alloc<A: Mmu>(_: &Cmdline) -> Outcome {
 
 /// A load through a task mapping sets R only; a store sets C.
 fn change_bit_set_by_store<A: Mmu>(_: &Cmdline) -> Outcome {
-    if let Some(skip) = no_keys::<A>() {
-        return skip;
-    }
+    let k = match keys::<A>() {
+        Ok(k) => k,
+        Err(skip) => return skip,
+    };
     no_leak(|| {
         let t = match OnePage::<A>::new() {
             Ok(t) => t,
@@ -185,14 +188,14 @@ fn change_bit_set_by_store<A: Mmu>(_: &Cmdline) -> Outcome {
         };
         let (pfn, addr) = (t.pfn, A::TASK_BASE);
         let keys = t.with_mm(|| {
-            A::set_storage_key(pfn, PAGE_DEFAULT_KEY);
-            let after_sske = A::get_storage_key(pfn);
+            k.set_storage_key(pfn, PAGE_DEFAULT_KEY);
+            let after_sske = k.get_storage_key(pfn);
             // SAFETY: in the mm's writable VMA.
             let _ = unsafe { load(addr) };
-            let after_load = A::get_storage_key(pfn);
+            let after_load = k.get_storage_key(pfn);
             // SAFETY: as above.
             unsafe { store(addr, 0x5157) };
-            let after_store = A::get_storage_key(pfn);
+            let after_store = k.get_storage_key(pfn);
             [after_sske, after_load, after_store]
         });
         t.exit();
@@ -213,9 +216,10 @@ fn change_bit_set_by_store<A: Mmu>(_: &Cmdline) -> Outcome {
 /// writable translation went with the old key); RRBE returns the old R and C
 /// and clears only R, and the next access sets R again.
 fn sske_and_rrbe_reset<A: Mmu>(_: &Cmdline) -> Outcome {
-    if let Some(skip) = no_keys::<A>() {
-        return skip;
-    }
+    let k = match keys::<A>() {
+        Ok(k) => k,
+        Err(skip) => return skip,
+    };
     no_leak(|| {
         let t = match OnePage::<A>::new() {
             Ok(t) => t,
@@ -223,21 +227,21 @@ fn sske_and_rrbe_reset<A: Mmu>(_: &Cmdline) -> Outcome {
         };
         let (pfn, addr) = (t.pfn, A::TASK_BASE);
         let r = t.with_mm(|| {
-            A::set_storage_key(pfn, PAGE_DEFAULT_KEY);
+            k.set_storage_key(pfn, PAGE_DEFAULT_KEY);
             // SAFETY: in the mm's writable VMA.
             unsafe { store(addr, 1) };
-            let after_store = A::get_storage_key(pfn);
-            A::set_storage_key(pfn, after_store & !PAGE_CHANGED);
-            let after_clear = A::get_storage_key(pfn);
+            let after_store = k.get_storage_key(pfn);
+            k.set_storage_key(pfn, after_store & !PAGE_CHANGED);
+            let after_clear = k.get_storage_key(pfn);
             // SAFETY: as above.
             unsafe { store(addr, 2) };
-            let after_second_store = A::get_storage_key(pfn);
-            let rrbe = A::reset_reference_bit(pfn);
-            let after_rrbe = A::get_storage_key(pfn);
-            let rrbe_again = A::reset_reference_bit(pfn);
+            let after_second_store = k.get_storage_key(pfn);
+            let rrbe = k.reset_reference_bit(pfn);
+            let after_rrbe = k.get_storage_key(pfn);
+            let rrbe_again = k.reset_reference_bit(pfn);
             // SAFETY: as above.
             let _ = unsafe { load(addr) };
-            let after_load = A::get_storage_key(pfn);
+            let after_load = k.get_storage_key(pfn);
             (
                 [
                     after_store,
@@ -289,9 +293,10 @@ fn sske_and_rrbe_reset<A: Mmu>(_: &Cmdline) -> Outcome {
 /// Linux 3.8's `page_test_and_clear_dirty`: true once after a store, false
 /// right after, true again after the next store.
 fn page_test_and_clear_dirty<A: Mmu>(_: &Cmdline) -> Outcome {
-    if let Some(skip) = no_keys::<A>() {
-        return skip;
-    }
+    let k = match keys::<A>() {
+        Ok(k) => k,
+        Err(skip) => return skip,
+    };
     no_leak(|| {
         let t = match OnePage::<A>::new() {
             Ok(t) => t,
@@ -299,16 +304,16 @@ fn page_test_and_clear_dirty<A: Mmu>(_: &Cmdline) -> Outcome {
         };
         let (pfn, addr) = (t.pfn, A::TASK_BASE);
         let r = t.with_mm(|| {
-            A::set_storage_key(pfn, PAGE_DEFAULT_KEY);
-            let clean = A::page_test_and_clear_dirty(pfn);
+            k.set_storage_key(pfn, PAGE_DEFAULT_KEY);
+            let clean = k.page_test_and_clear_dirty(pfn);
             // SAFETY: in the mm's writable VMA.
             unsafe { store(addr, 1) };
-            let first = A::page_test_and_clear_dirty(pfn);
-            let second = A::page_test_and_clear_dirty(pfn);
-            let after = A::get_storage_key(pfn);
+            let first = k.page_test_and_clear_dirty(pfn);
+            let second = k.page_test_and_clear_dirty(pfn);
+            let after = k.get_storage_key(pfn);
             // SAFETY: as above.
             unsafe { store(addr, 2) };
-            let again = A::page_test_and_clear_dirty(pfn);
+            let again = k.page_test_and_clear_dirty(pfn);
             ([clean, first, second, again], after)
         });
         t.exit();
@@ -345,9 +350,10 @@ fn remote_store<A: Mmu>(v: usize) {
 /// after CPU 0 clears C the next store on CPU 1 sets it again (CPU 0's SSKE
 /// took CPU 1's writable translation away).
 fn change_bit_on_another_cpu<A: Mmu>(_: &Cmdline) -> Outcome {
-    if let Some(skip) = no_keys::<A>() {
-        return skip;
-    }
+    let k = match keys::<A>() {
+        Ok(k) => k,
+        Err(skip) => return skip,
+    };
     if smp::nr_cpus() < 2 {
         return Outcome::Skip("needs 2 or more CPUs");
     }
@@ -358,14 +364,14 @@ fn change_bit_on_another_cpu<A: Mmu>(_: &Cmdline) -> Outcome {
         };
         let pfn = t.pfn;
         REMOTE_MM.store(&*t.mm as *const Mm<A> as u64, Ordering::Release);
-        A::set_storage_key(pfn, PAGE_DEFAULT_KEY);
-        let before = A::get_storage_key(pfn);
+        k.set_storage_key(pfn, PAGE_DEFAULT_KEY);
+        let before = k.get_storage_key(pfn);
         smp::smp_call_function_single::<A>(1, remote_store::<A>, 1, true);
-        let after_remote = A::get_storage_key(pfn);
-        let cleared = A::page_test_and_clear_dirty(pfn);
-        let after_clear = A::get_storage_key(pfn);
+        let after_remote = k.get_storage_key(pfn);
+        let cleared = k.page_test_and_clear_dirty(pfn);
+        let after_clear = k.get_storage_key(pfn);
         smp::smp_call_function_single::<A>(1, remote_store::<A>, 2, true);
-        let after_second = A::get_storage_key(pfn);
+        let after_second = k.get_storage_key(pfn);
         t.exit();
         diag!(
             "key_before={before:#04x} key_after_remote_store={after_remote:#04x} cleared={cleared} key_after_clear={after_clear:#04x} key_after_second_remote_store={after_second:#04x}"

@@ -397,7 +397,7 @@ fn teardown<A: Mmu>(ctx: &mut Ctx<A>) {
                 // SAFETY: a live PMD entry of the iteration's mm, no CPU runs
                 // the mm; page_table_lock serialises writers. No CPU walked
                 // the table through the MMU: no TLB holds it.
-                unsafe { core::ptr::write_volatile(pmdp, A::empty_entry(Level::Pmd)) };
+                unsafe { pgtable::pmd_clear::<A>(pmdp) };
             }
             mm.pgtables_bytes
                 .fetch_sub(A::PTE_TABLE_SIZE, Ordering::Relaxed);

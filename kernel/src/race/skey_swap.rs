@@ -156,7 +156,7 @@ static RUN_MM: RunMm = RunMm::new();
 static ZAPS: AtomicU64 = AtomicU64::new(0);
 
 fn set_variant<A: Mmu>(v: &Variant) -> Result<(), &'static str> {
-    if !A::HAS_STORAGE_KEYS {
+    if A::STORAGE_KEYS.is_none() {
         return Err("no storage keys on this architecture: the dirty state lives in the PTE");
     }
     let (tracking, order, aops, transfer) = config(v);

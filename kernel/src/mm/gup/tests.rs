@@ -183,6 +183,7 @@ fn wrprotect_hook<A: Mmu>(addr: u64) {
 fn pmd_touch_hook<A: Mmu>(addr: u64) {
     let mm = current_mm::<A>().unwrap();
     let pmdp = pgtable::follow_pmd(mm, addr).unwrap();
+    // A deliberate raw poke, not an entry change: no named helper on purpose.
     // SAFETY: a live PMD entry; bit 1 is no address or present bit of the
     // emulated format.
     unsafe { pmdp.write_volatile(pmdp.read_volatile() ^ 2) };
@@ -399,6 +400,8 @@ fn poisoned_pte_is_no_page<A: Mmu>() {
         let old = unsafe { pgtable::read_entry(ptep) };
         let head = page::pfn_to_page(A::pte_pfn(old));
         let count = page::page_ref_count(head);
+        // A deliberate raw poke (the poison a freed table would hold), undone
+        // below: no named helper on purpose.
         // SAFETY: as above; restored below before anything else walks it.
         unsafe { core::ptr::write_volatile(ptep, page_alloc::PAGE_POISON) };
         assert!(A::pte_present(page_alloc::PAGE_POISON));

@@ -150,3 +150,19 @@ fn policy_knob_round_trips_and_prints() {
         "page=immediate table=rcu rmap=before-flush nested=ignore"
     );
 }
+
+#[test]
+fn a_gather_dropped_unfinished_panics() {
+    let _m = test_mem::setup();
+    let mm = Mm::<E>::new().unwrap();
+    let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _tlb = tlb_gather_mmu(&mm);
+    }));
+    let msg = dropped.expect_err("an unfinished gather was dropped quietly");
+    let msg = msg.downcast_ref::<String>().map_or("", String::as_str);
+    assert!(msg.contains("MmuGather dropped unfinished"), "{msg}");
+    // Undo what the dropped gather left raised, so the mm tears down cleanly.
+    mm.tlb_flush_pending.fetch_sub(1, Ordering::AcqRel);
+    tlb_finish_mmu(tlb_gather_mmu(&mm));
+    memory::exit_mmap(mm);
+}
