@@ -74,145 +74,123 @@ impl core::fmt::Debug for RacePoint {
 pub mod points {
     use super::RacePoint;
 
-    /// `zap_pte_range`: a PTE was cleared (its TLB entry may still live on
-    /// other CPUs), the PTL is held. `addr` = the virtual address.
-    pub static ZAP_AFTER_PTE_CLEAR: RacePoint = RacePoint::new("zap:after_pte_clear");
-    /// `zap_pte_range`: about to take the PTL of a PTE table.
-    pub static ZAP_BEFORE_PTL: RacePoint = RacePoint::new("zap:before_ptl");
-    /// `tlb_flush_mmu`: the batch's TLB flush is done, its pages not yet
-    /// freed.
-    pub static GATHER_AFTER_FLUSH: RacePoint = RacePoint::new("gather:after_flush");
-    /// GUP-fast (`gup_fast_pmd_range`): the PMD entry was read (interrupts
-    /// off), the PTE table it points to not yet. `addr` = the virtual
-    /// address.
-    pub static GUP_FAST_AFTER_PMD_READ: RacePoint = RacePoint::new("gup_fast:after_pmd_read");
-    /// The mmu_gather's `free_tables` (right after the flush, after the IPI
-    /// sync, or in the RCU callback): unhooked page tables were freed.
-    /// `addr` = the physical address of the first table.
-    pub static GATHER_AFTER_TABLE_FREE: RacePoint = RacePoint::new("gather:after_table_free");
-    /// The framework's own test points (`race` suite).
-    pub static TEST_A: RacePoint = RacePoint::new("test:a");
-    /// See [`TEST_A`].
-    pub static TEST_B: RacePoint = RacePoint::new("test:b");
-    /// See [`TEST_A`].
-    pub static TEST_C: RacePoint = RacePoint::new("test:c");
-    /// The demonstration row: the page is locked.
-    pub static DEMO_LOCKED: RacePoint = RacePoint::new("demo:locked");
-    /// The demonstration row: about to drop the last reference.
-    pub static DEMO_BEFORE_PUT: RacePoint = RacePoint::new("demo:before_put");
-    /// The demonstration row: the reference is dropped.
-    pub static DEMO_AFTER_PUT: RacePoint = RacePoint::new("demo:after_put");
+    /// Declares each race point once: a `pub static` per point and
+    /// [`ALL`], the list of every one, in declaration order (no list to
+    /// keep in step by hand).
+    macro_rules! race_points {
+        ($($(#[$doc:meta])* $id:ident = $name:literal;)*) => {
+            $($(#[$doc])* pub static $id: RacePoint = RacePoint::new($name);)*
+            /// Every race point, in declaration order.
+            pub static ALL: &[&RacePoint] = &[$(&$id),*];
+        };
+    }
 
-    /// `do_wp_page` reuse: about to `unlock_page` the reused page (after
-    /// the PTL release in the buggy order, under the PTL in the fixed one).
-    /// `addr` = the faulting virtual address.
-    pub static WP_BEFORE_UNLOCK_PAGE: RacePoint = RacePoint::new("wp:before_unlock_page");
-    /// `madvise(MADV_DONTNEED)`: the range is zapped, flushed and its pages
-    /// freed (`tlb_finish_mmu` returned); `mmap_lock` still held for read.
-    pub static MADVISE_AFTER_DONTNEED: RacePoint = RacePoint::new("madvise:after_dontneed");
-    /// `__add_to_swap_cache`, page locked: where the two insertion orders
-    /// differ — `PG_swapcache` and `private` set, the tree slot not yet
-    /// filled (`FlagFirst`), or nothing done yet (`Together`). `addr` = the
-    /// swap entry.
-    pub static SWAP_ADD_WINDOW: RacePoint = RacePoint::new("swap:add_window");
-    /// `page_remove_rmap_nolock` (the zap), StorageKey dirty tracking: the
-    /// last mapping of a page with a mapping is gone and its frame's change
-    /// bit was found set (and cleared); the page is not yet dirtied. `addr`
-    /// = the pfn.
-    pub static RMAP_SKEY_DIRTY: RacePoint = RacePoint::new("rmap:skey_dirty");
+    race_points! {
+        /// `zap_pte_range`: a PTE was cleared (its TLB entry may still live on
+        /// other CPUs), the PTL is held. `addr` = the virtual address.
+        ZAP_AFTER_PTE_CLEAR = "zap:after_pte_clear";
+        /// `zap_pte_range`: about to take the PTL of a PTE table.
+        ZAP_BEFORE_PTL = "zap:before_ptl";
+        /// `tlb_flush_mmu`: the batch's TLB flush is done, its pages not yet
+        /// freed.
+        GATHER_AFTER_FLUSH = "gather:after_flush";
+        /// GUP-fast (`gup_fast_pmd_range`): the PMD entry was read (interrupts
+        /// off), the PTE table it points to not yet. `addr` = the virtual
+        /// address.
+        GUP_FAST_AFTER_PMD_READ = "gup_fast:after_pmd_read";
+        /// The mmu_gather's `free_tables` (right after the flush, after the IPI
+        /// sync, or in the RCU callback): unhooked page tables were freed.
+        /// `addr` = the physical address of the first table.
+        GATHER_AFTER_TABLE_FREE = "gather:after_table_free";
+        /// The framework's own test points (`race` suite).
+        TEST_A = "test:a";
+        /// See [`TEST_A`].
+        TEST_B = "test:b";
+        /// See [`TEST_A`].
+        TEST_C = "test:c";
+        /// The demonstration row: the page is locked.
+        DEMO_LOCKED = "demo:locked";
+        /// The demonstration row: about to drop the last reference.
+        DEMO_BEFORE_PUT = "demo:before_put";
+        /// The demonstration row: the reference is dropped.
+        DEMO_AFTER_PUT = "demo:after_put";
 
-    /// `zap_pte_range`: the PTEs of the table are cleared (a dirty file
-    /// PTE's page dirtied; with the rmap removed before the flush, as Linux
-    /// 6.1, its rmap gone too), the flush under the PTL is next; the PTL is
-    /// held. `addr` = the first address of the range.
-    pub static ZAP_BEFORE_PTL_FLUSH: RacePoint = RacePoint::new("zap:before_ptl_flush");
-    /// `tlb_finish_mmu`: the gather is about to end (the nested check, the
-    /// last flush, the frees); no PTL held.
-    pub static GATHER_BEFORE_FINISH: RacePoint = RacePoint::new("gather:before_finish");
-    /// `writeback` (`write_one_page`): the page is locked, `folio_mkclean`
-    /// is next. `addr` = the pfn.
-    pub static WRITEBACK_BEFORE_MKCLEAN: RacePoint = RacePoint::new("writeback:before_mkclean");
-    /// `writeback`: the frame was copied to the backing store (and
-    /// `nr_written` counted), the page is still locked. `addr` = the pfn.
-    pub static WRITEBACK_AFTER_WRITE: RacePoint = RacePoint::new("writeback:after_write");
-    /// A row's user program: about to store to user memory. `addr` = the
-    /// virtual address.
-    pub static USER_BEFORE_STORE: RacePoint = RacePoint::new("user:before_store");
-    /// A row's user program: its store to user memory is done.
-    pub static USER_AFTER_STORE: RacePoint = RacePoint::new("user:after_store");
-    /// A row's user program: a system call (e.g. MADV_DONTNEED) returned
-    /// and the program published that it did.
-    pub static USER_SYSCALL_RETURNED: RacePoint = RacePoint::new("user:syscall_returned");
+        /// `do_wp_page` reuse: about to `unlock_page` the reused page (after
+        /// the PTL release in the buggy order, under the PTL in the fixed one).
+        /// `addr` = the faulting virtual address.
+        WP_BEFORE_UNLOCK_PAGE = "wp:before_unlock_page";
+        /// `madvise(MADV_DONTNEED)`: the range is zapped, flushed and its pages
+        /// freed (`tlb_finish_mmu` returned); `mmap_lock` still held for read.
+        MADVISE_AFTER_DONTNEED = "madvise:after_dontneed";
+        /// `__add_to_swap_cache`, page locked: where the two insertion orders
+        /// differ — `PG_swapcache` and `private` set, the tree slot not yet
+        /// filled (`FlagFirst`), or nothing done yet (`Together`). `addr` = the
+        /// swap entry.
+        SWAP_ADD_WINDOW = "swap:add_window";
+        /// `page_remove_rmap_nolock` (the zap), StorageKey dirty tracking: the
+        /// last mapping of a page with a mapping is gone and its frame's change
+        /// bit was found set (and cleared); the page is not yet dirtied. `addr`
+        /// = the pfn.
+        RMAP_SKEY_DIRTY = "rmap:skey_dirty";
 
-    /// GUP-fast (`gup_fast_pte_range`): a reference was taken on the page
-    /// of a PTE and the rechecks (PMD, if on, and PTE) were read; the walk
-    /// has not yet acted on them. `addr` = the virtual address.
-    pub static GUP_FAST_AFTER_RECHECK: RacePoint = RacePoint::new("gup_fast:after_recheck");
-    /// GUP-fast (`get_user_pages_fast`): the lockless walk is over and
-    /// interrupts are restored, before any fallback to slow GUP. `addr` =
-    /// the start of the range.
-    pub static GUP_FAST_AFTER_WALK: RacePoint = RacePoint::new("gup_fast:after_walk");
-    /// `collapse_huge_page`: `mmap_lock` is held for write and the block
-    /// checked, the PMD not yet cleared. `addr` = the block's virtual
-    /// address.
-    pub static COLLAPSE_BEFORE_PMD_CLEAR: RacePoint = RacePoint::new("khugepaged:before_pmd_clear");
-    /// `collapse_huge_page`: the PMD was cleared and flushed and every
-    /// small page passed the pin check (locked, PTL released), nothing
-    /// copied yet. `addr` = the block's virtual address.
-    pub static COLLAPSE_AFTER_ISOLATE: RacePoint = RacePoint::new("khugepaged:after_isolate");
-    /// `collapse_huge_page`: the new block is installed, `mmap_lock` still
-    /// held for write. `addr` = the block's virtual address.
-    pub static COLLAPSE_AFTER_INSTALL: RacePoint = RacePoint::new("khugepaged:after_install");
+        /// `zap_pte_range`: the PTEs of the table are cleared (a dirty file
+        /// PTE's page dirtied; with the rmap removed before the flush, as Linux
+        /// 6.1, its rmap gone too), the flush under the PTL is next; the PTL is
+        /// held. `addr` = the first address of the range.
+        ZAP_BEFORE_PTL_FLUSH = "zap:before_ptl_flush";
+        /// `tlb_finish_mmu`: the gather is about to end (the nested check, the
+        /// last flush, the frees); no PTL held.
+        GATHER_BEFORE_FINISH = "gather:before_finish";
+        /// `writeback` (`write_one_page`): the page is locked, `folio_mkclean`
+        /// is next. `addr` = the pfn.
+        WRITEBACK_BEFORE_MKCLEAN = "writeback:before_mkclean";
+        /// `writeback`: the frame was copied to the backing store (and
+        /// `nr_written` counted), the page is still locked. `addr` = the pfn.
+        WRITEBACK_AFTER_WRITE = "writeback:after_write";
+        /// A row's user program: about to store to user memory. `addr` = the
+        /// virtual address.
+        USER_BEFORE_STORE = "user:before_store";
+        /// A row's user program: its store to user memory is done.
+        USER_AFTER_STORE = "user:after_store";
+        /// A row's user program: a system call (e.g. MADV_DONTNEED) returned
+        /// and the program published that it did.
+        USER_SYSCALL_RETURNED = "user:syscall_returned";
 
-    /// The fragment allocator (`pte_alloc_one`): a fresh block was allocated
-    /// (its head has the allocator's one reference), its fragment count not
-    /// yet set. `addr` = the head's pfn.
-    pub static FRAG_AFTER_BLOCK_ALLOC: RacePoint = RacePoint::new("frag:after_block_alloc");
-    /// The fragment allocator: the fresh block's fragment count is set (with
-    /// `set_page_count`, in the separate counter, or in the top bits, as the
-    /// policy says). `addr` = the head's pfn.
-    pub static FRAG_AFTER_BLOCK_COUNT: RacePoint = RacePoint::new("frag:after_block_count");
-    /// The pfn scanner: `get_page_unless_zero` took a speculative reference,
-    /// not yet dropped. `addr` = the pfn.
-    pub static PFN_SCAN_AFTER_GET: RacePoint = RacePoint::new("pfn_scan:after_get");
-    /// The pfn scanner: the speculative reference was dropped (`put_page`,
-    /// which frees the frame if it was the last). `addr` = the pfn.
-    pub static PFN_SCAN_AFTER_PUT: RacePoint = RacePoint::new("pfn_scan:after_put");
+        /// GUP-fast (`gup_fast_pte_range`): a reference was taken on the page
+        /// of a PTE and the rechecks (PMD, if on, and PTE) were read; the walk
+        /// has not yet acted on them. `addr` = the virtual address.
+        GUP_FAST_AFTER_RECHECK = "gup_fast:after_recheck";
+        /// GUP-fast (`get_user_pages_fast`): the lockless walk is over and
+        /// interrupts are restored, before any fallback to slow GUP. `addr` =
+        /// the start of the range.
+        GUP_FAST_AFTER_WALK = "gup_fast:after_walk";
+        /// `collapse_huge_page`: `mmap_lock` is held for write and the block
+        /// checked, the PMD not yet cleared. `addr` = the block's virtual
+        /// address.
+        COLLAPSE_BEFORE_PMD_CLEAR = "khugepaged:before_pmd_clear";
+        /// `collapse_huge_page`: the PMD was cleared and flushed and every
+        /// small page passed the pin check (locked, PTL released), nothing
+        /// copied yet. `addr` = the block's virtual address.
+        COLLAPSE_AFTER_ISOLATE = "khugepaged:after_isolate";
+        /// `collapse_huge_page`: the new block is installed, `mmap_lock` still
+        /// held for write. `addr` = the block's virtual address.
+        COLLAPSE_AFTER_INSTALL = "khugepaged:after_install";
 
-    /// All of the above.
-    pub static ALL: [&RacePoint; 31] = [
-        &ZAP_AFTER_PTE_CLEAR,
-        &ZAP_BEFORE_PTL,
-        &GATHER_AFTER_FLUSH,
-        &GUP_FAST_AFTER_PMD_READ,
-        &GATHER_AFTER_TABLE_FREE,
-        &TEST_A,
-        &TEST_B,
-        &TEST_C,
-        &DEMO_LOCKED,
-        &DEMO_BEFORE_PUT,
-        &DEMO_AFTER_PUT,
-        &WP_BEFORE_UNLOCK_PAGE,
-        &MADVISE_AFTER_DONTNEED,
-        &ZAP_BEFORE_PTL_FLUSH,
-        &GATHER_BEFORE_FINISH,
-        &WRITEBACK_BEFORE_MKCLEAN,
-        &WRITEBACK_AFTER_WRITE,
-        &USER_BEFORE_STORE,
-        &USER_AFTER_STORE,
-        &USER_SYSCALL_RETURNED,
-        &SWAP_ADD_WINDOW,
-        &RMAP_SKEY_DIRTY,
-        &GUP_FAST_AFTER_RECHECK,
-        &GUP_FAST_AFTER_WALK,
-        &COLLAPSE_AFTER_ISOLATE,
-        &COLLAPSE_AFTER_INSTALL,
-        &COLLAPSE_BEFORE_PMD_CLEAR,
-        &FRAG_AFTER_BLOCK_ALLOC,
-        &FRAG_AFTER_BLOCK_COUNT,
-        &PFN_SCAN_AFTER_GET,
-        &PFN_SCAN_AFTER_PUT,
-    ];
+        /// The fragment allocator (`pte_alloc_one`): a fresh block was allocated
+        /// (its head has the allocator's one reference), its fragment count not
+        /// yet set. `addr` = the head's pfn.
+        FRAG_AFTER_BLOCK_ALLOC = "frag:after_block_alloc";
+        /// The fragment allocator: the fresh block's fragment count is set (with
+        /// `set_page_count`, in the separate counter, or in the top bits, as the
+        /// policy says). `addr` = the head's pfn.
+        FRAG_AFTER_BLOCK_COUNT = "frag:after_block_count";
+        /// The pfn scanner: `get_page_unless_zero` took a speculative reference,
+        /// not yet dropped. `addr` = the pfn.
+        PFN_SCAN_AFTER_GET = "pfn_scan:after_get";
+        /// The pfn scanner: the speculative reference was dropped (`put_page`,
+        /// which frees the frame if it was the last). `addr` = the pfn.
+        PFN_SCAN_AFTER_PUT = "pfn_scan:after_put";
+    }
 
     /// The point named `name`.
     pub fn by_name(name: &str) -> Option<&'static RacePoint> {
