@@ -37,18 +37,18 @@ const LOCKER: usize = 0;
 const PUTTER: usize = 1;
 
 static VARIANTS: [Variant; 2] = [
-    Variant {
-        name: "buggy",
-        about: "the locker relies on the putter's reference",
-        models: "no Linux kernel: the core of 09854ba94c6a's race (a page locked by a CPU that holds no reference of its own), without the page tables",
-        fix_waits: &[],
-    },
-    Variant {
-        name: "fixed",
-        about: "the locker holds its own reference across lock_page..unlock_page",
-        models: "no Linux kernel: catalogue row 1's other fix in words, the locker holds its own reference (get_page) across lock_page..unlock_page",
-        fix_waits: &[],
-    },
+    Variant::new(
+        "buggy",
+        "the locker relies on the putter's reference",
+        "no Linux kernel: the core of 09854ba94c6a's race (a page locked by a CPU that holds no reference of its own), without the page tables",
+        &[],
+    ),
+    Variant::new(
+        "fixed",
+        "the locker holds its own reference across lock_page..unlock_page",
+        "no Linux kernel: catalogue row 1's other fix in words, the locker holds its own reference (get_page) across lock_page..unlock_page",
+        &[],
+    ),
 ];
 
 /// The Linux commits of the row.
