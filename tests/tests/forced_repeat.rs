@@ -38,10 +38,7 @@ fn forced_runs(arch: Arch) {
                 o.iterations > 0 && o.hits == o.iterations,
                 "{arch} seed {seed}: a forced buggy cell missed an iteration: {l}"
             );
-            let case = b
-                .ktap
-                .case(&format!("scenario.{}:{}:forced", l.row, l.variant))
-                .unwrap();
+            let case = b.ktap.case(&l.case()).unwrap();
             let report = case
                 .diagnostics
                 .iter()

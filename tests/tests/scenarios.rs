@@ -49,15 +49,7 @@ fn every_cell(arch: Arch, row: &str) {
     );
     for l in &lines {
         let o = l.observed.as_ref().unwrap();
-        let case = b
-            .ktap
-            .case(&format!(
-                "scenario.{}:{}:{}",
-                l.row,
-                expected::label(&l.variant, l.flush.as_deref()),
-                l.mode.name()
-            ))
-            .unwrap();
+        let case = b.ktap.case(&l.case()).unwrap();
         let reported = case
             .diagnostics
             .iter()

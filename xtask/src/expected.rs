@@ -737,6 +737,16 @@ pub const HEADER: &str =
     "row                     variant         mode     expected    observed    iterations    hits  first_hit_ms";
 
 impl Line {
+    /// The KTAP case of this line's cell: `scenario.row:label:mode`.
+    pub fn case(&self) -> String {
+        format!(
+            "scenario.{}:{}:{}",
+            self.row,
+            label(&self.variant, self.flush.as_deref()),
+            self.mode.name()
+        )
+    }
+
     /// The comparison's word: `ok`, `skip` (the cell agrees and does not
     /// exist on this architecture: a skip is never shown as `ok`), or
     /// `MISMATCH`.

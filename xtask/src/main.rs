@@ -614,7 +614,7 @@ fn tour(args: &RunArgs, kernels: &[(Arch, PathBuf)]) -> Result<ExitCode> {
             progress.println(&format!("   {l}"));
             // The one line that says what happened: the broken invariant,
             // the cycle that made the schedule impossible, or the fix's wait.
-            let case = format!("scenario.{}:{}:{}", l.row, l.variant, l.mode.name());
+            let case = l.case();
             if let Some((_, report)) = reports.iter().find(|(n, _)| *n == case) {
                 if let Some(first) = report.iter().find(|d| {
                     d.starts_with("race: BUG")
