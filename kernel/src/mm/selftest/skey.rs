@@ -14,18 +14,17 @@
 //! Every case checks that it leaked no frame, and prints the keys it saw as
 //! `key_...=0x..` diagnostics, which the host asserts.
 
-use super::arch::{Mmu, PAGE_CHANGED, PAGE_DEFAULT_KEY, PAGE_REFERENCED};
-use super::memory;
-use super::mm::{self as mmod, Mm, VmFlags};
-use super::selftest::{load, no_leak, store};
-use super::{page, page_alloc, pgtable, PAGE_SIZE};
+use super::{load, no_leak, store};
 use crate::cmdline::Cmdline;
 use crate::ktap::Outcome;
+use crate::mm::arch::{Mmu, PAGE_CHANGED, PAGE_DEFAULT_KEY, PAGE_REFERENCED};
+use crate::mm::memory;
+use crate::mm::mm::{self as mmod, Mm, VmFlags};
+use crate::mm::{page, page_alloc, pgtable, PAGE_SIZE};
+use crate::selftest::TestFn;
 use crate::{diag, smp};
-use alloc::{boxed::Box, format};
+use alloc::{boxed::Box, format, vec::Vec};
 use core::sync::atomic::{AtomicU64, Ordering};
-
-type TestFn = fn(&Cmdline) -> Outcome;
 
 const RW: VmFlags = VmFlags::RW;
 
@@ -34,10 +33,13 @@ const KEY_R: u8 = PAGE_REFERENCED;
 /// Key with R and C set, as after a store.
 const KEY_RC: u8 = PAGE_REFERENCED | PAGE_CHANGED;
 
-/// The `skey` suite, in order.
-pub fn suite<A: Mmu>() -> [(&'static str, TestFn); 5] {
-    [
-        ("key_set_at_alloc", key_set_at_alloc::<A>),
+/// The suite's name.
+pub(crate) const SUITE: &str = "skey";
+
+/// The `skey` cases, in order.
+pub(crate) fn cases<A: Mmu>() -> Vec<(&'static str, TestFn)> {
+    alloc::vec![
+        ("key_set_at_alloc", key_set_at_alloc::<A> as TestFn),
         ("change_bit_set_by_store", change_bit_set_by_store::<A>),
         ("sske_and_rrbe_reset", sske_and_rrbe_reset::<A>),
         ("page_test_and_clear_dirty", page_test_and_clear_dirty::<A>),

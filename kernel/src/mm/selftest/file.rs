@@ -10,35 +10,34 @@
 //! torn down, files dropped) equals the count before.
 //!
 //! The `dirty_*` and `writeback_throughput_*` cases run in a chosen
-//! dirty-tracking mode ([`super::dirty`]) and restore the previous one; the
+//! dirty-tracking mode ([`crate::mm::dirty`]) and restore the previous one; the
 //! StorageKey ones skip where there are no storage keys. The write-notify
 //! cases force SoftDirty, so every case passes whatever `dirty=` chose.
 
-use super::arch::{Mmu, PAGE_CHANGED};
-use super::dirty::{self, DirtyTracking};
-use super::filemap::{self, DirtyAops, RamFile};
-use super::memory::{self, MapError};
-use super::mm::{self as mmod, Mm, VmFlags};
-use super::selftest::{faults, load, new_mm, no_leak, pte_of, store};
-use super::{page, rmap, PAGE_SIZE};
+use super::{faults, load, new_mm, no_leak, pte_of, store};
 use crate::cmdline::Cmdline;
 use crate::ktap::Outcome;
+use crate::mm::arch::{Mmu, PAGE_CHANGED};
+use crate::mm::dirty::{self, DirtyTracking};
+use crate::mm::filemap::{self, DirtyAops, RamFile};
+use crate::mm::memory::{self, MapError};
+use crate::mm::mm::{self as mmod, Mm, VmFlags};
+use crate::mm::{page, rmap, PAGE_SIZE};
+use crate::selftest::TestFn;
 use crate::{diag, smp, NR_CPUS};
 use alloc::sync::Arc;
 use alloc::{boxed::Box, format, string::String, vec::Vec};
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// The suite's name.
-pub const SUITE: &str = "mm_file";
+pub(crate) const SUITE: &str = "mm_file";
 
 const RW: VmFlags = VmFlags::RW;
 const RO: VmFlags = VmFlags::RO;
 const P: u64 = PAGE_SIZE;
 
-type TestFn = fn(&Cmdline) -> Outcome;
-
 /// The `mm_file` suite, in order.
-pub fn cases<A: Mmu>() -> Vec<(&'static str, TestFn)> {
+pub(crate) fn cases<A: Mmu>() -> Vec<(&'static str, TestFn)> {
     alloc::vec![
         ("vma_operations", vma_operations::<A> as TestFn),
         ("shared_writes_every_cpu", shared_writes_every_cpu::<A>),
@@ -287,7 +286,7 @@ fn shared_writes_every_cpu<A: Mmu>(_: &Cmdline) -> Outcome {
             .mapping
             .i_pages
             .lock()
-            .count_marked(super::xarray::XaMark::Dirty);
+            .count_marked(crate::mm::xarray::XaMark::Dirty);
         let wrote = filemap::filemap_write_and_wait::<A>(&f.mapping);
         on_every_cpu::<A>(leave::<A>);
         memory::exit_mmap(*mm);
@@ -747,7 +746,7 @@ fn skey_last_unmap_dirties_page<A: Mmu>(_: &Cmdline) -> Outcome {
             .mapping
             .i_pages
             .lock()
-            .get_mark(0, super::xarray::XaMark::Dirty);
+            .get_mark(0, crate::mm::xarray::XaMark::Dirty);
         let c_after = change_bit::<A>(pfn);
         let wrote2 = filemap::filemap_write_and_wait::<A>(&f.mapping);
         let backing = f.mapping.read_backing(0);

@@ -8,30 +8,29 @@
 //! gives s390x no EDAT) and say so in a `# SKIP` elsewhere; collapse itself
 //! runs on both (without leaves it maps the block through a fresh table).
 
-use super::arch::{Level, Mmu};
-use super::gup::GUP_PIN_COUNTING_BIAS;
-use super::huge_memory::{self, hpage_pmd_nr};
-use super::khugepaged::{self, CollapseAbort, CollapsePolicy, CollapseReport, CollapseResult};
-use super::memory::{self, WpUnlock};
-use super::mm::{self as mmod, Mm};
-use super::mmu_gather::TableFree;
-use super::selftest::{faults, load, mapped_mm, no_leak, pte_of, store};
-use super::tlbflush::{self, FlushStrategy};
-use super::{frag, page, page_alloc, pgtable, PAGE_SIZE};
+use super::{faults, load, mapped_mm, no_leak, pte_of, store};
 use crate::cmdline::Cmdline;
 use crate::ktap::Outcome;
+use crate::mm::arch::{Level, Mmu};
+use crate::mm::gup::GUP_PIN_COUNTING_BIAS;
+use crate::mm::huge_memory::{self, hpage_pmd_nr};
+use crate::mm::khugepaged::{self, CollapseAbort, CollapsePolicy, CollapseReport, CollapseResult};
+use crate::mm::memory::{self, WpUnlock};
+use crate::mm::mm::{self as mmod, Mm};
+use crate::mm::mmu_gather::TableFree;
+use crate::mm::tlbflush::{self, FlushStrategy};
+use crate::mm::{frag, page, page_alloc, pgtable, PAGE_SIZE};
+use crate::selftest::TestFn;
 use crate::selftest::{start_section, wait_section_end};
 use crate::{diag, rcu, smp};
 use alloc::{boxed::Box, format, vec::Vec};
 use core::sync::atomic::{AtomicU64, Ordering};
 
 /// The suite's KTAP name.
-pub const SUITE: &str = "thp";
-
-type TestFn = fn(&Cmdline) -> Outcome;
+pub(crate) const SUITE: &str = "thp";
 
 /// The `thp` suite, in order.
-pub fn cases<A: Mmu>() -> Vec<(&'static str, TestFn)> {
+pub(crate) fn cases<A: Mmu>() -> Vec<(&'static str, TestFn)> {
     alloc::vec![
         (
             "collapse_keeps_every_byte",
@@ -417,7 +416,7 @@ fn collapse_table_free<A: Mmu>(_: &Cmdline) -> Outcome {
             };
             let flags = (tf == TableFree::Rcu).then(A::local_irq_save);
             let rep = khugepaged::collapse_huge_page(&mm, base::<A>(), &policy);
-            let table_pfn = rep.old_table >> super::PAGE_SHIFT;
+            let table_pfn = rep.old_table >> crate::mm::PAGE_SHIFT;
             let at_return = page_alloc::page_is_poisoned(table_pfn);
             if let Some(f) = flags {
                 A::local_irq_restore(f);

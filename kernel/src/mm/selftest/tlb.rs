@@ -6,23 +6,25 @@
 //! what the other CPUs read afterwards. Every case checks that no frame
 //! leaked (`no_leak`) and restores the arch's default strategy.
 
-use super::arch::Mmu;
-use super::mm::{self as mmod, Mm};
-use super::selftest::{faults, load, mapped_mm, no_leak, store};
-use super::tlbflush::{self, FlushStrategy, TlbFlushStats};
-use super::{memory, page, pgtable, PAGE_SIZE};
+use super::{faults, load, mapped_mm, no_leak, store};
 use crate::cmdline::Cmdline;
 use crate::ktap::Outcome;
+use crate::mm::arch::Mmu;
+use crate::mm::mm::{self as mmod, Mm};
+use crate::mm::tlbflush::{self, FlushStrategy, TlbFlushStats};
+use crate::mm::{memory, page, pgtable, PAGE_SIZE};
+use crate::selftest::TestFn;
 use crate::{diag, smp, NR_CPUS};
 use alloc::{boxed::Box, format, string::String, vec::Vec};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-type TestFn = fn(&Cmdline) -> Outcome;
+/// The suite's name.
+pub(crate) const SUITE: &str = "tlb";
 
-/// The `tlb` suite, in order.
-pub fn suite<A: Mmu>() -> [(&'static str, TestFn); 6] {
-    [
-        ("strategy_knob", strategy_knob::<A>),
+/// The `tlb` cases, in order.
+pub(crate) fn cases<A: Mmu>() -> Vec<(&'static str, TestFn)> {
+    alloc::vec![
+        ("strategy_knob", strategy_knob::<A> as TestFn),
         ("shootdown_reaches_cpumask", shootdown_reaches_cpumask::<A>),
         ("pmd_clear_flush", pmd_clear_flush::<A>),
         ("local_flush_when_alone", local_flush_when_alone::<A>),
@@ -171,7 +173,7 @@ fn invalidate_pmd<A: Mmu>(mm: &Mm<A>, addr: u64) -> u64 {
 /// Tears down the table the PMD entry `old_pmd` pointed to by hand: its one
 /// PTE and page, then the table. Returns the PTE.
 fn release_pmd<A: Mmu>(mm: &Mm<A>, addr: u64, old_pmd: u64) -> u64 {
-    let table = A::entry_table(super::arch::Level::Pmd, old_pmd);
+    let table = A::entry_table(crate::mm::arch::Level::Pmd, old_pmd);
     let ptep = page::phys_to_virt(table)
         .cast::<u64>()
         .wrapping_add(((addr / PAGE_SIZE) as usize) % A::PTRS_PER_PTE);
@@ -180,7 +182,7 @@ fn release_pmd<A: Mmu>(mm: &Mm<A>, addr: u64, old_pmd: u64) -> u64 {
     drop_old::<A>(mm, old);
     mm.pgtables_bytes
         .fetch_sub(A::PTE_TABLE_SIZE, Ordering::Relaxed);
-    super::frag::__pte_free::<A>(table);
+    crate::mm::frag::__pte_free::<A>(table);
     old
 }
 

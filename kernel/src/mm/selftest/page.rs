@@ -1,27 +1,28 @@
 //! The `mm_page` self-test suite: RAM discovery, the frame database and the
 //! buddy allocator with its detectors, on the real machine and all its CPUs.
 //!
-//! Every case runs under [`leak_checked`]: the number of free frames must be
+//! Every case runs under [`leak_checked`](super::leak_checked): the number of free frames must be
 //! the same after the case as before it, and the bad-page reports it caused must
 //! be exactly the ones it provoked on purpose. Cases that provoke a report (a
 //! locked page freed, a write to a freed frame) then repair the page, as the
 //! caller that decides would, and free it for good, so nothing stays leaked.
 
-use super::page::{self, Page};
-use super::page_alloc::{self, BadPageReport, MAX_PAGE_ORDER};
-use super::{memmap, PAGE_SIZE};
+use super::leak_checked;
 use crate::cmdline::Cmdline;
 use crate::ktap::Outcome;
+use crate::mm::page::{self, Page};
+use crate::mm::page_alloc::{self, BadPageReport, MAX_PAGE_ORDER};
+use crate::mm::{memmap, PAGE_SIZE};
 use crate::selftest::TestFn;
 use crate::{diag, smp, Arch};
 use alloc::{format, string::String, vec::Vec};
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// The suite's name.
-pub const SUITE: &str = "mm_page";
+pub(crate) const SUITE: &str = "mm_page";
 
 /// The `mm_page` cases, in order.
-pub fn cases<A: Arch>() -> Vec<(&'static str, TestFn)> {
+pub(crate) fn cases<A: Arch>() -> Vec<(&'static str, TestFn)> {
     alloc::vec![
         ("memory_discovered", memory_discovered as TestFn),
         ("alloc_free_every_order", alloc_free_every_order),
@@ -37,28 +38,6 @@ pub fn cases<A: Arch>() -> Vec<(&'static str, TestFn)> {
 
 fn fail(msg: String) -> Outcome {
     Outcome::Fail(msg)
-}
-
-/// Runs `body`, which must provoke exactly `expected_reports` bad-page reports,
-/// and fails it if it leaked frames or caused other reports.
-fn leak_checked(expected_reports: u64, body: impl FnOnce(u64) -> Outcome) -> Outcome {
-    if memmap::mem_info().is_none() {
-        return fail("the frame allocator is not set up".into());
-    }
-    let free = page_alloc::nr_free_pages();
-    let seq = page_alloc::nr_bad_pages();
-    let outcome = body(seq);
-    let after = page_alloc::nr_free_pages();
-    let reports = page_alloc::nr_bad_pages() - seq;
-    match outcome {
-        Outcome::Pass if after != free => {
-            fail(format!("frames leaked: {free} free before, {after} after"))
-        }
-        Outcome::Pass if reports != expected_reports => fail(format!(
-            "{reports} bad-page reports, expected {expected_reports}"
-        )),
-        other => other,
-    }
 }
 
 fn memory_discovered(_: &Cmdline) -> Outcome {
