@@ -162,3 +162,27 @@ pub fn assert_failed_with(boot: &Boot, reason: &str) {
         );
     }
 }
+
+/// Index of the first diagnostic line containing every one of `parts`.
+pub fn position(diags: &[String], parts: &[&str]) -> Option<usize> {
+    diags
+        .iter()
+        .position(|d| parts.iter().all(|p| d.contains(p)))
+}
+
+/// One `#[test]` per architecture, each calling `$body` with its [`Arch`]
+/// (`xtask::Arch`): `per_arch!(s390x_name, x86_64_name => body);`.
+#[macro_export]
+macro_rules! per_arch {
+    ($s390x:ident, $x86_64:ident => $body:path) => {
+        #[test]
+        fn $s390x() {
+            $body(xtask::Arch::S390x);
+        }
+
+        #[test]
+        fn $x86_64() {
+            $body(xtask::Arch::X86_64);
+        }
+    };
+}

@@ -9,26 +9,14 @@
 //! never consults the key, fixed-d finds the page not yet in the swap cache.
 //! x86-64: every cell is skipped (no storage keys).
 
-use quiesce_tests::{assert_passed, boot, TIMEOUT};
+use quiesce_tests::{assert_passed, boot, position, TIMEOUT};
 use xtask::expected::{self, Mode};
+use xtask::ktap::diag_value as value;
 use xtask::ktap::TestResult;
 use xtask::Arch;
 
 const ROW: &str = "skey-dirty-vs-swapcache";
 const VARIANTS: [&str; 5] = ["buggy", "fixed-a", "fixed-b", "fixed-c", "fixed-d"];
-
-/// The `key=value` word of a diagnostic line.
-fn value<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
-}
-
-/// Index of the first diagnostic containing every one of `parts`.
-fn position(diags: &[String], parts: &[&str]) -> Option<usize> {
-    diags
-        .iter()
-        .position(|d| parts.iter().all(|p| d.contains(p)))
-}
 
 /// A number from the row's `skey:` line.
 fn skey(case: &TestResult, key: &str) -> u64 {
@@ -119,12 +107,4 @@ fn forced(arch: Arch) {
     }
 }
 
-#[test]
-fn s390x_forced() {
-    forced(Arch::S390x);
-}
-
-#[test]
-fn x86_64_forced_skips() {
-    forced(Arch::X86_64);
-}
+quiesce_tests::per_arch!(s390x_forced, x86_64_forced_skips => forced);

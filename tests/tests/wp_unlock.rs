@@ -4,22 +4,10 @@
 //! while the zap clears the PTE and frees the locked page), and the fix
 //! holds that interleaving back through its PTL in every iteration.
 
-use quiesce_tests::{assert_passed, boot, TIMEOUT};
+use quiesce_tests::{assert_passed, boot, position, TIMEOUT};
 use xtask::expected::{self, Mode};
+use xtask::ktap::diag_value as value;
 use xtask::Arch;
-
-/// The `key=value` word of a diagnostic line.
-fn value<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
-}
-
-/// Index of the first diagnostic containing every one of `parts`.
-fn position(diags: &[String], parts: &[&str]) -> Option<usize> {
-    diags
-        .iter()
-        .position(|d| parts.iter().all(|p| d.contains(p)))
-}
 
 fn forced(arch: Arch) {
     let Some(b) = boot(arch, 4, "scenario=wp-unlock-vs-zap mode=forced", TIMEOUT) else {
@@ -83,12 +71,4 @@ fn forced(arch: Arch) {
     }
 }
 
-#[test]
-fn s390x_forced_hits_in_iteration_0() {
-    forced(Arch::S390x);
-}
-
-#[test]
-fn x86_64_forced_hits_in_iteration_0() {
-    forced(Arch::X86_64);
-}
+quiesce_tests::per_arch!(s390x_forced_hits_in_iteration_0, x86_64_forced_hits_in_iteration_0 => forced);
