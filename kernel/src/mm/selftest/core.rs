@@ -51,10 +51,7 @@ fn map_fault_unmap<A: Mmu>(_: &Cmdline) -> Outcome {
     no_leak(|| {
         const PAGES: u64 = 64;
         let base = A::TASK_BASE;
-        let mm = match mapped_mm::<A>(PAGES * PAGE_SIZE, false) {
-            Ok(m) => m,
-            Err(o) => return o,
-        };
+        let mm = or_return!(mapped_mm::<A>(PAGES * PAGE_SIZE, false));
         // SAFETY: the mm lives until exit_mmap below, after unuse_mm.
         unsafe { mmod::use_mm(&*mm) };
         let f0 = faults::<A>();
@@ -153,14 +150,8 @@ fn fault_rate<A: Mmu>(cpus: u64) -> Result<u64, Outcome> {
 /// test asserts only that every fault was resolved).
 fn fault_throughput<A: Mmu>(_: &Cmdline) -> Outcome {
     no_leak(|| {
-        let one = match fault_rate::<A>(1) {
-            Ok(r) => r,
-            Err(o) => return o,
-        };
-        let all = match fault_rate::<A>(smp::nr_cpus() as u64) {
-            Ok(r) => r,
-            Err(o) => return o,
-        };
+        let one = or_return!(fault_rate::<A>(1));
+        let all = or_return!(fault_rate::<A>(smp::nr_cpus() as u64));
         diag!(
             "page_faults_per_sec_1cpu={one} page_faults_per_sec_all_cpus={all} cpus={}",
             smp::nr_cpus()
@@ -195,10 +186,7 @@ fn fault_on_every_cpu<A: Mmu>(_: &Cmdline) -> Outcome {
     no_leak(|| {
         let n = smp::nr_cpus() as u64;
         let len = n * PAGES_PER_CPU * PAGE_SIZE;
-        let mm = match mapped_mm::<A>(len, false) {
-            Ok(m) => m,
-            Err(o) => return o,
-        };
+        let mm = or_return!(mapped_mm::<A>(len, false));
         SHARED_MM.store(&*mm as *const Mm<A> as u64, Ordering::Release);
         CPU_ERRORS.store(0, Ordering::Release);
         smp::smp_call_function::<A>(touch_own_pages::<A>, 0, true);
@@ -244,10 +232,7 @@ fn mapped_pfn<A: Mmu>(mm: &Mm<A>, addr: u64) -> Option<u64> {
 fn cow_after_dup<A: Mmu>(_: &Cmdline) -> Outcome {
     no_leak(|| {
         let base = A::TASK_BASE;
-        let parent = match mapped_mm::<A>(2 * PAGE_SIZE, true) {
-            Ok(m) => m,
-            Err(o) => return o,
-        };
+        let parent = or_return!(mapped_mm::<A>(2 * PAGE_SIZE, true));
         // SAFETY: the mms live until exit_mmap, after unuse_mm.
         unsafe { mmod::use_mm(&*parent) };
         // SAFETY: in the VMA.
@@ -325,10 +310,7 @@ fn hw_young_dirty<A: Mmu>(_: &Cmdline) -> Outcome {
     }
     no_leak(|| {
         let addr = A::TASK_BASE;
-        let mm = match mapped_mm::<A>(PAGE_SIZE, true) {
-            Ok(m) => m,
-            Err(o) => return o,
-        };
+        let mm = or_return!(mapped_mm::<A>(PAGE_SIZE, true));
         // SAFETY: the mm lives until exit_mmap, after unuse_mm.
         unsafe { mmod::use_mm(&*mm) };
         // Make the PTE old and clean (break before make), and flush it.
@@ -490,10 +472,7 @@ fn swap_cache_add_remove<A: Mmu>(_: &Cmdline) -> Outcome {
     use crate::mm::swap_state::{self as swap, SwapCacheOrder, SwapDirtyAops};
     use crate::mm::xarray::{nr_tag_on_missing_entry, XaMark};
     no_leak(|| {
-        let mm = match mapped_mm::<A>(PAGE_SIZE, true) {
-            Ok(m) => m,
-            Err(o) => return o,
-        };
+        let mm = or_return!(mapped_mm::<A>(PAGE_SIZE, true));
         let pfn = mapped_pfn(&mm, A::TASK_BASE).expect("populated");
         let p = page::pfn_to_page(pfn);
         let missing = nr_tag_on_missing_entry();
@@ -589,10 +568,7 @@ fn stale_tlb_after_pte_clear<A: Mmu>(_: &Cmdline) -> Outcome {
     }
     no_leak(|| {
         let addr = A::TASK_BASE;
-        let mm = match mapped_mm::<A>(PAGE_SIZE, true) {
-            Ok(m) => m,
-            Err(o) => return o,
-        };
+        let mm = or_return!(mapped_mm::<A>(PAGE_SIZE, true));
         // SAFETY: the mm lives until exit_mmap, after every CPU left it.
         unsafe { mmod::use_mm(&*mm) };
         // SAFETY: in the VMA.
@@ -645,10 +621,7 @@ fn stale_tlb_after_pte_clear<A: Mmu>(_: &Cmdline) -> Outcome {
 
 fn upgrade_keeps_mappings<A: Mmu>(_: &Cmdline) -> Outcome {
     no_leak(|| {
-        let mm = match new_mm::<A>() {
-            Ok(m) => m,
-            Err(o) => return o,
-        };
+        let mm = or_return!(new_mm::<A>());
         // The task base, then above a 3-level s390x mm (4 TiB) and above a
         // 4-level one (8 PiB), as far as the arch can map.
         let wanted = [A::TASK_BASE, 5 << 40, 9 << 50];
@@ -690,10 +663,7 @@ fn upgrade_keeps_mappings<A: Mmu>(_: &Cmdline) -> Outcome {
 
 fn access_beyond_limit<A: Mmu>(_: &Cmdline) -> Outcome {
     no_leak(|| {
-        let mm = match new_mm::<A>() {
-            Ok(m) => m,
-            Err(o) => return o,
-        };
+        let mm = or_return!(new_mm::<A>());
         let limit = A::context_limit(&mm.context);
         if limit >= A::TASK_SIZE_MAX {
             memory::exit_mmap(*mm);

@@ -167,10 +167,7 @@ fn leave<A: Mmu>(_: usize) {
 /// through the hardware.
 fn vma_operations<A: Mmu>(_: &Cmdline) -> Outcome {
     no_leak(|| {
-        let mm = match new_mm::<A>() {
-            Ok(m) => m,
-            Err(o) => return o,
-        };
+        let mm = or_return!(new_mm::<A>());
         let f = new_file::<A>(8);
         f.mapping.write_backing(3 * P, 0x3333);
         let base = A::TASK_BASE;
@@ -272,10 +269,7 @@ fn shared_writes_every_cpu<A: Mmu>(_: &Cmdline) -> Outcome {
     }
     no_leak(|| {
         const PAGES: u64 = 8;
-        let (mm, f) = match file_mm::<A>(PAGES, false) {
-            Ok(t) => t,
-            Err(o) => return o,
-        };
+        let (mm, f) = or_return!(file_mm::<A>(PAGES, false));
         let base = A::TASK_BASE;
         SHARED_MM.store(&*mm as *const Mm<A> as usize, Ordering::Release);
         BASE.store(base, Ordering::Release);
@@ -350,10 +344,7 @@ fn mkclean_every_cpu<A: Mmu>(_: &Cmdline) -> Outcome {
     // Write-notify behaviour: SoftDirty, whatever `dirty=` chose.
     in_mode::<A>(DirtyTracking::SoftDirty, || {
         let n = smp::nr_cpus();
-        let mm = match new_mm::<A>() {
-            Ok(m) => m,
-            Err(o) => return o,
-        };
+        let mm = or_return!(new_mm::<A>());
         let f = new_file::<A>(1);
         let base = A::TASK_BASE;
         BASE.store(base, Ordering::Release);
@@ -423,10 +414,7 @@ fn mkclean_every_cpu<A: Mmu>(_: &Cmdline) -> Outcome {
 /// finds both mms until the copy.
 fn cow_after_fork_with_file<A: Mmu>(_: &Cmdline) -> Outcome {
     no_leak(|| {
-        let parent = match new_mm::<A>() {
-            Ok(m) => m,
-            Err(o) => return o,
-        };
+        let parent = or_return!(new_mm::<A>());
         let f = new_file::<A>(2);
         let base = A::TASK_BASE;
         let fbase = base + 16 * P;
@@ -591,10 +579,7 @@ fn write_each_page<A: Mmu>(f: &RamFile, pages: u64) -> u64 {
 fn keeps_every_byte<A: Mmu>(mode: DirtyTracking) -> Outcome {
     in_mode::<A>(mode, || {
         const PAGES: u64 = 8;
-        let (mm, f) = match file_mm::<A>(PAGES, false) {
-            Ok(t) => t,
-            Err(o) => return o,
-        };
+        let (mm, f) = or_return!(file_mm::<A>(PAGES, false));
         let base = A::TASK_BASE;
         SHARED_MM.store(&*mm as *const Mm<A> as usize, Ordering::Release);
         BASE.store(base, Ordering::Release);
@@ -657,10 +642,7 @@ fn change_bit<A: Mmu>(pfn: u64) -> bool {
 /// no fault and sets C again.
 fn skey_mkclean_clears_change_bit<A: Mmu>(_: &Cmdline) -> Outcome {
     in_mode::<A>(DirtyTracking::StorageKey, || {
-        let mm = match new_mm::<A>() {
-            Ok(m) => m,
-            Err(o) => return o,
-        };
+        let mm = or_return!(new_mm::<A>());
         let f = new_file::<A>(1);
         let base = A::TASK_BASE;
         if let Err(e) = memory::mmap_file(&mm, base, P, RW, &f, 0, false, true) {
@@ -709,10 +691,7 @@ fn skey_mkclean_clears_change_bit<A: Mmu>(_: &Cmdline) -> Outcome {
 /// (`PG_dirty` and the DIRTY tag) and clears C; writeback then writes it.
 fn skey_last_unmap_dirties_page<A: Mmu>(_: &Cmdline) -> Outcome {
     in_mode::<A>(DirtyTracking::StorageKey, || {
-        let mm = match new_mm::<A>() {
-            Ok(m) => m,
-            Err(o) => return o,
-        };
+        let mm = or_return!(new_mm::<A>());
         let f = new_file::<A>(1);
         let (a1, a2) = (A::TASK_BASE, A::TASK_BASE + 2 * P);
         let ok = memory::mmap_file(&mm, a1, P, RW, &f, 0, false, false).is_ok()
@@ -793,10 +772,7 @@ fn skey_last_unmap_dirties_page<A: Mmu>(_: &Cmdline) -> Outcome {
 fn writeback_rate<A: Mmu>(mode: DirtyTracking, by_tag: bool) -> Outcome {
     in_mode::<A>(mode, || {
         const PAGES: u64 = 32;
-        let (mm, f) = match file_mm::<A>(PAGES, true) {
-            Ok(t) => t,
-            Err(o) => return o,
-        };
+        let (mm, f) = or_return!(file_mm::<A>(PAGES, true));
         let base = A::TASK_BASE;
         SHARED_MM.store(&*mm as *const Mm<A> as usize, Ordering::Release);
         BASE.store(base, Ordering::Release);

@@ -75,10 +75,7 @@ fn batched_zap<A: crate::mm::arch::Mmu>(_: &Cmdline) -> Outcome {
             .into_iter()
             .enumerate()
         {
-            let mm = match populated::<A>(n) {
-                Ok(m) => m,
-                Err(o) => return o,
-            };
+            let mm = or_return!(populated::<A>(n));
             got[i] = zap(&mm, n, policy(pf, TableFree::Immediate));
             memory::exit_mmap(*mm);
         }
@@ -102,10 +99,7 @@ fn batched_zap<A: crate::mm::arch::Mmu>(_: &Cmdline) -> Outcome {
 fn page_free_policies<A: crate::mm::arch::Mmu>(_: &Cmdline) -> Outcome {
     no_leak(|| {
         for pf in [PageFree::Batched, PageFree::Immediate] {
-            let mm = match populated::<A>(8) {
-                Ok(m) => m,
-                Err(o) => return o,
-            };
+            let mm = or_return!(populated::<A>(8));
             let before = page_alloc::nr_free_pages();
             let (mid, after) = {
                 let _vmas = mm.mmap_lock.read();
@@ -153,10 +147,7 @@ fn table_free_policies<A: crate::mm::arch::Mmu>(_: &Cmdline) -> Outcome {
     no_leak(|| {
         one_table_per_frame(|| {
             for tf in [TableFree::Immediate, TableFree::IpiSync, TableFree::Rcu] {
-                let mm = match populated::<A>(1) {
-                    Ok(m) => m,
-                    Err(o) => return o,
-                };
+                let mm = or_return!(populated::<A>(1));
                 let before = page_alloc::nr_free_pages();
                 let old = g::set_tlb_policy(policy(PageFree::Batched, tf));
                 // For the RCU policy, this CPU stays in a read-side critical
@@ -207,10 +198,7 @@ fn rcu_waits<A: crate::mm::arch::Mmu>(_: &Cmdline) -> Outcome {
     }
     no_leak(|| {
         one_table_per_frame(|| {
-            let mm = match populated::<A>(1) {
-                Ok(m) => m,
-                Err(o) => return o,
-            };
+            let mm = or_return!(populated::<A>(1));
             let (cpu, start) = hold_last_cpu::<A>();
             let before = page_alloc::nr_free_pages();
             let old = g::set_tlb_policy(policy(PageFree::Batched, TableFree::Rcu));
@@ -255,10 +243,7 @@ fn ipi_sync_waits<A: crate::mm::arch::Mmu>(_: &Cmdline) -> Outcome {
     }
     no_leak(|| {
         one_table_per_frame(|| {
-            let mm = match populated::<A>(1) {
-                Ok(m) => m,
-                Err(o) => return o,
-            };
+            let mm = or_return!(populated::<A>(1));
             let (cpu, _) = hold_last_cpu::<A>();
             let old = g::set_tlb_policy(policy(PageFree::Batched, TableFree::IpiSync));
             let r = memory::munmap(&mm, A::TASK_BASE, PAGE_SIZE);
@@ -324,10 +309,7 @@ fn zap_throughput<A: crate::mm::arch::Mmu>(_: &Cmdline) -> Outcome {
             .into_iter()
             .enumerate()
         {
-            let mm = match populated::<A>(N) {
-                Ok(m) => m,
-                Err(o) => return o,
-            };
+            let mm = or_return!(populated::<A>(N));
             let t0 = A::clock_ns();
             zap(&mm, N, policy(pf, TableFree::Immediate));
             let dt = (A::clock_ns() - t0).max(1);

@@ -19,6 +19,17 @@
 //! the bad-page reports it caused must be exactly the ones it provoked on
 //! purpose. The host unit tests check the same with [`assert_no_leak`].
 
+/// The value of a `Result<T, Outcome>`, or returns the `Outcome` from the
+/// case's body: a set-up step that fails ends the case with its outcome.
+macro_rules! or_return {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(o) => return o,
+        }
+    };
+}
+
 pub(crate) mod core;
 pub(crate) mod file;
 pub(crate) mod gather;

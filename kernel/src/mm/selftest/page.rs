@@ -308,10 +308,7 @@ fn bad_page_locked(_: &Cmdline) -> Outcome {
         // The last reference goes while the page is still locked (scenario
         // wp-unlock-vs-zap's bug).
         page::put_page(page);
-        let r = match one_report(seq, pfn) {
-            Ok(r) => r,
-            Err(o) => return o,
-        };
+        let r = or_return!(one_report(seq, pfn));
         diag!(
             "reported pfn={:#x} reason=\"{}\" bad_flags={:#x}",
             r.pfn,
@@ -342,10 +339,7 @@ fn bad_page_mapcount(_: &Cmdline) -> Outcome {
         // A PTE still maps the page when its last reference goes.
         page._mapcount.fetch_add(1, Ordering::AcqRel);
         page::put_page(page);
-        let r = match one_report(seq, pfn) {
-            Ok(r) => r,
-            Err(o) => return o,
-        };
+        let r = or_return!(one_report(seq, pfn));
         diag!(
             "reported pfn={:#x} reason=\"{}\" mapcount={}",
             r.pfn,

@@ -14,19 +14,17 @@
 //! Every case checks that it leaked no frame, and prints the keys it saw as
 //! `key_...=0x..` diagnostics, which the host asserts.
 
-use super::{load, no_leak, store};
+use super::{load, mapped_mm, no_leak, store};
 use crate::cmdline::Cmdline;
 use crate::ktap::Outcome;
 use crate::mm::arch::{Mmu, PAGE_CHANGED, PAGE_DEFAULT_KEY, PAGE_REFERENCED};
 use crate::mm::memory;
-use crate::mm::mm::{self as mmod, Mm, VmFlags};
+use crate::mm::mm::{self as mmod, Mm};
 use crate::mm::{page, page_alloc, pgtable, PAGE_SIZE};
 use crate::selftest::TestFn;
 use crate::{diag, smp};
 use alloc::{boxed::Box, format, vec::Vec};
 use core::sync::atomic::{AtomicU64, Ordering};
-
-const RW: VmFlags = VmFlags::RW;
 
 /// Key with R set and C clear, as after a load.
 const KEY_R: u8 = PAGE_REFERENCED;
@@ -47,9 +45,13 @@ pub(crate) fn cases<A: Mmu>() -> Vec<(&'static str, TestFn)> {
     ]
 }
 
-/// The skip of every case on an architecture without keys.
-fn no_keys<A: Mmu>() -> Option<Outcome> {
-    (!A::HAS_STORAGE_KEYS).then_some(Outcome::Skip("no storage keys on this architecture"))
+/// Runs a case's body under [`no_leak`], or skips the case on an
+/// architecture without keys.
+fn keyed<A: Mmu>(body: impl FnOnce() -> Outcome) -> Outcome {
+    if !A::HAS_STORAGE_KEYS {
+        return Outcome::Skip("no storage keys on this architecture");
+    }
+    no_leak(body)
 }
 
 /// Fails with `why` unless `got == want`, naming both keys.
@@ -71,13 +73,7 @@ struct OnePage<A: Mmu> {
 
 impl<A: Mmu> OnePage<A> {
     fn new() -> Result<Self, Outcome> {
-        let mm = Mm::<A>::new()
-            .map(Box::new)
-            .ok_or_else(|| Outcome::Fail("no memory for an mm".into()))?;
-        if let Err(e) = memory::mmap_anon(&mm, A::TASK_BASE, PAGE_SIZE, RW, true) {
-            memory::exit_mmap(*mm);
-            return Err(Outcome::Fail(format!("mmap: {e:?}")));
-        }
+        let mm = mapped_mm::<A>(PAGE_SIZE, true)?;
         let pte = pgtable::follow_pte(&*mm, A::TASK_BASE).map(|ptep| {
             // SAFETY: a live entry of this mm, which nothing else changes.
             unsafe { pgtable::read_entry(ptep) }
@@ -94,13 +90,16 @@ impl<A: Mmu> OnePage<A> {
         }
     }
 
-    /// Runs `f` with the mm loaded on this CPU.
-    fn with_mm<R>(&self, f: impl FnOnce() -> R) -> R {
+    /// A new one-page mm, loaded on this CPU while `f` runs with the frame
+    /// and the page's address, torn down after.
+    fn with_mm<R>(f: impl FnOnce(u64, u64) -> R) -> Result<R, Outcome> {
+        let t = Self::new()?;
         // SAFETY: the mm lives until `exit`, which comes after `unuse_mm`.
-        unsafe { mmod::use_mm(&*self.mm) };
-        let r = f();
+        unsafe { mmod::use_mm(&*t.mm) };
+        let r = f(t.pfn, A::TASK_BASE);
         mmod::unuse_mm::<A>();
-        r
+        t.exit();
+        Ok(r)
     }
 
     fn exit(self) {
@@ -111,10 +110,7 @@ impl<A: Mmu> OnePage<A> {
 /// A frame's key right after allocation is the default one, whatever the
 /// frame's previous user left in it, and before anything touches the frame.
 fn key_set_at_alloc<A: Mmu>(_: &Cmdline) -> Outcome {
-    if let Some(skip) = no_keys::<A>() {
-        return skip;
-    }
-    no_leak(|| {
+    keyed::<A>(|| {
         // The two halves of an order-1 block: freeing the first leaves it at
         // the head of the order-0 list (its buddy is held), next in line.
         let Some(pair) = page_alloc::alloc_pages(1) else {
@@ -177,16 +173,8 @@ fn key_set_at_alloc<A: Mmu>(_: &Cmdline) -> Outcome {
 
 /// A load through a task mapping sets R only; a store sets C.
 fn change_bit_set_by_store<A: Mmu>(_: &Cmdline) -> Outcome {
-    if let Some(skip) = no_keys::<A>() {
-        return skip;
-    }
-    no_leak(|| {
-        let t = match OnePage::<A>::new() {
-            Ok(t) => t,
-            Err(o) => return o,
-        };
-        let (pfn, addr) = (t.pfn, A::TASK_BASE);
-        let keys = t.with_mm(|| {
+    keyed::<A>(|| {
+        let keys = or_return!(OnePage::<A>::with_mm(|pfn, addr| {
             A::set_storage_key(pfn, PAGE_DEFAULT_KEY);
             let after_sske = A::get_storage_key(pfn);
             // SAFETY: in the mm's writable VMA.
@@ -196,8 +184,7 @@ fn change_bit_set_by_store<A: Mmu>(_: &Cmdline) -> Outcome {
             unsafe { store(addr, 0x5157) };
             let after_store = A::get_storage_key(pfn);
             [after_sske, after_load, after_store]
-        });
-        t.exit();
+        }));
         let [after_sske, after_load, after_store] = keys;
         diag!(
             "key_after_sske={after_sske:#04x} key_after_load={after_load:#04x} key_after_store={after_store:#04x}"
@@ -215,16 +202,8 @@ fn change_bit_set_by_store<A: Mmu>(_: &Cmdline) -> Outcome {
 /// writable translation went with the old key); RRBE returns the old R and C
 /// and clears only R, and the next access sets R again.
 fn sske_and_rrbe_reset<A: Mmu>(_: &Cmdline) -> Outcome {
-    if let Some(skip) = no_keys::<A>() {
-        return skip;
-    }
-    no_leak(|| {
-        let t = match OnePage::<A>::new() {
-            Ok(t) => t,
-            Err(o) => return o,
-        };
-        let (pfn, addr) = (t.pfn, A::TASK_BASE);
-        let r = t.with_mm(|| {
+    keyed::<A>(|| {
+        let r = or_return!(OnePage::<A>::with_mm(|pfn, addr| {
             A::set_storage_key(pfn, PAGE_DEFAULT_KEY);
             // SAFETY: in the mm's writable VMA.
             unsafe { store(addr, 1) };
@@ -251,8 +230,7 @@ fn sske_and_rrbe_reset<A: Mmu>(_: &Cmdline) -> Outcome {
                 rrbe,
                 rrbe_again,
             )
-        });
-        t.exit();
+        }));
         let ([after_store, after_clear, after_second_store, after_rrbe, after_load], rrbe, rrbe2) =
             r;
         let rc = |(r, c): (bool, bool)| {
@@ -291,16 +269,8 @@ fn sske_and_rrbe_reset<A: Mmu>(_: &Cmdline) -> Outcome {
 /// Linux 3.8's `page_test_and_clear_dirty`: true once after a store, false
 /// right after, true again after the next store.
 fn page_test_and_clear_dirty<A: Mmu>(_: &Cmdline) -> Outcome {
-    if let Some(skip) = no_keys::<A>() {
-        return skip;
-    }
-    no_leak(|| {
-        let t = match OnePage::<A>::new() {
-            Ok(t) => t,
-            Err(o) => return o,
-        };
-        let (pfn, addr) = (t.pfn, A::TASK_BASE);
-        let r = t.with_mm(|| {
+    keyed::<A>(|| {
+        let r = or_return!(OnePage::<A>::with_mm(|pfn, addr| {
             A::set_storage_key(pfn, PAGE_DEFAULT_KEY);
             let clean = A::page_test_and_clear_dirty(pfn);
             // SAFETY: in the mm's writable VMA.
@@ -312,8 +282,7 @@ fn page_test_and_clear_dirty<A: Mmu>(_: &Cmdline) -> Outcome {
             unsafe { store(addr, 2) };
             let again = A::page_test_and_clear_dirty(pfn);
             ([clean, first, second, again], after)
-        });
-        t.exit();
+        }));
         let ([clean, first, second, again], after) = r;
         diag!(
             "dirty_before_store={clean} after_store={first} right_after={second} after_next_store={again} key_after_clear={after:#04x}"
@@ -347,17 +316,11 @@ fn remote_store<A: Mmu>(v: usize) {
 /// after CPU 0 clears C the next store on CPU 1 sets it again (CPU 0's SSKE
 /// took CPU 1's writable translation away).
 fn change_bit_on_another_cpu<A: Mmu>(_: &Cmdline) -> Outcome {
-    if let Some(skip) = no_keys::<A>() {
-        return skip;
-    }
-    if smp::nr_cpus() < 2 {
+    if A::HAS_STORAGE_KEYS && smp::nr_cpus() < 2 {
         return Outcome::Skip("needs 2 or more CPUs");
     }
-    no_leak(|| {
-        let t = match OnePage::<A>::new() {
-            Ok(t) => t,
-            Err(o) => return o,
-        };
+    keyed::<A>(|| {
+        let t = or_return!(OnePage::<A>::new());
         let pfn = t.pfn;
         REMOTE_MM.store(&*t.mm as *const Mm<A> as u64, Ordering::Release);
         A::set_storage_key(pfn, PAGE_DEFAULT_KEY);

@@ -204,10 +204,7 @@ fn observed_invalidation<A: Mmu>(
             if let Err(e) = tlbflush::set_flush_strategy::<A>(s) {
                 return Outcome::Fail(e.into());
             }
-            let mm = match setup::<A>() {
-                Ok(m) => m,
-                Err(o) => return o,
-            };
+            let mm = or_return!(setup::<A>());
             let addr = A::TASK_BASE;
             let observer = 1;
             smp::smp_call_function_single::<A>(observer, attach_and_read::<A>, 0, true);
@@ -266,10 +263,7 @@ fn observed_invalidation<A: Mmu>(
 /// IPI or NMI sent, no CPU receives a request, the local-only count grows.
 fn local_flush_when_alone<A: Mmu>(_: &Cmdline) -> Outcome {
     no_leak(|| {
-        let mm = match setup::<A>() {
-            Ok(m) => m,
-            Err(o) => return o,
-        };
+        let mm = or_return!(setup::<A>());
         let me = A::smp_processor_id();
         let before = stats_all();
         tlbflush::flush_tlb_mm(&*mm);
@@ -320,10 +314,7 @@ fn shootdown_latency<A: Mmu>(_: &Cmdline) -> Outcome {
                 return Outcome::Fail(e.into());
             }
             for &k in &counts {
-                let mm = match setup::<A>() {
-                    Ok(m) => m,
-                    Err(o) => return o,
-                };
+                let mm = or_return!(setup::<A>());
                 let helpers: Vec<usize> = (1..=k).collect();
                 for &cpu in &helpers {
                     smp::smp_call_function_single::<A>(cpu, attach_and_read::<A>, 0, true);
@@ -431,10 +422,7 @@ fn flush_vs_irqs_off<A: Mmu>(_: &Cmdline) -> Outcome {
             if let Err(e) = tlbflush::set_flush_strategy::<A>(s) {
                 return Outcome::Fail(e.into());
             }
-            let mm = match setup::<A>() {
-                Ok(m) => m,
-                Err(o) => return o,
-            };
+            let mm = or_return!(setup::<A>());
             let addr = A::TASK_BASE;
             smp::smp_call_function_single::<A>(target, attach_and_read::<A>, 0, true);
             let reread = s.is_broadcast();
