@@ -118,13 +118,9 @@ fn unknown_scenario_is_refused() {
         return;
     };
     assert!(!b.verdict().passed);
-    assert!(
-        b.console
-            .iter()
-            .any(|l| l.contains("unknown scenario 'no-such-row' (known: all, demo-lock-vs-put")),
-        "{}",
-        b.failure_report()
-    );
+    quiesce_tests::assert_console(&b, |l| {
+        l.contains("unknown scenario 'no-such-row' (known: all, demo-lock-vs-put")
+    });
 }
 
 /// The natural-mode keys of soaks and benchmarks do what they say:

@@ -9,7 +9,7 @@
 //! never consults the key, fixed-d finds the page not yet in the swap cache.
 //! x86-64: every cell is skipped (no storage keys).
 
-use quiesce_tests::{assert_passed, boot, position, TIMEOUT};
+use quiesce_tests::{assert_forced_report, assert_passed, boot, TIMEOUT};
 use xtask::expected::{self, Mode};
 use xtask::ktap::diag_value as value;
 use xtask::ktap::TestResult;
@@ -68,24 +68,20 @@ fn forced(arch: Arch) {
                 assert_eq!(o.outcome, "bug", "{arch} {variant}: {o:?}");
                 assert_eq!(o.hits, n, "{arch} {variant}: {o:?}");
                 assert_eq!((found, dropped), (n, 0), "{arch} {variant}");
-                let head = position(d, &["race: scenario=", "mode=forced"])
-                    .unwrap_or_else(|| panic!("{arch} {variant}: no race report: {d:#?}"));
-                assert_eq!(value(&d[head], "iteration"), Some("0"), "{}", d[head]);
-                assert!(
-                    position(d, &["race: BUG: tag set on a missing tree entry"]).is_some(),
-                    "{arch} {variant}: {d:#?}"
-                );
                 // Reclaim holds with the flag set and the slot empty; the
                 // zap finds C set and finishes; only then reclaim fills
                 // the slot.
-                let held = position(d, &["reclaim: step 0 done at swap:add_window"]);
-                let key = position(d, &["zap: point rmap:skey_dirty"]);
-                let zapped = position(d, &["zap: step 2 done at madvise:after_dontneed"]);
-                let left = position(d, &["reclaim: step 3 done at swap:add_window"]);
-                assert!(
-                    matches!((held, key, zapped, left),
-                        (Some(a), Some(b), Some(c), Some(e)) if a < b && b < c && c < e),
-                    "{arch} {variant}: {d:#?}"
+                assert_forced_report(
+                    &format!("{arch} {variant}"),
+                    d,
+                    &["race: scenario=", "mode=forced"],
+                    &["race: BUG: tag set on a missing tree entry"],
+                    &[
+                        "reclaim: step 0 done at swap:add_window",
+                        "zap: point rmap:skey_dirty",
+                        "zap: step 2 done at madvise:after_dontneed",
+                        "reclaim: step 3 done at swap:add_window",
+                    ],
                 );
             }
             _ => {

@@ -4,7 +4,7 @@
 //! while the zap clears the PTE and frees the locked page), and the fix
 //! holds that interleaving back through its PTL in every iteration.
 
-use quiesce_tests::{assert_passed, boot, position, TIMEOUT};
+use quiesce_tests::{assert_forced_report, assert_passed, boot, TIMEOUT};
 use xtask::expected::{self, Mode};
 use xtask::ktap::diag_value as value;
 use xtask::Arch;
@@ -44,29 +44,20 @@ fn forced(arch: Arch) {
         assert_eq!(o.outcome, "bug", "{arch} {variant}: {row}");
         assert_eq!(o.hits, o.iterations, "{arch} {variant}: {row}");
         assert_eq!(held, Some(0), "{arch} {variant}: {row}");
-        // The first hit is iteration 0, and it is the locked page freed.
-        let head = position(d, &["race: scenario=wp-unlock-vs-zap", "mode=forced"])
-            .unwrap_or_else(|| panic!("{arch} {variant}: no race report: {d:#?}"));
-        assert_eq!(
-            value(&d[head], "iteration"),
-            Some("0"),
-            "{arch} {variant}: {}",
-            d[head]
-        );
-        assert!(
-            position(d, &["race: BUG: bad page state at free", "(locked)"]).is_some(),
-            "{arch} {variant}: {d:#?}"
-        );
-        // The interleaving: the fault is held before unlock_page, the zap
-        // clears the PTE and finishes (page freed), then the fault unlocks.
-        let held_at = position(d, &["fault: step 0 done at wp:before_unlock_page"]);
-        let cleared = position(d, &["zap: step 2 done at zap:after_pte_clear"]);
-        let zapped = position(d, &["zap: step 3 done at madvise:after_dontneed"]);
-        let left = position(d, &["fault: step 4 done at wp:before_unlock_page"]);
-        assert!(
-            matches!((held_at, cleared, zapped, left),
-                (Some(a), Some(b), Some(c), Some(e)) if a < b && b < c && c < e),
-            "{arch} {variant}: {d:#?}"
+        // The first hit is iteration 0, and it is the locked page freed; the
+        // interleaving: the fault is held before unlock_page, the zap clears
+        // the PTE and finishes (page freed), then the fault unlocks.
+        assert_forced_report(
+            &format!("{arch} {variant}"),
+            d,
+            &["race: scenario=wp-unlock-vs-zap", "mode=forced"],
+            &["race: BUG: bad page state at free", "(locked)"],
+            &[
+                "fault: step 0 done at wp:before_unlock_page",
+                "zap: step 2 done at zap:after_pte_clear",
+                "zap: step 3 done at madvise:after_dontneed",
+                "fault: step 4 done at wp:before_unlock_page",
+            ],
         );
     }
 }
