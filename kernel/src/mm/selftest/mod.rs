@@ -10,14 +10,14 @@
 //! | [`tlb`] | `tlb` | the TLB flush API and its strategies |
 //! | [`gup`] | `gup` | slow GUP, GUP-fast, the walk knob, GUP on huge leaves |
 //! | [`thp`] | `thp` | huge PMD leaves, collapse, `do_wp_page` reuse |
-//! | [`file`] | `mm_file` | shared file mappings, the page cache, rmap, mkclean, writeback |
+//! | [`file`](mod@file) | `mm_file` | shared file mappings, the page cache, rmap, mkclean, writeback |
 //!
 //! Each suite file has its `SUITE` name and its `cases()` in order;
 //! [`crate::selftest::suites`] is the one list of every suite. Every case
 //! runs under [`leak_checked`] (or [`no_leak`]): the free-frame count after
 //! the case (mms torn down, files dropped) must equal the count before, and
 //! the bad-page reports it caused must be exactly the ones it provoked on
-//! purpose. The host unit tests check the same with [`assert_no_leak`].
+//! purpose. The host unit tests check the same with `assert_no_leak`.
 
 /// The value of a `Result<T, Outcome>`, or returns the `Outcome` from the
 /// case's body: a set-up step that fails ends the case with its outcome.

@@ -1,7 +1,7 @@
 //! The `mm_page` self-test suite: RAM discovery, the frame database and the
 //! buddy allocator with its detectors, on the real machine and all its CPUs.
 //!
-//! Every case runs under [`leak_checked`](super::leak_checked): the number of free frames must be
+//! Every case runs under [`leak_checked`]: the number of free frames must be
 //! the same after the case as before it, and the bad-page reports it caused must
 //! be exactly the ones it provoked on purpose. Cases that provoke a report (a
 //! locked page freed, a write to a freed frame) then repair the page, as the
