@@ -12,6 +12,20 @@
 //!   CPUs never interleave inside a line.
 //! - A panic on any CPU stops all CPUs and fails the run ([`panic`]).
 //! - The run's verdict is the final status line; the exit code only agrees with it.
+//!
+//! Tests sit beside the code they test, never inside it, in two kinds:
+//! - In-kernel self-tests (KTAP suites every boot runs on the real machines):
+//!   [`selftest`] for the boot foundation, one folder per area with one file
+//!   per suite (`mm::selftest`), and `race/selftest.rs`;
+//!   `selftest::suites()` is the one list of them all. They check leaks with
+//!   `mm::selftest::leak_checked`.
+//! - Host unit tests (`cargo test -p quiesce-kernel`, on the emulated arches of
+//!   `mm::emul`): a module's tests are an inline `#[cfg(test)] mod tests { ... }`
+//!   at the end of its file while they are short (up to about 150 lines);
+//!   longer ones are a `tests.rs` child in the module's folder (`mm/gup.rs`
+//!   declares `#[cfg(test)] mod tests;`, the tests are `mm/gup/tests.rs`), never
+//!   a `#[path]` or a `_tests.rs` sibling. They check leaks with
+//!   `mm::selftest::assert_no_leak`.
 #![cfg_attr(not(test), no_std)]
 
 extern crate alloc;

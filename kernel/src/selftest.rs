@@ -7,6 +7,7 @@
 
 use crate::cmdline::Cmdline;
 use crate::ktap::{Outcome, Run};
+use crate::mm::selftest as mm_st;
 use crate::{diag, kprintln, percpu, smp, time, Arch};
 use alloc::{format, vec::Vec};
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -38,23 +39,14 @@ fn boot_suite<A: crate::mm::arch::Mmu>() -> [(&'static str, TestFn); 10] {
 pub(crate) fn suites<A: crate::mm::arch::Mmu>() -> Suites {
     [
         ("boot", boot_suite::<A>().to_vec()),
-        (
-            crate::mm::page_selftest::SUITE,
-            crate::mm::page_selftest::cases::<A>(),
-        ),
-        ("mm", crate::mm::selftest::suite::<A>().to_vec()),
-        ("skey", crate::mm::skey_selftest::suite::<A>().to_vec()),
-        ("gather", crate::mm::gather_selftest::suite::<A>().to_vec()),
-        ("tlb", crate::mm::tlb_selftest::suite::<A>().to_vec()),
-        ("gup", crate::mm::gup_selftest::suite::<A>().to_vec()),
-        (
-            crate::mm::thp_selftest::SUITE,
-            crate::mm::thp_selftest::cases::<A>(),
-        ),
-        (
-            crate::mm::file_selftest::SUITE,
-            crate::mm::file_selftest::cases::<A>(),
-        ),
+        (mm_st::page::SUITE, mm_st::page::cases::<A>()),
+        (mm_st::core::SUITE, mm_st::core::cases::<A>()),
+        (mm_st::skey::SUITE, mm_st::skey::cases::<A>()),
+        (mm_st::gather::SUITE, mm_st::gather::cases::<A>()),
+        (mm_st::tlb::SUITE, mm_st::tlb::cases::<A>()),
+        (mm_st::gup::SUITE, mm_st::gup::cases::<A>()),
+        (mm_st::thp::SUITE, mm_st::thp::cases::<A>()),
+        (mm_st::file::SUITE, mm_st::file::cases::<A>()),
         (
             crate::race::selftest::SUITE,
             crate::race::selftest::cases::<A>(),

@@ -132,6 +132,16 @@ fn keep_console(boot: &Boot) {
     std::fs::write(&path, text).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
 }
 
+/// Asserts that a console line of the boot matches `line`, showing the
+/// failure report if none does.
+pub fn assert_console(boot: &Boot, line: impl Fn(&str) -> bool) {
+    assert!(
+        boot.console.iter().any(|l| line(l)),
+        "{}",
+        boot.failure_report()
+    );
+}
+
 /// Asserts that a boot passed, showing the failure report if not.
 pub fn assert_passed(boot: &Boot) {
     let v = boot.verdict();
@@ -161,4 +171,48 @@ pub fn assert_failed_with(boot: &Boot, reason: &str) {
             "the report lacks the last console line:\n{report}"
         );
     }
+}
+
+/// Index of the first diagnostic line containing every one of `parts`.
+pub fn position(diags: &[String], parts: &[&str]) -> Option<usize> {
+    diags
+        .iter()
+        .position(|d| parts.iter().all(|p| d.contains(p)))
+}
+
+/// One `#[test]` per architecture, each calling `$body` with its [`Arch`]
+/// (`xtask::Arch`): `per_arch!(s390x_name, x86_64_name => body);`.
+#[macro_export]
+macro_rules! per_arch {
+    ($s390x:ident, $x86_64:ident => $body:path) => {
+        #[test]
+        fn $s390x() {
+            $body(xtask::Arch::S390x);
+        }
+
+        #[test]
+        fn $x86_64() {
+            $body(xtask::Arch::X86_64);
+        }
+    };
+}
+
+/// Asserts the race report of a forced buggy cell in its diagnostics `d`:
+/// the report's head (the line with every one of `head`) is iteration 0, a
+/// line has every one of `bug`, and the lines with each of `steps` come in
+/// that order. `what` names the cell in a failure.
+pub fn assert_forced_report(what: &str, d: &[String], head: &[&str], bug: &[&str], steps: &[&str]) {
+    let h = position(d, head).unwrap_or_else(|| panic!("{what}: no race report: {d:#?}"));
+    assert_eq!(
+        xtask::ktap::diag_value(&d[h], "iteration"),
+        Some("0"),
+        "{what}: {}",
+        d[h]
+    );
+    assert!(position(d, bug).is_some(), "{what}: {d:#?}");
+    let at: Vec<Option<usize>> = steps.iter().map(|s| position(d, &[s])).collect();
+    assert!(
+        at.iter().all(Option::is_some) && at.windows(2).all(|w| w[0] < w[1]),
+        "{what}: steps at {at:?}: {d:#?}"
+    );
 }

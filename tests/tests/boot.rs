@@ -12,6 +12,15 @@ enum Expect {
     Skip,
 }
 
+/// `Ok` where the case applies, else `Skip`.
+fn ok_if(applies: bool) -> Expect {
+    if applies {
+        Expect::Ok
+    } else {
+        Expect::Skip
+    }
+}
+
 fn expected(arch: Arch, smp: usize, case: &str) -> Expect {
     match case {
         "boot.cpus_online"
@@ -19,21 +28,9 @@ fn expected(arch: Arch, smp: usize, case: &str) -> Expect {
         | "boot.timer_ticks"
         | "boot.heap_contention" => Expect::Ok,
         // Need a second CPU to send to.
-        "boot.ipi_round_trip" | "boot.ipi_held_by_irqs_off" => {
-            if smp >= 2 {
-                Expect::Ok
-            } else {
-                Expect::Skip
-            }
-        }
+        "boot.ipi_round_trip" | "boot.ipi_held_by_irqs_off" => ok_if(smp >= 2),
         // s390x has no NMI: every external interrupt is maskable.
-        "boot.nmi_with_irqs_off" => {
-            if arch == Arch::X86_64 && smp >= 2 {
-                Expect::Ok
-            } else {
-                Expect::Skip
-            }
-        }
+        "boot.nmi_with_irqs_off" => ok_if(arch == Arch::X86_64 && smp >= 2),
         // Only when asked for on the command line.
         "boot.requested_failure" | "boot.requested_panic" | "boot.requested_fault" => Expect::Skip,
         // The frame allocator: every case runs on every machine.
@@ -45,82 +42,30 @@ fn expected(arch: Arch, smp: usize, case: &str) -> Expect {
         | "mm.fault_throughput"
         | "mm.swap_cache_add_remove" => Expect::Ok,
         // Needs a second CPU to hold the translation / to scan.
-        "mm.stale_tlb_after_pte_clear" | "mm.pfn_scanner_beside_churn" => {
-            if smp >= 2 {
-                Expect::Ok
-            } else {
-                Expect::Skip
-            }
-        }
+        "mm.stale_tlb_after_pte_clear" | "mm.pfn_scanner_beside_churn" => ok_if(smp >= 2),
         // Hardware A/D bits in the PTE: x86-64 only (s390x: storage keys).
-        "mm.hw_young_dirty" => {
-            if arch == Arch::X86_64 {
-                Expect::Ok
-            } else {
-                Expect::Skip
-            }
-        }
+        "mm.hw_young_dirty" => ok_if(arch == Arch::X86_64),
         // Only s390x folds levels: a new x86-64 mm already reaches TASK_SIZE_MAX.
-        "mm.access_beyond_limit" => {
-            if arch == Arch::S390x {
-                Expect::Ok
-            } else {
-                Expect::Skip
-            }
-        }
+        "mm.access_beyond_limit" => ok_if(arch == Arch::S390x),
         // Storage keys: s390x only; the cross-CPU case needs a second CPU.
-        "skey.change_bit_on_another_cpu" => {
-            if arch == Arch::S390x && smp >= 2 {
-                Expect::Ok
-            } else {
-                Expect::Skip
-            }
-        }
-        c if c.starts_with("skey.") => {
-            if arch == Arch::S390x {
-                Expect::Ok
-            } else {
-                Expect::Skip
-            }
-        }
+        "skey.change_bit_on_another_cpu" => ok_if(arch == Arch::S390x && smp >= 2),
+        c if c.starts_with("skey.") => ok_if(arch == Arch::S390x),
         // Shared file mappings, writeback and mkclean: every machine, except
         // the writes from several CPUs.
-        "mm_file.shared_writes_every_cpu" => {
-            if smp >= 2 {
-                Expect::Ok
-            } else {
-                Expect::Skip
-            }
-        }
+        "mm_file.shared_writes_every_cpu" => ok_if(smp >= 2),
         // StorageKey dirty tracking: only where there are storage keys.
         c if c.starts_with("mm_file.dirty_skey_") || c == "mm_file.writeback_throughput_skey" => {
-            if arch == Arch::S390x {
-                Expect::Ok
-            } else {
-                Expect::Skip
-            }
+            ok_if(arch == Arch::S390x)
         }
         c if c.starts_with("mm_file.") => Expect::Ok,
         // The mmu_gather: the cross-CPU cases hold a second CPU.
         "gather.rcu_table_free_waits_for_irqs_off_cpu"
-        | "gather.ipi_sync_waits_for_irqs_off_cpu" => {
-            if smp >= 2 {
-                Expect::Ok
-            } else {
-                Expect::Skip
-            }
-        }
+        | "gather.ipi_sync_waits_for_irqs_off_cpu" => ok_if(smp >= 2),
         c if c.starts_with("gather.") => Expect::Ok,
         // TLB flushes: the knob and the local-only flush need one CPU; a
         // shootdown needs a CPU to shoot at.
         "tlb.strategy_knob" | "tlb.local_flush_when_alone" => Expect::Ok,
-        c if c.starts_with("tlb.") => {
-            if smp >= 2 {
-                Expect::Ok
-            } else {
-                Expect::Skip
-            }
-        }
+        c if c.starts_with("tlb.") => ok_if(smp >= 2),
         // The race-scenario machinery: the cost figure and the leak check
         // need one role CPU, the others a controller and two roles.
         "race.unarmed_point_cost" => Expect::Ok,
@@ -132,33 +77,15 @@ fn expected(arch: Arch, smp: usize, case: &str) -> Expect {
         | "thp.huge_fork_and_mprotect"
         | "thp.huge_exit"
         | "gup.huge_pmd_fast_equals_slow"
-        | "gup.huge_pmd_pin_across_split" => {
-            if arch == Arch::X86_64 {
-                Expect::Ok
-            } else {
-                Expect::Skip
-            }
-        }
+        | "gup.huge_pmd_pin_across_split" => ok_if(arch == Arch::X86_64),
         "thp.collapse_ipi_sync_vs_irqs_off"
         | "thp.wp_reuse_waits_for_page_lock"
         | "gup.fast_on_second_cpu"
         | "race.natural_seed_repeats"
-        | "race.state_check_catches_leak" => {
-            if smp >= 2 {
-                Expect::Ok
-            } else {
-                Expect::Skip
-            }
-        }
+        | "race.state_check_catches_leak" => ok_if(smp >= 2),
         c if c.starts_with("thp.") => Expect::Ok,
         c if c.starts_with("gup.") => Expect::Ok,
-        c if c.starts_with("race.") => {
-            if smp >= 3 {
-                Expect::Ok
-            } else {
-                Expect::Skip
-            }
-        }
+        c if c.starts_with("race.") => ok_if(smp >= 3),
         other => panic!("no expectation for {other}: add it here"),
     }
 }

@@ -56,12 +56,4 @@ fn forced_runs(arch: Arch) {
     println!("{arch}: {first_iteration_hits} of {buggy_cells} forced buggy cell runs hit in iteration 0 ({RUNS} boots)");
 }
 
-#[test]
-fn s390x_forced_buggy_cells_hit_first_iteration_20_of_20() {
-    forced_runs(Arch::S390x);
-}
-
-#[test]
-fn x86_64_forced_buggy_cells_hit_first_iteration_20_of_20() {
-    forced_runs(Arch::X86_64);
-}
+quiesce_tests::per_arch!(s390x_forced_buggy_cells_hit_first_iteration_20_of_20, x86_64_forced_buggy_cells_hit_first_iteration_20_of_20 => forced_runs);

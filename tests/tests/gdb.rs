@@ -117,12 +117,4 @@ fn breakpoint_is_hit(arch: Arch) {
     assert!(boot.verdict().passed, "{}", boot.failure_report());
 }
 
-#[test]
-fn s390x_breakpoint_is_hit() {
-    breakpoint_is_hit(Arch::S390x);
-}
-
-#[test]
-fn x86_64_breakpoint_is_hit() {
-    breakpoint_is_hit(Arch::X86_64);
-}
+quiesce_tests::per_arch!(s390x_breakpoint_is_hit, x86_64_breakpoint_is_hit => breakpoint_is_hit);

@@ -118,15 +118,7 @@ fn lists_every_row_and_suite(arch: Arch) {
     );
 }
 
-#[test]
-fn s390x_lists_every_row_and_suite() {
-    lists_every_row_and_suite(Arch::S390x);
-}
-
-#[test]
-fn x86_64_lists_every_row_and_suite() {
-    lists_every_row_and_suite(Arch::X86_64);
-}
+quiesce_tests::per_arch!(s390x_lists_every_row_and_suite, x86_64_lists_every_row_and_suite => lists_every_row_and_suite);
 
 /// The document `cargo xtask list --json` prints, from both kernels.
 #[test]

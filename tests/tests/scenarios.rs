@@ -111,13 +111,9 @@ fn unknown_scenario_is_refused() {
         return;
     };
     assert!(!b.verdict().passed);
-    assert!(
-        b.console
-            .iter()
-            .any(|l| l.contains("unknown scenario 'no-such-row' (known: all, demo-lock-vs-put")),
-        "{}",
-        b.failure_report()
-    );
+    quiesce_tests::assert_console(&b, |l| {
+        l.contains("unknown scenario 'no-such-row' (known: all, demo-lock-vs-put")
+    });
 }
 
 /// The natural-mode keys of soaks and benchmarks do what they say:
@@ -160,11 +156,7 @@ fn natural_keys(arch: Arch) {
         .iter()
         .find(|d| d.starts_with("row="))
         .unwrap();
-    let value = |k: &str| {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(k)?.strip_prefix('='))
-            .unwrap()
-    };
+    let value = |k: &str| xtask::ktap::diag_value(line, k).unwrap();
     let elapsed: u64 = value("elapsed_ms").parse().unwrap();
     assert!((3_000..10_000).contains(&elapsed), "{arch}: {elapsed} ms");
     assert_eq!(value("delays"), "0", "{arch}");
@@ -176,12 +168,4 @@ fn natural_keys(arch: Arch) {
     assert!(progress >= 2, "{arch}: {progress} progress lines");
 }
 
-#[test]
-fn s390x_natural_keys() {
-    natural_keys(Arch::S390x);
-}
-
-#[test]
-fn x86_64_natural_keys() {
-    natural_keys(Arch::X86_64);
-}
+quiesce_tests::per_arch!(s390x_natural_keys, x86_64_natural_keys => natural_keys);

@@ -9,26 +9,14 @@
 //! never consults the key, fixed-d finds the page not yet in the swap cache.
 //! x86-64: every cell is skipped (no storage keys).
 
-use quiesce_tests::{assert_passed, boot, TIMEOUT};
+use quiesce_tests::{assert_forced_report, assert_passed, boot, TIMEOUT};
 use xtask::expected::{self, Mode};
+use xtask::ktap::diag_value as value;
 use xtask::ktap::TestResult;
 use xtask::Arch;
 
 const ROW: &str = "skey-dirty-vs-swapcache";
 const VARIANTS: [&str; 5] = ["buggy", "fixed-a", "fixed-b", "fixed-c", "fixed-d"];
-
-/// The `key=value` word of a diagnostic line.
-fn value<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
-}
-
-/// Index of the first diagnostic containing every one of `parts`.
-fn position(diags: &[String], parts: &[&str]) -> Option<usize> {
-    diags
-        .iter()
-        .position(|d| parts.iter().all(|p| d.contains(p)))
-}
 
 /// A number from the row's `skey:` line.
 fn skey(case: &TestResult, key: &str) -> u64 {
@@ -80,24 +68,20 @@ fn forced(arch: Arch) {
                 assert_eq!(o.outcome, "bug", "{arch} {variant}: {o:?}");
                 assert_eq!(o.hits, n, "{arch} {variant}: {o:?}");
                 assert_eq!((found, dropped), (n, 0), "{arch} {variant}");
-                let head = position(d, &["race: scenario=", "mode=forced"])
-                    .unwrap_or_else(|| panic!("{arch} {variant}: no race report: {d:#?}"));
-                assert_eq!(value(&d[head], "iteration"), Some("0"), "{}", d[head]);
-                assert!(
-                    position(d, &["race: BUG: tag set on a missing tree entry"]).is_some(),
-                    "{arch} {variant}: {d:#?}"
-                );
                 // Reclaim holds with the flag set and the slot empty; the
                 // zap finds C set and finishes; only then reclaim fills
                 // the slot.
-                let held = position(d, &["reclaim: step 0 done at swap:add_window"]);
-                let key = position(d, &["zap: point rmap:skey_dirty"]);
-                let zapped = position(d, &["zap: step 2 done at madvise:after_dontneed"]);
-                let left = position(d, &["reclaim: step 3 done at swap:add_window"]);
-                assert!(
-                    matches!((held, key, zapped, left),
-                        (Some(a), Some(b), Some(c), Some(e)) if a < b && b < c && c < e),
-                    "{arch} {variant}: {d:#?}"
+                assert_forced_report(
+                    &format!("{arch} {variant}"),
+                    d,
+                    &["race: scenario=", "mode=forced"],
+                    &["race: BUG: tag set on a missing tree entry"],
+                    &[
+                        "reclaim: step 0 done at swap:add_window",
+                        "zap: point rmap:skey_dirty",
+                        "zap: step 2 done at madvise:after_dontneed",
+                        "reclaim: step 3 done at swap:add_window",
+                    ],
                 );
             }
             _ => {
@@ -119,12 +103,4 @@ fn forced(arch: Arch) {
     }
 }
 
-#[test]
-fn s390x_forced() {
-    forced(Arch::S390x);
-}
-
-#[test]
-fn x86_64_forced_skips() {
-    forced(Arch::X86_64);
-}
+quiesce_tests::per_arch!(s390x_forced, x86_64_forced_skips => forced);

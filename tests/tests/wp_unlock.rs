@@ -4,22 +4,10 @@
 //! while the zap clears the PTE and frees the locked page), and the fix
 //! holds that interleaving back through its PTL in every iteration.
 
-use quiesce_tests::{assert_passed, boot, TIMEOUT};
+use quiesce_tests::{assert_forced_report, assert_passed, boot, TIMEOUT};
 use xtask::expected::{self, Mode};
+use xtask::ktap::diag_value as value;
 use xtask::Arch;
-
-/// The `key=value` word of a diagnostic line.
-fn value<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
-}
-
-/// Index of the first diagnostic containing every one of `parts`.
-fn position(diags: &[String], parts: &[&str]) -> Option<usize> {
-    diags
-        .iter()
-        .position(|d| parts.iter().all(|p| d.contains(p)))
-}
 
 fn forced(arch: Arch) {
     let Some(b) = boot(arch, 4, "scenario=wp-unlock-vs-zap mode=forced", TIMEOUT) else {
@@ -56,39 +44,22 @@ fn forced(arch: Arch) {
         assert_eq!(o.outcome, "bug", "{arch} {variant}: {row}");
         assert_eq!(o.hits, o.iterations, "{arch} {variant}: {row}");
         assert_eq!(held, Some(0), "{arch} {variant}: {row}");
-        // The first hit is iteration 0, and it is the locked page freed.
-        let head = position(d, &["race: scenario=wp-unlock-vs-zap", "mode=forced"])
-            .unwrap_or_else(|| panic!("{arch} {variant}: no race report: {d:#?}"));
-        assert_eq!(
-            value(&d[head], "iteration"),
-            Some("0"),
-            "{arch} {variant}: {}",
-            d[head]
-        );
-        assert!(
-            position(d, &["race: BUG: bad page state at free", "(locked)"]).is_some(),
-            "{arch} {variant}: {d:#?}"
-        );
-        // The interleaving: the fault is held before unlock_page, the zap
-        // clears the PTE and finishes (page freed), then the fault unlocks.
-        let held_at = position(d, &["fault: step 0 done at wp:before_unlock_page"]);
-        let cleared = position(d, &["zap: step 2 done at zap:after_pte_clear"]);
-        let zapped = position(d, &["zap: step 3 done at madvise:after_dontneed"]);
-        let left = position(d, &["fault: step 4 done at wp:before_unlock_page"]);
-        assert!(
-            matches!((held_at, cleared, zapped, left),
-                (Some(a), Some(b), Some(c), Some(e)) if a < b && b < c && c < e),
-            "{arch} {variant}: {d:#?}"
+        // The first hit is iteration 0, and it is the locked page freed; the
+        // interleaving: the fault is held before unlock_page, the zap clears
+        // the PTE and finishes (page freed), then the fault unlocks.
+        assert_forced_report(
+            &format!("{arch} {variant}"),
+            d,
+            &["race: scenario=wp-unlock-vs-zap", "mode=forced"],
+            &["race: BUG: bad page state at free", "(locked)"],
+            &[
+                "fault: step 0 done at wp:before_unlock_page",
+                "zap: step 2 done at zap:after_pte_clear",
+                "zap: step 3 done at madvise:after_dontneed",
+                "fault: step 4 done at wp:before_unlock_page",
+            ],
         );
     }
 }
 
-#[test]
-fn s390x_forced_hits_in_iteration_0() {
-    forced(Arch::S390x);
-}
-
-#[test]
-fn x86_64_forced_hits_in_iteration_0() {
-    forced(Arch::X86_64);
-}
+quiesce_tests::per_arch!(s390x_forced_hits_in_iteration_0, x86_64_forced_hits_in_iteration_0 => forced);

@@ -563,12 +563,7 @@ pub fn observed(doc: &Document) -> Vec<Observed> {
             continue;
         };
         let line = r.diagnostics.iter().find(|d| d.starts_with("row="));
-        let value = |key: &str| {
-            line.and_then(|l| {
-                l.split_whitespace()
-                    .find_map(|w| w.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
-            })
-        };
+        let value = |key: &str| line.and_then(|l| crate::ktap::diag_value(l, key));
         let mut parts = case.splitn(3, ':');
         let (row, variant, mode) = (parts.next(), parts.next(), parts.next());
         let mode = value("mode").or(mode).and_then(Mode::from_name);

@@ -12,6 +12,25 @@
 
 use std::fmt;
 
+/// The `key=value` words of a diagnostic line (`# a=1 b=x ...`, with or
+/// without its `# `), split at their first `=`; words without one (`#`,
+/// `race:`) are passed over. The one parser of diagnostic lines on the host:
+/// the KTAP results, the expected table, the progress lines and the boot
+/// tests all read values through it.
+pub fn diag_values(line: &str) -> impl Iterator<Item = (&str, &str)> {
+    line.split_whitespace().filter_map(|w| w.split_once('='))
+}
+
+/// The value of `key` in a diagnostic line ([`diag_values`]), if it has it.
+pub fn diag_value<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    diag_values(line).find_map(|(k, v)| (k == key).then_some(v))
+}
+
+/// The value of `key` in the first of `lines` that has it.
+fn lines_value<'a>(lines: &'a [String], key: &str) -> Option<&'a str> {
+    lines.iter().find_map(|l| diag_value(l, key))
+}
+
 /// The directive of a result line (`# SKIP reason`, `# TODO reason`, ...).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Directive {
@@ -51,12 +70,10 @@ impl TestResult {
         matches!(self.directive, Some(Directive::Skip(_)))
     }
 
-    /// Looks up `key=value` in the diagnostics (`# key=value other=...`).
+    /// Looks up `key=value` in the diagnostics (`# key=value other=...`):
+    /// the first line that has the key.
     pub fn diag_value(&self, key: &str) -> Option<&str> {
-        self.diagnostics.iter().find_map(|d| {
-            d.split_whitespace()
-                .find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
-        })
+        lines_value(&self.diagnostics, key)
     }
 
     /// Every result of this tree, depth first, named `parent.child`.
@@ -128,10 +145,7 @@ impl Document {
 
     /// Looks up `key=value` in the top-level diagnostics.
     pub fn diag_value(&self, key: &str) -> Option<&str> {
-        self.diagnostics.iter().find_map(|d| {
-            d.split_whitespace()
-                .find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
-        })
+        lines_value(&self.diagnostics, key)
     }
 
     /// Why a failed case failed: its last diagnostic, or for a top-level result
@@ -432,6 +446,23 @@ quiesce: status=pass (all tests passed)
         );
         assert_eq!(doc.diag_value("cpus"), Some("2"));
         assert!(doc.unknown_lines.iter().any(|l| l == "boot noise"));
+    }
+
+    #[test]
+    fn diag_values_split_each_word_at_its_first_equals() {
+        let line = "# race: row=demo pfn=0x1f invariant=a=b iteration=0";
+        assert_eq!(
+            diag_values(line).collect::<Vec<_>>(),
+            [
+                ("row", "demo"),
+                ("pfn", "0x1f"),
+                ("invariant", "a=b"),
+                ("iteration", "0")
+            ]
+        );
+        assert_eq!(diag_value(line, "pfn"), Some("0x1f"));
+        assert_eq!(diag_value(line, "pf"), None);
+        assert_eq!(diag_value(line, "race:"), None);
     }
 
     #[test]

@@ -1243,8 +1243,7 @@ fn soak(args: &SoakArgs) -> Result<ExitCode> {
                         return;
                     };
                     let value = |k: &str| {
-                        rest.split_whitespace()
-                            .find_map(|w| w.strip_prefix(k)?.strip_prefix('=')?.parse::<u64>().ok())
+                        xtask::ktap::diag_value(rest, k).and_then(|v| v.parse::<u64>().ok())
                     };
                     let mut p = progress.lock().unwrap();
                     p.running[slot] = Some((

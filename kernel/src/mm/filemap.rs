@@ -512,5 +512,4 @@ pub fn filemap_write_and_wait<A: Mmu>(mapping: &AddressSpace) -> usize {
 }
 
 #[cfg(test)]
-#[path = "filemap_tests.rs"]
 mod tests;

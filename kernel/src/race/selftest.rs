@@ -15,7 +15,7 @@ use crate::cmdline::{Cmdline, Mode};
 use crate::ktap::Outcome;
 use crate::mm::arch::Mmu;
 use crate::mm::mm::VmFlags;
-use crate::mm::selftest::no_leak;
+use crate::mm::selftest::{leak_checked, no_leak};
 use crate::mm::{memory, page_alloc, pgtable, tlbflush, PAGE_SIZE};
 use crate::{diag, percpu, smp, time};
 use alloc::{format, string::String, vec, vec::Vec};
@@ -752,7 +752,7 @@ fn detector_race_report<A: Mmu>(_: &Cmdline) -> Outcome {
     if let Some(o) = needs(3) {
         return o;
     }
-    no_leak(|| {
+    leak_checked(1, |_| {
         let mut s = super::demo::scenario::<A>();
         s.budget.forced_iterations = 1;
         let buggy = &s.variants[0];

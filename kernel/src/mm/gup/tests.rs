@@ -3,23 +3,13 @@
 
 use super::*;
 use crate::mm::emul::{Emul2k, Emul4k};
-use crate::mm::memmap::test_mem;
 use crate::mm::mm::{unuse_mm, use_mm, VmFlags};
 use crate::mm::page_alloc;
+use crate::mm::selftest::assert_no_leak;
 use crate::Arch;
 
 const RW: VmFlags = VmFlags::RW;
 const P: u64 = PAGE_SIZE;
-
-/// Checks that the body leaked no frame and reported no bad page.
-fn leak_checked(body: impl FnOnce()) {
-    let _m = test_mem::setup();
-    let free = page_alloc::nr_free_pages();
-    let bad = page_alloc::nr_bad_pages();
-    body();
-    assert_eq!(page_alloc::nr_free_pages(), free, "frames leaked");
-    assert_eq!(page_alloc::nr_bad_pages(), bad, "bad page state");
-}
 
 fn stats() -> GupStats {
     gup_stats(0)
@@ -55,7 +45,7 @@ fn crossing_range<A: Mmu>() -> (u64, u64) {
 }
 
 fn fast_equals_slow_in_both_walks<A: Mmu>() {
-    leak_checked(|| {
+    assert_no_leak(|| {
         let (start, n) = crossing_range::<A>();
         let mm = populated::<A>(start, n);
         let mut slow = Vec::new();
@@ -114,7 +104,7 @@ fn fast_equals_slow_emul2k() {
 
 #[test]
 fn recorder_lists_each_level_then_the_rechecks() {
-    leak_checked(|| {
+    assert_no_leak(|| {
         type A = Emul4k;
         let start = A::TASK_BASE + 5 * P;
         let mm = populated::<A>(start, 1);
@@ -191,7 +181,7 @@ fn pmd_touch_hook<A: Mmu>(addr: u64) {
 
 #[test]
 fn backs_off_on_a_changed_pte_and_pmd() {
-    leak_checked(|| {
+    assert_no_leak(|| {
         type A = Emul4k;
         let start = A::TASK_BASE;
         let mm = populated::<A>(start, 4);
@@ -243,7 +233,7 @@ fn backs_off_on_a_changed_pte_and_pmd() {
 
 #[test]
 fn falls_back_for_missing_and_read_only_ptes() {
-    leak_checked(|| {
+    assert_no_leak(|| {
         type A = Emul2k;
         let start = A::TASK_BASE;
         let mm = populated::<A>(start, 2);
@@ -304,7 +294,7 @@ fn falls_back_for_missing_and_read_only_ptes() {
 
 #[test]
 fn pins_outlive_munmap_and_unpin_frees() {
-    leak_checked(|| {
+    assert_no_leak(|| {
         type A = Emul4k;
         let start = A::TASK_BASE;
         let mm = populated::<A>(start, 3);
@@ -331,7 +321,7 @@ fn pins_outlive_munmap_and_unpin_frees() {
 
 #[test]
 fn slow_gup_reports_no_vma_and_access() {
-    leak_checked(|| {
+    assert_no_leak(|| {
         type A = Emul4k;
         let start = A::TASK_BASE;
         let mm = Mm::<A>::new().unwrap();
@@ -358,7 +348,7 @@ fn slow_gup_reports_no_vma_and_access() {
 #[test]
 fn grabs_count_on_the_subpage_across_demotion() {
     use crate::mm::huge_memory::{demote_huge_page, hpage_pmd_nr, hpage_pmd_order};
-    leak_checked(|| {
+    assert_no_leak(|| {
         // A huge page as collapse installs it: one reference per subpage.
         let order = hpage_pmd_order::<Emul4k>();
         let head = page_alloc::alloc_pages(order).unwrap();
@@ -392,7 +382,7 @@ fn grabs_count_on_the_subpage_across_demotion() {
 /// A PTE read from a freed table holds the free-page poison: the walk
 /// stops there without a reference, and the recorder flags the read.
 fn poisoned_pte_is_no_page<A: Mmu>() {
-    leak_checked(|| {
+    assert_no_leak(|| {
         let start = A::TASK_BASE;
         let mm = populated::<A>(start, 1);
         let ptep = pgtable::follow_pte(&*mm, start).expect("populated");

@@ -6,14 +6,16 @@
 //! Every test checks that it leaked no frame: the free-frame count after the
 //! test (mm torn down) equals the count before.
 
-use super::arch::Mmu;
-use super::memory;
-use super::mm::{self as mmod, Mm, VmFlags};
-use super::{frag, page, page_alloc, pfn_scanner, pgtable, PAGE_SIZE};
+use super::{faults, load, mapped_mm, new_mm, no_leak, pte_of, store};
 use crate::cmdline::Cmdline;
 use crate::ktap::Outcome;
-use crate::{diag, percpu, smp};
-use alloc::{boxed::Box, format, string::String};
+use crate::mm::arch::Mmu;
+use crate::mm::memory;
+use crate::mm::mm::{self as mmod, Mm, VmFlags};
+use crate::mm::{frag, page, page_alloc, pfn_scanner, pgtable, PAGE_SIZE};
+use crate::selftest::TestFn;
+use crate::{diag, smp};
+use alloc::{format, string::String, vec::Vec};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 const RW: VmFlags = VmFlags {
@@ -21,12 +23,13 @@ const RW: VmFlags = VmFlags {
     write: true,
 };
 
-type TestFn = fn(&Cmdline) -> Outcome;
+/// The suite's name.
+pub(crate) const SUITE: &str = "mm";
 
-/// The `mm` suite, in order.
-pub fn suite<A: Mmu>() -> [(&'static str, TestFn); 10] {
-    [
-        ("map_fault_unmap", map_fault_unmap::<A>),
+/// The `mm` cases, in order.
+pub(crate) fn cases<A: Mmu>() -> Vec<(&'static str, TestFn)> {
+    alloc::vec![
+        ("map_fault_unmap", map_fault_unmap::<A> as TestFn),
         ("fault_on_every_cpu", fault_on_every_cpu::<A>),
         ("cow_after_dup", cow_after_dup::<A>),
         ("hw_young_dirty", hw_young_dirty::<A>),
@@ -39,76 +42,16 @@ pub fn suite<A: Mmu>() -> [(&'static str, TestFn); 10] {
     ]
 }
 
-/// Runs `body` and turns a frame leak into a failure.
-pub(crate) fn no_leak(body: impl FnOnce() -> Outcome) -> Outcome {
-    let before = page_alloc::nr_free_pages();
-    let outcome = body();
-    let after = page_alloc::nr_free_pages();
-    diag!("free_frames_before={before} after={after}");
-    match outcome {
-        Outcome::Pass if before != after => {
-            Outcome::Fail(format!("{} frames leaked", before as i64 - after as i64))
-        }
-        o => o,
-    }
-}
-
-pub(crate) fn new_mm<A: Mmu>() -> Result<Box<Mm<A>>, Outcome> {
-    Mm::<A>::new()
-        .map(Box::new)
-        .ok_or_else(|| Outcome::Fail("no memory for an mm".into()))
-}
-
-/// A new mm with `len` bytes of anonymous memory mapped at `TASK_BASE`
-/// (populated if asked); torn down again if the mmap fails.
-pub(crate) fn mapped_mm<A: Mmu>(len: u64, populate: bool) -> Result<Box<Mm<A>>, Outcome> {
-    let mm = new_mm::<A>()?;
-    match memory::mmap_anon(&mm, A::TASK_BASE, len, RW, populate) {
-        Ok(()) => Ok(mm),
-        Err(e) => {
-            memory::exit_mmap(*mm);
-            Err(Outcome::Fail(format!("mmap: {e:?}")))
-        }
-    }
-}
-
 /// The pattern stored at `addr`.
 fn pattern(addr: u64) -> u64 {
     addr ^ 0x5157_1e5c_e000_0000
-}
-
-/// Stores through the MMU (a plain CPU store; a fault is resolved by the
-/// fault handler).
-///
-/// # Safety
-/// The calling CPU runs an mm in which `addr` lies in a writable VMA.
-pub(crate) unsafe fn store(addr: u64, v: u64) {
-    // SAFETY: per the contract, the store translates through the mm's tables
-    // and any fault is resolved by mapping memory.
-    unsafe { core::ptr::write_volatile(addr as *mut u64, v) }
-}
-
-/// Loads through the MMU.
-///
-/// # Safety
-/// The calling CPU runs an mm in which `addr` lies in a readable VMA.
-pub(crate) unsafe fn load(addr: u64) -> u64 {
-    // SAFETY: as `store`.
-    unsafe { core::ptr::read_volatile(addr as *const u64) }
-}
-
-pub(crate) fn faults<A: Mmu>() -> u64 {
-    percpu::this_cpu::<A>().page_faults.load(Ordering::Relaxed)
 }
 
 fn map_fault_unmap<A: Mmu>(_: &Cmdline) -> Outcome {
     no_leak(|| {
         const PAGES: u64 = 64;
         let base = A::TASK_BASE;
-        let mm = match mapped_mm::<A>(PAGES * PAGE_SIZE, false) {
-            Ok(m) => m,
-            Err(o) => return o,
-        };
+        let mm = or_return!(mapped_mm::<A>(PAGES * PAGE_SIZE, false));
         // SAFETY: the mm lives until exit_mmap below, after unuse_mm.
         unsafe { mmod::use_mm(&*mm) };
         let f0 = faults::<A>();
@@ -207,14 +150,8 @@ fn fault_rate<A: Mmu>(cpus: u64) -> Result<u64, Outcome> {
 /// test asserts only that every fault was resolved).
 fn fault_throughput<A: Mmu>(_: &Cmdline) -> Outcome {
     no_leak(|| {
-        let one = match fault_rate::<A>(1) {
-            Ok(r) => r,
-            Err(o) => return o,
-        };
-        let all = match fault_rate::<A>(smp::nr_cpus() as u64) {
-            Ok(r) => r,
-            Err(o) => return o,
-        };
+        let one = or_return!(fault_rate::<A>(1));
+        let all = or_return!(fault_rate::<A>(smp::nr_cpus() as u64));
         diag!(
             "page_faults_per_sec_1cpu={one} page_faults_per_sec_all_cpus={all} cpus={}",
             smp::nr_cpus()
@@ -249,10 +186,7 @@ fn fault_on_every_cpu<A: Mmu>(_: &Cmdline) -> Outcome {
     no_leak(|| {
         let n = smp::nr_cpus() as u64;
         let len = n * PAGES_PER_CPU * PAGE_SIZE;
-        let mm = match mapped_mm::<A>(len, false) {
-            Ok(m) => m,
-            Err(o) => return o,
-        };
+        let mm = or_return!(mapped_mm::<A>(len, false));
         SHARED_MM.store(&*mm as *const Mm<A> as u64, Ordering::Release);
         CPU_ERRORS.store(0, Ordering::Release);
         smp::smp_call_function::<A>(touch_own_pages::<A>, 0, true);
@@ -298,10 +232,7 @@ fn mapped_pfn<A: Mmu>(mm: &Mm<A>, addr: u64) -> Option<u64> {
 fn cow_after_dup<A: Mmu>(_: &Cmdline) -> Outcome {
     no_leak(|| {
         let base = A::TASK_BASE;
-        let parent = match mapped_mm::<A>(2 * PAGE_SIZE, true) {
-            Ok(m) => m,
-            Err(o) => return o,
-        };
+        let parent = or_return!(mapped_mm::<A>(2 * PAGE_SIZE, true));
         // SAFETY: the mms live until exit_mmap, after unuse_mm.
         unsafe { mmod::use_mm(&*parent) };
         // SAFETY: in the VMA.
@@ -371,13 +302,6 @@ fn cow_after_dup<A: Mmu>(_: &Cmdline) -> Outcome {
     })
 }
 
-/// The PTE of `addr` in `mm` (which must exist).
-pub(crate) fn pte_of<A: Mmu>(mm: &Mm<A>, addr: u64) -> u64 {
-    let ptep = pgtable::follow_pte(mm, addr).expect("a populated page");
-    // SAFETY: a live entry of `mm`.
-    unsafe { pgtable::read_entry(ptep) }
-}
-
 /// The MMU sets the accessed bit on a load and the dirty bit on the first store
 /// (x86-64); the PTE starts old and clean.
 fn hw_young_dirty<A: Mmu>(_: &Cmdline) -> Outcome {
@@ -386,10 +310,7 @@ fn hw_young_dirty<A: Mmu>(_: &Cmdline) -> Outcome {
     }
     no_leak(|| {
         let addr = A::TASK_BASE;
-        let mm = match mapped_mm::<A>(PAGE_SIZE, true) {
-            Ok(m) => m,
-            Err(o) => return o,
-        };
+        let mm = or_return!(mapped_mm::<A>(PAGE_SIZE, true));
         // SAFETY: the mm lives until exit_mmap, after unuse_mm.
         unsafe { mmod::use_mm(&*mm) };
         // Make the PTE old and clean (break before make), and flush it.
@@ -548,13 +469,10 @@ fn pfn_scanner_beside_churn<A: Mmu>(_: &Cmdline) -> Outcome {
 /// (fixed order), dirty it (tagging its entry), take it out again; then the
 /// buggy order with a dirtying inside its window, which the tree reports.
 fn swap_cache_add_remove<A: Mmu>(_: &Cmdline) -> Outcome {
-    use super::swap_state::{self as swap, SwapCacheOrder, SwapDirtyAops};
-    use super::xarray::{nr_tag_on_missing_entry, XaMark};
+    use crate::mm::swap_state::{self as swap, SwapCacheOrder, SwapDirtyAops};
+    use crate::mm::xarray::{nr_tag_on_missing_entry, XaMark};
     no_leak(|| {
-        let mm = match mapped_mm::<A>(PAGE_SIZE, true) {
-            Ok(m) => m,
-            Err(o) => return o,
-        };
+        let mm = or_return!(mapped_mm::<A>(PAGE_SIZE, true));
         let pfn = mapped_pfn(&mm, A::TASK_BASE).expect("populated");
         let p = page::pfn_to_page(pfn);
         let missing = nr_tag_on_missing_entry();
@@ -566,7 +484,7 @@ fn swap_cache_add_remove<A: Mmu>(_: &Cmdline) -> Outcome {
             .and_then(swap::lookup_swap_cache)
             .is_some_and(|q| core::ptr::eq(q, p));
         let refs_in_cache = page::page_ref_count(p);
-        super::filemap::set_page_dirty(p);
+        crate::mm::filemap::set_page_dirty(p);
         let tagged = entry.is_some_and(|e| {
             swap::swapper_space().is_some_and(|s| s.i_pages.get_mark(e, XaMark::Dirty))
         });
@@ -577,7 +495,7 @@ fn swap_cache_add_remove<A: Mmu>(_: &Cmdline) -> Outcome {
         swap::set_order(SwapCacheOrder::FlagFirst);
         let entry2 = swap::get_swap_page();
         swap::add_to_swap_cache_with::<A>(p, entry2, || {
-            super::filemap::set_page_dirty(p);
+            crate::mm::filemap::set_page_dirty(p);
         });
         let buggy_reports = nr_tag_on_missing_entry() - missing - fixed_reports;
         swap::delete_from_swap_cache(p);
@@ -650,10 +568,7 @@ fn stale_tlb_after_pte_clear<A: Mmu>(_: &Cmdline) -> Outcome {
     }
     no_leak(|| {
         let addr = A::TASK_BASE;
-        let mm = match mapped_mm::<A>(PAGE_SIZE, true) {
-            Ok(m) => m,
-            Err(o) => return o,
-        };
+        let mm = or_return!(mapped_mm::<A>(PAGE_SIZE, true));
         // SAFETY: the mm lives until exit_mmap, after every CPU left it.
         unsafe { mmod::use_mm(&*mm) };
         // SAFETY: in the VMA.
@@ -706,10 +621,7 @@ fn stale_tlb_after_pte_clear<A: Mmu>(_: &Cmdline) -> Outcome {
 
 fn upgrade_keeps_mappings<A: Mmu>(_: &Cmdline) -> Outcome {
     no_leak(|| {
-        let mm = match new_mm::<A>() {
-            Ok(m) => m,
-            Err(o) => return o,
-        };
+        let mm = or_return!(new_mm::<A>());
         // The task base, then above a 3-level s390x mm (4 TiB) and above a
         // 4-level one (8 PiB), as far as the arch can map.
         let wanted = [A::TASK_BASE, 5 << 40, 9 << 50];
@@ -751,10 +663,7 @@ fn upgrade_keeps_mappings<A: Mmu>(_: &Cmdline) -> Outcome {
 
 fn access_beyond_limit<A: Mmu>(_: &Cmdline) -> Outcome {
     no_leak(|| {
-        let mm = match new_mm::<A>() {
-            Ok(m) => m,
-            Err(o) => return o,
-        };
+        let mm = or_return!(new_mm::<A>());
         let limit = A::context_limit(&mm.context);
         if limit >= A::TASK_SIZE_MAX {
             memory::exit_mmap(*mm);

@@ -6,23 +6,25 @@
 //! what the other CPUs read afterwards. Every case checks that no frame
 //! leaked (`no_leak`) and restores the arch's default strategy.
 
-use super::arch::Mmu;
-use super::mm::{self as mmod, Mm};
-use super::selftest::{faults, load, mapped_mm, no_leak, store};
-use super::tlbflush::{self, FlushStrategy, TlbFlushStats};
-use super::{memory, page, pgtable, PAGE_SIZE};
+use super::{faults, load, mapped_mm, no_leak, store};
 use crate::cmdline::Cmdline;
 use crate::ktap::Outcome;
+use crate::mm::arch::Mmu;
+use crate::mm::mm::{self as mmod, Mm};
+use crate::mm::tlbflush::{self, FlushStrategy, TlbFlushStats};
+use crate::mm::{memory, page, pgtable, PAGE_SIZE};
+use crate::selftest::TestFn;
 use crate::{diag, smp, NR_CPUS};
 use alloc::{boxed::Box, format, string::String, vec::Vec};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-type TestFn = fn(&Cmdline) -> Outcome;
+/// The suite's name.
+pub(crate) const SUITE: &str = "tlb";
 
-/// The `tlb` suite, in order.
-pub fn suite<A: Mmu>() -> [(&'static str, TestFn); 6] {
-    [
-        ("strategy_knob", strategy_knob::<A>),
+/// The `tlb` cases, in order.
+pub(crate) fn cases<A: Mmu>() -> Vec<(&'static str, TestFn)> {
+    alloc::vec![
+        ("strategy_knob", strategy_knob::<A> as TestFn),
         ("shootdown_reaches_cpumask", shootdown_reaches_cpumask::<A>),
         ("pmd_clear_flush", pmd_clear_flush::<A>),
         ("local_flush_when_alone", local_flush_when_alone::<A>),
@@ -171,7 +173,7 @@ fn invalidate_pmd<A: Mmu>(mm: &Mm<A>, addr: u64) -> u64 {
 /// Tears down the table the PMD entry `old_pmd` pointed to by hand: its one
 /// PTE and page, then the table. Returns the PTE.
 fn release_pmd<A: Mmu>(mm: &Mm<A>, addr: u64, old_pmd: u64) -> u64 {
-    let table = A::entry_table(super::arch::Level::Pmd, old_pmd);
+    let table = A::entry_table(crate::mm::arch::Level::Pmd, old_pmd);
     let ptep = page::phys_to_virt(table)
         .cast::<u64>()
         .wrapping_add(((addr / PAGE_SIZE) as usize) % A::PTRS_PER_PTE);
@@ -180,7 +182,7 @@ fn release_pmd<A: Mmu>(mm: &Mm<A>, addr: u64, old_pmd: u64) -> u64 {
     drop_old::<A>(mm, old);
     mm.pgtables_bytes
         .fetch_sub(A::PTE_TABLE_SIZE, Ordering::Relaxed);
-    super::frag::__pte_free::<A>(table);
+    crate::mm::frag::__pte_free::<A>(table);
     old
 }
 
@@ -202,10 +204,7 @@ fn observed_invalidation<A: Mmu>(
             if let Err(e) = tlbflush::set_flush_strategy::<A>(s) {
                 return Outcome::Fail(e.into());
             }
-            let mm = match setup::<A>() {
-                Ok(m) => m,
-                Err(o) => return o,
-            };
+            let mm = or_return!(setup::<A>());
             let addr = A::TASK_BASE;
             let observer = 1;
             smp::smp_call_function_single::<A>(observer, attach_and_read::<A>, 0, true);
@@ -264,10 +263,7 @@ fn observed_invalidation<A: Mmu>(
 /// IPI or NMI sent, no CPU receives a request, the local-only count grows.
 fn local_flush_when_alone<A: Mmu>(_: &Cmdline) -> Outcome {
     no_leak(|| {
-        let mm = match setup::<A>() {
-            Ok(m) => m,
-            Err(o) => return o,
-        };
+        let mm = or_return!(setup::<A>());
         let me = A::smp_processor_id();
         let before = stats_all();
         tlbflush::flush_tlb_mm(&*mm);
@@ -318,10 +314,7 @@ fn shootdown_latency<A: Mmu>(_: &Cmdline) -> Outcome {
                 return Outcome::Fail(e.into());
             }
             for &k in &counts {
-                let mm = match setup::<A>() {
-                    Ok(m) => m,
-                    Err(o) => return o,
-                };
+                let mm = or_return!(setup::<A>());
                 let helpers: Vec<usize> = (1..=k).collect();
                 for &cpu in &helpers {
                     smp::smp_call_function_single::<A>(cpu, attach_and_read::<A>, 0, true);
@@ -429,10 +422,7 @@ fn flush_vs_irqs_off<A: Mmu>(_: &Cmdline) -> Outcome {
             if let Err(e) = tlbflush::set_flush_strategy::<A>(s) {
                 return Outcome::Fail(e.into());
             }
-            let mm = match setup::<A>() {
-                Ok(m) => m,
-                Err(o) => return o,
-            };
+            let mm = or_return!(setup::<A>());
             let addr = A::TASK_BASE;
             smp::smp_call_function_single::<A>(target, attach_and_read::<A>, 0, true);
             let reread = s.is_broadcast();

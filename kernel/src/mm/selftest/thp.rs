@@ -8,30 +8,29 @@
 //! gives s390x no EDAT) and say so in a `# SKIP` elsewhere; collapse itself
 //! runs on both (without leaves it maps the block through a fresh table).
 
-use super::arch::{Level, Mmu};
-use super::gup::GUP_PIN_COUNTING_BIAS;
-use super::huge_memory::{self, hpage_pmd_nr};
-use super::khugepaged::{self, CollapseAbort, CollapsePolicy, CollapseReport, CollapseResult};
-use super::memory::{self, WpUnlock};
-use super::mm::{self as mmod, Mm};
-use super::mmu_gather::TableFree;
-use super::selftest::{faults, load, mapped_mm, no_leak, pte_of, store};
-use super::tlbflush::{self, FlushStrategy};
-use super::{frag, page, page_alloc, pgtable, PAGE_SIZE};
+use super::{faults, load, mapped_mm, no_leak, pte_of, store};
 use crate::cmdline::Cmdline;
 use crate::ktap::Outcome;
+use crate::mm::arch::{Level, Mmu};
+use crate::mm::gup::GUP_PIN_COUNTING_BIAS;
+use crate::mm::huge_memory::{self, hpage_pmd_nr};
+use crate::mm::khugepaged::{self, CollapseAbort, CollapsePolicy, CollapseReport, CollapseResult};
+use crate::mm::memory::{self, WpUnlock};
+use crate::mm::mm::{self as mmod, Mm};
+use crate::mm::mmu_gather::TableFree;
+use crate::mm::tlbflush::{self, FlushStrategy};
+use crate::mm::{frag, page, page_alloc, pgtable, PAGE_SIZE};
+use crate::selftest::TestFn;
 use crate::selftest::{start_section, wait_section_end};
 use crate::{diag, rcu, smp};
 use alloc::{boxed::Box, format, vec::Vec};
 use core::sync::atomic::{AtomicU64, Ordering};
 
 /// The suite's KTAP name.
-pub const SUITE: &str = "thp";
-
-type TestFn = fn(&Cmdline) -> Outcome;
+pub(crate) const SUITE: &str = "thp";
 
 /// The `thp` suite, in order.
-pub fn cases<A: Mmu>() -> Vec<(&'static str, TestFn)> {
+pub(crate) fn cases<A: Mmu>() -> Vec<(&'static str, TestFn)> {
     alloc::vec![
         (
             "collapse_keeps_every_byte",
@@ -74,6 +73,27 @@ fn block_mm<A: Mmu>(fill: bool) -> Result<Box<Mm<A>>, Outcome> {
         }
     }
     Ok(mm)
+}
+
+/// [`block_mm`] filled and collapsed into a huge PMD, loaded on this CPU;
+/// torn down again if the collapse fails.
+fn huge_mm<A: Mmu>() -> Result<Box<Mm<A>>, Outcome> {
+    let mm = block_mm::<A>(true)?;
+    if let Err(o) = collapse_ok::<A>(&mm) {
+        mmod::unuse_mm::<A>();
+        memory::exit_mmap(*mm);
+        return Err(o);
+    }
+    Ok(mm)
+}
+
+/// Runs a huge-leaf case's body under [`no_leak`], or skips the case where
+/// the MMU maps no PMD leaves.
+fn huge_case<A: Mmu>(body: impl FnOnce() -> Outcome) -> Outcome {
+    if !A::HAS_HUGE_PMD {
+        return Outcome::Skip(NO_LEAVES);
+    }
+    no_leak(body)
 }
 
 /// Words of `[start, end)` that do not hold their pattern, read here.
@@ -147,10 +167,7 @@ fn helper_detach<A: Mmu>(_: usize) {
 /// leaves: the PMD points to a new table; the old frames are freed.
 fn collapse_keeps_every_byte<A: Mmu>(_: &Cmdline) -> Outcome {
     no_leak(|| {
-        let mm = match block_mm::<A>(true) {
-            Ok(m) => m,
-            Err(o) => return o,
-        };
+        let mm = or_return!(block_mm::<A>(true));
         THP_MM.store(&*mm as *const Mm<A> as u64, Ordering::Release);
         let helper = (smp::nr_cpus() >= 2).then_some(1);
         if let Some(h) = helper {
@@ -184,10 +201,7 @@ fn collapse_keeps_every_byte<A: Mmu>(_: &Cmdline) -> Outcome {
         mmod::unuse_mm::<A>();
         let rss = mm.rss_anon.load(Ordering::Relaxed) as u64;
         memory::exit_mmap(*mm);
-        let rep = match rep {
-            Ok(r) => r,
-            Err(o) => return o,
-        };
+        let rep = or_return!(rep);
         diag!(
             "huge_leaf={} old_frames_freed={old_freed} wrong_here={here} faults_here={here_faults} helper={helper:?} wrong_there={there} faults_there={there_faults} collapse_us={}",
             A::HAS_HUGE_PMD,
@@ -225,10 +239,7 @@ fn collapse_keeps_every_byte<A: Mmu>(_: &Cmdline) -> Outcome {
 /// collapse works.
 fn collapse_aborts_on_pin<A: Mmu>(_: &Cmdline) -> Outcome {
     no_leak(|| {
-        let mm = match block_mm::<A>(true) {
-            Ok(m) => m,
-            Err(o) => return o,
-        };
+        let mm = or_return!(block_mm::<A>(true));
         let victim = base::<A>() + 100 * PAGE_SIZE;
         let pinned = page::pfn_to_page(A::pte_pfn(pte_of(&mm, victim)));
         page::page_ref_add(pinned, GUP_PIN_COUNTING_BIAS);
@@ -417,7 +428,7 @@ fn collapse_table_free<A: Mmu>(_: &Cmdline) -> Outcome {
             };
             let flags = (tf == TableFree::Rcu).then(A::local_irq_save);
             let rep = khugepaged::collapse_huge_page(&mm, base::<A>(), &policy);
-            let table_pfn = rep.old_table >> super::PAGE_SHIFT;
+            let table_pfn = rep.old_table >> crate::mm::PAGE_SHIFT;
             let at_return = page_alloc::page_is_poisoned(table_pfn);
             if let Some(f) = flags {
                 A::local_irq_restore(f);
@@ -447,20 +458,9 @@ fn collapse_table_free<A: Mmu>(_: &Cmdline) -> Outcome {
 /// block and nothing else is freed, rss drops to 0, the range reads zeros
 /// (DONTNEED) or faults (munmap).
 fn huge_zap_whole<A: Mmu>(_: &Cmdline) -> Outcome {
-    if !A::HAS_HUGE_PMD {
-        return Outcome::Skip(NO_LEAVES);
-    }
-    no_leak(|| {
+    huge_case::<A>(|| {
         let zaps0 = huge_memory::THP_ZAP_PMD.load(Ordering::Relaxed);
-        let mm = match block_mm::<A>(true) {
-            Ok(m) => m,
-            Err(o) => return o,
-        };
-        if let Err(o) = collapse_ok::<A>(&mm) {
-            mmod::unuse_mm::<A>();
-            memory::exit_mmap(*mm);
-            return o;
-        }
+        let mm = or_return!(huge_mm::<A>());
         let free0 = page_alloc::nr_free_pages();
         let r1 = memory::madvise_dontneed(&mm, base::<A>(), A::PMD_SIZE);
         let freed = page_alloc::nr_free_pages() as i64 - free0 as i64;
@@ -491,19 +491,8 @@ fn huge_zap_whole<A: Mmu>(_: &Cmdline) -> Outcome {
 /// x86-64: munmap of part of a huge PMD splits it: the rest keeps its data
 /// (same frames), the unmapped part faults.
 fn huge_partial_munmap<A: Mmu>(_: &Cmdline) -> Outcome {
-    if !A::HAS_HUGE_PMD {
-        return Outcome::Skip(NO_LEAVES);
-    }
-    no_leak(|| {
-        let mm = match block_mm::<A>(true) {
-            Ok(m) => m,
-            Err(o) => return o,
-        };
-        if let Err(o) = collapse_ok::<A>(&mm) {
-            mmod::unuse_mm::<A>();
-            memory::exit_mmap(*mm);
-            return o;
-        }
+    huge_case::<A>(|| {
+        let mm = or_return!(huge_mm::<A>());
         let head = A::pmd_pfn(pmd_of(&mm, base::<A>()));
         let splits0 = huge_memory::THP_SPLIT_PMD.load(Ordering::Relaxed);
         let (hole, hole_len) = (base::<A>() + 64 * PAGE_SIZE, 16 * PAGE_SIZE);
@@ -541,19 +530,8 @@ fn huge_partial_munmap<A: Mmu>(_: &Cmdline) -> Outcome {
 /// x86-64: fork of a huge-mapped range splits the leaf and shares the small
 /// pages copy-on-write; mprotect read-only splits too and stores then fault.
 fn huge_fork_mprotect<A: Mmu>(_: &Cmdline) -> Outcome {
-    if !A::HAS_HUGE_PMD {
-        return Outcome::Skip(NO_LEAVES);
-    }
-    no_leak(|| {
-        let mm = match block_mm::<A>(true) {
-            Ok(m) => m,
-            Err(o) => return o,
-        };
-        if let Err(o) = collapse_ok::<A>(&mm) {
-            mmod::unuse_mm::<A>();
-            memory::exit_mmap(*mm);
-            return o;
-        }
+    huge_case::<A>(|| {
+        let mm = or_return!(huge_mm::<A>());
         let child = memory::dup_mm(&mm);
         let parent_huge = is_huge(&mm, base::<A>());
         let a = base::<A>() + 3 * PAGE_SIZE;
@@ -610,26 +588,11 @@ fn huge_fork_mprotect<A: Mmu>(_: &Cmdline) -> Outcome {
 /// x86-64: an mm torn down with a huge mapping frees the block and its
 /// tables.
 fn huge_exit<A: Mmu>(_: &Cmdline) -> Outcome {
-    if !A::HAS_HUGE_PMD {
-        return Outcome::Skip(NO_LEAVES);
-    }
-    no_leak(|| {
-        let bad = page_alloc::nr_bad_pages();
-        let mm = match block_mm::<A>(true) {
-            Ok(m) => m,
-            Err(o) => return o,
-        };
-        let r = collapse_ok::<A>(&mm);
+    // The leak check fails the case on any bad-page report.
+    huge_case::<A>(|| {
+        let mm = or_return!(huge_mm::<A>());
         mmod::unuse_mm::<A>();
         memory::exit_mmap(*mm);
-        if let Err(o) = r {
-            return o;
-        }
-        let bad = page_alloc::nr_bad_pages() - bad;
-        diag!("bad_pages={bad}");
-        if bad != 0 {
-            return Outcome::Fail(format!("{bad} bad pages"));
-        }
         Outcome::Pass
     })
 }
@@ -656,10 +619,7 @@ fn wrprotect<A: Mmu>(mm: &Mm<A>, addr: u64) {
 fn wp_reuse<A: Mmu>(_: &Cmdline) -> Outcome {
     no_leak(|| {
         let a = A::TASK_BASE;
-        let mm = match mapped_mm::<A>(PAGE_SIZE, true) {
-            Ok(m) => m,
-            Err(o) => return o,
-        };
+        let mm = or_return!(mapped_mm::<A>(PAGE_SIZE, true));
         // SAFETY: the mm lives until exit_mmap, after unuse_mm.
         unsafe { mmod::use_mm(&*mm) };
         let mut fails = Vec::new();
@@ -763,10 +723,7 @@ fn wp_reuse_lock_wait<A: Mmu>(_: &Cmdline) -> Outcome {
     }
     no_leak(|| {
         let a = A::TASK_BASE;
-        let mm = match mapped_mm::<A>(PAGE_SIZE, true) {
-            Ok(m) => m,
-            Err(o) => return o,
-        };
+        let mm = or_return!(mapped_mm::<A>(PAGE_SIZE, true));
         wrprotect(&mm, a);
         let pfn = pfn_at(&mm, a);
         let p = page::pfn_to_page(pfn);

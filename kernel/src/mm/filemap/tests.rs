@@ -5,10 +5,10 @@
 use super::*;
 use crate::mm::arch::Mmu;
 use crate::mm::emul::Emul4k as E;
-use crate::mm::memmap::test_mem;
 use crate::mm::memory::{self, MapError};
 use crate::mm::mm::{unuse_mm, use_mm, Mm, VmFlags};
-use crate::mm::{page_alloc, pgtable, rmap, xarray};
+use crate::mm::selftest::assert_no_leak;
+use crate::mm::{pgtable, rmap, xarray};
 use alloc::sync::Arc;
 
 const RW: VmFlags = VmFlags::RW;
@@ -32,19 +32,9 @@ fn file(pages: u64) -> Arc<RamFile> {
     Arc::new(RamFile::new::<E>(pages, DirtyAops::Nobuffers))
 }
 
-/// Runs `body` with frame and bad-page accounting checked afterwards.
-fn no_leak(body: impl FnOnce()) {
-    let _m = test_mem::setup();
-    let free = page_alloc::nr_free_pages();
-    let bad = page_alloc::nr_bad_pages();
-    body();
-    assert_eq!(page_alloc::nr_free_pages(), free, "frames leaked");
-    assert_eq!(page_alloc::nr_bad_pages(), bad, "bad page states");
-}
-
 #[test]
 fn shared_write_reaches_the_backing_store_after_writeback() {
-    no_leak(|| {
+    assert_no_leak(|| {
         let f = file(4);
         f.mapping.write_backing(P + 8, 0xaaaa);
         let mm = Mm::<E>::new().unwrap();
@@ -101,7 +91,7 @@ fn shared_write_reaches_the_backing_store_after_writeback() {
 
 #[test]
 fn rmap_finds_every_mapping_and_mkclean_protects_them_all() {
-    no_leak(|| {
+    assert_no_leak(|| {
         let f = file(8);
         let a = Mm::<E>::new().unwrap();
         let b = Mm::<E>::new().unwrap();
@@ -160,7 +150,7 @@ fn rmap_finds_every_mapping_and_mkclean_protects_them_all() {
 
 #[test]
 fn zap_of_a_dirty_pte_dirties_the_page() {
-    no_leak(|| {
+    assert_no_leak(|| {
         let f = file(2);
         let mm = Mm::<E>::new().unwrap();
         let base = E::TASK_BASE;
@@ -186,7 +176,7 @@ fn zap_of_a_dirty_pte_dirties_the_page() {
 
 #[test]
 fn mprotect_splits_write_protects_and_merges_back() {
-    no_leak(|| {
+    assert_no_leak(|| {
         let f = file(4);
         let mm = Mm::<E>::new().unwrap();
         let base = E::TASK_BASE;
@@ -233,7 +223,7 @@ fn mprotect_splits_write_protects_and_merges_back() {
 
 #[test]
 fn map_fixed_replaces_and_fork_shares_file_pages() {
-    no_leak(|| {
+    assert_no_leak(|| {
         let f = file(4);
         let parent = Mm::<E>::new().unwrap();
         let base = E::TASK_BASE;
@@ -291,7 +281,7 @@ fn map_fixed_replaces_and_fork_shares_file_pages() {
 
 #[test]
 fn dirtying_a_page_missing_from_its_tree_is_reported() {
-    no_leak(|| {
+    assert_no_leak(|| {
         let f = file(2);
         let page = read_cache_page(&f.mapping, 1).unwrap();
         assert_eq!(f.mapping.nrpages.load(Ordering::Relaxed), 1);

@@ -7,29 +7,31 @@
 //! whose folded-level bug (d3f7b1bb2040) the recorder shows on s390x. Every
 //! case runs in `no_leak`, releases what it got and restores the knobs.
 
-use super::arch::{Level, Mmu};
-use super::gup::{
+use super::{load, new_mm, no_leak, store};
+use crate::cmdline::Cmdline;
+use crate::ktap::Outcome;
+use crate::mm::arch::{Level, Mmu};
+use crate::mm::gup::{
     self, addr_in_pgtable_frame, get_user_pages, get_user_pages_fast, get_user_pages_fast_traced,
     GupFlags, GupRecord, GupStats, GupWalk, GUP_PIN_COUNTING_BIAS,
 };
-use super::khugepaged::{self, CollapseAbort, CollapsePolicy, CollapseResult};
-use super::mm::{self as mmod, Mm, VmFlags};
-use super::mmu_gather::TableFree;
-use super::page::{self, Page};
-use super::selftest::{load, new_mm, no_leak, store};
-use super::{huge_memory, memory, page_alloc, pgtable, PAGE_SIZE};
-use crate::cmdline::Cmdline;
-use crate::ktap::Outcome;
+use crate::mm::khugepaged::{self, CollapseAbort, CollapsePolicy, CollapseResult};
+use crate::mm::mm::{self as mmod, Mm, VmFlags};
+use crate::mm::mmu_gather::TableFree;
+use crate::mm::page::{self, Page};
+use crate::mm::{huge_memory, memory, page_alloc, pgtable, PAGE_SIZE};
+use crate::selftest::TestFn;
 use crate::{diag, smp, NR_CPUS};
 use alloc::{boxed::Box, format, string::String, vec::Vec};
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
-type TestFn = fn(&Cmdline) -> Outcome;
+/// The suite's name.
+pub(crate) const SUITE: &str = "gup";
 
-/// The `gup` suite, in order.
-pub fn suite<A: Mmu>() -> [(&'static str, TestFn); 10] {
-    [
-        ("fast_equals_slow", fast_equals_slow::<A>),
+/// The `gup` cases, in order.
+pub(crate) fn cases<A: Mmu>() -> Vec<(&'static str, TestFn)> {
+    alloc::vec![
+        ("fast_equals_slow", fast_equals_slow::<A> as TestFn),
         ("folded_walk_crossing_pud", folded_walk_crossing_pud::<A>),
         ("fallback_when_needed", fallback_when_needed::<A>),
         ("pin_survives_munmap", pin_survives_munmap::<A>),

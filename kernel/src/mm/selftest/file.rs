@@ -10,35 +10,34 @@
 //! torn down, files dropped) equals the count before.
 //!
 //! The `dirty_*` and `writeback_throughput_*` cases run in a chosen
-//! dirty-tracking mode ([`super::dirty`]) and restore the previous one; the
+//! dirty-tracking mode ([`crate::mm::dirty`]) and restore the previous one; the
 //! StorageKey ones skip where there are no storage keys. The write-notify
 //! cases force SoftDirty, so every case passes whatever `dirty=` chose.
 
-use super::arch::{Mmu, PAGE_CHANGED};
-use super::dirty::{self, DirtyTracking};
-use super::filemap::{self, DirtyAops, RamFile};
-use super::memory::{self, MapError};
-use super::mm::{self as mmod, Mm, VmFlags};
-use super::selftest::{faults, load, new_mm, no_leak, pte_of, store};
-use super::{page, rmap, PAGE_SIZE};
+use super::{faults, load, new_mm, no_leak, pte_of, store};
 use crate::cmdline::Cmdline;
 use crate::ktap::Outcome;
+use crate::mm::arch::{Mmu, PAGE_CHANGED};
+use crate::mm::dirty::{self, DirtyTracking};
+use crate::mm::filemap::{self, DirtyAops, RamFile};
+use crate::mm::memory::{self, MapError};
+use crate::mm::mm::{self as mmod, Mm, VmFlags};
+use crate::mm::{page, rmap, PAGE_SIZE};
+use crate::selftest::TestFn;
 use crate::{diag, smp, NR_CPUS};
 use alloc::sync::Arc;
 use alloc::{boxed::Box, format, string::String, vec::Vec};
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// The suite's name.
-pub const SUITE: &str = "mm_file";
+pub(crate) const SUITE: &str = "mm_file";
 
 const RW: VmFlags = VmFlags::RW;
 const RO: VmFlags = VmFlags::RO;
 const P: u64 = PAGE_SIZE;
 
-type TestFn = fn(&Cmdline) -> Outcome;
-
 /// The `mm_file` suite, in order.
-pub fn cases<A: Mmu>() -> Vec<(&'static str, TestFn)> {
+pub(crate) fn cases<A: Mmu>() -> Vec<(&'static str, TestFn)> {
     alloc::vec![
         ("vma_operations", vma_operations::<A> as TestFn),
         ("shared_writes_every_cpu", shared_writes_every_cpu::<A>),
@@ -168,10 +167,7 @@ fn leave<A: Mmu>(_: usize) {
 /// through the hardware.
 fn vma_operations<A: Mmu>(_: &Cmdline) -> Outcome {
     no_leak(|| {
-        let mm = match new_mm::<A>() {
-            Ok(m) => m,
-            Err(o) => return o,
-        };
+        let mm = or_return!(new_mm::<A>());
         let f = new_file::<A>(8);
         f.mapping.write_backing(3 * P, 0x3333);
         let base = A::TASK_BASE;
@@ -273,10 +269,7 @@ fn shared_writes_every_cpu<A: Mmu>(_: &Cmdline) -> Outcome {
     }
     no_leak(|| {
         const PAGES: u64 = 8;
-        let (mm, f) = match file_mm::<A>(PAGES, false) {
-            Ok(t) => t,
-            Err(o) => return o,
-        };
+        let (mm, f) = or_return!(file_mm::<A>(PAGES, false));
         let base = A::TASK_BASE;
         SHARED_MM.store(&*mm as *const Mm<A> as usize, Ordering::Release);
         BASE.store(base, Ordering::Release);
@@ -287,7 +280,7 @@ fn shared_writes_every_cpu<A: Mmu>(_: &Cmdline) -> Outcome {
             .mapping
             .i_pages
             .lock()
-            .count_marked(super::xarray::XaMark::Dirty);
+            .count_marked(crate::mm::xarray::XaMark::Dirty);
         let wrote = filemap::filemap_write_and_wait::<A>(&f.mapping);
         on_every_cpu::<A>(leave::<A>);
         memory::exit_mmap(*mm);
@@ -351,10 +344,7 @@ fn mkclean_every_cpu<A: Mmu>(_: &Cmdline) -> Outcome {
     // Write-notify behaviour: SoftDirty, whatever `dirty=` chose.
     in_mode::<A>(DirtyTracking::SoftDirty, || {
         let n = smp::nr_cpus();
-        let mm = match new_mm::<A>() {
-            Ok(m) => m,
-            Err(o) => return o,
-        };
+        let mm = or_return!(new_mm::<A>());
         let f = new_file::<A>(1);
         let base = A::TASK_BASE;
         BASE.store(base, Ordering::Release);
@@ -424,10 +414,7 @@ fn mkclean_every_cpu<A: Mmu>(_: &Cmdline) -> Outcome {
 /// finds both mms until the copy.
 fn cow_after_fork_with_file<A: Mmu>(_: &Cmdline) -> Outcome {
     no_leak(|| {
-        let parent = match new_mm::<A>() {
-            Ok(m) => m,
-            Err(o) => return o,
-        };
+        let parent = or_return!(new_mm::<A>());
         let f = new_file::<A>(2);
         let base = A::TASK_BASE;
         let fbase = base + 16 * P;
@@ -592,10 +579,7 @@ fn write_each_page<A: Mmu>(f: &RamFile, pages: u64) -> u64 {
 fn keeps_every_byte<A: Mmu>(mode: DirtyTracking) -> Outcome {
     in_mode::<A>(mode, || {
         const PAGES: u64 = 8;
-        let (mm, f) = match file_mm::<A>(PAGES, false) {
-            Ok(t) => t,
-            Err(o) => return o,
-        };
+        let (mm, f) = or_return!(file_mm::<A>(PAGES, false));
         let base = A::TASK_BASE;
         SHARED_MM.store(&*mm as *const Mm<A> as usize, Ordering::Release);
         BASE.store(base, Ordering::Release);
@@ -658,10 +642,7 @@ fn change_bit<A: Mmu>(pfn: u64) -> bool {
 /// no fault and sets C again.
 fn skey_mkclean_clears_change_bit<A: Mmu>(_: &Cmdline) -> Outcome {
     in_mode::<A>(DirtyTracking::StorageKey, || {
-        let mm = match new_mm::<A>() {
-            Ok(m) => m,
-            Err(o) => return o,
-        };
+        let mm = or_return!(new_mm::<A>());
         let f = new_file::<A>(1);
         let base = A::TASK_BASE;
         if let Err(e) = memory::mmap_file(&mm, base, P, RW, &f, 0, false, true) {
@@ -710,10 +691,7 @@ fn skey_mkclean_clears_change_bit<A: Mmu>(_: &Cmdline) -> Outcome {
 /// (`PG_dirty` and the DIRTY tag) and clears C; writeback then writes it.
 fn skey_last_unmap_dirties_page<A: Mmu>(_: &Cmdline) -> Outcome {
     in_mode::<A>(DirtyTracking::StorageKey, || {
-        let mm = match new_mm::<A>() {
-            Ok(m) => m,
-            Err(o) => return o,
-        };
+        let mm = or_return!(new_mm::<A>());
         let f = new_file::<A>(1);
         let (a1, a2) = (A::TASK_BASE, A::TASK_BASE + 2 * P);
         let ok = memory::mmap_file(&mm, a1, P, RW, &f, 0, false, false).is_ok()
@@ -747,7 +725,7 @@ fn skey_last_unmap_dirties_page<A: Mmu>(_: &Cmdline) -> Outcome {
             .mapping
             .i_pages
             .lock()
-            .get_mark(0, super::xarray::XaMark::Dirty);
+            .get_mark(0, crate::mm::xarray::XaMark::Dirty);
         let c_after = change_bit::<A>(pfn);
         let wrote2 = filemap::filemap_write_and_wait::<A>(&f.mapping);
         let backing = f.mapping.read_backing(0);
@@ -794,10 +772,7 @@ fn skey_last_unmap_dirties_page<A: Mmu>(_: &Cmdline) -> Outcome {
 fn writeback_rate<A: Mmu>(mode: DirtyTracking, by_tag: bool) -> Outcome {
     in_mode::<A>(mode, || {
         const PAGES: u64 = 32;
-        let (mm, f) = match file_mm::<A>(PAGES, true) {
-            Ok(t) => t,
-            Err(o) => return o,
-        };
+        let (mm, f) = or_return!(file_mm::<A>(PAGES, true));
         let base = A::TASK_BASE;
         SHARED_MM.store(&*mm as *const Mm<A> as usize, Ordering::Release);
         BASE.store(base, Ordering::Release);

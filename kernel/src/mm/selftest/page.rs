@@ -7,21 +7,22 @@
 //! locked page freed, a write to a freed frame) then repair the page, as the
 //! caller that decides would, and free it for good, so nothing stays leaked.
 
-use super::page::{self, Page};
-use super::page_alloc::{self, BadPageReport, MAX_PAGE_ORDER};
-use super::{memmap, PAGE_SIZE};
+use super::leak_checked;
 use crate::cmdline::Cmdline;
 use crate::ktap::Outcome;
+use crate::mm::page::{self, Page};
+use crate::mm::page_alloc::{self, BadPageReport, MAX_PAGE_ORDER};
+use crate::mm::{memmap, PAGE_SIZE};
 use crate::selftest::TestFn;
 use crate::{diag, smp, Arch};
 use alloc::{format, string::String, vec::Vec};
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// The suite's name.
-pub const SUITE: &str = "mm_page";
+pub(crate) const SUITE: &str = "mm_page";
 
 /// The `mm_page` cases, in order.
-pub fn cases<A: Arch>() -> Vec<(&'static str, TestFn)> {
+pub(crate) fn cases<A: Arch>() -> Vec<(&'static str, TestFn)> {
     alloc::vec![
         ("memory_discovered", memory_discovered as TestFn),
         ("alloc_free_every_order", alloc_free_every_order),
@@ -37,28 +38,6 @@ pub fn cases<A: Arch>() -> Vec<(&'static str, TestFn)> {
 
 fn fail(msg: String) -> Outcome {
     Outcome::Fail(msg)
-}
-
-/// Runs `body`, which must provoke exactly `expected_reports` bad-page reports,
-/// and fails it if it leaked frames or caused other reports.
-fn leak_checked(expected_reports: u64, body: impl FnOnce(u64) -> Outcome) -> Outcome {
-    if memmap::mem_info().is_none() {
-        return fail("the frame allocator is not set up".into());
-    }
-    let free = page_alloc::nr_free_pages();
-    let seq = page_alloc::nr_bad_pages();
-    let outcome = body(seq);
-    let after = page_alloc::nr_free_pages();
-    let reports = page_alloc::nr_bad_pages() - seq;
-    match outcome {
-        Outcome::Pass if after != free => {
-            fail(format!("frames leaked: {free} free before, {after} after"))
-        }
-        Outcome::Pass if reports != expected_reports => fail(format!(
-            "{reports} bad-page reports, expected {expected_reports}"
-        )),
-        other => other,
-    }
 }
 
 fn memory_discovered(_: &Cmdline) -> Outcome {
@@ -329,10 +308,7 @@ fn bad_page_locked(_: &Cmdline) -> Outcome {
         // The last reference goes while the page is still locked (scenario
         // wp-unlock-vs-zap's bug).
         page::put_page(page);
-        let r = match one_report(seq, pfn) {
-            Ok(r) => r,
-            Err(o) => return o,
-        };
+        let r = or_return!(one_report(seq, pfn));
         diag!(
             "reported pfn={:#x} reason=\"{}\" bad_flags={:#x}",
             r.pfn,
@@ -363,10 +339,7 @@ fn bad_page_mapcount(_: &Cmdline) -> Outcome {
         // A PTE still maps the page when its last reference goes.
         page._mapcount.fetch_add(1, Ordering::AcqRel);
         page::put_page(page);
-        let r = match one_report(seq, pfn) {
-            Ok(r) => r,
-            Err(o) => return o,
-        };
+        let r = or_return!(one_report(seq, pfn));
         diag!(
             "reported pfn={:#x} reason=\"{}\" mapcount={}",
             r.pfn,

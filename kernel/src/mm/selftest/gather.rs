@@ -1,7 +1,7 @@
 //! In-kernel tests of the mmu_gather and its policies (KTAP suite `gather`).
 //!
 //! Design. Each case builds a task mm, populates anonymous pages with real
-//! faults, and zaps through [`super::mmu_gather`] with an explicit policy,
+//! faults, and zaps through [`crate::mm::mmu_gather`] with an explicit policy,
 //! reading the free-frame count of the allocator before and after the flush,
 //! the IPI sync or the grace period. Page tables come one per frame
 //! ([`FragPolicy::OnePerFrame`], set for the case and restored) so that a freed
@@ -10,24 +10,29 @@
 //! freed (RCU) or the zap does not return (IPI sync) before the section ends.
 //! Every case checks that no frame leaked.
 
-use super::frag::{self, FragPolicy};
-use super::memory;
-use super::mm::Mm;
-use super::mmu_gather::{self as g, NestedFlush, PageFree, TableFree, TlbPolicy};
-use super::selftest::no_leak;
-use super::{page_alloc, PAGE_SIZE};
+use super::no_leak;
 use crate::cmdline::Cmdline;
 use crate::ktap::Outcome;
+use crate::mm::frag::{self, FragPolicy};
+use crate::mm::memory;
+use crate::mm::mm::Mm;
+use crate::mm::mmu_gather::{self as g, NestedFlush, PageFree, TableFree, TlbPolicy};
+use crate::mm::{page_alloc, PAGE_SIZE};
+use crate::selftest::TestFn;
 use crate::selftest::{section_end, start_section, wait_section_end};
 use crate::{diag, rcu, smp};
-use alloc::{boxed::Box, format};
+use alloc::{boxed::Box, format, vec::Vec};
 
-type TestFn = fn(&Cmdline) -> Outcome;
+/// The suite's name.
+pub(crate) const SUITE: &str = "gather";
 
-/// The `gather` suite, in order.
-pub fn suite<A: super::arch::Mmu>() -> [(&'static str, TestFn); 7] {
-    [
-        ("batched_zap_one_flush_per_batch", batched_zap::<A>),
+/// The `gather` cases, in order.
+pub(crate) fn cases<A: crate::mm::arch::Mmu>() -> Vec<(&'static str, TestFn)> {
+    alloc::vec![
+        (
+            "batched_zap_one_flush_per_batch",
+            batched_zap::<A> as TestFn
+        ),
         ("page_free_policies", page_free_policies::<A>),
         ("table_free_policies", table_free_policies::<A>),
         ("rcu_table_free_waits_for_irqs_off_cpu", rcu_waits::<A>),
@@ -50,19 +55,19 @@ fn policy(page_free: PageFree, table_free: TableFree) -> TlbPolicy {
 }
 
 /// A boxed mm with `pages` populated anonymous pages at `TASK_BASE`.
-fn populated<A: super::arch::Mmu>(pages: u64) -> Result<Box<Mm<A>>, Outcome> {
-    super::selftest::mapped_mm::<A>(pages * PAGE_SIZE, true)
+fn populated<A: crate::mm::arch::Mmu>(pages: u64) -> Result<Box<Mm<A>>, Outcome> {
+    super::mapped_mm::<A>(pages * PAGE_SIZE, true)
 }
 
 /// Zaps `pages` pages at `TASK_BASE` on one gather; returns its flushes.
-fn zap<A: super::arch::Mmu>(mm: &Mm<A>, pages: u64, p: TlbPolicy) -> u64 {
+fn zap<A: crate::mm::arch::Mmu>(mm: &Mm<A>, pages: u64, p: TlbPolicy) -> u64 {
     let _vmas = mm.mmap_lock.read();
     let mut tlb = g::tlb_gather_mmu_policy(mm, p, false);
     memory::unmap_page_range(&mut tlb, A::TASK_BASE, A::TASK_BASE + pages * PAGE_SIZE);
     g::tlb_finish_mmu_counted(tlb)
 }
 
-fn batched_zap<A: super::arch::Mmu>(_: &Cmdline) -> Outcome {
+fn batched_zap<A: crate::mm::arch::Mmu>(_: &Cmdline) -> Outcome {
     no_leak(|| {
         let n = 2 * g::GATHER_BATCH as u64 + 10;
         let mut got = [0u64; 2];
@@ -70,10 +75,7 @@ fn batched_zap<A: super::arch::Mmu>(_: &Cmdline) -> Outcome {
             .into_iter()
             .enumerate()
         {
-            let mm = match populated::<A>(n) {
-                Ok(m) => m,
-                Err(o) => return o,
-            };
+            let mm = or_return!(populated::<A>(n));
             got[i] = zap(&mm, n, policy(pf, TableFree::Immediate));
             memory::exit_mmap(*mm);
         }
@@ -94,13 +96,10 @@ fn batched_zap<A: super::arch::Mmu>(_: &Cmdline) -> Outcome {
     })
 }
 
-fn page_free_policies<A: super::arch::Mmu>(_: &Cmdline) -> Outcome {
+fn page_free_policies<A: crate::mm::arch::Mmu>(_: &Cmdline) -> Outcome {
     no_leak(|| {
         for pf in [PageFree::Batched, PageFree::Immediate] {
-            let mm = match populated::<A>(8) {
-                Ok(m) => m,
-                Err(o) => return o,
-            };
+            let mm = or_return!(populated::<A>(8));
             let before = page_alloc::nr_free_pages();
             let (mid, after) = {
                 let _vmas = mm.mmap_lock.read();
@@ -144,14 +143,11 @@ fn one_table_per_frame(body: impl FnOnce() -> Outcome) -> Outcome {
     o
 }
 
-fn table_free_policies<A: super::arch::Mmu>(_: &Cmdline) -> Outcome {
+fn table_free_policies<A: crate::mm::arch::Mmu>(_: &Cmdline) -> Outcome {
     no_leak(|| {
         one_table_per_frame(|| {
             for tf in [TableFree::Immediate, TableFree::IpiSync, TableFree::Rcu] {
-                let mm = match populated::<A>(1) {
-                    Ok(m) => m,
-                    Err(o) => return o,
-                };
+                let mm = or_return!(populated::<A>(1));
                 let before = page_alloc::nr_free_pages();
                 let old = g::set_tlb_policy(policy(PageFree::Batched, tf));
                 // For the RCU policy, this CPU stays in a read-side critical
@@ -191,21 +187,18 @@ const SECTION_NS: u64 = 50_000_000;
 
 /// Holds the last CPU in an interrupts-off section; returns it and the
 /// section's start once it is inside.
-fn hold_last_cpu<A: super::arch::Mmu>() -> (usize, u64) {
+fn hold_last_cpu<A: crate::mm::arch::Mmu>() -> (usize, u64) {
     let cpu = smp::nr_cpus() - 1;
     (cpu, start_section::<A>(cpu, SECTION_NS))
 }
 
-fn rcu_waits<A: super::arch::Mmu>(_: &Cmdline) -> Outcome {
+fn rcu_waits<A: crate::mm::arch::Mmu>(_: &Cmdline) -> Outcome {
     if smp::nr_cpus() < 2 {
         return Outcome::Skip("needs 2 or more CPUs");
     }
     no_leak(|| {
         one_table_per_frame(|| {
-            let mm = match populated::<A>(1) {
-                Ok(m) => m,
-                Err(o) => return o,
-            };
+            let mm = or_return!(populated::<A>(1));
             let (cpu, start) = hold_last_cpu::<A>();
             let before = page_alloc::nr_free_pages();
             let old = g::set_tlb_policy(policy(PageFree::Batched, TableFree::Rcu));
@@ -244,16 +237,13 @@ fn rcu_waits<A: super::arch::Mmu>(_: &Cmdline) -> Outcome {
     })
 }
 
-fn ipi_sync_waits<A: super::arch::Mmu>(_: &Cmdline) -> Outcome {
+fn ipi_sync_waits<A: crate::mm::arch::Mmu>(_: &Cmdline) -> Outcome {
     if smp::nr_cpus() < 2 {
         return Outcome::Skip("needs 2 or more CPUs");
     }
     no_leak(|| {
         one_table_per_frame(|| {
-            let mm = match populated::<A>(1) {
-                Ok(m) => m,
-                Err(o) => return o,
-            };
+            let mm = or_return!(populated::<A>(1));
             let (cpu, _) = hold_last_cpu::<A>();
             let old = g::set_tlb_policy(policy(PageFree::Batched, TableFree::IpiSync));
             let r = memory::munmap(&mm, A::TASK_BASE, PAGE_SIZE);
@@ -278,7 +268,7 @@ fn ipi_sync_waits<A: super::arch::Mmu>(_: &Cmdline) -> Outcome {
     })
 }
 
-fn nested<A: super::arch::Mmu>(_: &Cmdline) -> Outcome {
+fn nested<A: crate::mm::arch::Mmu>(_: &Cmdline) -> Outcome {
     no_leak(|| {
         let Some(mm) = Mm::<A>::new().map(Box::new) else {
             return fail("no memory for an mm".into());
@@ -311,7 +301,7 @@ fn nested<A: super::arch::Mmu>(_: &Cmdline) -> Outcome {
     })
 }
 
-fn zap_throughput<A: super::arch::Mmu>(_: &Cmdline) -> Outcome {
+fn zap_throughput<A: crate::mm::arch::Mmu>(_: &Cmdline) -> Outcome {
     no_leak(|| {
         const N: u64 = 2048;
         let mut rate = [0u64; 2];
@@ -319,10 +309,7 @@ fn zap_throughput<A: super::arch::Mmu>(_: &Cmdline) -> Outcome {
             .into_iter()
             .enumerate()
         {
-            let mm = match populated::<A>(N) {
-                Ok(m) => m,
-                Err(o) => return o,
-            };
+            let mm = or_return!(populated::<A>(N));
             let t0 = A::clock_ns();
             zap(&mm, N, policy(pf, TableFree::Immediate));
             let dt = (A::clock_ns() - t0).max(1);

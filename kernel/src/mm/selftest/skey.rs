@@ -14,30 +14,30 @@
 //! Every case checks that it leaked no frame, and prints the keys it saw as
 //! `key_...=0x..` diagnostics, which the host asserts.
 
-use super::arch::{Mmu, StorageKeyOps, PAGE_CHANGED, PAGE_DEFAULT_KEY, PAGE_REFERENCED};
-use super::memory;
-use super::mm::{self as mmod, Mm, VmFlags};
-use super::selftest::{load, no_leak, store};
-use super::{page, page_alloc, pgtable, PAGE_SIZE};
+use super::{load, mapped_mm, no_leak, store};
 use crate::cmdline::Cmdline;
 use crate::ktap::Outcome;
+use crate::mm::arch::{Mmu, StorageKeyOps, PAGE_CHANGED, PAGE_DEFAULT_KEY, PAGE_REFERENCED};
+use crate::mm::memory;
+use crate::mm::mm::{self as mmod, Mm};
+use crate::mm::{page, page_alloc, pgtable, PAGE_SIZE};
+use crate::selftest::TestFn;
 use crate::{diag, smp};
-use alloc::{boxed::Box, format};
+use alloc::{boxed::Box, format, vec::Vec};
 use core::sync::atomic::{AtomicU64, Ordering};
-
-type TestFn = fn(&Cmdline) -> Outcome;
-
-const RW: VmFlags = VmFlags::RW;
 
 /// Key with R set and C clear, as after a load.
 const KEY_R: u8 = PAGE_REFERENCED;
 /// Key with R and C set, as after a store.
 const KEY_RC: u8 = PAGE_REFERENCED | PAGE_CHANGED;
 
-/// The `skey` suite, in order.
-pub fn suite<A: Mmu>() -> [(&'static str, TestFn); 5] {
-    [
-        ("key_set_at_alloc", key_set_at_alloc::<A>),
+/// The suite's name.
+pub(crate) const SUITE: &str = "skey";
+
+/// The `skey` cases, in order.
+pub(crate) fn cases<A: Mmu>() -> Vec<(&'static str, TestFn)> {
+    alloc::vec![
+        ("key_set_at_alloc", key_set_at_alloc::<A> as TestFn),
         ("change_bit_set_by_store", change_bit_set_by_store::<A>),
         ("sske_and_rrbe_reset", sske_and_rrbe_reset::<A>),
         ("page_test_and_clear_dirty", page_test_and_clear_dirty::<A>),
@@ -45,10 +45,13 @@ pub fn suite<A: Mmu>() -> [(&'static str, TestFn); 5] {
     ]
 }
 
-/// The arch's storage-key operations, or the skip of every case on an
-/// architecture without keys.
-fn keys<A: Mmu>() -> Result<StorageKeyOps, Outcome> {
-    A::STORAGE_KEYS.ok_or(Outcome::Skip("no storage keys on this architecture"))
+/// Runs a case's body with the arch's storage-key operations under
+/// [`no_leak`], or skips the case on an architecture without keys.
+fn keyed<A: Mmu>(body: impl FnOnce(StorageKeyOps) -> Outcome) -> Outcome {
+    let Some(k) = A::STORAGE_KEYS else {
+        return Outcome::Skip("no storage keys on this architecture");
+    };
+    no_leak(|| body(k))
 }
 
 /// Fails with `why` unless `got == want`, naming both keys.
@@ -70,13 +73,7 @@ struct OnePage<A: Mmu> {
 
 impl<A: Mmu> OnePage<A> {
     fn new() -> Result<Self, Outcome> {
-        let mm = Mm::<A>::new()
-            .map(Box::new)
-            .ok_or_else(|| Outcome::Fail("no memory for an mm".into()))?;
-        if let Err(e) = memory::mmap_anon(&mm, A::TASK_BASE, PAGE_SIZE, RW, true) {
-            memory::exit_mmap(*mm);
-            return Err(Outcome::Fail(format!("mmap: {e:?}")));
-        }
+        let mm = mapped_mm::<A>(PAGE_SIZE, true)?;
         let pte = pgtable::follow_pte(&*mm, A::TASK_BASE).map(|ptep| {
             // SAFETY: a live entry of this mm, which nothing else changes.
             unsafe { pgtable::read_entry(ptep) }
@@ -93,13 +90,16 @@ impl<A: Mmu> OnePage<A> {
         }
     }
 
-    /// Runs `f` with the mm loaded on this CPU.
-    fn with_mm<R>(&self, f: impl FnOnce() -> R) -> R {
+    /// A new one-page mm, loaded on this CPU while `f` runs with the frame
+    /// and the page's address, torn down after.
+    fn with_mm<R>(f: impl FnOnce(u64, u64) -> R) -> Result<R, Outcome> {
+        let t = Self::new()?;
         // SAFETY: the mm lives until `exit`, which comes after `unuse_mm`.
-        unsafe { mmod::use_mm(&*self.mm) };
-        let r = f();
+        unsafe { mmod::use_mm(&*t.mm) };
+        let r = f(t.pfn, A::TASK_BASE);
         mmod::unuse_mm::<A>();
-        r
+        t.exit();
+        Ok(r)
     }
 
     fn exit(self) {
@@ -110,11 +110,7 @@ impl<A: Mmu> OnePage<A> {
 /// A frame's key right after allocation is the default one, whatever the
 /// frame's previous user left in it, and before anything touches the frame.
 fn key_set_at_alloc<A: Mmu>(_: &Cmdline) -> Outcome {
-    let k = match keys::<A>() {
-        Ok(k) => k,
-        Err(skip) => return skip,
-    };
-    no_leak(|| {
+    keyed::<A>(|k| {
         // The two halves of an order-1 block: freeing the first leaves it at
         // the head of the order-0 list (its buddy is held), next in line.
         let Some(pair) = page_alloc::alloc_pages(1) else {
@@ -177,17 +173,8 @@ fn key_set_at_alloc<A: Mmu>(_: &Cmdline) -> Outcome {
 
 /// A load through a task mapping sets R only; a store sets C.
 fn change_bit_set_by_store<A: Mmu>(_: &Cmdline) -> Outcome {
-    let k = match keys::<A>() {
-        Ok(k) => k,
-        Err(skip) => return skip,
-    };
-    no_leak(|| {
-        let t = match OnePage::<A>::new() {
-            Ok(t) => t,
-            Err(o) => return o,
-        };
-        let (pfn, addr) = (t.pfn, A::TASK_BASE);
-        let keys = t.with_mm(|| {
+    keyed::<A>(|k| {
+        let keys = or_return!(OnePage::<A>::with_mm(|pfn, addr| {
             k.set_storage_key(pfn, PAGE_DEFAULT_KEY);
             let after_sske = k.get_storage_key(pfn);
             // SAFETY: in the mm's writable VMA.
@@ -197,8 +184,7 @@ fn change_bit_set_by_store<A: Mmu>(_: &Cmdline) -> Outcome {
             unsafe { store(addr, 0x5157) };
             let after_store = k.get_storage_key(pfn);
             [after_sske, after_load, after_store]
-        });
-        t.exit();
+        }));
         let [after_sske, after_load, after_store] = keys;
         diag!(
             "key_after_sske={after_sske:#04x} key_after_load={after_load:#04x} key_after_store={after_store:#04x}"
@@ -216,17 +202,8 @@ fn change_bit_set_by_store<A: Mmu>(_: &Cmdline) -> Outcome {
 /// writable translation went with the old key); RRBE returns the old R and C
 /// and clears only R, and the next access sets R again.
 fn sske_and_rrbe_reset<A: Mmu>(_: &Cmdline) -> Outcome {
-    let k = match keys::<A>() {
-        Ok(k) => k,
-        Err(skip) => return skip,
-    };
-    no_leak(|| {
-        let t = match OnePage::<A>::new() {
-            Ok(t) => t,
-            Err(o) => return o,
-        };
-        let (pfn, addr) = (t.pfn, A::TASK_BASE);
-        let r = t.with_mm(|| {
+    keyed::<A>(|k| {
+        let r = or_return!(OnePage::<A>::with_mm(|pfn, addr| {
             k.set_storage_key(pfn, PAGE_DEFAULT_KEY);
             // SAFETY: in the mm's writable VMA.
             unsafe { store(addr, 1) };
@@ -253,8 +230,7 @@ fn sske_and_rrbe_reset<A: Mmu>(_: &Cmdline) -> Outcome {
                 rrbe,
                 rrbe_again,
             )
-        });
-        t.exit();
+        }));
         let ([after_store, after_clear, after_second_store, after_rrbe, after_load], rrbe, rrbe2) =
             r;
         let rc = |(r, c): (bool, bool)| {
@@ -293,17 +269,8 @@ fn sske_and_rrbe_reset<A: Mmu>(_: &Cmdline) -> Outcome {
 /// Linux 3.8's `page_test_and_clear_dirty`: true once after a store, false
 /// right after, true again after the next store.
 fn page_test_and_clear_dirty<A: Mmu>(_: &Cmdline) -> Outcome {
-    let k = match keys::<A>() {
-        Ok(k) => k,
-        Err(skip) => return skip,
-    };
-    no_leak(|| {
-        let t = match OnePage::<A>::new() {
-            Ok(t) => t,
-            Err(o) => return o,
-        };
-        let (pfn, addr) = (t.pfn, A::TASK_BASE);
-        let r = t.with_mm(|| {
+    keyed::<A>(|k| {
+        let r = or_return!(OnePage::<A>::with_mm(|pfn, addr| {
             k.set_storage_key(pfn, PAGE_DEFAULT_KEY);
             let clean = k.page_test_and_clear_dirty(pfn);
             // SAFETY: in the mm's writable VMA.
@@ -315,8 +282,7 @@ fn page_test_and_clear_dirty<A: Mmu>(_: &Cmdline) -> Outcome {
             unsafe { store(addr, 2) };
             let again = k.page_test_and_clear_dirty(pfn);
             ([clean, first, second, again], after)
-        });
-        t.exit();
+        }));
         let ([clean, first, second, again], after) = r;
         diag!(
             "dirty_before_store={clean} after_store={first} right_after={second} after_next_store={again} key_after_clear={after:#04x}"
@@ -350,18 +316,11 @@ fn remote_store<A: Mmu>(v: usize) {
 /// after CPU 0 clears C the next store on CPU 1 sets it again (CPU 0's SSKE
 /// took CPU 1's writable translation away).
 fn change_bit_on_another_cpu<A: Mmu>(_: &Cmdline) -> Outcome {
-    let k = match keys::<A>() {
-        Ok(k) => k,
-        Err(skip) => return skip,
-    };
-    if smp::nr_cpus() < 2 {
+    if A::STORAGE_KEYS.is_some() && smp::nr_cpus() < 2 {
         return Outcome::Skip("needs 2 or more CPUs");
     }
-    no_leak(|| {
-        let t = match OnePage::<A>::new() {
-            Ok(t) => t,
-            Err(o) => return o,
-        };
+    keyed::<A>(|k| {
+        let t = or_return!(OnePage::<A>::new());
         let pfn = t.pfn;
         REMOTE_MM.store(&*t.mm as *const Mm<A> as u64, Ordering::Release);
         k.set_storage_key(pfn, PAGE_DEFAULT_KEY);
