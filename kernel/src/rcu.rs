@@ -64,6 +64,12 @@ static CALLBACKS: [spin::Mutex<Vec<(u64, RcuCallback, usize)>>; NR_CPUS] =
 /// Per CPU: quiescent states reported (diagnostics).
 static QS_REPORTS: [AtomicU64; NR_CPUS] = [const { AtomicU64::new(0) }; NR_CPUS];
 
+/// Addresses of the grace-period state every tick touches (see
+/// [`crate::race::user::stale_tlb_base`]).
+pub(crate) fn tick_state_addrs() -> [u64; 2] {
+    [&STATE as *const _ as u64, QS_REPORTS.as_ptr() as u64]
+}
+
 /// Ends the current grace period if every online CPU has reported since it
 /// began, and starts the next one if someone needs it. Lock held.
 fn advance(s: &mut GpState) {

@@ -100,6 +100,11 @@ pub enum MapTarget {
 /// use the frame's `ptl`); tables in other frames almost always get another.
 static PTLOCKS: [Ptl; NR_PTL] = [const { Ptl(spin::Mutex::new(())) }; NR_PTL];
 
+/// Address of the PTL table (see [`crate::race::user::stale_tlb_base`]).
+pub(crate) fn ptlocks_addr() -> u64 {
+    PTLOCKS.as_ptr() as u64
+}
+
 /// The PTL of the PTE table `ptep` lies in (`pte_lockptr`).
 pub fn pte_lockptr(ptep: *mut u64) -> &'static Ptl {
     let frame = ptep as u64 >> super::PAGE_SHIFT;

@@ -223,6 +223,17 @@ static STEP_POINT: [AtomicUsize; MAX_STEPS] = [const { AtomicUsize::new(0) }; MA
 static STEP_ROLE: [AtomicU8; MAX_STEPS] = [const { AtomicU8::new(0) }; MAX_STEPS];
 static NR_STEPS: AtomicUsize = AtomicUsize::new(0);
 static CURSOR: AtomicUsize = AtomicUsize::new(0);
+
+/// Addresses of the schedule state a CPU held at a point reads on every
+/// turn of its wait ([`crate::race::user::stale_tlb_base`] keeps user
+/// pages off their TLB slots).
+pub(crate) fn wait_state_addrs() -> [u64; 3] {
+    [
+        &CURSOR as *const _ as u64,
+        STEP_POINT.as_ptr() as u64,
+        HITS.as_ptr() as u64,
+    ]
+}
 static ABORT: AtomicBool = AtomicBool::new(false);
 
 static SEED: AtomicU64 = AtomicU64::new(0);

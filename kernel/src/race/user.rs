@@ -13,27 +13,46 @@
 
 use super::point;
 use crate::mm::arch::Mmu;
-use crate::mm::PAGE_SIZE;
+use crate::mm::{PAGE_SHIFT, PAGE_SIZE};
 use crate::Arch;
+use alloc::vec::Vec;
 
-/// Where a row maps its user pages when its forced schedule needs a CPU's
-/// TLB entry for one of them to survive while that CPU waits (a store
-/// through a stale translation after the PTE clear): `TASK_BASE` plus 45
-/// pages.
+/// Where a row maps its user pages (two of them) when its forced schedule
+/// needs a CPU's TLB entry for one of them to survive while that CPU waits
+/// (a store through a stale translation after the PTE clear).
 ///
-/// QEMU's TCG TLB is direct-mapped: per vCPU and MMU mode, 64 entries or
-/// more, indexed by the low bits of the virtual page number, with an
-/// 8-entry victim TLB behind it. `TASK_BASE`'s page number ends in zero
-/// bits, like the x86-64 local APIC page (0xfee00000) that every interrupt
-/// writes its EOI to; and a timer tick taken while the CPU waits touches
-/// enough pages to push an entry out of the victim TLB too. With the user
-/// pages at `TASK_BASE` (and `TASK_BASE + 4 KiB`), some kernel layouts
-/// lost the translation in a third of the forced iterations: the store
-/// faulted instead of going through the stale entry, and the forced x86-64
-/// cells of `zap-rmap-vs-mkclean` and `nested-flush` missed their hits.
-/// `tests/tests/forced_repeat.rs` shows a layout that does it again.
+/// QEMU's TCG TLB is direct-mapped: per vCPU and MMU mode, 64 to 256
+/// entries or more, indexed by the low bits of the virtual page number,
+/// with an 8-entry victim TLB behind it. A kernel page the waiting CPU
+/// touches on every turn of its wait (the schedule's cursor), on every tick
+/// (the grace-period state, the per-CPU data, the local APIC page, whose
+/// page number ends in zero bits like `TASK_BASE`'s) or in the PTL code
+/// evicts a user entry in the same slot: the store then faults instead of
+/// going through the stale entry, and the forced x86-64 cells of
+/// `zap-rmap-vs-mkclean` and `nested-flush` miss their hits (seen at
+/// `TASK_BASE`, and at `TASK_BASE + 45` pages after a change of kernel
+/// layout put the cursor's page in slot 45). So the pages go to the first
+/// slot from `TASK_BASE + 45` pages on whose two pages share no slot, for
+/// a 64- or a 256-entry TLB, with slot 0 or any of those kernel pages.
+/// Kernel code pages are not avoided: the wait's own loop and the tick
+/// handler are a few pages in a large image, and
+/// `tests/tests/forced_repeat.rs` shows a layout where they collide.
 pub fn stale_tlb_base<A: Mmu>() -> u64 {
-    A::TASK_BASE + 45 * PAGE_SIZE
+    let mut hot: Vec<u64> = point::wait_state_addrs().to_vec();
+    hot.extend(crate::rcu::tick_state_addrs());
+    hot.push(crate::mm::memory::ptlocks_addr());
+    hot.extend((0..crate::smp::nr_cpus()).map(|c| crate::percpu::per_cpu(c) as *const _ as u64));
+    let hot_pages: Vec<u64> = hot.iter().map(|a| a >> PAGE_SHIFT).collect();
+    let base_pn = A::TASK_BASE >> PAGE_SHIFT;
+    let free = |pn: u64| {
+        [64u64, 256]
+            .iter()
+            .all(|&n| pn % n != 0 && hot_pages.iter().all(|&h| h % n != pn % n))
+    };
+    let k = (45..45 + 256)
+        .find(|&k| free(base_pn + k) && free(base_pn + k + 1))
+        .unwrap_or(45);
+    A::TASK_BASE + k * PAGE_SIZE
 }
 
 /// Halts the calling CPU until `cond` holds; any interrupt (a [`wake`],
