@@ -47,7 +47,7 @@ pub fn stale_tlb_base<A: Mmu>() -> u64 {
     let free = |pn: u64| {
         [64u64, 256]
             .iter()
-            .all(|&n| pn % n != 0 && hot_pages.iter().all(|&h| h % n != pn % n))
+            .all(|&n| !pn.is_multiple_of(n) && hot_pages.iter().all(|&h| h % n != pn % n))
     };
     let k = (45..45 + 256)
         .find(|&k| free(base_pn + k) && free(base_pn + k + 1))
