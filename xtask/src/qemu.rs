@@ -237,8 +237,11 @@ fn qboot() -> Option<PathBuf> {
 
 /// Writes the s390x command-line blob: the bytes and a NUL.
 pub fn write_cmdline_file(cmdline: &str) -> Result<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
     static SEQ: AtomicU64 = AtomicU64::new(0);
-    let dir = std::env::temp_dir().join("quiesce-cmdline");
+    // One directory per user: another user's would not be writable.
+    let uid = std::fs::metadata("/proc/self").map_or(0, |m| m.uid());
+    let dir = std::env::temp_dir().join(format!("quiesce-cmdline-{uid}"));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let path = dir.join(format!(
         "{}-{}.bin",
