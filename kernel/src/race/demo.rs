@@ -24,7 +24,7 @@
 //!   is freed for good once unlocked.
 
 use super::point::{points, race_point, RacePoint, Step};
-use super::scenario::{Budget, Commit, CommitRole, Ctx, Scenario, Variant};
+use super::scenario::{Commit, CommitRole::Context, Ctx, Row, RowInfo, Variant};
 use crate::mm::arch::Mmu;
 use crate::mm::page::{self, pfn_to_page, PG_poisoned};
 use crate::mm::page_alloc;
@@ -53,93 +53,87 @@ static VARIANTS: [Variant; 2] = [
 
 /// The Linux commits of the row.
 static COMMITS: [Commit; 2] = [
-    Commit {
-        hash: "09854ba94c6a",
-        subject: Some("mm: do_wp_page() simplification"),
-        release: None,
-        role: CommitRole::Context,
-    },
-    Commit {
-        hash: "be068f29034f",
-        subject: Some("mm: fix misplaced unlock_page in do_wp_page()"),
-        release: Some("5.9-rc7"),
-        role: CommitRole::Context,
-    },
+    Commit::new(
+        "09854ba94c6a",
+        Some("mm: do_wp_page() simplification"),
+        None,
+        Context,
+    ),
+    Commit::new(
+        "be068f29034f",
+        Some("mm: fix misplaced unlock_page in do_wp_page()"),
+        Some("5.9-rc7"),
+        Context,
+    ),
 ];
 
 /// The row.
-pub fn scenario<A: Mmu>() -> Scenario<A> {
-    Scenario {
-        name: "demo-lock-vs-put",
-        about: "a page's last reference dropped while another CPU holds its lock",
-        catalogue: None,
+pub struct DemoLockVsPut;
+
+impl<A: Mmu> Row<A> for DemoLockVsPut {
+    const INFO: RowInfo = RowInfo {
         seed: "none: a demonstration row, the core of catalogue row 1 (seed 000) without the page tables",
         commits: &COMMITS,
-        roles: &["locker", "putter"],
-        variants: &VARIANTS,
-        flush: &[],
-        set_variant: |_| Ok(()),
-        reset: || {},
-        setup: setup::<A>,
-        role: role::<A>,
-        detect: |_| None,
-        teardown: teardown::<A>,
-        schedule: |_| {
-            vec![
-                Step::at(LOCKER, &points::DEMO_LOCKED),
-                Step::at(PUTTER, &points::DEMO_BEFORE_PUT),
-                Step::at(PUTTER, &points::DEMO_AFTER_PUT),
-                Step::leave(LOCKER, &points::DEMO_LOCKED),
-            ]
-        },
         delay_points: &DELAY_POINTS,
-        trace_points: &[],
-        max_delay_ns: 20_000,
-        budget: Budget::CATALOGUE,
+        ..RowInfo::new(
+            "demo-lock-vs-put",
+            "a page's last reference dropped while another CPU holds its lock",
+            &["locker", "putter"],
+            &VARIANTS,
+        )
+    };
+
+    fn setup(ctx: &mut Ctx<A>) -> Result<(), String> {
+        let page = page_alloc::alloc_page().ok_or_else(|| String::from("out of memory"))?;
+        ctx.pfns = Vec::from([page::page_to_pfn(page)]);
+        Ok(())
     }
-}
 
-fn setup<A: Mmu>(ctx: &mut Ctx<A>) -> Result<(), String> {
-    let page = page_alloc::alloc_page().ok_or_else(|| String::from("out of memory"))?;
-    ctx.pfns = Vec::from([page::page_to_pfn(page)]);
-    Ok(())
-}
-
-fn role<A: Mmu>(ctx: &Ctx<A>, role: usize) -> bool {
-    let pfn = ctx.pfns[0];
-    let page = pfn_to_page(pfn);
-    let fixed = ctx.variant.name == "fixed";
-    match role {
-        LOCKER => {
-            if fixed {
-                page::get_page(page);
+    fn role(ctx: &Ctx<A>, role: usize) -> bool {
+        let pfn = ctx.pfns[0];
+        let page = pfn_to_page(pfn);
+        let fixed = ctx.variant.name == "fixed";
+        match role {
+            LOCKER => {
+                if fixed {
+                    page::get_page(page);
+                }
+                page::lock_page(page);
+                ctx.word[1].store(1, Ordering::Release);
+                race_point::<A>(&points::DEMO_LOCKED, pfn);
+                page::unlock_page(page);
+                if fixed {
+                    page::put_page(page);
+                }
+                true
             }
-            page::lock_page(page);
-            ctx.word[1].store(1, Ordering::Release);
-            race_point::<A>(&points::DEMO_LOCKED, pfn);
-            page::unlock_page(page);
-            if fixed {
+            _ => {
+                while ctx.word[1].load(Ordering::Acquire) == 0 {
+                    A::cpu_relax();
+                }
+                race_point::<A>(&points::DEMO_BEFORE_PUT, pfn);
                 page::put_page(page);
+                race_point::<A>(&points::DEMO_AFTER_PUT, pfn);
+                true
             }
-            true
-        }
-        _ => {
-            while ctx.word[1].load(Ordering::Acquire) == 0 {
-                A::cpu_relax();
-            }
-            race_point::<A>(&points::DEMO_BEFORE_PUT, pfn);
-            page::put_page(page);
-            race_point::<A>(&points::DEMO_AFTER_PUT, pfn);
-            true
         }
     }
-}
 
-fn teardown<A: Mmu>(ctx: &mut Ctx<A>) {
-    let page = pfn_to_page(ctx.pfns[0]);
-    // Freed normally: poisoned. Leaked by the free checks: count 0, not
-    // poisoned, unlocked by now; free it for good.
-    if page._refcount.load(Ordering::Acquire) == 0 && !page.test_flag(PG_poisoned) {
-        page_alloc::free_frozen_pages(page, 0);
+    fn teardown(ctx: &mut Ctx<A>) {
+        let page = pfn_to_page(ctx.pfns[0]);
+        // Freed normally: poisoned. Leaked by the free checks: count 0, not
+        // poisoned, unlocked by now; free it for good.
+        if page._refcount.load(Ordering::Acquire) == 0 && !page.test_flag(PG_poisoned) {
+            page_alloc::free_frozen_pages(page, 0);
+        }
+    }
+
+    fn schedule(_: &Variant) -> Vec<Step> {
+        vec![
+            Step::at(LOCKER, &points::DEMO_LOCKED),
+            Step::at(PUTTER, &points::DEMO_BEFORE_PUT),
+            Step::at(PUTTER, &points::DEMO_AFTER_PUT),
+            Step::leave(LOCKER, &points::DEMO_LOCKED),
+        ]
     }
 }

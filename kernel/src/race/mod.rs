@@ -39,6 +39,12 @@
 //!   names the Linux commit or kernel it corresponds to, or says in words
 //!   what it stands for. `list` on the command line prints all of it
 //!   ([`crate::list`], `cargo xtask list`).
+//! - **the row as a type**: a row implements [`scenario::Row`] (its
+//!   constants in a [`scenario::RowInfo`], its code with defaults for what
+//!   it leaves alone) and `scenario::all` lists `Scenario::of::<Row>()`;
+//!   the demonstration row is written so. The fields below are the
+//!   runner's [`scenario::Scenario`], which `Row` produces and which the
+//!   catalogue rows still fill in directly.
 //! - **variants**: `variants: &[Variant { name: "buggy", .. }, ..]` name
 //!   the policy under test only, and `set_variant(v)` sets the runtime
 //!   knobs of that kernel (freeing policies, a row's own knob) or returns

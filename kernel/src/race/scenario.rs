@@ -218,10 +218,142 @@ pub struct Scenario<A: Mmu> {
     pub budget: Budget,
 }
 
+/// What a row is, apart from its code: the constants of a [`Row`].
+#[derive(Clone, Copy, Debug)]
+pub struct RowInfo {
+    /// Its name on the command line (`scenario=`).
+    pub name: &'static str,
+    /// One line: the race.
+    pub about: &'static str,
+    /// Its number in the catalogue (rows 1 to 8); `None` for a
+    /// demonstration row.
+    pub catalogue: Option<u8>,
+    /// One line: the mailing-list thread (the seed) or the catalogue entry
+    /// the row comes from.
+    pub seed: &'static str,
+    /// The Linux commits the catalogue and the row's docs name for it.
+    pub commits: &'static [Commit],
+    /// Role names; role `i` runs on CPU `i + 1`.
+    pub roles: &'static [&'static str],
+    /// The buggy kernel and each fix.
+    pub variants: &'static [Variant],
+    /// The flush axis ([`Scenario::flush`]).
+    pub flush: &'static [FlushStrategy],
+    /// Points armed with random delays in natural mode.
+    pub delay_points: &'static [&'static RacePoint],
+    /// Points traced in both modes (besides the schedule's).
+    pub trace_points: &'static [&'static RacePoint],
+    /// Longest natural-mode delay.
+    pub max_delay_ns: u64,
+    /// The budget.
+    pub budget: Budget,
+}
+
+impl RowInfo {
+    /// A row with its name, race, roles and variants; no catalogue number,
+    /// seed, commits, flush axis, delay or trace points; delays up to
+    /// 20 us; the catalogue's budget. Fill in the rest with `..`.
+    pub const fn new(
+        name: &'static str,
+        about: &'static str,
+        roles: &'static [&'static str],
+        variants: &'static [Variant],
+    ) -> Self {
+        RowInfo {
+            name,
+            about,
+            catalogue: None,
+            seed: "",
+            commits: &[],
+            roles,
+            variants,
+            flush: &[],
+            delay_points: &[],
+            trace_points: &[],
+            max_delay_ns: 20_000,
+            budget: Budget::CATALOGUE,
+        }
+    }
+}
+
+/// A row written as a type: its constants ([`RowInfo`]) and its code, with
+/// defaults for what most rows leave alone (no knobs to set or reset, no
+/// detector beyond the runner's bad-page check, nothing to tear down).
+/// [`Scenario::of`] turns it into the runner's [`Scenario`].
+pub trait Row<A: Mmu> {
+    /// What the row is.
+    const INFO: RowInfo;
+    /// Sets the runtime knobs of `variant`, or says why the row does not
+    /// exist on this architecture.
+    fn set_variant(_variant: &Variant) -> Result<(), &'static str> {
+        Ok(())
+    }
+    /// Puts every knob the row touches back to its default.
+    fn reset() {}
+    /// Builds an iteration's world.
+    fn setup(ctx: &mut Ctx<A>) -> Result<(), String>;
+    /// Runs role `role`; returns whether it completed its operation.
+    fn role(ctx: &Ctx<A>, role: usize) -> bool;
+    /// The row's detectors (the runner adds the bad-page check).
+    fn detect(_ctx: &Ctx<A>) -> Option<Finding> {
+        None
+    }
+    /// Destroys an iteration's world, repairing what a bug left behind.
+    fn teardown(_ctx: &mut Ctx<A>) {}
+    /// The forced schedule of `variant`.
+    fn schedule(variant: &Variant) -> Vec<Step>;
+}
+
+impl<A: Mmu> Scenario<A> {
+    /// The runner's form of the row `R`.
+    pub fn of<R: Row<A>>() -> Self {
+        let i = R::INFO;
+        Scenario {
+            name: i.name,
+            about: i.about,
+            catalogue: i.catalogue,
+            seed: i.seed,
+            commits: i.commits,
+            roles: i.roles,
+            variants: i.variants,
+            flush: i.flush,
+            set_variant: R::set_variant,
+            reset: R::reset,
+            setup: R::setup,
+            role: R::role,
+            detect: R::detect,
+            teardown: R::teardown,
+            schedule: R::schedule,
+            delay_points: i.delay_points,
+            trace_points: i.trace_points,
+            max_delay_ns: i.max_delay_ns,
+            budget: i.budget,
+        }
+    }
+}
+
+impl Commit {
+    /// A commit: its hash, subject (where quoted), first release (where
+    /// named) and what it is to the row.
+    pub const fn new(
+        hash: &'static str,
+        subject: Option<&'static str>,
+        release: Option<&'static str>,
+        role: CommitRole,
+    ) -> Self {
+        Commit {
+            hash,
+            subject,
+            release,
+            role,
+        }
+    }
+}
+
 /// Every row, in catalogue order.
 pub fn all<A: Mmu>() -> Vec<Scenario<A>> {
     vec![
-        super::demo::scenario::<A>(),
+        Scenario::of::<super::demo::DemoLockVsPut>(),
         super::wp_unlock::scenario::<A>(),
         super::gup_folding::scenario::<A>(),
         super::zap_rmap::scenario::<A>(),

@@ -753,7 +753,7 @@ fn detector_race_report<A: Mmu>(_: &Cmdline) -> Outcome {
         return o;
     }
     leak_checked(1, |_| {
-        let mut s = super::demo::scenario::<A>();
+        let mut s = Scenario::<A>::of::<super::demo::DemoLockVsPut>();
         s.budget.forced_iterations = 1;
         let buggy = &s.variants[0];
         let fixed = &s.variants[1];
