@@ -215,6 +215,7 @@ use On::{Both, Flush};
 /// What every variant shows. Rows in catalogue order, the demonstration
 /// row first. A cell not listed for an architecture is a row that does
 /// not exist there ([`ROW_SKIPS`]).
+#[rustfmt::skip]
 const ENTRIES: &[Entry] = &[
     // demo-lock-vs-put (kernel/src/race/demo.rs): the page's last reference
     // dropped while another CPU holds its lock. Natural buggy: the
@@ -259,22 +260,10 @@ const ENTRIES: &[Entry] = &[
     // fix).
     e("zap-rmap-vs-mkclean", "buggy", Flush("ipi"), Bug, Bug),
     e("zap-rmap-vs-mkclean", "buggy", Flush("nmi"), Bug, Bug),
-    e(
-        "zap-rmap-vs-mkclean",
-        "buggy",
-        Flush("ipte"),
-        Impossible,
-        Clean,
-    ),
+    e("zap-rmap-vs-mkclean", "buggy", Flush("ipte"), Impossible, Clean),
     e("zap-rmap-vs-mkclean", "fixed", Flush("ipi"), Clean, Clean),
     e("zap-rmap-vs-mkclean", "fixed", Flush("nmi"), Clean, Clean),
-    e(
-        "zap-rmap-vs-mkclean",
-        "fixed",
-        Flush("ipte"),
-        Impossible,
-        Clean,
-    ),
+    e("zap-rmap-vs-mkclean", "fixed", Flush("ipte"), Impossible, Clean),
     // ptfrag-refcount (kernel/src/race/ptfrag.rs, catalogue row 4): a pfn
     // scanner's speculative reference wiped by set_page_count when the
     // frame becomes a page-table fragment block; the block is freed while
@@ -291,64 +280,16 @@ const ENTRIES: &[Entry] = &[
     // sync; forced: held by the fix) `clean`. Flush IPIs: the collapse's
     // flush waits for the interrupts-off walker, so every variant is
     // natural `clean` and forced `impossible`.
-    e(
-        "collapse-vs-gup-fast",
-        "buggy",
-        Flush("ipi"),
-        Impossible,
-        Clean,
-    ),
+    e("collapse-vs-gup-fast", "buggy", Flush("ipi"), Impossible, Clean),
     e("collapse-vs-gup-fast", "buggy", Flush("nmi"), Bug, Bug),
     e("collapse-vs-gup-fast", "buggy", Flush("ipte"), Bug, Bug),
-    e(
-        "collapse-vs-gup-fast",
-        "fixed-a",
-        Flush("ipi"),
-        Impossible,
-        Clean,
-    ),
-    e(
-        "collapse-vs-gup-fast",
-        "fixed-a",
-        Flush("nmi"),
-        Clean,
-        Clean,
-    ),
-    e(
-        "collapse-vs-gup-fast",
-        "fixed-a",
-        Flush("ipte"),
-        Clean,
-        Clean,
-    ),
-    e(
-        "collapse-vs-gup-fast",
-        "fixed-b",
-        Flush("ipi"),
-        Impossible,
-        Clean,
-    ),
-    e(
-        "collapse-vs-gup-fast",
-        "fixed-b",
-        Flush("nmi"),
-        Clean,
-        Clean,
-    ),
-    e(
-        "collapse-vs-gup-fast",
-        "fixed-b",
-        Flush("ipte"),
-        Clean,
-        Clean,
-    ),
-    e(
-        "collapse-vs-gup-fast",
-        "rcu-only",
-        Flush("ipi"),
-        Impossible,
-        Clean,
-    ),
+    e("collapse-vs-gup-fast", "fixed-a", Flush("ipi"), Impossible, Clean),
+    e("collapse-vs-gup-fast", "fixed-a", Flush("nmi"), Clean, Clean),
+    e("collapse-vs-gup-fast", "fixed-a", Flush("ipte"), Clean, Clean),
+    e("collapse-vs-gup-fast", "fixed-b", Flush("ipi"), Impossible, Clean),
+    e("collapse-vs-gup-fast", "fixed-b", Flush("nmi"), Clean, Clean),
+    e("collapse-vs-gup-fast", "fixed-b", Flush("ipte"), Clean, Clean),
+    e("collapse-vs-gup-fast", "rcu-only", Flush("ipi"), Impossible, Clean),
     e("collapse-vs-gup-fast", "rcu-only", Flush("nmi"), Bug, Bug),
     e("collapse-vs-gup-fast", "rcu-only", Flush("ipte"), Bug, Bug),
     // ptfree-vs-gup-fast (kernel/src/race/ptfree.rs, catalogue row 6): a
@@ -361,30 +302,12 @@ const ENTRIES: &[Entry] = &[
     // also blocks first, so forced is `impossible` there too (the fix's own
     // wait is never reached). Natural `clean` cells run 10 000 iterations,
     // as the catalogue's CI rule asks.
-    e(
-        "ptfree-vs-gup-fast",
-        "immediate",
-        Flush("ipi"),
-        Impossible,
-        Clean,
-    ),
+    e("ptfree-vs-gup-fast", "immediate", Flush("ipi"), Impossible, Clean),
     e("ptfree-vs-gup-fast", "immediate", Flush("nmi"), Bug, Bug),
     e("ptfree-vs-gup-fast", "immediate", Flush("ipte"), Bug, Bug),
-    e(
-        "ptfree-vs-gup-fast",
-        "ipi-sync",
-        Flush("ipi"),
-        Impossible,
-        Clean,
-    ),
+    e("ptfree-vs-gup-fast", "ipi-sync", Flush("ipi"), Impossible, Clean),
     e("ptfree-vs-gup-fast", "ipi-sync", Flush("nmi"), Clean, Clean),
-    e(
-        "ptfree-vs-gup-fast",
-        "ipi-sync",
-        Flush("ipte"),
-        Clean,
-        Clean,
-    ),
+    e("ptfree-vs-gup-fast", "ipi-sync", Flush("ipte"), Clean, Clean),
     e("ptfree-vs-gup-fast", "rcu", Flush("ipi"), Impossible, Clean),
     e("ptfree-vs-gup-fast", "rcu", Flush("nmi"), Clean, Clean),
     e("ptfree-vs-gup-fast", "rcu", Flush("ipte"), Clean, Clean),
@@ -394,41 +317,11 @@ const ENTRIES: &[Entry] = &[
     // a missing tree entry. s390x only: x86-64 has no storage keys. fixed-a
     // (the RFC) is `clean` but drops dirty bits: the count is printed
     // (`# skey: ... dirty_dropped=`).
-    e(
-        "skey-dirty-vs-swapcache",
-        "buggy",
-        On::Arch(S390x),
-        Bug,
-        Bug,
-    ),
-    e(
-        "skey-dirty-vs-swapcache",
-        "fixed-a",
-        On::Arch(S390x),
-        Clean,
-        Clean,
-    ),
-    e(
-        "skey-dirty-vs-swapcache",
-        "fixed-b",
-        On::Arch(S390x),
-        Clean,
-        Clean,
-    ),
-    e(
-        "skey-dirty-vs-swapcache",
-        "fixed-c",
-        On::Arch(S390x),
-        Clean,
-        Clean,
-    ),
-    e(
-        "skey-dirty-vs-swapcache",
-        "fixed-d",
-        On::Arch(S390x),
-        Clean,
-        Clean,
-    ),
+    e("skey-dirty-vs-swapcache", "buggy", On::Arch(S390x), Bug, Bug),
+    e("skey-dirty-vs-swapcache", "fixed-a", On::Arch(S390x), Clean, Clean),
+    e("skey-dirty-vs-swapcache", "fixed-b", On::Arch(S390x), Clean, Clean),
+    e("skey-dirty-vs-swapcache", "fixed-c", On::Arch(S390x), Clean, Clean),
+    e("skey-dirty-vs-swapcache", "fixed-d", On::Arch(S390x), Clean, Clean),
     // nested-flush (kernel/src/race/nested_flush.rs, catalogue row 8): two
     // MADV_DONTNEEDs overlap; the one that finds the PTE clear returns
     // before the other flushed, and the writer's store through its stale
