@@ -134,10 +134,9 @@ pub fn print<A: Mmu>(run: &mut Run) -> bool {
             print_item("commit", &fields);
             commits += 1;
         }
-        for v in s.variants {
+        for (i, v) in s.variants.iter().enumerate() {
             let free_before = page_alloc::nr_free_pages();
-            let verdict = (s.set_variant)(v);
-            (s.reset)();
+            let verdict = s.accepts(i);
             if let Some(err) = scenario::state_check::<A>(free_before) {
                 errors.push(format!(
                     "{}:{}: setting and resetting the variant left: {err}",

@@ -14,6 +14,7 @@ pub mod frag;
 pub mod gup;
 pub mod huge_memory;
 pub mod khugepaged;
+pub mod knobs;
 pub mod memmap;
 pub mod memory;
 // `mm::mm`: the address space (`struct mm_struct`) inside the memory model.

@@ -115,23 +115,15 @@
 //! printed), and the failures `hang` (an iteration over its limit without a
 //! cycle) and `vacuous` (some role did not complete and nothing fired).
 
-pub mod collapse_gup;
-pub mod demo;
 pub mod detect;
-pub mod gup_folding;
-pub mod nested_flush;
+pub mod rows;
 pub mod point;
-pub mod ptfrag;
-pub mod ptfree;
-pub(crate) mod run_mm;
+//TMP pub(crate) mod run_mm;
 pub mod scenario;
-pub(crate) mod selftest;
-pub mod skey_swap;
+//TMP pub(crate) mod selftest;
 pub mod trace;
 pub mod user;
 pub mod waitfor;
-pub mod wp_unlock;
-pub mod zap_rmap;
 
 pub use point::{race_point, RacePoint, Step};
 

@@ -68,9 +68,9 @@ impl core::fmt::Debug for RacePoint {
     }
 }
 
-/// Every race point of the kernel. Rows declare theirs here, so that a
-/// schedule can name them and the state checks can see that all are
-/// disarmed after a run.
+/// The race points placed in the mm code (and the framework's test
+/// points). A point only one row places, in the row's own code, is a
+/// `static` [`RacePoint`] in the row's file.
 pub mod points {
     use super::RacePoint;
 
@@ -108,12 +108,6 @@ pub mod points {
         TEST_B = "test:b";
         /// See [`TEST_A`].
         TEST_C = "test:c";
-        /// The demonstration row: the page is locked.
-        DEMO_LOCKED = "demo:locked";
-        /// The demonstration row: about to drop the last reference.
-        DEMO_BEFORE_PUT = "demo:before_put";
-        /// The demonstration row: the reference is dropped.
-        DEMO_AFTER_PUT = "demo:after_put";
 
         /// `do_wp_page` reuse: about to `unlock_page` the reused page (after
         /// the PTL release in the buggy order, under the PTL in the fixed one).
@@ -350,12 +344,20 @@ pub fn arm(p: &'static RacePoint, how: Arming) {
         Arming::Delay => DELAY,
         Arming::Schedule => SCHEDULE,
     };
+    let mut armed = ARMED.lock();
+    if !armed.iter().any(|q| core::ptr::eq(*q, p)) {
+        armed.push(p);
+    }
     p.state.fetch_max(v, Ordering::SeqCst);
 }
 
+/// Every point armed since the last [`disarm_all`], wherever it is
+/// declared (the mm code's in [`points`], a row's in its own file).
+static ARMED: spin::Mutex<Vec<&'static RacePoint>> = spin::Mutex::new(Vec::new());
+
 /// Disarms every point and clears the schedule.
 pub fn disarm_all() {
-    for p in points::ALL {
+    for p in ARMED.lock().drain(..) {
         p.state.store(OFF, Ordering::SeqCst);
     }
     NR_STEPS.store(0, Ordering::SeqCst);
@@ -364,7 +366,8 @@ pub fn disarm_all() {
 
 /// Points armed now (for the state checks).
 pub fn armed_points() -> Vec<&'static str> {
-    points::ALL
+    ARMED
+        .lock()
         .iter()
         .filter(|p| p.armed())
         .map(|p| p.name)

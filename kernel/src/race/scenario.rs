@@ -24,6 +24,7 @@ use super::waitfor::{self, WaitClass};
 use crate::cmdline::{Cmdline, Mode};
 use crate::ktap::{Outcome as KtapOutcome, Run};
 use crate::mm::arch::Mmu;
+use crate::mm::knobs::Knobs;
 use crate::mm::mm::{unuse_mm, use_mm, Mm};
 use crate::mm::page_alloc;
 use crate::mm::tlbflush::{self, FlushStrategy};
@@ -31,9 +32,11 @@ use crate::{kprintln, percpu, smp, Arch, NR_CPUS};
 use alloc::{boxed::Box, format, string::String, vec, vec::Vec};
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
-/// A kernel variant of a row: the buggy kernel or one fix.
-#[derive(Debug)]
-pub struct Variant {
+/// A kernel variant of a row: the buggy kernel or one fix, with the knobs
+/// it sets (`C`, the row's [`Row::Config`]; `()` where only the name is
+/// needed, as in the registry's [`Scenario::variants`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Variant<C: 'static = ()> {
     /// Its name on the command line (`variant=`), e.g. `buggy`, `fixed-a`.
     pub name: &'static str,
     /// One line: what this kernel does differently.
@@ -41,7 +44,7 @@ pub struct Variant {
     /// One line: the Linux kernel this variant models: a commit ("5df397dec7c4
     /// (6.2)"), the kernel before one ("Linux 6.1, before 5df397dec7c4"), a
     /// shipped configuration, or, where it models no Linux kernel, what it
-    /// stands for in words. Listed by `list` (see [`super::list`]).
+    /// stands for in words. Listed by `list` (see [`crate::list`]).
     pub models: &'static str,
     /// The waits this kernel's fix adds (its IPI sync, its RCU grace
     /// period, the PTL it keeps held). In forced mode, a wait-for cycle
@@ -51,6 +54,33 @@ pub struct Variant {
     /// cycle through any other wait is `impossible`. Empty for a buggy
     /// kernel.
     pub fix_waits: &'static [WaitClass],
+    /// What this kernel sets: the row's knobs for it.
+    pub config: C,
+}
+
+impl<C: Copy> Variant<C> {
+    /// A variant: its name, one line on what it does, what Linux kernel
+    /// it models, the waits its fix adds, and its knobs.
+    pub const fn new(
+        name: &'static str,
+        about: &'static str,
+        models: &'static str,
+        fix_waits: &'static [WaitClass],
+        config: C,
+    ) -> Self {
+        Variant {
+            name,
+            about,
+            models,
+            fix_waits,
+            config,
+        }
+    }
+
+    /// The variant without its knobs, for the registry.
+    pub fn meta(&self) -> Variant {
+        Variant::new(self.name, self.about, self.models, self.fix_waits, ())
+    }
 }
 
 /// What a Linux commit is to a row.
@@ -91,32 +121,22 @@ pub struct Commit {
     pub role: CommitRole,
 }
 
-impl Variant {
-    /// A variant: its name, one line on what it does, what Linux kernel
-    /// it models, and the waits its fix adds.
+impl Commit {
+    /// A commit: its hash, subject (where quoted), first release (where
+    /// named) and what it is to the row.
     pub const fn new(
-        name: &'static str,
-        about: &'static str,
-        models: &'static str,
-        fix_waits: &'static [WaitClass],
+        hash: &'static str,
+        subject: Option<&'static str>,
+        release: Option<&'static str>,
+        role: CommitRole,
     ) -> Self {
-        Variant {
-            name,
-            about,
-            models,
-            fix_waits,
+        Commit {
+            hash,
+            subject,
+            release,
+            role,
         }
     }
-}
-
-/// The knobs of `v` in a row that keeps them in `configs`, in the order of
-/// its `variants`.
-pub fn variant_config<T: Copy>(variants: &[Variant], configs: &[T], v: &Variant) -> T {
-    let i = variants
-        .iter()
-        .position(|w| core::ptr::eq(w, v) || w.name == v.name)
-        .expect("a variant of this row");
-    configs[i]
 }
 
 /// How long a row may run.
@@ -147,75 +167,66 @@ impl Budget {
     };
 }
 
-/// What one iteration works on. Built by `setup`, read by the roles and the
-/// detectors, destroyed by `teardown`.
-pub struct Ctx<A: Mmu> {
-    /// The iteration's address space: every role runs as a task of it.
+/// What one iteration works on: built by [`Row::setup`], read by the roles
+/// and the detectors, taken apart by [`Row::teardown`].
+pub struct Ctx<A: Mmu, R: Row<A>> {
+    /// The iteration's address space: every role runs as a task of it. The
+    /// runner lends the run's mm here ([`Row::run_mm`]) before `setup` and
+    /// takes it back after `teardown`; an mm left here that is not the
+    /// run's is torn down.
     pub mm: Option<Box<Mm<A>>>,
     /// The row's address of interest.
     pub addr: u64,
     /// Frames the detectors watch.
     pub pfns: Vec<u64>,
-    /// Shared words for the row (handshakes, results).
-    pub word: [AtomicU64; 8],
     /// The variant being run.
-    pub variant: &'static Variant,
+    pub variant: &'static Variant<R::Config>,
     /// The mode being run.
     pub mode: Mode,
     /// Iteration number, from 0.
     pub iteration: u64,
-    /// Anything else the row needs (a file, a list of tables); `teardown`
-    /// takes it apart.
-    pub extra: Option<Box<dyn core::any::Any + Send + Sync>>,
+    /// What the row's roles and detectors share in this iteration
+    /// (handshakes, results), fresh each iteration.
+    pub state: R::State,
 }
 
-/// A row of the catalogue (or a demonstration row).
-pub struct Scenario<A: Mmu> {
-    /// Its name on the command line (`scenario=`).
-    pub name: &'static str,
-    /// One line: the race.
-    pub about: &'static str,
-    /// Its number in the catalogue (rows 1 to 8); `None`
-    /// for a demonstration or test row.
-    pub catalogue: Option<u8>,
-    /// One line: the mailing-list thread (the seed) or the
-    /// catalogue entry the row comes from.
-    pub seed: &'static str,
-    /// The Linux commits the catalogue and the row's docs name for it.
-    pub commits: &'static [Commit],
-    /// Role names; role `i` runs on CPU `i + 1`.
-    pub roles: &'static [&'static str],
-    /// The buggy kernel and each fix: the policy under test only.
-    pub variants: &'static [Variant],
-    /// The TLB flush strategies each variant runs under (the flush axis):
-    /// the runner runs every variant under each of these that the
-    /// architecture implements ([`Mmu::FLUSH_STRATEGIES`]), one case
-    /// `row:variant@flush:mode` each. Empty: the row does not depend on
-    /// how a flush reaches other CPUs and runs under the architecture's
-    /// default strategy, one case `row:variant:mode`.
-    pub flush: &'static [FlushStrategy],
-    /// Sets the runtime knobs of a variant, or says why it does not apply.
-    pub set_variant: fn(&Variant) -> Result<(), &'static str>,
-    /// Puts every knob the row touches back to its default.
-    pub reset: fn(),
-    /// Builds an iteration's world.
-    pub setup: fn(&mut Ctx<A>) -> Result<(), String>,
-    /// Runs role `i`; returns whether it completed its operation.
-    pub role: fn(&Ctx<A>, usize) -> bool,
-    /// The row's detectors (the runner adds the bad-page check).
-    pub detect: fn(&Ctx<A>) -> Option<Finding>,
-    /// Destroys an iteration's world, repairing what a bug left behind.
-    pub teardown: fn(&mut Ctx<A>),
-    /// The forced schedule of a variant.
-    pub schedule: fn(&Variant) -> Vec<Step>,
-    /// Points armed with random delays in natural mode.
-    pub delay_points: &'static [&'static RacePoint],
-    /// Points traced in both modes (besides the schedule's).
-    pub trace_points: &'static [&'static RacePoint],
-    /// Longest natural-mode delay.
-    pub max_delay_ns: u64,
-    /// The budget.
-    pub budget: Budget,
+impl<A: Mmu, R: Row<A>> Ctx<A, R> {
+    /// The knobs of the variant being run.
+    pub fn config(&self) -> R::Config {
+        self.variant.config
+    }
+
+    /// The iteration's mm (after `setup` put one in).
+    pub fn mm(&self) -> &Mm<A> {
+        self.mm.as_deref().expect("the iteration's mm")
+    }
+}
+
+/// An address space kept for a whole run: built once by [`Row::prepare`],
+/// lent to each iteration's [`Ctx::mm`] by the runner (see
+/// [`Row::run_mm`]), torn down when the run ends. Building and tearing
+/// down an mm with its mappings per iteration can cost more than the race.
+pub struct RunMm<A: Mmu>(Option<Box<Mm<A>>>);
+
+impl<A: Mmu> RunMm<A> {
+    /// A slot holding `mm`.
+    pub fn new(mm: Box<Mm<A>>) -> Self {
+        RunMm(Some(mm))
+    }
+}
+
+impl<A: Mmu> Default for RunMm<A> {
+    fn default() -> Self {
+        RunMm(None)
+    }
+}
+
+impl<A: Mmu> Drop for RunMm<A> {
+    fn drop(&mut self) {
+        if let Some(mm) = self.0.take() {
+            crate::mm::memory::exit_mmap(*mm);
+        }
+    }
 }
 
 /// What a row is, apart from its code: the constants of a [`Row`].
@@ -235,9 +246,12 @@ pub struct RowInfo {
     pub commits: &'static [Commit],
     /// Role names; role `i` runs on CPU `i + 1`.
     pub roles: &'static [&'static str],
-    /// The buggy kernel and each fix.
-    pub variants: &'static [Variant],
-    /// The flush axis ([`Scenario::flush`]).
+    /// The TLB flush strategies each variant runs under (the flush axis):
+    /// the runner runs every variant under each of these that the
+    /// architecture implements ([`Mmu::FLUSH_STRATEGIES`]), one case
+    /// `row:variant@flush:mode` each. Empty: the row does not depend on
+    /// how a flush reaches other CPUs and runs under the architecture's
+    /// default strategy, one case `row:variant:mode`.
     pub flush: &'static [FlushStrategy],
     /// Points armed with random delays in natural mode.
     pub delay_points: &'static [&'static RacePoint],
@@ -250,14 +264,13 @@ pub struct RowInfo {
 }
 
 impl RowInfo {
-    /// A row with its name, race, roles and variants; no catalogue number,
-    /// seed, commits, flush axis, delay or trace points; delays up to
-    /// 20 us; the catalogue's budget. Fill in the rest with `..`.
+    /// A row with its name, race and roles; no catalogue number, seed,
+    /// commits, flush axis, delay or trace points; delays up to 20 us;
+    /// the catalogue's budget. Fill in the rest with `..`.
     pub const fn new(
         name: &'static str,
         about: &'static str,
         roles: &'static [&'static str],
-        variants: &'static [Variant],
     ) -> Self {
         RowInfo {
             name,
@@ -266,7 +279,6 @@ impl RowInfo {
             seed: "",
             commits: &[],
             roles,
-            variants,
             flush: &[],
             delay_points: &[],
             trace_points: &[],
@@ -276,94 +288,124 @@ impl RowInfo {
     }
 }
 
-/// A row written as a type: its constants ([`RowInfo`]) and its code, with
-/// defaults for what most rows leave alone (no knobs to set or reset, no
-/// detector beyond the runner's bad-page check, nothing to tear down).
-/// [`Scenario::of`] turns it into the runner's [`Scenario`].
-pub trait Row<A: Mmu> {
+/// A row of the catalogue (or a demonstration row), written as a type: its
+/// constants ([`RowInfo`], [`Row::VARIANTS`]), its typed state and its
+/// code, with defaults for what most rows leave alone (nothing kept across
+/// iterations, no detector beyond the runner's bad-page check, nothing to
+/// tear down). [`Scenario::of`] puts it in the registry.
+///
+/// One run of a variant: the runner saves the mm's knobs
+/// ([`crate::mm::knobs`]), calls [`Row::prepare`] (which sets the knobs of
+/// the variant and builds what the run keeps), then for each iteration
+/// lends the run's mm, calls `setup`, runs `role(ctx, i)` on CPU `i + 1`,
+/// `detect`, `teardown`, and takes the mm back; at the end
+/// [`Row::finish`], and the knobs are restored.
+pub trait Row<A: Mmu>: Sized + 'static {
     /// What the row is.
     const INFO: RowInfo;
-    /// Sets the runtime knobs of `variant`, or says why the row does not
-    /// exist on this architecture.
-    fn set_variant(_variant: &Variant) -> Result<(), &'static str> {
-        Ok(())
+    /// The knobs a variant sets (a policy enum, a few flags).
+    type Config: Copy + Send + Sync + 'static;
+    /// The buggy kernel and each fix, with their knobs.
+    const VARIANTS: &'static [Variant<Self::Config>];
+    /// What the roles and detectors of one iteration share: handshake
+    /// words, results, counters. A fresh `Default` each iteration; it must
+    /// be `Sync` because every role CPU reads it.
+    type State: Default + Sync;
+    /// What the run keeps across iterations (its mm, counters to print at
+    /// the end); dropped when the run ends.
+    type Run: Default;
+
+    /// Sets the knobs of `variant` and builds what the run keeps, or says
+    /// why the row does not exist on this architecture (`skip`).
+    fn prepare(_variant: &Variant<Self::Config>) -> Result<Self::Run, &'static str> {
+        Ok(Self::Run::default())
     }
-    /// Puts every knob the row touches back to its default.
-    fn reset() {}
-    /// Builds an iteration's world.
-    fn setup(ctx: &mut Ctx<A>) -> Result<(), String>;
-    /// Runs role `role`; returns whether it completed its operation.
-    fn role(ctx: &Ctx<A>, role: usize) -> bool;
-    /// The row's detectors (the runner adds the bad-page check).
-    fn detect(_ctx: &Ctx<A>) -> Option<Finding> {
+    /// The run's mm, if the run keeps one: the runner lends it to each
+    /// iteration's [`Ctx::mm`] before `setup` and takes it back after
+    /// `teardown` (a `teardown` that finds it unfit tears it down with
+    /// `ctx.mm.take()`; the next `setup` then fails the run).
+    fn run_mm(_run: &mut Self::Run) -> Option<&mut RunMm<A>> {
         None
     }
-    /// Destroys an iteration's world, repairing what a bug left behind.
-    fn teardown(_ctx: &mut Ctx<A>) {}
+    /// Ends the run (prints what the run counted); the knobs are restored
+    /// by the runner.
+    fn finish(_run: Self::Run) {}
+    /// Builds an iteration's world.
+    fn setup(run: &mut Self::Run, ctx: &mut Ctx<A, Self>) -> Result<(), String>;
+    /// Runs role `role`; returns whether it completed its operation.
+    fn role(ctx: &Ctx<A, Self>, role: usize) -> bool;
+    /// The row's detectors (the runner adds the bad-page check).
+    fn detect(_ctx: &Ctx<A, Self>) -> Option<Finding> {
+        None
+    }
+    /// Takes an iteration's world apart, repairing what a bug left behind.
+    fn teardown(_run: &mut Self::Run, _ctx: &mut Ctx<A, Self>) {}
     /// The forced schedule of `variant`.
-    fn schedule(variant: &Variant) -> Vec<Step>;
+    fn schedule(variant: &Variant<Self::Config>) -> Vec<Step>;
+}
+
+/// A row in the registry: its constants, its variants by name, and its
+/// runner, with the row's types erased by monomorphisation (each function
+/// pointer is the generic runner instantiated for the row).
+pub struct Scenario<A: Mmu> {
+    /// What the row is.
+    pub info: RowInfo,
+    /// The buggy kernel and each fix, without their knobs.
+    pub variants: Vec<Variant>,
+    run: fn(usize, &RunConfig) -> Report,
+    accepts: fn(usize) -> Result<(), &'static str>,
+    schedule: fn(usize) -> Vec<Step>,
+    _arch: core::marker::PhantomData<A>,
+}
+
+impl<A: Mmu> core::ops::Deref for Scenario<A> {
+    type Target = RowInfo;
+    fn deref(&self) -> &RowInfo {
+        &self.info
+    }
 }
 
 impl<A: Mmu> Scenario<A> {
-    /// The runner's form of the row `R`.
+    /// The registry's form of the row `R`.
     pub fn of<R: Row<A>>() -> Self {
-        let i = R::INFO;
         Scenario {
-            name: i.name,
-            about: i.about,
-            catalogue: i.catalogue,
-            seed: i.seed,
-            commits: i.commits,
-            roles: i.roles,
-            variants: i.variants,
-            flush: i.flush,
-            set_variant: R::set_variant,
-            reset: R::reset,
-            setup: R::setup,
-            role: R::role,
-            detect: R::detect,
-            teardown: R::teardown,
-            schedule: R::schedule,
-            delay_points: i.delay_points,
-            trace_points: i.trace_points,
-            max_delay_ns: i.max_delay_ns,
-            budget: i.budget,
+            info: R::INFO,
+            variants: R::VARIANTS.iter().map(Variant::meta).collect(),
+            run: |v, cfg| run_row::<A, R>(&R::VARIANTS[v], cfg),
+            accepts: |v| {
+                let knobs = Knobs::save();
+                let r = R::prepare(&R::VARIANTS[v]).map(R::finish);
+                knobs.restore::<A>();
+                r
+            },
+            schedule: |v| R::schedule(&R::VARIANTS[v]),
+            _arch: core::marker::PhantomData,
         }
+    }
+
+    /// The variant named `name`, by index.
+    pub fn variant(&self, name: &str) -> Option<usize> {
+        self.variants.iter().position(|v| v.name == name)
+    }
+
+    /// Runs variant `v` as `cfg` says ([`run_with`]).
+    pub fn run(&self, v: usize, cfg: &RunConfig) -> Report {
+        (self.run)(v, cfg)
+    }
+
+    /// Whether variant `v` exists on this architecture: its `prepare`
+    /// runs and the run ends at once (the knobs restored).
+    pub fn accepts(&self, v: usize) -> Result<(), &'static str> {
+        (self.accepts)(v)
+    }
+
+    /// The forced schedule of variant `v`.
+    pub fn schedule(&self, v: usize) -> Vec<Step> {
+        (self.schedule)(v)
     }
 }
 
-impl Commit {
-    /// A commit: its hash, subject (where quoted), first release (where
-    /// named) and what it is to the row.
-    pub const fn new(
-        hash: &'static str,
-        subject: Option<&'static str>,
-        release: Option<&'static str>,
-        role: CommitRole,
-    ) -> Self {
-        Commit {
-            hash,
-            subject,
-            release,
-            role,
-        }
-    }
-}
-
-/// Every row, in catalogue order.
-pub fn all<A: Mmu>() -> Vec<Scenario<A>> {
-    vec![
-        Scenario::of::<super::demo::DemoLockVsPut>(),
-        super::wp_unlock::scenario::<A>(),
-        super::gup_folding::scenario::<A>(),
-        super::zap_rmap::scenario::<A>(),
-        super::ptfrag::scenario::<A>(),
-        super::collapse_gup::scenario::<A>(),
-        super::ptfree::scenario::<A>(),
-        super::skey_swap::scenario::<A>(),
-        super::nested_flush::scenario::<A>(),
-    ]
-}
+pub use super::rows::all;
 
 /// What a run showed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -530,9 +572,8 @@ impl RunConfig {
 }
 
 /// What the controller shares with the role CPUs.
-struct Shared<A: Mmu> {
-    scen: *const Scenario<A>,
-    ctx: AtomicPtr<Ctx<A>>,
+struct Shared<A: Mmu, R: Row<A>> {
+    ctx: AtomicPtr<Ctx<A, R>>,
     gen: AtomicU64,
     stop: AtomicBool,
     done: [AtomicU64; 8],
@@ -541,10 +582,10 @@ struct Shared<A: Mmu> {
 }
 
 /// The loop a role CPU runs for the whole run.
-fn role_loop<A: Mmu>(arg: usize) {
+fn role_loop<A: Mmu, R: Row<A>>(arg: usize) {
     // SAFETY: `run` passes a `Shared` it keeps alive until every role loop
     // has counted itself in `exited` (or leaks it).
-    let sh = unsafe { &*(arg as *const Shared<A>) };
+    let sh = unsafe { &*(arg as *const Shared<A, R>) };
     let cpu = A::smp_processor_id();
     let role = point::role_of(cpu).expect("role loop on a CPU without a role");
     let mut seen = 0;
@@ -569,14 +610,12 @@ fn role_loop<A: Mmu>(arg: usize) {
         // SAFETY: the controller publishes the iteration's `Ctx` before
         // bumping `gen` and keeps it alive until every role reported `done`.
         let ctx = unsafe { &*sh.ctx.load(Ordering::Acquire) };
-        // SAFETY: as `sh`: the scenario outlives the run.
-        let scen = unsafe { &*sh.scen };
         if let Some(mm) = ctx.mm.as_deref() {
             // SAFETY: the mm lives in the `Ctx` until teardown, which runs
             // only after this role left it (`unuse_mm` below, then `done`).
             unsafe { use_mm(mm) };
         }
-        let ok = (scen.role)(ctx, role);
+        let ok = R::role(ctx, role);
         if ctx.mm.is_some() {
             unuse_mm::<A>();
         }
@@ -600,12 +639,11 @@ fn quiesce_rcu<A: Arch>() {
     }
 }
 
-/// Runs `s` in `variant` and `mode` with the row's own budgets
-/// (`iterations` overrides the natural one), under the architecture's
-/// default flush strategy ([`run_with`]).
-pub fn run<A: Mmu>(
-    s: &Scenario<A>,
-    variant: &'static Variant,
+/// Runs the row `R` in `variant` and `mode` with the row's own budgets
+/// (`iterations` replaces them), under the architecture's default flush
+/// strategy ([`run_row`]).
+pub fn run<A: Mmu, R: Row<A>>(
+    variant: &'static Variant<R::Config>,
     mode: Mode,
     seed: u64,
     iterations: Option<u64>,
@@ -614,14 +652,15 @@ pub fn run<A: Mmu>(
         iterations,
         ..RunConfig::new(mode, seed)
     };
-    run_with(s, variant, &cfg)
+    run_row::<A, R>(variant, &cfg)
 }
 
-/// Runs `s` in `variant` as `cfg` says, with TLB flushes reaching other
-/// CPUs by `cfg.flush` for the whole run; the architecture's default is
-/// back when it returns. Prints the race report of the first hit as KTAP
+/// Runs the row `R` in `variant` as `cfg` says, with TLB flushes reaching
+/// other CPUs by `cfg.flush` for the whole run and the mm's knobs saved
+/// around it: the architecture's default strategy and the knobs are back
+/// when it returns. Prints the race report of the first hit as KTAP
 /// diagnostics.
-pub fn run_with<A: Mmu>(s: &Scenario<A>, variant: &'static Variant, cfg: &RunConfig) -> Report {
+pub fn run_row<A: Mmu, R: Row<A>>(variant: &'static Variant<R::Config>, cfg: &RunConfig) -> Report {
     let default = A::FLUSH_STRATEGIES[0];
     if let Some(f) = cfg.flush {
         if tlbflush::set_flush_strategy::<A>(f).is_err() {
@@ -631,12 +670,15 @@ pub fn run_with<A: Mmu>(s: &Scenario<A>, variant: &'static Variant, cfg: &RunCon
             );
         }
     }
-    let rep = run_set(s, variant, cfg);
+    let knobs = Knobs::save();
+    let rep = run_set::<A, R>(variant, cfg);
+    knobs.restore::<A>();
     tlbflush::set_flush_strategy::<A>(default).expect("the architecture's default strategy");
     rep
 }
 
-fn run_set<A: Mmu>(s: &Scenario<A>, variant: &'static Variant, cfg: &RunConfig) -> Report {
+fn run_set<A: Mmu, R: Row<A>>(variant: &'static Variant<R::Config>, cfg: &RunConfig) -> Report {
+    let s = &R::INFO;
     let (mode, seed) = (cfg.mode, cfg.seed);
     let mut rep = Report::new(seed);
     rep.flush = cfg.flush;
@@ -657,15 +699,14 @@ fn run_set<A: Mmu>(s: &Scenario<A>, variant: &'static Variant, cfg: &RunConfig) 
         rep.state_error = Some("the controller must be CPU 0 with interrupts on".into());
         return rep;
     }
-    if let Err(why) = (s.set_variant)(variant) {
-        (s.reset)();
-        return Report::skip(seed, why);
-    }
+    let mut run = match R::prepare(variant) {
+        Ok(run) => run,
+        Err(why) => return Report::skip(seed, why),
+    };
     let role_cpus: Vec<usize> = (1..need).collect();
     point::disarm_all();
     point::set_roles(&role_cpus);
-    let shared = Box::new(Shared::<A> {
-        scen: s as *const Scenario<A>,
+    let shared = Box::new(Shared::<A, R> {
         ctx: AtomicPtr::new(core::ptr::null_mut()),
         gen: AtomicU64::new(0),
         stop: AtomicBool::new(false),
@@ -673,15 +714,15 @@ fn run_set<A: Mmu>(s: &Scenario<A>, variant: &'static Variant, cfg: &RunConfig) 
         completed: [const { AtomicBool::new(false) }; 8],
         exited: AtomicUsize::new(0),
     });
-    let sh: &Shared<A> = &shared;
+    let sh: &Shared<A, R> = &shared;
     for &cpu in &role_cpus {
-        smp::run_on_idle::<A>(cpu, role_loop::<A>, sh as *const Shared<A> as usize);
+        smp::run_on_idle::<A>(cpu, role_loop::<A, R>, sh as *const Shared<A, R> as usize);
     }
     let limit = match mode {
-        Mode::Forced => s.budget.forced_iterations,
+        Mode::Forced => cfg.iterations.unwrap_or(s.budget.forced_iterations),
         Mode::Natural => cfg.iterations.unwrap_or(s.budget.natural_iterations),
     };
-    let schedule = (s.schedule)(variant);
+    let schedule = R::schedule(variant);
     let time_budget = cfg.time_budget_ns.unwrap_or(s.budget.natural_time_ns);
     let progress_ns = cfg.progress_ns.unwrap_or(0);
     let start = A::clock_ns();
@@ -703,7 +744,7 @@ fn run_set<A: Mmu>(s: &Scenario<A>, variant: &'static Variant, cfg: &RunConfig) 
                 (now - start) / 1_000_000
             );
         }
-        match iteration(s, sh, variant, cfg, it, &schedule, start, &mut rep) {
+        match iteration(&mut run, sh, variant, cfg, it, &schedule, start, &mut rep) {
             Ok(true) if mode == Mode::Natural && rep.hits > 0 && cfg.stop_at_hit => break,
             Ok(true) => {}
             Ok(false) => break,
@@ -738,7 +779,7 @@ fn run_set<A: Mmu>(s: &Scenario<A>, variant: &'static Variant, cfg: &RunConfig) 
         drop(shared);
     }
     point::set_roles(&[]);
-    (s.reset)();
+    R::finish(run);
     if rep.outcome == Outcome::Clean {
         if rep.hits > 0 {
             rep.outcome = Outcome::Bug;
@@ -761,30 +802,37 @@ fn needs_cpus(n: usize) -> &'static str {
 /// One iteration. `Ok(true)`: go on; `Ok(false)`: the run is decided or
 /// failed; `Err`: the roles could not be recovered.
 #[allow(clippy::too_many_arguments)]
-fn iteration<A: Mmu>(
-    s: &Scenario<A>,
-    sh: &Shared<A>,
-    variant: &'static Variant,
+fn iteration<A: Mmu, R: Row<A>>(
+    run: &mut R::Run,
+    sh: &Shared<A, R>,
+    variant: &'static Variant<R::Config>,
     cfg: &RunConfig,
     it: u64,
     schedule: &[Step],
     start: u64,
     rep: &mut Report,
 ) -> Result<bool, ()> {
+    let s = &R::INFO;
     let (mode, seed) = (cfg.mode, cfg.seed);
     let free_before = page_alloc::nr_free_pages();
-    let mut ctx = Ctx::<A> {
-        mm: None,
+    let mut ctx = Ctx::<A, R> {
+        mm: R::run_mm(run).and_then(|slot| slot.0.take()),
         addr: 0,
         pfns: Vec::new(),
-        word: [const { AtomicU64::new(0) }; 8],
         variant,
         mode,
         iteration: it,
-        extra: None,
+        state: R::State::default(),
     };
-    if let Err(e) = (s.setup)(&mut ctx) {
+    if R::run_mm(run).is_some() && ctx.mm.is_none() {
+        rep.state_error = Some(format!("iteration {it}: no mm for the run"));
+        return Ok(false);
+    }
+    if let Err(e) = R::setup(run, &mut ctx) {
         rep.state_error = Some(format!("setup of iteration {it} failed: {e}"));
+        if let (Some(slot), Some(mm)) = (R::run_mm(run), ctx.mm.take()) {
+            slot.0 = Some(mm);
+        }
         return Ok(false);
     }
     let seq = page_alloc::nr_bad_pages();
@@ -816,7 +864,7 @@ fn iteration<A: Mmu>(
     }
     trace::set_enabled(true);
     let roles = s.roles.len();
-    sh.ctx.store(&mut ctx as *mut Ctx<A>, Ordering::Release);
+    sh.ctx.store(&mut ctx as *mut Ctx<A, R>, Ordering::Release);
     let g = sh.gen.fetch_add(1, Ordering::AcqRel) + 1;
     for r in 0..roles {
         if let Some(cpu) = point::cpu_of(r) {
@@ -899,22 +947,25 @@ fn iteration<A: Mmu>(
     trace::set_enabled(false);
     rep.iterations += 1;
 
-    let finding = detect::bad_page_since(seq).or_else(|| (s.detect)(&ctx));
+    let finding = detect::bad_page_since(seq).or_else(|| R::detect(&ctx));
     let completed = (0..roles).all(|r| sh.completed[r].load(Ordering::Relaxed));
     if let Some(f) = finding {
         rep.hits += 1;
         if rep.finding.is_none() {
             rep.first_hit_ns = Some(A::clock_ns() - start);
-            race_report(s, variant, rep.flush, mode, seed, it, &f);
+            race_report::<A>(s, variant.name, rep.flush, mode, seed, it, &f);
             rep.finding = Some(f);
         }
     } else if !completed && verdict.is_none() {
         rep.incomplete += 1;
     }
     point::disarm_all();
-    (s.teardown)(&mut ctx);
+    R::teardown(run, &mut ctx);
     if let Some(mm) = ctx.mm.take() {
-        crate::mm::memory::exit_mmap(*mm);
+        match R::run_mm(run) {
+            Some(slot) => slot.0 = Some(mm),
+            None => crate::mm::memory::exit_mmap(*mm),
+        }
     }
     sh.ctx.store(core::ptr::null_mut(), Ordering::Release);
     if let Some(err) = state_check::<A>(free_before) {
@@ -965,8 +1016,8 @@ pub fn state_check<A: Arch>(free_before: usize) -> Option<String> {
 /// address, the run's parameters, and the last events of every CPU in time
 /// order.
 fn race_report<A: Mmu>(
-    s: &Scenario<A>,
-    variant: &Variant,
+    s: &RowInfo,
+    variant: &str,
     flush: Option<FlushStrategy>,
     mode: Mode,
     seed: u64,
@@ -977,7 +1028,7 @@ fn race_report<A: Mmu>(
     kprintln!(
         "    # race: scenario={} variant={} flush={} mode={} seed={seed:#x} iteration={it} pfn={} vaddr={} seen_by={}",
         s.name,
-        variant.name,
+        variant,
         flush_name::<A>(flush),
         mode_name(mode),
         f.pfn.map_or("-".into(), |p| format!("{p:#x}")),
@@ -1009,7 +1060,7 @@ pub fn mode_name(m: Mode) -> &'static str {
 /// Runs what `scenario=` (with `variant=`, `flush=`, `mode=`) selects as
 /// the KTAP suite `scenario`, one case `row:variant:mode` each
 /// (`row:variant@flush:mode` for a row with a flush axis, once per
-/// strategy of [`Scenario::flush`] that the architecture implements), with
+/// strategy of [`RowInfo::flush`] that the architecture implements), with
 /// the diagnostic `row= variant= flush= mode= outcome= iterations= hits=
 /// first_hit_ns= ...`. `flush=` keeps the cases of that strategy (rows
 /// without a flush axis have none).
@@ -1057,9 +1108,9 @@ pub fn run_selected<A: Mmu>(args: &Cmdline, ktap: &mut Run) -> bool {
             return false;
         }
     };
-    let mut cases: Vec<(&Scenario<A>, &'static Variant, Option<FlushStrategy>, Mode)> = Vec::new();
+    let mut cases: Vec<(&Scenario<A>, usize, Option<FlushStrategy>, Mode)> = Vec::new();
     for s in &chosen {
-        for v in s.variants {
+        for (i, v) in s.variants.iter().enumerate() {
             if args.variant.is_some_and(|w| w != v.name) {
                 continue;
             }
@@ -1068,7 +1119,7 @@ pub fn run_selected<A: Mmu>(args: &Cmdline, ktap: &mut Run) -> bool {
                     continue;
                 }
                 for &m in &modes {
-                    cases.push((s, v, flush, m));
+                    cases.push((s, i, flush, m));
                 }
             }
         }
@@ -1093,21 +1144,22 @@ pub fn run_selected<A: Mmu>(args: &Cmdline, ktap: &mut Run) -> bool {
     }
     ktap.plan(1);
     let mut suite = ktap.suite("scenario", cases.len());
-    for (s, v, flush, m) in cases {
+    for (s, i, flush, m) in cases {
+        let v = &s.variants[i];
         let case = match flush {
             Some(f) => format!("{}:{}@{}:{}", s.name, v.name, f.name(), mode_name(m)),
             None => format!("{}:{}:{}", s.name, v.name, mode_name(m)),
         };
         let cfg = RunConfig {
             flush,
-            iterations: args.iterations,
+            iterations: args.iterations.filter(|_| m == Mode::Natural),
             time_budget_ns: args.budget_ms.map(|t| t * 1_000_000),
             delays: args.delays,
             progress_ns: args.progress_s.map(|t| t * 1_000_000_000),
             stop_at_hit: args.stop_at_hit,
             ..RunConfig::new(m, args.seed)
         };
-        let r = run_with::<A>(s, v, &cfg);
+        let r = s.run(i, &cfg);
         print_report::<A>(s.name, v.name, m, &r);
         let outcome = match (&r.outcome, &r.state_error) {
             (_, Some(e)) => KtapOutcome::Fail(e.clone()),
@@ -1127,7 +1179,7 @@ pub fn run_selected<A: Mmu>(args: &Cmdline, ktap: &mut Run) -> bool {
 }
 
 /// The flush strategies a row's variants run under: each of
-/// [`Scenario::flush`] that the architecture implements, or only the
+/// [`RowInfo::flush`] that the architecture implements, or only the
 /// architecture's default (`None`) for a row without a flush axis.
 pub fn flush_axis<A: Mmu>(s: &Scenario<A>) -> Vec<Option<FlushStrategy>> {
     if s.flush.is_empty() {
