@@ -47,7 +47,10 @@ pub(crate) fn suites<A: crate::mm::arch::Mmu>() -> Suites {
         (mm_st::gup::SUITE, mm_st::gup::cases::<A>()),
         (mm_st::thp::SUITE, mm_st::thp::cases::<A>()),
         (mm_st::file::SUITE, mm_st::file::cases::<A>()),
-        //TMP (crate::race::selftest::SUITE, crate::race::selftest::cases::<A>()),
+        (
+            crate::race::selftest::SUITE,
+            crate::race::selftest::cases::<A>(),
+        ),
     ]
     .into()
 }

@@ -116,11 +116,10 @@
 //! cycle) and `vacuous` (some role did not complete and nothing fired).
 
 pub mod detect;
-pub mod rows;
 pub mod point;
-//TMP pub(crate) mod run_mm;
+pub mod rows;
 pub mod scenario;
-//TMP pub(crate) mod selftest;
+pub(crate) mod selftest;
 pub mod trace;
 pub mod user;
 pub mod waitfor;

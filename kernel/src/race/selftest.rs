@@ -7,8 +7,9 @@
 //! deadlocks through an IPI, a PTL and an RCU grace period found by the
 //! prover, a hang without a cycle, a real bad free caught by the detector.
 
+use super::detect::Finding;
 use super::point::{self, points, race_point, Arming, RacePoint, Step};
-use super::scenario::{self, Budget, Ctx, Outcome as RaceOutcome, Scenario, Variant};
+use super::scenario::{self, Budget, Ctx, Outcome as RaceOutcome, Row, RowInfo, Variant};
 use super::trace::{self, Kind};
 use super::waitfor::{self, WaitClass};
 use crate::cmdline::{Cmdline, Mode};
@@ -19,7 +20,7 @@ use crate::mm::selftest::{leak_checked, no_leak};
 use crate::mm::{memory, page_alloc, pgtable, tlbflush, PAGE_SIZE};
 use crate::{diag, percpu, smp, time};
 use alloc::{format, string::String, vec, vec::Vec};
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// The suite's name.
 pub(crate) const SUITE: &str = "race";
@@ -45,79 +46,142 @@ fn fail(msg: String) -> Outcome {
     Outcome::Fail(msg)
 }
 
-static ONE_VARIANT: [Variant; 1] = [Variant {
-    name: "test",
-    about: "the framework's own test",
-    models: "no Linux kernel: the framework's own test",
-    fix_waits: &[],
-}];
+static ONE_VARIANT: [Variant; 1] = [Variant::new(
+    "test",
+    "the framework's own test",
+    "no Linux kernel: the framework's own test",
+    &[],
+    (),
+)];
 
 /// Variants whose "fix" adds the cross-CPU call wait, and one whose fix
 /// adds a different wait (the PTL).
 static FIX_VARIANTS: [Variant; 2] = [
-    Variant {
-        name: "fix-call",
-        about: "a fix that waits for a cross-CPU call",
-        models: "no Linux kernel: a fix that waits for a cross-CPU call",
-        fix_waits: &[WaitClass::CallIpi],
-    },
-    Variant {
-        name: "fix-ptl",
-        about: "a fix that holds a PTL",
-        models: "no Linux kernel: a fix that holds a PTL",
-        fix_waits: &[WaitClass::Ptl],
-    },
+    Variant::new(
+        "fix-call",
+        "a fix that waits for a cross-CPU call",
+        "no Linux kernel: a fix that waits for a cross-CPU call",
+        &[WaitClass::CallIpi],
+        (),
+    ),
+    Variant::new(
+        "fix-ptl",
+        "a fix that holds a PTL",
+        "no Linux kernel: a fix that holds a PTL",
+        &[WaitClass::Ptl],
+        (),
+    ),
 ];
 
 const A_ROLE: usize = 0;
 const B_ROLE: usize = 1;
 
-/// A test row: `roles` roles running `role`, no mm unless `setup` makes
-/// one, the given schedule, short budgets.
-fn test_row<A: Mmu>(
-    name: &'static str,
-    roles: &'static [&'static str],
-    role: fn(&Ctx<A>, usize) -> bool,
-    schedule: fn(&Variant) -> Vec<Step>,
-) -> Scenario<A> {
-    Scenario {
-        name,
-        about: "framework test",
-        catalogue: None,
+static TWO_ROLES: [&str; 2] = ["A", "B"];
+static ONE_ROLE: [&str; 1] = ["A"];
+
+/// What a test row's roles share: A is at its point (`ready`), and the
+/// words the roles report to the test.
+#[derive(Default)]
+struct Words {
+    ready: AtomicBool,
+    w: [AtomicU64; 6],
+}
+
+/// A framework test row: what it varies (roles, code, schedule, an mm)
+/// over [`T`], which makes it a [`Row`] with short budgets.
+trait TestRow<A: Mmu>: Sized + 'static {
+    const NAME: &'static str;
+    const ROLES: &'static [&'static str] = &TWO_ROLES;
+    const VARIANTS: &'static [Variant] = &ONE_VARIANT;
+    /// An iteration over this long is a hang.
+    const TIMEOUT_NS: u64 = 2_000_000_000;
+    const DELAY_POINTS: &'static [&'static RacePoint] = &[];
+    /// The iteration's mm maps one anonymous page at `ctx.addr`.
+    const MM: bool = false;
+    fn role(ctx: &Ctx<A, T<Self>>, role: usize) -> bool;
+    /// After the mm (if any) is set up.
+    fn setup(_ctx: &mut Ctx<A, T<Self>>) -> Result<(), String> {
+        Ok(())
+    }
+    fn detect(_ctx: &Ctx<A, T<Self>>) -> Option<Finding> {
+        None
+    }
+    /// Default: A holds at test:a until B has reached test:b.
+    fn schedule() -> Vec<Step> {
+        vec![
+            Step::at(A_ROLE, &points::TEST_A),
+            Step::at(B_ROLE, &points::TEST_B),
+            Step::leave(A_ROLE, &points::TEST_A),
+        ]
+    }
+}
+
+/// The row of a [`TestRow`].
+struct T<X>(core::marker::PhantomData<X>);
+
+impl<A: Mmu, X: TestRow<A>> Row<A> for T<X> {
+    const INFO: RowInfo = RowInfo {
         seed: "none: the framework's own test row",
-        commits: &[],
-        roles,
-        variants: &ONE_VARIANT,
-        flush: &[],
-        set_variant: |_| Ok(()),
-        reset: || {},
-        setup: |_| Ok(()),
-        role,
-        detect: |_| None,
-        teardown: |_| {},
-        schedule,
-        delay_points: &[],
-        trace_points: &[],
-        max_delay_ns: 0,
+        delay_points: X::DELAY_POINTS,
+        max_delay_ns: NATURAL_MAX_NS,
         budget: Budget {
             forced_iterations: 1,
             natural_iterations: 1,
             natural_time_ns: 5_000_000_000,
-            iteration_timeout_ns: 2_000_000_000,
+            iteration_timeout_ns: X::TIMEOUT_NS,
         },
+        ..RowInfo::new(X::NAME, "framework test", X::ROLES)
+    };
+    type Config = ();
+    const VARIANTS: &'static [Variant] = X::VARIANTS;
+    type State = Words;
+    type Run = ();
+
+    fn setup(_: &mut (), ctx: &mut Ctx<A, Self>) -> Result<(), String> {
+        if X::MM {
+            let mm = crate::mm::selftest::new_mm::<A>()
+                .map_err(|_| String::from("no memory for an mm"))?;
+            memory::mmap_anon(&mm, A::TASK_BASE, PAGE_SIZE, VmFlags::RW, false)
+                .map_err(|e| format!("mmap: {e:?}"))?;
+            ctx.addr = A::TASK_BASE;
+            ctx.mm = Some(mm);
+        }
+        X::setup(ctx)
+    }
+
+    fn role(ctx: &Ctx<A, Self>, role: usize) -> bool {
+        X::role(ctx, role)
+    }
+
+    fn detect(ctx: &Ctx<A, Self>) -> Option<Finding> {
+        X::detect(ctx)
+    }
+
+    fn schedule(_: &Variant) -> Vec<Step> {
+        X::schedule()
     }
 }
 
-static TWO_ROLES: [&str; 2] = ["A", "B"];
-static ONE_ROLE: [&str; 1] = ["A"];
+/// Runs the test row `X` in `variant` and `mode`.
+fn run_test<A: Mmu, X: TestRow<A>>(
+    variant: &'static Variant,
+    mode: Mode,
+    seed: u64,
+    iterations: Option<u64>,
+) -> scenario::Report {
+    scenario::run::<A, T<X>>(variant, mode, seed, iterations)
+}
 
-/// Steps for "A holds at test:a until B has reached test:b".
-fn hold_a_until_b(_: &Variant) -> Vec<Step> {
-    vec![
-        Step::at(A_ROLE, &points::TEST_A),
-        Step::at(B_ROLE, &points::TEST_B),
-        Step::leave(A_ROLE, &points::TEST_A),
-    ]
+/// A until-B handshake: A says it is at (or about to reach) its point;
+/// B waits for that.
+fn a_ready<A: Mmu>(w: &Words) {
+    w.ready.store(true, Ordering::Release);
+}
+
+fn wait_a_ready<A: Mmu>(w: &Words) {
+    while !w.ready.load(Ordering::Acquire) {
+        A::cpu_relax();
+    }
 }
 
 fn needs(cpus: usize) -> Option<Outcome> {
@@ -198,23 +262,27 @@ fn unarmed_point_cost<A: Mmu>(_: &Cmdline) -> Outcome {
 
 /// Each role passes test:a then test:b; A would naturally be first (B
 /// starts 2 ms late), the schedule makes B reach both before A leaves a.
-fn sched_role<A: Mmu>(_: &Ctx<A>, role: usize) -> bool {
-    if role == B_ROLE {
-        time::ndelay::<A>(2_000_000);
-    }
-    race_point::<A>(&points::TEST_A, role as u64);
-    race_point::<A>(&points::TEST_B, role as u64);
-    true
-}
+struct Sched;
 
-fn sched_steps(_: &Variant) -> Vec<Step> {
-    vec![
-        Step::at(A_ROLE, &points::TEST_A),
-        Step::at(B_ROLE, &points::TEST_A),
-        Step::at(B_ROLE, &points::TEST_B),
-        Step::leave(A_ROLE, &points::TEST_A),
-        Step::at(A_ROLE, &points::TEST_B),
-    ]
+impl<A: Mmu> TestRow<A> for Sched {
+    const NAME: &'static str = "sched";
+    fn role(_: &Ctx<A, T<Self>>, role: usize) -> bool {
+        if role == B_ROLE {
+            time::ndelay::<A>(2_000_000);
+        }
+        race_point::<A>(&points::TEST_A, role as u64);
+        race_point::<A>(&points::TEST_B, role as u64);
+        true
+    }
+    fn schedule() -> Vec<Step> {
+        vec![
+            Step::at(A_ROLE, &points::TEST_A),
+            Step::at(B_ROLE, &points::TEST_A),
+            Step::at(B_ROLE, &points::TEST_B),
+            Step::leave(A_ROLE, &points::TEST_A),
+            Step::at(A_ROLE, &points::TEST_B),
+        ]
+    }
 }
 
 fn forced_schedule_followed<A: Mmu>(_: &Cmdline) -> Outcome {
@@ -222,9 +290,8 @@ fn forced_schedule_followed<A: Mmu>(_: &Cmdline) -> Outcome {
         return o;
     }
     no_leak(|| {
-        let s = test_row::<A>("sched", &TWO_ROLES, sched_role::<A>, sched_steps);
-        let r = scenario::run(&s, &ONE_VARIANT[0], Mode::Forced, 1, None);
-        let steps = sched_steps(&ONE_VARIANT[0]);
+        let r = run_test::<A, Sched>(&ONE_VARIANT[0], Mode::Forced, 1, None);
+        let steps = <Sched as TestRow<A>>::schedule();
         let events = trace::snapshot(trace::RING_LEN);
         let taken: Vec<(usize, u64)> = events
             .iter()
@@ -272,42 +339,55 @@ fn noop(_: usize) {}
 /// A: interrupts off, holds at test:a. B: once A is there, sends A an IPI,
 /// watches A not take it for 20 ms, reads the IPI pending from the hardware,
 /// then releases A at test:b.
-fn irqs_role<A: Mmu>(ctx: &Ctx<A>, role: usize) -> bool {
-    if role == A_ROLE {
-        let flags = A::local_irq_save();
-        ctx.word[0].store(1, Ordering::Release);
-        race_point::<A>(&points::TEST_A, 0);
-        ctx.word[4].store(A::irqs_disabled() as u64, Ordering::Release);
-        ctx.word[5].store(
-            percpu::this_cpu::<A>().ipis.load(Ordering::Acquire),
-            Ordering::Release,
-        );
-        A::local_irq_restore(flags);
-        return true;
+struct Irqs;
+
+/// What the irqs row's roles saw, copied out by its detector.
+static IRQS_SEEN: [AtomicU64; 6] = [const { AtomicU64::new(0) }; 6];
+
+impl<A: Mmu> TestRow<A> for Irqs {
+    const NAME: &'static str = "irqs";
+    fn detect(ctx: &Ctx<A, T<Self>>) -> Option<Finding> {
+        for (seen, w) in IRQS_SEEN.iter().zip(&ctx.state.w) {
+            seen.store(w.load(Ordering::Acquire), Ordering::Relaxed);
+        }
+        None
     }
-    let a = other_cpu(A_ROLE);
-    while ctx.word[0].load(Ordering::Acquire) == 0 {
-        A::cpu_relax();
+    fn role(ctx: &Ctx<A, T<Self>>, role: usize) -> bool {
+        let w = &ctx.state;
+        if role == A_ROLE {
+            let flags = A::local_irq_save();
+            a_ready::<A>(w);
+            race_point::<A>(&points::TEST_A, 0);
+            w.w[4].store(A::irqs_disabled() as u64, Ordering::Release);
+            w.w[5].store(
+                percpu::this_cpu::<A>().ipis.load(Ordering::Acquire),
+                Ordering::Release,
+            );
+            A::local_irq_restore(flags);
+            return true;
+        }
+        let a = other_cpu(A_ROLE);
+        wait_a_ready::<A>(w);
+        // A is at the point or about to be; give it time to start waiting.
+        time::ndelay::<A>(1_000_000);
+        let ipis = &percpu::per_cpu(a).ipis;
+        let before = ipis.load(Ordering::Acquire);
+        let sent_at = A::clock_ns();
+        smp::smp_call_function_single::<A>(a, noop, 0, false);
+        time::ndelay::<A>(20_000_000);
+        let during = ipis.load(Ordering::Acquire);
+        // The hardware's view: remotely where it can be read, else A's own
+        // sample taken after the IPI was sent.
+        let pending = match A::ipi_pending(a) {
+            Some(p) => p,
+            None => waitfor::ipi_sample(a).is_some_and(|(p, t)| p && t > sent_at),
+        };
+        w.w[1].store(before, Ordering::Release);
+        w.w[2].store(during, Ordering::Release);
+        w.w[3].store(pending as u64, Ordering::Release);
+        race_point::<A>(&points::TEST_B, 0);
+        true
     }
-    // A is at the point or about to be; give it time to start waiting.
-    time::ndelay::<A>(1_000_000);
-    let ipis = &percpu::per_cpu(a).ipis;
-    let before = ipis.load(Ordering::Acquire);
-    let sent_at = A::clock_ns();
-    smp::smp_call_function_single::<A>(a, noop, 0, false);
-    time::ndelay::<A>(20_000_000);
-    let during = ipis.load(Ordering::Acquire);
-    // The hardware's view: remotely where it can be read, else A's own
-    // sample taken after the IPI was sent.
-    let pending = match A::ipi_pending(a) {
-        Some(p) => p,
-        None => waitfor::ipi_sample(a).is_some_and(|(p, t)| p && t > sent_at),
-    };
-    ctx.word[1].store(before, Ordering::Release);
-    ctx.word[2].store(during, Ordering::Release);
-    ctx.word[3].store(pending as u64, Ordering::Release);
-    race_point::<A>(&points::TEST_B, 0);
-    true
 }
 
 fn waiter_keeps_irqs_off<A: Mmu>(_: &Cmdline) -> Outcome {
@@ -315,18 +395,12 @@ fn waiter_keeps_irqs_off<A: Mmu>(_: &Cmdline) -> Outcome {
         return o;
     }
     no_leak(|| {
-        static WORDS: [core::sync::atomic::AtomicU64; 6] =
-            [const { core::sync::atomic::AtomicU64::new(0) }; 6];
-        let mut s = test_row::<A>("irqs", &TWO_ROLES, irqs_role::<A>, hold_a_until_b);
-        s.detect = |ctx| {
-            for (i, w) in WORDS.iter().enumerate() {
-                w.store(ctx.word[i].load(Ordering::Acquire), Ordering::Relaxed);
-            }
-            None
-        };
         let changes = point::irq_state_changes();
-        let r = scenario::run(&s, &ONE_VARIANT[0], Mode::Forced, 1, None);
-        let w: Vec<u64> = WORDS.iter().map(|w| w.load(Ordering::Relaxed)).collect();
+        let r = run_test::<A, Irqs>(&ONE_VARIANT[0], Mode::Forced, 1, None);
+        let w: Vec<u64> = IRQS_SEEN
+            .iter()
+            .map(|w| w.load(Ordering::Relaxed))
+            .collect();
         let a = 1;
         let after = percpu::per_cpu(a).ipis.load(Ordering::Acquire);
         diag!(
@@ -359,21 +433,26 @@ fn waiter_keeps_irqs_off<A: Mmu>(_: &Cmdline) -> Outcome {
 
 const NATURAL_HITS: u64 = 32;
 const NATURAL_MAX_NS: u64 = 5_000;
-static NATURAL_DELAY: [&RacePoint; 1] = [&points::TEST_A];
+struct Natural;
 
-fn natural_role<A: Mmu>(_: &Ctx<A>, _: usize) -> bool {
-    for i in 0..NATURAL_HITS {
-        race_point::<A>(&points::TEST_A, i);
+impl<A: Mmu> TestRow<A> for Natural {
+    const NAME: &'static str = "natural";
+    const ROLES: &'static [&'static str] = &ONE_ROLE;
+    const DELAY_POINTS: &'static [&'static RacePoint] = &[&points::TEST_A];
+    fn role(_: &Ctx<A, T<Self>>, _: usize) -> bool {
+        for i in 0..NATURAL_HITS {
+            race_point::<A>(&points::TEST_A, i);
+        }
+        true
     }
-    true
+    fn schedule() -> Vec<Step> {
+        Vec::new()
+    }
 }
 
 /// The delays of the last iteration, from CPU 1's trace ring.
 fn natural_delays<A: Mmu>(seed: u64) -> Result<Vec<u64>, Outcome> {
-    let mut s = test_row::<A>("natural", &ONE_ROLE, natural_role::<A>, |_| Vec::new());
-    s.delay_points = &NATURAL_DELAY;
-    s.max_delay_ns = NATURAL_MAX_NS;
-    let r = scenario::run(&s, &ONE_VARIANT[0], Mode::Natural, seed, Some(2));
+    let r = run_test::<A, Natural>(&ONE_VARIANT[0], Mode::Natural, seed, Some(2));
     if r.outcome != RaceOutcome::Clean || r.failed() || r.iterations != 2 {
         return Err(fail(format!(
             "natural run: {:?} after {} iterations ({:?})",
@@ -448,37 +527,33 @@ fn natural_seed_repeats<A: Mmu>(_: &Cmdline) -> Outcome {
 /// A stores to its page (a fault), then holds at test:a with interrupts on.
 /// B reaches test:b, zaps the page (MADV_DONTNEED: PTE clear, then the
 /// gather's flush), and only after the flush A goes on.
-fn trace_role<A: Mmu>(ctx: &Ctx<A>, role: usize) -> bool {
-    if role == A_ROLE {
-        // SAFETY: the CPU runs the iteration's mm (the runner's `use_mm`),
-        // where `ctx.addr` is a writable anonymous page.
-        unsafe { core::ptr::write_volatile(ctx.addr as *mut u64, 0x7ace) };
-        trace::mark(&points::TEST_C, 0x7ace);
-        race_point::<A>(&points::TEST_A, ctx.addr);
-        return true;
+struct TraceRow;
+
+impl<A: Mmu> TestRow<A> for TraceRow {
+    const NAME: &'static str = "trace";
+    const MM: bool = true;
+    fn role(ctx: &Ctx<A, T<Self>>, role: usize) -> bool {
+        if role == A_ROLE {
+            // SAFETY: the CPU runs the iteration's mm (the runner's `use_mm`),
+            // where `ctx.addr` is a writable anonymous page.
+            unsafe { core::ptr::write_volatile(ctx.addr as *mut u64, 0x7ace) };
+            trace::mark(&points::TEST_C, 0x7ace);
+            race_point::<A>(&points::TEST_A, ctx.addr);
+            return true;
+        }
+        race_point::<A>(&points::TEST_B, ctx.addr);
+        memory::madvise_dontneed(ctx.mm(), ctx.addr, PAGE_SIZE).is_ok()
     }
-    race_point::<A>(&points::TEST_B, ctx.addr);
-    let mm = ctx.mm.as_deref().expect("an mm");
-    memory::madvise_dontneed(mm, ctx.addr, PAGE_SIZE).is_ok()
-}
 
-fn trace_steps(_: &Variant) -> Vec<Step> {
-    vec![
-        Step::at(A_ROLE, &points::TEST_A),
-        Step::at(B_ROLE, &points::TEST_B),
-        Step::at(B_ROLE, &points::ZAP_AFTER_PTE_CLEAR),
-        Step::at(B_ROLE, &points::GATHER_AFTER_FLUSH),
-        Step::leave(A_ROLE, &points::TEST_A),
-    ]
-}
-
-fn mm_setup<A: Mmu>(ctx: &mut Ctx<A>) -> Result<(), String> {
-    let mm = crate::mm::selftest::new_mm::<A>().map_err(|_| String::from("no memory for an mm"))?;
-    memory::mmap_anon(&mm, A::TASK_BASE, PAGE_SIZE, VmFlags::RW, false)
-        .map_err(|e| format!("mmap: {e:?}"))?;
-    ctx.addr = A::TASK_BASE;
-    ctx.mm = Some(mm);
-    Ok(())
+    fn schedule() -> Vec<Step> {
+        vec![
+            Step::at(A_ROLE, &points::TEST_A),
+            Step::at(B_ROLE, &points::TEST_B),
+            Step::at(B_ROLE, &points::ZAP_AFTER_PTE_CLEAR),
+            Step::at(B_ROLE, &points::GATHER_AFTER_FLUSH),
+            Step::leave(A_ROLE, &points::TEST_A),
+        ]
+    }
 }
 
 fn trace_merge_in_time_order<A: Mmu>(_: &Cmdline) -> Outcome {
@@ -486,9 +561,7 @@ fn trace_merge_in_time_order<A: Mmu>(_: &Cmdline) -> Outcome {
         return o;
     }
     no_leak(|| {
-        let mut s = test_row::<A>("trace", &TWO_ROLES, trace_role::<A>, trace_steps);
-        s.setup = mm_setup::<A>;
-        let r = scenario::run(&s, &ONE_VARIANT[0], Mode::Forced, 1, None);
+        let r = run_test::<A, TraceRow>(&ONE_VARIANT[0], Mode::Forced, 1, None);
         if r.outcome != RaceOutcome::Clean || r.failed() {
             return fail(format!("outcome {:?} ({:?})", r.outcome, r.state_error));
         }
@@ -564,19 +637,27 @@ fn check_impossible(r: &scenario::Report, evidence: &str) -> Outcome {
 
 /// A: interrupts off at test:a until B reaches test:b; B first waits for a
 /// cross-CPU call on A.
-fn ipi_cycle_role<A: Mmu>(ctx: &Ctx<A>, role: usize) -> bool {
-    if role == A_ROLE {
-        let flags = A::local_irq_save();
-        ctx.word[0].store(1, Ordering::Release);
-        race_point::<A>(&points::TEST_A, 0);
-        A::local_irq_restore(flags);
-        return true;
+struct IpiCycle;
+
+impl<A: Mmu> TestRow<A> for IpiCycle {
+    const NAME: &'static str = "ipi-cycle";
+    fn role(ctx: &Ctx<A, T<Self>>, role: usize) -> bool {
+        if role == A_ROLE {
+            return hold_irqs_off::<A>(&ctx.state);
+        }
+        wait_a_ready::<A>(&ctx.state);
+        smp::smp_call_function_single::<A>(other_cpu(A_ROLE), noop, 0, true);
+        race_point::<A>(&points::TEST_B, 0);
+        true
     }
-    while ctx.word[0].load(Ordering::Acquire) == 0 {
-        A::cpu_relax();
-    }
-    smp::smp_call_function_single::<A>(other_cpu(A_ROLE), noop, 0, true);
-    race_point::<A>(&points::TEST_B, 0);
+}
+
+/// Role A of the cycle rows: interrupts off at test:a.
+fn hold_irqs_off<A: Mmu>(w: &Words) -> bool {
+    let flags = A::local_irq_save();
+    a_ready::<A>(w);
+    race_point::<A>(&points::TEST_A, 0);
+    A::local_irq_restore(flags);
     true
 }
 
@@ -585,21 +666,20 @@ fn impossible_ipi_cycle<A: Mmu>(_: &Cmdline) -> Outcome {
         return o;
     }
     no_leak(|| {
-        let s = test_row::<A>("ipi-cycle", &TWO_ROLES, ipi_cycle_role::<A>, hold_a_until_b);
-        let r = scenario::run(&s, &ONE_VARIANT[0], Mode::Forced, 1, None);
+        let r = run_test::<A, IpiCycle>(&ONE_VARIANT[0], Mode::Forced, 1, None);
         let o = check_impossible(&r, "the IPI is pending on cpu1");
         if !matches!(o, Outcome::Pass) {
             return o;
         }
         // A fix that adds some other wait does not explain the cycle.
-        let r = scenario::run(&s, &FIX_VARIANTS[1], Mode::Forced, 1, None);
+        let r = run_test::<A, IpiCycle>(&FIX_VARIANTS[1], Mode::Forced, 1, None);
         let o = check_impossible(&r, "the IPI is pending on cpu1");
         if !matches!(o, Outcome::Pass) {
             return o;
         }
         // A fix whose own wait is the call: the fix holds the schedule
         // back; released, every iteration completes and nothing fires.
-        let r = scenario::run(&s, &FIX_VARIANTS[0], Mode::Forced, 1, None);
+        let r = run_test::<A, IpiCycle>(&FIX_VARIANTS[0], Mode::Forced, 1, None);
         let fix_cycle = r.fix_cycle.clone().unwrap_or_default();
         diag!(
             "fix-call: outcome={} held_by_fix={} iterations={} cycle=\"{fix_cycle}\"",
@@ -627,24 +707,34 @@ fn impossible_ipi_cycle<A: Mmu>(_: &Cmdline) -> Outcome {
 
 /// A holds the PTL of its page's table at test:a; B zaps the page
 /// (MADV_DONTNEED), which needs that PTL, before test:b.
-fn ptl_cycle_role<A: Mmu>(ctx: &Ctx<A>, role: usize) -> bool {
-    let mm = ctx.mm.as_deref().expect("an mm");
-    if role == A_ROLE {
-        let Some(ptep) = pgtable::follow_pte(mm, ctx.addr) else {
-            return false;
-        };
-        let ptl = memory::pte_lockptr(ptep).lock();
-        ctx.word[0].store(1, Ordering::Release);
-        race_point::<A>(&points::TEST_A, ctx.addr);
-        drop(ptl);
-        return true;
+struct PtlCycle;
+
+impl<A: Mmu> TestRow<A> for PtlCycle {
+    const NAME: &'static str = "ptl-cycle";
+    const MM: bool = true;
+    fn setup(ctx: &mut Ctx<A, T<Self>>) -> Result<(), String> {
+        // The page's PTE table, populated from the controller.
+        crate::mm::pgtable::pte_alloc_walk(ctx.mm(), ctx.addr)
+            .map(|_| ())
+            .ok_or_else(|| String::from("no memory for a table"))
     }
-    while ctx.word[0].load(Ordering::Acquire) == 0 {
-        A::cpu_relax();
+    fn role(ctx: &Ctx<A, T<Self>>, role: usize) -> bool {
+        let mm = ctx.mm();
+        if role == A_ROLE {
+            let Some(ptep) = pgtable::follow_pte(mm, ctx.addr) else {
+                return false;
+            };
+            let ptl = memory::pte_lockptr(ptep).lock();
+            a_ready::<A>(&ctx.state);
+            race_point::<A>(&points::TEST_A, ctx.addr);
+            drop(ptl);
+            return true;
+        }
+        wait_a_ready::<A>(&ctx.state);
+        let ok = memory::madvise_dontneed(mm, ctx.addr, PAGE_SIZE).is_ok();
+        race_point::<A>(&points::TEST_B, ctx.addr);
+        ok
     }
-    let ok = memory::madvise_dontneed(mm, ctx.addr, PAGE_SIZE).is_ok();
-    race_point::<A>(&points::TEST_B, ctx.addr);
-    ok
 }
 
 fn impossible_ptl_cycle<A: Mmu>(_: &Cmdline) -> Outcome {
@@ -652,35 +742,25 @@ fn impossible_ptl_cycle<A: Mmu>(_: &Cmdline) -> Outcome {
         return o;
     }
     no_leak(|| {
-        let mut s = test_row::<A>("ptl-cycle", &TWO_ROLES, ptl_cycle_role::<A>, hold_a_until_b);
-        s.setup = |ctx| {
-            mm_setup::<A>(ctx)?;
-            let mm = ctx.mm.as_deref().expect("an mm");
-            // The page's PTE table, populated from the controller.
-            crate::mm::pgtable::pte_alloc_walk(mm, ctx.addr)
-                .map(|_| ())
-                .ok_or_else(|| String::from("no memory for a table"))
-        };
-        let r = scenario::run(&s, &ONE_VARIANT[0], Mode::Forced, 1, None);
+        let r = run_test::<A, PtlCycle>(&ONE_VARIANT[0], Mode::Forced, 1, None);
         check_impossible(&r, "spins on PTL")
     })
 }
 
 /// A: interrupts off at test:a; B waits for an RCU grace period first.
-fn rcu_cycle_role<A: Mmu>(ctx: &Ctx<A>, role: usize) -> bool {
-    if role == A_ROLE {
-        let flags = A::local_irq_save();
-        ctx.word[0].store(1, Ordering::Release);
-        race_point::<A>(&points::TEST_A, 0);
-        A::local_irq_restore(flags);
-        return true;
+struct RcuCycle;
+
+impl<A: Mmu> TestRow<A> for RcuCycle {
+    const NAME: &'static str = "rcu-cycle";
+    fn role(ctx: &Ctx<A, T<Self>>, role: usize) -> bool {
+        if role == A_ROLE {
+            return hold_irqs_off::<A>(&ctx.state);
+        }
+        wait_a_ready::<A>(&ctx.state);
+        crate::rcu::synchronize_rcu::<A>();
+        race_point::<A>(&points::TEST_B, 0);
+        true
     }
-    while ctx.word[0].load(Ordering::Acquire) == 0 {
-        A::cpu_relax();
-    }
-    crate::rcu::synchronize_rcu::<A>();
-    race_point::<A>(&points::TEST_B, 0);
-    true
 }
 
 fn impossible_rcu_cycle<A: Mmu>(_: &Cmdline) -> Outcome {
@@ -688,8 +768,7 @@ fn impossible_rcu_cycle<A: Mmu>(_: &Cmdline) -> Outcome {
         return o;
     }
     no_leak(|| {
-        let s = test_row::<A>("rcu-cycle", &TWO_ROLES, rcu_cycle_role::<A>, hold_a_until_b);
-        let r = scenario::run(&s, &ONE_VARIANT[0], Mode::Forced, 1, None);
+        let r = run_test::<A, RcuCycle>(&ONE_VARIANT[0], Mode::Forced, 1, None);
         check_impossible(&r, "waits for RCU grace period")
     })
 }
@@ -697,19 +776,19 @@ fn impossible_rcu_cycle<A: Mmu>(_: &Cmdline) -> Outcome {
 /// A: interrupts off at test:a until B reaches test:b. B sends A an IPI
 /// without waiting for it and never goes to test:b: A waits for ever, but
 /// nobody waits for A — no cycle, a hang.
-fn hang_role<A: Mmu>(ctx: &Ctx<A>, role: usize) -> bool {
-    if role == A_ROLE {
-        let flags = A::local_irq_save();
-        ctx.word[0].store(1, Ordering::Release);
-        race_point::<A>(&points::TEST_A, 0);
-        A::local_irq_restore(flags);
-        return true;
+struct Hang;
+
+impl<A: Mmu> TestRow<A> for Hang {
+    const NAME: &'static str = "hang";
+    const TIMEOUT_NS: u64 = 300_000_000;
+    fn role(ctx: &Ctx<A, T<Self>>, role: usize) -> bool {
+        if role == A_ROLE {
+            return hold_irqs_off::<A>(&ctx.state);
+        }
+        wait_a_ready::<A>(&ctx.state);
+        smp::smp_call_function_single::<A>(other_cpu(A_ROLE), noop, 0, false);
+        true
     }
-    while ctx.word[0].load(Ordering::Acquire) == 0 {
-        A::cpu_relax();
-    }
-    smp::smp_call_function_single::<A>(other_cpu(A_ROLE), noop, 0, false);
-    true
 }
 
 fn hang_without_cycle<A: Mmu>(_: &Cmdline) -> Outcome {
@@ -717,10 +796,8 @@ fn hang_without_cycle<A: Mmu>(_: &Cmdline) -> Outcome {
         return o;
     }
     no_leak(|| {
-        let mut s = test_row::<A>("hang", &TWO_ROLES, hang_role::<A>, hold_a_until_b);
-        s.budget.iteration_timeout_ns = 300_000_000;
         let t0 = A::clock_ns();
-        let r = scenario::run(&s, &ONE_VARIANT[0], Mode::Forced, 1, None);
+        let r = run_test::<A, Hang>(&ONE_VARIANT[0], Mode::Forced, 1, None);
         let ms = (A::clock_ns() - t0) / 1_000_000;
         let edges = r.hang_edges.clone().unwrap_or_default();
         diag!(
@@ -753,13 +830,12 @@ fn detector_race_report<A: Mmu>(_: &Cmdline) -> Outcome {
         return o;
     }
     leak_checked(1, |_| {
-        let mut s = Scenario::<A>::of::<super::demo::DemoLockVsPut>();
-        s.budget.forced_iterations = 1;
-        let buggy = &s.variants[0];
-        let fixed = &s.variants[1];
+        type Demo = super::rows::demo::DemoLockVsPut;
+        let name = <Demo as Row<A>>::INFO.name;
+        let [buggy, fixed] = [0, 1].map(|i| &<Demo as Row<A>>::VARIANTS[i]);
         let bad_before = page_alloc::nr_bad_pages();
-        let r = scenario::run(&s, buggy, Mode::Forced, 7, None);
-        scenario::print_report::<A>(s.name, buggy.name, Mode::Forced, &r);
+        let r = scenario::run::<A, Demo>(buggy, Mode::Forced, 7, Some(1));
+        scenario::print_report::<A>(name, buggy.name, Mode::Forced, &r);
         let Some(f) = r.finding.clone() else {
             return fail(format!("buggy forced: {:?}, no finding", r.outcome));
         };
@@ -783,16 +859,16 @@ fn detector_race_report<A: Mmu>(_: &Cmdline) -> Outcome {
         if steps != 4 {
             return fail(format!("{steps} schedule steps in the rings, expected 4"));
         }
-        let r = scenario::run(&s, fixed, Mode::Forced, 7, None);
-        scenario::print_report::<A>(s.name, fixed.name, Mode::Forced, &r);
+        let r = scenario::run::<A, Demo>(fixed, Mode::Forced, 7, Some(1));
+        scenario::print_report::<A>(name, fixed.name, Mode::Forced, &r);
         if r.outcome != RaceOutcome::Clean || r.failed() {
             return fail(format!(
                 "fixed forced: {:?} ({:?})",
                 r.outcome, r.state_error
             ));
         }
-        let r = scenario::run(&s, fixed, Mode::Natural, 7, Some(200));
-        scenario::print_report::<A>(s.name, fixed.name, Mode::Natural, &r);
+        let r = scenario::run::<A, Demo>(fixed, Mode::Natural, 7, Some(200));
+        scenario::print_report::<A>(name, fixed.name, Mode::Natural, &r);
         if r.outcome != RaceOutcome::Clean || r.failed() || r.iterations != 200 {
             return fail(format!(
                 "fixed natural: {:?} ({:?})",
@@ -809,15 +885,25 @@ fn state_check_catches_leak<A: Mmu>(_: &Cmdline) -> Outcome {
         return o;
     }
     no_leak(|| {
-        let mut s = test_row::<A>("leak", &ONE_ROLE, |_, _| true, |_| Vec::new());
-        s.setup = |ctx| {
-            let p = page_alloc::alloc_page().ok_or_else(|| String::from("out of memory"))?;
-            ctx.pfns.push(crate::mm::page::page_to_pfn(p));
-            LEAKED.store(ctx.pfns[0], Ordering::Release);
-            Ok(())
-        };
-        static LEAKED: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
-        let r = scenario::run(&s, &ONE_VARIANT[0], Mode::Natural, 1, Some(3));
+        static LEAKED: AtomicU64 = AtomicU64::new(0);
+        struct Leak;
+        impl<A: Mmu> TestRow<A> for Leak {
+            const NAME: &'static str = "leak";
+            const ROLES: &'static [&'static str] = &ONE_ROLE;
+            fn setup(ctx: &mut Ctx<A, T<Self>>) -> Result<(), String> {
+                let p = page_alloc::alloc_page().ok_or_else(|| String::from("out of memory"))?;
+                ctx.pfns.push(crate::mm::page::page_to_pfn(p));
+                LEAKED.store(ctx.pfns[0], Ordering::Release);
+                Ok(())
+            }
+            fn role(_: &Ctx<A, T<Self>>, _: usize) -> bool {
+                true
+            }
+            fn schedule() -> Vec<Step> {
+                Vec::new()
+            }
+        }
+        let r = run_test::<A, Leak>(&ONE_VARIANT[0], Mode::Natural, 1, Some(3));
         // Give the frame back ourselves.
         crate::mm::page::put_page(crate::mm::page::pfn_to_page(LEAKED.load(Ordering::Acquire)));
         let err = r.state_error.clone().unwrap_or_default();
