@@ -355,15 +355,20 @@ pub const ROW_SKIPS: &[(&str, Arch, &str)] = &[
 /// order, each row's cells in entry order, then its skipped cells.
 pub static CELLS: std::sync::LazyLock<Vec<Cell>> = std::sync::LazyLock::new(build_cells);
 
-fn build_cells() -> Vec<Cell> {
+/// The rows of the table, in table order.
+pub fn rows() -> Vec<&'static str> {
     let mut rows: Vec<&'static str> = Vec::new();
     for en in ENTRIES {
         if !rows.contains(&en.row) {
             rows.push(en.row);
         }
     }
+    rows
+}
+
+fn build_cells() -> Vec<Cell> {
     let mut cells = Vec::new();
-    for row in rows {
+    for row in rows() {
         let mut variants: Vec<&'static str> = Vec::new();
         for en in ENTRIES.iter().filter(|en| en.row == row) {
             if !variants.contains(&en.variant) {

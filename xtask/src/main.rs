@@ -311,7 +311,7 @@ impl RunArgs {
 /// The rows of the expected table and `all`, for `--scenario`.
 fn scenario_parser() -> clap::builder::PossibleValuesParser {
     let mut values = vec!["all"];
-    values.extend(xtask::tour::rows());
+    values.extend(xtask::expected::rows());
     clap::builder::PossibleValuesParser::new(values)
 }
 

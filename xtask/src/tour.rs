@@ -66,17 +66,6 @@ impl Step {
     }
 }
 
-/// The rows of the table, in its order.
-pub fn rows() -> Vec<&'static str> {
-    let mut rows: Vec<&'static str> = Vec::new();
-    for c in expected::CELLS.iter() {
-        if !rows.contains(&c.row) {
-            rows.push(c.row);
-        }
-    }
-    rows
-}
-
 /// The kernel command line of a natural cell in the tour.
 pub fn natural_cmdline(c: &Cell) -> String {
     let base = c.kernel_args();
@@ -103,7 +92,7 @@ pub fn plan(arches: &[Arch]) -> Vec<Step> {
                 Arch::X86_64 => 3,
             }),
         });
-        for row in rows() {
+        for row in expected::rows() {
             let cells: Vec<&'static Cell> = expected::CELLS
                 .iter()
                 .filter(|c| c.arch == arch && c.row == row && c.mode == Mode::Forced)
