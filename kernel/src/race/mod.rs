@@ -13,60 +13,65 @@
 //!   `impossible`.
 //! - [`detect`]: detectors (bad page state at free, poisoned frames and
 //!   descriptors, refcount underflow, page tables freed while linked).
-//! - [`scenario`]: the [`scenario::Scenario`] type, the registry
-//!   ([`scenario::all`]), the runner and its outcomes.
+//! - [`scenario`]: the [`scenario::Row`] trait, the registry's
+//!   [`scenario::Scenario`], the runner and its outcomes.
+//! - [`rows`]: the rows, one file each, and the registry
+//!   ([`rows::all`]).
 //!
 //! # Writing a row
-//! A row is one [`scenario::Scenario`] value, returned by a function in its
-//! own module under `race/` and listed in [`scenario::all`]. It names:
+//! A row is a type implementing [`scenario::Row`] in its own file under
+//! `race/rows/`, listed by one line in the `registry!` of [`rows`]
+//! (`docs/new-row.md` walks through [`rows::demo`], a complete small row).
+//! It has:
 //!
-//! - **roles**: `roles: &["fault", "zap"]`. Role `i` runs on CPU `i + 1`
-//!   (CPU 0 is the controller: it sets up, watches for hangs and cycles,
-//!   runs the detectors and tears down). A machine with fewer than
-//!   `roles.len() + 1` CPUs reports `skip`. Each iteration the framework
-//!   enters the iteration's mm on every role CPU (`use_mm`, so the CPU is in
-//!   the mm's cpumask and its loads and stores go through the MMU), calls
-//!   `role(ctx, i)` in task context with interrupts on, and leaves the mm.
-//!   `role` returns whether it *completed its operation* (GUP-fast pinned
-//!   without falling back, the zap freed the tables, ...): a run in which
-//!   some role did not complete in some iteration and no detector fired is
-//!   `vacuous`, a failure, never `clean`.
-//! - **where it comes from**: `catalogue` (its row number in the race
-//!   catalogue, `None` for a demonstration row), `seed` (the mailing-list
-//!   thread it comes from, or the catalogue entry) and `commits`
-//!   (the Linux commits the catalogue and the row's docs name, with the
-//!   subject only where one of them quotes it); each variant's `models`
-//!   names the Linux commit or kernel it corresponds to, or says in words
-//!   what it stands for. `list` on the command line prints all of it
-//!   ([`crate::list`], `cargo xtask list`).
-//! - **the row as a type**: a row implements [`scenario::Row`] (its
-//!   constants in a [`scenario::RowInfo`], its code with defaults for what
-//!   it leaves alone) and `scenario::all` lists `Scenario::of::<Row>()`;
-//!   the demonstration row is written so. The fields below are the
-//!   runner's [`scenario::Scenario`], which `Row` produces and which the
-//!   catalogue rows still fill in directly.
-//! - **variants**: `variants: &[Variant { name: "buggy", .. }, ..]` name
-//!   the policy under test only, and `set_variant(v)` sets the runtime
-//!   knobs of that kernel (freeing policies, a row's own knob) or returns
-//!   `Err(reason)` when the row does not exist on the architecture (`skip`,
-//!   reason printed). `reset()` puts every knob the row touches back to its
-//!   default; it runs after the last iteration.
+//! - **constants** (`INFO`, a [`scenario::RowInfo`]): its name, the race in
+//!   one line, `roles: &["fault", "zap"]`, where it comes from
+//!   (`catalogue` number, `None` for a demonstration row; `seed`, the
+//!   mailing-list thread or catalogue entry; `commits`, the Linux commits
+//!   the catalogue and the row's docs name, the subject only where one of
+//!   them quotes it), the flush axis, delay and trace points, the budget.
+//!   `list` on the command line prints it ([`crate::list`],
+//!   `cargo xtask list`).
+//! - **roles**: role `i` runs on CPU `i + 1` (CPU 0 is the controller: it
+//!   sets up, watches for hangs and cycles, runs the detectors and tears
+//!   down). A machine with fewer than `roles.len() + 1` CPUs reports
+//!   `skip`. Each iteration the framework enters the iteration's mm on
+//!   every role CPU (`use_mm`, so the CPU is in the mm's cpumask and its
+//!   loads and stores go through the MMU), calls `role(ctx, i)` in task
+//!   context with interrupts on, and leaves the mm. `role` returns whether
+//!   it *completed its operation* (GUP-fast pinned without falling back,
+//!   the zap freed the tables, ...): a run in which some role did not
+//!   complete in some iteration and no detector fired is `vacuous`, a
+//!   failure, never `clean`.
+//! - **variants** (`VARIANTS`): the buggy kernel and each fix, named by the
+//!   policy under test only, each with its knobs (`Config`, read by the
+//!   roles as `ctx.config()`); `models` names the Linux commit or kernel it
+//!   corresponds to, or says in words what it stands for. `prepare(v)`
+//!   sets the mm knobs of that kernel (freeing policies, the `do_wp_page`
+//!   unlock order, ...; see [`crate::mm::knobs`]: the runner saves them
+//!   before and restores them after the run) and builds what the run keeps
+//!   (`Run`), or returns `Err(reason)` when the row does not exist on the
+//!   architecture (`skip`, reason printed). `finish(run)` ends the run.
 //! - **flush axis**: `flush: &[FlushStrategy::Ipi, FlushStrategy::Nmi,
 //!   FlushStrategy::Ipte]` for a row whose race depends on how a TLB flush
 //!   reaches other CPUs: the runner runs every variant under each of those
-//!   the architecture implements, setting the strategy before
-//!   `set_variant` (which may read it, e.g. to free pages as that
-//!   architecture does) and restoring the default after the run; each is
-//!   the case `row:variant@flush:mode`. `&[]`: the architecture's default
-//!   only, `row:variant:mode`.
-//! - **setup / teardown**: `setup(ctx)` builds the iteration's world (an mm
-//!   in `ctx.mm`, mappings, pages; frames to watch in `ctx.pfns`;
-//!   handshake words in `ctx.word`; any other state in `ctx.extra`). A
-//!   role never enters or leaves the mm itself, and the runner calls
-//!   `exit_mmap` on an mm that `teardown` left in `ctx.mm`. `teardown(ctx)` destroys it and must also undo
-//!   what a bug left behind (e.g. free a page the free checks leaked), so
-//!   that the state check — every frame back, no PTL held, no CPU waiting,
-//!   no RCU callback pending — passes after each iteration.
+//!   the architecture implements, setting the strategy before `prepare`
+//!   (which may read it, e.g. to free pages as that architecture does) and
+//!   restoring the default after the run; each is the case
+//!   `row:variant@flush:mode`. `&[]`: the architecture's default only,
+//!   `row:variant:mode`.
+//! - **setup / teardown**: `setup(run, ctx)` builds the iteration's world
+//!   (mappings, pages; frames to watch in `ctx.pfns`); what the roles and
+//!   detectors share is the row's `State`, fresh each iteration in
+//!   `ctx.state`. An address space kept for the run is a
+//!   [`scenario::RunMm`] in the `Run`, which the runner lends to `ctx.mm`
+//!   before `setup` and takes back after `teardown` when `run_mm` returns
+//!   it; an mm `setup` builds itself in `ctx.mm` is torn down after
+//!   `teardown`. A role never enters or leaves the mm itself.
+//!   `teardown(run, ctx)` must also undo what a bug left behind (e.g. free
+//!   a page the free checks leaked), so that the state check — every frame
+//!   back, no PTL held, no CPU waiting, no RCU callback pending — passes
+//!   after each iteration.
 //! - **detectors**: `detect(ctx)` runs after the roles finished, before
 //!   teardown; return the first [`detect::Finding`]. The runner always checks
 //!   [`detect::bad_page_since`] first. A finding makes the iteration a *hit*
@@ -89,10 +94,10 @@
 //!   PTL it keeps held). Then the fix is what holds the interleaving back:
 //!   the runner releases the schedule, the iteration runs to its end (and
 //!   is `clean` if nothing fires), and the report counts it as
-//!   `held_by_fix` with the cycle printed. Declare new points in
-//!   [`point::points`] (and add them to its `ALL` list, which the state
-//!   checks and name lookups use) and place them with
-//!   [`point::race_point`]`::<A>(&points::NAME, addr)`.
+//!   `held_by_fix` with the cycle printed. A point placed in mm code is
+//!   declared in [`point::points`]; a point only the row's own code places
+//!   is a `static` [`RacePoint`] in the row's file. Either is placed with
+//!   [`point::race_point`]`::<A>(&NAME, addr)`.
 //! - **waits**: a new place where a CPU spins for another CPU (an IPI
 //!   acknowledgement, a lock) publishes a [`waitfor::begin`] / [`waitfor::end`]
 //!   record, or the prover cannot see the edge and reports `hang` where a
@@ -106,7 +111,8 @@
 //!   wait-for cycle is a `hang`.
 //!
 //! Then add the row's cells to the expected table (`xtask/src/expected.rs`):
-//! one per (row, arch, variant, mode). [`demo`] is a complete small row.
+//! one entry per variant and place (both architectures, one, or one flush
+//! strategy), with its forced and natural outcome.
 //!
 //! # Outcomes
 //! `bug` (a detector fired), `clean` (no detector fired and every role
