@@ -18,6 +18,18 @@ pub(crate) type TestFn = fn(&Cmdline) -> Outcome;
 /// Self-test suites: each suite's name with its cases, in order.
 pub(crate) type Suites = Vec<(&'static str, Vec<(&'static str, TestFn)>)>;
 
+/// A suite's cases, in order, from the names of their functions:
+/// `test_cases![A; name, other_name = function]` is
+/// `vec![("name", name::<A>), ("other_name", function::<A>)]`.
+macro_rules! test_cases {
+    ($a:ident; $($name:ident $(= $f:ident)?),* $(,)?) => {
+        alloc::vec![$((stringify!($name), $crate::selftest::test_cases!(@fn $a $name $($f)?) as $crate::selftest::TestFn)),*]
+    };
+    (@fn $a:ident $name:ident) => { $name::<$a> };
+    (@fn $a:ident $name:ident $f:ident) => { $f::<$a> };
+}
+pub(crate) use test_cases;
+
 /// The `boot` suite, in order.
 fn boot_suite<A: crate::mm::arch::Mmu>() -> [(&'static str, TestFn); 10] {
     [

@@ -27,18 +27,19 @@ pub(crate) const SUITE: &str = "race";
 
 /// The cases, in order.
 pub(crate) fn cases<A: Mmu>() -> Vec<(&'static str, crate::selftest::TestFn)> {
-    vec![
-        ("unarmed_point_cost", unarmed_point_cost::<A>),
-        ("forced_schedule_followed", forced_schedule_followed::<A>),
-        ("waiter_keeps_irqs_off", waiter_keeps_irqs_off::<A>),
-        ("natural_seed_repeats", natural_seed_repeats::<A>),
-        ("trace_merge_in_time_order", trace_merge_in_time_order::<A>),
-        ("impossible_ipi_cycle", impossible_ipi_cycle::<A>),
-        ("impossible_ptl_cycle", impossible_ptl_cycle::<A>),
-        ("impossible_rcu_cycle", impossible_rcu_cycle::<A>),
-        ("hang_without_cycle", hang_without_cycle::<A>),
-        ("detector_race_report", detector_race_report::<A>),
-        ("state_check_catches_leak", state_check_catches_leak::<A>),
+    crate::selftest::test_cases![
+        A;
+        unarmed_point_cost,
+        forced_schedule_followed,
+        waiter_keeps_irqs_off,
+        natural_seed_repeats,
+        trace_merge_in_time_order,
+        impossible_ipi_cycle,
+        impossible_ptl_cycle,
+        impossible_rcu_cycle,
+        hang_without_cycle,
+        detector_race_report,
+        state_check_catches_leak,
     ]
 }
 

@@ -28,17 +28,18 @@ pub(crate) const SUITE: &str = "mm";
 
 /// The `mm` cases, in order.
 pub(crate) fn cases<A: Mmu>() -> Vec<(&'static str, TestFn)> {
-    alloc::vec![
-        ("map_fault_unmap", map_fault_unmap::<A> as TestFn),
-        ("fault_on_every_cpu", fault_on_every_cpu::<A>),
-        ("cow_after_dup", cow_after_dup::<A>),
-        ("hw_young_dirty", hw_young_dirty::<A>),
-        ("stale_tlb_after_pte_clear", stale_tlb_after_pte_clear::<A>),
-        ("upgrade_keeps_mappings", upgrade_keeps_mappings::<A>),
-        ("access_beyond_limit", access_beyond_limit::<A>),
-        ("pfn_scanner_beside_churn", pfn_scanner_beside_churn::<A>),
-        ("swap_cache_add_remove", swap_cache_add_remove::<A>),
-        ("fault_throughput", fault_throughput::<A>),
+    crate::selftest::test_cases![
+        A;
+        map_fault_unmap,
+        fault_on_every_cpu,
+        cow_after_dup,
+        hw_young_dirty,
+        stale_tlb_after_pte_clear,
+        upgrade_keeps_mappings,
+        access_beyond_limit,
+        pfn_scanner_beside_churn,
+        swap_cache_add_remove,
+        fault_throughput,
     ]
 }
 

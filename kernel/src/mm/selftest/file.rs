@@ -38,30 +38,19 @@ const P: u64 = PAGE_SIZE;
 
 /// The `mm_file` suite, in order.
 pub(crate) fn cases<A: Mmu>() -> Vec<(&'static str, TestFn)> {
-    alloc::vec![
-        ("vma_operations", vma_operations::<A> as TestFn),
-        ("shared_writes_every_cpu", shared_writes_every_cpu::<A>),
-        ("mkclean_every_cpu", mkclean_every_cpu::<A>),
-        ("cow_after_fork_with_file", cow_after_fork_with_file::<A>),
-        ("writeback_throughput", writeback_throughput::<A>),
-        (
-            "dirty_softdirty_keeps_every_byte",
-            softdirty_keeps_every_byte::<A>
-        ),
-        ("dirty_skey_keeps_every_byte", skey_keeps_every_byte::<A>),
-        (
-            "dirty_skey_mkclean_clears_change_bit",
-            skey_mkclean_clears_change_bit::<A>
-        ),
-        (
-            "dirty_skey_last_unmap_dirties_page",
-            skey_last_unmap_dirties_page::<A>
-        ),
-        (
-            "writeback_throughput_softdirty",
-            writeback_throughput_softdirty::<A>
-        ),
-        ("writeback_throughput_skey", writeback_throughput_skey::<A>),
+    crate::selftest::test_cases![
+        A;
+        vma_operations,
+        shared_writes_every_cpu,
+        mkclean_every_cpu,
+        cow_after_fork_with_file,
+        writeback_throughput,
+        dirty_softdirty_keeps_every_byte = softdirty_keeps_every_byte,
+        dirty_skey_keeps_every_byte = skey_keeps_every_byte,
+        dirty_skey_mkclean_clears_change_bit = skey_mkclean_clears_change_bit,
+        dirty_skey_last_unmap_dirties_page = skey_last_unmap_dirties_page,
+        writeback_throughput_softdirty,
+        writeback_throughput_skey,
     ]
 }
 

@@ -28,17 +28,15 @@ pub(crate) const SUITE: &str = "gather";
 
 /// The `gather` cases, in order.
 pub(crate) fn cases<A: crate::mm::arch::Mmu>() -> Vec<(&'static str, TestFn)> {
-    alloc::vec![
-        (
-            "batched_zap_one_flush_per_batch",
-            batched_zap::<A> as TestFn
-        ),
-        ("page_free_policies", page_free_policies::<A>),
-        ("table_free_policies", table_free_policies::<A>),
-        ("rcu_table_free_waits_for_irqs_off_cpu", rcu_waits::<A>),
-        ("ipi_sync_waits_for_irqs_off_cpu", ipi_sync_waits::<A>),
-        ("nested_gathers_full_flush", nested::<A>),
-        ("zap_throughput", zap_throughput::<A>),
+    crate::selftest::test_cases![
+        A;
+        batched_zap_one_flush_per_batch = batched_zap,
+        page_free_policies,
+        table_free_policies,
+        rcu_table_free_waits_for_irqs_off_cpu = rcu_waits,
+        ipi_sync_waits_for_irqs_off_cpu = ipi_sync_waits,
+        nested_gathers_full_flush = nested,
+        zap_throughput,
     ]
 }
 

@@ -30,20 +30,18 @@ pub(crate) const SUITE: &str = "gup";
 
 /// The `gup` cases, in order.
 pub(crate) fn cases<A: Mmu>() -> Vec<(&'static str, TestFn)> {
-    alloc::vec![
-        ("fast_equals_slow", fast_equals_slow::<A> as TestFn),
-        ("folded_walk_crossing_pud", folded_walk_crossing_pud::<A>),
-        ("fallback_when_needed", fallback_when_needed::<A>),
-        ("pin_survives_munmap", pin_survives_munmap::<A>),
-        ("pin_write_breaks_cow_after_fork", pin_write_breaks_cow::<A>),
-        ("huge_pmd_fast_equals_slow", huge_pmd_fast_equals_slow::<A>),
-        (
-            "huge_pmd_pin_blocks_collapse",
-            huge_pmd_pin_blocks_collapse::<A>,
-        ),
-        ("huge_pmd_pin_across_split", huge_pmd_pin_across_split::<A>),
-        ("fast_on_second_cpu", fast_on_second_cpu::<A>),
-        ("throughput", throughput::<A>),
+    crate::selftest::test_cases![
+        A;
+        fast_equals_slow,
+        folded_walk_crossing_pud,
+        fallback_when_needed,
+        pin_survives_munmap,
+        pin_write_breaks_cow_after_fork = pin_write_breaks_cow,
+        huge_pmd_fast_equals_slow,
+        huge_pmd_pin_blocks_collapse,
+        huge_pmd_pin_across_split,
+        fast_on_second_cpu,
+        throughput,
     ]
 }
 

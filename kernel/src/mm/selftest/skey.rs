@@ -36,12 +36,13 @@ pub(crate) const SUITE: &str = "skey";
 
 /// The `skey` cases, in order.
 pub(crate) fn cases<A: Mmu>() -> Vec<(&'static str, TestFn)> {
-    alloc::vec![
-        ("key_set_at_alloc", key_set_at_alloc::<A> as TestFn),
-        ("change_bit_set_by_store", change_bit_set_by_store::<A>),
-        ("sske_and_rrbe_reset", sske_and_rrbe_reset::<A>),
-        ("page_test_and_clear_dirty", page_test_and_clear_dirty::<A>),
-        ("change_bit_on_another_cpu", change_bit_on_another_cpu::<A>),
+    crate::selftest::test_cases![
+        A;
+        key_set_at_alloc,
+        change_bit_set_by_store,
+        sske_and_rrbe_reset,
+        page_test_and_clear_dirty,
+        change_bit_on_another_cpu,
     ]
 }
 

@@ -31,20 +31,18 @@ pub(crate) const SUITE: &str = "thp";
 
 /// The `thp` suite, in order.
 pub(crate) fn cases<A: Mmu>() -> Vec<(&'static str, TestFn)> {
-    alloc::vec![
-        (
-            "collapse_keeps_every_byte",
-            collapse_keeps_every_byte::<A> as TestFn
-        ),
-        ("collapse_aborts_on_pin", collapse_aborts_on_pin::<A>),
-        ("collapse_ipi_sync_vs_irqs_off", collapse_ipi_sync::<A>),
-        ("collapse_table_free_policies", collapse_table_free::<A>),
-        ("huge_zap_whole_pmd", huge_zap_whole::<A>),
-        ("huge_partial_munmap_splits", huge_partial_munmap::<A>),
-        ("huge_fork_and_mprotect", huge_fork_mprotect::<A>),
-        ("huge_exit", huge_exit::<A>),
-        ("wp_reuse_exclusive_only", wp_reuse::<A>),
-        ("wp_reuse_waits_for_page_lock", wp_reuse_lock_wait::<A>),
+    crate::selftest::test_cases![
+        A;
+        collapse_keeps_every_byte,
+        collapse_aborts_on_pin,
+        collapse_ipi_sync_vs_irqs_off = collapse_ipi_sync,
+        collapse_table_free_policies = collapse_table_free,
+        huge_zap_whole_pmd = huge_zap_whole,
+        huge_partial_munmap_splits = huge_partial_munmap,
+        huge_fork_and_mprotect = huge_fork_mprotect,
+        huge_exit,
+        wp_reuse_exclusive_only = wp_reuse,
+        wp_reuse_waits_for_page_lock = wp_reuse_lock_wait,
     ]
 }
 

@@ -23,13 +23,14 @@ pub(crate) const SUITE: &str = "tlb";
 
 /// The `tlb` cases, in order.
 pub(crate) fn cases<A: Mmu>() -> Vec<(&'static str, TestFn)> {
-    alloc::vec![
-        ("strategy_knob", strategy_knob::<A> as TestFn),
-        ("shootdown_reaches_cpumask", shootdown_reaches_cpumask::<A>),
-        ("pmd_clear_flush", pmd_clear_flush::<A>),
-        ("local_flush_when_alone", local_flush_when_alone::<A>),
-        ("flush_vs_irqs_off", flush_vs_irqs_off::<A>),
-        ("shootdown_latency", shootdown_latency::<A>),
+    crate::selftest::test_cases![
+        A;
+        strategy_knob,
+        shootdown_reaches_cpumask,
+        pmd_clear_flush,
+        local_flush_when_alone,
+        flush_vs_irqs_off,
+        shootdown_latency,
     ]
 }
 
