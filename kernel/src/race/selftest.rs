@@ -29,16 +29,9 @@ pub(crate) const SUITE: &str = "race";
 pub(crate) fn cases<A: Mmu>() -> Vec<(&'static str, crate::selftest::TestFn)> {
     crate::selftest::test_cases![
         A;
-        unarmed_point_cost,
-        forced_schedule_followed,
-        waiter_keeps_irqs_off,
-        natural_seed_repeats,
-        trace_merge_in_time_order,
-        impossible_ipi_cycle,
-        impossible_ptl_cycle,
-        impossible_rcu_cycle,
-        hang_without_cycle,
-        detector_race_report,
+        unarmed_point_cost, forced_schedule_followed, waiter_keeps_irqs_off,
+        natural_seed_repeats, trace_merge_in_time_order, impossible_ipi_cycle,
+        impossible_ptl_cycle, impossible_rcu_cycle, hang_without_cycle, detector_race_report,
         state_check_catches_leak,
     ]
 }

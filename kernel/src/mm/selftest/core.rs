@@ -30,16 +30,9 @@ pub(crate) const SUITE: &str = "mm";
 pub(crate) fn cases<A: Mmu>() -> Vec<(&'static str, TestFn)> {
     crate::selftest::test_cases![
         A;
-        map_fault_unmap,
-        fault_on_every_cpu,
-        cow_after_dup,
-        hw_young_dirty,
-        stale_tlb_after_pte_clear,
-        upgrade_keeps_mappings,
-        access_beyond_limit,
-        pfn_scanner_beside_churn,
-        swap_cache_add_remove,
-        fault_throughput,
+        map_fault_unmap, fault_on_every_cpu, cow_after_dup, hw_young_dirty,
+        stale_tlb_after_pte_clear, upgrade_keeps_mappings, access_beyond_limit,
+        pfn_scanner_beside_churn, swap_cache_add_remove, fault_throughput,
     ]
 }
 

@@ -40,17 +40,12 @@ const P: u64 = PAGE_SIZE;
 pub(crate) fn cases<A: Mmu>() -> Vec<(&'static str, TestFn)> {
     crate::selftest::test_cases![
         A;
-        vma_operations,
-        shared_writes_every_cpu,
-        mkclean_every_cpu,
-        cow_after_fork_with_file,
-        writeback_throughput,
-        dirty_softdirty_keeps_every_byte = softdirty_keeps_every_byte,
+        vma_operations, shared_writes_every_cpu, mkclean_every_cpu, cow_after_fork_with_file,
+        writeback_throughput, dirty_softdirty_keeps_every_byte = softdirty_keeps_every_byte,
         dirty_skey_keeps_every_byte = skey_keeps_every_byte,
         dirty_skey_mkclean_clears_change_bit = skey_mkclean_clears_change_bit,
         dirty_skey_last_unmap_dirties_page = skey_last_unmap_dirties_page,
-        writeback_throughput_softdirty,
-        writeback_throughput_skey,
+        writeback_throughput_softdirty, writeback_throughput_skey,
     ]
 }
 

@@ -30,12 +30,9 @@ pub(crate) const SUITE: &str = "gather";
 pub(crate) fn cases<A: crate::mm::arch::Mmu>() -> Vec<(&'static str, TestFn)> {
     crate::selftest::test_cases![
         A;
-        batched_zap_one_flush_per_batch = batched_zap,
-        page_free_policies,
-        table_free_policies,
+        batched_zap_one_flush_per_batch = batched_zap, page_free_policies, table_free_policies,
         rcu_table_free_waits_for_irqs_off_cpu = rcu_waits,
-        ipi_sync_waits_for_irqs_off_cpu = ipi_sync_waits,
-        nested_gathers_full_flush = nested,
+        ipi_sync_waits_for_irqs_off_cpu = ipi_sync_waits, nested_gathers_full_flush = nested,
         zap_throughput,
     ]
 }

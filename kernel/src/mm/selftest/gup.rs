@@ -32,16 +32,9 @@ pub(crate) const SUITE: &str = "gup";
 pub(crate) fn cases<A: Mmu>() -> Vec<(&'static str, TestFn)> {
     crate::selftest::test_cases![
         A;
-        fast_equals_slow,
-        folded_walk_crossing_pud,
-        fallback_when_needed,
-        pin_survives_munmap,
-        pin_write_breaks_cow_after_fork = pin_write_breaks_cow,
-        huge_pmd_fast_equals_slow,
-        huge_pmd_pin_blocks_collapse,
-        huge_pmd_pin_across_split,
-        fast_on_second_cpu,
-        throughput,
+        fast_equals_slow, folded_walk_crossing_pud, fallback_when_needed, pin_survives_munmap,
+        pin_write_breaks_cow_after_fork = pin_write_breaks_cow, huge_pmd_fast_equals_slow,
+        huge_pmd_pin_blocks_collapse, huge_pmd_pin_across_split, fast_on_second_cpu, throughput,
     ]
 }
 

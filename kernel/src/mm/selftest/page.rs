@@ -25,8 +25,7 @@ pub(crate) const SUITE: &str = "mm_page";
 pub(crate) fn cases<A: Arch>() -> Vec<(&'static str, TestFn)> {
     crate::selftest::test_cases![
         A;
-        alloc_contention,
-        alloc_throughput,
+        alloc_contention, alloc_throughput,
     ]
 }
 

@@ -38,11 +38,8 @@ pub(crate) const SUITE: &str = "skey";
 pub(crate) fn cases<A: Mmu>() -> Vec<(&'static str, TestFn)> {
     crate::selftest::test_cases![
         A;
-        key_set_at_alloc,
-        change_bit_set_by_store,
-        sske_and_rrbe_reset,
-        page_test_and_clear_dirty,
-        change_bit_on_another_cpu,
+        key_set_at_alloc, change_bit_set_by_store, sske_and_rrbe_reset,
+        page_test_and_clear_dirty, change_bit_on_another_cpu,
     ]
 }
 

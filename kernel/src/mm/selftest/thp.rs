@@ -33,16 +33,12 @@ pub(crate) const SUITE: &str = "thp";
 pub(crate) fn cases<A: Mmu>() -> Vec<(&'static str, TestFn)> {
     crate::selftest::test_cases![
         A;
-        collapse_keeps_every_byte,
-        collapse_aborts_on_pin,
+        collapse_keeps_every_byte, collapse_aborts_on_pin,
         collapse_ipi_sync_vs_irqs_off = collapse_ipi_sync,
-        collapse_table_free_policies = collapse_table_free,
-        huge_zap_whole_pmd = huge_zap_whole,
+        collapse_table_free_policies = collapse_table_free, huge_zap_whole_pmd = huge_zap_whole,
         huge_partial_munmap_splits = huge_partial_munmap,
-        huge_fork_and_mprotect = huge_fork_mprotect,
-        huge_exit,
-        wp_reuse_exclusive_only = wp_reuse,
-        wp_reuse_waits_for_page_lock = wp_reuse_lock_wait,
+        huge_fork_and_mprotect = huge_fork_mprotect, huge_exit,
+        wp_reuse_exclusive_only = wp_reuse, wp_reuse_waits_for_page_lock = wp_reuse_lock_wait,
     ]
 }
 

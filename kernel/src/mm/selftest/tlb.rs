@@ -25,12 +25,8 @@ pub(crate) const SUITE: &str = "tlb";
 pub(crate) fn cases<A: Mmu>() -> Vec<(&'static str, TestFn)> {
     crate::selftest::test_cases![
         A;
-        strategy_knob,
-        shootdown_reaches_cpumask,
-        pmd_clear_flush,
-        local_flush_when_alone,
-        flush_vs_irqs_off,
-        shootdown_latency,
+        strategy_knob, shootdown_reaches_cpumask, pmd_clear_flush, local_flush_when_alone,
+        flush_vs_irqs_off, shootdown_latency,
     ]
 }
 
