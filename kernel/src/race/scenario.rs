@@ -213,6 +213,23 @@ impl<A: Mmu> RunMm<A> {
     pub fn new(mm: Box<Mm<A>>) -> Self {
         RunMm(Some(mm))
     }
+
+    /// A new mm with what `map` maps in it (VMAs, pages, the page tables
+    /// the iterations reuse). Without memory for the mm, or if `map`
+    /// fails, the slot is empty: the first `setup` finds no mm and the run
+    /// fails.
+    pub fn build<E>(map: impl FnOnce(&Mm<A>) -> Result<(), E>) -> Self {
+        let Some(mm) = Mm::<A>::new().map(Box::new) else {
+            return Self::default();
+        };
+        match map(&mm) {
+            Ok(()) => RunMm(Some(mm)),
+            Err(_) => {
+                crate::mm::memory::exit_mmap(*mm);
+                Self::default()
+            }
+        }
+    }
 }
 
 impl<A: Mmu> Default for RunMm<A> {
@@ -968,6 +985,8 @@ fn iteration<A: Mmu, R: Row<A>>(
         }
     }
     sh.ctx.store(core::ptr::null_mut(), Ordering::Release);
+    // The row's state goes before the state check: what it holds counts.
+    drop(ctx);
     if let Some(err) = state_check::<A>(free_before) {
         rep.state_error = Some(format!("after iteration {it}: {err}"));
         return Ok(false);

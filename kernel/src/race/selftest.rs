@@ -186,6 +186,15 @@ fn needs(cpus: usize) -> Option<Outcome> {
     }))
 }
 
+/// Runs `test` where the machine has `cpus` CPUs (a controller and the
+/// roles), checking that it leaks no frame; `skip` on a smaller machine.
+fn on_cpus(cpus: usize, test: impl FnOnce() -> Outcome) -> Outcome {
+    match needs(cpus) {
+        Some(skip) => skip,
+        None => no_leak(test),
+    }
+}
+
 fn other_cpu(role: usize) -> usize {
     point::cpu_of(role).expect("role has a CPU")
 }
@@ -280,10 +289,7 @@ impl<A: Mmu> TestRow<A> for Sched {
 }
 
 fn forced_schedule_followed<A: Mmu>(_: &Cmdline) -> Outcome {
-    if let Some(o) = needs(3) {
-        return o;
-    }
-    no_leak(|| {
+    on_cpus(3, || {
         let r = run_test::<A, Sched>(&ONE_VARIANT[0], Mode::Forced, 1, None);
         let steps = <Sched as TestRow<A>>::schedule();
         let events = trace::snapshot(trace::RING_LEN);
@@ -385,10 +391,7 @@ impl<A: Mmu> TestRow<A> for Irqs {
 }
 
 fn waiter_keeps_irqs_off<A: Mmu>(_: &Cmdline) -> Outcome {
-    if let Some(o) = needs(3) {
-        return o;
-    }
-    no_leak(|| {
+    on_cpus(3, || {
         let changes = point::irq_state_changes();
         let r = run_test::<A, Irqs>(&ONE_VARIANT[0], Mode::Forced, 1, None);
         let w: Vec<u64> = IRQS_SEEN
@@ -461,10 +464,7 @@ fn natural_delays<A: Mmu>(seed: u64) -> Result<Vec<u64>, Outcome> {
 }
 
 fn natural_seed_repeats<A: Mmu>(_: &Cmdline) -> Outcome {
-    if let Some(o) = needs(2) {
-        return o;
-    }
-    no_leak(|| {
+    on_cpus(2, || {
         const SEED: u64 = 0x1234_5678;
         let first = match natural_delays::<A>(SEED) {
             Ok(d) => d,
@@ -551,10 +551,7 @@ impl<A: Mmu> TestRow<A> for TraceRow {
 }
 
 fn trace_merge_in_time_order<A: Mmu>(_: &Cmdline) -> Outcome {
-    if let Some(o) = needs(3) {
-        return o;
-    }
-    no_leak(|| {
+    on_cpus(3, || {
         let r = run_test::<A, TraceRow>(&ONE_VARIANT[0], Mode::Forced, 1, None);
         if r.outcome != RaceOutcome::Clean || r.failed() {
             return fail(format!("outcome {:?} ({:?})", r.outcome, r.state_error));
@@ -656,10 +653,7 @@ fn hold_irqs_off<A: Mmu>(w: &Words) -> bool {
 }
 
 fn impossible_ipi_cycle<A: Mmu>(_: &Cmdline) -> Outcome {
-    if let Some(o) = needs(3) {
-        return o;
-    }
-    no_leak(|| {
+    on_cpus(3, || {
         let r = run_test::<A, IpiCycle>(&ONE_VARIANT[0], Mode::Forced, 1, None);
         let o = check_impossible(&r, "the IPI is pending on cpu1");
         if !matches!(o, Outcome::Pass) {
@@ -732,10 +726,7 @@ impl<A: Mmu> TestRow<A> for PtlCycle {
 }
 
 fn impossible_ptl_cycle<A: Mmu>(_: &Cmdline) -> Outcome {
-    if let Some(o) = needs(3) {
-        return o;
-    }
-    no_leak(|| {
+    on_cpus(3, || {
         let r = run_test::<A, PtlCycle>(&ONE_VARIANT[0], Mode::Forced, 1, None);
         check_impossible(&r, "spins on PTL")
     })
@@ -758,10 +749,7 @@ impl<A: Mmu> TestRow<A> for RcuCycle {
 }
 
 fn impossible_rcu_cycle<A: Mmu>(_: &Cmdline) -> Outcome {
-    if let Some(o) = needs(3) {
-        return o;
-    }
-    no_leak(|| {
+    on_cpus(3, || {
         let r = run_test::<A, RcuCycle>(&ONE_VARIANT[0], Mode::Forced, 1, None);
         check_impossible(&r, "waits for RCU grace period")
     })
@@ -786,10 +774,7 @@ impl<A: Mmu> TestRow<A> for Hang {
 }
 
 fn hang_without_cycle<A: Mmu>(_: &Cmdline) -> Outcome {
-    if let Some(o) = needs(3) {
-        return o;
-    }
-    no_leak(|| {
+    on_cpus(3, || {
         let t0 = A::clock_ns();
         let r = run_test::<A, Hang>(&ONE_VARIANT[0], Mode::Forced, 1, None);
         let ms = (A::clock_ns() - t0) / 1_000_000;
@@ -875,10 +860,7 @@ fn detector_race_report<A: Mmu>(_: &Cmdline) -> Outcome {
 
 /// A row whose teardown forgets a frame: the state check must say so.
 fn state_check_catches_leak<A: Mmu>(_: &Cmdline) -> Outcome {
-    if let Some(o) = needs(2) {
-        return o;
-    }
-    no_leak(|| {
+    on_cpus(2, || {
         static LEAKED: AtomicU64 = AtomicU64::new(0);
         struct Leak;
         impl<A: Mmu> TestRow<A> for Leak {
