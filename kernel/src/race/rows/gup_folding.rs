@@ -28,8 +28,8 @@
 //!   stale entry leads somewhere: to them.
 //! - Completion: the fast walk got all 4 pages without falling back to slow
 //!   GUP (the buggy walk does too — with the wrong pages for the upper half).
-//! - Variants: `buggy` (`set_gup_walk(StackCopy)`), `fixed` (`Lockless`).
-//!   On an architecture whose new mm does not fold the pud level per mm
+//! - Variants: `buggy` (`GupWalk::StackCopy`), `fixed` (`Lockless`), the
+//!   knob `prepare` sets (`set_gup_walk`). On an architecture whose new mm does not fold the pud level per mm
 //!   (x86-64: 4 levels, p4d folded statically, the pud level never), the
 //!   row does not apply: `skip`, reason printed.
 //! - Natural and forced: there is nothing to interleave, so the two modes
@@ -45,20 +45,21 @@
 //!   frame of the frame database (`PG_pgtable`) that is not the level's own
 //!   copy ([`GupRecord::stray_reads`]); and GUP-fast pages that differ from
 //!   the locked walk's.
-//! - The mm is built once per run by `set_variant` (a new mm: 3 levels on
-//!   s390x; nothing is mapped above 2 GiB + 2 pages, so it stays so) and lent
-//!   to every iteration ([`RunMm`]); the pages stay mapped, each iteration's
-//!   references are released by the role.
+//! - The mm is built once per run by `prepare` (a new mm: 3 levels on
+//!   s390x; nothing is mapped above 2 GiB + 2 pages, so it stays so), kept
+//!   as the row's `Run` ([`RunMm`]) and lent to every iteration; the pages
+//!   stay mapped, each iteration's references are released by the role.
+//!   What the role saw (the walk's record, both page lists) is the
+//!   iteration's [`State`].
 
-use super::detect::Finding;
-use super::point::{self, points, RacePoint};
-use super::run_mm::RunMm;
-use super::scenario::{Budget, Commit, CommitRole, Ctx, Scenario, Variant};
 use crate::mm::arch::{Level, Mmu};
 use crate::mm::gup::{self, GupFlags, GupRecord, GupWalk};
 use crate::mm::memory;
 use crate::mm::mm::{Mm, VmFlags};
 use crate::mm::{page, PAGE_SIZE};
+use crate::race::detect::Finding;
+use crate::race::point::{self, points, Step};
+use crate::race::scenario::{Budget, Commit, CommitRole, Ctx, Row, RowInfo, RunMm, Variant};
 use alloc::{boxed::Box, format, string::String, vec::Vec};
 
 const GUP: usize = 0;
@@ -68,67 +69,172 @@ const HALF: u64 = 2;
 /// Pages got.
 const NR_PAGES: usize = 2 * HALF as usize;
 
-static TRACE_POINTS: [&RacePoint; 1] = [&points::GUP_FAST_AFTER_PMD_READ];
-
-static VARIANTS: [Variant; 2] = [
-    Variant {
-        name: "buggy",
-        about: "pud_offset applied to a stack copy of the folded entry (before d3f7b1bb2040)",
-        models: "Linux before d3f7b1bb2040: gup_pud_range applies pud_offset to a stack copy of the p4d entry (s390, 3-level address space)",
-        fix_waits: &[],
-    },
-    Variant {
-        name: "fixed",
-        about: "pXd_offset_lockless on the live entry pointer (d3f7b1bb2040)",
-        models: "d3f7b1bb2040: pXd_offset_lockless on the live entry pointer",
-        fix_waits: &[],
-    },
-];
-
-/// The Linux commits of the row.
-static COMMITS: [Commit; 1] = [Commit {
-    hash: "d3f7b1bb2040",
-    subject: Some("mm/gup: fix gup_fast with dynamic page table folding"),
-    release: None,
-    role: CommitRole::Fix,
-}];
-
 /// The row.
-pub fn scenario<A: Mmu>() -> Scenario<A> {
-    Scenario {
-        name: "gup-fast-folding",
-        about:
-            "GUP-fast over a folded pud level steps past its copy of the entry at a 2 GiB boundary",
+pub struct GupFastFolding;
+
+/// What the role saw in an iteration.
+#[derive(Default)]
+pub struct State {
+    /// The GUP-fast walk's record.
+    rec: spin::Mutex<GupRecord>,
+    /// Frames GUP-fast returned, and the locked walk's.
+    pfns: spin::Mutex<(Vec<u64>, Vec<u64>)>,
+}
+
+impl<A: Mmu> Row<A> for GupFastFolding {
+    const INFO: RowInfo = RowInfo {
         catalogue: Some(2),
         seed: "seed 000's thread: \"BUG: Bad page state in process dirtyc0w_child\" on s390 (Sept 2020)",
-        commits: &COMMITS,
-        roles: &["gup"],
-        variants: &VARIANTS,
-        flush: &[],
-        set_variant: set_variant::<A>,
-        reset: || {
-            RUN_MM.destroy::<A>();
-            gup::set_gup_walk(GupWalk::Lockless);
-        },
-        setup: setup::<A>,
-        role: role::<A>,
-        detect: detect::<A>,
-        teardown: |ctx| {
-            ctx.extra = None;
-            if let Some(mm) = ctx.mm.take() {
-                RUN_MM.put(mm);
-            }
-        },
-        // Single-CPU and deterministic: nothing to hold.
-        schedule: |_| Vec::new(),
-        delay_points: &[],
-        trace_points: &TRACE_POINTS,
+        commits: &[Commit::new(
+            "d3f7b1bb2040",
+            Some("mm/gup: fix gup_fast with dynamic page table folding"),
+            None,
+            CommitRole::Fix,
+        )],
+        trace_points: &[&points::GUP_FAST_AFTER_PMD_READ],
         max_delay_ns: 0,
         budget: Budget {
             // Single CPU: 10 000 iterations take about 1.3 s.
             natural_time_ns: 60_000_000_000,
             ..Budget::CATALOGUE
         },
+        ..RowInfo::new(
+            "gup-fast-folding",
+            "GUP-fast over a folded pud level steps past its copy of the entry at a 2 GiB boundary",
+            &["gup"],
+        )
+    };
+    /// The GUP-fast walk.
+    type Config = GupWalk;
+    const VARIANTS: &'static [Variant<GupWalk>] = &[
+        Variant::new(
+            "buggy",
+            "pud_offset applied to a stack copy of the folded entry (before d3f7b1bb2040)",
+            "Linux before d3f7b1bb2040: gup_pud_range applies pud_offset to a stack copy of the p4d entry (s390, 3-level address space)",
+            &[],
+            GupWalk::StackCopy,
+        ),
+        Variant::new(
+            "fixed",
+            "pXd_offset_lockless on the live entry pointer (d3f7b1bb2040)",
+            "d3f7b1bb2040: pXd_offset_lockless on the live entry pointer",
+            &[],
+            GupWalk::Lockless,
+        ),
+    ];
+    type State = State;
+    /// The run's mm, with the pages mapped.
+    type Run = RunMm<A>;
+
+    fn prepare(v: &Variant<GupWalk>) -> Result<RunMm<A>, &'static str> {
+        match folds_pud_per_mm::<A>() {
+            None => return Err("no memory for an mm"),
+            Some(false) => {
+                return Err(
+                    "no per-mm folding: a new mm's top table is not a pud table, the pud level is never folded",
+                )
+            }
+            Some(true) => {}
+        }
+        gup::set_gup_walk(v.config);
+        // Without memory for it, the run has no mm and fails.
+        let Some(mm) = Mm::<A>::new().map(Box::new) else {
+            return Ok(RunMm::default());
+        };
+        let start = boundary::<A>() - HALF * PAGE_SIZE;
+        let len = NR_PAGES as u64 * PAGE_SIZE;
+        let mapped = memory::mmap_anon(&mm, A::TASK_BASE, HALF * PAGE_SIZE, VmFlags::RW, true)
+            .and_then(|()| memory::mmap_anon(&mm, start, len, VmFlags::RW, true));
+        if mapped.is_err() {
+            memory::exit_mmap(*mm);
+            return Ok(RunMm::default());
+        }
+        Ok(RunMm::new(mm))
+    }
+
+    fn run_mm(run: &mut RunMm<A>) -> Option<&mut RunMm<A>> {
+        Some(run)
+    }
+
+    fn setup(_: &mut RunMm<A>, ctx: &mut Ctx<A, Self>) -> Result<(), String> {
+        ctx.addr = boundary::<A>() - HALF * PAGE_SIZE;
+        Ok(())
+    }
+
+    fn role(ctx: &Ctx<A, Self>, _role: usize) -> bool {
+        let mm = ctx.mm();
+        let st = &ctx.state;
+        let cpu = A::smp_processor_id();
+        let mut rec = st.rec.lock();
+        let mut fast = Vec::with_capacity(NR_PAGES);
+        let before = gup::gup_stats(cpu);
+        gup::get_user_pages_fast_traced::<A>(
+            ctx.addr,
+            NR_PAGES,
+            GupFlags::FOLL_GET,
+            &mut fast,
+            Some(&mut rec),
+        );
+        let stats = gup::gup_stats(cpu).since(before);
+        let mut locked = Vec::with_capacity(NR_PAGES);
+        let slow = gup::get_user_pages(mm, ctx.addr, NR_PAGES, GupFlags::FOLL_GET, &mut locked);
+        let pfn = |p: &&'static page::Page| page::page_to_pfn(p);
+        *st.pfns.lock() = (
+            fast.iter().map(pfn).collect(),
+            locked.iter().map(pfn).collect(),
+        );
+        gup::release_user_pages(&fast, GupFlags::FOLL_GET);
+        gup::release_user_pages(&locked, GupFlags::FOLL_GET);
+        stats.fast_pages == NR_PAGES as u64 && stats.fallbacks == 0 && slow == Ok(NR_PAGES)
+    }
+
+    fn detect(ctx: &Ctx<A, Self>) -> Option<Finding> {
+        let st = &ctx.state;
+        let rec = st.rec.lock();
+        let (fast, locked) = &*st.pfns.lock();
+        let stray = rec.stray_reads().next().copied();
+        let differs = fast != locked;
+        if stray.is_none() && !differs {
+            return None;
+        }
+        let mut what = Vec::new();
+        if let Some(r) = stray {
+            what.push(format!(
+                "GUP-fast read a {} entry at {:#x}, outside every page-table frame and not the walk's own copy{}: {:#x}",
+                level_name(r.level),
+                r.addr,
+                rec.own_copy(r.level)
+                    .map_or(String::new(), |c| format!(" (at {c:#x})")),
+                r.value
+            ));
+        }
+        if differs {
+            what.push(format!(
+                "GUP-fast pages [{}] differ from a locked walk's [{}] for [{:#x}, {:#x})",
+                hex_list(fast),
+                hex_list(locked),
+                ctx.addr,
+                ctx.addr + NR_PAGES as u64 * PAGE_SIZE
+            ));
+        }
+        // The first page that went wrong, else the first page above the
+        // boundary.
+        let wrong = fast
+            .iter()
+            .zip(locked)
+            .position(|(f, l)| f != l)
+            .unwrap_or(HALF as usize);
+        Some(Finding {
+            invariant: what.join("; "),
+            pfn: fast.get(wrong).copied(),
+            vaddr: Some(ctx.addr + wrong as u64 * PAGE_SIZE),
+            cpu: point::cpu_of(GUP),
+        })
+    }
+
+    // Single-CPU and deterministic: nothing to hold.
+    fn schedule(_: &Variant<GupWalk>) -> Vec<Step> {
+        Vec::new()
     }
 }
 
@@ -146,93 +252,6 @@ fn folds_pud_per_mm<A: Mmu>() -> Option<bool> {
     Some(limit <= A::P4D_SIZE && A::PUD_SIZE < A::P4D_SIZE)
 }
 
-fn set_variant<A: Mmu>(v: &Variant) -> Result<(), &'static str> {
-    match folds_pud_per_mm::<A>() {
-        None => return Err("no memory for an mm"),
-        Some(false) => {
-            return Err(
-                "no per-mm folding: a new mm's top table is not a pud table, the pud level is never folded",
-            )
-        }
-        Some(true) => {}
-    }
-    gup::set_gup_walk(if v.name == "buggy" {
-        GupWalk::StackCopy
-    } else {
-        GupWalk::Lockless
-    });
-    // Without memory for it, `setup` finds no mm and the run fails.
-    if let Some(mm) = Mm::<A>::new().map(Box::new) {
-        let start = boundary::<A>() - HALF * PAGE_SIZE;
-        let len = NR_PAGES as u64 * PAGE_SIZE;
-        let mapped = memory::mmap_anon(&mm, A::TASK_BASE, HALF * PAGE_SIZE, VmFlags::RW, true)
-            .and_then(|()| memory::mmap_anon(&mm, start, len, VmFlags::RW, true));
-        if mapped.is_ok() {
-            RUN_MM.put(mm);
-        } else {
-            memory::exit_mmap(*mm);
-        }
-    }
-    Ok(())
-}
-
-/// The run's mm.
-static RUN_MM: RunMm = RunMm::new();
-
-/// What the role saw.
-struct Extra {
-    rec: spin::Mutex<GupRecord>,
-    /// Frames GUP-fast returned, and the locked walk's.
-    pfns: spin::Mutex<(Vec<u64>, Vec<u64>)>,
-}
-
-fn extra<A: Mmu>(ctx: &Ctx<A>) -> &Extra {
-    ctx.extra
-        .as_deref()
-        .and_then(|e| e.downcast_ref::<Extra>())
-        .expect("setup stores the row's state")
-}
-
-fn setup<A: Mmu>(ctx: &mut Ctx<A>) -> Result<(), String> {
-    let mm = RUN_MM
-        .take::<A>()
-        .ok_or_else(|| String::from("no mm for the run"))?;
-    ctx.mm = Some(mm);
-    ctx.addr = boundary::<A>() - HALF * PAGE_SIZE;
-    ctx.extra = Some(Box::new(Extra {
-        rec: spin::Mutex::new(GupRecord::new()),
-        pfns: spin::Mutex::new((Vec::new(), Vec::new())),
-    }));
-    Ok(())
-}
-
-fn role<A: Mmu>(ctx: &Ctx<A>, _role: usize) -> bool {
-    let mm = ctx.mm.as_deref().expect("setup made the mm");
-    let e = extra(ctx);
-    let cpu = A::smp_processor_id();
-    let mut rec = e.rec.lock();
-    let mut fast = Vec::with_capacity(NR_PAGES);
-    let before = gup::gup_stats(cpu);
-    gup::get_user_pages_fast_traced::<A>(
-        ctx.addr,
-        NR_PAGES,
-        GupFlags::FOLL_GET,
-        &mut fast,
-        Some(&mut rec),
-    );
-    let stats = gup::gup_stats(cpu).since(before);
-    let mut locked = Vec::with_capacity(NR_PAGES);
-    let slow = gup::get_user_pages(mm, ctx.addr, NR_PAGES, GupFlags::FOLL_GET, &mut locked);
-    let pfn = |p: &&'static page::Page| page::page_to_pfn(p);
-    *e.pfns.lock() = (
-        fast.iter().map(pfn).collect(),
-        locked.iter().map(pfn).collect(),
-    );
-    gup::release_user_pages(&fast, GupFlags::FOLL_GET);
-    gup::release_user_pages(&locked, GupFlags::FOLL_GET);
-    stats.fast_pages == NR_PAGES as u64 && stats.fallbacks == 0 && slow == Ok(NR_PAGES)
-}
-
 fn level_name(l: Level) -> &'static str {
     match l {
         Level::Pgd => "pgd",
@@ -248,51 +267,7 @@ fn hex_list(pfns: &[u64]) -> String {
     v.join(", ")
 }
 
-fn detect<A: Mmu>(ctx: &Ctx<A>) -> Option<Finding> {
-    let e = extra(ctx);
-    let rec = e.rec.lock();
-    let (fast, locked) = &*e.pfns.lock();
-    let stray = rec.stray_reads().next().copied();
-    let differs = fast != locked;
-    if stray.is_none() && !differs {
-        return None;
-    }
-    let mut what = Vec::new();
-    if let Some(r) = stray {
-        what.push(format!(
-            "GUP-fast read a {} entry at {:#x}, outside every page-table frame and not the walk's own copy{}: {:#x}",
-            level_name(r.level),
-            r.addr,
-            rec.own_copy(r.level)
-                .map_or(String::new(), |c| format!(" (at {c:#x})")),
-            r.value
-        ));
-    }
-    if differs {
-        what.push(format!(
-            "GUP-fast pages [{}] differ from a locked walk's [{}] for [{:#x}, {:#x})",
-            hex_list(fast),
-            hex_list(locked),
-            ctx.addr,
-            ctx.addr + NR_PAGES as u64 * PAGE_SIZE
-        ));
-    }
-    // The first page that went wrong, else the first page above the
-    // boundary.
-    let wrong = fast
-        .iter()
-        .zip(locked)
-        .position(|(f, l)| f != l)
-        .unwrap_or(HALF as usize);
-    Some(Finding {
-        invariant: what.join("; "),
-        pfn: fast.get(wrong).copied(),
-        vaddr: Some(ctx.addr + wrong as u64 * PAGE_SIZE),
-        cpu: point::cpu_of(GUP),
-    })
-}
-
-/// The scenario's expected shape, checked on the host.
+/// The row's expected shape, checked on the host.
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,9 +275,12 @@ mod tests {
 
     #[test]
     fn schedule_is_empty_and_boundary_is_2g() {
-        let s = scenario::<Emul4k>();
-        assert!(VARIANTS.iter().all(|v| (s.schedule)(v).is_empty()));
-        assert_eq!(s.roles.len(), 1);
+        type R = GupFastFolding;
+        let variants = <R as Row<Emul4k>>::VARIANTS;
+        assert!(variants
+            .iter()
+            .all(|v| <R as Row<Emul4k>>::schedule(v).is_empty()));
+        assert_eq!(<R as Row<Emul4k>>::INFO.roles.len(), 1);
         assert_eq!(
             boundary::<Emul2k>() - Emul2k::TASK_BASE,
             (2u64 << 30).next_multiple_of(Emul2k::PUD_SIZE)

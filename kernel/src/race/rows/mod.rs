@@ -24,4 +24,6 @@ macro_rules! registry {
 
 registry! {
     demo::DemoLockVsPut,
+    gup_folding::GupFastFolding,
+    zap_rmap::ZapRmapVsMkclean,
 }
