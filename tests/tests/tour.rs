@@ -65,7 +65,7 @@ fn the_quick_tour_passes_and_talks_while_it_runs() {
     let status = child.wait().expect("wait for the driver");
     let text = lines.join("\n");
     assert!(status.success(), "cargo xtask run failed ({status})");
-    for row in xtask::tour::rows() {
+    for row in xtask::expected::rows() {
         assert!(text.contains(row), "row {row} missing from the tour");
     }
     let cells = xtask::expected::CELLS

@@ -168,7 +168,7 @@ fn run_test<A: Mmu, X: TestRow<A>>(
 
 /// A until-B handshake: A says it is at (or about to reach) its point;
 /// B waits for that.
-fn a_ready<A: Mmu>(w: &Words) {
+fn a_ready(w: &Words) {
     w.ready.store(true, Ordering::Release);
 }
 
@@ -356,7 +356,7 @@ impl<A: Mmu> TestRow<A> for Irqs {
         let w = &ctx.state;
         if role == A_ROLE {
             let flags = A::local_irq_save();
-            a_ready::<A>(w);
+            a_ready(w);
             race_point::<A>(&points::TEST_A, 0);
             w.w[4].store(A::irqs_disabled() as u64, Ordering::Release);
             w.w[5].store(
@@ -646,7 +646,7 @@ impl<A: Mmu> TestRow<A> for IpiCycle {
 /// Role A of the cycle rows: interrupts off at test:a.
 fn hold_irqs_off<A: Mmu>(w: &Words) -> bool {
     let flags = A::local_irq_save();
-    a_ready::<A>(w);
+    a_ready(w);
     race_point::<A>(&points::TEST_A, 0);
     A::local_irq_restore(flags);
     true
@@ -713,7 +713,7 @@ impl<A: Mmu> TestRow<A> for PtlCycle {
                 return false;
             };
             let ptl = memory::pte_lockptr(ptep).lock();
-            a_ready::<A>(&ctx.state);
+            a_ready(&ctx.state);
             race_point::<A>(&points::TEST_A, ctx.addr);
             drop(ptl);
             return true;

@@ -23,9 +23,16 @@ pub(crate) const SUITE: &str = "mm_page";
 
 /// The `mm_page` cases, in order.
 pub(crate) fn cases<A: Arch>() -> Vec<(&'static str, TestFn)> {
-    crate::selftest::test_cases![
-        A;
-        alloc_contention, alloc_throughput,
+    alloc::vec![
+        ("memory_discovered", memory_discovered as TestFn),
+        ("alloc_free_every_order", alloc_free_every_order),
+        ("split_merge", split_merge),
+        ("alloc_contention", alloc_contention::<A>),
+        ("bad_page_locked", bad_page_locked),
+        ("bad_page_mapcount", bad_page_mapcount),
+        ("poison_use_after_free", poison_use_after_free),
+        ("get_page_unless_zero_freed", get_page_unless_zero_freed),
+        ("alloc_throughput", alloc_throughput::<A>),
     ]
 }
 
