@@ -71,8 +71,9 @@
 //!   widen the window: the walk must read the PMD before the clear and grab
 //!   the page after the pin check, which comes tens to hundreds of
 //!   microseconds later under TCG. Both roles spin until the other runs
-//!   (`word[1]`, `word[2]`). `gup` holds its pin until `collapse` returned
-//!   (`word[6]`, halted until `collapse` sends it an IPI), as a pin for DMA
+//!   (`State::collapse_ready`, `State::gup_ready`). `gup` holds its pin
+//!   until `collapse` returned (`State::collapse_done`, halted until
+//!   `collapse` sends it an IPI), as a pin for DMA
 //!   outlives the collapse: a pin taken before the pin check is always seen
 //!   by it, and a write through a pin taken after it always comes after the
 //!   copy.
@@ -91,11 +92,6 @@
 //!   collapse then allocates and frees no block. The mark differs per
 //!   iteration.
 
-use super::detect::Finding;
-use super::point::{self, points, RacePoint, Step};
-use super::run_mm::RunMm;
-use super::scenario::{variant_config, Budget, Commit, CommitRole, Ctx, Scenario, Variant};
-use super::waitfor::WaitClass;
 use crate::kprintln;
 use crate::mm::arch::{Level, Mmu};
 use crate::mm::frag::{self, FragPolicy};
@@ -111,60 +107,27 @@ use crate::mm::mmu_gather::TableFree;
 use crate::mm::page_alloc;
 use crate::mm::tlbflush::FlushStrategy;
 use crate::mm::{page, pgtable, PAGE_SHIFT, PAGE_SIZE};
-use alloc::{boxed::Box, format, string::String, vec, vec::Vec};
-use core::sync::atomic::{AtomicU64, Ordering};
+use crate::race::detect::Finding;
+use crate::race::point::{self, points, Step};
+use crate::race::scenario::{
+    Budget, Commit, CommitRole::Fix, Ctx, Row, RowInfo, RunMm, Variant,
+};
+use crate::race::waitfor::WaitClass;
+use alloc::{format, string::String, vec, vec::Vec};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 const COLLAPSE: usize = 0;
 const GUP: usize = 1;
 
-/// `ctx.word` slots.
-const GUP_READY: usize = 1;
-const COLLAPSE_READY: usize = 2;
-/// The mark `gup` writes (differs per iteration).
-const MARK: usize = 3;
-/// The pfn `gup` pinned, plus one (0: none).
-const PINNED: usize = 4;
-/// 1 if the pinned page had no mapping while pinned.
-const UNMAPPED_WHILE_PINNED: usize = 5;
-/// 1 once `collapse_huge_page` returned.
-const COLLAPSE_DONE: usize = 6;
-
-static DELAY_POINTS: [&RacePoint; 1] = [&points::GUP_FAST_AFTER_PMD_READ];
-static TRACE_POINTS: [&RacePoint; 0] = [];
-
-/// The variants; [`CONFIG`] holds the knobs of each, in the same order.
-/// Each runs under every flush strategy of the row ([`FLUSH`]).
-static VARIANTS: [Variant; 4] = [
-    Variant::new(
-        "buggy",
-        "PTE recheck only",
-        "Linux before 70cbc3cc78a9 and 2ba99c5e0881: GUP-fast rechecks only the PTE",
-        &[],
-    ),
-    Variant::new(
-        "fixed-a",
-        "GUP-fast rechecks the PMD (70cbc3cc78a9), table freed after RCU",
-        "70cbc3cc78a9: GUP-fast rechecks the PMD too (the old table freed after RCU)",
-        &[],
-    ),
-    Variant::new(
-        "fixed-b",
-        "IPI sync after the PMD clear (2ba99c5e0881)",
-        "2ba99c5e0881: an IPI sync after the PMD clear, before the pin check",
-        &[WaitClass::CallIpi],
-    ),
-    Variant::new(
-        "rcu-only",
-        "old table freed after an RCU grace period, nothing else",
-        "no Linux kernel: MMU_GATHER_RCU_TABLE_FREE alone, which keeps the old table but not the page",
-        &[],
-    ),
-];
+/// The row.
+pub struct CollapseVsGupFast;
 
 /// A variant's knobs.
-#[derive(Clone, Copy)]
-struct Config {
+#[derive(Clone, Copy, Debug)]
+pub struct Config {
+    /// GUP-fast rechecks the PMD after the grab (70cbc3cc78a9).
     pmd_recheck: bool,
+    /// The collapse's IPI sync and how it frees the old table.
     policy: CollapsePolicy,
 }
 
@@ -178,129 +141,8 @@ const fn config(pmd_recheck: bool, ipi_sync: bool, table_free: TableFree) -> Con
     }
 }
 
-static CONFIG: [Config; 4] = {
-    use TableFree::{Immediate, Rcu};
-    [
-        config(false, false, Immediate),
-        config(true, false, Rcu),
-        config(false, true, Immediate),
-        config(false, false, Rcu),
-    ]
-};
-
-/// The flush strategies the variants run under: x86-64 IPI and NMI
-/// shootdown, s390x IPTE/IDTE.
-static FLUSH: [FlushStrategy; 3] = [FlushStrategy::Ipi, FlushStrategy::Nmi, FlushStrategy::Ipte];
-
-fn config_of(v: &Variant) -> Config {
-    variant_config(&VARIANTS, &CONFIG, v)
-}
-
-/// The Linux commits of the row.
-static COMMITS: [Commit; 2] = [
-    Commit {
-        hash: "70cbc3cc78a9",
-        subject: Some("mm: gup: fix the fast GUP race against THP collapse"),
-        release: None,
-        role: CommitRole::Fix,
-    },
-    Commit {
-        hash: "2ba99c5e0881",
-        subject: Some("mm/khugepaged: fix GUP-fast interaction by sending IPI"),
-        release: None,
-        role: CommitRole::Fix,
-    },
-];
-
-/// The row.
-pub fn scenario<A: Mmu>() -> Scenario<A> {
-    Scenario {
-        name: "collapse-vs-gup-fast",
-        about: "GUP-fast pins a small page of the old table after THP collapse checked for pins",
-        catalogue: Some(5),
-        seed: "seed 003: \"mm: khugepaged: fix potential page state corruption\" (March 2020)",
-        commits: &COMMITS,
-        roles: &["collapse", "gup"],
-        variants: &VARIANTS,
-        flush: &FLUSH,
-        set_variant: set_variant::<A>,
-        reset: reset::<A>,
-        setup: setup::<A>,
-        role: role::<A>,
-        detect: detect::<A>,
-        teardown: teardown::<A>,
-        schedule: |_| {
-            vec![
-                Step::at(GUP, &points::GUP_FAST_AFTER_PMD_READ),
-                Step::at(COLLAPSE, &points::COLLAPSE_BEFORE_PMD_CLEAR),
-                Step::at(COLLAPSE, &points::COLLAPSE_AFTER_ISOLATE),
-                Step::leave(GUP, &points::GUP_FAST_AFTER_PMD_READ),
-                Step::at(GUP, &points::GUP_FAST_AFTER_RECHECK),
-                Step::leave(COLLAPSE, &points::COLLAPSE_AFTER_ISOLATE),
-                Step::at(COLLAPSE, &points::COLLAPSE_AFTER_INSTALL),
-                Step::at(GUP, &points::GUP_FAST_AFTER_WALK),
-            ]
-        },
-        delay_points: &DELAY_POINTS,
-        trace_points: &TRACE_POINTS,
-        max_delay_ns: 1_000_000,
-        budget: Budget {
-            // Not the catalogue's 10 000: a collapse that is not aborted
-            // copies a 2 MiB block and frees its 512 small pages, 10-30 ms
-            // under TCG, and with x86-64 flush IPIs 10-50 % of iterations
-            // collapse (45-160 iterations/s). The long runs belong to
-            // `cargo xtask soak`.
-            natural_iterations: 400,
-            ..Budget::CATALOGUE
-        },
-    }
-}
-
-/// The fragment policy before the run, put back by `reset`.
-static SAVED_FRAG: spin::Mutex<Option<FragPolicy>> = spin::Mutex::new(None);
-
-/// The run's mm: one populated PMD block.
-static RUN_MM: RunMm = RunMm::new();
-
-/// khugepaged's preallocated block: full between iterations (refilled by
-/// `teardown` after a collapse used it), so that every iteration starts and
-/// ends with the same free frames, and a collapse the pin check aborts
-/// neither allocates nor frees a block.
-static HPAGE: spin::Mutex<Option<&'static page::Page>> = spin::Mutex::new(None);
-
-fn refill_hpage<A: Mmu>() {
-    let mut h = HPAGE.lock();
-    if h.is_none() {
-        *h = page_alloc::alloc_pages(hpage_pmd_order::<A>());
-    }
-}
-
-/// The block: the first PMD block of the task range.
-fn base<A: Mmu>() -> u64 {
-    A::TASK_BASE.next_multiple_of(A::PMD_SIZE)
-}
-
-fn set_variant<A: Mmu>(v: &Variant) -> Result<(), &'static str> {
-    let c = config_of(v);
-    gup::set_gup_pmd_recheck(c.pmd_recheck);
-    // A frame per PTE table: a table allocated and freed in an iteration
-    // (collapse's new one, a split's) gives its frame back, so every
-    // iteration ends with the free frames it began with.
-    SAVED_FRAG.lock().get_or_insert(frag::policy());
-    frag::set_policy(FragPolicy::OnePerFrame);
-    refill_hpage::<A>();
-    // Without memory for it, `setup` finds no mm and the run fails.
-    if let Some(mm) = Mm::<A>::new().map(Box::new) {
-        if memory::mmap_anon(&mm, base::<A>(), A::PMD_SIZE, VmFlags::RW, true).is_ok() {
-            RUN_MM.put(mm);
-        } else {
-            memory::exit_mmap(*mm);
-        }
-    }
-    Ok(())
-}
-
-/// How the roles' operations ended in a run.
+/// How the roles' operations ended in an iteration.
+#[derive(Default)]
 struct Tally {
     collapsed: AtomicU64,
     aborted_for_pin: AtomicU64,
@@ -313,181 +155,331 @@ struct Tally {
     gup_ns: AtomicU64,
 }
 
-/// How far each role got in the current iteration (printed by `reset` when
-/// a run ends with a role short of its end: a hang's diagnosis).
-/// `collapse`: 1 collapsing, 2 returned, 3 in the RCU barrier, 4 done;
-/// `gup`: 1 walking, 2 waiting for the collapse, 3 unpinned, 4 done.
-static STAGE: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
-
-static TALLY: Tally = Tally {
-    collapsed: AtomicU64::new(0),
-    aborted_for_pin: AtomicU64::new(0),
-    aborted_other: AtomicU64::new(0),
-    fast: AtomicU64::new(0),
-    saw_empty: AtomicU64::new(0),
-    backed_off: AtomicU64::new(0),
-    other: AtomicU64::new(0),
-    collapse_ns: AtomicU64::new(0),
-    gup_ns: AtomicU64::new(0),
-};
-
-fn reset<A: Mmu>() {
-    let stage = STAGE.each_ref().map(|s| s.swap(0, Ordering::Relaxed));
-    if stage.iter().any(|&s| s != 0 && s != 4) {
-        kprintln!(
-            "    # collapse: the last iteration ended with collapse at stage {} and gup at stage {} of 4",
-            stage[COLLAPSE],
-            stage[GUP]
-        );
-    }
-    RUN_MM.destroy::<A>();
-    if let Some(h) = HPAGE.lock().take() {
-        page_alloc::__free_pages(h, hpage_pmd_order::<A>());
-    }
-    let t = [
-        &TALLY.collapsed,
-        &TALLY.aborted_for_pin,
-        &TALLY.aborted_other,
-        &TALLY.fast,
-        &TALLY.saw_empty,
-        &TALLY.backed_off,
-        &TALLY.other,
-        &TALLY.collapse_ns,
-        &TALLY.gup_ns,
-    ]
-    .map(|c| c.swap(0, Ordering::Relaxed));
-    if t.iter().any(|&n| n != 0) {
-        kprintln!(
-            "    # collapse: collapsed {}, aborted for the pin {}, aborted otherwise {}; gup walks: pinned on the fast path {}, saw the collapse: empty PMD/PTE {} back-off {}; other {}; mean collapse {} us, mean GUP {} us",
-            t[0],
-            t[1],
-            t[2],
-            t[3],
-            t[4],
-            t[5],
-            t[6],
-            t[7] / 1000 / (t[0] + t[1] + t[2]).max(1),
-            t[8] / 1000 / (t[3] + t[4] + t[5] + t[6]).max(1),
-        );
-    }
-    gup::set_gup_pmd_recheck(true);
-    if let Some(p) = SAVED_FRAG.lock().take() {
-        frag::set_policy(p);
+impl Tally {
+    /// The counts, in the order of the `# collapse:` line.
+    fn values(&self) -> [u64; 9] {
+        [
+            &self.collapsed,
+            &self.aborted_for_pin,
+            &self.aborted_other,
+            &self.fast,
+            &self.saw_empty,
+            &self.backed_off,
+            &self.other,
+            &self.collapse_ns,
+            &self.gup_ns,
+        ]
+        .map(|c| c.load(Ordering::Relaxed))
     }
 }
 
-/// What the `gup` role's walk read.
-struct Extra {
+/// What the roles and the detector share in an iteration.
+#[derive(Default)]
+pub struct State {
+    /// `gup` is running.
+    gup_ready: AtomicBool,
+    /// `collapse` is running.
+    collapse_ready: AtomicBool,
+    /// The mark `gup` writes (differs per iteration).
+    mark: u64,
+    /// The pfn `gup` pinned, plus one (0: none).
+    pinned: AtomicU64,
+    /// The pinned page had no mapping while pinned.
+    unmapped_while_pinned: AtomicBool,
+    /// `collapse_huge_page` returned.
+    collapse_done: AtomicBool,
+    /// What the `gup` role's walk read.
     rec: spin::Mutex<GupRecord>,
+    /// khugepaged's preallocated block, lent by the run for the iteration.
+    hpage: spin::Mutex<Option<&'static page::Page>>,
+    /// How far each role got (printed when the iteration's world is
+    /// dropped with a role short of its end, a hang's diagnosis: an
+    /// iteration whose roles never returned gets no teardown).
+    /// `collapse`: 1 collapsing, 2 returned, 3 in the RCU barrier, 4 done;
+    /// `gup`: 1 walking, 2 waiting for the collapse, 3 unpinned, 4 done.
+    stage: [AtomicU64; 2],
+    /// How the roles' operations ended.
+    tally: Tally,
 }
 
-fn setup<A: Mmu>(ctx: &mut Ctx<A>) -> Result<(), String> {
-    let mm = RUN_MM
-        .take::<A>()
-        .ok_or_else(|| String::from("no mm for the run"))?;
-    ctx.mm = Some(mm);
-    ctx.addr = base::<A>();
-    ctx.word[MARK].store(
-        0x636f_6c6c_0000_0000 | (ctx.iteration + 1),
-        Ordering::Relaxed,
-    );
-    ctx.extra = Some(Box::new(Extra {
-        rec: spin::Mutex::new(GupRecord::new()),
-    }));
-    Ok(())
-}
-
-fn teardown<A: Mmu>(ctx: &mut Ctx<A>) {
-    ctx.extra = None;
-    let Some(mm) = ctx.mm.take() else {
-        return;
-    };
-    // A collapse into a PMD leaf (x86-64): back to small pages for the next
-    // iteration.
-    let split = {
-        let _vmas = mm.mmap_lock.write();
-        huge_memory::split_huge_pmds_in(&mm, ctx.addr, ctx.addr + A::PMD_SIZE)
-    };
-    refill_hpage::<A>();
-    if split.is_ok() {
-        RUN_MM.put(mm);
-    } else {
-        // No memory for the table: the next setup finds no mm.
-        memory::exit_mmap(*mm);
+impl Drop for State {
+    fn drop(&mut self) {
+        let stage = self.stage.each_ref().map(|s| s.load(Ordering::Relaxed));
+        if stage.iter().any(|&s| s != 0 && s != 4) {
+            kprintln!(
+                "    # collapse: the last iteration ended with collapse at stage {} and gup at stage {} of 4",
+                stage[COLLAPSE],
+                stage[GUP]
+            );
+        }
     }
 }
 
-fn role<A: Mmu>(ctx: &Ctx<A>, role: usize) -> bool {
-    let mm = ctx.mm.as_deref().expect("setup made the mm");
-    if role == COLLAPSE {
-        ctx.word[COLLAPSE_READY].store(1, Ordering::Release);
-        while ctx.word[GUP_READY].load(Ordering::Acquire) == 0 {
-            A::cpu_relax();
+/// What a run keeps.
+pub struct Run<A: Mmu> {
+    /// The run's mm: one populated PMD block.
+    mm: RunMm<A>,
+    /// khugepaged's preallocated block: full between iterations (refilled
+    /// by `teardown` after a collapse used it), so that every iteration
+    /// starts and ends with the same free frames, and a collapse the pin
+    /// check aborts neither allocates nor frees a block.
+    hpage: Option<&'static page::Page>,
+    /// The iterations' [`Tally`], summed.
+    tally: [u64; 9],
+}
+
+impl<A: Mmu> Default for Run<A> {
+    fn default() -> Self {
+        Run {
+            mm: RunMm::default(),
+            hpage: None,
+            tally: [0; 9],
         }
-        let policy = config_of(ctx.variant).policy;
-        STAGE[COLLAPSE].store(1, Ordering::Relaxed);
-        let t0 = A::clock_ns();
-        let mut hpage = HPAGE.lock().take();
-        let rep = collapse_huge_page_prealloc(mm, ctx.addr, &policy, &mut hpage);
-        *HPAGE.lock() = hpage;
-        STAGE[COLLAPSE].store(2, Ordering::Relaxed);
-        ctx.word[COLLAPSE_DONE].store(1, Ordering::Release);
-        if let Some(cpu) = point::cpu_of(GUP) {
-            A::send_ipi(cpu);
+    }
+}
+
+impl<A: Mmu> Run<A> {
+    fn refill_hpage(&mut self) {
+        if self.hpage.is_none() {
+            self.hpage = page_alloc::alloc_pages(hpage_pmd_order::<A>());
         }
-        if policy.table_free == TableFree::Rcu {
-            // The old table is freed by an RCU callback queued here: wait
-            // for it, so that it is free before the state check.
-            STAGE[COLLAPSE].store(3, Ordering::Relaxed);
-            crate::rcu::rcu_barrier_this_cpu_expedited::<A>();
+    }
+}
+
+/// The block: the first PMD block of the task range.
+fn base<A: Mmu>() -> u64 {
+    A::TASK_BASE.next_multiple_of(A::PMD_SIZE)
+}
+
+impl<A: Mmu> Row<A> for CollapseVsGupFast {
+    const INFO: RowInfo = RowInfo {
+        catalogue: Some(5),
+        seed: "seed 003: \"mm: khugepaged: fix potential page state corruption\" (March 2020)",
+        commits: &[
+            Commit::new("70cbc3cc78a9", Some("mm: gup: fix the fast GUP race against THP collapse"), None, Fix),
+            Commit::new("2ba99c5e0881", Some("mm/khugepaged: fix GUP-fast interaction by sending IPI"), None, Fix),
+        ],
+        // x86-64 IPI and NMI shootdown, s390x IPTE/IDTE.
+        flush: &[FlushStrategy::Ipi, FlushStrategy::Nmi, FlushStrategy::Ipte],
+        delay_points: &[&points::GUP_FAST_AFTER_PMD_READ],
+        max_delay_ns: 1_000_000,
+        budget: Budget {
+            // Not the catalogue's 10 000: a collapse that is not aborted
+            // copies a 2 MiB block and frees its 512 small pages, 10-30 ms
+            // under TCG, and with x86-64 flush IPIs 10-50 % of iterations
+            // collapse (45-160 iterations/s). The long runs belong to
+            // `cargo xtask soak`.
+            natural_iterations: 400,
+            ..Budget::CATALOGUE
+        },
+        ..RowInfo::new("collapse-vs-gup-fast", "GUP-fast pins a small page of the old table after THP collapse checked for pins", &["collapse", "gup"])
+    };
+    type Config = Config;
+    /// Each runs under every flush strategy of the row.
+    const VARIANTS: &'static [Variant<Config>] = {
+        use TableFree::{Immediate, Rcu};
+        &[
+            Variant::new("buggy", "PTE recheck only", "Linux before 70cbc3cc78a9 and 2ba99c5e0881: GUP-fast rechecks only the PTE", &[], config(false, false, Immediate)),
+            Variant::new("fixed-a", "GUP-fast rechecks the PMD (70cbc3cc78a9), table freed after RCU", "70cbc3cc78a9: GUP-fast rechecks the PMD too (the old table freed after RCU)", &[], config(true, false, Rcu)),
+            Variant::new("fixed-b", "IPI sync after the PMD clear (2ba99c5e0881)", "2ba99c5e0881: an IPI sync after the PMD clear, before the pin check", &[WaitClass::CallIpi], config(false, true, Immediate)),
+            Variant::new("rcu-only", "old table freed after an RCU grace period, nothing else", "no Linux kernel: MMU_GATHER_RCU_TABLE_FREE alone, which keeps the old table but not the page", &[], config(false, false, Rcu)),
+        ]
+    };
+    type State = State;
+    type Run = Run<A>;
+
+    fn prepare(v: &Variant<Config>) -> Result<Run<A>, &'static str> {
+        gup::set_gup_pmd_recheck(v.config.pmd_recheck);
+        // A frame per PTE table: a table allocated and freed in an iteration
+        // (collapse's new one, a split's) gives its frame back, so every
+        // iteration ends with the free frames it began with.
+        frag::set_policy(FragPolicy::OnePerFrame);
+        let mut run = Run::default();
+        run.refill_hpage();
+        run.mm = RunMm::build(|mm| {
+            memory::mmap_anon(mm, base::<A>(), A::PMD_SIZE, VmFlags::RW, true)
+        });
+        Ok(run)
+    }
+
+    fn run_mm(run: &mut Run<A>) -> Option<&mut RunMm<A>> {
+        Some(&mut run.mm)
+    }
+
+    fn finish(mut run: Run<A>) {
+        if let Some(h) = run.hpage.take() {
+            page_alloc::__free_pages(h, hpage_pmd_order::<A>());
         }
-        STAGE[COLLAPSE].store(4, Ordering::Relaxed);
-        TALLY
-            .collapse_ns
-            .fetch_add(A::clock_ns() - t0, Ordering::Relaxed);
-        let (counter, ok) = match rep.result {
-            CollapseResult::Collapsed => (&TALLY.collapsed, true),
-            CollapseResult::Aborted(CollapseAbort::Referenced(..)) => {
-                (&TALLY.aborted_for_pin, true)
+        let t = run.tally;
+        if t.iter().any(|&n| n != 0) {
+            kprintln!(
+                "    # collapse: collapsed {}, aborted for the pin {}, aborted otherwise {}; gup walks: pinned on the fast path {}, saw the collapse: empty PMD/PTE {} back-off {}; other {}; mean collapse {} us, mean GUP {} us",
+                t[0],
+                t[1],
+                t[2],
+                t[3],
+                t[4],
+                t[5],
+                t[6],
+                t[7] / 1000 / (t[0] + t[1] + t[2]).max(1),
+                t[8] / 1000 / (t[3] + t[4] + t[5] + t[6]).max(1),
+            );
+        }
+    }
+
+    fn setup(run: &mut Run<A>, ctx: &mut Ctx<A, Self>) -> Result<(), String> {
+        ctx.addr = base::<A>();
+        ctx.state.mark = 0x636f_6c6c_0000_0000 | (ctx.iteration + 1);
+        *ctx.state.hpage.get_mut() = run.hpage.take();
+        Ok(())
+    }
+
+    fn teardown(run: &mut Run<A>, ctx: &mut Ctx<A, Self>) {
+        for (sum, n) in run.tally.iter_mut().zip(ctx.state.tally.values()) {
+            *sum += n;
+        }
+        run.hpage = ctx.state.hpage.get_mut().take();
+        run.refill_hpage();
+        // A collapse into a PMD leaf (x86-64): back to small pages for the
+        // next iteration.
+        let split = ctx.mm.as_deref().map(|mm| {
+            let _vmas = mm.mmap_lock.write();
+            huge_memory::split_huge_pmds_in(mm, ctx.addr, ctx.addr + A::PMD_SIZE)
+        });
+        if let Some(Err(_)) = split {
+            // No memory for the table: the next iteration finds no mm.
+            if let Some(mm) = ctx.mm.take() {
+                memory::exit_mmap(*mm);
             }
-            CollapseResult::Aborted(_) => (&TALLY.aborted_other, false),
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        return ok;
+        }
     }
-    let flags = GupFlags::FOLL_PIN | GupFlags::FOLL_WRITE;
-    let cpu = A::smp_processor_id();
-    let ex = ctx
-        .extra
-        .as_deref()
-        .and_then(|e| e.downcast_ref::<Extra>())
-        .expect("setup stores the row's state");
-    let mut rec = ex.rec.lock();
-    let mut pages = Vec::with_capacity(1);
-    while ctx.word[COLLAPSE_READY].load(Ordering::Acquire) == 0 {
+
+    fn role(ctx: &Ctx<A, Self>, role: usize) -> bool {
+        if role == COLLAPSE {
+            collapse::<A>(ctx)
+        } else {
+            gup_pin::<A>(ctx)
+        }
+    }
+
+    fn detect(ctx: &Ctx<A, Self>) -> Option<Finding> {
+        let st = &ctx.state;
+        let mm = ctx.mm.as_deref()?;
+        let pinned = st.pinned.load(Ordering::Relaxed).checked_sub(1)?;
+        let mark = st.mark;
+        let unmapped = st.unmapped_while_pinned.load(Ordering::Relaxed);
+        let (mapped, v) = mapped_word(mm, ctx.addr).unwrap_or((0, 0));
+        let lost = v != mark;
+        if !lost && !unmapped {
+            return None;
+        }
+        let mut what = Vec::new();
+        if lost {
+            what.push(format!(
+                "data written through a GUP pin missing from the mapping: {mark:#x} written to pfn {pinned:#x}, the mapping's pfn {mapped:#x} holds {v:#x}"
+            ));
+        }
+        if unmapped {
+            what.push(format!(
+                "a pinned page the mapping no longer uses: pfn {pinned:#x} had no mapping while pinned (the mapping uses pfn {mapped:#x})"
+            ));
+        }
+        Some(Finding {
+            invariant: what.join("; "),
+            pfn: Some(pinned),
+            vaddr: Some(ctx.addr),
+            cpu: point::cpu_of(GUP),
+        })
+    }
+
+    fn schedule(_: &Variant<Config>) -> Vec<Step> {
+        vec![
+            Step::at(GUP, &points::GUP_FAST_AFTER_PMD_READ),
+            Step::at(COLLAPSE, &points::COLLAPSE_BEFORE_PMD_CLEAR),
+            Step::at(COLLAPSE, &points::COLLAPSE_AFTER_ISOLATE),
+            Step::leave(GUP, &points::GUP_FAST_AFTER_PMD_READ),
+            Step::at(GUP, &points::GUP_FAST_AFTER_RECHECK),
+            Step::leave(COLLAPSE, &points::COLLAPSE_AFTER_ISOLATE),
+            Step::at(COLLAPSE, &points::COLLAPSE_AFTER_INSTALL),
+            Step::at(GUP, &points::GUP_FAST_AFTER_WALK),
+        ]
+    }
+}
+
+/// The `collapse` role: collapses the block; completed when it collapsed
+/// it or the pin check saw `gup`'s pin.
+fn collapse<A: Mmu>(ctx: &Ctx<A, CollapseVsGupFast>) -> bool {
+    let st = &ctx.state;
+    let mm = ctx.mm();
+    st.collapse_ready.store(true, Ordering::Release);
+    while !st.gup_ready.load(Ordering::Acquire) {
         A::cpu_relax();
     }
-    ctx.word[GUP_READY].store(1, Ordering::Release);
-    STAGE[GUP].store(1, Ordering::Relaxed);
+    let policy = ctx.config().policy;
+    st.stage[COLLAPSE].store(1, Ordering::Relaxed);
+    let t0 = A::clock_ns();
+    let mut hpage = st.hpage.lock().take();
+    let rep = collapse_huge_page_prealloc(mm, ctx.addr, &policy, &mut hpage);
+    *st.hpage.lock() = hpage;
+    st.stage[COLLAPSE].store(2, Ordering::Relaxed);
+    st.collapse_done.store(true, Ordering::Release);
+    if let Some(cpu) = point::cpu_of(GUP) {
+        A::send_ipi(cpu);
+    }
+    if policy.table_free == TableFree::Rcu {
+        // The old table is freed by an RCU callback queued here: wait
+        // for it, so that it is free before the state check.
+        st.stage[COLLAPSE].store(3, Ordering::Relaxed);
+        crate::rcu::rcu_barrier_this_cpu_expedited::<A>();
+    }
+    st.stage[COLLAPSE].store(4, Ordering::Relaxed);
+    st.tally
+        .collapse_ns
+        .fetch_add(A::clock_ns() - t0, Ordering::Relaxed);
+    let (counter, ok) = match rep.result {
+        CollapseResult::Collapsed => (&st.tally.collapsed, true),
+        CollapseResult::Aborted(CollapseAbort::Referenced(..)) => {
+            (&st.tally.aborted_for_pin, true)
+        }
+        CollapseResult::Aborted(_) => (&st.tally.aborted_other, false),
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+    ok
+}
+
+/// The `gup` role: pins page 0 of the block, writes the mark through the
+/// pin once the collapse returned, and unpins; completed when its
+/// lockless walk decided on the fast path.
+fn gup_pin<A: Mmu>(ctx: &Ctx<A, CollapseVsGupFast>) -> bool {
+    let st = &ctx.state;
+    let flags = GupFlags::FOLL_PIN | GupFlags::FOLL_WRITE;
+    let cpu = A::smp_processor_id();
+    let mut rec = st.rec.lock();
+    let mut pages = Vec::with_capacity(1);
+    while !st.collapse_ready.load(Ordering::Acquire) {
+        A::cpu_relax();
+    }
+    st.gup_ready.store(true, Ordering::Release);
+    st.stage[GUP].store(1, Ordering::Relaxed);
     let before = gup::gup_stats(cpu);
     let t0 = A::clock_ns();
     let got = gup::get_user_pages_fast_traced::<A>(ctx.addr, 1, flags, &mut pages, Some(&mut rec));
-    TALLY
+    st.tally
         .gup_ns
         .fetch_add(A::clock_ns() - t0, Ordering::Relaxed);
     let stats = gup::gup_stats(cpu).since(before);
     let Some(&p) = pages.first().filter(|_| got == 1) else {
         gup::release_user_pages(&pages, flags);
-        TALLY.other.fetch_add(1, Ordering::Relaxed);
-        STAGE[GUP].store(4, Ordering::Relaxed);
+        st.tally.other.fetch_add(1, Ordering::Relaxed);
+        st.stage[GUP].store(4, Ordering::Relaxed);
         return false;
     };
-    STAGE[GUP].store(2, Ordering::Relaxed);
+    st.stage[GUP].store(2, Ordering::Relaxed);
     // Hold the pin until the collapse is over, as a pin for DMA does
     // (halted, not spinning: a spinning vCPU slows every other one).
     loop {
         A::local_irq_disable();
-        if ctx.word[COLLAPSE_DONE].load(Ordering::Acquire) != 0 {
+        if st.collapse_done.load(Ordering::Acquire) {
             A::local_irq_enable();
             break;
         }
@@ -495,15 +487,14 @@ fn role<A: Mmu>(ctx: &Ctx<A>, role: usize) -> bool {
     }
     // The write through the pin: the kernel mapping of the page, as a
     // driver's DMA would reach it.
-    let mark = ctx.word[MARK].load(Ordering::Relaxed);
     let off = (ctx.addr & (PAGE_SIZE - 1)) as usize;
     // SAFETY: `p` is pinned (it cannot be freed until the unpin below) and
     // RAM is mapped 1:1; `off` is 8-byte aligned within the page.
-    unsafe { core::ptr::write_volatile(page::page_address(p).add(off).cast::<u64>(), mark) };
+    unsafe { core::ptr::write_volatile(page::page_address(p).add(off).cast::<u64>(), st.mark) };
     if page::page_mapcount(p) <= 0 {
-        ctx.word[UNMAPPED_WHILE_PINNED].store(1, Ordering::Relaxed);
+        st.unmapped_while_pinned.store(true, Ordering::Relaxed);
     }
-    ctx.word[PINNED].store(page::page_to_pfn(p) + 1, Ordering::Relaxed);
+    st.pinned.store(page::page_to_pfn(p) + 1, Ordering::Relaxed);
     gup::release_user_pages(&pages, flags);
     // The walk stopped at an entry it read empty: the PMD the collapse
     // cleared, or a PTE of the old table it cleared after the copy.
@@ -511,19 +502,19 @@ fn role<A: Mmu>(ctx: &Ctx<A>, role: usize) -> bool {
         matches!(r.level, Level::Pmd | Level::Pte) && A::entry_none(r.level, r.value)
     });
     let counter = if rec.freed_table_read().is_some() {
-        &TALLY.other
+        &st.tally.other
     } else if stats.fast_pages == 1 {
-        &TALLY.fast
+        &st.tally.fast
     } else if stats.backoffs > 0 {
-        &TALLY.backed_off
+        &st.tally.backed_off
     } else if saw_empty {
-        &TALLY.saw_empty
+        &st.tally.saw_empty
     } else {
-        &TALLY.other
+        &st.tally.other
     };
     counter.fetch_add(1, Ordering::Relaxed);
-    STAGE[GUP].store(4, Ordering::Relaxed);
-    !core::ptr::eq(counter, &TALLY.other)
+    st.stage[GUP].store(4, Ordering::Relaxed);
+    !core::ptr::eq(counter, &st.tally.other)
 }
 
 /// The frame that maps `addr` in `mm` now and the word at `addr` in it,
@@ -563,33 +554,4 @@ fn mapped_word<A: Mmu>(mm: &Mm<A>, addr: u64) -> Option<(u64, u64)> {
         core::ptr::read_volatile(page::phys_to_virt(pfn << PAGE_SHIFT).add(off).cast::<u64>())
     };
     Some((pfn, v))
-}
-
-fn detect<A: Mmu>(ctx: &Ctx<A>) -> Option<Finding> {
-    let mm = ctx.mm.as_deref()?;
-    let pinned = ctx.word[PINNED].load(Ordering::Relaxed).checked_sub(1)?;
-    let mark = ctx.word[MARK].load(Ordering::Relaxed);
-    let unmapped = ctx.word[UNMAPPED_WHILE_PINNED].load(Ordering::Relaxed) != 0;
-    let (mapped, v) = mapped_word(mm, ctx.addr).unwrap_or((0, 0));
-    let lost = v != mark;
-    if !lost && !unmapped {
-        return None;
-    }
-    let mut what = Vec::new();
-    if lost {
-        what.push(format!(
-            "data written through a GUP pin missing from the mapping: {mark:#x} written to pfn {pinned:#x}, the mapping's pfn {mapped:#x} holds {v:#x}"
-        ));
-    }
-    if unmapped {
-        what.push(format!(
-            "a pinned page the mapping no longer uses: pfn {pinned:#x} had no mapping while pinned (the mapping uses pfn {mapped:#x})"
-        ));
-    }
-    Some(Finding {
-        invariant: what.join("; "),
-        pfn: Some(pinned),
-        vaddr: Some(ctx.addr),
-        cpu: point::cpu_of(GUP),
-    })
 }

@@ -24,6 +24,8 @@ macro_rules! registry {
 
 registry! {
     demo::DemoLockVsPut,
+    wp_unlock::WpUnlockVsZap,
     gup_folding::GupFastFolding,
     zap_rmap::ZapRmapVsMkclean,
+    collapse_gup::CollapseVsGupFast,
 }

@@ -55,11 +55,6 @@
 //!   store modified is poisoned again; the page the fault's retried store
 //!   mapped after the zap is zapped.
 
-use super::detect::{self, Finding};
-use super::point::{points, RacePoint, Step};
-use super::run_mm::RunMm;
-use super::scenario::{Budget, Commit, CommitRole, Ctx, Scenario, Variant};
-use super::waitfor::WaitClass;
 use crate::mm::arch::{FaultInfo, Mmu};
 use crate::mm::memory::{self, WpUnlock};
 use crate::mm::mm::{Mm, VmFlags};
@@ -67,156 +62,181 @@ use crate::mm::mmu_gather::{self, PageFree, TlbPolicy};
 use crate::mm::page::{self, pfn_to_page, PG_locked, PG_poisoned};
 use crate::mm::{page_alloc, pgtable, PAGE_SIZE};
 use crate::percpu;
-use alloc::{boxed::Box, format, string::String, vec, vec::Vec};
-use core::sync::atomic::Ordering;
+use crate::race::detect::{self, Finding};
+use crate::race::point::{points, Step};
+use crate::race::scenario::{
+    Commit, CommitRole::Fix, CommitRole::Introduced, Ctx, Row, RowInfo, RunMm, Variant,
+};
+use crate::race::waitfor::WaitClass;
+use alloc::{format, string::String, vec, vec::Vec};
+use core::sync::atomic::{AtomicBool, Ordering};
 
 const FAULT: usize = 0;
 const ZAP: usize = 1;
 
-/// `ctx.word` slot: the fault's store is done.
-const FAULT_DONE: usize = 0;
-/// [`page_alloc::nr_bad_pages`] when the iteration was set up.
-const BAD_SEQ: usize = 7;
-
 /// What the fault stores.
 const MARK: u64 = 0x5750_5f72_6575_7365;
 
-static DELAY_POINTS: [&RacePoint; 2] = [&points::WP_BEFORE_UNLOCK_PAGE, &points::ZAP_BEFORE_PTL];
-static TRACE_POINTS: [&RacePoint; 1] = [&points::GATHER_AFTER_FLUSH];
+/// The row.
+pub struct WpUnlockVsZap;
 
-static VARIANTS: [Variant; 3] = [
-    Variant {
-        name: "buggy-immediate",
-        about: "unlock_page after the PTL release (09854ba94c6a); pages freed at the PTE clear",
-        models: "Linux 5.9 with 09854ba94c6a, before be068f29034f, as s390 shipped it: pages freed at the PTE clear",
-        fix_waits: &[],
-    },
-    Variant {
-        name: "buggy-batched",
-        about: "unlock_page after the PTL release (09854ba94c6a); pages freed after the flush",
-        models: "Linux 5.9 with 09854ba94c6a, before be068f29034f, as x86 shipped it: pages batched until after the flush",
-        fix_waits: &[],
-    },
-    Variant {
-        name: "fixed",
-        about: "unlock_page under the PTL (be068f29034f); pages freed after the flush",
-        models: "be068f29034f (5.9-rc7), with pages batched until after the flush",
-        fix_waits: &[WaitClass::Ptl],
-    },
-];
-
-/// The knobs before the run, put back by `reset`.
-static SAVED: spin::Mutex<Option<(WpUnlock, TlbPolicy)>> = spin::Mutex::new(None);
-
-/// The run's mm ([`RunMm`]): built by
-/// `set_variant` with its VMA and page tables, lent to each iteration's
-/// `Ctx` by `setup` and taken back by `teardown`, torn down by `reset`.
-/// Building and tearing down an address space per iteration would cost
-/// several times the race itself.
-static RUN_MM: RunMm = RunMm::new();
-
-fn set_variant<A: Mmu>(v: &Variant) -> Result<(), &'static str> {
-    let (order, page_free) = match v.name {
-        "buggy-immediate" => (WpUnlock::AfterPtl, PageFree::Immediate),
-        "buggy-batched" => (WpUnlock::AfterPtl, PageFree::Batched),
-        _ => (WpUnlock::BeforePtl, PageFree::Batched),
-    };
-    let old_order = memory::set_wp_unlock_order(order);
-    let old_policy = mmu_gather::set_tlb_policy(TlbPolicy {
-        page_free,
-        ..mmu_gather::tlb_policy()
-    });
-    SAVED.lock().get_or_insert((old_order, old_policy));
-    // The VMA, and the page tables a first fault allocates (a zap keeps
-    // them): every iteration then starts from the same frames. Without
-    // memory for them, `setup` finds no mm and the run fails.
-    if let Some(mm) = Mm::<A>::new().map(Box::new) {
-        let addr = page_addr::<A>();
-        let populated = memory::mmap_anon(&mm, addr, PAGE_SIZE, VmFlags::RO, true)
-            .and_then(|()| memory::madvise_dontneed(&mm, addr, PAGE_SIZE));
-        if populated.is_ok() {
-            RUN_MM.put(mm);
-        } else {
-            memory::exit_mmap(*mm);
-        }
-    }
-    Ok(())
+/// A variant's knobs.
+#[derive(Clone, Copy, Debug)]
+pub struct Config {
+    /// Where `do_wp_page`'s reuse path unlocks the page.
+    order: WpUnlock,
+    /// When the zap frees the page.
+    page_free: PageFree,
 }
 
-fn reset<A: Mmu>() {
-    RUN_MM.destroy::<A>();
-    if let Some((order, policy)) = SAVED.lock().take() {
-        memory::set_wp_unlock_order(order);
-        mmu_gather::set_tlb_policy(policy);
+/// What the roles share in an iteration.
+#[derive(Default)]
+pub struct State {
+    /// The fault's store is done.
+    fault_done: AtomicBool,
+    /// [`page_alloc::nr_bad_pages`] when the iteration was set up.
+    bad_seq: u64,
+}
+
+impl<A: Mmu> Row<A> for WpUnlockVsZap {
+    const INFO: RowInfo = RowInfo {
+        catalogue: Some(1),
+        seed: "seed 000: \"BUG: Bad page state in process dirtyc0w_child\" on s390 (Sept 2020)",
+        commits: &[
+            Commit::new("09854ba94c6a", Some("mm: do_wp_page() simplification"), None, Introduced),
+            Commit::new("be068f29034f", Some("mm: fix misplaced unlock_page in do_wp_page()"), Some("5.9-rc7"), Fix),
+        ],
+        delay_points: &[&points::WP_BEFORE_UNLOCK_PAGE, &points::ZAP_BEFORE_PTL],
+        trace_points: &[&points::GATHER_AFTER_FLUSH],
+        ..RowInfo::new("wp-unlock-vs-zap", "do_wp_page unlocks a reused page after the PTL release; MADV_DONTNEED frees it locked", &["fault", "zap"])
+    };
+    type Config = Config;
+    const VARIANTS: &'static [Variant<Config>] = &[
+        Variant::new("buggy-immediate", "unlock_page after the PTL release (09854ba94c6a); pages freed at the PTE clear", "Linux 5.9 with 09854ba94c6a, before be068f29034f, as s390 shipped it: pages freed at the PTE clear", &[], Config { order: WpUnlock::AfterPtl, page_free: PageFree::Immediate }),
+        Variant::new("buggy-batched", "unlock_page after the PTL release (09854ba94c6a); pages freed after the flush", "Linux 5.9 with 09854ba94c6a, before be068f29034f, as x86 shipped it: pages batched until after the flush", &[], Config { order: WpUnlock::AfterPtl, page_free: PageFree::Batched }),
+        Variant::new("fixed", "unlock_page under the PTL (be068f29034f); pages freed after the flush", "be068f29034f (5.9-rc7), with pages batched until after the flush", &[WaitClass::Ptl], Config { order: WpUnlock::BeforePtl, page_free: PageFree::Batched }),
+    ];
+    type State = State;
+    /// The run's mm, with its VMA and page tables, lent to every
+    /// iteration: building and tearing down an address space per
+    /// iteration would cost several times the race itself.
+    type Run = RunMm<A>;
+
+    fn prepare(v: &Variant<Config>) -> Result<RunMm<A>, &'static str> {
+        memory::set_wp_unlock_order(v.config.order);
+        mmu_gather::set_tlb_policy(TlbPolicy {
+            page_free: v.config.page_free,
+            ..mmu_gather::tlb_policy()
+        });
+        // The VMA, and the page tables a first fault allocates (a zap keeps
+        // them): every iteration then starts from the same frames.
+        let addr = page_addr::<A>();
+        Ok(RunMm::build(|mm| {
+            memory::mmap_anon(mm, addr, PAGE_SIZE, VmFlags::RO, true)
+                .and_then(|()| memory::madvise_dontneed(mm, addr, PAGE_SIZE))
+        }))
+    }
+
+    fn run_mm(run: &mut RunMm<A>) -> Option<&mut RunMm<A>> {
+        Some(run)
+    }
+
+    fn setup(_: &mut RunMm<A>, ctx: &mut Ctx<A, Self>) -> Result<(), String> {
+        let addr = page_addr::<A>();
+        ctx.state.bad_seq = page_alloc::nr_bad_pages();
+        ctx.addr = addr;
+        ctx.pfns = Vec::from([write_protected_page(ctx.mm(), addr)?]);
+        Ok(())
+    }
+
+    fn role(ctx: &Ctx<A, Self>, role: usize) -> bool {
+        let addr = ctx.addr;
+        match role {
+            FAULT => {
+                let reused = memory::WP_REUSED.load(Ordering::Relaxed);
+                let faults = page_faults::<A>();
+                // A plain store through the MMU: the write-protect fault runs
+                // do_wp_page and the store is retried.
+                let stored = A::probe_store(addr, MARK).is_ok();
+                ctx.state.fault_done.store(true, Ordering::Release);
+                // Completed: the store went through a hardware fault that
+                // reused the page (no other CPU faults during a run).
+                stored
+                    && page_faults::<A>() > faults
+                    && memory::WP_REUSED.load(Ordering::Relaxed) > reused
+            }
+            _ => {
+                let p = pfn_to_page(ctx.pfns[0]);
+                while !p.test_flag(PG_locked) && !ctx.state.fault_done.load(Ordering::Acquire) {
+                    A::cpu_relax();
+                }
+                // Completed: the zap dropped the PTE's reference, the page's
+                // last (the fault holds none).
+                memory::madvise_dontneed_counted(ctx.mm(), addr, PAGE_SIZE) == Ok(1)
+            }
+        }
+    }
+
+    fn detect(ctx: &Ctx<A, Self>) -> Option<Finding> {
+        let pfn = ctx.pfns[0];
+        detect::poisoned_descriptor_written(pfn)
+            .or_else(|| detect::poisoned_frame_written(pfn))
+            .or_else(|| detect::refcount_underflow(pfn))
+            .map(|f| f.at(ctx.addr))
+    }
+
+    fn teardown(_: &mut RunMm<A>, ctx: &mut Ctx<A, Self>) {
+        if let Some(&pfn) = ctx.pfns.first() {
+            let p = pfn_to_page(pfn);
+            let leaked = page_alloc::bad_page_reports_since(ctx.state.bad_seq)
+                .iter()
+                .any(|r| r.pfn == pfn);
+            // Freed while locked, the page was leaked by the free checks:
+            // count 0, not poisoned; the fault has unlocked it since. Free it
+            // for good.
+            if leaked
+                && p._refcount.load(Ordering::Acquire) == 0
+                && !p.test_flag(PG_poisoned)
+                && !p.test_flag(PG_locked)
+            {
+                page_alloc::free_frozen_pages(p, 0);
+            }
+            // Freed at the PTE clear, before any flush (x86-64 with immediate
+            // freeing), the page can still take the fault's store through a
+            // stale TLB entry: put the poison back.
+            if detect::poisoned_frame_written(pfn).is_some() {
+                page_alloc::repoison_free_frame(pfn);
+            }
+        }
+        // The page the fault's retried store mapped after the zap, if any;
+        // the VMA and the page tables stay for the next iteration (the
+        // runner takes the mm back). Unfit, it is torn down and the next
+        // iteration fails.
+        let kept = ctx.mm.as_deref().is_some_and(|mm| {
+            memory::madvise_dontneed(mm, ctx.addr, PAGE_SIZE).is_ok()
+                && memory::mprotect(mm, ctx.addr, PAGE_SIZE, VmFlags::RO).is_ok()
+        });
+        if !kept {
+            if let Some(mm) = ctx.mm.take() {
+                memory::exit_mmap(*mm);
+            }
+        }
+    }
+
+    fn schedule(_: &Variant<Config>) -> Vec<Step> {
+        vec![
+            Step::at(FAULT, &points::WP_BEFORE_UNLOCK_PAGE),
+            Step::at(ZAP, &points::ZAP_BEFORE_PTL),
+            Step::at(ZAP, &points::ZAP_AFTER_PTE_CLEAR),
+            Step::at(ZAP, &points::MADVISE_AFTER_DONTNEED),
+            Step::leave(FAULT, &points::WP_BEFORE_UNLOCK_PAGE),
+        ]
     }
 }
 
 /// The address of the page.
 fn page_addr<A: Mmu>() -> u64 {
     A::TASK_BASE
-}
-
-/// The Linux commits of the row.
-static COMMITS: [Commit; 2] = [
-    Commit {
-        hash: "09854ba94c6a",
-        subject: Some("mm: do_wp_page() simplification"),
-        release: None,
-        role: CommitRole::Introduced,
-    },
-    Commit {
-        hash: "be068f29034f",
-        subject: Some("mm: fix misplaced unlock_page in do_wp_page()"),
-        release: Some("5.9-rc7"),
-        role: CommitRole::Fix,
-    },
-];
-
-/// The row.
-pub fn scenario<A: Mmu>() -> Scenario<A> {
-    Scenario {
-        name: "wp-unlock-vs-zap",
-        about:
-            "do_wp_page unlocks a reused page after the PTL release; MADV_DONTNEED frees it locked",
-        catalogue: Some(1),
-        seed: "seed 000: \"BUG: Bad page state in process dirtyc0w_child\" on s390 (Sept 2020)",
-        commits: &COMMITS,
-        roles: &["fault", "zap"],
-        variants: &VARIANTS,
-        flush: &[],
-        set_variant: set_variant::<A>,
-        reset: reset::<A>,
-        setup: setup::<A>,
-        role: role::<A>,
-        detect: detect::<A>,
-        teardown: teardown::<A>,
-        schedule: |_| {
-            vec![
-                Step::at(FAULT, &points::WP_BEFORE_UNLOCK_PAGE),
-                Step::at(ZAP, &points::ZAP_BEFORE_PTL),
-                Step::at(ZAP, &points::ZAP_AFTER_PTE_CLEAR),
-                Step::at(ZAP, &points::MADVISE_AFTER_DONTNEED),
-                Step::leave(FAULT, &points::WP_BEFORE_UNLOCK_PAGE),
-            ]
-        },
-        delay_points: &DELAY_POINTS,
-        trace_points: &TRACE_POINTS,
-        max_delay_ns: 20_000,
-        budget: Budget::CATALOGUE,
-    }
-}
-
-fn setup<A: Mmu>(ctx: &mut Ctx<A>) -> Result<(), String> {
-    let mm = RUN_MM
-        .take::<A>()
-        .ok_or_else(|| String::from("no mm for the run"))?;
-    let addr = page_addr::<A>();
-    ctx.word[BAD_SEQ].store(page_alloc::nr_bad_pages(), Ordering::Relaxed);
-    let r = write_protected_page(&mm, addr);
-    ctx.mm = Some(mm);
-    ctx.addr = addr;
-    ctx.pfns = Vec::from([r?]);
-    Ok(())
 }
 
 /// Faults the page at `addr` in for reading in the read-only VMA, then
@@ -258,76 +278,4 @@ fn write_protected_page<A: Mmu>(mm: &Mm<A>, addr: u64) -> Result<u64, String> {
 
 fn page_faults<A: Mmu>() -> u64 {
     percpu::this_cpu::<A>().page_faults.load(Ordering::Relaxed)
-}
-
-fn role<A: Mmu>(ctx: &Ctx<A>, role: usize) -> bool {
-    let addr = ctx.addr;
-    match role {
-        FAULT => {
-            let reused = memory::WP_REUSED.load(Ordering::Relaxed);
-            let faults = page_faults::<A>();
-            // A plain store through the MMU: the write-protect fault runs
-            // do_wp_page and the store is retried.
-            let stored = A::probe_store(addr, MARK).is_ok();
-            ctx.word[FAULT_DONE].store(1, Ordering::Release);
-            // Completed: the store went through a hardware fault that reused
-            // the page (no other CPU faults during a run).
-            stored
-                && page_faults::<A>() > faults
-                && memory::WP_REUSED.load(Ordering::Relaxed) > reused
-        }
-        _ => {
-            let p = pfn_to_page(ctx.pfns[0]);
-            while !p.test_flag(PG_locked) && ctx.word[FAULT_DONE].load(Ordering::Acquire) == 0 {
-                A::cpu_relax();
-            }
-            let mm = ctx.mm.as_deref().expect("the iteration's mm");
-            // Completed: the zap dropped the PTE's reference, the page's
-            // last (the fault holds none).
-            memory::madvise_dontneed_counted(mm, addr, PAGE_SIZE) == Ok(1)
-        }
-    }
-}
-
-fn detect<A: Mmu>(ctx: &Ctx<A>) -> Option<Finding> {
-    let pfn = ctx.pfns[0];
-    detect::poisoned_descriptor_written(pfn)
-        .or_else(|| detect::poisoned_frame_written(pfn))
-        .or_else(|| detect::refcount_underflow(pfn))
-        .map(|f| f.at(ctx.addr))
-}
-
-fn teardown<A: Mmu>(ctx: &mut Ctx<A>) {
-    if let Some(&pfn) = ctx.pfns.first() {
-        let p = pfn_to_page(pfn);
-        let leaked = page_alloc::bad_page_reports_since(ctx.word[BAD_SEQ].load(Ordering::Relaxed))
-            .iter()
-            .any(|r| r.pfn == pfn);
-        // Freed while locked, the page was leaked by the free checks: count
-        // 0, not poisoned; the fault has unlocked it since. Free it for good.
-        if leaked
-            && p._refcount.load(Ordering::Acquire) == 0
-            && !p.test_flag(PG_poisoned)
-            && !p.test_flag(PG_locked)
-        {
-            page_alloc::free_frozen_pages(p, 0);
-        }
-        // Freed at the PTE clear, before any flush (x86-64 with immediate
-        // freeing), the page can still take the fault's store through a
-        // stale TLB entry: put the poison back.
-        if detect::poisoned_frame_written(pfn).is_some() {
-            page_alloc::repoison_free_frame(pfn);
-        }
-    }
-    if let Some(mm) = ctx.mm.take() {
-        // The page the fault's retried store mapped after the zap, if any;
-        // the VMA and the page tables stay for the next iteration.
-        if memory::madvise_dontneed(&mm, ctx.addr, PAGE_SIZE).is_ok()
-            && memory::mprotect(&mm, ctx.addr, PAGE_SIZE, VmFlags::RO).is_ok()
-        {
-            RUN_MM.put(mm);
-        } else {
-            memory::exit_mmap(*mm);
-        }
-    }
 }
