@@ -60,7 +60,7 @@ use crate::mm::{page, PAGE_SIZE};
 use crate::race::detect::Finding;
 use crate::race::point::{self, points, Step};
 use crate::race::scenario::{Budget, Commit, CommitRole, Ctx, Row, RowInfo, RunMm, Variant};
-use alloc::{boxed::Box, format, string::String, vec::Vec};
+use alloc::{format, string::String, vec::Vec};
 
 const GUP: usize = 0;
 
@@ -137,19 +137,12 @@ impl<A: Mmu> Row<A> for GupFastFolding {
             Some(true) => {}
         }
         gup::set_gup_walk(v.config);
-        // Without memory for it, the run has no mm and fails.
-        let Some(mm) = Mm::<A>::new().map(Box::new) else {
-            return Ok(RunMm::default());
-        };
         let start = boundary::<A>() - HALF * PAGE_SIZE;
         let len = NR_PAGES as u64 * PAGE_SIZE;
-        let mapped = memory::mmap_anon(&mm, A::TASK_BASE, HALF * PAGE_SIZE, VmFlags::RW, true)
-            .and_then(|()| memory::mmap_anon(&mm, start, len, VmFlags::RW, true));
-        if mapped.is_err() {
-            memory::exit_mmap(*mm);
-            return Ok(RunMm::default());
-        }
-        Ok(RunMm::new(mm))
+        Ok(RunMm::build(|mm| {
+            memory::mmap_anon(mm, A::TASK_BASE, HALF * PAGE_SIZE, VmFlags::RW, true)
+                .and_then(|()| memory::mmap_anon(mm, start, len, VmFlags::RW, true))
+        }))
     }
 
     fn run_mm(run: &mut RunMm<A>) -> Option<&mut RunMm<A>> {

@@ -84,7 +84,7 @@ use crate::race::point::{self, points, race_point, Step};
 use crate::race::scenario::{Commit, CommitRole, Ctx, Row, RowInfo, RunMm, Variant};
 use crate::race::user;
 use crate::race::waitfor::WaitClass;
-use alloc::{boxed::Box, format, string::String, sync::Arc, vec, vec::Vec};
+use alloc::{format, string::String, sync::Arc, vec, vec::Vec};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 const WRITER: usize = 0;
@@ -178,19 +178,12 @@ impl<A: Mmu> Row<A> for ZapRmapVsMkclean {
         });
         // The mapping, the cached page and the page tables, kept across
         // iterations so that every iteration starts from the same frames.
-        // Without memory for them the run has no mm and fails.
-        let Some(mm) = Mm::<A>::new().map(Box::new) else {
-            return Ok(RunMm::default());
-        };
         let file = Arc::new(RamFile::new::<A>(1, DirtyAops::Nobuffers));
         let addr = page_addr::<A>();
-        let ok = memory::mmap_file(&mm, addr, PAGE_SIZE, VmFlags::RW, &file, 0, false, true)
-            .and_then(|()| memory::madvise_dontneed(&mm, addr, PAGE_SIZE));
-        if ok.is_err() {
-            memory::exit_mmap(*mm);
-            return Ok(RunMm::default());
-        }
-        Ok(RunMm::new(mm))
+        Ok(RunMm::build(|mm| {
+            memory::mmap_file(mm, addr, PAGE_SIZE, VmFlags::RW, &file, 0, false, true)
+                .and_then(|()| memory::madvise_dontneed(mm, addr, PAGE_SIZE))
+        }))
     }
 
     fn run_mm(run: &mut RunMm<A>) -> Option<&mut RunMm<A>> {
