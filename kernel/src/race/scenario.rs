@@ -832,7 +832,9 @@ fn iteration<A: Mmu, R: Row<A>>(
     let s = &R::INFO;
     let (mode, seed) = (cfg.mode, cfg.seed);
     let free_before = page_alloc::nr_free_pages();
-    let mut ctx = Ctx::<A, R> {
+    // Boxed: if the roles cannot be recovered it is leaked, not freed
+    // under them.
+    let mut ctx = Box::new(Ctx::<A, R> {
         mm: R::run_mm(run).and_then(|slot| slot.0.take()),
         addr: 0,
         pfns: Vec::new(),
@@ -840,7 +842,7 @@ fn iteration<A: Mmu, R: Row<A>>(
         mode,
         iteration: it,
         state: R::State::default(),
-    };
+    });
     if R::run_mm(run).is_some() && ctx.mm.is_none() {
         rep.state_error = Some(format!("iteration {it}: no mm for the run"));
         return Ok(false);
@@ -881,7 +883,7 @@ fn iteration<A: Mmu, R: Row<A>>(
     }
     trace::set_enabled(true);
     let roles = s.roles.len();
-    sh.ctx.store(&mut ctx as *mut Ctx<A, R>, Ordering::Release);
+    sh.ctx.store(&mut *ctx as *mut Ctx<A, R>, Ordering::Release);
     let g = sh.gen.fetch_add(1, Ordering::AcqRel) + 1;
     for r in 0..roles {
         if let Some(cpu) = point::cpu_of(r) {
@@ -956,6 +958,8 @@ fn iteration<A: Mmu, R: Row<A>>(
         let t1 = A::clock_ns();
         while !all_done() {
             if A::clock_ns() - t1 > RECOVER_NS {
+                // Role CPUs may still read the iteration's state.
+                Box::leak(ctx);
                 return Err(());
             }
             A::cpu_relax();
