@@ -24,4 +24,6 @@ macro_rules! registry {
 
 registry! {
     demo::DemoLockVsPut,
+    ptfrag::PtfragRefcount,
+    ptfree::PtfreeVsGupFast,
 }
