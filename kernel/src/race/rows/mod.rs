@@ -27,5 +27,7 @@ registry! {
     wp_unlock::WpUnlockVsZap,
     gup_folding::GupFastFolding,
     zap_rmap::ZapRmapVsMkclean,
+    ptfrag::PtfragRefcount,
     collapse_gup::CollapseVsGupFast,
+    ptfree::PtfreeVsGupFast,
 }
