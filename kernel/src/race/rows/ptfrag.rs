@@ -67,12 +67,12 @@
 use crate::kprintln;
 use crate::mm::arch::{Level, Mmu};
 use crate::mm::frag::{self, FragPolicy};
-use crate::mm::mm::{Mm, VmFlags};
+use crate::mm::mm::VmFlags;
 use crate::mm::{memory, page, page_alloc, pfn_scanner, pgtable, PAGE_SHIFT};
 use crate::race::detect::{self, Finding};
 use crate::race::point::{self, points, Step};
 use crate::race::scenario::{Commit, CommitRole, Ctx, Row, RowInfo, RunMm, Variant};
-use alloc::{boxed::Box, format, string::String, vec, vec::Vec};
+use alloc::{format, string::String, vec, vec::Vec};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 const ALLOC: usize = 0;
@@ -184,21 +184,20 @@ impl<A: Mmu> Row<A> for PtfragRefcount {
 
     fn prepare(v: &Variant<FragPolicy>) -> Result<Run<A>, &'static str> {
         frag::set_policy(v.config);
-        let mut run = Run::default();
         // The upper tables of the range (a map and unmap keeps them): every
-        // iteration then allocates only PTE tables. Without memory the run
-        // has no mm and its first iteration fails.
-        if let Some(mm) = Mm::<A>::new().map(Box::new) {
-            let ok = memory::mmap_anon(&mm, base::<A>(), span::<A>(), VmFlags::RW, false).is_ok()
+        // iteration then allocates only PTE tables.
+        let mm = RunMm::build(|mm| {
+            let tables = memory::mmap_anon(mm, base::<A>(), span::<A>(), VmFlags::RW, false)
+                .is_ok()
                 && (0..frag::frags_per_block::<A>() as u64)
-                    .all(|i| pgtable::pmd_alloc(&mm, base::<A>() + i * A::PMD_SIZE).is_some())
-                && memory::munmap(&mm, base::<A>(), span::<A>()).is_ok();
-            if ok {
-                run.mm = RunMm::new(mm);
-            } else {
-                memory::exit_mmap(*mm);
-            }
-        }
+                    .all(|i| pgtable::pmd_alloc(mm, base::<A>() + i * A::PMD_SIZE).is_some())
+                && memory::munmap(mm, base::<A>(), span::<A>()).is_ok();
+            tables.then_some(()).ok_or(())
+        });
+        let run = Run {
+            mm,
+            ..Run::default()
+        };
         Ok(run)
     }
 
