@@ -64,6 +64,19 @@ pub enum PageFree {
     Immediate,
 }
 
+impl PageFree {
+    /// How Linux frees pages under the TLB flush strategy in use on `A`:
+    /// at the PTE clear after a broadcast invalidation, which has flushed
+    /// every CPU already (s390), after the flush otherwise.
+    pub fn native<A: Mmu>() -> Self {
+        if super::tlbflush::flush_strategy::<A>().is_broadcast() {
+            PageFree::Immediate
+        } else {
+            PageFree::Batched
+        }
+    }
+}
+
 /// When unhooked page tables are freed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TableFree {

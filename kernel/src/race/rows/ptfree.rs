@@ -66,7 +66,7 @@ use crate::mm::gup::{self, GupFlags, GupRecord};
 use crate::mm::memory;
 use crate::mm::mm::{Mm, VmFlags};
 use crate::mm::mmu_gather::{self, PageFree, TableFree, TlbPolicy};
-use crate::mm::tlbflush::{self, FlushStrategy};
+use crate::mm::tlbflush::FlushStrategy;
 use crate::mm::{page, page_alloc, pgtable, PAGE_SHIFT, PAGE_SIZE};
 use crate::race::detect::{self, Finding};
 use crate::race::point::{self, points, Step};
@@ -184,13 +184,8 @@ impl<A: Mmu> Row<A> for PtfreeVsGupFast {
     type Run = Run;
 
     fn prepare(v: &Variant<TableFree>) -> Result<Run, &'static str> {
-        let flush = tlbflush::flush_strategy::<A>();
         mmu_gather::set_tlb_policy(TlbPolicy {
-            page_free: if flush.is_broadcast() {
-                PageFree::Immediate
-            } else {
-                PageFree::Batched
-            },
+            page_free: PageFree::native::<A>(),
             table_free: v.config,
             ..TlbPolicy::DEFAULT
         });
