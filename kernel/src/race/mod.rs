@@ -29,7 +29,8 @@
 //!   (`catalogue` number, `None` for a demonstration row; `seed`, the
 //!   mailing-list thread or catalogue entry; `commits`, the Linux commits
 //!   the catalogue and the row's docs name, the subject only where one of
-//!   them quotes it), the flush axis, delay and trace points, the budget.
+//!   them quotes it), the flush axis, the forced schedule, delay and trace
+//!   points, the budget.
 //!   `list` on the command line prints it ([`crate::list`],
 //!   `cargo xtask list`).
 //! - **roles**: role `i` runs on CPU `i + 1` (CPU 0 is the controller: it
@@ -76,7 +77,8 @@
 //!   teardown; return the first [`detect::Finding`]. The runner always checks
 //!   [`detect::bad_page_since`] first. A finding makes the iteration a *hit*
 //!   and the outcome `bug`; the first hit prints a race report.
-//! - **schedule** (forced mode): `schedule(v)` returns the steps, e.g. for
+//! - **schedule** (forced mode): `INFO.schedule` lists the steps, the
+//!   same for every variant (they differ in policy only), e.g. for
 //!   "B clears the PTE while A holds the PMD it read":
 //!   ```text
 //!   [Step::at(A, &GUP_FAST_AFTER_PMD_READ),  // A is there first
@@ -103,7 +105,7 @@
 //!   record, or the prover cannot see the edge and reports `hang` where a
 //!   cycle exists.
 //! - **natural mode**: `delay_points` are armed with random delays below
-//!   `max_delay_ns` on role CPUs; every point in `schedule(v)` and
+//!   `max_delay_ns` on role CPUs; every point of the schedule and
 //!   `trace_points` is traced.
 //! - **budget**: [`scenario::Budget`]: iterations in forced and natural
 //!   mode (`iterations=` overrides the natural one), a time limit for a

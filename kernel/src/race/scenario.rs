@@ -270,6 +270,10 @@ pub struct RowInfo {
     /// how a flush reaches other CPUs and runs under the architecture's
     /// default strategy, one case `row:variant:mode`.
     pub flush: &'static [FlushStrategy],
+    /// The forced schedule: the interleaving under test, the same for
+    /// every variant (the variants differ in policy only). Its points are
+    /// traced in natural mode too.
+    pub schedule: &'static [Step],
     /// Points armed with random delays in natural mode.
     pub delay_points: &'static [&'static RacePoint],
     /// Points traced in both modes (besides the schedule's).
@@ -282,8 +286,8 @@ pub struct RowInfo {
 
 impl RowInfo {
     /// A row with its name, race and roles; no catalogue number, seed,
-    /// commits, flush axis, delay or trace points; delays up to 20 us;
-    /// the catalogue's budget. Fill in the rest with `..`.
+    /// commits, flush axis, schedule, delay or trace points; delays up to
+    /// 20 us; the catalogue's budget. Fill in the rest with `..`.
     pub const fn new(
         name: &'static str,
         about: &'static str,
@@ -297,6 +301,7 @@ impl RowInfo {
             commits: &[],
             roles,
             flush: &[],
+            schedule: &[],
             delay_points: &[],
             trace_points: &[],
             max_delay_ns: 20_000,
@@ -357,8 +362,6 @@ pub trait Row<A: Mmu>: Sized + 'static {
     }
     /// Takes an iteration's world apart, repairing what a bug left behind.
     fn teardown(_run: &mut Self::Run, _ctx: &mut Ctx<A, Self>) {}
-    /// The forced schedule of `variant`.
-    fn schedule(variant: &Variant<Self::Config>) -> Vec<Step>;
 }
 
 /// A row in the registry: its constants, its variants by name, and its
@@ -371,7 +374,6 @@ pub struct Scenario<A: Mmu> {
     pub variants: Vec<Variant>,
     run: fn(usize, &RunConfig) -> Report,
     accepts: fn(usize) -> Result<(), &'static str>,
-    schedule: fn(usize) -> Vec<Step>,
     _arch: core::marker::PhantomData<A>,
 }
 
@@ -395,7 +397,6 @@ impl<A: Mmu> Scenario<A> {
                 knobs.restore::<A>();
                 r
             },
-            schedule: |v| R::schedule(&R::VARIANTS[v]),
             _arch: core::marker::PhantomData,
         }
     }
@@ -414,11 +415,6 @@ impl<A: Mmu> Scenario<A> {
     /// runs and the run ends at once (the knobs restored).
     pub fn accepts(&self, v: usize) -> Result<(), &'static str> {
         (self.accepts)(v)
-    }
-
-    /// The forced schedule of variant `v`.
-    pub fn schedule(&self, v: usize) -> Vec<Step> {
-        (self.schedule)(v)
     }
 }
 
@@ -739,7 +735,7 @@ fn run_set<A: Mmu, R: Row<A>>(variant: &'static Variant<R::Config>, cfg: &RunCon
         Mode::Forced => cfg.iterations.unwrap_or(s.budget.forced_iterations),
         Mode::Natural => cfg.iterations.unwrap_or(s.budget.natural_iterations),
     };
-    let schedule = R::schedule(variant);
+    let schedule = s.schedule;
     let time_budget = cfg.time_budget_ns.unwrap_or(s.budget.natural_time_ns);
     let progress_ns = cfg.progress_ns.unwrap_or(0);
     let start = A::clock_ns();

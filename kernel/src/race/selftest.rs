@@ -19,7 +19,7 @@ use crate::mm::mm::VmFlags;
 use crate::mm::selftest::{leak_checked, no_leak};
 use crate::mm::{memory, page_alloc, pgtable, tlbflush, PAGE_SIZE};
 use crate::{diag, percpu, smp, time};
-use alloc::{format, string::String, vec, vec::Vec};
+use alloc::{format, string::String, vec::Vec};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// The suite's name.
@@ -101,13 +101,11 @@ trait TestRow<A: Mmu>: Sized + 'static {
         None
     }
     /// Default: A holds at test:a until B has reached test:b.
-    fn schedule() -> Vec<Step> {
-        vec![
-            Step::at(A_ROLE, &points::TEST_A),
-            Step::at(B_ROLE, &points::TEST_B),
-            Step::leave(A_ROLE, &points::TEST_A),
-        ]
-    }
+    const SCHEDULE: &'static [Step] = &[
+        Step::at(A_ROLE, &points::TEST_A),
+        Step::at(B_ROLE, &points::TEST_B),
+        Step::leave(A_ROLE, &points::TEST_A),
+    ];
 }
 
 /// The row of a [`TestRow`].
@@ -116,6 +114,7 @@ struct T<X>(core::marker::PhantomData<X>);
 impl<A: Mmu, X: TestRow<A>> Row<A> for T<X> {
     const INFO: RowInfo = RowInfo {
         seed: "none: the framework's own test row",
+        schedule: X::SCHEDULE,
         delay_points: X::DELAY_POINTS,
         max_delay_ns: NATURAL_MAX_NS,
         budget: Budget {
@@ -149,10 +148,6 @@ impl<A: Mmu, X: TestRow<A>> Row<A> for T<X> {
 
     fn detect(ctx: &Ctx<A, Self>) -> Option<Finding> {
         X::detect(ctx)
-    }
-
-    fn schedule(_: &Variant) -> Vec<Step> {
-        X::schedule()
     }
 }
 
@@ -277,21 +272,19 @@ impl<A: Mmu> TestRow<A> for Sched {
         race_point::<A>(&points::TEST_B, role as u64);
         true
     }
-    fn schedule() -> Vec<Step> {
-        vec![
-            Step::at(A_ROLE, &points::TEST_A),
-            Step::at(B_ROLE, &points::TEST_A),
-            Step::at(B_ROLE, &points::TEST_B),
-            Step::leave(A_ROLE, &points::TEST_A),
-            Step::at(A_ROLE, &points::TEST_B),
-        ]
-    }
+    const SCHEDULE: &'static [Step] = &[
+        Step::at(A_ROLE, &points::TEST_A),
+        Step::at(B_ROLE, &points::TEST_A),
+        Step::at(B_ROLE, &points::TEST_B),
+        Step::leave(A_ROLE, &points::TEST_A),
+        Step::at(A_ROLE, &points::TEST_B),
+    ];
 }
 
 fn forced_schedule_followed<A: Mmu>(_: &Cmdline) -> Outcome {
     on_cpus(3, || {
         let r = run_test::<A, Sched>(&ONE_VARIANT[0], Mode::Forced, 1, None);
-        let steps = <Sched as TestRow<A>>::schedule();
+        let steps = <Sched as TestRow<A>>::SCHEDULE;
         let events = trace::snapshot(trace::RING_LEN);
         let taken: Vec<(usize, u64)> = events
             .iter()
@@ -442,9 +435,7 @@ impl<A: Mmu> TestRow<A> for Natural {
         }
         true
     }
-    fn schedule() -> Vec<Step> {
-        Vec::new()
-    }
+    const SCHEDULE: &'static [Step] = &[];
 }
 
 /// The delays of the last iteration, from CPU 1's trace ring.
@@ -539,15 +530,13 @@ impl<A: Mmu> TestRow<A> for TraceRow {
         memory::madvise_dontneed(ctx.mm(), ctx.addr, PAGE_SIZE).is_ok()
     }
 
-    fn schedule() -> Vec<Step> {
-        vec![
-            Step::at(A_ROLE, &points::TEST_A),
-            Step::at(B_ROLE, &points::TEST_B),
-            Step::at(B_ROLE, &points::ZAP_AFTER_PTE_CLEAR),
-            Step::at(B_ROLE, &points::GATHER_AFTER_FLUSH),
-            Step::leave(A_ROLE, &points::TEST_A),
-        ]
-    }
+    const SCHEDULE: &'static [Step] = &[
+        Step::at(A_ROLE, &points::TEST_A),
+        Step::at(B_ROLE, &points::TEST_B),
+        Step::at(B_ROLE, &points::ZAP_AFTER_PTE_CLEAR),
+        Step::at(B_ROLE, &points::GATHER_AFTER_FLUSH),
+        Step::leave(A_ROLE, &points::TEST_A),
+    ];
 }
 
 fn trace_merge_in_time_order<A: Mmu>(_: &Cmdline) -> Outcome {
@@ -875,9 +864,7 @@ fn state_check_catches_leak<A: Mmu>(_: &Cmdline) -> Outcome {
             fn role(_: &Ctx<A, T<Self>>, _: usize) -> bool {
                 true
             }
-            fn schedule() -> Vec<Step> {
-                Vec::new()
-            }
+            const SCHEDULE: &'static [Step] = &[];
         }
         let r = run_test::<A, Leak>(&ONE_VARIANT[0], Mode::Natural, 1, Some(3));
         // Give the frame back ourselves.

@@ -113,7 +113,7 @@ use crate::race::scenario::{
     Budget, Commit, CommitRole::Fix, Ctx, Row, RowInfo, RunMm, Variant,
 };
 use crate::race::waitfor::WaitClass;
-use alloc::{format, string::String, vec, vec::Vec};
+use alloc::{format, string::String, vec::Vec};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 const COLLAPSE: usize = 0;
@@ -272,6 +272,16 @@ impl<A: Mmu> Row<A> for CollapseVsGupFast {
             natural_iterations: 400,
             ..Budget::CATALOGUE
         },
+        schedule: &[
+            Step::at(GUP, &points::GUP_FAST_AFTER_PMD_READ),
+            Step::at(COLLAPSE, &points::COLLAPSE_BEFORE_PMD_CLEAR),
+            Step::at(COLLAPSE, &points::COLLAPSE_AFTER_ISOLATE),
+            Step::leave(GUP, &points::GUP_FAST_AFTER_PMD_READ),
+            Step::at(GUP, &points::GUP_FAST_AFTER_RECHECK),
+            Step::leave(COLLAPSE, &points::COLLAPSE_AFTER_ISOLATE),
+            Step::at(COLLAPSE, &points::COLLAPSE_AFTER_INSTALL),
+            Step::at(GUP, &points::GUP_FAST_AFTER_WALK),
+        ],
         ..RowInfo::new("collapse-vs-gup-fast", "GUP-fast pins a small page of the old table after THP collapse checked for pins", &["collapse", "gup"])
     };
     type Config = Config;
@@ -392,18 +402,6 @@ impl<A: Mmu> Row<A> for CollapseVsGupFast {
         })
     }
 
-    fn schedule(_: &Variant<Config>) -> Vec<Step> {
-        vec![
-            Step::at(GUP, &points::GUP_FAST_AFTER_PMD_READ),
-            Step::at(COLLAPSE, &points::COLLAPSE_BEFORE_PMD_CLEAR),
-            Step::at(COLLAPSE, &points::COLLAPSE_AFTER_ISOLATE),
-            Step::leave(GUP, &points::GUP_FAST_AFTER_PMD_READ),
-            Step::at(GUP, &points::GUP_FAST_AFTER_RECHECK),
-            Step::leave(COLLAPSE, &points::COLLAPSE_AFTER_ISOLATE),
-            Step::at(COLLAPSE, &points::COLLAPSE_AFTER_INSTALL),
-            Step::at(GUP, &points::GUP_FAST_AFTER_WALK),
-        ]
-    }
 }
 
 /// The `collapse` role: collapses the block; completed when it collapsed

@@ -28,7 +28,7 @@ use crate::race::scenario::{Commit, CommitRole::Context, Ctx, Row, RowInfo, Vari
 use crate::mm::arch::Mmu;
 use crate::mm::page::{self, pfn_to_page, PG_poisoned};
 use crate::mm::page_alloc;
-use alloc::{string::String, vec, vec::Vec};
+use alloc::{string::String, vec::Vec};
 use core::sync::atomic::{AtomicBool, Ordering};
 
 /// The page is locked.
@@ -59,6 +59,12 @@ impl<A: Mmu> Row<A> for DemoLockVsPut {
             Commit::new("be068f29034f", Some("mm: fix misplaced unlock_page in do_wp_page()"), Some("5.9-rc7"), Context),
         ],
         delay_points: &[&LOCKED, &BEFORE_PUT],
+        schedule: &[
+            Step::at(LOCKER, &LOCKED),
+            Step::at(PUTTER, &BEFORE_PUT),
+            Step::at(PUTTER, &AFTER_PUT),
+            Step::leave(LOCKER, &LOCKED),
+        ],
         ..RowInfo::new("demo-lock-vs-put", "a page's last reference dropped while another CPU holds its lock", &["locker", "putter"])
     };
     /// Whether the locker holds a reference of its own.
@@ -110,12 +116,4 @@ impl<A: Mmu> Row<A> for DemoLockVsPut {
         }
     }
 
-    fn schedule(_: &Variant<bool>) -> Vec<Step> {
-        vec![
-            Step::at(LOCKER, &LOCKED),
-            Step::at(PUTTER, &BEFORE_PUT),
-            Step::at(PUTTER, &AFTER_PUT),
-            Step::leave(LOCKER, &LOCKED),
-        ]
-    }
 }

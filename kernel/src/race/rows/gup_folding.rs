@@ -58,7 +58,7 @@ use crate::mm::memory;
 use crate::mm::mm::{Mm, VmFlags};
 use crate::mm::{page, PAGE_SIZE};
 use crate::race::detect::Finding;
-use crate::race::point::{self, points, Step};
+use crate::race::point::{self, points};
 use crate::race::scenario::{Budget, Commit, CommitRole, Ctx, Row, RowInfo, RunMm, Variant};
 use alloc::{format, string::String, vec::Vec};
 
@@ -226,9 +226,6 @@ impl<A: Mmu> Row<A> for GupFastFolding {
     }
 
     // Single-CPU and deterministic: nothing to hold.
-    fn schedule(_: &Variant<GupWalk>) -> Vec<Step> {
-        Vec::new()
-    }
 }
 
 /// `TASK_BASE + 2 GiB`: a region-third boundary on s390x.

@@ -72,7 +72,7 @@ use crate::mm::{memory, page, page_alloc, pfn_scanner, pgtable, PAGE_SHIFT};
 use crate::race::detect::{self, Finding};
 use crate::race::point::{self, points, Step};
 use crate::race::scenario::{Commit, CommitRole, Ctx, Row, RowInfo, RunMm, Variant};
-use alloc::{format, string::String, vec, vec::Vec};
+use alloc::{format, string::String, vec::Vec};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 const ALLOC: usize = 0;
@@ -148,6 +148,13 @@ impl<A: Mmu> Row<A> for PtfragRefcount {
         )],
         delay_points: &[&points::FRAG_AFTER_BLOCK_ALLOC, &points::PFN_SCAN_AFTER_GET],
         trace_points: &[&points::PFN_SCAN_AFTER_PUT, &points::GATHER_AFTER_TABLE_FREE],
+        schedule: &[
+            Step::at(ALLOC, &points::FRAG_AFTER_BLOCK_ALLOC),
+            Step::at(SCAN, &points::PFN_SCAN_AFTER_GET),
+            Step::leave(ALLOC, &points::FRAG_AFTER_BLOCK_ALLOC),
+            Step::at(ALLOC, &points::FRAG_AFTER_BLOCK_COUNT),
+            Step::leave(SCAN, &points::PFN_SCAN_AFTER_GET),
+        ],
         ..RowInfo::new(
             "ptfrag-refcount",
             "a speculative reference wiped by set_page_count frees a page-table block while a fragment is linked",
@@ -304,15 +311,6 @@ impl<A: Mmu> Row<A> for PtfragRefcount {
         }
     }
 
-    fn schedule(_: &Variant<FragPolicy>) -> Vec<Step> {
-        vec![
-            Step::at(ALLOC, &points::FRAG_AFTER_BLOCK_ALLOC),
-            Step::at(SCAN, &points::PFN_SCAN_AFTER_GET),
-            Step::leave(ALLOC, &points::FRAG_AFTER_BLOCK_ALLOC),
-            Step::at(ALLOC, &points::FRAG_AFTER_BLOCK_COUNT),
-            Step::leave(SCAN, &points::PFN_SCAN_AFTER_GET),
-        ]
-    }
 }
 
 /// The table allocator: carves every fragment of a fresh block, frees all

@@ -72,7 +72,7 @@ use crate::race::detect::{self, Finding};
 use crate::race::point::{self, points, Step};
 use crate::race::scenario::{Commit, CommitRole, Ctx, Row, RowInfo, Variant};
 use crate::race::waitfor::WaitClass;
-use alloc::{boxed::Box, format, string::String, vec, vec::Vec};
+use alloc::{boxed::Box, format, string::String, vec::Vec};
 use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 const GUP: usize = 0;
@@ -144,6 +144,12 @@ impl<A: Mmu> Row<A> for PtfreeVsGupFast {
         delay_points: &[&points::GUP_FAST_AFTER_PMD_READ],
         trace_points: &[&points::ZAP_AFTER_PTE_CLEAR, &points::GATHER_AFTER_FLUSH],
         max_delay_ns: 100_000,
+        schedule: &[
+            Step::at(GUP, &points::GUP_FAST_AFTER_PMD_READ),
+            Step::at(UNMAP, &points::ZAP_BEFORE_PTL),
+            Step::at(UNMAP, &points::GATHER_AFTER_TABLE_FREE),
+            Step::leave(GUP, &points::GUP_FAST_AFTER_PMD_READ),
+        ],
         ..RowInfo::new(
             "ptfree-vs-gup-fast",
             "a PTE table freed by munmap while GUP-fast walks it with interrupts off",
@@ -317,12 +323,4 @@ impl<A: Mmu> Row<A> for PtfreeVsGupFast {
         }
     }
 
-    fn schedule(_: &Variant<TableFree>) -> Vec<Step> {
-        vec![
-            Step::at(GUP, &points::GUP_FAST_AFTER_PMD_READ),
-            Step::at(UNMAP, &points::ZAP_BEFORE_PTL),
-            Step::at(UNMAP, &points::GATHER_AFTER_TABLE_FREE),
-            Step::leave(GUP, &points::GUP_FAST_AFTER_PMD_READ),
-        ]
-    }
 }

@@ -68,7 +68,7 @@ use crate::race::scenario::{
     Commit, CommitRole::Fix, CommitRole::Introduced, Ctx, Row, RowInfo, RunMm, Variant,
 };
 use crate::race::waitfor::WaitClass;
-use alloc::{format, string::String, vec, vec::Vec};
+use alloc::{format, string::String, vec::Vec};
 use core::sync::atomic::{AtomicBool, Ordering};
 
 const FAULT: usize = 0;
@@ -108,6 +108,13 @@ impl<A: Mmu> Row<A> for WpUnlockVsZap {
         ],
         delay_points: &[&points::WP_BEFORE_UNLOCK_PAGE, &points::ZAP_BEFORE_PTL],
         trace_points: &[&points::GATHER_AFTER_FLUSH],
+        schedule: &[
+            Step::at(FAULT, &points::WP_BEFORE_UNLOCK_PAGE),
+            Step::at(ZAP, &points::ZAP_BEFORE_PTL),
+            Step::at(ZAP, &points::ZAP_AFTER_PTE_CLEAR),
+            Step::at(ZAP, &points::MADVISE_AFTER_DONTNEED),
+            Step::leave(FAULT, &points::WP_BEFORE_UNLOCK_PAGE),
+        ],
         ..RowInfo::new("wp-unlock-vs-zap", "do_wp_page unlocks a reused page after the PTL release; MADV_DONTNEED frees it locked", &["fault", "zap"])
     };
     type Config = Config;
@@ -223,15 +230,6 @@ impl<A: Mmu> Row<A> for WpUnlockVsZap {
         }
     }
 
-    fn schedule(_: &Variant<Config>) -> Vec<Step> {
-        vec![
-            Step::at(FAULT, &points::WP_BEFORE_UNLOCK_PAGE),
-            Step::at(ZAP, &points::ZAP_BEFORE_PTL),
-            Step::at(ZAP, &points::ZAP_AFTER_PTE_CLEAR),
-            Step::at(ZAP, &points::MADVISE_AFTER_DONTNEED),
-            Step::leave(FAULT, &points::WP_BEFORE_UNLOCK_PAGE),
-        ]
-    }
 }
 
 /// The address of the page.

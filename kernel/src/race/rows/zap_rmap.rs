@@ -84,7 +84,7 @@ use crate::race::point::{self, points, race_point, Step};
 use crate::race::scenario::{Commit, CommitRole, Ctx, Row, RowInfo, RunMm, Variant};
 use crate::race::user;
 use crate::race::waitfor::WaitClass;
-use alloc::{format, string::String, sync::Arc, vec, vec::Vec};
+use alloc::{format, string::String, sync::Arc, vec::Vec};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 const WRITER: usize = 0;
@@ -138,6 +138,17 @@ impl<A: Mmu> Row<A> for ZapRmapVsMkclean {
         delay_points: &[&points::ZAP_BEFORE_PTL_FLUSH],
         trace_points: &[&points::ZAP_AFTER_PTE_CLEAR, &points::GATHER_AFTER_FLUSH],
         max_delay_ns: 200_000,
+        schedule: &[
+            Step::at(WRITER, &points::USER_BEFORE_STORE),
+            Step::at(ZAP, &points::ZAP_BEFORE_PTL_FLUSH),
+            Step::leave(WRITER, &points::USER_BEFORE_STORE),
+            Step::at(WRITER, &points::USER_AFTER_STORE),
+            Step::at(WRITEBACK, &points::WRITEBACK_BEFORE_MKCLEAN),
+            Step::at(WRITEBACK, &points::WRITEBACK_AFTER_WRITE),
+            Step::at(WRITER, &points::USER_BEFORE_STORE),
+            Step::at(WRITER, &points::USER_AFTER_STORE),
+            Step::leave(ZAP, &points::ZAP_BEFORE_PTL_FLUSH),
+        ],
         ..RowInfo::new(
             "zap-rmap-vs-mkclean",
             "a zap removes a dirty file page's rmap before its flush; mkclean misses a stale writable TLB entry",
@@ -316,19 +327,6 @@ impl<A: Mmu> Row<A> for ZapRmapVsMkclean {
 
     // No teardown: nothing to undo (see the module docs).
 
-    fn schedule(_: &Variant<RmapOrder>) -> Vec<Step> {
-        vec![
-            Step::at(WRITER, &points::USER_BEFORE_STORE),
-            Step::at(ZAP, &points::ZAP_BEFORE_PTL_FLUSH),
-            Step::leave(WRITER, &points::USER_BEFORE_STORE),
-            Step::at(WRITER, &points::USER_AFTER_STORE),
-            Step::at(WRITEBACK, &points::WRITEBACK_BEFORE_MKCLEAN),
-            Step::at(WRITEBACK, &points::WRITEBACK_AFTER_WRITE),
-            Step::at(WRITER, &points::USER_BEFORE_STORE),
-            Step::at(WRITER, &points::USER_AFTER_STORE),
-            Step::leave(ZAP, &points::ZAP_BEFORE_PTL_FLUSH),
-        ]
-    }
 }
 
 /// The address of the shared file page (see [`user::stale_tlb_base`]).
