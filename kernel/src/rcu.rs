@@ -170,9 +170,17 @@ pub fn call_rcu<A: Arch>(func: RcuCallback, arg: usize) {
 /// interrupts enabled, outside every read-side section: the calling CPU reports
 /// its own quiescent state as it blocks.
 pub fn synchronize_rcu<A: Arch>() {
+    wait_for_gp::<A>("synchronize_rcu", |_| {});
+}
+
+/// Requests a grace period and waits until it completes, reporting this
+/// CPU's quiescent states and running its callbacks meanwhile, and calling
+/// `each_turn(cpu)` on every turn of the wait. `what` names the caller in
+/// the assertion that interrupts are on.
+fn wait_for_gp<A: Arch>(what: &str, mut each_turn: impl FnMut(usize)) {
     assert!(
         !A::irqs_disabled(),
-        "synchronize_rcu with interrupts disabled (inside a read-side section)"
+        "{what} with interrupts disabled (inside a read-side section)"
     );
     let flags = A::local_irq_save();
     let n = request_gp();
@@ -185,6 +193,7 @@ pub fn synchronize_rcu<A: Arch>() {
     let wait = crate::race::waitfor::begin(cpu, crate::race::waitfor::Wait::Gp { gp: n }, false);
     while !gp_completed(n) {
         rcu_qs::<A>();
+        each_turn(cpu);
         rcu_do_batch::<A>();
         A::cpu_relax();
     }
@@ -210,23 +219,10 @@ pub fn rcu_ipi<A: Arch>() {
 /// IPIs: a CPU with interrupts off (GUP-fast) reports only once it enables
 /// them, and the wait is published as an ordinary grace-period wait.
 pub fn synchronize_rcu_expedited<A: Arch>() {
-    assert!(
-        !A::irqs_disabled(),
-        "synchronize_rcu_expedited with interrupts disabled (inside a read-side section)"
-    );
-    let flags = A::local_irq_save();
-    let n = request_gp();
-    A::local_irq_restore(flags);
-    if gp_completed(n) {
-        return;
-    }
-    let cpu = A::smp_processor_id();
-    let wait = crate::race::waitfor::begin(cpu, crate::race::waitfor::Wait::Gp { gp: n }, false);
-    // Each grace period up to `n` starts only when the one before ended:
-    // nudge the CPUs it waits for once per period.
+    // Each grace period up to the one waited for starts only when the one
+    // before ended: nudge the CPUs it waits for once per period.
     let mut nudged = 0;
-    while !gp_completed(n) {
-        rcu_qs::<A>();
+    wait_for_gp::<A>("synchronize_rcu_expedited", |cpu| {
         if let Some((running, mask)) = gp_waiting_on::<A>() {
             if running != nudged {
                 nudged = running;
@@ -236,10 +232,7 @@ pub fn synchronize_rcu_expedited<A: Arch>() {
                 }
             }
         }
-        rcu_do_batch::<A>();
-        A::cpu_relax();
-    }
-    crate::race::waitfor::end(wait);
+    });
 }
 
 /// [`rcu_barrier_this_cpu`] with expedited grace periods.
