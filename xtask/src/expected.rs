@@ -217,14 +217,14 @@ use On::{Both, Flush};
 /// not exist there ([`ROW_SKIPS`]).
 #[rustfmt::skip]
 const ENTRIES: &[Entry] = &[
-    // demo-lock-vs-put (kernel/src/race/demo.rs): the page's last reference
+    // demo-lock-vs-put (kernel/src/race/rows/demo.rs): the page's last reference
     // dropped while another CPU holds its lock. Natural buggy: the
     // demonstration's window is a few instructions wide and its hits depend
     // on how the host schedules the two vCPUs (from 0 to 2 000 in 10 000
     // iterations seen on one x86-64 seed): hit rate only.
     e("demo-lock-vs-put", "buggy", Both, Bug, Report),
     e("demo-lock-vs-put", "fixed", Both, Clean, Clean),
-    // wp-unlock-vs-zap (kernel/src/race/wp_unlock.rs), catalogue row 1:
+    // wp-unlock-vs-zap (kernel/src/race/rows/wp_unlock.rs), catalogue row 1:
     // do_wp_page unlocks the reused page after the PTL release while
     // MADV_DONTNEED frees it. Forced: the buggy order is a bug under either
     // page-freeing policy (with batched freeing the fault's CPU takes the
@@ -242,13 +242,13 @@ const ENTRIES: &[Entry] = &[
     e("wp-unlock-vs-zap", "buggy-immediate", Both, Bug, Bug),
     e("wp-unlock-vs-zap", "buggy-batched", Both, Bug, Report),
     e("wp-unlock-vs-zap", "fixed", Both, Clean, Clean),
-    // gup-fast-folding (kernel/src/race/gup_folding.rs, catalogue row 2): a
+    // gup-fast-folding (kernel/src/race/rows/gup_folding.rs, catalogue row 2): a
     // single-CPU, deterministic walk bug; forced (an empty schedule) and
     // natural (no delays) are the same run, every iteration. x86-64 folds
     // no level per mm: the row does not exist there.
     e("gup-fast-folding", "buggy", On::Arch(S390x), Bug, Bug),
     e("gup-fast-folding", "fixed", On::Arch(S390x), Clean, Clean),
-    // zap-rmap-vs-mkclean (kernel/src/race/zap_rmap.rs, catalogue row 3):
+    // zap-rmap-vs-mkclean (kernel/src/race/rows/zap_rmap.rs, catalogue row 3):
     // Linux 6.1 removes a dirty shared-file page's rmap before the flush
     // under the PTL; writeback's mkclean finds the page unmapped, cleans
     // and writes it while the writer still stores through its stale TLB
@@ -264,7 +264,7 @@ const ENTRIES: &[Entry] = &[
     e("zap-rmap-vs-mkclean", "fixed", Flush("ipi"), Clean, Clean),
     e("zap-rmap-vs-mkclean", "fixed", Flush("nmi"), Clean, Clean),
     e("zap-rmap-vs-mkclean", "fixed", Flush("ipte"), Impossible, Clean),
-    // ptfrag-refcount (kernel/src/race/ptfrag.rs, catalogue row 4): a pfn
+    // ptfrag-refcount (kernel/src/race/rows/ptfrag.rs, catalogue row 4): a pfn
     // scanner's speculative reference wiped by set_page_count when the
     // frame becomes a page-table fragment block; the block is freed while
     // its last fragment is linked. Both arches: buggy `bug`, both fixes
@@ -273,7 +273,7 @@ const ENTRIES: &[Entry] = &[
     e("ptfrag-refcount", "buggy", Both, Bug, Bug),
     e("ptfrag-refcount", "fixed-a", Both, Clean, Clean),
     e("ptfrag-refcount", "fixed-b", Both, Clean, Clean),
-    // collapse-vs-gup-fast (kernel/src/race/collapse_gup.rs, catalogue row
+    // collapse-vs-gup-fast (kernel/src/race/rows/collapse_gup.rs, catalogue row
     // 5): GUP-fast pins a small page of the old PTE table after THP
     // collapse checked for pins. IPTE/IDTE (no IPI) and NMI shootdown:
     // buggy and rcu-only `bug`, fixed-a (PMD recheck) and fixed-b (IPI
@@ -292,7 +292,7 @@ const ENTRIES: &[Entry] = &[
     e("collapse-vs-gup-fast", "rcu-only", Flush("ipi"), Impossible, Clean),
     e("collapse-vs-gup-fast", "rcu-only", Flush("nmi"), Bug, Bug),
     e("collapse-vs-gup-fast", "rcu-only", Flush("ipte"), Bug, Bug),
-    // ptfree-vs-gup-fast (kernel/src/race/ptfree.rs, catalogue row 6): a
+    // ptfree-vs-gup-fast (kernel/src/race/rows/ptfree.rs, catalogue row 6): a
     // PTE table freed by munmap while GUP-fast walks it with interrupts
     // off. IPTE and NMI shootdown send no interrupt the walker holds back,
     // so only the table policy protects: immediate `bug`, IPI sync and RCU
@@ -311,7 +311,7 @@ const ENTRIES: &[Entry] = &[
     e("ptfree-vs-gup-fast", "rcu", Flush("ipi"), Impossible, Clean),
     e("ptfree-vs-gup-fast", "rcu", Flush("nmi"), Clean, Clean),
     e("ptfree-vs-gup-fast", "rcu", Flush("ipte"), Clean, Clean),
-    // skey-dirty-vs-swapcache (kernel/src/race/skey_swap.rs, catalogue row
+    // skey-dirty-vs-swapcache (kernel/src/race/rows/skey_swap.rs, catalogue row
     // 7): the zap moves a storage key's change bit to a page that reclaim
     // is half-way through adding to the swap cache; the DIRTY tag lands on
     // a missing tree entry. s390x only: x86-64 has no storage keys. fixed-a
@@ -322,7 +322,7 @@ const ENTRIES: &[Entry] = &[
     e("skey-dirty-vs-swapcache", "fixed-b", On::Arch(S390x), Clean, Clean),
     e("skey-dirty-vs-swapcache", "fixed-c", On::Arch(S390x), Clean, Clean),
     e("skey-dirty-vs-swapcache", "fixed-d", On::Arch(S390x), Clean, Clean),
-    // nested-flush (kernel/src/race/nested_flush.rs, catalogue row 8): two
+    // nested-flush (kernel/src/race/rows/nested_flush.rs, catalogue row 8): two
     // MADV_DONTNEEDs overlap; the one that finds the PTE clear returns
     // before the other flushed, and the writer's store through its stale
     // TLB entry lands in the dropped page. IPI and NMI flushes: buggy
