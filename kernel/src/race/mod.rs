@@ -116,8 +116,8 @@
 //! cycle) and `vacuous` (some role did not complete and nothing fired).
 
 pub mod detect;
-pub mod rows;
 pub mod point;
+pub mod rows;
 //TMP pub(crate) mod run_mm;
 pub mod scenario;
 //TMP pub(crate) mod selftest;

@@ -24,4 +24,6 @@ macro_rules! registry {
 
 registry! {
     demo::DemoLockVsPut,
+    skey_swap::SkeyDirtyVsSwapcache,
+    nested_flush::NestedFlush,
 }
