@@ -30,4 +30,6 @@ registry! {
     ptfrag::PtfragRefcount,
     collapse_gup::CollapseVsGupFast,
     ptfree::PtfreeVsGupFast,
+    skey_swap::SkeyDirtyVsSwapcache,
+    nested_flush::NestedFlush,
 }
