@@ -539,6 +539,18 @@ const PROBE_NS: u64 = 1_000_000;
 /// How long roles may take to finish once an aborted iteration is released.
 const RECOVER_NS: u64 = 2_000_000_000;
 
+/// Where the runner's data for the current run lies ([`runner_addrs`]).
+static RUNNER_ADDRS: spin::Mutex<Vec<u64>> = spin::Mutex::new(Vec::new());
+
+/// The first and last byte addresses of what the role CPUs of the current
+/// run read on every iteration (the iteration's [`Ctx`], the words they
+/// report through): a row that needs a TLB entry of its own to survive
+/// keeps its page out of their slots ([`super::user::stale_tlb_base`]).
+/// Empty outside a run.
+pub(crate) fn runner_addrs() -> Vec<u64> {
+    RUNNER_ADDRS.lock().clone()
+}
+
 /// Set once roles could not be recovered: later runs would be meaningless.
 static WEDGED: AtomicBool = AtomicBool::new(false);
 
@@ -712,13 +724,9 @@ fn run_set<A: Mmu, R: Row<A>>(variant: &'static Variant<R::Config>, cfg: &RunCon
         rep.state_error = Some("the controller must be CPU 0 with interrupts on".into());
         return rep;
     }
-    let mut run = match R::prepare(variant) {
-        Ok(run) => run,
-        Err(why) => return Report::skip(seed, why),
-    };
-    let role_cpus: Vec<usize> = (1..need).collect();
-    point::disarm_all();
-    point::set_roles(&role_cpus);
+    // What the role CPUs read on every iteration, allocated before the
+    // row builds its world so that the row can keep its user pages out of
+    // their TLB slots ([`runner_addrs`]).
     let shared = Box::new(Shared::<A, R> {
         ctx: AtomicPtr::new(core::ptr::null_mut()),
         gen: AtomicU64::new(0),
@@ -727,6 +735,24 @@ fn run_set<A: Mmu, R: Row<A>>(variant: &'static Variant<R::Config>, cfg: &RunCon
         completed: [const { AtomicBool::new(false) }; 8],
         exited: AtomicUsize::new(0),
     });
+    let mut slot: Box<Option<Ctx<A, R>>> = Box::new(None);
+    let (sh_at, ctx_at) = (&*shared as *const _ as u64, &*slot as *const _ as u64);
+    *RUNNER_ADDRS.lock() = Vec::from([
+        sh_at,
+        sh_at + size_of::<Shared<A, R>>() as u64 - 1,
+        ctx_at,
+        ctx_at + size_of::<Option<Ctx<A, R>>>() as u64 - 1,
+    ]);
+    let mut run = match R::prepare(variant) {
+        Ok(run) => run,
+        Err(why) => {
+            RUNNER_ADDRS.lock().clear();
+            return Report::skip(seed, why);
+        }
+    };
+    let role_cpus: Vec<usize> = (1..need).collect();
+    point::disarm_all();
+    point::set_roles(&role_cpus);
     let sh: &Shared<A, R> = &shared;
     for &cpu in &role_cpus {
         smp::run_on_idle::<A>(cpu, role_loop::<A, R>, sh as *const Shared<A, R> as usize);
@@ -757,7 +783,9 @@ fn run_set<A: Mmu, R: Row<A>>(variant: &'static Variant<R::Config>, cfg: &RunCon
                 (now - start) / 1_000_000
             );
         }
-        match iteration(&mut run, sh, variant, cfg, it, &schedule, start, &mut rep) {
+        match iteration(
+            &mut run, sh, &mut slot, variant, cfg, it, &schedule, start, &mut rep,
+        ) {
             Ok(true) if mode == Mode::Natural && rep.hits > 0 && cfg.stop_at_hit => break,
             Ok(true) => {}
             Ok(false) => break,
@@ -786,11 +814,13 @@ fn run_set<A: Mmu, R: Row<A>>(variant: &'static Variant<R::Config>, cfg: &RunCon
         WEDGED.store(true, Ordering::Release);
         rep.state_error
             .get_or_insert_with(|| "role CPUs did not finish after the run was released".into());
-        // Role CPUs may still read it.
+        // Role CPUs may still read them.
         Box::leak(shared);
+        Box::leak(slot);
     } else {
         drop(shared);
     }
+    RUNNER_ADDRS.lock().clear();
     point::set_roles(&[]);
     R::finish(run);
     if rep.outcome == Outcome::Clean {
@@ -818,6 +848,7 @@ fn needs_cpus(n: usize) -> &'static str {
 fn iteration<A: Mmu, R: Row<A>>(
     run: &mut R::Run,
     sh: &Shared<A, R>,
+    slot: &mut Option<Ctx<A, R>>,
     variant: &'static Variant<R::Config>,
     cfg: &RunConfig,
     it: u64,
@@ -828,9 +859,9 @@ fn iteration<A: Mmu, R: Row<A>>(
     let s = &R::INFO;
     let (mode, seed) = (cfg.mode, cfg.seed);
     let free_before = page_alloc::nr_free_pages();
-    // Boxed: if the roles cannot be recovered it is leaked, not freed
-    // under them.
-    let mut ctx = Box::new(Ctx::<A, R> {
+    // In the run's slot: if the roles cannot be recovered it is leaked,
+    // not freed under them.
+    let ctx = slot.insert(Ctx::<A, R> {
         mm: R::run_mm(run).and_then(|slot| slot.0.take()),
         addr: 0,
         pfns: Vec::new(),
@@ -841,13 +872,15 @@ fn iteration<A: Mmu, R: Row<A>>(
     });
     if R::run_mm(run).is_some() && ctx.mm.is_none() {
         rep.state_error = Some(format!("iteration {it}: no mm for the run"));
+        *slot = None;
         return Ok(false);
     }
-    if let Err(e) = R::setup(run, &mut ctx) {
+    if let Err(e) = R::setup(run, ctx) {
         rep.state_error = Some(format!("setup of iteration {it} failed: {e}"));
-        if let (Some(slot), Some(mm)) = (R::run_mm(run), ctx.mm.take()) {
-            slot.0 = Some(mm);
+        if let (Some(kept), Some(mm)) = (R::run_mm(run), ctx.mm.take()) {
+            kept.0 = Some(mm);
         }
+        *slot = None;
         return Ok(false);
     }
     let seq = page_alloc::nr_bad_pages();
@@ -879,7 +912,7 @@ fn iteration<A: Mmu, R: Row<A>>(
     }
     trace::set_enabled(true);
     let roles = s.roles.len();
-    sh.ctx.store(&mut *ctx as *mut Ctx<A, R>, Ordering::Release);
+    sh.ctx.store(ctx as *mut Ctx<A, R>, Ordering::Release);
     let g = sh.gen.fetch_add(1, Ordering::AcqRel) + 1;
     for r in 0..roles {
         if let Some(cpu) = point::cpu_of(r) {
@@ -954,8 +987,6 @@ fn iteration<A: Mmu, R: Row<A>>(
         let t1 = A::clock_ns();
         while !all_done() {
             if A::clock_ns() - t1 > RECOVER_NS {
-                // Role CPUs may still read the iteration's state.
-                Box::leak(ctx);
                 return Err(());
             }
             A::cpu_relax();
@@ -964,7 +995,7 @@ fn iteration<A: Mmu, R: Row<A>>(
     trace::set_enabled(false);
     rep.iterations += 1;
 
-    let finding = detect::bad_page_since(seq).or_else(|| R::detect(&ctx));
+    let finding = detect::bad_page_since(seq).or_else(|| R::detect(ctx));
     let completed = (0..roles).all(|r| sh.completed[r].load(Ordering::Relaxed));
     if let Some(f) = finding {
         rep.hits += 1;
@@ -977,7 +1008,7 @@ fn iteration<A: Mmu, R: Row<A>>(
         rep.incomplete += 1;
     }
     point::disarm_all();
-    R::teardown(run, &mut ctx);
+    R::teardown(run, ctx);
     if let Some(mm) = ctx.mm.take() {
         match R::run_mm(run) {
             Some(slot) => slot.0 = Some(mm),
@@ -986,7 +1017,7 @@ fn iteration<A: Mmu, R: Row<A>>(
     }
     sh.ctx.store(core::ptr::null_mut(), Ordering::Release);
     // The row's state goes before the state check: what it holds counts.
-    drop(ctx);
+    *slot = None;
     if let Some(err) = state_check::<A>(free_before) {
         rep.state_error = Some(format!("after iteration {it}: {err}"));
         return Ok(false);

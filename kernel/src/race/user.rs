@@ -26,7 +26,9 @@ use alloc::vec::Vec;
 /// with an 8-entry victim TLB behind it. A kernel page the waiting CPU
 /// touches on every turn of its wait (the schedule's cursor), on every tick
 /// (the grace-period state, the per-CPU data, the local APIC page, whose
-/// page number ends in zero bits like `TASK_BASE`'s) or in the PTL code
+/// page number ends in zero bits like `TASK_BASE`'s), on every iteration
+/// (the runner's context and shared words, [`super::scenario::runner_addrs`],
+/// which moved with the heap and made `nested-flush` miss) or in the PTL code
 /// evicts a user entry in the same slot: the store then faults instead of
 /// going through the stale entry, and the forced x86-64 cells of
 /// `zap-rmap-vs-mkclean` and `nested-flush` miss their hits (seen at
@@ -41,6 +43,7 @@ pub fn stale_tlb_base<A: Mmu>() -> u64 {
     let mut hot: Vec<u64> = point::wait_state_addrs().to_vec();
     hot.extend(crate::rcu::tick_state_addrs());
     hot.push(crate::mm::memory::ptlocks_addr());
+    hot.extend(super::scenario::runner_addrs());
     hot.extend((0..crate::smp::nr_cpus()).map(|c| crate::percpu::per_cpu(c) as *const _ as u64));
     let hot_pages: Vec<u64> = hot.iter().map(|a| a >> PAGE_SHIFT).collect();
     let base_pn = A::TASK_BASE >> PAGE_SHIFT;
