@@ -37,7 +37,7 @@
 //!   entry), `about`.
 //! - `commit`: `row`, `hash`, `role` (`fix`, `introduced`, `context`),
 //!   `release` and `subject` where known (left out otherwise).
-//! - `variant`: `row`, `name`, `accepted` (`yes`: the row's `set_variant`
+//! - `variant`: `row`, `name`, `accepted` (`yes`: the row's `prepare`
 //!   accepts it on this architecture; `no`: it refuses, and `reason` says
 //!   why: a run of it is `skip`), `fix_waits` (the waits its fix adds,
 //!   comma-separated, `-` for none), `models` (the Linux kernel it models),

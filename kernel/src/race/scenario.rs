@@ -784,7 +784,7 @@ fn run_set<A: Mmu, R: Row<A>>(variant: &'static Variant<R::Config>, cfg: &RunCon
             );
         }
         match iteration(
-            &mut run, sh, &mut slot, variant, cfg, it, &schedule, start, &mut rep,
+            &mut run, sh, &mut slot, variant, cfg, it, schedule, start, &mut rep,
         ) {
             Ok(true) if mode == Mode::Natural && rep.hits > 0 && cfg.stop_at_hit => break,
             Ok(true) => {}
