@@ -1,6 +1,7 @@
 //! What a row's user program does besides loads and stores: sleep until
 //! another role tells it something happened, and wake such a sleeper (a
-//! futex wait and wake, done with the interrupt hardware).
+//! futex wait and wake, done with the interrupt hardware); where its pages
+//! go; and how a row's `setup` faults them in and checks their PTEs.
 //!
 //! A sleeping role halts its CPU instead of spinning: under QEMU TCG a
 //! spinning vCPU keeps a host core from the roles that do the work, and
@@ -12,10 +13,12 @@
 //! sent after the check ends the halt instead of being lost.
 
 use super::point;
-use crate::mm::arch::Mmu;
-use crate::mm::{PAGE_SHIFT, PAGE_SIZE};
+use crate::mm::arch::{FaultInfo, Mmu};
+use crate::mm::mm::Mm;
+use crate::mm::page::{self, pfn_to_page};
+use crate::mm::{memory, pgtable, PAGE_SHIFT, PAGE_SIZE};
 use crate::Arch;
-use alloc::vec::Vec;
+use alloc::{format, string::String, vec::Vec};
 
 /// Where a row maps its user pages (two of them) when its forced schedule
 /// needs a CPU's TLB entry for one of them to survive while that CPU waits
@@ -78,4 +81,51 @@ pub fn wake<A: Arch>(role: usize) {
     if let Some(cpu) = point::cpu_of(role) {
         A::send_ipi(cpu);
     }
+}
+
+/// Faults the page at `addr` of `mm` in (for writing if `write`) from the
+/// controller, which runs no mm: the fault is resolved in software, as
+/// `populate` would, and one already resolved is spurious. Then reads the
+/// PTE under its PTL and checks that it is present and writable (`write`)
+/// or read-only. Returns the page's pfn. No CPU may run `mm` yet.
+pub fn fault_in<A: Mmu>(mm: &Mm<A>, addr: u64, write: bool) -> Result<u64, String> {
+    let info = FaultInfo {
+        addr,
+        write,
+        protection: false,
+        code: 0,
+    };
+    memory::do_user_fault(mm, info).map_err(|e| format!("fault at {addr:#x}: {e}"))?;
+    present_pte(mm, addr, write)
+}
+
+/// Reads the PTE of `addr` in `mm` under its PTL and checks that it is
+/// present and writable (`writable`) or read-only; returns its pfn. No CPU
+/// may run `mm` yet.
+pub fn present_pte<A: Mmu>(mm: &Mm<A>, addr: u64, writable: bool) -> Result<u64, String> {
+    let ptep = pgtable::follow_pte(mm, addr).ok_or_else(|| String::from("no PTE table"))?;
+    let pte = {
+        let _ptl = memory::pte_lockptr(ptep).lock();
+        // SAFETY: a live PTE of this mm (no CPU runs it yet); PTL held.
+        unsafe { pgtable::read_entry(ptep) }
+    };
+    if !A::pte_present(pte) || A::pte_write(pte) != writable {
+        let want = if writable { "writable" } else { "read-only" };
+        return Err(format!("PTE {pte:#x} is not present and {want}"));
+    }
+    Ok(A::pte_pfn(pte))
+}
+
+/// Checks that the page at `pfn` is an exclusive anonymous page: one
+/// reference and one mapping, as `do_wp_page`'s reuse and reclaim want.
+pub fn exclusive_anon(pfn: u64) -> Result<(), String> {
+    let p = pfn_to_page(pfn);
+    let (refs, maps) = (page::page_ref_count(p), page::page_mapcount(p));
+    if !page::PageAnon(p) || refs != 1 || maps != 1 {
+        return Err(format!(
+            "page {pfn:#x}: anon={} refcount={refs} mapcount={maps}, want an exclusive anonymous page",
+            page::PageAnon(p)
+        ));
+    }
+    Ok(())
 }

@@ -54,13 +54,13 @@
 //!   while the PTE was gone), seen in the old frame right after the store.
 //! - Teardown: see Setup.
 
-use crate::mm::arch::{FaultInfo, Mmu};
+use crate::mm::arch::Mmu;
 use crate::mm::memory;
 use crate::mm::mm::{Mm, VmFlags};
 use crate::mm::mmu_gather::{self, PageFree, TlbPolicy};
 use crate::mm::page::{self, pfn_to_page};
 use crate::mm::tlbflush::FlushStrategy;
-use crate::mm::{pgtable, PAGE_SIZE};
+use crate::mm::PAGE_SIZE;
 use crate::percpu;
 use crate::race::detect::Finding;
 use crate::race::point::{self, points, race_point, Step};
@@ -269,23 +269,7 @@ fn page_addr<A: Mmu>() -> u64 {
 /// resolved in software, and a PTE present and writable already makes it
 /// spurious). Returns the page's pfn.
 fn writable_page<A: Mmu>(mm: &Mm<A>, addr: u64) -> Result<u64, String> {
-    let info = FaultInfo {
-        addr,
-        write: true,
-        protection: false,
-        code: 0,
-    };
-    memory::do_user_fault(mm, info).map_err(|e| format!("fault: {e}"))?;
-    let ptep = pgtable::follow_pte(mm, addr).ok_or_else(|| String::from("no PTE table"))?;
-    let pte = {
-        let _ptl = memory::pte_lockptr(ptep).lock();
-        // SAFETY: a live PTE of this mm (no CPU runs it yet); PTL held.
-        unsafe { pgtable::read_entry(ptep) }
-    };
-    if !A::pte_present(pte) || !A::pte_write(pte) {
-        return Err(format!("PTE {pte:#x} is not present and writable"));
-    }
-    Ok(A::pte_pfn(pte))
+    user::fault_in(mm, addr, true)
 }
 
 fn page_faults<A: Mmu>() -> u64 {

@@ -54,15 +54,16 @@
 //! - x86-64: `skip`, no storage keys.
 
 use crate::kprintln;
-use crate::mm::arch::{FaultInfo, Mmu};
+use crate::mm::arch::Mmu;
 use crate::mm::dirty::{self, DirtyTracking, SkeyTransfer};
 use crate::mm::memory;
 use crate::mm::mm::{Mm, VmFlags};
 use crate::mm::page::{self, pfn_to_page, PG_locked};
 use crate::mm::swap_state::{self, SwapCacheOrder, SwapDirtyAops};
-use crate::mm::{pgtable, xarray, PAGE_SIZE};
+use crate::mm::{xarray, PAGE_SIZE};
 use crate::race::detect::Finding;
 use crate::race::point::{self, points, Step};
+use crate::race::user;
 use crate::race::scenario::{Commit, CommitRole::Fix, Ctx, Row, RowInfo, RunMm, Variant};
 use alloc::{format, string::String, vec::Vec};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -286,31 +287,8 @@ fn page_addr<A: Mmu>() -> u64 {
 /// Faults a fresh anonymous page in for writing at `addr`; returns its pfn.
 /// It has one reference and one mapping, and its PTE is writable.
 fn populate<A: Mmu>(mm: &Mm<A>, addr: u64) -> Result<u64, String> {
-    let info = FaultInfo {
-        addr,
-        write: true,
-        protection: false,
-        code: 0,
-    };
-    memory::do_user_fault(mm, info).map_err(|e| format!("populate: {e}"))?;
-    let ptep = pgtable::follow_pte(mm, addr).ok_or_else(|| String::from("no PTE table"))?;
-    let pte = {
-        let _ptl = memory::pte_lockptr(ptep).lock();
-        // SAFETY: a live PTE of this mm (no CPU runs it yet); PTL held.
-        unsafe { pgtable::read_entry(ptep) }
-    };
-    if !A::pte_present(pte) || !A::pte_write(pte) {
-        return Err(format!("PTE {pte:#x} is not present and writable"));
-    }
-    let pfn = A::pte_pfn(pte);
-    let p = pfn_to_page(pfn);
-    let (refs, maps) = (page::page_ref_count(p), page::page_mapcount(p));
-    if !page::PageAnon(p) || refs != 1 || maps != 1 {
-        return Err(format!(
-            "page {pfn:#x}: anon={} refcount={refs} mapcount={maps}, want an exclusive anonymous page",
-            page::PageAnon(p)
-        ));
-    }
+    let pfn = user::fault_in(mm, addr, true)?;
+    user::exclusive_anon(pfn)?;
     Ok(pfn)
 }
 

@@ -55,15 +55,16 @@
 //!   store modified is poisoned again; the page the fault's retried store
 //!   mapped after the zap is zapped.
 
-use crate::mm::arch::{FaultInfo, Mmu};
+use crate::mm::arch::Mmu;
 use crate::mm::memory::{self, WpUnlock};
 use crate::mm::mm::{Mm, VmFlags};
 use crate::mm::mmu_gather::{self, PageFree, TlbPolicy};
-use crate::mm::page::{self, pfn_to_page, PG_locked, PG_poisoned};
-use crate::mm::{page_alloc, pgtable, PAGE_SIZE};
+use crate::mm::page::{pfn_to_page, PG_locked, PG_poisoned};
+use crate::mm::{page_alloc, PAGE_SIZE};
 use crate::percpu;
 use crate::race::detect::{self, Finding};
 use crate::race::point::{points, Step};
+use crate::race::user;
 use crate::race::scenario::{
     Commit, CommitRole::Fix, CommitRole::Introduced, Ctx, Row, RowInfo, RunMm, Variant,
 };
@@ -245,32 +246,10 @@ fn page_addr<A: Mmu>() -> u64 {
 /// page has one reference and one mapping, as `do_wp_page`'s reuse
 /// requires.
 fn write_protected_page<A: Mmu>(mm: &Mm<A>, addr: u64) -> Result<u64, String> {
-    let info = FaultInfo {
-        addr,
-        write: false,
-        protection: false,
-        code: 0,
-    };
-    memory::do_user_fault(mm, info).map_err(|e| format!("populate: {e}"))?;
+    user::fault_in(mm, addr, false)?;
     memory::mprotect(mm, addr, PAGE_SIZE, VmFlags::RW).map_err(|e| format!("mprotect: {e:?}"))?;
-    let ptep = pgtable::follow_pte(mm, addr).ok_or_else(|| String::from("no PTE table"))?;
-    let pte = {
-        let _ptl = memory::pte_lockptr(ptep).lock();
-        // SAFETY: a live PTE of this mm (no CPU runs it yet); PTL held.
-        unsafe { pgtable::read_entry(ptep) }
-    };
-    if !A::pte_present(pte) || A::pte_write(pte) {
-        return Err(format!("PTE {pte:#x} is not present and read-only"));
-    }
-    let pfn = A::pte_pfn(pte);
-    let p = pfn_to_page(pfn);
-    let (refs, maps) = (page::page_ref_count(p), page::page_mapcount(p));
-    if !page::PageAnon(p) || refs != 1 || maps != 1 {
-        return Err(format!(
-            "page {pfn:#x}: anon={} refcount={refs} mapcount={maps}, want an exclusive anonymous page",
-            page::PageAnon(p)
-        ));
-    }
+    let pfn = user::present_pte(mm, addr, false)?;
+    user::exclusive_anon(pfn)?;
     Ok(pfn)
 }
 

@@ -70,7 +70,7 @@
 //!   role CPU, halted by then, whose wake-ups cost more than the iteration.
 
 use crate::cmdline::Mode;
-use crate::mm::arch::{FaultInfo, Mmu};
+use crate::mm::arch::Mmu;
 use crate::mm::filemap::{self, DirtyAops, RamFile};
 use crate::mm::memory;
 use crate::mm::mm::{Mm, VmFlags};
@@ -338,23 +338,7 @@ fn page_addr<A: Mmu>() -> u64 {
 /// no mm: the fault is resolved in software): a writable, dirty PTE and a
 /// dirty page. Returns the pfn.
 fn dirty_mapped_page<A: Mmu>(mm: &Mm<A>, addr: u64) -> Result<u64, String> {
-    let info = FaultInfo {
-        addr,
-        write: true,
-        protection: false,
-        code: 0,
-    };
-    memory::do_user_fault(mm, info).map_err(|e| format!("fault: {e}"))?;
-    let ptep = pgtable::follow_pte(mm, addr).ok_or_else(|| String::from("no PTE table"))?;
-    let pte = {
-        let _ptl = memory::pte_lockptr(ptep).lock();
-        // SAFETY: a live PTE of this mm (no CPU runs it yet); PTL held.
-        unsafe { pgtable::read_entry(ptep) }
-    };
-    if !A::pte_present(pte) || !A::pte_write(pte) {
-        return Err(format!("PTE {pte:#x} is not present and writable"));
-    }
-    let pfn = A::pte_pfn(pte);
+    let pfn = user::fault_in(mm, addr, true)?;
     if !page::PageDirty(pfn_to_page(pfn)) {
         return Err(format!("page {pfn:#x} is not dirty after a write fault"));
     }
