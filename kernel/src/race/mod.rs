@@ -77,14 +77,16 @@
 //!   teardown; return the first [`detect::Finding`]. The runner always checks
 //!   [`detect::bad_page_since`] first. A finding makes the iteration a *hit*
 //!   and the outcome `bug`; the first hit prints a race report.
-//! - **schedule** (forced mode): `INFO.schedule` lists the steps, the
+//! - **schedule** (forced mode): `INFO.schedule` lists the steps (the
+//!   [`schedule!`](crate::schedule) macro writes them), the
 //!   same for every variant (they differ in policy only), e.g. for
 //!   "B clears the PTE while A holds the PMD it read":
 //!   ```text
-//!   [Step::at(A, &GUP_FAST_AFTER_PMD_READ),  // A is there first
-//!    Step::at(B, &ZAP_BEFORE_PTL),           // B starts only then
-//!    Step::at(B, &ZAP_AFTER_PTE_CLEAR),      // B cleared the PTE
-//!    Step::leave(A, &GUP_FAST_AFTER_PMD_READ)] // only now A goes on
+//!   schedule![
+//!       A at GUP_FAST_AFTER_PMD_READ;                // A is there first
+//!       B at ZAP_BEFORE_PTL, ZAP_AFTER_PTE_CLEAR;    // then B clears the PTE
+//!       A leave GUP_FAST_AFTER_PMD_READ;             // only now A goes on
+//!   ]
 //!   ```
 //!   Steps are in the global order they must happen; each role takes its
 //!   steps in its program order (see [`point`]). A CPU holding at a point

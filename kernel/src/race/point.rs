@@ -236,6 +236,28 @@ static MAX_DELAY_NS: AtomicU64 = AtomicU64::new(0);
 /// Times a waiting CPU found its interrupt state changed (must stay 0).
 static IRQ_STATE_CHANGES: AtomicU64 = AtomicU64::new(0);
 
+/// A forced schedule as a constant: one line per run of steps a role
+/// takes in a row, `ROLE at POINT, POINT, ...;` (it reaches each point in
+/// turn and holds there until that step is due) or `ROLE leave POINT;`
+/// (it holds at the point until every earlier step is done):
+///
+/// ```text
+/// schedule![
+///     FAULT at points::WP_BEFORE_UNLOCK_PAGE;
+///     ZAP at points::ZAP_BEFORE_PTL, points::ZAP_AFTER_PTE_CLEAR;
+///     FAULT leave points::WP_BEFORE_UNLOCK_PAGE;
+/// ]
+/// ```
+///
+/// is `&[Step::at(FAULT, &points::WP_BEFORE_UNLOCK_PAGE), Step::at(ZAP,
+/// ...), Step::at(ZAP, ...), Step::leave(FAULT, ...)]`.
+#[macro_export]
+macro_rules! schedule {
+    ($($role:ident $how:ident $($point:path),+;)*) => {
+        &[$($($crate::race::point::Step::$how($role, &$point)),+),*]
+    };
+}
+
 /// One step of a forced schedule.
 #[derive(Clone, Copy, Debug)]
 pub struct Step {

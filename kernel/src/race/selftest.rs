@@ -18,6 +18,7 @@ use crate::mm::arch::Mmu;
 use crate::mm::mm::VmFlags;
 use crate::mm::selftest::{leak_checked, no_leak};
 use crate::mm::{memory, page_alloc, pgtable, tlbflush, PAGE_SIZE};
+use crate::schedule;
 use crate::{diag, percpu, smp, time};
 use alloc::{format, string::String, vec::Vec};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -101,10 +102,10 @@ trait TestRow<A: Mmu>: Sized + 'static {
         None
     }
     /// Default: A holds at test:a until B has reached test:b.
-    const SCHEDULE: &'static [Step] = &[
-        Step::at(A_ROLE, &points::TEST_A),
-        Step::at(B_ROLE, &points::TEST_B),
-        Step::leave(A_ROLE, &points::TEST_A),
+    const SCHEDULE: &'static [Step] = schedule![
+        A_ROLE at points::TEST_A;
+        B_ROLE at points::TEST_B;
+        A_ROLE leave points::TEST_A;
     ];
 }
 
@@ -272,12 +273,11 @@ impl<A: Mmu> TestRow<A> for Sched {
         race_point::<A>(&points::TEST_B, role as u64);
         true
     }
-    const SCHEDULE: &'static [Step] = &[
-        Step::at(A_ROLE, &points::TEST_A),
-        Step::at(B_ROLE, &points::TEST_A),
-        Step::at(B_ROLE, &points::TEST_B),
-        Step::leave(A_ROLE, &points::TEST_A),
-        Step::at(A_ROLE, &points::TEST_B),
+    const SCHEDULE: &'static [Step] = schedule![
+        A_ROLE at points::TEST_A;
+        B_ROLE at points::TEST_A, points::TEST_B;
+        A_ROLE leave points::TEST_A;
+        A_ROLE at points::TEST_B;
     ];
 }
 
@@ -530,12 +530,10 @@ impl<A: Mmu> TestRow<A> for TraceRow {
         memory::madvise_dontneed(ctx.mm(), ctx.addr, PAGE_SIZE).is_ok()
     }
 
-    const SCHEDULE: &'static [Step] = &[
-        Step::at(A_ROLE, &points::TEST_A),
-        Step::at(B_ROLE, &points::TEST_B),
-        Step::at(B_ROLE, &points::ZAP_AFTER_PTE_CLEAR),
-        Step::at(B_ROLE, &points::GATHER_AFTER_FLUSH),
-        Step::leave(A_ROLE, &points::TEST_A),
+    const SCHEDULE: &'static [Step] = schedule![
+        A_ROLE at points::TEST_A;
+        B_ROLE at points::TEST_B, points::ZAP_AFTER_PTE_CLEAR, points::GATHER_AFTER_FLUSH;
+        A_ROLE leave points::TEST_A;
     ];
 }
 

@@ -92,6 +92,7 @@
 //!   collapse then allocates and frees no block. The mark differs per
 //!   iteration.
 
+use crate::schedule;
 use crate::kprintln;
 use crate::mm::arch::{Level, Mmu};
 use crate::mm::frag::{self, FragPolicy};
@@ -108,7 +109,7 @@ use crate::mm::page_alloc;
 use crate::mm::tlbflush::FlushStrategy;
 use crate::mm::{page, pgtable, PAGE_SHIFT, PAGE_SIZE};
 use crate::race::detect::Finding;
-use crate::race::point::{self, points, Step};
+use crate::race::point::{self, points};
 use crate::race::scenario::{
     Budget, Commit, CommitRole::Fix, Ctx, Row, RowInfo, RunMm, Variant,
 };
@@ -272,15 +273,14 @@ impl<A: Mmu> Row<A> for CollapseVsGupFast {
             natural_iterations: 400,
             ..Budget::CATALOGUE
         },
-        schedule: &[
-            Step::at(GUP, &points::GUP_FAST_AFTER_PMD_READ),
-            Step::at(COLLAPSE, &points::COLLAPSE_BEFORE_PMD_CLEAR),
-            Step::at(COLLAPSE, &points::COLLAPSE_AFTER_ISOLATE),
-            Step::leave(GUP, &points::GUP_FAST_AFTER_PMD_READ),
-            Step::at(GUP, &points::GUP_FAST_AFTER_RECHECK),
-            Step::leave(COLLAPSE, &points::COLLAPSE_AFTER_ISOLATE),
-            Step::at(COLLAPSE, &points::COLLAPSE_AFTER_INSTALL),
-            Step::at(GUP, &points::GUP_FAST_AFTER_WALK),
+        schedule: schedule![
+            GUP at points::GUP_FAST_AFTER_PMD_READ;
+            COLLAPSE at points::COLLAPSE_BEFORE_PMD_CLEAR, points::COLLAPSE_AFTER_ISOLATE;
+            GUP leave points::GUP_FAST_AFTER_PMD_READ;
+            GUP at points::GUP_FAST_AFTER_RECHECK;
+            COLLAPSE leave points::COLLAPSE_AFTER_ISOLATE;
+            COLLAPSE at points::COLLAPSE_AFTER_INSTALL;
+            GUP at points::GUP_FAST_AFTER_WALK;
         ],
         ..RowInfo::new("collapse-vs-gup-fast", "GUP-fast pins a small page of the old table after THP collapse checked for pins", &["collapse", "gup"])
     };

@@ -23,7 +23,8 @@
 //! - Teardown: a page leaked by the free checks (its count 0, not poisoned)
 //!   is freed for good once unlocked.
 
-use crate::race::point::{race_point, RacePoint, Step};
+use crate::schedule;
+use crate::race::point::{race_point, RacePoint};
 use crate::race::scenario::{Commit, CommitRole::Context, Ctx, Row, RowInfo, Variant};
 use crate::mm::arch::Mmu;
 use crate::mm::page::{self, pfn_to_page, PG_poisoned};
@@ -59,11 +60,10 @@ impl<A: Mmu> Row<A> for DemoLockVsPut {
             Commit::new("be068f29034f", Some("mm: fix misplaced unlock_page in do_wp_page()"), Some("5.9-rc7"), Context),
         ],
         delay_points: &[&LOCKED, &BEFORE_PUT],
-        schedule: &[
-            Step::at(LOCKER, &LOCKED),
-            Step::at(PUTTER, &BEFORE_PUT),
-            Step::at(PUTTER, &AFTER_PUT),
-            Step::leave(LOCKER, &LOCKED),
+        schedule: schedule![
+            LOCKER at LOCKED;
+            PUTTER at BEFORE_PUT, AFTER_PUT;
+            LOCKER leave LOCKED;
         ],
         ..RowInfo::new("demo-lock-vs-put", "a page's last reference dropped while another CPU holds its lock", &["locker", "putter"])
     };

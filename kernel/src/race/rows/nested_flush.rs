@@ -54,6 +54,7 @@
 //!   while the PTE was gone), seen in the old frame right after the store.
 //! - Teardown: see Setup.
 
+use crate::schedule;
 use crate::mm::arch::Mmu;
 use crate::mm::memory;
 use crate::mm::mm::{Mm, VmFlags};
@@ -63,7 +64,7 @@ use crate::mm::tlbflush::FlushStrategy;
 use crate::mm::PAGE_SIZE;
 use crate::percpu;
 use crate::race::detect::Finding;
-use crate::race::point::{self, points, race_point, Step};
+use crate::race::point::{self, points, race_point};
 use crate::race::scenario::{Commit, CommitRole::Fix, Ctx, Row, RowInfo, RunMm, Variant};
 use crate::race::user;
 use alloc::{format, string::String, vec::Vec};
@@ -110,14 +111,13 @@ impl<A: Mmu> Row<A> for NestedFlush {
         delay_points: &[&points::GATHER_BEFORE_FINISH],
         trace_points: &[&points::ZAP_AFTER_PTE_CLEAR, &points::GATHER_AFTER_FLUSH],
         max_delay_ns: 200_000,
-        schedule: &[
-            Step::at(WRITER, &points::USER_BEFORE_STORE),
-            Step::at(ZAP1, &points::GATHER_BEFORE_FINISH),
-            Step::at(ZAP2, &points::ZAP_BEFORE_PTL),
-            Step::at(ZAP2, &points::USER_SYSCALL_RETURNED),
-            Step::leave(WRITER, &points::USER_BEFORE_STORE),
-            Step::at(WRITER, &points::USER_AFTER_STORE),
-            Step::leave(ZAP1, &points::GATHER_BEFORE_FINISH),
+        schedule: schedule![
+            WRITER at points::USER_BEFORE_STORE;
+            ZAP1 at points::GATHER_BEFORE_FINISH;
+            ZAP2 at points::ZAP_BEFORE_PTL, points::USER_SYSCALL_RETURNED;
+            WRITER leave points::USER_BEFORE_STORE;
+            WRITER at points::USER_AFTER_STORE;
+            ZAP1 leave points::GATHER_BEFORE_FINISH;
         ],
         ..RowInfo::new("nested-flush", "two MADV_DONTNEEDs overlap; the one that finds the PTE clear returns before any flush", &["writer", "zap1", "zap2"])
     };

@@ -64,13 +64,14 @@
 //!   table block, and in how many iterations the allocator's block was not
 //!   the one setup freed (`# ptfrag: ...`).
 
+use crate::schedule;
 use crate::kprintln;
 use crate::mm::arch::{Level, Mmu};
 use crate::mm::frag::{self, FragPolicy};
 use crate::mm::mm::VmFlags;
 use crate::mm::{memory, page, page_alloc, pfn_scanner, pgtable, PAGE_SHIFT};
 use crate::race::detect::{self, Finding};
-use crate::race::point::{self, points, Step};
+use crate::race::point::{self, points};
 use crate::race::scenario::{Commit, CommitRole, Ctx, Row, RowInfo, RunMm, Variant};
 use alloc::{format, string::String, vec::Vec};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -148,12 +149,12 @@ impl<A: Mmu> Row<A> for PtfragRefcount {
         )],
         delay_points: &[&points::FRAG_AFTER_BLOCK_ALLOC, &points::PFN_SCAN_AFTER_GET],
         trace_points: &[&points::PFN_SCAN_AFTER_PUT, &points::GATHER_AFTER_TABLE_FREE],
-        schedule: &[
-            Step::at(ALLOC, &points::FRAG_AFTER_BLOCK_ALLOC),
-            Step::at(SCAN, &points::PFN_SCAN_AFTER_GET),
-            Step::leave(ALLOC, &points::FRAG_AFTER_BLOCK_ALLOC),
-            Step::at(ALLOC, &points::FRAG_AFTER_BLOCK_COUNT),
-            Step::leave(SCAN, &points::PFN_SCAN_AFTER_GET),
+        schedule: schedule![
+            ALLOC at points::FRAG_AFTER_BLOCK_ALLOC;
+            SCAN at points::PFN_SCAN_AFTER_GET;
+            ALLOC leave points::FRAG_AFTER_BLOCK_ALLOC;
+            ALLOC at points::FRAG_AFTER_BLOCK_COUNT;
+            SCAN leave points::PFN_SCAN_AFTER_GET;
         ],
         ..RowInfo::new(
             "ptfrag-refcount",

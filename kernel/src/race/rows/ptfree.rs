@@ -59,6 +59,7 @@
 //!   `exit_mmap` takes the mm (each iteration builds its own); it counts how
 //!   the walk ended.
 
+use crate::schedule;
 use crate::kprintln;
 use crate::mm::arch::{Level, Mmu};
 use crate::mm::frag::{self, FragPolicy};
@@ -69,7 +70,7 @@ use crate::mm::mmu_gather::{self, PageFree, TableFree, TlbPolicy};
 use crate::mm::tlbflush::FlushStrategy;
 use crate::mm::{page, page_alloc, pgtable, PAGE_SHIFT, PAGE_SIZE};
 use crate::race::detect::{self, Finding};
-use crate::race::point::{self, points, Step};
+use crate::race::point::{self, points};
 use crate::race::scenario::{Commit, CommitRole, Ctx, Row, RowInfo, Variant};
 use crate::race::waitfor::WaitClass;
 use alloc::{boxed::Box, format, string::String, vec::Vec};
@@ -144,11 +145,10 @@ impl<A: Mmu> Row<A> for PtfreeVsGupFast {
         delay_points: &[&points::GUP_FAST_AFTER_PMD_READ],
         trace_points: &[&points::ZAP_AFTER_PTE_CLEAR, &points::GATHER_AFTER_FLUSH],
         max_delay_ns: 100_000,
-        schedule: &[
-            Step::at(GUP, &points::GUP_FAST_AFTER_PMD_READ),
-            Step::at(UNMAP, &points::ZAP_BEFORE_PTL),
-            Step::at(UNMAP, &points::GATHER_AFTER_TABLE_FREE),
-            Step::leave(GUP, &points::GUP_FAST_AFTER_PMD_READ),
+        schedule: schedule![
+            GUP at points::GUP_FAST_AFTER_PMD_READ;
+            UNMAP at points::ZAP_BEFORE_PTL, points::GATHER_AFTER_TABLE_FREE;
+            GUP leave points::GUP_FAST_AFTER_PMD_READ;
         ],
         ..RowInfo::new(
             "ptfree-vs-gup-fast",

@@ -53,6 +53,7 @@
 //!   Nothing to repair: the lost tag changed nothing in the tree.
 //! - x86-64: `skip`, no storage keys.
 
+use crate::schedule;
 use crate::kprintln;
 use crate::mm::arch::Mmu;
 use crate::mm::dirty::{self, DirtyTracking, SkeyTransfer};
@@ -62,7 +63,7 @@ use crate::mm::page::{self, pfn_to_page, PG_locked};
 use crate::mm::swap_state::{self, SwapCacheOrder, SwapDirtyAops};
 use crate::mm::{xarray, PAGE_SIZE};
 use crate::race::detect::Finding;
-use crate::race::point::{self, points, Step};
+use crate::race::point::{self, points};
 use crate::race::user;
 use crate::race::scenario::{Commit, CommitRole::Fix, Ctx, Row, RowInfo, RunMm, Variant};
 use alloc::{format, string::String, vec::Vec};
@@ -140,11 +141,10 @@ impl<A: Mmu> Row<A> for SkeyDirtyVsSwapcache {
         delay_points: &[&points::SWAP_ADD_WINDOW],
         trace_points: &[&points::ZAP_AFTER_PTE_CLEAR, &points::RMAP_SKEY_DIRTY],
         max_delay_ns: 100_000,
-        schedule: &[
-            Step::at(RECLAIM, &points::SWAP_ADD_WINDOW),
-            Step::at(ZAP, &points::ZAP_BEFORE_PTL),
-            Step::at(ZAP, &points::MADVISE_AFTER_DONTNEED),
-            Step::leave(RECLAIM, &points::SWAP_ADD_WINDOW),
+        schedule: schedule![
+            RECLAIM at points::SWAP_ADD_WINDOW;
+            ZAP at points::ZAP_BEFORE_PTL, points::MADVISE_AFTER_DONTNEED;
+            RECLAIM leave points::SWAP_ADD_WINDOW;
         ],
         ..RowInfo::new("skey-dirty-vs-swapcache", "the zap moves a storage key's change bit to a page half-way into the swap cache", &["reclaim", "zap"])
     };

@@ -55,6 +55,7 @@
 //!   store modified is poisoned again; the page the fault's retried store
 //!   mapped after the zap is zapped.
 
+use crate::schedule;
 use crate::mm::arch::Mmu;
 use crate::mm::memory::{self, WpUnlock};
 use crate::mm::mm::{Mm, VmFlags};
@@ -63,7 +64,7 @@ use crate::mm::page::{pfn_to_page, PG_locked, PG_poisoned};
 use crate::mm::{page_alloc, PAGE_SIZE};
 use crate::percpu;
 use crate::race::detect::{self, Finding};
-use crate::race::point::{points, Step};
+use crate::race::point::points;
 use crate::race::user;
 use crate::race::scenario::{
     Commit, CommitRole::Fix, CommitRole::Introduced, Ctx, Row, RowInfo, RunMm, Variant,
@@ -109,12 +110,10 @@ impl<A: Mmu> Row<A> for WpUnlockVsZap {
         ],
         delay_points: &[&points::WP_BEFORE_UNLOCK_PAGE, &points::ZAP_BEFORE_PTL],
         trace_points: &[&points::GATHER_AFTER_FLUSH],
-        schedule: &[
-            Step::at(FAULT, &points::WP_BEFORE_UNLOCK_PAGE),
-            Step::at(ZAP, &points::ZAP_BEFORE_PTL),
-            Step::at(ZAP, &points::ZAP_AFTER_PTE_CLEAR),
-            Step::at(ZAP, &points::MADVISE_AFTER_DONTNEED),
-            Step::leave(FAULT, &points::WP_BEFORE_UNLOCK_PAGE),
+        schedule: schedule![
+            FAULT at points::WP_BEFORE_UNLOCK_PAGE;
+            ZAP at points::ZAP_BEFORE_PTL, points::ZAP_AFTER_PTE_CLEAR, points::MADVISE_AFTER_DONTNEED;
+            FAULT leave points::WP_BEFORE_UNLOCK_PAGE;
         ],
         ..RowInfo::new("wp-unlock-vs-zap", "do_wp_page unlocks a reused page after the PTL release; MADV_DONTNEED frees it locked", &["fault", "zap"])
     };

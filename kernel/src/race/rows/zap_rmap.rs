@@ -69,6 +69,7 @@
 //!   dirty: what `setup` makes anyway), since zapping it would flush every
 //!   role CPU, halted by then, whose wake-ups cost more than the iteration.
 
+use crate::schedule;
 use crate::cmdline::Mode;
 use crate::mm::arch::Mmu;
 use crate::mm::filemap::{self, DirtyAops, RamFile};
@@ -80,7 +81,7 @@ use crate::mm::tlbflush::FlushStrategy;
 use crate::mm::{pgtable, PAGE_SIZE};
 use crate::percpu;
 use crate::race::detect::Finding;
-use crate::race::point::{self, points, race_point, Step};
+use crate::race::point::{self, points, race_point};
 use crate::race::scenario::{Commit, CommitRole, Ctx, Row, RowInfo, RunMm, Variant};
 use crate::race::user;
 use crate::race::waitfor::WaitClass;
@@ -138,16 +139,14 @@ impl<A: Mmu> Row<A> for ZapRmapVsMkclean {
         delay_points: &[&points::ZAP_BEFORE_PTL_FLUSH],
         trace_points: &[&points::ZAP_AFTER_PTE_CLEAR, &points::GATHER_AFTER_FLUSH],
         max_delay_ns: 200_000,
-        schedule: &[
-            Step::at(WRITER, &points::USER_BEFORE_STORE),
-            Step::at(ZAP, &points::ZAP_BEFORE_PTL_FLUSH),
-            Step::leave(WRITER, &points::USER_BEFORE_STORE),
-            Step::at(WRITER, &points::USER_AFTER_STORE),
-            Step::at(WRITEBACK, &points::WRITEBACK_BEFORE_MKCLEAN),
-            Step::at(WRITEBACK, &points::WRITEBACK_AFTER_WRITE),
-            Step::at(WRITER, &points::USER_BEFORE_STORE),
-            Step::at(WRITER, &points::USER_AFTER_STORE),
-            Step::leave(ZAP, &points::ZAP_BEFORE_PTL_FLUSH),
+        schedule: schedule![
+            WRITER at points::USER_BEFORE_STORE;
+            ZAP at points::ZAP_BEFORE_PTL_FLUSH;
+            WRITER leave points::USER_BEFORE_STORE;
+            WRITER at points::USER_AFTER_STORE;
+            WRITEBACK at points::WRITEBACK_BEFORE_MKCLEAN, points::WRITEBACK_AFTER_WRITE;
+            WRITER at points::USER_BEFORE_STORE, points::USER_AFTER_STORE;
+            ZAP leave points::ZAP_BEFORE_PTL_FLUSH;
         ],
         ..RowInfo::new(
             "zap-rmap-vs-mkclean",
