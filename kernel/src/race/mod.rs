@@ -25,7 +25,8 @@
 //! It has:
 //!
 //! - **constants** (`INFO`, a [`scenario::RowInfo`]): its name, the race in
-//!   one line, `roles: &["fault", "zap"]`, where it comes from
+//!   one line, its roles (`roles!(FAULT = "fault", ZAP = "zap")` numbers
+//!   them and names them in `ROLES`), where it comes from
 //!   (`catalogue` number, `None` for a demonstration row; `seed`, the
 //!   mailing-list thread or catalogue entry; `commits`, the Linux commits
 //!   the catalogue and the row's docs name, the subject only where one of

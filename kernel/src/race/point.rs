@@ -258,6 +258,26 @@ macro_rules! schedule {
     };
 }
 
+/// Declares a row's roles once: `roles!(FAULT = "fault", ZAP = "zap");`
+/// is a `const FAULT: usize = 0;` and a `const ZAP: usize = 1;` (role `i`
+/// runs on CPU `i + 1`) and `const ROLES: &[&str] = &["fault", "zap"];`,
+/// their names for [`RowInfo::roles`](super::scenario::RowInfo::roles),
+/// in the same order.
+#[macro_export]
+macro_rules! roles {
+    ($($role:ident = $name:literal),+ $(,)?) => {
+        $crate::roles!(@number 0usize; $($role)+);
+        /// The roles' names, role `i` at index `i`.
+        const ROLES: &[&str] = &[$($name),+];
+    };
+    (@number $n:expr; $role:ident $($rest:ident)*) => {
+        #[allow(dead_code)]
+        const $role: usize = $n;
+        $crate::roles!(@number $n + 1; $($rest)*);
+    };
+    (@number $n:expr;) => {};
+}
+
 /// One step of a forced schedule.
 #[derive(Clone, Copy, Debug)]
 pub struct Step {

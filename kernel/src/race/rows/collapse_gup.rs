@@ -92,7 +92,7 @@
 //!   collapse then allocates and frees no block. The mark differs per
 //!   iteration.
 
-use crate::schedule;
+use crate::{roles, schedule};
 use crate::kprintln;
 use crate::mm::arch::{Level, Mmu};
 use crate::mm::frag::{self, FragPolicy};
@@ -117,8 +117,7 @@ use crate::race::waitfor::WaitClass;
 use alloc::{format, string::String, vec::Vec};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-const COLLAPSE: usize = 0;
-const GUP: usize = 1;
+roles!(COLLAPSE = "collapse", GUP = "gup");
 
 /// The row.
 pub struct CollapseVsGupFast;
@@ -282,7 +281,7 @@ impl<A: Mmu> Row<A> for CollapseVsGupFast {
             COLLAPSE at points::COLLAPSE_AFTER_INSTALL;
             GUP at points::GUP_FAST_AFTER_WALK;
         ],
-        ..RowInfo::new("collapse-vs-gup-fast", "GUP-fast pins a small page of the old table after THP collapse checked for pins", &["collapse", "gup"])
+        ..RowInfo::new("collapse-vs-gup-fast", "GUP-fast pins a small page of the old table after THP collapse checked for pins", ROLES)
     };
     type Config = Config;
     /// Each runs under every flush strategy of the row.

@@ -23,7 +23,7 @@
 //! - Teardown: a page leaked by the free checks (its count 0, not poisoned)
 //!   is freed for good once unlocked.
 
-use crate::schedule;
+use crate::{roles, schedule};
 use crate::race::point::{race_point, RacePoint};
 use crate::race::scenario::{Commit, CommitRole::Context, Ctx, Row, RowInfo, Variant};
 use crate::mm::arch::Mmu;
@@ -39,8 +39,7 @@ static BEFORE_PUT: RacePoint = RacePoint::new("demo:before_put");
 /// The reference is dropped.
 static AFTER_PUT: RacePoint = RacePoint::new("demo:after_put");
 
-const LOCKER: usize = 0;
-const PUTTER: usize = 1;
+roles!(LOCKER = "locker", PUTTER = "putter");
 
 /// The row.
 pub struct DemoLockVsPut;
@@ -65,7 +64,7 @@ impl<A: Mmu> Row<A> for DemoLockVsPut {
             PUTTER at BEFORE_PUT, AFTER_PUT;
             LOCKER leave LOCKED;
         ],
-        ..RowInfo::new("demo-lock-vs-put", "a page's last reference dropped while another CPU holds its lock", &["locker", "putter"])
+        ..RowInfo::new("demo-lock-vs-put", "a page's last reference dropped while another CPU holds its lock", ROLES)
     };
     /// Whether the locker holds a reference of its own.
     type Config = bool;

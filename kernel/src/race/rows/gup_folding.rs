@@ -52,6 +52,7 @@
 //!   What the role saw (the walk's record, both page lists) is the
 //!   iteration's [`State`].
 
+use crate::roles;
 use crate::mm::arch::{Level, Mmu};
 use crate::mm::gup::{self, GupFlags, GupRecord, GupWalk};
 use crate::mm::memory;
@@ -62,7 +63,7 @@ use crate::race::point::{self, points};
 use crate::race::scenario::{Budget, Commit, CommitRole, Ctx, Row, RowInfo, RunMm, Variant};
 use alloc::{format, string::String, vec::Vec};
 
-const GUP: usize = 0;
+roles!(GUP = "gup");
 
 /// Pages below and above the boundary.
 const HALF: u64 = 2;
@@ -101,7 +102,7 @@ impl<A: Mmu> Row<A> for GupFastFolding {
         ..RowInfo::new(
             "gup-fast-folding",
             "GUP-fast over a folded pud level steps past its copy of the entry at a 2 GiB boundary",
-            &["gup"],
+            ROLES,
         )
     };
     /// The GUP-fast walk.

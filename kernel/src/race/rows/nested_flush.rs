@@ -54,7 +54,7 @@
 //!   while the PTE was gone), seen in the old frame right after the store.
 //! - Teardown: see Setup.
 
-use crate::schedule;
+use crate::{roles, schedule};
 use crate::mm::arch::Mmu;
 use crate::mm::memory;
 use crate::mm::mm::{Mm, VmFlags};
@@ -70,9 +70,7 @@ use crate::race::user;
 use alloc::{format, string::String, vec::Vec};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-const WRITER: usize = 0;
-const ZAP1: usize = 1;
-const ZAP2: usize = 2;
+roles!(WRITER = "writer", ZAP1 = "zap1", ZAP2 = "zap2");
 
 /// Safety net: a writer never stores more often than this in an iteration.
 const MAX_STORES: u64 = 1 << 20;
@@ -119,7 +117,7 @@ impl<A: Mmu> Row<A> for NestedFlush {
             WRITER at points::USER_AFTER_STORE;
             ZAP1 leave points::GATHER_BEFORE_FINISH;
         ],
-        ..RowInfo::new("nested-flush", "two MADV_DONTNEEDs overlap; the one that finds the PTE clear returns before any flush", &["writer", "zap1", "zap2"])
+        ..RowInfo::new("nested-flush", "two MADV_DONTNEEDs overlap; the one that finds the PTE clear returns before any flush", ROLES)
     };
     /// What a gather does when another gather of the mm is in flight.
     type Config = mmu_gather::NestedFlush;

@@ -64,7 +64,7 @@
 //!   table block, and in how many iterations the allocator's block was not
 //!   the one setup freed (`# ptfrag: ...`).
 
-use crate::schedule;
+use crate::{roles, schedule};
 use crate::kprintln;
 use crate::mm::arch::{Level, Mmu};
 use crate::mm::frag::{self, FragPolicy};
@@ -76,8 +76,7 @@ use crate::race::scenario::{Commit, CommitRole, Ctx, Row, RowInfo, RunMm, Varian
 use alloc::{format, string::String, vec::Vec};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-const ALLOC: usize = 0;
-const SCAN: usize = 1;
+roles!(ALLOC = "pte_alloc", SCAN = "scanner");
 
 /// The row.
 pub struct PtfragRefcount;
@@ -159,7 +158,7 @@ impl<A: Mmu> Row<A> for PtfragRefcount {
         ..RowInfo::new(
             "ptfrag-refcount",
             "a speculative reference wiped by set_page_count frees a page-table block while a fragment is linked",
-            &["pte_alloc", "scanner"],
+            ROLES,
         )
     };
     /// How a fragment block counts its live fragments.

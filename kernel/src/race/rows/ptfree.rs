@@ -59,7 +59,7 @@
 //!   `exit_mmap` takes the mm (each iteration builds its own); it counts how
 //!   the walk ended.
 
-use crate::schedule;
+use crate::{roles, schedule};
 use crate::kprintln;
 use crate::mm::arch::{Level, Mmu};
 use crate::mm::frag::{self, FragPolicy};
@@ -76,8 +76,7 @@ use crate::race::waitfor::WaitClass;
 use alloc::{boxed::Box, format, string::String, vec::Vec};
 use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
-const GUP: usize = 0;
-const UNMAP: usize = 1;
+roles!(GUP = "gup", UNMAP = "unmap");
 
 /// Pages mapped and got.
 const NR_PAGES: usize = 1;
@@ -153,7 +152,7 @@ impl<A: Mmu> Row<A> for PtfreeVsGupFast {
         ..RowInfo::new(
             "ptfree-vs-gup-fast",
             "a PTE table freed by munmap while GUP-fast walks it with interrupts off",
-            &["gup", "unmap"],
+            ROLES,
         )
     };
     /// The table-freeing policy.

@@ -53,7 +53,7 @@
 //!   Nothing to repair: the lost tag changed nothing in the tree.
 //! - x86-64: `skip`, no storage keys.
 
-use crate::schedule;
+use crate::{roles, schedule};
 use crate::kprintln;
 use crate::mm::arch::Mmu;
 use crate::mm::dirty::{self, DirtyTracking, SkeyTransfer};
@@ -69,8 +69,7 @@ use crate::race::scenario::{Commit, CommitRole::Fix, Ctx, Row, RowInfo, RunMm, V
 use alloc::{format, string::String, vec::Vec};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-const RECLAIM: usize = 0;
-const ZAP: usize = 1;
+roles!(RECLAIM = "reclaim", ZAP = "zap");
 
 /// What the zap stores.
 const MARK: u64 = 0x736b_6579_5f43_6269;
@@ -146,7 +145,7 @@ impl<A: Mmu> Row<A> for SkeyDirtyVsSwapcache {
             ZAP at points::ZAP_BEFORE_PTL, points::MADVISE_AFTER_DONTNEED;
             RECLAIM leave points::SWAP_ADD_WINDOW;
         ],
-        ..RowInfo::new("skey-dirty-vs-swapcache", "the zap moves a storage key's change bit to a page half-way into the swap cache", &["reclaim", "zap"])
+        ..RowInfo::new("skey-dirty-vs-swapcache", "the zap moves a storage key's change bit to a page half-way into the swap cache", ROLES)
     };
     type Config = Config;
     const VARIANTS: &'static [Variant<Config>] = &[

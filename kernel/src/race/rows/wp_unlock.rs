@@ -55,7 +55,7 @@
 //!   store modified is poisoned again; the page the fault's retried store
 //!   mapped after the zap is zapped.
 
-use crate::schedule;
+use crate::{roles, schedule};
 use crate::mm::arch::Mmu;
 use crate::mm::memory::{self, WpUnlock};
 use crate::mm::mm::{Mm, VmFlags};
@@ -73,8 +73,7 @@ use crate::race::waitfor::WaitClass;
 use alloc::{format, string::String, vec::Vec};
 use core::sync::atomic::{AtomicBool, Ordering};
 
-const FAULT: usize = 0;
-const ZAP: usize = 1;
+roles!(FAULT = "fault", ZAP = "zap");
 
 /// What the fault stores.
 const MARK: u64 = 0x5750_5f72_6575_7365;
@@ -115,7 +114,7 @@ impl<A: Mmu> Row<A> for WpUnlockVsZap {
             ZAP at points::ZAP_BEFORE_PTL, points::ZAP_AFTER_PTE_CLEAR, points::MADVISE_AFTER_DONTNEED;
             FAULT leave points::WP_BEFORE_UNLOCK_PAGE;
         ],
-        ..RowInfo::new("wp-unlock-vs-zap", "do_wp_page unlocks a reused page after the PTL release; MADV_DONTNEED frees it locked", &["fault", "zap"])
+        ..RowInfo::new("wp-unlock-vs-zap", "do_wp_page unlocks a reused page after the PTL release; MADV_DONTNEED frees it locked", ROLES)
     };
     type Config = Config;
     const VARIANTS: &'static [Variant<Config>] = &[

@@ -69,7 +69,7 @@
 //!   dirty: what `setup` makes anyway), since zapping it would flush every
 //!   role CPU, halted by then, whose wake-ups cost more than the iteration.
 
-use crate::schedule;
+use crate::{roles, schedule};
 use crate::cmdline::Mode;
 use crate::mm::arch::Mmu;
 use crate::mm::filemap::{self, DirtyAops, RamFile};
@@ -88,9 +88,7 @@ use crate::race::waitfor::WaitClass;
 use alloc::{format, string::String, sync::Arc, vec::Vec};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-const WRITER: usize = 0;
-const ZAP: usize = 1;
-const WRITEBACK: usize = 2;
+roles!(WRITER = "writer", ZAP = "zap", WRITEBACK = "writeback");
 
 /// Safety net: a writer never stores more often than this in an iteration.
 const MAX_STORES: u64 = 1 << 20;
@@ -151,7 +149,7 @@ impl<A: Mmu> Row<A> for ZapRmapVsMkclean {
         ..RowInfo::new(
             "zap-rmap-vs-mkclean",
             "a zap removes a dirty file page's rmap before its flush; mkclean misses a stale writable TLB entry",
-            &["writer", "zap", "writeback"],
+            ROLES,
         )
     };
     /// When the zap removes the page's rmap.
