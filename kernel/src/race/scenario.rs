@@ -482,6 +482,11 @@ pub struct Report {
     pub held_by_fix: u64,
     /// The first such cycle.
     pub fix_cycle: Option<String>,
+    /// The proof of the cycle that made the run `impossible` (or `hang`),
+    /// in the expected table's words ([`evidence`]).
+    pub evidence: Option<String>,
+    /// The proof of the first cycle the fix held, in the same words.
+    pub fix_evidence: Option<String>,
     /// The wait-for edges seen when a run was declared `hang`.
     pub hang_edges: Option<String>,
     /// A state check that failed, or a setup error: the run failed.
@@ -507,6 +512,8 @@ impl Report {
             cycle: None,
             held_by_fix: 0,
             fix_cycle: None,
+            evidence: None,
+            fix_evidence: None,
             hang_edges: None,
             state_error: None,
             seed,
@@ -823,14 +830,38 @@ fn run_set<A: Mmu, R: Row<A>>(variant: &'static Variant<R::Config>, cfg: &RunCon
     RUNNER_ADDRS.lock().clear();
     point::set_roles(&[]);
     R::finish(run);
-    if rep.outcome == Outcome::Clean {
-        if rep.hits > 0 {
-            rep.outcome = Outcome::Bug;
-        } else if rep.incomplete > 0 || rep.iterations == 0 {
-            rep.outcome = Outcome::Vacuous;
-        }
+    // A finding decides, also one after a release: the roles ran to the
+    // end and the detectors judged what they did.
+    if matches!(rep.outcome, Outcome::Clean | Outcome::Impossible) && rep.hits > 0 {
+        rep.outcome = Outcome::Bug;
+    } else if rep.outcome == Outcome::Clean && (rep.incomplete > 0 || rep.iterations == 0) {
+        rep.outcome = Outcome::Vacuous;
     }
     rep
+}
+
+/// A cycle as the expected table states its proof: each wait of the cycle
+/// as `class:waiter>holder` with role names (`flush-ipi`, `call-ipi`,
+/// `ptl`, `rcu-gp`), and each role the schedule holds as
+/// `held:role@point`, sorted, joined with `+`; e.g.
+/// `flush-ipi:unmap>gup+held:gup@gup_fast:after_pmd_read`.
+fn evidence(s: &RowInfo, cycle: &[waitfor::Edge], role_of: fn(usize) -> Option<usize>) -> String {
+    let name = |cpu: usize| role_of(cpu).and_then(|r| s.roles.get(r).copied()).unwrap_or("?");
+    let mut parts: Vec<String> = cycle
+        .iter()
+        .map(|e| match e.class() {
+            Some(c) => format!("{}:{}>{}", c.word(), name(e.from), name(e.to)),
+            None => {
+                let at = match e.why {
+                    waitfor::Why::Schedule { waits_for_step, .. } => point::step(waits_for_step),
+                    _ => None,
+                };
+                format!("held:{}@{}", name(e.from), at.map_or("?", |st| st.point.name))
+            }
+        })
+        .collect();
+    parts.sort();
+    parts.join("+")
 }
 
 fn needs_cpus(n: usize) -> &'static str {
@@ -936,25 +967,33 @@ fn iteration<A: Mmu, R: Row<A>>(
             match waitfor::find_cycle(&edges) {
                 Some(c) => {
                     let m = waitfor::cycle_cpus(&c);
+                    // Only a cycle through a role the schedule holds at a
+                    // race point is the schedule's doing; any other is a
+                    // deadlock of the kernel.
+                    let forced = mode == Mode::Forced && waitfor::holds_at_point(&c);
                     if m != cycle_mask {
                         cycle_mask = m;
                         cycle_since = now;
                     } else if now - cycle_since >= CYCLE_STABLE_NS
-                        && mode == Mode::Forced
+                        && forced
                         && waitfor::held_by(&c, variant.fix_waits)
                     {
                         // The fix holds the interleaving back: release the
-                        // schedule and let the iteration finish.
+                        // schedule and let the iteration finish, judged.
                         rep.held_by_fix += 1;
                         rep.fix_cycle.get_or_insert_with(|| waitfor::describe(&c));
+                        rep.fix_evidence
+                            .get_or_insert_with(|| evidence(s, &c, point::role_of));
                         point::abort();
                         cycle_mask = 0;
                     } else if now - cycle_since >= CYCLE_STABLE_NS {
                         rep.cycle = Some(waitfor::describe(&c));
-                        verdict = Some(match mode {
-                            Mode::Forced => Outcome::Impossible,
+                        rep.evidence = Some(evidence(s, &c, point::role_of));
+                        verdict = Some(if forced {
+                            Outcome::Impossible
+                        } else {
                             // No schedule holds anyone: a real deadlock.
-                            Mode::Natural => Outcome::Hang,
+                            Outcome::Hang
                         });
                         break;
                     }
@@ -1252,7 +1291,7 @@ fn flush_name<A: Mmu>(flush: Option<FlushStrategy>) -> &'static str {
 pub fn print_report<A: Mmu>(row: &str, variant: &str, mode: Mode, r: &Report) {
     let secs = r.elapsed_ns.max(1) as f64 / 1e9;
     kprintln!(
-        "    # row={row} variant={variant} flush={} mode={} outcome={} iterations={} hits={} first_hit_ns={} iters_per_sec={} incomplete={} held_by_fix={} seed={:#x} elapsed_ms={} delays={}",
+        "    # row={row} variant={variant} flush={} mode={} outcome={} iterations={} hits={} first_hit_ns={} iters_per_sec={} incomplete={} held_by_fix={} seed={:#x} elapsed_ms={} delays={} evidence={} fix_evidence={}",
         flush_name::<A>(r.flush),
         mode_name(mode),
         r.outcome.word(),
@@ -1264,7 +1303,9 @@ pub fn print_report<A: Mmu>(row: &str, variant: &str, mode: Mode, r: &Report) {
         r.held_by_fix,
         r.seed,
         r.elapsed_ns / 1_000_000,
-        u8::from(r.delays)
+        u8::from(r.delays),
+        r.evidence.as_deref().unwrap_or("-"),
+        r.fix_evidence.as_deref().unwrap_or("-")
     );
     if let Some(c) = &r.cycle {
         kprintln!("    # cycle: {c}");

@@ -340,6 +340,16 @@ pub enum WaitClass {
 }
 
 impl WaitClass {
+    /// The class's word in a cycle's evidence and the expected table.
+    pub fn word(self) -> &'static str {
+        match self {
+            WaitClass::CallIpi => "call-ipi",
+            WaitClass::FlushIpi => "flush-ipi",
+            WaitClass::Ptl | WaitClass::PtlWaitedBy(_) => "ptl",
+            WaitClass::RcuGp => "rcu-gp",
+        }
+    }
+
     /// Whether this `fix_waits` entry covers the wait of edge `e`, given
     /// the role of each CPU.
     pub fn covers(self, e: &Edge, role_of: impl Fn(usize) -> Option<usize>) -> bool {
@@ -363,6 +373,13 @@ impl Edge {
             Why::RcuGp { .. } => Some(WaitClass::RcuGp),
         }
     }
+}
+
+/// Whether the schedule holds some CPU of `cycle` at a race point: only
+/// then is the cycle the forced schedule's doing; a cycle of kernel waits
+/// alone is a deadlock of the kernel.
+pub fn holds_at_point(cycle: &[Edge]) -> bool {
+    cycle.iter().any(|e| matches!(e.why, Why::Schedule { .. }))
 }
 
 /// Whether every wait of `cycle` that the schedule did not make is one of
