@@ -1,17 +1,9 @@
-//! Links the kernel with `boot/s390x/linker.ld`.
+//! Links the kernel with `boot/s390x/linker.ld` and rebuilds when it or
+//! `boot/s390x/entry.S` (included by `global_asm!`) changes.
 
-use std::path::PathBuf;
+#[path = "../../boot/build_support.rs"]
+mod build_support;
 
 fn main() {
-    let manifest =
-        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
-    let boot = manifest
-        .join("../../boot/s390x")
-        .canonicalize()
-        .expect("boot/s390x exists");
-    let script = boot.join("linker.ld");
-    println!("cargo:rustc-link-arg-bins=-T{}", script.display());
-    println!("cargo:rerun-if-changed={}", script.display());
-    println!("cargo:rerun-if-changed={}", boot.join("entry.S").display());
-    println!("cargo:rerun-if-changed=build.rs");
+    build_support::link_with_boot_script("s390x", "linker.ld", &["entry.S"]);
 }

@@ -15,11 +15,22 @@
  *   and calls Rust with a 160-byte register save area below the stack top.
  * - The first frame on every stack gets a zero back chain (0(%r15)): the
  *   kernel is built with the backchain feature, and a backtrace stops there
- *   (arch/s390x/src/unwind.rs).
+ *   (arch/s390x/src/unwind.rs). ENTER_STACK sets up that frame.
  * - Only the external-interruption handler returns: it restores the registers
  *   and loads the old PSW with the wait bit cleared, so an interruption that
  *   ends an enabled wait resumes after the wait.
  */
+
+/*
+ * ENTER_STACK lc_stack: %r15 = the stack top held by the lowcore field
+ * \lc_stack, less the caller's register save area, and the first frame's back
+ * chain cleared.
+ */
+	.macro	ENTER_STACK lc_stack
+	lg	%r15,\lc_stack
+	aghi	%r15,-__STACK_FRAME_OVERHEAD
+	xc	0(8,%r15),0(%r15)		/* a zero back chain ends the chain */
+	.endm
 
 	.section .text.entry,"ax",@progbits
 	.globl	_start
@@ -36,10 +47,9 @@ _start:
 	stg	%r1,__LC_PANIC_STACK
 	larl	%r1,boot_async_stack_top
 	stg	%r1,__LC_ASYNC_STACK
-	larl	%r15,boot_stack_top
-	stg	%r15,__LC_KERNEL_STACK
-	aghi	%r15,-__STACK_FRAME_OVERHEAD
-	xc	0(8,%r15),0(%r15)		/* a zero back chain ends the chain */
+	larl	%r1,boot_stack_top
+	stg	%r1,__LC_KERNEL_STACK
+	ENTER_STACK __LC_KERNEL_STACK
 	lghi	%r11,0
 	/* Continue with machine checks enabled (the M bit is only set by a PSW load). */
 	larl	%r1,boot_psw
@@ -52,9 +62,7 @@ _start:
 	.globl	s390x_secondary_entry
 	.type	s390x_secondary_entry,@function
 s390x_secondary_entry:
-	lg	%r15,__LC_KERNEL_STACK
-	aghi	%r15,-__STACK_FRAME_OVERHEAD
-	xc	0(8,%r15),0(%r15)		/* a zero back chain ends the chain */
+	ENTER_STACK __LC_KERNEL_STACK
 	lghi	%r11,0
 	lg	%r2,__LC_CPU_NR
 	brasl	%r14,s390x_secondary_main
@@ -64,9 +72,7 @@ s390x_secondary_entry:
 	.type	ext_int_handler,@function
 ext_int_handler:
 	stmg	%r0,%r15,__LC_SAVE_AREA_EXT
-	lg	%r15,__LC_ASYNC_STACK
-	aghi	%r15,-__STACK_FRAME_OVERHEAD
-	xc	0(8,%r15),0(%r15)		/* a zero back chain ends the chain */
+	ENTER_STACK __LC_ASYNC_STACK
 	brasl	%r14,s390x_ext_handler
 	ni	__LC_EXT_OLD_PSW_BYTE1,__PSW_BYTE1_NOT_WAIT
 	lmg	%r0,%r15,__LC_SAVE_AREA_EXT
@@ -122,9 +128,7 @@ pgm_check_handler:
 	.type	mcck_int_handler,@function
 mcck_int_handler:
 	stmg	%r0,%r15,__LC_SAVE_AREA_MCCK
-	lg	%r15,__LC_PANIC_STACK
-	aghi	%r15,-__STACK_FRAME_OVERHEAD
-	xc	0(8,%r15),0(%r15)		/* a zero back chain ends the chain */
+	ENTER_STACK __LC_PANIC_STACK
 	lghi	%r11,0
 	brasl	%r14,s390x_mcck_handler
 	j	.Lpgm_give_up
@@ -145,9 +149,7 @@ restart_int_handler:
 	stmg	%r0,%r15,__LC_SAVE_AREA_MISC
 	lghi	%r2,__INT_KIND_RESTART
 .Lunexpected:
-	lg	%r15,__LC_PANIC_STACK
-	aghi	%r15,-__STACK_FRAME_OVERHEAD
-	xc	0(8,%r15),0(%r15)		/* a zero back chain ends the chain */
+	ENTER_STACK __LC_PANIC_STACK
 	lghi	%r11,0
 	brasl	%r14,s390x_unexpected_handler
 	j	.Lpgm_give_up

@@ -22,6 +22,7 @@
 //! - Machine checks are enabled in kernel code (PSW bit 13, set by a PSW load
 //!   at boot and in the restart PSW) and never switched by the functions here.
 
+use crate::ctlreg::{local_ctl_load, local_ctl_store};
 use crate::lowcore::{self, PgmFrame, Psw, SYSMASK_EXT, SYSMASK_IO};
 use crate::{fault, time, S390x};
 use quiesce_kernel::{irq, kprintln_emergency, STATUS_PREFIX};
@@ -62,33 +63,16 @@ const IRQ_SYSMASK: u8 = SYSMASK_EXT | SYSMASK_IO;
 /// then opens the external subclasses the kernel uses. Interrupts stay disabled.
 pub fn init_cpu() {
     time::init_cpu();
-    let cr0 = stctg_cr0();
-    lctlg_cr0(
-        cr0 | CR0_EMERGENCY_SIGNAL_SUBMASK
-            | CR0_EXTERNAL_CALL_SUBMASK
-            | CR0_CLOCK_COMPARATOR_SUBMASK,
-    );
-}
-
-/// `STCTG`: control register 0.
-fn stctg_cr0() -> u64 {
-    let mut cr0: u64 = 0;
-    // SAFETY: STCTG is privileged (supervisor state) and stores 8 bytes at the
-    // operand address, a local `u64` we own.
+    let cr0 = local_ctl_store::<0>();
+    // SAFETY: CR0 only gains subclass masks for interruptions whose handlers
+    // exist (the new PSWs are set before any CPU runs Rust code), and the PSW
+    // masks still hold them off until interrupts are enabled.
     unsafe {
-        core::arch::asm!("stctg %c0, %c0, 0({p})", p = in(reg_addr) &mut cr0, options(nostack, preserves_flags));
-    }
-    cr0
-}
-
-/// `LCTLG`: loads control register 0.
-fn lctlg_cr0(cr0: u64) {
-    // SAFETY: LCTLG is privileged (supervisor state) and reads 8 bytes from a
-    // local `u64`. CR0 here only gains subclass masks for interruptions whose
-    // handlers exist (the new PSWs are set before any CPU runs Rust code), and
-    // the PSW masks still hold them off until interrupts are enabled.
-    unsafe {
-        core::arch::asm!("lctlg %c0, %c0, 0({p})", p = in(reg_addr) &cr0, options(nostack, preserves_flags));
+        local_ctl_load::<0>(
+            cr0 | CR0_EMERGENCY_SIGNAL_SUBMASK
+                | CR0_EXTERNAL_CALL_SUBMASK
+                | CR0_CLOCK_COMPARATOR_SUBMASK,
+        );
     }
 }
 

@@ -12,6 +12,7 @@
 //! | [`lowcore`] | the per-CPU prefix area and the PSW layout |
 //! | [`mmu`] | the kernel's 1:1 map with DAT on, task address spaces (`Mmu`) |
 //! | [`tlb`] | IPTE, IDTE, PTLB, control register 1 |
+//! | [`ctlreg`] | loads and stores of the control registers |
 //! | [`fault`] | DAT exceptions to page faults, probe fixups |
 //! | [`entry`] | the assembly entry code and its constants |
 //! | [`interrupt`] | PSW masks, CR0, waits, interruption handlers |
@@ -35,6 +36,7 @@
 
 extern crate alloc;
 
+mod ctlreg;
 mod entry;
 mod fault;
 mod interrupt;

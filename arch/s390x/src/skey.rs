@@ -34,6 +34,7 @@
 //! QEMU: a store on another CPU during an SSKE or RRBE can be lost, as on
 //! hardware between ISKE and SSKE.
 
+use crate::tlb::end_translated_block;
 use quiesce_arch_s390x::storage_key::{self as sk, pfn_to_real};
 
 /// `SSKE`: sets the storage key of the 4 KiB block at real address `addr` to
@@ -51,9 +52,7 @@ pub fn sske(addr: u64, key: u8) {
     unsafe {
         core::arch::asm!(
             "sske {key}, {addr}",
-            "j 0f",
-            "nopr %r7",
-            "0:",
+            end_translated_block!(),
             key = in(reg) u64::from(key),
             addr = in(reg_addr) addr,
             options(nostack, preserves_flags),
@@ -91,9 +90,7 @@ pub fn rrbe(addr: u64) -> (bool, bool) {
         core::arch::asm!(
             "rrbe %r0, {addr}",
             "ipm {cc}",
-            "j 0f",
-            "nopr %r7",
-            "0:",
+            end_translated_block!(),
             addr = in(reg_addr) addr,
             cc = out(reg) cc,
             options(nostack),

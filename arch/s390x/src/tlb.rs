@@ -25,6 +25,21 @@
 //! holds the ASCE every kernel access translates through (the kernel's own,
 //! or a task mm's, which shares the kernel's 1:1 map).
 
+use crate::ctlreg::{local_ctl_load, local_ctl_store};
+
+/// The assembly that ends QEMU's translated block after an instruction that
+/// purges TLBs: a taken branch over one never-executed `nopr`, so the issuing
+/// vCPU's own purge is done before the next instruction (see module docs). A
+/// branch to the very next instruction (`j 0f; 0:`) is a no-op to QEMU and does
+/// not end the block (see skey.rs). It touches no register and no condition
+/// code. Used as the last template string of an `asm!`.
+macro_rules! end_translated_block {
+    () => {
+        "j 0f\n nopr %r7\n 0:"
+    };
+}
+pub(crate) use end_translated_block;
+
 /// IDTE R2 bit 52: clear the TLB entries formed through the ASCE in R3 (no
 /// table entry is invalidated). Linux `IDTE_PTOA`.
 const IDTE_PTOA: u64 = 0x800;
@@ -51,11 +66,7 @@ pub unsafe fn ipte(ptep: *mut u64, addr: u64) {
     unsafe {
         core::arch::asm!(
             "ipte {pto}, {addr}",
-            // A branch to the very next instruction is a no-op to QEMU; one
-            // over an instruction ends the translated block (see skey.rs).
-            "j 0f",
-            "nopr %r7",
-            "0:",
+            end_translated_block!(),
             pto = in(reg_addr) ptep as u64,
             addr = in(reg_addr) addr,
             options(nostack, preserves_flags),
@@ -80,9 +91,7 @@ pub unsafe fn idte(asce: u64) {
     unsafe {
         core::arch::asm!(
             "idte %r0, {asce}, {opt}",
-            "j 0f",
-            "nopr %r7",
-            "0:",
+            end_translated_block!(),
             // Not r0: a zero register field is not "register 0" for every
             // operand of this family; keep both off r0 (Linux: "a").
             asce = in(reg_addr) asce,
@@ -121,9 +130,7 @@ pub unsafe fn idte_segment(pmdp: *mut u64, addr: u64) {
     unsafe {
         core::arch::asm!(
             "idte {sto}, %r0, {r2}",
-            "j 0f",
-            "nopr %r7",
-            "0:",
+            end_translated_block!(),
             sto = in(reg_addr) sto,
             r2 = in(reg_addr) r2,
             options(nostack, preserves_flags),
@@ -149,9 +156,7 @@ pub unsafe fn cspg(ptr: *mut u64, old: u64, new: u64) -> bool {
     unsafe {
         core::arch::asm!(
             "cspg %r2, {a}",
-            "j 0f",
-            "nopr %r7",
-            "0:",
+            end_translated_block!(),
             inout("r2") old => seen,
             in("r3") new,
             a = in(reg_addr) ptr as u64 | 1,
@@ -173,9 +178,7 @@ pub unsafe fn csp(ptr: *mut u32, old: u32, new: u32) -> bool {
     unsafe {
         core::arch::asm!(
             "csp %r2, {a}",
-            "j 0f",
-            "nopr %r7",
-            "0:",
+            end_translated_block!(),
             inout("r2") u64::from(old) => seen,
             in("r3") u64::from(new),
             a = in(reg_addr) ptr as u64 | 1,
@@ -204,9 +207,7 @@ pub fn ptlb() {
     unsafe {
         core::arch::asm!(
             "ptlb",
-            "j 0f",
-            "nopr %r7",
-            "0:",
+            end_translated_block!(),
             options(nostack, preserves_flags)
         );
     }
@@ -219,29 +220,12 @@ pub fn ptlb() {
 /// kernel's region-third entries), and stay alive while loaded.
 #[inline]
 pub unsafe fn load_primary_asce(asce: u64) {
-    // SAFETY: LCTLG is privileged and loads CR1 from a local; per the contract
-    // the code, data and stacks keep translating to themselves, so execution
-    // continues unchanged. Memory: later accesses translate differently, so no
-    // `nomem` (the compiler must not move accesses across).
-    unsafe {
-        core::arch::asm!(
-            "lctlg %c1, %c1, 0({p})",
-            p = in(reg_addr) &asce,
-            options(nostack, preserves_flags),
-        );
-    }
+    // SAFETY: per the contract the code, data and stacks keep translating to
+    // themselves, so execution continues unchanged.
+    unsafe { local_ctl_load::<1>(asce) };
 }
 
 /// The calling CPU's primary ASCE (control register 1).
 pub fn primary_asce() -> u64 {
-    let mut cr1: u64 = 0;
-    // SAFETY: STCTG is privileged and stores CR1 into a local `u64`.
-    unsafe {
-        core::arch::asm!(
-            "stctg %c1, %c1, 0({p})",
-            p = in(reg_addr) &mut cr1,
-            options(nostack, preserves_flags),
-        );
-    }
-    cr1
+    local_ctl_store::<1>()
 }
