@@ -6,13 +6,11 @@
 
 use quiesce_tests::{assert_failed_with, boot, TIMEOUT};
 use std::time::Duration;
-use xtask::Arch;
+use xtask::{Arch, Boot};
 
-fn requested_failure(arch: Arch) {
-    let Some(b) = boot(arch, 2, "selftest.fail", TIMEOUT) else {
-        return;
-    };
-    assert_failed_with(&b, "test failed: boot.requested_failure");
+/// Asserts that the kernel's status line says `fail` and that QEMU exits
+/// with failure.
+fn assert_status_fail(arch: Arch, b: &Boot) {
     assert!(
         b.status.as_ref().is_some_and(|s| !s.pass),
         "status line must say fail"
@@ -22,6 +20,14 @@ fn requested_failure(arch: Arch) {
         Some(arch.success_exit_code()),
         "QEMU must exit with failure"
     );
+}
+
+fn requested_failure(arch: Arch) {
+    let Some(b) = boot(arch, 2, "selftest.fail", TIMEOUT) else {
+        return;
+    };
+    assert_failed_with(&b, "test failed: boot.requested_failure");
+    assert_status_fail(arch, &b);
 }
 
 fn panic_on_secondary(arch: Arch) {
@@ -149,11 +155,7 @@ fn fault_backtrace(arch: Arch) {
         return;
     };
     assert_failed_with(&b, "panic on CPU 2");
-    assert!(
-        b.status.as_ref().is_some_and(|s| !s.pass),
-        "status line must say fail"
-    );
-    assert_ne!(b.exit_code, Some(arch.success_exit_code()));
+    assert_status_fail(arch, &b);
     let report = b.failure_report();
     let section = backtrace_section(&report, 2);
     // Frame 0 is the faulting load itself, its caller comes next (on s390x

@@ -10,8 +10,8 @@
 use libtest_mimic::Trial;
 use quiesce_tests::{assert_passed, boot, TIMEOUT};
 use std::time::Duration;
-use xtask::expected::{self, Expect, Selection};
-use xtask::Arch;
+use xtask::expected::{self, Expect, Observed, Selection};
+use xtask::{Arch, Boot};
 
 /// A row's boot runs 10 000 natural iterations per natural cell: up to
 /// minutes under TCG on a loaded 2-core host; the kernel catches a hung
@@ -87,32 +87,34 @@ fn unknown_scenario_is_refused() {
     });
 }
 
+/// Boots `arch` with 4 CPUs and `cmdline`, which selects one cell, and
+/// asserts that the boot passed; the boot and the cell as it reported it
+/// (`None` if `arch` is not enabled).
+fn natural_cell(arch: Arch, cmdline: &str) -> Option<(Boot, Observed)> {
+    let b = boot(arch, 4, cmdline, TIMEOUT)?;
+    assert_passed(&b);
+    let o = expected::observed(&b.ktap)[0].clone();
+    Some((b, o))
+}
+
 /// The natural-mode keys of soaks and benchmarks do what they say:
 /// `stop_at_hit` ends a buggy run at its first hit, `budget_s` ends a run
 /// on time, `delays=0` is reported, `progress_s` prints progress lines.
 fn natural_keys(arch: Arch) {
-    let Some(b) = boot(
+    let Some((_, o)) = natural_cell(
         arch,
-        4,
         "scenario=wp-unlock-vs-zap variant=buggy-immediate mode=natural seed=3 stop_at_hit",
-        TIMEOUT,
     ) else {
         return;
     };
-    assert_passed(&b);
-    let o = &expected::observed(&b.ktap)[0];
     assert_eq!((o.outcome.as_str(), o.hits), ("bug", 1), "{arch}: {o:?}");
     assert!(o.iterations < 10_000, "{arch}: {o:?}");
-    let Some(b) = boot(
+    let Some((b, o)) = natural_cell(
         arch,
-        4,
         "scenario=wp-unlock-vs-zap variant=fixed mode=natural iterations=100000000 budget_s=3 delays=0 progress_s=1",
-        TIMEOUT,
     ) else {
         return;
     };
-    assert_passed(&b);
-    let o = &expected::observed(&b.ktap)[0];
     assert_eq!(o.outcome, "clean", "{arch}: {o:?}");
     assert!(
         o.iterations > 0 && o.iterations < 100_000_000,

@@ -418,6 +418,15 @@ ok 2 other
 quiesce: status=pass (all tests passed)
 ";
 
+    /// Asserts that one of the parse errors of `doc` says `part`.
+    fn assert_error(doc: &Document, part: &str) {
+        assert!(
+            doc.errors.iter().any(|e| e.message.contains(part)),
+            "no error saying {part:?} in {:?}",
+            doc.errors
+        );
+    }
+
     #[test]
     fn parses_nested_suites() {
         let doc = parse(GOOD);
@@ -478,20 +487,8 @@ quiesce: status=pass (all tests passed)
         let cut = &GOOD[..GOOD.find("    ok 2 ipi").unwrap()];
         let doc = parse(cut);
         assert!(!doc.passed());
-        assert!(
-            doc.errors
-                .iter()
-                .any(|e| e.message.contains("never closed")),
-            "{:?}",
-            doc.errors
-        );
-        assert!(
-            doc.errors
-                .iter()
-                .any(|e| e.message.contains("planned 2 tests and reported 0")),
-            "{:?}",
-            doc.errors
-        );
+        assert_error(&doc, "never closed");
+        assert_error(&doc, "planned 2 tests and reported 0");
     }
 
     #[test]
@@ -499,51 +496,26 @@ quiesce: status=pass (all tests passed)
         let doc = parse("1..1\nok 1 x\n");
         assert!(!doc.started);
         assert!(!doc.passed());
-        assert!(doc
-            .errors
-            .iter()
-            .any(|e| e.message.contains("no KTAP version line")));
+        assert_error(&doc, "no KTAP version line");
     }
 
     #[test]
     fn plan_mismatch_and_numbering_are_errors() {
         let doc = parse("KTAP version 1\n1..3\nok 1 a\nok 3 b\n");
-        let msgs: Vec<_> = doc.errors.iter().map(|e| e.message.clone()).collect();
-        assert!(
-            msgs.iter().any(|m| m.contains("result number 3 where 2")),
-            "{msgs:?}"
-        );
-        assert!(
-            msgs.iter()
-                .any(|m| m.contains("planned 3 tests and reported 2")),
-            "{msgs:?}"
-        );
+        assert_error(&doc, "result number 3 where 2");
+        assert_error(&doc, "planned 3 tests and reported 2");
         assert!(!doc.passed());
     }
 
     #[test]
     fn malformed_lines() {
         let doc = parse("KTAP version 1\n1..x\nok one\n");
-        let msgs: Vec<_> = doc.errors.iter().map(|e| e.message.clone()).collect();
-        assert!(
-            msgs.iter().any(|m| m.contains("malformed plan")),
-            "{msgs:?}"
-        );
-        assert!(
-            msgs.iter().any(|m| m.contains("without a test number")),
-            "{msgs:?}"
-        );
+        assert_error(&doc, "malformed plan");
+        assert_error(&doc, "without a test number");
         let doc = parse("KTAP version 1\nKTAP version 1\n1..0\n");
-        assert!(doc
-            .errors
-            .iter()
-            .any(|e| e.message.contains("second top-level")));
+        assert_error(&doc, "second top-level");
         let doc = parse("KTAP version 1\n1..1\n        KTAP version 1\nok 1 x\n");
-        assert!(
-            doc.errors.iter().any(|e| e.message.contains("depth 2")),
-            "{:?}",
-            doc.errors
-        );
+        assert_error(&doc, "depth 2");
         assert!(!parse("").passed());
         assert!(
             !parse("KTAP version 1\n1..0\n").passed(),
@@ -587,9 +559,6 @@ ok 1 boot
     fn subtest_closed_by_wrong_name() {
         let doc =
             parse("KTAP version 1\n1..1\n    KTAP version 1\n    # Subtest: a\n    1..0\nok 1 b\n");
-        assert!(doc
-            .errors
-            .iter()
-            .any(|e| e.message.contains("subtest 'a' closed by result 'b'")));
+        assert_error(&doc, "subtest 'a' closed by result 'b'");
     }
 }

@@ -549,6 +549,15 @@ mod tests {
         }
     }
 
+    /// Asserts that one of the reasons of `v` says `part`.
+    fn assert_reason(v: &Verdict, part: &str) {
+        assert!(
+            v.reasons.iter().any(|r| r.contains(part)),
+            "no reason saying {part:?} in {:?}",
+            v.reasons
+        );
+    }
+
     const PASS: &str = "KTAP version 1\n1..1\nok 1 a\nquiesce: status=pass (all tests passed)\n";
 
     #[test]
@@ -561,35 +570,27 @@ mod tests {
     fn exit_code_alone_never_passes() {
         let v = boot("KTAP version 1\n1..1\nok 1 a\n", Some(0), false).verdict();
         assert!(!v.passed);
-        assert!(v.reasons.iter().any(|r| r.contains("no final status line")));
+        assert_reason(&v, "no final status line");
     }
 
     #[test]
     fn disagreeing_exit_code_fails() {
         let v = boot(PASS, Some(1), false).verdict();
-        assert!(
-            v.reasons.iter().any(|r| r.contains("disagrees")),
-            "{:?}",
-            v.reasons
-        );
+        assert_reason(&v, "disagrees");
     }
 
     #[test]
     fn timeout_fails_and_keeps_last_lines() {
         let b = boot("KTAP version 1\n# hanging\n", None, true);
         let v = b.verdict();
-        assert!(v.reasons.iter().any(|r| r.contains("timed out")));
+        assert_reason(&v, "timed out");
         assert!(b.failure_report().contains("| # hanging"));
     }
 
     #[test]
     fn status_pass_with_failed_test_fails() {
         let v = boot(&PASS.replace("ok 1 a", "not ok 1 a"), Some(0), false).verdict();
-        assert!(
-            v.reasons.iter().any(|r| r.contains("test failed: a")),
-            "{:?}",
-            v.reasons
-        );
+        assert_reason(&v, "test failed: a");
     }
 
     #[test]
@@ -615,40 +616,30 @@ mod tests {
         let mut c = BootConfig::new(Arch::X86_64, std::env::current_exe().unwrap());
         assert!(c.validate_options().is_ok());
         c.smp = 0;
-        assert!(c
-            .validate_options()
-            .unwrap_err()
-            .to_string()
-            .contains("--smp 0"));
+        assert_refused(c.validate_options(), "--smp 0");
         c.smp = 65;
         assert!(c.validate_options().is_err());
         c.smp = 2;
         c.memory_mib = 16;
-        assert!(c
-            .validate_options()
-            .unwrap_err()
-            .to_string()
-            .contains("--memory"));
+        assert_refused(c.validate_options(), "--memory");
         c.memory_mib = 256;
         c.cmdline = "x".repeat(5000);
         assert!(c.validate_options().is_err());
         c.cmdline.clear();
         c.kernel = PathBuf::from("/nonexistent/kernel");
-        assert!(c
-            .validate()
-            .unwrap_err()
-            .to_string()
-            .contains("does not exist"));
+        assert_refused(c.validate(), "does not exist");
         // A file that is not a kernel for the architecture is refused at once.
         c.kernel = std::env::current_exe().unwrap();
-        let err = format!("{:#}", c.validate().unwrap_err());
-        assert!(err.contains("is not a x86_64 kernel"), "{err}");
+        assert_refused(c.validate(), "is not a x86_64 kernel");
         let mut s = BootConfig::new(Arch::S390x, std::env::current_exe().unwrap());
         s.accel = Accel::Kvm;
-        assert!(s
-            .validate_options()
-            .unwrap_err()
-            .to_string()
-            .contains("cannot run under KVM"));
+        assert_refused(s.validate_options(), "cannot run under KVM");
+    }
+
+    /// Asserts that a check refused the configuration with an error
+    /// (with its context) saying `part`.
+    fn assert_refused(checked: Result<()>, part: &str) {
+        let err = format!("{:#}", checked.expect_err("the configuration was accepted"));
+        assert!(err.contains(part), "{err}");
     }
 }

@@ -208,6 +208,24 @@ fn has_component(installed: &[String], component: &str) -> bool {
     })
 }
 
+/// A missing rustup `kind` (`component` or `target`) `name` of the
+/// `channel` toolchain, installed by `rustup <kind> add`.
+fn rustup_add(kind: &str, name: &str, channel: &str) -> Missing {
+    let args = vec![
+        kind.to_string(),
+        "add".into(),
+        name.to_string(),
+        "--toolchain".into(),
+        channel.to_string(),
+    ];
+    Missing {
+        what: format!("rustup {kind} {name} of the {channel} toolchain"),
+        commands: vec![format!("rustup {}", args.join(" "))],
+        can_install: true,
+        install: Installer::Rustup(args),
+    }
+}
+
 /// The rustup components and targets of `needs` that are missing.
 fn missing_toolchain(needs: &Needs) -> Result<Vec<Missing>> {
     if !needs.toolchain && !needs.lint {
@@ -231,37 +249,13 @@ fn missing_toolchain(needs: &Needs) -> Result<Vec<Missing>> {
             _ => needs.toolchain,
         };
         if wanted && !has_component(&installed, c) {
-            let args = vec![
-                "component".into(),
-                "add".into(),
-                c.clone(),
-                "--toolchain".into(),
-                tc.channel.clone(),
-            ];
-            out.push(Missing {
-                what: format!("rustup component {c} of the {} toolchain", tc.channel),
-                commands: vec![format!("rustup {}", args.join(" "))],
-                can_install: true,
-                install: Installer::Rustup(args),
-            });
+            out.push(rustup_add("component", c, &tc.channel));
         }
     }
     if needs.toolchain {
         for t in &tc.targets {
             if !has_component(&installed, &format!("rust-std-{t}")) {
-                let args = vec![
-                    "target".into(),
-                    "add".into(),
-                    t.clone(),
-                    "--toolchain".into(),
-                    tc.channel.clone(),
-                ];
-                out.push(Missing {
-                    what: format!("rustup target {t} of the {} toolchain", tc.channel),
-                    commands: vec![format!("rustup {}", args.join(" "))],
-                    can_install: true,
-                    install: Installer::Rustup(args),
-                });
+                out.push(rustup_add("target", t, &tc.channel));
             }
         }
     }
