@@ -107,6 +107,48 @@ pub struct Cell {
     pub mode: Mode,
     /// What it must show.
     pub expect: Expect,
+    /// Forced cells: the wait-for cycle that must prove it, if any.
+    pub proof: Option<Proof>,
+}
+
+/// The proof a forced cell's wait-for cycle must give, in the kernel's
+/// words (`evidence=`, `fix_evidence=`): each wait as
+/// `class:waiter>holder` (`flush-ipi`, `call-ipi`, `ptl`, `rcu-gp`) and
+/// each role the schedule holds as `held:role@point`, sorted, joined with
+/// `+`. Any other cycle fails the cell: a deadlock of the kernel, or a fix
+/// holding the schedule back by the wrong wait, is not what the catalogue
+/// says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proof {
+    /// An `impossible` cell: the cycle that proves it.
+    Cycle(&'static str),
+    /// A fixed cell whose fix holds the bad interleaving back in every
+    /// iteration (`held_by_fix` equals the iterations): the cycle it
+    /// holds it with.
+    HeldByFix(&'static str),
+}
+
+impl Proof {
+    /// Why `o` does not give this proof, if it does not.
+    pub fn unmet_by(self, o: &Observed) -> Option<String> {
+        match self {
+            Proof::Cycle(want) if o.evidence.as_deref() != Some(want) => Some(format!(
+                "cycle {}, the table's proof is {want}",
+                o.evidence.as_deref().unwrap_or("-")
+            )),
+            Proof::HeldByFix(want) if o.fix_evidence.as_deref() != Some(want) => Some(format!(
+                "held by {}, the table's fix holds by {want}",
+                o.fix_evidence.as_deref().unwrap_or("nothing")
+            )),
+            Proof::HeldByFix(_) if o.held_by_fix != o.iterations || o.iterations == 0 => {
+                Some(format!(
+                    "the fix held {} of {} iterations, the table says every one",
+                    o.held_by_fix, o.iterations
+                ))
+            }
+            _ => None,
+        }
+    }
 }
 
 impl Cell {
@@ -181,6 +223,27 @@ struct Entry {
     on: On,
     forced: Expect,
     natural: Expect,
+    /// The forced cell's proof.
+    proof: Option<Proof>,
+}
+
+impl Entry {
+    /// The forced cell is `impossible` by the cycle `evidence`.
+    const fn by(self, evidence: &'static str) -> Self {
+        Entry {
+            proof: Some(Proof::Cycle(evidence)),
+            ..self
+        }
+    }
+
+    /// The forced cell's fix holds the schedule back in every iteration,
+    /// by the cycle `evidence`.
+    const fn held(self, evidence: &'static str) -> Self {
+        Entry {
+            proof: Some(Proof::HeldByFix(evidence)),
+            ..self
+        }
+    }
 }
 
 const fn e(
@@ -196,6 +259,7 @@ const fn e(
         on,
         forced,
         natural,
+        proof: None,
     }
 }
 
@@ -211,6 +275,29 @@ pub fn flush_arch(flush: &str) -> Option<Arch> {
 use Arch::{S390x, X86_64};
 use Expect::*;
 use On::{Both, Flush};
+
+// The proofs of the forced cells that end in a wait-for cycle ([`Proof`]).
+/// The fix's PTL: the fault holds it at `wp:before_unlock_page` (unlocks
+/// under it), the zap spins on it.
+const WP_PTL: &str = "held:fault@wp:before_unlock_page+ptl:zap>fault";
+/// s390x: the writer's store faults (IPTE left no stale entry) and its
+/// fault spins on the PTL the zap holds at `zap:before_ptl_flush`.
+const FAULT_ON_ZAP_PTL: &str = "held:zap@zap:before_ptl_flush+ptl:writer>zap";
+/// The fix: mkclean's rmap walk spins on the PTL the zap holds until its
+/// flush.
+const MKCLEAN_ON_ZAP_PTL: &str = "held:zap@zap:before_ptl_flush+ptl:writeback>zap";
+/// x86-64 flush IPIs: the collapse's flush waits for the IPI the walker,
+/// interrupts off at `gup_fast:after_pmd_read`, holds back.
+const COLLAPSE_FLUSH_IPI: &str = "flush-ipi:collapse>gup+held:gup@gup_fast:after_pmd_read";
+/// fixed-b: the collapse's IPI sync waits for the interrupts-off walker.
+const COLLAPSE_IPI_SYNC: &str = "call-ipi:collapse>gup+held:gup@gup_fast:after_pmd_read";
+/// x86-64 flush IPIs: the unmap's flush waits for the IPI the walker holds
+/// back, before any table is freed.
+const UNMAP_FLUSH_IPI: &str = "flush-ipi:unmap>gup+held:gup@gup_fast:after_pmd_read";
+/// ipi-sync: the table free waits for the IPI round the walker holds back.
+const UNMAP_IPI_SYNC: &str = "call-ipi:unmap>gup+held:gup@gup_fast:after_pmd_read";
+/// rcu: the table free waits for a grace period the walker holds back.
+const UNMAP_RCU_GP: &str = "held:gup@gup_fast:after_pmd_read+rcu-gp:unmap>gup";
 
 /// What every variant shows. Rows in catalogue order, the demonstration
 /// row first. A cell not listed for an architecture is a row that does
@@ -241,7 +328,7 @@ const ENTRIES: &[Entry] = &[
     // CPU takes with interrupts on), which the window rarely outlasts.
     e("wp-unlock-vs-zap", "buggy-immediate", Both, Bug, Bug),
     e("wp-unlock-vs-zap", "buggy-batched", Both, Bug, Report),
-    e("wp-unlock-vs-zap", "fixed", Both, Clean, Clean),
+    e("wp-unlock-vs-zap", "fixed", Both, Clean, Clean).held(WP_PTL),
     // gup-fast-folding (kernel/src/race/rows/gup_folding.rs, catalogue row 2): a
     // single-CPU, deterministic walk bug; forced (an empty schedule) and
     // natural (no delays) are the same run, every iteration. x86-64 folds
@@ -260,10 +347,10 @@ const ENTRIES: &[Entry] = &[
     // fix).
     e("zap-rmap-vs-mkclean", "buggy", Flush("ipi"), Bug, Bug),
     e("zap-rmap-vs-mkclean", "buggy", Flush("nmi"), Bug, Bug),
-    e("zap-rmap-vs-mkclean", "buggy", Flush("ipte"), Impossible, Clean),
-    e("zap-rmap-vs-mkclean", "fixed", Flush("ipi"), Clean, Clean),
-    e("zap-rmap-vs-mkclean", "fixed", Flush("nmi"), Clean, Clean),
-    e("zap-rmap-vs-mkclean", "fixed", Flush("ipte"), Impossible, Clean),
+    e("zap-rmap-vs-mkclean", "buggy", Flush("ipte"), Impossible, Clean).by(FAULT_ON_ZAP_PTL),
+    e("zap-rmap-vs-mkclean", "fixed", Flush("ipi"), Clean, Clean).held(MKCLEAN_ON_ZAP_PTL),
+    e("zap-rmap-vs-mkclean", "fixed", Flush("nmi"), Clean, Clean).held(MKCLEAN_ON_ZAP_PTL),
+    e("zap-rmap-vs-mkclean", "fixed", Flush("ipte"), Impossible, Clean).by(FAULT_ON_ZAP_PTL),
     // ptfrag-refcount (kernel/src/race/rows/ptfrag.rs, catalogue row 4): a pfn
     // scanner's speculative reference wiped by set_page_count when the
     // frame becomes a page-table fragment block; the block is freed while
@@ -280,16 +367,16 @@ const ENTRIES: &[Entry] = &[
     // sync; forced: held by the fix) `clean`. Flush IPIs: the collapse's
     // flush waits for the interrupts-off walker, so every variant is
     // natural `clean` and forced `impossible`.
-    e("collapse-vs-gup-fast", "buggy", Flush("ipi"), Impossible, Clean),
+    e("collapse-vs-gup-fast", "buggy", Flush("ipi"), Impossible, Clean).by(COLLAPSE_FLUSH_IPI),
     e("collapse-vs-gup-fast", "buggy", Flush("nmi"), Bug, Bug),
     e("collapse-vs-gup-fast", "buggy", Flush("ipte"), Bug, Bug),
-    e("collapse-vs-gup-fast", "fixed-a", Flush("ipi"), Impossible, Clean),
+    e("collapse-vs-gup-fast", "fixed-a", Flush("ipi"), Impossible, Clean).by(COLLAPSE_FLUSH_IPI),
     e("collapse-vs-gup-fast", "fixed-a", Flush("nmi"), Clean, Clean),
     e("collapse-vs-gup-fast", "fixed-a", Flush("ipte"), Clean, Clean),
-    e("collapse-vs-gup-fast", "fixed-b", Flush("ipi"), Impossible, Clean),
-    e("collapse-vs-gup-fast", "fixed-b", Flush("nmi"), Clean, Clean),
-    e("collapse-vs-gup-fast", "fixed-b", Flush("ipte"), Clean, Clean),
-    e("collapse-vs-gup-fast", "rcu-only", Flush("ipi"), Impossible, Clean),
+    e("collapse-vs-gup-fast", "fixed-b", Flush("ipi"), Impossible, Clean).by(COLLAPSE_FLUSH_IPI),
+    e("collapse-vs-gup-fast", "fixed-b", Flush("nmi"), Clean, Clean).held(COLLAPSE_IPI_SYNC),
+    e("collapse-vs-gup-fast", "fixed-b", Flush("ipte"), Clean, Clean).held(COLLAPSE_IPI_SYNC),
+    e("collapse-vs-gup-fast", "rcu-only", Flush("ipi"), Impossible, Clean).by(COLLAPSE_FLUSH_IPI),
     e("collapse-vs-gup-fast", "rcu-only", Flush("nmi"), Bug, Bug),
     e("collapse-vs-gup-fast", "rcu-only", Flush("ipte"), Bug, Bug),
     // ptfree-vs-gup-fast (kernel/src/race/rows/ptfree.rs, catalogue row 6): a
@@ -302,15 +389,15 @@ const ENTRIES: &[Entry] = &[
     // also blocks first, so forced is `impossible` there too (the fix's own
     // wait is never reached). Natural `clean` cells run 10 000 iterations,
     // as the catalogue's CI rule asks.
-    e("ptfree-vs-gup-fast", "immediate", Flush("ipi"), Impossible, Clean),
+    e("ptfree-vs-gup-fast", "immediate", Flush("ipi"), Impossible, Clean).by(UNMAP_FLUSH_IPI),
     e("ptfree-vs-gup-fast", "immediate", Flush("nmi"), Bug, Bug),
     e("ptfree-vs-gup-fast", "immediate", Flush("ipte"), Bug, Bug),
-    e("ptfree-vs-gup-fast", "ipi-sync", Flush("ipi"), Impossible, Clean),
-    e("ptfree-vs-gup-fast", "ipi-sync", Flush("nmi"), Clean, Clean),
-    e("ptfree-vs-gup-fast", "ipi-sync", Flush("ipte"), Clean, Clean),
-    e("ptfree-vs-gup-fast", "rcu", Flush("ipi"), Impossible, Clean),
-    e("ptfree-vs-gup-fast", "rcu", Flush("nmi"), Clean, Clean),
-    e("ptfree-vs-gup-fast", "rcu", Flush("ipte"), Clean, Clean),
+    e("ptfree-vs-gup-fast", "ipi-sync", Flush("ipi"), Impossible, Clean).by(UNMAP_FLUSH_IPI),
+    e("ptfree-vs-gup-fast", "ipi-sync", Flush("nmi"), Clean, Clean).held(UNMAP_IPI_SYNC),
+    e("ptfree-vs-gup-fast", "ipi-sync", Flush("ipte"), Clean, Clean).held(UNMAP_IPI_SYNC),
+    e("ptfree-vs-gup-fast", "rcu", Flush("ipi"), Impossible, Clean).by(UNMAP_FLUSH_IPI),
+    e("ptfree-vs-gup-fast", "rcu", Flush("nmi"), Clean, Clean).held(UNMAP_RCU_GP),
+    e("ptfree-vs-gup-fast", "rcu", Flush("ipte"), Clean, Clean).held(UNMAP_RCU_GP),
     // skey-dirty-vs-swapcache (kernel/src/race/rows/skey_swap.rs, catalogue row
     // 7): the zap moves a storage key's change bit to a page that reclaim
     // is half-way through adding to the swap cache; the DIRTY tag lands on
@@ -383,7 +470,10 @@ fn build_cells() -> Vec<Cell> {
                 ),
             };
             for arch in arches {
-                for (mode, expect) in [(Mode::Forced, en.forced), (Mode::Natural, en.natural)] {
+                for (mode, expect, proof) in [
+                    (Mode::Forced, en.forced, en.proof),
+                    (Mode::Natural, en.natural, None),
+                ] {
                     cells.push(Cell {
                         row,
                         arch,
@@ -391,6 +481,7 @@ fn build_cells() -> Vec<Cell> {
                         flush,
                         mode,
                         expect,
+                        proof,
                     });
                 }
             }
@@ -405,6 +496,7 @@ fn build_cells() -> Vec<Cell> {
                         flush: None,
                         mode,
                         expect: Expect::Skip,
+                        proof: None,
                     });
                 }
             }
@@ -447,6 +539,12 @@ pub struct Observed {
     pub hits: u64,
     /// Time to the first hit.
     pub first_hit_ns: Option<u64>,
+    /// Iterations the variant's fix held the schedule back.
+    pub held_by_fix: u64,
+    /// The proof of the cycle that ended the run (`evidence=`).
+    pub evidence: Option<String>,
+    /// The proof of the first cycle the fix held (`fix_evidence=`).
+    pub fix_evidence: Option<String>,
     /// Whether the KTAP case passed (a failed state check fails it).
     pub case_ok: bool,
     /// The case's failure reason or skip reason, if any.
@@ -491,6 +589,13 @@ pub fn observed(doc: &Document) -> Vec<Observed> {
                 .unwrap_or(0),
             hits: value("hits").and_then(|v| v.parse().ok()).unwrap_or(0),
             first_hit_ns: value("first_hit_ns").and_then(|v| v.parse().ok()),
+            held_by_fix: value("held_by_fix")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+            evidence: value("evidence").filter(|v| *v != "-").map(str::to_string),
+            fix_evidence: value("fix_evidence")
+                .filter(|v| *v != "-")
+                .map(str::to_string),
             case_ok: r.ok,
             note,
         });
@@ -590,6 +695,8 @@ pub struct Line {
     pub observed: Option<Observed>,
     /// Whether the two agree.
     pub ok: bool,
+    /// Why they do not, beyond the outcome (a proof not met).
+    pub why: Option<String>,
 }
 
 impl fmt::Display for Line {
@@ -618,6 +725,9 @@ impl fmt::Display for Line {
             first,
             self.verdict()
         )?;
+        if let Some(why) = &self.why {
+            write!(f, "  ({why})")?;
+        }
         if let Some(note) = self.observed.as_ref().and_then(|o| o.note.as_ref()) {
             write!(f, "  ({note})")?;
         }
@@ -664,7 +774,8 @@ pub fn compare(arch: Arch, sel: &Selection, observed: &[Observed]) -> Vec<Line> 
                 && o.flush.as_deref() == c.flush
                 && o.mode == c.mode
         });
-        let ok = o.is_some_and(|o| o.case_ok && c.expect.accepts(&o.outcome));
+        let why = o.and_then(|o| c.proof.and_then(|p| p.unmet_by(o)));
+        let ok = why.is_none() && o.is_some_and(|o| o.case_ok && c.expect.accepts(&o.outcome));
         lines.push(Line {
             row: c.row.into(),
             variant: c.variant.into(),
@@ -673,6 +784,7 @@ pub fn compare(arch: Arch, sel: &Selection, observed: &[Observed]) -> Vec<Line> 
             expect: Some(c.expect),
             observed: o.cloned(),
             ok,
+            why,
         });
     }
     for o in observed {
@@ -685,6 +797,7 @@ pub fn compare(arch: Arch, sel: &Selection, observed: &[Observed]) -> Vec<Line> 
                 expect: None,
                 observed: Some(o.clone()),
                 ok: false,
+                why: None,
             });
         }
     }
@@ -699,6 +812,19 @@ pub fn has_cells(arch: Arch, sel: &Selection) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_impossible_cell_has_its_proof() {
+        for c in CELLS.iter() {
+            match (c.mode, c.expect, c.proof) {
+                (Mode::Forced, Expect::Impossible, Some(Proof::Cycle(_))) => {}
+                (_, Expect::Impossible, _) => panic!("{c:?}: impossible without its cycle"),
+                (_, _, Some(Proof::Cycle(_))) => panic!("{c:?}: a cycle for a cell not impossible"),
+                (Mode::Forced, Expect::Clean, Some(Proof::HeldByFix(_))) | (_, _, None) => {}
+                (_, _, Some(p)) => panic!("{c:?}: {p:?} on a cell not forced clean"),
+            }
+        }
+    }
 
     #[test]
     fn every_cell_is_unique_and_rows_are_complete() {
@@ -761,9 +887,60 @@ mod tests {
             iterations: 3,
             hits: 3,
             first_hit_ns: Some(1),
+            held_by_fix: 0,
+            evidence: None,
+            fix_evidence: None,
             case_ok: outcome != "hang",
             note: None,
         }
+    }
+
+    #[test]
+    fn a_cycle_or_a_hold_other_than_the_tables_fails_the_cell() {
+        let sel = Selection {
+            row: Some("ptfree-vs-gup-fast".into()),
+            variant: Some("immediate".into()),
+            flush: Some("ipi".into()),
+            mode: Some(Mode::Forced),
+        };
+        let cell = |evidence: &str| Observed {
+            row: "ptfree-vs-gup-fast".into(),
+            variant: "immediate".into(),
+            flush: Some("ipi".into()),
+            outcome: "impossible".into(),
+            iterations: 1,
+            hits: 0,
+            first_hit_ns: None,
+            evidence: Some(evidence.into()),
+            ..obs("impossible")
+        };
+        let right = compare(Arch::X86_64, &sel, &[cell(UNMAP_FLUSH_IPI)]);
+        assert!(right[0].ok, "{}", right[0]);
+        let ptl = "held:gup@gup_fast:after_pmd_read+ptl:unmap>gup";
+        let wrong = compare(Arch::X86_64, &sel, &[cell(ptl)]);
+        assert!(
+            !wrong[0].ok && format!("{}", wrong[0]).contains(ptl),
+            "{}",
+            wrong[0]
+        );
+        // A fix that holds the schedule in some iterations only.
+        let sel = Selection {
+            variant: Some("rcu".into()),
+            flush: Some("nmi".into()),
+            ..sel
+        };
+        let held = |n: u64| Observed {
+            row: "ptfree-vs-gup-fast".into(),
+            variant: "rcu".into(),
+            flush: Some("nmi".into()),
+            outcome: "clean".into(),
+            hits: 0,
+            held_by_fix: n,
+            fix_evidence: Some(UNMAP_RCU_GP.into()),
+            ..obs("clean")
+        };
+        assert!(compare(Arch::X86_64, &sel, &[held(3)])[0].ok);
+        assert!(!compare(Arch::X86_64, &sel, &[held(2)])[0].ok);
     }
 
     #[test]

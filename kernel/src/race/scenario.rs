@@ -846,7 +846,11 @@ fn run_set<A: Mmu, R: Row<A>>(variant: &'static Variant<R::Config>, cfg: &RunCon
 /// `held:role@point`, sorted, joined with `+`; e.g.
 /// `flush-ipi:unmap>gup+held:gup@gup_fast:after_pmd_read`.
 fn evidence(s: &RowInfo, cycle: &[waitfor::Edge], role_of: fn(usize) -> Option<usize>) -> String {
-    let name = |cpu: usize| role_of(cpu).and_then(|r| s.roles.get(r).copied()).unwrap_or("?");
+    let name = |cpu: usize| {
+        role_of(cpu)
+            .and_then(|r| s.roles.get(r).copied())
+            .unwrap_or("?")
+    };
     let mut parts: Vec<String> = cycle
         .iter()
         .map(|e| match e.class() {
@@ -856,7 +860,11 @@ fn evidence(s: &RowInfo, cycle: &[waitfor::Edge], role_of: fn(usize) -> Option<u
                     waitfor::Why::Schedule { waits_for_step, .. } => point::step(waits_for_step),
                     _ => None,
                 };
-                format!("held:{}@{}", name(e.from), at.map_or("?", |st| st.point.name))
+                format!(
+                    "held:{}@{}",
+                    name(e.from),
+                    at.map_or("?", |st| st.point.name)
+                )
             }
         })
         .collect();
