@@ -237,11 +237,7 @@ pub fn synchronize_rcu_expedited<A: Arch>() {
 
 /// [`rcu_barrier_this_cpu`] with expedited grace periods.
 pub fn rcu_barrier_this_cpu_expedited<A: Arch>() {
-    let cpu = A::smp_processor_id();
-    while pending_callbacks::<A>(cpu) > 0 {
-        synchronize_rcu_expedited::<A>();
-        rcu_do_batch::<A>();
-    }
+    barrier_this_cpu::<A>(synchronize_rcu_expedited::<A>);
 }
 
 /// The running grace period and the online CPUs it still waits for (no
@@ -287,9 +283,15 @@ pub fn pending_callbacks<A: Arch>(cpu: usize) -> usize {
 /// Waits until every callback queued on the calling CPU has run (`rcu_barrier`
 /// for one CPU). Interrupts must be enabled.
 pub fn rcu_barrier_this_cpu<A: Arch>() {
+    barrier_this_cpu::<A>(synchronize_rcu::<A>);
+}
+
+/// Waits for grace periods with `synchronize` and runs the callbacks they
+/// made ready, until none is queued on the calling CPU.
+fn barrier_this_cpu<A: Arch>(synchronize: fn()) {
     let cpu = A::smp_processor_id();
     while pending_callbacks::<A>(cpu) > 0 {
-        synchronize_rcu::<A>();
+        synchronize();
         rcu_do_batch::<A>();
     }
 }

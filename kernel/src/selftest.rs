@@ -222,13 +222,7 @@ fn irqs_off_section<A: Arch>(ns: usize) {
 pub(crate) fn start_section<A: Arch>(cpu: usize, ns: u64) -> u64 {
     SECTION_START_NS.store(0, Ordering::Release);
     smp::run_on_idle::<A>(cpu, irqs_off_section::<A>, ns as usize);
-    loop {
-        let start = SECTION_START_NS.load(Ordering::Acquire);
-        if start != 0 {
-            return start;
-        }
-        A::cpu_relax();
-    }
+    wait_for_time::<A>(&SECTION_START_NS)
 }
 
 /// When the running section ended, if it has.
@@ -238,9 +232,15 @@ pub(crate) fn section_end() -> Option<u64> {
 
 /// Waits for the running section to end; returns its end time.
 pub(crate) fn wait_section_end<A: Arch>() -> u64 {
+    wait_for_time::<A>(&SECTION_END_NS)
+}
+
+/// Waits until another CPU stores a time (nonzero) into `time`; returns it.
+pub(crate) fn wait_for_time<A: Arch>(time: &AtomicU64) -> u64 {
     loop {
-        if let Some(end) = section_end() {
-            return end;
+        let t = time.load(Ordering::Acquire);
+        if t != 0 {
+            return t;
         }
         A::cpu_relax();
     }

@@ -291,6 +291,25 @@ macro_rules! emul_arch {
 emul_arch!(Emul4k, 512);
 emul_arch!(Emul2k, 256);
 
+/// Host tests of generic cases on both emulated arches: for each
+/// `case<A: Mmu>()`, a module `case` with the tests `emul4k` and `emul2k`.
+macro_rules! emul_tests {
+    ($($case:ident),* $(,)?) => {$(
+        mod $case {
+            #[test]
+            fn emul4k() {
+                super::$case::<$crate::mm::emul::Emul4k>();
+            }
+
+            #[test]
+            fn emul2k() {
+                super::$case::<$crate::mm::emul::Emul2k>();
+            }
+        }
+    )*};
+}
+pub(crate) use emul_tests;
+
 /// The software MMU: walks the current mm's tables; on a missing or
 /// write-protected translation raises a fault into the generic handler and
 /// retries, as the hardware would re-execute the instruction.

@@ -28,7 +28,7 @@ use super::mm::Mm;
 use super::page::{self, Page};
 use super::{page_alloc, PAGE_SIZE};
 use crate::race::point::{points, race_point};
-use core::sync::atomic::{AtomicU8, Ordering};
+use core::sync::atomic::{AtomicI32, AtomicU8, Ordering};
 
 /// Where a block counts its live fragments.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -199,23 +199,17 @@ fn put_frags<A: Mmu>(head: &'static Page, index: usize, count: usize) {
     match block_policy(head) {
         FragPolicy::SetPageCount => {
             // The fragments are the references: the last one frees the block.
-            let old = head._refcount.fetch_sub(count as i32, Ordering::AcqRel);
-            if old == count as i32 {
+            let underflow = "page-table fragment refcount underflow";
+            if put_last_frags(head, &head._refcount, count, underflow) {
                 free_now(head);
                 page_alloc::free_frozen_pages(head, order);
-            } else if old < count as i32 {
-                page_alloc::report_bad_page(head, "page-table fragment refcount underflow", 0);
             }
         }
         FragPolicy::FragCounter => {
-            let old = head
-                .pt_frag_refcount
-                .fetch_sub(count as i32, Ordering::AcqRel);
-            if old == count as i32 {
+            let underflow = "pt_frag_refcount underflow";
+            if put_last_frags(head, &head.pt_frag_refcount, count, underflow) {
                 free_now(head);
                 page_alloc::__free_pages(head, order);
-            } else if old < count as i32 {
-                page_alloc::report_bad_page(head, "pt_frag_refcount underflow", 0);
             }
         }
         FragPolicy::XorTopBits => {
@@ -233,6 +227,17 @@ fn put_frags<A: Mmu>(head: &'static Page, index: usize, count: usize) {
             page_alloc::__free_pages(head, 0);
         }
     }
+}
+
+/// Takes `count` fragments off `counter`, the fragment count of the block
+/// headed by `head`: true when they were the last ones; reports an underflow
+/// (more fragments given back than counted) as `underflow`.
+fn put_last_frags(head: &Page, counter: &AtomicI32, count: usize, underflow: &'static str) -> bool {
+    let old = counter.fetch_sub(count as i32, Ordering::AcqRel);
+    if old < count as i32 {
+        page_alloc::report_bad_page(head, underflow, 0);
+    }
+    old == count as i32
 }
 
 /// Frees a PTE table (`pte_free`).

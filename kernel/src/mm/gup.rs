@@ -681,97 +681,100 @@ impl<A: Mmu> FastWalk<'_, A> {
         !A::entry_none(level, e) && A::entry_is_table(level, e)
     }
 
-    /// `gup_fast_pgd_range`.
-    fn pgd_range(&mut self, ctx: &A::Context, mut addr: u64, end: u64) -> bool {
-        let mut pgdp = Cursor::Table(A::pgd_offset(ctx, addr));
+    /// The bytes an entry of `level` maps (`pXd_addr_end`'s step).
+    fn entry_size(level: Level) -> u64 {
+        match level {
+            Level::Pgd => A::PGDIR_SIZE,
+            Level::P4d => A::P4D_SIZE,
+            Level::Pud => A::PUD_SIZE,
+            Level::Pmd => A::PMD_SIZE,
+            Level::Pte => PAGE_SIZE,
+        }
+    }
+
+    /// The loop of every `gup_fast_pXd_range` above the PTEs: reads each
+    /// entry of `level` from `pxdp` on that covers part of `[addr, end)`
+    /// once and hands it on as `entry(self, pxdp, pxd, addr, next)`; stops at
+    /// the first entry that fails.
+    fn each_entry(
+        &mut self,
+        level: Level,
+        mut pxdp: Cursor,
+        mut addr: u64,
+        end: u64,
+        mut entry: impl FnMut(&mut Self, Cursor, u64, u64, u64) -> bool,
+    ) -> bool {
         loop {
-            let pgd = self.read(Level::Pgd, pgdp);
-            let next = pgtable::addr_end(addr, end, A::PGDIR_SIZE);
-            if !Self::usable(Level::Pgd, pgd) || !self.p4d_range(pgdp, pgd, addr, next) {
+            let pxd = self.read(level, pxdp);
+            let next = pgtable::addr_end(addr, end, Self::entry_size(level));
+            if !entry(self, pxdp, pxd, addr, next) {
                 return false;
             }
             addr = next;
             if addr == end {
                 return true;
             }
-            let Some(c) = Self::step(pgdp) else {
+            let Some(c) = Self::step(pxdp) else {
                 return false;
             };
-            pgdp = c;
+            pxdp = c;
         }
+    }
+
+    /// `gup_fast_pgd_range`.
+    fn pgd_range(&mut self, ctx: &A::Context, addr: u64, end: u64) -> bool {
+        let pgdp = Cursor::Table(A::pgd_offset(ctx, addr));
+        self.each_entry(Level::Pgd, pgdp, addr, end, |w, pgdp, pgd, addr, next| {
+            Self::usable(Level::Pgd, pgd) && w.p4d_range(pgdp, pgd, addr, next)
+        })
     }
 
     /// `gup_fast_p4d_range`.
-    fn p4d_range(&mut self, pgdp: Cursor, pgd: u64, mut addr: u64, end: u64) -> bool {
-        let mut p4dp = self.offset(Level::P4d, pgdp, pgd, addr);
-        loop {
-            let p4d = self.read(Level::P4d, p4dp);
-            let next = pgtable::addr_end(addr, end, A::P4D_SIZE);
-            if !Self::usable(Level::P4d, p4d) || !self.pud_range(p4dp, p4d, addr, next) {
-                return false;
-            }
-            addr = next;
-            if addr == end {
-                return true;
-            }
-            let Some(c) = Self::step(p4dp) else {
-                return false;
-            };
-            p4dp = c;
-        }
+    fn p4d_range(&mut self, pgdp: Cursor, pgd: u64, addr: u64, end: u64) -> bool {
+        self.upper_range(Level::P4d, pgdp, pgd, addr, end, Self::pud_range)
     }
 
     /// `gup_fast_pud_range`.
-    fn pud_range(&mut self, p4dp: Cursor, p4d: u64, mut addr: u64, end: u64) -> bool {
-        let mut pudp = self.offset(Level::Pud, p4dp, p4d, addr);
-        loop {
-            let pud = self.read(Level::Pud, pudp);
-            let next = pgtable::addr_end(addr, end, A::PUD_SIZE);
-            if !Self::usable(Level::Pud, pud) || !self.pmd_range(pudp, pud, addr, next) {
-                return false;
-            }
-            addr = next;
-            if addr == end {
-                return true;
-            }
-            let Some(c) = Self::step(pudp) else {
-                return false;
-            };
-            pudp = c;
-        }
+    fn pud_range(&mut self, p4dp: Cursor, p4d: u64, addr: u64, end: u64) -> bool {
+        self.upper_range(Level::Pud, p4dp, p4d, addr, end, Self::pmd_range)
+    }
+
+    /// The body of `gup_fast_p4d_range` and `gup_fast_pud_range`: the
+    /// entries of `level` below the parent entry `parent` read from
+    /// `parentp`, each walked further by `lower` if it is a table.
+    fn upper_range(
+        &mut self,
+        level: Level,
+        parentp: Cursor,
+        parent: u64,
+        addr: u64,
+        end: u64,
+        lower: impl Fn(&mut Self, Cursor, u64, u64, u64) -> bool,
+    ) -> bool {
+        let first = self.offset(level, parentp, parent, addr);
+        self.each_entry(level, first, addr, end, |w, pxdp, pxd, addr, next| {
+            Self::usable(level, pxd) && lower(w, pxdp, pxd, addr, next)
+        })
     }
 
     /// `gup_fast_pmd_range`: a PMD leaf goes to [`Self::huge_pmd`], a table
     /// to [`Self::pte_range`].
-    fn pmd_range(&mut self, pudp: Cursor, pud: u64, mut addr: u64, end: u64) -> bool {
-        let mut pmdp = self.offset(Level::Pmd, pudp, pud, addr);
-        loop {
-            let pmd = self.read(Level::Pmd, pmdp);
+    fn pmd_range(&mut self, pudp: Cursor, pud: u64, addr: u64, end: u64) -> bool {
+        let pmdp = self.offset(Level::Pmd, pudp, pud, addr);
+        self.each_entry(Level::Pmd, pmdp, addr, end, |w, pmdp, pmd, addr, next| {
             crate::race::race_point::<A>(
                 &crate::race::point::points::GUP_FAST_AFTER_PMD_READ,
                 addr,
             );
-            let next = pgtable::addr_end(addr, end, A::PMD_SIZE);
             if A::entry_none(Level::Pmd, pmd) {
                 return false;
             }
-            let ok = if A::pmd_leaf(pmd) {
-                self.huge_pmd(pmd, pmdp, addr, next)
+            if A::pmd_leaf(pmd) {
+                w.huge_pmd(pmd, pmdp, addr, next)
             } else {
-                A::entry_is_table(Level::Pmd, pmd) && self.pte_range(pmd, pmdp, addr, next)
-            };
-            if !ok {
-                return false;
+                A::entry_is_table(Level::Pmd, pmd) && w.pte_range(pmd, pmdp, addr, next)
             }
-            addr = next;
-            if addr == end {
-                return true;
-            }
-            let Some(c) = Self::step(pmdp) else {
-                return false;
-            };
-            pmdp = c;
-        }
+        })
     }
 
     fn note_leaf(&mut self) {

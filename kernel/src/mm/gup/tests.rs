@@ -2,7 +2,7 @@
 //! walks, the recorder, back-off on a changed entry) and slow GUP.
 
 use super::*;
-use crate::mm::emul::{Emul2k, Emul4k};
+use crate::mm::emul::{emul_tests, Emul2k, Emul4k};
 use crate::mm::mm::{unuse_mm, use_mm, VmFlags};
 use crate::mm::page_alloc;
 use crate::mm::selftest::assert_no_leak;
@@ -92,15 +92,7 @@ fn fast_equals_slow_in_both_walks<A: Mmu>() {
     });
 }
 
-#[test]
-fn fast_equals_slow_emul4k() {
-    fast_equals_slow_in_both_walks::<Emul4k>();
-}
-
-#[test]
-fn fast_equals_slow_emul2k() {
-    fast_equals_slow_in_both_walks::<Emul2k>();
-}
+emul_tests!(fast_equals_slow_in_both_walks);
 
 #[test]
 fn recorder_lists_each_level_then_the_rechecks() {
@@ -420,8 +412,4 @@ fn poisoned_pte_is_no_page<A: Mmu>() {
     });
 }
 
-#[test]
-fn poisoned_pte_is_no_page_emul() {
-    poisoned_pte_is_no_page::<Emul4k>();
-    poisoned_pte_is_no_page::<Emul2k>();
-}
+emul_tests!(poisoned_pte_is_no_page);

@@ -3,7 +3,7 @@
 //! and `do_wp_page` reuse or copy.
 
 use super::*;
-use crate::mm::emul::{Emul2k, Emul4k};
+use crate::mm::emul::{emul_tests, Emul4k};
 use crate::mm::memory;
 use crate::mm::mm::{unuse_mm, use_mm, VmFlags};
 use crate::mm::selftest::assert_no_leak;
@@ -42,6 +42,17 @@ fn all_intact<A: Mmu>(mm: &Mm<A>) -> bool {
     ok
 }
 
+/// Runs `body` on a [`filled`] block, checks that it kept every byte and
+/// tears the mm down; panics on a leak.
+fn on_filled_block<A: Mmu>(body: impl FnOnce(&Mm<A>)) {
+    assert_no_leak(|| {
+        let mm = filled::<A>();
+        body(&mm);
+        assert!(all_intact(&mm));
+        memory::exit_mmap(mm);
+    });
+}
+
 fn pfn_of<A: Mmu>(mm: &Mm<A>, a: u64) -> u64 {
     // SAFETY: a live entry of `mm`.
     A::pte_pfn(unsafe { pgtable::read_entry(pgtable::follow_pte(mm, a).unwrap()) })
@@ -50,17 +61,16 @@ fn pfn_of<A: Mmu>(mm: &Mm<A>, a: u64) -> u64 {
 /// Collapse maps the block through a fresh table (no PMD leaves on the
 /// emulated arches), keeps every byte and frees the old frames and table.
 fn collapse_keeps_every_byte<A: Mmu>() {
-    assert_no_leak(|| {
-        let mm = filled::<A>();
-        let old_pfn = pfn_of(&mm, A::TASK_BASE);
+    on_filled_block::<A>(|mm| {
+        let old_pfn = pfn_of(mm, A::TASK_BASE);
         let rep = collapse_huge_page(
-            &mm,
+            mm,
             A::TASK_BASE + 5 * PAGE_SIZE,
             &policy(true, TableFree::Immediate),
         );
         assert_eq!(rep.result, CollapseResult::Collapsed);
         assert!(rep.pmd_cleared_ns <= rep.pin_check_ns && rep.pin_check_ns <= rep.done_ns);
-        let new_pfn = pfn_of(&mm, A::TASK_BASE);
+        let new_pfn = pfn_of(mm, A::TASK_BASE);
         assert_ne!(new_pfn, old_pfn);
         assert_eq!(
             page::page_ref_count(page::pfn_to_page(old_pfn)),
@@ -69,109 +79,73 @@ fn collapse_keeps_every_byte<A: Mmu>() {
         );
         for i in 0..hpage_pmd_nr::<A>() {
             assert_eq!(
-                pfn_of(&mm, A::TASK_BASE + i * PAGE_SIZE),
+                pfn_of(mm, A::TASK_BASE + i * PAGE_SIZE),
                 new_pfn + i,
                 "contiguous"
             );
         }
-        let ptep = pgtable::follow_pte(&mm, A::TASK_BASE).unwrap();
+        let ptep = pgtable::follow_pte(mm, A::TASK_BASE).unwrap();
         assert_ne!(ptep as u64 & !(A::PTE_TABLE_SIZE as u64 - 1), rep.old_table);
-        assert!(all_intact(&mm));
+        assert!(all_intact(mm));
         assert_eq!(
             mm.rss_anon.load(Ordering::Relaxed) as u64,
             hpage_pmd_nr::<A>()
         );
         // A collapsed block collapses again.
-        let rep = collapse_huge_page(&mm, A::TASK_BASE, &policy(false, TableFree::IpiSync));
+        let rep = collapse_huge_page(mm, A::TASK_BASE, &policy(false, TableFree::IpiSync));
         assert_eq!(rep.result, CollapseResult::Collapsed);
-        assert!(all_intact(&mm));
-        memory::exit_mmap(mm);
     });
-}
-
-#[test]
-fn collapse_keeps_every_byte_4k() {
-    collapse_keeps_every_byte::<Emul4k>();
-}
-
-#[test]
-fn collapse_keeps_every_byte_2k() {
-    collapse_keeps_every_byte::<Emul2k>();
 }
 
 /// A page with a pin's references aborts the collapse; the mapping is
 /// back, every byte intact; after the unpin the collapse works.
 fn collapse_aborts_on_pin<A: Mmu>() {
-    assert_no_leak(|| {
-        let mm = filled::<A>();
+    on_filled_block::<A>(|mm| {
         let victim = A::TASK_BASE + 7 * PAGE_SIZE;
-        let pinned = page::pfn_to_page(pfn_of(&mm, victim));
+        let pinned = page::pfn_to_page(pfn_of(mm, victim));
         page::page_ref_add(pinned, GUP_PIN_COUNTING_BIAS);
-        let old_pfn = pfn_of(&mm, A::TASK_BASE);
-        let rep = collapse_huge_page(&mm, A::TASK_BASE, &policy(true, TableFree::Immediate));
+        let old_pfn = pfn_of(mm, A::TASK_BASE);
+        let rep = collapse_huge_page(mm, A::TASK_BASE, &policy(true, TableFree::Immediate));
         assert_eq!(
             rep.result,
             CollapseResult::Aborted(CollapseAbort::Referenced(victim, 1 + GUP_PIN_COUNTING_BIAS))
         );
-        assert_eq!(
-            pfn_of(&mm, A::TASK_BASE),
-            old_pfn,
-            "the old mapping is back"
-        );
+        assert_eq!(pfn_of(mm, A::TASK_BASE), old_pfn, "the old mapping is back");
         assert!(!page::PageLocked(pinned));
-        assert!(all_intact(&mm));
+        assert!(all_intact(mm));
         page::page_ref_sub(pinned, GUP_PIN_COUNTING_BIAS);
-        let rep = collapse_huge_page(&mm, A::TASK_BASE, &policy(true, TableFree::Immediate));
+        let rep = collapse_huge_page(mm, A::TASK_BASE, &policy(true, TableFree::Immediate));
         assert_eq!(rep.result, CollapseResult::Collapsed);
-        assert!(all_intact(&mm));
-        memory::exit_mmap(mm);
     });
-}
-
-#[test]
-fn collapse_aborts_on_pin_4k() {
-    collapse_aborts_on_pin::<Emul4k>();
-}
-
-#[test]
-fn collapse_aborts_on_pin_2k() {
-    collapse_aborts_on_pin::<Emul2k>();
 }
 
 /// A collapse the pin check aborts leaves its block in `hpage`; the
 /// next collapse maps exactly that block and empties `hpage`.
 fn prealloc_block_kept_and_used<A: Mmu>() {
-    assert_no_leak(|| {
-        let mm = filled::<A>();
-        let pinned = page::pfn_to_page(pfn_of(&mm, A::TASK_BASE));
+    on_filled_block::<A>(|mm| {
+        let pinned = page::pfn_to_page(pfn_of(mm, A::TASK_BASE));
         page::page_ref_add(pinned, GUP_PIN_COUNTING_BIAS);
         let mut hpage = None;
         let p = policy(true, TableFree::Immediate);
-        let rep = collapse_huge_page_prealloc(&mm, A::TASK_BASE, &p, &mut hpage);
+        let rep = collapse_huge_page_prealloc(mm, A::TASK_BASE, &p, &mut hpage);
         assert!(matches!(
             rep.result,
             CollapseResult::Aborted(CollapseAbort::Referenced(..))
         ));
         let head = hpage.expect("the aborted collapse keeps its block");
         page::page_ref_sub(pinned, GUP_PIN_COUNTING_BIAS);
-        let rep = collapse_huge_page_prealloc(&mm, A::TASK_BASE, &p, &mut hpage);
+        let rep = collapse_huge_page_prealloc(mm, A::TASK_BASE, &p, &mut hpage);
         assert_eq!(rep.result, CollapseResult::Collapsed);
         assert!(hpage.is_none(), "the collapse used the block");
-        assert_eq!(pfn_of(&mm, A::TASK_BASE), page::page_to_pfn(head));
-        assert!(all_intact(&mm));
-        memory::exit_mmap(mm);
+        assert_eq!(pfn_of(mm, A::TASK_BASE), page::page_to_pfn(head));
     });
 }
 
-#[test]
-fn prealloc_block_kept_and_used_4k() {
-    prealloc_block_kept_and_used::<Emul4k>();
-}
-
-#[test]
-fn prealloc_block_kept_and_used_2k() {
-    prealloc_block_kept_and_used::<Emul2k>();
-}
+emul_tests!(
+    collapse_keeps_every_byte,
+    collapse_aborts_on_pin,
+    prealloc_block_kept_and_used,
+);
 
 /// A missing page, a page shared with a fork, or no suitable VMA: no
 /// collapse, nothing changed.

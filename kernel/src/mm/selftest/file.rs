@@ -14,7 +14,7 @@
 //! StorageKey ones skip where there are no storage keys. The write-notify
 //! cases force SoftDirty, so every case passes whatever `dirty=` chose.
 
-use super::{faults, load, new_mm, no_leak, pte_of, store};
+use super::{faults, load, mm_with_mappings, new_mm, no_leak, pte_of, store};
 use crate::cmdline::Cmdline;
 use crate::ktap::Outcome;
 use crate::mm::arch::{Mmu, PAGE_CHANGED};
@@ -56,15 +56,11 @@ fn new_file<A: Mmu>(pages: u64) -> Arc<RamFile> {
 /// A new mm with a new `pages`-page file mapped shared and writable at
 /// `TASK_BASE` (populated if asked, the mm not yet entered on any CPU).
 fn file_mm<A: Mmu>(pages: u64, populate: bool) -> Result<(Box<Mm<A>>, Arc<RamFile>), Outcome> {
-    let mm = new_mm::<A>()?;
     let f = new_file::<A>(pages);
-    match memory::mmap_file(&mm, A::TASK_BASE, pages * P, RW, &f, 0, false, populate) {
-        Ok(_) => Ok((mm, f)),
-        Err(e) => {
-            memory::exit_mmap(*mm);
-            Err(Outcome::Fail(format!("mmap: {e:?}")))
-        }
-    }
+    let mm = mm_with_mappings::<A>(|mm| {
+        memory::mmap_file(mm, A::TASK_BASE, pages * P, RW, &f, 0, false, populate)
+    })?;
+    Ok((mm, f))
 }
 
 /// Collects failed checks.
@@ -104,6 +100,15 @@ fn shared_mm<A: Mmu>() -> &'static Mm<A> {
     // SAFETY: the test stores a live, boxed mm before starting the work and
     // tears it down only after every CPU has finished.
     unsafe { &*(SHARED_MM.load(Ordering::Acquire) as *const Mm<A>) }
+}
+
+/// Shares `mm`, with its file mapped at `TASK_BASE`, with the work on every
+/// CPU: it stores to `pages` pages, in phase `value`.
+fn share<A: Mmu>(mm: &Mm<A>, pages: u64, value: u64) {
+    SHARED_MM.store(mm as *const Mm<A> as usize, Ordering::Release);
+    BASE.store(A::TASK_BASE, Ordering::Release);
+    NPAGES.store(pages, Ordering::Release);
+    PHASE_VALUE.store(value, Ordering::Release);
 }
 
 /// Runs `work(cpu)` on every CPU (the others from their idle loops) and
@@ -254,11 +259,7 @@ fn shared_writes_every_cpu<A: Mmu>(_: &Cmdline) -> Outcome {
     no_leak(|| {
         const PAGES: u64 = 8;
         let (mm, f) = or_return!(file_mm::<A>(PAGES, false));
-        let base = A::TASK_BASE;
-        SHARED_MM.store(&*mm as *const Mm<A> as usize, Ordering::Release);
-        BASE.store(base, Ordering::Release);
-        NPAGES.store(PAGES, Ordering::Release);
-        PHASE_VALUE.store(0x1000, Ordering::Release);
+        share::<A>(&mm, PAGES, 0x1000);
         on_every_cpu::<A>(enter_and_store::<A>);
         let dirty = f
             .mapping
@@ -328,16 +329,14 @@ fn mkclean_every_cpu<A: Mmu>(_: &Cmdline) -> Outcome {
     // Write-notify behaviour: SoftDirty, whatever `dirty=` chose.
     in_mode::<A>(DirtyTracking::SoftDirty, || {
         let n = smp::nr_cpus();
-        let mm = or_return!(new_mm::<A>());
         let f = new_file::<A>(1);
         let base = A::TASK_BASE;
         BASE.store(base, Ordering::Release);
-        for cpu in 0..n {
-            if let Err(e) = memory::mmap_file(&mm, own_mapping(cpu), P, RW, &f, 0, false, false) {
-                memory::exit_mmap(*mm);
-                return Outcome::Fail(format!("mmap: {e:?}"));
-            }
-        }
+        let mm = or_return!(mm_with_mappings::<A>(|mm| {
+            (0..n).try_for_each(|cpu| {
+                memory::mmap_file(mm, own_mapping(cpu), P, RW, &f, 0, false, false)
+            })
+        }));
         SHARED_MM.store(&*mm as *const Mm<A> as usize, Ordering::Release);
         PHASE_VALUE.store(0x10, Ordering::Release);
         on_every_cpu::<A>(enter_and_store_own::<A>);
@@ -398,16 +397,13 @@ fn mkclean_every_cpu<A: Mmu>(_: &Cmdline) -> Outcome {
 /// finds both mms until the copy.
 fn cow_after_fork_with_file<A: Mmu>(_: &Cmdline) -> Outcome {
     no_leak(|| {
-        let parent = or_return!(new_mm::<A>());
         let f = new_file::<A>(2);
         let base = A::TASK_BASE;
         let fbase = base + 16 * P;
-        let ok = memory::mmap_anon(&parent, base, 2 * P, RW, true).is_ok()
-            && memory::mmap_file(&parent, fbase, 2 * P, RW, &f, 0, false, false).is_ok();
-        if !ok {
-            memory::exit_mmap(*parent);
-            return Outcome::Fail("mmap failed".into());
-        }
+        let parent = or_return!(mm_with_mappings::<A>(|mm| {
+            memory::mmap_anon(mm, base, 2 * P, RW, true)?;
+            memory::mmap_file(mm, fbase, 2 * P, RW, &f, 0, false, false)
+        }));
         // SAFETY: the mms live until exit_mmap, after unuse_mm.
         unsafe { mmod::use_mm(&*parent) };
         // SAFETY: in the VMAs.
@@ -564,11 +560,7 @@ fn keeps_every_byte<A: Mmu>(mode: DirtyTracking) -> Outcome {
     in_mode::<A>(mode, || {
         const PAGES: u64 = 8;
         let (mm, f) = or_return!(file_mm::<A>(PAGES, false));
-        let base = A::TASK_BASE;
-        SHARED_MM.store(&*mm as *const Mm<A> as usize, Ordering::Release);
-        BASE.store(base, Ordering::Release);
-        NPAGES.store(PAGES, Ordering::Release);
-        PHASE_VALUE.store(1, Ordering::Release);
+        share::<A>(&mm, PAGES, 1);
         on_every_cpu::<A>(enter_and_fill::<A>);
         let wrote1 = filemap::filemap_write_and_wait::<A>(&f.mapping) as u64;
         let bad1 = backing_mismatches(&f, PAGES, 1);
@@ -626,13 +618,8 @@ fn change_bit<A: Mmu>(pfn: u64) -> bool {
 /// no fault and sets C again.
 fn skey_mkclean_clears_change_bit<A: Mmu>(_: &Cmdline) -> Outcome {
     in_mode::<A>(DirtyTracking::StorageKey, || {
-        let mm = or_return!(new_mm::<A>());
-        let f = new_file::<A>(1);
+        let (mm, _file) = or_return!(file_mm::<A>(1, true));
         let base = A::TASK_BASE;
-        if let Err(e) = memory::mmap_file(&mm, base, P, RW, &f, 0, false, true) {
-            memory::exit_mmap(*mm);
-            return Outcome::Fail(format!("mmap: {e:?}"));
-        }
         let pfn = A::pte_pfn(pte_of(&*mm, base));
         let pg = page::pfn_to_page(pfn);
         let after_fill = change_bit::<A>(pfn);
@@ -675,15 +662,12 @@ fn skey_mkclean_clears_change_bit<A: Mmu>(_: &Cmdline) -> Outcome {
 /// (`PG_dirty` and the DIRTY tag) and clears C; writeback then writes it.
 fn skey_last_unmap_dirties_page<A: Mmu>(_: &Cmdline) -> Outcome {
     in_mode::<A>(DirtyTracking::StorageKey, || {
-        let mm = or_return!(new_mm::<A>());
         let f = new_file::<A>(1);
         let (a1, a2) = (A::TASK_BASE, A::TASK_BASE + 2 * P);
-        let ok = memory::mmap_file(&mm, a1, P, RW, &f, 0, false, false).is_ok()
-            && memory::mmap_file(&mm, a2, P, RW, &f, 0, false, false).is_ok();
-        if !ok {
-            memory::exit_mmap(*mm);
-            return Outcome::Fail("mmap failed".into());
-        }
+        let mm = or_return!(mm_with_mappings::<A>(|mm| {
+            memory::mmap_file(mm, a1, P, RW, &f, 0, false, false)?;
+            memory::mmap_file(mm, a2, P, RW, &f, 0, false, false)
+        }));
         // SAFETY: the mm lives until exit_mmap, after unuse_mm.
         unsafe { mmod::use_mm(&*mm) };
         // SAFETY: in the writable shared VMAs.
@@ -758,9 +742,8 @@ fn writeback_rate<A: Mmu>(mode: DirtyTracking, by_tag: bool) -> Outcome {
         const PAGES: u64 = 32;
         let (mm, f) = or_return!(file_mm::<A>(PAGES, true));
         let base = A::TASK_BASE;
-        SHARED_MM.store(&*mm as *const Mm<A> as usize, Ordering::Release);
-        BASE.store(base, Ordering::Release);
-        NPAGES.store(0, Ordering::Release);
+        // Entered on every CPU, no page stored to.
+        share::<A>(&mm, 0, 0);
         on_every_cpu::<A>(enter_and_store::<A>);
         on_every_cpu::<A>(leave::<A>);
         // SAFETY: the mm lives until exit_mmap, after unuse_mm.

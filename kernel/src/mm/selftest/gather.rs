@@ -180,86 +180,85 @@ fn table_free_policies<A: crate::mm::arch::Mmu>(_: &Cmdline) -> Outcome {
 /// Section length of the cross-CPU cases (the held CPU plays a GUP-fast walk).
 const SECTION_NS: u64 = 50_000_000;
 
-/// Holds the last CPU in an interrupts-off section; returns it and the
-/// section's start once it is inside.
-fn hold_last_cpu<A: crate::mm::arch::Mmu>() -> (usize, u64) {
-    let cpu = smp::nr_cpus() - 1;
-    (cpu, start_section::<A>(cpu, SECTION_NS))
-}
-
-fn rcu_waits<A: crate::mm::arch::Mmu>(_: &Cmdline) -> Outcome {
+/// Runs a cross-CPU case (skipped with one CPU) under [`no_leak`], with one
+/// table per frame: `body(mm, cpu, start)` gets an mm with one populated page
+/// and runs once the last CPU, `cpu`, is inside an interrupts-off section
+/// that began at `start`.
+fn with_held_cpu<A: crate::mm::arch::Mmu>(
+    body: impl FnOnce(Box<Mm<A>>, usize, u64) -> Outcome,
+) -> Outcome {
     if smp::nr_cpus() < 2 {
         return Outcome::Skip("needs 2 or more CPUs");
     }
     no_leak(|| {
         one_table_per_frame(|| {
             let mm = or_return!(populated::<A>(1));
-            let (cpu, start) = hold_last_cpu::<A>();
-            let before = page_alloc::nr_free_pages();
-            let old = g::set_tlb_policy(policy(PageFree::Batched, TableFree::Rcu));
-            let r = memory::munmap(&mm, A::TASK_BASE, PAGE_SIZE);
-            g::set_tlb_policy(old);
-            // Ticks keep coming here (interrupts on): wait for the table while
-            // the other CPU is in its section.
-            let (freed_in_section, freed_at) = loop {
-                if page_alloc::nr_free_pages() >= before + 2 {
-                    // Read after the count: still in the section means the
-                    // table went while the CPU had interrupts off.
-                    break (section_end().is_none(), A::clock_ns());
-                }
-                if section_end().is_some() {
-                    rcu::rcu_barrier_this_cpu::<A>();
-                }
-                A::cpu_relax();
-            };
-            let end = wait_section_end::<A>();
-            memory::exit_mmap(*mm);
-            diag!(
-                "held_cpu={cpu} irqs_off_ns={} table_freed_after_section_ns={}",
-                end - start,
-                freed_at as i64 - end as i64
-            );
-            if r.is_err() {
-                return fail(format!("munmap {r:?}"));
-            }
-            if freed_in_section {
-                return fail(format!(
-                    "the table was freed while CPU {cpu} had interrupts off"
-                ));
-            }
-            Outcome::Pass
+            let cpu = smp::nr_cpus() - 1;
+            let start = start_section::<A>(cpu, SECTION_NS);
+            body(mm, cpu, start)
         })
     })
 }
 
+fn rcu_waits<A: crate::mm::arch::Mmu>(_: &Cmdline) -> Outcome {
+    with_held_cpu::<A>(|mm, cpu, start| {
+        let before = page_alloc::nr_free_pages();
+        let old = g::set_tlb_policy(policy(PageFree::Batched, TableFree::Rcu));
+        let r = memory::munmap(&mm, A::TASK_BASE, PAGE_SIZE);
+        g::set_tlb_policy(old);
+        // Ticks keep coming here (interrupts on): wait for the table while
+        // the other CPU is in its section.
+        let (freed_in_section, freed_at) = loop {
+            if page_alloc::nr_free_pages() >= before + 2 {
+                // Read after the count: still in the section means the
+                // table went while the CPU had interrupts off.
+                break (section_end().is_none(), A::clock_ns());
+            }
+            if section_end().is_some() {
+                rcu::rcu_barrier_this_cpu::<A>();
+            }
+            A::cpu_relax();
+        };
+        let end = wait_section_end::<A>();
+        memory::exit_mmap(*mm);
+        diag!(
+            "held_cpu={cpu} irqs_off_ns={} table_freed_after_section_ns={}",
+            end - start,
+            freed_at as i64 - end as i64
+        );
+        if r.is_err() {
+            return fail(format!("munmap {r:?}"));
+        }
+        if freed_in_section {
+            return fail(format!(
+                "the table was freed while CPU {cpu} had interrupts off"
+            ));
+        }
+        Outcome::Pass
+    })
+}
+
 fn ipi_sync_waits<A: crate::mm::arch::Mmu>(_: &Cmdline) -> Outcome {
-    if smp::nr_cpus() < 2 {
-        return Outcome::Skip("needs 2 or more CPUs");
-    }
-    no_leak(|| {
-        one_table_per_frame(|| {
-            let mm = or_return!(populated::<A>(1));
-            let (cpu, _) = hold_last_cpu::<A>();
-            let old = g::set_tlb_policy(policy(PageFree::Batched, TableFree::IpiSync));
-            let r = memory::munmap(&mm, A::TASK_BASE, PAGE_SIZE);
-            let returned = A::clock_ns();
-            g::set_tlb_policy(old);
-            let end = wait_section_end::<A>();
-            memory::exit_mmap(*mm);
-            diag!(
-                "held_cpu={cpu} munmap_returned_after_section_ns={}",
-                returned as i64 - end as i64
-            );
-            if r.is_err() {
-                return fail(format!("munmap {r:?}"));
-            }
-            if returned < end {
-                return fail(format!(
-                    "munmap returned while CPU {cpu} had interrupts off"
-                ));
-            }
-            Outcome::Pass
-        })
+    with_held_cpu::<A>(|mm, cpu, _| {
+        let old = g::set_tlb_policy(policy(PageFree::Batched, TableFree::IpiSync));
+        let r = memory::munmap(&mm, A::TASK_BASE, PAGE_SIZE);
+        let returned = A::clock_ns();
+        g::set_tlb_policy(old);
+        let end = wait_section_end::<A>();
+        memory::exit_mmap(*mm);
+        diag!(
+            "held_cpu={cpu} munmap_returned_after_section_ns={}",
+            returned as i64 - end as i64
+        );
+        if r.is_err() {
+            return fail(format!("munmap {r:?}"));
+        }
+        if returned < end {
+            return fail(format!(
+                "munmap returned while CPU {cpu} had interrupts off"
+            ));
+        }
+        Outcome::Pass
     })
 }
 

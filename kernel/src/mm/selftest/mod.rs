@@ -40,8 +40,9 @@ pub(crate) mod thp;
 pub(crate) mod tlb;
 
 use super::arch::Mmu;
+use super::memory::{self, MapError};
 use super::mm::{Mm, VmFlags};
-use super::{memmap, memory, page_alloc, pgtable};
+use super::{memmap, page_alloc, pgtable};
 use crate::diag;
 use crate::ktap::Outcome;
 use alloc::{boxed::Box, format, string::String};
@@ -129,17 +130,25 @@ pub(crate) fn new_mm<A: Mmu>() -> Result<Box<Mm<A>>, Outcome> {
         .ok_or_else(|| Outcome::Fail("no memory for an mm".into()))
 }
 
-/// A new mm with `len` bytes of anonymous memory mapped at `TASK_BASE`
-/// (populated if asked); torn down again if the mmap fails.
-pub(crate) fn mapped_mm<A: Mmu>(len: u64, populate: bool) -> Result<Box<Mm<A>>, Outcome> {
+/// A new mm with the mappings `map` makes in it (the mm not yet entered on
+/// any CPU); torn down again if an mmap fails.
+pub(crate) fn mm_with_mappings<A: Mmu>(
+    map: impl FnOnce(&Mm<A>) -> Result<(), MapError>,
+) -> Result<Box<Mm<A>>, Outcome> {
     let mm = new_mm::<A>()?;
-    match memory::mmap_anon(&mm, A::TASK_BASE, len, VmFlags::RW, populate) {
+    match map(&mm) {
         Ok(()) => Ok(mm),
         Err(e) => {
             memory::exit_mmap(*mm);
             Err(Outcome::Fail(format!("mmap: {e:?}")))
         }
     }
+}
+
+/// A new mm with `len` bytes of anonymous memory mapped at `TASK_BASE`
+/// (populated if asked); torn down again if the mmap fails.
+pub(crate) fn mapped_mm<A: Mmu>(len: u64, populate: bool) -> Result<Box<Mm<A>>, Outcome> {
+    mm_with_mappings::<A>(|mm| memory::mmap_anon(mm, A::TASK_BASE, len, VmFlags::RW, populate))
 }
 
 /// Stores through the MMU (a plain CPU store; a fault is resolved by the

@@ -44,12 +44,13 @@ pub(crate) fn cases<A: Mmu>() -> Vec<(&'static str, TestFn)> {
 }
 
 /// Runs a case's body with the arch's storage-key operations under
-/// [`no_leak`], or skips the case on an architecture without keys.
-fn keyed<A: Mmu>(body: impl FnOnce(StorageKeyOps) -> Outcome) -> Outcome {
+/// [`no_leak`], or skips the case on an architecture without keys. The case
+/// passes if the body returns `Ok`.
+fn keyed<A: Mmu>(body: impl FnOnce(StorageKeyOps) -> Result<(), Outcome>) -> Outcome {
     let Some(k) = A::STORAGE_KEYS else {
         return Outcome::Skip("no storage keys on this architecture");
     };
-    no_leak(|| body(k))
+    no_leak(|| body(k).err().unwrap_or(Outcome::Pass))
 }
 
 /// Fails with `why` unless `got == want`, naming both keys.
@@ -112,7 +113,7 @@ fn key_set_at_alloc<A: Mmu>(_: &Cmdline) -> Outcome {
         // The two halves of an order-1 block: freeing the first leaves it at
         // the head of the order-0 list (its buddy is held), next in line.
         let Some(pair) = page_alloc::alloc_pages(1) else {
-            return Outcome::Fail("no order-1 block".into());
+            return Err(Outcome::Fail("no order-1 block".into()));
         };
         page_alloc::split_page(pair, 1);
         let pfn = page::page_to_pfn(pair);
@@ -143,36 +144,33 @@ fn key_set_at_alloc<A: Mmu>(_: &Cmdline) -> Outcome {
         }
         page_alloc::free_page(other);
         let Some((got_pfn, key)) = got else {
-            return Outcome::Fail("no frame".into());
+            return Err(Outcome::Fail("no frame".into()));
         };
         diag!(
             "key_before_free={before_free:#04x} key_at_alloc={key:#04x} same_frame={} block_keys={block_keys:02x?}",
             got_pfn == pfn
         );
-        let checks = || -> Result<(), Outcome> {
-            expect_key("set with SSKE", before_free, dirty_key)?;
-            if got_pfn != pfn {
-                return Err(Outcome::Fail(format!(
-                    "the freed frame {pfn:#x} was not handed out again (got {got_pfn:#x})"
-                )));
-            }
-            expect_key("the reallocated frame", key, PAGE_DEFAULT_KEY)?;
-            match block_keys {
-                Some(keys) if keys == [PAGE_DEFAULT_KEY; 4] => Ok(()),
-                Some(keys) => Err(Outcome::Fail(format!(
-                    "an order-2 block's frames have keys {keys:02x?}"
-                ))),
-                None => Err(Outcome::Fail("no order-2 block".into())),
-            }
-        };
-        checks().err().unwrap_or(Outcome::Pass)
+        expect_key("set with SSKE", before_free, dirty_key)?;
+        if got_pfn != pfn {
+            return Err(Outcome::Fail(format!(
+                "the freed frame {pfn:#x} was not handed out again (got {got_pfn:#x})"
+            )));
+        }
+        expect_key("the reallocated frame", key, PAGE_DEFAULT_KEY)?;
+        match block_keys {
+            Some(keys) if keys == [PAGE_DEFAULT_KEY; 4] => Ok(()),
+            Some(keys) => Err(Outcome::Fail(format!(
+                "an order-2 block's frames have keys {keys:02x?}"
+            ))),
+            None => Err(Outcome::Fail("no order-2 block".into())),
+        }
     })
 }
 
 /// A load through a task mapping sets R only; a store sets C.
 fn change_bit_set_by_store<A: Mmu>(_: &Cmdline) -> Outcome {
     keyed::<A>(|k| {
-        let keys = or_return!(OnePage::<A>::with_mm(|pfn, addr| {
+        let keys = OnePage::<A>::with_mm(|pfn, addr| {
             k.set_storage_key(pfn, PAGE_DEFAULT_KEY);
             let after_sske = k.get_storage_key(pfn);
             // SAFETY: in the mm's writable VMA.
@@ -182,17 +180,14 @@ fn change_bit_set_by_store<A: Mmu>(_: &Cmdline) -> Outcome {
             unsafe { store(addr, 0x5157) };
             let after_store = k.get_storage_key(pfn);
             [after_sske, after_load, after_store]
-        }));
+        })?;
         let [after_sske, after_load, after_store] = keys;
         diag!(
             "key_after_sske={after_sske:#04x} key_after_load={after_load:#04x} key_after_store={after_store:#04x}"
         );
-        let checks = || -> Result<(), Outcome> {
-            expect_key("after SSKE", after_sske, PAGE_DEFAULT_KEY)?;
-            expect_key("after a load", after_load, KEY_R)?;
-            expect_key("after a store", after_store, KEY_RC)
-        };
-        checks().err().unwrap_or(Outcome::Pass)
+        expect_key("after SSKE", after_sske, PAGE_DEFAULT_KEY)?;
+        expect_key("after a load", after_load, KEY_R)?;
+        expect_key("after a store", after_store, KEY_RC)
     })
 }
 
@@ -201,7 +196,7 @@ fn change_bit_set_by_store<A: Mmu>(_: &Cmdline) -> Outcome {
 /// and clears only R, and the next access sets R again.
 fn sske_and_rrbe_reset<A: Mmu>(_: &Cmdline) -> Outcome {
     keyed::<A>(|k| {
-        let r = or_return!(OnePage::<A>::with_mm(|pfn, addr| {
+        let r = OnePage::<A>::with_mm(|pfn, addr| {
             k.set_storage_key(pfn, PAGE_DEFAULT_KEY);
             // SAFETY: in the mm's writable VMA.
             unsafe { store(addr, 1) };
@@ -228,7 +223,7 @@ fn sske_and_rrbe_reset<A: Mmu>(_: &Cmdline) -> Outcome {
                 rrbe,
                 rrbe_again,
             )
-        }));
+        })?;
         let ([after_store, after_clear, after_second_store, after_rrbe, after_load], rrbe, rrbe2) =
             r;
         let rc = |(r, c): (bool, bool)| {
@@ -242,25 +237,22 @@ fn sske_and_rrbe_reset<A: Mmu>(_: &Cmdline) -> Outcome {
             rc(rrbe),
             rc(rrbe2)
         );
-        let checks = || -> Result<(), Outcome> {
-            expect_key("after a store", after_store, KEY_RC)?;
-            expect_key("after SSKE without C", after_clear, KEY_R)?;
-            expect_key(
-                "after a store following SSKE (C not set again: a stale writable TLB entry?)",
-                after_second_store,
-                KEY_RC,
-            )?;
-            if rrbe != (true, true) || rrbe2 != (false, true) {
-                return Err(Outcome::Fail(format!(
-                    "RRBE returned {} then {}, expected RC then -C",
-                    rc(rrbe),
-                    rc(rrbe2)
-                )));
-            }
-            expect_key("after RRBE", after_rrbe, PAGE_CHANGED)?;
-            expect_key("after a load following RRBE", after_load, KEY_RC)
-        };
-        checks().err().unwrap_or(Outcome::Pass)
+        expect_key("after a store", after_store, KEY_RC)?;
+        expect_key("after SSKE without C", after_clear, KEY_R)?;
+        expect_key(
+            "after a store following SSKE (C not set again: a stale writable TLB entry?)",
+            after_second_store,
+            KEY_RC,
+        )?;
+        if rrbe != (true, true) || rrbe2 != (false, true) {
+            return Err(Outcome::Fail(format!(
+                "RRBE returned {} then {}, expected RC then -C",
+                rc(rrbe),
+                rc(rrbe2)
+            )));
+        }
+        expect_key("after RRBE", after_rrbe, PAGE_CHANGED)?;
+        expect_key("after a load following RRBE", after_load, KEY_RC)
     })
 }
 
@@ -268,7 +260,7 @@ fn sske_and_rrbe_reset<A: Mmu>(_: &Cmdline) -> Outcome {
 /// right after, true again after the next store.
 fn page_test_and_clear_dirty<A: Mmu>(_: &Cmdline) -> Outcome {
     keyed::<A>(|k| {
-        let r = or_return!(OnePage::<A>::with_mm(|pfn, addr| {
+        let r = OnePage::<A>::with_mm(|pfn, addr| {
             k.set_storage_key(pfn, PAGE_DEFAULT_KEY);
             let clean = k.page_test_and_clear_dirty(pfn);
             // SAFETY: in the mm's writable VMA.
@@ -280,20 +272,17 @@ fn page_test_and_clear_dirty<A: Mmu>(_: &Cmdline) -> Outcome {
             unsafe { store(addr, 2) };
             let again = k.page_test_and_clear_dirty(pfn);
             ([clean, first, second, again], after)
-        }));
+        })?;
         let ([clean, first, second, again], after) = r;
         diag!(
             "dirty_before_store={clean} after_store={first} right_after={second} after_next_store={again} key_after_clear={after:#04x}"
         );
         if [clean, first, second, again] != [false, true, false, true] {
-            return Outcome::Fail(format!(
+            return Err(Outcome::Fail(format!(
                 "page_test_and_clear_dirty gave {clean} (clean), {first} (stored), {second} (again), {again} (stored again)"
-            ));
+            )));
         }
-        match expect_key("after page_test_and_clear_dirty", after, KEY_R) {
-            Ok(()) => Outcome::Pass,
-            Err(o) => o,
-        }
+        expect_key("after page_test_and_clear_dirty", after, KEY_R)
     })
 }
 
@@ -318,7 +307,7 @@ fn change_bit_on_another_cpu<A: Mmu>(_: &Cmdline) -> Outcome {
         return Outcome::Skip("needs 2 or more CPUs");
     }
     keyed::<A>(|k| {
-        let t = or_return!(OnePage::<A>::new());
+        let t = OnePage::<A>::new()?;
         let pfn = t.pfn;
         REMOTE_MM.store(&*t.mm as *const Mm<A> as u64, Ordering::Release);
         k.set_storage_key(pfn, PAGE_DEFAULT_KEY);
@@ -333,21 +322,18 @@ fn change_bit_on_another_cpu<A: Mmu>(_: &Cmdline) -> Outcome {
         diag!(
             "key_before={before:#04x} key_after_remote_store={after_remote:#04x} cleared={cleared} key_after_clear={after_clear:#04x} key_after_second_remote_store={after_second:#04x}"
         );
-        let checks = || -> Result<(), Outcome> {
-            expect_key("before the remote store", before, PAGE_DEFAULT_KEY)?;
-            expect_key("after a store on CPU 1", after_remote, KEY_RC)?;
-            if !cleared {
-                return Err(Outcome::Fail(
-                    "page_test_and_clear_dirty on CPU 0 found C clear".into(),
-                ));
-            }
-            expect_key("after clearing C on CPU 0", after_clear, KEY_R)?;
-            expect_key(
-                "after a second store on CPU 1 (C not set again: CPU 1 kept a writable TLB entry?)",
-                after_second,
-                KEY_RC,
-            )
-        };
-        checks().err().unwrap_or(Outcome::Pass)
+        expect_key("before the remote store", before, PAGE_DEFAULT_KEY)?;
+        expect_key("after a store on CPU 1", after_remote, KEY_RC)?;
+        if !cleared {
+            return Err(Outcome::Fail(
+                "page_test_and_clear_dirty on CPU 0 found C clear".into(),
+            ));
+        }
+        expect_key("after clearing C on CPU 0", after_clear, KEY_R)?;
+        expect_key(
+            "after a second store on CPU 1 (C not set again: CPU 1 kept a writable TLB entry?)",
+            after_second,
+            KEY_RC,
+        )
     })
 }

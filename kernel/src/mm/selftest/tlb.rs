@@ -13,7 +13,7 @@ use crate::mm::arch::Mmu;
 use crate::mm::mm::{self as mmod, Mm};
 use crate::mm::tlbflush::{self, FlushStrategy, TlbFlushStats};
 use crate::mm::{memory, page, pgtable, PAGE_SIZE};
-use crate::selftest::TestFn;
+use crate::selftest::{wait_for_time, TestFn};
 use crate::{diag, smp, NR_CPUS};
 use alloc::{boxed::Box, format, string::String, vec::Vec};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -385,23 +385,11 @@ fn start_section<A: Mmu>(cpu: usize, reread: bool) -> u64 {
     CLEARED.store(false, Ordering::Release);
     READ_IN_SECTION.store(false, Ordering::Release);
     smp::run_on_idle::<A>(cpu, irqs_off_section::<A>, reread as usize);
-    loop {
-        let t = SECTION_START.load(Ordering::Acquire);
-        if t != 0 {
-            return t;
-        }
-        A::cpu_relax();
-    }
+    wait_for_time::<A>(&SECTION_START)
 }
 
 fn wait_section_end<A: Mmu>() -> u64 {
-    loop {
-        let t = SECTION_END.load(Ordering::Acquire);
-        if t != 0 {
-            return t;
-        }
-        A::cpu_relax();
-    }
+    wait_for_time::<A>(&SECTION_END)
 }
 
 /// (b) A flush against a CPU with interrupts off: the fixed-IPI shootdown
