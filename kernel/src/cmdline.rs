@@ -62,6 +62,9 @@ pub struct Cmdline<'a> {
     pub flush: Option<&'a str>,
     /// Scenario mode.
     pub mode: Option<Mode>,
+    /// `inject=`: a self-check that breaks the kernel on purpose (only with
+    /// `scenario=`).
+    pub inject: Option<crate::race::scenario::Inject>,
     /// `list`: print what the kernel has instead of running it.
     pub list: bool,
     /// Timer tick rate.
@@ -132,6 +135,7 @@ impl<'a> Cmdline<'a> {
             variant: None,
             flush: None,
             mode: None,
+            inject: None,
             list: false,
             tick_hz: 100,
             mem_limit: None,
@@ -248,6 +252,16 @@ impl<'a> Cmdline<'a> {
                         }
                     })
                 }
+                "inject" => {
+                    let v = need("deadlock or late-finding")?;
+                    c.inject = Some(crate::race::scenario::Inject::from_name(v).ok_or(
+                        CmdlineError::BadValue {
+                            key,
+                            value: v,
+                            expected: "deadlock or late-finding",
+                        },
+                    )?);
+                }
                 "list" => c.list = flag()?,
                 "tick_hz" => {
                     let hz = number("a rate from 1 to 10000")?;
@@ -285,6 +299,13 @@ impl<'a> Cmdline<'a> {
                 "selftest.crash" => c.crash = flag()?,
                 _ => return Err(CmdlineError::UnknownKey(key)),
             }
+        }
+        if c.inject.is_some() && c.scenario.is_none() {
+            return Err(CmdlineError::BadValue {
+                key: "inject",
+                value: "",
+                expected: "a scenario run: inject= goes with scenario=",
+            });
         }
         Ok(c)
     }

@@ -517,6 +517,22 @@ impl GupRecord {
         self.reads().iter().find(|r| r.from_freed_table)
     }
 
+    /// Reads the entry of the `i`-th read again, recorded and judged as the
+    /// walk judges a table read: what a walker that kept a table's address
+    /// beyond what protects the table would read. A self-check of the race
+    /// verdicts (`inject=late-finding`); `None` if there is no such read.
+    pub fn read_again(&mut self, i: usize) -> Option<u64> {
+        let r = *self.reads().get(i)?;
+        let was_table = addr_in_pgtable_frame(r.addr);
+        // SAFETY: `r.addr` is an entry a walk read; page-table frames, freed
+        // or not, are RAM the kernel keeps mapped, so the aligned load is
+        // defined. What it returns is judged below.
+        let v = unsafe { pgtable::read_entry(r.addr as *mut u64) };
+        let freed = !was_table || v == page_alloc::PAGE_POISON;
+        self.push(r.level, r.addr, v, freed);
+        Some(v)
+    }
+
     fn push(&mut self, level: Level, addr: u64, value: u64, from_freed_table: bool) {
         if self.len < GUP_RECORD_CAP {
             self.reads[self.len] = EntryRead {

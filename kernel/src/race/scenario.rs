@@ -185,6 +185,8 @@ pub struct Ctx<A: Mmu, R: Row<A>> {
     pub mode: Mode,
     /// Iteration number, from 0.
     pub iteration: u64,
+    /// A self-check the run injects (`inject=`), for the row to act on.
+    pub inject: Option<Inject>,
     /// What the row's roles and detectors share in this iteration
     /// (handshakes, results), fresh each iteration.
     pub state: R::State,
@@ -561,6 +563,33 @@ pub(crate) fn runner_addrs() -> Vec<u64> {
 /// Set once roles could not be recovered: later runs would be meaningless.
 static WEDGED: AtomicBool = AtomicBool::new(false);
 
+/// A self-check that breaks the kernel on purpose to show that a verdict
+/// catches it (`inject=`, accepted only with `scenario=`). A row that
+/// implements none ignores it; `ptfree-vs-gup-fast` implements both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Inject {
+    /// `deadlock`: a role holds a lock another role needs, unrelated to the
+    /// race (the walker holds the PTE table's PTL across its walk): a
+    /// deadlock of the kernel, whose cycle is not the catalogue's proof.
+    Deadlock,
+    /// `late-finding`: once the run is released (impossible, or held by
+    /// the fix), a role does what the race would have done (the walker
+    /// reads the table it walked again after the unmap freed it): a finding
+    /// after the release, which must make the cell `bug`.
+    LateFinding,
+}
+
+impl Inject {
+    /// The self-check named `name` on the command line.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "deadlock" => Some(Inject::Deadlock),
+            "late-finding" => Some(Inject::LateFinding),
+            _ => None,
+        }
+    }
+}
+
 /// How one run runs: handed to [`run_with`] by the caller (the command
 /// line's `scenario=` handling, a self-test), never kept in a global.
 #[derive(Clone, Copy, Debug)]
@@ -584,6 +613,8 @@ pub struct RunConfig {
     pub progress_ns: Option<u64>,
     /// Natural mode: end the run at its first hit (`stop_at_hit`).
     pub stop_at_hit: bool,
+    /// A self-check that breaks the kernel on purpose (`inject=`).
+    pub inject: Option<Inject>,
 }
 
 impl RunConfig {
@@ -599,6 +630,7 @@ impl RunConfig {
             delays: true,
             progress_ns: None,
             stop_at_hit: false,
+            inject: None,
         }
     }
 }
@@ -907,6 +939,7 @@ fn iteration<A: Mmu, R: Row<A>>(
         variant,
         mode,
         iteration: it,
+        inject: cfg.inject,
         state: R::State::default(),
     });
     if R::run_mm(run).is_some() && ctx.mm.is_none() {
@@ -1254,6 +1287,7 @@ pub fn run_selected<A: Mmu>(args: &Cmdline, ktap: &mut Run) -> bool {
             delays: args.delays,
             progress_ns: args.progress_s.map(|t| t * 1_000_000_000),
             stop_at_hit: args.stop_at_hit,
+            inject: args.inject,
             ..RunConfig::new(m, args.seed)
         };
         let r = s.run(i, &cfg);

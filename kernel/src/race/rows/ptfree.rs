@@ -71,7 +71,7 @@ use crate::mm::tlbflush::FlushStrategy;
 use crate::mm::{page, page_alloc, pgtable, PAGE_SHIFT, PAGE_SIZE};
 use crate::race::detect::{self, Finding};
 use crate::race::point::{self, points};
-use crate::race::scenario::{Commit, CommitRole, Ctx, Row, RowInfo, Variant};
+use crate::race::scenario::{Inject, Commit, CommitRole, Ctx, Row, RowInfo, Variant};
 use crate::race::waitfor::WaitClass;
 use alloc::{boxed::Box, format, string::String, vec::Vec};
 use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -119,6 +119,8 @@ pub struct State {
     gup_started: AtomicBool,
     /// How the walk ended (a [`Walk`]; 0 until it ends).
     walk: AtomicU8,
+    /// `unmap` returned (for `inject=late-finding`).
+    unmap_done: AtomicBool,
 }
 
 /// What the run keeps: how the walks ended, by [`Walk`] (`walks[w - 1]`).
@@ -257,6 +259,13 @@ impl<A: Mmu> Row<A> for PtfreeVsGupFast {
                     A::cpu_relax();
                 }
                 st.gup_started.store(true, Ordering::Release);
+                // inject=deadlock: the walker holds the PTE table's PTL,
+                // which the unmap's zap needs: a deadlock that is not the
+                // race's (the verdict must not call it impossible).
+                let ptl = (ctx.inject == Some(Inject::Deadlock))
+                    .then(|| pgtable::follow_pte(ctx.mm(), ctx.addr))
+                    .flatten()
+                    .map(|ptep| memory::pte_lockptr(ptep).lock());
                 let before = gup::gup_stats(cpu);
                 gup::get_user_pages_fast_traced::<A>(
                     ctx.addr,
@@ -265,7 +274,20 @@ impl<A: Mmu> Row<A> for PtfreeVsGupFast {
                     &mut pages,
                     Some(&mut rec),
                 );
+                drop(ptl);
                 let stats = gup::gup_stats(cpu).since(before);
+                // inject=late-finding: after the release, once the unmap is
+                // done, the walker reads the PTE table it walked again, as
+                // a walker the table policy does not protect would.
+                if ctx.inject == Some(Inject::LateFinding) {
+                    while !st.unmap_done.load(Ordering::Acquire) {
+                        A::cpu_relax();
+                    }
+                    let last = rec.reads().iter().rposition(|r| r.level == Level::Pte);
+                    if let Some(i) = last {
+                        rec.read_again(i);
+                    }
+                }
                 gup::release_user_pages(&pages, flags);
                 let saw_empty = rec.reads().last().is_some_and(|r| {
                     matches!(r.level, Level::Pmd | Level::Pte) && A::entry_none(r.level, r.value)
@@ -289,13 +311,12 @@ impl<A: Mmu> Row<A> for PtfreeVsGupFast {
                 while !st.gup_started.load(Ordering::Acquire) {
                     A::cpu_relax();
                 }
-                if memory::munmap(ctx.mm(), ctx.addr, NR_PAGES as u64 * PAGE_SIZE).is_err() {
-                    return false;
-                }
-                if ctx.config() == TableFree::Rcu {
+                let unmapped = memory::munmap(ctx.mm(), ctx.addr, NR_PAGES as u64 * PAGE_SIZE);
+                if unmapped.is_ok() && ctx.config() == TableFree::Rcu {
                     crate::rcu::rcu_barrier_this_cpu_expedited::<A>();
                 }
-                page_alloc::page_is_poisoned(ctx.pfns[0])
+                st.unmap_done.store(true, Ordering::Release);
+                unmapped.is_ok() && page_alloc::page_is_poisoned(ctx.pfns[0])
             }
         }
     }

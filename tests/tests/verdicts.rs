@@ -1,0 +1,93 @@
+//! The verdicts cannot be fooled by a broken kernel: self-checks that break
+//! the kernel on purpose (`inject=`) must turn the cell they break into a
+//! mismatch, however the kernel names its outcome.
+//!
+//! - `inject=deadlock`: the walker of `ptfree-vs-gup-fast` holds the PTE
+//!   table's PTL, which the unmap needs. On x86-64 the forced `immediate`
+//!   cell under flush IPIs is `impossible` in the table, proven by the
+//!   flush IPI the interrupts-off walker holds back; the injected cycle is a
+//!   PTL cycle instead, and the cell must fail naming it. On s390x the same
+//!   cell under IPTE is `bug`; the deadlock must not pass either.
+//! - `inject=late-finding`: after the run is released (x86-64: the
+//!   `impossible` cell; s390x: `ipi-sync`, whose fix holds the schedule
+//!   back), the walker reads the table it walked again once the unmap freed
+//!   it. The detectors judge what happens after a release: the cell is
+//!   `bug`.
+
+use quiesce_tests::{assert_passed, boot, TIMEOUT};
+use xtask::expected::{self, Mode, Selection};
+use xtask::Arch;
+
+/// The forced cell of `ptfree-vs-gup-fast` that each self-check breaks:
+/// its variant and flush strategy on `arch`.
+fn cell(arch: Arch, inject: &str) -> (&'static str, &'static str) {
+    match (arch, inject) {
+        (Arch::X86_64, _) => ("immediate", "ipi"),
+        (Arch::S390x, "deadlock") => ("immediate", "ipte"),
+        (Arch::S390x, _) => ("ipi-sync", "ipte"),
+    }
+}
+
+/// Boots the cell with `inject=`; returns the comparison's line.
+fn injected(arch: Arch, inject: &str) -> Option<expected::Line> {
+    let (variant, flush) = cell(arch, inject);
+    let cmdline = format!(
+        "scenario=ptfree-vs-gup-fast variant={variant} flush={flush} mode=forced inject={inject}"
+    );
+    let b = boot(arch, 4, &cmdline, TIMEOUT)?;
+    assert_passed(&b);
+    let sel = Selection {
+        row: Some("ptfree-vs-gup-fast".into()),
+        variant: Some(variant.into()),
+        flush: Some(flush.into()),
+        mode: Some(Mode::Forced),
+    };
+    let lines = expected::compare(arch, &sel, &expected::observed(&b.ktap));
+    assert_eq!(lines.len(), 1, "{arch}: {lines:?}");
+    Some(lines.into_iter().next().unwrap())
+}
+
+fn deadlock_is_not_the_catalogues_cycle(arch: Arch) {
+    let Some(l) = injected(arch, "deadlock") else {
+        return;
+    };
+    let o = l.observed.as_ref().expect("the cell ran");
+    assert!(!l.ok, "{arch}: an injected deadlock passed: {l}");
+    assert_eq!(o.outcome, "impossible", "{arch}: {l}");
+    assert!(
+        o.evidence
+            .as_deref()
+            .is_some_and(|e| e.contains("ptl:unmap>gup")),
+        "{arch}: the cycle found is not named: {l}"
+    );
+    if arch == Arch::X86_64 {
+        assert!(
+            format!("{l}").contains("the table's proof is flush-ipi:unmap>gup"),
+            "{arch}: {l}"
+        );
+    }
+}
+
+fn finding_after_release_is_bug(arch: Arch) {
+    let Some(l) = injected(arch, "late-finding") else {
+        return;
+    };
+    let o = l.observed.as_ref().expect("the cell ran");
+    assert!(!l.ok, "{arch}: a finding after the release passed: {l}");
+    assert_eq!(o.outcome, "bug", "{arch}: {l}");
+    assert!(o.hits > 0, "{arch}: {l}");
+}
+
+/// `inject=` breaks a scenario run only: without `scenario=` the command
+/// line is refused.
+fn inject_needs_a_scenario(arch: Arch) {
+    let Some(b) = boot(arch, 2, "inject=deadlock", TIMEOUT) else {
+        return;
+    };
+    assert!(!b.verdict().passed, "{arch}");
+    quiesce_tests::assert_console(&b, |l| l.contains("inject= goes with scenario="));
+}
+
+quiesce_tests::per_arch!(s390x_deadlock, x86_64_deadlock => deadlock_is_not_the_catalogues_cycle);
+quiesce_tests::per_arch!(s390x_late_finding, x86_64_late_finding => finding_after_release_is_bug);
+quiesce_tests::per_arch!(s390x_inject_needs_scenario, x86_64_inject_needs_scenario => inject_needs_a_scenario);
