@@ -164,3 +164,20 @@ fn patterns_select_tests() {
     assert!(matches_pattern("boot.*", "boot.x"));
     assert!(!matches_pattern("a*b", "ba"));
 }
+
+#[test]
+fn inject_goes_with_a_scenario() {
+    use crate::race::scenario::Inject;
+    let c = Cmdline::parse("scenario=ptfree-vs-gup-fast inject=deadlock").unwrap();
+    assert_eq!(c.inject, Some(Inject::Deadlock));
+    let c = Cmdline::parse("scenario=all inject=late-finding").unwrap();
+    assert_eq!(c.inject, Some(Inject::LateFinding));
+    assert!(matches!(
+        Cmdline::parse("inject=deadlock"),
+        Err(CmdlineError::BadValue { key: "inject", .. })
+    ));
+    assert!(matches!(
+        Cmdline::parse("scenario=all inject=nothing"),
+        Err(CmdlineError::BadValue { key: "inject", .. })
+    ));
+}
