@@ -99,7 +99,8 @@ fn natural_cell(arch: Arch, cmdline: &str) -> Option<(Boot, Observed)> {
 
 /// The natural-mode keys of soaks and benchmarks do what they say:
 /// `stop_at_hit` ends a buggy run at its first hit, `budget_s` ends a run
-/// on time, `delays=0` is reported, `progress_s` prints progress lines.
+/// (not before its time), `delays=0` is reported, `progress_s` prints
+/// progress lines.
 fn natural_keys(arch: Arch) {
     let Some((_, o)) = natural_cell(
         arch,
@@ -130,8 +131,11 @@ fn natural_keys(arch: Arch) {
         .find(|d| d.starts_with("row="))
         .unwrap();
     let value = |k: &str| xtask::ktap::diag_value(line, k).unwrap();
+    // The budget, not the iteration count, ended the run, and not before
+    // its time. How far past the budget it went is a `cargo xtask bench`
+    // figure with a target, not a pass/fail here.
     let elapsed: u64 = value("elapsed_ms").parse().unwrap();
-    assert!((3_000..10_000).contains(&elapsed), "{arch}: {elapsed} ms");
+    assert!(elapsed >= 3_000, "{arch}: {elapsed} ms");
     assert_eq!(value("delays"), "0", "{arch}");
     let progress = b
         .console

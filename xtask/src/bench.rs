@@ -7,6 +7,22 @@
 //! of the repeated runs, summarised as min / median / max. Whether larger is
 //! better is part of the figure (throughput) or not (latency, time to first
 //! hit), so a comparison can say which way a change moved it.
+//!
+//! Invariants:
+//! - `bench` judges what it boots: every self-test boot must pass, and every
+//!   race boot must show what the expected table says for its cell
+//!   ([`judge_race_boot`], the same [`crate::expected::compare`] as `run`);
+//!   a boot that does not is a failure (its samples are left out) and makes
+//!   `bench` exit non-zero.
+//! - Timing is a figure, never a verdict: the cost of a race point, the
+//!   time to the first KTAP line and the overrun of a natural run's time
+//!   budget have targets ([`TARGETS`]) that the report marks met or missed;
+//!   no self-test or boot test fails on them (`--fail-on-target` makes a
+//!   missed target fail `bench`).
+//! - A comparison marks a change only when it stands out of the spread
+//!   ([`compare`]): both runs have at least [`MIN_RUNS_TO_JUDGE`] samples,
+//!   their min..max ranges are apart, and the medians differ by more than
+//!   5 %.
 
 use anyhow::{Context, Result};
 use plotters::prelude::*;
@@ -66,6 +82,36 @@ impl Figure {
 
     fn key(&self) -> (&str, &str, &str) {
         (&self.arch, &self.group, &self.name)
+    }
+
+    /// The figure's target, if [`TARGETS`] gives it one: the median must
+    /// be at most this (at least, for a figure where larger is better).
+    pub fn target(&self) -> Option<f64> {
+        TARGETS
+            .iter()
+            .find(|(g, n, _)| (*g, *n) == (self.group.as_str(), self.name.as_str()))
+            .map(|t| t.2)
+    }
+
+    /// Whether the median meets the target; `None` without a target or a
+    /// sample.
+    pub fn meets_target(&self) -> Option<bool> {
+        let t = self.target()?;
+        let (_, m, _) = self.spread()?;
+        Some(if self.higher_is_better { m >= t } else { m <= t })
+    }
+
+    /// `target <= 100 ms: met` (or `MISSED`, or `no sample`), for a figure
+    /// with a target.
+    pub fn target_note(&self) -> Option<String> {
+        let t = self.target()?;
+        let cmp = if self.higher_is_better { ">=" } else { "<=" };
+        let state = match self.meets_target() {
+            Some(true) => "met",
+            Some(false) => "MISSED",
+            None => "no sample",
+        };
+        Some(format!("target {cmp} {} {}: {state}", human(t), self.unit))
     }
 }
 
@@ -153,22 +199,68 @@ pub struct Comparison {
     pub new: f64,
     /// new / old.
     pub ratio: f64,
-    /// Whether the change is an improvement (beyond 5 %), a regression, or neither.
+    /// Whether the change is an improvement, a regression, or neither
+    /// (the rule is [`compare`]'s).
     pub verdict: Change,
 }
 
 /// Which way a figure moved.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Change {
-    /// Better by more than 5 %.
+    /// The ranges are apart, the new one on the better side, and the
+    /// medians differ by more than 5 %.
     Better,
-    /// Worse by more than 5 %.
+    /// The ranges are apart, the new one on the worse side, and the medians
+    /// differ by more than 5 %.
     Worse,
-    /// Within 5 %.
+    /// The ranges overlap, or the medians are within 5 %.
     Same,
+    /// One of the runs has fewer than [`MIN_RUNS_TO_JUDGE`] samples: its
+    /// spread is unknown, so no change is marked.
+    FewRuns,
 }
 
-/// Compares the medians of every figure present in both runs.
+impl Change {
+    /// The word the table prints.
+    pub fn word(self) -> &'static str {
+        match self {
+            Change::Better => "better",
+            Change::Worse => "WORSE",
+            Change::Same => "same",
+            Change::FewRuns => "few runs",
+        }
+    }
+}
+
+/// Samples each run of a figure needs before [`compare`] marks a change.
+pub const MIN_RUNS_TO_JUDGE: usize = 3;
+
+/// The least change of the median that [`compare`] marks (new / old).
+pub const MIN_RATIO: f64 = 1.05;
+
+/// Which way `new` moved from `old`, spread-aware: a change is marked only
+/// when both have [`MIN_RUNS_TO_JUDGE`] samples, their min..max ranges are
+/// apart (the runs do not overlap at all) and the medians differ by more
+/// than [`MIN_RATIO`]. Two runs whose ranges touch are the same figure
+/// within its noise, however far apart their medians.
+pub fn change(old: &Figure, new: &Figure) -> Change {
+    if old.samples.len() < MIN_RUNS_TO_JUDGE || new.samples.len() < MIN_RUNS_TO_JUDGE {
+        return Change::FewRuns;
+    }
+    let (Some((olo, om, ohi)), Some((nlo, nm, nhi))) = (old.spread(), new.spread()) else {
+        return Change::FewRuns;
+    };
+    let beyond = om != 0.0 && (nm / om > MIN_RATIO || nm / om < 1.0 / MIN_RATIO);
+    let (above, below) = (nlo > ohi, nhi < olo);
+    match (beyond, above, below) {
+        (false, _, _) | (true, false, false) => Change::Same,
+        (true, up, _) if up == new.higher_is_better => Change::Better,
+        _ => Change::Worse,
+    }
+}
+
+/// Compares every figure present in both runs: the ratio of the medians,
+/// and the change [`change`] marks.
 pub fn compare(old: &Report, new: &Report) -> Vec<Comparison> {
     let mut out = Vec::new();
     for f in &new.figures {
@@ -181,34 +273,23 @@ pub fn compare(old: &Report, new: &Report) -> Vec<Comparison> {
         if om == 0.0 {
             continue;
         }
-        let ratio = nm / om;
-        let better = if f.higher_is_better {
-            ratio > 1.05
-        } else {
-            ratio < 1.0 / 1.05
-        };
-        let worse = if f.higher_is_better {
-            ratio < 1.0 / 1.05
-        } else {
-            ratio > 1.05
-        };
         out.push(Comparison {
             arch: f.arch.clone(),
             group: f.group.clone(),
             name: f.name.clone(),
             old: om,
             new: nm,
-            ratio,
-            verdict: if better {
-                Change::Better
-            } else if worse {
-                Change::Worse
-            } else {
-                Change::Same
-            },
+            ratio: nm / om,
+            verdict: change(o, f),
         });
     }
     out
+}
+
+/// The comparisons marked [`Change::Worse`] (what `--fail-on-regression`
+/// fails on).
+pub fn regressions(cmp: &[Comparison]) -> Vec<&Comparison> {
+    cmp.iter().filter(|c| c.verdict == Change::Worse).collect()
 }
 
 /// A number with a k/M suffix and 3 significant digits.
@@ -254,19 +335,10 @@ pub fn text_table(r: &Report, cmp: &[Comparison]) -> String {
         let ratio = cmp
             .iter()
             .find(|c| (c.arch.as_str(), c.group.as_str(), c.name.as_str()) == f.key())
-            .map(|c| {
-                format!(
-                    "  x{:.2} {}",
-                    c.ratio,
-                    match c.verdict {
-                        Change::Better => "better",
-                        Change::Worse => "WORSE",
-                        Change::Same => "same",
-                    }
-                )
-            })
+            .map(|c| format!("  x{:.2} {}", c.ratio, c.verdict.word()))
             .unwrap_or_default();
-        let _ = writeln!(out, "   {label:<88} {spread}{ratio}{missing}");
+        let target = f.target_note().map_or(String::new(), |t| format!("  ({t})"));
+        let _ = writeln!(out, "   {label:<88} {spread}{ratio}{target}{missing}");
     }
     out
 }
@@ -382,10 +454,20 @@ pub fn html(r: &Report, cmp: &[Comparison], old_label: Option<&str>) -> Result<S
             esc(f)
         );
     }
+    for f in missed_targets(r) {
+        let _ = writeln!(
+            h,
+            "<p class=\"worse\">{} {}: {}: {}</p>",
+            esc(&f.arch),
+            esc(&f.group),
+            esc(&f.name),
+            esc(&f.target_note().unwrap_or_default())
+        );
+    }
     if let Some(old) = old_label {
         let _ = writeln!(
             h,
-            "<p>Compared with <code>{}</code>: ratio = new median / old median; better or worse beyond 5 %.</p>",
+            "<p>Compared with <code>{}</code>: ratio = new median / old median; marked better or worse only when both runs have {MIN_RUNS_TO_JUDGE} or more samples, their min..max ranges are apart and the medians differ by more than 5 %.</p>",
             esc(old)
         );
     }
@@ -404,7 +486,7 @@ pub fn html(r: &Report, cmp: &[Comparison], old_label: Option<&str>) -> Result<S
     if !arch.is_empty() {
         h.push_str("</div>\n");
     }
-    h.push_str("<h2>Table</h2>\n<table><tr><th>arch</th><th>group</th><th>figure</th><th>unit</th><th>min</th><th>median</th><th>max</th><th>runs</th>");
+    h.push_str("<h2>Table</h2>\n<table><tr><th>arch</th><th>group</th><th>figure</th><th>unit</th><th>min</th><th>median</th><th>max</th><th>runs</th><th>target</th>");
     if old_label.is_some() {
         h.push_str("<th>old median</th><th>ratio</th>");
     }
@@ -429,6 +511,11 @@ pub fn html(r: &Report, cmp: &[Comparison], old_label: Option<&str>) -> Result<S
                 String::new()
             }
         );
+        let _ = write!(
+            h,
+            "<td>{}</td>",
+            esc(&f.target_note().unwrap_or_else(|| "-".into()))
+        );
         if old_label.is_some() {
             match cmp
                 .iter()
@@ -438,13 +525,14 @@ pub fn html(r: &Report, cmp: &[Comparison], old_label: Option<&str>) -> Result<S
                     let class = match c.verdict {
                         Change::Better => "better",
                         Change::Worse => "worse",
-                        Change::Same => "",
+                        Change::Same | Change::FewRuns => "",
                     };
                     let _ = write!(
                         h,
-                        "<td>{}</td><td class=\"{class}\">x{:.2}</td>",
+                        "<td>{}</td><td class=\"{class}\">x{:.2} {}</td>",
                         human(c.old),
-                        c.ratio
+                        c.ratio,
+                        esc(c.verdict.word())
                     );
                 }
                 None => h.push_str("<td>-</td><td>-</td>"),
@@ -458,6 +546,30 @@ pub fn html(r: &Report, cmp: &[Comparison], old_label: Option<&str>) -> Result<S
 
 /// Target for the time from starting QEMU to the first KTAP line (TCG).
 pub const FIRST_LINE_TARGET_MS: f64 = 100.0;
+
+/// Target for an unarmed race point, above an empty loop (TCG): a point
+/// is one relaxed load and a not-taken branch.
+pub const RACE_POINT_TARGET_NS: f64 = 20.0;
+
+/// Target for how long a natural run goes on past its time budget
+/// (`budget_ms=`): the runner checks the budget between iterations.
+pub const BUDGET_OVERRUN_TARGET_MS: f64 = 500.0;
+
+/// The natural run whose budget overrun `bench` measures: (row, variant,
+/// budget in ms), run with an iteration count it cannot reach.
+pub const BUDGET_RUN: (&str, &str, u64) = ("wp-unlock-vs-zap", "fixed", 1000);
+
+/// Every figure with a target: (group, name, target). Timing is judged
+/// here, never inside a self-test or a boot test.
+pub const TARGETS: &[(&str, &str, f64)] = &[
+    ("boot", "first KTAP line", FIRST_LINE_TARGET_MS),
+    ("race point cost", "unarmed", RACE_POINT_TARGET_NS),
+    (
+        "natural run",
+        "time past its budget",
+        BUDGET_OVERRUN_TARGET_MS,
+    ),
+];
 
 /// A figure the kernels print as a diagnostic: (case, key, group, name,
 /// unit, higher is better).
@@ -712,19 +824,22 @@ pub struct Options {
 }
 
 /// Runs every benchmark boot and collects the figures. `say` prints a
-/// line of output; the progress display shows the rest.
+/// line of output; the progress display shows the rest. Every race boot
+/// is judged against the expected table ([`judge_race_boot`]); one that
+/// fails is listed in [`Report::failures`] and gives no sample.
 pub fn run(opts: &Options, progress: &mut crate::progress::Progress) -> Result<Report> {
-    use crate::expected::{Expect, Mode, CELLS};
+    use crate::expected::{lookup, Expect, Mode, CELLS};
     use crate::{kbuild, Boot, BootConfig};
     use std::time::Duration;
+    let (budget_row, budget_variant, budget_ms) = BUDGET_RUN;
     let mut report = Report {
         unix_time: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
         commit: git_commit(),
         conditions: format!(
-            "{} self-test boots per architecture, {} natural-mode boots per buggy cell (seeds 1..={}, each to its first hit), {} CPUs, QEMU TCG",
-            opts.runs, opts.race_runs, opts.race_runs, opts.smp
+            "{} self-test boots and {} natural runs of {budget_row} {budget_variant} with a {budget_ms} ms budget per architecture, {} natural-mode boots per buggy cell (seeds 1..={}, each to its first hit), {} CPUs, QEMU TCG",
+            opts.runs, opts.runs, opts.race_runs, opts.race_runs, opts.smp
         ),
         figures: Vec::new(),
         failures: Vec::new(),
@@ -737,16 +852,22 @@ pub fn run(opts: &Options, progress: &mut crate::progress::Progress) -> Result<R
                 && matches!(c.expect, Expect::Bug | Expect::Report)
         })
         .collect();
-    let total = opts.runs * opts.arches.len() + opts.race_runs * cells.len();
+    let total = 2 * opts.runs * opts.arches.len() + opts.race_runs * cells.len();
     let mut done = 0;
     for &a in &opts.arches {
         let kernel = kbuild::kernel(a, true)?;
         let arch = a.name();
-        for _ in 0..opts.runs {
-            progress.update(&progress.status("bench", done, total, &format!("{arch} self-tests")));
+        // A boot with `cmdline`; `timeout` replaces the default one.
+        let boot = |cmdline: String, timeout: Option<Duration>| {
             let mut config = BootConfig::new(a, kernel.clone());
             config.smp = opts.smp;
-            let boot = Boot::run(&config, |_| {})?;
+            config.timeout = timeout.unwrap_or(config.timeout);
+            config.cmdline = cmdline;
+            Boot::run(&config, |_| {})
+        };
+        for _ in 0..opts.runs {
+            progress.update(&progress.status("bench", done, total, &format!("{arch} self-tests")));
+            let boot = boot(String::new(), None)?;
             done += 1;
             if !boot.verdict().passed {
                 progress.println(&boot.failure_report());
@@ -771,6 +892,44 @@ pub fn run(opts: &Options, progress: &mut crate::progress::Progress) -> Result<R
                 }
             }
         }
+        // The time budget of a natural run: how long it goes on past it.
+        let budget_cell = lookup(budget_row, a, budget_variant, None, Mode::Natural)
+            .filter(|c| c.expect != Expect::Skip);
+        for (c, seed) in budget_cell
+            .into_iter()
+            .flat_map(|c| (1..=opts.runs).map(move |seed| (c, seed)))
+        {
+            let name = format!("{} {}", c.row, c.label());
+            progress.update(&progress.status(
+                "bench",
+                done,
+                total,
+                &format!("{arch} {name} budget {budget_ms} ms"),
+            ));
+            let b = boot(
+                format!(
+                    "{} seed={seed} iterations=100000000 budget_ms={budget_ms}",
+                    c.kernel_args()
+                ),
+                Some(Duration::from_secs(120)),
+            )?;
+            done += 1;
+            match judge_race_boot(c, &b.verdict(), &b.ktap) {
+                Ok(r) => {
+                    let f = report.figure(arch, "natural run", "time past its budget", "ms", false);
+                    match r.diag_value("elapsed_ms").and_then(|v| v.parse::<f64>().ok()) {
+                        Some(ms) => f.samples.push(ms - budget_ms as f64),
+                        None => f.missing += 1,
+                    }
+                }
+                Err(why) => {
+                    progress.println(&b.failure_report());
+                    report
+                        .failures
+                        .push(format!("{arch} {name} budget seed {seed}: {why}"));
+                }
+            }
+        }
         for c in cells.iter().filter(|c| c.arch == a) {
             let name = format!("{} {}", c.row, c.label());
             for seed in 1..=opts.race_runs {
@@ -780,26 +939,20 @@ pub fn run(opts: &Options, progress: &mut crate::progress::Progress) -> Result<R
                     total,
                     &format!("{arch} {name} seed {seed}"),
                 ));
-                let mut config = BootConfig::new(a, kernel.clone());
-                config.smp = opts.smp;
-                config.timeout = Duration::from_secs(400);
-                config.cmdline = format!("{} seed={seed} stop_at_hit", c.kernel_args());
-                let boot = Boot::run(&config, |_| {})?;
+                let b = boot(
+                    format!("{} seed={seed} stop_at_hit", c.kernel_args()),
+                    Some(Duration::from_secs(400)),
+                )?;
                 done += 1;
-                let case = c.case();
-                let verdict = boot.verdict();
-                let r = boot.ktap.case(&case);
-                let Some(r) = r.filter(|_| verdict.passed) else {
-                    progress.println(&boot.failure_report());
-                    report.failures.push(format!(
-                        "{arch} {name} seed {seed}: {}",
-                        if verdict.passed {
-                            format!("{case} did not run")
-                        } else {
-                            verdict.reasons.join("; ")
-                        }
-                    ));
-                    continue;
+                let r = match judge_race_boot(c, &b.verdict(), &b.ktap) {
+                    Ok(r) => r,
+                    Err(why) => {
+                        progress.println(&b.failure_report());
+                        report
+                            .failures
+                            .push(format!("{arch} {name} seed {seed}: {why}"));
+                        continue;
+                    }
                 };
                 let figure = |k: &str| r.diag_value(k).and_then(|v| v.parse::<f64>().ok());
                 if let Some(v) = figure("iters_per_sec") {
@@ -814,6 +967,7 @@ pub fn run(opts: &Options, progress: &mut crate::progress::Progress) -> Result<R
                         .samples
                         .push(v);
                 }
+                // A cell that reports its hit rate only may end clean.
                 let f = report.figure(arch, "race: natural time to first hit", &name, "ms", false);
                 match figure("first_hit_ns") {
                     Some(ns) => f.samples.push(ns / 1e6),
@@ -826,16 +980,46 @@ pub fn run(opts: &Options, progress: &mut crate::progress::Progress) -> Result<R
     Ok(report)
 }
 
-/// Whether the median time to the first KTAP line of every arch meets
-/// [`FIRST_LINE_TARGET_MS`].
-pub fn first_line_target_met(r: &Report) -> bool {
+/// The figures whose median misses its target (a target figure without
+/// a sample misses it too).
+pub fn missed_targets(r: &Report) -> Vec<&Figure> {
     r.figures
         .iter()
-        .filter(|f| f.group == "boot" && f.name == "first KTAP line")
-        .all(|f| {
-            f.spread()
-                .is_some_and(|(_, m, _)| m <= FIRST_LINE_TARGET_MS)
-        })
+        .filter(|f| f.target().is_some() && f.meets_target() != Some(true))
+        .collect()
+}
+
+/// Judges one race boot of `cell` against the expected table: the boot
+/// must pass ([`Verdict`](crate::Verdict)) and the cell must show what the
+/// table says ([`crate::expected::compare`], the judgement of `run`).
+/// Returns the cell's KTAP result, or why the boot fails.
+pub fn judge_race_boot(
+    cell: &crate::expected::Cell,
+    verdict: &crate::Verdict,
+    doc: &crate::ktap::Document,
+) -> std::result::Result<crate::ktap::TestResult, String> {
+    use crate::expected::{self, Selection};
+    if !verdict.passed {
+        return Err(verdict.reasons.join("; "));
+    }
+    let observed = expected::observed(doc);
+    let lines = expected::compare(cell.arch, &Selection::cell(cell), &observed);
+    if let Some(l) = lines.iter().find(|l| !l.ok) {
+        let expect = l.expect.map_or("(not in the table)", |e| e.name());
+        let why = l.why.as_ref().map_or(String::new(), |w| format!(" ({w})"));
+        return Err(match &l.observed {
+            Some(o) => format!(
+                "{}: expected {expect}, observed {} in {} iterations, {} hits{why}",
+                l.case(),
+                o.outcome,
+                o.iterations,
+                o.hits
+            ),
+            None => format!("{}: expected {expect}, not run", l.case()),
+        });
+    }
+    doc.case(&cell.case())
+        .ok_or_else(|| format!("{} did not run", cell.case()))
 }
 
 /// The checked-out commit, if git can tell.
@@ -894,26 +1078,146 @@ mod tests {
     }
 
     #[test]
-    fn comparison_knows_which_way_is_better() {
+    fn comparison_marks_a_change_only_when_the_ranges_are_apart() {
         let old = sample();
         let mut new = sample();
-        // Latency doubled (worse), throughput doubled (better), one within 5 %.
-        new.figures[0].samples = vec![7600.0];
-        new.figures[1].samples = vec![3550.0];
-        new.figures[2].samples = vec![27.5e6];
+        // Latency: the new range (7600..8000) above the old (3500..7100).
+        new.figures[0].samples = vec![7600.0, 7700.0, 8000.0];
+        // Median x1.43, but the ranges overlap: noise.
+        new.figures[1].samples = vec![3300.0, 5000.0, 9000.0];
+        // Throughput: the new range above the old.
+        new.figures[2].samples = vec![27e6, 27.5e6, 28e6];
         let c = compare(&old, &new);
         assert_eq!(c.len(), 4);
         assert_eq!(c[0].verdict, Change::Worse);
-        assert!((c[0].ratio - 2.0).abs() < 1e-9);
-        assert_eq!(c[1].verdict, Change::Same);
+        assert!((c[0].ratio - 7700.0 / 3800.0).abs() < 1e-9);
+        assert_eq!(c[1].verdict, Change::Same, "{:?}", c[1]);
+        assert!(c[1].ratio > 1.4);
         assert_eq!(c[2].verdict, Change::Better);
-        assert_eq!(c[3].verdict, Change::Same);
+        // One sample: no spread, no mark.
+        assert_eq!(c[3].verdict, Change::FewRuns);
+        let worse = regressions(&c);
+        assert_eq!(worse.len(), 1);
+        assert_eq!(worse[0].name, "ipte, 1 target");
         let t = text_table(&new, &c);
-        assert!(
-            t.contains("x2.00 WORSE") && t.contains("x2.00 better"),
-            "{t}"
-        );
+        assert!(t.contains("x2.03 WORSE") && t.contains("x2.00 better"), "{t}");
+        assert!(t.contains("x1.43 same") && t.contains("x1.00 few runs"), "{t}");
         assert!(t.contains("1 of 2 runs without a value"), "{t}");
+        // The same run against itself marks nothing.
+        assert!(regressions(&compare(&new, &new)).is_empty());
+    }
+
+    #[test]
+    fn a_change_needs_apart_ranges_more_than_5_percent_and_3_runs() {
+        let fig = |samples: &[f64], hib: bool| Figure {
+            samples: samples.to_vec(),
+            ..Figure::new("x86_64", "g", "n", "ns", hib)
+        };
+        let old = fig(&[100.0, 101.0, 102.0], false);
+        // Apart but within 5 % of the median.
+        assert_eq!(change(&old, &fig(&[103.0, 104.0, 105.0], false)), Change::Same);
+        assert_eq!(change(&old, &fig(&[110.0, 111.0, 112.0], false)), Change::Worse);
+        assert_eq!(change(&old, &fig(&[80.0, 81.0, 82.0], false)), Change::Better);
+        // Touching ranges are the same figure.
+        assert_eq!(change(&old, &fig(&[102.0, 150.0, 200.0], false)), Change::Same);
+        // Larger is better: the same moves, the other way round.
+        let old = fig(&[100.0, 101.0, 102.0], true);
+        assert_eq!(change(&old, &fig(&[110.0, 111.0, 112.0], true)), Change::Better);
+        assert_eq!(change(&old, &fig(&[80.0, 81.0, 82.0], true)), Change::Worse);
+        // Two runs are too few, on either side.
+        assert_eq!(change(&old, &fig(&[300.0, 310.0], true)), Change::FewRuns);
+        assert_eq!(change(&fig(&[1.0, 2.0], true), &old), Change::FewRuns);
+    }
+
+    #[test]
+    fn timing_targets_are_figures_met_or_missed() {
+        let mut r = sample();
+        r.figure("s390x", "boot", "first KTAP line", "ms", false)
+            .samples = vec![20.0, 25.0, 103.0];
+        r.figure("x86_64", "boot", "first KTAP line", "ms", false)
+            .samples = vec![90.0, 120.0, 130.0];
+        r.figure("s390x", "race point cost", "unarmed", "ns", false)
+            .samples = vec![1.5, 30.0, 31.0];
+        r.figure("s390x", "natural run", "time past its budget", "ms", false);
+        let missed: Vec<(&str, &str)> = missed_targets(&r)
+            .iter()
+            .map(|f| (f.arch.as_str(), f.name.as_str()))
+            .collect();
+        assert_eq!(
+            missed,
+            [
+                ("x86_64", "first KTAP line"),
+                ("s390x", "unarmed"),
+                ("s390x", "time past its budget")
+            ]
+        );
+        let t = text_table(&r, &[]);
+        assert!(t.contains("(target <= 100 ms: met)"), "{t}");
+        assert!(t.contains("(target <= 100 ms: MISSED)"), "{t}");
+        assert!(t.contains("(target <= 20.00 ns: MISSED)"), "{t}");
+        assert!(t.contains("(target <= 500 ms: no sample)"), "{t}");
+        // A figure without a target is never missed.
+        assert_eq!(r.figures[0].target(), None);
+        let page = html(&r, &[], None).unwrap();
+        assert!(page.contains("x86_64 boot: first KTAP line: target &lt;= 100 ms: MISSED"));
+    }
+
+    /// A scenario boot's KTAP: one natural case of `c` with `outcome`.
+    fn race_boot(c: &crate::expected::Cell, outcome: &str) -> crate::ktap::Document {
+        crate::ktap::parse(&format!(
+            "KTAP version 1\n1..1\n    KTAP version 1\n    1..1\n    \
+# row={} variant={} mode=natural outcome={outcome} iterations=40 hits={} first_hit_ns=12\n    \
+ok 1 {}:{}:natural\nok 1 scenario\n",
+            c.row,
+            c.variant,
+            u8::from(outcome == "bug"),
+            c.row,
+            c.label()
+        ))
+    }
+
+    #[test]
+    fn race_boots_are_judged_against_the_expected_table() {
+        use crate::expected::{Expect, Mode, CELLS};
+        let passed = crate::Verdict {
+            passed: true,
+            reasons: Vec::new(),
+        };
+        let c = CELLS
+            .iter()
+            .find(|c| c.mode == Mode::Natural && c.expect == Expect::Bug)
+            .expect("a buggy natural cell");
+        let r = judge_race_boot(c, &passed, &race_boot(c, "bug")).unwrap();
+        assert_eq!(r.diag_value("first_hit_ns"), Some("12"));
+        // A buggy cell that stops reproducing fails its boot.
+        let why = judge_race_boot(c, &passed, &race_boot(c, "clean")).unwrap_err();
+        assert!(
+            why.contains(&format!("{}: expected bug, observed clean in 40 iterations, 0 hits", c.case())),
+            "{why}"
+        );
+        // A boot that ran another cell, or failed, fails.
+        let other = CELLS
+            .iter()
+            .find(|o| o.mode == Mode::Natural && o.row != c.row && o.arch == c.arch)
+            .unwrap();
+        let why = judge_race_boot(c, &passed, &race_boot(other, "bug")).unwrap_err();
+        assert!(why.contains("expected bug, not run"), "{why}");
+        let failed = crate::Verdict {
+            passed: false,
+            reasons: vec!["timed out after 400 s: the kernel hung".into()],
+        };
+        let why = judge_race_boot(c, &failed, &race_boot(c, "bug")).unwrap_err();
+        assert_eq!(why, "timed out after 400 s: the kernel hung");
+        // A cell that reports its hit rate only passes either way.
+        if let Some(rep) = CELLS
+            .iter()
+            .find(|c| c.mode == Mode::Natural && c.expect == Expect::Report)
+        {
+            for outcome in ["bug", "clean"] {
+                assert!(judge_race_boot(rep, &passed, &race_boot(rep, outcome)).is_ok());
+            }
+            assert!(judge_race_boot(rep, &passed, &race_boot(rep, "vacuous")).is_err());
+        }
     }
 
     #[test]

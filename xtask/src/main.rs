@@ -100,9 +100,19 @@ struct BenchArgs {
     /// Directory for bench.json and bench.html (default target/bench).
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
-    /// An earlier bench.json: print and plot new / old ratios.
+    /// An earlier bench.json: print and plot new / old ratios, marking a
+    /// figure better or worse only when the two runs' min..max ranges are
+    /// apart (3 or more runs each) and the medians differ by more than 5 %.
     #[arg(long, value_name = "OLD.json")]
     compare: Option<PathBuf>,
+    /// With --compare: exit non-zero if a figure is marked worse.
+    #[arg(long, requires = "compare")]
+    fail_on_regression: bool,
+    /// Exit non-zero if a figure misses its target (first KTAP line, race
+    /// point cost, time past a natural run's budget); without it a missed
+    /// target is reported only.
+    #[arg(long)]
+    fail_on_target: bool,
     /// Boot nothing: report this saved bench.json (with --compare, two
     /// saved runs against each other).
     #[arg(long, value_name = "FILE.json")]
@@ -902,21 +912,35 @@ fn bench(args: &BenchArgs) -> Result<ExitCode> {
     std::fs::write(&html, bench::html(&report, &cmp, label.as_deref())?)
         .with_context(|| format!("writing {}", html.display()))?;
     println!("report: {} and {}", json.display(), html.display());
-    let met = bench::first_line_target_met(&report);
-    if !met {
+    let missed = bench::missed_targets(&report);
+    for f in &missed {
         println!(
-            "the median time to the first KTAP line MISSES the {} ms target",
-            bench::FIRST_LINE_TARGET_MS
+            "target: {} {}: {}: {}",
+            f.arch,
+            f.group,
+            f.name,
+            f.target_note().unwrap_or_default()
+        );
+    }
+    let worse = bench::regressions(&cmp);
+    for c in &worse {
+        println!(
+            "regression: {} {}: {}: median {} -> {} (x{:.2}), the ranges apart",
+            c.arch,
+            c.group,
+            c.name,
+            bench::human(c.old),
+            bench::human(c.new),
+            c.ratio
         );
     }
     for f in &report.failures {
         println!("FAILED boot: {f}");
     }
-    Ok(if met && report.failures.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    let failed = !report.failures.is_empty()
+        || (args.fail_on_regression && !worse.is_empty())
+        || (args.fail_on_target && !missed.is_empty());
+    Ok(verdict(!failed))
 }
 
 /// Runs a command in the workspace root, failing with `what` if it fails.

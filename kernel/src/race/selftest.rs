@@ -197,6 +197,11 @@ fn other_cpu(role: usize) -> usize {
 
 // ---- cost -------------------------------------------------------------------------
 
+/// Measures an unarmed race point (above an empty loop) and one armed for
+/// tracing, printed as `race_point_unarmed_ns` and
+/// `race_point_armed_trace_ns`. The cost is a `cargo xtask bench` figure with
+/// a target, never a failure here: the case fails only if an armed point
+/// does not trace every pass.
 fn unarmed_point_cost<A: Mmu>(_: &Cmdline) -> Outcome {
     no_leak(|| {
         const N: u64 = 1_000_000;
@@ -241,12 +246,6 @@ fn unarmed_point_cost<A: Mmu>(_: &Cmdline) -> Outcome {
             base * 1000 / N % 1000,
             armed / M
         );
-        if per_milli > 20_000 {
-            return fail(format!(
-                "an unarmed race point costs {} ns (limit 20)",
-                per_milli / 1000
-            ));
-        }
         if traced != trace::RING_LEN {
             return fail(format!(
                 "an armed point left {traced} events in a ring of {}",
