@@ -87,7 +87,8 @@ enum Action {
 struct BenchArgs {
     #[arg(long, value_enum, default_value_t = ArchSel::All)]
     arch: ArchSel,
-    /// Self-test boots per architecture.
+    /// Self-test boots per architecture, and as many natural runs with a
+    /// time budget (how far past it they go).
     #[arg(long, default_value_t = 10)]
     runs: usize,
     /// CPUs per boot.
