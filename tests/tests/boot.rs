@@ -403,7 +403,10 @@ fn boot_and_assert(arch: Arch, smp: usize) {
         .unwrap()
         .parse()
         .unwrap();
-    assert!(ns.is_finite() && ns >= 0.0, "{arch}: unarmed race point {ns} ns");
+    assert!(
+        ns.is_finite() && ns >= 0.0,
+        "{arch}: unarmed race point {ns} ns"
+    );
     if smp >= 2 {
         // The held-back IPI: the sender's wait covered the interrupts-off section.
         let held = b.ktap.case("boot.ipi_held_by_irqs_off").unwrap();

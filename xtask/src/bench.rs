@@ -98,7 +98,11 @@ impl Figure {
     pub fn meets_target(&self) -> Option<bool> {
         let t = self.target()?;
         let (_, m, _) = self.spread()?;
-        Some(if self.higher_is_better { m >= t } else { m <= t })
+        Some(if self.higher_is_better {
+            m >= t
+        } else {
+            m <= t
+        })
     }
 
     /// `target <= 100 ms: met` (or `MISSED`, or `no sample`), for a figure
@@ -337,7 +341,9 @@ pub fn text_table(r: &Report, cmp: &[Comparison]) -> String {
             .find(|c| (c.arch.as_str(), c.group.as_str(), c.name.as_str()) == f.key())
             .map(|c| format!("  x{:.2} {}", c.ratio, c.verdict.word()))
             .unwrap_or_default();
-        let target = f.target_note().map_or(String::new(), |t| format!("  ({t})"));
+        let target = f
+            .target_note()
+            .map_or(String::new(), |t| format!("  ({t})"));
         let _ = writeln!(out, "   {label:<88} {spread}{ratio}{target}{missing}");
     }
     out
@@ -917,7 +923,10 @@ pub fn run(opts: &Options, progress: &mut crate::progress::Progress) -> Result<R
             match judge_race_boot(c, &b.verdict(), &b.ktap) {
                 Ok(r) => {
                     let f = report.figure(arch, "natural run", "time past its budget", "ms", false);
-                    match r.diag_value("elapsed_ms").and_then(|v| v.parse::<f64>().ok()) {
+                    match r
+                        .diag_value("elapsed_ms")
+                        .and_then(|v| v.parse::<f64>().ok())
+                    {
                         Some(ms) => f.samples.push(ms - budget_ms as f64),
                         None => f.missing += 1,
                     }
@@ -1100,8 +1109,14 @@ mod tests {
         assert_eq!(worse.len(), 1);
         assert_eq!(worse[0].name, "ipte, 1 target");
         let t = text_table(&new, &c);
-        assert!(t.contains("x2.03 WORSE") && t.contains("x2.00 better"), "{t}");
-        assert!(t.contains("x1.43 same") && t.contains("x1.00 few runs"), "{t}");
+        assert!(
+            t.contains("x2.03 WORSE") && t.contains("x2.00 better"),
+            "{t}"
+        );
+        assert!(
+            t.contains("x1.43 same") && t.contains("x1.00 few runs"),
+            "{t}"
+        );
         assert!(t.contains("1 of 2 runs without a value"), "{t}");
         // The same run against itself marks nothing.
         assert!(regressions(&compare(&new, &new)).is_empty());
@@ -1115,14 +1130,29 @@ mod tests {
         };
         let old = fig(&[100.0, 101.0, 102.0], false);
         // Apart but within 5 % of the median.
-        assert_eq!(change(&old, &fig(&[103.0, 104.0, 105.0], false)), Change::Same);
-        assert_eq!(change(&old, &fig(&[110.0, 111.0, 112.0], false)), Change::Worse);
-        assert_eq!(change(&old, &fig(&[80.0, 81.0, 82.0], false)), Change::Better);
+        assert_eq!(
+            change(&old, &fig(&[103.0, 104.0, 105.0], false)),
+            Change::Same
+        );
+        assert_eq!(
+            change(&old, &fig(&[110.0, 111.0, 112.0], false)),
+            Change::Worse
+        );
+        assert_eq!(
+            change(&old, &fig(&[80.0, 81.0, 82.0], false)),
+            Change::Better
+        );
         // Touching ranges are the same figure.
-        assert_eq!(change(&old, &fig(&[102.0, 150.0, 200.0], false)), Change::Same);
+        assert_eq!(
+            change(&old, &fig(&[102.0, 150.0, 200.0], false)),
+            Change::Same
+        );
         // Larger is better: the same moves, the other way round.
         let old = fig(&[100.0, 101.0, 102.0], true);
-        assert_eq!(change(&old, &fig(&[110.0, 111.0, 112.0], true)), Change::Better);
+        assert_eq!(
+            change(&old, &fig(&[110.0, 111.0, 112.0], true)),
+            Change::Better
+        );
         assert_eq!(change(&old, &fig(&[80.0, 81.0, 82.0], true)), Change::Worse);
         // Two runs are too few, on either side.
         assert_eq!(change(&old, &fig(&[300.0, 310.0], true)), Change::FewRuns);
@@ -1192,7 +1222,10 @@ ok 1 {}:{}:natural\nok 1 scenario\n",
         // A buggy cell that stops reproducing fails its boot.
         let why = judge_race_boot(c, &passed, &race_boot(c, "clean")).unwrap_err();
         assert!(
-            why.contains(&format!("{}: expected bug, observed clean in 40 iterations, 0 hits", c.case())),
+            why.contains(&format!(
+                "{}: expected bug, observed clean in 40 iterations, 0 hits",
+                c.case()
+            )),
             "{why}"
         );
         // A boot that ran another cell, or failed, fails.
