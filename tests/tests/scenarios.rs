@@ -78,7 +78,8 @@ fn every_cell(arch: Arch, row: &str) {
 
 /// An unknown scenario is refused with the list of known ones.
 fn unknown_scenario_is_refused() {
-    let Some(b) = boot(Arch::S390x, 2, "scenario=no-such-row", TIMEOUT) else {
+    let Some(b) = quiesce_tests::boot_to_fail(Arch::S390x, 2, "scenario=no-such-row", TIMEOUT)
+    else {
         return;
     };
     assert!(!b.verdict().passed);

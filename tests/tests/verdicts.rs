@@ -14,7 +14,7 @@
 //!   it. The detectors judge what happens after a release: the cell is
 //!   `bug`.
 
-use quiesce_tests::{assert_passed, boot, TIMEOUT};
+use quiesce_tests::{assert_passed, boot_to_fail, TIMEOUT};
 use xtask::expected::{self, Mode, Selection};
 use xtask::Arch;
 
@@ -28,13 +28,14 @@ fn cell(arch: Arch, inject: &str) -> (&'static str, &'static str) {
     }
 }
 
-/// Boots the cell with `inject=`; returns the comparison's line.
+/// Boots the cell with `inject=` (a boot that must fail: its cell must
+/// differ from the table); returns the comparison's line.
 fn injected(arch: Arch, inject: &str) -> Option<expected::Line> {
     let (variant, flush) = cell(arch, inject);
     let cmdline = format!(
         "scenario=ptfree-vs-gup-fast variant={variant} flush={flush} mode=forced inject={inject}"
     );
-    let b = boot(arch, 4, &cmdline, TIMEOUT)?;
+    let b = boot_to_fail(arch, 4, &cmdline, TIMEOUT)?;
     assert_passed(&b);
     let sel = Selection {
         row: Some("ptfree-vs-gup-fast".into()),
@@ -81,7 +82,7 @@ fn finding_after_release_is_bug(arch: Arch) {
 /// `inject=` breaks a scenario run only: without `scenario=` the command
 /// line is refused.
 fn inject_needs_a_scenario(arch: Arch) {
-    let Some(b) = boot(arch, 2, "inject=deadlock", TIMEOUT) else {
+    let Some(b) = boot_to_fail(arch, 2, "inject=deadlock", TIMEOUT) else {
         return;
     };
     assert!(!b.verdict().passed, "{arch}");

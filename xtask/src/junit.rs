@@ -191,9 +191,9 @@ impl LibtestReader {
                 self.record(name, Outcome::Ignored(ev.message));
                 vec![shown]
             }
-            ("test", "timeout") => vec![format!(
-                "test {name} has been running for over 60 seconds"
-            )],
+            ("test", "timeout") => {
+                vec![format!("test {name} has been running for over 60 seconds")]
+            }
             _ => vec![line.to_string()],
         }
     }
@@ -225,7 +225,9 @@ fn binary_name(running: &str) -> String {
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let stem = stem.rsplit_once('-').map_or(stem.clone(), |(s, _)| s.into());
+    let stem = stem
+        .rsplit_once('-')
+        .map_or(stem.clone(), |(s, _)| s.into());
     match label.strip_prefix("unittests ") {
         Some(src) => format!("{stem} ({src})"),
         None => stem,
@@ -328,7 +330,11 @@ fn cell_verdict(line: Option<&expected::Line>, diagnostics: &[String]) -> Verdic
                 .unwrap_or("skip".into()),
         ),
         _ => Verdict::Fail {
-            message: l.to_string().split_whitespace().collect::<Vec<_>>().join(" "),
+            message: l
+                .to_string()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" "),
             text: format!("{}\n{l}\n{}", expected::HEADER, diagnostics.join("\n")),
         },
     }
@@ -653,7 +659,10 @@ quiesce: status=fail (1 test failed)
                 "failures",
                 &[
                     ("s390x::hang", Outcome::Passed),
-                    ("x86_64::hang", Outcome::Ignored(Some("not in QUIESCE_TEST_ARCHES".into()))),
+                    (
+                        "x86_64::hang",
+                        Outcome::Ignored(Some("not in QUIESCE_TEST_ARCHES".into())),
+                    ),
                 ],
             )],
             &[
@@ -673,7 +682,10 @@ quiesce: status=fail (1 test failed)
             .descendants()
             .find(|n| n.has_tag_name("skipped"))
             .unwrap();
-        assert_eq!(skipped.parent().unwrap().attribute("name"), Some("x86_64::hang"));
+        assert_eq!(
+            skipped.parent().unwrap().attribute("name"),
+            Some("x86_64::hang")
+        );
         // A must-fail boot says why it failed.
         let out = doc
             .descendants()
@@ -690,7 +702,10 @@ quiesce: status=fail (1 test failed)
     /// observed one are in the message.
     #[test]
     fn a_mismatching_cell_is_a_failure() {
-        let xml = render(&[], &[boot("scenarios.cell.0", &scenario_boot("clean"), false)]);
+        let xml = render(
+            &[],
+            &[boot("scenarios.cell.0", &scenario_boot("clean"), false)],
+        );
         let case = "wp-unlock-vs-zap:buggy-immediate:forced";
         assert_eq!(
             failures(&xml),
@@ -716,7 +731,10 @@ quiesce: status=fail (1 test failed)
                 "boot",
                 &[(
                     "s390x::smp",
-                    Outcome::Failed("thread panicked at tests/tests/boot.rs:9:5:\nassertion failed: v.passed\n".into()),
+                    Outcome::Failed(
+                        "thread panicked at tests/tests/boot.rs:9:5:\nassertion failed: v.passed\n"
+                            .into(),
+                    ),
                 )],
             )],
             &[boot("failures.s390x__hang.0", &scenario_boot("bug"), true)],
@@ -725,12 +743,18 @@ quiesce: status=fail (1 test failed)
             failures(&xml),
             [
                 ("boot".to_string(), "s390x::smp".to_string()),
-                ("failures.s390x__hang.0".to_string(), "fails as required".to_string()),
+                (
+                    "failures.s390x__hang.0".to_string(),
+                    "fails as required".to_string()
+                ),
             ],
             "{xml}"
         );
         assert!(xml.contains("assertion failed: v.passed"), "{xml}");
-        assert!(xml.contains("the boot passed, but its test requires it to fail"), "{xml}");
+        assert!(
+            xml.contains("the boot passed, but its test requires it to fail"),
+            "{xml}"
+        );
     }
 
     /// The merged output of `cargo test` with libtest's JSON events: cargo's
@@ -752,15 +776,27 @@ quiesce: status=fail (1 test failed)
 "#;
         let mut r = LibtestReader::default();
         let shown: Vec<String> = output.lines().flat_map(|l| r.line(l)).collect();
-        assert!(shown.contains(&"test tests::a ... ok".to_string()), "{shown:#?}");
-        assert!(shown.contains(&"test tests::b ... FAILED".to_string()), "{shown:#?}");
+        assert!(
+            shown.contains(&"test tests::a ... ok".to_string()),
+            "{shown:#?}"
+        );
+        assert!(
+            shown.contains(&"test tests::b ... FAILED".to_string()),
+            "{shown:#?}"
+        );
         assert!(shown.contains(&"    boom".to_string()), "{shown:#?}");
-        assert!(shown.contains(&"# SKIP x86_64: printed by a test".to_string()), "{shown:#?}");
+        assert!(
+            shown.contains(&"# SKIP x86_64: printed by a test".to_string()),
+            "{shown:#?}"
+        );
         assert!(
             shown.contains(&"test result: failed. 1 passed; 1 failed; 0 ignored".to_string()),
             "{shown:#?}"
         );
-        assert!(!shown.iter().any(|l| l.contains("\"started\", \"name\"")), "{shown:#?}");
+        assert!(
+            !shown.iter().any(|l| l.contains("\"started\", \"name\"")),
+            "{shown:#?}"
+        );
         assert_eq!(
             r.binaries,
             [
@@ -768,14 +804,23 @@ quiesce: status=fail (1 test failed)
                     "xtask (src/main.rs)",
                     &[
                         ("tests::a", Outcome::Passed),
-                        ("tests::b", Outcome::Failed("thread 'tests::b' panicked:\nboom\n".into())),
+                        (
+                            "tests::b",
+                            Outcome::Failed("thread 'tests::b' panicked:\nboom\n".into())
+                        ),
                     ]
                 ),
                 binary(
                     "failures",
-                    &[("x86_64::hang", Outcome::Ignored(Some("not in QUIESCE_TEST_ARCHES".into())))]
+                    &[(
+                        "x86_64::hang",
+                        Outcome::Ignored(Some("not in QUIESCE_TEST_ARCHES".into()))
+                    )]
                 ),
-                binary("xtask (doc-tests)", &[("src/lib.rs - f (line 3)", Outcome::Passed)]),
+                binary(
+                    "xtask (doc-tests)",
+                    &[("src/lib.rs - f (line 3)", Outcome::Passed)]
+                ),
             ]
         );
     }
@@ -790,10 +835,16 @@ quiesce: status=fail (1 test failed)
         }
         let boots = read_dir(&dir).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
-        let got: Vec<(&str, bool)> = boots.iter().map(|b| (b.name.as_str(), b.must_fail)).collect();
+        let got: Vec<(&str, bool)> = boots
+            .iter()
+            .map(|b| (b.name.as_str(), b.must_fail))
+            .collect();
         assert_eq!(
             got,
-            [("failures.s390x__hang.0", false), ("failures.s390x__hang.1", true)]
+            [
+                ("failures.s390x__hang.0", false),
+                ("failures.s390x__hang.1", true)
+            ]
         );
     }
 }
