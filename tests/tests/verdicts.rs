@@ -16,7 +16,7 @@
 
 use quiesce_tests::{assert_passed, boot_to_fail, TIMEOUT};
 use xtask::expected::{self, Mode, Selection};
-use xtask::Arch;
+use xtask::{Arch, Boot};
 
 /// The forced cell of `ptfree-vs-gup-fast` that each self-check breaks:
 /// its variant and flush strategy on `arch`.
@@ -45,7 +45,31 @@ fn injected(arch: Arch, inject: &str) -> Option<expected::Line> {
     };
     let lines = expected::compare(arch, &sel, &expected::observed(&b.ktap));
     assert_eq!(lines.len(), 1, "{arch}: {lines:?}");
+    assert_junit_shows_the_mismatch(&b, &lines[0]);
     Some(lines.into_iter().next().unwrap())
+}
+
+/// The JUnit XML of the boot (`cargo xtask test --junit`) shows the broken
+/// cell as the one `<failure>` when the boot is read as one that must pass,
+/// and none as the boot that must fail that it is.
+fn assert_junit_shows_the_mismatch(b: &Boot, l: &expected::Line) {
+    let xml = |must_fail| {
+        xtask::junit::render(
+            &[],
+            &[xtask::junit::BootLog {
+                name: "boot".into(),
+                console: b.console.join("\n"),
+                must_fail,
+            }],
+        )
+    };
+    let case = &l.case()["scenario.".len()..];
+    let failure = format!("<testcase classname=\"boot.scenario\" name=\"{case}\"><failure ");
+    let as_passing = xml(false);
+    assert_eq!(as_passing.matches("<failure ").count(), 1, "{as_passing}");
+    assert!(as_passing.contains(&failure), "{as_passing}");
+    let as_failing = xml(true);
+    assert!(!as_failing.contains("<failure"), "{as_failing}");
 }
 
 fn deadlock_is_not_the_catalogues_cycle(arch: Arch) {

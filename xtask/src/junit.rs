@@ -132,6 +132,8 @@ struct Event {
     passed: Option<u64>,
     failed: Option<u64>,
     ignored: Option<u64>,
+    filtered_out: Option<u64>,
+    exec_time: Option<f64>,
 }
 
 /// Reads the merged output of `cargo test -- -Z unstable-options --format
@@ -166,10 +168,12 @@ impl LibtestReader {
         match (ev.kind.as_str(), ev.event.as_str()) {
             ("suite", "started") => vec![format!("running {} tests", n(ev.test_count))],
             ("suite", word) => vec![format!(
-                "test result: {word}. {} passed; {} failed; {} ignored",
+                "test result: {word}. {} passed; {} failed; {} ignored; {} filtered out; finished in {:.2}s",
                 n(ev.passed),
                 n(ev.failed),
-                n(ev.ignored)
+                n(ev.ignored),
+                n(ev.filtered_out),
+                ev.exec_time.unwrap_or(0.0)
             )],
             ("test", "started") => Vec::new(),
             ("test", "ok") => {
@@ -422,10 +426,12 @@ fn boot_suite(b: &BootLog) -> Suite {
     }
 }
 
-/// Renders the JUnit XML of the test binaries' results and the boots.
+/// Renders the JUnit XML of the test binaries' results (a binary that ran
+/// no test, all filtered out, has no suite) and the boots.
 pub fn render(binaries: &[TestBinary], boots: &[BootLog]) -> String {
     let suites: Vec<Suite> = binaries
         .iter()
+        .filter(|b| !b.cases.is_empty())
         .map(binary_suite)
         .chain(boots.iter().map(boot_suite))
         .collect();
@@ -648,23 +654,22 @@ quiesce: status=fail (1 test failed)
         assert!(failures(&xml).is_empty());
     }
 
-    /// A green run: passed and ignored tests, a boot that passed with its
-    /// cell as the table expects, boots that must fail and did (a failed
-    /// status, a crash, a cell that differs from the table): no failure,
-    /// the ignored test skipped.
+    /// A green run: passed and ignored tests, a binary whose tests were
+    /// all filtered out, a boot that passed with its cell as the table
+    /// expects, boots that must fail and did (a failed status, a crash, a
+    /// cell that differs from the table): no failure, the ignored test
+    /// skipped, no suite for the empty binary.
     #[test]
     fn a_green_run_has_no_failure() {
+        let ignored = Outcome::Ignored(Some("not in QUIESCE_TEST_ARCHES".into()));
         let xml = render(
-            &[binary(
-                "failures",
-                &[
-                    ("s390x::hang", Outcome::Passed),
-                    (
-                        "x86_64::hang",
-                        Outcome::Ignored(Some("not in QUIESCE_TEST_ARCHES".into())),
-                    ),
-                ],
-            )],
+            &[
+                binary(
+                    "failures",
+                    &[("s390x::hang", Outcome::Passed), ("x86_64::hang", ignored)],
+                ),
+                binary("boot", &[]),
+            ],
             &[
                 boot("scenarios.cell.0", &scenario_boot("bug"), false),
                 boot("failures.s390x__hang.0", PASSING, true),
@@ -677,6 +682,7 @@ quiesce: status=fail (1 test failed)
         let root = doc.root_element();
         // 2 tests, the cell and its status, 3 must-fail boots.
         assert_eq!(root.attribute("tests"), Some("7"), "{xml}");
+        assert!(!xml.contains("testsuite name=\"boot\""), "{xml}");
         assert_eq!(root.attribute("skipped"), Some("1"), "{xml}");
         let skipped = doc
             .descendants()
@@ -790,7 +796,10 @@ quiesce: status=fail (1 test failed)
             "{shown:#?}"
         );
         assert!(
-            shown.contains(&"test result: failed. 1 passed; 1 failed; 0 ignored".to_string()),
+            shown.contains(
+                &"test result: failed. 1 passed; 1 failed; 0 ignored; 0 filtered out; finished in 0.10s"
+                    .to_string()
+            ),
             "{shown:#?}"
         );
         assert!(
