@@ -49,8 +49,10 @@ enum Action {
         /// Skip the lint step (rustfmt and clippy) that runs first.
         #[arg(long)]
         no_lint: bool,
-        /// Also write JUnit XML here: one case per KTAP result of every
-        /// boot; each boot's raw KTAP is kept in `<FILE>.ktap/`.
+        /// Also write JUnit XML here, with the run's verdicts: one case per
+        /// test, per KTAP result and scenario cell of every boot that must
+        /// pass, per boot that must fail; each boot's raw KTAP is kept in
+        /// `<FILE>.ktap/`.
         #[arg(long, value_name = "FILE")]
         junit: Option<std::path::PathBuf>,
         /// Extra arguments for the test binaries (e.g. a test name filter).
