@@ -167,16 +167,22 @@ fn main() {
     libtest_mimic::run(&args, trials).exit();
 }
 
-/// A test of `arch` running `body`; a panic is its failure.
+/// A test of `arch` running `body`; a panic is its failure. The body runs
+/// on a thread named after the test, as libtest's do, so that the consoles
+/// kept for JUnit (`tests/src/lib.rs`) are named after their test.
 fn trial(arch: Arch, name: String, body: impl FnOnce() + Send + 'static) -> Trial {
+    let thread = name.clone();
     Trial::test(name, move || {
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)).map_err(|e| {
-            e.downcast_ref::<String>()
-                .cloned()
-                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "panicked".into())
-                .into()
-        })
+        let run = std::thread::Builder::new().name(thread).spawn(body);
+        run.map_err(|e| format!("starting the test's thread: {e}"))?
+            .join()
+            .map_err(|e| {
+                e.downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "panicked".into())
+                    .into()
+            })
     })
     .with_ignored_flag(!quiesce_tests::enabled(arch))
 }
