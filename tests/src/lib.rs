@@ -41,9 +41,28 @@ pub fn kernel(arch: Arch) -> PathBuf {
         .clone()
 }
 
-/// Boots `arch` with `smp` CPUs and `cmdline`; `None` (with a printed reason) if
-/// the architecture is not enabled for this test run.
+/// Boots `arch` with `smp` CPUs and `cmdline`, a boot the test requires
+/// to pass; `None` (with a printed reason) if the architecture is not
+/// enabled for this test run.
 pub fn boot(arch: Arch, smp: usize, cmdline: &str, timeout: Duration) -> Option<Boot> {
+    boot_as(arch, smp, cmdline, timeout, false)
+}
+
+/// Like [`boot`], for a boot the test requires to fail (a failure path, a
+/// self-check that breaks a cell on purpose): its JUnit case passes when the
+/// boot failed (`cargo xtask test --junit`, `xtask/src/junit.rs`). The test
+/// asserts how it failed.
+pub fn boot_to_fail(arch: Arch, smp: usize, cmdline: &str, timeout: Duration) -> Option<Boot> {
+    boot_as(arch, smp, cmdline, timeout, true)
+}
+
+fn boot_as(
+    arch: Arch,
+    smp: usize,
+    cmdline: &str,
+    timeout: Duration,
+    must_fail: bool,
+) -> Option<Boot> {
     if !enabled(arch) {
         println!("# SKIP {arch}: not in QUIESCE_TEST_ARCHES");
         return None;
@@ -56,7 +75,7 @@ pub fn boot(arch: Arch, smp: usize, cmdline: &str, timeout: Duration) -> Option<
         let _cpus = HostCpus::take(smp);
         Boot::run(&config, |_| {}).unwrap_or_else(|e| panic!("could not boot {arch}: {e:#}"))
     };
-    keep_console(&boot);
+    keep_console(&boot, must_fail);
     Some(boot)
 }
 
@@ -101,9 +120,10 @@ impl Drop for HostCpus {
 }
 
 /// With `QUIESCE_KTAP_DIR` set (`cargo xtask test --junit`), writes the
-/// boot's raw console to `<dir>/<test name>.<n>.ktap`, `n` counting the
-/// boots of one test.
-fn keep_console(boot: &Boot) {
+/// boot's raw console to `<dir>/<binary>.<test name>.<n>.ktap` (`n`
+/// counting the boots of one test; [`xtask::junit::ktap_file_name`], which
+/// marks a boot that `must_fail`).
+fn keep_console(boot: &Boot, must_fail: bool) {
     let Some(dir) = std::env::var_os(xtask::junit::KTAP_DIR_ENV) else {
         return;
     };
@@ -126,7 +146,8 @@ fn keep_console(boot: &Boot) {
         .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
         .map(|s| s.rsplit_once('-').map_or(s.clone(), |(n, _)| n.to_string()))
         .unwrap_or_default();
-    let path = PathBuf::from(dir).join(format!("{crate_name}.{test}.{n}.ktap"));
+    let name = xtask::junit::ktap_file_name(&crate_name, &test, n, must_fail);
+    let path = PathBuf::from(dir).join(name);
     let mut text = boot.console.join("\n");
     text.push('\n');
     std::fs::write(&path, text).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));

@@ -4,7 +4,7 @@
 //! and too little memory. A panic and an unhandled exception show their
 //! backtrace, symbolised from the kernel ELF.
 
-use quiesce_tests::{assert_failed_with, boot, TIMEOUT};
+use quiesce_tests::{assert_failed_with, boot, boot_to_fail, TIMEOUT};
 use std::time::Duration;
 use xtask::{Arch, Boot};
 
@@ -23,7 +23,7 @@ fn assert_status_fail(arch: Arch, b: &Boot) {
 }
 
 fn requested_failure(arch: Arch) {
-    let Some(b) = boot(arch, 2, "selftest.fail", TIMEOUT) else {
+    let Some(b) = boot_to_fail(arch, 2, "selftest.fail", TIMEOUT) else {
         return;
     };
     assert_failed_with(&b, "test failed: boot.requested_failure");
@@ -31,7 +31,7 @@ fn requested_failure(arch: Arch) {
 }
 
 fn panic_on_secondary(arch: Arch) {
-    let Some(b) = boot(arch, 4, "selftest.panic=2", TIMEOUT) else {
+    let Some(b) = boot_to_fail(arch, 4, "selftest.panic=2", TIMEOUT) else {
         return;
     };
     assert_failed_with(&b, "panic on CPU 2");
@@ -41,7 +41,7 @@ fn panic_on_secondary(arch: Arch) {
 }
 
 fn hang(arch: Arch) {
-    let Some(b) = boot(arch, 2, "selftest.hang", Duration::from_secs(8)) else {
+    let Some(b) = boot_to_fail(arch, 2, "selftest.hang", Duration::from_secs(8)) else {
         return;
     };
     assert!(b.timed_out);
@@ -54,7 +54,7 @@ fn hang(arch: Arch) {
 }
 
 fn crash_without_status(arch: Arch) {
-    let Some(b) = boot(arch, 2, "selftest.crash", TIMEOUT) else {
+    let Some(b) = boot_to_fail(arch, 2, "selftest.crash", TIMEOUT) else {
         return;
     };
     // QEMU reports success: only the missing status line shows the crash.
@@ -69,7 +69,7 @@ fn crash_without_status(arch: Arch) {
 }
 
 fn unknown_key(arch: Arch) {
-    let Some(b) = boot(arch, 1, "seed=7 bogus=1", TIMEOUT) else {
+    let Some(b) = boot_to_fail(arch, 1, "seed=7 bogus=1", TIMEOUT) else {
         return;
     };
     assert_failed_with(&b, "unknown key 'bogus'");
@@ -87,7 +87,7 @@ fn test_filter(arch: Arch) {
     quiesce_tests::assert_passed(&b);
     let names: Vec<String> = b.ktap.cases().into_iter().map(|(n, _)| n).collect();
     assert_eq!(names, ["boot.timer_ticks"]);
-    let Some(b) = boot(arch, 1, "test=no_such_test", TIMEOUT) else {
+    let Some(b) = boot_to_fail(arch, 1, "test=no_such_test", TIMEOUT) else {
         return;
     };
     assert_failed_with(&b, "no test matches");
@@ -95,7 +95,7 @@ fn test_filter(arch: Arch) {
 
 fn too_little_memory(arch: Arch) {
     // `mem=12M` leaves a few MiB beside the image: below the 16 MiB minimum.
-    let Some(b) = boot(arch, 1, "mem=12M", TIMEOUT) else {
+    let Some(b) = boot_to_fail(arch, 1, "mem=12M", TIMEOUT) else {
         return;
     };
     assert_failed_with(&b, "too little memory");
@@ -136,7 +136,7 @@ fn assert_frame(section: &str, function: &str, report: &str) {
 }
 
 fn panic_backtrace(arch: Arch) {
-    let Some(b) = boot(arch, 4, "selftest.panic=2 test=boot.requested", TIMEOUT) else {
+    let Some(b) = boot_to_fail(arch, 4, "selftest.panic=2 test=boot.requested", TIMEOUT) else {
         return;
     };
     assert_failed_with(&b, "panic on CPU 2");
@@ -151,7 +151,7 @@ fn panic_backtrace(arch: Arch) {
 }
 
 fn fault_backtrace(arch: Arch) {
-    let Some(b) = boot(arch, 4, "selftest.fault=2 test=boot.requested", TIMEOUT) else {
+    let Some(b) = boot_to_fail(arch, 4, "selftest.fault=2 test=boot.requested", TIMEOUT) else {
         return;
     };
     assert_failed_with(&b, "panic on CPU 2");

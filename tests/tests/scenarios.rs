@@ -78,7 +78,8 @@ fn every_cell(arch: Arch, row: &str) {
 
 /// An unknown scenario is refused with the list of known ones.
 fn unknown_scenario_is_refused() {
-    let Some(b) = boot(Arch::S390x, 2, "scenario=no-such-row", TIMEOUT) else {
+    let Some(b) = quiesce_tests::boot_to_fail(Arch::S390x, 2, "scenario=no-such-row", TIMEOUT)
+    else {
         return;
     };
     assert!(!b.verdict().passed);
@@ -170,16 +171,22 @@ fn main() {
     libtest_mimic::run(&args, trials).exit();
 }
 
-/// A test of `arch` running `body`; a panic is its failure.
+/// A test of `arch` running `body`; a panic is its failure. The body runs
+/// on a thread named after the test, as libtest's do, so that the consoles
+/// kept for JUnit (`tests/src/lib.rs`) are named after their test.
 fn trial(arch: Arch, name: String, body: impl FnOnce() + Send + 'static) -> Trial {
+    let thread = name.clone();
     Trial::test(name, move || {
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)).map_err(|e| {
-            e.downcast_ref::<String>()
-                .cloned()
-                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "panicked".into())
-                .into()
-        })
+        let run = std::thread::Builder::new().name(thread).spawn(body);
+        run.map_err(|e| format!("starting the test's thread: {e}"))?
+            .join()
+            .map_err(|e| {
+                e.downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "panicked".into())
+                    .into()
+            })
     })
     .with_ignored_flag(!quiesce_tests::enabled(arch))
 }

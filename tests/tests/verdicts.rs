@@ -14,9 +14,9 @@
 //!   it. The detectors judge what happens after a release: the cell is
 //!   `bug`.
 
-use quiesce_tests::{assert_passed, boot, TIMEOUT};
+use quiesce_tests::{assert_passed, boot_to_fail, TIMEOUT};
 use xtask::expected::{self, Mode, Selection};
-use xtask::Arch;
+use xtask::{Arch, Boot};
 
 /// The forced cell of `ptfree-vs-gup-fast` that each self-check breaks:
 /// its variant and flush strategy on `arch`.
@@ -28,13 +28,14 @@ fn cell(arch: Arch, inject: &str) -> (&'static str, &'static str) {
     }
 }
 
-/// Boots the cell with `inject=`; returns the comparison's line.
+/// Boots the cell with `inject=` (a boot that must fail: its cell must
+/// differ from the table); returns the comparison's line.
 fn injected(arch: Arch, inject: &str) -> Option<expected::Line> {
     let (variant, flush) = cell(arch, inject);
     let cmdline = format!(
         "scenario=ptfree-vs-gup-fast variant={variant} flush={flush} mode=forced inject={inject}"
     );
-    let b = boot(arch, 4, &cmdline, TIMEOUT)?;
+    let b = boot_to_fail(arch, 4, &cmdline, TIMEOUT)?;
     assert_passed(&b);
     let sel = Selection {
         row: Some("ptfree-vs-gup-fast".into()),
@@ -44,7 +45,31 @@ fn injected(arch: Arch, inject: &str) -> Option<expected::Line> {
     };
     let lines = expected::compare(arch, &sel, &expected::observed(&b.ktap));
     assert_eq!(lines.len(), 1, "{arch}: {lines:?}");
+    assert_junit_shows_the_mismatch(&b, &lines[0]);
     Some(lines.into_iter().next().unwrap())
+}
+
+/// The JUnit XML of the boot (`cargo xtask test --junit`) shows the broken
+/// cell as the one `<failure>` when the boot is read as one that must pass,
+/// and none as the boot that must fail that it is.
+fn assert_junit_shows_the_mismatch(b: &Boot, l: &expected::Line) {
+    let xml = |must_fail| {
+        xtask::junit::render(
+            &[],
+            &[xtask::junit::BootLog {
+                name: "boot".into(),
+                console: b.console.join("\n"),
+                must_fail,
+            }],
+        )
+    };
+    let case = &l.case()["scenario.".len()..];
+    let failure = format!("<testcase classname=\"boot.scenario\" name=\"{case}\"><failure ");
+    let as_passing = xml(false);
+    assert_eq!(as_passing.matches("<failure ").count(), 1, "{as_passing}");
+    assert!(as_passing.contains(&failure), "{as_passing}");
+    let as_failing = xml(true);
+    assert!(!as_failing.contains("<failure"), "{as_failing}");
 }
 
 fn deadlock_is_not_the_catalogues_cycle(arch: Arch) {
@@ -81,7 +106,7 @@ fn finding_after_release_is_bug(arch: Arch) {
 /// `inject=` breaks a scenario run only: without `scenario=` the command
 /// line is refused.
 fn inject_needs_a_scenario(arch: Arch) {
-    let Some(b) = boot(arch, 2, "inject=deadlock", TIMEOUT) else {
+    let Some(b) = boot_to_fail(arch, 2, "inject=deadlock", TIMEOUT) else {
         return;
     };
     assert!(!b.verdict().passed, "{arch}");

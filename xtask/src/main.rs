@@ -49,8 +49,10 @@ enum Action {
         /// Skip the lint step (rustfmt and clippy) that runs first.
         #[arg(long)]
         no_lint: bool,
-        /// Also write JUnit XML here: one case per KTAP result of every
-        /// boot; each boot's raw KTAP is kept in `<FILE>.ktap/`.
+        /// Also write JUnit XML here, with the run's verdicts: one case per
+        /// test, per KTAP result and scenario cell of every boot that must
+        /// pass, per boot that must fail; each boot's raw KTAP is kept in
+        /// `<FILE>.ktap/`.
         #[arg(long, value_name = "FILE")]
         junit: Option<std::path::PathBuf>,
         /// Extra arguments for the test binaries (e.g. a test name filter).
@@ -1026,12 +1028,22 @@ fn test(arches: &[Arch], test_args: &[String], junit: Option<&Path>) -> Result<E
         kbuild::kernel(a, true)?;
     }
     let names: Vec<&str> = arches.iter().map(|a| a.name()).collect();
+    // With `--junit` every test binary prints libtest's JSON events, which
+    // the reader turns into cases (and the usual lines on the console).
+    let mut reader = junit.map(|_| xtask::junit::LibtestReader::default());
+    let json_args: &[&str] = if junit.is_some() {
+        &xtask::junit::LIBTEST_JSON_ARGS
+    } else {
+        &[]
+    };
     // The backends' page-table formats, tested on the host.
-    let status = cargo()
-        .current_dir(xtask::workspace_root())
+    let mut cmd = cargo();
+    cmd.current_dir(xtask::workspace_root())
         .args(["test", "--no-fail-fast", "--lib"])
         .args(backend_lib_packages())
-        .status()?;
+        .arg("--")
+        .args(json_args);
+    let status = run_tests_with_progress(cmd, None, reader.as_mut())?;
     let backend_ok = status.success();
     if !backend_ok {
         eprintln!("error: backend library tests failed ({status})");
@@ -1041,17 +1053,19 @@ fn test(arches: &[Arch], test_args: &[String], junit: Option<&Path>) -> Result<E
         .args(["test", "--no-fail-fast"])
         .arg("--")
         .args(test_args)
+        .args(json_args)
         .env("QUIESCE_TEST_ARCHES", names.join(","));
     if let Some(d) = &ktap_dir {
         cmd.env(xtask::junit::KTAP_DIR_ENV, std::path::absolute(d)?);
     }
-    let status = run_tests_with_progress(cmd, test_args)?;
-    if let (Some(file), Some(d)) = (junit, &ktap_dir) {
+    let status = run_tests_with_progress(cmd, Some(test_args), reader.as_mut())?;
+    if let (Some(file), Some(d), Some(reader)) = (junit, &ktap_dir, &reader) {
         let boots = xtask::junit::read_dir(d)?;
-        std::fs::write(file, xtask::junit::render(&boots))
+        std::fs::write(file, xtask::junit::render(&reader.binaries, &boots))
             .with_context(|| format!("writing {}", file.display()))?;
+        let tests: usize = reader.binaries.iter().map(|b| b.cases.len()).sum();
         println!(
-            "junit: {} ({} boots; their KTAP in {})",
+            "junit: {} ({tests} tests, {} boots; their KTAP in {})",
             file.display(),
             boots.len(),
             d.display()
@@ -1064,48 +1078,72 @@ fn test(arches: &[Arch], test_args: &[String], junit: Option<&Path>) -> Result<E
 }
 
 /// Runs `cargo test` (`cmd`), echoing its output, with a progress line:
-/// tests finished of the total that `--list` counts, failures, time left.
+/// tests finished of the total that `--list` counts with `list_args` (if
+/// given), failures, time left. With a `reader` (`--junit`), cargo's
+/// stderr joins its stdout in one pipe, so that cargo's `Running` lines
+/// come before the events of their binary, and every line goes through the
+/// reader.
 fn run_tests_with_progress(
     mut cmd: Command,
-    test_args: &[String],
+    list_args: Option<&[String]>,
+    mut reader: Option<&mut xtask::junit::LibtestReader>,
 ) -> Result<std::process::ExitStatus> {
     use std::io::BufRead;
     use std::process::Stdio;
-    let mut list = cargo();
-    list.current_dir(xtask::workspace_root())
-        .args(["test", "--quiet", "--no-fail-fast"])
-        .arg("--")
-        .args(test_args)
-        .args(["--list", "--format", "terse"])
-        .stderr(Stdio::null());
-    let total = list.output().map_or(0, |o| {
-        String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .filter(|l| l.ends_with(": test"))
-            .count()
+    let total = list_args.map_or(0, |test_args| {
+        let mut list = cargo();
+        list.current_dir(xtask::workspace_root())
+            .args(["test", "--quiet", "--no-fail-fast"])
+            .arg("--")
+            .args(test_args)
+            .args(["--list", "--format", "terse"])
+            .stderr(Stdio::null());
+        list.output().map_or(0, |o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter(|l| l.ends_with(": test"))
+                .count()
+        })
     });
-    let mut child = cmd.stdout(Stdio::piped()).spawn()?;
-    let out = child.stdout.take().expect("stdout is piped");
+    let (out, mut child) = if reader.is_some() {
+        let (out, writer) = std::io::pipe()?;
+        cmd.stdout(writer.try_clone()?).stderr(writer);
+        let child = cmd.spawn()?;
+        // The command holds the pipe's write ends: drop them, or the read
+        // never ends.
+        drop(cmd);
+        (Box::new(out) as Box<dyn std::io::Read>, child)
+    } else {
+        let mut child = cmd.stdout(Stdio::piped()).spawn()?;
+        let out = child.stdout.take().expect("stdout is piped");
+        (Box::new(out) as Box<dyn std::io::Read>, child)
+    };
     let mut progress = xtask::progress::Progress::new();
     let (mut done, mut failed) = (0usize, 0usize);
     for line in std::io::BufReader::new(out).lines() {
         let line = line?;
-        progress.println(&line);
-        if line.starts_with("test ") {
-            if line.ends_with(" ok") || line.ends_with(" ignored") {
-                done += 1;
-            } else if line.ends_with(" FAILED") {
-                done += 1;
-                failed += 1;
-            } else {
-                continue;
+        let shown = match reader.as_deref_mut() {
+            Some(r) => r.line(&line),
+            None => vec![line],
+        };
+        for line in shown {
+            progress.println(&line);
+            if line.starts_with("test ") {
+                if line.ends_with(" ok") || line.ends_with(" ignored") {
+                    done += 1;
+                } else if line.ends_with(" FAILED") {
+                    done += 1;
+                    failed += 1;
+                } else {
+                    continue;
+                }
+                let extra = if failed > 0 {
+                    format!("{failed} FAILED")
+                } else {
+                    String::new()
+                };
+                progress.update(&progress.status("test", done, total.max(done), &extra));
             }
-            let extra = if failed > 0 {
-                format!("{failed} FAILED")
-            } else {
-                String::new()
-            };
-            progress.update(&progress.status("test", done, total.max(done), &extra));
         }
     }
     progress.finish();
