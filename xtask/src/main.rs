@@ -52,7 +52,8 @@ enum Action {
         /// Also write JUnit XML here, with the run's verdicts: one case per
         /// test, per KTAP result and scenario cell of every boot that must
         /// pass, per boot that must fail; each boot's raw KTAP is kept in
-        /// `<FILE>.ktap/`.
+        /// `<FILE>.ktap/`. Under CI (`CI` set and not `false`), the default
+        /// is `target/ci/junit.xml`.
         #[arg(long, value_name = "FILE")]
         junit: Option<std::path::PathBuf>,
         /// Extra arguments for the test binaries (e.g. a test name filter).
@@ -421,6 +422,14 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                     eprintln!("error: {e:#}");
                     return Ok(verdict(false));
                 }
+            }
+            let junit = junit.or_else(|| {
+                std::env::var("CI")
+                    .is_ok_and(|v| !v.is_empty() && v != "false")
+                    .then(|| std::path::PathBuf::from("target/ci/junit.xml"))
+            });
+            if let Some(dir) = junit.as_deref().and_then(Path::parent) {
+                std::fs::create_dir_all(dir)?;
             }
             test(&arches, &test_args, junit.as_deref())
         }
