@@ -142,20 +142,63 @@ impl Harness {
     /// run is named with its reason (`# SKIP name: reason`), since
     /// libtest's `ignored` carries none.
     pub fn run(self) -> ! {
-        let args = Arguments::from_args();
+        let (args, filters) = arguments();
         let pretty = !args.list && !matches!(args.format, Some(libtest_mimic::FormatSetting::Json));
         let runs_ignored = args.ignored || args.include_ignored;
         let mut trials = Vec::with_capacity(self.trials.len());
         for (trial, skip) in self.trials {
+            let name = trial.name();
+            let selected = filters.is_empty()
+                || filters.iter().any(|f| match args.exact {
+                    true => name == f,
+                    false => name.contains(f.as_str()),
+                });
+            if !selected {
+                continue;
+            }
             if let Some(reason) = skip.filter(|_| pretty && !runs_ignored) {
                 if !args.is_filtered_out(&trial) {
-                    println!("# SKIP {}: {reason}", trial.name());
+                    println!("# SKIP {name}: {reason}");
                 }
             }
             trials.push(trial);
         }
         libtest_mimic::run(&args, trials).exit()
     }
+}
+
+/// libtest's command line less its test-name filters if there are several,
+/// and those filters: libtest takes any number (a test runs if it matches
+/// one), libtest-mimic one, and `cargo xtask test -- A B` passes the same words to every test
+/// binary.
+fn arguments() -> (Arguments, Vec<String>) {
+    /// The options that take the next word as their value.
+    const VALUED: [&str; 6] = [
+        "--test-threads",
+        "--logfile",
+        "--skip",
+        "--color",
+        "--format",
+        "-Z",
+    ];
+    let mut words = std::env::args();
+    let mut options: Vec<String> = words.next().into_iter().collect();
+    let mut filters = Vec::new();
+    while let Some(w) = words.next() {
+        if VALUED.contains(&w.as_str()) {
+            options.push(w);
+            options.extend(words.next());
+        } else if w.starts_with('-') {
+            options.push(w);
+        } else {
+            filters.push(w);
+        }
+    }
+    if filters.len() == 1 {
+        // libtest-mimic's own filter: its summary counts what it left out.
+        options.append(&mut filters);
+    }
+    (Arguments::from_iter(options), filters)
 }
 
 /// The message of a test's panic payload.
