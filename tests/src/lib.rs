@@ -4,9 +4,18 @@
 //! `cargo xtask test` built it already), boots it through the same launcher as
 //! `cargo xtask run`, and asserts on the parsed KTAP. Each boot is its own test
 //! case, so `cargo nextest run --partition` can spread them over machines.
-//! `QUIESCE_TEST_ARCHES=s390x` (or `x86_64`) limits the boots to one architecture;
-//! the others then report why they did nothing.
+//! `QUIESCE_TEST_ARCHES=s390x` (or `x86_64`) limits the boots to one architecture.
+//!
+//! A test that cannot run here is a skip, never a pass: every boot test
+//! binary runs its tests through [`Harness`] (libtest-mimic), which reports
+//! a test whose architecture is left out, or that lacks a tool, as
+//! `ignored` in the harness's own counts, listed as such for cargo-nextest.
+//! Invariant: a test reported `ok` ran its body to the end and booted every
+//! kernel it asked for; a boot refused by [`boot`] (its architecture left
+//! out) makes its test `ignored`, never `ok`.
 
+use libtest_mimic::{Arguments, Completion, Failed, Trial};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
@@ -23,6 +32,181 @@ pub fn enabled(arch: Arch) -> bool {
         Ok(list) if !list.trim().is_empty() => list.split(',').any(|a| a.trim() == arch.name()),
         _ => true,
     }
+}
+
+/// Why a test that boots every architecture of `arches` cannot run in this
+/// test run (`None`: it can).
+pub fn arches_left_out(arches: &[Arch]) -> Option<String> {
+    let out: Vec<&str> = arches
+        .iter()
+        .filter(|&&a| !enabled(a))
+        .map(|a| a.name())
+        .collect();
+    (!out.is_empty()).then(|| format!("{} not in QUIESCE_TEST_ARCHES", out.join(", ")))
+}
+
+/// The tests of one boot test binary (`harness = false`), run by
+/// libtest-mimic with libtest's command line, so `cargo test` filters and
+/// cargo-nextest list and run them as usual. A test that cannot run here
+/// (its skip reason is `Some`) is listed and reported `ignored`, with its
+/// reason when it runs anyway (`--include-ignored`); one whose body meets a
+/// boot [`boot`] refuses is reported `ignored` too.
+#[derive(Default)]
+#[must_use = "a harness runs nothing until `run`"]
+pub struct Harness {
+    trials: Vec<(Trial, Option<String>)>,
+}
+
+/// The test running on this thread: its name (for [`keep_console`]) and
+/// why it was skipped, if it was.
+struct Current {
+    name: String,
+    skipped: Option<String>,
+}
+
+thread_local! {
+    static CURRENT: RefCell<Option<Current>> = const { RefCell::new(None) };
+}
+
+/// Marks the running test as skipped for `reason`: the harness reports it
+/// `ignored`, whatever its body does after.
+pub fn skip(reason: String) {
+    CURRENT.with(|c| {
+        if let Some(c) = c.borrow_mut().as_mut() {
+            c.skipped.get_or_insert(reason);
+        }
+    });
+}
+
+impl Harness {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A test named `name` running `body`, skipped for `skip` if that is
+    /// `Some`. A panic in `body` is its failure.
+    pub fn test_unless(
+        mut self,
+        name: impl Into<String>,
+        skip: Option<String>,
+        body: impl FnOnce() + Send + 'static,
+    ) -> Self {
+        let name = name.into();
+        let reason = skip.clone();
+        let test = name.clone();
+        let trial = Trial::ignorable_test(name, move || {
+            if let Some(reason) = reason {
+                return Ok(Completion::ignored_with(reason));
+            }
+            CURRENT.with(|c| {
+                *c.borrow_mut() = Some(Current {
+                    name: test,
+                    skipped: None,
+                })
+            });
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body));
+            let current = CURRENT.with(|c| c.borrow_mut().take());
+            match ran {
+                Ok(()) => Ok(current
+                    .and_then(|c| c.skipped)
+                    .map_or(Completion::Completed, Completion::ignored_with)),
+                Err(e) => Err(Failed::from(panic_message(&*e))),
+            }
+        })
+        .with_ignored_flag(skip.is_some());
+        self.trials.push((trial, skip));
+        self
+    }
+
+    /// A test that boots every architecture of `arches`: skipped when one
+    /// is not in `QUIESCE_TEST_ARCHES`.
+    pub fn test(
+        self,
+        name: impl Into<String>,
+        arches: &[Arch],
+        body: impl FnOnce() + Send + 'static,
+    ) -> Self {
+        self.test_unless(name, arches_left_out(arches), body)
+    }
+
+    /// One test per architecture, named `names[0]` (s390x) and `names[1]`
+    /// (x86-64), each calling `body` with its architecture.
+    pub fn per_arch(self, names: [&str; 2], body: fn(Arch)) -> Self {
+        let [s390x, x86_64] = names;
+        self.test(s390x, &[Arch::S390x], move || body(Arch::S390x))
+            .test(x86_64, &[Arch::X86_64], move || body(Arch::X86_64))
+    }
+
+    /// Runs the tests the command line selects and exits with libtest's
+    /// status. Before the run, each test skipped up front that would have
+    /// run is named with its reason (`# SKIP name: reason`), since
+    /// libtest's `ignored` carries none.
+    pub fn run(self) -> ! {
+        let (args, filters) = arguments();
+        let pretty = !args.list && !matches!(args.format, Some(libtest_mimic::FormatSetting::Json));
+        let runs_ignored = args.ignored || args.include_ignored;
+        let mut trials = Vec::with_capacity(self.trials.len());
+        for (trial, skip) in self.trials {
+            let name = trial.name();
+            let selected = filters.is_empty()
+                || filters.iter().any(|f| match args.exact {
+                    true => name == f,
+                    false => name.contains(f.as_str()),
+                });
+            if !selected {
+                continue;
+            }
+            if let Some(reason) = skip.filter(|_| pretty && !runs_ignored) {
+                if !args.is_filtered_out(&trial) {
+                    println!("# SKIP {name}: {reason}");
+                }
+            }
+            trials.push(trial);
+        }
+        libtest_mimic::run(&args, trials).exit()
+    }
+}
+
+/// libtest's command line less its test-name filters if there are several,
+/// and those filters: libtest takes any number (a test runs if it matches
+/// one), libtest-mimic one, and `cargo xtask test -- A B` passes the same words to every test
+/// binary.
+fn arguments() -> (Arguments, Vec<String>) {
+    /// The options that take the next word as their value.
+    const VALUED: [&str; 6] = [
+        "--test-threads",
+        "--logfile",
+        "--skip",
+        "--color",
+        "--format",
+        "-Z",
+    ];
+    let mut words = std::env::args();
+    let mut options: Vec<String> = words.next().into_iter().collect();
+    let mut filters = Vec::new();
+    while let Some(w) = words.next() {
+        if VALUED.contains(&w.as_str()) {
+            options.push(w);
+            options.extend(words.next());
+        } else if w.starts_with('-') {
+            options.push(w);
+        } else {
+            filters.push(w);
+        }
+    }
+    if filters.len() == 1 {
+        // libtest-mimic's own filter: its summary counts what it left out.
+        options.append(&mut filters);
+    }
+    (Arguments::from_iter(options), filters)
+}
+
+/// The message of a test's panic payload.
+fn panic_message(e: &(dyn std::any::Any + Send)) -> String {
+    e.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "panicked".into())
 }
 
 /// The environment variable naming a directory of prebuilt kernel ELFs
@@ -42,8 +226,8 @@ pub fn kernel(arch: Arch) -> PathBuf {
 }
 
 /// Boots `arch` with `smp` CPUs and `cmdline`, a boot the test requires
-/// to pass; `None` (with a printed reason) if the architecture is not
-/// enabled for this test run.
+/// to pass; `None` if the architecture is not enabled for this test run,
+/// which makes the running test a skip ([`skip`]).
 pub fn boot(arch: Arch, smp: usize, cmdline: &str, timeout: Duration) -> Option<Boot> {
     boot_as(arch, smp, cmdline, timeout, false)
 }
@@ -64,7 +248,7 @@ fn boot_as(
     must_fail: bool,
 ) -> Option<Boot> {
     if !enabled(arch) {
-        println!("# SKIP {arch}: not in QUIESCE_TEST_ARCHES");
+        skip(format!("{arch} not in QUIESCE_TEST_ARCHES"));
         return None;
     }
     let mut config = BootConfig::new(arch, kernel(arch));
@@ -128,9 +312,10 @@ fn keep_console(boot: &Boot, must_fail: bool) {
         return;
     };
     static SEQ: OnceLock<Mutex<HashMap<String, usize>>> = OnceLock::new();
-    let test = std::thread::current()
-        .name()
-        .unwrap_or("unnamed")
+    let test = CURRENT
+        .with(|c| c.borrow().as_ref().map(|c| c.name.clone()))
+        .or_else(|| std::thread::current().name().map(str::to_string))
+        .unwrap_or_else(|| "unnamed".into())
         .replace(['/', ':'], "_");
     let n = {
         let mut seq = SEQ
@@ -199,23 +384,6 @@ pub fn position(diags: &[String], parts: &[&str]) -> Option<usize> {
     diags
         .iter()
         .position(|d| parts.iter().all(|p| d.contains(p)))
-}
-
-/// One `#[test]` per architecture, each calling `$body` with its [`Arch`]
-/// (`xtask::Arch`): `per_arch!(s390x_name, x86_64_name => body);`.
-#[macro_export]
-macro_rules! per_arch {
-    ($s390x:ident, $x86_64:ident => $body:path) => {
-        #[test]
-        fn $s390x() {
-            $body(xtask::Arch::S390x);
-        }
-
-        #[test]
-        fn $x86_64() {
-            $body(xtask::Arch::X86_64);
-        }
-    };
 }
 
 /// Asserts the race report of a forced buggy cell in its diagnostics `d`:

@@ -418,22 +418,15 @@ fn boot_and_assert(arch: Arch, smp: usize) {
     }
 }
 
-macro_rules! boot_tests {
-    ($($name:ident: $arch:expr, $smp:expr;)*) => {$(
-        #[test]
-        fn $name() {
-            boot_and_assert($arch, $smp);
+/// One test per architecture and CPU count: `s390x_smp1` ... `x86_64_smp8`.
+fn main() {
+    let mut tests = quiesce_tests::Harness::new();
+    for arch in Arch::ALL {
+        for smp in [1, 2, 4, 8] {
+            tests = tests.test(format!("{arch}_smp{smp}"), &[arch], move || {
+                boot_and_assert(arch, smp)
+            });
         }
-    )*};
-}
-
-boot_tests! {
-    s390x_smp1: Arch::S390x, 1;
-    s390x_smp2: Arch::S390x, 2;
-    s390x_smp4: Arch::S390x, 4;
-    s390x_smp8: Arch::S390x, 8;
-    x86_64_smp1: Arch::X86_64, 1;
-    x86_64_smp2: Arch::X86_64, 2;
-    x86_64_smp4: Arch::X86_64, 4;
-    x86_64_smp8: Arch::X86_64, 8;
+    }
+    tests.run()
 }

@@ -187,21 +187,26 @@ fn fault_backtrace(arch: Arch) {
     );
 }
 
-macro_rules! per_arch {
-    ($($f:ident),*) => {
-        mod s390x { use super::*; $( #[test] fn $f() { super::$f(Arch::S390x) } )* }
-        mod x86_64 { use super::*; $( #[test] fn $f() { super::$f(Arch::X86_64) } )* }
-    };
+/// One test per way to fail and architecture, `s390x::NAME` and
+/// `x86_64::NAME`.
+fn main() {
+    type Case = (&'static str, fn(Arch));
+    let cases: [Case; 9] = [
+        ("requested_failure", requested_failure),
+        ("panic_on_secondary", panic_on_secondary),
+        ("hang", hang),
+        ("crash_without_status", crash_without_status),
+        ("unknown_key", unknown_key),
+        ("test_filter", test_filter),
+        ("too_little_memory", too_little_memory),
+        ("panic_backtrace", panic_backtrace),
+        ("fault_backtrace", fault_backtrace),
+    ];
+    let mut tests = quiesce_tests::Harness::new();
+    for arch in Arch::ALL {
+        for (name, body) in cases {
+            tests = tests.test(format!("{arch}::{name}"), &[arch], move || body(arch));
+        }
+    }
+    tests.run()
 }
-
-per_arch!(
-    requested_failure,
-    panic_on_secondary,
-    hang,
-    crash_without_status,
-    unknown_key,
-    test_filter,
-    too_little_memory,
-    panic_backtrace,
-    fault_backtrace
-);

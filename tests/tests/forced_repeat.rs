@@ -56,4 +56,14 @@ fn forced_runs(arch: Arch) {
     println!("{arch}: {first_iteration_hits} of {buggy_cells} forced buggy cell runs hit in iteration 0 ({RUNS} boots)");
 }
 
-quiesce_tests::per_arch!(s390x_forced_buggy_cells_hit_first_iteration_20_of_20, x86_64_forced_buggy_cells_hit_first_iteration_20_of_20 => forced_runs);
+fn main() {
+    quiesce_tests::Harness::new()
+        .per_arch(
+            [
+                "s390x_forced_buggy_cells_hit_first_iteration_20_of_20",
+                "x86_64_forced_buggy_cells_hit_first_iteration_20_of_20",
+            ],
+            forced_runs,
+        )
+        .run()
+}

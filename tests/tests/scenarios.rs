@@ -7,8 +7,7 @@
 //! prints a race report. One test per row and architecture, so that
 //! `cargo nextest run --partition` spreads the rows over machines.
 
-use libtest_mimic::Trial;
-use quiesce_tests::{assert_passed, boot, TIMEOUT};
+use quiesce_tests::{assert_passed, boot, Harness, TIMEOUT};
 use std::time::Duration;
 use xtask::expected::{self, Expect, Observed, Selection};
 use xtask::{Arch, Boot};
@@ -152,41 +151,21 @@ fn natural_keys(arch: Arch) {
 /// and the refusal and natural-key tests. A test whose architecture is
 /// not in `QUIESCE_TEST_ARCHES` is reported ignored.
 fn main() {
-    let args = libtest_mimic::Arguments::from_args();
-    let mut trials = Vec::new();
-    for arch in [Arch::S390x, Arch::X86_64] {
+    let mut tests = Harness::new();
+    for arch in Arch::ALL {
         for row in expected::rows() {
             let name = format!("{arch}::{}", row.replace('-', "_"));
-            trials.push(trial(arch, name, move || every_cell(arch, row)));
+            tests = tests.test(name, &[arch], move || every_cell(arch, row));
         }
-        trials.push(trial(arch, format!("{arch}_natural_keys"), move || {
+        tests = tests.test(format!("{arch}_natural_keys"), &[arch], move || {
             natural_keys(arch)
-        }));
+        });
     }
-    trials.push(trial(
-        Arch::S390x,
-        "unknown_scenario_is_refused".into(),
-        unknown_scenario_is_refused,
-    ));
-    libtest_mimic::run(&args, trials).exit();
-}
-
-/// A test of `arch` running `body`; a panic is its failure. The body runs
-/// on a thread named after the test, as libtest's do, so that the consoles
-/// kept for JUnit (`tests/src/lib.rs`) are named after their test.
-fn trial(arch: Arch, name: String, body: impl FnOnce() + Send + 'static) -> Trial {
-    let thread = name.clone();
-    Trial::test(name, move || {
-        let run = std::thread::Builder::new().name(thread).spawn(body);
-        run.map_err(|e| format!("starting the test's thread: {e}"))?
-            .join()
-            .map_err(|e| {
-                e.downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_else(|| "panicked".into())
-                    .into()
-            })
-    })
-    .with_ignored_flag(!quiesce_tests::enabled(arch))
+    tests
+        .test(
+            "unknown_scenario_is_refused",
+            &[Arch::S390x],
+            unknown_scenario_is_refused,
+        )
+        .run()
 }

@@ -103,4 +103,8 @@ fn forced(arch: Arch) {
     }
 }
 
-quiesce_tests::per_arch!(s390x_forced, x86_64_forced_skips => forced);
+fn main() {
+    quiesce_tests::Harness::new()
+        .per_arch(["s390x_forced", "x86_64_forced_skips"], forced)
+        .run()
+}

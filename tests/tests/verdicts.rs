@@ -113,6 +113,22 @@ fn inject_needs_a_scenario(arch: Arch) {
     quiesce_tests::assert_console(&b, |l| l.contains("inject= goes with scenario="));
 }
 
-quiesce_tests::per_arch!(s390x_deadlock, x86_64_deadlock => deadlock_is_not_the_catalogues_cycle);
-quiesce_tests::per_arch!(s390x_late_finding, x86_64_late_finding => finding_after_release_is_bug);
-quiesce_tests::per_arch!(s390x_inject_needs_scenario, x86_64_inject_needs_scenario => inject_needs_a_scenario);
+fn main() {
+    quiesce_tests::Harness::new()
+        .per_arch(
+            ["s390x_deadlock", "x86_64_deadlock"],
+            deadlock_is_not_the_catalogues_cycle,
+        )
+        .per_arch(
+            ["s390x_late_finding", "x86_64_late_finding"],
+            finding_after_release_is_bug,
+        )
+        .per_arch(
+            [
+                "s390x_inject_needs_scenario",
+                "x86_64_inject_needs_scenario",
+            ],
+            inject_needs_a_scenario,
+        )
+        .run()
+}

@@ -62,4 +62,14 @@ fn forced(arch: Arch) {
     }
 }
 
-quiesce_tests::per_arch!(s390x_forced_hits_in_iteration_0, x86_64_forced_hits_in_iteration_0 => forced);
+fn main() {
+    quiesce_tests::Harness::new()
+        .per_arch(
+            [
+                "s390x_forced_hits_in_iteration_0",
+                "x86_64_forced_hits_in_iteration_0",
+            ],
+            forced,
+        )
+        .run()
+}

@@ -1138,7 +1138,8 @@ fn run_tests_with_progress(
         for line in shown {
             progress.println(&line);
             if line.starts_with("test ") {
-                if line.ends_with(" ok") || line.ends_with(" ignored") {
+                // libtest-mimic adds a runtime skip's reason: `ignored (why)`.
+                if line.ends_with(" ok") || line.contains(" ... ignored") {
                     done += 1;
                 } else if line.ends_with(" FAILED") {
                     done += 1;
