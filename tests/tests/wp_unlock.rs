@@ -15,7 +15,12 @@ fn forced(arch: Arch) {
     };
     assert_passed(&b);
     let observed = expected::observed(&b.ktap);
-    for variant in ["buggy-immediate", "buggy-batched", "fixed", "fixed-immediate"] {
+    for variant in [
+        "buggy-immediate",
+        "buggy-batched",
+        "fixed",
+        "fixed-immediate",
+    ] {
         let o = observed
             .iter()
             .find(|o| o.row == "wp-unlock-vs-zap" && o.variant == variant && o.mode == Mode::Forced)
