@@ -15,7 +15,12 @@ fn forced(arch: Arch) {
     };
     assert_passed(&b);
     let observed = expected::observed(&b.ktap);
-    for variant in ["buggy-immediate", "buggy-batched", "fixed"] {
+    for variant in [
+        "buggy-immediate",
+        "buggy-batched",
+        "fixed",
+        "fixed-immediate",
+    ] {
         let o = observed
             .iter()
             .find(|o| o.row == "wp-unlock-vs-zap" && o.variant == variant && o.mode == Mode::Forced)
@@ -28,7 +33,7 @@ fn forced(arch: Arch) {
         let row = d.iter().find(|l| l.starts_with("row=")).unwrap();
         let held = value(row, "held_by_fix").and_then(|v| v.parse::<u64>().ok());
         assert!(o.iterations >= 1, "{arch} {variant}: {row}");
-        if variant == "fixed" {
+        if variant.starts_with("fixed") {
             assert_eq!(o.outcome, "clean", "{arch} {variant}: {row}");
             assert_eq!(o.hits, 0, "{arch} {variant}: {row}");
             // Every iteration: the zap waited for the PTL the fault held (at

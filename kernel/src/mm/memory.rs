@@ -56,7 +56,7 @@ use super::arch::{FaultInfo, Level, Mmu, PteProt};
 use super::fault::FaultError;
 use super::filemap::{self, MmapRef, RamFile};
 use super::mm::{Mm, VmFlags, Vma, VmaList};
-use super::mmu_gather::{self, MmuGather};
+use super::mmu_gather::{self, MmuGather, RmapOrder};
 use super::page::{self, Page};
 use super::{dirty, frag, huge_memory, page_alloc, pgtable, rmap, PAGE_SIZE};
 use crate::race::point::{points, race_point};
@@ -579,10 +579,16 @@ pub fn unmap_page_range<A: Mmu>(tlb: &mut MmuGather<'_, A>, start: u64, end: u64
 /// Per PTE: clear it; a dirty PTE of a file page dirties the page before the
 /// PTL is dropped (PTE dirty-bit mode; in storage-key mode `page_remove_rmap`
 /// moves the change bit); hand the page to the gather. rmap removal follows the
-/// policy: at the clear, or for file pages after the flush under the PTL
-/// ([`mmu_gather::tlb_flush_rmaps`]). A flush under the PTL is forced by a
-/// full batch, by delayed rmaps, and (rmap before the flush, Linux 6.1) by a
-/// dirty shared PTE.
+/// policy, as 5df397dec7c4 decides it: a dirty file PTE's rmap is removed
+/// after the flush under the PTL ([`mmu_gather::tlb_flush_rmaps`]) when the
+/// gather delays rmaps ([`mmu_gather::tlb_delay_rmap`]: batched freeing,
+/// never with immediate freeing, as s390's `MMU_GATHER_NO_GATHER`); every
+/// other rmap at the clear. A flush under the PTL is forced by a full batch,
+/// by a delayed rmap, and (rmap before the flush, Linux 6.1) by a dirty
+/// shared PTE. The race point `zap:before_ptl_flush` marks the end of the
+/// PTE loop under the PTL, before that flush where one is forced, before
+/// the unlock where none is (nothing to flush under the PTL: the rmap went
+/// at a clear that needed no flush, or the PTEs were clean).
 fn zap_pte_range<A: Mmu>(tlb: &mut MmuGather<'_, A>, pmdp: *mut u64, addr: u64, end: u64) -> u64 {
     let mm = tlb.mm;
     // SAFETY: a live PMD entry of this mm (mmap_lock held).
@@ -618,15 +624,24 @@ fn zap_pte_range<A: Mmu>(tlb: &mut MmuGather<'_, A>, pmdp: *mut u64, addr: u64, 
         if page::PageAnon(p) {
             mm.rss_anon.fetch_sub(1, Ordering::Relaxed);
         } else {
+            // StorageKey mode keeps no dirty bit in the PTE (3.8's s390
+            // `pte_dirty` was 0): nothing is delayed, and the change bit
+            // `page_remove_rmap` reads is final at the clear, which purged
+            // every TLB (IPTE).
             let dirty = dirty::pte_tracks_dirty() && A::pte_dirty(old);
             if dirty {
                 filemap::set_page_dirty(p);
-                // Linux 6.1: the rmap goes now, the flush under the PTL after.
-                force_flush = true;
+                if mmu_gather::tlb_delay_rmap(tlb) {
+                    // 5df397dec7c4 (6.2): only a dirty PTE's rmap waits
+                    // for the flush under the PTL.
+                    delay_rmap = true;
+                    force_flush = true;
+                } else if tlb.policy.rmap == RmapOrder::BeforeFlush {
+                    // Linux 6.1 (1cf35d47712d): the rmap goes now, the
+                    // flush under the PTL after.
+                    force_flush = true;
+                }
             }
-            // StorageKey: `page_remove_rmap` reads the change bit, which
-            // only a flushed TLB leaves final: delay it for every file page.
-            delay_rmap = mmu_gather::tlb_delay_rmap(tlb);
             mm.rss_file.fetch_sub(1, Ordering::Relaxed);
         }
         if delay_rmap {
@@ -640,8 +655,8 @@ fn zap_pte_range<A: Mmu>(tlb: &mut MmuGather<'_, A>, pmdp: *mut u64, addr: u64, 
             break;
         }
     }
+    race_point::<A>(&points::ZAP_BEFORE_PTL_FLUSH, addr);
     if force_flush || mmu_gather::tlb_rmaps_pending(tlb) {
-        race_point::<A>(&points::ZAP_BEFORE_PTL_FLUSH, addr);
         // Invalidate, then unhook from the rmap, still under the PTL: mkclean
         // cannot miss a mapping a CPU can write through.
         mmu_gather::tlb_flush_mmu_tlbonly(tlb);

@@ -19,8 +19,11 @@
 //!   wait ([`tlb_remove_table_sync_one`]), which a CPU with interrupts off
 //!   (GUP-fast) holds back; [`TableFree::Rcu`] (MMU_GATHER_RCU_TABLE_FREE):
 //!   after an RCU-sched grace period ([`crate::rcu::call_rcu`]).
-//! - [`RmapOrder::AfterFlush`] (Linux 6.2): file pages' rmaps are removed after
-//!   the flush, still under the PTL ([`tlb_flush_rmaps`]);
+//! - [`RmapOrder::AfterFlush`] (Linux 6.2, 5df397dec7c4): the rmap of a
+//!   file page whose PTE was dirty is removed after the flush, still under
+//!   the PTL ([`tlb_flush_rmaps`]), where pages are batched; with immediate
+//!   freeing (s390, `MMU_GATHER_NO_GATHER`) nothing is delayed
+//!   ([`tlb_delay_rmap`]) and no flush is forced under the PTL;
 //!   [`RmapOrder::BeforeFlush`] (Linux 6.1): at the clear, with a flush under
 //!   the PTL after it for a dirty shared PTE.
 //! - [`NestedFlush::ForceFull`]: when another gather on the same mm was in
@@ -94,7 +97,8 @@ pub enum RmapOrder {
     /// At the PTE clear; a dirty shared PTE forces a flush under the PTL
     /// afterwards (Linux 6.1).
     BeforeFlush,
-    /// After the flush, under the PTL (Linux 6.2).
+    /// A dirty PTE's rmap after the flush, under the PTL, where the gather
+    /// batches pages; every other at the clear (Linux 6.2, 5df397dec7c4).
     AfterFlush,
 }
 
@@ -314,9 +318,11 @@ pub fn tlb_remove_page<A: Mmu>(tlb: &mut MmuGather<'_, A>, page: &'static Page) 
     }
 }
 
-/// Whether the policy delays file pages' rmap removal until after the flush
-/// (`tlb_delay_rmap`); never with immediate page freeing, which frees the
-/// page at the clear.
+/// Whether the policy delays the rmap removal of a file page whose PTE was
+/// dirty until after the flush (`tlb_delay_rmap`, asked by the zap for such
+/// PTEs only, as 5df397dec7c4); never with immediate page freeing, which
+/// frees the page at the clear (s390's `MMU_GATHER_NO_GATHER` defines it
+/// false: IPTE flushed every TLB at the clear).
 pub fn tlb_delay_rmap<A: Mmu>(tlb: &MmuGather<'_, A>) -> bool {
     tlb.policy.rmap == RmapOrder::AfterFlush && tlb.policy.page_free == PageFree::Batched
 }

@@ -128,9 +128,10 @@ pub mod points {
         RMAP_SKEY_DIRTY = "rmap:skey_dirty";
 
         /// `zap_pte_range`: the PTEs of the table are cleared (a dirty file
-        /// PTE's page dirtied; with the rmap removed before the flush, as Linux
-        /// 6.1, its rmap gone too), the flush under the PTL is next; the PTL is
-        /// held. `addr` = the first address of the range.
+        /// PTE's page dirtied; its rmap gone too unless the gather delays it,
+        /// as 5df397dec7c4 does with batched freeing), the flush under the
+        /// PTL is next where one is forced, else the unlock; the PTL is held.
+        /// `addr` = the first address of the range.
         ZAP_BEFORE_PTL_FLUSH = "zap:before_ptl_flush";
         /// `tlb_finish_mmu`: the gather is about to end (the nested check, the
         /// last flush, the frees); no PTL held.

@@ -27,23 +27,29 @@
 //!   reuse path. Neither role spins after its operation: under QEMU TCG a
 //!   spinning vCPU must be scheduled for every IPTE (all vCPUs synchronise)
 //!   and every flush IPI, which on a loaded host costs a time slice each.
-//! - Variants: `buggy-immediate` (unlock after the PTL release; pages freed
-//!   at the PTE clear, s390 style), `buggy-batched` (the same order; pages
-//!   freed after the gather's flush, x86 style), `fixed` (unlock under the
-//!   PTL, be068f29034f; batched freeing, which is safe on both arches:
-//!   immediate freeing on x86-64 frees a page before the flush, and a CPU
-//!   can still store to it through its TLB — a different bug, which the
-//!   frame detector reports in `buggy-immediate` runs there).
+//! - Variants, as Linux 5.9 shipped them: `buggy-immediate` (unlock after
+//!   the PTL release; pages freed at the PTE clear, as s390), `buggy-batched`
+//!   (the same order; pages freed after the gather's flush, as x86), `fixed`
+//!   (unlock under the PTL, be068f29034f; batched freeing, as x86) and
+//!   `fixed-immediate` (the same fix with pages freed at the PTE clear: the
+//!   s390 5.9 configuration, where the seed's report came from). Each pair
+//!   differs in one knob. Immediate freeing is what s390 ships because its
+//!   PTE clear (IPTE) has purged every TLB; run on x86-64 it frees a page
+//!   before the flush, and a CPU can still store to it through its TLB — a
+//!   different bug, not this row's, which the frame detector reports there
+//!   (in `buggy-immediate` runs, and now and then in natural
+//!   `fixed-immediate` runs: the fault's retried store through the TLB
+//!   entry `wp_page_reuse` installed, after the zap freed the page).
 //! - Forced schedule: the fault holds at `wp:before_unlock_page` while the
 //!   zap takes the PTL, clears the PTE and finishes the MADV_DONTNEED
 //!   (`madvise:after_dontneed`: the page is freed by then under either
 //!   policy); then the fault unlocks. Buggy: the PTL is free, the zap frees
 //!   the locked page. With batched freeing on x86-64 the gather's flush IPI
 //!   reaches the fault's CPU, which holds with interrupts on (a fault taken
-//!   with interrupts on runs with them on). Fixed: the fault holds the PTL at
-//!   that point, the zap spins on it: the fix's own wait
-//!   (`fix_waits: [Ptl]`), so the runner releases the schedule and the
-//!   iteration completes clean.
+//!   with interrupts on runs with them on). Fixed (either freeing policy):
+//!   the fault holds the PTL at that point, the zap spins on it: the fix's
+//!   own wait (`fix_waits: [Ptl]`), so the runner releases the schedule and
+//!   the iteration completes clean.
 //! - Natural: random delays at `wp:before_unlock_page` and `zap:before_ptl`.
 //! - Detectors: the runner's bad-page check (the locked page freed), a write
 //!   to the freed, poisoned descriptor, a store to the freed, poisoned frame
@@ -120,7 +126,8 @@ impl<A: Mmu> Row<A> for WpUnlockVsZap {
     const VARIANTS: &'static [Variant<Config>] = &[
         Variant::new("buggy-immediate", "unlock_page after the PTL release (09854ba94c6a); pages freed at the PTE clear", "Linux 5.9 with 09854ba94c6a, before be068f29034f, as s390 shipped it: pages freed at the PTE clear", &[], Config { order: WpUnlock::AfterPtl, page_free: PageFree::Immediate }),
         Variant::new("buggy-batched", "unlock_page after the PTL release (09854ba94c6a); pages freed after the flush", "Linux 5.9 with 09854ba94c6a, before be068f29034f, as x86 shipped it: pages batched until after the flush", &[], Config { order: WpUnlock::AfterPtl, page_free: PageFree::Batched }),
-        Variant::new("fixed", "unlock_page under the PTL (be068f29034f); pages freed after the flush", "be068f29034f (5.9-rc7), with pages batched until after the flush", &[WaitClass::Ptl], Config { order: WpUnlock::BeforePtl, page_free: PageFree::Batched }),
+        Variant::new("fixed", "unlock_page under the PTL (be068f29034f); pages freed after the flush", "be068f29034f (5.9-rc7) as x86 shipped it: pages batched until after the flush", &[WaitClass::Ptl], Config { order: WpUnlock::BeforePtl, page_free: PageFree::Batched }),
+        Variant::new("fixed-immediate", "unlock_page under the PTL (be068f29034f); pages freed at the PTE clear", "be068f29034f (5.9-rc7) as s390 shipped it: pages freed at the PTE clear", &[WaitClass::Ptl], Config { order: WpUnlock::BeforePtl, page_free: PageFree::Immediate }),
     ];
     type State = State;
     /// The run's mm, with its VMA and page tables, lent to every

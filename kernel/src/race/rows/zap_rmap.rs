@@ -11,9 +11,13 @@
 //! still write to it through its TLB, and that write leaves a page marked
 //! clean that holds data the backing store does not. 5df397dec7c4 ("mm:
 //! delay page_remove_rmap() until after the TLB has been flushed", 6.2)
-//! removes the rmap after the flush, still under the PTL: mkclean either
-//! sees the page mapped and waits for the PTL (the flush is done when it
-//! gets it) or sees it unmapped after the flush.
+//! removes the rmap of a file page whose PTE was dirty after the flush,
+//! still under the PTL (`tlb_delay_rmap`; a clean PTE's rmap still goes at
+//! the clear): mkclean either sees the page mapped and waits for the PTL
+//! (the flush is done when it gets it) or sees it unmapped after the flush.
+//! s390 never delays (`MMU_GATHER_NO_GATHER` defines `tlb_delay_rmap`
+//! false): its PTE clear is an IPTE, which has purged every TLB before the
+//! rmap goes, and 6.2 forces no flush under the PTL there.
 //!
 //! - Roles: `writer` (CPU 1) stores tagged sequence numbers to the shared
 //!   file page through its user mapping, one plain store at a time; `zap`
@@ -41,15 +45,23 @@
 //! - Variants: `buggy` (`RmapOrder::BeforeFlush`, Linux 6.1) and `fixed`
 //!   (`RmapOrder::AfterFlush`, 5df397dec7c4), the knob `prepare` sets in
 //!   the gather's policy, each run under every flush strategy of the arch
-//!   (the flush axis: x86-64 `ipi`, `nmi`; s390x `ipte`). Pages are batched until after the flush on both arches: the
-//!   page is the page cache's and is never freed here, and the delayed rmap
-//!   needs a batching gather (`tlb_delay_rmap`).
+//!   (the flush axis: x86-64 `ipi`, `nmi`; s390x `ipte`). Pages are freed
+//!   as Linux frees them under that strategy ([`PageFree::native`]): batched
+//!   until after the flush under IPI and NMI flushes, at the PTE clear under
+//!   IPTE (s390; the page is the page cache's, the zap only drops the PTE's
+//!   reference). So `fixed` is what each arch shipped in 6.2: under IPI and
+//!   NMI flushes the dirty PTE's rmap is delayed until after the flush under
+//!   the PTL; under IPTE nothing is delayed and no flush is forced under the
+//!   PTL (`tlb_delay_rmap` is false with immediate freeing), the rmap goes
+//!   at the clear, after IPTE has purged every TLB.
 //! - Forced schedule: the writer holds before a store; the zap clears the
-//!   PTE and holds just before its flush under the PTL
-//!   (`zap:before_ptl_flush`); the writer stores once (x86-64: through its
-//!   stale TLB entry; s390x: IPTE purged it, the store faults and the fault
-//!   spins on the zap's PTL — a wait-for cycle through the fault, not
-//!   through the fix: `impossible` for both variants); writeback then runs
+//!   PTE and holds at the end of its PTE loop under the PTL
+//!   (`zap:before_ptl_flush`: just before its flush under the PTL, or,
+//!   s390x `fixed`, where none is forced, before the unlock); the writer
+//!   stores once (x86-64: through its stale TLB entry; s390x: IPTE purged
+//!   it, the store faults and the fault spins on the zap's PTL — a wait-for
+//!   cycle through the fault, not through the fix: `impossible` for both
+//!   variants); writeback then runs
 //!   from `writeback:before_mkclean` to `writeback:after_write` (buggy: the
 //!   page is unmapped, mkclean returns at once, the page is cleaned and
 //!   written; fixed: mkclean's rmap walk spins on the zap's PTL, the fix's
@@ -158,17 +170,18 @@ impl<A: Mmu> Row<A> for ZapRmapVsMkclean {
         Variant::new(
             "buggy",
             "rmap removed at the clear, before the flush (Linux 6.1)",
-            "Linux 6.1 (1cf35d47712d's flush under the PTL), before 5df397dec7c4: the rmap removed at the PTE clear",
+            "Linux 6.1 (1cf35d47712d's flush under the PTL for a dirty shared PTE), before 5df397dec7c4: the rmap removed at the PTE clear; pages freed as each arch shipped it",
             &[],
             RmapOrder::BeforeFlush,
         ),
         Variant::new(
             "fixed",
-            "rmap removed after the flush, under the PTL (5df397dec7c4)",
-            "5df397dec7c4 (6.2): the rmap removed after the flush, under the PTL",
+            "a dirty PTE's rmap removed after the flush, under the PTL, where pages are batched (5df397dec7c4)",
+            "5df397dec7c4 (6.2) as each arch shipped it: x86 delays a dirty PTE's rmap until after the flush under the PTL; s390 (immediate freeing) never delays, IPTE flushed at the clear",
             // mkclean's rmap walk spinning on the zap's PTL: the wait
-            // 5df397dec7c4 adds, and only for the writeback role (a fault
-            // spinning on that PTL is not the fix's doing).
+            // 5df397dec7c4 adds where it delays the rmap, and only for the
+            // writeback role (a fault spinning on that PTL is not the fix's
+            // doing).
             &[WaitClass::PtlWaitedBy(WRITEBACK)],
             RmapOrder::AfterFlush,
         ),
@@ -180,7 +193,7 @@ impl<A: Mmu> Row<A> for ZapRmapVsMkclean {
 
     fn prepare(v: &Variant<RmapOrder>) -> Result<RunMm<A>, &'static str> {
         mmu_gather::set_tlb_policy(TlbPolicy {
-            page_free: PageFree::Batched,
+            page_free: PageFree::native::<A>(),
             rmap: v.config,
             ..TlbPolicy::DEFAULT
         });
