@@ -253,12 +253,12 @@ impl<'a> Cmdline<'a> {
                     })
                 }
                 "inject" => {
-                    let v = need("deadlock or late-finding")?;
+                    let v = need("deadlock, late-finding or apart")?;
                     c.inject = Some(crate::race::scenario::Inject::from_name(v).ok_or(
                         CmdlineError::BadValue {
                             key,
                             value: v,
-                            expected: "deadlock or late-finding",
+                            expected: "deadlock, late-finding or apart",
                         },
                     )?);
                 }

@@ -719,6 +719,7 @@ fn free_pte_table<A: Mmu>(tlb: &mut MmuGather<'_, A>, addr: u64) {
     // SAFETY: the entry is live and we hold page_table_lock; the gather
     // flushes the table's span before the table is freed.
     unsafe { pgtable::pmd_clear::<A>(pmdp) };
+    race_point::<A>(&points::FREE_PGTABLES_AFTER_PMD_CLEAR, addr);
     mmu_gather::tlb_remove_table(tlb, Level::Pte, table, addr);
 }
 

@@ -5,7 +5,9 @@
 //! A point is a `static` [`RacePoint`] declared in [`points`] and placed in
 //! the code with [`race_point`]. Unarmed, a point is one relaxed load of its
 //! state and a not-taken branch (`race.unarmed_point_cost` measures it,
-//! `race_point_unarmed_ns`). Armed ([`arm`]) it is traced, and:
+//! `race_point_unarmed_ns`). Armed ([`arm`]) it is traced — a role CPU's
+//! arrival, and its departure when a delay or the schedule held it there
+//! ([`trace::Pass`]) — and:
 //! - **natural**: on a CPU that runs a role, it may busy-wait a random time
 //!   before going on. The delay is a pure function of the seed, the
 //!   iteration, the role, the point and how many armed points the role has
@@ -102,6 +104,10 @@ pub mod points {
         /// sync, or in the RCU callback): unhooked page tables were freed.
         /// `addr` = the physical address of the first table.
         GATHER_AFTER_TABLE_FREE = "gather:after_table_free";
+        /// `free_pgtables` (`free_pte_range`): a PMD entry was cleared, its PTE
+        /// table handed to the gather (not yet flushed or freed);
+        /// `page_table_lock` held. `addr` = the block's virtual address.
+        FREE_PGTABLES_AFTER_PMD_CLEAR = "free_pgtables:after_pmd_clear";
         /// The framework's own test points (`race` suite).
         TEST_A = "test:a";
         /// See [`TEST_A`].
@@ -163,6 +169,11 @@ pub mod points {
         /// checked, the PMD not yet cleared. `addr` = the block's virtual
         /// address.
         COLLAPSE_BEFORE_PMD_CLEAR = "khugepaged:before_pmd_clear";
+        /// `pmdp_collapse_flush` (collapse, split): the PMD entry is cleared
+        /// (on s390x IDTE has purged the TLBs with it), the flush of the block
+        /// is next where the clear does not flush. `addr` = the block's
+        /// virtual address.
+        PMDP_COLLAPSE_AFTER_CLEAR = "pmdp_collapse_flush:after_clear";
         /// `collapse_huge_page`: the PMD was cleared and flushed and every
         /// small page passed the pin check (locked, PTL released), nothing
         /// copied yet. `addr` = the block's virtual address.
@@ -518,9 +529,13 @@ fn hit<A: Arch>(p: &'static RacePoint, addr: u64) {
             trace::record_on(cpu, Kind::Delay, pa, ns);
             if ns != 0 {
                 crate::time::ndelay::<A>(ns);
+                trace::record_on(cpu, Kind::Leave, pa, addr);
             }
         }
-        SCHEDULE => follow_schedule::<A>(cpu, role, p),
+        SCHEDULE => {
+            follow_schedule::<A>(cpu, role, p);
+            trace::record_on(cpu, Kind::Leave, pa, addr);
+        }
         _ => {}
     }
 }

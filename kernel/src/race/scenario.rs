@@ -202,6 +202,19 @@ impl<A: Mmu, R: Row<A>> Ctx<A, R> {
     pub fn mm(&self) -> &Mm<A> {
         self.mm.as_deref().expect("the iteration's mm")
     }
+
+    /// Role `role`'s passes through the armed point `p` in this
+    /// iteration, in order ([`trace::passes`]; empty for a point not armed
+    /// or not reached). For [`Row::overlapped`], after the roles finished.
+    pub fn passes(&self, role: usize, p: &'static RacePoint) -> Vec<trace::Pass> {
+        point::cpu_of(role).map_or_else(Vec::new, |cpu| trace::passes(cpu, p))
+    }
+
+    /// Role `role`'s first pass through `p` in this iteration
+    /// ([`Ctx::passes`]).
+    pub fn first_pass(&self, role: usize, p: &'static RacePoint) -> Option<trace::Pass> {
+        self.passes(role, p).first().copied()
+    }
 }
 
 /// An address space kept for a whole run: built once by [`Row::prepare`],
@@ -362,6 +375,16 @@ pub trait Row<A: Mmu>: Sized + 'static {
     fn detect(_ctx: &Ctx<A, Self>) -> Option<Finding> {
         None
     }
+    /// Whether the roles met inside the race window in this iteration, as
+    /// the row's module docs define it (e.g. the walker read the PMD
+    /// before the unmap cleared it and read the PTE table after the
+    /// clear): an observation of what happened — the order of the roles'
+    /// passes through race points ([`Ctx::passes`]), what the roles
+    /// recorded — possible in every variant (the window opens, a fix makes
+    /// it harmless). Called after the roles finished and the detectors
+    /// ran, before `teardown`; the iterations it holds for are the run's
+    /// `overlap`, which the expected table's floor judges in natural mode.
+    fn overlapped(ctx: &Ctx<A, Self>) -> bool;
     /// Takes an iteration's world apart, repairing what a bug left behind.
     fn teardown(_run: &mut Self::Run, _ctx: &mut Ctx<A, Self>) {}
 }
@@ -475,6 +498,9 @@ pub struct Report {
     pub elapsed_ns: u64,
     /// Iterations in which some role did not complete.
     pub incomplete: u64,
+    /// Iterations in which the roles met inside the race window
+    /// ([`Row::overlapped`]).
+    pub overlap: u64,
     /// The first finding.
     pub finding: Option<Finding>,
     /// The wait-for cycle that made the run `impossible`.
@@ -510,6 +536,7 @@ impl Report {
             first_hit_ns: None,
             elapsed_ns: 0,
             incomplete: 0,
+            overlap: 0,
             finding: None,
             cycle: None,
             held_by_fix: 0,
@@ -565,7 +592,7 @@ static WEDGED: AtomicBool = AtomicBool::new(false);
 
 /// A self-check that breaks the kernel on purpose to show that a verdict
 /// catches it (`inject=`, accepted only with `scenario=`). A row that
-/// implements none ignores it; `ptfree-vs-gup-fast` implements both.
+/// implements none ignores it; `ptfree-vs-gup-fast` implements all three.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Inject {
     /// `deadlock`: a role holds a lock another role needs, unrelated to the
@@ -577,6 +604,12 @@ pub enum Inject {
     /// reads the table it walked again after the unmap freed it): a finding
     /// after the release, which must make the cell `bug`.
     LateFinding,
+    /// `apart`: the roles never meet inside the race window (the walker
+    /// begins its walk only once the unmap is done, and finds the PMD
+    /// empty): every role completes and nothing fires, yet no iteration
+    /// tested the race — a natural run whose overlap the expected table's
+    /// floor must find wanting.
+    Apart,
 }
 
 impl Inject {
@@ -585,6 +618,7 @@ impl Inject {
         match name {
             "deadlock" => Some(Inject::Deadlock),
             "late-finding" => Some(Inject::LateFinding),
+            "apart" => Some(Inject::Apart),
             _ => None,
         }
     }
@@ -814,11 +848,12 @@ fn run_set<A: Mmu, R: Row<A>>(variant: &'static Variant<R::Config>, cfg: &RunCon
         if mode == Mode::Natural && progress_ns > 0 && now - last_progress >= progress_ns {
             last_progress = now;
             kprintln!(
-                "    # progress: row={} variant={} iterations={} hits={} elapsed_ms={}",
+                "    # progress: row={} variant={} iterations={} hits={} overlap={} elapsed_ms={}",
                 s.name,
                 variant.name,
                 rep.iterations,
                 rep.hits,
+                rep.overlap,
                 (now - start) / 1_000_000
             );
         }
@@ -1077,6 +1112,9 @@ fn iteration<A: Mmu, R: Row<A>>(
 
     let finding = detect::bad_page_since(seq).or_else(|| R::detect(ctx));
     let completed = (0..roles).all(|r| sh.completed[r].load(Ordering::Relaxed));
+    if R::overlapped(ctx) {
+        rep.overlap += 1;
+    }
     if let Some(f) = finding {
         rep.hits += 1;
         if rep.finding.is_none() {
@@ -1333,12 +1371,13 @@ fn flush_name<A: Mmu>(flush: Option<FlushStrategy>) -> &'static str {
 pub fn print_report<A: Mmu>(row: &str, variant: &str, mode: Mode, r: &Report) {
     let secs = r.elapsed_ns.max(1) as f64 / 1e9;
     kprintln!(
-        "    # row={row} variant={variant} flush={} mode={} outcome={} iterations={} hits={} first_hit_ns={} iters_per_sec={} incomplete={} held_by_fix={} seed={:#x} elapsed_ms={} delays={} evidence={} fix_evidence={}",
+        "    # row={row} variant={variant} flush={} mode={} outcome={} iterations={} hits={} overlap={} first_hit_ns={} iters_per_sec={} incomplete={} held_by_fix={} seed={:#x} elapsed_ms={} delays={} evidence={} fix_evidence={}",
         flush_name::<A>(r.flush),
         mode_name(mode),
         r.outcome.word(),
         r.iterations,
         r.hits,
+        r.overlap,
         r.first_hit_ns.map_or("-".into(), |t| format!("{t}")),
         (r.iterations as f64 / secs) as u64,
         r.incomplete,

@@ -101,6 +101,12 @@ trait TestRow<A: Mmu>: Sized + 'static {
     fn detect(_ctx: &Ctx<A, T<Self>>) -> Option<Finding> {
         None
     }
+    /// Default: B reached test:b before A left test:a.
+    fn overlapped(ctx: &Ctx<A, T<Self>>) -> bool {
+        let b = ctx.first_pass(B_ROLE, &points::TEST_B);
+        let a = ctx.first_pass(A_ROLE, &points::TEST_A);
+        matches!((b, a), (Some(b), Some(a)) if b.before(&a))
+    }
     /// Default: A holds at test:a until B has reached test:b.
     const SCHEDULE: &'static [Step] = schedule![
         A_ROLE at points::TEST_A;
@@ -149,6 +155,10 @@ impl<A: Mmu, X: TestRow<A>> Row<A> for T<X> {
 
     fn detect(ctx: &Ctx<A, Self>) -> Option<Finding> {
         X::detect(ctx)
+    }
+
+    fn overlapped(ctx: &Ctx<A, Self>) -> bool {
+        X::overlapped(ctx)
     }
 }
 
@@ -259,17 +269,24 @@ fn unarmed_point_cost<A: Mmu>(_: &Cmdline) -> Outcome {
 // ---- forced schedule ----------------------------------------------------------------
 
 /// Each role passes test:a then test:b; A would naturally be first (B
-/// starts 2 ms late), the schedule makes B reach both before A leaves a.
+/// starts 2 ms late, and in natural mode only once A has passed both), the
+/// schedule makes B reach both before A leaves a.
 struct Sched;
 
 impl<A: Mmu> TestRow<A> for Sched {
     const NAME: &'static str = "sched";
-    fn role(_: &Ctx<A, T<Self>>, role: usize) -> bool {
+    fn role(ctx: &Ctx<A, T<Self>>, role: usize) -> bool {
         if role == B_ROLE {
             time::ndelay::<A>(2_000_000);
+            if ctx.mode == Mode::Natural {
+                wait_a_ready::<A>(&ctx.state);
+            }
         }
         race_point::<A>(&points::TEST_A, role as u64);
         race_point::<A>(&points::TEST_B, role as u64);
+        if role == A_ROLE {
+            a_ready(&ctx.state);
+        }
         true
     }
     const SCHEDULE: &'static [Step] = schedule![
@@ -309,6 +326,23 @@ fn forced_schedule_followed<A: Mmu>(_: &Cmdline) -> Outcome {
         }
         if taken != want {
             return fail(format!("steps taken {taken:?}, schedule {want:?}"));
+        }
+        // The roles met inside A's hold at test:a (B reached test:b before
+        // A left), as the passes' sequence numbers show; left to themselves
+        // (natural, B waiting for A) they never do.
+        let apart = run_test::<A, Sched>(&ONE_VARIANT[0], Mode::Natural, 1, Some(3));
+        diag!(
+            "overlap_forced={} of {} overlap_natural_apart={} of {}",
+            r.overlap,
+            r.iterations,
+            apart.overlap,
+            apart.iterations
+        );
+        if r.overlap != r.iterations || apart.overlap != 0 || apart.iterations != 3 {
+            return fail(format!(
+                "overlap {} of {} forced (all expected), {} of {} apart (none expected)",
+                r.overlap, r.iterations, apart.overlap, apart.iterations
+            ));
         }
         // B's arrival at test:b precedes A's leaving test:a in wall time too.
         let t_of = |cpu: usize, idx: u64| {
@@ -467,6 +501,7 @@ fn natural_seed_repeats<A: Mmu>(_: &Cmdline) -> Outcome {
             Err(o) => return o,
         };
         let events = trace::events_of(1);
+        let passes = trace::passes(1, &points::TEST_A);
         let other = match natural_delays::<A>(SEED + 1) {
             Ok(d) => d,
             Err(o) => return o,
@@ -490,6 +525,13 @@ fn natural_seed_repeats<A: Mmu>(_: &Cmdline) -> Outcome {
         }
         if other == first {
             return fail("another seed gave the same delays".into());
+        }
+        // One pass per hit, in order; a pass left after its arrival exactly
+        // when it was delayed.
+        let shape: Vec<(u64, bool)> = passes.iter().map(|p| (p.addr, p.left > p.arrived)).collect();
+        let want: Vec<(u64, bool)> = (0..NATURAL_HITS).zip(again.iter().map(|&d| d != 0)).collect();
+        if shape != want || passes.windows(2).any(|w| w[0].left >= w[1].arrived) {
+            return fail(format!("passes (addr, delayed) {shape:?}, the delays say {want:?}"));
         }
         // Each delay was really waited: the next point came at least that late.
         let delays: Vec<&trace::Event> = events.iter().filter(|e| e.kind == Kind::Delay).collect();

@@ -8,6 +8,13 @@
 //! ([`mark`]). The time stamp is [`crate::Arch::clock_ns`], consistent across
 //! CPUs, so the rings merge into one time-ordered history ([`snapshot`]).
 //!
+//! Every event also takes a number from one global sequence counter (an
+//! atomic read-modify-write, acquire and release): if an event has a
+//! smaller number than another, everything its CPU did before it happened
+//! before everything the other's CPU did after the other. [`passes`] reads
+//! a CPU's passes through a race point with those numbers, which is how a
+//! row tells whether its roles met inside the window (`Row::overlapped`).
+//!
 //! Cost: every hook starts with one relaxed load of the global switch
 //! ([`set_enabled`]); with tracing off nothing else happens.
 //!
@@ -54,6 +61,10 @@ pub enum Kind {
     Fault = 11,
     /// A scenario's mark (`a` = label, `b` = value).
     Mark = 12,
+    /// A role CPU goes on from an armed point after a natural delay or
+    /// after following the forced schedule there (`a` = point, `b` =
+    /// address).
+    Leave = 13,
 }
 
 impl Kind {
@@ -72,6 +83,7 @@ impl Kind {
             NmiRecv,
             Fault,
             Mark,
+            Leave,
         ]
         .into_iter()
         .find(|k| *k as u8 == v)
@@ -81,6 +93,7 @@ impl Kind {
 #[repr(C)]
 struct Slot {
     t: AtomicU64,
+    seq: AtomicU64,
     /// `kind | seq << 8`, written last; 0 while being written.
     meta: AtomicU64,
     a: AtomicU64,
@@ -99,6 +112,7 @@ static RINGS: [Ring; NR_CPUS] = [const {
         slots: [const {
             Slot {
                 t: AtomicU64::new(0),
+                seq: AtomicU64::new(0),
                 meta: AtomicU64::new(0),
                 a: AtomicU64::new(0),
                 b: AtomicU64::new(0),
@@ -108,6 +122,9 @@ static RINGS: [Ring; NR_CPUS] = [const {
 }; NR_CPUS];
 
 static TRACING: AtomicBool = AtomicBool::new(false);
+
+/// The global sequence counter every event takes its number from.
+static SEQ: AtomicU64 = AtomicU64::new(1);
 
 /// Turns tracing on or off for every CPU.
 pub fn set_enabled(on: bool) {
@@ -144,6 +161,10 @@ fn record_slow(cpu: usize, kind: Kind, a: u64, b: u64) {
     let slot = &ring.slots[seq as usize % RING_LEN];
     slot.meta.store(0, Ordering::Relaxed);
     slot.t.store(super::clock_ns(), Ordering::Relaxed);
+    // Acquire and release: what this CPU did before the event happened
+    // before what any CPU does after an event with a larger number.
+    slot.seq
+        .store(SEQ.fetch_add(1, Ordering::AcqRel), Ordering::Relaxed);
     slot.a.store(a, Ordering::Relaxed);
     slot.b.store(b, Ordering::Relaxed);
     slot.meta
@@ -171,6 +192,8 @@ pub fn clear() {
 pub struct Event {
     /// [`crate::Arch::clock_ns`] when it happened.
     pub t: u64,
+    /// Its number from the global sequence counter (see the module docs).
+    pub seq: u64,
     /// The CPU it happened on.
     pub cpu: usize,
     /// What happened.
@@ -185,7 +208,7 @@ impl Event {
     /// The race point of a `Point`, `Step`, `Delay` or `Mark` event.
     pub fn point(&self) -> Option<&'static RacePoint> {
         match self.kind {
-            Kind::Point | Kind::Step | Kind::Delay | Kind::Mark => {
+            Kind::Point | Kind::Step | Kind::Delay | Kind::Mark | Kind::Leave => {
                 // SAFETY: these kinds store the address of a `'static
                 // RacePoint` in `a` (`point::race_point`, `mark`).
                 Some(unsafe { &*(self.a as *const RacePoint) })
@@ -213,6 +236,7 @@ pub fn snapshot(per_cpu: usize) -> Vec<Event> {
             };
             out.push(Event {
                 t: s.t.load(Ordering::Relaxed),
+                seq: s.seq.load(Ordering::Relaxed),
                 cpu,
                 kind,
                 a: s.a.load(Ordering::Relaxed),
@@ -222,6 +246,64 @@ pub fn snapshot(per_cpu: usize) -> Vec<Event> {
     }
     // Stable: events of one CPU with equal stamps keep their order.
     out.sort_by_key(|e| (e.t, e.cpu));
+    out
+}
+
+/// One pass of a CPU through an armed race point, as its trace recorded
+/// it: the numbers of its arrival and of its departure from the global
+/// sequence counter (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pass {
+    /// The point's `addr` argument.
+    pub addr: u64,
+    /// The number of its `Point` event: what the CPU did before the point
+    /// happened before every event with a larger number.
+    pub arrived: u64,
+    /// The number of its `Leave` event (after a natural delay or the
+    /// schedule's hold), or of its arrival when it went straight on: every
+    /// event with a smaller number happened before what the CPU did after
+    /// the point.
+    pub left: u64,
+}
+
+impl Pass {
+    /// Whether this pass arrived before `later` left: what this pass's CPU
+    /// did before its point happened before what `later`'s CPU did after
+    /// its own.
+    pub fn before(&self, later: &Pass) -> bool {
+        self.arrived < later.left
+    }
+}
+
+/// The passes of `cpu` through `p` in its ring (its last [`RING_LEN`]
+/// events since the rings were cleared), in order. Call with tracing off.
+pub fn passes(cpu: usize, p: &RacePoint) -> Vec<Pass> {
+    let ring = &RINGS[cpu.min(NR_CPUS - 1)];
+    let head = ring.head.load(Ordering::Acquire);
+    let n = head.min(RING_LEN as u64);
+    let pa = p as *const RacePoint as u64;
+    let mut out: Vec<Pass> = Vec::new();
+    for i in head - n..head {
+        let s = &ring.slots[i as usize % RING_LEN];
+        let meta = s.meta.load(Ordering::Acquire);
+        if meta >> 8 != i + 1 || s.a.load(Ordering::Relaxed) != pa {
+            continue;
+        }
+        let seq = s.seq.load(Ordering::Relaxed);
+        match Kind::from_u8(meta as u8) {
+            Some(Kind::Point) => out.push(Pass {
+                addr: s.b.load(Ordering::Relaxed),
+                arrived: seq,
+                left: seq,
+            }),
+            Some(Kind::Leave) => {
+                if let Some(last) = out.last_mut() {
+                    last.left = seq;
+                }
+            }
+            _ => {}
+        }
+    }
     out
 }
 
@@ -259,6 +341,7 @@ pub fn describe(e: &Event, t0: u64, role: Option<&str>) -> alloc::string::String
             if e.b != 0 { "store" } else { "load" }
         ),
         Kind::Mark => format!("{name} {:#x}", e.b),
+        Kind::Leave => format!("leave {name}"),
     };
     format!("t=+{}ns {who}: {what}", e.t.saturating_sub(t0))
 }

@@ -77,6 +77,14 @@
 //!   outlives the collapse: a pin taken before the pin check is always seen
 //!   by it, and a write through a pin taken after it always comes after the
 //!   copy.
+//! - Overlap (the roles met inside the window): the walker read the PMD
+//!   before the collapse cleared it (its `gup_fast:after_pmd_read` before
+//!   the collapse left `khugepaged:before_pmd_clear`) and went on to the
+//!   old table after the clear (it left `gup_fast:after_pmd_read` after the
+//!   collapse passed `pmdp_collapse_flush:after_clear`). Buggy, rcu-only:
+//!   it may pin after the pin check; fixed-a: the PMD recheck sees the
+//!   clear; fixed-b: the IPI sync waits for the walk; x86-64 flush IPIs:
+//!   the flush waits for it.
 //! - Detectors: data written through the pin missing from the mapping (the
 //!   word at the pinned address, read after both roles through a locked
 //!   walk, is not the iteration's mark); a pinned page that the mapping no
@@ -262,6 +270,7 @@ impl<A: Mmu> Row<A> for CollapseVsGupFast {
         // x86-64 IPI and NMI shootdown, s390x IPTE/IDTE.
         flush: &[FlushStrategy::Ipi, FlushStrategy::Nmi, FlushStrategy::Ipte],
         delay_points: &[&points::GUP_FAST_AFTER_PMD_READ],
+        trace_points: &[&points::PMDP_COLLAPSE_AFTER_CLEAR],
         max_delay_ns: 1_000_000,
         budget: Budget {
             // Not the catalogue's 10 000: a collapse that is not aborted
@@ -369,6 +378,13 @@ impl<A: Mmu> Row<A> for CollapseVsGupFast {
         } else {
             gup_pin::<A>(ctx)
         }
+    }
+
+    fn overlapped(ctx: &Ctx<A, Self>) -> bool {
+        let walk = ctx.first_pass(GUP, &points::GUP_FAST_AFTER_PMD_READ);
+        let to_clear = ctx.first_pass(COLLAPSE, &points::COLLAPSE_BEFORE_PMD_CLEAR);
+        let cleared = ctx.first_pass(COLLAPSE, &points::PMDP_COLLAPSE_AFTER_CLEAR);
+        matches!((walk, to_clear, cleared), (Some(w), Some(b), Some(c)) if w.before(&b) && c.before(&w))
     }
 
     fn detect(ctx: &Ctx<A, Self>) -> Option<Finding> {

@@ -19,6 +19,10 @@
 //!   `clean`.
 //! - Natural: random delays at `demo:locked` and `demo:before_put` widen or
 //!   close the window.
+//! - Overlap (the roles met inside the window): the putter was done with
+//!   its `put_page` (`demo:after_put`) before the locker left
+//!   `demo:locked` to unlock: the reference went while the page was
+//!   locked. Both variants (fixed: not the last reference).
 //! - Detector: the bad-page report (always checked by the runner).
 //! - Teardown: a page leaked by the free checks (its count 0, not poisoned)
 //!   is freed for good once unlocked.
@@ -104,6 +108,12 @@ impl<A: Mmu> Row<A> for DemoLockVsPut {
             race_point::<A>(&AFTER_PUT, pfn);
         }
         true
+    }
+
+    fn overlapped(ctx: &Ctx<A, Self>) -> bool {
+        let put = ctx.first_pass(PUTTER, &AFTER_PUT);
+        let locked = ctx.first_pass(LOCKER, &LOCKED);
+        matches!((put, locked), (Some(put), Some(locked)) if put.before(&locked))
     }
 
     fn teardown(_: &mut (), ctx: &mut Ctx<A, Self>) {

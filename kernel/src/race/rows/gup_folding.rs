@@ -41,6 +41,11 @@
 //!   page-table frames and its own copies. `gup_fast:after_pmd_read` is
 //!   traced, so the race report lists the PMD entries the walk read, with
 //!   their virtual addresses.
+//! - Overlap (the walk met the folded level's boundary): the walk read a
+//!   pud entry on each side of `B` — the step of the folded level: past
+//!   its copy in the buggy walk, to the next live region-third entry in the
+//!   fixed one. Every walk that gets that far, so every iteration of both
+//!   variants.
 //! - Detector: the walk's recorder — an entry read outside every page-table
 //!   frame of the frame database (`PG_pgtable`) that is not the level's own
 //!   copy ([`GupRecord::stray_reads`]); and GUP-fast pages that differ from
@@ -224,6 +229,11 @@ impl<A: Mmu> Row<A> for GupFastFolding {
             vaddr: Some(ctx.addr + wrong as u64 * PAGE_SIZE),
             cpu: point::cpu_of(GUP),
         })
+    }
+
+    fn overlapped(ctx: &Ctx<A, Self>) -> bool {
+        let rec = ctx.state.rec.lock();
+        rec.reads().iter().filter(|r| r.level == Level::Pud).count() >= 2
     }
 
     // Single-CPU and deterministic: nothing to hold.

@@ -48,7 +48,17 @@
 //!   store goes through the stale entry: `bug`. Fixed, and s390x: the store
 //!   faults and maps a new page: `clean`.
 //! - Natural: random delays at `gather:before_finish` widen the first
-//!   zap's window; `zap:after_pte_clear` is traced.
+//!   zap's window; `zap:after_pte_clear` and `madvise:after_dontneed` are
+//!   traced.
+//! - Overlap (the roles met inside the window): one zap cleared the page's
+//!   PTE (`zap:after_pte_clear`) before the other finished its
+//!   MADV_DONTNEED (`madvise:after_dontneed`), and the writer's first store
+//!   after a return (done at `user:after_store`) came before the first zap
+//!   left `gather:before_finish` for its flush — so the return that woke
+//!   the writer was the other zap's, inside the first one's window. Buggy
+//!   with interrupt flushes: the store goes through the stale TLB entry;
+//!   fixed: the returning zap flushed the whole mm; IPTE: every TLB was
+//!   purged at the clear.
 //! - Detector: a store that landed after the zap returned — through the
 //!   writer's own stale TLB entry (no page fault since its first store,
 //!   while the PTE was gone), seen in the old frame right after the store.
@@ -107,7 +117,11 @@ impl<A: Mmu> Row<A> for NestedFlush {
         // here and is left out to keep the boot short).
         flush: &[FlushStrategy::Ipi, FlushStrategy::Nmi, FlushStrategy::Ipte],
         delay_points: &[&points::GATHER_BEFORE_FINISH],
-        trace_points: &[&points::ZAP_AFTER_PTE_CLEAR, &points::GATHER_AFTER_FLUSH],
+        trace_points: &[
+            &points::ZAP_AFTER_PTE_CLEAR,
+            &points::GATHER_AFTER_FLUSH,
+            &points::MADVISE_AFTER_DONTNEED,
+        ],
         max_delay_ns: 200_000,
         schedule: schedule![
             WRITER at points::USER_BEFORE_STORE;
@@ -237,6 +251,21 @@ impl<A: Mmu> Row<A> for NestedFlush {
         .at(ctx.addr);
         f.cpu = point::cpu_of(WRITER);
         Some(f)
+    }
+
+    fn overlapped(ctx: &Ctx<A, Self>) -> bool {
+        let Some(store) = ctx.first_pass(WRITER, &points::USER_AFTER_STORE) else {
+            return false;
+        };
+        [(ZAP1, ZAP2), (ZAP2, ZAP1)].into_iter().any(|(first, other)| {
+            let clear = ctx
+                .passes(first, &points::ZAP_AFTER_PTE_CLEAR)
+                .into_iter()
+                .find(|p| p.addr == ctx.addr);
+            let flush = ctx.first_pass(first, &points::GATHER_BEFORE_FINISH);
+            let returned = ctx.first_pass(other, &points::MADVISE_AFTER_DONTNEED);
+            matches!((clear, flush, returned), (Some(c), Some(f), Some(r)) if c.before(&r) && store.before(&f))
+        })
     }
 
     fn teardown(_: &mut RunMm<A>, ctx: &mut Ctx<A, Self>) {

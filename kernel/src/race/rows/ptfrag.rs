@@ -50,6 +50,12 @@
 //!   scanner inspect the frame (a page table: not what it wants) and put its
 //!   reference.
 //! - Natural: random delays at both points widen the windows.
+//! - Overlap (the roles met inside the window): the scanner held a
+//!   speculative reference on the fresh block's head across the count
+//!   setting — it took it (`pfn_scan:after_get` on the head) before the
+//!   allocator left `frag:after_block_alloc` to set the count, and dropped
+//!   it after the allocator reached `frag:after_block_count`. Buggy: the
+//!   reference is wiped; the fixes keep the count elsewhere.
 //! - Detectors: the last fragment's frame freed (poisoned) while its PMD
 //!   entry still points at it; a negative refcount on the head; the
 //!   allocator's read of the last table returning the free-page poison;
@@ -268,6 +274,19 @@ impl<A: Mmu> Row<A> for PtfragRefcount {
         f.vaddr = Some(last_block::<A>());
         f.cpu = f.cpu.or(cpu);
         Some(f)
+    }
+
+    fn overlapped(ctx: &Ctx<A, Self>) -> bool {
+        let head = ctx.pfns[0];
+        let on_head = |p: &crate::race::trace::Pass| p.addr == head;
+        let alloc = ctx.passes(ALLOC, &points::FRAG_AFTER_BLOCK_ALLOC).into_iter().find(on_head);
+        let count = ctx.passes(ALLOC, &points::FRAG_AFTER_BLOCK_COUNT).into_iter().find(on_head);
+        let (Some(alloc), Some(count)) = (alloc, count) else {
+            return false;
+        };
+        ctx.passes(SCAN, &points::PFN_SCAN_AFTER_GET)
+            .iter()
+            .any(|get| on_head(get) && get.before(&alloc) && count.before(get))
     }
 
     fn teardown(run: &mut Run<A>, ctx: &mut Ctx<A, Self>) {

@@ -51,6 +51,15 @@
 //!   the natural delays after the PMD read let the munmap catch up.
 //! - Natural: random delays after the PMD read widen the window. A run has
 //!   the catalogue's budget (10 000 iterations), fixed cells included.
+//! - Overlap (the roles met inside the window): the walker read the PMD
+//!   before the unmap cleared it (it read a table entry; the entry is
+//!   never set again in the iteration) and went on to read the PTE table
+//!   after the clear (it left `gup_fast:after_pmd_read` after the unmap
+//!   passed `free_pgtables:after_pmd_clear`). Immediate freeing: the table
+//!   may be freed under the walk; IPI sync and RCU: the free waits for it;
+//!   x86-64 flush IPIs: the flush waits for it. A walk that read the PMD
+//!   empty completed but did not meet the unmap. `inject=apart` makes
+//!   every walk start after the unmap returned: no iteration overlaps.
 //! - Detector: the walk's recorder judges each table read as it happens
 //!   ([`GupRecord::freed_table_read`]): a read from a frame that was no
 //!   longer a page table, or that returned the free-page poison.
@@ -144,7 +153,11 @@ impl<A: Mmu> Row<A> for PtfreeVsGupFast {
         // short).
         flush: &[FlushStrategy::Ipi, FlushStrategy::Nmi, FlushStrategy::Ipte],
         delay_points: &[&points::GUP_FAST_AFTER_PMD_READ],
-        trace_points: &[&points::ZAP_AFTER_PTE_CLEAR, &points::GATHER_AFTER_FLUSH],
+        trace_points: &[
+            &points::ZAP_AFTER_PTE_CLEAR,
+            &points::GATHER_AFTER_FLUSH,
+            &points::FREE_PGTABLES_AFTER_PMD_CLEAR,
+        ],
         max_delay_ns: 100_000,
         schedule: schedule![
             GUP at points::GUP_FAST_AFTER_PMD_READ;
@@ -259,6 +272,13 @@ impl<A: Mmu> Row<A> for PtfreeVsGupFast {
                     A::cpu_relax();
                 }
                 st.gup_started.store(true, Ordering::Release);
+                // inject=apart: the walk starts once the unmap is done, so
+                // the two never meet.
+                if ctx.inject == Some(Inject::Apart) {
+                    while !st.unmap_done.load(Ordering::Acquire) {
+                        A::cpu_relax();
+                    }
+                }
                 // inject=deadlock: the walker holds the PTE table's PTL,
                 // which the unmap's zap needs: a deadlock that is not the
                 // race's (the verdict must not call it impossible).
@@ -335,6 +355,20 @@ impl<A: Mmu> Row<A> for PtfreeVsGupFast {
             .at(ctx.addr);
         f.cpu = point::cpu_of(GUP);
         Some(f)
+    }
+
+    fn overlapped(ctx: &Ctx<A, Self>) -> bool {
+        let rec = ctx.state.rec.lock();
+        let pmd = rec.reads().iter().find(|r| r.level == Level::Pmd);
+        let read_table = pmd.is_some_and(|r| {
+            !A::entry_none(Level::Pmd, r.value) && A::entry_is_table(Level::Pmd, r.value)
+        });
+        let read_pte = rec.reads().iter().any(|r| r.level == Level::Pte);
+        let walk = ctx.first_pass(GUP, &points::GUP_FAST_AFTER_PMD_READ);
+        let cleared = ctx.first_pass(UNMAP, &points::FREE_PGTABLES_AFTER_PMD_CLEAR);
+        read_table
+            && read_pte
+            && matches!((walk, cleared), (Some(w), Some(c)) if c.before(&w))
     }
 
     fn teardown(run: &mut Run, ctx: &mut Ctx<A, Self>) {

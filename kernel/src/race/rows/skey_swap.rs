@@ -47,6 +47,14 @@
 //!   `madvise:after_dontneed`); then reclaim fills the slot. No fix adds a
 //!   wait (fixed-a's trylock gives up), so every fixed cell runs through.
 //! - Natural: random delays at `swap:add_window`.
+//! - Overlap (the roles met inside the window): the zap removed the page's
+//!   last mapping while reclaim was at `swap:add_window` — reclaim arrived
+//!   there before the zap went on from clearing the PTE
+//!   (`zap:after_pte_clear`; the rmap removal and the change bit's move
+//!   follow), and the zap's PTE loop was over (`zap:before_ptl_flush`)
+//!   before reclaim left to fill the slot. Buggy: the DIRTY tag lands on
+//!   the missing entry; the fixes tag nothing there, drop the bit (fixed-a)
+//!   or never read the key (fixed-c).
 //! - Detector: the tree's "BUG: tag set on a missing tree entry"
 //!   ([`xarray::nr_tag_on_missing_entry`], counted since setup).
 //! - Teardown: the page (if the zap did not take it), reclaim's reference.
@@ -138,7 +146,11 @@ impl<A: Mmu> Row<A> for SkeyDirtyVsSwapcache {
             Commit::new("abf09bed3cce", Some("s390/mm: implement software dirty bits"), Some("3.9"), Fix),
         ],
         delay_points: &[&points::SWAP_ADD_WINDOW],
-        trace_points: &[&points::ZAP_AFTER_PTE_CLEAR, &points::RMAP_SKEY_DIRTY],
+        trace_points: &[
+            &points::ZAP_AFTER_PTE_CLEAR,
+            &points::RMAP_SKEY_DIRTY,
+            &points::ZAP_BEFORE_PTL_FLUSH,
+        ],
         max_delay_ns: 100_000,
         schedule: schedule![
             RECLAIM at points::SWAP_ADD_WINDOW;
@@ -261,6 +273,13 @@ impl<A: Mmu> Row<A> for SkeyDirtyVsSwapcache {
         .at(ctx.addr);
         f.cpu = point::cpu_of(ZAP);
         Some(f)
+    }
+
+    fn overlapped(ctx: &Ctx<A, Self>) -> bool {
+        let window = ctx.first_pass(RECLAIM, &points::SWAP_ADD_WINDOW);
+        let clear = ctx.first_pass(ZAP, &points::ZAP_AFTER_PTE_CLEAR);
+        let done = ctx.first_pass(ZAP, &points::ZAP_BEFORE_PTL_FLUSH);
+        matches!((window, clear, done), (Some(w), Some(c), Some(d)) if w.before(&c) && d.before(&w))
     }
 
     fn teardown(run: &mut Run<A>, ctx: &mut Ctx<A, Self>) {

@@ -51,6 +51,12 @@
 //!   own wait (`fix_waits: [Ptl]`), so the runner releases the schedule and
 //!   the iteration completes clean.
 //! - Natural: random delays at `wp:before_unlock_page` and `zap:before_ptl`.
+//! - Overlap (the roles met inside the window): the zap reached the PTL
+//!   (`zap:before_ptl`) while the fault held the page locked in its reuse
+//!   path — after the lock (the zap starts only then), before the fault
+//!   left `wp:before_unlock_page` to unlock. Buggy: the zap then clears the
+//!   PTE and frees the page, before the unlock or after it; fixed: the
+//!   fault holds the PTL there, the zap waits for it.
 //! - Detectors: the runner's bad-page check (the locked page freed), a write
 //!   to the freed, poisoned descriptor, a store to the freed, poisoned frame
 //!   (x86-64 with immediate freeing: the page is freed at the PTE clear,
@@ -196,6 +202,12 @@ impl<A: Mmu> Row<A> for WpUnlockVsZap {
             .or_else(|| detect::poisoned_frame_written(pfn))
             .or_else(|| detect::refcount_underflow(pfn))
             .map(|f| f.at(ctx.addr))
+    }
+
+    fn overlapped(ctx: &Ctx<A, Self>) -> bool {
+        let zap = ctx.first_pass(ZAP, &points::ZAP_BEFORE_PTL);
+        let unlock = ctx.first_pass(FAULT, &points::WP_BEFORE_UNLOCK_PAGE);
+        matches!((zap, unlock), (Some(zap), Some(unlock)) if zap.before(&unlock))
     }
 
     fn teardown(_: &mut RunMm<A>, ctx: &mut Ctx<A, Self>) {

@@ -71,6 +71,13 @@
 //!   copy: lost); only then the zap flushes.
 //! - Natural: random delays at `zap:before_ptl_flush` widen the window
 //!   between the rmap removal and the flush.
+//! - Overlap (the roles met inside the window): writeback reached
+//!   `folio_mkclean` (`writeback:before_mkclean`) after the zap cleared the
+//!   PTE (`zap:after_pte_clear`) and before the zap left
+//!   `zap:before_ptl_flush` for its flush (s390x `fixed`: its unlock).
+//!   Buggy: mkclean finds the page unmapped; fixed (IPI, NMI): it finds
+//!   the delayed rmap and waits for the zap's PTL; IPTE: every TLB was
+//!   purged at the clear.
 //! - Detector: a lost write. After the run the page is clean (`PG_dirty`
 //!   clear) but its frame holds a sequence number newer than the backing
 //!   store's, and the writer stored that number without taking a page
@@ -333,6 +340,13 @@ impl<A: Mmu> Row<A> for ZapRmapVsMkclean {
         .at(ctx.addr);
         f.cpu = point::cpu_of(WRITER);
         Some(f)
+    }
+
+    fn overlapped(ctx: &Ctx<A, Self>) -> bool {
+        let clear = ctx.first_pass(ZAP, &points::ZAP_AFTER_PTE_CLEAR);
+        let mkclean = ctx.first_pass(WRITEBACK, &points::WRITEBACK_BEFORE_MKCLEAN);
+        let flush = ctx.first_pass(ZAP, &points::ZAP_BEFORE_PTL_FLUSH);
+        matches!((clear, mkclean, flush), (Some(c), Some(m), Some(f)) if c.before(&m) && m.before(&f))
     }
 
     // No teardown: nothing to undo (see the module docs).
