@@ -1018,11 +1018,12 @@ pub fn judge_race_boot(
         let why = l.why.as_ref().map_or(String::new(), |w| format!(" ({w})"));
         return Err(match &l.observed {
             Some(o) => format!(
-                "{}: expected {expect}, observed {} in {} iterations, {} hits{why}",
+                "{}: expected {expect}, observed {} in {} iterations, {} hits, overlap {}{why}",
                 l.case(),
                 o.outcome,
                 o.iterations,
-                o.hits
+                o.hits,
+                o.overlap
             ),
             None => format!("{}: expected {expect}, not run", l.case()),
         });

@@ -21,6 +21,16 @@
 //! [`ROW_SKIPS`]. A row's author adds its entries, with
 //! [`Expect::Report`] only where the catalogue says a cell reports its hit
 //! rate only.
+//!
+//! Overlap and its floor: the kernel counts the iterations in which a
+//! cell's roles met inside the race window (`overlap=`, each row's
+//! definition in its module docs). A natural cell that can be `clean`
+//! ([`Expect::Clean`], [`Expect::Report`]) states a floor
+//! ([`Cell::floor`]): the overlap a run must reach, in overlapping
+//! iterations per [`FLOOR_PER`] iterations run, measured with the row's
+//! delays armed. A `clean` run below it is judged `vacuous` (a mismatch):
+//! its roles rarely met inside the window, so its iterations tested little
+//! ([`Cell::below_floor`]).
 
 use crate::ktap::Document;
 use crate::Arch;
@@ -109,7 +119,15 @@ pub struct Cell {
     pub expect: Expect,
     /// Forced cells: the wait-for cycle that must prove it, if any.
     pub proof: Option<Proof>,
+    /// Natural cells that can be `clean`: the overlap a run must reach,
+    /// in overlapping iterations per [`FLOOR_PER`] iterations run.
+    pub floor: Option<u64>,
 }
+
+/// The unit of a floor: overlapping iterations per this many iterations
+/// run (the catalogue's natural budget, so that for most rows a floor is
+/// the overlap a CI-size run must reach).
+pub const FLOOR_PER: u64 = 10_000;
 
 /// The proof a forced cell's wait-for cycle must give, in the kernel's
 /// words (`evidence=`, `fix_evidence=`): each wait as
@@ -192,6 +210,34 @@ impl Cell {
             self.mode.name()
         )
     }
+
+    /// The overlap a natural run of `iterations` must reach: the floor
+    /// scaled to the iterations run, rounded up (at least 1 for a run that
+    /// ran any); `None` for a cell without a floor.
+    pub fn required_overlap(&self, iterations: u64) -> Option<u64> {
+        self.floor
+            .map(|f| (f * iterations).div_ceil(FLOOR_PER).max(u64::from(iterations > 0)))
+    }
+
+    /// Why a run of this cell that ended `outcome` after `iterations`,
+    /// `overlap` of them overlapping, is `vacuous` by the floor: a
+    /// natural `clean` run with its delays armed (the floors are measured
+    /// so) below [`Cell::required_overlap`].
+    pub fn below_floor(
+        &self,
+        outcome: &str,
+        iterations: u64,
+        overlap: u64,
+        delays: bool,
+    ) -> Option<String> {
+        let need = self.required_overlap(iterations)?;
+        (self.mode == Mode::Natural && outcome == "clean" && delays && overlap < need).then(|| {
+            format!(
+                "overlap {overlap} below the floor {need} ({} per {FLOOR_PER} iterations): the roles rarely met inside the window",
+                self.floor.unwrap_or(0)
+            )
+        })
+    }
 }
 
 /// `variant` or `variant@flush`.
@@ -225,6 +271,8 @@ struct Entry {
     natural: Expect,
     /// The forced cell's proof.
     proof: Option<Proof>,
+    /// The natural cell's floor ([`Cell::floor`]).
+    floor: Option<u64>,
 }
 
 impl Entry {
@@ -244,6 +292,15 @@ impl Entry {
             ..self
         }
     }
+
+    /// The natural cell's floor: at least `per_10k` of every
+    /// [`FLOOR_PER`] iterations must overlap ([`Cell::floor`]).
+    const fn floor(self, per_10k: u64) -> Self {
+        Entry {
+            floor: Some(per_10k),
+            ..self
+        }
+    }
 }
 
 const fn e(
@@ -260,6 +317,7 @@ const fn e(
         forced,
         natural,
         proof: None,
+        floor: None,
     }
 }
 
@@ -483,9 +541,9 @@ fn build_cells() -> Vec<Cell> {
                 ),
             };
             for arch in arches {
-                for (mode, expect, proof) in [
-                    (Mode::Forced, en.forced, en.proof),
-                    (Mode::Natural, en.natural, None),
+                for (mode, expect, proof, floor) in [
+                    (Mode::Forced, en.forced, en.proof, None),
+                    (Mode::Natural, en.natural, None, en.floor),
                 ] {
                     cells.push(Cell {
                         row,
@@ -495,6 +553,7 @@ fn build_cells() -> Vec<Cell> {
                         mode,
                         expect,
                         proof,
+                        floor,
                     });
                 }
             }
@@ -510,6 +569,7 @@ fn build_cells() -> Vec<Cell> {
                         mode,
                         expect: Expect::Skip,
                         proof: None,
+                        floor: None,
                     });
                 }
             }
@@ -550,6 +610,11 @@ pub struct Observed {
     pub iterations: u64,
     /// Iterations in which a detector fired.
     pub hits: u64,
+    /// Iterations in which the roles met inside the race window.
+    pub overlap: u64,
+    /// Whether the natural-mode delays were armed (`delays=1`; a line
+    /// without the key counts as armed).
+    pub delays: bool,
     /// Time to the first hit.
     pub first_hit_ns: Option<u64>,
     /// Iterations the variant's fix held the schedule back.
@@ -601,6 +666,8 @@ pub fn observed(doc: &Document) -> Vec<Observed> {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0),
             hits: value("hits").and_then(|v| v.parse().ok()).unwrap_or(0),
+            overlap: value("overlap").and_then(|v| v.parse().ok()).unwrap_or(0),
+            delays: value("delays") != Some("0"),
             first_hit_ns: value("first_hit_ns").and_then(|v| v.parse().ok()),
             held_by_fix: value("held_by_fix")
                 .and_then(|v| v.parse().ok())
@@ -704,30 +771,33 @@ pub struct Line {
     pub mode: Mode,
     /// The expectation, if the table has the cell.
     pub expect: Option<Expect>,
-    /// What the boot showed, if it ran the cell.
+    /// What the boot showed, if it ran the cell (its outcome `vacuous`
+    /// where the floor judged a `clean` run so).
     pub observed: Option<Observed>,
     /// Whether the two agree.
     pub ok: bool,
-    /// Why they do not, beyond the outcome (a proof not met).
+    /// Why they do not, beyond the outcome (a proof not met, an overlap
+    /// below the floor).
     pub why: Option<String>,
 }
 
 impl fmt::Display for Line {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let exp = self.expect.map_or("(none)", Expect::name);
-        let (obs, it, hits, first) = match &self.observed {
+        let (obs, it, hits, overlap, first) = match &self.observed {
             Some(o) => (
                 o.outcome.clone(),
                 o.iterations.to_string(),
                 o.hits.to_string(),
+                o.overlap.to_string(),
                 o.first_hit_ns
                     .map_or("-".into(), |t| format!("{:.3}", t as f64 / 1e6)),
             ),
-            None => ("(not run)".into(), "-".into(), "-".into(), "-".into()),
+            None => ("(not run)".into(), "-".into(), "-".into(), "-".into(), "-".into()),
         };
         write!(
             f,
-            "{:<23} {:<15} {:<8} {:<11} {:<11} {:>10} {:>7} {:>13}  {}",
+            "{:<23} {:<15} {:<8} {:<11} {:<11} {:>10} {:>7} {:>8} {:>13}  {}",
             self.row,
             label(&self.variant, self.flush.as_deref()),
             self.mode.name(),
@@ -735,6 +805,7 @@ impl fmt::Display for Line {
             obs,
             it,
             hits,
+            overlap,
             first,
             self.verdict()
         )?;
@@ -750,7 +821,7 @@ impl fmt::Display for Line {
 
 /// The header matching [`Line`]'s `Display`.
 pub const HEADER: &str =
-    "row                     variant         mode     expected    observed    iterations    hits  first_hit_ms";
+    "row                     variant         mode     expected    observed    iterations    hits  overlap  first_hit_ms";
 
 impl Line {
     /// The KTAP case of this line's cell: `scenario.row:label:mode`.
@@ -789,15 +860,24 @@ pub fn compare(arch: Arch, sel: &Selection, observed: &[Observed]) -> Vec<Line> 
         });
         let why = o.and_then(|o| c.proof.and_then(|p| p.unmet_by(o)));
         let ok = why.is_none() && o.is_some_and(|o| o.case_ok && c.expect.accepts(&o.outcome));
+        // A clean run below the floor is judged `vacuous`, whatever the
+        // kernel called it.
+        let vacuous = o.and_then(|o| c.below_floor(&o.outcome, o.iterations, o.overlap, o.delays));
+        let observed = o.cloned().map(|mut o| {
+            if vacuous.is_some() {
+                o.outcome = "vacuous".into();
+            }
+            o
+        });
         lines.push(Line {
             row: c.row.into(),
             variant: c.variant.into(),
             flush: c.flush.map(str::to_string),
             mode: c.mode,
             expect: Some(c.expect),
-            observed: o.cloned(),
-            ok,
-            why,
+            observed,
+            ok: ok && vacuous.is_none(),
+            why: why.or(vacuous),
         });
     }
     for o in observed {

@@ -1346,6 +1346,7 @@ fn soak(args: &SoakArgs) -> Result<ExitCode> {
                     outcome: obs.as_ref().map_or("failed".into(), |o| o.outcome.clone()),
                     iterations: obs.as_ref().map_or(0, |o| o.iterations),
                     hits: obs.as_ref().map_or(0, |o| o.hits),
+                    overlap: obs.as_ref().map_or(0, |o| o.overlap),
                     first_hit_ms: obs
                         .as_ref()
                         .and_then(|o| o.first_hit_ns)
@@ -1359,9 +1360,10 @@ fn soak(args: &SoakArgs) -> Result<ExitCode> {
                 p.hits += r.hits;
                 p.running[slot] = None;
                 p.say(&format!(
-                    "   {label}: {} iterations, {} hits, first hit {}, {:.0} iterations/s: {j}",
+                    "   {label}: {} iterations, {} hits, overlap {}, first hit {}, {:.0} iterations/s: {j}",
                     r.iterations,
                     r.hits,
+                    r.overlap,
                     r.first_hit_ms
                         .map_or("-".into(), |ms| format!("{ms:.1} ms")),
                     r.rate
@@ -1388,8 +1390,8 @@ fn soak(args: &SoakArgs) -> Result<ExitCode> {
     let errors = errors.into_inner().unwrap();
     println!();
     println!(
-        "{:<8} {:<24} {:<22} {:<7} {:>10} {:>8} {:>14} {:>12}  verdict",
-        "arch", "row", "variant", "delays", "iterations", "hits", "first hit ms", "iter/s"
+        "{:<8} {:<24} {:<22} {:<7} {:>10} {:>8} {:>10} {:>14} {:>12}  verdict",
+        "arch", "row", "variant", "delays", "iterations", "hits", "overlap", "first hit ms", "iter/s"
     );
     let mut failed = !errors.is_empty();
     for (run, res) in runs.iter().zip(&results) {
@@ -1399,13 +1401,14 @@ fn soak(args: &SoakArgs) -> Result<ExitCode> {
         };
         failed |= *j != Judgement::Ok;
         println!(
-            "{:<8} {:<24} {:<22} {:<7} {:>10} {:>8} {:>14} {:>12.0}  {j}",
+            "{:<8} {:<24} {:<22} {:<7} {:>10} {:>8} {:>10} {:>14} {:>12.0}  {j}",
             run.cell.arch.to_string(),
             run.cell.row,
             run.cell.label(),
             if run.delays { "on" } else { "off" },
             r.iterations,
             r.hits,
+            r.overlap,
             r.first_hit_ms.map_or("-".into(), |ms| format!("{ms:.1}")),
             r.rate
         );

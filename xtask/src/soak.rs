@@ -5,12 +5,15 @@
 //! run:
 //! - every natural cell the table expects `clean` (a fixed kernel) for at
 //!   least [`FIXED_ITERATIONS`] iterations with the rows' window-widening
-//!   delays armed; one hit, a short run or a failed boot fails the soak;
+//!   delays armed; one hit, a short run, an overlap below the cell's floor
+//!   ([`Cell::below_floor`]) or a failed boot fails the soak;
 //! - every natural cell expected `bug` or reporting its hit rate (a buggy
 //!   kernel) twice, with and without the delays, for
 //!   [`BUGGY_ITERATIONS`] iterations, reporting hits, the time to the first
 //!   hit and iterations per second; a `bug` cell with delays that never hits
-//!   fails the soak (without delays the hit rate is a figure only).
+//!   fails the soak, and so does a hit-rate cell with delays that ends
+//!   `clean` below its floor (without delays the hit rate and the overlap
+//!   are figures only).
 //!
 //! Each run prints the command that repeats it (the seed, the iteration and
 //! time budgets, the delays), so any hit can be replayed.
@@ -119,6 +122,8 @@ pub struct SoakResult {
     pub iterations: u64,
     /// Iterations in which a detector fired.
     pub hits: u64,
+    /// Iterations in which the roles met inside the race window.
+    pub overlap: u64,
     /// Time to the first hit, ms.
     pub first_hit_ms: Option<f64>,
     /// Iterations per second.
@@ -149,6 +154,12 @@ impl fmt::Display for Judgement {
 pub fn judge(run: &SoakRun, r: &SoakResult) -> Judgement {
     if !r.boot_ok {
         return Judgement::Fail(format!("the boot failed (outcome {})", r.outcome));
+    }
+    if let Some(why) = run
+        .cell
+        .below_floor(&r.outcome, r.iterations, r.overlap, run.delays)
+    {
+        return Judgement::Fail(format!("vacuous: {why}"));
     }
     match run.cell.expect {
         Expect::Clean => {
@@ -250,6 +261,7 @@ mod tests {
             outcome: outcome.into(),
             iterations,
             hits,
+            overlap: iterations / 2,
             first_hit_ms: None,
             rate: 1.0,
             boot_ok: outcome == "clean" || outcome == "bug",

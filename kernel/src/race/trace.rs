@@ -259,10 +259,10 @@ pub struct Pass {
     /// The number of its `Point` event: what the CPU did before the point
     /// happened before every event with a larger number.
     pub arrived: u64,
-    /// The number of its `Leave` event (after a natural delay or the
-    /// schedule's hold), or of its arrival when it went straight on: every
-    /// event with a smaller number happened before what the CPU did after
-    /// the point.
+    /// The number of its last event: its `Leave` (after a natural delay or
+    /// the schedule's hold), its `Delay` of 0 ns, or its arrival when it
+    /// went straight on. Every event with a smaller number happened before
+    /// what the CPU did after the point.
     pub left: u64,
 }
 
@@ -296,7 +296,7 @@ pub fn passes(cpu: usize, p: &RacePoint) -> Vec<Pass> {
                 arrived: seq,
                 left: seq,
             }),
-            Some(Kind::Leave) => {
+            Some(Kind::Delay | Kind::Leave) => {
                 if let Some(last) = out.last_mut() {
                     last.left = seq;
                 }

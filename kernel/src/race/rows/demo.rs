@@ -19,10 +19,10 @@
 //!   `clean`.
 //! - Natural: random delays at `demo:locked` and `demo:before_put` widen or
 //!   close the window.
-//! - Overlap (the roles met inside the window): the putter was done with
-//!   its `put_page` (`demo:after_put`) before the locker left
-//!   `demo:locked` to unlock: the reference went while the page was
-//!   locked. Both variants (fixed: not the last reference).
+//! - Overlap (the roles met inside the window): the putter's reference
+//!   was gone when the locker went on to unlock — the locker reads the
+//!   page's refcount right before `unlock_page` and finds only its own
+//!   references left (none in `buggy`, the one it took in `fixed`).
 //! - Detector: the bad-page report (always checked by the runner).
 //! - Teardown: a page leaked by the free checks (its count 0, not poisoned)
 //!   is freed for good once unlocked.
@@ -53,6 +53,8 @@ pub struct DemoLockVsPut;
 pub struct State {
     /// The locker holds the page lock.
     locked: AtomicBool,
+    /// The putter's reference was gone before the unlock.
+    put_first: AtomicBool,
 }
 
 impl<A: Mmu> Row<A> for DemoLockVsPut {
@@ -95,6 +97,9 @@ impl<A: Mmu> Row<A> for DemoLockVsPut {
             page::lock_page(page);
             ctx.state.locked.store(true, Ordering::Release);
             race_point::<A>(&LOCKED, pfn);
+            let own = i32::from(ctx.config());
+            let put_first = page::page_ref_count(page) == own;
+            ctx.state.put_first.store(put_first, Ordering::Relaxed);
             page::unlock_page(page);
             if ctx.config() {
                 page::put_page(page);
@@ -111,9 +116,7 @@ impl<A: Mmu> Row<A> for DemoLockVsPut {
     }
 
     fn overlapped(ctx: &Ctx<A, Self>) -> bool {
-        let put = ctx.first_pass(PUTTER, &AFTER_PUT);
-        let locked = ctx.first_pass(LOCKER, &LOCKED);
-        matches!((put, locked), (Some(put), Some(locked)) if put.before(&locked))
+        ctx.state.put_first.load(Ordering::Relaxed)
     }
 
     fn teardown(_: &mut (), ctx: &mut Ctx<A, Self>) {
