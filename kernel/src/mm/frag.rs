@@ -150,6 +150,7 @@ pub fn pte_alloc_one<A: Mmu>(mm: &Mm<A>) -> Option<u64> {
                 .private
                 .store(pol as usize, Ordering::Release);
         }
+        race_point::<A>(&points::FRAG_BEFORE_BLOCK_COUNT, head_pfn);
         match pol {
             FragPolicy::SetPageCount => page::set_page_count(head, n as i32),
             FragPolicy::FragCounter => head.pt_frag_refcount.store(n as i32, Ordering::Release),

@@ -289,7 +289,10 @@ pub unsafe fn pmdp_collapse_flush<A: Mmu>(mm: &Mm<A>, addr: u64, pmdp: *mut u64)
     // SAFETY: forwarded to the caller.
     let old = unsafe { A::pmdp_get_and_clear(mm, addr, pmdp) };
     let start = addr & !(A::PMD_SIZE - 1);
-    crate::race::race_point::<A>(&crate::race::point::points::PMDP_COLLAPSE_AFTER_CLEAR, start);
+    crate::race::race_point::<A>(
+        &crate::race::point::points::PMDP_COLLAPSE_AFTER_CLEAR,
+        start,
+    );
     if !A::CLEAR_FLUSHES_TLB {
         super::tlbflush::flush_tlb_range(mm, start, start + A::PMD_SIZE);
     }

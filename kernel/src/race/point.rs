@@ -186,6 +186,9 @@ pub mod points {
         /// (its head has the allocator's one reference), its fragment count not
         /// yet set. `addr` = the head's pfn.
         FRAG_AFTER_BLOCK_ALLOC = "frag:after_block_alloc";
+        /// The fragment allocator: the fresh block is a compound page-table
+        /// block, its fragment count is set next. `addr` = the head's pfn.
+        FRAG_BEFORE_BLOCK_COUNT = "frag:before_block_count";
         /// The fragment allocator: the fresh block's fragment count is set (with
         /// `set_page_count`, in the separate counter, or in the top bits, as the
         /// policy says). `addr` = the head's pfn.

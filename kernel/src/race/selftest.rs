@@ -528,10 +528,17 @@ fn natural_seed_repeats<A: Mmu>(_: &Cmdline) -> Outcome {
         }
         // One pass per hit, in order; a pass left after its arrival exactly
         // when it was delayed.
-        let shape: Vec<(u64, bool)> = passes.iter().map(|p| (p.addr, p.left > p.arrived)).collect();
-        let want: Vec<(u64, bool)> = (0..NATURAL_HITS).zip(again.iter().map(|&d| d != 0)).collect();
+        let shape: Vec<(u64, bool)> = passes
+            .iter()
+            .map(|p| (p.addr, p.left > p.arrived))
+            .collect();
+        let want: Vec<(u64, bool)> = (0..NATURAL_HITS)
+            .zip(again.iter().map(|&d| d != 0))
+            .collect();
         if shape != want || passes.windows(2).any(|w| w[0].left >= w[1].arrived) {
-            return fail(format!("passes (addr, delayed) {shape:?}, the delays say {want:?}"));
+            return fail(format!(
+                "passes (addr, delayed) {shape:?}, the delays say {want:?}"
+            ));
         }
         // Each delay was really waited: the next point came at least that late.
         let delays: Vec<&trace::Event> = events.iter().filter(|e| e.kind == Kind::Delay).collect();

@@ -53,9 +53,9 @@
 //! - Overlap (the roles met inside the window): the scanner held a
 //!   speculative reference on the fresh block's head across the count
 //!   setting — it took it (`pfn_scan:after_get` on the head) before the
-//!   allocator left `frag:after_block_alloc` to set the count, and dropped
-//!   it after the allocator reached `frag:after_block_count`. Buggy: the
-//!   reference is wiped; the fixes keep the count elsewhere.
+//!   allocator left `frag:before_block_count` to set the count, and went
+//!   on to drop it after the allocator reached `frag:after_block_count`.
+//!   Buggy: the reference is wiped; the fixes keep the count elsewhere.
 //! - Detectors: the last fragment's frame freed (poisoned) while its PMD
 //!   entry still points at it; a negative refcount on the head; the
 //!   allocator's read of the last table returning the free-page poison;
@@ -153,7 +153,11 @@ impl<A: Mmu> Row<A> for PtfragRefcount {
             CommitRole::Fix,
         )],
         delay_points: &[&points::FRAG_AFTER_BLOCK_ALLOC, &points::PFN_SCAN_AFTER_GET],
-        trace_points: &[&points::PFN_SCAN_AFTER_PUT, &points::GATHER_AFTER_TABLE_FREE],
+        trace_points: &[
+            &points::PFN_SCAN_AFTER_PUT,
+            &points::GATHER_AFTER_TABLE_FREE,
+            &points::FRAG_BEFORE_BLOCK_COUNT,
+        ],
         schedule: schedule![
             ALLOC at points::FRAG_AFTER_BLOCK_ALLOC;
             SCAN at points::PFN_SCAN_AFTER_GET;
@@ -279,14 +283,14 @@ impl<A: Mmu> Row<A> for PtfragRefcount {
     fn overlapped(ctx: &Ctx<A, Self>) -> bool {
         let head = ctx.pfns[0];
         let on_head = |p: &crate::race::trace::Pass| p.addr == head;
-        let alloc = ctx.passes(ALLOC, &points::FRAG_AFTER_BLOCK_ALLOC).into_iter().find(on_head);
-        let count = ctx.passes(ALLOC, &points::FRAG_AFTER_BLOCK_COUNT).into_iter().find(on_head);
-        let (Some(alloc), Some(count)) = (alloc, count) else {
+        let setting = ctx.passes(ALLOC, &points::FRAG_BEFORE_BLOCK_COUNT).into_iter().find(on_head);
+        let set = ctx.passes(ALLOC, &points::FRAG_AFTER_BLOCK_COUNT).into_iter().find(on_head);
+        let (Some(setting), Some(set)) = (setting, set) else {
             return false;
         };
         ctx.passes(SCAN, &points::PFN_SCAN_AFTER_GET)
             .iter()
-            .any(|get| on_head(get) && get.before(&alloc) && count.before(get))
+            .any(|get| on_head(get) && get.before(&setting) && set.before(get))
     }
 
     fn teardown(run: &mut Run<A>, ctx: &mut Ctx<A, Self>) {

@@ -50,11 +50,13 @@
 //! - Overlap (the roles met inside the window): the zap removed the page's
 //!   last mapping while reclaim was at `swap:add_window` — reclaim arrived
 //!   there before the zap went on from clearing the PTE
-//!   (`zap:after_pte_clear`; the rmap removal and the change bit's move
-//!   follow), and the zap's PTE loop was over (`zap:before_ptl_flush`)
-//!   before reclaim left to fill the slot. Buggy: the DIRTY tag lands on
-//!   the missing entry; the fixes tag nothing there, drop the bit (fixed-a)
-//!   or never read the key (fixed-c).
+//!   (`zap:after_pte_clear`; the rmap removal follows), and the zap reached
+//!   the page's dirty state before reclaim left to fill the slot: it found
+//!   the change bit (`rmap:skey_dirty`, `set_page_dirty` next) or, where
+//!   the key is never read (fixed-c), its PTE loop was over
+//!   (`zap:before_ptl_flush`). Buggy: the DIRTY tag lands on the missing
+//!   entry (whose report, printed under the PTL, comes after); the fixes
+//!   tag nothing there or drop the bit (fixed-a).
 //! - Detector: the tree's "BUG: tag set on a missing tree entry"
 //!   ([`xarray::nr_tag_on_missing_entry`], counted since setup).
 //! - Teardown: the page (if the zap did not take it), reclaim's reference.
@@ -278,8 +280,10 @@ impl<A: Mmu> Row<A> for SkeyDirtyVsSwapcache {
     fn overlapped(ctx: &Ctx<A, Self>) -> bool {
         let window = ctx.first_pass(RECLAIM, &points::SWAP_ADD_WINDOW);
         let clear = ctx.first_pass(ZAP, &points::ZAP_AFTER_PTE_CLEAR);
-        let done = ctx.first_pass(ZAP, &points::ZAP_BEFORE_PTL_FLUSH);
-        matches!((window, clear, done), (Some(w), Some(c), Some(d)) if w.before(&c) && d.before(&w))
+        let dirty = ctx
+            .first_pass(ZAP, &points::RMAP_SKEY_DIRTY)
+            .or_else(|| ctx.first_pass(ZAP, &points::ZAP_BEFORE_PTL_FLUSH));
+        matches!((window, clear, dirty), (Some(w), Some(c), Some(d)) if w.before(&c) && d.before(&w))
     }
 
     fn teardown(run: &mut Run<A>, ctx: &mut Ctx<A, Self>) {
