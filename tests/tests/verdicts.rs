@@ -13,6 +13,11 @@
 //!   back), the walker reads the table it walked again once the unmap freed
 //!   it. The detectors judge what happens after a release: the cell is
 //!   `bug`.
+//! - `inject=apart`: in a natural run of a fixed `ptfree-vs-gup-fast` cell
+//!   the walker starts only once the unmap is done. Every walk completes
+//!   (it reads an empty PMD) and nothing fires: the kernel says `clean`,
+//!   but no iteration overlapped, and the table's floor must judge the cell
+//!   `vacuous`.
 
 use quiesce_tests::{assert_passed, boot_to_fail, TIMEOUT};
 use xtask::expected::{self, Mode, Selection};
@@ -93,6 +98,47 @@ fn deadlock_is_not_the_catalogues_cycle(arch: Arch) {
     }
 }
 
+fn roles_apart_are_vacuous(arch: Arch) {
+    let flush = match arch {
+        Arch::S390x => "ipte",
+        Arch::X86_64 => "nmi",
+    };
+    let cmdline = format!(
+        "scenario=ptfree-vs-gup-fast variant=rcu flush={flush} mode=natural iterations=300 inject=apart"
+    );
+    let Some(b) = boot_to_fail(arch, 4, &cmdline, TIMEOUT) else {
+        return;
+    };
+    assert_passed(&b);
+    let observed = expected::observed(&b.ktap);
+    let o = &observed[0];
+    // The kernel's own verdict: every role completed, nothing fired.
+    assert_eq!(
+        (o.outcome.as_str(), o.iterations, o.hits, o.overlap),
+        ("clean", 300, 0, 0),
+        "{arch}: {o:?}"
+    );
+    let sel = Selection {
+        row: Some("ptfree-vs-gup-fast".into()),
+        variant: Some("rcu".into()),
+        flush: Some(flush.into()),
+        mode: Some(Mode::Natural),
+    };
+    let lines = expected::compare(arch, &sel, &observed);
+    let l = &lines[0];
+    assert!(!l.ok, "{arch}: roles that never met passed: {l}");
+    assert_eq!(
+        l.observed.as_ref().map(|o| o.outcome.as_str()),
+        Some("vacuous"),
+        "{arch}: {l}"
+    );
+    assert!(
+        format!("{l}").contains("overlap 0 below the floor"),
+        "{arch}: {l}"
+    );
+    assert_junit_shows_the_mismatch(&b, l);
+}
+
 fn finding_after_release_is_bug(arch: Arch) {
     let Some(l) = injected(arch, "late-finding") else {
         return;
@@ -122,6 +168,10 @@ fn main() {
         .per_arch(
             ["s390x_late_finding", "x86_64_late_finding"],
             finding_after_release_is_bug,
+        )
+        .per_arch(
+            ["s390x_roles_apart", "x86_64_roles_apart"],
+            roles_apart_are_vacuous,
         )
         .per_arch(
             [

@@ -1193,11 +1193,12 @@ mod tests {
         assert!(page.contains("x86_64 boot: first KTAP line: target &lt;= 100 ms: MISSED"));
     }
 
-    /// A scenario boot's KTAP: one natural case of `c` with `outcome`.
+    /// A scenario boot's KTAP: one natural case of `c` with `outcome`,
+    /// every iteration overlapping.
     fn race_boot(c: &crate::expected::Cell, outcome: &str) -> crate::ktap::Document {
         crate::ktap::parse(&format!(
             "KTAP version 1\n1..1\n    KTAP version 1\n    1..1\n    \
-# row={} variant={} mode=natural outcome={outcome} iterations=40 hits={} first_hit_ns=12\n    \
+# row={} variant={} mode=natural outcome={outcome} iterations=40 hits={} overlap=40 first_hit_ns=12 delays=1\n    \
 ok 1 {}:{}:natural\nok 1 scenario\n",
             c.row,
             c.variant,
@@ -1224,7 +1225,7 @@ ok 1 {}:{}:natural\nok 1 scenario\n",
         let why = judge_race_boot(c, &passed, &race_boot(c, "clean")).unwrap_err();
         assert!(
             why.contains(&format!(
-                "{}: expected bug, observed clean in 40 iterations, 0 hits",
+                "{}: expected bug, observed clean in 40 iterations, 0 hits, overlap 40",
                 c.case()
             )),
             "{why}"

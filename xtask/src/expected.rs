@@ -212,11 +212,11 @@ impl Cell {
     }
 
     /// The overlap a natural run of `iterations` must reach: the floor
-    /// scaled to the iterations run, rounded up (at least 1 for a run that
-    /// ran any); `None` for a cell without a floor.
+    /// scaled to the iterations run, rounded down (a run too short for
+    /// one overlapping iteration at the floor's rate is not judged);
+    /// `None` for a cell without a floor.
     pub fn required_overlap(&self, iterations: u64) -> Option<u64> {
-        self.floor
-            .map(|f| (f * iterations).div_ceil(FLOOR_PER).max(u64::from(iterations > 0)))
+        self.floor.map(|f| f * iterations / FLOOR_PER)
     }
 
     /// Why a run of this cell that ended `outcome` after `iterations`,
@@ -367,8 +367,8 @@ const ENTRIES: &[Entry] = &[
     // demonstration's window is a few instructions wide and its hits depend
     // on how the host schedules the two vCPUs (from 0 to 2 000 in 10 000
     // iterations seen on one x86-64 seed): hit rate only.
-    e("demo-lock-vs-put", "buggy", Both, Bug, Report),
-    e("demo-lock-vs-put", "fixed", Both, Clean, Clean),
+    e("demo-lock-vs-put", "buggy", Both, Bug, Report).floor(50),
+    e("demo-lock-vs-put", "fixed", Both, Clean, Clean).floor(7),
     // wp-unlock-vs-zap (kernel/src/race/rows/wp_unlock.rs), catalogue row 1:
     // do_wp_page unlocks the reused page after the PTL release while
     // MADV_DONTNEED frees it. Forced: the buggy order is a bug under either
@@ -393,16 +393,16 @@ const ENTRIES: &[Entry] = &[
     // batching avoids, caught by the frame detector now and then (1 hit in
     // 10 000 iterations in one run, none in another): hit rate only.
     e("wp-unlock-vs-zap", "buggy-immediate", Both, Bug, Bug),
-    e("wp-unlock-vs-zap", "buggy-batched", Both, Bug, Report),
-    e("wp-unlock-vs-zap", "fixed", Both, Clean, Clean).held(WP_PTL),
-    e("wp-unlock-vs-zap", "fixed-immediate", On::Arch(S390x), Clean, Clean).held(WP_PTL),
-    e("wp-unlock-vs-zap", "fixed-immediate", On::Arch(X86_64), Clean, Report).held(WP_PTL),
+    e("wp-unlock-vs-zap", "buggy-batched", Both, Bug, Report).floor(30),
+    e("wp-unlock-vs-zap", "fixed", Both, Clean, Clean).held(WP_PTL).floor(90),
+    e("wp-unlock-vs-zap", "fixed-immediate", On::Arch(S390x), Clean, Clean).held(WP_PTL).floor(55),
+    e("wp-unlock-vs-zap", "fixed-immediate", On::Arch(X86_64), Clean, Report).held(WP_PTL).floor(580),
     // gup-fast-folding (kernel/src/race/rows/gup_folding.rs, catalogue row 2): a
     // single-CPU, deterministic walk bug; forced (an empty schedule) and
     // natural (no delays) are the same run, every iteration. x86-64 folds
     // no level per mm: the row does not exist there.
     e("gup-fast-folding", "buggy", On::Arch(S390x), Bug, Bug),
-    e("gup-fast-folding", "fixed", On::Arch(S390x), Clean, Clean),
+    e("gup-fast-folding", "fixed", On::Arch(S390x), Clean, Clean).floor(2500),
     // zap-rmap-vs-mkclean (kernel/src/race/rows/zap_rmap.rs, catalogue row 3):
     // Linux 6.1 removes a dirty shared-file page's rmap before the flush
     // under the PTL; writeback's mkclean finds the page unmapped, cleans
@@ -418,10 +418,10 @@ const ENTRIES: &[Entry] = &[
     // before its unlock, with the rmap already gone.
     e("zap-rmap-vs-mkclean", "buggy", Flush("ipi"), Bug, Bug),
     e("zap-rmap-vs-mkclean", "buggy", Flush("nmi"), Bug, Bug),
-    e("zap-rmap-vs-mkclean", "buggy", Flush("ipte"), Impossible, Clean).by(FAULT_ON_ZAP_PTL),
-    e("zap-rmap-vs-mkclean", "fixed", Flush("ipi"), Clean, Clean).held(MKCLEAN_ON_ZAP_PTL),
-    e("zap-rmap-vs-mkclean", "fixed", Flush("nmi"), Clean, Clean).held(MKCLEAN_ON_ZAP_PTL),
-    e("zap-rmap-vs-mkclean", "fixed", Flush("ipte"), Impossible, Clean).by(FAULT_ON_ZAP_PTL),
+    e("zap-rmap-vs-mkclean", "buggy", Flush("ipte"), Impossible, Clean).by(FAULT_ON_ZAP_PTL).floor(45),
+    e("zap-rmap-vs-mkclean", "fixed", Flush("ipi"), Clean, Clean).held(MKCLEAN_ON_ZAP_PTL).floor(1400),
+    e("zap-rmap-vs-mkclean", "fixed", Flush("nmi"), Clean, Clean).held(MKCLEAN_ON_ZAP_PTL).floor(1800),
+    e("zap-rmap-vs-mkclean", "fixed", Flush("ipte"), Impossible, Clean).by(FAULT_ON_ZAP_PTL).floor(60),
     // ptfrag-refcount (kernel/src/race/rows/ptfrag.rs, catalogue row 4): a pfn
     // scanner's speculative reference wiped by set_page_count when the
     // frame becomes a page-table fragment block; the block is freed while
@@ -429,8 +429,8 @@ const ENTRIES: &[Entry] = &[
     // `clean`, in both modes (the fixes add no wait: forced runs the whole
     // interleaving).
     e("ptfrag-refcount", "buggy", Both, Bug, Bug),
-    e("ptfrag-refcount", "fixed-a", Both, Clean, Clean),
-    e("ptfrag-refcount", "fixed-b", Both, Clean, Clean),
+    e("ptfrag-refcount", "fixed-a", Both, Clean, Clean).floor(420),
+    e("ptfrag-refcount", "fixed-b", Both, Clean, Clean).floor(350),
     // collapse-vs-gup-fast (kernel/src/race/rows/collapse_gup.rs, catalogue row
     // 5): GUP-fast pins a small page of the old PTE table after THP
     // collapse checked for pins. IPTE/IDTE (no IPI) and NMI shootdown:
@@ -438,16 +438,16 @@ const ENTRIES: &[Entry] = &[
     // sync; forced: held by the fix) `clean`. Flush IPIs: the collapse's
     // flush waits for the interrupts-off walker, so every variant is
     // natural `clean` and forced `impossible`.
-    e("collapse-vs-gup-fast", "buggy", Flush("ipi"), Impossible, Clean).by(COLLAPSE_FLUSH_IPI),
+    e("collapse-vs-gup-fast", "buggy", Flush("ipi"), Impossible, Clean).by(COLLAPSE_FLUSH_IPI).floor(150),
     e("collapse-vs-gup-fast", "buggy", Flush("nmi"), Bug, Bug),
     e("collapse-vs-gup-fast", "buggy", Flush("ipte"), Bug, Bug),
-    e("collapse-vs-gup-fast", "fixed-a", Flush("ipi"), Impossible, Clean).by(COLLAPSE_FLUSH_IPI),
-    e("collapse-vs-gup-fast", "fixed-a", Flush("nmi"), Clean, Clean),
-    e("collapse-vs-gup-fast", "fixed-a", Flush("ipte"), Clean, Clean),
-    e("collapse-vs-gup-fast", "fixed-b", Flush("ipi"), Impossible, Clean).by(COLLAPSE_FLUSH_IPI),
-    e("collapse-vs-gup-fast", "fixed-b", Flush("nmi"), Clean, Clean).held(COLLAPSE_IPI_SYNC),
-    e("collapse-vs-gup-fast", "fixed-b", Flush("ipte"), Clean, Clean).held(COLLAPSE_IPI_SYNC),
-    e("collapse-vs-gup-fast", "rcu-only", Flush("ipi"), Impossible, Clean).by(COLLAPSE_FLUSH_IPI),
+    e("collapse-vs-gup-fast", "fixed-a", Flush("ipi"), Impossible, Clean).by(COLLAPSE_FLUSH_IPI).floor(150),
+    e("collapse-vs-gup-fast", "fixed-a", Flush("nmi"), Clean, Clean).floor(120),
+    e("collapse-vs-gup-fast", "fixed-a", Flush("ipte"), Clean, Clean).floor(130),
+    e("collapse-vs-gup-fast", "fixed-b", Flush("ipi"), Impossible, Clean).by(COLLAPSE_FLUSH_IPI).floor(150),
+    e("collapse-vs-gup-fast", "fixed-b", Flush("nmi"), Clean, Clean).held(COLLAPSE_IPI_SYNC).floor(90),
+    e("collapse-vs-gup-fast", "fixed-b", Flush("ipte"), Clean, Clean).held(COLLAPSE_IPI_SYNC).floor(1100),
+    e("collapse-vs-gup-fast", "rcu-only", Flush("ipi"), Impossible, Clean).by(COLLAPSE_FLUSH_IPI).floor(110),
     e("collapse-vs-gup-fast", "rcu-only", Flush("nmi"), Bug, Bug),
     e("collapse-vs-gup-fast", "rcu-only", Flush("ipte"), Bug, Bug),
     // ptfree-vs-gup-fast (kernel/src/race/rows/ptfree.rs, catalogue row 6): a
@@ -460,15 +460,15 @@ const ENTRIES: &[Entry] = &[
     // also blocks first, so forced is `impossible` there too (the fix's own
     // wait is never reached). Natural `clean` cells run 10 000 iterations,
     // as the catalogue's CI rule asks.
-    e("ptfree-vs-gup-fast", "immediate", Flush("ipi"), Impossible, Clean).by(UNMAP_FLUSH_IPI),
+    e("ptfree-vs-gup-fast", "immediate", Flush("ipi"), Impossible, Clean).by(UNMAP_FLUSH_IPI).floor(540),
     e("ptfree-vs-gup-fast", "immediate", Flush("nmi"), Bug, Bug),
     e("ptfree-vs-gup-fast", "immediate", Flush("ipte"), Bug, Bug),
-    e("ptfree-vs-gup-fast", "ipi-sync", Flush("ipi"), Impossible, Clean).by(UNMAP_FLUSH_IPI),
-    e("ptfree-vs-gup-fast", "ipi-sync", Flush("nmi"), Clean, Clean).held(UNMAP_IPI_SYNC),
-    e("ptfree-vs-gup-fast", "ipi-sync", Flush("ipte"), Clean, Clean).held(UNMAP_IPI_SYNC),
-    e("ptfree-vs-gup-fast", "rcu", Flush("ipi"), Impossible, Clean).by(UNMAP_FLUSH_IPI),
-    e("ptfree-vs-gup-fast", "rcu", Flush("nmi"), Clean, Clean).held(UNMAP_RCU_GP),
-    e("ptfree-vs-gup-fast", "rcu", Flush("ipte"), Clean, Clean).held(UNMAP_RCU_GP),
+    e("ptfree-vs-gup-fast", "ipi-sync", Flush("ipi"), Impossible, Clean).by(UNMAP_FLUSH_IPI).floor(850),
+    e("ptfree-vs-gup-fast", "ipi-sync", Flush("nmi"), Clean, Clean).held(UNMAP_IPI_SYNC).floor(770),
+    e("ptfree-vs-gup-fast", "ipi-sync", Flush("ipte"), Clean, Clean).held(UNMAP_IPI_SYNC).floor(410),
+    e("ptfree-vs-gup-fast", "rcu", Flush("ipi"), Impossible, Clean).by(UNMAP_FLUSH_IPI).floor(350),
+    e("ptfree-vs-gup-fast", "rcu", Flush("nmi"), Clean, Clean).held(UNMAP_RCU_GP).floor(350),
+    e("ptfree-vs-gup-fast", "rcu", Flush("ipte"), Clean, Clean).held(UNMAP_RCU_GP).floor(390),
     // skey-dirty-vs-swapcache (kernel/src/race/rows/skey_swap.rs, catalogue row
     // 7): the zap moves a storage key's change bit to a page that reclaim
     // is half-way through adding to the swap cache; the DIRTY tag lands on
@@ -476,10 +476,10 @@ const ENTRIES: &[Entry] = &[
     // (the RFC) is `clean` but drops dirty bits: the count is printed
     // (`# skey: ... dirty_dropped=`).
     e("skey-dirty-vs-swapcache", "buggy", On::Arch(S390x), Bug, Bug),
-    e("skey-dirty-vs-swapcache", "fixed-a", On::Arch(S390x), Clean, Clean),
-    e("skey-dirty-vs-swapcache", "fixed-b", On::Arch(S390x), Clean, Clean),
-    e("skey-dirty-vs-swapcache", "fixed-c", On::Arch(S390x), Clean, Clean),
-    e("skey-dirty-vs-swapcache", "fixed-d", On::Arch(S390x), Clean, Clean),
+    e("skey-dirty-vs-swapcache", "fixed-a", On::Arch(S390x), Clean, Clean).floor(720),
+    e("skey-dirty-vs-swapcache", "fixed-b", On::Arch(S390x), Clean, Clean).floor(710),
+    e("skey-dirty-vs-swapcache", "fixed-c", On::Arch(S390x), Clean, Clean).floor(960),
+    e("skey-dirty-vs-swapcache", "fixed-d", On::Arch(S390x), Clean, Clean).floor(830),
     // nested-flush (kernel/src/race/rows/nested_flush.rs, catalogue row 8): two
     // MADV_DONTNEEDs overlap; the one that finds the PTE clear returns
     // before the other flushed, and the writer's store through its stale
@@ -488,10 +488,10 @@ const ENTRIES: &[Entry] = &[
     // the clear: both `clean`.
     e("nested-flush", "buggy", Flush("ipi"), Bug, Bug),
     e("nested-flush", "buggy", Flush("nmi"), Bug, Bug),
-    e("nested-flush", "buggy", Flush("ipte"), Clean, Clean),
-    e("nested-flush", "fixed", Flush("ipi"), Clean, Clean),
-    e("nested-flush", "fixed", Flush("nmi"), Clean, Clean),
-    e("nested-flush", "fixed", Flush("ipte"), Clean, Clean),
+    e("nested-flush", "buggy", Flush("ipte"), Clean, Clean).floor(100),
+    e("nested-flush", "fixed", Flush("ipi"), Clean, Clean).floor(170),
+    e("nested-flush", "fixed", Flush("nmi"), Clean, Clean).floor(50),
+    e("nested-flush", "fixed", Flush("ipte"), Clean, Clean).floor(14),
 ];
 
 /// Rows that do not exist on an architecture: every variant of the row is
@@ -793,7 +793,13 @@ impl fmt::Display for Line {
                 o.first_hit_ns
                     .map_or("-".into(), |t| format!("{:.3}", t as f64 / 1e6)),
             ),
-            None => ("(not run)".into(), "-".into(), "-".into(), "-".into(), "-".into()),
+            None => (
+                "(not run)".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+            ),
         };
         write!(
             f,
@@ -979,6 +985,8 @@ mod tests {
             outcome: outcome.into(),
             iterations: 3,
             hits: 3,
+            overlap: 3,
+            delays: false,
             first_hit_ns: Some(1),
             held_by_fix: 0,
             evidence: None,
@@ -1060,6 +1068,73 @@ mod tests {
     }
 
     #[test]
+    fn every_natural_cell_that_can_be_clean_has_a_floor() {
+        for c in CELLS.iter() {
+            let can_be_clean = matches!(c.expect, Expect::Clean | Expect::Report);
+            match (c.mode, can_be_clean, c.floor) {
+                (Mode::Natural, true, Some(f)) if f > 0 && f <= FLOOR_PER => {}
+                (Mode::Natural, true, f) => {
+                    panic!("{c:?}: a natural cell that can be clean has floor {f:?}")
+                }
+                (_, _, Some(_)) => {
+                    panic!("{c:?}: a floor on a cell that is not a natural clean one")
+                }
+                _ => {}
+            }
+        }
+    }
+
+    #[test]
+    fn a_clean_run_below_its_floor_is_judged_vacuous() {
+        let c = CELLS
+            .iter()
+            .find(|c| c.mode == Mode::Natural && c.expect == Expect::Clean)
+            .unwrap();
+        let f = c.floor.unwrap();
+        assert_eq!(c.required_overlap(FLOOR_PER), Some(f));
+        assert_eq!(c.required_overlap(FLOOR_PER * 3), Some(3 * f));
+        // Scaled to the iterations run, rounded down: too short a run is
+        // not judged.
+        let one = FLOOR_PER.div_ceil(f);
+        assert_eq!(c.required_overlap(one), Some(1));
+        assert_eq!(c.required_overlap(one - 1), Some(0));
+        assert_eq!(c.required_overlap(0), Some(0));
+        let sel = Selection::cell(c);
+        let run = |outcome: &str, overlap: u64, delays: bool| Observed {
+            row: c.row.into(),
+            variant: c.variant.into(),
+            flush: c.flush.map(str::to_string),
+            mode: Mode::Natural,
+            outcome: outcome.into(),
+            iterations: FLOOR_PER,
+            hits: u64::from(outcome == "bug"),
+            overlap,
+            delays,
+            first_hit_ns: None,
+            ..obs(outcome)
+        };
+        let at = compare(c.arch, &sel, &[run("clean", f, true)]);
+        assert!(at[0].ok, "{}", at[0]);
+        let below = compare(c.arch, &sel, &[run("clean", f - 1, true)]);
+        let l = &below[0];
+        assert!(!l.ok && l.verdict() == "MISMATCH", "{l}");
+        assert_eq!(l.observed.as_ref().unwrap().outcome, "vacuous");
+        let why = format!("overlap {} below the floor {f} ", f - 1);
+        assert!(format!("{l}").contains(&why), "{l}");
+        assert!(
+            format!("{l}").contains("the roles rarely met inside the window"),
+            "{l}"
+        );
+        // Without its delays a run is not what the floor was measured on:
+        // its overlap is a figure only.
+        assert!(compare(c.arch, &sel, &[run("clean", 0, false)])[0].ok);
+        // A hit is judged as a hit, whatever the overlap.
+        let bug = compare(c.arch, &sel, &[run("bug", 0, true)]);
+        assert_eq!(bug[0].observed.as_ref().unwrap().outcome, "bug");
+        assert!(!bug[0].ok);
+    }
+
+    #[test]
     fn race_reports_are_collected_and_written() {
         let doc = crate::ktap::parse(
             "KTAP version 1\n1..1\n    KTAP version 1\n    1..2\n    # race: BUG: x\n    # trace: t=+0ns cpu1 a\n    # row=r variant=v mode=forced outcome=bug\n    ok 1 r:v:forced\n    # row=r variant=w mode=forced outcome=clean\n    ok 2 r:w:forced\nok 1 scenario\n",
@@ -1080,7 +1155,7 @@ mod tests {
     fn observed_reads_the_kernels_lines() {
         let text = "KTAP version 1\n1..1\n    KTAP version 1\n    # Subtest: scenario\n    1..2\n    \
 # race: scenario=demo-lock-vs-put variant=buggy mode=forced seed=0x1\n    \
-# row=demo-lock-vs-put variant=buggy mode=forced outcome=bug iterations=3 hits=3 first_hit_ns=12 seed=0x1\n    \
+# row=demo-lock-vs-put variant=buggy mode=forced outcome=bug iterations=3 hits=3 overlap=2 first_hit_ns=12 seed=0x1 delays=0\n    \
 ok 1 demo-lock-vs-put:buggy:forced\n    \
 # row=demo-lock-vs-put variant=fixed mode=natural outcome=vacuous iterations=9 hits=0 first_hit_ns=- seed=0x1\n    \
 # demo-lock-vs-put:fixed:natural: vacuous\n    \
@@ -1099,5 +1174,11 @@ not ok 2 demo-lock-vs-put:fixed:natural\nnot ok 1 scenario\n";
         );
         assert_eq!((o[1].outcome.as_str(), o[1].case_ok), ("vacuous", false));
         assert_eq!(o[1].first_hit_ns, None);
+        assert_eq!((o[0].overlap, o[0].delays), (2, false));
+        assert_eq!(
+            (o[1].overlap, o[1].delays),
+            (0, true),
+            "no keys: none, armed"
+        );
     }
 }

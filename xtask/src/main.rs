@@ -1391,7 +1391,15 @@ fn soak(args: &SoakArgs) -> Result<ExitCode> {
     println!();
     println!(
         "{:<8} {:<24} {:<22} {:<7} {:>10} {:>8} {:>10} {:>14} {:>12}  verdict",
-        "arch", "row", "variant", "delays", "iterations", "hits", "overlap", "first hit ms", "iter/s"
+        "arch",
+        "row",
+        "variant",
+        "delays",
+        "iterations",
+        "hits",
+        "overlap",
+        "first hit ms",
+        "iter/s"
     );
     let mut failed = !errors.is_empty();
     for (run, res) in runs.iter().zip(&results) {

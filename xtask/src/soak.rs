@@ -273,6 +273,16 @@ mod tests {
         let runs = all();
         let fixed = runs.iter().find(|r| r.fixed()).unwrap();
         assert_eq!(judge(fixed, &result("clean", 1_000_000, 0)), Judgement::Ok);
+        // Clean, but its roles never met: below the cell's floor.
+        let apart = SoakResult {
+            overlap: 0,
+            ..result("clean", 1_000_000, 0)
+        };
+        assert!(
+            matches!(judge(fixed, &apart), Judgement::Fail(ref why) if why.contains("below the floor")),
+            "{}",
+            judge(fixed, &apart)
+        );
         assert!(matches!(
             judge(fixed, &result("clean", 999_999, 0)),
             Judgement::Fail(_)
