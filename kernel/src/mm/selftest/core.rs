@@ -460,8 +460,9 @@ fn pfn_scanner_beside_churn<A: Mmu>(_: &Cmdline) -> Outcome {
 }
 
 /// Reclaim's swap-cache path on a real anonymous page of a task: add it
-/// (fixed order), dirty it (tagging its entry), take it out again; then the
-/// buggy order with a dirtying inside its window, which the tree reports.
+/// (fixed order; `add_to_swap` marks it dirty), clean it and dirty it again
+/// (tagging its entry), take it out again; then the buggy order with a
+/// dirtying inside its window, which the tree reports.
 fn swap_cache_add_remove<A: Mmu>(_: &Cmdline) -> Outcome {
     use crate::mm::swap_state::{self as swap, SwapCacheOrder, SwapDirtyAops};
     use crate::mm::xarray::{nr_tag_on_missing_entry, XaMark};
@@ -478,6 +479,9 @@ fn swap_cache_add_remove<A: Mmu>(_: &Cmdline) -> Outcome {
             .and_then(swap::lookup_swap_cache)
             .is_some_and(|q| core::ptr::eq(q, p));
         let refs_in_cache = page::page_ref_count(p);
+        // Dirty from add_to_swap; cleaned as pageout's
+        // clear_page_dirty_for_io does, then dirtied again.
+        let dirty_after_add = page::TestClearPageDirty(p);
         crate::mm::filemap::set_page_dirty(p);
         let tagged = entry.is_some_and(|e| {
             swap::swapper_space().is_some_and(|s| s.i_pages.get_mark(e, XaMark::Dirty))
@@ -485,7 +489,9 @@ fn swap_cache_add_remove<A: Mmu>(_: &Cmdline) -> Outcome {
         swap::delete_from_swap_cache(p);
         let fixed_reports = nr_tag_on_missing_entry() - missing;
         // The order before 3.4: PG_swapcache before the insertion, and a
-        // set_page_dirty in between tags an entry that is not there yet.
+        // set_page_dirty in between tags an entry that is not there yet (on
+        // a clean page: the one above left it dirty).
+        page::ClearPageDirty(p);
         swap::set_order(SwapCacheOrder::FlagFirst);
         let entry2 = swap::get_swap_page();
         swap::add_to_swap_cache_with::<A>(p, entry2, || {
@@ -500,7 +506,7 @@ fn swap_cache_add_remove<A: Mmu>(_: &Cmdline) -> Outcome {
         memory::exit_mmap(*mm);
         diag!(
             "entry={entry:?} found={found} refcount_in_cache={refs_in_cache} refcount_after={refs_after} \
-             tagged={tagged} missing_entry_reports_fixed={fixed_reports} missing_entry_reports_flag_first={buggy_reports}"
+             dirty_after_add={dirty_after_add} tagged={tagged} missing_entry_reports_fixed={fixed_reports} missing_entry_reports_flag_first={buggy_reports}"
         );
         let checks = [
             (
@@ -511,6 +517,7 @@ fn swap_cache_add_remove<A: Mmu>(_: &Cmdline) -> Outcome {
                 refs_in_cache == 2 && refs_after == 1,
                 "the swap cache did not hold exactly one reference",
             ),
+            (dirty_after_add, "add_to_swap did not mark the page dirty"),
             (tagged, "set_page_dirty did not tag the swap-cache entry"),
             (
                 fixed_reports == 0,
