@@ -6,8 +6,8 @@
 //! ([`add_to_swap_cache_with`]): the page gets `PG_swapcache`, its `private`
 //! holds the entry, and the tree holds the page at the entry's index; the
 //! cache owns one reference. [`add_to_swap`] then marks the page dirty, as
-//! Linux did until 4.12 ("Add it to the swap cache and mark it dirty"): the
-//! swap slot holds nothing yet, so the page must be written before it can go.
+//! Linux 3.3 does ("Add it to the swap cache and mark it dirty"): the swap
+//! slot holds nothing yet, so the page must be written before it can go.
 //! [`delete_from_swap_cache`] undoes all of it and frees the entry's slot.
 //!
 //! The swap device: one 4 KiB slot per entry, written by [`pageout`]
@@ -212,9 +212,9 @@ pub fn add_to_swap_cache_with<A: Arch>(
 }
 
 /// Adds a locked anonymous page to the swap cache (`add_to_swap`): a new entry,
-/// then [`add_to_swap_cache_with`], then `PG_dirty` (Linux up to 4.11: the
-/// new slot holds nothing, the page must be written before reclaim can let
-/// it go). Returns the entry.
+/// then [`add_to_swap_cache_with`], then `PG_dirty` (as Linux 3.3: the new
+/// slot holds nothing, the page must be written before reclaim can let it
+/// go). Returns the entry.
 pub fn add_to_swap<A: Arch>(p: &'static Page) -> Option<u64> {
     let entry = get_swap_page();
     if !add_to_swap_cache_with::<A>(p, entry, || {}) {

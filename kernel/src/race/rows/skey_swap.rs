@@ -17,8 +17,8 @@
 //!
 //! - Roles: `reclaim` (CPU 1) — `shrink_page_list`'s swap step on the page it
 //!   isolated (its reference taken at setup): `lock_page`, `add_to_swap`
-//!   (which marks the page dirty once it is in the swap cache, as Linux did
-//!   until 4.12); then, if the zap has taken the page's mapping, `pageout`
+//!   (which marks the page dirty once it is in the swap cache, as Linux 3.3
+//!   does); then, if the zap has taken the page's mapping, `pageout`
 //!   (the page is written to its swap slot if dirty) and `__remove_mapping`
 //!   (a clean page leaves the swap cache, its slot freed, and is freed with
 //!   reclaim's reference at teardown); if the page is still mapped, it goes
