@@ -590,9 +590,10 @@ fn tour(args: &RunArgs, kernels: &[(Arch, PathBuf)]) -> Result<ExitCode> {
         }
         // What the machine does that the races need, once per architecture
         // and again if a boot measures otherwise.
-        let described = Platform::of(&boot.ktap).describe();
+        let platform = Platform::of(&boot.ktap);
+        let described = platform.describe();
         if platform_shown.as_ref() != Some(&(step.arch, described.clone())) {
-            progress.println(&format!("   platform: {described}"));
+            progress.println(&format!("   platform: {}", platform.describe_timed()));
             platform_shown = Some((step.arch, described));
         }
         if step.what == What::SelfTests {
@@ -627,7 +628,6 @@ fn tour(args: &RunArgs, kernels: &[(Arch, PathBuf)]) -> Result<ExitCode> {
             }
         }
         let observed = expected::observed(&boot.ktap);
-        let platform = Platform::of(&boot.ktap);
         let lines = expected::compare(step.arch, &platform, &step.selection(), &observed);
         let reports = expected::race_reports(&boot.ktap);
         if header_for != Some(step.arch) {
@@ -809,7 +809,7 @@ fn print_scenarios(boot: &Boot, sel: &expected::Selection, report_dir: Option<&P
         }
     }
     let platform = Platform::of(&boot.ktap);
-    println!("   platform: {}", platform.describe());
+    println!("   platform: {}", platform.describe_timed());
     let lines = expected::compare(boot.config.arch, &platform, sel, &observed);
     println!("   {}", expected::HEADER);
     for l in &lines {
