@@ -20,6 +20,8 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
+use xtask::platform::{Platform, Property};
+use xtask::qemu::Accel;
 use xtask::{kbuild, Arch, Boot, BootConfig};
 
 /// Default time a boot in a test may take (generous: the suite runs boots in
@@ -240,12 +242,35 @@ pub fn boot_to_fail(arch: Arch, smp: usize, cmdline: &str, timeout: Duration) ->
     boot_as(arch, smp, cmdline, timeout, true)
 }
 
+/// Like [`boot`], under the accelerator `accel` (the boot tests' own
+/// boots are TCG's).
+pub fn boot_under(
+    accel: Accel,
+    arch: Arch,
+    smp: usize,
+    cmdline: &str,
+    timeout: Duration,
+) -> Option<Boot> {
+    boot_config(arch, smp, cmdline, timeout, false, accel)
+}
+
 fn boot_as(
     arch: Arch,
     smp: usize,
     cmdline: &str,
     timeout: Duration,
     must_fail: bool,
+) -> Option<Boot> {
+    boot_config(arch, smp, cmdline, timeout, must_fail, Accel::Tcg)
+}
+
+fn boot_config(
+    arch: Arch,
+    smp: usize,
+    cmdline: &str,
+    timeout: Duration,
+    must_fail: bool,
+    accel: Accel,
 ) -> Option<Boot> {
     if !enabled(arch) {
         skip(format!("{arch} not in QUIESCE_TEST_ARCHES"));
@@ -255,6 +280,7 @@ fn boot_as(
     config.smp = smp;
     config.cmdline = cmdline.to_string();
     config.timeout = timeout;
+    config.accel = accel;
     let boot = {
         let _cpus = HostCpus::take(smp);
         Boot::run(&config, |_| {}).unwrap_or_else(|e| panic!("could not boot {arch}: {e:#}"))
@@ -375,6 +401,33 @@ pub fn assert_failed_with(boot: &Boot, reason: &str) {
         assert!(
             report.contains(last.as_str()),
             "the report lacks the last console line:\n{report}"
+        );
+    }
+}
+
+/// Asserts that a boot under the default accelerator (TCG) with `smp` CPUs
+/// printed the platform line with what `PLATFORM.md` documents for QEMU's
+/// TCG ([`Property::tcg_fact`]), `unmeasured` for the two-CPU probes of a
+/// one-CPU boot. A probe that answered `no` here would judge cells by the
+/// expected table's alternatives; this fails the test instead.
+pub fn assert_tcg_platform(boot: &Boot, arch: Arch, smp: usize) {
+    let platform = Platform::of(&boot.ktap);
+    assert!(
+        platform.printed(),
+        "{arch}: no platform line
+{}",
+        boot.failure_report()
+    );
+    for p in Property::ALL {
+        let want = match p {
+            Property::StaleTlb | Property::IpiHeldByIrqsOff if smp < 2 => "unmeasured",
+            _ => p.tcg_fact(arch),
+        };
+        assert_eq!(
+            platform.value(p),
+            Some(want),
+            "{arch} smp={smp}: {p} under TCG ({})",
+            platform.describe()
         );
     }
 }

@@ -7,9 +7,10 @@
 //! prints a race report. One test per row and architecture, so that
 //! `cargo nextest run --partition` spreads the rows over machines.
 
-use quiesce_tests::{assert_passed, boot, Harness, TIMEOUT};
+use quiesce_tests::{assert_passed, assert_tcg_platform, boot, Harness, TIMEOUT};
 use std::time::Duration;
 use xtask::expected::{self, Expect, Observed, Selection};
+use xtask::platform::Platform;
 use xtask::{Arch, Boot};
 
 /// A row's boot runs 10 000 natural iterations per natural cell: up to
@@ -34,12 +35,13 @@ fn every_cell(arch: Arch, row: &str) {
         return;
     };
     assert_passed(&b);
+    assert_tcg_platform(&b, arch, 4);
     let observed = expected::observed(&b.ktap);
     let sel = Selection {
         row: Some(row.into()),
         ..Selection::default()
     };
-    let lines = expected::compare(arch, &sel, &observed);
+    let lines = expected::compare(arch, &Platform::of(&b.ktap), &sel, &observed);
     let table: String = lines.iter().map(|l| format!("{l}\n")).collect();
     assert!(!lines.is_empty(), "{arch} {row}: no cells");
     assert!(

@@ -16,6 +16,7 @@
 
 use quiesce_tests::{assert_passed, boot_to_fail, TIMEOUT};
 use xtask::expected::{self, Mode, Selection};
+use xtask::platform::Platform;
 use xtask::{Arch, Boot};
 
 /// The forced cell of `ptfree-vs-gup-fast` that each self-check breaks:
@@ -43,7 +44,8 @@ fn injected(arch: Arch, inject: &str) -> Option<expected::Line> {
         flush: Some(flush.into()),
         mode: Some(Mode::Forced),
     };
-    let lines = expected::compare(arch, &sel, &expected::observed(&b.ktap));
+    let platform = Platform::of(&b.ktap);
+    let lines = expected::compare(arch, &platform, &sel, &expected::observed(&b.ktap));
     assert_eq!(lines.len(), 1, "{arch}: {lines:?}");
     assert_junit_shows_the_mismatch(&b, &lines[0]);
     Some(lines.into_iter().next().unwrap())

@@ -21,8 +21,18 @@
 //! [`ROW_SKIPS`]. A row's author adds its entries, with
 //! [`Expect::Report`] only where the catalogue says a cell reports its hit
 //! rate only.
+//!
+//! A cell whose race needs a property of the machine (a stale TLB entry
+//! after a PTE clear, an IPI held back by interrupts off, a storage-key
+//! change bit set by a store) may state what it shows on a machine without
+//! it ([`Entry::without`], only where that was measured): judging uses it
+//! when the boot's platform line ([`crate::platform`]) measured the
+//! property `no`, and says so (`expects impossible: this platform keeps no
+//! stale TLB entry after a PTE clear`). Everything else, a boot without the
+//! line included, is judged by the main expectations, the TCG facts.
 
 use crate::ktap::Document;
+use crate::platform::{Platform, Property};
 use crate::Arch;
 use std::fmt;
 
@@ -109,6 +119,32 @@ pub struct Cell {
     pub expect: Expect,
     /// Forced cells: the wait-for cycle that must prove it, if any.
     pub proof: Option<Proof>,
+    /// What it shows instead on a machine without a property its race
+    /// needs, where that was measured.
+    pub without: Option<Without>,
+}
+
+/// What a cell shows on a machine that lacks a property its race needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Without {
+    /// The property.
+    pub property: Property,
+    /// The outcome then.
+    pub expect: Expect,
+    /// Forced cells: the proof then.
+    pub proof: Option<Proof>,
+}
+
+/// The expectation a cell is judged by on one machine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Judged {
+    /// The outcome.
+    pub expect: Expect,
+    /// Its proof.
+    pub proof: Option<Proof>,
+    /// Why it is not the table's main expectation: `expects impossible:
+    /// this platform keeps no stale TLB entry after a PTE clear`.
+    pub because: Option<String>,
 }
 
 /// The proof a forced cell's wait-for cycle must give, in the kernel's
@@ -152,6 +188,27 @@ impl Proof {
 }
 
 impl Cell {
+    /// The expectation on `platform`: the alternative for a property the
+    /// boot measured absent, with the reason; the main one otherwise.
+    pub fn judged(&self, platform: &Platform) -> Judged {
+        match self.without {
+            Some(w) if platform.lacks(w.property) => Judged {
+                expect: w.expect,
+                proof: w.proof,
+                because: Some(format!(
+                    "expects {}: {}",
+                    w.expect.name(),
+                    w.property.lacking()
+                )),
+            },
+            _ => Judged {
+                expect: self.expect,
+                proof: self.proof,
+                because: None,
+            },
+        }
+    }
+
     /// The variant as the kernel's case name spells it: `variant`, or
     /// `variant@flush` for a row with a flush axis.
     pub fn label(&self) -> String {
@@ -225,6 +282,37 @@ struct Entry {
     natural: Expect,
     /// The forced cell's proof.
     proof: Option<Proof>,
+    /// Forced and natural on a machine without a property.
+    without: Option<Alt>,
+}
+
+/// What one variant shows, forced and natural, on a machine without
+/// `property`: an [`Entry`]'s alternative.
+#[derive(Clone, Copy)]
+struct Alt {
+    property: Property,
+    forced: Expect,
+    natural: Expect,
+    proof: Option<Proof>,
+}
+
+impl Alt {
+    const fn new(property: Property, forced: Expect, natural: Expect) -> Self {
+        Alt {
+            property,
+            forced,
+            natural,
+            proof: None,
+        }
+    }
+
+    /// The forced cell is `impossible` by the cycle `evidence`.
+    const fn by(self, evidence: &'static str) -> Self {
+        Alt {
+            proof: Some(Proof::Cycle(evidence)),
+            ..self
+        }
+    }
 }
 
 impl Entry {
@@ -244,6 +332,15 @@ impl Entry {
             ..self
         }
     }
+
+    /// What the variant shows on a machine without a property its race
+    /// needs, as measured on such a machine.
+    const fn without(self, alt: Alt) -> Self {
+        Entry {
+            without: Some(alt),
+            ..self
+        }
+    }
 }
 
 const fn e(
@@ -260,6 +357,7 @@ const fn e(
         forced,
         natural,
         proof: None,
+        without: None,
     }
 }
 
@@ -298,6 +396,18 @@ const UNMAP_FLUSH_IPI: &str = "flush-ipi:unmap>gup+held:gup@gup_fast:after_pmd_r
 const UNMAP_IPI_SYNC: &str = "call-ipi:unmap>gup+held:gup@gup_fast:after_pmd_read";
 /// rcu: the table free waits for a grace period the walker holds back.
 const UNMAP_RCU_GP: &str = "held:gup@gup_fast:after_pmd_read+rcu-gp:unmap>gup";
+
+// What cells show on a machine without a property their race needs
+// ([`Alt`]), each measured on such a machine.
+/// x86-64 IPI and NMI flushes without stale TLB entries (a shadow-paging
+/// KVM, measured): the writer's store after the zap's clear faults and
+/// spins on the zap's PTL, as on s390x ([`FAULT_ON_ZAP_PTL`]); natural
+/// `clean`.
+const NO_STALE_TLB_FAULTS: Alt =
+    Alt::new(Property::StaleTlb, Impossible, Clean).by(FAULT_ON_ZAP_PTL);
+/// Without stale TLB entries the writer's store faults into a fresh page
+/// instead of landing in the dropped one: `clean`, as with IPTE.
+const NO_STALE_TLB_CLEAN: Alt = Alt::new(Property::StaleTlb, Clean, Clean);
 
 /// What every variant shows. Rows in catalogue order, the demonstration
 /// row first. A cell not listed for an architecture is a row that does
@@ -358,11 +468,11 @@ const ENTRIES: &[Entry] = &[
     // IPTE fixed variant is s390's 6.2, which delays no rmap and forces no
     // flush under the PTL: the zap holds at zap:before_ptl_flush just
     // before its unlock, with the rmap already gone.
-    e("zap-rmap-vs-mkclean", "buggy", Flush("ipi"), Bug, Bug),
-    e("zap-rmap-vs-mkclean", "buggy", Flush("nmi"), Bug, Bug),
+    e("zap-rmap-vs-mkclean", "buggy", Flush("ipi"), Bug, Bug).without(NO_STALE_TLB_FAULTS),
+    e("zap-rmap-vs-mkclean", "buggy", Flush("nmi"), Bug, Bug).without(NO_STALE_TLB_FAULTS),
     e("zap-rmap-vs-mkclean", "buggy", Flush("ipte"), Impossible, Clean).by(FAULT_ON_ZAP_PTL),
-    e("zap-rmap-vs-mkclean", "fixed", Flush("ipi"), Clean, Clean).held(MKCLEAN_ON_ZAP_PTL),
-    e("zap-rmap-vs-mkclean", "fixed", Flush("nmi"), Clean, Clean).held(MKCLEAN_ON_ZAP_PTL),
+    e("zap-rmap-vs-mkclean", "fixed", Flush("ipi"), Clean, Clean).held(MKCLEAN_ON_ZAP_PTL).without(NO_STALE_TLB_FAULTS),
+    e("zap-rmap-vs-mkclean", "fixed", Flush("nmi"), Clean, Clean).held(MKCLEAN_ON_ZAP_PTL).without(NO_STALE_TLB_FAULTS),
     e("zap-rmap-vs-mkclean", "fixed", Flush("ipte"), Impossible, Clean).by(FAULT_ON_ZAP_PTL),
     // ptfrag-refcount (kernel/src/race/rows/ptfrag.rs, catalogue row 4): a pfn
     // scanner's speculative reference wiped by set_page_count when the
@@ -433,8 +543,8 @@ const ENTRIES: &[Entry] = &[
     // TLB entry lands in the dropped page. IPI and NMI flushes: buggy
     // `bug`, fixed (full flush of a nested gather) `clean`. IPTE purges at
     // the clear: both `clean`.
-    e("nested-flush", "buggy", Flush("ipi"), Bug, Bug),
-    e("nested-flush", "buggy", Flush("nmi"), Bug, Bug),
+    e("nested-flush", "buggy", Flush("ipi"), Bug, Bug).without(NO_STALE_TLB_CLEAN),
+    e("nested-flush", "buggy", Flush("nmi"), Bug, Bug).without(NO_STALE_TLB_CLEAN),
     e("nested-flush", "buggy", Flush("ipte"), Clean, Clean),
     e("nested-flush", "fixed", Flush("ipi"), Clean, Clean),
     e("nested-flush", "fixed", Flush("nmi"), Clean, Clean),
@@ -492,6 +602,15 @@ fn build_cells() -> Vec<Cell> {
                     (Mode::Forced, en.forced, en.proof),
                     (Mode::Natural, en.natural, None),
                 ] {
+                    let without = en.without.map(|a| Without {
+                        property: a.property,
+                        expect: if mode == Mode::Forced {
+                            a.forced
+                        } else {
+                            a.natural
+                        },
+                        proof: if mode == Mode::Forced { a.proof } else { None },
+                    });
                     cells.push(Cell {
                         row,
                         arch,
@@ -500,6 +619,7 @@ fn build_cells() -> Vec<Cell> {
                         mode,
                         expect,
                         proof,
+                        without,
                     });
                 }
             }
@@ -515,6 +635,7 @@ fn build_cells() -> Vec<Cell> {
                         mode,
                         expect: Expect::Skip,
                         proof: None,
+                        without: None,
                     });
                 }
             }
@@ -715,6 +836,9 @@ pub struct Line {
     pub ok: bool,
     /// Why they do not, beyond the outcome (a proof not met).
     pub why: Option<String>,
+    /// Why the expectation is not the table's main one (a property the
+    /// boot measured absent).
+    pub because: Option<String>,
 }
 
 impl fmt::Display for Line {
@@ -743,6 +867,9 @@ impl fmt::Display for Line {
             first,
             self.verdict()
         )?;
+        if let Some(because) = &self.because {
+            write!(f, "  ({because})")?;
+        }
         if let Some(why) = &self.why {
             write!(f, "  ({why})")?;
         }
@@ -780,10 +907,17 @@ impl Line {
     }
 }
 
-/// Compares what a boot of `arch` observed with the table, over the cells
-/// `sel` asks for: every selected cell must have run and agree; every cell
-/// run must be in the table.
-pub fn compare(arch: Arch, sel: &Selection, observed: &[Observed]) -> Vec<Line> {
+/// Compares what a boot of `arch` on `platform` (its platform line,
+/// [`Platform::of`]) observed with the table, over the cells `sel` asks
+/// for: every selected cell must have run and agree, with the expectation
+/// for that platform ([`Cell::judged`]); every cell run must be in the
+/// table.
+pub fn compare(
+    arch: Arch,
+    platform: &Platform,
+    sel: &Selection,
+    observed: &[Observed],
+) -> Vec<Line> {
     let mut lines = Vec::new();
     for c in CELLS.iter().filter(|c| c.arch == arch && sel.includes(c)) {
         let o = observed.iter().find(|o| {
@@ -792,17 +926,19 @@ pub fn compare(arch: Arch, sel: &Selection, observed: &[Observed]) -> Vec<Line> 
                 && o.flush.as_deref() == c.flush
                 && o.mode == c.mode
         });
-        let why = o.and_then(|o| c.proof.and_then(|p| p.unmet_by(o)));
-        let ok = why.is_none() && o.is_some_and(|o| o.case_ok && c.expect.accepts(&o.outcome));
+        let j = c.judged(platform);
+        let why = o.and_then(|o| j.proof.and_then(|p| p.unmet_by(o)));
+        let ok = why.is_none() && o.is_some_and(|o| o.case_ok && j.expect.accepts(&o.outcome));
         lines.push(Line {
             row: c.row.into(),
             variant: c.variant.into(),
             flush: c.flush.map(str::to_string),
             mode: c.mode,
-            expect: Some(c.expect),
+            expect: Some(j.expect),
             observed: o.cloned(),
             ok,
             why,
+            because: j.because,
         });
     }
     for o in observed {
@@ -816,6 +952,7 @@ pub fn compare(arch: Arch, sel: &Selection, observed: &[Observed]) -> Vec<Line> 
                 observed: Some(o.clone()),
                 ok: false,
                 why: None,
+                because: None,
             });
         }
     }
@@ -831,9 +968,31 @@ pub fn has_cells(arch: Arch, sel: &Selection) -> bool {
 mod tests {
     use super::*;
 
+    fn tcg() -> Platform {
+        Platform::tcg_facts()
+    }
+
+    /// Every cell as judged on every machine: with its main expectation,
+    /// and with its alternative where it has one.
+    fn judged_cells() -> Vec<Cell> {
+        let mut out = Vec::new();
+        for c in CELLS.iter() {
+            out.push(*c);
+            if let Some(w) = c.without {
+                out.push(Cell {
+                    expect: w.expect,
+                    proof: w.proof,
+                    without: None,
+                    ..*c
+                });
+            }
+        }
+        out
+    }
+
     #[test]
     fn every_impossible_cell_has_its_proof() {
-        for c in CELLS.iter() {
+        for c in judged_cells() {
             match (c.mode, c.expect, c.proof) {
                 (Mode::Forced, Expect::Impossible, Some(Proof::Cycle(_))) => {}
                 (_, Expect::Impossible, _) => panic!("{c:?}: impossible without its cycle"),
@@ -932,10 +1091,10 @@ mod tests {
             evidence: Some(evidence.into()),
             ..obs("impossible")
         };
-        let right = compare(Arch::X86_64, &sel, &[cell(UNMAP_FLUSH_IPI)]);
+        let right = compare(Arch::X86_64, &tcg(), &sel, &[cell(UNMAP_FLUSH_IPI)]);
         assert!(right[0].ok, "{}", right[0]);
         let ptl = "held:gup@gup_fast:after_pmd_read+ptl:unmap>gup";
-        let wrong = compare(Arch::X86_64, &sel, &[cell(ptl)]);
+        let wrong = compare(Arch::X86_64, &tcg(), &sel, &[cell(ptl)]);
         assert!(
             !wrong[0].ok && format!("{}", wrong[0]).contains(ptl),
             "{}",
@@ -957,8 +1116,110 @@ mod tests {
             fix_evidence: Some(UNMAP_RCU_GP.into()),
             ..obs("clean")
         };
-        assert!(compare(Arch::X86_64, &sel, &[held(3)])[0].ok);
-        assert!(!compare(Arch::X86_64, &sel, &[held(2)])[0].ok);
+        assert!(compare(Arch::X86_64, &tcg(), &sel, &[held(3)])[0].ok);
+        assert!(!compare(Arch::X86_64, &tcg(), &sel, &[held(2)])[0].ok);
+    }
+
+    #[test]
+    fn an_alternative_is_judged_only_where_the_property_was_measured_absent() {
+        let sel = Selection {
+            row: Some("zap-rmap-vs-mkclean".into()),
+            variant: Some("buggy".into()),
+            flush: Some("ipi".into()),
+            mode: Some(Mode::Forced),
+        };
+        let cell = |outcome: &str, evidence: Option<&str>| Observed {
+            row: "zap-rmap-vs-mkclean".into(),
+            variant: "buggy".into(),
+            flush: Some("ipi".into()),
+            iterations: 1,
+            hits: 0,
+            evidence: evidence.map(str::to_string),
+            ..obs(outcome)
+        };
+        let impossible = cell("impossible", Some(FAULT_ON_ZAP_PTL));
+        let bug = obs("bug");
+        let bug = Observed {
+            row: "zap-rmap-vs-mkclean".into(),
+            flush: Some("ipi".into()),
+            ..bug
+        };
+        let line = |p: &str| Platform::from_line(p);
+        let no_stale =
+            line("stale_tlb_after_pte_clear=no ipi_held_by_irqs_off=yes skey_change_bit=n/a");
+        // Measured absent: the alternative, with its proof and its reason.
+        let l = &compare(
+            Arch::X86_64,
+            &no_stale,
+            &sel,
+            std::slice::from_ref(&impossible),
+        )[0];
+        assert!(l.ok, "{l}");
+        assert_eq!(l.expect, Some(Impossible));
+        let shown = format!("{l}");
+        assert!(
+            shown.contains(
+                "expects impossible: this platform keeps no stale TLB entry after a PTE clear"
+            ),
+            "{shown}"
+        );
+        let other_cycle = cell("impossible", Some(UNMAP_FLUSH_IPI));
+        assert!(!compare(Arch::X86_64, &no_stale, &sel, &[other_cycle])[0].ok);
+        assert!(!compare(Arch::X86_64, &no_stale, &sel, std::slice::from_ref(&bug))[0].ok);
+        // Present, not measured, unknown, or no line at all: the TCG facts.
+        for p in [
+            tcg(),
+            line("stale_tlb_after_pte_clear=yes"),
+            line("stale_tlb_after_pte_clear=unmeasured"),
+            line("stale_tlb_after_pte_clear=error"),
+            line("stale_tlb_after_pte_clear=maybe"),
+            line("ipi_held_by_irqs_off=no"),
+        ] {
+            let l = &compare(Arch::X86_64, &p, &sel, std::slice::from_ref(&bug))[0];
+            assert!(l.ok && l.because.is_none(), "{p:?}: {l}");
+            assert!(!compare(Arch::X86_64, &p, &sel, std::slice::from_ref(&impossible))[0].ok);
+        }
+        // A cell without an alternative is judged the same everywhere.
+        let demo = Selection {
+            row: Some("demo-lock-vs-put".into()),
+            variant: Some("buggy".into()),
+            flush: None,
+            mode: Some(Mode::Forced),
+        };
+        let l = &compare(Arch::X86_64, &no_stale, &demo, &[obs("bug")])[0];
+        assert!(l.ok && l.because.is_none(), "{l}");
+    }
+
+    #[test]
+    fn alternatives_are_stated_per_property_and_differ_from_the_main_expectation() {
+        let differs = |c: &Cell| {
+            c.without
+                .is_some_and(|w| (w.expect, w.proof) != (c.expect, c.proof))
+        };
+        for c in CELLS.iter() {
+            if let Some(w) = c.without {
+                let other = lookup(
+                    c.row,
+                    c.arch,
+                    c.variant,
+                    c.flush,
+                    match c.mode {
+                        Mode::Forced => Mode::Natural,
+                        Mode::Natural => Mode::Forced,
+                    },
+                )
+                .expect("both modes");
+                assert!(
+                    differs(c) || differs(other),
+                    "{c:?}: an alternative that changes nothing"
+                );
+                assert!(
+                    matches!(w.expect, Clean | Impossible),
+                    "{c:?}: a machine without a property shows clean or impossible"
+                );
+                assert_ne!(c.expect, Skip, "{c:?}");
+            }
+        }
     }
 
     #[test]
@@ -969,15 +1230,18 @@ mod tests {
             flush: None,
             mode: Some(Mode::Forced),
         };
-        let lines = compare(Arch::S390x, &sel, &[obs("bug")]);
+        let lines = compare(Arch::S390x, &tcg(), &sel, &[obs("bug")]);
         assert_eq!(lines.len(), 1);
         assert!(lines[0].ok);
-        assert!(!compare(Arch::S390x, &sel, &[obs("clean")])[0].ok);
-        assert!(!compare(Arch::S390x, &sel, &[obs("hang")])[0].ok);
-        assert!(!compare(Arch::S390x, &sel, &[])[0].ok, "a cell not run");
+        assert!(!compare(Arch::S390x, &tcg(), &sel, &[obs("clean")])[0].ok);
+        assert!(!compare(Arch::S390x, &tcg(), &sel, &[obs("hang")])[0].ok);
+        assert!(
+            !compare(Arch::S390x, &tcg(), &sel, &[])[0].ok,
+            "a cell not run"
+        );
         let mut stray = obs("bug");
         stray.row = "no-such-row".into();
-        let lines = compare(Arch::S390x, &sel, &[obs("bug"), stray]);
+        let lines = compare(Arch::S390x, &tcg(), &sel, &[obs("bug"), stray]);
         assert_eq!(lines.len(), 2);
         assert!(!lines[1].ok, "a cell missing from the table");
         assert!(Expect::Report.accepts("bug") && Expect::Report.accepts("clean"));

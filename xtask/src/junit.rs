@@ -302,6 +302,7 @@ fn binary_suite(b: &TestBinary) -> Suite {
 /// name, the comparison's line (`None` when the KTAP names no architecture).
 fn judged_cells(doc: &Document) -> Option<Vec<expected::Line>> {
     let arch: Arch = doc.diag_value("arch")?.parse().ok()?;
+    let platform = crate::platform::Platform::of(doc);
     let mut lines = Vec::new();
     for o in expected::observed(doc) {
         let sel = Selection {
@@ -310,7 +311,12 @@ fn judged_cells(doc: &Document) -> Option<Vec<expected::Line>> {
             flush: o.flush.clone(),
             mode: Some(o.mode),
         };
-        lines.extend(expected::compare(arch, &sel, std::slice::from_ref(&o)));
+        lines.extend(expected::compare(
+            arch,
+            &platform,
+            &sel,
+            std::slice::from_ref(&o),
+        ));
     }
     Some(lines)
 }

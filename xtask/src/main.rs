@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::Duration;
 use xtask::exit::{usage, UsageError};
+use xtask::platform::Platform;
 use xtask::qemu::{Accel, BootConfig};
 use xtask::setup::Needs;
 use xtask::{expected, kbuild, setup, Arch, Boot};
@@ -543,6 +544,7 @@ fn tour(args: &RunArgs, kernels: &[(Arch, PathBuf)]) -> Result<ExitCode> {
     let mut failed_boots = 0usize;
     let mut current_arch = None;
     let mut header_for = None;
+    let mut platform_shown: Option<(Arch, String)> = None;
     let mut skips = SkipGroup::default();
     let started = std::time::Instant::now();
     for (i, step) in steps.iter().enumerate() {
@@ -586,6 +588,14 @@ fn tour(args: &RunArgs, kernels: &[(Arch, PathBuf)]) -> Result<ExitCode> {
         for l in echo {
             progress.println(&l);
         }
+        // What the machine does that the races need, once per architecture
+        // and again if a boot measures otherwise.
+        let platform = Platform::of(&boot.ktap);
+        let described = platform.describe();
+        if platform_shown.as_ref() != Some(&(step.arch, described.clone())) {
+            progress.println(&format!("   platform: {}", platform.describe_timed()));
+            platform_shown = Some((step.arch, described));
+        }
         if step.what == What::SelfTests {
             let v = boot.verdict();
             let cases = boot.ktap.cases();
@@ -618,7 +628,7 @@ fn tour(args: &RunArgs, kernels: &[(Arch, PathBuf)]) -> Result<ExitCode> {
             }
         }
         let observed = expected::observed(&boot.ktap);
-        let lines = expected::compare(step.arch, &step.selection(), &observed);
+        let lines = expected::compare(step.arch, &platform, &step.selection(), &observed);
         let reports = expected::race_reports(&boot.ktap);
         if header_for != Some(step.arch) {
             header_for = Some(step.arch);
@@ -798,7 +808,9 @@ fn print_scenarios(boot: &Boot, sel: &expected::Selection, report_dir: Option<&P
             println!("       # {d}");
         }
     }
-    let lines = expected::compare(boot.config.arch, sel, &observed);
+    let platform = Platform::of(&boot.ktap);
+    println!("   platform: {}", platform.describe_timed());
+    let lines = expected::compare(boot.config.arch, &platform, sel, &observed);
     println!("   {}", expected::HEADER);
     for l in &lines {
         println!("   {l}");
