@@ -36,6 +36,7 @@
 //!   under the allocator's zone lock.
 
 use super::{page_alloc, PAGE_SHIFT};
+use crate::race::point::{points, sync_point};
 use core::sync::atomic::{AtomicI32, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 /// A page frame's descriptor (Linux `struct page`). 64 bytes, like Linux's.
@@ -469,6 +470,7 @@ pub fn page_ref_add_unless(page: &Page, nr: i32, u: i32) -> bool {
 /// is zero is reported as a bad page (Linux: `VM_BUG_ON_PAGE`), then taken.
 #[inline]
 pub fn get_page(page: &Page) {
+    sync_point(&points::SYNC_PAGE_GET, page_to_pfn(page));
     let old = page._refcount.fetch_add(1, Ordering::AcqRel);
     if old <= 0 {
         page_alloc::report_bad_page(page, "get_page on a page with zero _refcount", 0);
@@ -479,6 +481,7 @@ pub fn get_page(page: &Page) {
 /// reference of GUP-fast and the page cache. Returns whether it took one.
 #[inline]
 pub fn get_page_unless_zero(page: &Page) -> bool {
+    sync_point(&points::SYNC_PAGE_GET, page_to_pfn(page));
     page_ref_add_unless(page, 1, 0)
 }
 
@@ -487,6 +490,7 @@ pub fn get_page_unless_zero(page: &Page) -> bool {
 /// never goes negative.
 #[inline]
 pub fn put_page_testzero(page: &Page) -> bool {
+    sync_point(&points::SYNC_PAGE_PUT, page_to_pfn(page));
     match page
         ._refcount
         .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
@@ -567,6 +571,7 @@ pub fn page_mapped(page: &Page) -> bool {
 /// Takes the page lock if it is free; returns whether it did.
 #[inline]
 pub fn trylock_page(page: &Page) -> bool {
+    sync_point(&points::SYNC_PAGE_LOCK, page_to_pfn(page));
     page.flags.fetch_or(PG_locked, Ordering::Acquire) & PG_locked == 0
 }
 
@@ -603,6 +608,7 @@ pub fn unlock_page(page: &Page) {
     if old & PG_locked == 0 {
         page_alloc::report_bad_page(page, "unlock_page on an unlocked page", 0);
     }
+    sync_point(&points::SYNC_PAGE_UNLOCK, page_to_pfn(page));
 }
 
 /// Spins until the page is unlocked, without taking the lock.

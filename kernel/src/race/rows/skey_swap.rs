@@ -211,9 +211,7 @@ impl<A: Mmu> Row<A> for SkeyDirtyVsSwapcache {
         let st = &ctx.state;
         match role {
             RECLAIM => {
-                while !st.stored.load(Ordering::Acquire) {
-                    A::cpu_relax();
-                }
+                point::wait_until::<A>(|| st.stored.load(Ordering::Acquire));
                 page::lock_page(p);
                 // `shrink_page_list`: add_to_swap; the page then turns out to
                 // have lost its mappings, and reclaim backs out.
@@ -231,9 +229,9 @@ impl<A: Mmu> Row<A> for SkeyDirtyVsSwapcache {
                 let stored =
                     A::probe_store(ctx.addr, MARK).is_ok() && page_faults::<A>() == faults;
                 st.stored.store(true, Ordering::Release);
-                while !p.test_flag(PG_locked) && !st.reclaim_done.load(Ordering::Acquire) {
-                    A::cpu_relax();
-                }
+                point::wait_until::<A>(|| {
+                    p.test_flag(PG_locked) || st.reclaim_done.load(Ordering::Acquire)
+                });
                 let zapped =
                     memory::madvise_dontneed_counted(ctx.mm(), ctx.addr, PAGE_SIZE) == Ok(1);
                 if zapped {
