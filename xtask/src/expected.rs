@@ -33,6 +33,9 @@ pub enum Mode {
     Natural,
     /// A schedule over race points.
     Forced,
+    /// Every ordering of the race points and synchronisation events, one
+    /// schedule per iteration.
+    Explore,
 }
 
 impl Mode {
@@ -41,6 +44,7 @@ impl Mode {
         match self {
             Mode::Natural => "natural",
             Mode::Forced => "forced",
+            Mode::Explore => "explore",
         }
     }
 
@@ -49,6 +53,7 @@ impl Mode {
         match s {
             "natural" => Some(Mode::Natural),
             "forced" => Some(Mode::Forced),
+            "explore" => Some(Mode::Explore),
             _ => None,
         }
     }
@@ -126,6 +131,11 @@ pub enum Proof {
     /// iteration (`held_by_fix` equals the iterations): the cycle it
     /// holds it with.
     HeldByFix(&'static str),
+    /// An explore cell of a forced-`impossible` variant: a cycle some
+    /// schedules were pruned by (`# explore: pruned=N by=P`, with or
+    /// without the `fix:` prefix of a cycle through the fix's waits): the
+    /// ordering the bug needs is refused by it.
+    Pruned(&'static str),
 }
 
 impl Proof {
@@ -145,6 +155,24 @@ impl Proof {
                     "the fix held {} of {} iterations, the table says every one",
                     o.held_by_fix, o.iterations
                 ))
+            }
+            Proof::Pruned(want) => {
+                let x = o.explore.as_ref()?;
+                let by = |p: &str| p.strip_prefix("fix:").unwrap_or(p) == want;
+                (!x.pruned.iter().any(|(p, _)| by(p))).then(|| {
+                    format!(
+                        "no schedule pruned by {want}, the table's cycle (pruned by: {})",
+                        if x.pruned.is_empty() {
+                            "none".to_string()
+                        } else {
+                            x.pruned
+                                .iter()
+                                .map(|(p, _)| p.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        }
+                    )
+                })
             }
             _ => None,
         }
@@ -451,9 +479,39 @@ pub const ROW_SKIPS: &[(&str, Arch, &str)] = &[
     ),
 ];
 
-/// Every cell, built from [`ENTRIES`] and [`ROW_SKIPS`]: rows in table
-/// order, each row's cells in entry order, then its skipped cells.
-pub static CELLS: std::sync::LazyLock<Vec<Cell>> = std::sync::LazyLock::new(build_cells);
+/// Every forced and natural cell, built from [`ENTRIES`] and
+/// [`ROW_SKIPS`]: rows in table order, each row's cells in entry order,
+/// then its skipped cells.
+pub static CELLS: std::sync::LazyLock<Vec<Cell>> =
+    std::sync::LazyLock::new(|| build_cells(&[Mode::Forced, Mode::Natural]));
+
+/// Every explore cell, one per forced cell, in the same order, its
+/// expectation derived from the entry ([`explore_expect`]).
+pub static EXPLORE_CELLS: std::sync::LazyLock<Vec<Cell>> =
+    std::sync::LazyLock::new(|| build_cells(&[Mode::Explore]));
+
+/// Every cell of the table: [`CELLS`], then [`EXPLORE_CELLS`].
+pub fn all_cells() -> impl Iterator<Item = &'static Cell> {
+    CELLS.iter().chain(EXPLORE_CELLS.iter())
+}
+
+/// What an entry's explore cell must show, derived from its forced and
+/// natural cells: `bug` if either is (some schedule is buggy); `bug|clean`
+/// if either reports only; else `clean` (no buggy schedule, every
+/// schedule within the bound run), and for a forced `impossible` cell
+/// with some schedules pruned by its cycle.
+fn explore_expect(en: &Entry) -> (Expect, Option<Proof>) {
+    match (en.forced, en.natural) {
+        (Skip, _) | (_, Skip) => (Skip, None),
+        (Bug, _) | (_, Bug) => (Bug, None),
+        (Report, _) | (_, Report) => (Report, None),
+        (Impossible, _) => match en.proof {
+            Some(Proof::Cycle(p)) => (Clean, Some(Proof::Pruned(p))),
+            _ => (Clean, None),
+        },
+        (Clean, _) => (Clean, None),
+    }
+}
 
 /// The rows of the table, in table order.
 pub fn rows() -> Vec<&'static str> {
@@ -466,7 +524,8 @@ pub fn rows() -> Vec<&'static str> {
     rows
 }
 
-fn build_cells() -> Vec<Cell> {
+/// The cells of `modes`, rows in table order.
+fn build_cells(modes: &[Mode]) -> Vec<Cell> {
     let mut cells = Vec::new();
     for row in rows() {
         let mut variants: Vec<&'static str> = Vec::new();
@@ -483,10 +542,12 @@ fn build_cells() -> Vec<Cell> {
                 ),
             };
             for arch in arches {
-                for (mode, expect, proof) in [
-                    (Mode::Forced, en.forced, en.proof),
-                    (Mode::Natural, en.natural, None),
-                ] {
+                for &mode in modes {
+                    let (expect, proof) = match mode {
+                        Mode::Forced => (en.forced, en.proof),
+                        Mode::Natural => (en.natural, None),
+                        Mode::Explore => explore_expect(en),
+                    };
                     cells.push(Cell {
                         row,
                         arch,
@@ -501,7 +562,7 @@ fn build_cells() -> Vec<Cell> {
         }
         for &(_, arch, _) in ROW_SKIPS.iter().filter(|(r, _, _)| *r == row) {
             for &variant in &variants {
-                for mode in [Mode::Forced, Mode::Natural] {
+                for &mode in modes {
                     cells.push(Cell {
                         row,
                         arch,
@@ -526,7 +587,7 @@ pub fn lookup(
     flush: Option<&str>,
     mode: Mode,
 ) -> Option<&'static Cell> {
-    CELLS.iter().find(|c| {
+    all_cells().find(|c| {
         c.row == row && c.arch == arch && c.variant == variant && c.flush == flush && c.mode == mode
     })
 }
@@ -562,6 +623,160 @@ pub struct Observed {
     pub case_ok: bool,
     /// The case's failure reason or skip reason, if any.
     pub note: Option<String>,
+    /// Explore cells: what the exploration covered (`None` for the other
+    /// modes, or an explore case that printed no `# explore: row=` line).
+    pub explore: Option<Explored>,
+}
+
+/// What an explore cell covered, from its `# explore:` lines: the summary
+/// (`explore: row= ... schedules= complete= pruned= buggy= exhausted=
+/// bound= unbounded_first= divergent= max_decisions= elapsed_ms=`), one
+/// `explore: pruned=N by=PROOF` per proof, `explore: buggy schedule K:
+/// TEXT` for the first buggy ones and `explore: schedule=TEXT`, the first
+/// buggy schedule to replay.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Explored {
+    /// Schedules run (the cell's iterations).
+    pub schedules: u64,
+    /// Schedules that ran to their end.
+    pub complete: u64,
+    /// Schedules pruned by a wait-for cycle (the hardware or the fix
+    /// refused the ordering).
+    pub pruned_total: u64,
+    /// Pruned schedules by the cycle's proof (`fix:` prefixed: a cycle
+    /// through the fix's waits), as the kernel printed them.
+    pub pruned: Vec<(String, u64)>,
+    /// Schedules in which a detector fired (the cell's hits).
+    pub buggy: u64,
+    /// Every schedule within the bound ran.
+    pub exhausted: bool,
+    /// The preemption bound at the end of the run (`None`: unbounded).
+    pub bound: Option<u32>,
+    /// Unbounded schedules run before the default bound was taken.
+    pub unbounded_first: Option<u64>,
+    /// Schedules whose replayed prefix met other parked roles.
+    pub divergent: u64,
+    /// The most decisions one schedule made.
+    pub max_decisions: u64,
+    /// The exploration's time.
+    pub elapsed_ms: u64,
+    /// The buggy schedules printed in full, first first.
+    pub buggy_schedules: Vec<String>,
+    /// The first buggy schedule, in the text form `schedule=` replays.
+    pub schedule: Option<String>,
+}
+
+impl Explored {
+    /// Reads a case's `explore:` diagnostics; `None` without the summary.
+    pub fn parse(diagnostics: &[String]) -> Option<Explored> {
+        let lines: Vec<&str> = diagnostics
+            .iter()
+            .filter_map(|d| d.strip_prefix("explore: "))
+            .collect();
+        let summary = lines.iter().find(|l| l.starts_with("row="))?;
+        let num = |k: &str| {
+            crate::ktap::diag_value(summary, k)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let mut x = Explored {
+            schedules: num("schedules"),
+            complete: num("complete"),
+            pruned_total: num("pruned"),
+            buggy: num("buggy"),
+            exhausted: num("exhausted") == 1,
+            bound: crate::ktap::diag_value(summary, "bound").and_then(|v| v.parse().ok()),
+            unbounded_first: crate::ktap::diag_value(summary, "unbounded_first")
+                .and_then(|v| v.parse().ok()),
+            divergent: num("divergent"),
+            max_decisions: num("max_decisions"),
+            elapsed_ms: num("elapsed_ms"),
+            ..Explored::default()
+        };
+        for l in &lines {
+            if let (Some(n), Some(by)) = (
+                l.strip_prefix("pruned=")
+                    .and_then(|r| r.split_whitespace().next())
+                    .and_then(|n| n.parse().ok()),
+                crate::ktap::diag_value(l, "by"),
+            ) {
+                x.pruned.push((by.to_string(), n));
+            } else if let Some(text) = l.strip_prefix("schedule=") {
+                x.schedule = Some(text.trim().to_string());
+            } else if let Some((_, text)) = l
+                .strip_prefix("buggy schedule ")
+                .and_then(|r| r.split_once(": "))
+            {
+                x.buggy_schedules.push(text.trim().to_string());
+            }
+        }
+        Some(x)
+    }
+
+    /// How far the exploration went: `all` (every schedule), `all within
+    /// bound K`, or `N of more` / `N of more within bound K` (cut short by
+    /// the schedule or time limit).
+    pub fn coverage(&self) -> String {
+        let within = self
+            .bound
+            .map_or(String::new(), |b| format!(" within bound {b}"));
+        if self.exhausted {
+            format!("all{within}")
+        } else {
+            format!("cut short{within}")
+        }
+    }
+
+    /// The pruned schedules grouped by the waits of their cycles (the
+    /// `held:role@point` parts left out: the same refusal met at several
+    /// points), largest first: `(waits, schedules, proofs)`.
+    pub fn pruned_by_waits(&self) -> Vec<(String, u64, usize)> {
+        let mut groups: Vec<(String, u64, usize)> = Vec::new();
+        for (proof, n) in &self.pruned {
+            let (fix, cycle) = match proof.strip_prefix("fix:") {
+                Some(c) => ("fix:", c),
+                None => ("", proof.as_str()),
+            };
+            let waits: Vec<&str> = cycle
+                .split('+')
+                .filter(|p| !p.starts_with("held:"))
+                .collect();
+            let key = format!("{fix}{}", waits.join("+"));
+            match groups.iter_mut().find(|g| g.0 == key) {
+                Some(g) => {
+                    g.1 += n;
+                    g.2 += 1;
+                }
+                None => groups.push((key, *n, 1)),
+            }
+        }
+        groups.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        groups
+    }
+}
+
+/// Why the explore cell `c` is not met by `o` beyond its outcome: the
+/// exploration's figures missing, a buggy cell without a schedule to
+/// replay, a clean one whose exploration was cut short.
+fn explore_unmet(c: &Cell, o: &Observed) -> Option<String> {
+    if c.mode != Mode::Explore || c.expect == Expect::Skip || !o.case_ok {
+        return None;
+    }
+    let Some(x) = &o.explore else {
+        return Some("no `# explore: row=` summary".into());
+    };
+    match c.expect {
+        Expect::Bug if x.schedule.is_none() => {
+            Some("buggy schedules but no `schedule=` to replay".into())
+        }
+        Expect::Clean if !x.exhausted => Some(format!(
+            "{} schedules{} and not exhausted: not every ordering ran",
+            x.schedules,
+            x.bound
+                .map_or(String::new(), |b| format!(" within bound {b}"))
+        )),
+        _ => None,
+    }
 }
 
 /// The cells a boot ran, from its KTAP suite `scenario`.
@@ -611,6 +826,9 @@ pub fn observed(doc: &Document) -> Vec<Observed> {
                 .map(str::to_string),
             case_ok: r.ok,
             note,
+            explore: (mode == Mode::Explore)
+                .then(|| Explored::parse(&r.diagnostics))
+                .flatten(),
         });
     }
     out
@@ -667,7 +885,8 @@ pub struct Selection {
     /// A flush strategy (only cells of rows with a flush axis run under
     /// one), or every cell.
     pub flush: Option<String>,
-    /// A mode, or both.
+    /// A mode, or forced and natural (explore cells run only when asked
+    /// for).
     pub mode: Option<Mode>,
 }
 
@@ -677,7 +896,7 @@ impl Selection {
         self.row.as_deref().is_none_or(|r| r == "all" || r == c.row)
             && self.variant.as_deref().is_none_or(|v| v == c.variant)
             && self.flush.as_deref().is_none_or(|f| Some(f) == c.flush)
-            && self.mode.is_none_or(|m| m == c.mode)
+            && self.mode.map_or(c.mode != Mode::Explore, |m| m == c.mode)
     }
 
     /// Exactly the cell `c`.
@@ -715,6 +934,9 @@ pub struct Line {
 impl fmt::Display for Line {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let exp = self.expect.map_or("(none)", Expect::name);
+        if self.mode == Mode::Explore {
+            return self.fmt_explore(f, exp);
+        }
         let (obs, it, hits, first) = match &self.observed {
             Some(o) => (
                 o.outcome.clone(),
@@ -748,11 +970,53 @@ impl fmt::Display for Line {
     }
 }
 
-/// The header matching [`Line`]'s `Display`.
+/// The header matching [`Line`]'s `Display` of a forced or natural cell.
 pub const HEADER: &str =
     "row                     variant         mode     expected    observed    iterations    hits  first_hit_ms";
 
+/// The header matching [`Line`]'s `Display` of an explore cell.
+pub const EXPLORE_HEADER: &str =
+    "row                     variant         mode     expected    observed     schedules  pruned   buggy   time_s  explored";
+
 impl Line {
+    /// The header of this line's columns.
+    pub fn header(&self) -> &'static str {
+        match self.mode {
+            Mode::Explore => EXPLORE_HEADER,
+            _ => HEADER,
+        }
+    }
+
+    /// An explore cell: schedules, pruned and buggy schedules, the time
+    /// and how far the exploration went ([`Explored::coverage`]).
+    fn fmt_explore(&self, f: &mut fmt::Formatter<'_>, exp: &str) -> fmt::Result {
+        let o = self.observed.as_ref();
+        let x = o.and_then(|o| o.explore.as_ref());
+        let fig = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+        write!(
+            f,
+            "{:<23} {:<15} {:<8} {:<11} {:<11} {:>10} {:>7} {:>7} {:>8}  {:<22}  {}",
+            self.row,
+            label(&self.variant, self.flush.as_deref()),
+            self.mode.name(),
+            exp,
+            o.map_or("(not run)", |o| o.outcome.as_str()),
+            fig(x.map(|x| x.schedules)),
+            fig(x.map(|x| x.pruned_total)),
+            fig(x.map(|x| x.buggy)),
+            x.map_or("-".into(), |x| format!("{:.1}", x.elapsed_ms as f64 / 1e3)),
+            x.map_or("-".into(), Explored::coverage),
+            self.verdict()
+        )?;
+        if let Some(why) = &self.why {
+            write!(f, "  ({why})")?;
+        }
+        if let Some(note) = o.and_then(|o| o.note.as_ref()) {
+            write!(f, "  ({note})")?;
+        }
+        Ok(())
+    }
+
     /// The KTAP case of this line's cell: `scenario.row:label:mode`.
     pub fn case(&self) -> String {
         format!(
@@ -780,14 +1044,16 @@ impl Line {
 /// run must be in the table.
 pub fn compare(arch: Arch, sel: &Selection, observed: &[Observed]) -> Vec<Line> {
     let mut lines = Vec::new();
-    for c in CELLS.iter().filter(|c| c.arch == arch && sel.includes(c)) {
+    for c in all_cells().filter(|c| c.arch == arch && sel.includes(c)) {
         let o = observed.iter().find(|o| {
             o.row == c.row
                 && o.variant == c.variant
                 && o.flush.as_deref() == c.flush
                 && o.mode == c.mode
         });
-        let why = o.and_then(|o| c.proof.and_then(|p| p.unmet_by(o)));
+        let why = o.and_then(|o| {
+            explore_unmet(c, o).or_else(|| c.proof.and_then(|p| p.unmet_by(o)))
+        });
         let ok = why.is_none() && o.is_some_and(|o| o.case_ok && c.expect.accepts(&o.outcome));
         lines.push(Line {
             row: c.row.into(),
@@ -819,7 +1085,27 @@ pub fn compare(arch: Arch, sel: &Selection, observed: &[Observed]) -> Vec<Line> 
 
 /// Whether the table has cells of `arch` that `sel` includes.
 pub fn has_cells(arch: Arch, sel: &Selection) -> bool {
-    CELLS.iter().any(|c| c.arch == arch && sel.includes(c))
+    all_cells().any(|c| c.arch == arch && sel.includes(c))
+}
+
+/// Compares a forced boot that ran a schedule given on its command line
+/// (`schedule=`, a replay of an explored one) with the table's cells:
+/// the table states what the row's own schedule shows, so a replayed cell
+/// is reported, not judged: it agrees when it ran to a result (`bug`,
+/// `clean`, `impossible`; `skip` where the table skips the row).
+pub fn compare_replay(arch: Arch, sel: &Selection, observed: &[Observed]) -> Vec<Line> {
+    compare(arch, sel, observed)
+        .into_iter()
+        .map(|mut l| {
+            l.ok = l.observed.as_ref().is_some_and(|o| {
+                o.case_ok
+                    && (["bug", "clean", "impossible"].contains(&o.outcome.as_str())
+                        || (o.outcome == "skip" && l.expect == Some(Expect::Skip)))
+            });
+            l.why = Some("a given schedule: reported, not judged by the table".into());
+            l
+        })
+        .collect()
 }
 
 #[cfg(test)]

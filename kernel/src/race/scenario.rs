@@ -522,6 +522,9 @@ pub struct ExploreSummary {
     pub pruned: Vec<(String, u64)>,
     /// Schedules whose replayed prefix met other parked roles.
     pub divergent: u64,
+    /// Schedules cut at [`EXPLORE_MAX_DECISIONS`] (the roles then ran
+    /// free to their end): neither complete nor explored to the end.
+    pub truncated: u64,
     /// The most decisions one schedule made.
     pub max_decisions: usize,
     /// The first buggy schedule, in the text form `schedule=` replays.
@@ -661,6 +664,9 @@ pub struct RunConfig {
 pub const EXPLORE_DEFAULT_BOUND: u32 = 2;
 /// Unbounded schedules explore runs before it takes the default bound.
 pub const EXPLORE_UNBOUNDED_MAX: u64 = 1_000;
+/// Decisions one explore schedule makes at most: a role that loops longer
+/// than this is released and the schedule counts as truncated.
+pub const EXPLORE_MAX_DECISIONS: usize = 512;
 /// Schedules an explore run runs at most (`iterations=` overrides).
 pub const EXPLORE_MAX_SCHEDULES: u64 = 20_000;
 
@@ -1200,7 +1206,7 @@ fn iteration<A: Mmu, R: Row<A>>(
     if let (Some(ex), Some(x)) = (explorer.as_deref(), rep.explore.as_mut()) {
         x.max_decisions = x.max_decisions.max(ex.decisions().len());
         match &verdict {
-            Some(Outcome::Impossible) => {}
+            // A finding after a release counts too, as in forced mode.
             _ if finding_now => {
                 let text = explore::format_schedule(
                     &explore::replay_steps(roles, ex.decisions()),
@@ -1211,6 +1217,7 @@ fn iteration<A: Mmu, R: Row<A>>(
                 }
                 x.buggy_schedule.get_or_insert(text);
             }
+            Some(Outcome::Impossible | Outcome::Skip(_)) => {}
             _ => x.complete += 1,
         }
     }
@@ -1230,8 +1237,9 @@ fn iteration<A: Mmu, R: Row<A>>(
         return Ok(false);
     }
     match verdict {
-        // Explore: a refused ordering is pruned and the exploration goes on.
-        Some(Outcome::Impossible) if mode == Mode::Explore => Ok(true),
+        // Explore: a refused ordering is pruned, a truncated schedule
+        // counted, and the exploration goes on.
+        Some(Outcome::Impossible | Outcome::Skip(_)) if mode == Mode::Explore => Ok(true),
         Some(v) => {
             rep.outcome = v;
             Ok(false)
@@ -1329,6 +1337,20 @@ fn explore_watch<A: Mmu>(
             rep.hang_edges =
                 Some("every role left waits for a condition at role:wait".into());
             return Some(Outcome::Hang);
+        }
+        if ex.decisions().len() >= EXPLORE_MAX_DECISIONS {
+            if let Some(x) = rep.explore.as_mut() {
+                x.truncated += 1;
+            }
+            point::abort();
+            let t1 = A::clock_ns();
+            while !(0..roles).all(&done) {
+                if A::clock_ns() - t1 > RECOVER_NS {
+                    return Some(Outcome::Hang);
+                }
+                A::cpu_relax();
+            }
+            return Some(Outcome::Skip("truncated"));
         }
         let r = ex.choose(&enabled, prev);
         prev = Some(r);
@@ -1602,7 +1624,7 @@ pub fn print_report<A: Mmu>(row: &str, variant: &str, mode: Mode, r: &Report) {
     );
     if let Some(x) = &r.explore {
         kprintln!(
-            "    # explore: row={row} variant={variant} flush={} schedules={} complete={} pruned={} buggy={} exhausted={} bound={} unbounded_first={} divergent={} max_decisions={} elapsed_ms={}",
+            "    # explore: row={row} variant={variant} flush={} schedules={} complete={} pruned={} buggy={} exhausted={} bound={} unbounded_first={} divergent={} truncated={} max_decisions={} elapsed_ms={}",
             flush_name::<A>(r.flush),
             r.iterations,
             x.complete,
@@ -1612,6 +1634,7 @@ pub fn print_report<A: Mmu>(row: &str, variant: &str, mode: Mode, r: &Report) {
             x.bound.map_or("none".into(), |b| format!("{b}")),
             x.unbounded_first.map_or("-".into(), |n| format!("{n}")),
             x.divergent,
+            x.truncated,
             x.max_decisions,
             r.elapsed_ns / 1_000_000
         );

@@ -246,7 +246,7 @@ impl<A: Mmu> Row<A> for ZapRmapVsMkclean {
                     mapping.nr_written.load(Ordering::Acquire) != wb_base
                         || st.wb_done.load(Ordering::Acquire)
                 };
-                if ctx.mode == Mode::Natural {
+                if ctx.mode != Mode::Forced {
                     // Sleep until writeback has written the page (it wakes us),
                     // then store once more: through the stale TLB entry if the
                     // zap has not flushed yet.
