@@ -7,6 +7,9 @@
 //! start and end of each role's operation ([`points::ROLE_START`],
 //! [`points::ROLE_END`]) is a scheduling point: a role that reaches one
 //! parks there, with its interrupt state kept ([`point::explore_parked`]).
+//! Page events (lock, reference, free) are scheduling points only on the
+//! frames the row's detectors watch ([`Ctx::pfns`](super::scenario::Ctx),
+//! [`point::explore_watch`]); on any other frame they are traced only.
 //! When every role is parked (or done), the controller makes a decision: it
 //! grants one parked role its next step ([`point::explore_grant`]); that
 //! role runs alone until its next scheduling point or its end. The code

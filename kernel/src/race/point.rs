@@ -618,7 +618,9 @@ fn hit<A: Arch>(p: &'static RacePoint, addr: u64) {
             }
         }
         SCHEDULE => follow_schedule::<A>(cpu, role, p),
-        EXPLORE if IRQ_DEPTH[cpu].load(Ordering::Relaxed) == 0 => explore_park::<A>(cpu, role, p),
+        EXPLORE if IRQ_DEPTH[cpu].load(Ordering::Relaxed) == 0 => {
+            explore_park::<A>(cpu, role, p, addr)
+        }
         _ => {}
     }
 }
@@ -786,8 +788,35 @@ pub fn explore_grant<A: Arch>(role: usize) {
     }
 }
 
-fn explore_park<A: Arch>(cpu: usize, role: usize, p: &'static RacePoint) {
+fn explore_park<A: Arch>(cpu: usize, role: usize, p: &'static RacePoint, addr: u64) {
+    let per_page = [
+        &points::SYNC_PAGE_LOCK,
+        &points::SYNC_PAGE_UNLOCK,
+        &points::SYNC_PAGE_GET,
+        &points::SYNC_PAGE_PUT,
+        &points::SYNC_FREE_PAGE,
+    ];
+    if per_page.iter().any(|q| core::ptr::eq(*q, p)) && !explore_watched(addr) {
+        return;
+    }
     explore_park_until::<A>(cpu, role, p, || true);
+}
+
+/// The frames whose page events (lock, reference, free) explore schedules
+/// at: the frames the row's detectors watch ([`explore_watch`]). Events on
+/// other frames (a collapse's 512 small pages) are traced only: each would
+/// multiply the orderings without touching what the race is about.
+static EX_WATCH: [AtomicU64; 8] = [const { AtomicU64::new(u64::MAX) }; 8];
+
+/// Sets the frames of [`EX_WATCH`] for the next iteration (at most 8).
+pub fn explore_watch(pfns: &[u64]) {
+    for (i, w) in EX_WATCH.iter().enumerate() {
+        w.store(pfns.get(i).copied().unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+}
+
+fn explore_watched(pfn: u64) -> bool {
+    EX_WATCH.iter().any(|w| w.load(Ordering::Relaxed) == pfn)
 }
 
 /// [`explore_park`] for a role that can go on only once `ready`: while it

@@ -1075,6 +1075,7 @@ fn iteration<A: Mmu, R: Row<A>>(
         }
         Mode::Explore => {
             point::explore_reset();
+            point::explore_watch(&ctx.pfns);
             let row_points = schedule
                 .iter()
                 .map(|st| st.point)
