@@ -37,12 +37,12 @@ fn injected(arch: Arch, inject: &str) -> Option<expected::Line> {
     );
     let b = boot_to_fail(arch, 4, &cmdline, TIMEOUT)?;
     assert_passed(&b);
-    let sel = Selection {
-        row: Some("ptfree-vs-gup-fast".into()),
-        variant: Some(variant.into()),
-        flush: Some(flush.into()),
-        mode: Some(Mode::Forced),
-    };
+    let sel = Selection::new(
+        "ptfree-vs-gup-fast",
+        Some(variant),
+        Some(flush),
+        Some(Mode::Forced),
+    );
     let lines = expected::compare(arch, &sel, &expected::observed(&b.ktap));
     assert_eq!(lines.len(), 1, "{arch}: {lines:?}");
     assert_junit_shows_the_mismatch(&b, &lines[0]);

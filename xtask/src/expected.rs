@@ -21,6 +21,16 @@
 //! [`ROW_SKIPS`]. A row's author adds its entries, with
 //! [`Expect::Report`] only where the catalogue says a cell reports its hit
 //! rate only.
+//!
+//! Explore mode (`mode=explore`, docs/explore.md) has a third cell per
+//! entry, derived from it, never written by hand ([`EXPLORE_CELLS`]): a
+//! variant that is `bug` forced or natural must show at least one buggy
+//! schedule and the text that replays it; one that is `clean` or
+//! `impossible` in both must show none, over every schedule (exhausted) or
+//! over every schedule it ran within the preemption bound it states; a
+//! forced `impossible` cell's cycle must be among the proofs schedules
+//! were pruned by; a variant that reports its hit rate only reports. Explore
+//! cells run only when asked for ([`Selection::mode`]).
 
 use crate::ktap::Document;
 use crate::Arch;
@@ -630,7 +640,8 @@ pub struct Observed {
 
 /// What an explore cell covered, from its `# explore:` lines: the summary
 /// (`explore: row= ... schedules= complete= pruned= buggy= exhausted=
-/// bound= unbounded_first= divergent= max_decisions= elapsed_ms=`), one
+/// bound= unbounded_first= divergent= truncated= max_decisions=
+/// elapsed_ms=`), one
 /// `explore: pruned=N by=PROOF` per proof, `explore: buggy schedule K:
 /// TEXT` for the first buggy ones and `explore: schedule=TEXT`, the first
 /// buggy schedule to replay.
@@ -656,6 +667,10 @@ pub struct Explored {
     pub unbounded_first: Option<u64>,
     /// Schedules whose replayed prefix met other parked roles.
     pub divergent: u64,
+    /// Schedules cut at the kernel's most decisions per schedule (the
+    /// roles then ran free to their end): neither complete nor explored to
+    /// their end.
+    pub truncated: u64,
     /// The most decisions one schedule made.
     pub max_decisions: u64,
     /// The exploration's time.
@@ -689,6 +704,7 @@ impl Explored {
             unbounded_first: crate::ktap::diag_value(summary, "unbounded_first")
                 .and_then(|v| v.parse().ok()),
             divergent: num("divergent"),
+            truncated: num("truncated"),
             max_decisions: num("max_decisions"),
             elapsed_ms: num("elapsed_ms"),
             ..Explored::default()
@@ -714,8 +730,8 @@ impl Explored {
     }
 
     /// How far the exploration went: `all` (every schedule), `all within
-    /// bound K`, or `N of more` / `N of more within bound K` (cut short by
-    /// the schedule or time limit).
+    /// bound K`, or `cut short` / `cut short within bound K` (by the
+    /// schedule or time limit).
     pub fn coverage(&self) -> String {
         let within = self
             .bound
@@ -769,11 +785,12 @@ fn explore_unmet(c: &Cell, o: &Observed) -> Option<String> {
         Expect::Bug if x.schedule.is_none() => {
             Some("buggy schedules but no `schedule=` to replay".into())
         }
-        Expect::Clean if !x.exhausted => Some(format!(
-            "{} schedules{} and not exhausted: not every ordering ran",
-            x.schedules,
-            x.bound
-                .map_or(String::new(), |b| format!(" within bound {b}"))
+        // Clean over every schedule, or over the schedules within the
+        // bound it states (the space too large to exhaust): an unbounded
+        // exploration cut short says nothing of the orderings it left.
+        Expect::Clean if !x.exhausted && x.bound.is_none() => Some(format!(
+            "{} unbounded schedules, not exhausted and no bound: the orderings left out are unknown",
+            x.schedules
         )),
         _ => None,
     }
@@ -897,6 +914,22 @@ impl Selection {
             && self.variant.as_deref().is_none_or(|v| v == c.variant)
             && self.flush.as_deref().is_none_or(|f| Some(f) == c.flush)
             && self.mode.map_or(c.mode != Mode::Explore, |m| m == c.mode)
+    }
+
+    /// The cells of `row` (`all`: every row), of `variant` and under
+    /// `flush` if given, in `mode` if given (else forced and natural).
+    pub fn new(row: &str, variant: Option<&str>, flush: Option<&str>, mode: Option<Mode>) -> Self {
+        Selection {
+            row: Some(row.to_string()),
+            variant: variant.map(str::to_string),
+            flush: flush.map(str::to_string),
+            mode,
+        }
+    }
+
+    /// Exactly the cell a boot reported as `o`.
+    pub fn observed(o: &Observed) -> Self {
+        Self::new(&o.row, Some(&o.variant), o.flush.as_deref(), Some(o.mode))
     }
 
     /// Exactly the cell `c`.
@@ -1051,9 +1084,8 @@ pub fn compare(arch: Arch, sel: &Selection, observed: &[Observed]) -> Vec<Line> 
                 && o.flush.as_deref() == c.flush
                 && o.mode == c.mode
         });
-        let why = o.and_then(|o| {
-            explore_unmet(c, o).or_else(|| c.proof.and_then(|p| p.unmet_by(o)))
-        });
+        let why =
+            o.and_then(|o| explore_unmet(c, o).or_else(|| c.proof.and_then(|p| p.unmet_by(o))));
         let ok = why.is_none() && o.is_some_and(|o| o.case_ok && c.expect.accepts(&o.outcome));
         lines.push(Line {
             row: c.row.into(),
@@ -1114,9 +1146,16 @@ mod tests {
 
     #[test]
     fn every_impossible_cell_has_its_proof() {
-        for c in CELLS.iter() {
+        for c in all_cells() {
             match (c.mode, c.expect, c.proof) {
                 (Mode::Forced, Expect::Impossible, Some(Proof::Cycle(_))) => {}
+                (Mode::Explore, Expect::Clean, Some(Proof::Pruned(p))) => {
+                    let forced = lookup(c.row, c.arch, c.variant, c.flush, Mode::Forced);
+                    assert_eq!(forced.unwrap().proof, Some(Proof::Cycle(p)), "{c:?}");
+                }
+                (_, _, Some(Proof::Pruned(_))) => {
+                    panic!("{c:?}: pruned proof not on explore clean")
+                }
                 (_, Expect::Impossible, _) => panic!("{c:?}: impossible without its cycle"),
                 (_, _, Some(Proof::Cycle(_))) => panic!("{c:?}: a cycle for a cell not impossible"),
                 (Mode::Forced, Expect::Clean, Some(Proof::HeldByFix(_))) | (_, _, None) => {}
@@ -1191,17 +1230,18 @@ mod tests {
             fix_evidence: None,
             case_ok: outcome != "hang",
             note: None,
+            explore: None,
         }
     }
 
     #[test]
     fn a_cycle_or_a_hold_other_than_the_tables_fails_the_cell() {
-        let sel = Selection {
-            row: Some("ptfree-vs-gup-fast".into()),
-            variant: Some("immediate".into()),
-            flush: Some("ipi".into()),
-            mode: Some(Mode::Forced),
-        };
+        let sel = Selection::new(
+            "ptfree-vs-gup-fast",
+            Some("immediate"),
+            Some("ipi"),
+            Some(Mode::Forced),
+        );
         let cell = |evidence: &str| Observed {
             row: "ptfree-vs-gup-fast".into(),
             variant: "immediate".into(),
@@ -1244,12 +1284,7 @@ mod tests {
 
     #[test]
     fn comparison_flags_mismatches_missing_and_unknown_cells() {
-        let sel = Selection {
-            row: Some("demo-lock-vs-put".into()),
-            variant: Some("buggy".into()),
-            flush: None,
-            mode: Some(Mode::Forced),
-        };
+        let sel = Selection::new("demo-lock-vs-put", Some("buggy"), None, Some(Mode::Forced));
         let lines = compare(Arch::S390x, &sel, &[obs("bug")]);
         assert_eq!(lines.len(), 1);
         assert!(lines[0].ok);
@@ -1305,5 +1340,238 @@ not ok 2 demo-lock-vs-put:fixed:natural\nnot ok 1 scenario\n";
         );
         assert_eq!((o[1].outcome.as_str(), o[1].case_ok), ("vacuous", false));
         assert_eq!(o[1].first_hit_ns, None);
+    }
+
+    #[test]
+    fn every_forced_cell_has_its_explore_cell_derived_from_the_entry() {
+        assert_eq!(EXPLORE_CELLS.len() * 2, CELLS.len());
+        for c in CELLS.iter().filter(|c| c.mode == Mode::Forced) {
+            let x = lookup(c.row, c.arch, c.variant, c.flush, Mode::Explore)
+                .unwrap_or_else(|| panic!("{c:?}: no explore cell"));
+            let natural = lookup(c.row, c.arch, c.variant, c.flush, Mode::Natural).unwrap();
+            let want = match (c.expect, natural.expect) {
+                (Expect::Skip, _) => Expect::Skip,
+                (Expect::Bug, _) | (_, Expect::Bug) => Expect::Bug,
+                (Expect::Report, _) | (_, Expect::Report) => Expect::Report,
+                _ => Expect::Clean,
+            };
+            assert_eq!(x.expect, want, "{c:?}");
+        }
+        let cell = |row, arch, variant, flush| {
+            lookup(row, arch, variant, Some(flush), Mode::Explore).unwrap()
+        };
+        let x = cell("ptfree-vs-gup-fast", S390x, "immediate", "ipte");
+        assert_eq!((x.expect, x.proof), (Expect::Bug, None));
+        let x = cell("ptfree-vs-gup-fast", X86_64, "rcu", "ipi");
+        assert_eq!(
+            (x.expect, x.proof),
+            (Expect::Clean, Some(Proof::Pruned(UNMAP_FLUSH_IPI)))
+        );
+        let x = lookup(
+            "wp-unlock-vs-zap",
+            X86_64,
+            "fixed-immediate",
+            None,
+            Mode::Explore,
+        );
+        assert_eq!(x.unwrap().expect, Expect::Report);
+        let x = lookup("gup-fast-folding", X86_64, "fixed", None, Mode::Explore);
+        assert_eq!(x.unwrap().expect, Expect::Skip);
+    }
+
+    #[test]
+    fn explore_cells_run_only_when_asked_for() {
+        let x = lookup("demo-lock-vs-put", S390x, "buggy", None, Mode::Explore).unwrap();
+        assert!(!Selection::default().includes(x));
+        let sel = Selection {
+            mode: Some(Mode::Explore),
+            ..Selection::default()
+        };
+        assert!(sel.includes(x));
+        assert!(!sel.includes(&CELLS[0]));
+        assert!(CELLS.iter().all(|c| Selection::default().includes(c)));
+    }
+
+    /// The `# explore:` lines of a buggy cell, as the kernel prints them.
+    const EXPLORE_BUG: &str = "KTAP version 1\n# quiesce arch=s390x cpus=4\n1..1\n    KTAP version 1\n    # Subtest: scenario\n    1..1\n    \
+# explore: buggy schedule 1: gup@role:start,unmap@role:start,gup~role:start\n    \
+# explore: buggy schedule 2: unmap@role:start,gup@role:start\n    \
+# row=ptfree-vs-gup-fast variant=immediate flush=ipte mode=explore outcome=bug iterations=464 hits=102 first_hit_ns=99707932 held_by_fix=0 evidence=- fix_evidence=-\n    \
+# explore: row=ptfree-vs-gup-fast variant=immediate flush=ipte schedules=464 complete=264 pruned=34 buggy=102 exhausted=1 bound=none unbounded_first=- divergent=0 truncated=4 max_decisions=23 elapsed_ms=6628\n    \
+# explore: pruned=20 by=held:unmap@gather:after_table_free+mmap-lock:gup>unmap\n    \
+# explore: pruned=12 by=held:unmap@sync:free_page+mmap-lock:gup>unmap\n    \
+# explore: pruned=2 by=fix:call-ipi:unmap>gup+held:gup@gup_fast:after_pmd_read\n    \
+# explore: schedule=gup@role:start,unmap@role:start,gup~role:start\n    \
+ok 1 ptfree-vs-gup-fast:immediate@ipte:explore\nok 1 scenario\n";
+
+    #[test]
+    fn explore_lines_are_read() {
+        let o = observed(&crate::ktap::parse(EXPLORE_BUG));
+        assert_eq!(o.len(), 1);
+        assert_eq!(
+            (o[0].mode, o[0].flush.as_deref(), o[0].iterations, o[0].hits),
+            (Mode::Explore, Some("ipte"), 464, 102)
+        );
+        let x = o[0].explore.as_ref().unwrap();
+        assert_eq!(
+            (
+                x.schedules,
+                x.complete,
+                x.pruned_total,
+                x.buggy,
+                x.exhausted
+            ),
+            (464, 264, 34, 102, true)
+        );
+        assert_eq!(
+            (x.bound, x.unbounded_first, x.truncated, x.max_decisions),
+            (None, None, 4, 23)
+        );
+        assert_eq!(x.elapsed_ms, 6628);
+        assert_eq!(x.pruned.len(), 3);
+        assert_eq!(
+            x.pruned[0],
+            (
+                "held:unmap@gather:after_table_free+mmap-lock:gup>unmap".into(),
+                20
+            )
+        );
+        assert_eq!(
+            x.schedule.as_deref(),
+            Some("gup@role:start,unmap@role:start,gup~role:start")
+        );
+        assert_eq!(x.buggy_schedules.len(), 2);
+        assert_eq!(x.coverage(), "all");
+        assert_eq!(
+            x.pruned_by_waits(),
+            [
+                ("mmap-lock:gup>unmap".to_string(), 32, 2),
+                ("fix:call-ipi:unmap>gup".to_string(), 2, 1)
+            ]
+        );
+        let sel = Selection::new(
+            "ptfree-vs-gup-fast",
+            Some("immediate"),
+            Some("ipte"),
+            Some(Mode::Explore),
+        );
+        let lines = compare(S390x, &sel, &o);
+        assert!(lines[0].ok, "{}", lines[0]);
+        assert_eq!(lines[0].header(), EXPLORE_HEADER);
+        let shown = lines[0].to_string();
+        assert!(
+            shown.contains(" 464 ") && shown.contains(" 102 ") && shown.contains("all"),
+            "{shown}"
+        );
+        // A forced or natural cell is none of an explore run's business.
+        assert!(o[0].explore.is_some() && obs("bug").explore.is_none());
+    }
+
+    #[test]
+    fn explore_cells_are_judged_by_their_figures() {
+        let base = observed(&crate::ktap::parse(EXPLORE_BUG)).remove(0);
+        let cell = |variant: &str, flush: &str, outcome: &str, x: Explored| Observed {
+            variant: variant.into(),
+            flush: Some(flush.into()),
+            outcome: outcome.into(),
+            hits: x.buggy,
+            explore: Some(x),
+            ..base.clone()
+        };
+        let judge = |arch, o: Observed| compare(arch, &Selection::observed(&o), &[o]).remove(0);
+        let x = base.explore.clone().unwrap();
+        // A buggy cell must give its schedule to replay.
+        let l = judge(
+            S390x,
+            cell(
+                "immediate",
+                "ipte",
+                "bug",
+                Explored {
+                    schedule: None,
+                    ..x.clone()
+                },
+            ),
+        );
+        assert!(!l.ok && l.to_string().contains("replay"), "{l}");
+        // A clean cell: no buggy schedule, every schedule within the bound.
+        let clean = Explored {
+            buggy: 0,
+            schedule: None,
+            bound: Some(2),
+            ..x.clone()
+        };
+        let l = judge(S390x, cell("rcu", "ipte", "clean", clean.clone()));
+        assert!(l.ok, "{l}");
+        assert!(l.to_string().contains("all within bound 2"), "{l}");
+        // Cut short within a bound it states: clean within that bound.
+        let cut = Explored {
+            exhausted: false,
+            ..clean.clone()
+        };
+        let l = judge(S390x, cell("rcu", "ipte", "clean", cut.clone()));
+        assert!(
+            l.ok && l.to_string().contains("cut short within bound 2"),
+            "{l}"
+        );
+        // Cut short without a bound: neither exhausted nor bounded.
+        let unbounded = Explored { bound: None, ..cut };
+        let l = judge(S390x, cell("rcu", "ipte", "clean", unbounded));
+        assert!(
+            !l.ok && l.to_string().contains("not exhausted and no bound"),
+            "{l}"
+        );
+        assert!(!judge(S390x, cell("rcu", "ipte", "bug", x.clone())).ok);
+        // Without the summary line the cell cannot be judged.
+        let l = judge(
+            S390x,
+            Observed {
+                explore: None,
+                ..cell("rcu", "ipte", "clean", clean.clone())
+            },
+        );
+        assert!(
+            !l.ok && l.to_string().contains("no `# explore: row=`"),
+            "{l}"
+        );
+        // Forced `impossible` by a cycle: explore is clean and pruned some
+        // schedules by that cycle (a `fix:` cycle counts as the same one).
+        let by = |proof: &str| Explored {
+            pruned: vec![(proof.to_string(), 3)],
+            ..clean.clone()
+        };
+        assert!(judge(X86_64, cell("rcu", "ipi", "clean", by(UNMAP_FLUSH_IPI))).ok);
+        let fix = format!("fix:{UNMAP_FLUSH_IPI}");
+        assert!(judge(X86_64, cell("rcu", "ipi", "clean", by(&fix))).ok);
+        let l = judge(X86_64, cell("rcu", "ipi", "clean", by(UNMAP_RCU_GP)));
+        assert!(
+            !l.ok && l.to_string().contains("no schedule pruned by"),
+            "{l}"
+        );
+        // A given schedule is reported, not judged: any result passes, a
+        // hang does not.
+        let forced = |outcome: &str| Observed {
+            mode: Mode::Forced,
+            explore: None,
+            ..cell("rcu", "ipte", outcome, clean.clone())
+        };
+        let sel = Selection::new(
+            "ptfree-vs-gup-fast",
+            Some("rcu"),
+            Some("ipte"),
+            Some(Mode::Forced),
+        );
+        for (outcome, ok) in [
+            ("bug", true),
+            ("impossible", true),
+            ("clean", true),
+            ("hang", false),
+        ] {
+            let o = Observed {
+                case_ok: outcome != "hang",
+                ..forced(outcome)
+            };
+            assert_eq!(compare_replay(S390x, &sel, &[o])[0].ok, ok, "{outcome}");
+        }
     }
 }
