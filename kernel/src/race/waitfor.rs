@@ -69,6 +69,11 @@ pub enum Wait {
         /// The grace period's number.
         gp: u64,
     },
+    /// For the page lock of frame `pfn`.
+    PageLock {
+        /// The frame.
+        pfn: u64,
+    },
     /// For a reader-writer lock whose holders `owners` records (its
     /// address), to take it for write or for read.
     RwLock {
@@ -77,6 +82,38 @@ pub enum Wait {
         /// The waiter wants it for write.
         write: bool,
     },
+}
+
+/// Page locks each CPU holds (pfn + 1; 0: a free slot). A CPU holds few
+/// at a time; one taken when every slot is used is not recorded (a waiter
+/// for it then shows no edge: at worst a `hang` instead of a cycle).
+static PAGE_LOCKS: [[AtomicU64; 4]; NR_CPUS] =
+    [const { [const { AtomicU64::new(0) }; 4] }; NR_CPUS];
+
+/// `cpu` took the page lock of `pfn`.
+pub fn page_locked(pfn: u64, cpu: usize) {
+    if let Some(slot) = PAGE_LOCKS[cpu.min(NR_CPUS - 1)]
+        .iter()
+        .find(|s| s.load(Ordering::Relaxed) == 0)
+    {
+        slot.store(pfn + 1, Ordering::Release);
+    }
+}
+
+/// The page lock of `pfn` is about to be released (by whichever CPU).
+pub fn page_unlocked(pfn: u64) {
+    for slots in &PAGE_LOCKS {
+        for s in slots {
+            let _ = s.compare_exchange(pfn + 1, 0, Ordering::AcqRel, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The CPU that holds the page lock of `pfn`, as recorded.
+fn page_lock_owner(pfn: u64) -> Option<usize> {
+    PAGE_LOCKS
+        .iter()
+        .position(|slots| slots.iter().any(|s| s.load(Ordering::Acquire) == pfn + 1))
 }
 
 /// The holders of a reader-writer lock (`mmap_lock`), for the prover.
@@ -152,6 +189,7 @@ const GP: u8 = 4;
 const FLUSH_ACK: u8 = 5;
 const RW_READ: u8 = 6;
 const RW_WRITE: u8 = 7;
+const PAGE_LOCK: u8 = 8;
 
 impl Wait {
     fn encode(self) -> (u8, u64) {
@@ -162,6 +200,7 @@ impl Wait {
             Wait::Gp { gp } => (GP, gp),
             Wait::FlushAck { mask } => (FLUSH_ACK, mask),
             Wait::RwLock { owners, write } => (if write { RW_WRITE } else { RW_READ }, owners),
+            Wait::PageLock { pfn } => (PAGE_LOCK, pfn),
         }
     }
 
@@ -174,6 +213,7 @@ impl Wait {
             FLUSH_ACK => Some(Wait::FlushAck { mask: arg }),
             LOCK => Some(Wait::Lock { idx: arg as usize }),
             GP => Some(Wait::Gp { gp: arg }),
+            PAGE_LOCK => Some(Wait::PageLock { pfn: arg }),
             RW_READ | RW_WRITE => Some(Wait::RwLock {
                 owners: arg,
                 write: kind == RW_WRITE,
@@ -351,6 +391,11 @@ pub enum Why {
         /// The grace period.
         gp: u64,
     },
+    /// The other CPU holds the page lock the waiter spins on.
+    PageLockOwner {
+        /// The frame.
+        pfn: u64,
+    },
     /// The other CPU holds the `mmap_lock` the waiter spins on.
     MmapHolder {
         /// The waiter wants it for write.
@@ -398,6 +443,9 @@ impl core::fmt::Display for Edge {
                 "waits for RCU grace period {gp}, which waits for cpu{}'s quiescent state",
                 self.to
             ),
+            Why::PageLockOwner { pfn } => {
+                write!(f, "spins on the page lock of pfn {pfn:#x}, held by cpu{}", self.to)
+            }
             Why::MmapHolder { write } => write!(
                 f,
                 "spins on mmap_lock for {}, held by cpu{}",
@@ -430,6 +478,8 @@ pub enum WaitClass {
     RcuGp,
     /// `mmap_lock` held by the other CPU.
     MmapLock,
+    /// A page lock held by the other CPU.
+    PageLock,
 }
 
 impl WaitClass {
@@ -441,6 +491,7 @@ impl WaitClass {
             WaitClass::Ptl | WaitClass::PtlWaitedBy(_) => "ptl",
             WaitClass::RcuGp => "rcu-gp",
             WaitClass::MmapLock => "mmap-lock",
+            WaitClass::PageLock => "page-lock",
         }
     }
 
@@ -466,6 +517,7 @@ impl Edge {
             Why::PtlOwner { .. } => Some(WaitClass::Ptl),
             Why::RcuGp { .. } => Some(WaitClass::RcuGp),
             Why::MmapHolder { .. } => Some(WaitClass::MmapLock),
+            Why::PageLockOwner { .. } => Some(WaitClass::PageLock),
         }
     }
 }
@@ -568,6 +620,15 @@ pub fn graph<A: crate::Arch>(
                             });
                         }
                     }
+                }
+            }
+            Wait::PageLock { pfn } => {
+                if let Some(to) = page_lock_owner(pfn).filter(|&o| o != cpu) {
+                    edges.push(Edge {
+                        from: cpu,
+                        to,
+                        why: Why::PageLockOwner { pfn },
+                    });
                 }
             }
             Wait::RwLock { owners, write } => {
