@@ -1114,6 +1114,18 @@ fn iteration<A: Mmu, R: Row<A>>(
     if let Some(ex) = explorer.as_deref_mut() {
         let done = |r: usize| sh.done[r].load(Ordering::Acquire) == g;
         verdict = explore_watch::<A>(s, variant.fix_waits, ex, roles, &done, rep);
+        if verdict == Some(Outcome::Hang) {
+            // What led there: the schedule so far and every CPU's events.
+            let text = explore::format_schedule(
+                &explore::replay_steps(roles, ex.decisions()),
+                s.roles,
+            );
+            kprintln!("    # explore: hang after schedule={text}");
+            let roles_of = s.roles;
+            trace::print(&trace::snapshot(REPORT_EVENTS_PER_CPU), |cpu| {
+                point::role_of(cpu).and_then(|r| roles_of.get(r).copied())
+            });
+        }
     }
     while verdict.is_none() && !all_done() {
         let now = A::clock_ns();
