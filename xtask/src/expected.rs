@@ -166,6 +166,8 @@ impl Proof {
                     o.held_by_fix, o.iterations
                 ))
             }
+            // A failed case (a hang) fails for that: its prunings are moot.
+            Proof::Pruned(_) if !o.case_ok => None,
             Proof::Pruned(want) => {
                 let x = o.explore.as_ref()?;
                 let by = |p: &str| p.strip_prefix("fix:").unwrap_or(p) == want;
@@ -1012,6 +1014,12 @@ pub const EXPLORE_HEADER: &str =
     "row                     variant         mode     expected    observed     schedules  pruned   buggy   time_s  explored";
 
 impl Line {
+    /// The variant as the kernel's case name spells it: `variant` or
+    /// `variant@flush`.
+    pub fn label(&self) -> String {
+        label(&self.variant, self.flush.as_deref())
+    }
+
     /// The header of this line's columns.
     pub fn header(&self) -> &'static str {
         match self.mode {

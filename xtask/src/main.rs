@@ -180,7 +180,7 @@ struct ExploreArgs {
     /// Seconds one row's boot may take (each cell stops exploring at its
     /// row's natural time budget, minutes; the kernel catches a hung
     /// schedule itself).
-    #[arg(long, default_value_t = 3600)]
+    #[arg(long, default_value_t = EXPLORE_TIMEOUT_S)]
     timeout: u64,
     /// Echo the raw console while it runs.
     #[arg(long, short)]
@@ -189,6 +189,11 @@ struct ExploreArgs {
     #[arg(last = true)]
     kernel_args: Vec<String>,
 }
+
+/// The default time an explore boot may take: a cell explores until it
+/// has run every schedule within the bound or spent its row's natural time
+/// budget (4 minutes), and a row has up to a dozen cells.
+const EXPLORE_TIMEOUT_S: u64 = 3600;
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum ArchSel {
@@ -224,7 +229,8 @@ struct RunArgs {
     accel: Accel,
     /// Seconds a boot may take before it counts as a hang (default 400: a
     /// `--full` scenario boot runs 10 000 natural iterations per cell,
-    /// minutes under TCG; with --gdb, a day).
+    /// minutes under TCG; with --mode explore, an hour: each cell explores
+    /// up to its row's natural time budget; with --gdb, a day).
     #[arg(long)]
     timeout: Option<u64>,
     /// Also write each race report to a file in this directory
@@ -359,8 +365,12 @@ impl RunArgs {
         c.smp = self.smp;
         c.memory_mib = self.memory;
         c.accel = self.accel;
-        c.timeout =
-            Duration::from_secs(self.timeout.unwrap_or(if self.gdb { 86_400 } else { 400 }));
+        let default = match (self.gdb, self.mode.as_deref()) {
+            (true, _) => 86_400,
+            (false, Some("explore")) => EXPLORE_TIMEOUT_S,
+            (false, _) => 400,
+        };
+        c.timeout = Duration::from_secs(self.timeout.unwrap_or(default));
         c.cmdline = self.cmdline();
         c
     }
@@ -706,9 +716,14 @@ fn explore(args: &ExploreArgs) -> Result<ExitCode> {
                     }
                 }
                 if !l.ok {
-                    mismatches.push(format!("{arch} {} {}", l.row, l.variant));
+                    mismatches.push(format!("{arch} {} {}", l.row, l.label()));
                 }
             }
+            progress.println(&format!(
+                "   {row}: {} cells, boot {:.1} s",
+                lines.len(),
+                boot.elapsed.as_secs_f64()
+            ));
             if !boot.verdict().passed {
                 failed_boots += 1;
                 progress.println(&boot.failure_report());
