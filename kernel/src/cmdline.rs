@@ -278,12 +278,12 @@ impl<'a> Cmdline<'a> {
                 }
                 "schedule" => c.schedule = Some(need("a schedule: role@point,role~point,...")?),
                 "inject" => {
-                    let v = need("deadlock or late-finding")?;
+                    let v = need("deadlock, late-finding or misplaced-point")?;
                     c.inject = Some(crate::race::scenario::Inject::from_name(v).ok_or(
                         CmdlineError::BadValue {
                             key,
                             value: v,
-                            expected: "deadlock or late-finding",
+                            expected: "deadlock, late-finding or misplaced-point",
                         },
                     )?);
                 }

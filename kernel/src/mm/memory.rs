@@ -804,6 +804,12 @@ pub enum WpUnlock {
     /// Before the PTE is made writable, under the PTL (be068f29034f, the
     /// fix).
     BeforePtl,
+    /// A self-check (`inject=misplaced-point`): the buggy order, with the
+    /// race point `wp:before_unlock_page` placed before the PTL is
+    /// released, out of the window it should mark. Forced mode then holds
+    /// the fault under the PTL, as with the fix; explore still finds the
+    /// window through the PTL release and the page unlock.
+    AfterPtlPointUnderPtl,
 }
 
 static WP_UNLOCK: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(1);
@@ -812,6 +818,7 @@ static WP_UNLOCK: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::n
 pub fn wp_unlock_order() -> WpUnlock {
     match WP_UNLOCK.load(Ordering::Acquire) {
         0 => WpUnlock::AfterPtl,
+        2 => WpUnlock::AfterPtlPointUnderPtl,
         _ => WpUnlock::BeforePtl,
     }
 }
@@ -872,6 +879,11 @@ fn do_wp_page<A: Mmu>(
                     // The PTL is released: only the page lock is held, and
                     // it holds no reference.
                     race_point::<A>(&points::WP_BEFORE_UNLOCK_PAGE, addr);
+                    page::unlock_page(old_page);
+                }
+                WpUnlock::AfterPtlPointUnderPtl => {
+                    race_point::<A>(&points::WP_BEFORE_UNLOCK_PAGE, addr);
+                    wp_page_reuse(mm, addr, ptep, pte, ptl);
                     page::unlock_page(old_page);
                 }
             }

@@ -306,11 +306,7 @@ impl MmapLock {
         if let Some(g) = take() {
             return (g, cpu);
         }
-        let wait = waitfor::begin(
-            cpu,
-            self.owners.wait(write),
-            crate::race::irqs_disabled(),
-        );
+        let wait = waitfor::begin(cpu, self.owners.wait(write), crate::race::irqs_disabled());
         let g = loop {
             if let Some(g) = take() {
                 break g;

@@ -100,7 +100,11 @@ impl Explorer {
 
     /// The decision at a point where `enabled` (role, point) are parked, in
     /// role order, and `prev` ran last: the role to grant.
-    pub fn choose(&mut self, enabled: &[(usize, &'static RacePoint)], prev: Option<usize>) -> usize {
+    pub fn choose(
+        &mut self,
+        enabled: &[(usize, &'static RacePoint)],
+        prev: Option<usize>,
+    ) -> usize {
         if self.pos < self.replay {
             let d = &self.path[self.pos];
             let same = d.enabled.len() == enabled.len()
@@ -150,11 +154,7 @@ impl Explorer {
     pub fn next(&mut self) -> bool {
         self.path.truncate(self.pos);
         while let Some(d) = self.path.pop() {
-            let used = self
-                .path
-                .iter()
-                .filter(|d| d.preempts(d.chosen))
-                .count() as u32;
+            let used = self.path.iter().filter(|d| d.preempts(d.chosen)).count() as u32;
             for &(r, _) in &d.enabled {
                 if d.tried & (1 << r) != 0 {
                     continue;
@@ -230,17 +230,24 @@ pub fn parse_schedule(
 ) -> Result<Vec<Step>, String> {
     let mut steps = Vec::new();
     for tok in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
-        let at = tok.find(['@', '~']).ok_or_else(|| {
-            alloc::format!("'{tok}': a step is role@point or role~point")
-        })?;
+        let at = tok
+            .find(['@', '~'])
+            .ok_or_else(|| alloc::format!("'{tok}': a step is role@point or role~point"))?;
         let (role, rest) = tok.split_at(at);
         let leave = rest.starts_with('~');
         let name = &rest[1..];
         let r = roles.iter().position(|x| *x == role).ok_or_else(|| {
-            alloc::format!("'{tok}': unknown role '{role}' (roles: {})", roles.join(", "))
+            alloc::format!(
+                "'{tok}': unknown role '{role}' (roles: {})",
+                roles.join(", ")
+            )
         })?;
         let p = point(name).ok_or_else(|| alloc::format!("'{tok}': unknown point '{name}'"))?;
-        steps.push(if leave { Step::leave(r, p) } else { Step::at(r, p) });
+        steps.push(if leave {
+            Step::leave(r, p)
+        } else {
+            Step::at(r, p)
+        });
     }
     if steps.is_empty() {
         return Err("an empty schedule".into());

@@ -304,8 +304,8 @@ static CPU_OF_ROLE: [AtomicUsize; 8] = [const { AtomicUsize::new(usize::MAX) }; 
 /// Armed points passed by each CPU in the iteration (natural delays).
 static HITS: [AtomicU64; NR_CPUS] = [const { AtomicU64::new(0) }; NR_CPUS];
 
-/// Largest schedule.
-pub const MAX_STEPS: usize = 32;
+/// Largest schedule: a replay of the longest explore schedule fits.
+pub const MAX_STEPS: usize = 2 * super::scenario::EXPLORE_MAX_DECISIONS + 16;
 static STEP_POINT: [AtomicUsize; MAX_STEPS] = [const { AtomicUsize::new(0) }; MAX_STEPS];
 /// `role | leave << 7`.
 static STEP_ROLE: [AtomicU8; MAX_STEPS] = [const { AtomicU8::new(0) }; MAX_STEPS];
@@ -751,7 +751,10 @@ pub fn explore_reset() {
         EX_READY[r].store(0, Ordering::Relaxed);
     }
     NR_STEPS.store(1, Ordering::Relaxed);
-    STEP_POINT[0].store(&points::ROLE_START as *const RacePoint as usize, Ordering::Relaxed);
+    STEP_POINT[0].store(
+        &points::ROLE_START as *const RacePoint as usize,
+        Ordering::Relaxed,
+    );
     STEP_ROLE[0].store(0, Ordering::Relaxed);
     CURSOR.store(0, Ordering::Relaxed);
     ABORT.store(false, Ordering::Relaxed);
@@ -898,7 +901,12 @@ pub fn wait_until<A: Arch>(cond: impl Fn() -> bool) {
     let explore = exploring() && IRQ_DEPTH[cpu].load(Ordering::Relaxed) == 0;
     match role_of(cpu) {
         Some(role) if explore => {
-            trace::record_on(cpu, Kind::Point, &points::ROLE_WAIT as *const RacePoint as u64, 0);
+            trace::record_on(
+                cpu,
+                Kind::Point,
+                &points::ROLE_WAIT as *const RacePoint as u64,
+                0,
+            );
             while !ABORT.load(Ordering::Acquire) {
                 explore_park_until::<A>(cpu, role, &points::ROLE_WAIT, &cond);
                 if cond() {

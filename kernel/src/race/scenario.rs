@@ -603,7 +603,8 @@ static WEDGED: AtomicBool = AtomicBool::new(false);
 
 /// A self-check that breaks the kernel on purpose to show that a verdict
 /// catches it (`inject=`, accepted only with `scenario=`). A row that
-/// implements none ignores it; `ptfree-vs-gup-fast` implements both.
+/// implements none ignores it; `ptfree-vs-gup-fast` implements the first
+/// two, `wp-unlock-vs-zap` the third.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Inject {
     /// `deadlock`: a role holds a lock another role needs, unrelated to the
@@ -615,6 +616,13 @@ pub enum Inject {
     /// reads the table it walked again after the unmap freed it): a finding
     /// after the release, which must make the cell `bug`.
     LateFinding,
+    /// `misplaced-point`: the fix is broken and its row's race point moved
+    /// out of the window (`do_wp_page` unlocks the reused page after the
+    /// PTL release, as the bug does, but `wp:before_unlock_page` sits
+    /// before the release): forced mode and the natural delays no longer
+    /// reach the window; explore must still find it through the
+    /// synchronisation events.
+    MisplacedPoint,
 }
 
 impl Inject {
@@ -623,6 +631,7 @@ impl Inject {
         match name {
             "deadlock" => Some(Inject::Deadlock),
             "late-finding" => Some(Inject::LateFinding),
+            "misplaced-point" => Some(Inject::MisplacedPoint),
             _ => None,
         }
     }
@@ -900,9 +909,7 @@ fn run_set<A: Mmu, R: Row<A>>(variant: &'static Variant<R::Config>, cfg: &RunCon
             if step == Ok(true) && !ex.next() {
                 break;
             }
-            if cfg.bound.is_none()
-                && ex.bound.is_none()
-                && rep.iterations >= EXPLORE_UNBOUNDED_MAX
+            if cfg.bound.is_none() && ex.bound.is_none() && rep.iterations >= EXPLORE_UNBOUNDED_MAX
             {
                 // Too large to exhaust: start over within the default
                 // bound (the schedules run so far still count).
@@ -1116,10 +1123,8 @@ fn iteration<A: Mmu, R: Row<A>>(
         verdict = explore_watch::<A>(s, variant.fix_waits, ex, roles, &done, rep);
         if verdict == Some(Outcome::Hang) {
             // What led there: the schedule so far and every CPU's events.
-            let text = explore::format_schedule(
-                &explore::replay_steps(roles, ex.decisions()),
-                s.roles,
-            );
+            let text =
+                explore::format_schedule(&explore::replay_steps(roles, ex.decisions()), s.roles);
             kprintln!("    # explore: hang after schedule={text}");
             let roles_of = s.roles;
             trace::print(&trace::snapshot(REPORT_EVENTS_PER_CPU), |cpu| {
@@ -1347,8 +1352,7 @@ fn explore_watch<A: Mmu>(
             }
             // Every role left waits for a condition only another could
             // make true: the row's handshakes deadlock in this order.
-            rep.hang_edges =
-                Some("every role left waits for a condition at role:wait".into());
+            rep.hang_edges = Some("every role left waits for a condition at role:wait".into());
             return Some(Outcome::Hang);
         }
         if ex.decisions().len() >= EXPLORE_MAX_DECISIONS {

@@ -73,7 +73,7 @@ use crate::race::detect::{self, Finding};
 use crate::race::point::{self, points};
 use crate::race::user;
 use crate::race::scenario::{
-    Commit, CommitRole::Fix, CommitRole::Introduced, Ctx, Row, RowInfo, RunMm, Variant,
+    Commit, CommitRole::Fix, CommitRole::Introduced, Ctx, Inject, Row, RowInfo, RunMm, Variant,
 };
 use crate::race::waitfor::WaitClass;
 use alloc::{format, string::String, vec::Vec};
@@ -159,6 +159,11 @@ impl<A: Mmu> Row<A> for WpUnlockVsZap {
         ctx.state.bad_seq = page_alloc::nr_bad_pages();
         ctx.addr = addr;
         ctx.pfns = Vec::from([write_protected_page(ctx.mm(), addr)?]);
+        // inject=misplaced-point: the bug, with its point out of the window
+        // (the runner restores the order when the run ends).
+        if ctx.inject == Some(Inject::MisplacedPoint) {
+            memory::set_wp_unlock_order(WpUnlock::AfterPtlPointUnderPtl);
+        }
         Ok(())
     }
 
