@@ -676,6 +676,9 @@ pub const EXPLORE_UNBOUNDED_MAX: u64 = 1_000;
 /// Decisions one explore schedule makes at most: a role that loops longer
 /// than this is released and the schedule counts as truncated.
 pub const EXPLORE_MAX_DECISIONS: usize = 512;
+/// How long an explore run may take (`budget_s=` overrides): a space not
+/// exhausted by then is reported so, with the schedules run.
+pub const EXPLORE_TIME_NS: u64 = 20_000_000_000;
 /// Schedules an explore run runs at most (`iterations=` overrides).
 pub const EXPLORE_MAX_SCHEDULES: u64 = 20_000;
 
@@ -872,7 +875,10 @@ fn run_set<A: Mmu, R: Row<A>>(variant: &'static Variant<R::Config>, cfg: &RunCon
     if explorer.is_some() {
         rep.explore = Some(ExploreSummary::default());
     }
-    let time_budget = cfg.time_budget_ns.unwrap_or(s.budget.natural_time_ns);
+    let time_budget = cfg.time_budget_ns.unwrap_or(match mode {
+        Mode::Explore => EXPLORE_TIME_NS,
+        _ => s.budget.natural_time_ns,
+    });
     let progress_ns = cfg.progress_ns.unwrap_or(0);
     let start = A::clock_ns();
     let mut last_progress = start;
