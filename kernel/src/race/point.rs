@@ -918,6 +918,8 @@ pub fn wait_until<A: Arch>(cond: impl Fn() -> bool) {
             }
         }
         _ => {
+            // A forced schedule (an explore replay) can hold it here.
+            race_point::<A>(&points::ROLE_WAIT, 0);
             while !cond() {
                 A::cpu_relax();
             }

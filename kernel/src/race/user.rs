@@ -69,6 +69,8 @@ pub fn sleep_until<A: Arch>(cond: impl Fn() -> bool) {
         // holds.
         return point::wait_until::<A>(cond);
     }
+    // A forced schedule (an explore replay) can hold it here.
+    point::race_point::<A>(&point::points::ROLE_WAIT, 0);
     loop {
         A::local_irq_disable();
         if cond() {
