@@ -466,8 +466,7 @@ pub fn assert_cells_agree(
     sel: &xtask::expected::Selection,
 ) -> (Vec<xtask::expected::Line>, String) {
     let platform = xtask::platform::Platform::of(&b.ktap);
-    let lines =
-        xtask::expected::compare(arch, &platform, sel, &xtask::expected::observed(&b.ktap));
+    let lines = xtask::expected::compare(arch, &platform, sel, &xtask::expected::observed(&b.ktap));
     assert!(!lines.is_empty(), "{arch} {what}: no cells");
     let mut table = format!("{}\n", lines[0].header());
     for l in &lines {

@@ -7,7 +7,9 @@
 //! prints a race report. One test per row and architecture, so that
 //! `cargo nextest run --partition` spreads the rows over machines.
 
-use quiesce_tests::{assert_cells_agree, assert_passed, assert_tcg_platform, boot, Harness, TIMEOUT};
+use quiesce_tests::{
+    assert_cells_agree, assert_passed, assert_tcg_platform, boot, Harness, TIMEOUT,
+};
 use std::time::Duration;
 use xtask::expected::{self, Expect, Observed, Selection};
 use xtask::{Arch, Boot};

@@ -683,15 +683,18 @@ fn build_cells(modes: &[Mode]) -> Vec<Cell> {
                         Mode::Natural => (en.natural, None),
                         Mode::Explore => explore_expect(en),
                     };
-                    let without = en.without.filter(|_| mode != Mode::Explore).map(|a| Without {
-                        property: a.property,
-                        expect: if mode == Mode::Forced {
-                            a.forced
-                        } else {
-                            a.natural
-                        },
-                        proof: if mode == Mode::Forced { a.proof } else { None },
-                    });
+                    let without = en
+                        .without
+                        .filter(|_| mode != Mode::Explore)
+                        .map(|a| Without {
+                            property: a.property,
+                            expect: if mode == Mode::Forced {
+                                a.forced
+                            } else {
+                                a.natural
+                            },
+                            proof: if mode == Mode::Forced { a.proof } else { None },
+                        });
                     cells.push(Cell {
                         row,
                         arch,
@@ -1764,7 +1767,8 @@ ok 1 ptfree-vs-gup-fast:immediate@ipte:explore\nok 1 scenario\n";
             explore: Some(x),
             ..base.clone()
         };
-        let judge = |arch, o: Observed| compare(arch, &tcg(), &Selection::observed(&o), &[o]).remove(0);
+        let judge =
+            |arch, o: Observed| compare(arch, &tcg(), &Selection::observed(&o), &[o]).remove(0);
         let x = base.explore.clone().unwrap();
         // A buggy cell must give its schedule to replay.
         let l = judge(
