@@ -151,7 +151,7 @@ impl Explorer {
     /// Ends a schedule and picks the next one: the deepest decision with a
     /// role not tried yet within the bound gets it. Returns false when no
     /// schedule is left ([`Explorer::exhausted`]).
-    pub fn next(&mut self) -> bool {
+    pub fn advance(&mut self) -> bool {
         self.path.truncate(self.pos);
         while let Some(d) = self.path.pop() {
             let used = self.path.iter().filter(|d| d.preempts(d.chosen)).count() as u32;
@@ -292,7 +292,7 @@ mod tests {
                 seq.push(r);
             }
             all.push(seq);
-            if !ex.next() {
+            if !ex.advance() {
                 break;
             }
         }

@@ -744,11 +744,11 @@ static EX_AT: [AtomicUsize; 8] = [const { AtomicUsize::new(0) }; 8];
 
 /// Resets the explore state for a new iteration (no role runs).
 pub fn explore_reset() {
-    for r in 0..8 {
-        EX_ARRIVED[r].store(0, Ordering::Relaxed);
-        EX_GRANTED[r].store(0, Ordering::Relaxed);
-        EX_AT[r].store(0, Ordering::Relaxed);
-        EX_READY[r].store(0, Ordering::Relaxed);
+    for w in EX_ARRIVED.iter().chain(&EX_GRANTED).chain(&EX_READY) {
+        w.store(0, Ordering::Relaxed);
+    }
+    for at in &EX_AT {
+        at.store(0, Ordering::Relaxed);
     }
     NR_STEPS.store(1, Ordering::Relaxed);
     STEP_POINT[0].store(
@@ -861,7 +861,7 @@ static EX_READY: [AtomicU64; 8] = [const { AtomicU64::new(0) }; 8];
 pub fn explore_enabled<A: Arch>(roles: usize) -> Vec<(usize, &'static RacePoint)> {
     let epoch = EX_EPOCH.fetch_add(1, Ordering::AcqRel) + 1;
     let mut out = Vec::new();
-    for r in 0..roles {
+    for (r, readiness) in EX_READY.iter().enumerate().take(roles) {
         let Some(p) = explore_parked(r) else {
             continue;
         };
@@ -874,7 +874,7 @@ pub fn explore_enabled<A: Arch>(roles: usize) -> Vec<(usize, &'static RacePoint)
             A::send_ipi(cpu);
         }
         let ready = loop {
-            let v = EX_READY[r].load(Ordering::Acquire);
+            let v = readiness.load(Ordering::Acquire);
             if v >> 1 >= epoch {
                 break v & 1 == 1;
             }

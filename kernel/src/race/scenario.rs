@@ -912,7 +912,7 @@ fn run_set<A: Mmu, R: Row<A>>(variant: &'static Variant<R::Config>, cfg: &RunCon
             explorer.as_mut(),
         );
         if let Some(ex) = explorer.as_mut() {
-            if step == Ok(true) && !ex.next() {
+            if step == Ok(true) && !ex.advance() {
                 break;
             }
             if cfg.bound.is_none() && ex.bound.is_none() && rep.iterations >= EXPLORE_UNBOUNDED_MAX
