@@ -1122,6 +1122,7 @@ fn iteration<A: Mmu, R: Row<A>>(
     let mut last_probe = t0;
     let mut cycle_mask = 0u64;
     let mut cycle_since = 0u64;
+    let mut held = false;
     let mut verdict: Option<Outcome> = None;
     let mut explorer = explorer;
     if let Some(ex) = explorer.as_deref_mut() {
@@ -1160,7 +1161,12 @@ fn iteration<A: Mmu, R: Row<A>>(
                     {
                         // The fix holds the interleaving back: release the
                         // schedule and let the iteration finish, judged.
-                        rep.held_by_fix += 1;
+                        // Counted once per iteration: a held CPU the host
+                        // has not run since the release still shows it.
+                        if !held {
+                            held = true;
+                            rep.held_by_fix += 1;
+                        }
                         rep.fix_cycle.get_or_insert_with(|| waitfor::describe(&c));
                         rep.fix_evidence
                             .get_or_insert_with(|| evidence(s, &c, point::role_of));
