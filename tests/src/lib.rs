@@ -93,10 +93,36 @@ impl Harness {
         skip: Option<String>,
         body: impl FnOnce() + Send + 'static,
     ) -> Self {
-        let name = name.into();
-        let reason = skip.clone();
+        let trial = Self::trial(name.into(), skip.clone(), body).with_ignored_flag(skip.is_some());
+        self.trials.push((trial, skip));
+        self
+    }
+
+    /// A test that boots every architecture of `arches` and runs only when
+    /// asked for (`-- --include-ignored` or `-- --ignored`), as libtest's
+    /// `#[ignore]`: listed ignored for `reason` (it takes long), and when
+    /// asked for, run like [`Harness::test`] (skipped when an architecture
+    /// is not in `QUIESCE_TEST_ARCHES`).
+    pub fn test_on_request(
+        mut self,
+        name: impl Into<String>,
+        arches: &[Arch],
+        reason: &str,
+        body: impl FnOnce() + Send + 'static,
+    ) -> Self {
+        let skip = arches_left_out(arches);
+        let trial = Self::trial(name.into(), skip.clone(), body).with_ignored_flag(true);
+        self.trials
+            .push((trial, Some(skip.unwrap_or_else(|| reason.to_string()))));
+        self
+    }
+
+    /// The trial of `body`, ignored for `skip` without running if that is
+    /// `Some`.
+    fn trial(name: String, skip: Option<String>, body: impl FnOnce() + Send + 'static) -> Trial {
+        let reason = skip;
         let test = name.clone();
-        let trial = Trial::ignorable_test(name, move || {
+        Trial::ignorable_test(name, move || {
             if let Some(reason) = reason {
                 return Ok(Completion::ignored_with(reason));
             }
@@ -115,9 +141,6 @@ impl Harness {
                 Err(e) => Err(Failed::from(panic_message(&*e))),
             }
         })
-        .with_ignored_flag(skip.is_some());
-        self.trials.push((trial, skip));
-        self
     }
 
     /// A test that boots every architecture of `arches`: skipped when one
@@ -430,6 +453,30 @@ pub fn assert_tcg_platform(boot: &Boot, arch: Arch, smp: usize) {
             platform.describe()
         );
     }
+}
+
+/// The cells `sel` selects of the boot `b` of `arch`, compared with the
+/// expected table: asserts that there are some and that every one agrees
+/// (`what` names the boot in a failure). The comparison's lines and the
+/// table as printed (with the header of its mode).
+pub fn assert_cells_agree(
+    arch: Arch,
+    what: &str,
+    b: &Boot,
+    sel: &xtask::expected::Selection,
+) -> (Vec<xtask::expected::Line>, String) {
+    let platform = xtask::platform::Platform::of(&b.ktap);
+    let lines = xtask::expected::compare(arch, &platform, sel, &xtask::expected::observed(&b.ktap));
+    assert!(!lines.is_empty(), "{arch} {what}: no cells");
+    let mut table = format!("{}\n", lines[0].header());
+    for l in &lines {
+        table.push_str(&format!("{l}\n"));
+    }
+    assert!(
+        lines.iter().all(|l| l.ok),
+        "{arch} {what}: cells differ from the table\n{table}"
+    );
+    (lines, table)
 }
 
 /// Index of the first diagnostic line containing every one of `parts`.

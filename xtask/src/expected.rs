@@ -30,6 +30,16 @@
 //! property `no`, and says so (`expects impossible: this platform keeps no
 //! stale TLB entry after a PTE clear`). Everything else, a boot without the
 //! line included, is judged by the main expectations, the TCG facts.
+//!
+//! Explore mode (`mode=explore`, docs/explore.md) has a third cell per
+//! entry, derived from it, never written by hand ([`EXPLORE_CELLS`]): a
+//! variant that is `bug` forced or natural must show at least one buggy
+//! schedule and the text that replays it; one that is `clean` or
+//! `impossible` in both must show none, over every schedule (exhausted) or
+//! over every schedule it ran within the preemption bound it states; a
+//! forced `impossible` cell's cycle must be among the proofs schedules
+//! were pruned by; a variant that reports its hit rate only reports. Explore
+//! cells run only when asked for ([`Selection::mode`]).
 
 use crate::ktap::Document;
 use crate::platform::{Platform, Property};
@@ -43,6 +53,9 @@ pub enum Mode {
     Natural,
     /// A schedule over race points.
     Forced,
+    /// Every ordering of the race points and synchronisation events, one
+    /// schedule per iteration.
+    Explore,
 }
 
 impl Mode {
@@ -51,6 +64,7 @@ impl Mode {
         match self {
             Mode::Natural => "natural",
             Mode::Forced => "forced",
+            Mode::Explore => "explore",
         }
     }
 
@@ -59,6 +73,7 @@ impl Mode {
         match s {
             "natural" => Some(Mode::Natural),
             "forced" => Some(Mode::Forced),
+            "explore" => Some(Mode::Explore),
             _ => None,
         }
     }
@@ -162,6 +177,11 @@ pub enum Proof {
     /// iteration (`held_by_fix` equals the iterations): the cycle it
     /// holds it with.
     HeldByFix(&'static str),
+    /// An explore cell of a forced-`impossible` variant: a cycle some
+    /// schedules were pruned by (`# explore: pruned=N by=P`, with or
+    /// without the `fix:` prefix of a cycle through the fix's waits): the
+    /// ordering the bug needs is refused by it.
+    Pruned(&'static str),
 }
 
 impl Proof {
@@ -181,6 +201,26 @@ impl Proof {
                     "the fix held {} of {} iterations, the table says every one",
                     o.held_by_fix, o.iterations
                 ))
+            }
+            // A failed case (a hang) fails for that: its prunings are moot.
+            Proof::Pruned(_) if !o.case_ok => None,
+            Proof::Pruned(want) => {
+                let x = o.explore.as_ref()?;
+                let by = |p: &str| p.strip_prefix("fix:").unwrap_or(p) == want;
+                (!x.pruned.iter().any(|(p, _)| by(p))).then(|| {
+                    format!(
+                        "no schedule pruned by {want}, the table's cycle (pruned by: {})",
+                        if x.pruned.is_empty() {
+                            "none".to_string()
+                        } else {
+                            x.pruned
+                                .iter()
+                                .map(|(p, _)| p.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        }
+                    )
+                })
             }
             _ => None,
         }
@@ -574,9 +614,39 @@ pub const ROW_SKIPS: &[(&str, Arch, &str)] = &[
     ),
 ];
 
-/// Every cell, built from [`ENTRIES`] and [`ROW_SKIPS`]: rows in table
-/// order, each row's cells in entry order, then its skipped cells.
-pub static CELLS: std::sync::LazyLock<Vec<Cell>> = std::sync::LazyLock::new(build_cells);
+/// Every forced and natural cell, built from [`ENTRIES`] and
+/// [`ROW_SKIPS`]: rows in table order, each row's cells in entry order,
+/// then its skipped cells.
+pub static CELLS: std::sync::LazyLock<Vec<Cell>> =
+    std::sync::LazyLock::new(|| build_cells(&[Mode::Forced, Mode::Natural]));
+
+/// Every explore cell, one per forced cell, in the same order, its
+/// expectation derived from the entry ([`explore_expect`]).
+pub static EXPLORE_CELLS: std::sync::LazyLock<Vec<Cell>> =
+    std::sync::LazyLock::new(|| build_cells(&[Mode::Explore]));
+
+/// Every cell of the table: [`CELLS`], then [`EXPLORE_CELLS`].
+pub fn all_cells() -> impl Iterator<Item = &'static Cell> {
+    CELLS.iter().chain(EXPLORE_CELLS.iter())
+}
+
+/// What an entry's explore cell must show, derived from its forced and
+/// natural cells: `bug` if either is (some schedule is buggy); `bug|clean`
+/// if either reports only; else `clean` (no buggy schedule, every
+/// schedule within the bound run), and for a forced `impossible` cell
+/// with some schedules pruned by its cycle.
+fn explore_expect(en: &Entry) -> (Expect, Option<Proof>) {
+    match (en.forced, en.natural) {
+        (Skip, _) | (_, Skip) => (Skip, None),
+        (Bug, _) | (_, Bug) => (Bug, None),
+        (Report, _) | (_, Report) => (Report, None),
+        (Impossible, _) => match en.proof {
+            Some(Proof::Cycle(p)) => (Clean, Some(Proof::Pruned(p))),
+            _ => (Clean, None),
+        },
+        (Clean, _) => (Clean, None),
+    }
+}
 
 /// The rows of the table, in table order.
 pub fn rows() -> Vec<&'static str> {
@@ -589,7 +659,8 @@ pub fn rows() -> Vec<&'static str> {
     rows
 }
 
-fn build_cells() -> Vec<Cell> {
+/// The cells of `modes`, rows in table order.
+fn build_cells(modes: &[Mode]) -> Vec<Cell> {
     let mut cells = Vec::new();
     for row in rows() {
         let mut variants: Vec<&'static str> = Vec::new();
@@ -606,19 +677,24 @@ fn build_cells() -> Vec<Cell> {
                 ),
             };
             for arch in arches {
-                for (mode, expect, proof) in [
-                    (Mode::Forced, en.forced, en.proof),
-                    (Mode::Natural, en.natural, None),
-                ] {
-                    let without = en.without.map(|a| Without {
-                        property: a.property,
-                        expect: if mode == Mode::Forced {
-                            a.forced
-                        } else {
-                            a.natural
-                        },
-                        proof: if mode == Mode::Forced { a.proof } else { None },
-                    });
+                for &mode in modes {
+                    let (expect, proof) = match mode {
+                        Mode::Forced => (en.forced, en.proof),
+                        Mode::Natural => (en.natural, None),
+                        Mode::Explore => explore_expect(en),
+                    };
+                    let without = en
+                        .without
+                        .filter(|_| mode != Mode::Explore)
+                        .map(|a| Without {
+                            property: a.property,
+                            expect: if mode == Mode::Forced {
+                                a.forced
+                            } else {
+                                a.natural
+                            },
+                            proof: if mode == Mode::Forced { a.proof } else { None },
+                        });
                     cells.push(Cell {
                         row,
                         arch,
@@ -634,7 +710,7 @@ fn build_cells() -> Vec<Cell> {
         }
         for &(_, arch, _) in ROW_SKIPS.iter().filter(|(r, _, _)| *r == row) {
             for &variant in &variants {
-                for mode in [Mode::Forced, Mode::Natural] {
+                for &mode in modes {
                     cells.push(Cell {
                         row,
                         arch,
@@ -660,7 +736,7 @@ pub fn lookup(
     flush: Option<&str>,
     mode: Mode,
 ) -> Option<&'static Cell> {
-    CELLS.iter().find(|c| {
+    all_cells().find(|c| {
         c.row == row && c.arch == arch && c.variant == variant && c.flush == flush && c.mode == mode
     })
 }
@@ -696,6 +772,167 @@ pub struct Observed {
     pub case_ok: bool,
     /// The case's failure reason or skip reason, if any.
     pub note: Option<String>,
+    /// Explore cells: what the exploration covered (`None` for the other
+    /// modes, or an explore case that printed no `# explore: row=` line).
+    pub explore: Option<Explored>,
+}
+
+/// What an explore cell covered, from its `# explore:` lines: the summary
+/// (`explore: row= ... schedules= complete= pruned= buggy= exhausted=
+/// bound= unbounded_first= divergent= truncated= max_decisions=
+/// elapsed_ms=`), one
+/// `explore: pruned=N by=PROOF` per proof, `explore: buggy schedule K:
+/// TEXT` for the first buggy ones and `explore: schedule=TEXT`, the first
+/// buggy schedule to replay.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Explored {
+    /// Schedules run (the cell's iterations).
+    pub schedules: u64,
+    /// Schedules that ran to their end.
+    pub complete: u64,
+    /// Schedules pruned by a wait-for cycle (the hardware or the fix
+    /// refused the ordering).
+    pub pruned_total: u64,
+    /// Pruned schedules by the cycle's proof (`fix:` prefixed: a cycle
+    /// through the fix's waits), as the kernel printed them.
+    pub pruned: Vec<(String, u64)>,
+    /// Schedules in which a detector fired (the cell's hits).
+    pub buggy: u64,
+    /// Every schedule within the bound ran.
+    pub exhausted: bool,
+    /// The preemption bound at the end of the run (`None`: unbounded).
+    pub bound: Option<u32>,
+    /// Unbounded schedules run before the default bound was taken.
+    pub unbounded_first: Option<u64>,
+    /// Schedules whose replayed prefix met other parked roles.
+    pub divergent: u64,
+    /// Schedules cut at the kernel's most decisions per schedule (the
+    /// roles then ran free to their end): neither complete nor explored to
+    /// their end.
+    pub truncated: u64,
+    /// The most decisions one schedule made.
+    pub max_decisions: u64,
+    /// The exploration's time.
+    pub elapsed_ms: u64,
+    /// The buggy schedules printed in full, first first.
+    pub buggy_schedules: Vec<String>,
+    /// The first buggy schedule, in the text form `schedule=` replays.
+    pub schedule: Option<String>,
+}
+
+impl Explored {
+    /// Reads a case's `explore:` diagnostics; `None` without the summary.
+    pub fn parse(diagnostics: &[String]) -> Option<Explored> {
+        let lines: Vec<&str> = diagnostics
+            .iter()
+            .filter_map(|d| d.strip_prefix("explore: "))
+            .collect();
+        let summary = lines.iter().find(|l| l.starts_with("row="))?;
+        let num = |k: &str| {
+            crate::ktap::diag_value(summary, k)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let mut x = Explored {
+            schedules: num("schedules"),
+            complete: num("complete"),
+            pruned_total: num("pruned"),
+            buggy: num("buggy"),
+            exhausted: num("exhausted") == 1,
+            bound: crate::ktap::diag_value(summary, "bound").and_then(|v| v.parse().ok()),
+            unbounded_first: crate::ktap::diag_value(summary, "unbounded_first")
+                .and_then(|v| v.parse().ok()),
+            divergent: num("divergent"),
+            truncated: num("truncated"),
+            max_decisions: num("max_decisions"),
+            elapsed_ms: num("elapsed_ms"),
+            ..Explored::default()
+        };
+        for l in &lines {
+            if let (Some(n), Some(by)) = (
+                l.strip_prefix("pruned=")
+                    .and_then(|r| r.split_whitespace().next())
+                    .and_then(|n| n.parse().ok()),
+                crate::ktap::diag_value(l, "by"),
+            ) {
+                x.pruned.push((by.to_string(), n));
+            } else if let Some(text) = l.strip_prefix("schedule=") {
+                x.schedule = Some(text.trim().to_string());
+            } else if let Some((_, text)) = l
+                .strip_prefix("buggy schedule ")
+                .and_then(|r| r.split_once(": "))
+            {
+                x.buggy_schedules.push(text.trim().to_string());
+            }
+        }
+        Some(x)
+    }
+
+    /// How far the exploration went: `all` (every schedule), `all within
+    /// bound K`, or `cut short` / `cut short within bound K` (by the
+    /// schedule or time limit).
+    pub fn coverage(&self) -> String {
+        let within = self
+            .bound
+            .map_or(String::new(), |b| format!(" within bound {b}"));
+        if self.exhausted {
+            format!("all{within}")
+        } else {
+            format!("cut short{within}")
+        }
+    }
+
+    /// The pruned schedules grouped by the waits of their cycles (the
+    /// `held:role@point` parts left out: the same refusal met at several
+    /// points), largest first: `(waits, schedules, proofs)`.
+    pub fn pruned_by_waits(&self) -> Vec<(String, u64, usize)> {
+        let mut groups: Vec<(String, u64, usize)> = Vec::new();
+        for (proof, n) in &self.pruned {
+            let (fix, cycle) = match proof.strip_prefix("fix:") {
+                Some(c) => ("fix:", c),
+                None => ("", proof.as_str()),
+            };
+            let waits: Vec<&str> = cycle
+                .split('+')
+                .filter(|p| !p.starts_with("held:"))
+                .collect();
+            let key = format!("{fix}{}", waits.join("+"));
+            match groups.iter_mut().find(|g| g.0 == key) {
+                Some(g) => {
+                    g.1 += n;
+                    g.2 += 1;
+                }
+                None => groups.push((key, *n, 1)),
+            }
+        }
+        groups.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        groups
+    }
+}
+
+/// Why the explore cell `c` is not met by `o` beyond its outcome: the
+/// exploration's figures missing, a buggy cell without a schedule to
+/// replay, a clean one whose exploration was cut short.
+fn explore_unmet(c: &Cell, o: &Observed) -> Option<String> {
+    if c.mode != Mode::Explore || c.expect == Expect::Skip || !o.case_ok {
+        return None;
+    }
+    let Some(x) = &o.explore else {
+        return Some("no `# explore: row=` summary".into());
+    };
+    match c.expect {
+        Expect::Bug if x.schedule.is_none() => {
+            Some("buggy schedules but no `schedule=` to replay".into())
+        }
+        // Clean over every schedule, or over the schedules within the
+        // bound it states (the space too large to exhaust): an unbounded
+        // exploration cut short says nothing of the orderings it left.
+        Expect::Clean if !x.exhausted && x.bound.is_none() => Some(format!(
+            "{} unbounded schedules, not exhausted and no bound: the orderings left out are unknown",
+            x.schedules
+        )),
+        _ => None,
+    }
 }
 
 /// The cells a boot ran, from its KTAP suite `scenario`.
@@ -745,6 +982,9 @@ pub fn observed(doc: &Document) -> Vec<Observed> {
                 .map(str::to_string),
             case_ok: r.ok,
             note,
+            explore: (mode == Mode::Explore)
+                .then(|| Explored::parse(&r.diagnostics))
+                .flatten(),
         });
     }
     out
@@ -801,7 +1041,8 @@ pub struct Selection {
     /// A flush strategy (only cells of rows with a flush axis run under
     /// one), or every cell.
     pub flush: Option<String>,
-    /// A mode, or both.
+    /// A mode, or forced and natural (explore cells run only when asked
+    /// for).
     pub mode: Option<Mode>,
 }
 
@@ -811,7 +1052,23 @@ impl Selection {
         self.row.as_deref().is_none_or(|r| r == "all" || r == c.row)
             && self.variant.as_deref().is_none_or(|v| v == c.variant)
             && self.flush.as_deref().is_none_or(|f| Some(f) == c.flush)
-            && self.mode.is_none_or(|m| m == c.mode)
+            && self.mode.map_or(c.mode != Mode::Explore, |m| m == c.mode)
+    }
+
+    /// The cells of `row` (`all`: every row), of `variant` and under
+    /// `flush` if given, in `mode` if given (else forced and natural).
+    pub fn new(row: &str, variant: Option<&str>, flush: Option<&str>, mode: Option<Mode>) -> Self {
+        Selection {
+            row: Some(row.to_string()),
+            variant: variant.map(str::to_string),
+            flush: flush.map(str::to_string),
+            mode,
+        }
+    }
+
+    /// Exactly the cell a boot reported as `o`.
+    pub fn observed(o: &Observed) -> Self {
+        Self::new(&o.row, Some(&o.variant), o.flush.as_deref(), Some(o.mode))
     }
 
     /// Exactly the cell `c`.
@@ -852,6 +1109,9 @@ pub struct Line {
 impl fmt::Display for Line {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let exp = self.expect.map_or("(none)", Expect::name);
+        if self.mode == Mode::Explore {
+            return self.fmt_explore(f, exp);
+        }
         let (obs, it, hits, first) = match &self.observed {
             Some(o) => (
                 o.outcome.clone(),
@@ -888,11 +1148,59 @@ impl fmt::Display for Line {
     }
 }
 
-/// The header matching [`Line`]'s `Display`.
+/// The header matching [`Line`]'s `Display` of a forced or natural cell.
 pub const HEADER: &str =
     "row                     variant         mode     expected    observed    iterations    hits  first_hit_ms";
 
+/// The header matching [`Line`]'s `Display` of an explore cell.
+pub const EXPLORE_HEADER: &str =
+    "row                     variant         mode     expected    observed     schedules  pruned   buggy   time_s  explored";
+
 impl Line {
+    /// The variant as the kernel's case name spells it: `variant` or
+    /// `variant@flush`.
+    pub fn label(&self) -> String {
+        label(&self.variant, self.flush.as_deref())
+    }
+
+    /// The header of this line's columns.
+    pub fn header(&self) -> &'static str {
+        match self.mode {
+            Mode::Explore => EXPLORE_HEADER,
+            _ => HEADER,
+        }
+    }
+
+    /// An explore cell: schedules, pruned and buggy schedules, the time
+    /// and how far the exploration went ([`Explored::coverage`]).
+    fn fmt_explore(&self, f: &mut fmt::Formatter<'_>, exp: &str) -> fmt::Result {
+        let o = self.observed.as_ref();
+        let x = o.and_then(|o| o.explore.as_ref());
+        let fig = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+        write!(
+            f,
+            "{:<23} {:<15} {:<8} {:<11} {:<11} {:>10} {:>7} {:>7} {:>8}  {:<22}  {}",
+            self.row,
+            label(&self.variant, self.flush.as_deref()),
+            self.mode.name(),
+            exp,
+            o.map_or("(not run)", |o| o.outcome.as_str()),
+            fig(x.map(|x| x.schedules)),
+            fig(x.map(|x| x.pruned_total)),
+            fig(x.map(|x| x.buggy)),
+            x.map_or("-".into(), |x| format!("{:.1}", x.elapsed_ms as f64 / 1e3)),
+            x.map_or("-".into(), Explored::coverage),
+            self.verdict()
+        )?;
+        if let Some(why) = &self.why {
+            write!(f, "  ({why})")?;
+        }
+        if let Some(note) = o.and_then(|o| o.note.as_ref()) {
+            write!(f, "  ({note})")?;
+        }
+        Ok(())
+    }
+
     /// The KTAP case of this line's cell: `scenario.row:label:mode`.
     pub fn case(&self) -> String {
         format!(
@@ -927,7 +1235,7 @@ pub fn compare(
     observed: &[Observed],
 ) -> Vec<Line> {
     let mut lines = Vec::new();
-    for c in CELLS.iter().filter(|c| c.arch == arch && sel.includes(c)) {
+    for c in all_cells().filter(|c| c.arch == arch && sel.includes(c)) {
         let o = observed.iter().find(|o| {
             o.row == c.row
                 && o.variant == c.variant
@@ -935,7 +1243,8 @@ pub fn compare(
                 && o.mode == c.mode
         });
         let j = c.judged(platform);
-        let why = o.and_then(|o| j.proof.and_then(|p| p.unmet_by(o)));
+        let why =
+            o.and_then(|o| explore_unmet(c, o).or_else(|| j.proof.and_then(|p| p.unmet_by(o))));
         let ok = why.is_none() && o.is_some_and(|o| o.case_ok && j.expect.accepts(&o.outcome));
         lines.push(Line {
             row: c.row.into(),
@@ -969,7 +1278,27 @@ pub fn compare(
 
 /// Whether the table has cells of `arch` that `sel` includes.
 pub fn has_cells(arch: Arch, sel: &Selection) -> bool {
-    CELLS.iter().any(|c| c.arch == arch && sel.includes(c))
+    all_cells().any(|c| c.arch == arch && sel.includes(c))
+}
+
+/// Compares a forced boot that ran a schedule given on its command line
+/// (`schedule=`, a replay of an explored one) with the table's cells:
+/// the table states what the row's own schedule shows, so a replayed cell
+/// is reported, not judged: it agrees when it ran to a result (`bug`,
+/// `clean`, `impossible`; `skip` where the table skips the row).
+pub fn compare_replay(arch: Arch, sel: &Selection, observed: &[Observed]) -> Vec<Line> {
+    compare(arch, &Platform::tcg_facts(), sel, observed)
+        .into_iter()
+        .map(|mut l| {
+            l.ok = l.observed.as_ref().is_some_and(|o| {
+                o.case_ok
+                    && (["bug", "clean", "impossible"].contains(&o.outcome.as_str())
+                        || (o.outcome == "skip" && l.expect == Some(Expect::Skip)))
+            });
+            l.why = Some("a given schedule: reported, not judged by the table".into());
+            l
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -984,7 +1313,7 @@ mod tests {
     /// and with its alternative where it has one.
     fn judged_cells() -> Vec<Cell> {
         let mut out = Vec::new();
-        for c in CELLS.iter() {
+        for c in all_cells() {
             out.push(*c);
             if let Some(w) = c.without {
                 out.push(Cell {
@@ -1003,6 +1332,13 @@ mod tests {
         for c in judged_cells() {
             match (c.mode, c.expect, c.proof) {
                 (Mode::Forced, Expect::Impossible, Some(Proof::Cycle(_))) => {}
+                (Mode::Explore, Expect::Clean, Some(Proof::Pruned(p))) => {
+                    let forced = lookup(c.row, c.arch, c.variant, c.flush, Mode::Forced);
+                    assert_eq!(forced.unwrap().proof, Some(Proof::Cycle(p)), "{c:?}");
+                }
+                (_, _, Some(Proof::Pruned(_))) => {
+                    panic!("{c:?}: pruned proof not on explore clean")
+                }
                 (_, Expect::Impossible, _) => panic!("{c:?}: impossible without its cycle"),
                 (_, _, Some(Proof::Cycle(_))) => panic!("{c:?}: a cycle for a cell not impossible"),
                 (Mode::Forced, Expect::Clean, Some(Proof::HeldByFix(_))) | (_, _, None) => {}
@@ -1077,17 +1413,18 @@ mod tests {
             fix_evidence: None,
             case_ok: outcome != "hang",
             note: None,
+            explore: None,
         }
     }
 
     #[test]
     fn a_cycle_or_a_hold_other_than_the_tables_fails_the_cell() {
-        let sel = Selection {
-            row: Some("ptfree-vs-gup-fast".into()),
-            variant: Some("immediate".into()),
-            flush: Some("ipi".into()),
-            mode: Some(Mode::Forced),
-        };
+        let sel = Selection::new(
+            "ptfree-vs-gup-fast",
+            Some("immediate"),
+            Some("ipi"),
+            Some(Mode::Forced),
+        );
         let cell = |evidence: &str| Observed {
             row: "ptfree-vs-gup-fast".into(),
             variant: "immediate".into(),
@@ -1213,7 +1550,8 @@ mod tests {
                     c.flush,
                     match c.mode {
                         Mode::Forced => Mode::Natural,
-                        Mode::Natural => Mode::Forced,
+                        // Explore cells state no alternative.
+                        Mode::Natural | Mode::Explore => Mode::Forced,
                     },
                 )
                 .expect("both modes");
@@ -1232,12 +1570,7 @@ mod tests {
 
     #[test]
     fn comparison_flags_mismatches_missing_and_unknown_cells() {
-        let sel = Selection {
-            row: Some("demo-lock-vs-put".into()),
-            variant: Some("buggy".into()),
-            flush: None,
-            mode: Some(Mode::Forced),
-        };
+        let sel = Selection::new("demo-lock-vs-put", Some("buggy"), None, Some(Mode::Forced));
         let lines = compare(Arch::S390x, &tcg(), &sel, &[obs("bug")]);
         assert_eq!(lines.len(), 1);
         assert!(lines[0].ok);
@@ -1296,5 +1629,239 @@ not ok 2 demo-lock-vs-put:fixed:natural\nnot ok 1 scenario\n";
         );
         assert_eq!((o[1].outcome.as_str(), o[1].case_ok), ("vacuous", false));
         assert_eq!(o[1].first_hit_ns, None);
+    }
+
+    #[test]
+    fn every_forced_cell_has_its_explore_cell_derived_from_the_entry() {
+        assert_eq!(EXPLORE_CELLS.len() * 2, CELLS.len());
+        for c in CELLS.iter().filter(|c| c.mode == Mode::Forced) {
+            let x = lookup(c.row, c.arch, c.variant, c.flush, Mode::Explore)
+                .unwrap_or_else(|| panic!("{c:?}: no explore cell"));
+            let natural = lookup(c.row, c.arch, c.variant, c.flush, Mode::Natural).unwrap();
+            let want = match (c.expect, natural.expect) {
+                (Expect::Skip, _) => Expect::Skip,
+                (Expect::Bug, _) | (_, Expect::Bug) => Expect::Bug,
+                (Expect::Report, _) | (_, Expect::Report) => Expect::Report,
+                _ => Expect::Clean,
+            };
+            assert_eq!(x.expect, want, "{c:?}");
+        }
+        let cell = |row, arch, variant, flush| {
+            lookup(row, arch, variant, Some(flush), Mode::Explore).unwrap()
+        };
+        let x = cell("ptfree-vs-gup-fast", S390x, "immediate", "ipte");
+        assert_eq!((x.expect, x.proof), (Expect::Bug, None));
+        let x = cell("ptfree-vs-gup-fast", X86_64, "rcu", "ipi");
+        assert_eq!(
+            (x.expect, x.proof),
+            (Expect::Clean, Some(Proof::Pruned(UNMAP_FLUSH_IPI)))
+        );
+        let x = lookup(
+            "wp-unlock-vs-zap",
+            X86_64,
+            "fixed-immediate",
+            None,
+            Mode::Explore,
+        );
+        assert_eq!(x.unwrap().expect, Expect::Report);
+        let x = lookup("gup-fast-folding", X86_64, "fixed", None, Mode::Explore);
+        assert_eq!(x.unwrap().expect, Expect::Skip);
+    }
+
+    #[test]
+    fn explore_cells_run_only_when_asked_for() {
+        let x = lookup("demo-lock-vs-put", S390x, "buggy", None, Mode::Explore).unwrap();
+        assert!(!Selection::default().includes(x));
+        let sel = Selection {
+            mode: Some(Mode::Explore),
+            ..Selection::default()
+        };
+        assert!(sel.includes(x));
+        assert!(!sel.includes(&CELLS[0]));
+        assert!(CELLS.iter().all(|c| Selection::default().includes(c)));
+    }
+
+    /// The `# explore:` lines of a buggy cell, as the kernel prints them.
+    const EXPLORE_BUG: &str = "KTAP version 1\n# quiesce arch=s390x cpus=4\n1..1\n    KTAP version 1\n    # Subtest: scenario\n    1..1\n    \
+# explore: buggy schedule 1: gup@role:start,unmap@role:start,gup~role:start\n    \
+# explore: buggy schedule 2: unmap@role:start,gup@role:start\n    \
+# row=ptfree-vs-gup-fast variant=immediate flush=ipte mode=explore outcome=bug iterations=464 hits=102 first_hit_ns=99707932 held_by_fix=0 evidence=- fix_evidence=-\n    \
+# explore: row=ptfree-vs-gup-fast variant=immediate flush=ipte schedules=464 complete=264 pruned=34 buggy=102 exhausted=1 bound=none unbounded_first=- divergent=0 truncated=4 max_decisions=23 elapsed_ms=6628\n    \
+# explore: pruned=20 by=held:unmap@gather:after_table_free+mmap-lock:gup>unmap\n    \
+# explore: pruned=12 by=held:unmap@sync:free_page+mmap-lock:gup>unmap\n    \
+# explore: pruned=2 by=fix:call-ipi:unmap>gup+held:gup@gup_fast:after_pmd_read\n    \
+# explore: schedule=gup@role:start,unmap@role:start,gup~role:start\n    \
+ok 1 ptfree-vs-gup-fast:immediate@ipte:explore\nok 1 scenario\n";
+
+    #[test]
+    fn explore_lines_are_read() {
+        let o = observed(&crate::ktap::parse(EXPLORE_BUG));
+        assert_eq!(o.len(), 1);
+        assert_eq!(
+            (o[0].mode, o[0].flush.as_deref(), o[0].iterations, o[0].hits),
+            (Mode::Explore, Some("ipte"), 464, 102)
+        );
+        let x = o[0].explore.as_ref().unwrap();
+        assert_eq!(
+            (
+                x.schedules,
+                x.complete,
+                x.pruned_total,
+                x.buggy,
+                x.exhausted
+            ),
+            (464, 264, 34, 102, true)
+        );
+        assert_eq!(
+            (x.bound, x.unbounded_first, x.truncated, x.max_decisions),
+            (None, None, 4, 23)
+        );
+        assert_eq!(x.elapsed_ms, 6628);
+        assert_eq!(x.pruned.len(), 3);
+        assert_eq!(
+            x.pruned[0],
+            (
+                "held:unmap@gather:after_table_free+mmap-lock:gup>unmap".into(),
+                20
+            )
+        );
+        assert_eq!(
+            x.schedule.as_deref(),
+            Some("gup@role:start,unmap@role:start,gup~role:start")
+        );
+        assert_eq!(x.buggy_schedules.len(), 2);
+        assert_eq!(x.coverage(), "all");
+        assert_eq!(
+            x.pruned_by_waits(),
+            [
+                ("mmap-lock:gup>unmap".to_string(), 32, 2),
+                ("fix:call-ipi:unmap>gup".to_string(), 2, 1)
+            ]
+        );
+        let sel = Selection::new(
+            "ptfree-vs-gup-fast",
+            Some("immediate"),
+            Some("ipte"),
+            Some(Mode::Explore),
+        );
+        let lines = compare(S390x, &tcg(), &sel, &o);
+        assert!(lines[0].ok, "{}", lines[0]);
+        assert_eq!(lines[0].header(), EXPLORE_HEADER);
+        let shown = lines[0].to_string();
+        assert!(
+            shown.contains(" 464 ") && shown.contains(" 102 ") && shown.contains("all"),
+            "{shown}"
+        );
+        // A forced or natural cell is none of an explore run's business.
+        assert!(o[0].explore.is_some() && obs("bug").explore.is_none());
+    }
+
+    #[test]
+    fn explore_cells_are_judged_by_their_figures() {
+        let base = observed(&crate::ktap::parse(EXPLORE_BUG)).remove(0);
+        let cell = |variant: &str, flush: &str, outcome: &str, x: Explored| Observed {
+            variant: variant.into(),
+            flush: Some(flush.into()),
+            outcome: outcome.into(),
+            hits: x.buggy,
+            explore: Some(x),
+            ..base.clone()
+        };
+        let judge =
+            |arch, o: Observed| compare(arch, &tcg(), &Selection::observed(&o), &[o]).remove(0);
+        let x = base.explore.clone().unwrap();
+        // A buggy cell must give its schedule to replay.
+        let l = judge(
+            S390x,
+            cell(
+                "immediate",
+                "ipte",
+                "bug",
+                Explored {
+                    schedule: None,
+                    ..x.clone()
+                },
+            ),
+        );
+        assert!(!l.ok && l.to_string().contains("replay"), "{l}");
+        // A clean cell: no buggy schedule, every schedule within the bound.
+        let clean = Explored {
+            buggy: 0,
+            schedule: None,
+            bound: Some(2),
+            ..x.clone()
+        };
+        let l = judge(S390x, cell("rcu", "ipte", "clean", clean.clone()));
+        assert!(l.ok, "{l}");
+        assert!(l.to_string().contains("all within bound 2"), "{l}");
+        // Cut short within a bound it states: clean within that bound.
+        let cut = Explored {
+            exhausted: false,
+            ..clean.clone()
+        };
+        let l = judge(S390x, cell("rcu", "ipte", "clean", cut.clone()));
+        assert!(
+            l.ok && l.to_string().contains("cut short within bound 2"),
+            "{l}"
+        );
+        // Cut short without a bound: neither exhausted nor bounded.
+        let unbounded = Explored { bound: None, ..cut };
+        let l = judge(S390x, cell("rcu", "ipte", "clean", unbounded));
+        assert!(
+            !l.ok && l.to_string().contains("not exhausted and no bound"),
+            "{l}"
+        );
+        assert!(!judge(S390x, cell("rcu", "ipte", "bug", x.clone())).ok);
+        // Without the summary line the cell cannot be judged.
+        let l = judge(
+            S390x,
+            Observed {
+                explore: None,
+                ..cell("rcu", "ipte", "clean", clean.clone())
+            },
+        );
+        assert!(
+            !l.ok && l.to_string().contains("no `# explore: row=`"),
+            "{l}"
+        );
+        // Forced `impossible` by a cycle: explore is clean and pruned some
+        // schedules by that cycle (a `fix:` cycle counts as the same one).
+        let by = |proof: &str| Explored {
+            pruned: vec![(proof.to_string(), 3)],
+            ..clean.clone()
+        };
+        assert!(judge(X86_64, cell("rcu", "ipi", "clean", by(UNMAP_FLUSH_IPI))).ok);
+        let fix = format!("fix:{UNMAP_FLUSH_IPI}");
+        assert!(judge(X86_64, cell("rcu", "ipi", "clean", by(&fix))).ok);
+        let l = judge(X86_64, cell("rcu", "ipi", "clean", by(UNMAP_RCU_GP)));
+        assert!(
+            !l.ok && l.to_string().contains("no schedule pruned by"),
+            "{l}"
+        );
+        // A given schedule is reported, not judged: any result passes, a
+        // hang does not.
+        let forced = |outcome: &str| Observed {
+            mode: Mode::Forced,
+            explore: None,
+            ..cell("rcu", "ipte", outcome, clean.clone())
+        };
+        let sel = Selection::new(
+            "ptfree-vs-gup-fast",
+            Some("rcu"),
+            Some("ipte"),
+            Some(Mode::Forced),
+        );
+        for (outcome, ok) in [
+            ("bug", true),
+            ("impossible", true),
+            ("clean", true),
+            ("hang", false),
+        ] {
+            let o = Observed {
+                case_ok: outcome != "hang",
+                ..forced(outcome)
+            };
+            assert_eq!(compare_replay(S390x, &sel, &[o])[0].ok, ok, "{outcome}");
+        }
     }
 }

@@ -305,12 +305,7 @@ fn judged_cells(doc: &Document) -> Option<Vec<expected::Line>> {
     let platform = crate::platform::Platform::of(doc);
     let mut lines = Vec::new();
     for o in expected::observed(doc) {
-        let sel = Selection {
-            row: Some(o.row.clone()),
-            variant: Some(o.variant.clone()),
-            flush: o.flush.clone(),
-            mode: Some(o.mode),
-        };
+        let sel = Selection::observed(&o);
         lines.extend(expected::compare(
             arch,
             &platform,

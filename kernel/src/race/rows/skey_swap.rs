@@ -255,9 +255,7 @@ impl<A: Mmu> Row<A> for SkeyDirtyVsSwapcache {
         let st = &ctx.state;
         match role {
             RECLAIM => {
-                while !st.stored.load(Ordering::Acquire) {
-                    A::cpu_relax();
-                }
+                point::wait_until::<A>(|| st.stored.load(Ordering::Acquire));
                 page::lock_page(p);
                 // `shrink_page_list`: add_to_swap (the page is dirty once in
                 // the swap cache).
@@ -289,9 +287,9 @@ impl<A: Mmu> Row<A> for SkeyDirtyVsSwapcache {
                 let stored =
                     A::probe_store(ctx.addr, MARK).is_ok() && page_faults::<A>() == faults;
                 st.stored.store(true, Ordering::Release);
-                while !p.test_flag(PG_locked) && !st.reclaim_done.load(Ordering::Acquire) {
-                    A::cpu_relax();
-                }
+                point::wait_until::<A>(|| {
+                    p.test_flag(PG_locked) || st.reclaim_done.load(Ordering::Acquire)
+                });
                 let zapped =
                     memory::madvise_dontneed_counted(ctx.mm(), ctx.addr, PAGE_SIZE) == Ok(1);
                 if zapped {
