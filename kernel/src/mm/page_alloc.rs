@@ -431,7 +431,7 @@ pub fn free_frozen_pages(page: &Page, order: u32) {
     );
     // A freed frame holds no page lock (one freed locked is reported by
     // the checks below).
-    crate::race::waitfor::page_unlocked(page_to_pfn(page));
+    crate::race::waitfor::page_unlocked(page as *const Page as u64);
     assert!(
         order <= MAX_PAGE_ORDER,
         "free_frozen_pages: order {order} too large"

@@ -69,10 +69,10 @@ pub enum Wait {
         /// The grace period's number.
         gp: u64,
     },
-    /// For the page lock of frame `pfn`.
+    /// For the page lock of the page whose descriptor is at `page`.
     PageLock {
-        /// The frame.
-        pfn: u64,
+        /// The descriptor's address.
+        page: u64,
     },
     /// For a reader-writer lock whose holders `owners` records (its
     /// address), to take it for write or for read.
@@ -84,36 +84,37 @@ pub enum Wait {
     },
 }
 
-/// Page locks each CPU holds (pfn + 1; 0: a free slot). A CPU holds few
+/// Page locks each CPU holds (the descriptor's address; 0: a free slot). A CPU holds few
 /// at a time; one taken when every slot is used is not recorded (a waiter
 /// for it then shows no edge: at worst a `hang` instead of a cycle).
 static PAGE_LOCKS: [[AtomicU64; 4]; NR_CPUS] =
     [const { [const { AtomicU64::new(0) }; 4] }; NR_CPUS];
 
-/// `cpu` took the page lock of `pfn`.
-pub fn page_locked(pfn: u64, cpu: usize) {
+/// `cpu` took the page lock of the page at `page`.
+pub fn page_locked(page: u64, cpu: usize) {
     if let Some(slot) = PAGE_LOCKS[cpu.min(NR_CPUS - 1)]
         .iter()
         .find(|s| s.load(Ordering::Relaxed) == 0)
     {
-        slot.store(pfn + 1, Ordering::Release);
+        slot.store(page, Ordering::Release);
     }
 }
 
-/// The page lock of `pfn` is about to be released (by whichever CPU).
-pub fn page_unlocked(pfn: u64) {
+/// The page lock of the page at `page` is about to be released (by
+/// whichever CPU).
+pub fn page_unlocked(page: u64) {
     for slots in &PAGE_LOCKS {
         for s in slots {
-            let _ = s.compare_exchange(pfn + 1, 0, Ordering::AcqRel, Ordering::Relaxed);
+            let _ = s.compare_exchange(page, 0, Ordering::AcqRel, Ordering::Relaxed);
         }
     }
 }
 
-/// The CPU that holds the page lock of `pfn`, as recorded.
-fn page_lock_owner(pfn: u64) -> Option<usize> {
+/// The CPU that holds the page lock of the page at `page`, as recorded.
+fn page_lock_owner(page: u64) -> Option<usize> {
     PAGE_LOCKS
         .iter()
-        .position(|slots| slots.iter().any(|s| s.load(Ordering::Acquire) == pfn + 1))
+        .position(|slots| slots.iter().any(|s| s.load(Ordering::Acquire) == page))
 }
 
 /// The holders of a reader-writer lock (`mmap_lock`), for the prover.
@@ -200,7 +201,7 @@ impl Wait {
             Wait::Gp { gp } => (GP, gp),
             Wait::FlushAck { mask } => (FLUSH_ACK, mask),
             Wait::RwLock { owners, write } => (if write { RW_WRITE } else { RW_READ }, owners),
-            Wait::PageLock { pfn } => (PAGE_LOCK, pfn),
+            Wait::PageLock { page } => (PAGE_LOCK, page),
         }
     }
 
@@ -213,7 +214,7 @@ impl Wait {
             FLUSH_ACK => Some(Wait::FlushAck { mask: arg }),
             LOCK => Some(Wait::Lock { idx: arg as usize }),
             GP => Some(Wait::Gp { gp: arg }),
-            PAGE_LOCK => Some(Wait::PageLock { pfn: arg }),
+            PAGE_LOCK => Some(Wait::PageLock { page: arg }),
             RW_READ | RW_WRITE => Some(Wait::RwLock {
                 owners: arg,
                 write: kind == RW_WRITE,
@@ -393,8 +394,8 @@ pub enum Why {
     },
     /// The other CPU holds the page lock the waiter spins on.
     PageLockOwner {
-        /// The frame.
-        pfn: u64,
+        /// The page descriptor's address.
+        page: u64,
     },
     /// The other CPU holds the `mmap_lock` the waiter spins on.
     MmapHolder {
@@ -443,9 +444,11 @@ impl core::fmt::Display for Edge {
                 "waits for RCU grace period {gp}, which waits for cpu{}'s quiescent state",
                 self.to
             ),
-            Why::PageLockOwner { pfn } => {
-                write!(f, "spins on the page lock of pfn {pfn:#x}, held by cpu{}", self.to)
-            }
+            Why::PageLockOwner { page } => write!(
+                f,
+                "spins on the page lock of the page at {page:#x}, held by cpu{}",
+                self.to
+            ),
             Why::MmapHolder { write } => write!(
                 f,
                 "spins on mmap_lock for {}, held by cpu{}",
@@ -622,12 +625,12 @@ pub fn graph<A: crate::Arch>(
                     }
                 }
             }
-            Wait::PageLock { pfn } => {
-                if let Some(to) = page_lock_owner(pfn).filter(|&o| o != cpu) {
+            Wait::PageLock { page } => {
+                if let Some(to) = page_lock_owner(page).filter(|&o| o != cpu) {
                     edges.push(Edge {
                         from: cpu,
                         to,
-                        why: Why::PageLockOwner { pfn },
+                        why: Why::PageLockOwner { page },
                     });
                 }
             }
