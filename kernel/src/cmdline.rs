@@ -11,7 +11,9 @@
 //! | `delays=0\|1` | natural mode: arm the rows' window-widening delays (default 1) |
 //! | `stop_at_hit` | natural mode: end a run at its first hit (time-to-first-hit benchmarks) |
 //! | `progress_s=N` | natural mode: print a progress line every N seconds (1 to 3600) |
-//! | `scenario=NAME\|all`, `variant=NAME`, `mode=natural\|forced` | run race scenarios instead of the self-tests (`crate::race`) |
+//! | `scenario=NAME\|all`, `variant=NAME`, `mode=natural\|forced\|explore` | run race scenarios instead of the self-tests (`crate::race`) |
+//! | `bound=K` | explore mode: the preemption bound, 0 to 16 (default: none where the space can be exhausted, else 2) |
+//! | `schedule=S` | forced mode of one row: run the schedule `S` (`role@point,role~point,...`, as explore prints it) instead of the row's own |
 //! | `flush=ipi\|nmi\|ipte\|csp` | race scenarios: only the cases under this TLB flush strategy (rows with a flush axis; the architecture must implement it) |
 //! | `list` | print every race row (with its seed thread and Linux commits), every variant (with the kernel it models and whether this architecture accepts it) and every self-test suite and case, instead of running anything (`crate::list`) |
 //! | `tick_hz=N` | timer tick rate, 1..=10000 (default 100) |
@@ -33,6 +35,9 @@ pub enum Mode {
     Natural,
     /// A schedule over race points forces the interleaving.
     Forced,
+    /// Every ordering of the roles' race points and synchronisation events
+    /// is run, one schedule per iteration ([`crate::race::explore`]).
+    Explore,
 }
 
 /// The parsed command line.
@@ -62,6 +67,11 @@ pub struct Cmdline<'a> {
     pub flush: Option<&'a str>,
     /// Scenario mode.
     pub mode: Option<Mode>,
+    /// `bound=`: explore mode's preemption bound (`None`: the default).
+    pub bound: Option<u32>,
+    /// `schedule=`: a forced schedule in text form, replacing the row's
+    /// ([`crate::race::point::parse_schedule`]).
+    pub schedule: Option<&'a str>,
     /// `inject=`: a self-check that breaks the kernel on purpose (only with
     /// `scenario=`).
     pub inject: Option<crate::race::scenario::Inject>,
@@ -135,6 +145,8 @@ impl<'a> Cmdline<'a> {
             variant: None,
             flush: None,
             mode: None,
+            bound: None,
+            schedule: None,
             inject: None,
             list: false,
             tick_hz: 100,
@@ -240,25 +252,38 @@ impl<'a> Cmdline<'a> {
                     c.flush = Some(v);
                 }
                 "mode" => {
-                    c.mode = Some(match need("natural or forced")? {
+                    c.mode = Some(match need("natural, forced or explore")? {
                         "natural" => Mode::Natural,
                         "forced" => Mode::Forced,
+                        "explore" => Mode::Explore,
                         v => {
                             return Err(CmdlineError::BadValue {
                                 key,
                                 value: v,
-                                expected: "natural or forced",
+                                expected: "natural, forced or explore",
                             })
                         }
                     })
                 }
+                "bound" => {
+                    let b = number("a preemption bound from 0 to 16")?;
+                    if b > 16 {
+                        return Err(CmdlineError::BadValue {
+                            key,
+                            value: value.unwrap_or(""),
+                            expected: "a preemption bound from 0 to 16",
+                        });
+                    }
+                    c.bound = Some(b as u32);
+                }
+                "schedule" => c.schedule = Some(need("a schedule: role@point,role~point,...")?),
                 "inject" => {
-                    let v = need("deadlock, late-finding or apart")?;
+                    let v = need("deadlock, late-finding misplaced-point or apart")?;
                     c.inject = Some(crate::race::scenario::Inject::from_name(v).ok_or(
                         CmdlineError::BadValue {
                             key,
                             value: v,
-                            expected: "deadlock, late-finding or apart",
+                            expected: "deadlock, late-finding misplaced-point or apart",
                         },
                     )?);
                 }
@@ -299,6 +324,15 @@ impl<'a> Cmdline<'a> {
                 "selftest.crash" => c.crash = flag()?,
                 _ => return Err(CmdlineError::UnknownKey(key)),
             }
+        }
+        if c.schedule.is_some()
+            && (matches!(c.scenario, None | Some("all")) || c.mode != Some(Mode::Forced))
+        {
+            return Err(CmdlineError::BadValue {
+                key: "schedule",
+                value: "",
+                expected: "a forced run of one row: schedule= goes with scenario=ROW mode=forced",
+            });
         }
         if c.inject.is_some() && c.scenario.is_none() {
             return Err(CmdlineError::BadValue {

@@ -41,6 +41,7 @@ pub mod list;
 pub mod mm;
 pub mod panic;
 pub mod percpu;
+pub mod platform;
 pub mod race;
 pub mod rcu;
 pub mod selftest;
@@ -131,6 +132,10 @@ pub fn boot_cpu_main<A: mm::arch::Mmu>(boot: BootInfo) -> ! {
         A::exit(true);
     }
 
+    if !args.list {
+        // Before any result: what the machine does that the races need.
+        platform::probe::<A>();
+    }
     let ok = selftest::run_all::<A>(&args, &mut run);
     exit::<A>(
         ok,

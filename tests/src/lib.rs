@@ -20,6 +20,8 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
+use xtask::platform::{Platform, Property};
+use xtask::qemu::Accel;
 use xtask::{kbuild, Arch, Boot, BootConfig};
 
 /// Default time a boot in a test may take (generous: the suite runs boots in
@@ -91,10 +93,36 @@ impl Harness {
         skip: Option<String>,
         body: impl FnOnce() + Send + 'static,
     ) -> Self {
-        let name = name.into();
-        let reason = skip.clone();
+        let trial = Self::trial(name.into(), skip.clone(), body).with_ignored_flag(skip.is_some());
+        self.trials.push((trial, skip));
+        self
+    }
+
+    /// A test that boots every architecture of `arches` and runs only when
+    /// asked for (`-- --include-ignored` or `-- --ignored`), as libtest's
+    /// `#[ignore]`: listed ignored for `reason` (it takes long), and when
+    /// asked for, run like [`Harness::test`] (skipped when an architecture
+    /// is not in `QUIESCE_TEST_ARCHES`).
+    pub fn test_on_request(
+        mut self,
+        name: impl Into<String>,
+        arches: &[Arch],
+        reason: &str,
+        body: impl FnOnce() + Send + 'static,
+    ) -> Self {
+        let skip = arches_left_out(arches);
+        let trial = Self::trial(name.into(), skip.clone(), body).with_ignored_flag(true);
+        self.trials
+            .push((trial, Some(skip.unwrap_or_else(|| reason.to_string()))));
+        self
+    }
+
+    /// The trial of `body`, ignored for `skip` without running if that is
+    /// `Some`.
+    fn trial(name: String, skip: Option<String>, body: impl FnOnce() + Send + 'static) -> Trial {
+        let reason = skip;
         let test = name.clone();
-        let trial = Trial::ignorable_test(name, move || {
+        Trial::ignorable_test(name, move || {
             if let Some(reason) = reason {
                 return Ok(Completion::ignored_with(reason));
             }
@@ -113,9 +141,6 @@ impl Harness {
                 Err(e) => Err(Failed::from(panic_message(&*e))),
             }
         })
-        .with_ignored_flag(skip.is_some());
-        self.trials.push((trial, skip));
-        self
     }
 
     /// A test that boots every architecture of `arches`: skipped when one
@@ -240,12 +265,35 @@ pub fn boot_to_fail(arch: Arch, smp: usize, cmdline: &str, timeout: Duration) ->
     boot_as(arch, smp, cmdline, timeout, true)
 }
 
+/// Like [`boot`], under the accelerator `accel` (the boot tests' own
+/// boots are TCG's).
+pub fn boot_under(
+    accel: Accel,
+    arch: Arch,
+    smp: usize,
+    cmdline: &str,
+    timeout: Duration,
+) -> Option<Boot> {
+    boot_config(arch, smp, cmdline, timeout, false, accel)
+}
+
 fn boot_as(
     arch: Arch,
     smp: usize,
     cmdline: &str,
     timeout: Duration,
     must_fail: bool,
+) -> Option<Boot> {
+    boot_config(arch, smp, cmdline, timeout, must_fail, Accel::Tcg)
+}
+
+fn boot_config(
+    arch: Arch,
+    smp: usize,
+    cmdline: &str,
+    timeout: Duration,
+    must_fail: bool,
+    accel: Accel,
 ) -> Option<Boot> {
     if !enabled(arch) {
         skip(format!("{arch} not in QUIESCE_TEST_ARCHES"));
@@ -255,6 +303,7 @@ fn boot_as(
     config.smp = smp;
     config.cmdline = cmdline.to_string();
     config.timeout = timeout;
+    config.accel = accel;
     let boot = {
         let _cpus = HostCpus::take(smp);
         Boot::run(&config, |_| {}).unwrap_or_else(|e| panic!("could not boot {arch}: {e:#}"))
@@ -377,6 +426,57 @@ pub fn assert_failed_with(boot: &Boot, reason: &str) {
             "the report lacks the last console line:\n{report}"
         );
     }
+}
+
+/// Asserts that a boot under the default accelerator (TCG) with `smp` CPUs
+/// printed the platform line with what `PLATFORM.md` documents for QEMU's
+/// TCG ([`Property::tcg_fact`]), `unmeasured` for the two-CPU probes of a
+/// one-CPU boot. A probe that answered `no` here would judge cells by the
+/// expected table's alternatives; this fails the test instead.
+pub fn assert_tcg_platform(boot: &Boot, arch: Arch, smp: usize) {
+    let platform = Platform::of(&boot.ktap);
+    assert!(
+        platform.printed(),
+        "{arch}: no platform line
+{}",
+        boot.failure_report()
+    );
+    for p in Property::ALL {
+        let want = match p {
+            Property::StaleTlb | Property::IpiHeldByIrqsOff if smp < 2 => "unmeasured",
+            _ => p.tcg_fact(arch),
+        };
+        assert_eq!(
+            platform.value(p),
+            Some(want),
+            "{arch} smp={smp}: {p} under TCG ({})",
+            platform.describe()
+        );
+    }
+}
+
+/// The cells `sel` selects of the boot `b` of `arch`, compared with the
+/// expected table: asserts that there are some and that every one agrees
+/// (`what` names the boot in a failure). The comparison's lines and the
+/// table as printed (with the header of its mode).
+pub fn assert_cells_agree(
+    arch: Arch,
+    what: &str,
+    b: &Boot,
+    sel: &xtask::expected::Selection,
+) -> (Vec<xtask::expected::Line>, String) {
+    let platform = xtask::platform::Platform::of(&b.ktap);
+    let lines = xtask::expected::compare(arch, &platform, sel, &xtask::expected::observed(&b.ktap));
+    assert!(!lines.is_empty(), "{arch} {what}: no cells");
+    let mut table = format!("{}\n", lines[0].header());
+    for l in &lines {
+        table.push_str(&format!("{l}\n"));
+    }
+    assert!(
+        lines.iter().all(|l| l.ok),
+        "{arch} {what}: cells differ from the table\n{table}"
+    );
+    (lines, table)
 }
 
 /// Index of the first diagnostic line containing every one of `parts`.

@@ -1,7 +1,7 @@
 //! Boot each architecture with 1, 2, 4 and 8 CPUs and assert every self-test of
 //! every suite.
 
-use quiesce_tests::{assert_passed, boot, TIMEOUT};
+use quiesce_tests::{assert_passed, assert_tcg_platform, boot, TIMEOUT};
 use xtask::ktap::Directive;
 use xtask::Arch;
 
@@ -188,6 +188,7 @@ fn boot_and_assert(arch: Arch, smp: usize) {
         return;
     };
     assert_passed(&b);
+    assert_tcg_platform(&b, arch, smp);
     let cases = b.ktap.cases();
     let names: Vec<&str> = cases.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, CASES, "the suites' cases changed");

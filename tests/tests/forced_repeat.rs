@@ -4,9 +4,10 @@
 //! must show the table's outcome in every boot, and every forced `bug` cell
 //! must hit in iteration 0 and in every iteration after it.
 
-use quiesce_tests::{assert_passed, boot};
+use quiesce_tests::{assert_passed, assert_tcg_platform, boot};
 use std::time::Duration;
 use xtask::expected::{self, Expect, Mode, Selection};
+use xtask::platform::Platform;
 use xtask::Arch;
 
 const RUNS: u64 = 20;
@@ -24,8 +25,9 @@ fn forced_runs(arch: Arch) {
             return;
         };
         assert_passed(&b);
+        assert_tcg_platform(&b, arch, 4);
         let observed = expected::observed(&b.ktap);
-        let lines = expected::compare(arch, &sel, &observed);
+        let lines = expected::compare(arch, &Platform::of(&b.ktap), &sel, &observed);
         assert!(!lines.is_empty(), "{arch} seed {seed}: no forced cells");
         for l in &lines {
             assert!(l.ok, "{arch} seed {seed}: {l}");

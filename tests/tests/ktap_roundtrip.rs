@@ -55,3 +55,25 @@ fn kernel_ktap_parses_back() {
     );
     assert!(!doc.results[0].ok && doc.results[1].ok);
 }
+
+/// The kernel's platform line and the host's reading of it name the same
+/// properties, with the same skip reasons; a value the kernel has not
+/// measured never reads as a property the machine lacks.
+#[test]
+fn kernel_and_host_agree_on_the_platform_line() {
+    use quiesce_kernel::platform as k;
+    use xtask::platform as h;
+    let keys = |k: Vec<&str>| k.join(" ");
+    assert_eq!(
+        keys(k::Property::ALL.iter().map(|p| p.key()).collect()),
+        keys(h::Property::ALL.iter().map(|p| p.key()).collect())
+    );
+    for (kp, hp) in k::Property::ALL.iter().zip(h::Property::ALL) {
+        assert_eq!(kp.lacking(), hp.lacking(), "{}", hp.key());
+    }
+    let line = h::Platform::from_line(&k::values());
+    for p in h::Property::ALL {
+        assert_eq!(line.value(p), Some("unmeasured"), "{}", k::values());
+        assert!(!line.lacks(p));
+    }
+}

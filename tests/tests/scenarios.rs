@@ -7,7 +7,9 @@
 //! prints a race report. One test per row and architecture, so that
 //! `cargo nextest run --partition` spreads the rows over machines.
 
-use quiesce_tests::{assert_passed, boot, Harness, TIMEOUT};
+use quiesce_tests::{
+    assert_cells_agree, assert_passed, assert_tcg_platform, boot, Harness, TIMEOUT,
+};
 use std::time::Duration;
 use xtask::expected::{self, Expect, Observed, Selection};
 use xtask::{Arch, Boot};
@@ -34,19 +36,9 @@ fn every_cell(arch: Arch, row: &str) {
         return;
     };
     assert_passed(&b);
-    let observed = expected::observed(&b.ktap);
-    let sel = Selection {
-        row: Some(row.into()),
-        ..Selection::default()
-    };
-    let lines = expected::compare(arch, &sel, &observed);
-    let table: String = lines.iter().map(|l| format!("{l}\n")).collect();
-    assert!(!lines.is_empty(), "{arch} {row}: no cells");
-    assert!(
-        lines.iter().all(|l| l.ok),
-        "{arch} {row}: cells differ from the table\n{}\n{table}",
-        expected::HEADER
-    );
+    assert_tcg_platform(&b, arch, 4);
+    let sel = Selection::new(row, None, None, None);
+    let (lines, table) = assert_cells_agree(arch, row, &b, &sel);
     for l in &lines {
         let o = l.observed.as_ref().unwrap();
         let case = b.ktap.case(&l.case()).unwrap();
@@ -72,7 +64,7 @@ fn every_cell(arch: Arch, row: &str) {
             );
         }
     }
-    println!("{arch} {row}:\n{}\n{table}", expected::HEADER);
+    println!("{arch} {row}:\n{table}");
 }
 
 /// An unknown scenario is refused with the list of known ones.

@@ -3,10 +3,13 @@
 //! iteration, from iteration 0, with the catalogue's interleaving (reclaim
 //! held with `PG_swapcache` set and the slot empty while the zap finds the
 //! change bit set and dirties the page); each fix is clean, for its own
-//! reason, read from the row's `# skey:` figures: fixed-a drops the dirty
+//! reason, read from the row's `# skey:` figures: fixed-a drops the change
 //! bit in every iteration (the RFC's trylock never gets the page lock that
-//! reclaim holds: lost data, counted), fixed-b dirties without a tag, fixed-c
-//! never consults the key, fixed-d finds the page not yet in the swap cache.
+//! reclaim holds), fixed-b dirties without a tag, fixed-c never consults the
+//! key, fixed-d finds the page not yet in the swap cache. In every variant
+//! reclaim then writes the page to its swap slot in every iteration
+//! (`add_to_swap` marked it dirty) and no write is lost: the dropped change
+//! bits of fixed-a cost no data here.
 //! x86-64: every cell is skipped (no storage keys).
 
 use quiesce_tests::{assert_forced_report, assert_passed, boot, TIMEOUT};
@@ -57,8 +60,15 @@ fn forced(arch: Arch) {
         let d = &case.diagnostics;
         let n = o.iterations;
         assert!(n >= 1, "{arch} {variant}: {o:?}");
-        // Every iteration's zap took the page's last mapping.
+        // Every iteration's zap took the page's last mapping; reclaim then
+        // wrote the page (dirty since add_to_swap) to its swap slot, and let
+        // it go with the zap's store in the slot.
         assert_eq!(skey(&case, "zaps"), n, "{arch} {variant}: {d:#?}");
+        assert_eq!(
+            (skey(&case, "pageouts"), skey(&case, "lost_writes")),
+            (n, 0),
+            "{arch} {variant}: {d:#?}"
+        );
         let (found, dropped) = (
             skey(&case, "change_bit_found"),
             skey(&case, "dirty_dropped"),
@@ -89,7 +99,8 @@ fn forced(arch: Arch) {
                 assert_eq!(o.hits, 0, "{arch} {variant}: {o:?}");
                 let want = match variant {
                     // The RFC: the key was read, the trylock failed, the
-                    // dirty bit is gone.
+                    // change bit is gone (PG_dirty from add_to_swap still
+                    // had the page written).
                     "fixed-a" => (n, n),
                     // Dirtied without a tag.
                     "fixed-b" => (n, 0),

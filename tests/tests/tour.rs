@@ -64,6 +64,13 @@ fn the_quick_tour_passes_and_talks_while_it_runs() {
     for row in xtask::expected::rows() {
         assert!(text.contains(row), "row {row} missing from the tour");
     }
+    // The properties each architecture's boots measured, shown once.
+    assert_eq!(
+        text.matches("   platform: stale_tlb_after_pte_clear=yes ipi_held_by_irqs_off=yes")
+            .count(),
+        arches.len(),
+        "{text}"
+    );
     let cells = xtask::expected::CELLS
         .iter()
         .filter(|c| arches.contains(&c.arch))

@@ -13,14 +13,22 @@
 //!   back), the walker reads the table it walked again once the unmap freed
 //!   it. The detectors judge what happens after a release: the cell is
 //!   `bug`.
+//! - `inject=misplaced-point`: `wp-unlock-vs-zap`'s fix is broken (the page
+//!   is unlocked after the PTL release, the bug's order) and the row's race
+//!   point moved before the release, out of the window. Explore mode must
+//!   still find the window through the synchronisation events (the PTL
+//!   release, the page unlock): the fixed cell explored has buggy
+//!   schedules, and the first one, replayed in forced mode, is a bug in
+//!   every iteration.
 //! - `inject=apart`: in a natural run of a fixed `ptfree-vs-gup-fast` cell
 //!   the walker starts only once the unmap is done. Every walk completes
 //!   (it reads an empty PMD) and nothing fires: the kernel says `clean`,
 //!   but no iteration overlapped, and the table's floor must judge the cell
 //!   `vacuous`.
 
-use quiesce_tests::{assert_passed, boot_to_fail, TIMEOUT};
+use quiesce_tests::{assert_passed, boot, boot_to_fail, TIMEOUT};
 use xtask::expected::{self, Mode, Selection};
+use xtask::platform::Platform;
 use xtask::{Arch, Boot};
 
 /// The forced cell of `ptfree-vs-gup-fast` that each self-check breaks:
@@ -42,13 +50,14 @@ fn injected(arch: Arch, inject: &str) -> Option<expected::Line> {
     );
     let b = boot_to_fail(arch, 4, &cmdline, TIMEOUT)?;
     assert_passed(&b);
-    let sel = Selection {
-        row: Some("ptfree-vs-gup-fast".into()),
-        variant: Some(variant.into()),
-        flush: Some(flush.into()),
-        mode: Some(Mode::Forced),
-    };
-    let lines = expected::compare(arch, &sel, &expected::observed(&b.ktap));
+    let sel = Selection::new(
+        "ptfree-vs-gup-fast",
+        Some(variant),
+        Some(flush),
+        Some(Mode::Forced),
+    );
+    let platform = Platform::of(&b.ktap);
+    let lines = expected::compare(arch, &platform, &sel, &expected::observed(&b.ktap));
     assert_eq!(lines.len(), 1, "{arch}: {lines:?}");
     assert_junit_shows_the_mismatch(&b, &lines[0]);
     Some(lines.into_iter().next().unwrap())
@@ -118,13 +127,13 @@ fn roles_apart_are_vacuous(arch: Arch) {
         ("clean", 300, 0, 0),
         "{arch}: {o:?}"
     );
-    let sel = Selection {
-        row: Some("ptfree-vs-gup-fast".into()),
-        variant: Some("rcu".into()),
-        flush: Some(flush.into()),
-        mode: Some(Mode::Natural),
-    };
-    let lines = expected::compare(arch, &sel, &observed);
+    let sel = Selection::new(
+        "ptfree-vs-gup-fast",
+        Some("rcu"),
+        Some(flush),
+        Some(Mode::Natural),
+    );
+    let lines = expected::compare(arch, &Platform::of(&b.ktap), &sel, &observed);
     let l = &lines[0];
     assert!(!l.ok, "{arch}: roles that never met passed: {l}");
     assert_eq!(
@@ -159,8 +168,52 @@ fn inject_needs_a_scenario(arch: Arch) {
     quiesce_tests::assert_console(&b, |l| l.contains("inject= goes with scenario="));
 }
 
+/// `inject=misplaced-point`: explore finds the window no race point marks,
+/// and its buggy schedule replays as a forced bug.
+fn explore_finds_a_misplaced_point(arch: Arch) {
+    let base = "scenario=wp-unlock-vs-zap variant=fixed inject=misplaced-point";
+    let Some(b) = boot(arch, 4, &format!("{base} mode=explore"), TIMEOUT) else {
+        return;
+    };
+    assert_passed(&b);
+    let observed = expected::observed(&b.ktap);
+    assert_eq!(observed.len(), 1, "{arch}: {observed:#?}");
+    let o = &observed[0];
+    let x = o.explore.as_ref().expect("explore figures");
+    assert_eq!(
+        (o.mode, o.outcome.as_str()),
+        (Mode::Explore, "bug"),
+        "{arch}: explore missed the window: {x:?}"
+    );
+    assert!(x.buggy >= 1, "{arch}: {x:?}");
+    let schedule = x.schedule.clone().expect("a buggy schedule to replay");
+    let Some(b) = boot(
+        arch,
+        4,
+        &format!("{base} mode=forced schedule={schedule}"),
+        TIMEOUT,
+    ) else {
+        return;
+    };
+    assert_passed(&b);
+    let observed = expected::observed(&b.ktap);
+    assert_eq!(observed.len(), 1, "{arch}: {observed:#?}");
+    let o = &observed[0];
+    assert!(
+        o.outcome == "bug" && o.iterations > 0 && o.hits == o.iterations,
+        "{arch}: the replay of {schedule}: {o:?}"
+    );
+}
+
 fn main() {
     quiesce_tests::Harness::new()
+        .per_arch(
+            [
+                "s390x_explore_finds_a_misplaced_point",
+                "x86_64_explore_finds_a_misplaced_point",
+            ],
+            explore_finds_a_misplaced_point,
+        )
         .per_arch(
             ["s390x_deadlock", "x86_64_deadlock"],
             deadlock_is_not_the_catalogues_cycle,

@@ -1012,7 +1012,8 @@ pub fn judge_race_boot(
         return Err(verdict.reasons.join("; "));
     }
     let observed = expected::observed(doc);
-    let lines = expected::compare(cell.arch, &Selection::cell(cell), &observed);
+    let platform = crate::platform::Platform::of(doc);
+    let lines = expected::compare(cell.arch, &platform, &Selection::cell(cell), &observed);
     if let Some(l) = lines.iter().find(|l| !l.ok) {
         let expect = l.expect.map_or("(not in the table)", |e| e.name());
         let why = l.why.as_ref().map_or(String::new(), |w| format!(" ({w})"));

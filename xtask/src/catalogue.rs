@@ -309,6 +309,20 @@ pub struct ArchCell {
     /// per mode (`forced`, `natural`), from the expected table; `null`
     /// where the table has no cell.
     pub expected: BTreeMap<String, BTreeMap<String, Option<String>>>,
+    /// Where the table states what the variant shows on a machine without
+    /// a property its race needs: per flush strategy as
+    /// [`ArchCell::expected`].
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub without: BTreeMap<String, WithoutCell>,
+}
+
+/// What a variant shows on a machine without a property its race needs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct WithoutCell {
+    /// The property (its key on the platform line).
+    pub property: String,
+    /// Per mode (`forced`, `natural`), the outcome then.
+    pub expected: BTreeMap<String, String>,
 }
 
 /// A variant across the architectures.
@@ -420,6 +434,7 @@ impl Catalogue {
                         }
                     };
                     let mut exp = BTreeMap::new();
+                    let mut without: BTreeMap<String, WithoutCell> = BTreeMap::new();
                     let flushes: Vec<Option<&str>> = if lr.flush.is_empty() {
                         vec![None]
                     } else {
@@ -454,6 +469,15 @@ impl Catalogue {
                                 m.name().to_string(),
                                 cell.map(|c| c.expect.name().to_string()),
                             );
+                            if let Some(w) = cell.and_then(|c| c.without) {
+                                let entry = without
+                                    .entry(flush.unwrap_or("default").to_string())
+                                    .or_default();
+                                entry.property = w.property.key().to_string();
+                                entry
+                                    .expected
+                                    .insert(m.name().to_string(), w.expect.name().to_string());
+                            }
                         }
                     }
                     row.variants[vi].arches.insert(
@@ -462,6 +486,7 @@ impl Catalogue {
                             accepted: lv.accepted,
                             reason: lv.reason.clone(),
                             expected: exp,
+                            without,
                         },
                     );
                 }
@@ -616,11 +641,15 @@ fn cell_text(c: &ArchCell) -> String {
             }
             return format!("refused ({why}); the table expects forced {f}, natural {n}");
         }
-        let text = if f == n {
+        let mut text = if f == n {
             format!("forced and natural {f}")
         } else {
             format!("forced {f}, natural {n}")
         };
+        if let Some(w) = c.without.get(flush) {
+            let alt: Vec<String> = w.expected.iter().map(|(m, e)| format!("{m} {e}")).collect();
+            text.push_str(&format!(" (without {}: {})", w.property, alt.join(", ")));
+        }
         parts.push(if flush == "default" {
             text
         } else {
@@ -759,7 +788,9 @@ end | rows=2 | commits=2 | variants=4 | suites=1 | cases=2";
         assert!(cat.problems.iter().any(|p| p.contains("not listed")));
         let text = cat.text();
         assert!(
-            text.contains("ipi: forced and natural bug; nmi: forced and natural bug"),
+            text.contains(
+                "ipi: forced and natural bug (without stale_tlb_after_pte_clear: forced clean, natural clean); nmi: forced and natural bug (without"
+            ),
             "{text}"
         );
         assert!(text.contains("forced bug, natural bug|clean"), "{text}");

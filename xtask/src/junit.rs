@@ -302,15 +302,16 @@ fn binary_suite(b: &TestBinary) -> Suite {
 /// name, the comparison's line (`None` when the KTAP names no architecture).
 fn judged_cells(doc: &Document) -> Option<Vec<expected::Line>> {
     let arch: Arch = doc.diag_value("arch")?.parse().ok()?;
+    let platform = crate::platform::Platform::of(doc);
     let mut lines = Vec::new();
     for o in expected::observed(doc) {
-        let sel = Selection {
-            row: Some(o.row.clone()),
-            variant: Some(o.variant.clone()),
-            flush: o.flush.clone(),
-            mode: Some(o.mode),
-        };
-        lines.extend(expected::compare(arch, &sel, std::slice::from_ref(&o)));
+        let sel = Selection::observed(&o);
+        lines.extend(expected::compare(
+            arch,
+            &platform,
+            &sel,
+            std::slice::from_ref(&o),
+        ));
     }
     Some(lines)
 }

@@ -19,6 +19,7 @@ pub mod gdb;
 pub mod junit;
 pub mod kbuild;
 pub mod ktap;
+pub mod platform;
 pub mod progress;
 pub mod qemu;
 pub mod setup;

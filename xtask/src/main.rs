@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::Duration;
 use xtask::exit::{usage, UsageError};
+use xtask::platform::Platform;
 use xtask::qemu::{Accel, BootConfig};
 use xtask::setup::Needs;
 use xtask::{expected, kbuild, setup, Arch, Boot};
@@ -60,6 +61,11 @@ enum Action {
         #[arg(last = true)]
         test_args: Vec<String>,
     },
+    /// Explore mode: every ordering of each row's race points and
+    /// synchronisation events, one schedule per iteration, per cell the
+    /// schedules run, pruned and buggy, judged by the expected table; the
+    /// first buggy schedule as a `run --schedule` line that replays it.
+    Explore(ExploreArgs),
     /// Print the QEMU command `run` would use.
     QemuCmd(RunArgs),
     /// rustfmt check and clippy (warnings denied) over the host crates and both kernels.
@@ -157,6 +163,39 @@ struct SoakArgs {
     dry_run: bool,
 }
 
+#[derive(Args)]
+struct ExploreArgs {
+    #[arg(long, value_enum, default_value_t = ArchSel::All)]
+    arch: ArchSel,
+    /// The row (default: every row, one boot each), variant and flush
+    /// strategy.
+    #[command(flatten)]
+    cells: CellArgs,
+    /// At most K preemptions per schedule (default: none while the space
+    /// is small enough to exhaust, else 2).
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(0..=16))]
+    bound: Option<u32>,
+    /// CPUs per boot.
+    #[arg(long, default_value_t = 4)]
+    smp: usize,
+    /// Seconds one row's boot may take (each cell stops exploring at its
+    /// row's natural time budget, minutes; the kernel catches a hung
+    /// schedule itself).
+    #[arg(long, default_value_t = EXPLORE_TIMEOUT_S)]
+    timeout: u64,
+    /// Echo the raw console while it runs.
+    #[arg(long, short)]
+    verbose: bool,
+    /// Extra kernel command-line words.
+    #[arg(last = true)]
+    kernel_args: Vec<String>,
+}
+
+/// The default time an explore boot may take: a cell explores until it
+/// has run every schedule within the bound or spent its row's natural time
+/// budget (4 minutes), and a row has up to a dozen cells.
+const EXPLORE_TIMEOUT_S: u64 = 3600;
+
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum ArchSel {
     S390x,
@@ -191,7 +230,8 @@ struct RunArgs {
     accel: Accel,
     /// Seconds a boot may take before it counts as a hang (default 400: a
     /// `--full` scenario boot runs 10 000 natural iterations per cell,
-    /// minutes under TCG; with --gdb, a day).
+    /// minutes under TCG; with --mode explore, an hour: each cell explores
+    /// up to its row's natural time budget; with --gdb, a day).
     #[arg(long)]
     timeout: Option<u64>,
     /// Also write each race report to a file in this directory
@@ -205,23 +245,26 @@ struct RunArgs {
     /// Run only tests whose `suite.case` name matches (comma-separated, `*` wildcards).
     #[arg(long)]
     test: Option<String>,
-    /// Race scenario (row) to run, or `all`, at the size CI runs it.
-    #[arg(long, value_parser = scenario_parser())]
-    scenario: Option<String>,
-    /// Scenario variant (one of the row's: `cargo xtask list` shows them).
-    #[arg(long, value_parser = variant_parser())]
-    variant: Option<String>,
-    /// Only the cells under this TLB flush strategy (rows with a flush
-    /// axis run each variant under every strategy of the architecture).
-    #[arg(long, value_parser = ["ipi", "nmi", "ipte", "csp"])]
-    flush: Option<String>,
+    /// Race scenarios to run (at the size CI runs them): the row,
+    /// variant and flush strategy.
+    #[command(flatten)]
+    cells: CellArgs,
     /// The plain run: every natural cell at the size CI runs it (10 000
     /// iterations, buggy cells to their first hit) instead of the quick tour.
     #[arg(long)]
     full: bool,
-    /// Scenario mode.
-    #[arg(long, value_parser = ["natural", "forced"])]
+    /// Scenario mode (default: forced and natural; explore only when
+    /// asked for).
+    #[arg(long, value_parser = ["natural", "forced", "explore"])]
     mode: Option<String>,
+    /// Explore mode: at most K preemptions per schedule (default: none
+    /// while the space is small enough to exhaust, else 2).
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(0..=16))]
+    bound: Option<u32>,
+    /// Forced mode of one row: run this schedule (`role@point,role~point,...`,
+    /// as `explore` prints it) instead of the row's own.
+    #[arg(long, value_name = "TEXT")]
+    schedule: Option<String>,
     /// Seed for randomised runs.
     #[arg(long)]
     seed: Option<u64>,
@@ -233,23 +276,83 @@ struct RunArgs {
     kernel_args: Vec<String>,
 }
 
+/// Which race-scenario cells a command runs: `run`'s and `explore`'s
+/// `--scenario`, `--variant` and `--flush`.
+#[derive(Args, Clone, Default)]
+struct CellArgs {
+    /// Race scenario (row), or `all`.
+    #[arg(long, value_parser = scenario_parser())]
+    scenario: Option<String>,
+    /// Scenario variant (one of the row's: `cargo xtask list` shows them).
+    #[arg(long, value_parser = variant_parser())]
+    variant: Option<String>,
+    /// Only the cells under this TLB flush strategy (rows with a flush
+    /// axis run each variant under every strategy of the architecture).
+    #[arg(long, value_parser = ["ipi", "nmi", "ipte", "csp"])]
+    flush: Option<String>,
+}
+
+impl CellArgs {
+    /// The kernel command-line words: `scenario=` (`row` if given, else
+    /// `--scenario`'s), `variant=`, `flush=`, each if set.
+    fn words(&self, row: Option<&str>) -> Vec<String> {
+        let row = row.or(self.scenario.as_deref());
+        let mut words = Vec::new();
+        words.extend(row.map(|s| format!("scenario={s}")));
+        words.extend(self.variant.as_ref().map(|v| format!("variant={v}")));
+        words.extend(self.flush.as_ref().map(|f| format!("flush={f}")));
+        words
+    }
+
+    /// The cells of `row` (`--scenario`'s if `None`) these options select,
+    /// in `mode` (or forced and natural).
+    fn selection(&self, row: Option<&str>, mode: Option<expected::Mode>) -> expected::Selection {
+        expected::Selection {
+            row: row.or(self.scenario.as_deref()).map(str::to_string),
+            variant: self.variant.clone(),
+            flush: self.flush.clone(),
+            mode,
+        }
+    }
+
+    /// A usage error if `--variant` is not a variant of `--scenario`.
+    fn validate(&self) -> Result<()> {
+        let Some(v) = &self.variant else {
+            return Ok(());
+        };
+        let row = self.scenario.as_deref().unwrap_or("all");
+        let mut known: Vec<&str> = expected::CELLS
+            .iter()
+            .filter(|c| row == "all" || c.row == row)
+            .map(|c| c.variant)
+            .collect();
+        known.sort();
+        known.dedup();
+        if known.contains(&v.as_str()) {
+            return Ok(());
+        }
+        Err(usage(format!(
+            "--variant {v}: not a variant of {row} (known: {})",
+            known.join(", ")
+        )))
+    }
+}
+
 impl RunArgs {
     fn cmdline(&self) -> String {
         let mut words = Vec::new();
         if let Some(t) = &self.test {
             words.push(format!("test={t}"));
         }
-        if let Some(s) = &self.scenario {
-            words.push(format!("scenario={s}"));
-        }
-        if let Some(v) = &self.variant {
-            words.push(format!("variant={v}"));
-        }
-        if let Some(f) = &self.flush {
-            words.push(format!("flush={f}"));
-        }
+        words.extend(self.cells.words(None));
         if let Some(m) = &self.mode {
             words.push(format!("mode={m}"));
+        }
+        if let Some(k) = self.bound {
+            words.push(format!("bound={k}"));
+        }
+        if let Some(t) = &self.schedule {
+            words.push(format!("schedule={t}"));
         }
         if let Some(s) = self.seed {
             words.push(format!("seed={s}"));
@@ -263,8 +366,12 @@ impl RunArgs {
         c.smp = self.smp;
         c.memory_mib = self.memory;
         c.accel = self.accel;
-        c.timeout =
-            Duration::from_secs(self.timeout.unwrap_or(if self.gdb { 86_400 } else { 400 }));
+        let default = match (self.gdb, self.mode.as_deref()) {
+            (true, _) => 86_400,
+            (false, Some("explore")) => EXPLORE_TIMEOUT_S,
+            (false, _) => 400,
+        };
+        c.timeout = Duration::from_secs(self.timeout.unwrap_or(default));
         c.cmdline = self.cmdline();
         c
     }
@@ -283,25 +390,22 @@ impl RunArgs {
                  --seed and kernel arguments already run what they name at that size",
             ));
         }
-        if let Some(v) = &self.variant {
-            let row = self.scenario.as_deref().unwrap_or("all");
-            if !expected::CELLS
-                .iter()
-                .any(|c| c.variant == v && (row == "all" || c.row == row))
-            {
-                let mut known: Vec<&str> = expected::CELLS
-                    .iter()
-                    .filter(|c| row == "all" || c.row == row)
-                    .map(|c| c.variant)
-                    .collect();
-                known.sort();
-                known.dedup();
-                return Err(usage(format!(
-                    "--variant {v}: not a variant of {row} (known: {})",
-                    known.join(", ")
-                )));
-            }
+        if self.schedule.is_some()
+            && (self.cells.scenario.as_deref().is_none_or(|r| r == "all")
+                || self.mode.as_deref() != Some("forced"))
+        {
+            return Err(usage(
+                "--schedule replaces one row's forced schedule: give --scenario ROW (not all) \
+                 and --mode forced",
+            ));
         }
+        if self.bound.is_some() && self.mode.as_deref() != Some("explore") {
+            return Err(usage(
+                "--bound is explore mode's preemption bound: give --mode explore \
+                 (or use `cargo xtask explore`)",
+            ));
+        }
+        self.cells.validate()?;
         for arch in self.arch.arches() {
             self.config(arch, Path::new(""))
                 .validate_options()
@@ -312,11 +416,13 @@ impl RunArgs {
 
     /// Whether this is the plain `cargo xtask run` (with `--full` or not).
     fn is_plain(&self) -> bool {
-        self.scenario.is_none()
+        self.cells.scenario.is_none()
             && self.test.is_none()
-            && self.variant.is_none()
-            && self.flush.is_none()
+            && self.cells.variant.is_none()
+            && self.cells.flush.is_none()
             && self.mode.is_none()
+            && self.bound.is_none()
+            && self.schedule.is_none()
             && self.seed.is_none()
             && self.kernel_args.is_empty()
     }
@@ -394,6 +500,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Action::Run(args) => run(&args),
+        Action::Explore(args) => explore(&args),
         Action::Soak(args) => soak(&args),
         Action::QemuCmd(args) => {
             args.validate()?;
@@ -485,25 +592,22 @@ fn run(args: &RunArgs) -> Result<ExitCode> {
     let plain = args.is_plain();
     let mut summary = Vec::new();
     for (arch, kernel) in kernels {
-        if args.scenario.is_none() {
+        if args.cells.scenario.is_none() {
             let config = args.config(arch, &kernel);
             let boot = boot_and_print(args, &config)?;
             print_boot(&boot);
             summary.push((arch, "self-tests", boot.verdict().passed));
         }
-        if args.scenario.is_some() || plain {
-            let sel = expected::Selection {
-                row: Some(args.scenario.clone().unwrap_or_else(|| "all".into())),
-                variant: args.variant.clone(),
-                flush: args.flush.clone(),
-                mode: args.mode.as_deref().and_then(expected::Mode::from_name),
-            };
+        if args.cells.scenario.is_some() || plain {
+            let row = args.cells.scenario.as_deref().unwrap_or("all");
+            let mode = args.mode.as_deref().and_then(expected::Mode::from_name);
+            let sel = args.cells.selection(Some(row), mode);
             let mut config = args.config(arch, &kernel);
             if plain {
                 config.cmdline = "scenario=all".into();
             }
             let boot = boot_and_print(args, &config)?;
-            let ok = print_scenarios(&boot, &sel, args.report_dir.as_deref());
+            let ok = print_scenarios(&boot, &sel, args);
             summary.push((arch, "scenarios", ok));
         }
     }
@@ -514,6 +618,181 @@ fn run(args: &RunArgs) -> Result<ExitCode> {
         .collect();
     println!("summary: {}", line.join(", "));
     Ok(verdict(summary.iter().all(|(_, _, ok)| *ok)))
+}
+
+/// `cargo xtask explore`: one `mode=explore` boot per row and
+/// architecture; each cell's line (schedules, pruned, buggy, time, how far
+/// the exploration went) as its boot ends, judged by the expected table,
+/// with the proofs schedules were pruned by and the replay line of the
+/// first buggy schedule.
+fn explore(args: &ExploreArgs) -> Result<ExitCode> {
+    args.cells.validate()?;
+    let rows: Vec<&str> = match args.cells.scenario.as_deref() {
+        Some(r) if r != "all" => vec![r],
+        _ => expected::rows(),
+    };
+    let sel_for = |row: &str| {
+        args.cells
+            .selection(Some(row), Some(expected::Mode::Explore))
+    };
+    let arches = args.arch.arches();
+    if !rows
+        .iter()
+        .any(|r| arches.iter().any(|&a| expected::has_cells(a, &sel_for(r))))
+    {
+        return Err(usage(format!(
+            "the expected table has no explore cell for {}{}{} on {}",
+            rows.join(", "),
+            args.cells
+                .variant
+                .as_deref()
+                .map_or(String::new(), |v| format!(" variant {v}")),
+            args.cells
+                .flush
+                .as_deref()
+                .map_or(String::new(), |f| format!(" under flush {f}")),
+            arches
+                .iter()
+                .map(|a| a.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    let timeout = Duration::from_secs(args.timeout);
+    for &arch in &arches {
+        let mut c = BootConfig::new(arch, PathBuf::new());
+        c.smp = args.smp;
+        c.timeout = timeout;
+        c.validate_options().map_err(|e| usage(format!("{e:#}")))?;
+    }
+    setup::ensure(&needs_for_boots(&arches))?;
+    let mut kernels = Vec::new();
+    for &arch in &arches {
+        kernels.push((arch, kbuild::kernel(arch, true)?));
+    }
+    println!(
+        "explore: every ordering of each row's race points and synchronisation events, one schedule per iteration ({})",
+        args.bound.map_or(
+            "unbounded where the space can be exhausted, else at most 2 preemptions".into(),
+            |k| format!("at most {k} preemptions per schedule")
+        )
+    );
+    let mut progress = xtask::progress::Progress::new();
+    let (mut cells, mut agree, mut boots, mut failed_boots) = (0usize, 0usize, 0usize, 0usize);
+    let mut mismatches = Vec::new();
+    for (arch, kernel) in &kernels {
+        progress.println(&format!("== {arch}: {} CPUs", args.smp));
+        let mut header = false;
+        for row in &rows {
+            let sel = sel_for(row);
+            if !expected::has_cells(*arch, &sel) {
+                continue;
+            }
+            let mut words = args.cells.words(Some(row));
+            words.push("mode=explore".into());
+            words.extend(args.bound.map(|k| format!("bound={k}")));
+            words.extend(args.kernel_args.iter().cloned());
+            let mut config = BootConfig::new(*arch, kernel.clone());
+            config.smp = args.smp;
+            config.timeout = timeout;
+            config.cmdline = words.join(" ");
+            progress.update(&format!(
+                "[{}] {arch} {row}: exploring",
+                xtask::soak::human_secs(progress.elapsed().as_secs_f64())
+            ));
+            let boot = boot_echoing(&config, args.verbose, &mut progress)?;
+            boots += 1;
+            if !header {
+                header = true;
+                progress.println(&format!("   {}", expected::EXPLORE_HEADER));
+            }
+            let lines = expected::compare(
+                *arch,
+                &Platform::of(&boot.ktap),
+                &sel,
+                &expected::observed(&boot.ktap),
+            );
+            for l in &lines {
+                cells += 1;
+                agree += usize::from(l.ok);
+                progress.println(&format!("   {l}"));
+                if let Some(x) = l.observed.as_ref().and_then(|o| o.explore.as_ref()) {
+                    for text in explored_lines(*arch, l, x) {
+                        progress.println(&text);
+                    }
+                }
+                if !l.ok {
+                    mismatches.push(format!("{arch} {} {}", l.row, l.label()));
+                }
+            }
+            progress.println(&format!(
+                "   {row}: {} cells, boot {:.1} s",
+                lines.len(),
+                boot.elapsed.as_secs_f64()
+            ));
+            if !boot.verdict().passed {
+                failed_boots += 1;
+                progress.println(&boot.failure_report());
+            }
+        }
+    }
+    progress.finish();
+    println!();
+    println!(
+        "summary: {agree} of {cells} explore cells as expected, {failed_boots} boots failed, {boots} boots in {:.0} s",
+        progress.elapsed().as_secs_f64()
+    );
+    for m in &mismatches {
+        println!("  MISMATCH: {m}");
+    }
+    Ok(verdict(mismatches.is_empty() && failed_boots == 0))
+}
+
+/// What an explore cell's line leaves out, indented below it: the
+/// schedules that ran to their end, the pruned ones grouped by the waits
+/// of their cycles, and the replay line of the first buggy schedule.
+fn explored_lines(arch: Arch, l: &expected::Line, x: &expected::Explored) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut head = format!(
+        "       complete {}, max {} decisions",
+        x.complete, x.max_decisions
+    );
+    if let Some(n) = x.unbounded_first {
+        head.push_str(&format!(", {n} unbounded schedules before the bound"));
+    }
+    if x.divergent > 0 {
+        head.push_str(&format!(", {} divergent", x.divergent));
+    }
+    if x.truncated > 0 {
+        head.push_str(&format!(
+            ", {} truncated (cut at the most decisions, then run free)",
+            x.truncated
+        ));
+    }
+    out.push(head);
+    let groups = x.pruned_by_waits();
+    if !groups.is_empty() {
+        let text: Vec<String> = groups
+            .iter()
+            .map(|(waits, n, proofs)| match proofs {
+                1 => format!("{n} by {waits}"),
+                _ => format!("{n} by {waits} ({proofs} places held)"),
+            })
+            .collect();
+        out.push(format!("       pruned: {}", text.join("; ")));
+    }
+    if let Some(t) = &x.schedule {
+        out.push(format!(
+            "       replay: cargo xtask run --arch {arch} --scenario {} --variant {}{} --mode forced --schedule {}",
+            l.row,
+            l.variant,
+            l.flush
+                .as_deref()
+                .map_or(String::new(), |f| format!(" --flush {f}")),
+            xtask::qemu::shell_quote(t)
+        ));
+    }
+    out
 }
 
 /// What booting `arches` needs: QEMU, and the toolchain unless
@@ -543,6 +822,7 @@ fn tour(args: &RunArgs, kernels: &[(Arch, PathBuf)]) -> Result<ExitCode> {
     let mut failed_boots = 0usize;
     let mut current_arch = None;
     let mut header_for = None;
+    let mut platform_shown: Option<(Arch, String)> = None;
     let mut skips = SkipGroup::default();
     let started = std::time::Instant::now();
     for (i, step) in steps.iter().enumerate() {
@@ -576,15 +856,14 @@ fn tour(args: &RunArgs, kernels: &[(Arch, PathBuf)]) -> Result<ExitCode> {
         ));
         let mut config = args.config(step.arch, kernel);
         config.cmdline = step.cmdline.clone();
-        let verbose = args.verbose;
-        let mut echo = Vec::new();
-        let boot = Boot::run(&config, |line| {
-            if verbose {
-                echo.push(format!("   | {line}"));
-            }
-        })?;
-        for l in echo {
-            progress.println(&l);
+        let boot = boot_echoing(&config, args.verbose, &mut progress)?;
+        // What the machine does that the races need, once per architecture
+        // and again if a boot measures otherwise.
+        let platform = Platform::of(&boot.ktap);
+        let described = platform.describe();
+        if platform_shown.as_ref() != Some(&(step.arch, described.clone())) {
+            progress.println(&format!("   platform: {}", platform.describe_timed()));
+            platform_shown = Some((step.arch, described));
         }
         if step.what == What::SelfTests {
             let v = boot.verdict();
@@ -618,7 +897,7 @@ fn tour(args: &RunArgs, kernels: &[(Arch, PathBuf)]) -> Result<ExitCode> {
             }
         }
         let observed = expected::observed(&boot.ktap);
-        let lines = expected::compare(step.arch, &step.selection(), &observed);
+        let lines = expected::compare(step.arch, &platform, &step.selection(), &observed);
         let reports = expected::race_reports(&boot.ktap);
         if header_for != Some(step.arch) {
             header_for = Some(step.arch);
@@ -680,6 +959,25 @@ fn tour(args: &RunArgs, kernels: &[(Arch, PathBuf)]) -> Result<ExitCode> {
     Ok(verdict(mismatches.is_empty() && failed_boots == 0))
 }
 
+/// Boots `config`; with `verbose`, then prints its raw console above the
+/// progress line.
+fn boot_echoing(
+    config: &BootConfig,
+    verbose: bool,
+    progress: &mut xtask::progress::Progress,
+) -> Result<Boot> {
+    let mut echo = Vec::new();
+    let boot = Boot::run(config, |line| {
+        if verbose {
+            echo.push(format!("   | {line}"));
+        }
+    })?;
+    for l in echo {
+        progress.println(&l);
+    }
+    Ok(boot)
+}
+
 /// Skipped cells of one row, mode and reason, printed as one line: a cell
 /// that does not exist on an architecture says so once, not per variant.
 #[derive(Default)]
@@ -738,20 +1036,16 @@ fn run_gdb(args: &RunArgs, arch: Arch) -> Result<ExitCode> {
         xtask::gdb::GDB
     );
     let boot = Boot::run(&config, |line| println!("   | {line}"))?;
-    if args.scenario.is_some() {
-        let sel = expected::Selection {
-            row: args.scenario.clone(),
-            variant: args.variant.clone(),
-            flush: args.flush.clone(),
-            mode: args.mode.as_deref().and_then(expected::Mode::from_name),
-        };
-        return Ok(
-            if print_scenarios(&boot, &sel, args.report_dir.as_deref()) {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            },
+    if args.cells.scenario.is_some() {
+        let sel = args.cells.selection(
+            None,
+            args.mode.as_deref().and_then(expected::Mode::from_name),
         );
+        return Ok(if print_scenarios(&boot, &sel, args) {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
     }
     print_boot(&boot);
     Ok(if boot.verdict().passed {
@@ -775,9 +1069,11 @@ fn boot_and_print(args: &RunArgs, config: &BootConfig) -> Result<Boot> {
 }
 
 /// Prints a scenario boot: the race reports, then expected against observed
-/// for every selected cell. Returns whether the boot passed and every cell
-/// agrees with the table.
-fn print_scenarios(boot: &Boot, sel: &expected::Selection, report_dir: Option<&Path>) -> bool {
+/// for every selected cell (a schedule given with `--schedule` is reported,
+/// not judged: [`expected::compare_replay`]). Returns whether the boot
+/// passed and every cell agrees with the table.
+fn print_scenarios(boot: &Boot, sel: &expected::Selection, args: &RunArgs) -> bool {
+    let report_dir = args.report_dir.as_deref();
     let observed = expected::observed(&boot.ktap);
     if let Some(dir) = report_dir {
         match expected::write_race_reports(dir, boot.config.arch, &boot.ktap) {
@@ -798,10 +1094,25 @@ fn print_scenarios(boot: &Boot, sel: &expected::Selection, report_dir: Option<&P
             println!("       # {d}");
         }
     }
-    let lines = expected::compare(boot.config.arch, sel, &observed);
-    println!("   {}", expected::HEADER);
+    let platform = Platform::of(&boot.ktap);
+    println!("   platform: {}", platform.describe_timed());
+    let lines = if args.schedule.is_some() {
+        expected::compare_replay(boot.config.arch, sel, &observed)
+    } else {
+        expected::compare(boot.config.arch, &platform, sel, &observed)
+    };
+    let mut header = None;
     for l in &lines {
+        if header != Some(l.header()) {
+            header = Some(l.header());
+            println!("   {}", l.header());
+        }
         println!("   {l}");
+        if let Some(x) = l.observed.as_ref().and_then(|o| o.explore.as_ref()) {
+            for text in explored_lines(boot.config.arch, l, x) {
+                println!("{text}");
+            }
+        }
     }
     if lines.is_empty() {
         println!("   (the expected table has no selected cell for this architecture)");

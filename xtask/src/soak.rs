@@ -245,12 +245,7 @@ mod tests {
 
     #[test]
     fn selection_narrows_the_plan() {
-        let sel = Selection {
-            row: Some("wp-unlock-vs-zap".into()),
-            variant: Some("fixed".into()),
-            flush: None,
-            mode: None,
-        };
+        let sel = Selection::new("wp-unlock-vs-zap", Some("fixed"), None, None);
         let runs = plan(&[Arch::S390x], &sel, 10, 10, 60, 1);
         assert_eq!(runs.len(), 1);
         assert_eq!(runs[0].cell.arch, Arch::S390x);

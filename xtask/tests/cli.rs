@@ -66,6 +66,61 @@ fn unknown_options_and_values() {
 }
 
 #[test]
+fn explore_options_go_with_their_modes() {
+    // A schedule replaces the forced schedule of one row: not natural, not
+    // both modes.
+    for mode in [&["--mode", "natural"][..], &[]] {
+        let mut args = vec!["run", "--scenario", "ptfree-vs-gup-fast"];
+        args.extend(mode);
+        args.extend(["--schedule", "gup@role:start"]);
+        assert_error(&args, "--schedule replaces one row's forced schedule");
+    }
+    assert_error(
+        &[
+            "run",
+            "--scenario",
+            "all",
+            "--mode",
+            "forced",
+            "--schedule",
+            "a@b",
+        ],
+        "give --scenario ROW (not all) and --mode forced",
+    );
+    assert_error(
+        &["run", "--mode", "forced", "--schedule", "a@b"],
+        "--schedule replaces one row's forced schedule",
+    );
+    assert_error(
+        &["run", "--scenario", "ptfree-vs-gup-fast", "--bound", "2"],
+        "--bound is explore mode's preemption bound",
+    );
+    assert_error(&["explore", "--bound", "17"], "invalid value '17'");
+    assert_error(
+        &[
+            "explore",
+            "--arch",
+            "s390x",
+            "--scenario",
+            "ptfree-vs-gup-fast",
+            "--flush",
+            "nmi",
+        ],
+        "the expected table has no explore cell for ptfree-vs-gup-fast under flush nmi on s390x",
+    );
+    assert_error(
+        &[
+            "explore",
+            "--scenario",
+            "ptfrag-refcount",
+            "--variant",
+            "immediate",
+        ],
+        "--variant immediate: not a variant of ptfrag-refcount (known: buggy, fixed-a, fixed-b)",
+    );
+}
+
+#[test]
 fn help_lists_every_fixed_value() {
     let out = xtask(&["run", "--help"]);
     assert!(out.status.success());
@@ -73,7 +128,7 @@ fn help_lists_every_fixed_value() {
     for values in [
         "[possible values: s390x, x86_64, all]",
         "[possible values: tcg, kvm]",
-        "[possible values: natural, forced]",
+        "[possible values: natural, forced, explore]",
         "[possible values: all, demo-lock-vs-put, wp-unlock-vs-zap",
     ] {
         assert!(help.contains(values), "{values} missing from:\n{help}");

@@ -566,6 +566,18 @@ unsafe impl Mmu for S390x {
         }
     }
 
+    unsafe fn ptep_clear_unflushed(_mm: &Mm<Self>, _addr: u64, ptep: *mut u64) -> u64 {
+        // SAFETY: the caller's contract: a live PTE under the PTL, flushed
+        // from every TLB (IDTE) before the page or the entry is reused. A
+        // plain store without IPTE leaves every CPU's TLB entry as it was,
+        // which is what the caller asks the machine about.
+        unsafe {
+            let old = ptep.read_volatile();
+            ptep.write_volatile(pt::PAGE_INVALID);
+            old
+        }
+    }
+
     unsafe fn ptep_set_wrprotect(_mm: &Mm<Self>, addr: u64, ptep: *mut u64) {
         // SAFETY: the caller's contract: a live PTE of `addr` under the PTL.
         unsafe {

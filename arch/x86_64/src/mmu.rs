@@ -380,6 +380,11 @@ unsafe impl Mmu for X86_64 {
         entry.swap(0, Ordering::SeqCst)
     }
 
+    unsafe fn ptep_clear_unflushed(mm: &Mm<Self>, addr: u64, ptep: *mut u64) -> u64 {
+        // SAFETY: forwarded: x86-64's clear never flushes.
+        unsafe { Self::ptep_get_and_clear(mm, addr, ptep) }
+    }
+
     unsafe fn ptep_set_wrprotect(_mm: &Mm<Self>, _addr: u64, ptep: *mut u64) {
         // SAFETY: as `set_pte_at`.
         let entry = unsafe { pte_atomic(ptep) };

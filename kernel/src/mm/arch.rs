@@ -348,6 +348,18 @@ pub unsafe trait Mmu: Arch + Sized {
     /// # Safety
     /// As [`Mmu::set_pte_at`].
     unsafe fn ptep_get_and_clear(mm: &Mm<Self>, addr: u64, ptep: *mut u64) -> u64;
+    /// Clears a present PTE and returns its old value, invalidating no TLB
+    /// entry: every CPU's cached translation is left to the machine
+    /// (x86-64: the exchange of [`Mmu::ptep_get_and_clear`]; s390x: the
+    /// invalid entry stored without IPTE, which Linux never does). Only the
+    /// platform probe ([`crate::platform`]) uses it, to ask the machine
+    /// whether another CPU still translates through a cleared entry.
+    ///
+    /// # Safety
+    /// As [`Mmu::set_pte_at`]; and the caller flushes the page from every
+    /// TLB ([`Mmu::flush_tlb_range`]) before the page is freed or the entry
+    /// set again.
+    unsafe fn ptep_clear_unflushed(mm: &Mm<Self>, addr: u64, ptep: *mut u64) -> u64;
     /// Makes a present PTE read-only (x86-64: atomic, no flush; s390x: IPTE,
     /// then the protected entry is stored).
     ///

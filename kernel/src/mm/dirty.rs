@@ -40,8 +40,10 @@
 //!   it waits for this PTL). Had: `set_page_dirty` under the page lock,
 //!   which reclaim holds across the swap-cache insertion. Not had: a file
 //!   page is dirtied anyway (the open file pins its mapping); a swap-cache
-//!   page's dirty bit is dropped — data loss in its own right, counted in
-//!   [`skey_stats`].
+//!   page's change bit is dropped, counted in [`skey_stats`]. The store it
+//!   recorded is lost unless something else has the page written: for a
+//!   page reclaim is adding to the swap cache, `add_to_swap`'s `PG_dirty`
+//!   does (row 7 checks the swap slot).
 //!
 //! Invariants:
 //! - StorageKey is never selected on an arch without keys: the setter refuses

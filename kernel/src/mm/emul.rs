@@ -252,6 +252,10 @@ macro_rules! emul_arch {
                 // SAFETY: a live, aligned entry (caller's contract).
                 unsafe { AtomicU64::from_ptr(ptep) }.swap(0, Ordering::AcqRel)
             }
+            unsafe fn ptep_clear_unflushed(mm: &Mm<Self>, addr: u64, ptep: *mut u64) -> u64 {
+                // SAFETY: forwarded: the clear flushes nothing here either.
+                unsafe { Self::ptep_get_and_clear(mm, addr, ptep) }
+            }
             unsafe fn pmdp_get_and_clear(_: &Mm<Self>, _: u64, pmdp: *mut u64) -> u64 {
                 // SAFETY: a live, aligned entry (caller's contract).
                 unsafe { AtomicU64::from_ptr(pmdp) }.swap(0, Ordering::AcqRel)

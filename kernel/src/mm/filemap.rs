@@ -419,11 +419,12 @@ pub fn clear_page_dirty_for_io<A: Mmu>(p: &Page) -> bool {
 
 /// Starts writeback of a locked page (`folio_start_writeback`): `PG_writeback`,
 /// the WRITEBACK tag, and the DIRTY and TOWRITE tags dropped unless the page
-/// was dirtied again.
+/// was dirtied again. The tags are at the page's `page_index` (its swap
+/// entry for a swap-cache page).
 pub fn set_page_writeback(p: &Page) {
     p.set_flag(page::PG_writeback);
     if let Some(mapping) = page_mapping(p) {
-        let index = p.index.load(Ordering::Acquire);
+        let index = super::swap_state::page_index(p);
         let mut tree = mapping.i_pages.lock();
         tree.set_mark(index, XaMark::Writeback);
         if !page::PageDirty(p) {
@@ -439,7 +440,7 @@ pub fn end_page_writeback(p: &Page) {
         mapping
             .i_pages
             .lock()
-            .clear_mark(p.index.load(Ordering::Acquire), XaMark::Writeback);
+            .clear_mark(super::swap_state::page_index(p), XaMark::Writeback);
     }
     p.clear_flag(page::PG_writeback);
 }

@@ -59,7 +59,7 @@ use super::mm::{Mm, VmFlags, Vma, VmaList};
 use super::mmu_gather::{self, MmuGather, RmapOrder};
 use super::page::{self, Page};
 use super::{dirty, frag, huge_memory, page_alloc, pgtable, rmap, PAGE_SIZE};
-use crate::race::point::{points, race_point};
+use crate::race::point::{points, race_point, sync_point};
 use crate::race::waitfor::{self, NR_PTL};
 use alloc::boxed::Box;
 use alloc::sync::Arc;
@@ -118,7 +118,7 @@ pub struct Ptl(spin::Mutex<()>);
 
 /// A held [`Ptl`]; dropping it releases the lock.
 pub struct PtlGuard<'a> {
-    _guard: spin::MutexGuard<'a, ()>,
+    guard: Option<spin::MutexGuard<'a, ()>>,
     idx: usize,
 }
 
@@ -130,12 +130,16 @@ impl Ptl {
     fn acquired<'a>(&'a self, guard: spin::MutexGuard<'a, ()>) -> PtlGuard<'a> {
         let idx = self.idx();
         waitfor::ptl_acquired(idx, crate::race::this_cpu());
-        PtlGuard { _guard: guard, idx }
+        PtlGuard {
+            guard: Some(guard),
+            idx,
+        }
     }
 
     /// Takes the lock, spinning (interrupts as they are) while another CPU
     /// holds it.
     pub fn lock(&self) -> PtlGuard<'_> {
+        sync_point(&points::SYNC_PTL_LOCK, self.idx() as u64);
         if let Some(g) = self.0.try_lock() {
             return self.acquired(g);
         }
@@ -156,6 +160,7 @@ impl Ptl {
 
     /// Takes the lock if it is free.
     pub fn try_lock(&self) -> Option<PtlGuard<'_>> {
+        sync_point(&points::SYNC_PTL_LOCK, self.idx() as u64);
         self.0.try_lock().map(|g| self.acquired(g))
     }
 
@@ -167,8 +172,10 @@ impl Ptl {
 
 impl Drop for PtlGuard<'_> {
     fn drop(&mut self) {
-        // Runs before the inner guard unlocks: the owner is cleared first.
+        // The owner is cleared before the lock is released.
         waitfor::ptl_released(self.idx);
+        drop(self.guard.take());
+        sync_point(&points::SYNC_PTL_UNLOCK, self.idx as u64);
     }
 }
 
@@ -798,6 +805,12 @@ pub enum WpUnlock {
     /// Before the PTE is made writable, under the PTL (be068f29034f, the
     /// fix).
     BeforePtl,
+    /// A self-check (`inject=misplaced-point`): the buggy order, with the
+    /// race point `wp:before_unlock_page` placed before the PTL is
+    /// released, out of the window it should mark. Forced mode then holds
+    /// the fault under the PTL, as with the fix; explore still finds the
+    /// window through the PTL release and the page unlock.
+    AfterPtlPointUnderPtl,
 }
 
 static WP_UNLOCK: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(1);
@@ -806,6 +819,7 @@ static WP_UNLOCK: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::n
 pub fn wp_unlock_order() -> WpUnlock {
     match WP_UNLOCK.load(Ordering::Acquire) {
         0 => WpUnlock::AfterPtl,
+        2 => WpUnlock::AfterPtlPointUnderPtl,
         _ => WpUnlock::BeforePtl,
     }
 }
@@ -866,6 +880,11 @@ fn do_wp_page<A: Mmu>(
                     // The PTL is released: only the page lock is held, and
                     // it holds no reference.
                     race_point::<A>(&points::WP_BEFORE_UNLOCK_PAGE, addr);
+                    page::unlock_page(old_page);
+                }
+                WpUnlock::AfterPtlPointUnderPtl => {
+                    race_point::<A>(&points::WP_BEFORE_UNLOCK_PAGE, addr);
+                    wp_page_reuse(mm, addr, ptep, pte, ptl);
                     page::unlock_page(old_page);
                 }
             }

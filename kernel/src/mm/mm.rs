@@ -26,6 +26,8 @@ use super::filemap::RamFile;
 use super::rmap::AnonVma;
 use super::PAGE_SIZE;
 use crate::percpu;
+use crate::race::point::{points, sync_point};
+use crate::race::waitfor;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -266,6 +268,114 @@ impl VmaList {
     }
 }
 
+/// `mmap_lock`: a reader-writer spin lock over the VMAs that records its
+/// holders, and a CPU spinning on it records that it waits, for the race
+/// prover ([`crate::race::waitfor`]: "the mmap_lock holders"). Taking and
+/// releasing it are synchronisation events of explore mode.
+pub struct MmapLock {
+    lock: spin::RwLock<VmaList>,
+    owners: waitfor::RwOwners,
+}
+
+/// `mmap_lock` held for read.
+pub struct MmapReadGuard<'a> {
+    guard: Option<spin::RwLockReadGuard<'a, VmaList>>,
+    owners: &'a waitfor::RwOwners,
+    cpu: usize,
+}
+
+/// `mmap_lock` held for write.
+pub struct MmapWriteGuard<'a> {
+    guard: Option<spin::RwLockWriteGuard<'a, VmaList>>,
+    owners: &'a waitfor::RwOwners,
+}
+
+impl MmapLock {
+    fn new() -> Self {
+        MmapLock {
+            lock: spin::RwLock::new(VmaList::default()),
+            owners: waitfor::RwOwners::new(),
+        }
+    }
+
+    /// Spins (interrupts as they are) until `take` gets the lock, with a
+    /// wait record while it spins.
+    fn take<G>(&self, write: bool, take: impl Fn() -> Option<G>) -> (G, usize) {
+        let cpu = crate::race::this_cpu();
+        sync_point(&points::SYNC_MMAP_LOCK, u64::from(write));
+        if let Some(g) = take() {
+            return (g, cpu);
+        }
+        let wait = waitfor::begin(cpu, self.owners.wait(write), crate::race::irqs_disabled());
+        let g = loop {
+            if let Some(g) = take() {
+                break g;
+            }
+            core::hint::spin_loop();
+        };
+        waitfor::end(wait);
+        (g, cpu)
+    }
+
+    /// Takes the lock for read (`mmap_read_lock`).
+    pub fn read(&self) -> MmapReadGuard<'_> {
+        let (g, cpu) = self.take(false, || self.lock.try_read());
+        self.owners.reader_in(cpu);
+        MmapReadGuard {
+            guard: Some(g),
+            owners: &self.owners,
+            cpu,
+        }
+    }
+
+    /// Takes the lock for write (`mmap_write_lock`).
+    pub fn write(&self) -> MmapWriteGuard<'_> {
+        let (g, cpu) = self.take(true, || self.lock.try_write());
+        self.owners.writer_in(cpu);
+        MmapWriteGuard {
+            guard: Some(g),
+            owners: &self.owners,
+        }
+    }
+}
+
+impl core::ops::Deref for MmapReadGuard<'_> {
+    type Target = VmaList;
+    fn deref(&self) -> &VmaList {
+        self.guard.as_ref().expect("held until dropped")
+    }
+}
+
+impl core::ops::Deref for MmapWriteGuard<'_> {
+    type Target = VmaList;
+    fn deref(&self) -> &VmaList {
+        self.guard.as_ref().expect("held until dropped")
+    }
+}
+
+impl core::ops::DerefMut for MmapWriteGuard<'_> {
+    fn deref_mut(&mut self) -> &mut VmaList {
+        self.guard.as_mut().expect("held until dropped")
+    }
+}
+
+impl Drop for MmapReadGuard<'_> {
+    fn drop(&mut self) {
+        // The holder is cleared before the lock is released.
+        self.owners.reader_out(self.cpu);
+        drop(self.guard.take());
+        sync_point(&points::SYNC_MMAP_UNLOCK, 0);
+    }
+}
+
+impl Drop for MmapWriteGuard<'_> {
+    fn drop(&mut self) {
+        self.owners.writer_out();
+        drop(self.guard.take());
+        sync_point(&points::SYNC_MMAP_UNLOCK, 1);
+    }
+}
+
 /// An address space.
 pub struct Mm<A: Mmu> {
     /// Arch state: the top table, on s390x the ASCE.
@@ -274,7 +384,7 @@ pub struct Mm<A: Mmu> {
     pub cpumask: AtomicU64,
     /// `mmap_lock`: read for faults, slow GUP, MADV_DONTNEED; write for mmap,
     /// munmap, mprotect, collapse. Protects the VMAs.
-    pub mmap_lock: spin::RwLock<VmaList>,
+    pub mmap_lock: MmapLock,
     /// Serialises populating upper-level entries (`pXd_populate`).
     pub page_table_lock: spin::Mutex<()>,
     /// Page-table bytes allocated for this mm (`pgtables_bytes`).
@@ -305,7 +415,7 @@ impl<A: Mmu> Mm<A> {
         Some(Self {
             context: A::init_new_context()?,
             cpumask: AtomicU64::new(0),
-            mmap_lock: spin::RwLock::new(VmaList::default()),
+            mmap_lock: MmapLock::new(),
             page_table_lock: spin::Mutex::new(()),
             pgtables_bytes: AtomicUsize::new(0),
             rss_anon: AtomicUsize::new(0),

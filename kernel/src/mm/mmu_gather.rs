@@ -476,6 +476,9 @@ fn tlb_remove_table_rcu<A: Mmu>(arg: usize) {
 
 /// Frees unhooked tables (their mm's accounting was done at hand-over).
 fn free_tables<A: Mmu>(tables: &[(Level, u64)]) {
+    if let Some(&(_, first)) = tables.first() {
+        crate::race::race_point::<A>(&crate::race::point::points::SYNC_FREE_TABLE, first);
+    }
     for &(level, table) in tables {
         if level == Level::Pte {
             frag::__pte_free::<A>(table);

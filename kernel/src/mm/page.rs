@@ -36,6 +36,8 @@
 //!   under the allocator's zone lock.
 
 use super::{page_alloc, PAGE_SHIFT};
+use crate::race::point::{points, sync_point};
+use crate::race::waitfor;
 use core::sync::atomic::{AtomicI32, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 /// A page frame's descriptor (Linux `struct page`). 64 bytes, like Linux's.
@@ -344,6 +346,16 @@ pub fn pfn_to_page(pfn: u64) -> &'static Page {
     unsafe { &*base.add(pfn as usize) }
 }
 
+/// A synchronisation event on `page` ([`sync_point`] with its pfn, read only
+/// when the point is armed: a descriptor outside the frame database, as in
+/// a unit test, has none).
+#[inline(always)]
+fn sync_page(p: &'static crate::race::RacePoint, page: &Page) {
+    if p.armed() {
+        sync_point(p, page_to_pfn(page));
+    }
+}
+
 /// The frame number of `page`, which must be a descriptor of the frame database.
 #[inline]
 pub fn page_to_pfn(page: &Page) -> u64 {
@@ -469,6 +481,7 @@ pub fn page_ref_add_unless(page: &Page, nr: i32, u: i32) -> bool {
 /// is zero is reported as a bad page (Linux: `VM_BUG_ON_PAGE`), then taken.
 #[inline]
 pub fn get_page(page: &Page) {
+    sync_page(&points::SYNC_PAGE_GET, page);
     let old = page._refcount.fetch_add(1, Ordering::AcqRel);
     if old <= 0 {
         page_alloc::report_bad_page(page, "get_page on a page with zero _refcount", 0);
@@ -479,6 +492,7 @@ pub fn get_page(page: &Page) {
 /// reference of GUP-fast and the page cache. Returns whether it took one.
 #[inline]
 pub fn get_page_unless_zero(page: &Page) -> bool {
+    sync_page(&points::SYNC_PAGE_GET, page);
     page_ref_add_unless(page, 1, 0)
 }
 
@@ -487,6 +501,7 @@ pub fn get_page_unless_zero(page: &Page) -> bool {
 /// never goes negative.
 #[inline]
 pub fn put_page_testzero(page: &Page) -> bool {
+    sync_page(&points::SYNC_PAGE_PUT, page);
     match page
         ._refcount
         .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
@@ -567,7 +582,18 @@ pub fn page_mapped(page: &Page) -> bool {
 /// Takes the page lock if it is free; returns whether it did.
 #[inline]
 pub fn trylock_page(page: &Page) -> bool {
-    page.flags.fetch_or(PG_locked, Ordering::Acquire) & PG_locked == 0
+    sync_page(&points::SYNC_PAGE_LOCK, page);
+    trylock_page_raw(page)
+}
+
+/// [`trylock_page`] without its synchronisation event; records the holder
+/// for the race prover.
+fn trylock_page_raw(page: &Page) -> bool {
+    let got = page.flags.fetch_or(PG_locked, Ordering::Acquire) & PG_locked == 0;
+    if got {
+        waitfor::page_locked(page as *const Page as u64, crate::race::this_cpu());
+    }
+    got
 }
 
 /// Takes the page lock, spinning while another CPU holds it. A CPU that has to
@@ -579,11 +605,19 @@ pub fn lock_page(page: &Page) {
     }
     page.waiters.fetch_add(1, Ordering::AcqRel);
     page.set_flag(PG_waiters);
-    while !trylock_page(page) {
+    let wait = waitfor::begin(
+        crate::race::this_cpu(),
+        waitfor::Wait::PageLock {
+            page: page as *const Page as u64,
+        },
+        crate::race::irqs_disabled(),
+    );
+    while !trylock_page_raw(page) {
         while page.test_flag(PG_locked) {
             core::hint::spin_loop();
         }
     }
+    waitfor::end(wait);
     if page.waiters.fetch_sub(1, Ordering::AcqRel) == 1 {
         // Clear, then look again: a waiter that counted itself meanwhile has set
         // the flag already or will set it after our clear.
@@ -599,10 +633,12 @@ pub fn lock_page(page: &Page) {
 /// cleared either way, as the write to the descriptor has happened.
 #[inline]
 pub fn unlock_page(page: &Page) {
+    waitfor::page_unlocked(page as *const Page as u64);
     let old = page.flags.fetch_and(!PG_locked, Ordering::Release);
     if old & PG_locked == 0 {
         page_alloc::report_bad_page(page, "unlock_page on an unlocked page", 0);
     }
+    sync_page(&points::SYNC_PAGE_UNLOCK, page);
 }
 
 /// Spins until the page is unlocked, without taking the lock.

@@ -425,6 +425,13 @@ pub fn free_page(page: &Page) {
 /// block on the free lists. A block that fails the checks is reported and
 /// leaked.
 pub fn free_frozen_pages(page: &Page, order: u32) {
+    crate::race::point::sync_point(
+        &crate::race::point::points::SYNC_FREE_PAGE,
+        page_to_pfn(page),
+    );
+    // A freed frame holds no page lock (one freed locked is reported by
+    // the checks below).
+    crate::race::waitfor::page_unlocked(page as *const Page as u64);
     assert!(
         order <= MAX_PAGE_ORDER,
         "free_frozen_pages: order {order} too large"

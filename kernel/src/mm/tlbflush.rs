@@ -201,6 +201,7 @@ fn count_issued<A: Mmu>(pages: u64) {
 
 /// Flushes `addr` of `mm` from every CPU that may cache it.
 pub fn flush_tlb_page<A: Mmu>(mm: &Mm<A>, addr: u64) {
+    crate::race::race_point::<A>(&crate::race::point::points::SYNC_FLUSH, addr);
     count_issued::<A>(1);
     trace::record(trace::Kind::FlushIssue, addr, addr + PAGE_SIZE);
     A::flush_tlb_page(mm, addr);
@@ -208,6 +209,7 @@ pub fn flush_tlb_page<A: Mmu>(mm: &Mm<A>, addr: u64) {
 
 /// Flushes `[start, end)` of `mm` from every CPU that may cache it.
 pub fn flush_tlb_range<A: Mmu>(mm: &Mm<A>, start: u64, end: u64) {
+    crate::race::race_point::<A>(&crate::race::point::points::SYNC_FLUSH, start);
     count_issued::<A>(end.saturating_sub(start).div_ceil(PAGE_SIZE));
     trace::record(trace::Kind::FlushIssue, start, end);
     A::flush_tlb_range(mm, start, end);
@@ -215,6 +217,7 @@ pub fn flush_tlb_range<A: Mmu>(mm: &Mm<A>, start: u64, end: u64) {
 
 /// Flushes every translation of `mm` from every CPU that may cache it.
 pub fn flush_tlb_mm<A: Mmu>(mm: &Mm<A>) {
+    crate::race::race_point::<A>(&crate::race::point::points::SYNC_FLUSH, 0);
     count_issued::<A>(0);
     trace::record(trace::Kind::FlushIssue, 0, u64::MAX);
     A::flush_tlb_mm(mm);

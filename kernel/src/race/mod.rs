@@ -127,6 +127,7 @@
 //! cycle) and `vacuous` (some role did not complete and nothing fired).
 
 pub mod detect;
+pub mod explore;
 pub mod point;
 pub mod rows;
 pub mod scenario;
@@ -144,6 +145,7 @@ struct Hooks {
     cpu: fn() -> usize,
     clock: fn() -> u64,
     irqs_disabled: fn() -> bool,
+    hit: fn(&'static RacePoint, u64),
 }
 
 static HOOKS: spin::Once<Hooks> = spin::Once::new();
@@ -154,6 +156,7 @@ pub fn init<A: Arch>() {
         cpu: A::smp_processor_id,
         clock: A::clock_ns,
         irqs_disabled: A::irqs_disabled,
+        hit: point::hit_dyn::<A>,
     });
 }
 
@@ -165,6 +168,14 @@ pub(crate) fn this_cpu() -> usize {
 /// [`Arch::clock_ns`] (0 before [`init`]).
 pub(crate) fn clock_ns() -> u64 {
     HOOKS.get().map_or(0, |h| (h.clock)())
+}
+
+/// An armed point reached by code without an `A: Arch`
+/// ([`point::sync_point`]); nothing before [`init`].
+pub(crate) fn hit_point(p: &'static RacePoint, addr: u64) {
+    if let Some(h) = HOOKS.get() {
+        (h.hit)(p, addr);
+    }
 }
 
 /// [`Arch::irqs_disabled`] (false before [`init`]).

@@ -48,6 +48,7 @@ const OFF: u8 = 0;
 const TRACE: u8 = 1;
 const DELAY: u8 = 2;
 const SCHEDULE: u8 = 3;
+const EXPLORE: u8 = 4;
 
 impl RacePoint {
     /// A new, unarmed point.
@@ -199,7 +200,63 @@ pub mod points {
         /// The pfn scanner: the speculative reference was dropped (`put_page`,
         /// which frees the frame if it was the last). `addr` = the pfn.
         PFN_SCAN_AFTER_PUT = "pfn_scan:after_put";
+
+        /// The runner's role loop: the role is about to run its operation
+        /// (explore mode parks every role here first).
+        ROLE_START = "role:start";
+        /// The runner's role loop: the role's operation returned.
+        ROLE_END = "role:end";
+        /// A role waits until another role made a condition true (a row's
+        /// handshake, [`super::wait_until`]).
+        ROLE_WAIT = "role:wait";
+
+        // Synchronisation events: explore mode schedules at each (as CHESS
+        // schedules at synchronisation), so a window no hand-placed point
+        // marks is still explored. Placed with [`super::sync_point`].
+        /// About to take a page-table lock (`spin_lock(ptl)`). `addr` = the
+        /// lock's index.
+        SYNC_PTL_LOCK = "sync:ptl_lock";
+        /// A page-table lock was released. `addr` = the lock's index.
+        SYNC_PTL_UNLOCK = "sync:ptl_unlock";
+        /// About to take a page lock (`lock_page`, `trylock_page`). `addr` =
+        /// the pfn.
+        SYNC_PAGE_LOCK = "sync:page_lock";
+        /// A page lock was released (`unlock_page`). `addr` = the pfn.
+        SYNC_PAGE_UNLOCK = "sync:page_unlock";
+        /// About to take a page reference (`get_page`,
+        /// `get_page_unless_zero`). `addr` = the pfn.
+        SYNC_PAGE_GET = "sync:page_get";
+        /// About to drop a page reference (`put_page`). `addr` = the pfn.
+        SYNC_PAGE_PUT = "sync:page_put";
+        /// About to free a block to the allocator (`free_frozen_pages`).
+        /// `addr` = the pfn.
+        SYNC_FREE_PAGE = "sync:free_page";
+        /// About to free unhooked page tables (`free_tables`). `addr` = the
+        /// physical address of the first table.
+        SYNC_FREE_TABLE = "sync:free_table";
+        /// About to issue a TLB flush (`flush_tlb_*`). `addr` = the start of
+        /// the range (0 for a whole mm).
+        SYNC_FLUSH = "sync:flush";
+        /// About to take `mmap_lock` (read or write). `addr` = 1 for write.
+        SYNC_MMAP_LOCK = "sync:mmap_lock";
+        /// `mmap_lock` was released. `addr` = 1 for write.
+        SYNC_MMAP_UNLOCK = "sync:mmap_unlock";
     }
+
+    /// The synchronisation events explore mode schedules at.
+    pub static SYNC: &[&RacePoint] = &[
+        &SYNC_PTL_LOCK,
+        &SYNC_PTL_UNLOCK,
+        &SYNC_PAGE_LOCK,
+        &SYNC_PAGE_UNLOCK,
+        &SYNC_PAGE_GET,
+        &SYNC_PAGE_PUT,
+        &SYNC_FREE_PAGE,
+        &SYNC_FREE_TABLE,
+        &SYNC_FLUSH,
+        &SYNC_MMAP_LOCK,
+        &SYNC_MMAP_UNLOCK,
+    ];
 
     /// The point named `name`.
     pub fn by_name(name: &str) -> Option<&'static RacePoint> {
@@ -216,6 +273,42 @@ pub fn race_point<A: Arch>(p: &'static RacePoint, addr: u64) {
     }
 }
 
+/// [`race_point`] for code without an `A: Arch` (the page lock, page
+/// references, the PTL): the synchronisation events of [`points::SYNC`].
+#[inline(always)]
+pub fn sync_point(p: &'static RacePoint, addr: u64) {
+    if p.state.load(Ordering::Relaxed) != OFF {
+        super::hit_point(p, addr);
+    }
+}
+
+/// The arch-typed [`hit`], for [`super::init`]'s hooks.
+pub(crate) fn hit_dyn<A: Arch>(p: &'static RacePoint, addr: u64) {
+    hit::<A>(p, addr);
+}
+
+/// Interrupt handlers running on each CPU (nesting depth): in explore mode
+/// a point reached in an interrupt handler is traced but does not park the
+/// CPU: only a role's own program is scheduled.
+static IRQ_DEPTH: [AtomicU8; NR_CPUS] = [const { AtomicU8::new(0) }; NR_CPUS];
+
+/// An interrupt handler runs on `cpu` until the guard is dropped.
+pub struct IrqContext(usize);
+
+impl IrqContext {
+    /// Enters interrupt context on `cpu` (the caller).
+    pub fn enter(cpu: usize) -> Self {
+        IRQ_DEPTH[cpu].fetch_add(1, Ordering::Relaxed);
+        IrqContext(cpu)
+    }
+}
+
+impl Drop for IrqContext {
+    fn drop(&mut self) {
+        IRQ_DEPTH[self.0].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 // ---- run configuration (changed only between iterations) ------------------------
 
 /// No role on this CPU.
@@ -225,8 +318,8 @@ static CPU_OF_ROLE: [AtomicUsize; 8] = [const { AtomicUsize::new(usize::MAX) }; 
 /// Armed points passed by each CPU in the iteration (natural delays).
 static HITS: [AtomicU64; NR_CPUS] = [const { AtomicU64::new(0) }; NR_CPUS];
 
-/// Largest schedule.
-pub const MAX_STEPS: usize = 32;
+/// Largest schedule: a replay of the longest explore schedule fits.
+pub const MAX_STEPS: usize = 2 * super::scenario::EXPLORE_MAX_DECISIONS + 16;
 static STEP_POINT: [AtomicUsize; MAX_STEPS] = [const { AtomicUsize::new(0) }; MAX_STEPS];
 /// `role | leave << 7`.
 static STEP_ROLE: [AtomicU8; MAX_STEPS] = [const { AtomicU8::new(0) }; MAX_STEPS];
@@ -392,6 +485,9 @@ pub enum Arming {
     Delay,
     /// Traced, and the forced schedule is followed there.
     Schedule,
+    /// Traced, and a role that reaches it parks there until the explore
+    /// controller grants it its next step ([`explore_grant`]).
+    Explore,
 }
 
 /// Arms `p`.
@@ -400,6 +496,7 @@ pub fn arm(p: &'static RacePoint, how: Arming) {
         Arming::Trace => TRACE,
         Arming::Delay => DELAY,
         Arming::Schedule => SCHEDULE,
+        Arming::Explore => EXPLORE,
     };
     let mut armed = ARMED.lock();
     if !armed.iter().any(|q| core::ptr::eq(*q, p)) {
@@ -539,6 +636,10 @@ fn hit<A: Arch>(p: &'static RacePoint, addr: u64) {
             follow_schedule::<A>(cpu, role, p);
             trace::record_on(cpu, Kind::Leave, pa, addr);
         }
+        EXPLORE if IRQ_DEPTH[cpu].load(Ordering::Relaxed) == 0 => {
+            explore_park::<A>(cpu, role, p, addr);
+            trace::record_on(cpu, Kind::Leave, pa, addr);
+        }
         _ => {}
     }
 }
@@ -562,7 +663,7 @@ fn follow_schedule<A: Arch>(cpu: usize, role: usize, p: &'static RacePoint) {
         if !core::ptr::eq(s.point, p) || s.leave != expect_leave {
             return;
         }
-        if i != cursor && !wait_for_step::<A>(cpu, i) {
+        if i != cursor && !wait_for_step::<A>(cpu, i, p) {
             return; // aborted
         }
         trace::record_on(cpu, Kind::Step, p as *const RacePoint as u64, i as u64);
@@ -574,13 +675,44 @@ fn follow_schedule<A: Arch>(cpu: usize, role: usize, p: &'static RacePoint) {
     }
 }
 
-/// Spins until step `i` is current; false if the schedule was aborted.
-fn wait_for_step<A: Arch>(cpu: usize, i: usize) -> bool {
+/// Spins at `p` until step `i` is current; false if the schedule was
+/// aborted.
+fn wait_for_step<A: Arch>(cpu: usize, i: usize, p: &'static RacePoint) -> bool {
+    hold::<A>(cpu, i, p, || CURSOR.load(Ordering::Acquire) == i)
+}
+
+/// Holds `cpu` at `p` (interrupt state kept, wait record "step `i`"
+/// published, IPIs sampled) until `go` or an abort; false if aborted.
+fn hold<A: Arch>(cpu: usize, i: usize, p: &'static RacePoint, go: impl Fn() -> bool) -> bool {
+    hold_as::<A>(cpu, i, p, false, go)
+}
+
+/// [`hold`]; with `halt`, a CPU that holds with interrupts on halts between
+/// checks (woken by an IPI or the tick) instead of spinning, leaving the
+/// host's time to the CPU that runs.
+fn hold_as<A: Arch>(
+    cpu: usize,
+    i: usize,
+    p: &'static RacePoint,
+    halt: bool,
+    go: impl Fn() -> bool,
+) -> bool {
     let irqs_off = A::irqs_disabled();
+    HELD_AT[cpu].store(p as *const RacePoint as usize, Ordering::Relaxed);
     let saved = super::waitfor::begin(cpu, super::waitfor::Wait::Step { index: i }, irqs_off);
     let mut spins = 0u32;
     let reached = loop {
-        if CURSOR.load(Ordering::Acquire) == i {
+        if halt && !irqs_off {
+            A::local_irq_disable();
+            let (done, aborted) = (go(), ABORT.load(Ordering::Acquire));
+            if done || aborted {
+                A::local_irq_enable();
+                break done;
+            }
+            A::wait_for_interrupt();
+            continue;
+        }
+        if go() {
             break true;
         }
         if ABORT.load(Ordering::Acquire) {
@@ -596,7 +728,222 @@ fn wait_for_step<A: Arch>(cpu: usize, i: usize) -> bool {
         A::cpu_relax();
     };
     super::waitfor::end(saved);
+    HELD_AT[cpu].store(0, Ordering::Relaxed);
     reached
+}
+
+/// The point each CPU is held at (0: none).
+static HELD_AT: [AtomicUsize; NR_CPUS] = [const { AtomicUsize::new(0) }; NR_CPUS];
+
+/// The point `cpu` is held at now, by a forced schedule or by explore.
+pub fn held_at(cpu: usize) -> Option<&'static RacePoint> {
+    match HELD_AT[cpu].load(Ordering::Relaxed) {
+        0 => None,
+        // SAFETY: `hold` stores only the address of a `'static RacePoint`.
+        a => Some(unsafe { &*(a as *const RacePoint) }),
+    }
+}
+
+// ---- explore mode ---------------------------------------------------------------
+//
+// Every role parks at every armed point it reaches (`Arming::Explore`) and
+// goes on only when the controller grants it a step; the controller grants
+// one role at a time, so the roles' code between points runs serialised,
+// in the order the controller chose. A parked role publishes the wait
+// record "step 1" and the schedule's step 0 is the granted role's: the
+// prover's graph then has an edge from every parked role to the running
+// one, as for a forced schedule.
+
+/// Points each role reached in the iteration.
+static EX_ARRIVED: [AtomicU64; 8] = [const { AtomicU64::new(0) }; 8];
+/// Steps the controller granted each role in the iteration.
+static EX_GRANTED: [AtomicU64; 8] = [const { AtomicU64::new(0) }; 8];
+/// The point each role is parked at (0: none).
+static EX_AT: [AtomicUsize; 8] = [const { AtomicUsize::new(0) }; 8];
+
+/// Resets the explore state for a new iteration (no role runs).
+pub fn explore_reset() {
+    for w in EX_ARRIVED.iter().chain(&EX_GRANTED).chain(&EX_READY) {
+        w.store(0, Ordering::Relaxed);
+    }
+    for at in &EX_AT {
+        at.store(0, Ordering::Relaxed);
+    }
+    NR_STEPS.store(1, Ordering::Relaxed);
+    STEP_POINT[0].store(
+        &points::ROLE_START as *const RacePoint as usize,
+        Ordering::Relaxed,
+    );
+    STEP_ROLE[0].store(0, Ordering::Relaxed);
+    CURSOR.store(0, Ordering::Relaxed);
+    ABORT.store(false, Ordering::Relaxed);
+    core::sync::atomic::fence(Ordering::SeqCst);
+}
+
+/// Where `role` is parked, if it is (it reached a point and was not yet
+/// granted the step on from it).
+pub fn explore_parked(role: usize) -> Option<&'static RacePoint> {
+    if EX_ARRIVED[role].load(Ordering::Acquire) <= EX_GRANTED[role].load(Ordering::Acquire) {
+        return None;
+    }
+    match EX_AT[role].load(Ordering::Acquire) {
+        0 => None,
+        // SAFETY: `explore_park` stores only the address of a `'static
+        // RacePoint`.
+        a => Some(unsafe { &*(a as *const RacePoint) }),
+    }
+}
+
+/// Points `role` reached in this iteration.
+pub fn explore_arrivals(role: usize) -> u64 {
+    EX_ARRIVED[role].load(Ordering::Acquire)
+}
+
+/// Lets the parked `role` go on to its next point (or its end). From now
+/// on the prover sees every parked role wait for it.
+pub fn explore_grant<A: Arch>(role: usize) {
+    STEP_ROLE[0].store(role as u8, Ordering::Relaxed);
+    core::sync::atomic::fence(Ordering::SeqCst);
+    EX_GRANTED[role].fetch_add(1, Ordering::AcqRel);
+    if let Some(cpu) = cpu_of(role) {
+        A::send_ipi(cpu);
+    }
+}
+
+fn explore_park<A: Arch>(cpu: usize, role: usize, p: &'static RacePoint, addr: u64) {
+    let per_page = [
+        &points::SYNC_PAGE_LOCK,
+        &points::SYNC_PAGE_UNLOCK,
+        &points::SYNC_PAGE_GET,
+        &points::SYNC_PAGE_PUT,
+        &points::SYNC_FREE_PAGE,
+    ];
+    if per_page.iter().any(|q| core::ptr::eq(*q, p)) && !explore_watched(addr) {
+        return;
+    }
+    explore_park_until::<A>(cpu, role, p, || true);
+}
+
+/// The frames whose page events (lock, reference, free) explore schedules
+/// at: the frames the row's detectors watch ([`explore_watch`]). Events on
+/// other frames (a collapse's 512 small pages) are traced only: each would
+/// multiply the orderings without touching what the race is about.
+static EX_WATCH: [AtomicU64; 8] = [const { AtomicU64::new(u64::MAX) }; 8];
+
+/// Sets the frames of [`EX_WATCH`] for the next iteration (at most 8).
+pub fn explore_watch(pfns: &[u64]) {
+    for (i, w) in EX_WATCH.iter().enumerate() {
+        w.store(pfns.get(i).copied().unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+}
+
+fn explore_watched(pfn: u64) -> bool {
+    EX_WATCH.iter().any(|w| w.load(Ordering::Relaxed) == pfn)
+}
+
+/// [`explore_park`] for a role that can go on only once `ready`: while it
+/// is parked it publishes `ready` for the controller's epoch
+/// ([`explore_enabled`]), and the controller grants it only then.
+fn explore_park_until<A: Arch>(
+    cpu: usize,
+    role: usize,
+    p: &'static RacePoint,
+    ready: impl Fn() -> bool,
+) {
+    if ABORT.load(Ordering::Acquire) {
+        return;
+    }
+    EX_AT[role].store(p as *const RacePoint as usize, Ordering::Relaxed);
+    EX_READY[role].store(0, Ordering::Relaxed);
+    let n = EX_ARRIVED[role].fetch_add(1, Ordering::AcqRel) + 1;
+    // Wake the controller: every role may be parked now.
+    A::send_ipi(0);
+    hold_as::<A>(cpu, 1, p, true, || {
+        let epoch = EX_EPOCH.load(Ordering::Acquire);
+        EX_READY[role].store(epoch << 1 | u64::from(ready()), Ordering::Release);
+        EX_GRANTED[role].load(Ordering::Acquire) >= n
+    });
+}
+
+/// The controller's epoch: bumped once every role is parked, before a
+/// decision, so that a parked role's readiness is read after the last
+/// granted step.
+static EX_EPOCH: AtomicU64 = AtomicU64::new(1);
+/// Each parked role's readiness, `epoch << 1 | ready`.
+static EX_READY: [AtomicU64; 8] = [const { AtomicU64::new(0) }; 8];
+
+/// Which parked roles can be granted a step (in role order, with where
+/// they are parked): every parked role that is not waiting for a
+/// condition another role must make true ([`wait_until`]). Call when every
+/// role is parked or done; spins until each parked role read its
+/// condition after the last granted step.
+pub fn explore_enabled<A: Arch>(roles: usize) -> Vec<(usize, &'static RacePoint)> {
+    let epoch = EX_EPOCH.fetch_add(1, Ordering::AcqRel) + 1;
+    let mut out = Vec::new();
+    for (r, readiness) in EX_READY.iter().enumerate().take(roles) {
+        let Some(p) = explore_parked(r) else {
+            continue;
+        };
+        if !core::ptr::eq(p, &points::ROLE_WAIT) {
+            out.push((r, p));
+            continue;
+        }
+        // Its condition is read on its own CPU: wake it to read it again.
+        if let Some(cpu) = cpu_of(r) {
+            A::send_ipi(cpu);
+        }
+        let ready = loop {
+            let v = readiness.load(Ordering::Acquire);
+            if v >> 1 >= epoch {
+                break v & 1 == 1;
+            }
+            A::cpu_relax();
+        };
+        if ready {
+            out.push((r, p));
+        }
+    }
+    out
+}
+
+/// Whether explore mode runs now (its points are armed).
+pub fn exploring() -> bool {
+    points::ROLE_WAIT.state.load(Ordering::Relaxed) == EXPLORE
+}
+
+/// Waits until `cond` holds: a row's handshake (one role waits for what
+/// another does). Spins, except in explore mode, where the role parks at
+/// [`points::ROLE_WAIT`] and the controller grants it a step only once
+/// `cond` holds (a blocked role is not a choice, as in CHESS).
+pub fn wait_until<A: Arch>(cond: impl Fn() -> bool) {
+    let cpu = A::smp_processor_id();
+    let explore = exploring() && IRQ_DEPTH[cpu].load(Ordering::Relaxed) == 0;
+    match role_of(cpu) {
+        Some(role) if explore => {
+            trace::record_on(
+                cpu,
+                Kind::Point,
+                &points::ROLE_WAIT as *const RacePoint as u64,
+                0,
+            );
+            while !ABORT.load(Ordering::Acquire) {
+                explore_park_until::<A>(cpu, role, &points::ROLE_WAIT, &cond);
+                if cond() {
+                    return;
+                }
+            }
+            while !cond() {
+                A::cpu_relax();
+            }
+        }
+        _ => {
+            // A forced schedule (an explore replay) can hold it here.
+            race_point::<A>(&points::ROLE_WAIT, 0);
+            while !cond() {
+                A::cpu_relax();
+            }
+        }
+    }
 }
 
 #[cfg(test)]

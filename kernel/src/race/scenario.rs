@@ -18,6 +18,7 @@
 //! controller waits for every role to finish before it tears down.
 
 use super::detect::{self, Finding};
+use super::explore::{self, Explorer};
 use super::point::{self, Arming, RacePoint, Step};
 use super::trace;
 use super::waitfor::{self, WaitClass};
@@ -525,6 +526,42 @@ pub struct Report {
     pub flush: Option<FlushStrategy>,
     /// Whether the natural-mode delays were armed.
     pub delays: bool,
+    /// Explore mode: what the exploration covered.
+    pub explore: Option<ExploreSummary>,
+}
+
+/// What an explore run covered (its schedules are [`Report::iterations`],
+/// its buggy ones [`Report::hits`]).
+#[derive(Clone, Debug, Default)]
+pub struct ExploreSummary {
+    /// Every ordering within the bound was run.
+    pub exhausted: bool,
+    /// The preemption bound of the end of the run (`None`: unbounded).
+    pub bound: Option<u32>,
+    /// Unbounded schedules run before the default bound was taken (the
+    /// space was too large to exhaust).
+    pub unbounded_first: Option<u64>,
+    /// Schedules that ran to their end.
+    pub complete: u64,
+    /// Schedules pruned by a wait-for cycle, by proof ([`evidence`]; a
+    /// cycle the fix holds is prefixed `fix:`).
+    pub pruned: Vec<(String, u64)>,
+    /// Schedules whose replayed prefix met other parked roles.
+    pub divergent: u64,
+    /// Schedules cut at [`EXPLORE_MAX_DECISIONS`] (the roles then ran
+    /// free to their end): neither complete nor explored to the end.
+    pub truncated: u64,
+    /// The most decisions one schedule made.
+    pub max_decisions: usize,
+    /// The first buggy schedule, in the text form `schedule=` replays.
+    pub buggy_schedule: Option<String>,
+}
+
+impl ExploreSummary {
+    /// Schedules pruned as refused by the hardware or the fix.
+    pub fn pruned_total(&self) -> u64 {
+        self.pruned.iter().map(|(_, n)| n).sum()
+    }
 }
 
 impl Report {
@@ -548,6 +585,7 @@ impl Report {
             seed,
             flush: None,
             delays: false,
+            explore: None,
         }
     }
 
@@ -592,7 +630,8 @@ static WEDGED: AtomicBool = AtomicBool::new(false);
 
 /// A self-check that breaks the kernel on purpose to show that a verdict
 /// catches it (`inject=`, accepted only with `scenario=`). A row that
-/// implements none ignores it; `ptfree-vs-gup-fast` implements all three.
+/// implements none ignores it; `ptfree-vs-gup-fast` implements the first,
+/// second and fourth, `wp-unlock-vs-zap` the third.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Inject {
     /// `deadlock`: a role holds a lock another role needs, unrelated to the
@@ -604,6 +643,13 @@ pub enum Inject {
     /// reads the table it walked again after the unmap freed it): a finding
     /// after the release, which must make the cell `bug`.
     LateFinding,
+    /// `misplaced-point`: the fix is broken and its row's race point moved
+    /// out of the window (`do_wp_page` unlocks the reused page after the
+    /// PTL release, as the bug does, but `wp:before_unlock_page` sits
+    /// before the release): forced mode and the natural delays no longer
+    /// reach the window; explore must still find it through the
+    /// synchronisation events.
+    MisplacedPoint,
     /// `apart`: the roles never meet inside the race window (the walker
     /// begins its walk only once the unmap is done, and finds the PMD
     /// empty): every role completes and nothing fires, yet no iteration
@@ -618,6 +664,7 @@ impl Inject {
         match name {
             "deadlock" => Some(Inject::Deadlock),
             "late-finding" => Some(Inject::LateFinding),
+            "misplaced-point" => Some(Inject::MisplacedPoint),
             "apart" => Some(Inject::Apart),
             _ => None,
         }
@@ -626,7 +673,7 @@ impl Inject {
 
 /// How one run runs: handed to [`run_with`] by the caller (the command
 /// line's `scenario=` handling, a self-test), never kept in a global.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct RunConfig {
     /// Forced or natural.
     pub mode: Mode,
@@ -649,7 +696,25 @@ pub struct RunConfig {
     pub stop_at_hit: bool,
     /// A self-check that breaks the kernel on purpose (`inject=`).
     pub inject: Option<Inject>,
+    /// Explore mode: the preemption bound (`bound=`; `None`: unbounded if
+    /// the space is small enough to exhaust, else [`EXPLORE_DEFAULT_BOUND`]).
+    pub bound: Option<u32>,
+    /// Forced mode: a schedule replacing the row's (`schedule=`).
+    pub schedule: Option<Vec<Step>>,
 }
+
+/// Explore mode's preemption bound where the unbounded space is too large.
+pub const EXPLORE_DEFAULT_BOUND: u32 = 2;
+/// Unbounded schedules explore runs before it takes the default bound.
+pub const EXPLORE_UNBOUNDED_MAX: u64 = 1_000;
+/// Decisions one explore schedule makes at most: a role that loops longer
+/// than this is released and the schedule counts as truncated.
+pub const EXPLORE_MAX_DECISIONS: usize = 512;
+/// How long an explore run may take (`budget_s=` overrides): a space not
+/// exhausted by then is reported so, with the schedules run.
+pub const EXPLORE_TIME_NS: u64 = 20_000_000_000;
+/// Schedules an explore run runs at most (`iterations=` overrides).
+pub const EXPLORE_MAX_SCHEDULES: u64 = 20_000;
 
 impl RunConfig {
     /// The row's own budgets, delays armed, no progress lines, the
@@ -665,6 +730,8 @@ impl RunConfig {
             progress_ns: None,
             stop_at_hit: false,
             inject: None,
+            bound: None,
+            schedule: None,
         }
     }
 }
@@ -713,7 +780,9 @@ fn role_loop<A: Mmu, R: Row<A>>(arg: usize) {
             // only after this role left it (`unuse_mm` below, then `done`).
             unsafe { use_mm(mm) };
         }
+        point::race_point::<A>(&point::points::ROLE_START, 0);
         let ok = R::role(ctx, role);
+        point::race_point::<A>(&point::points::ROLE_END, 0);
         if ctx.mm.is_some() {
             unuse_mm::<A>();
         }
@@ -833,16 +902,24 @@ fn run_set<A: Mmu, R: Row<A>>(variant: &'static Variant<R::Config>, cfg: &RunCon
     let limit = match mode {
         Mode::Forced => cfg.iterations.unwrap_or(s.budget.forced_iterations),
         Mode::Natural => cfg.iterations.unwrap_or(s.budget.natural_iterations),
+        Mode::Explore => cfg.iterations.unwrap_or(EXPLORE_MAX_SCHEDULES),
     };
-    let schedule = s.schedule;
-    let time_budget = cfg.time_budget_ns.unwrap_or(s.budget.natural_time_ns);
+    let schedule = cfg.schedule.as_deref().unwrap_or(s.schedule);
+    let mut explorer = (mode == Mode::Explore).then(|| Explorer::new(cfg.bound));
+    if explorer.is_some() {
+        rep.explore = Some(ExploreSummary::default());
+    }
+    let time_budget = cfg.time_budget_ns.unwrap_or(match mode {
+        Mode::Explore => EXPLORE_TIME_NS,
+        _ => s.budget.natural_time_ns,
+    });
     let progress_ns = cfg.progress_ns.unwrap_or(0);
     let start = A::clock_ns();
     let mut last_progress = start;
     let mut wedged = false;
     for it in 0..limit {
         let now = A::clock_ns();
-        if mode == Mode::Natural && now - start > time_budget {
+        if mode != Mode::Forced && now - start > time_budget {
             break;
         }
         if mode == Mode::Natural && progress_ns > 0 && now - last_progress >= progress_ns {
@@ -857,9 +934,33 @@ fn run_set<A: Mmu, R: Row<A>>(variant: &'static Variant<R::Config>, cfg: &RunCon
                 (now - start) / 1_000_000
             );
         }
-        match iteration(
-            &mut run, sh, &mut slot, variant, cfg, it, schedule, start, &mut rep,
-        ) {
+        let step = iteration(
+            &mut run,
+            sh,
+            &mut slot,
+            variant,
+            cfg,
+            it,
+            schedule,
+            start,
+            &mut rep,
+            explorer.as_mut(),
+        );
+        if let Some(ex) = explorer.as_mut() {
+            if step == Ok(true) && !ex.advance() {
+                break;
+            }
+            if cfg.bound.is_none() && ex.bound.is_none() && rep.iterations >= EXPLORE_UNBOUNDED_MAX
+            {
+                // Too large to exhaust: start over within the default
+                // bound (the schedules run so far still count).
+                *ex = Explorer::new(Some(EXPLORE_DEFAULT_BOUND));
+                if let Some(x) = rep.explore.as_mut() {
+                    x.unbounded_first = Some(rep.iterations);
+                }
+            }
+        }
+        match step {
             Ok(true) if mode == Mode::Natural && rep.hits > 0 && cfg.stop_at_hit => break,
             Ok(true) => {}
             Ok(false) => break,
@@ -897,11 +998,20 @@ fn run_set<A: Mmu, R: Row<A>>(variant: &'static Variant<R::Config>, cfg: &RunCon
     RUNNER_ADDRS.lock().clear();
     point::set_roles(&[]);
     R::finish(run);
+    if let (Some(ex), Some(x)) = (explorer, rep.explore.as_mut()) {
+        x.exhausted = ex.exhausted;
+        x.bound = ex.bound;
+        x.divergent = ex.divergent;
+    }
     // A finding decides, also one after a release: the roles ran to the
     // end and the detectors judged what they did.
     if matches!(rep.outcome, Outcome::Clean | Outcome::Impossible) && rep.hits > 0 {
         rep.outcome = Outcome::Bug;
-    } else if rep.outcome == Outcome::Clean && (rep.incomplete > 0 || rep.iterations == 0) {
+    } else if rep.outcome == Outcome::Clean
+        && (rep.iterations == 0
+            || rep.incomplete > 0
+            || rep.explore.as_ref().is_some_and(|x| x.complete == 0))
+    {
         rep.outcome = Outcome::Vacuous;
     }
     rep
@@ -922,17 +1032,11 @@ fn evidence(s: &RowInfo, cycle: &[waitfor::Edge], role_of: fn(usize) -> Option<u
         .iter()
         .map(|e| match e.class() {
             Some(c) => format!("{}:{}>{}", c.word(), name(e.from), name(e.to)),
-            None => {
-                let at = match e.why {
-                    waitfor::Why::Schedule { waits_for_step, .. } => point::step(waits_for_step),
-                    _ => None,
-                };
-                format!(
-                    "held:{}@{}",
-                    name(e.from),
-                    at.map_or("?", |st| st.point.name)
-                )
-            }
+            None => format!(
+                "held:{}@{}",
+                name(e.from),
+                point::held_at(e.from).map_or("?", |p| p.name)
+            ),
         })
         .collect();
     parts.sort();
@@ -961,6 +1065,7 @@ fn iteration<A: Mmu, R: Row<A>>(
     schedule: &[Step],
     start: u64,
     rep: &mut Report,
+    explorer: Option<&mut Explorer>,
 ) -> Result<bool, ()> {
     let s = &R::INFO;
     let (mode, seed) = (cfg.mode, cfg.seed);
@@ -1016,6 +1121,25 @@ fn iteration<A: Mmu, R: Row<A>>(
                 }
             }
         }
+        Mode::Explore => {
+            point::explore_reset();
+            point::explore_watch(&ctx.pfns);
+            let row_points = schedule
+                .iter()
+                .map(|st| st.point)
+                .chain(s.delay_points.iter().copied())
+                .chain(s.trace_points.iter().copied());
+            for p in row_points
+                .chain([
+                    &point::points::ROLE_START,
+                    &point::points::ROLE_END,
+                    &point::points::ROLE_WAIT,
+                ])
+                .chain(point::points::SYNC.iter().copied())
+            {
+                point::arm(p, Arming::Explore);
+            }
+        }
     }
     trace::set_enabled(true);
     let roles = s.roles.len();
@@ -1033,8 +1157,24 @@ fn iteration<A: Mmu, R: Row<A>>(
     let mut last_probe = t0;
     let mut cycle_mask = 0u64;
     let mut cycle_since = 0u64;
+    let mut held = false;
     let mut verdict: Option<Outcome> = None;
-    while !all_done() {
+    let mut explorer = explorer;
+    if let Some(ex) = explorer.as_deref_mut() {
+        let done = |r: usize| sh.done[r].load(Ordering::Acquire) == g;
+        verdict = explore_watch::<A>(s, variant.fix_waits, ex, roles, &done, rep);
+        if verdict == Some(Outcome::Hang) {
+            // What led there: the schedule so far and every CPU's events.
+            let text =
+                explore::format_schedule(&explore::replay_steps(roles, ex.decisions()), s.roles);
+            kprintln!("    # explore: hang after schedule={text}");
+            let roles_of = s.roles;
+            trace::print(&trace::snapshot(REPORT_EVENTS_PER_CPU), |cpu| {
+                point::role_of(cpu).and_then(|r| roles_of.get(r).copied())
+            });
+        }
+    }
+    while verdict.is_none() && !all_done() {
         let now = A::clock_ns();
         if now - last_probe >= PROBE_NS {
             last_probe = now;
@@ -1056,7 +1196,12 @@ fn iteration<A: Mmu, R: Row<A>>(
                     {
                         // The fix holds the interleaving back: release the
                         // schedule and let the iteration finish, judged.
-                        rep.held_by_fix += 1;
+                        // Counted once per iteration: a held CPU the host
+                        // has not run since the release still shows it.
+                        if !held {
+                            held = true;
+                            rep.held_by_fix += 1;
+                        }
                         rep.fix_cycle.get_or_insert_with(|| waitfor::describe(&c));
                         rep.fix_evidence
                             .get_or_insert_with(|| evidence(s, &c, point::role_of));
@@ -1111,6 +1256,7 @@ fn iteration<A: Mmu, R: Row<A>>(
     rep.iterations += 1;
 
     let finding = detect::bad_page_since(seq).or_else(|| R::detect(ctx));
+    let finding_now = finding.is_some();
     let completed = (0..roles).all(|r| sh.completed[r].load(Ordering::Relaxed));
     if R::overlapped(ctx) {
         rep.overlap += 1;
@@ -1122,8 +1268,26 @@ fn iteration<A: Mmu, R: Row<A>>(
             race_report::<A>(s, variant.name, rep.flush, mode, seed, it, &f);
             rep.finding = Some(f);
         }
-    } else if !completed && verdict.is_none() {
+    } else if !completed && verdict.is_none() && mode != Mode::Explore {
         rep.incomplete += 1;
+    }
+    if let (Some(ex), Some(x)) = (explorer.as_deref(), rep.explore.as_mut()) {
+        x.max_decisions = x.max_decisions.max(ex.decisions().len());
+        match &verdict {
+            // A finding after a release counts too, as in forced mode.
+            _ if finding_now => {
+                let text = explore::format_schedule(
+                    &explore::replay_steps(roles, ex.decisions()),
+                    s.roles,
+                );
+                if rep.hits <= EXPLORE_PRINTED_SCHEDULES {
+                    kprintln!("    # explore: buggy schedule {}: {text}", rep.hits);
+                }
+                x.buggy_schedule.get_or_insert(text);
+            }
+            Some(Outcome::Impossible | Outcome::Skip(_)) => {}
+            _ => x.complete += 1,
+        }
     }
     point::disarm_all();
     R::teardown(run, ctx);
@@ -1141,11 +1305,123 @@ fn iteration<A: Mmu, R: Row<A>>(
         return Ok(false);
     }
     match verdict {
+        // Explore: a refused ordering is pruned, a truncated schedule
+        // counted, and the exploration goes on.
+        Some(Outcome::Impossible | Outcome::Skip(_)) if mode == Mode::Explore => Ok(true),
         Some(v) => {
             rep.outcome = v;
             Ok(false)
         }
         None => Ok(true),
+    }
+}
+
+/// Buggy schedules explore prints in full (the first one is also in the
+/// report).
+const EXPLORE_PRINTED_SCHEDULES: u64 = 3;
+
+/// Explore mode's watch over one schedule: waits until every role is parked
+/// or done, lets the explorer choose one parked role and grants it its next
+/// step, until no role is parked. While a granted role runs, the wait-for
+/// graph is read as in forced mode: a persistent cycle through a parked
+/// role prunes the schedule (`impossible` for this ordering, counted by its
+/// proof in [`ExploreSummary::pruned`]); a cycle without one, or the time
+/// limit, is `hang`. Returns the verdict, if the schedule did not finish.
+fn explore_watch<A: Mmu>(
+    s: &RowInfo,
+    fix_waits: &[WaitClass],
+    ex: &mut Explorer,
+    roles: usize,
+    done: &dyn Fn(usize) -> bool,
+    rep: &mut Report,
+) -> Option<Outcome> {
+    ex.begin();
+    let t0 = A::clock_ns();
+    let mut prev = None;
+    loop {
+        let settled = || (0..roles).all(|r| done(r) || point::explore_parked(r).is_some());
+        let mut last_probe = A::clock_ns();
+        let (mut cycle_mask, mut cycle_since) = (0u64, 0u64);
+        while !settled() {
+            let now = A::clock_ns();
+            if now - last_probe >= PROBE_NS {
+                last_probe = now;
+                let edges = waitfor::graph::<A>(smp::nr_cpus(), 0, point::step_cpu);
+                match waitfor::find_cycle(&edges) {
+                    Some(c) if waitfor::cycle_cpus(&c) != cycle_mask => {
+                        cycle_mask = waitfor::cycle_cpus(&c);
+                        cycle_since = now;
+                    }
+                    Some(c) if now - cycle_since >= CYCLE_STABLE_NS => {
+                        let proof = evidence(s, &c, point::role_of);
+                        if !waitfor::holds_at_point(&c) {
+                            rep.cycle = Some(waitfor::describe(&c));
+                            rep.evidence = Some(proof);
+                            return Some(Outcome::Hang);
+                        }
+                        let key = if waitfor::held_by(&c, fix_waits) {
+                            rep.held_by_fix += 1;
+                            format!("fix:{proof}")
+                        } else {
+                            proof
+                        };
+                        if let Some(x) = rep.explore.as_mut() {
+                            match x.pruned.iter_mut().find(|(k, _)| *k == key) {
+                                Some((_, n)) => *n += 1,
+                                None => x.pruned.push((key, 1)),
+                            }
+                        }
+                        return Some(Outcome::Impossible);
+                    }
+                    Some(_) => {}
+                    None => cycle_mask = 0,
+                }
+                if now - t0 > s.budget.iteration_timeout_ns {
+                    let lines: Vec<String> = edges.iter().map(|e| format!("{e}")).collect();
+                    rep.hang_edges = Some(if lines.is_empty() {
+                        "no CPU waits for another".into()
+                    } else {
+                        lines.join("; ")
+                    });
+                    return Some(Outcome::Hang);
+                }
+            }
+            // Halt until a role parks or finishes (each sends an IPI) or
+            // the tick comes.
+            A::local_irq_disable();
+            if settled() {
+                A::local_irq_enable();
+            } else {
+                A::wait_for_interrupt();
+            }
+        }
+        let enabled = point::explore_enabled::<A>(roles);
+        if enabled.is_empty() {
+            if (0..roles).all(&done) {
+                return None;
+            }
+            // Every role left waits for a condition only another could
+            // make true: the row's handshakes deadlock in this order.
+            rep.hang_edges = Some("every role left waits for a condition at role:wait".into());
+            return Some(Outcome::Hang);
+        }
+        if ex.decisions().len() >= EXPLORE_MAX_DECISIONS {
+            if let Some(x) = rep.explore.as_mut() {
+                x.truncated += 1;
+            }
+            point::abort();
+            let t1 = A::clock_ns();
+            while !(0..roles).all(&done) {
+                if A::clock_ns() - t1 > RECOVER_NS {
+                    return Some(Outcome::Hang);
+                }
+                A::cpu_relax();
+            }
+            return Some(Outcome::Skip("truncated"));
+        }
+        let r = ex.choose(&enabled, prev);
+        prev = Some(r);
+        point::explore_grant::<A>(r);
     }
 }
 
@@ -1222,6 +1498,7 @@ pub fn mode_name(m: Mode) -> &'static str {
     match m {
         Mode::Natural => "natural",
         Mode::Forced => "forced",
+        Mode::Explore => "explore",
     }
 }
 
@@ -1318,9 +1595,19 @@ pub fn run_selected<A: Mmu>(args: &Cmdline, ktap: &mut Run) -> bool {
             Some(f) => format!("{}:{}@{}:{}", s.name, v.name, f.name(), mode_name(m)),
             None => format!("{}:{}:{}", s.name, v.name, mode_name(m)),
         };
+        let schedule = match args.schedule.map(|t| parse_row_schedule(s, t)) {
+            None => None,
+            Some(Ok(steps)) => Some(steps),
+            Some(Err(e)) => {
+                suite.case(&case, &KtapOutcome::Fail(format!("schedule=: {e}")));
+                continue;
+            }
+        };
         let cfg = RunConfig {
             flush,
-            iterations: args.iterations.filter(|_| m == Mode::Natural),
+            iterations: args.iterations.filter(|_| m != Mode::Forced),
+            bound: args.bound,
+            schedule,
             time_budget_ns: args.budget_ms.map(|t| t * 1_000_000),
             delays: args.delays,
             progress_ns: args.progress_s.map(|t| t * 1_000_000_000),
@@ -1345,6 +1632,21 @@ pub fn run_selected<A: Mmu>(args: &Cmdline, ktap: &mut Run) -> bool {
         suite.case(&case, &outcome);
     }
     ktap.end_suite(suite)
+}
+
+/// Parses a `schedule=` text for the row `s`: its roles by name, its points
+/// among the mm code's, the runner's and the row's own.
+fn parse_row_schedule<A: Mmu>(s: &Scenario<A>, text: &str) -> Result<Vec<Step>, String> {
+    explore::parse_schedule(text, s.roles, |name| {
+        point::points::by_name(name).or_else(|| {
+            s.schedule
+                .iter()
+                .map(|st| st.point)
+                .chain(s.delay_points.iter().copied())
+                .chain(s.trace_points.iter().copied())
+                .find(|p| p.name == name)
+        })
+    })
 }
 
 /// The flush strategies a row's variants run under: each of
@@ -1388,6 +1690,29 @@ pub fn print_report<A: Mmu>(row: &str, variant: &str, mode: Mode, r: &Report) {
         r.evidence.as_deref().unwrap_or("-"),
         r.fix_evidence.as_deref().unwrap_or("-")
     );
+    if let Some(x) = &r.explore {
+        kprintln!(
+            "    # explore: row={row} variant={variant} flush={} schedules={} complete={} pruned={} buggy={} exhausted={} bound={} unbounded_first={} divergent={} truncated={} max_decisions={} elapsed_ms={}",
+            flush_name::<A>(r.flush),
+            r.iterations,
+            x.complete,
+            x.pruned_total(),
+            r.hits,
+            u8::from(x.exhausted),
+            x.bound.map_or("none".into(), |b| format!("{b}")),
+            x.unbounded_first.map_or("-".into(), |n| format!("{n}")),
+            x.divergent,
+            x.truncated,
+            x.max_decisions,
+            r.elapsed_ns / 1_000_000
+        );
+        for (proof, n) in &x.pruned {
+            kprintln!("    # explore: pruned={n} by={proof}");
+        }
+        if let Some(t) = &x.buggy_schedule {
+            kprintln!("    # explore: schedule={t}");
+        }
+    }
     if let Some(c) = &r.cycle {
         kprintln!("    # cycle: {c}");
     }

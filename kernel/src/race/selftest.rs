@@ -417,6 +417,9 @@ impl<A: Mmu> TestRow<A> for Irqs {
 }
 
 fn waiter_keeps_irqs_off<A: Mmu>(_: &Cmdline) -> Outcome {
+    if let Some(skip) = crate::platform::skip_without(crate::platform::Property::IpiHeldByIrqsOff) {
+        return skip;
+    }
     on_cpus(3, || {
         let changes = point::irq_state_changes();
         let r = run_test::<A, Irqs>(&ONE_VARIANT[0], Mode::Forced, 1, None);

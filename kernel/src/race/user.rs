@@ -64,6 +64,13 @@ pub fn stale_tlb_base<A: Mmu>() -> u64 {
 /// Halts the calling CPU until `cond` holds; any interrupt (a [`wake`],
 /// a flush IPI, the tick) makes it check again. Call with interrupts on.
 pub fn sleep_until<A: Arch>(cond: impl Fn() -> bool) {
+    if point::exploring() {
+        // Explore mode: a blocked role, granted a step only once `cond`
+        // holds.
+        return point::wait_until::<A>(cond);
+    }
+    // A forced schedule (an explore replay) can hold it here.
+    point::race_point::<A>(&point::points::ROLE_WAIT, 0);
     loop {
         A::local_irq_disable();
         if cond() {

@@ -69,6 +69,117 @@ pub enum Wait {
         /// The grace period's number.
         gp: u64,
     },
+    /// For the page lock of the page whose descriptor is at `page`.
+    PageLock {
+        /// The descriptor's address.
+        page: u64,
+    },
+    /// For a reader-writer lock whose holders `owners` records (its
+    /// address), to take it for write or for read.
+    RwLock {
+        /// The address of the lock's [`RwOwners`].
+        owners: u64,
+        /// The waiter wants it for write.
+        write: bool,
+    },
+}
+
+/// Page locks each CPU holds (the descriptor's address; 0: a free slot). A CPU holds few
+/// at a time; one taken when every slot is used is not recorded (a waiter
+/// for it then shows no edge: at worst a `hang` instead of a cycle).
+static PAGE_LOCKS: [[AtomicU64; 4]; NR_CPUS] =
+    [const { [const { AtomicU64::new(0) }; 4] }; NR_CPUS];
+
+/// `cpu` took the page lock of the page at `page`.
+pub fn page_locked(page: u64, cpu: usize) {
+    if let Some(slot) = PAGE_LOCKS[cpu.min(NR_CPUS - 1)]
+        .iter()
+        .find(|s| s.load(Ordering::Relaxed) == 0)
+    {
+        slot.store(page, Ordering::Release);
+    }
+}
+
+/// The page lock of the page at `page` is about to be released (by
+/// whichever CPU).
+pub fn page_unlocked(page: u64) {
+    for slots in &PAGE_LOCKS {
+        for s in slots {
+            let _ = s.compare_exchange(page, 0, Ordering::AcqRel, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The CPU that holds the page lock of the page at `page`, as recorded.
+fn page_lock_owner(page: u64) -> Option<usize> {
+    PAGE_LOCKS
+        .iter()
+        .position(|slots| slots.iter().any(|s| s.load(Ordering::Acquire) == page))
+}
+
+/// The holders of a reader-writer lock (`mmap_lock`), for the prover.
+pub struct RwOwners {
+    /// The writer's CPU + 1; 0 when no CPU holds it for write.
+    writer: AtomicUsize,
+    /// The CPUs that hold it for read (bit per CPU).
+    readers: AtomicU64,
+}
+
+impl RwOwners {
+    /// No holder.
+    pub const fn new() -> Self {
+        RwOwners {
+            writer: AtomicUsize::new(0),
+            readers: AtomicU64::new(0),
+        }
+    }
+
+    /// The wait for this lock (for [`begin`]).
+    pub fn wait(&self, write: bool) -> Wait {
+        Wait::RwLock {
+            owners: self as *const RwOwners as u64,
+            write,
+        }
+    }
+
+    /// `cpu` took it for write.
+    pub fn writer_in(&self, cpu: usize) {
+        self.writer.store(cpu + 1, Ordering::Release);
+    }
+
+    /// The writer is about to release it.
+    pub fn writer_out(&self) {
+        self.writer.store(0, Ordering::Release);
+    }
+
+    /// `cpu` took it for read.
+    pub fn reader_in(&self, cpu: usize) {
+        self.readers.fetch_or(1 << cpu, Ordering::AcqRel);
+    }
+
+    /// `cpu` is about to release its read hold.
+    pub fn reader_out(&self, cpu: usize) {
+        self.readers.fetch_and(!(1 << cpu), Ordering::AcqRel);
+    }
+
+    /// The CPUs a waiter for write (or for read) waits for.
+    fn blockers(&self, write: bool) -> u64 {
+        let w = match self.writer.load(Ordering::Acquire) {
+            0 => 0,
+            c => 1 << (c - 1),
+        };
+        if write {
+            w | self.readers.load(Ordering::Acquire)
+        } else {
+            w
+        }
+    }
+}
+
+impl Default for RwOwners {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 const NONE: u8 = 0;
@@ -77,6 +188,9 @@ const IPI_ACK: u8 = 2;
 const LOCK: u8 = 3;
 const GP: u8 = 4;
 const FLUSH_ACK: u8 = 5;
+const RW_READ: u8 = 6;
+const RW_WRITE: u8 = 7;
+const PAGE_LOCK: u8 = 8;
 
 impl Wait {
     fn encode(self) -> (u8, u64) {
@@ -86,6 +200,8 @@ impl Wait {
             Wait::Lock { idx } => (LOCK, idx as u64),
             Wait::Gp { gp } => (GP, gp),
             Wait::FlushAck { mask } => (FLUSH_ACK, mask),
+            Wait::RwLock { owners, write } => (if write { RW_WRITE } else { RW_READ }, owners),
+            Wait::PageLock { page } => (PAGE_LOCK, page),
         }
     }
 
@@ -98,6 +214,11 @@ impl Wait {
             FLUSH_ACK => Some(Wait::FlushAck { mask: arg }),
             LOCK => Some(Wait::Lock { idx: arg as usize }),
             GP => Some(Wait::Gp { gp: arg }),
+            PAGE_LOCK => Some(Wait::PageLock { page: arg }),
+            RW_READ | RW_WRITE => Some(Wait::RwLock {
+                owners: arg,
+                write: kind == RW_WRITE,
+            }),
             _ => None,
         }
     }
@@ -271,6 +392,16 @@ pub enum Why {
         /// The grace period.
         gp: u64,
     },
+    /// The other CPU holds the page lock the waiter spins on.
+    PageLockOwner {
+        /// The page descriptor's address.
+        page: u64,
+    },
+    /// The other CPU holds the `mmap_lock` the waiter spins on.
+    MmapHolder {
+        /// The waiter wants it for write.
+        write: bool,
+    },
 }
 
 /// One edge: `from` waits for `to`.
@@ -313,6 +444,17 @@ impl core::fmt::Display for Edge {
                 "waits for RCU grace period {gp}, which waits for cpu{}'s quiescent state",
                 self.to
             ),
+            Why::PageLockOwner { page } => write!(
+                f,
+                "spins on the page lock of the page at {page:#x}, held by cpu{}",
+                self.to
+            ),
+            Why::MmapHolder { write } => write!(
+                f,
+                "spins on mmap_lock for {}, held by cpu{}",
+                if *write { "write" } else { "read" },
+                self.to
+            ),
         }
     }
 }
@@ -337,6 +479,10 @@ pub enum WaitClass {
     PtlWaitedBy(usize),
     /// An RCU grace period waiting for the other CPU.
     RcuGp,
+    /// `mmap_lock` held by the other CPU.
+    MmapLock,
+    /// A page lock held by the other CPU.
+    PageLock,
 }
 
 impl WaitClass {
@@ -347,6 +493,8 @@ impl WaitClass {
             WaitClass::FlushIpi => "flush-ipi",
             WaitClass::Ptl | WaitClass::PtlWaitedBy(_) => "ptl",
             WaitClass::RcuGp => "rcu-gp",
+            WaitClass::MmapLock => "mmap-lock",
+            WaitClass::PageLock => "page-lock",
         }
     }
 
@@ -371,6 +519,8 @@ impl Edge {
             Why::IpiPending { flush: false, .. } => Some(WaitClass::CallIpi),
             Why::PtlOwner { .. } => Some(WaitClass::Ptl),
             Why::RcuGp { .. } => Some(WaitClass::RcuGp),
+            Why::MmapHolder { .. } => Some(WaitClass::MmapLock),
+            Why::PageLockOwner { .. } => Some(WaitClass::PageLock),
         }
     }
 }
@@ -473,6 +623,28 @@ pub fn graph<A: crate::Arch>(
                             });
                         }
                     }
+                }
+            }
+            Wait::PageLock { page } => {
+                if let Some(to) = page_lock_owner(page).filter(|&o| o != cpu) {
+                    edges.push(Edge {
+                        from: cpu,
+                        to,
+                        why: Why::PageLockOwner { page },
+                    });
+                }
+            }
+            Wait::RwLock { owners, write } => {
+                // SAFETY: a CPU waits on a lock only while the lock (in
+                // its mm) lives, and it ends its record before it leaves.
+                let o = unsafe { &*(owners as *const RwOwners) };
+                let mask = o.blockers(write);
+                for to in (0..nr_cpus).filter(|&t| t != cpu && mask & (1 << t) != 0) {
+                    edges.push(Edge {
+                        from: cpu,
+                        to,
+                        why: Why::MmapHolder { write },
+                    });
                 }
             }
         }

@@ -371,6 +371,10 @@ fn mkclean_every_cpu<A: Mmu>(_: &Cmdline) -> Outcome {
             "cpus={n} mapcount={mapcount} protected_by_mkclean={protected} faults_after_mkclean {}",
             faults_str.join(" ")
         );
+        crate::platform::note_without(
+            crate::platform::Property::StaleTlb,
+            "that mkclean purged every CPU's writable TLB entry",
+        );
         let mut c = Checks::default();
         c.check(mapcount == n, format!("mapcount {mapcount}, {n} mappings"));
         c.check(
@@ -487,6 +491,13 @@ fn in_mode<A: Mmu>(mode: DirtyTracking, body: impl FnOnce() -> Outcome) -> Outco
     let prev = dirty::dirty_tracking();
     if dirty::set_dirty_tracking::<A>(mode).is_err() {
         return Outcome::Skip("no storage keys on this architecture");
+    }
+    if mode == DirtyTracking::StorageKey {
+        let c = crate::platform::skip_without(crate::platform::Property::SkeyChangeBit);
+        if let Some(skip) = c {
+            dirty::set_dirty_tracking::<A>(prev).expect("the previous mode was accepted");
+            return skip;
+        }
     }
     let r = no_leak(body);
     dirty::set_dirty_tracking::<A>(prev).expect("the previous mode was accepted");

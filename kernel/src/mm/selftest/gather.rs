@@ -201,6 +201,9 @@ fn with_held_cpu<A: crate::mm::arch::Mmu>(
 }
 
 fn rcu_waits<A: crate::mm::arch::Mmu>(_: &Cmdline) -> Outcome {
+    if let Some(skip) = crate::platform::skip_without(crate::platform::Property::IpiHeldByIrqsOff) {
+        return skip;
+    }
     with_held_cpu::<A>(|mm, cpu, start| {
         let before = page_alloc::nr_free_pages();
         let old = g::set_tlb_policy(policy(PageFree::Batched, TableFree::Rcu));
@@ -239,6 +242,9 @@ fn rcu_waits<A: crate::mm::arch::Mmu>(_: &Cmdline) -> Outcome {
 }
 
 fn ipi_sync_waits<A: crate::mm::arch::Mmu>(_: &Cmdline) -> Outcome {
+    if let Some(skip) = crate::platform::skip_without(crate::platform::Property::IpiHeldByIrqsOff) {
+        return skip;
+    }
     with_held_cpu::<A>(|mm, cpu, _| {
         let old = g::set_tlb_policy(policy(PageFree::Batched, TableFree::IpiSync));
         let r = memory::munmap(&mm, A::TASK_BASE, PAGE_SIZE);

@@ -245,6 +245,10 @@ fn observed_invalidation<A: Mmu>(
                     "the observer read {seen_before:#x} before (old PTE {old_pte:#x})"
                 ));
             }
+            crate::platform::note_without(
+                crate::platform::Property::StaleTlb,
+                "that the invalidation removed the observer's TLB entry",
+            );
             if (seen, took) != (0, 1) {
                 return Outcome::Fail(format!(
                     "{}: after the {what} the observer read {seen:#x} with {took} faults (stale TLB entry)",
@@ -397,6 +401,9 @@ fn wait_section_end<A: Mmu>() -> u64 {
 /// broadcast (IPTE) purges the CPU's TLB during the section (its next read
 /// there faults).
 fn flush_vs_irqs_off<A: Mmu>(_: &Cmdline) -> Outcome {
+    if let Some(skip) = crate::platform::skip_without(crate::platform::Property::IpiHeldByIrqsOff) {
+        return skip;
+    }
     if smp::nr_cpus() < 2 {
         return Outcome::Skip("needs 2 or more CPUs");
     }

@@ -425,9 +425,7 @@ fn collapse<A: Mmu>(ctx: &Ctx<A, CollapseVsGupFast>) -> bool {
     let st = &ctx.state;
     let mm = ctx.mm();
     st.collapse_ready.store(true, Ordering::Release);
-    while !st.gup_ready.load(Ordering::Acquire) {
-        A::cpu_relax();
-    }
+    point::wait_until::<A>(|| st.gup_ready.load(Ordering::Acquire));
     let policy = ctx.config().policy;
     st.stage[COLLAPSE].store(1, Ordering::Relaxed);
     let t0 = A::clock_ns();
@@ -469,9 +467,7 @@ fn gup_pin<A: Mmu>(ctx: &Ctx<A, CollapseVsGupFast>) -> bool {
     let cpu = A::smp_processor_id();
     let mut rec = st.rec.lock();
     let mut pages = Vec::with_capacity(1);
-    while !st.collapse_ready.load(Ordering::Acquire) {
-        A::cpu_relax();
-    }
+    point::wait_until::<A>(|| st.collapse_ready.load(Ordering::Acquire));
     st.gup_ready.store(true, Ordering::Release);
     st.stage[GUP].store(1, Ordering::Relaxed);
     let before = gup::gup_stats(cpu);
@@ -490,6 +486,9 @@ fn gup_pin<A: Mmu>(ctx: &Ctx<A, CollapseVsGupFast>) -> bool {
     st.stage[GUP].store(2, Ordering::Relaxed);
     // Hold the pin until the collapse is over, as a pin for DMA does
     // (halted, not spinning: a spinning vCPU slows every other one).
+    if point::exploring() {
+        point::wait_until::<A>(|| st.collapse_done.load(Ordering::Acquire));
+    }
     loop {
         A::local_irq_disable();
         if st.collapse_done.load(Ordering::Acquire) {

@@ -28,7 +28,7 @@
 //!   is freed for good once unlocked.
 
 use crate::{roles, schedule};
-use crate::race::point::{race_point, RacePoint};
+use crate::race::point::{self, race_point, RacePoint};
 use crate::race::scenario::{Commit, CommitRole::Context, Ctx, Row, RowInfo, Variant};
 use crate::mm::arch::Mmu;
 use crate::mm::page::{self, pfn_to_page, PG_poisoned};
@@ -105,9 +105,7 @@ impl<A: Mmu> Row<A> for DemoLockVsPut {
                 page::put_page(page);
             }
         } else {
-            while !ctx.state.locked.load(Ordering::Acquire) {
-                A::cpu_relax();
-            }
+            point::wait_until::<A>(|| ctx.state.locked.load(Ordering::Acquire));
             race_point::<A>(&BEFORE_PUT, pfn);
             page::put_page(page);
             race_point::<A>(&AFTER_PUT, pfn);

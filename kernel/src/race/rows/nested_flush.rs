@@ -217,9 +217,7 @@ impl<A: Mmu> Row<A> for NestedFlush {
                 }
             }
             _ => {
-                while !st.writer_runs.load(Ordering::Acquire) {
-                    A::cpu_relax();
-                }
+                point::wait_until::<A>(|| st.writer_runs.load(Ordering::Acquire));
                 let (start, len) = if role == ZAP1 {
                     (user::stale_tlb_base::<A>(), 2 * PAGE_SIZE)
                 } else {

@@ -343,9 +343,7 @@ fn pte_alloc_role<A: Mmu>(ctx: &Ctx<A, PtfragRefcount>) -> bool {
     let st = &ctx.state;
     let n = frag::frags_per_block::<A>();
     let frag_bytes = A::PTE_TABLE_SIZE as u64;
-    while !st.scanning.load(Ordering::Acquire) {
-        A::cpu_relax();
-    }
+    point::wait_until::<A>(|| st.scanning.load(Ordering::Acquire));
     let mut tables = Vec::with_capacity(n);
     {
         // As a fault: `pte_alloc` under mmap_lock for read.

@@ -268,16 +268,12 @@ impl<A: Mmu> Row<A> for PtfreeVsGupFast {
                 let mut rec = st.rec.lock();
                 let mut pages = Vec::with_capacity(NR_PAGES);
                 // Start together: the unmap is ready and spins for us.
-                while !st.unmap_ready.load(Ordering::Acquire) {
-                    A::cpu_relax();
-                }
+                point::wait_until::<A>(|| st.unmap_ready.load(Ordering::Acquire));
                 st.gup_started.store(true, Ordering::Release);
                 // inject=apart: the walk starts once the unmap is done, so
                 // the two never meet.
                 if ctx.inject == Some(Inject::Apart) {
-                    while !st.unmap_done.load(Ordering::Acquire) {
-                        A::cpu_relax();
-                    }
+                    point::wait_until::<A>(|| st.unmap_done.load(Ordering::Acquire));
                 }
                 // inject=deadlock: the walker holds the PTE table's PTL,
                 // which the unmap's zap needs: a deadlock that is not the
@@ -300,9 +296,7 @@ impl<A: Mmu> Row<A> for PtfreeVsGupFast {
                 // done, the walker reads the PTE table it walked again, as
                 // a walker the table policy does not protect would.
                 if ctx.inject == Some(Inject::LateFinding) {
-                    while !st.unmap_done.load(Ordering::Acquire) {
-                        A::cpu_relax();
-                    }
+                    point::wait_until::<A>(|| st.unmap_done.load(Ordering::Acquire));
                     let last = rec.reads().iter().rposition(|r| r.level == Level::Pte);
                     if let Some(i) = last {
                         rec.read_again(i);
@@ -328,9 +322,7 @@ impl<A: Mmu> Row<A> for PtfreeVsGupFast {
             }
             _ => {
                 st.unmap_ready.store(true, Ordering::Release);
-                while !st.gup_started.load(Ordering::Acquire) {
-                    A::cpu_relax();
-                }
+                point::wait_until::<A>(|| st.gup_started.load(Ordering::Acquire));
                 let unmapped = memory::munmap(ctx.mm(), ctx.addr, NR_PAGES as u64 * PAGE_SIZE);
                 if unmapped.is_ok() && ctx.config() == TableFree::Rcu {
                     crate::rcu::rcu_barrier_this_cpu_expedited::<A>();

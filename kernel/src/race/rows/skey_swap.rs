@@ -16,13 +16,23 @@
 //! radix_tree_tag_set", from `page_remove_rmap` in `zap_pte_range`).
 //!
 //! - Roles: `reclaim` (CPU 1) — `shrink_page_list`'s swap step on the page it
-//!   isolated (its reference taken at setup): `lock_page`, `add_to_swap`,
-//!   then it backs out (`delete_from_swap_cache`, as `try_to_free_swap`
-//!   does for a page that lost its mappings), `unlock_page`. `zap` (CPU 2) —
-//!   a real store to the page through the MMU (the hardware sets C), then
-//!   MADV_DONTNEED of the page: its last mapping.
-//! - Completion: `reclaim` added the page to the swap cache; `zap` stored
-//!   without a fault and its zap dropped the PTE's reference.
+//!   isolated (its reference taken at setup): `lock_page`, `add_to_swap`
+//!   (which marks the page dirty once it is in the swap cache, as Linux 3.3
+//!   does); then, if the zap has taken the page's mapping, `pageout`
+//!   (the page is written to its swap slot if dirty) and `__remove_mapping`
+//!   (a clean page leaves the swap cache, its slot freed, and is freed with
+//!   reclaim's reference at teardown); if the page is still mapped, it goes
+//!   back as when `try_to_unmap` fails on a page just referenced
+//!   (`activate_locked`: `try_to_free_swap`, out of the swap cache, dirty —
+//!   this model puts no swap entry in a PTE); `unlock_page`. A page
+//!   `__remove_mapping` refuses (the zap still holds the PTE's reference) is
+//!   taken again once the zap is done: a second pass, `pageout` and
+//!   `__remove_mapping`. `zap` (CPU 2) — a real store to the page through
+//!   the MMU (the hardware sets C), then MADV_DONTNEED of the page: its last
+//!   mapping.
+//! - Completion: `reclaim` added the page to the swap cache and took it out
+//!   again; `zap` stored without a fault and its zap dropped the PTE's
+//!   reference.
 //! - Setup: one mm per run (the run's [`RunMm`], built by `prepare`) with a
 //!   one-page private anonymous VMA (its page tables kept across
 //!   iterations); each iteration faults a fresh page in
@@ -34,18 +44,26 @@
 //!   `buggy` (3.3: flag before the slot, `__set_page_dirty_nobuffers`, no
 //!   page lock); `fixed-a` (the RFC of seed 004: a bounded trylock of the
 //!   page lock before `set_page_dirty`; reclaim holds the lock across the
-//!   insertion, so a zap inside the window does not get it and the dirty bit
-//!   is dropped — lost data of its own, counted and printed by `finish` as
+//!   insertion, so a zap inside the window does not get it and the change
+//!   bit is dropped, counted and printed by `finish` as
 //!   `# skey: ... dirty_dropped=`); `fixed-b` (aca50bd3b4c4: swap-cache
 //!   pages dirty with `__set_page_dirty_no_writeback`, no tag); `fixed-c`
 //!   (abf09bed3cce: software dirty bits in the PTE, changed under the PTL
 //!   — the zap never consults the key); `fixed-d` (flag, `private` and slot
 //!   set together under the tree lock).
+//! - fixed-a loses no data here, and the row checks it: a change bit the
+//!   zap drops inside the window records a store that `add_to_swap`'s
+//!   `PG_dirty`, set right after the insertion, records too, so `pageout`
+//!   writes the page, the zap's store with it, before `__remove_mapping`
+//!   lets it go (`# skey: ... pageouts= lost_writes=`). The dropped bit could
+//!   only lose data on a page already written to swap and stored to since:
+//!   not a page on its way into the swap cache, which this window holds.
 //! - Forced schedule: reclaim holds at `swap:add_window` (page locked; with
 //!   the flag-first order `PG_swapcache` set and the slot empty); the zap
 //!   runs its whole MADV_DONTNEED (`zap:before_ptl` to
-//!   `madvise:after_dontneed`); then reclaim fills the slot. No fix adds a
-//!   wait (fixed-a's trylock gives up), so every fixed cell runs through.
+//!   `madvise:after_dontneed`); then reclaim fills the slot, writes the page
+//!   out and lets it go. No fix adds a wait (fixed-a's trylock gives up), so
+//!   every fixed cell runs through.
 //! - Natural: random delays at `swap:add_window`.
 //! - Overlap (the roles met inside the window): the zap removed the page's
 //!   last mapping while reclaim was at `swap:add_window` — reclaim arrived
@@ -57,10 +75,15 @@
 //!   (`zap:before_ptl_flush`). Buggy: the DIRTY tag lands on the missing
 //!   entry (whose report, printed under the PTL, comes after); the fixes
 //!   tag nothing there or drop the bit (fixed-a).
-//! - Detector: the tree's "BUG: tag set on a missing tree entry"
-//!   ([`xarray::nr_tag_on_missing_entry`], counted since setup).
-//! - Teardown: the page (if the zap did not take it), reclaim's reference.
-//!   Nothing to repair: the lost tag changed nothing in the tree.
+//! - Detectors: the tree's "BUG: tag set on a missing tree entry"
+//!   ([`xarray::nr_tag_on_missing_entry`], counted since setup); then a lost
+//!   write: `__remove_mapping` let the page go clean while its frame held
+//!   bytes its swap slot did not ([`swap_state::nr_lost_writes`], counted
+//!   since setup: a written page discarded unwritten, the data of the zap's
+//!   store gone with it).
+//! - Teardown: the page (if the zap did not take it), a page reclaim failed
+//!   to take out of the swap cache, reclaim's reference. The lost tag
+//!   changed nothing in the tree.
 //! - x86-64: `skip`, no storage keys.
 
 use crate::{roles, schedule};
@@ -113,10 +136,18 @@ pub struct State {
     stored: AtomicBool,
     /// Reclaim is done.
     reclaim_done: AtomicBool,
+    /// The zap is done.
+    zap_done: AtomicBool,
     /// [`xarray::nr_tag_on_missing_entry`] at setup.
     missing_seq: u64,
+    /// [`swap_state::nr_lost_writes`] at setup.
+    lost_seq: u64,
+    /// Dropped change bits ([`dirty::skey_stats`]) at setup.
+    dropped_seq: u64,
     /// The zap's unmap found the page still mapped (0 or 1).
     zaps: AtomicU64,
+    /// Reclaim wrote the page to its swap slot (0 or 1).
+    pageouts: AtomicU64,
 }
 
 /// What the run keeps: its mm, and the counts printed at its end.
@@ -125,8 +156,12 @@ pub struct Run<A: Mmu> {
     mm: RunMm<A>,
     /// Unmaps whose page was still mapped when the zap ran.
     zaps: u64,
+    /// Pages reclaim wrote to their swap slot.
+    pageouts: u64,
     /// [`dirty::skey_stats`] at the start.
     stats: (u64, u64),
+    /// [`swap_state::nr_lost_writes`] at the start.
+    lost: u64,
 }
 
 impl<A: Mmu> Default for Run<A> {
@@ -134,7 +169,9 @@ impl<A: Mmu> Default for Run<A> {
         Run {
             mm: RunMm::default(),
             zaps: 0,
+            pageouts: 0,
             stats: (0, 0),
+            lost: 0,
         }
     }
 }
@@ -186,6 +223,7 @@ impl<A: Mmu> Row<A> for SkeyDirtyVsSwapcache {
         let addr = page_addr::<A>();
         Ok(Run {
             stats,
+            lost: swap_state::nr_lost_writes(),
             mm: RunMm::build(|mm| {
                 memory::mmap_anon(mm, addr, PAGE_SIZE, VmFlags::RW, true)
                     .and_then(|()| memory::madvise_dontneed(mm, addr, PAGE_SIZE))
@@ -201,16 +239,22 @@ impl<A: Mmu> Row<A> for SkeyDirtyVsSwapcache {
     fn finish(run: Run<A>) {
         let (found, dropped) = dirty::skey_stats();
         kprintln!(
-            "    # skey: zaps={} change_bit_found={} dirty_dropped={} (dirty bits the page-lock trylock gave up on: lost data)",
+            "    # skey: zaps={} change_bit_found={} dirty_dropped={} pageouts={} lost_writes={} \
+             (dropped: change bits the page-lock trylock gave up on; pageouts: pages reclaim wrote to swap; \
+             lost: pages reclaim let go clean with data their swap slot lacked)",
             run.zaps,
             found - run.stats.0,
-            dropped - run.stats.1
+            dropped - run.stats.1,
+            run.pageouts,
+            swap_state::nr_lost_writes() - run.lost
         );
     }
 
     fn setup(_: &mut Run<A>, ctx: &mut Ctx<A, Self>) -> Result<(), String> {
         let addr = page_addr::<A>();
         ctx.state.missing_seq = xarray::nr_tag_on_missing_entry();
+        ctx.state.lost_seq = swap_state::nr_lost_writes();
+        ctx.state.dropped_seq = dirty::skey_stats().1;
         ctx.addr = addr;
         let pfn = populate(ctx.mm(), addr)?;
         // Reclaim's reference (`isolate_lru_page`): the page outlives the
@@ -225,19 +269,31 @@ impl<A: Mmu> Row<A> for SkeyDirtyVsSwapcache {
         let st = &ctx.state;
         match role {
             RECLAIM => {
-                while !st.stored.load(Ordering::Acquire) {
-                    A::cpu_relax();
-                }
+                point::wait_until::<A>(|| st.stored.load(Ordering::Acquire));
                 page::lock_page(p);
-                // `shrink_page_list`: add_to_swap; the page then turns out to
-                // have lost its mappings, and reclaim backs out.
+                // `shrink_page_list`: add_to_swap (the page is dirty once in
+                // the swap cache).
                 let entry = swap_state::add_to_swap::<A>(p);
+                let mut out = true;
                 if entry.is_some() {
-                    swap_state::delete_from_swap_cache(p);
+                    if page::page_mapped(p) {
+                        // try_to_unmap fails on the page the zap's store
+                        // just referenced: activate_locked frees its swap.
+                        out = swap_state::try_to_free_swap(p);
+                    } else if !Self::swap_out::<A>(p, st) {
+                        // __remove_mapping refused: the zap still holds the
+                        // PTE's reference. A later pass, once it is done.
+                        page::unlock_page(p);
+                        while !st.zap_done.load(Ordering::Acquire) {
+                            A::cpu_relax();
+                        }
+                        page::lock_page(p);
+                        out = Self::swap_out::<A>(p, st);
+                    }
                 }
                 page::unlock_page(p);
                 st.reclaim_done.store(true, Ordering::Release);
-                entry.is_some()
+                entry.is_some() && out
             }
             _ => {
                 let faults = page_faults::<A>();
@@ -245,20 +301,69 @@ impl<A: Mmu> Row<A> for SkeyDirtyVsSwapcache {
                 let stored =
                     A::probe_store(ctx.addr, MARK).is_ok() && page_faults::<A>() == faults;
                 st.stored.store(true, Ordering::Release);
-                while !p.test_flag(PG_locked) && !st.reclaim_done.load(Ordering::Acquire) {
-                    A::cpu_relax();
-                }
+                point::wait_until::<A>(|| {
+                    p.test_flag(PG_locked) || st.reclaim_done.load(Ordering::Acquire)
+                });
                 let zapped =
                     memory::madvise_dontneed_counted(ctx.mm(), ctx.addr, PAGE_SIZE) == Ok(1);
                 if zapped {
                     st.zaps.fetch_add(1, Ordering::Relaxed);
                 }
+                st.zap_done.store(true, Ordering::Release);
                 stored && zapped
             }
         }
     }
 
     fn detect(ctx: &Ctx<A, Self>) -> Option<Finding> {
+        Self::tag_on_missing_entry(ctx).or_else(|| Self::lost_write(ctx))
+    }
+
+    fn overlapped(ctx: &Ctx<A, Self>) -> bool {
+        let window = ctx.first_pass(RECLAIM, &points::SWAP_ADD_WINDOW);
+        let clear = ctx.first_pass(ZAP, &points::ZAP_AFTER_PTE_CLEAR);
+        let dirty = ctx
+            .first_pass(ZAP, &points::RMAP_SKEY_DIRTY)
+            .or_else(|| ctx.first_pass(ZAP, &points::ZAP_BEFORE_PTL_FLUSH));
+        matches!((window, clear, dirty), (Some(w), Some(c), Some(d)) if w.before(&c) && d.before(&w))
+    }
+
+    fn teardown(run: &mut Run<A>, ctx: &mut Ctx<A, Self>) {
+        run.zaps += ctx.state.zaps.load(Ordering::Relaxed);
+        run.pageouts += ctx.state.pageouts.load(Ordering::Relaxed);
+        // The page, if the zap did not take it; the VMA and the page tables
+        // stay for the next iteration (an mm that cannot be zapped is torn
+        // down, and the next iteration finds none).
+        if memory::madvise_dontneed(ctx.mm(), ctx.addr, PAGE_SIZE).is_err() {
+            if let Some(mm) = ctx.mm.take() {
+                memory::exit_mmap(*mm);
+            }
+        }
+        let p = pfn_to_page(ctx.pfns[0]);
+        // A page reclaim could not take out of the swap cache (its role
+        // then failed).
+        if page::PageSwapCache(p) {
+            page::lock_page(p);
+            swap_state::delete_from_swap_cache(p);
+            page::unlock_page(p);
+        }
+        page::put_page(p);
+    }
+}
+
+impl SkeyDirtyVsSwapcache {
+    /// Reclaim on a locked, unmapped swap-cache page: `pageout` (written
+    /// if dirty), then `__remove_mapping`; whether the page left the swap
+    /// cache.
+    fn swap_out<A: Mmu>(p: &'static page::Page, st: &State) -> bool {
+        if swap_state::pageout::<A>(p) {
+            st.pageouts.fetch_add(1, Ordering::Relaxed);
+        }
+        swap_state::remove_mapping(p)
+    }
+
+    /// The tree's report of a tag on a missing entry, since setup.
+    fn tag_on_missing_entry<A: Mmu>(ctx: &Ctx<A, Self>) -> Option<Finding> {
         let n = xarray::nr_tag_on_missing_entry().checked_sub(ctx.state.missing_seq)?;
         if n == 0 {
             return None;
@@ -277,28 +382,39 @@ impl<A: Mmu> Row<A> for SkeyDirtyVsSwapcache {
         Some(f)
     }
 
-    fn overlapped(ctx: &Ctx<A, Self>) -> bool {
-        let window = ctx.first_pass(RECLAIM, &points::SWAP_ADD_WINDOW);
-        let clear = ctx.first_pass(ZAP, &points::ZAP_AFTER_PTE_CLEAR);
-        let dirty = ctx
-            .first_pass(ZAP, &points::RMAP_SKEY_DIRTY)
-            .or_else(|| ctx.first_pass(ZAP, &points::ZAP_BEFORE_PTL_FLUSH));
-        matches!((window, clear, dirty), (Some(w), Some(c), Some(d)) if w.before(&c) && d.before(&w))
+    /// A page `__remove_mapping` let go clean while its frame held data its
+    /// swap slot lacked, since setup.
+    fn lost_write<A: Mmu>(ctx: &Ctx<A, Self>) -> Option<Finding> {
+        let st = &ctx.state;
+        let n = swap_state::nr_lost_writes().checked_sub(st.lost_seq)?;
+        let l = swap_state::last_lost_write().filter(|_| n > 0)?;
+        let slot = match l.slot_word {
+            Some(w) => format!("its swap slot holds {w:#x} there"),
+            None => "its swap slot was never written".into(),
+        };
+        let whose = if l.page_word == MARK && l.offset == 0 {
+            " (the zap's store through the MMU)"
+        } else {
+            ""
+        };
+        let why = if dirty::skey_stats().1 > st.dropped_seq {
+            "the change bit that store set was dropped at the last unmap (the page-lock trylock gave up while \
+             reclaim held the lock), and PG_dirty did not record the store either"
+        } else {
+            "PG_dirty was clear and no change bit reached the page"
+        };
+        let mut f = Finding::frame(
+            format!(
+                "lost write: reclaim let the page go as clean (__remove_mapping, swap entry {}) while its frame held \
+                 {:#x} at offset {:#x}{whose} and {slot}: pageout never wrote it; {why} ({n} time(s))",
+                l.entry, l.page_word, l.offset
+            ),
+            l.pfn,
+        )
+        .at(ctx.addr + l.offset);
+        f.cpu = point::cpu_of(RECLAIM);
+        Some(f)
     }
-
-    fn teardown(run: &mut Run<A>, ctx: &mut Ctx<A, Self>) {
-        run.zaps += ctx.state.zaps.load(Ordering::Relaxed);
-        // The page, if the zap did not take it; the VMA and the page tables
-        // stay for the next iteration (an mm that cannot be zapped is torn
-        // down, and the next iteration finds none).
-        if memory::madvise_dontneed(ctx.mm(), ctx.addr, PAGE_SIZE).is_err() {
-            if let Some(mm) = ctx.mm.take() {
-                memory::exit_mmap(*mm);
-            }
-        }
-        page::put_page(pfn_to_page(ctx.pfns[0]));
-    }
-
 }
 
 /// The address of the page.

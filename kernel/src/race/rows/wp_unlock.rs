@@ -76,10 +76,10 @@ use crate::mm::page::{pfn_to_page, PG_locked, PG_poisoned};
 use crate::mm::{page_alloc, PAGE_SIZE};
 use crate::percpu;
 use crate::race::detect::{self, Finding};
-use crate::race::point::points;
+use crate::race::point::{self, points};
 use crate::race::user;
 use crate::race::scenario::{
-    Commit, CommitRole::Fix, CommitRole::Introduced, Ctx, Row, RowInfo, RunMm, Variant,
+    Commit, CommitRole::Fix, CommitRole::Introduced, Ctx, Inject, Row, RowInfo, RunMm, Variant,
 };
 use crate::race::waitfor::WaitClass;
 use alloc::{format, string::String, vec::Vec};
@@ -165,6 +165,11 @@ impl<A: Mmu> Row<A> for WpUnlockVsZap {
         ctx.state.bad_seq = page_alloc::nr_bad_pages();
         ctx.addr = addr;
         ctx.pfns = Vec::from([write_protected_page(ctx.mm(), addr)?]);
+        // inject=misplaced-point: the bug, with its point out of the window
+        // (the runner restores the order when the run ends).
+        if ctx.inject == Some(Inject::MisplacedPoint) {
+            memory::set_wp_unlock_order(WpUnlock::AfterPtlPointUnderPtl);
+        }
         Ok(())
     }
 
@@ -186,9 +191,9 @@ impl<A: Mmu> Row<A> for WpUnlockVsZap {
             }
             _ => {
                 let p = pfn_to_page(ctx.pfns[0]);
-                while !p.test_flag(PG_locked) && !ctx.state.fault_done.load(Ordering::Acquire) {
-                    A::cpu_relax();
-                }
+                point::wait_until::<A>(|| {
+                    p.test_flag(PG_locked) || ctx.state.fault_done.load(Ordering::Acquire)
+                });
                 // Completed: the zap dropped the PTE's reference, the page's
                 // last (the fault holds none).
                 memory::madvise_dontneed_counted(ctx.mm(), addr, PAGE_SIZE) == Ok(1)

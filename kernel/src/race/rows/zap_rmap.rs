@@ -253,7 +253,7 @@ impl<A: Mmu> Row<A> for ZapRmapVsMkclean {
                     mapping.nr_written.load(Ordering::Acquire) != wb_base
                         || st.wb_done.load(Ordering::Acquire)
                 };
-                if ctx.mode == Mode::Natural {
+                if ctx.mode != Mode::Forced {
                     // Sleep until writeback has written the page (it wakes us),
                     // then store once more: through the stale TLB entry if the
                     // zap has not flushed yet.
@@ -288,24 +288,19 @@ impl<A: Mmu> Row<A> for ZapRmapVsMkclean {
                 }
             }
             ZAP => {
-                while !st.writer_runs.load(Ordering::Acquire) {
-                    A::cpu_relax();
-                }
+                point::wait_until::<A>(|| st.writer_runs.load(Ordering::Acquire));
                 // Completed: the zap cleared the PTE and dropped its reference.
                 let r = memory::madvise_dontneed_counted(mm, addr, PAGE_SIZE);
                 st.zap_done.store(true, Ordering::Release);
                 r == Ok(1)
             }
             _ => {
-                while !st.writer_runs.load(Ordering::Acquire) {
-                    A::cpu_relax();
-                }
-                while !pte_cleared(mm, addr)
-                    && page::page_mapped(p)
-                    && !st.zap_done.load(Ordering::Acquire)
-                {
-                    A::cpu_relax();
-                }
+                point::wait_until::<A>(|| st.writer_runs.load(Ordering::Acquire));
+                point::wait_until::<A>(|| {
+                    pte_cleared(mm, addr)
+                        || !page::page_mapped(p)
+                        || st.zap_done.load(Ordering::Acquire)
+                });
                 // Completed: the page was dirty (the zap or the setup's fault
                 // dirtied it) and was written to the backing store.
                 let wrote = filemap::writeback::<A>(p);
