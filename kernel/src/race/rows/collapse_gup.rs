@@ -78,10 +78,12 @@
 //!   by it, and a write through a pin taken after it always comes after the
 //!   copy.
 //! - Overlap (the roles met inside the window): the walker read the PMD
-//!   before the collapse cleared it (its `gup_fast:after_pmd_read` before
-//!   the collapse left `khugepaged:before_pmd_clear`) and went on to the
-//!   old table after the clear (it left `gup_fast:after_pmd_read` after the
-//!   collapse passed `pmdp_collapse_flush:after_clear`). Buggy, rcu-only:
+//!   before the collapse cleared it — it read the old table (the collapse
+//!   clears the PMD once and puts the same table back only after its pin
+//!   check, which a pin of this walk came before; a collapse aborted for
+//!   another reason does not count) — and went on to the old table after
+//!   the clear (it left `gup_fast:after_pmd_read` after the collapse
+//!   passed `pmdp_collapse_flush:after_clear`). Buggy, rcu-only:
 //!   it may pin after the pin check; fixed-a: the PMD recheck sees the
 //!   clear; fixed-b: the IPI sync waits for the walk; x86-64 flush IPIs:
 //!   the flush waits for it.
@@ -196,6 +198,8 @@ pub struct State {
     unmapped_while_pinned: AtomicBool,
     /// `collapse_huge_page` returned.
     collapse_done: AtomicBool,
+    /// The old PTE table the collapse cleared the PMD of (0: none).
+    old_table: AtomicU64,
     /// What the `gup` role's walk read.
     rec: spin::Mutex<GupRecord>,
     /// khugepaged's preallocated block, lent by the run for the iteration.
@@ -381,10 +385,18 @@ impl<A: Mmu> Row<A> for CollapseVsGupFast {
     }
 
     fn overlapped(ctx: &Ctx<A, Self>) -> bool {
+        let st = &ctx.state;
+        let old = st.old_table.load(Ordering::Relaxed);
+        let read_old = old != 0
+            && st.tally.aborted_other.load(Ordering::Relaxed) == 0
+            && st.rec.lock().reads().iter().find(|r| r.level == Level::Pmd).is_some_and(|r| {
+                !A::entry_none(Level::Pmd, r.value)
+                    && A::entry_is_table(Level::Pmd, r.value)
+                    && A::entry_table(Level::Pmd, r.value) == old
+            });
         let walk = ctx.first_pass(GUP, &points::GUP_FAST_AFTER_PMD_READ);
-        let to_clear = ctx.first_pass(COLLAPSE, &points::COLLAPSE_BEFORE_PMD_CLEAR);
         let cleared = ctx.first_pass(COLLAPSE, &points::PMDP_COLLAPSE_AFTER_CLEAR);
-        matches!((walk, to_clear, cleared), (Some(w), Some(b), Some(c)) if w.before(&b) && c.before(&w))
+        read_old && matches!((walk, cleared), (Some(w), Some(c)) if c.before(&w))
     }
 
     fn detect(ctx: &Ctx<A, Self>) -> Option<Finding> {
@@ -431,6 +443,7 @@ fn collapse<A: Mmu>(ctx: &Ctx<A, CollapseVsGupFast>) -> bool {
     let t0 = A::clock_ns();
     let mut hpage = st.hpage.lock().take();
     let rep = collapse_huge_page_prealloc(mm, ctx.addr, &policy, &mut hpage);
+    st.old_table.store(rep.old_table, Ordering::Relaxed);
     *st.hpage.lock() = hpage;
     st.stage[COLLAPSE].store(2, Ordering::Relaxed);
     st.collapse_done.store(true, Ordering::Release);

@@ -53,9 +53,11 @@
 //! - Overlap (the roles met inside the window): one zap cleared the page's
 //!   PTE (`zap:after_pte_clear`) before the other finished its
 //!   MADV_DONTNEED (`madvise:after_dontneed`), and the writer's first store
-//!   after a return (done at `user:after_store`) came before the first zap
-//!   left `gather:before_finish` for its flush — so the return that woke
-//!   the writer was the other zap's, inside the first one's window. Buggy
+//!   after a return (done at `user:after_store`) came before the first
+//!   zap's flush was done (`gather:after_flush` after its
+//!   `gather:before_finish`; where it has none, its leaving
+//!   `gather:before_finish`) — so the return that woke the writer was the
+//!   other zap's, inside the first one's window. Buggy
 //!   with interrupt flushes: the store goes through the stale TLB entry;
 //!   fixed: the returning zap flushed the whole mm; IPTE: every TLB was
 //!   purged at the clear.
@@ -260,9 +262,17 @@ impl<A: Mmu> Row<A> for NestedFlush {
                 .passes(first, &points::ZAP_AFTER_PTE_CLEAR)
                 .into_iter()
                 .find(|p| p.addr == ctx.addr);
-            let flush = ctx.first_pass(first, &points::GATHER_BEFORE_FINISH);
             let returned = ctx.first_pass(other, &points::MADVISE_AFTER_DONTNEED);
-            matches!((clear, flush, returned), (Some(c), Some(f), Some(r)) if c.before(&r) && store.before(&f))
+            // The end of the first zap's window: its flush done, or where it
+            // had none to do, its leaving `gather:before_finish`.
+            let finish = ctx.first_pass(first, &points::GATHER_BEFORE_FINISH);
+            let flushed = finish.and_then(|f| {
+                ctx.passes(first, &points::GATHER_AFTER_FLUSH)
+                    .into_iter()
+                    .find(|p| p.arrived > f.arrived)
+                    .or(Some(f))
+            });
+            matches!((clear, flushed, returned), (Some(c), Some(f), Some(r)) if c.before(&r) && store.before(&f))
         })
     }
 
