@@ -595,16 +595,16 @@ const ENTRIES: &[Entry] = &[
     // sync; forced: held by the fix) `clean`. Flush IPIs: the collapse's
     // flush waits for the interrupts-off walker, so every variant is
     // natural `clean` and forced `impossible`.
-    e("collapse-vs-gup-fast", "buggy", Flush("ipi"), Impossible, Clean).by(COLLAPSE_FLUSH_IPI).floor(150),
+    e("collapse-vs-gup-fast", "buggy", Flush("ipi"), Impossible, Clean).by(COLLAPSE_FLUSH_IPI).floor(950),
     e("collapse-vs-gup-fast", "buggy", Flush("nmi"), Bug, Bug),
     e("collapse-vs-gup-fast", "buggy", Flush("ipte"), Bug, Bug),
-    e("collapse-vs-gup-fast", "fixed-a", Flush("ipi"), Impossible, Clean).by(COLLAPSE_FLUSH_IPI).floor(150),
-    e("collapse-vs-gup-fast", "fixed-a", Flush("nmi"), Clean, Clean).floor(120),
-    e("collapse-vs-gup-fast", "fixed-a", Flush("ipte"), Clean, Clean).floor(130),
-    e("collapse-vs-gup-fast", "fixed-b", Flush("ipi"), Impossible, Clean).by(COLLAPSE_FLUSH_IPI).floor(150),
-    e("collapse-vs-gup-fast", "fixed-b", Flush("nmi"), Clean, Clean).held(COLLAPSE_IPI_SYNC).floor(90),
-    e("collapse-vs-gup-fast", "fixed-b", Flush("ipte"), Clean, Clean).held(COLLAPSE_IPI_SYNC).floor(1100),
-    e("collapse-vs-gup-fast", "rcu-only", Flush("ipi"), Impossible, Clean).by(COLLAPSE_FLUSH_IPI).floor(110),
+    e("collapse-vs-gup-fast", "fixed-a", Flush("ipi"), Impossible, Clean).by(COLLAPSE_FLUSH_IPI).floor(950),
+    e("collapse-vs-gup-fast", "fixed-a", Flush("nmi"), Clean, Clean).floor(950),
+    e("collapse-vs-gup-fast", "fixed-a", Flush("ipte"), Clean, Clean).floor(950),
+    e("collapse-vs-gup-fast", "fixed-b", Flush("ipi"), Impossible, Clean).by(COLLAPSE_FLUSH_IPI).floor(950),
+    e("collapse-vs-gup-fast", "fixed-b", Flush("nmi"), Clean, Clean).held(COLLAPSE_IPI_SYNC).floor(950),
+    e("collapse-vs-gup-fast", "fixed-b", Flush("ipte"), Clean, Clean).held(COLLAPSE_IPI_SYNC).floor(950),
+    e("collapse-vs-gup-fast", "rcu-only", Flush("ipi"), Impossible, Clean).by(COLLAPSE_FLUSH_IPI).floor(950),
     e("collapse-vs-gup-fast", "rcu-only", Flush("nmi"), Bug, Bug),
     e("collapse-vs-gup-fast", "rcu-only", Flush("ipte"), Bug, Bug),
     // ptfree-vs-gup-fast (kernel/src/race/rows/ptfree.rs, catalogue row 6): a
@@ -650,10 +650,10 @@ const ENTRIES: &[Entry] = &[
     // the clear: both `clean`.
     e("nested-flush", "buggy", Flush("ipi"), Bug, Bug).without(NO_STALE_TLB_CLEAN),
     e("nested-flush", "buggy", Flush("nmi"), Bug, Bug).without(NO_STALE_TLB_CLEAN),
-    e("nested-flush", "buggy", Flush("ipte"), Clean, Clean).floor(100),
-    e("nested-flush", "fixed", Flush("ipi"), Clean, Clean).floor(170),
-    e("nested-flush", "fixed", Flush("nmi"), Clean, Clean).floor(50),
-    e("nested-flush", "fixed", Flush("ipte"), Clean, Clean).floor(14),
+    e("nested-flush", "buggy", Flush("ipte"), Clean, Clean).floor(420),
+    e("nested-flush", "fixed", Flush("ipi"), Clean, Clean).floor(530),
+    e("nested-flush", "fixed", Flush("nmi"), Clean, Clean).floor(540),
+    e("nested-flush", "fixed", Flush("ipte"), Clean, Clean).floor(240),
 ];
 
 /// Rows that do not exist on an architecture: every variant of the row is

@@ -296,7 +296,9 @@ pub fn passes(cpu: usize, p: &RacePoint) -> Vec<Pass> {
                 arrived: seq,
                 left: seq,
             }),
-            Some(Kind::Delay | Kind::Leave) => {
+            // A delay of 0 ns is recorded too, with no `Leave` after it:
+            // only the `Leave` ends a pass that waited.
+            Some(Kind::Leave) => {
                 if let Some(last) = out.last_mut() {
                     last.left = seq;
                 }
