@@ -28,6 +28,7 @@
 //! - `marked[m]` equals the number of entries with mark `m`;
 //! - a mark exists only on a present entry: erasing an entry drops its marks.
 
+use crate::race::waitfor::{self, LockOwner};
 use crate::{kprintln, Arch, IrqFlags};
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
@@ -96,6 +97,8 @@ struct Tree<T> {
 /// An index → entry tree with marks (see the module docs).
 pub struct XArray<T: Copy> {
     tree: spin::Mutex<Tree<T>>,
+    /// Who holds `tree`'s lock, for the wait-for prover.
+    owner: LockOwner,
     irq_save: fn() -> IrqFlags,
     irq_restore: fn(IrqFlags),
 }
@@ -108,16 +111,33 @@ impl<T: Copy> XArray<T> {
                 slots: BTreeMap::new(),
                 marked: [0; XA_MAX_MARKS],
             }),
+            owner: LockOwner::new(),
             irq_save: A::local_irq_save,
             irq_restore: A::local_irq_restore,
         }
     }
 
     /// Takes the tree lock with interrupts off (`xa_lock_irqsave`).
+    /// A CPU that finds it taken records the wait for the prover (a holder
+    /// parked inside the critical section holds it back).
     pub fn lock(&self) -> XaGuard<'_, T> {
         let flags = (self.irq_save)();
+        let cpu = crate::race::this_cpu();
+        let tree = self.tree.try_lock().unwrap_or_else(|| {
+            let wait = waitfor::begin(cpu, self.owner.wait(), true);
+            let tree = loop {
+                if let Some(t) = self.tree.try_lock() {
+                    break t;
+                }
+                core::hint::spin_loop();
+            };
+            waitfor::end(wait);
+            tree
+        });
+        self.owner.set(cpu);
         XaGuard {
-            tree: Some(self.tree.lock()),
+            tree: Some(tree),
+            owner: &self.owner,
             flags,
             irq_restore: self.irq_restore,
         }
@@ -163,12 +183,14 @@ impl<T: Copy> XArray<T> {
 /// the interrupt state.
 pub struct XaGuard<'a, T: Copy> {
     tree: Option<spin::MutexGuard<'a, Tree<T>>>,
+    owner: &'a LockOwner,
     flags: IrqFlags,
     irq_restore: fn(IrqFlags),
 }
 
 impl<T: Copy> Drop for XaGuard<'_, T> {
     fn drop(&mut self) {
+        self.owner.clear();
         drop(self.tree.take());
         (self.irq_restore)(self.flags);
     }

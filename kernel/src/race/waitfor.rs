@@ -82,6 +82,11 @@ pub enum Wait {
         /// The waiter wants it for write.
         write: bool,
     },
+    /// For a spin lock whose holder `owner` records (its address).
+    SpinLock {
+        /// The address of the lock's [`LockOwner`].
+        owner: u64,
+    },
 }
 
 /// Page locks each CPU holds (the descriptor's address; 0: a free slot). A CPU holds few
@@ -176,6 +181,51 @@ impl RwOwners {
     }
 }
 
+/// The holder of a spin lock (the mapping tree's `xa_lock`), for the
+/// prover: a CPU parked by explore mode inside the lock's critical section
+/// holds back every CPU that spins on it.
+pub struct LockOwner {
+    /// The holder's CPU + 1; 0 when the lock is free.
+    cpu: AtomicUsize,
+}
+
+impl LockOwner {
+    /// No holder.
+    pub const fn new() -> Self {
+        LockOwner {
+            cpu: AtomicUsize::new(0),
+        }
+    }
+
+    /// The wait for this lock (for [`begin`]).
+    pub fn wait(&self) -> Wait {
+        Wait::SpinLock {
+            owner: self as *const LockOwner as u64,
+        }
+    }
+
+    /// `cpu` took the lock.
+    pub fn set(&self, cpu: usize) {
+        self.cpu.store(cpu + 1, Ordering::Release);
+    }
+
+    /// The holder is about to release the lock.
+    pub fn clear(&self) {
+        self.cpu.store(0, Ordering::Release);
+    }
+
+    /// The holder's CPU, if any.
+    fn holder(&self) -> Option<usize> {
+        self.cpu.load(Ordering::Acquire).checked_sub(1)
+    }
+}
+
+impl Default for LockOwner {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Default for RwOwners {
     fn default() -> Self {
         Self::new()
@@ -191,6 +241,7 @@ const FLUSH_ACK: u8 = 5;
 const RW_READ: u8 = 6;
 const RW_WRITE: u8 = 7;
 const PAGE_LOCK: u8 = 8;
+const SPIN_LOCK: u8 = 9;
 
 impl Wait {
     fn encode(self) -> (u8, u64) {
@@ -202,6 +253,7 @@ impl Wait {
             Wait::FlushAck { mask } => (FLUSH_ACK, mask),
             Wait::RwLock { owners, write } => (if write { RW_WRITE } else { RW_READ }, owners),
             Wait::PageLock { page } => (PAGE_LOCK, page),
+            Wait::SpinLock { owner } => (SPIN_LOCK, owner),
         }
     }
 
@@ -215,6 +267,7 @@ impl Wait {
             LOCK => Some(Wait::Lock { idx: arg as usize }),
             GP => Some(Wait::Gp { gp: arg }),
             PAGE_LOCK => Some(Wait::PageLock { page: arg }),
+            SPIN_LOCK => Some(Wait::SpinLock { owner: arg }),
             RW_READ | RW_WRITE => Some(Wait::RwLock {
                 owners: arg,
                 write: kind == RW_WRITE,
@@ -402,6 +455,12 @@ pub enum Why {
         /// The waiter wants it for write.
         write: bool,
     },
+    /// The other CPU holds the spin lock (its [`LockOwner`] at `owner`)
+    /// the waiter spins on.
+    SpinHolder {
+        /// The address of the lock's [`LockOwner`].
+        owner: u64,
+    },
 }
 
 /// One edge: `from` waits for `to`.
@@ -455,6 +514,11 @@ impl core::fmt::Display for Edge {
                 if *write { "write" } else { "read" },
                 self.to
             ),
+            Why::SpinHolder { owner } => write!(
+                f,
+                "spins on the spin lock whose holder is recorded at {owner:#x}, held by cpu{}",
+                self.to
+            ),
         }
     }
 }
@@ -483,6 +547,8 @@ pub enum WaitClass {
     MmapLock,
     /// A page lock held by the other CPU.
     PageLock,
+    /// A spin lock (the mapping tree's `xa_lock`) held by the other CPU.
+    SpinLock,
 }
 
 impl WaitClass {
@@ -495,6 +561,7 @@ impl WaitClass {
             WaitClass::RcuGp => "rcu-gp",
             WaitClass::MmapLock => "mmap-lock",
             WaitClass::PageLock => "page-lock",
+            WaitClass::SpinLock => "spin-lock",
         }
     }
 
@@ -521,6 +588,7 @@ impl Edge {
             Why::RcuGp { .. } => Some(WaitClass::RcuGp),
             Why::MmapHolder { .. } => Some(WaitClass::MmapLock),
             Why::PageLockOwner { .. } => Some(WaitClass::PageLock),
+            Why::SpinHolder { .. } => Some(WaitClass::SpinLock),
         }
     }
 }
@@ -644,6 +712,18 @@ pub fn graph<A: crate::Arch>(
                         from: cpu,
                         to,
                         why: Why::MmapHolder { write },
+                    });
+                }
+            }
+            Wait::SpinLock { owner } => {
+                // SAFETY: a CPU waits on a lock only while the lock lives,
+                // and it ends its record before it leaves.
+                let o = unsafe { &*(owner as *const LockOwner) };
+                if let Some(to) = o.holder().filter(|&t| t != cpu) {
+                    edges.push(Edge {
+                        from: cpu,
+                        to,
+                        why: Why::SpinHolder { owner },
                     });
                 }
             }

@@ -409,7 +409,22 @@ fn scanner_role<A: Mmu>(ctx: &Ctx<A, PtfragRefcount>) -> bool {
         if done || on_table > 0 {
             break;
         }
-        A::cpu_relax();
+        if point::exploring() {
+            // Explore mode: a retry would pass the scan's scheduling
+            // points again and again while the allocator stays parked. A
+            // failed pass waits until the head's refcount or type changed
+            // (the allocator took, carved or freed the block) or the
+            // allocator is done: every pass then sees a new state, and the
+            // explorer places each one anywhere after that change.
+            let p = page::pfn_to_page(head);
+            let seen = (page::page_ref_count(p), page::PageTable(p));
+            point::wait_until::<A>(|| {
+                st.alloc_done.load(Ordering::Acquire)
+                    || (page::page_ref_count(p), page::PageTable(p)) != seen
+            });
+        } else {
+            A::cpu_relax();
+        }
     }
     st.refs.store(on_table, Ordering::Relaxed);
     on_table > 0

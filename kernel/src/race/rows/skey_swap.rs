@@ -284,9 +284,7 @@ impl<A: Mmu> Row<A> for SkeyDirtyVsSwapcache {
                         // __remove_mapping refused: the zap still holds the
                         // PTE's reference. A later pass, once it is done.
                         page::unlock_page(p);
-                        while !st.zap_done.load(Ordering::Acquire) {
-                            A::cpu_relax();
-                        }
+                        point::wait_until::<A>(|| st.zap_done.load(Ordering::Acquire));
                         page::lock_page(p);
                         out = Self::swap_out::<A>(p, st);
                     }
