@@ -20,6 +20,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
+use xtask::expected::Observed;
 use xtask::platform::{Platform, Property};
 use xtask::qemu::Accel;
 use xtask::{kbuild, Arch, Boot, BootConfig};
@@ -395,6 +396,42 @@ pub fn assert_console(boot: &Boot, line: impl Fn(&str) -> bool) {
         "{}",
         boot.failure_report()
     );
+}
+
+/// Boots `arch` (4 CPUs) with `cmdline`, asserts that the boot passed
+/// and returns the cells it printed; `None` when `arch` is not tested.
+pub fn boot_cells(arch: Arch, cmdline: &str, timeout: Duration) -> Option<Vec<Observed>> {
+    let b = boot(arch, 4, cmdline, timeout)?;
+    assert_passed(&b);
+    Some(xtask::expected::observed(&b.ktap))
+}
+
+/// Replays `schedule` (one explore printed) in forced mode on the one
+/// cell `base` (`scenario= variant= [flush=]`) selects, and asserts a bug
+/// in every iteration; the replayed cell.
+pub fn assert_replay_is_bug(
+    arch: Arch,
+    base: &str,
+    schedule: &str,
+    timeout: Duration,
+) -> Option<Observed> {
+    let observed = boot_cells(
+        arch,
+        &format!("{base} mode=forced schedule={schedule}"),
+        timeout,
+    )?;
+    assert_eq!(observed.len(), 1, "{arch} {base}: {observed:#?}");
+    let r = observed.into_iter().next().unwrap();
+    assert!(
+        r.mode == xtask::expected::Mode::Forced
+            && r.outcome == "bug"
+            && r.iterations > 0
+            && r.hits == r.iterations,
+        "{arch} {base}: the replay of {schedule} hit in {} of {} iterations: {r:?}",
+        r.hits,
+        r.iterations
+    );
+    Some(r)
 }
 
 /// Asserts that a boot passed, showing the failure report if not.

@@ -5,14 +5,18 @@
 //!   sends no interrupt the walker holds back (IPTE on s390x, NMI
 //!   shootdown on x86-64): `immediate` has buggy schedules, `ipi-sync`
 //!   and `rcu` none, every schedule within the bound run;
-//! - `ARCH::ptfree_vs_gup_fast_replay`: the first buggy schedule of
-//!   `immediate`, replayed in forced mode (`schedule=`), is a bug in every
-//!   iteration;
+//! - `ARCH::replay::ROW`: the first buggy schedule of the row's first
+//!   buggy variant (explore ends there, `stop_at_hit`), replayed in forced
+//!   mode (`schedule=`), is a bug in every iteration; a row with no buggy
+//!   variant on ARCH is a skip, and a row whose replay is an open problem
+//!   ([`REPLAY_OPEN`]) runs only when asked for, its reason listed;
 //! - `ARCH::every_row::ROW`: every row's explore cells, one boot per row
 //!   and architecture. Slow (minutes per row under TCG), so listed as
 //!   ignored: `-- --include-ignored` (or `--ignored`) runs them.
 
-use quiesce_tests::{assert_cells_agree, assert_passed, boot, Harness};
+use quiesce_tests::{
+    assert_cells_agree, assert_passed, assert_replay_is_bug, boot, boot_cells, Harness,
+};
 use std::time::{Duration, Instant};
 use xtask::expected::{self, Expect, Mode, Observed, Selection};
 use xtask::{Arch, Boot};
@@ -88,59 +92,6 @@ fn ptfree_vs_gup_fast(arch: Arch) {
     }
 }
 
-/// (b) The first buggy schedule explore printed for `immediate`, replayed
-/// as the forced schedule (`schedule=`): a bug in every iteration.
-fn ptfree_vs_gup_fast_replay(arch: Arch) {
-    let flush = ptfree_flush(arch);
-    let sel = Selection::new(
-        "ptfree-vs-gup-fast",
-        Some("immediate"),
-        Some(flush),
-        Some(Mode::Explore),
-    );
-    let cmdline =
-        format!("scenario=ptfree-vs-gup-fast variant=immediate flush={flush} mode=explore");
-    let Some((_, observed)) = explore_cells(arch, &cmdline, &sel) else {
-        return;
-    };
-    let x = cell(&observed, "immediate").explore.clone().unwrap();
-    let schedule = x.schedule.expect("a buggy schedule to replay");
-    assert_eq!(
-        x.buggy_schedules.first(),
-        Some(&schedule),
-        "{arch}: the replay schedule is the first buggy one"
-    );
-    let cmdline = format!(
-        "scenario=ptfree-vs-gup-fast variant=immediate flush={flush} mode=forced schedule={schedule}"
-    );
-    let Some(b) = boot(arch, 4, &cmdline, EXPLORE_TIMEOUT) else {
-        return;
-    };
-    assert_passed(&b);
-    let observed = expected::observed(&b.ktap);
-    assert_eq!(observed.len(), 1, "{arch}: {observed:#?}");
-    let o = &observed[0];
-    assert_eq!(
-        (o.mode, o.outcome.as_str()),
-        (Mode::Forced, "bug"),
-        "{arch}: the replay of {schedule}: {o:?}"
-    );
-    assert!(
-        o.iterations > 0 && o.hits == o.iterations,
-        "{arch}: the replay hit in {} of {} iterations",
-        o.hits,
-        o.iterations
-    );
-    let case = b.ktap.case(&format!(
-        "scenario.ptfree-vs-gup-fast:immediate@{flush}:forced"
-    ));
-    let report = case.map(|c| c.diagnostics).unwrap_or_default();
-    assert!(
-        report.iter().any(|d| d.starts_with("race: BUG: ")),
-        "{arch}: no race report: {report:#?}"
-    );
-}
-
 /// (c) Every explore cell of `row`, judged by the table, and what the
 /// derived expectations promise beyond the outcome.
 fn every_row(arch: Arch, row: &'static str) {
@@ -161,26 +112,101 @@ fn every_row(arch: Arch, row: &'static str) {
     }
 }
 
+/// The first buggy explore cell of `row` on `arch`, if the race can
+/// happen there.
+fn first_buggy(arch: Arch, row: &str) -> Option<&'static expected::Cell> {
+    expected::EXPLORE_CELLS
+        .iter()
+        .find(|c| c.row == row && c.arch == arch && c.expect == Expect::Bug)
+}
+
+/// (b) Per row: the first buggy variant's first buggy schedule (explore
+/// ends there, `stop_at_hit`), replayed in forced mode (`schedule=`), is a
+/// bug in every iteration.
+fn replay_row(arch: Arch, row: &'static str) {
+    let c = first_buggy(arch, row).expect("a buggy cell");
+    let flush = c.flush.map(|f| format!(" flush={f}")).unwrap_or_default();
+    let what = format!("scenario={row} variant={}{flush}", c.variant);
+    let Some(observed) = boot_cells(
+        arch,
+        &format!("{what} mode=explore stop_at_hit"),
+        EXPLORE_TIMEOUT,
+    ) else {
+        return;
+    };
+    let o = observed
+        .iter()
+        .find(|o| {
+            o.variant == c.variant && o.flush.as_deref() == c.flush && o.mode == Mode::Explore
+        })
+        .unwrap_or_else(|| panic!("{arch} {what}: no explore cell: {observed:#?}"));
+    let x = o.explore.as_ref().expect("explore figures");
+    assert_eq!(
+        o.outcome, "bug",
+        "{arch} {what}: explore found no buggy schedule: {o:?}"
+    );
+    let schedule = x.schedule.clone().expect("a buggy schedule to replay");
+    let Some(r) = assert_replay_is_bug(arch, &what, &schedule, EXPLORE_TIMEOUT) else {
+        return;
+    };
+    println!(
+        "{arch} {what}: buggy schedule after {} schedules, replayed: bug in {} of {} forced iterations",
+        x.schedules, r.hits, r.iterations
+    );
+}
+
+/// Rows (on one architecture, or on both) whose replay test fails today,
+/// run only when asked for, with what fails: open problems of explore
+/// mode, not expectations.
+const REPLAY_OPEN: &[(&str, Option<Arch>, &str)] = &[
+    (
+        "collapse-vs-gup-fast",
+        None,
+        "open: the replayed schedule hits the bug, then the walker takes another path than \
+         under explore and a later step of the schedule never comes (hang)",
+    ),
+    (
+        "nested-flush",
+        Some(Arch::X86_64),
+        "open: explore finds no buggy schedule of buggy@ipi within bound 2 (20 000 schedules), \
+         where forced and natural mode hit",
+    ),
+];
+
 /// Why the every-row tests run only when asked for.
 const SLOW: &str = "slow: a row's explore boot takes minutes under TCG \
                     (run with -- --include-ignored)";
 
-/// The tests: (a) and (b) per architecture, s390x first; (c) per row and
-/// architecture, ignored unless asked for (each row's boot takes
-/// minutes).
+/// The tests: (a) per architecture, s390x first; (b) per row and
+/// architecture; (c) per row and architecture, ignored unless asked for
+/// (each row's boot takes minutes).
 fn main() {
-    let mut tests = Harness::new()
-        .per_arch(
-            ["s390x::ptfree_vs_gup_fast", "x86_64::ptfree_vs_gup_fast"],
-            ptfree_vs_gup_fast,
-        )
-        .per_arch(
-            [
-                "s390x::ptfree_vs_gup_fast_replay",
-                "x86_64::ptfree_vs_gup_fast_replay",
-            ],
-            ptfree_vs_gup_fast_replay,
-        );
+    let mut tests = Harness::new().per_arch(
+        ["s390x::ptfree_vs_gup_fast", "x86_64::ptfree_vs_gup_fast"],
+        ptfree_vs_gup_fast,
+    );
+    for arch in Arch::ALL {
+        for row in expected::rows() {
+            let name = format!("{arch}::replay::{}", row.replace('-', "_"));
+            let open = REPLAY_OPEN
+                .iter()
+                .find(|(r, a, _)| *r == row && a.is_none_or(|a| a == arch));
+            tests = match first_buggy(arch, row) {
+                Some(_) if open.is_some() => {
+                    let reason = open.map(|(_, _, why)| *why).unwrap_or_default();
+                    tests.test_on_request(name, &[arch], reason, move || replay_row(arch, row))
+                }
+                Some(_) => tests.test(name, &[arch], move || replay_row(arch, row)),
+                None => tests.test_unless(
+                    name,
+                    Some(format!(
+                        "no variant of {row} is a bug on {arch}: no buggy schedule to replay"
+                    )),
+                    || {},
+                ),
+            };
+        }
+    }
     for arch in Arch::ALL {
         for row in expected::rows() {
             let name = format!("{arch}::every_row::{}", row.replace('-', "_"));

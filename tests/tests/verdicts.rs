@@ -26,7 +26,7 @@
 //!   but no iteration overlapped, and the table's floor must judge the cell
 //!   `vacuous`.
 
-use quiesce_tests::{assert_passed, boot, boot_to_fail, TIMEOUT};
+use quiesce_tests::{assert_passed, assert_replay_is_bug, boot, boot_to_fail, TIMEOUT};
 use xtask::expected::{self, Mode, Selection};
 use xtask::platform::Platform;
 use xtask::{Arch, Boot};
@@ -187,22 +187,7 @@ fn explore_finds_a_misplaced_point(arch: Arch) {
     );
     assert!(x.buggy >= 1, "{arch}: {x:?}");
     let schedule = x.schedule.clone().expect("a buggy schedule to replay");
-    let Some(b) = boot(
-        arch,
-        4,
-        &format!("{base} mode=forced schedule={schedule}"),
-        TIMEOUT,
-    ) else {
-        return;
-    };
-    assert_passed(&b);
-    let observed = expected::observed(&b.ktap);
-    assert_eq!(observed.len(), 1, "{arch}: {observed:#?}");
-    let o = &observed[0];
-    assert!(
-        o.outcome == "bug" && o.iterations > 0 && o.hits == o.iterations,
-        "{arch}: the replay of {schedule}: {o:?}"
-    );
+    assert_replay_is_bug(arch, base, &schedule, TIMEOUT);
 }
 
 fn main() {

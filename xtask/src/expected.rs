@@ -586,8 +586,8 @@ const ENTRIES: &[Entry] = &[
     // `clean`, in both modes (the fixes add no wait: forced runs the whole
     // interleaving).
     e("ptfrag-refcount", "buggy", Both, Bug, Bug),
-    e("ptfrag-refcount", "fixed-a", Both, Clean, Clean).floor(420),
-    e("ptfrag-refcount", "fixed-b", Both, Clean, Clean).floor(350),
+    e("ptfrag-refcount", "fixed-a", Both, Clean, Clean).floor(120),
+    e("ptfrag-refcount", "fixed-b", Both, Clean, Clean).floor(110),
     // collapse-vs-gup-fast (kernel/src/race/rows/collapse_gup.rs, catalogue row
     // 5): GUP-fast pins a small page of the old PTE table after THP
     // collapse checked for pins. IPTE/IDTE (no IPI) and NMI shootdown:
@@ -595,16 +595,16 @@ const ENTRIES: &[Entry] = &[
     // sync; forced: held by the fix) `clean`. Flush IPIs: the collapse's
     // flush waits for the interrupts-off walker, so every variant is
     // natural `clean` and forced `impossible`.
-    e("collapse-vs-gup-fast", "buggy", Flush("ipi"), Impossible, Clean).by(COLLAPSE_FLUSH_IPI).floor(950),
+    e("collapse-vs-gup-fast", "buggy", Flush("ipi"), Impossible, Clean).by(COLLAPSE_FLUSH_IPI).floor(150),
     e("collapse-vs-gup-fast", "buggy", Flush("nmi"), Bug, Bug),
     e("collapse-vs-gup-fast", "buggy", Flush("ipte"), Bug, Bug),
-    e("collapse-vs-gup-fast", "fixed-a", Flush("ipi"), Impossible, Clean).by(COLLAPSE_FLUSH_IPI).floor(950),
-    e("collapse-vs-gup-fast", "fixed-a", Flush("nmi"), Clean, Clean).floor(950),
-    e("collapse-vs-gup-fast", "fixed-a", Flush("ipte"), Clean, Clean).floor(950),
-    e("collapse-vs-gup-fast", "fixed-b", Flush("ipi"), Impossible, Clean).by(COLLAPSE_FLUSH_IPI).floor(950),
-    e("collapse-vs-gup-fast", "fixed-b", Flush("nmi"), Clean, Clean).held(COLLAPSE_IPI_SYNC).floor(950),
-    e("collapse-vs-gup-fast", "fixed-b", Flush("ipte"), Clean, Clean).held(COLLAPSE_IPI_SYNC).floor(950),
-    e("collapse-vs-gup-fast", "rcu-only", Flush("ipi"), Impossible, Clean).by(COLLAPSE_FLUSH_IPI).floor(950),
+    e("collapse-vs-gup-fast", "fixed-a", Flush("ipi"), Impossible, Clean).by(COLLAPSE_FLUSH_IPI).floor(150),
+    e("collapse-vs-gup-fast", "fixed-a", Flush("nmi"), Clean, Clean).floor(150),
+    e("collapse-vs-gup-fast", "fixed-a", Flush("ipte"), Clean, Clean).floor(150),
+    e("collapse-vs-gup-fast", "fixed-b", Flush("ipi"), Impossible, Clean).by(COLLAPSE_FLUSH_IPI).floor(150),
+    e("collapse-vs-gup-fast", "fixed-b", Flush("nmi"), Clean, Clean).held(COLLAPSE_IPI_SYNC).floor(150),
+    e("collapse-vs-gup-fast", "fixed-b", Flush("ipte"), Clean, Clean).held(COLLAPSE_IPI_SYNC).floor(150),
+    e("collapse-vs-gup-fast", "rcu-only", Flush("ipi"), Impossible, Clean).by(COLLAPSE_FLUSH_IPI).floor(150),
     e("collapse-vs-gup-fast", "rcu-only", Flush("nmi"), Bug, Bug),
     e("collapse-vs-gup-fast", "rcu-only", Flush("ipte"), Bug, Bug),
     // ptfree-vs-gup-fast (kernel/src/race/rows/ptfree.rs, catalogue row 6): a
@@ -650,10 +650,10 @@ const ENTRIES: &[Entry] = &[
     // the clear: both `clean`.
     e("nested-flush", "buggy", Flush("ipi"), Bug, Bug).without(NO_STALE_TLB_CLEAN),
     e("nested-flush", "buggy", Flush("nmi"), Bug, Bug).without(NO_STALE_TLB_CLEAN),
-    e("nested-flush", "buggy", Flush("ipte"), Clean, Clean).floor(420),
-    e("nested-flush", "fixed", Flush("ipi"), Clean, Clean).floor(530),
-    e("nested-flush", "fixed", Flush("nmi"), Clean, Clean).floor(540),
-    e("nested-flush", "fixed", Flush("ipte"), Clean, Clean).floor(240),
+    e("nested-flush", "buggy", Flush("ipte"), Clean, Clean).floor(160),
+    e("nested-flush", "fixed", Flush("ipi"), Clean, Clean).floor(200),
+    e("nested-flush", "fixed", Flush("nmi"), Clean, Clean).floor(200),
+    e("nested-flush", "fixed", Flush("ipte"), Clean, Clean).floor(90),
 ];
 
 /// Rows that do not exist on an architecture: every variant of the row is

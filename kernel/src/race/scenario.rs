@@ -184,6 +184,10 @@ pub struct Ctx<A: Mmu, R: Row<A>> {
     pub variant: &'static Variant<R::Config>,
     /// The mode being run.
     pub mode: Mode,
+    /// A forced run that replays a given schedule (`schedule=`, one explore
+    /// found): a row whose roles take other paths in forced mode than in
+    /// explore mode takes explore's, the ones the schedule was found on.
+    pub replay: bool,
     /// Iteration number, from 0.
     pub iteration: u64,
     /// A self-check the run injects (`inject=`), for the row to act on.
@@ -692,7 +696,9 @@ pub struct RunConfig {
     pub delays: bool,
     /// Natural mode: print a progress line this often (`progress_s=`).
     pub progress_ns: Option<u64>,
-    /// Natural mode: end the run at its first hit (`stop_at_hit`).
+    /// Natural and explore mode: end the run at its first hit
+    /// (`stop_at_hit`; explore: at the first buggy schedule, the space
+    /// then not exhausted).
     pub stop_at_hit: bool,
     /// A self-check that breaks the kernel on purpose (`inject=`).
     pub inject: Option<Inject>,
@@ -962,7 +968,7 @@ fn run_set<A: Mmu, R: Row<A>>(variant: &'static Variant<R::Config>, cfg: &RunCon
             }
         }
         match step {
-            Ok(true) if mode == Mode::Natural && rep.hits > 0 && cfg.stop_at_hit => break,
+            Ok(true) if mode != Mode::Forced && rep.hits > 0 && cfg.stop_at_hit => break,
             Ok(true) => {}
             Ok(false) => break,
             Err(()) => {
@@ -1079,6 +1085,7 @@ fn iteration<A: Mmu, R: Row<A>>(
         pfns: Vec::new(),
         variant,
         mode,
+        replay: cfg.schedule.is_some(),
         iteration: it,
         inject: cfg.inject,
         state: R::State::default(),

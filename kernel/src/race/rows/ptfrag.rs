@@ -26,7 +26,8 @@
 //!   last is freed, the last stays linked), then reads the last table's
 //!   first entry as the next fault there would. `scanner` — the pfn
 //!   scanner ([`pfn_scanner::scan_pass`]) over the block the allocator is
-//!   about to get, pass after pass, taking and dropping speculative
+//!   about to get, pass after pass (the next once the head's refcount or
+//!   type changed), taking and dropping speculative
 //!   references, from before the allocator starts until it has taken and
 //!   dropped one on the table block (or the allocator is done).
 //! - Setup: "a frame is freed": the last thing setup does is allocate a
@@ -409,22 +410,19 @@ fn scanner_role<A: Mmu>(ctx: &Ctx<A, PtfragRefcount>) -> bool {
         if done || on_table > 0 {
             break;
         }
-        if point::exploring() {
-            // Explore mode: a retry would pass the scan's scheduling
-            // points again and again while the allocator stays parked. A
-            // failed pass waits until the head's refcount or type changed
-            // (the allocator took, carved or freed the block) or the
-            // allocator is done: every pass then sees a new state, and the
-            // explorer places each one anywhere after that change.
-            let p = page::pfn_to_page(head);
-            let seen = (page::page_ref_count(p), page::PageTable(p));
-            point::wait_until::<A>(|| {
-                st.alloc_done.load(Ordering::Acquire)
-                    || (page::page_ref_count(p), page::PageTable(p)) != seen
-            });
-        } else {
-            A::cpu_relax();
-        }
+        // Scan again once the head's refcount or type changed (the
+        // allocator took, carved or freed the block) or the allocator is
+        // done: every pass sees a new state. A handshake (`wait_until`), so
+        // that explore mode places each pass anywhere after that change
+        // instead of passing the scan's scheduling points again and again
+        // while the allocator stays parked, and a replayed schedule takes
+        // the same path.
+        let p = page::pfn_to_page(head);
+        let seen = (page::page_ref_count(p), page::PageTable(p));
+        point::wait_until::<A>(|| {
+            st.alloc_done.load(Ordering::Acquire)
+                || (page::page_ref_count(p), page::PageTable(p)) != seen
+        });
     }
     st.refs.store(on_table, Ordering::Relaxed);
     on_table > 0

@@ -38,7 +38,8 @@
 //!   page, or returned. In natural mode the writer then sleeps (halted, so
 //!   that its vCPU leaves the host cores to the zap and writeback) until
 //!   writeback has written the page and woken it, and stores once more; in
-//!   forced mode it stores where the schedule says. Either way it stops
+//!   forced mode it stores where the schedule says (a replayed explore
+//!   schedule takes the natural path, the one explore ran). Either way it stops
 //!   after the first store it began once writeback had written the page:
 //!   a store after that which faulted would dirty the page again and hide
 //!   a lost write.
@@ -253,7 +254,7 @@ impl<A: Mmu> Row<A> for ZapRmapVsMkclean {
                     mapping.nr_written.load(Ordering::Acquire) != wb_base
                         || st.wb_done.load(Ordering::Acquire)
                 };
-                if ctx.mode != Mode::Forced {
+                if ctx.mode != Mode::Forced || ctx.replay {
                     // Sleep until writeback has written the page (it wakes us),
                     // then store once more: through the stale TLB entry if the
                     // zap has not flushed yet.
