@@ -158,20 +158,12 @@ fn replay_row(arch: Arch, row: &'static str) {
 /// Rows (on one architecture, or on both) whose replay test fails today,
 /// run only when asked for, with what fails: open problems of explore
 /// mode, not expectations.
-const REPLAY_OPEN: &[(&str, Option<Arch>, &str)] = &[
-    (
-        "collapse-vs-gup-fast",
-        None,
-        "open: the replayed schedule hits the bug, then the walker takes another path than \
-         under explore and a later step of the schedule never comes (hang)",
-    ),
-    (
-        "nested-flush",
-        Some(Arch::X86_64),
-        "open: explore finds no buggy schedule of buggy@ipi within bound 2 (20 000 schedules), \
+const REPLAY_OPEN: &[(&str, Option<Arch>, &str)] = &[(
+    "nested-flush",
+    Some(Arch::X86_64),
+    "open: explore finds no buggy schedule of buggy@ipi within bound 2 (20 000 schedules), \
          where forced and natural mode hit",
-    ),
-];
+)];
 
 /// Why the every-row tests run only when asked for.
 const SLOW: &str = "slow: a row's explore boot takes minutes under TCG \

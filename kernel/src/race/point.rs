@@ -327,13 +327,22 @@ static NR_STEPS: AtomicUsize = AtomicUsize::new(0);
 static CURSOR: AtomicUsize = AtomicUsize::new(0);
 
 /// Addresses of the schedule state a CPU held at a point reads on every
-/// turn of its wait ([`crate::race::user::stale_tlb_base`] keeps user
-/// pages off their TLB slots).
-pub(crate) fn wait_state_addrs() -> [u64; 3] {
+/// turn of its wait, forced or parked by explore mode
+/// ([`crate::race::user::stale_tlb_base`] keeps user pages off their TLB
+/// slots).
+pub(crate) fn wait_state_addrs() -> [u64; 11] {
     [
         &CURSOR as *const _ as u64,
         STEP_POINT.as_ptr() as u64,
         HITS.as_ptr() as u64,
+        &ABORT as *const _ as u64,
+        IRQ_DEPTH.as_ptr() as u64,
+        EX_ARRIVED.as_ptr() as u64,
+        EX_GRANTED.as_ptr() as u64,
+        EX_AT.as_ptr() as u64,
+        EX_WATCH.as_ptr() as u64,
+        &EX_EPOCH as *const _ as u64,
+        EX_READY.as_ptr() as u64,
     ]
 }
 static ABORT: AtomicBool = AtomicBool::new(false);

@@ -120,6 +120,7 @@ use crate::mm::tlbflush::FlushStrategy;
 use crate::mm::{page, pgtable, PAGE_SHIFT, PAGE_SIZE};
 use crate::race::detect::Finding;
 use crate::race::point::{self, points};
+use crate::race::user;
 use crate::race::scenario::{
     Budget, Commit, CommitRole::Fix, Ctx, Row, RowInfo, RunMm, Variant,
 };
@@ -499,17 +500,7 @@ fn gup_pin<A: Mmu>(ctx: &Ctx<A, CollapseVsGupFast>) -> bool {
     st.stage[GUP].store(2, Ordering::Relaxed);
     // Hold the pin until the collapse is over, as a pin for DMA does
     // (halted, not spinning: a spinning vCPU slows every other one).
-    if point::exploring() {
-        point::wait_until::<A>(|| st.collapse_done.load(Ordering::Acquire));
-    }
-    loop {
-        A::local_irq_disable();
-        if st.collapse_done.load(Ordering::Acquire) {
-            A::local_irq_enable();
-            break;
-        }
-        A::wait_for_interrupt();
-    }
+    user::sleep_until::<A>(|| st.collapse_done.load(Ordering::Acquire));
     // The write through the pin: the kernel mapping of the page, as a
     // driver's DMA would reach it.
     let off = (ctx.addr & (PAGE_SIZE - 1)) as usize;

@@ -400,8 +400,13 @@ fn scanner_role<A: Mmu>(ctx: &Ctx<A, PtfragRefcount>) -> bool {
     let end = head + (1 << frag::block_order::<A>());
     let mut on_table = 0u64;
     st.scanning.store(true, Ordering::Release);
+    let hp = page::pfn_to_page(head);
+    let state = || (page::page_ref_count(hp), page::PageTable(hp));
     loop {
         let done = st.alloc_done.load(Ordering::Acquire);
+        // Read before the pass: a change during it makes the next pass
+        // start at once.
+        let seen = state();
         pfn_scanner::scan_pass::<A>(head, end, |p| {
             if page::page_to_pfn(p) == head && page::PageTable(p) {
                 on_table += 1;
@@ -417,12 +422,7 @@ fn scanner_role<A: Mmu>(ctx: &Ctx<A, PtfragRefcount>) -> bool {
         // instead of passing the scan's scheduling points again and again
         // while the allocator stays parked, and a replayed schedule takes
         // the same path.
-        let p = page::pfn_to_page(head);
-        let seen = (page::page_ref_count(p), page::PageTable(p));
-        point::wait_until::<A>(|| {
-            st.alloc_done.load(Ordering::Acquire)
-                || (page::page_ref_count(p), page::PageTable(p)) != seen
-        });
+        point::wait_until::<A>(|| st.alloc_done.load(Ordering::Acquire) || state() != seen);
     }
     st.refs.store(on_table, Ordering::Relaxed);
     on_table > 0
