@@ -985,6 +985,11 @@ fn explore_unmet(c: &Cell, o: &Observed) -> Option<String> {
         return Some("no `# explore: row=` summary".into());
     };
     match c.expect {
+        Expect::Bug if x.buggy == 0 => Some(format!(
+            "no buggy schedule in {} schedules{}",
+            x.schedules,
+            x.bound.map(|b| format!(" within bound {b}")).unwrap_or_default()
+        )),
         Expect::Bug if x.schedule.is_none() => {
             Some("buggy schedules but no `schedule=` to replay".into())
         }
@@ -1976,6 +1981,12 @@ ok 1 ptfree-vs-gup-fast:immediate@ipte:explore\nok 1 scenario\n";
             "{l}"
         );
         assert!(!judge(S390x, cell("rcu", "ipte", "bug", x.clone())).ok);
+        // A buggy cell that found no buggy schedule fails for that.
+        let l = judge(S390x, cell("immediate", "ipte", "clean", clean.clone()));
+        assert!(
+            !l.ok && l.to_string().contains("no buggy schedule in"),
+            "{l}"
+        );
         // Without the summary line the cell cannot be judged.
         let l = judge(
             S390x,
