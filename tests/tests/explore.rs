@@ -8,8 +8,7 @@
 //! - `ARCH::replay::ROW`: the first buggy schedule of the row's first
 //!   buggy variant (explore ends there, `stop_at_hit`), replayed in forced
 //!   mode (`schedule=`), is a bug in every iteration; a row with no buggy
-//!   variant on ARCH is a skip, and a row whose replay is an open problem
-//!   ([`REPLAY_OPEN`]) runs only when asked for, its reason listed;
+//!   variant on ARCH is a skip;
 //! - `ARCH::every_row::ROW`: every row's explore cells, one boot per row
 //!   and architecture. Slow (minutes per row under TCG), so listed as
 //!   ignored: `-- --include-ignored` (or `--ignored`) runs them.
@@ -155,16 +154,6 @@ fn replay_row(arch: Arch, row: &'static str) {
     );
 }
 
-/// Rows (on one architecture, or on both) whose replay test fails today,
-/// run only when asked for, with what fails: open problems of explore
-/// mode, not expectations.
-const REPLAY_OPEN: &[(&str, Option<Arch>, &str)] = &[(
-    "nested-flush",
-    Some(Arch::X86_64),
-    "open: explore finds no buggy schedule of buggy@ipi within bound 2 (20 000 schedules), \
-         where forced and natural mode hit",
-)];
-
 /// Why the every-row tests run only when asked for.
 const SLOW: &str = "slow: a row's explore boot takes minutes under TCG \
                     (run with -- --include-ignored)";
@@ -180,14 +169,7 @@ fn main() {
     for arch in Arch::ALL {
         for row in expected::rows() {
             let name = format!("{arch}::replay::{}", row.replace('-', "_"));
-            let open = REPLAY_OPEN
-                .iter()
-                .find(|(r, a, _)| *r == row && a.is_none_or(|a| a == arch));
             tests = match first_buggy(arch, row) {
-                Some(_) if open.is_some() => {
-                    let reason = open.map(|(_, _, why)| *why).unwrap_or_default();
-                    tests.test_on_request(name, &[arch], reason, move || replay_row(arch, row))
-                }
                 Some(_) => tests.test(name, &[arch], move || replay_row(arch, row)),
                 None => tests.test_unless(
                     name,

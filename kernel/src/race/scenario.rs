@@ -703,13 +703,15 @@ pub struct RunConfig {
     /// A self-check that breaks the kernel on purpose (`inject=`).
     pub inject: Option<Inject>,
     /// Explore mode: the preemption bound (`bound=`; `None`: unbounded if
-    /// the space is small enough to exhaust, else [`EXPLORE_DEFAULT_BOUND`]).
+    /// the space is small enough to exhaust, else bounds 0, 1, ... up to
+    /// [`EXPLORE_DEFAULT_BOUND`], each once the one before is exhausted).
     pub bound: Option<u32>,
     /// Forced mode: a schedule replacing the row's (`schedule=`).
     pub schedule: Option<Vec<Step>>,
 }
 
-/// Explore mode's preemption bound where the unbounded space is too large.
+/// Explore mode's highest preemption bound where the unbounded space is
+/// too large (reached from bound 0 one exhausted bound at a time).
 pub const EXPLORE_DEFAULT_BOUND: u32 = 2;
 /// Unbounded schedules explore runs before it takes the default bound.
 pub const EXPLORE_UNBOUNDED_MAX: u64 = 1_000;
@@ -955,13 +957,29 @@ fn run_set<A: Mmu, R: Row<A>>(variant: &'static Variant<R::Config>, cfg: &RunCon
         );
         if let Some(ex) = explorer.as_mut() {
             if step == Ok(true) && !ex.advance() {
-                break;
+                // Iterative context bounding (as CHESS): a bound whose
+                // schedules are exhausted while it left orderings out goes
+                // on with one more preemption, up to the default bound. A
+                // depth-first search within bound 2 alone varies the last
+                // decisions first and can spend its budget there, missing
+                // a bug one early preemption shows.
+                match ex.bound {
+                    Some(b) if cfg.bound.is_none() && ex.bound_cut && b < EXPLORE_DEFAULT_BOUND => {
+                        let divergent = ex.divergent;
+                        *ex = Explorer::new(Some(b + 1));
+                        ex.divergent = divergent;
+                    }
+                    _ => break,
+                }
             }
             if cfg.bound.is_none() && ex.bound.is_none() && rep.iterations >= EXPLORE_UNBOUNDED_MAX
             {
-                // Too large to exhaust: start over within the default
-                // bound (the schedules run so far still count).
-                *ex = Explorer::new(Some(EXPLORE_DEFAULT_BOUND));
+                // Too large to exhaust: start over within bound 0, then
+                // 1, up to the default bound (the schedules run so far
+                // still count).
+                let divergent = ex.divergent;
+                *ex = Explorer::new(Some(0));
+                ex.divergent = divergent;
                 if let Some(x) = rep.explore.as_mut() {
                     x.unbounded_first = Some(rep.iterations);
                 }
