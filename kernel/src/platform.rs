@@ -8,7 +8,7 @@
 //! self-test runs, and prints one top-level KTAP diagnostic:
 //!
 //! ```text
-//! # platform: stale_tlb_after_pte_clear=yes ipi_held_by_irqs_off=yes skey_change_bit=n/a probe_us=412
+//! # platform: stale_tlb_after_pte_clear=yes ipi_held_by_irqs_off=yes skey_change_bit=n/a probe_us=14554
 //! ```
 //!
 //! | property | probe | the races that need it |
