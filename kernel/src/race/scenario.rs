@@ -1248,12 +1248,7 @@ fn iteration<A: Mmu, R: Row<A>>(
                 None => cycle_mask = 0,
             }
             if now - t0 > s.budget.iteration_timeout_ns {
-                let lines: Vec<String> = edges.iter().map(|e| format!("{e}")).collect();
-                rep.hang_edges = Some(if lines.is_empty() {
-                    "no CPU waits for another".into()
-                } else {
-                    lines.join("; ")
-                });
+                rep.hang_edges = Some(hang_edges(&edges));
                 verdict = Some(Outcome::Hang);
                 break;
             }
@@ -1403,12 +1398,7 @@ fn explore_watch<A: Mmu>(
                     None => cycle_mask = 0,
                 }
                 if now - t0 > s.budget.iteration_timeout_ns {
-                    let lines: Vec<String> = edges.iter().map(|e| format!("{e}")).collect();
-                    rep.hang_edges = Some(if lines.is_empty() {
-                        "no CPU waits for another".into()
-                    } else {
-                        lines.join("; ")
-                    });
+                    rep.hang_edges = Some(hang_edges(&edges));
                     return Some(Outcome::Hang);
                 }
             }
@@ -1526,6 +1516,15 @@ pub fn mode_name(m: Mode) -> &'static str {
         Mode::Forced => "forced",
         Mode::Explore => "explore",
     }
+}
+
+/// The wait-for edges at a hang's time limit, as its report prints them.
+fn hang_edges(edges: &[waitfor::Edge]) -> String {
+    if edges.is_empty() {
+        return "no CPU waits for another".into();
+    }
+    let lines: Vec<String> = edges.iter().map(|e| format!("{e}")).collect();
+    lines.join("; ")
 }
 
 /// Runs what `scenario=` (with `variant=`, `flush=`, `mode=`) selects as
