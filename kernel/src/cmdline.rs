@@ -6,13 +6,13 @@
 //! |---|---|
 //! | `test=PAT[,PAT...]` | run only the tests whose `suite.case` name contains a pattern (`*` matches any run of characters) |
 //! | `seed=N` | seed for randomised runs (printed either way, to repeat a run) |
-//! | `iterations=N` | iteration budget for natural-mode runs |
+//! | `iterations=N` | iteration budget for natural-mode runs and explore runs (schedules) |
 //! | `budget_s=N`, `budget_ms=N` | time budget of a natural-mode run in seconds (1 to 86400) or milliseconds (1 to 86400000), instead of the row's own; one of the two |
 //! | `delays=0\|1` | natural mode: arm the rows' window-widening delays (default 1) |
 //! | `stop_at_hit` | natural mode: end a run at its first hit (time-to-first-hit benchmarks) |
 //! | `progress_s=N` | natural mode: print a progress line every N seconds (1 to 3600) |
 //! | `scenario=NAME\|all`, `variant=NAME`, `mode=natural\|forced\|explore` | run race scenarios instead of the self-tests (`crate::race`) |
-//! | `bound=K` | explore mode: the preemption bound, 0 to 16 (default: none where the space can be exhausted, else 2) |
+//! | `bound=K` | explore mode: the highest preemption bound, 0 to 16, reached from bound 0 one exhausted bound at a time (default: 2, then higher while the space is small enough to run every ordering) |
 //! | `schedule=S` | forced mode of one row: run the schedule `S` (`role@point,role~point,...`, as explore prints it) instead of the row's own |
 //! | `flush=ipi\|nmi\|ipte\|csp` | race scenarios: only the cases under this TLB flush strategy (rows with a flush axis; the architecture must implement it) |
 //! | `list` | print every race row (with its seed thread and Linux commits), every variant (with the kernel it models and whether this architecture accepts it) and every self-test suite and case, instead of running anything (`crate::list`) |

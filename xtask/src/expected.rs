@@ -843,7 +843,7 @@ pub struct Observed {
 
 /// What an explore cell covered, from its `# explore:` lines: the summary
 /// (`explore: row= ... schedules= complete= pruned= buggy= exhausted=
-/// bound= unbounded_first= divergent= truncated= max_decisions=
+/// bound= gave_up= divergent= truncated= max_decisions=
 /// elapsed_ms=`), one
 /// `explore: pruned=N by=PROOF` per proof, `explore: buggy schedule K:
 /// TEXT` for the first buggy ones and `explore: schedule=TEXT`, the first
@@ -866,8 +866,9 @@ pub struct Explored {
     pub exhausted: bool,
     /// The preemption bound at the end of the run (`None`: unbounded).
     pub bound: Option<u32>,
-    /// Unbounded schedules run before the default bound was taken.
-    pub unbounded_first: Option<u64>,
+    /// A bound above the default tried and given up (too large to run
+    /// every ordering), with the schedules it ran.
+    pub gave_up: Option<(u32, u64)>,
     /// Schedules whose replayed prefix met other parked roles.
     pub divergent: u64,
     /// Schedules cut at the kernel's most decisions per schedule (the
@@ -904,8 +905,9 @@ impl Explored {
             buggy: num("buggy"),
             exhausted: num("exhausted") == 1,
             bound: crate::ktap::diag_value(summary, "bound").and_then(|v| v.parse().ok()),
-            unbounded_first: crate::ktap::diag_value(summary, "unbounded_first")
-                .and_then(|v| v.parse().ok()),
+            gave_up: crate::ktap::diag_value(summary, "gave_up")
+                .and_then(|v| v.split_once(':'))
+                .and_then(|(b, n)| Some((b.parse().ok()?, n.parse().ok()?))),
             divergent: num("divergent"),
             truncated: num("truncated"),
             max_decisions: num("max_decisions"),
@@ -1855,7 +1857,7 @@ not ok 2 demo-lock-vs-put:fixed:natural\nnot ok 1 scenario\n";
 # explore: buggy schedule 1: gup@role:start,unmap@role:start,gup~role:start\n    \
 # explore: buggy schedule 2: unmap@role:start,gup@role:start\n    \
 # row=ptfree-vs-gup-fast variant=immediate flush=ipte mode=explore outcome=bug iterations=464 hits=102 first_hit_ns=99707932 held_by_fix=0 evidence=- fix_evidence=-\n    \
-# explore: row=ptfree-vs-gup-fast variant=immediate flush=ipte schedules=464 complete=264 pruned=34 buggy=102 exhausted=1 bound=none unbounded_first=- divergent=0 truncated=4 max_decisions=23 elapsed_ms=6628\n    \
+# explore: row=ptfree-vs-gup-fast variant=immediate flush=ipte schedules=464 complete=264 pruned=34 buggy=102 exhausted=1 bound=none gave_up=- divergent=0 truncated=4 max_decisions=23 elapsed_ms=6628\n    \
 # explore: pruned=20 by=held:unmap@gather:after_table_free+mmap-lock:gup>unmap\n    \
 # explore: pruned=12 by=held:unmap@sync:free_page+mmap-lock:gup>unmap\n    \
 # explore: pruned=2 by=fix:call-ipi:unmap>gup+held:gup@gup_fast:after_pmd_read\n    \
@@ -1882,7 +1884,7 @@ ok 1 ptfree-vs-gup-fast:immediate@ipte:explore\nok 1 scenario\n";
             (464, 264, 34, 102, true)
         );
         assert_eq!(
-            (x.bound, x.unbounded_first, x.truncated, x.max_decisions),
+            (x.bound, x.gave_up, x.truncated, x.max_decisions),
             (None, None, 4, 23)
         );
         assert_eq!(x.elapsed_ms, 6628);

@@ -171,8 +171,9 @@ struct ExploreArgs {
     /// strategy.
     #[command(flatten)]
     cells: CellArgs,
-    /// At most K preemptions per schedule (default: none while the space
-    /// is small enough to exhaust, else 2).
+    /// At most K preemptions per schedule, bounds 0 to K each run to
+    /// its end in turn (default: 2, then higher while the space is small
+    /// enough to run every ordering).
     #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(0..=16))]
     bound: Option<u32>,
     /// CPUs per boot.
@@ -257,8 +258,9 @@ struct RunArgs {
     /// asked for).
     #[arg(long, value_parser = ["natural", "forced", "explore"])]
     mode: Option<String>,
-    /// Explore mode: at most K preemptions per schedule (default: none
-    /// while the space is small enough to exhaust, else 2).
+    /// Explore mode: at most K preemptions per schedule, bounds 0 to K each run to
+    /// its end in turn (default: 2, then higher while the space is small
+    /// enough to run every ordering).
     #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(0..=16))]
     bound: Option<u32>,
     /// Forced mode of one row: run this schedule (`role@point,role~point,...`,
@@ -673,7 +675,7 @@ fn explore(args: &ExploreArgs) -> Result<ExitCode> {
     println!(
         "explore: every ordering of each row's race points and synchronisation events, one schedule per iteration ({})",
         args.bound.map_or(
-            "unbounded where the space can be exhausted, else at most 2 preemptions".into(),
+            "bounds 0, 1, 2, then higher while the space is small enough to run every ordering".into(),
             |k| format!("at most {k} preemptions per schedule")
         )
     );
@@ -757,8 +759,8 @@ fn explored_lines(arch: Arch, l: &expected::Line, x: &expected::Explored) -> Vec
         "       complete {}, max {} decisions",
         x.complete, x.max_decisions
     );
-    if let Some(n) = x.unbounded_first {
-        head.push_str(&format!(", {n} unbounded schedules before the bound"));
+    if let Some((b, n)) = x.gave_up {
+        head.push_str(&format!(", bound {b} given up after {n} schedules"));
     }
     if x.divergent > 0 {
         head.push_str(&format!(", {} divergent", x.divergent));

@@ -258,14 +258,7 @@ pub fn page_remove_rmap_nolock<A: Mmu>(p: &Page) {
         filemap::set_page_dirty(p);
         return;
     }
-    let mut locked = page::trylock_page(p);
-    let mut spins = 0;
-    while !locked && spins < dirty::SKEY_TRYLOCK_SPINS {
-        core::hint::spin_loop();
-        spins += 1;
-        locked = page::trylock_page(p);
-    }
-    if locked {
+    if page::trylock_page_spin(p, dirty::SKEY_TRYLOCK_SPINS) {
         filemap::set_page_dirty(p);
         page::unlock_page(p);
     } else if page::PageSwapCache(p) {

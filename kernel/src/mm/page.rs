@@ -586,6 +586,20 @@ pub fn trylock_page(page: &Page) -> bool {
     trylock_page_raw(page)
 }
 
+/// [`trylock_page`] tried up to `tries` times, spinning between tries (a
+/// bounded trylock). One synchronisation event for the whole loop: while
+/// the holder is parked by explore mode every try fails, so the orderings
+/// are the holder's unlock before the loop or after it.
+pub fn trylock_page_spin(page: &Page, tries: u32) -> bool {
+    sync_page(&points::SYNC_PAGE_LOCK, page);
+    (0..tries.max(1)).any(|i| {
+        if i > 0 {
+            core::hint::spin_loop();
+        }
+        trylock_page_raw(page)
+    })
+}
+
 /// [`trylock_page`] without its synchronisation event; records the holder
 /// for the race prover.
 fn trylock_page_raw(page: &Page) -> bool {

@@ -542,9 +542,11 @@ pub struct ExploreSummary {
     pub exhausted: bool,
     /// The preemption bound of the end of the run (`None`: unbounded).
     pub bound: Option<u32>,
-    /// Unbounded schedules run before the default bound was taken (the
-    /// space was too large to exhaust).
-    pub unbounded_first: Option<u64>,
+    /// A bound tried and given up, with the schedules it ran: above
+    /// [`EXPLORE_DEFAULT_BOUND`] because its space is too large
+    /// ([`EXPLORE_DEEPEN_MAX`]), or any bound cut by the run's limits
+    /// (schedules, time, `stop_at_hit`); the bound below it was exhausted.
+    pub gave_up: Option<(u32, u64)>,
     /// Schedules that ran to their end.
     pub complete: u64,
     /// Schedules pruned by a wait-for cycle, by proof ([`evidence`]; a
@@ -611,6 +613,13 @@ impl Report {
 /// that every CPU that could report a quiescent state or take an interrupt
 /// has had the chance.
 pub const CYCLE_STABLE_NS: u64 = 20_000_000;
+/// [`CYCLE_STABLE_NS`] in explore mode. There every role but the granted
+/// one is parked and goes on only when the controller grants it, so a
+/// cycle through a parked role cannot resolve by itself; its edges are
+/// facts of live state (a lock's recorded holder, a flush IPI pending at a
+/// CPU with interrupts off), read again at every probe. Three probes that
+/// agree are enough.
+pub const EXPLORE_CYCLE_STABLE_NS: u64 = 3_000_000;
 /// How often the controller reads the wait-for graph (at most: it halts
 /// between probes and wakes at a role's report or the tick).
 const PROBE_NS: u64 = 1_000_000;
@@ -702,19 +711,25 @@ pub struct RunConfig {
     pub stop_at_hit: bool,
     /// A self-check that breaks the kernel on purpose (`inject=`).
     pub inject: Option<Inject>,
-    /// Explore mode: the preemption bound (`bound=`; `None`: unbounded if
-    /// the space is small enough to exhaust, else bounds 0, 1, ... up to
-    /// [`EXPLORE_DEFAULT_BOUND`], each once the one before is exhausted).
+    /// Explore mode: the preemption bound (`bound=K`: bounds 0, 1, ... up
+    /// to K, each once the one before is exhausted with orderings left
+    /// out; `None`: up to [`EXPLORE_DEFAULT_BOUND`], then higher ones
+    /// while the space is small enough to run every ordering, see
+    /// [`EXPLORE_DEEPEN_MAX`]).
     pub bound: Option<u32>,
     /// Forced mode: a schedule replacing the row's (`schedule=`).
     pub schedule: Option<Vec<Step>>,
 }
 
-/// Explore mode's highest preemption bound where the unbounded space is
-/// too large (reached from bound 0 one exhausted bound at a time).
+/// The preemption bound explore always exhausts (reached from bound 0 one
+/// exhausted bound at a time).
 pub const EXPLORE_DEFAULT_BOUND: u32 = 2;
-/// Unbounded schedules explore runs before it takes the default bound.
-pub const EXPLORE_UNBOUNDED_MAX: u64 = 1_000;
+/// Beyond [`EXPLORE_DEFAULT_BOUND`], explore raises the bound by one while
+/// the bound just exhausted took at most half this many schedules, and
+/// gives a higher bound up once it took this many: a space that small is
+/// explored to its end (every ordering, no bound), a larger one within the
+/// highest bound exhausted.
+pub const EXPLORE_DEEPEN_MAX: u64 = 1_000;
 /// Decisions one explore schedule makes at most: a role that loops longer
 /// than this is released and the schedule counts as truncated.
 pub const EXPLORE_MAX_DECISIONS: usize = 512;
@@ -914,7 +929,11 @@ fn run_set<A: Mmu, R: Row<A>>(variant: &'static Variant<R::Config>, cfg: &RunCon
         Mode::Explore => cfg.iterations.unwrap_or(EXPLORE_MAX_SCHEDULES),
     };
     let schedule = cfg.schedule.as_deref().unwrap_or(s.schedule);
-    let mut explorer = (mode == Mode::Explore).then(|| Explorer::new(cfg.bound));
+    let mut explorer = (mode == Mode::Explore).then(|| Explorer::new(Some(0)));
+    let top_bound = cfg.bound.unwrap_or(EXPLORE_DEFAULT_BOUND);
+    // Iterative context bounding: the schedules run when the current bound
+    // began, and the highest bound exhausted (with orderings left out).
+    let (mut pass_start, mut settled) = (0u64, None::<u32>);
     if explorer.is_some() {
         rep.explore = Some(ExploreSummary::default());
     }
@@ -956,33 +975,36 @@ fn run_set<A: Mmu, R: Row<A>>(variant: &'static Variant<R::Config>, cfg: &RunCon
             explorer.as_mut(),
         );
         if let Some(ex) = explorer.as_mut() {
+            let pass = rep.iterations - pass_start;
             if step == Ok(true) && !ex.advance() {
                 // Iterative context bounding (as CHESS): a bound whose
                 // schedules are exhausted while it left orderings out goes
-                // on with one more preemption, up to the default bound. A
-                // depth-first search within bound 2 alone varies the last
-                // decisions first and can spend its budget there, missing
-                // a bug one early preemption shows.
+                // on with one more preemption, up to the default bound,
+                // then further while the space stays small. A depth-first
+                // search within bound 2 alone varies the last decisions
+                // first and can spend its budget there, missing a bug one
+                // early preemption shows.
                 match ex.bound {
-                    Some(b) if cfg.bound.is_none() && ex.bound_cut && b < EXPLORE_DEFAULT_BOUND => {
+                    Some(b)
+                        if ex.bound_cut
+                            && (b < top_bound
+                                || cfg.bound.is_none() && pass * 2 <= EXPLORE_DEEPEN_MAX) =>
+                    {
+                        settled = Some(b);
+                        pass_start = rep.iterations;
                         let divergent = ex.divergent;
                         *ex = Explorer::new(Some(b + 1));
                         ex.divergent = divergent;
                     }
                     _ => break,
                 }
-            }
-            if cfg.bound.is_none() && ex.bound.is_none() && rep.iterations >= EXPLORE_UNBOUNDED_MAX
+            } else if cfg.bound.is_none()
+                && ex.bound.is_some_and(|b| b > EXPLORE_DEFAULT_BOUND)
+                && pass >= EXPLORE_DEEPEN_MAX
             {
-                // Too large to exhaust: start over within bound 0, then
-                // 1, up to the default bound (the schedules run so far
-                // still count).
-                let divergent = ex.divergent;
-                *ex = Explorer::new(Some(0));
-                ex.divergent = divergent;
-                if let Some(x) = rep.explore.as_mut() {
-                    x.unbounded_first = Some(rep.iterations);
-                }
+                // Too large to run every ordering: the result is the bound
+                // exhausted before.
+                break;
             }
         }
         match step {
@@ -1024,8 +1046,19 @@ fn run_set<A: Mmu, R: Row<A>>(variant: &'static Variant<R::Config>, cfg: &RunCon
     point::set_roles(&[]);
     R::finish(run);
     if let (Some(ex), Some(x)) = (explorer, rep.explore.as_mut()) {
-        x.exhausted = ex.exhausted;
-        x.bound = ex.bound;
+        (x.exhausted, x.bound) = if ex.exhausted && !ex.bound_cut {
+            // Nothing left out by the bound: every ordering ran.
+            (true, None)
+        } else if !ex.exhausted && settled.is_some() {
+            // A bound given up (too large, or the run's limits): the bound
+            // exhausted before it stands.
+            if let Some(b) = ex.bound {
+                x.gave_up = Some((b, rep.iterations - pass_start));
+            }
+            (true, settled)
+        } else {
+            (ex.exhausted, ex.bound)
+        };
         x.divergent = ex.divergent;
     }
     // A finding decides, also one after a release: the roles ran to the
@@ -1373,7 +1406,7 @@ fn explore_watch<A: Mmu>(
                         cycle_mask = waitfor::cycle_cpus(&c);
                         cycle_since = now;
                     }
-                    Some(c) if now - cycle_since >= CYCLE_STABLE_NS => {
+                    Some(c) if now - cycle_since >= EXPLORE_CYCLE_STABLE_NS => {
                         let proof = evidence(s, &c, point::role_of);
                         if !waitfor::holds_at_point(&c) {
                             rep.cycle = Some(waitfor::describe(&c));
@@ -1402,16 +1435,16 @@ fn explore_watch<A: Mmu>(
                     return Some(Outcome::Hang);
                 }
             }
-            // Halt until a role parks or finishes (each sends an IPI) or
-            // the tick comes.
-            A::local_irq_disable();
-            if settled() {
-                A::local_irq_enable();
-            } else {
-                A::wait_for_interrupt();
+            // Spin: only the granted role runs, so the controller's spin
+            // and that role share the host's CPUs with nothing else, and a
+            // park is seen without waking a halted CPU. Without `cpu_relax`:
+            // under TCG a pause instruction leaves the translated code and
+            // takes QEMU's global lock, which the running role's IPIs need.
+            for _ in 0..64 {
+                core::hint::black_box(0);
             }
         }
-        let enabled = point::explore_enabled::<A>(roles);
+        let enabled = point::explore_enabled(roles);
         if enabled.is_empty() {
             if (0..roles).all(&done) {
                 return None;
@@ -1717,7 +1750,7 @@ pub fn print_report<A: Mmu>(row: &str, variant: &str, mode: Mode, r: &Report) {
     );
     if let Some(x) = &r.explore {
         kprintln!(
-            "    # explore: row={row} variant={variant} flush={} schedules={} complete={} pruned={} buggy={} exhausted={} bound={} unbounded_first={} divergent={} truncated={} max_decisions={} elapsed_ms={}",
+            "    # explore: row={row} variant={variant} flush={} schedules={} complete={} pruned={} buggy={} exhausted={} bound={} gave_up={} divergent={} truncated={} max_decisions={} elapsed_ms={}",
             flush_name::<A>(r.flush),
             r.iterations,
             x.complete,
@@ -1725,7 +1758,7 @@ pub fn print_report<A: Mmu>(row: &str, variant: &str, mode: Mode, r: &Report) {
             r.hits,
             u8::from(x.exhausted),
             x.bound.map_or("none".into(), |b| format!("{b}")),
-            x.unbounded_first.map_or("-".into(), |n| format!("{n}")),
+            x.gave_up.map_or("-".into(), |(b, n)| format!("{b}:{n}")),
             x.divergent,
             x.truncated,
             x.max_decisions,

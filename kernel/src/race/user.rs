@@ -63,7 +63,7 @@ pub fn stale_tlb_base<A: Mmu>() -> u64 {
 
 /// Halts the calling CPU until `cond` holds; any interrupt (a [`wake`],
 /// a flush IPI, the tick) makes it check again. Call with interrupts on.
-pub fn sleep_until<A: Arch>(cond: impl Fn() -> bool) {
+pub fn sleep_until<A: Arch>(cond: impl Fn() -> bool + Sync) {
     if point::exploring() {
         // Explore mode: a blocked role, granted a step only once `cond`
         // holds.

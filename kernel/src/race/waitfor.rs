@@ -683,7 +683,13 @@ pub fn graph<A: crate::Arch>(
             Wait::Gp { gp } => {
                 if let Some((running, mask)) = crate::rcu::gp_waiting_on::<A>() {
                     if running <= gp {
-                        for to in (0..nr_cpus).filter(|&t| t != cpu && mask & (1 << t) != 0) {
+                        // Only a CPU that waits with interrupts off holds
+                        // the grace period: one that waits with them on
+                        // reports its quiescent state at its next tick.
+                        let holds = |t: usize| waiting(t).is_some_and(|(_, off, _)| off);
+                        for to in
+                            (0..nr_cpus).filter(|&t| t != cpu && mask & (1 << t) != 0 && holds(t))
+                        {
                             edges.push(Edge {
                                 from: cpu,
                                 to,
