@@ -1,37 +1,118 @@
-//! Every cell of the expected table (`xtask/src/expected.rs`): one boot per
-//! row and architecture (`scenario=ROW`, 4 CPUs, both modes, every
-//! variant under every flush strategy of the row), each cell's outcome
-//! must be the table's. Natural runs end at
-//! their first hit (`stop_at_hit`): a buggy cell must hit within its row's
-//! natural budget, a fixed cell runs its 10 000 iterations. A cell that hits
-//! prints a race report. One test per row and architecture, so that
-//! `cargo nextest run --partition` spreads the rows over machines.
+//! Every cell of the expected table (`xtask/src/expected.rs`), per row and
+//! architecture, in one test (`ARCH::ROW`) so that `cargo nextest run
+//! --partition` spreads the rows over machines:
+//!
+//! 1. **Explore** (one boot, `mode=explore`): every explore cell explores
+//!    bounds 0, 1 and 2 in turn, at most [`EXPLORE_SCHEDULES`] schedules a
+//!    cell, and must agree with the table. A buggy cell ends at its first
+//!    buggy schedule (`stop_at_hit`); a clean one must have run every
+//!    schedule within the bound it states.
+//! 2. **Replay**: the first buggy cell's buggy schedule, replayed in forced
+//!    mode (`schedule=`), is a bug in every iteration.
+//! 3. **Forced and natural** (one boot): every cell must agree with the
+//!    table. Natural runs end at their first hit (`stop_at_hit`): a buggy
+//!    cell must hit within its row's natural budget. A clean cell runs
+//!    10 000 iterations, or [`NATURAL_EXPLORED`] where step 1 ran every
+//!    ordering of every clean cell of the row within bound 1 or more: the
+//!    orderings are then covered by explore, and the natural run checks
+//!    what explore does not vary (timing, the hardware's own order within
+//!    a step). `cargo xtask soak` runs the long natural runs.
+//!
+//! A cell that hits prints a race report.
 
 use quiesce_tests::{
-    assert_cells_agree, assert_passed, assert_tcg_platform, boot, Harness, TIMEOUT,
+    assert_cells_agree, assert_passed, assert_replay_is_bug, assert_tcg_platform, boot, Harness,
+    TIMEOUT,
 };
 use std::time::Duration;
 use xtask::expected::{self, Expect, Observed, Selection};
 use xtask::{Arch, Boot};
 
-/// A row's boot runs 10 000 natural iterations per natural cell: up to
-/// minutes under TCG on a loaded 2-core host; the kernel catches a hung
-/// iteration itself.
+/// A row's boot: up to minutes under TCG on a loaded 2-core host (10 000
+/// natural iterations per cell where explore did not cover the row); the
+/// kernel catches a hung iteration itself.
 const SCENARIO_TIMEOUT: Duration = Duration::from_secs(900);
 
-/// Iterations a natural clean cell must run: the catalogue's 10 000, except
-/// where an iteration costs tens of milliseconds under TCG (a collapse
-/// copies a 2 MiB block): there the row's own budget, and the long runs are
-/// `cargo xtask soak`'s.
-fn natural_min_iterations(row: &str) -> u64 {
+/// Schedules an explore cell runs at most in CI (bounds 0, 1, 2 in turn):
+/// where bound 2 takes more, the cell states the bound it exhausted.
+const EXPLORE_SCHEDULES: u64 = 1_000;
+
+/// Iterations of a natural clean cell whose row's orderings explore ran.
+const NATURAL_EXPLORED: u64 = 2_000;
+
+/// Iterations a natural clean cell must run: the catalogue's 10 000, or
+/// [`NATURAL_EXPLORED`] where explore covered the row; where an iteration
+/// costs tens of milliseconds under TCG (a collapse copies a 2 MiB block)
+/// at most the row's own budget, and the long runs are `cargo xtask
+/// soak`'s.
+fn natural_min_iterations(row: &str, explored: bool) -> u64 {
+    let full = if explored { NATURAL_EXPLORED } else { 10_000 };
     match row {
-        "collapse-vs-gup-fast" => 400,
-        _ => 10_000,
+        "collapse-vs-gup-fast" => full.min(400),
+        _ => full,
     }
 }
 
+/// Step 1 and 2: the row's explore cells, and the replay of the first
+/// buggy schedule. Returns whether every clean cell ran every ordering
+/// within bound 1 or more.
+fn explore_cells(arch: Arch, row: &str) -> Option<bool> {
+    let cmdline =
+        format!("scenario={row} mode=explore bound=2 iterations={EXPLORE_SCHEDULES} stop_at_hit");
+    let b = boot(arch, 4, &cmdline, SCENARIO_TIMEOUT)?;
+    assert_passed(&b);
+    let sel = Selection::new(row, None, None, Some(expected::Mode::Explore));
+    let (lines, table) = assert_cells_agree(arch, row, &b, &sel);
+    println!("{arch} {row} explore:\n{table}");
+    let mut covered = true;
+    let mut replay = None;
+    for l in &lines {
+        let o = l.observed.as_ref().unwrap();
+        let Some(x) = o.explore.as_ref() else {
+            continue;
+        };
+        assert_eq!(
+            (x.schedules, x.buggy),
+            (o.iterations, o.hits),
+            "{arch}: {l}"
+        );
+        match l.expect {
+            Some(Expect::Bug) => {
+                let text = x.schedule.clone().expect("a buggy schedule to replay");
+                replay.get_or_insert((o.clone(), text));
+            }
+            Some(Expect::Clean) => {
+                assert!(x.exhausted && x.complete > 0, "{arch}: {l}: {x:?}");
+                covered &= x.bound != Some(0);
+            }
+            _ => {}
+        }
+    }
+    match replay {
+        Some((o, text)) => {
+            let flush = o
+                .flush
+                .as_deref()
+                .map(|f| format!(" flush={f}"))
+                .unwrap_or_default();
+            let what = format!("scenario={row} variant={}{flush}", o.variant);
+            let r = assert_replay_is_bug(arch, &what, &text, SCENARIO_TIMEOUT)?;
+            println!(
+                "{arch} {what}: buggy schedule replayed: bug in {} of {} forced iterations",
+                r.hits, r.iterations
+            );
+        }
+        None => println!("{arch} {row}: no buggy explore cell, nothing to replay"),
+    }
+    Some(covered)
+}
+
 fn every_cell(arch: Arch, row: &str) {
-    let cmdline = format!("scenario={row} stop_at_hit");
+    let Some(explored) = explore_cells(arch, row) else {
+        return;
+    };
+    let min = natural_min_iterations(row, explored);
+    let cmdline = format!("scenario={row} stop_at_hit iterations={min}");
     let Some(b) = boot(arch, 4, &cmdline, SCENARIO_TIMEOUT) else {
         return;
     };
@@ -57,14 +138,13 @@ fn every_cell(arch: Arch, row: &str) {
             _ => {}
         }
         if l.mode == expected::Mode::Natural && l.expect == Some(Expect::Clean) {
-            let min = natural_min_iterations(row);
             assert!(
                 o.iterations >= min,
-                "{arch}: natural fixed cells of {row} run {min} iterations: {l}"
+                "{arch}: natural clean cells of {row} run {min} iterations: {l}"
             );
         }
     }
-    println!("{arch} {row}:\n{table}");
+    println!("{arch} {row} (natural clean cells: {min} iterations):\n{table}");
 }
 
 /// An unknown scenario is refused with the list of known ones.
