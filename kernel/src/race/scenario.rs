@@ -729,7 +729,7 @@ pub const EXPLORE_DEFAULT_BOUND: u32 = 2;
 /// gives a higher bound up once it took this many: a space that small is
 /// explored to its end (every ordering, no bound), a larger one within the
 /// highest bound exhausted.
-pub const EXPLORE_DEEPEN_MAX: u64 = 1_000;
+pub const EXPLORE_DEEPEN_MAX: u64 = 500;
 /// Decisions one explore schedule makes at most: a role that loops longer
 /// than this is released and the schedule counts as truncated.
 pub const EXPLORE_MAX_DECISIONS: usize = 512;
@@ -738,7 +738,7 @@ pub const EXPLORE_MAX_DECISIONS: usize = 512;
 /// exhausted by then is reported so, with the schedules run.
 pub const EXPLORE_TIME_NS: u64 = 300_000_000_000;
 /// Schedules an explore run runs at most (`iterations=` overrides).
-pub const EXPLORE_MAX_SCHEDULES: u64 = 20_000;
+pub const EXPLORE_MAX_SCHEDULES: u64 = 5_000;
 
 impl RunConfig {
     /// The row's own budgets, delays armed, no progress lines, the
