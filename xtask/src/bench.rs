@@ -858,7 +858,21 @@ pub fn run(opts: &Options, progress: &mut crate::progress::Progress) -> Result<R
                 && matches!(c.expect, Expect::Bug | Expect::Report)
         })
         .collect();
-    let total = 2 * opts.runs * opts.arches.len() + opts.race_runs * cells.len();
+    // Explore: per row and architecture, its first clean cell, explored
+    // within bound 2 (once, with race runs: it is deterministic).
+    let explore_cells: Vec<_> = crate::expected::EXPLORE_CELLS
+        .iter()
+        .filter(|c| {
+            opts.race_runs > 0 && opts.arches.contains(&c.arch) && c.expect == Expect::Clean
+        })
+        .fold(Vec::<&crate::expected::Cell>::new(), |mut v, c| {
+            if !v.iter().any(|d| d.row == c.row && d.arch == c.arch) {
+                v.push(c);
+            }
+            v
+        });
+    let total =
+        2 * opts.runs * opts.arches.len() + opts.race_runs * cells.len() + explore_cells.len();
     let mut done = 0;
     for &a in &opts.arches {
         let kernel = kbuild::kernel(a, true)?;
@@ -984,10 +998,70 @@ pub fn run(opts: &Options, progress: &mut crate::progress::Progress) -> Result<R
                 }
             }
         }
+        for c in explore_cells.iter().filter(|c| c.arch == a) {
+            let name = format!("{} {}", c.row, c.label());
+            progress.update(&progress.status(
+                "bench",
+                done,
+                total,
+                &format!("{arch} {name} explore"),
+            ));
+            let b = boot(
+                format!("{} bound={EXPLORE_BOUND}", c.kernel_args()),
+                Some(Duration::from_secs(900)),
+            )?;
+            done += 1;
+            let x = match judge_race_boot(c, &b.verdict(), &b.ktap) {
+                Ok(r) => crate::expected::Explored::parse(&r.diagnostics),
+                Err(why) => {
+                    progress.println(&b.failure_report());
+                    report
+                        .failures
+                        .push(format!("{arch} {name} explore: {why}"));
+                    continue;
+                }
+            };
+            let Some(x) = x else {
+                report
+                    .failures
+                    .push(format!("{arch} {name} explore: no summary"));
+                continue;
+            };
+            if x.elapsed_ms > 0 {
+                report
+                    .figure(
+                        arch,
+                        "explore: schedules per second",
+                        &name,
+                        "schedules/s",
+                        true,
+                    )
+                    .samples
+                    .push(x.schedules as f64 * 1e3 / x.elapsed_ms as f64);
+            }
+            // Every schedule within bound 2 ran, or the cell gave bound 2
+            // up (its limit of schedules): no time to exhaust.
+            let f = report.figure(
+                arch,
+                "explore: time to run every schedule within bound 2",
+                &name,
+                "ms",
+                false,
+            );
+            match x.bound {
+                Some(EXPLORE_BOUND) if x.exhausted && x.gave_up.is_none() => {
+                    f.samples.push(x.elapsed_ms as f64)
+                }
+                _ => f.missing += 1,
+            }
+        }
     }
     progress.finish();
     Ok(report)
 }
+
+/// The bound the explore figures are measured within.
+pub const EXPLORE_BOUND: u32 = 2;
 
 /// The figures whose median misses its target (a target figure without
 /// a sample misses it too).

@@ -104,7 +104,8 @@ struct BenchArgs {
     #[arg(long, default_value_t = 4)]
     smp: usize,
     /// Natural-mode runs (one boot each, seeds 1, 2, ..., each to its first
-    /// hit) per buggy scenario cell; 0 skips the race figures.
+    /// hit) per buggy scenario cell; 0 skips the race figures (and the
+    /// explore ones: one boot per row, its first clean cell within bound 2).
     #[arg(long, default_value_t = 10)]
     race_runs: usize,
     /// Directory for bench.json and bench.html (default target/bench).
