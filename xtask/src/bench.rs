@@ -1049,7 +1049,8 @@ pub fn run(opts: &Options, progress: &mut crate::progress::Progress) -> Result<R
                 false,
             );
             match x.bound {
-                Some(EXPLORE_BOUND) if x.exhausted && x.gave_up.is_none() => {
+                // `None`: every ordering ran, within any bound.
+                Some(EXPLORE_BOUND) | None if x.exhausted && x.gave_up.is_none() => {
                     f.samples.push(x.elapsed_ms as f64)
                 }
                 _ => f.missing += 1,
