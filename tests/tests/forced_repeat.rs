@@ -1,5 +1,5 @@
 //! Forced mode reproduces every buggy cell in its first iteration, run after
-//! run: 20 boots per architecture with seeds 1 to 20, each running every
+//! run: 12 boots per architecture with seeds 1 to 12, each running every
 //! forced cell of the expected table (`scenario=all mode=forced`). Every cell
 //! must show the table's outcome in every boot, and every forced `bug` cell
 //! must hit in iteration 0 and in every iteration after it.
@@ -10,7 +10,7 @@ use xtask::expected::{self, Expect, Mode, Selection};
 use xtask::platform::Platform;
 use xtask::Arch;
 
-const RUNS: u64 = 20;
+const RUNS: u64 = 12;
 
 fn forced_runs(arch: Arch) {
     let sel = Selection {

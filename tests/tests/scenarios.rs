@@ -38,7 +38,7 @@ const SCENARIO_TIMEOUT: Duration = Duration::from_secs(900);
 const EXPLORE_SCHEDULES: u64 = 1_000;
 
 /// Iterations of a natural clean cell whose row's orderings explore ran.
-const NATURAL_EXPLORED: u64 = 2_000;
+const NATURAL_EXPLORED: u64 = 1_000;
 
 /// Iterations a natural clean cell must run: the catalogue's 10 000, or
 /// [`NATURAL_EXPLORED`] where explore covered the row; where an iteration

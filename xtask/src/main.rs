@@ -1649,25 +1649,8 @@ fn soak(args: &SoakArgs) -> Result<ExitCode> {
                         continue;
                     }
                 };
-                let obs = expected::observed(&boot.ktap).into_iter().next();
                 let case = run.cell.case();
-                let rate = boot
-                    .ktap
-                    .case(&case)
-                    .and_then(|r| r.diag_value("iters_per_sec").and_then(|v| v.parse().ok()))
-                    .unwrap_or(0.0);
-                let r = SoakResult {
-                    outcome: obs.as_ref().map_or("failed".into(), |o| o.outcome.clone()),
-                    iterations: obs.as_ref().map_or(0, |o| o.iterations),
-                    hits: obs.as_ref().map_or(0, |o| o.hits),
-                    overlap: obs.as_ref().map_or(0, |o| o.overlap),
-                    first_hit_ms: obs
-                        .as_ref()
-                        .and_then(|o| o.first_hit_ns)
-                        .map(|n| n as f64 / 1e6),
-                    rate,
-                    boot_ok: boot.verdict().passed,
-                };
+                let r = SoakResult::of(run, &boot);
                 let j = judge(run, &r);
                 let mut p = progress.lock().unwrap();
                 p.done += 1;

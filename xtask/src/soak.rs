@@ -132,6 +132,30 @@ pub struct SoakResult {
     pub boot_ok: bool,
 }
 
+impl SoakResult {
+    /// What the boot of `run` showed (its one natural cell).
+    pub fn of(run: &SoakRun, boot: &crate::Boot) -> Self {
+        let obs = crate::expected::observed(&boot.ktap).into_iter().next();
+        let rate = boot
+            .ktap
+            .case(&run.cell.case())
+            .and_then(|r| r.diag_value("iters_per_sec").and_then(|v| v.parse().ok()))
+            .unwrap_or(0.0);
+        SoakResult {
+            outcome: obs.as_ref().map_or("failed".into(), |o| o.outcome.clone()),
+            iterations: obs.as_ref().map_or(0, |o| o.iterations),
+            hits: obs.as_ref().map_or(0, |o| o.hits),
+            overlap: obs.as_ref().map_or(0, |o| o.overlap),
+            first_hit_ms: obs
+                .as_ref()
+                .and_then(|o| o.first_hit_ns)
+                .map(|n| n as f64 / 1e6),
+            rate,
+            boot_ok: boot.verdict().passed,
+        }
+    }
+}
+
 /// The judgement of one run.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Judgement {

@@ -21,7 +21,7 @@ use crate::Arch;
 use std::time::Duration;
 
 /// Natural time budget of a cell not expected to hit, in milliseconds.
-pub const CLEAN_BUDGET_MS: u64 = 500;
+pub const CLEAN_BUDGET_MS: u64 = 1000;
 /// Longest natural run of a cell expected to hit (it stops at the first).
 pub const BUG_BUDGET_S: u64 = 30;
 
