@@ -58,19 +58,9 @@ fn soak_run(run: SoakRun) {
     };
     let r = SoakResult::of(&run, &b);
     let j = soak::judge(&run, &r);
-    println!(
-        "soak: {} {} {}{}: {} iterations, {} hits, overlap {}, first hit {}, {:.0} iterations/s, seed {}: {j}",
-        run.cell.arch,
-        run.cell.row,
-        run.cell.label(),
-        if run.delays { "" } else { " (no delays)" },
-        r.iterations,
-        r.hits,
-        r.overlap,
-        r.first_hit_ms.map_or("-".into(), |ms| format!("{ms:.1} ms")),
-        r.rate,
-        run.seed
-    );
+    // The soak's table row (arch, row, variant, delays, iterations, hits,
+    // overlap, first hit ms, iterations/s, judgement), and the seed.
+    println!("soak: {} seed={}", soak::table_row(&run, &r, &j), run.seed);
     assert!(
         j == Judgement::Ok,
         "{}: {j}\nrepeat: {}\n{}",

@@ -993,7 +993,7 @@ fn explore_unmet(c: &Cell, o: &Observed) -> Option<String> {
             x.bound.map(|b| format!(" within bound {b}")).unwrap_or_default()
         )),
         Expect::Bug if x.schedule.is_none() => {
-            Some("buggy schedules but no `schedule=` to replay".into())
+            Some("buggy schedules, each found after its schedule was released (the roles then ran free): none to replay".into())
         }
         // Clean over every schedule, or over the schedules within the
         // bound it states (the space too large to exhaust): an unbounded

@@ -1705,18 +1705,7 @@ fn soak(args: &SoakArgs) -> Result<ExitCode> {
             continue;
         };
         failed |= *j != Judgement::Ok;
-        println!(
-            "{:<8} {:<24} {:<22} {:<7} {:>10} {:>8} {:>10} {:>14} {:>12.0}  {j}",
-            run.cell.arch.to_string(),
-            run.cell.row,
-            run.cell.label(),
-            if run.delays { "on" } else { "off" },
-            r.iterations,
-            r.hits,
-            r.overlap,
-            r.first_hit_ms.map_or("-".into(), |ms| format!("{ms:.1}")),
-            r.rate
-        );
+        println!("{}", xtask::soak::table_row(run, r, j));
     }
     for e in &errors {
         println!("error: {e}");

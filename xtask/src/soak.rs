@@ -208,6 +208,24 @@ pub fn judge(run: &SoakRun, r: &SoakResult) -> Judgement {
     }
 }
 
+/// One line of the soak's results table: arch, row, variant, delays,
+/// iterations, hits, overlap, first hit (ms), iterations per second and
+/// the judgement.
+pub fn table_row(run: &SoakRun, r: &SoakResult, j: &Judgement) -> String {
+    format!(
+        "{:<8} {:<24} {:<22} {:<7} {:>10} {:>8} {:>10} {:>14} {:>12.0}  {j}",
+        run.cell.arch.to_string(),
+        run.cell.row,
+        run.cell.label(),
+        if run.delays { "on" } else { "off" },
+        r.iterations,
+        r.hits,
+        r.overlap,
+        r.first_hit_ms.map_or("-".into(), |ms| format!("{ms:.1}")),
+        r.rate
+    )
+}
+
 /// Formats a duration in seconds as `1h02m`, `3m10s` or `42s`.
 pub fn human_secs(s: f64) -> String {
     let s = s.max(0.0).round() as u64;

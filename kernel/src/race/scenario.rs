@@ -1008,7 +1008,18 @@ fn run_set<A: Mmu, R: Row<A>>(variant: &'static Variant<R::Config>, cfg: &RunCon
             }
         }
         match step {
-            Ok(true) if mode != Mode::Forced && rep.hits > 0 && cfg.stop_at_hit => break,
+            // Explore: at the first buggy schedule that ran to its end.
+            Ok(true)
+                if mode != Mode::Forced
+                    && rep.hits > 0
+                    && cfg.stop_at_hit
+                    && rep
+                        .explore
+                        .as_ref()
+                        .is_none_or(|x| x.buggy_schedule.is_some()) =>
+            {
+                break
+            }
             Ok(true) => {}
             Ok(false) => break,
             Err(()) => {
@@ -1328,16 +1339,29 @@ fn iteration<A: Mmu, R: Row<A>>(
     if let (Some(ex), Some(x)) = (explorer.as_deref(), rep.explore.as_mut()) {
         x.max_decisions = x.max_decisions.max(ex.decisions().len());
         match &verdict {
-            // A finding after a release counts too, as in forced mode.
+            // A finding after a release counts too, as in forced mode,
+            // but only a schedule that ran to its end is one to replay:
+            // after a release the roles ran free, in whatever order the
+            // host gave them.
             _ if finding_now => {
                 let text = explore::format_schedule(
                     &explore::replay_steps(roles, ex.decisions()),
                     s.roles,
                 );
+                let released = if verdict.is_some() {
+                    " (found after the schedule was released)"
+                } else {
+                    ""
+                };
                 if rep.hits <= EXPLORE_PRINTED_SCHEDULES {
-                    kprintln!("    # explore: buggy schedule {}: {text}", rep.hits);
+                    kprintln!(
+                        "    # explore: buggy schedule {}{released}: {text}",
+                        rep.hits
+                    );
                 }
-                x.buggy_schedule.get_or_insert(text);
+                if verdict.is_none() {
+                    x.buggy_schedule.get_or_insert(text);
+                }
             }
             Some(Outcome::Impossible | Outcome::Skip(_)) => {}
             _ => x.complete += 1,
