@@ -864,7 +864,8 @@ pub struct Explored {
     pub buggy: u64,
     /// Every schedule within the bound ran.
     pub exhausted: bool,
-    /// The preemption bound at the end of the run (`None`: unbounded).
+    /// The highest preemption bound within which every schedule ran
+    /// (`None`: every ordering ran, or an unbounded run cut short).
     pub bound: Option<u32>,
     /// A bound above the default tried and given up (too large to run
     /// every ordering), with the schedules it ran.

@@ -540,7 +540,8 @@ pub struct Report {
 pub struct ExploreSummary {
     /// Every ordering within the bound was run.
     pub exhausted: bool,
-    /// The preemption bound of the end of the run (`None`: unbounded).
+    /// The highest preemption bound within which every schedule ran
+    /// (`None`: every ordering ran, or an unbounded run cut short).
     pub bound: Option<u32>,
     /// A bound tried and given up, with the schedules it ran: above
     /// [`EXPLORE_DEFAULT_BOUND`] because its space is too large
