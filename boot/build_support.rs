@@ -16,6 +16,8 @@ pub fn link_with_boot_script(arch: &str, script: &str, sources: &[&str]) {
         .join(arch)
         .canonicalize()
         .unwrap_or_else(|e| panic!("boot/{arch} exists: {e}"));
+    // Every binary of a backend (the kernel and its QEMU floor image) is
+    // laid out by the same script.
     println!(
         "cargo:rustc-link-arg-bins=-T{}",
         boot.join(script).display()

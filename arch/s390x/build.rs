@@ -5,5 +5,5 @@
 mod build_support;
 
 fn main() {
-    build_support::link_with_boot_script("s390x", "linker.ld", &["entry.S"]);
+    build_support::link_with_boot_script("s390x", "linker.ld", &["entry.S", "floor.S"]);
 }

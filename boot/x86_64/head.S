@@ -32,17 +32,8 @@
 .set PTE_PCD_PWT, 0x018
 .set UNCACHED_FIRST_PD, 2032        # 0xfe000000 >> 21
 
-# XEN_ELFNOTE_PHYS32_ENTRY: QEMU's PVH loader enters the kernel here.
-.pushsection .note.Xen, "a", @note
-    .balign 4
-    .long 4                 # name size ("Xen" and its NUL)
-    .long 4                 # descriptor size
-    .long 18                # XEN_ELFNOTE_PHYS32_ENTRY
-    .asciz "Xen"
-    .balign 4
-    .long pvh_start_32
-    .balign 4
-.popsection
+# QEMU's PVH loader enters here (pvh_note.S).
+PVH_ENTRY_NOTE pvh_start_32
 
 .pushsection .head.text, "ax"
 .code32

@@ -7,7 +7,9 @@
 //!
 //! Calls the backend makes into the generic kernel:
 //! - [`crate::boot_cpu_main`] once, on the boot CPU, after its early set-up
-//!   (console usable, exception handlers installed, interrupts disabled);
+//!   (console usable, exception handlers installed, interrupts disabled), with
+//!   its `setup_arch`: the rest of its machine set-up, which returns the
+//!   [`BootInfo`] and runs after the KTAP header;
 //! - [`crate::smp::secondary_main`] on each CPU started by [`Arch::boot_secondary`],
 //!   on that CPU's own stack, after its local set-up, interrupts disabled;
 //! - [`crate::irq::ipi_interrupt`], [`crate::irq::nmi_interrupt`] and
@@ -24,7 +26,7 @@
 #[must_use = "interrupt state must be restored with local_irq_restore"]
 pub struct IrqFlags(pub usize);
 
-/// What the boot CPU's entry code hands to [`crate::boot_cpu_main`].
+/// What the backend's `setup_arch` hands to [`crate::boot_cpu_main`].
 pub struct BootInfo {
     /// The kernel command line (`-append` on x86-64, the loader blob on s390x).
     pub cmdline: &'static str,

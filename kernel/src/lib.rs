@@ -2,7 +2,8 @@
 //! memory-management races.
 //!
 //! The backend binary (`arch/*`) boots the machine and calls [`boot_cpu_main`] on
-//! the boot CPU. From there the generic kernel sets up the heap, reads the command
+//! the boot CPU. From there the generic kernel prints the KTAP header, lets the
+//! backend set up the machine, sets up the heap, reads the command
 //! line, brings every CPU online ([`smp`]), starts the per-CPU timer tick and runs
 //! what the command line selects, reporting in KTAP ([`ktap`]) and ending with one
 //! final status line ([`exit`]).
@@ -57,15 +58,22 @@ pub const STATUS_PREFIX: &str = "quiesce: status=";
 /// Largest CPU count the kernel supports.
 pub const NR_CPUS: usize = 64;
 
-/// Entry of the generic kernel on the boot CPU. Never returns: the machine ends
-/// through [`exit`].
-pub fn boot_cpu_main<A: mm::arch::Mmu>(boot: BootInfo) -> ! {
+/// Entry of the generic kernel on the boot CPU (Linux `start_kernel`). Never
+/// returns: the machine ends through [`exit`].
+///
+/// As Linux prints its banner before `setup_arch`, the `KTAP version 1` header
+/// comes first, and the backend's machine set-up runs after it: `setup_arch`
+/// (the backend's own clock calibration, kernel map, CPU and memory discovery)
+/// returns what the generic kernel needs. Before this call the backend has set
+/// up only what printing and a fault need (console, exception handlers).
+pub fn boot_cpu_main<A: mm::arch::Mmu>(setup_arch: impl FnOnce() -> BootInfo) -> ! {
     console::register(A::console_write);
+    kprintln!("KTAP version 1");
+    let boot = setup_arch();
     heap::init();
     heap::init_irq::<A>();
     percpu::init_boot_cpu::<A>();
     race::init::<A>();
-    kprintln!("KTAP version 1");
     kprintln!("# quiesce arch={} cpus={}", A::NAME, boot.nr_cpus);
 
     let mut run = ktap::Run::new();

@@ -50,6 +50,15 @@ impl Arch {
         }
     }
 
+    /// The QEMU floor image's name (`boot/<arch>/floor.S`, built with the
+    /// kernel).
+    pub fn floor_binary(self) -> &'static str {
+        match self {
+            Arch::S390x => "quiesce-floor-s390x",
+            Arch::X86_64 => "quiesce-floor-x86_64",
+        }
+    }
+
     /// Extra cargo arguments: s390x has no prebuilt `core`.
     pub fn build_std_args(self) -> &'static [&'static str] {
         match self {

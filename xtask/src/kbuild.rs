@@ -180,6 +180,21 @@ pub fn build(arch: Arch, quiet: bool) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// The QEMU floor image of `arch` (one console byte, then exit), which the
+/// kernel's build builds too: next to the kernel in [`KERNELS_ENV`]'s
+/// directory when that is set, else built here.
+pub fn floor(arch: Arch) -> Result<PathBuf> {
+    let path = match std::env::var_os(KERNELS_ENV).filter(|d| !d.is_empty()) {
+        Some(dir) => PathBuf::from(dir).join(arch.floor_binary()),
+        None => {
+            build(arch, true)?;
+            kernel_path(arch).with_file_name(arch.floor_binary())
+        }
+    };
+    check_elf(arch, &path).context("the QEMU floor image")?;
+    Ok(path)
+}
+
 /// `stderr` of a kernel build without rustc's notice that the `backchain`
 /// target feature is unstable (the warning line, its ` |` and `= note`
 /// lines and the blank line after them).

@@ -280,6 +280,12 @@ pub struct Boot {
     pub elapsed: Duration,
     /// Time from spawning QEMU to the first `KTAP version 1` line.
     pub first_ktap_line: Option<Duration>,
+    /// Time from spawning QEMU to the first console output (any byte).
+    pub first_output: Option<Duration>,
+    /// Time from spawning QEMU to the `# quiesce arch=` line, which the
+    /// kernel prints once the machine is set up (after the backend's
+    /// `setup_arch`, which follows the KTAP header).
+    pub machine_set_up: Option<Duration>,
     /// The parsed KTAP.
     pub ktap: Document,
     /// The final status line, if one was printed.
@@ -318,8 +324,13 @@ impl Boot {
         let stdout = child.stdout.take().expect("stdout is piped");
         let mut stderr_pipe = child.stderr.take().expect("stderr is piped");
         let (tx, rx) = mpsc::channel::<(Instant, String)>();
+        // The reader returns when the first bytes arrived.
         let reader = std::thread::spawn(move || {
             let mut r = BufReader::new(stdout);
+            let first_output = match r.fill_buf() {
+                Ok(b) if !b.is_empty() => Some(Instant::now()),
+                _ => None,
+            };
             let mut buf = Vec::new();
             loop {
                 buf.clear();
@@ -334,6 +345,7 @@ impl Boot {
                     }
                 }
             }
+            first_output
         });
         let err_reader = std::thread::spawn(move || {
             let mut s = String::new();
@@ -344,6 +356,7 @@ impl Boot {
         let deadline = start + config.timeout;
         let mut console = Vec::new();
         let mut first_ktap_line = None;
+        let mut machine_set_up = None;
         let mut timed_out = false;
         loop {
             let now = Instant::now();
@@ -355,6 +368,9 @@ impl Boot {
                 Ok((at, line)) => {
                     if first_ktap_line.is_none() && line.trim() == "KTAP version 1" {
                         first_ktap_line = Some(at - start);
+                    }
+                    if machine_set_up.is_none() && line.starts_with("# quiesce arch=") {
+                        machine_set_up = Some(at - start);
                     }
                     on_line(&line);
                     console.push(line);
@@ -372,7 +388,7 @@ impl Boot {
         let status = child.wait().context("waiting for QEMU")?;
         let elapsed = start.elapsed();
         // Lines that arrived between the deadline and the kill still count.
-        let _ = reader.join();
+        let first_output = reader.join().ok().flatten().map(|at| at - start);
         for (_, line) in rx.try_iter() {
             on_line(&line);
             console.push(line);
@@ -391,6 +407,8 @@ impl Boot {
             timed_out,
             elapsed,
             first_ktap_line,
+            first_output,
+            machine_set_up,
             ktap,
             status: status_line,
             status_errors,
@@ -544,6 +562,8 @@ mod tests {
             timed_out,
             elapsed: Duration::ZERO,
             first_ktap_line: None,
+            first_output: None,
+            machine_set_up: None,
             status,
             status_errors,
         }

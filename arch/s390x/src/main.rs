@@ -190,13 +190,15 @@ extern "C" fn s390x_boot_main() -> ! {
     lowcore::set_cpu_addr(sigp::stap());
     time::init_boot();
     interrupt::init_cpu();
-    // DAT on from here, before anything takes RAM beyond the image.
-    mmu::init_kernel_map();
-    let nr_cpus = smp::detect();
-    quiesce_kernel::boot_cpu_main::<S390x>(BootInfo {
-        cmdline: cmdline(),
-        nr_cpus,
-        memory: memory::detect(),
+    quiesce_kernel::boot_cpu_main::<S390x>(|| {
+        // DAT on from here, before anything takes RAM beyond the image.
+        mmu::init_kernel_map();
+        let nr_cpus = smp::detect();
+        BootInfo {
+            cmdline: cmdline(),
+            nr_cpus,
+            memory: memory::detect(),
+        }
     })
 }
 

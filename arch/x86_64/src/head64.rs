@@ -6,7 +6,9 @@
 //! early set-up in dependency order (per-CPU data before anything that may print
 //! or fault, the console before anything that may panic, descriptor tables before
 //! anything that may fault, boot data copied before low memory is reused) and then
-//! enters [`quiesce_kernel::boot_cpu_main`] with interrupts disabled.
+//! enters [`quiesce_kernel::boot_cpu_main`] with interrupts disabled. The
+//! machine set-up (boot data, APIC, TSC calibration, CPU enumeration) is its
+//! `setup_arch`, which runs after the KTAP header.
 
 use crate::{apic, gdt, idt, percpu, pvh, serial, smpboot, tsc, X86_64};
 use quiesce_kernel::{kprintln, BootInfo};
@@ -16,6 +18,7 @@ use x86_64::VirtAddr;
 const BOOT_STACK_SIZE: usize = 64 * 1024;
 
 core::arch::global_asm!(
+    include_str!("../../../boot/x86_64/pvh_note.S"),
     include_str!("../../../boot/x86_64/head.S"),
     code64 = const gdt::KERNEL_CS,
     code32 = const gdt::BOOT_CS32,
@@ -51,17 +54,18 @@ extern "C" fn x86_64_start_kernel(start_info: u64) -> ! {
     idt::init();
     idt::load_this_cpu();
 
-    let boot = pvh::parse(start_info);
-    apic::disable_8259();
-    apic::setup_this_cpu();
-    tsc::calibrate();
-    let nr_cpus = smpboot::enumerate_cpus(boot.rsdp, boot.trampoline_is_ram);
-    percpu::cpu_data(0).mark_started();
-
-    quiesce_kernel::boot_cpu_main::<X86_64>(BootInfo {
-        cmdline: boot.cmdline,
-        nr_cpus,
-        memory: boot.memory,
+    quiesce_kernel::boot_cpu_main::<X86_64>(|| {
+        let boot = pvh::parse(start_info);
+        apic::disable_8259();
+        apic::setup_this_cpu();
+        tsc::calibrate();
+        let nr_cpus = smpboot::enumerate_cpus(boot.rsdp, boot.trampoline_is_ram);
+        percpu::cpu_data(0).mark_started();
+        BootInfo {
+            cmdline: boot.cmdline,
+            nr_cpus,
+            memory: boot.memory,
+        }
     })
 }
 

@@ -1,0 +1,13 @@
+//! The QEMU floor image (`boot/s390x/floor.S`): one console byte, then exit.
+//! `cargo xtask bench` times it next to the kernel's first KTAP line.
+
+#![no_std]
+#![no_main]
+
+core::arch::global_asm!(include_str!("../../../../boot/s390x/floor.S"));
+
+/// Nothing in this image panics; the attribute is what a `no_std` binary needs.
+#[panic_handler]
+fn panic(_: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
