@@ -8,6 +8,12 @@ fn main() {
     build_support::link_with_boot_script(
         "x86_64",
         "kernel.ld",
-        &["head.S", "trampoline.S", "entry_64.S", "floor.S", "pvh_note.S"],
+        &[
+            "head.S",
+            "trampoline.S",
+            "entry_64.S",
+            "floor.S",
+            "pvh_note.S",
+        ],
     );
 }
