@@ -19,6 +19,7 @@
 //! | `tick_hz=N` | timer tick rate, 1..=10000 (default 100) |
 //! | `mem=SIZE` | ignore RAM at and above physical address SIZE (`K`, `M`, `G` suffixes), as Linux's `mem=` |
 //! | `dirty=softdirty\|skey` | dirty tracking of shared file pages (`mm::dirty`): PTE dirty bits with write-notify (default), or the storage key's change bit (only with storage keys: refused at boot otherwise) |
+//! | `bench.curves` | the throughput self-tests (`gather.zap_throughput`, `gup.throughput`) also measure their cost curves, 1 to 2048 pages (`cargo xtask bench`) |
 //! | `selftest.fail` | make the `requested_failure` self-test fail |
 //! | `selftest.panic=CPU` | make CPU `CPU` panic during the self-tests |
 //! | `selftest.fault=CPU` | make CPU `CPU` load from an unmapped address during the self-tests (an unhandled exception, with its backtrace) |
@@ -83,6 +84,8 @@ pub struct Cmdline<'a> {
     pub mem_limit: Option<u64>,
     /// `dirty=`: the dirty-tracking mode, if given.
     pub dirty: Option<crate::mm::dirty::DirtyTracking>,
+    /// `bench.curves`: the throughput self-tests also sweep their sizes.
+    pub curves: bool,
     /// `selftest.fail`.
     pub fail: bool,
     /// `selftest.panic=CPU`.
@@ -157,6 +160,7 @@ impl<'a> Cmdline<'a> {
             fault_cpu: None,
             hang: false,
             crash: false,
+            curves: false,
         };
         let mut seen: Vec<&str> = Vec::new();
         for word in line.split_ascii_whitespace() {
@@ -317,6 +321,7 @@ impl<'a> Cmdline<'a> {
                         },
                     )?);
                 }
+                "bench.curves" => c.curves = flag()?,
                 "selftest.fail" => c.fail = flag()?,
                 "selftest.panic" => c.panic_cpu = Some(number("a CPU number")? as usize),
                 "selftest.fault" => c.fault_cpu = Some(number("a CPU number")? as usize),

@@ -48,6 +48,14 @@ pub struct Figure {
     /// Runs that gave no value (e.g. a race run without a hit).
     #[serde(default)]
     pub missing: usize,
+    /// For a point of a cost curve: its line within the group (`ipi`,
+    /// `batched`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub series: Option<String>,
+    /// For a point of a cost curve: where it lies on the curve's x axis
+    /// (CPUs, pages).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub x: Option<f64>,
 }
 
 impl Figure {
@@ -61,6 +69,8 @@ impl Figure {
             higher_is_better,
             samples: Vec::new(),
             missing: 0,
+            series: None,
+            x: None,
         }
     }
 
@@ -161,6 +171,16 @@ impl Report {
         &mut self.figures[i]
     }
 
+    /// The point at `x` of the line `series` of the cost curve `group`
+    /// (named `series, x label`), created on first use.
+    pub fn curve_point(&mut self, arch: &str, curve: &Curve, series: &str, x: f64) -> &mut Figure {
+        let name = format!("{series}, {x} {}", curve.x_unit);
+        let f = self.figure(arch, curve.group, &name, curve.unit, curve.higher_is_better);
+        f.series = Some(series.into());
+        f.x = Some(x);
+        f
+    }
+
     /// Reads a report written by [`Report::save`].
     pub fn load(path: &Path) -> Result<Self> {
         let text =
@@ -173,18 +193,6 @@ impl Report {
     pub fn save(&self, path: &Path) -> Result<()> {
         let text = serde_json::to_string_pretty(self)?;
         std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
-    }
-
-    /// The groups in order of first appearance, per arch.
-    fn groups(&self) -> Vec<(String, String)> {
-        let mut out: Vec<(String, String)> = Vec::new();
-        for f in &self.figures {
-            let k = (f.arch.clone(), f.group.clone());
-            if !out.contains(&k) {
-                out.push(k);
-            }
-        }
-        out
     }
 }
 
@@ -346,16 +354,50 @@ pub fn text_table(r: &Report, cmp: &[Comparison]) -> String {
             .map_or(String::new(), |t| format!("  ({t})"));
         let _ = writeln!(out, "   {label:<88} {spread}{ratio}{target}{missing}");
     }
+    let lines = r.curve_lines();
+    if !lines.is_empty() {
+        let _ = writeln!(out, "growth of the cost curves (medians):");
+        for l in &lines {
+            let _ = writeln!(
+                out,
+                "   {} {}: {}: {}",
+                l.arch,
+                l.group,
+                l.series,
+                l.growth()
+            );
+        }
+    }
     out
 }
 
-/// An SVG bar chart of one group: a bar at each figure's median, a whisker
-/// from min to max.
-pub fn group_svg(r: &Report, arch: &str, group: &str) -> Result<String> {
+/// The colour of architecture `arch`'s `i`-th line or bar: blues for
+/// s390x, oranges for x86-64, so that the two stay apart on one axis.
+fn arch_color(arch: &str, i: usize) -> RGBColor {
+    const S390X: [RGBColor; 4] = [
+        RGBColor(40, 90, 170),
+        RGBColor(90, 160, 220),
+        RGBColor(20, 60, 110),
+        RGBColor(130, 110, 200),
+    ];
+    const X86_64: [RGBColor; 4] = [
+        RGBColor(220, 110, 30),
+        RGBColor(190, 50, 40),
+        RGBColor(240, 170, 60),
+        RGBColor(150, 80, 20),
+    ];
+    let palette = if arch == "s390x" { S390X } else { X86_64 };
+    palette[i % palette.len()]
+}
+
+/// An SVG bar chart of one group, every architecture on one axis: a bar at
+/// each figure's median (the value printed at its end), a whisker from min
+/// to max, bars coloured by architecture.
+pub fn group_svg(r: &Report, group: &str) -> Result<String> {
     let figs: Vec<(&Figure, (f64, f64, f64))> = r
         .figures
         .iter()
-        .filter(|f| f.arch == arch && f.group == group)
+        .filter(|f| f.group == group)
         .filter_map(|f| f.spread().map(|s| (f, s)))
         .collect();
     let mut svg = String::new();
@@ -368,25 +410,28 @@ pub fn group_svg(r: &Report, arch: &str, group: &str) -> Result<String> {
         .map(|(_, (_, _, hi))| *hi)
         .fold(0.0f64, f64::max)
         .max(1e-9)
-        * 1.1;
+        * 1.15;
     let n = figs.len();
-    let height = (80 + 34 * n as u32).max(200);
+    let height = (80 + 26 * n as u32).max(200);
+    let names: Vec<String> = figs
+        .iter()
+        .map(|(f, _)| format!("{}: {}", f.arch, f.name))
+        .collect();
     // Room for the longest bar label (13 px sans-serif: about 7 px a
     // character), so short labels leave the width to the bars.
-    let longest = figs.iter().map(|(f, _)| f.name.chars().count()).max();
-    let label_area = (longest.unwrap_or(0) as u32 * 7 + 20).clamp(80, 290);
+    let longest = names.iter().map(|l| l.chars().count()).max();
+    let label_area = (longest.unwrap_or(0) as u32 * 7 + 20).clamp(80, 330);
     {
-        let err = |e: &dyn std::fmt::Display| anyhow::anyhow!("plotting {arch} {group}: {e}");
+        let err = |e: &dyn std::fmt::Display| anyhow::anyhow!("plotting {group}: {e}");
         let root = SVGBackend::with_string(&mut svg, (760, height)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| err(&e))?;
         let mut chart = ChartBuilder::on(&root)
-            .caption(format!("{arch}: {group}"), ("sans-serif", 18))
+            .caption(group, ("sans-serif", 18))
             .margin(10)
             .x_label_area_size(40)
             .y_label_area_size(label_area)
             .build_cartesian_2d(0.0..top, -0.5..(n as f64 - 0.5))
             .map_err(|e| err(&e))?;
-        let names: Vec<String> = figs.iter().map(|(f, _)| f.name.clone()).collect();
         chart
             .configure_mesh()
             .disable_y_mesh()
@@ -406,30 +451,260 @@ pub fn group_svg(r: &Report, arch: &str, group: &str) -> Result<String> {
                     String::new()
                 }
             })
-            .label_style(("sans-serif", 13))
+            .label_style(("sans-serif", 12))
             .axis_desc_style(("sans-serif", 13))
             .draw()
             .map_err(|e| err(&e))?;
-        let color = RGBColor(70, 110, 170);
+        let y = |i: usize| (n - 1 - i) as f64;
         chart
-            .draw_series(figs.iter().enumerate().map(|(i, (_, (_, mid, _)))| {
-                let y = (n - 1 - i) as f64;
-                Rectangle::new([(0.0, y - 0.32), (*mid, y + 0.32)], color.mix(0.7).filled())
+            .draw_series(figs.iter().enumerate().map(|(i, (f, (_, mid, _)))| {
+                Rectangle::new(
+                    [(0.0, y(i) - 0.32), (*mid, y(i) + 0.32)],
+                    arch_color(&f.arch, 0).mix(0.75).filled(),
+                )
             }))
             .map_err(|e| err(&e))?;
         chart
             .draw_series(figs.iter().enumerate().map(|(i, (_, (lo, _, hi)))| {
-                let y = (n - 1 - i) as f64;
-                PathElement::new(vec![(*lo, y), (*hi, y)], BLACK.stroke_width(2))
+                PathElement::new(vec![(*lo, y(i)), (*hi, y(i))], BLACK.stroke_width(2))
             }))
             .map_err(|e| err(&e))?;
         chart
             .draw_series(figs.iter().enumerate().flat_map(|(i, (_, (lo, _, hi)))| {
-                let y = (n - 1 - i) as f64;
                 [*lo, *hi].map(|x| {
-                    PathElement::new(vec![(x, y - 0.15), (x, y + 0.15)], BLACK.stroke_width(2))
+                    PathElement::new(
+                        vec![(x, y(i) - 0.15), (x, y(i) + 0.15)],
+                        BLACK.stroke_width(2),
+                    )
                 })
             }))
+            .map_err(|e| err(&e))?;
+        // The median as text: a bar next to a far longer one is still read.
+        chart
+            .draw_series(figs.iter().enumerate().map(|(i, (_, (_, mid, hi)))| {
+                Text::new(
+                    human(*mid),
+                    (hi.max(*mid) + top * 0.01, y(i) + 0.2),
+                    ("sans-serif", 11),
+                )
+            }))
+            .map_err(|e| err(&e))?;
+        root.present().map_err(|e| err(&e))?;
+    }
+    Ok(svg)
+}
+
+/// One line of a cost curve: its points' medians in x order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CurveLine {
+    /// Architecture.
+    pub arch: String,
+    /// The curve's group.
+    pub group: String,
+    /// The line within it.
+    pub series: String,
+    /// Unit of the values.
+    pub unit: String,
+    /// What x counts (from the curve's figures' names).
+    pub x_unit: String,
+    /// (x, median), x ascending.
+    pub points: Vec<(f64, f64)>,
+}
+
+impl CurveLine {
+    /// The points its growth is stated over: from the curve's
+    /// `growth_from` on.
+    fn growth_points(&self) -> Vec<(f64, f64)> {
+        let from = CURVES
+            .iter()
+            .find(|c| c.group == self.group)
+            .map_or(0.0, |c| c.growth_from);
+        self.points
+            .iter()
+            .copied()
+            .filter(|p| p.0 >= from)
+            .collect()
+    }
+
+    /// The least-squares slope of log(value) against log(x) over the
+    /// growth points: 0 flat, 1 linear in x, -1 falling as 1/x. `None` with
+    /// fewer than two points.
+    pub fn slope(&self) -> Option<f64> {
+        let pts: Vec<(f64, f64)> = self
+            .growth_points()
+            .iter()
+            .filter(|(x, v)| *x > 0.0 && *v > 0.0)
+            .map(|(x, v)| (x.ln(), v.ln()))
+            .collect();
+        let n = pts.len() as f64;
+        if pts.len() < 2 {
+            return None;
+        }
+        let (mx, my) = (
+            pts.iter().map(|p| p.0).sum::<f64>() / n,
+            pts.iter().map(|p| p.1).sum::<f64>() / n,
+        );
+        let sxx: f64 = pts.iter().map(|p| (p.0 - mx).powi(2)).sum();
+        let sxy: f64 = pts.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+        (sxx > 0.0).then(|| sxy / sxx)
+    }
+
+    /// How the line grows, in words: its two ends, their ratio, and the
+    /// log-log slope named (flat, sublinear, linear, faster than linear,
+    /// falling).
+    pub fn growth(&self) -> String {
+        let pts = self.growth_points();
+        let (Some(first), Some(last), Some(b)) = (pts.first(), pts.last(), self.slope()) else {
+            return "too few points".into();
+        };
+        let word = match b {
+            b if b.abs() < 0.2 => "flat",
+            b if b <= -0.2 => "falling",
+            b if b < 0.8 => "sublinear",
+            b if b <= 1.2 => "linear",
+            _ => "faster than linear",
+        };
+        format!(
+            "{} {} at {} {} to {} {} at {} {}: x{:.2}, log-log slope {b:.2} ({word} in {})",
+            human(first.1),
+            self.unit,
+            first.0,
+            self.x_unit,
+            human(last.1),
+            self.unit,
+            last.0,
+            self.x_unit,
+            last.1 / first.1,
+            self.x_unit
+        )
+    }
+}
+
+impl Report {
+    /// Every line of every cost curve, in order of first appearance.
+    pub fn curve_lines(&self) -> Vec<CurveLine> {
+        let mut out: Vec<CurveLine> = Vec::new();
+        for f in &self.figures {
+            let (Some(series), Some(x)) = (&f.series, f.x) else {
+                continue;
+            };
+            let Some((_, mid, _)) = f.spread() else {
+                continue;
+            };
+            let i = match out
+                .iter()
+                .position(|l| l.arch == f.arch && l.group == f.group && &l.series == series)
+            {
+                Some(i) => i,
+                None => {
+                    out.push(CurveLine {
+                        arch: f.arch.clone(),
+                        group: f.group.clone(),
+                        series: series.clone(),
+                        unit: f.unit.clone(),
+                        x_unit: f.name.rsplit(' ').next().unwrap_or_default().into(),
+                        points: Vec::new(),
+                    });
+                    out.len() - 1
+                }
+            };
+            out[i].points.push((x, mid));
+        }
+        for l in &mut out {
+            l.points.sort_by(|a, b| a.0.total_cmp(&b.0));
+        }
+        out
+    }
+
+    /// The groups in order of first appearance, every architecture at once.
+    fn group_names(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
+        for f in &self.figures {
+            if !out.contains(&f.group.as_str()) {
+                out.push(&f.group);
+            }
+        }
+        out
+    }
+}
+
+/// An SVG line chart of one cost curve, every architecture on one axis:
+/// a line per (architecture, series) through its medians, both axes
+/// logarithmic (x doubles from point to point, and the values span orders
+/// of magnitude).
+pub fn curve_svg(r: &Report, group: &str) -> Result<String> {
+    let lines: Vec<CurveLine> = r
+        .curve_lines()
+        .into_iter()
+        .filter(|l| l.group == group && !l.points.is_empty())
+        .collect();
+    let mut svg = String::new();
+    if lines.is_empty() {
+        return Ok(svg);
+    }
+    let pts = || lines.iter().flat_map(|l| l.points.iter());
+    let (x0, x1) = pts().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
+    let (y0, y1) = pts().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
+    let (y0, y1) = (y0.max(1e-9) / 1.5, y1.max(1e-9) * 1.5);
+    let (x0, x1) = (x0.max(1e-9) / 1.2, x1.max(x0 * 2.0) * 1.2);
+    {
+        let err = |e: &dyn std::fmt::Display| anyhow::anyhow!("plotting {group}: {e}");
+        let root = SVGBackend::with_string(&mut svg, (760, 420)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| err(&e))?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(group, ("sans-serif", 18))
+            .margin(10)
+            .x_label_area_size(40)
+            .y_label_area_size(70)
+            .build_cartesian_2d((x0..x1).log_scale(), (y0..y1).log_scale())
+            .map_err(|e| err(&e))?;
+        chart
+            .configure_mesh()
+            .x_desc(lines[0].x_unit.clone())
+            .y_desc(lines[0].unit.clone())
+            .x_labels(12)
+            .y_labels(10)
+            .light_line_style(RGBColor(238, 238, 238))
+            .x_label_formatter(&|v| format!("{v:.0}"))
+            .y_label_formatter(&|v| human(*v))
+            .label_style(("sans-serif", 12))
+            .axis_desc_style(("sans-serif", 13))
+            .draw()
+            .map_err(|e| err(&e))?;
+        let mut per_arch: Vec<(&str, usize)> = Vec::new();
+        for l in &lines {
+            let i = match per_arch.iter_mut().find(|(a, _)| *a == l.arch) {
+                Some((_, n)) => {
+                    *n += 1;
+                    *n
+                }
+                None => {
+                    per_arch.push((&l.arch, 0));
+                    0
+                }
+            };
+            let color = arch_color(&l.arch, i);
+            chart
+                .draw_series(LineSeries::new(
+                    l.points.iter().copied(),
+                    color.stroke_width(2),
+                ))
+                .map_err(|e| err(&e))?
+                .label(format!("{} {}", l.arch, l.series))
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+                });
+            chart
+                .draw_series(l.points.iter().map(|p| Circle::new(*p, 3, color.filled())))
+                .map_err(|e| err(&e))?;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 12))
+            .draw()
             .map_err(|e| err(&e))?;
         root.present().map_err(|e| err(&e))?;
     }
@@ -448,7 +723,7 @@ pub fn html(r: &Report, cmp: &[Comparison], old_label: Option<&str>) -> Result<S
     let _ = writeln!(h, "<h1>quiesce benchmarks</h1>");
     let _ = writeln!(
         h,
-        "<p>{} &middot; commit {} &middot; unix time {}. Bars: median; whiskers: min to max over the runs.</p>",
+        "<p>{} &middot; commit {} &middot; unix time {}. Bars: median (printed at its end); whiskers: min to max over the runs; colours: s390x blue, x86-64 orange. Curves: the medians, both axes logarithmic.</p>",
         esc(&r.conditions),
         esc(r.commit.as_deref().unwrap_or("unknown")),
         r.unix_time
@@ -477,20 +752,33 @@ pub fn html(r: &Report, cmp: &[Comparison], old_label: Option<&str>) -> Result<S
             esc(old)
         );
     }
-    let mut arch = String::new();
-    for (a, g) in r.groups() {
-        if a != arch {
-            if !arch.is_empty() {
-                h.push_str("</div>\n");
-            }
-            let _ = writeln!(h, "<h2>{}</h2>\n<div class=\"plots\">", esc(&a));
-            arch = a.clone();
-        }
-        let svg = group_svg(r, &a, &g)?;
+    // One plot per group, every architecture on one axis: the difference
+    // between them is what the report is read for.
+    h.push_str("<h2>Plots</h2>\n<div class=\"plots\">\n");
+    for g in r.group_names() {
+        let is_curve = r.figures.iter().any(|f| f.group == g && f.series.is_some());
+        let svg = if is_curve {
+            curve_svg(r, g)?
+        } else {
+            group_svg(r, g)?
+        };
         let _ = writeln!(h, "<figure>{svg}</figure>");
     }
-    if !arch.is_empty() {
-        h.push_str("</div>\n");
+    h.push_str("</div>\n");
+    let lines = r.curve_lines();
+    if !lines.is_empty() {
+        h.push_str("<h2>Cost curves: growth</h2>\n<table><tr><th>arch</th><th>curve</th><th>line</th><th>growth (medians)</th></tr>\n");
+        for l in &lines {
+            let _ = writeln!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td style=\"text-align:left\">{}</td></tr>",
+                esc(&l.arch),
+                esc(&l.group),
+                esc(&l.series),
+                esc(&l.growth())
+            );
+        }
+        h.push_str("</table>\n");
     }
     h.push_str("<h2>Table</h2>\n<table><tr><th>arch</th><th>group</th><th>figure</th><th>unit</th><th>min</th><th>median</th><th>max</th><th>runs</th><th>target</th>");
     if old_label.is_some() {
@@ -772,6 +1060,22 @@ pub const SELFTEST_FIGURES: &[Source] = &[
         false,
     ),
     (
+        "tlb.flush_vs_irqs_off",
+        "ipte_flush_wait_ns",
+        "flush against a 150 ms interrupts-off section",
+        "ipte",
+        "ns",
+        false,
+    ),
+    (
+        "tlb.flush_vs_irqs_off",
+        "csp_flush_wait_ns",
+        "flush against a 150 ms interrupts-off section",
+        "csp",
+        "ns",
+        false,
+    ),
+    (
         "gup.throughput",
         "gup_fast_pages_per_sec_1cpu",
         "GUP",
@@ -832,7 +1136,59 @@ pub struct Options {
     pub race_runs: usize,
     /// CPUs per boot.
     pub smp: usize,
+    /// Boots per point of the cost curves (0: none).
+    pub curve_runs: usize,
 }
+
+/// A cost curve: a group of figures, each a point (series, x).
+#[derive(Clone, Copy, Debug)]
+pub struct Curve {
+    /// The group its points belong to.
+    pub group: &'static str,
+    /// The unit of its values.
+    pub unit: &'static str,
+    /// Whether a larger value is better.
+    pub higher_is_better: bool,
+    /// What its x axis counts.
+    pub x_unit: &'static str,
+    /// The least x its growth is stated from ([`CurveLine::growth`]).
+    pub growth_from: f64,
+}
+
+/// TLB shootdown latency against the CPUs of the machine (all of them
+/// attached to the mm; one CPU: the local flush alone).
+pub const SHOOTDOWN_CURVE: Curve = Curve {
+    group: "curve: TLB shootdown latency against CPUs",
+    unit: "ns",
+    higher_is_better: false,
+    x_unit: "CPUs",
+    // One CPU is the local flush alone: the growth of a shootdown is
+    // stated over the machines that have a remote CPU to reach.
+    growth_from: 2.0,
+};
+/// The CPU counts of [`SHOOTDOWN_CURVE`].
+pub const SHOOTDOWN_CPUS: [usize; 5] = [1, 2, 4, 8, 16];
+/// Zap throughput against the pages zapped at once.
+pub const ZAP_CURVE: Curve = Curve {
+    group: "curve: zap throughput against pages",
+    unit: "pages/s",
+    higher_is_better: true,
+    x_unit: "pages",
+    growth_from: 1.0,
+};
+/// GUP throughput on one CPU against the pages per call.
+pub const GUP_CURVE: Curve = Curve {
+    group: "curve: GUP throughput (1 CPU) against pages per call",
+    unit: "pages/s",
+    higher_is_better: true,
+    x_unit: "pages",
+    growth_from: 1.0,
+};
+/// The page counts of [`ZAP_CURVE`] and [`GUP_CURVE`] (the kernel's
+/// `CURVE_PAGES`).
+pub const CURVE_PAGES: [u32; 12] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048];
+/// Every cost curve.
+pub const CURVES: [Curve; 3] = [SHOOTDOWN_CURVE, ZAP_CURVE, GUP_CURVE];
 
 /// Runs every benchmark boot and collects the figures. `say` prints a
 /// line of output; the progress display shows the rest. Every race boot
@@ -849,8 +1205,8 @@ pub fn run(opts: &Options, progress: &mut crate::progress::Progress) -> Result<R
             .map_or(0, |d| d.as_secs()),
         commit: git_commit(),
         conditions: format!(
-            "{} QEMU floor boots and as many listing kernel boots, {} self-test boots and {} natural runs of {budget_row} {budget_variant} with a {budget_ms} ms budget per architecture, {} natural-mode boots per buggy cell (seeds 1..={}, each to its first hit), {} CPUs, QEMU TCG",
-            opts.runs, opts.runs, opts.runs, opts.race_runs, opts.race_runs, opts.smp
+            "{} QEMU floor boots and as many listing kernel boots, {} self-test boots and {} natural runs of {budget_row} {budget_variant} with a {budget_ms} ms budget per architecture, {} boots per cost-curve point, {} natural-mode boots per buggy cell (seeds 1..={}, each to its first hit), {} CPUs (the shootdown curve: 1 to 16), QEMU TCG",
+            opts.runs, opts.runs, opts.runs, opts.curve_runs, opts.race_runs, opts.race_runs, opts.smp
         ),
         figures: Vec::new(),
         failures: Vec::new(),
@@ -876,18 +1232,25 @@ pub fn run(opts: &Options, progress: &mut crate::progress::Progress) -> Result<R
             }
             v
         });
-    let total =
-        4 * opts.runs * opts.arches.len() + opts.race_runs * cells.len() + explore_cells.len();
+    let total = (4 * opts.runs + opts.curve_runs * (SHOOTDOWN_CPUS.len() + 1)) * opts.arches.len()
+        + opts.race_runs * cells.len()
+        + explore_cells.len();
     let mut done = 0;
     for &a in &opts.arches {
         let kernel = kbuild::kernel(a, true)?;
         let arch = a.name();
         // A boot with `cmdline`; `timeout` replaces the default one.
+        // A boot of `image` on `smp` CPUs with `cmdline`.
+        let boot_image = |image: &Path, smp: usize, cmdline: &str| {
+            let mut config = BootConfig::new(a, image.to_path_buf());
+            config.smp = smp;
+            config.cmdline = cmdline.into();
+            config
+        };
+        // A kernel boot with `cmdline`; `timeout` replaces the default one.
         let boot = |cmdline: String, timeout: Option<Duration>| {
-            let mut config = BootConfig::new(a, kernel.clone());
-            config.smp = opts.smp;
+            let mut config = boot_image(&kernel, opts.smp, &cmdline);
             config.timeout = timeout.unwrap_or(config.timeout);
-            config.cmdline = cmdline;
             Boot::run(&config, |_| {})
         };
         let floor = kbuild::floor(a)?;
@@ -902,12 +1265,7 @@ pub fn run(opts: &Options, progress: &mut crate::progress::Progress) -> Result<R
             let mut first = None;
             for kernel_first in [run % 2 == 1, run % 2 == 0] {
                 if kernel_first {
-                    progress.update(&progress.status(
-                        "bench",
-                        done,
-                        total,
-                        &format!("{arch} first KTAP line"),
-                    ));
+                    progress.show("bench", done, total, &format!("{arch} first KTAP line"));
                     let b = boot("list".into(), None)?;
                     done += 1;
                     if !b.verdict().passed {
@@ -928,15 +1286,8 @@ pub fn run(opts: &Options, progress: &mut crate::progress::Progress) -> Result<R
                             .push(ms(d));
                     }
                 } else {
-                    progress.update(&progress.status(
-                        "bench",
-                        done,
-                        total,
-                        &format!("{arch} QEMU floor"),
-                    ));
-                    let mut config = BootConfig::new(a, floor.clone());
-                    config.smp = opts.smp;
-                    let f = Boot::run(&config, |_| {})?;
+                    progress.show("bench", done, total, &format!("{arch} QEMU floor"));
+                    let f = Boot::run(&boot_image(&floor, opts.smp, ""), |_| {})?;
                     done += 1;
                     if let Some(why) = floor_problem(a, &f) {
                         anyhow::bail!("the {a} QEMU floor image failed: {why}");
@@ -965,7 +1316,7 @@ pub fn run(opts: &Options, progress: &mut crate::progress::Progress) -> Result<R
                 .push(ms(first) - ms(floor_byte));
         }
         for _ in 0..opts.runs {
-            progress.update(&progress.status("bench", done, total, &format!("{arch} self-tests")));
+            progress.show("bench", done, total, &format!("{arch} self-tests"));
             let boot = boot(String::new(), None)?;
             done += 1;
             if !boot.verdict().passed {
@@ -986,6 +1337,53 @@ pub fn run(opts: &Options, progress: &mut crate::progress::Progress) -> Result<R
                 }
             }
         }
+        for _ in 0..opts.curve_runs {
+            // A machine of each size, running only the shootdown test.
+            for cpus in SHOOTDOWN_CPUS {
+                progress.show(
+                    "bench",
+                    done,
+                    total,
+                    &format!("{arch} shootdown curve, {cpus} CPUs"),
+                );
+                let config = boot_image(&kernel, cpus, "test=tlb.shootdown_latency");
+                let b = Boot::run(&config, |_| {})?;
+                done += 1;
+                let r = curve_boot_result(&b, "tlb.shootdown_latency")?;
+                for s in ["ipi", "nmi", "ipte", "csp"] {
+                    if let Some(v) = r.diag_value(&format!("shootdown_ns_{s}_targets_all")) {
+                        report
+                            .curve_point(arch, &SHOOTDOWN_CURVE, s, cpus as f64)
+                            .samples
+                            .push(v.parse()?);
+                    }
+                }
+            }
+            progress.show("bench", done, total, &format!("{arch} zap and GUP curves"));
+            let b = boot(
+                "test=gather.zap_throughput,gup.throughput bench.curves".into(),
+                None,
+            )?;
+            done += 1;
+            let zap = curve_boot_result(&b, "gather.zap_throughput")?;
+            let gup = curve_boot_result(&b, "gup.throughput")?;
+            for pages in CURVE_PAGES {
+                for (r, curve, key, series) in [
+                    (&zap, &ZAP_CURVE, "zap_curve_batched", "batched"),
+                    (&zap, &ZAP_CURVE, "zap_curve_immediate", "immediate"),
+                    (&gup, &GUP_CURVE, "gup_curve_fast", "GUP-fast"),
+                    (&gup, &GUP_CURVE, "gup_curve_slow", "slow GUP"),
+                ] {
+                    let v = r
+                        .diag_value(&format!("{key}_{pages}"))
+                        .with_context(|| format!("{arch}: no {key}_{pages} figure"))?;
+                    report
+                        .curve_point(arch, curve, series, f64::from(pages))
+                        .samples
+                        .push(v.parse()?);
+                }
+            }
+        }
         // The time budget of a natural run: how long it goes on past it.
         let budget_cell = lookup(budget_row, a, budget_variant, None, Mode::Natural)
             .filter(|c| c.expect != Expect::Skip);
@@ -994,12 +1392,12 @@ pub fn run(opts: &Options, progress: &mut crate::progress::Progress) -> Result<R
             .flat_map(|c| (1..=opts.runs).map(move |seed| (c, seed)))
         {
             let name = format!("{} {}", c.row, c.label());
-            progress.update(&progress.status(
+            progress.show(
                 "bench",
                 done,
                 total,
                 &format!("{arch} {name} budget {budget_ms} ms"),
-            ));
+            );
             let b = boot(
                 format!(
                     "{} seed={seed} iterations=100000000 budget_ms={budget_ms}",
@@ -1030,12 +1428,7 @@ pub fn run(opts: &Options, progress: &mut crate::progress::Progress) -> Result<R
         for c in cells.iter().filter(|c| c.arch == a) {
             let name = format!("{} {}", c.row, c.label());
             for seed in 1..=opts.race_runs {
-                progress.update(&progress.status(
-                    "bench",
-                    done,
-                    total,
-                    &format!("{arch} {name} seed {seed}"),
-                ));
+                progress.show("bench", done, total, &format!("{arch} {name} seed {seed}"));
                 let b = boot(
                     format!("{} seed={seed} stop_at_hit", c.kernel_args()),
                     Some(Duration::from_secs(400)),
@@ -1074,12 +1467,7 @@ pub fn run(opts: &Options, progress: &mut crate::progress::Progress) -> Result<R
         }
         for c in explore_cells.iter().filter(|c| c.arch == a) {
             let name = format!("{} {}", c.row, c.label());
-            progress.update(&progress.status(
-                "bench",
-                done,
-                total,
-                &format!("{arch} {name} explore"),
-            ));
+            progress.show("bench", done, total, &format!("{arch} {name} explore"));
             let b = boot(
                 format!("{} bound={EXPLORE_BOUND}", c.kernel_args()),
                 Some(Duration::from_secs(900)),
@@ -1133,6 +1521,22 @@ pub fn run(opts: &Options, progress: &mut crate::progress::Progress) -> Result<R
     }
     progress.finish();
     Ok(report)
+}
+
+/// The passing result `case` of a cost-curve boot `b`, or why there is none.
+fn curve_boot_result(b: &crate::Boot, case: &str) -> Result<crate::ktap::TestResult> {
+    let v = b.verdict();
+    if !v.passed {
+        anyhow::bail!(
+            "a {} cost-curve boot failed: {}\n{}",
+            b.config.arch,
+            v.reasons.join("; "),
+            b.failure_report()
+        );
+    }
+    b.ktap
+        .case(case)
+        .with_context(|| format!("{case} did not run"))
 }
 
 /// Why a boot of the QEMU floor image did not do what the image does (one
@@ -1343,6 +1747,62 @@ mod tests {
     }
 
     #[test]
+    fn cost_curves_are_lines_with_their_growth_stated() {
+        let mut r = sample();
+        // x86-64: linear in CPUs from 2 on (the 1-CPU point is left out of
+        // the growth); s390x: flat.
+        for (cpus, ipi, ipte) in [
+            (1.0, 1.0, 5.0),
+            (2.0, 100.0, 50.0),
+            (4.0, 200.0, 50.0),
+            (16.0, 800.0, 51.0),
+        ] {
+            r.curve_point("x86_64", &SHOOTDOWN_CURVE, "ipi", cpus)
+                .samples = vec![ipi];
+            r.curve_point("s390x", &SHOOTDOWN_CURVE, "ipte", cpus)
+                .samples = vec![ipte];
+        }
+        assert!(r.figures.iter().any(|f| f.name == "ipi, 16 CPUs"));
+        let lines = r.curve_lines();
+        assert_eq!(lines.len(), 2);
+        let ipi = lines.iter().find(|l| l.series == "ipi").unwrap();
+        assert_eq!(ipi.points.len(), 4);
+        assert!((ipi.slope().unwrap() - 1.0).abs() < 1e-9);
+        assert!(
+            ipi.growth().contains("(linear in CPUs)"),
+            "{}",
+            ipi.growth()
+        );
+        assert!(
+            ipi.growth().starts_with("100 ns at 2 CPUs"),
+            "{}",
+            ipi.growth()
+        );
+        let ipte = lines.iter().find(|l| l.series == "ipte").unwrap();
+        assert!(
+            ipte.growth().contains("(flat in CPUs)"),
+            "{}",
+            ipte.growth()
+        );
+        assert!(text_table(&r, &[])
+            .contains("x86_64 curve: TLB shootdown latency against CPUs: ipi: 100 ns"));
+        let page = html(&r, &[], None).unwrap();
+        assert!(page.contains("Cost curves: growth"));
+        // A curve is plotted as lines, both architectures in one plot.
+        let svg = curve_svg(&r, SHOOTDOWN_CURVE.group).unwrap();
+        assert_eq!(
+            svg.matches("<circle").count(),
+            8,
+            "a marker per point: {svg}"
+        );
+        assert!(
+            svg.contains("x86_64 ipi") && svg.contains("s390x ipte"),
+            "{svg}"
+        );
+        assert!(page.contains(&svg));
+    }
+
+    #[test]
     fn timing_targets_are_figures_met_or_missed() {
         let mut r = sample();
         r.figure("s390x", BOOT_FIRST, FIRST_KTAP_LINE, "ms", false)
@@ -1450,9 +1910,10 @@ ok 1 {}:{}:natural\nok 1 scenario\n",
         assert!(page.contains("a &amp; b") && page.contains("&lt;TCG&gt;"));
         assert!(page.contains("x1.00"));
         assert!(page.contains("FAILED boot (samples left out): s390x x seed 1: timed out"));
-        // Each SVG names its group and draws a bar per figure.
-        let svg = group_svg(&r, "s390x", "shootdown latency").unwrap();
-        assert!(svg.contains("shootdown latency") && svg.contains("ipte, 1 target"));
+        // Each SVG names its group and draws a bar per figure, named with
+        // its architecture (every architecture shares the group's axis).
+        let svg = group_svg(&r, "shootdown latency").unwrap();
+        assert!(svg.contains("shootdown latency") && svg.contains("s390x: ipte, 1 target"));
         assert!(svg.matches("<rect").count() >= 3, "{svg}");
     }
 }

@@ -108,6 +108,11 @@ struct BenchArgs {
     /// explore ones: one boot per row, its first clean cell within bound 2).
     #[arg(long, default_value_t = 10)]
     race_runs: usize,
+    /// Boots per point of the cost curves (shootdown latency against 1 to
+    /// 16 CPUs, zap and GUP throughput against 1 to 2048 pages); 0 skips
+    /// them.
+    #[arg(long, default_value_t = 3)]
+    curve_runs: usize,
     /// Directory for bench.json and bench.html (default target/bench).
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
@@ -1215,6 +1220,7 @@ fn bench(args: &BenchArgs) -> Result<ExitCode> {
                 runs: args.runs,
                 race_runs: args.race_runs,
                 smp: args.smp,
+                curve_runs: args.curve_runs,
             };
             bench::run(&opts, &mut xtask::progress::Progress::new())?
         }

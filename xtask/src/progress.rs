@@ -62,6 +62,13 @@ impl Progress {
         )
     }
 
+    /// Shows [`Progress::status`] of `what`: `done` of `total` done, now
+    /// `extra`.
+    pub fn show(&mut self, what: &str, done: usize, total: usize, extra: &str) {
+        let line = self.status(what, done, total, extra);
+        self.update(&line);
+    }
+
     /// Shows `line` as the current status (rate-limited when plain).
     pub fn update(&mut self, line: &str) {
         if self.tty {

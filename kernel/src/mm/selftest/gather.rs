@@ -301,7 +301,46 @@ fn nested<A: crate::mm::arch::Mmu>(_: &Cmdline) -> Outcome {
     })
 }
 
-fn zap_throughput<A: crate::mm::arch::Mmu>(_: &Cmdline) -> Outcome {
+/// The page counts of the cost curves (`bench.curves`): 1 to 2048, doubling.
+pub(crate) const CURVE_PAGES: [u64; 12] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048];
+
+/// Zap time each point of the zap curve sums up at least (a one-page zap
+/// takes microseconds: one zap alone would be mostly clock reads).
+const CURVE_ZAP_NS: u64 = 2_000_000;
+
+/// Pages per second of zapping `pages` populated pages under `pf`: zaps of
+/// fresh mms (populating them is not timed) until their zap time reaches
+/// [`CURVE_ZAP_NS`].
+fn zap_rate<A: crate::mm::arch::Mmu>(pages: u64, pf: PageFree) -> Result<u64, Outcome> {
+    let (mut zapped, mut spent) = (0u64, 0u64);
+    while spent < CURVE_ZAP_NS {
+        let mm = populated::<A>(pages)?;
+        let t0 = A::clock_ns();
+        zap(&mm, pages, policy(pf, TableFree::Immediate));
+        spent += (A::clock_ns() - t0).max(1);
+        zapped += pages;
+        memory::exit_mmap(*mm);
+    }
+    Ok(zapped * 1_000_000_000 / spent)
+}
+
+fn zap_throughput<A: crate::mm::arch::Mmu>(args: &Cmdline) -> Outcome {
+    if args.curves {
+        // The cost curve: pages per second against the size of the zap.
+        let curve = no_leak(|| {
+            for pages in CURVE_PAGES {
+                let batched = or_return!(zap_rate::<A>(pages, PageFree::Batched));
+                let immediate = or_return!(zap_rate::<A>(pages, PageFree::Immediate));
+                diag!(
+                    "zap_curve_batched_{pages}={batched} zap_curve_immediate_{pages}={immediate}"
+                );
+            }
+            Outcome::Pass
+        });
+        if !matches!(curve, Outcome::Pass) {
+            return curve;
+        }
+    }
     no_leak(|| {
         const N: u64 = 2048;
         let mut rate = [0u64; 2];

@@ -964,8 +964,11 @@ fn second_cpu_body<A: Mmu>() -> Result<(), String> {
 
 // ---- throughput -----------------------------------------------------------------------------
 
-/// Pages per GUP call in the benchmark.
+/// Pages per GUP call in the benchmark, and each CPU's range.
 const BENCH_PAGES: usize = 256;
+/// Pages per GUP call of the run in progress: [`BENCH_PAGES`], or a point of
+/// the cost curve (`bench.curves`, one CPU, up to 2048 pages per call).
+static BENCH_NR: AtomicUsize = AtomicUsize::new(BENCH_PAGES);
 /// Measuring window per figure.
 const BENCH_NS: u64 = 20_000_000;
 
@@ -993,7 +996,8 @@ fn bench_cpu<A: Mmu>(fast_path: usize) {
     unsafe { mmod::use_mm(mm) };
     let cpu = A::smp_processor_id();
     let start = bench_start::<A>(cpu);
-    let mut pages: Vec<&'static Page> = Vec::with_capacity(BENCH_PAGES);
+    let nr = BENCH_NR.load(Ordering::Acquire);
+    let mut pages: Vec<&'static Page> = Vec::with_capacity(nr);
     BENCH_READY.fetch_add(1, Ordering::AcqRel);
     while !BENCH_GO.load(Ordering::Acquire) {
         A::cpu_relax();
@@ -1004,12 +1008,12 @@ fn bench_cpu<A: Mmu>(fast_path: usize) {
         pages.clear();
         let t0 = A::clock_ns();
         let got = if fast_path != 0 {
-            get_user_pages_fast::<A>(start, BENCH_PAGES, GupFlags::FOLL_PIN, &mut pages)
+            get_user_pages_fast::<A>(start, nr, GupFlags::FOLL_PIN, &mut pages)
         } else {
-            get_user_pages(mm, start, BENCH_PAGES, GupFlags::FOLL_PIN, &mut pages).unwrap_or(0)
+            get_user_pages(mm, start, nr, GupFlags::FOLL_PIN, &mut pages).unwrap_or(0)
         };
         spent += A::clock_ns() - t0;
-        if got != BENCH_PAGES {
+        if got != nr {
             BENCH_ERRORS.fetch_add(1, Ordering::Relaxed);
         }
         gup::unpin_user_pages(&pages);
@@ -1021,9 +1025,11 @@ fn bench_cpu<A: Mmu>(fast_path: usize) {
     BENCH_DONE.fetch_add(1, Ordering::AcqRel);
 }
 
-/// Runs the benchmark on CPUs `0..cpus`; returns the summed pages per
-/// second (each CPU's pages over its own time in GUP).
-fn bench_rate<A: Mmu>(mm: &Mm<A>, cpus: usize, fast_path: bool) -> u64 {
+/// Runs the benchmark on CPUs `0..cpus`, `nr` pages per call; returns the
+/// summed pages per second (each CPU's pages over its own time in GUP).
+fn bench_rate<A: Mmu>(mm: &Mm<A>, cpus: usize, nr: usize, fast_path: bool) -> u64 {
+    debug_assert!(cpus == 1 || nr <= BENCH_PAGES, "each CPU has its own range");
+    BENCH_NR.store(nr, Ordering::Release);
     BENCH_MM.store(mm as *const Mm<A> as usize, Ordering::Release);
     BENCH_GO.store(false, Ordering::Release);
     BENCH_READY.store(0, Ordering::Release);
@@ -1053,19 +1059,32 @@ fn bench_rate<A: Mmu>(mm: &Mm<A>, cpus: usize, fast_path: bool) -> u64 {
 /// Pages per second of GUP-fast and of slow GUP (FOLL_PIN of populated
 /// pages, then unpin), on one CPU and on every CPU at once, each CPU on its
 /// own range of one mm.
-fn throughput<A: Mmu>(_: &Cmdline) -> Outcome {
-    no_leak(|| outcome(throughput_body::<A>()))
+///
+/// With `bench.curves`, also the cost curve: pages per second on one CPU
+/// against the pages per call, 1 to 2048.
+fn throughput<A: Mmu>(args: &Cmdline) -> Outcome {
+    no_leak(|| outcome(throughput_body::<A>(args.curves)))
 }
 
-fn throughput_body<A: Mmu>() -> Result<(), String> {
+fn throughput_body<A: Mmu>(curves: bool) -> Result<(), String> {
     let n = smp::nr_cpus();
     let t = TestMm::<A>::new()?;
-    t.map(A::TASK_BASE, (n * BENCH_PAGES) as u64, true)?;
+    let curve_pages = super::gather::CURVE_PAGES;
+    let most = curve_pages[curve_pages.len() - 1] as usize;
+    let range = if curves { most } else { 0 };
+    t.map(A::TASK_BASE, (n * BENCH_PAGES).max(range) as u64, true)?;
     BENCH_ERRORS.store(0, Ordering::Release);
-    let fast1 = bench_rate(t.mm(), 1, true);
-    let slow1 = bench_rate(t.mm(), 1, false);
-    let fast_all = bench_rate(t.mm(), n, true);
-    let slow_all = bench_rate(t.mm(), n, false);
+    if curves {
+        for nr in curve_pages {
+            let fast = bench_rate(t.mm(), 1, nr as usize, true);
+            let slow = bench_rate(t.mm(), 1, nr as usize, false);
+            diag!("gup_curve_fast_{nr}={fast} gup_curve_slow_{nr}={slow}");
+        }
+    }
+    let fast1 = bench_rate(t.mm(), 1, BENCH_PAGES, true);
+    let slow1 = bench_rate(t.mm(), 1, BENCH_PAGES, false);
+    let fast_all = bench_rate(t.mm(), n, BENCH_PAGES, true);
+    let slow_all = bench_rate(t.mm(), n, BENCH_PAGES, false);
     diag!(
         "gup_fast_pages_per_sec_1cpu={fast1} gup_slow_pages_per_sec_1cpu={slow1} speedup_1cpu={}.{:02}",
         fast1 / slow1.max(1),

@@ -300,15 +300,18 @@ fn local_flush_when_alone<A: Mmu>(_: &Cmdline) -> Outcome {
     })
 }
 
-/// Flushes timed per strategy and per number of target CPUs (1, 2, all).
+/// Flushes timed per strategy and per number of target CPUs: 1, 2, 4, ...
+/// below the other CPUs' count, and all of them (`targets_all`; on a 1-CPU
+/// machine that is none: the local flush alone, the start of the cost curve
+/// `cargo xtask bench` draws from machines of 1 to 16 CPUs).
 fn shootdown_latency<A: Mmu>(_: &Cmdline) -> Outcome {
     const ROUNDS: usize = 64;
     let n = smp::nr_cpus();
-    if n < 2 {
-        return Outcome::Skip("needs 2 or more CPUs");
-    }
-    let mut counts: Vec<usize> = [1, 2, n - 1].into_iter().filter(|&k| k < n).collect();
-    counts.dedup();
+    let all = n - 1;
+    let counts: Vec<usize> = core::iter::successors(Some(1), |k| Some(k * 2))
+        .take_while(|&k| k < all)
+        .chain([all])
+        .collect();
     no_leak(|| {
         for &s in A::FLUSH_STRATEGIES {
             if let Err(e) = tlbflush::set_flush_strategy::<A>(s) {
@@ -332,12 +335,10 @@ fn shootdown_latency<A: Mmu>(_: &Cmdline) -> Outcome {
                 leave::<A>(&helpers);
                 memory::exit_mmap(*mm);
                 ns.sort_unstable();
-                let label = if k == n - 1 {
-                    "all"
-                } else if k == 1 {
-                    "1"
+                let label = if k == all {
+                    "all".into()
                 } else {
-                    "2"
+                    format!("{k}")
                 };
                 diag!(
                     "shootdown_ns_{}_targets_{label}={} min={} max={}",
