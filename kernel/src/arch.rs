@@ -91,6 +91,18 @@ pub unsafe trait Arch: 'static {
     /// Restores a state returned by [`Arch::local_irq_save`].
     fn local_irq_restore(flags: IrqFlags);
 
+    /// Copies one page, `PAGE_SIZE` bytes, from `from` to `to` (Linux
+    /// `copy_page`). The default is `memcpy`; a backend whose string copy
+    /// is slow overrides it (Linux x86 has `copy_page_regs` for CPUs
+    /// without fast `rep movsq`).
+    ///
+    /// # Safety
+    /// Both are valid for a page, page-aligned, and do not overlap.
+    unsafe fn copy_page(to: *mut u8, from: *const u8) {
+        // SAFETY: the caller's contract.
+        unsafe { core::ptr::copy_nonoverlapping(from, to, crate::mm::PAGE_SIZE as usize) }
+    }
+
     /// Spin-loop hint.
     fn cpu_relax();
     /// Enables interrupts and waits until one has been taken, then returns with

@@ -4,12 +4,21 @@
 //! Read side: any section with interrupts disabled (GUP-fast walks page tables
 //! that way). There is no `rcu_read_lock`: disabling interrupts is the marker.
 //!
-//! Quiescent states (QS) are reported by each CPU for itself, never inferred
-//! by sampling another CPU:
+//! Quiescent states (QS) are reported by each CPU for itself:
 //! - from the timer tick, when the tick interrupted code running with
 //!   interrupts enabled (such code is outside every read-side section);
 //! - from the idle loop, which runs in task context with interrupts enabled;
 //! - from [`synchronize_rcu`] on the calling CPU, as it blocks.
+//!
+//! One state is read from another CPU: a CPU halted in [`idle_halt`] (with
+//! interrupts enabled) is in an extended quiescent state (Linux's dyntick
+//! idle, `ct_idle_enter`), and a grace period does not wait for it. Its
+//! per-CPU counter ([`EQS`]) is odd from just before the halt until the CPU
+//! wakes or takes an interrupt ([`rcu_irq_enter`]); a grace period that
+//! sees it odd after it began counts the CPU as reported: the CPU was
+//! outside every read-side section at some time after the start, so every
+//! reader it had before the start is done. Both sides order their accesses
+//! with sequentially consistent operations (Linux's full barriers).
 //!
 //! Grace periods are numbered. `started` is the number of the newest grace
 //! period begun, `completed` the newest ended (`completed <= started <=
@@ -54,6 +63,48 @@ static STATE: spin::Mutex<GpState> = spin::Mutex::new(GpState {
     qs: [0; NR_CPUS],
 });
 
+/// Per CPU: the extended-quiescent-state counter, odd while the CPU halts
+/// in [`idle_halt`] (Linux `context_tracking.state`'s dynticks counter).
+static EQS: [AtomicU64; NR_CPUS] = [const { AtomicU64::new(0) }; NR_CPUS];
+
+/// Whether `cpu` is in an extended quiescent state now.
+fn in_eqs(cpu: usize) -> bool {
+    EQS[cpu].load(Ordering::SeqCst) & 1 == 1
+}
+
+/// Leaves the extended quiescent state of `cpu`, if it is in one. An
+/// interrupt (an NMI too) may do it first: only one of them counts.
+fn eqs_exit(cpu: usize) {
+    let v = EQS[cpu].load(Ordering::SeqCst);
+    if v & 1 == 1 {
+        let _ = EQS[cpu].compare_exchange(v, v + 1, Ordering::SeqCst, Ordering::SeqCst);
+    }
+}
+
+/// Interrupt entry's part (Linux `ct_irq_enter`): a handler may read
+/// RCU-protected data (it runs with interrupts off), so a CPU woken from
+/// [`idle_halt`] by an interrupt leaves its extended quiescent state first.
+pub fn rcu_irq_enter<A: Arch>() {
+    eqs_exit(A::smp_processor_id());
+}
+
+/// Halts the calling CPU until an interrupt ([`Arch::wait_for_interrupt`],
+/// which enables interrupts), in an extended quiescent state: a grace period
+/// does not wait for it to wake. Reports a QS and runs the ready callbacks
+/// first, so that a grace period this CPU was the last to hold up ends now.
+/// The caller is outside every read-side section but for having disabled
+/// interrupts to check whether to halt (the halt enables them). Returns
+/// with interrupts enabled, as [`Arch::wait_for_interrupt`].
+pub fn idle_halt<A: Arch>() {
+    let cpu = A::smp_processor_id();
+    rcu_qs::<A>();
+    rcu_do_batch::<A>();
+    A::local_irq_disable();
+    EQS[cpu].fetch_add(1, Ordering::SeqCst);
+    A::wait_for_interrupt();
+    eqs_exit(cpu);
+}
+
 /// A lock-free copy of `completed`, for waiters and quick checks.
 static COMPLETED: AtomicU64 = AtomicU64::new(0);
 
@@ -78,7 +129,7 @@ fn advance(s: &mut GpState) {
             let n = s.started;
             let all = (0..NR_CPUS)
                 .filter(|&c| percpu::cpu_online(c))
-                .all(|c| s.qs[c] >= n);
+                .all(|c| s.qs[c] >= n || in_eqs(c));
             if !all {
                 return;
             }

@@ -62,7 +62,9 @@ pub fn secondary_main<A: Arch>(cpu: usize) -> ! {
     time::start_this_cpu_tick::<A>();
     A::local_irq_enable();
     loop {
-        A::wait_for_interrupt();
+        // Halted in an extended quiescent state: no grace period waits for
+        // an idle CPU.
+        crate::rcu::idle_halt::<A>();
         crate::rcu::rcu_idle::<A>();
         let work = percpu::per_cpu(cpu).idle_work.lock().take();
         if let Some((func, arg)) = work {

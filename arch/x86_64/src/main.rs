@@ -110,6 +110,49 @@ unsafe impl Arch for X86_64 {
     }
 
     #[inline]
+    /// Linux's `copy_page_regs`: 64 bytes a turn through registers. Under
+    /// QEMU TCG `rep movsq` (the `memcpy` of the default) runs about six
+    /// times slower than this loop.
+    unsafe fn copy_page(to: *mut u8, from: *const u8) {
+        // SAFETY: the caller guarantees a page at each address, not
+        // overlapping: the loop reads 4096 bytes from `from` and writes
+        // 4096 bytes to `to`, in 64 turns of 64 bytes, and touches nothing
+        // else (no stack).
+        unsafe {
+            core::arch::asm!(
+                "2:",
+                "mov {a}, [{src}]",
+                "mov {b}, [{src} + 8]",
+                "mov {c}, [{src} + 16]",
+                "mov {d}, [{src} + 24]",
+                "mov [{dst}], {a}",
+                "mov [{dst} + 8], {b}",
+                "mov [{dst} + 16], {c}",
+                "mov [{dst} + 24], {d}",
+                "mov {a}, [{src} + 32]",
+                "mov {b}, [{src} + 40]",
+                "mov {c}, [{src} + 48]",
+                "mov {d}, [{src} + 56]",
+                "mov [{dst} + 32], {a}",
+                "mov [{dst} + 40], {b}",
+                "mov [{dst} + 48], {c}",
+                "mov [{dst} + 56], {d}",
+                "add {src}, 64",
+                "add {dst}, 64",
+                "dec {n:e}",
+                "jnz 2b",
+                src = inout(reg) from => _,
+                dst = inout(reg) to => _,
+                n = inout(reg) quiesce_kernel::mm::PAGE_SIZE / 64 => _,
+                a = out(reg) _,
+                b = out(reg) _,
+                c = out(reg) _,
+                d = out(reg) _,
+                options(nostack),
+            );
+        }
+    }
+
     fn cpu_relax() {
         core::hint::spin_loop();
     }

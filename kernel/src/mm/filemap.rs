@@ -471,13 +471,7 @@ pub fn writeback<A: Mmu>(p: &Page) -> bool {
             // writable and a store may land during the copy, but it set the
             // change bit mkclean cleared, so the page is written again (at
             // the latest after its last unmap); the copy reads plain bytes.
-            unsafe {
-                core::ptr::copy_nonoverlapping(
-                    page::page_address(p),
-                    store[index].as_mut_ptr(),
-                    PAGE_SIZE as usize,
-                )
-            };
+            unsafe { A::copy_page(store[index].as_mut_ptr(), page::page_address(p)) };
         }
         mapping.nr_written.fetch_add(1, Ordering::Release);
         crate::race::race_point::<A>(&crate::race::point::points::WRITEBACK_AFTER_WRITE, pfn);

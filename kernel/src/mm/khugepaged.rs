@@ -312,13 +312,7 @@ fn collapse<A: Mmu>(
         // SAFETY: the source frame is locked and mapped only by the unhooked
         // table; the destination is our new block, PMD_SIZE long; RAM is
         // mapped 1:1.
-        unsafe {
-            core::ptr::copy_nonoverlapping(
-                page::page_address(p),
-                dst.add(i * PAGE_SIZE as usize),
-                PAGE_SIZE as usize,
-            )
-        };
+        unsafe { A::copy_page(dst.add(i * PAGE_SIZE as usize), page::page_address(p)) };
     }
     {
         let _ptl = ptl.lock();

@@ -920,13 +920,7 @@ fn wp_page_copy<A: Mmu>(
     WP_COPIED.fetch_add(1, Ordering::Relaxed);
     // SAFETY: both frames are live (the old one is mapped and we hold the PTL;
     // the new one is ours); RAM is mapped 1:1.
-    unsafe {
-        core::ptr::copy_nonoverlapping(
-            page::page_address(old_page),
-            page::page_address(new_page),
-            PAGE_SIZE as usize,
-        )
-    };
+    unsafe { A::copy_page(page::page_address(new_page), page::page_address(old_page)) };
     page_add_new_anon_rmap(new_page, mm, addr);
     // SAFETY: live entry, PTL held.
     unsafe { A::ptep_get_and_clear(mm, addr, ptep) };

@@ -534,14 +534,14 @@ fn frame_words(pfn: u64) -> *mut u64 {
     phys_to_virt(pfn << PAGE_SHIFT).cast::<u64>()
 }
 
-/// Fills frame `pfn` with [`PAGE_POISON`] and marks it [`PG_poisoned`].
+/// Fills frame `pfn` with [`PAGE_POISON`] (every byte 0x6b). One `memset`:
+/// the architecture's string fill (under QEMU TCG several times faster than
+/// a loop of word stores).
 fn poison_frame(pfn: u64) {
-    let words = frame_words(pfn);
-    for i in 0..WORDS_PER_PAGE {
-        // SAFETY: `pfn` is a frame of RAM being freed: the allocator owns it
-        // and it is mapped 1:1 (`phys_to_virt`); 8-byte aligned, in bounds.
-        unsafe { words.add(i).write_volatile(PAGE_POISON) };
-    }
+    const _: () = assert!(PAGE_POISON == u64::from_ne_bytes([0x6b; 8]));
+    // SAFETY: `pfn` is a frame of RAM being freed: the allocator owns it and
+    // it is mapped 1:1 (`phys_to_virt`); a page long.
+    unsafe { core::ptr::write_bytes(frame_words(pfn).cast::<u8>(), 0x6b, PAGE_SIZE as usize) };
 }
 
 /// Whether frame `pfn` is free and was poisoned when freed (its contents should
@@ -558,18 +558,24 @@ pub fn check_poison(pfn: u64) -> Result<(), usize> {
         return Ok(());
     }
     let words = frame_words(pfn);
-    for i in 0..WORDS_PER_PAGE {
-        // SAFETY: `pfn` is a frame of RAM, mapped 1:1; the read is aligned and in
-        // bounds, and volatile because a buggy user may write it concurrently
-        // (which is what the check is there to find).
-        let w = unsafe { words.add(i).read_volatile() };
-        if w != PAGE_POISON {
-            let byte = (w ^ PAGE_POISON)
-                .to_ne_bytes()
-                .iter()
-                .position(|&b| b != 0)
-                .unwrap_or(0);
-            return Err(i * 8 + byte);
+    // SAFETY: `pfn` is a frame of RAM, mapped 1:1; the read is aligned and in
+    // bounds, and volatile because a buggy user may write it concurrently
+    // (which is what the check is there to find).
+    let word = |i: usize| unsafe { words.add(i).read_volatile() };
+    // Eight words a turn, one branch for them (a loop with a branch per
+    // word costs several times more under QEMU TCG); the first modified
+    // byte is looked for only in a chunk that has one.
+    for chunk in (0..WORDS_PER_PAGE).step_by(8) {
+        let diff = (chunk..chunk + 8).fold(0, |d, i| d | (word(i) ^ PAGE_POISON));
+        if diff == 0 {
+            continue;
+        }
+        for i in chunk..chunk + 8 {
+            let w = word(i) ^ PAGE_POISON;
+            if w != 0 {
+                let byte = w.to_ne_bytes().iter().position(|&b| b != 0).unwrap_or(0);
+                return Err(i * 8 + byte);
+            }
         }
     }
     Ok(())

@@ -276,9 +276,7 @@ pub fn pageout<A: Mmu>(p: &'static Page) -> bool {
     // RAM, mapped 1:1. Reclaim writes a page out only after its unmap,
     // whose flush dropped every TLB entry for it, so no store lands in the
     // frame during the copy.
-    unsafe {
-        core::ptr::copy_nonoverlapping(page::page_address(p), slot.as_mut_ptr(), PAGE_SIZE as usize)
-    };
+    unsafe { A::copy_page(slot.as_mut_ptr(), page::page_address(p)) };
     SWAP_SLOTS.lock().insert(entry, slot);
     NR_SWAP_WRITES.fetch_add(1, Ordering::Relaxed);
     filemap::end_page_writeback(p);

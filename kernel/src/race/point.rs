@@ -717,7 +717,7 @@ fn hold_as<A: Arch>(
                 A::local_irq_enable();
                 break done;
             }
-            A::wait_for_interrupt();
+            crate::rcu::idle_halt::<A>();
             continue;
         }
         if go() {

@@ -532,6 +532,51 @@ pub struct Report {
     pub delays: bool,
     /// Explore mode: what the exploration covered.
     pub explore: Option<ExploreSummary>,
+    /// Where the run's time went, summed over its iterations
+    /// ([`Phase`]): printed with the report, to show what bounds the
+    /// iteration rate.
+    pub phase_ns: [u64; Phase::COUNT],
+}
+
+/// The parts of an iteration the runner times ([`Report::phase_ns`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// The row's `setup` and the arming of its points.
+    Setup,
+    /// From kicking the role CPUs to the last role's report: the roles'
+    /// work, their wake-up from halt and the controller's.
+    Roles,
+    /// The detectors and the bookkeeping of the result.
+    Detect,
+    /// The row's `teardown` and the end of the iteration's mm.
+    Teardown,
+    /// The state check after the iteration (RCU callbacks run to the end,
+    /// frames counted, locks and waits checked).
+    Check,
+}
+
+impl Phase {
+    /// How many phases there are.
+    pub const COUNT: usize = 5;
+    /// Every phase, in the order an iteration runs them.
+    pub const ALL: [Phase; Phase::COUNT] = [
+        Phase::Setup,
+        Phase::Roles,
+        Phase::Detect,
+        Phase::Teardown,
+        Phase::Check,
+    ];
+
+    /// Its name in the `# time:` line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Setup => "setup",
+            Phase::Roles => "roles",
+            Phase::Detect => "detect",
+            Phase::Teardown => "teardown",
+            Phase::Check => "check",
+        }
+    }
 }
 
 /// What an explore run covered (its schedules are [`Report::iterations`],
@@ -593,6 +638,7 @@ impl Report {
             flush: None,
             delays: false,
             explore: None,
+            phase_ns: [0; Phase::COUNT],
         }
     }
 
@@ -790,7 +836,7 @@ fn role_loop<A: Mmu, R: Row<A>>(arg: usize) {
         let g = sh.gen.load(Ordering::Acquire);
         if g == seen {
             if !sh.stop.load(Ordering::Acquire) {
-                A::wait_for_interrupt();
+                crate::rcu::idle_halt::<A>();
             }
             A::local_irq_enable();
             continue;
@@ -1139,6 +1185,13 @@ fn iteration<A: Mmu, R: Row<A>>(
 ) -> Result<bool, ()> {
     let s = &R::INFO;
     let (mode, seed) = (cfg.mode, cfg.seed);
+    // Phase timing: each `lap` adds the time since the last to a phase.
+    let mut lap_at = A::clock_ns();
+    let mut lap = |rep: &mut Report, phase: Phase| {
+        let now = A::clock_ns();
+        rep.phase_ns[phase as usize] += now - lap_at;
+        lap_at = now;
+    };
     let free_before = page_alloc::nr_free_pages();
     // In the run's slot: if the roles cannot be recovered it is leaked,
     // not freed under them.
@@ -1213,6 +1266,7 @@ fn iteration<A: Mmu, R: Row<A>>(
         }
     }
     trace::set_enabled(true);
+    lap(rep, Phase::Setup);
     let roles = s.roles.len();
     sh.ctx.store(ctx as *mut Ctx<A, R>, Ordering::Release);
     let g = sh.gen.fetch_add(1, Ordering::AcqRel) + 1;
@@ -1304,7 +1358,7 @@ fn iteration<A: Mmu, R: Row<A>>(
         if all_done() {
             A::local_irq_enable();
         } else {
-            A::wait_for_interrupt();
+            crate::rcu::idle_halt::<A>();
         }
     }
     if verdict.is_some() {
@@ -1319,6 +1373,7 @@ fn iteration<A: Mmu, R: Row<A>>(
         }
     }
     trace::set_enabled(false);
+    lap(rep, Phase::Roles);
     rep.iterations += 1;
 
     let finding = detect::bad_page_since(seq).or_else(|| R::detect(ctx));
@@ -1369,6 +1424,7 @@ fn iteration<A: Mmu, R: Row<A>>(
         }
     }
     point::disarm_all();
+    lap(rep, Phase::Detect);
     R::teardown(run, ctx);
     if let Some(mm) = ctx.mm.take() {
         match R::run_mm(run) {
@@ -1379,7 +1435,10 @@ fn iteration<A: Mmu, R: Row<A>>(
     sh.ctx.store(core::ptr::null_mut(), Ordering::Release);
     // The row's state goes before the state check: what it holds counts.
     *slot = None;
-    if let Some(err) = state_check::<A>(free_before) {
+    lap(rep, Phase::Teardown);
+    let check = state_check::<A>(free_before);
+    lap(rep, Phase::Check);
+    if let Some(err) = check {
         rep.state_error = Some(format!("after iteration {it}: {err}"));
         return Ok(false);
     }
@@ -1805,6 +1864,22 @@ pub fn print_report<A: Mmu>(row: &str, variant: &str, mode: Mode, r: &Report) {
     if let Some(e) = &r.hang_edges {
         kprintln!("    # hang: wait-for edges at the time limit: {e}");
     }
+    // Where the time went, per iteration on average.
+    let per_it = |ns: u64| ns / r.iterations.max(1) / 1000;
+    let mut time = alloc::string::String::new();
+    for p in Phase::ALL {
+        time.push_str(&format!(
+            " {}_us={}",
+            p.name(),
+            per_it(r.phase_ns[p as usize])
+        ));
+    }
+    let timed: u64 = r.phase_ns.iter().sum();
+    kprintln!(
+        "    # time: row={row} variant={variant} flush={} per_iteration{time} other_us={}",
+        flush_name::<A>(r.flush),
+        per_it(r.elapsed_ns.saturating_sub(timed))
+    );
 }
 
 /// CPUs a forced schedule can name (roles of one scenario).

@@ -77,8 +77,7 @@ pub fn sleep_until<A: Arch>(cond: impl Fn() -> bool + Sync) {
             A::local_irq_enable();
             return;
         }
-        A::wait_for_interrupt();
-        A::local_irq_enable();
+        crate::rcu::idle_halt::<A>();
     }
 }
 
