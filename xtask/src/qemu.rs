@@ -573,7 +573,10 @@ mod tests {
     fn a_floor_boot_is_one_byte_then_the_clean_exit() {
         use crate::bench::floor_problem;
         assert_eq!(floor_problem(Arch::S390x, &boot("Q", Some(0), false)), None);
-        assert_eq!(floor_problem(Arch::X86_64, &boot("Q", Some(1), false)), None);
+        assert_eq!(
+            floor_problem(Arch::X86_64, &boot("Q", Some(1), false)),
+            None
+        );
         let exited = floor_problem(Arch::S390x, &boot("Q", Some(1), false));
         assert!(exited.unwrap().contains("exited Some(1), not 0"));
         let silent = floor_problem(Arch::X86_64, &boot("", Some(1), false));
